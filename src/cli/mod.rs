@@ -1,0 +1,1 @@
+//! The `pilotlight` command line.

@@ -1,0 +1,502 @@
+//! The machinery shared by the embedded backends (`log` and `memory`).
+//!
+//! Events live in a [`Store`] (the on-disk log, or nothing for `memory`) and, for
+//! the most recent ones, in an in-memory tail. Each tail entry carries the set of
+//! triggers it matched, computed once at ingress by the [`FilterIndex`], so a
+//! trigger reading the tail tests one bit per event instead of its filter. A
+//! trigger that falls behind the tail reads the store and tests its filter itself.
+//!
+//! Each trigger has a cursor: every event before it was delivered, dead-lettered
+//! or filtered out. Cursors advance only on acknowledgement and are persisted
+//! periodically, so a crash redelivers at most the last moments' work.
+//!
+//! Durable stores get one writer thread: appends that arrive while it is
+//! syncing are written together and share the next fsync (group commit).
+
+mod subscription;
+mod writer;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::{AppendError, Backend, BackendError, Subscription, SubscriptionLag, SubscriptionSpec};
+use crate::control::ObjectKey;
+use crate::eventing::event::Event;
+use crate::eventing::trigger::filter::{Filter, FilterIndex, MatchSet};
+use subscription::LocalSubscription;
+use writer::Writer;
+
+/// A failure of the store under a local backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Storage under a local backend: events numbered by offset, plus the cursors.
+///
+/// `append` and `sync` are called from one writer thread only; `read` from any
+/// thread (through `spawn_blocking`); all calls may block on I/O.
+pub trait Store: Send + Sync + 'static {
+    /// Whether appends survive a crash. Non-durable stores skip the writer thread.
+    const DURABLE: bool;
+
+    /// Appends events (durable only after the next `sync`); returns the offset
+    /// given to the first one. Offsets are consecutive.
+    fn append(&self, events: &[Arc<Event>]) -> Result<u64, StoreError>;
+
+    /// Makes every event appended so far durable.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// Up to `max` events from offset `from` on. Events before the oldest kept
+    /// offset are gone (retention); the result then starts later than `from`.
+    fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Event)>, StoreError>;
+
+    /// The oldest offset kept and the next offset to be given.
+    fn bounds(&self) -> (u64, u64);
+
+    /// Drops what retention no longer keeps.
+    fn enforce_retention(&self) -> Result<(), StoreError>;
+
+    /// The cursors saved by [`Store::save_cursors`], by trigger key.
+    fn load_cursors(&self) -> Result<HashMap<String, u64>, StoreError>;
+
+    /// Saves the cursors atomically: after a crash, the old set or the new.
+    fn save_cursors(&self, cursors: &HashMap<String, u64>) -> Result<(), StoreError>;
+
+    /// Removes everything the store keeps.
+    fn destroy(&self) -> Result<(), StoreError>;
+}
+
+/// Sizing of the in-memory tail and the append queue.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The tail keeps at most this many bytes of events. For `memory` this is
+    /// the whole store (its retention by size).
+    pub tail_bytes: usize,
+    /// For `memory`: events older than this are dropped even if undelivered.
+    pub max_age: Option<Duration>,
+    /// Appends waiting for the writer beyond this are refused with 429.
+    pub max_pending_appends: usize,
+    /// How often cursors are saved and retention is applied.
+    pub flush_interval: Duration,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            tail_bytes: 64 << 20,
+            max_age: None,
+            max_pending_appends: 4096,
+            flush_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A backend over a [`Store`]: see the module documentation.
+pub struct LocalBackend<S: Store> {
+    shared: Arc<Shared<S>>,
+    writer: Option<Writer>,
+    background: tokio::task::JoinHandle<()>,
+}
+
+struct Shared<S: Store> {
+    store: Arc<S>,
+    config: LocalConfig,
+    state: Mutex<State>,
+    /// The index used at ingress; replaced whenever subscriptions change.
+    index: RwLock<Arc<FilterIndex>>,
+    /// The next offset to be published; subscriptions wait on its changes.
+    head: watch::Sender<u64>,
+}
+
+struct TailEntry {
+    event: Arc<Event>,
+    matches: MatchSet,
+    stored_at: Instant,
+}
+
+struct State {
+    tail: VecDeque<TailEntry>,
+    /// Offset of `tail[0]`.
+    tail_start: u64,
+    tail_bytes: usize,
+    subscriptions: HashMap<String, SubscriptionState>,
+    /// Trigger key per index slot; `None` for a free slot.
+    slots: Vec<Option<String>>,
+    index_version: u64,
+    /// Cursors loaded at start for triggers not subscribed yet.
+    saved_cursors: HashMap<String, u64>,
+    cursors_dirty: bool,
+}
+
+struct SubscriptionState {
+    slot: usize,
+    filter: Arc<Filter>,
+    /// Tail entries matched against an older index are tested directly.
+    since_index_version: u64,
+    /// Bumped by every resubscribe: stale subscriptions and acks are ignored.
+    generation: u64,
+    /// Offsets handed out and not yet acknowledged.
+    pending: BTreeSet<u64>,
+    /// The next offset the subscription will read.
+    read_up_to: u64,
+    lost_to_retention: u64,
+}
+
+impl SubscriptionState {
+    /// Every event before this offset is done for the trigger.
+    fn cursor(&self) -> u64 {
+        self.pending.first().copied().unwrap_or(self.read_up_to)
+    }
+}
+
+impl State {
+    fn head(&self) -> u64 {
+        self.tail_start + self.tail.len() as u64
+    }
+
+    fn publish(&mut self, events: Vec<Arc<Event>>, matches: Vec<MatchSet>, tail_bytes: usize) {
+        let now = Instant::now();
+        for (event, matches) in events.into_iter().zip(matches) {
+            self.tail_bytes += event.size();
+            self.tail.push_back(TailEntry {
+                event,
+                matches,
+                stored_at: now,
+            });
+        }
+        while self.tail_bytes > tail_bytes && self.tail.len() > 1 {
+            self.pop_tail();
+        }
+    }
+
+    fn pop_tail(&mut self) {
+        if let Some(entry) = self.tail.pop_front() {
+            self.tail_bytes -= entry.event.size();
+            self.tail_start += 1;
+        }
+    }
+
+    fn rebuild_index(&mut self) -> FilterIndex {
+        self.index_version += 1;
+        let filters = self
+            .slots
+            .iter()
+            .map(|key| {
+                key.as_ref()
+                    .and_then(|k| self.subscriptions.get(k))
+                    .map(|s| s.filter.clone())
+            })
+            .collect();
+        FilterIndex::new(self.index_version, filters)
+    }
+}
+
+impl<S: Store> LocalBackend<S> {
+    /// Starts a backend over an opened store.
+    pub fn start(store: S, config: LocalConfig) -> Result<Self, StoreError> {
+        let store = Arc::new(store);
+        let saved_cursors = store.load_cursors()?;
+        let (_, next) = store.bounds();
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            config: config.clone(),
+            state: Mutex::new(State {
+                tail: VecDeque::new(),
+                tail_start: next,
+                tail_bytes: 0,
+                subscriptions: HashMap::new(),
+                slots: Vec::new(),
+                index_version: 0,
+                saved_cursors,
+                cursors_dirty: false,
+            }),
+            index: RwLock::new(Arc::new(FilterIndex::default())),
+            head: watch::channel(next).0,
+        });
+        let writer = S::DURABLE.then(|| Writer::start(shared.clone(), config.max_pending_appends));
+        let background = tokio::spawn(background_loop(Arc::downgrade(&shared)));
+        Ok(LocalBackend {
+            shared,
+            writer,
+            background,
+        })
+    }
+}
+
+impl<S: Store> Shared<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index(&self) -> Arc<FilterIndex> {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_index(&self, index: FilterIndex) {
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+    }
+
+    /// Makes stored events visible to subscriptions, in offset order.
+    /// `first_offset` is what the store gave the first event (`None`: no store).
+    fn publish(&self, first_offset: Option<u64>, events: Vec<Arc<Event>>, matches: Vec<MatchSet>) {
+        let head = {
+            let mut state = self.lock();
+            if let Some(first) = first_offset
+                && first != state.head()
+            {
+                // The store skipped offsets (a write rolled back after an error):
+                // restart the tail there; triggers behind it read the store.
+                tracing::warn!(
+                    expected = state.head(),
+                    got = first,
+                    "log offsets moved; resetting the in-memory tail"
+                );
+                state.tail.clear();
+                state.tail_bytes = 0;
+                state.tail_start = first;
+            }
+            state.publish(events, matches, self.config.tail_bytes);
+            state.head()
+        };
+        self.head.send_replace(head);
+    }
+
+    fn save_cursors(&self) -> Result<(), StoreError> {
+        let cursors = {
+            let mut state = self.lock();
+            if !state.cursors_dirty {
+                return Ok(());
+            }
+            state.cursors_dirty = false;
+            let mut cursors = state.saved_cursors.clone();
+            for (key, sub) in &state.subscriptions {
+                cursors.insert(key.clone(), sub.cursor());
+            }
+            cursors
+        };
+        self.store.save_cursors(&cursors).inspect_err(|_| {
+            self.lock().cursors_dirty = true;
+        })
+    }
+
+    /// For `memory`: drop what every trigger is done with, and what is too old.
+    fn evict_consumed(&self) {
+        let mut state = self.lock();
+        let done_up_to = state
+            .subscriptions
+            .values()
+            .map(SubscriptionState::cursor)
+            .min()
+            .unwrap_or_else(|| state.head());
+        let deadline = self
+            .config
+            .max_age
+            .and_then(|a| Instant::now().checked_sub(a));
+        while let Some(front) = state.tail.front() {
+            let consumed = state.tail_start < done_up_to;
+            let expired = deadline.is_some_and(|d| front.stored_at < d);
+            if !(consumed || expired) {
+                break;
+            }
+            state.pop_tail();
+        }
+    }
+}
+
+/// Saves cursors and applies retention until the backend is dropped.
+async fn background_loop<S: Store>(shared: std::sync::Weak<Shared<S>>) {
+    let interval = match shared.upgrade() {
+        Some(s) => s.config.flush_interval,
+        None => return,
+    };
+    let mut ticks = 0u64;
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        ticks += 1;
+        if !S::DURABLE {
+            shared.evict_consumed();
+            continue;
+        }
+        let retention_due = ticks.is_multiple_of(50);
+        let result = tokio::task::spawn_blocking(move || {
+            shared.save_cursors()?;
+            if retention_due {
+                shared.store.enforce_retention()?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await;
+        match result {
+            Ok(Err(e)) => tracing::error!(error = %e, "saving trigger cursors failed"),
+            Err(e) => tracing::error!(error = %e, "cursor flush task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Store> Backend for LocalBackend<S> {
+    async fn append(&self, events: Vec<Event>) -> Result<(), AppendError> {
+        let index = self.shared.index();
+        let matches: Vec<MatchSet> = events.iter().map(|e| index.matches(e)).collect();
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        match &self.writer {
+            Some(writer) => writer.append(events, matches).await,
+            None => {
+                self.shared.publish(None, events, matches);
+                Ok(())
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        spec: SubscriptionSpec,
+    ) -> Result<Box<dyn Subscription>, BackendError> {
+        let key = spec.trigger.to_string();
+        let (generation, since, start, index) = {
+            let mut state = self.shared.lock();
+            let head = state.head();
+            let (first_kept, _) = self.shared.store.bounds();
+            let previous = state.subscriptions.remove(&key);
+            let saved = state.saved_cursors.remove(&key);
+            let start = match (&previous, saved) {
+                (Some(p), _) => p.cursor(),
+                (None, Some(c)) => c.clamp(first_kept.min(head), head),
+                (None, None) => head,
+            };
+            let slot = match &previous {
+                Some(p) => p.slot,
+                None => free_slot(&mut state.slots, &key),
+            };
+            let generation = previous.map_or(1, |p| p.generation + 1);
+            let sub = SubscriptionState {
+                slot,
+                filter: spec.filter.clone(),
+                since_index_version: 0,
+                generation,
+                pending: BTreeSet::new(),
+                read_up_to: start,
+                lost_to_retention: 0,
+            };
+            state.subscriptions.insert(key.clone(), sub);
+            let index = state.rebuild_index();
+            let since = index.version();
+            if let Some(sub) = state.subscriptions.get_mut(&key) {
+                sub.since_index_version = since;
+            }
+            state.cursors_dirty = true;
+            (generation, since, start, index)
+        };
+        self.shared.set_index(index);
+        Ok(Box::new(LocalSubscription::new(
+            self.shared.clone(),
+            key,
+            generation,
+            spec.filter,
+            since,
+            start,
+        )))
+    }
+
+    async fn unsubscribe(&self, trigger: &ObjectKey) -> Result<(), BackendError> {
+        let key = trigger.to_string();
+        let index = {
+            let mut state = self.shared.lock();
+            state.saved_cursors.remove(&key);
+            let Some(sub) = state.subscriptions.remove(&key) else {
+                return Ok(());
+            };
+            if let Some(slot) = state.slots.get_mut(sub.slot) {
+                *slot = None;
+            }
+            state.cursors_dirty = true;
+            state.rebuild_index()
+        };
+        self.shared.set_index(index);
+        Ok(())
+    }
+
+    fn lag(&self, trigger: &ObjectKey) -> Option<SubscriptionLag> {
+        let state = self.shared.lock();
+        let sub = state.subscriptions.get(&trigger.to_string())?;
+        Some(SubscriptionLag {
+            backlog: state.head().saturating_sub(sub.cursor()),
+            lost_to_retention: sub.lost_to_retention,
+        })
+    }
+
+    async fn shutdown(&self) {
+        if let Some(writer) = &self.writer {
+            writer.stop().await;
+        }
+        self.background.abort();
+        {
+            let mut state = self.shared.lock();
+            state
+                .subscriptions
+                .values_mut()
+                .for_each(|s| s.generation += 1);
+            state.cursors_dirty = true;
+        }
+        // Closing the head channel's receivers wakes waiting subscriptions.
+        self.shared.head.send_modify(|_| {});
+        let shared = self.shared.clone();
+        let saved = tokio::task::spawn_blocking(move || shared.save_cursors()).await;
+        if let Ok(Err(e)) = saved {
+            tracing::error!(error = %e, "saving trigger cursors at shutdown failed");
+        }
+    }
+
+    async fn destroy(&self) -> Result<(), BackendError> {
+        self.shutdown().await;
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.destroy())
+            .await
+            .map_err(|e| BackendError(e.to_string()))?
+            .map_err(|e| BackendError(e.to_string()))
+    }
+}
+
+impl<S: Store> Drop for LocalBackend<S> {
+    fn drop(&mut self) {
+        self.background.abort();
+    }
+}
+
+fn free_slot(slots: &mut Vec<Option<String>>, key: &str) -> usize {
+    match slots.iter().position(Option::is_none) {
+        Some(i) => {
+            slots[i] = Some(key.to_owned());
+            i
+        }
+        None => {
+            slots.push(Some(key.to_owned()));
+            slots.len() - 1
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The `log` backend: a durable segmented log on local disk.

@@ -1,0 +1,78 @@
+//! The `memory` backend: the local backend's semantics (cursors, acks, ordering,
+//! fan-out index) with no durability. For tests and throwaway runs: everything
+//! is lost when pilotlight stops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::local::{LocalBackend, LocalConfig, Store, StoreError};
+use crate::eventing::event::Event;
+
+/// Retention of the memory backend: events every trigger is done with are
+/// dropped at once; undelivered ones are kept up to these limits.
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    pub max_bytes: usize,
+    pub max_age: Option<Duration>,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            max_bytes: 256 << 20,
+            max_age: None,
+        }
+    }
+}
+
+/// Starts a memory backend.
+pub fn start(config: &MemoryConfig) -> Result<LocalBackend<MemoryStore>, StoreError> {
+    LocalBackend::start(
+        MemoryStore,
+        LocalConfig {
+            tail_bytes: config.max_bytes,
+            max_age: config.max_age,
+            ..LocalConfig::default()
+        },
+    )
+}
+
+/// The memory backend keeps events only in the local backend's tail.
+pub struct MemoryStore;
+
+impl Store for MemoryStore {
+    const DURABLE: bool = false;
+
+    fn append(&self, _events: &[Arc<Event>]) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn read(&self, _from: u64, _max: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn bounds(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
+    fn enforce_retention(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn load_cursors(&self) -> Result<HashMap<String, u64>, StoreError> {
+        Ok(HashMap::new())
+    }
+
+    fn save_cursors(&self, _cursors: &HashMap<String, u64>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn destroy(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

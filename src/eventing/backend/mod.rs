@@ -1,0 +1,139 @@
+//! Broker backends: where a broker's events live between ingress and delivery.
+//!
+//! One trait for every backend (`log`, `memory`, and later `kafka`, `rabbitmq`),
+//! with Vector's end-to-end acknowledgement contract:
+//! - [`Backend::append`] returns only once the events are stored as durably as
+//!   the backend can store them; the ingress answers 202 after that and not before.
+//! - Each trigger has a [`Subscription`]. A [`Delivery`] it hands out stays the
+//!   trigger's until [`Delivery::ack`] is called, which the dispatcher does only
+//!   after the subscriber accepted the event or it went to the dead-letter sink.
+//!   A delivery dropped without an ack is delivered again after a restart or a
+//!   resubscribe (at-least-once, nothing lost).
+//!
+//! Lanes model Kafka partitions: ordered delivery means one event in flight per
+//! lane. Backends without partitions use a single lane 0.
+
+pub mod local;
+pub mod log;
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::control::ObjectKey;
+use crate::eventing::event::Event;
+use crate::eventing::trigger::filter::Filter;
+
+/// What a trigger asks of its backend when it subscribes.
+#[derive(Clone)]
+pub struct SubscriptionSpec {
+    pub trigger: ObjectKey,
+    /// The trigger's filter, so backends that can filter at the source (the
+    /// local fan-out index, RabbitMQ bindings) do so. The dispatcher does not
+    /// filter again.
+    pub filter: Arc<Filter>,
+    /// Deliveries the dispatcher keeps in flight at most; backends use it as
+    /// their prefetch.
+    pub max_in_flight: usize,
+}
+
+/// A subscription's position, for status and the backlog metric.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SubscriptionLag {
+    /// Events stored but not yet delivered or dead-lettered (an upper bound:
+    /// it also counts events the trigger's filter will skip).
+    pub backlog: u64,
+    /// Events that retention removed before this trigger read them.
+    pub lost_to_retention: u64,
+}
+
+/// Why the backend did not take events. Each maps to an ingress status code.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Too much is waiting to be stored: the client should slow down (429).
+    #[error("the broker is busy: {0} appends are already waiting to be stored")]
+    Overloaded(usize),
+    /// The backend cannot store right now (disk error, lost connection) (503).
+    #[error("the broker cannot store events right now: {reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
+}
+
+impl AppendError {
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            AppendError::Overloaded(_) => Duration::from_secs(1),
+            AppendError::Unavailable { retry_after, .. } => *retry_after,
+        }
+    }
+}
+
+/// A backend failure outside the append path (subscribe, delete).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+/// The storage of one broker.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Stores the events in order; returns once they are durable.
+    async fn append(&self, events: Vec<Event>) -> Result<(), AppendError>;
+
+    /// Opens the trigger's subscription at its last acknowledged position (a new
+    /// trigger starts at the newest event, as in Knative). Subscribing again
+    /// replaces the previous subscription: deliveries it had not acked come again.
+    async fn subscribe(
+        &self,
+        spec: SubscriptionSpec,
+    ) -> Result<Box<dyn Subscription>, BackendError>;
+
+    /// Forgets a deleted trigger and everything kept for it.
+    async fn unsubscribe(&self, trigger: &ObjectKey) -> Result<(), BackendError>;
+
+    /// Where the trigger stands, if it is subscribed.
+    fn lag(&self, trigger: &ObjectKey) -> Option<SubscriptionLag>;
+
+    /// Persists what must survive a restart (cursors) and stops background work.
+    async fn shutdown(&self);
+
+    /// Removes everything the backend stored for this broker (Broker deleted).
+    async fn destroy(&self) -> Result<(), BackendError>;
+}
+
+/// The stream of events for one trigger.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next event for the trigger, waiting until there is one. `None` once
+    /// the subscription was replaced or the backend shut down.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// An event handed to a trigger's dispatcher, owed an acknowledgement.
+pub struct Delivery {
+    pub event: Arc<Event>,
+    /// Ordering domain: events of one lane are delivered one at a time when
+    /// the trigger is ordered.
+    pub lane: u32,
+    ack: Box<dyn Acknowledge>,
+}
+
+impl Delivery {
+    pub fn new(event: Arc<Event>, lane: u32, ack: Box<dyn Acknowledge>) -> Self {
+        Delivery { event, lane, ack }
+    }
+
+    /// Marks the event done for this trigger (delivered or dead-lettered).
+    pub async fn ack(self) {
+        self.ack.ack().await
+    }
+}
+
+/// How a backend learns that a delivery is done.
+#[async_trait]
+pub trait Acknowledge: Send + Sync {
+    async fn ack(self: Box<Self>);
+}

@@ -1,0 +1,1 @@
+//! Brokers: ingress and the registry of running brokers.

@@ -1,0 +1,498 @@
+//! The CloudEvents HTTP protocol binding (v1.0): binary, structured and batched
+//! modes in, binary and structured out.
+//!
+//! pilotlight parses the binding itself rather than through the SDK's extractor
+//! so that each error names the header or attribute at fault, data bytes are kept
+//! unchanged, and batches are supported (the SDK has no batch mode).
+
+use std::fmt;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, header::CONTENT_TYPE};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::{Event, ValidationError};
+
+pub const CONTENT_TYPE_STRUCTURED: &str = "application/cloudevents+json";
+pub const CONTENT_TYPE_BATCH: &str = "application/cloudevents-batch+json";
+
+/// Characters the HTTP binding percent-encodes in `ce-` header values (besides
+/// every non-ASCII byte, which the crate always encodes).
+const HEADER_VALUE_ESCAPES: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// Why an HTTP request or response does not carry valid CloudEvents.
+#[derive(Debug, thiserror::Error)]
+pub enum BindingError {
+    #[error(
+        "no CloudEvent in the request: binary mode needs a 'ce-specversion' header, structured mode the content type '{CONTENT_TYPE_STRUCTURED}'"
+    )]
+    NotAnEvent,
+    #[error("header '{header}': {reason}")]
+    BadHeader { header: String, reason: String },
+    #[error("{0}")]
+    Invalid(ValidationError),
+    #[error("body is not a structured CloudEvent: {0}")]
+    BadJson(String),
+    #[error("attribute '{0}' must be a string, number or boolean")]
+    BadAttributeType(String),
+    #[error("event has both 'data' and 'data_base64': set only one")]
+    DataAndBase64,
+    #[error("attribute 'data_base64': not valid base64 ({0})")]
+    BadBase64(String),
+    #[error("unsupported event format '{0}': only JSON ({CONTENT_TYPE_STRUCTURED}) is supported")]
+    UnsupportedFormat(String),
+    #[error("batch is empty")]
+    EmptyBatch,
+    #[error("batch event {index}: {source}")]
+    InBatch {
+        index: usize,
+        source: Box<BindingError>,
+    },
+}
+
+impl From<ValidationError> for BindingError {
+    fn from(e: ValidationError) -> Self {
+        BindingError::Invalid(e)
+    }
+}
+
+/// How an event arrived: the three modes of the HTTP binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Binary,
+    Structured,
+    Batch,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Binary => "binary",
+            Mode::Structured => "structured",
+            Mode::Batch => "batch",
+        })
+    }
+}
+
+/// Parses the CloudEvents an HTTP message carries. A batch is all-or-nothing:
+/// the first invalid event fails it, and the error names its index.
+pub fn parse_http(headers: &HeaderMap, body: Bytes) -> Result<(Mode, Vec<Event>), BindingError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media_type == CONTENT_TYPE_BATCH {
+        return parse_batch(&body).map(|events| (Mode::Batch, events));
+    }
+    if media_type == CONTENT_TYPE_STRUCTURED {
+        return parse_structured(&body).map(|event| (Mode::Structured, vec![event]));
+    }
+    if let Some(format) = media_type.strip_prefix("application/cloudevents+") {
+        return Err(BindingError::UnsupportedFormat(format.to_owned()));
+    }
+    parse_binary(headers, content_type, body).map(|event| (Mode::Binary, vec![event]))
+}
+
+/// True when an HTTP message looks like it carries a CloudEvent at all (used to
+/// tell a reply event from a plain 200 response).
+pub fn carries_event(headers: &HeaderMap) -> bool {
+    headers.contains_key("ce-specversion")
+        || headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.trim_start().starts_with("application/cloudevents"))
+}
+
+fn parse_binary(
+    headers: &HeaderMap,
+    content_type: &str,
+    body: Bytes,
+) -> Result<Event, BindingError> {
+    if !headers.contains_key("ce-specversion") {
+        return Err(BindingError::NotAnEvent);
+    }
+    let mut attributes = Vec::with_capacity(8);
+    for (name, value) in headers {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let raw = value.to_str().map_err(|_| BindingError::BadHeader {
+            header: name.to_string(),
+            reason: "value is not visible ASCII; percent-encode it".into(),
+        })?;
+        let decoded =
+            percent_decode_str(raw)
+                .decode_utf8()
+                .map_err(|_| BindingError::BadHeader {
+                    header: name.to_string(),
+                    reason: "percent-encoded value is not UTF-8".into(),
+                })?;
+        attributes.push((attr.to_owned(), decoded.into_owned()));
+    }
+    if !content_type.is_empty() {
+        attributes.push(("datacontenttype".to_owned(), content_type.to_owned()));
+    }
+    let data = (!body.is_empty()).then_some(body);
+    Event::new(attributes, data).map_err(|e| match e {
+        // In binary mode the user wrote a header, so name the header.
+        ValidationError::BadName(n) => BindingError::BadHeader {
+            header: format!("ce-{n}"),
+            reason: "attribute names are 1 to 20 characters of a-z and 0-9".into(),
+        },
+        other => BindingError::Invalid(other),
+    })
+}
+
+fn parse_structured(body: &[u8]) -> Result<Event, BindingError> {
+    let object: OrderedObject =
+        serde_json::from_slice(body).map_err(|e| BindingError::BadJson(e.to_string()))?;
+    event_from_object(object)
+}
+
+fn parse_batch(body: &[u8]) -> Result<Vec<Event>, BindingError> {
+    let objects: Vec<OrderedObject> = serde_json::from_slice(body)
+        .map_err(|e| BindingError::BadJson(format!("a batch is a JSON array of events: {e}")))?;
+    if objects.is_empty() {
+        return Err(BindingError::EmptyBatch);
+    }
+    objects
+        .into_iter()
+        .enumerate()
+        .map(|(index, object)| {
+            event_from_object(object).map_err(|e| BindingError::InBatch {
+                index,
+                source: Box::new(e),
+            })
+        })
+        .collect()
+}
+
+/// A JSON object as (key, raw value) pairs in document order.
+struct OrderedObject(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = OrderedObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedObject, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    entries.push(entry);
+                }
+                Ok(OrderedObject(entries))
+            }
+        }
+        d.deserialize_map(ObjectVisitor)
+    }
+}
+
+fn event_from_object(object: OrderedObject) -> Result<Event, BindingError> {
+    let mut attributes = Vec::with_capacity(object.0.len());
+    let mut data: Option<Box<RawValue>> = None;
+    let mut data_base64: Option<Box<RawValue>> = None;
+    for (key, value) in object.0 {
+        match key.as_str() {
+            "data" => data = Some(value),
+            "data_base64" => data_base64 = Some(value),
+            _ => {
+                if let Some(text) = attribute_text(&key, &value)? {
+                    attributes.push((key, text));
+                }
+            }
+        }
+    }
+    let data = match (data, data_base64) {
+        (Some(d), Some(b)) if d.get() != "null" && b.get() != "null" => {
+            return Err(BindingError::DataAndBase64);
+        }
+        (_, Some(b)) if b.get() != "null" => Some(decode_base64(&b)?),
+        (Some(d), _) if d.get() != "null" => Some(json_data_bytes(&attributes, &d)),
+        _ => None,
+    };
+    Ok(Event::new(attributes, data)?)
+}
+
+/// The string form of an attribute value; `None` for JSON null (an unset attribute).
+fn attribute_text(key: &str, value: &RawValue) -> Result<Option<String>, BindingError> {
+    match serde_json::from_str::<serde_json::Value>(value.get()) {
+        Ok(serde_json::Value::String(s)) => Ok(Some(s)),
+        Ok(serde_json::Value::Bool(b)) => Ok(Some(b.to_string())),
+        Ok(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Ok(serde_json::Value::Null) => Ok(None),
+        _ => Err(BindingError::BadAttributeType(key.to_owned())),
+    }
+}
+
+fn decode_base64(value: &RawValue) -> Result<Bytes, BindingError> {
+    let text: String = serde_json::from_str(value.get())
+        .map_err(|_| BindingError::BadBase64("expected a JSON string".into()))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map(Bytes::from)
+        .map_err(|e| BindingError::BadBase64(e.to_string()))
+}
+
+/// The data of a structured event: JSON data keeps its exact bytes; a JSON
+/// string under a non-JSON content type is that string's text.
+fn json_data_bytes(attributes: &[(String, String)], data: &RawValue) -> Bytes {
+    let content_type = attributes
+        .iter()
+        .find(|(n, _)| n == "datacontenttype")
+        .map(|(_, v)| v.as_str());
+    if !content_type.is_none_or(is_json_media_type)
+        && let Ok(text) = serde_json::from_str::<String>(data.get())
+    {
+        return Bytes::from(text);
+    }
+    Bytes::copy_from_slice(data.get().as_bytes())
+}
+
+/// `application/json`, `text/json` and any `+json` suffix type.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/json")
+        || media.eq_ignore_ascii_case("text/json")
+        || media.to_ascii_lowercase().ends_with("+json")
+}
+
+/// Writes the event's attributes as `ce-` headers (and `content-type`), as the
+/// binary mode of the HTTP binding sends them. The body is [`Event::data`].
+pub fn encode_binary_headers(event: &Event, headers: &mut HeaderMap) {
+    for (name, value) in event.attributes() {
+        if name == "datacontenttype" {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                headers.insert(CONTENT_TYPE, v);
+            }
+            continue;
+        }
+        let encoded = utf8_percent_encode(value, HEADER_VALUE_ESCAPES).to_string();
+        // Names were validated as [a-z0-9]{1,20} and values are now ASCII, so both
+        // conversions succeed; skipping on failure keeps this infallible.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
+            HeaderValue::from_str(&encoded),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+}
+
+/// Encodes the event as one structured-mode JSON document.
+pub fn encode_structured(event: &Event) -> Vec<u8> {
+    let mut object = serde_json::Map::new();
+    for (name, value) in event.attributes() {
+        object.insert(name.to_owned(), serde_json::Value::String(value.to_owned()));
+    }
+    if let Some(data) = event.data() {
+        let json_type = event.datacontenttype().is_none_or(is_json_media_type);
+        let as_json = json_type
+            .then(|| serde_json::from_slice::<serde_json::Value>(data).ok())
+            .flatten();
+        let (key, value) = match (as_json, std::str::from_utf8(data)) {
+            (Some(json), _) => ("data", json),
+            (None, Ok(text)) if !json_type => ("data", serde_json::Value::String(text.to_owned())),
+            _ => (
+                "data_base64",
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
+            ),
+        };
+        object.insert(key.to_owned(), value);
+    }
+    serde_json::to_vec(&object).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary_headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    fn base_headers() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", "42"),
+            ("ce-source", "/src"),
+            ("ce-type", "t.x"),
+        ]
+    }
+
+    #[test]
+    fn binary_mode_keeps_data_and_content_type() {
+        let mut h = base_headers();
+        h.push(("content-type", "application/json"));
+        h.push(("ce-myext", "hello%20world"));
+        let (mode, events) =
+            parse_http(&binary_headers(&h), Bytes::from_static(b"{ \"a\" : 1 }")).expect("ok");
+        assert_eq!(mode, Mode::Binary);
+        let e = &events[0];
+        assert_eq!(e.id(), "42");
+        assert_eq!(e.datacontenttype(), Some("application/json"));
+        assert_eq!(e.attribute("myext"), Some("hello world"));
+        assert_eq!(&e.data().expect("data")[..], b"{ \"a\" : 1 }");
+    }
+
+    #[test]
+    fn binary_mode_without_specversion_says_how_to_send() {
+        let err = parse_http(&binary_headers(&[("ce-id", "1")]), Bytes::new()).expect_err("no");
+        assert!(err.to_string().contains("ce-specversion"), "{err}");
+    }
+
+    #[test]
+    fn binary_mode_names_the_missing_attribute() {
+        let mut h = base_headers();
+        h.retain(|(n, _)| *n != "ce-source");
+        let err = parse_http(&binary_headers(&h), Bytes::new()).expect_err("no");
+        assert_eq!(err.to_string(), "missing required attribute 'source'");
+    }
+
+    #[test]
+    fn binary_mode_names_a_bad_extension_header() {
+        let mut h = base_headers();
+        h.push(("ce-my_ext", "x"));
+        let err = parse_http(&binary_headers(&h), Bytes::new()).expect_err("no");
+        assert!(err.to_string().starts_with("header 'ce-my_ext'"), "{err}");
+    }
+
+    fn structured(body: &str) -> Result<(Mode, Vec<Event>), BindingError> {
+        let h = binary_headers(&[(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )]);
+        parse_http(&h, Bytes::from(body.to_owned()))
+    }
+
+    #[test]
+    fn structured_mode_keeps_json_data_bytes_and_stringifies_extensions() {
+        let (mode, events) = structured(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","count":3,"flag":true,"data":{"b" : [1, 2]}}"#,
+        )
+        .expect("ok");
+        assert_eq!(mode, Mode::Structured);
+        let e = &events[0];
+        assert_eq!(e.attribute("count"), Some("3"));
+        assert_eq!(e.attribute("flag"), Some("true"));
+        assert_eq!(&e.data().expect("data")[..], br#"{"b" : [1, 2]}"#);
+    }
+
+    #[test]
+    fn structured_mode_decodes_base64_and_text() {
+        let (_, events) = structured(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"aGVsbG8="}"#,
+        )
+        .expect("ok");
+        assert_eq!(&events[0].data().expect("data")[..], b"hello");
+        let (_, events) = structured(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"hi"}"#,
+        )
+        .expect("ok");
+        assert_eq!(&events[0].data().expect("data")[..], b"hi");
+    }
+
+    #[test]
+    fn structured_mode_rejects_data_and_data_base64() {
+        let err = structured(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"aA=="}"#,
+        )
+        .expect_err("both");
+        assert_eq!(
+            err.to_string(),
+            "event has both 'data' and 'data_base64': set only one"
+        );
+    }
+
+    #[test]
+    fn structured_mode_rejects_object_attribute_and_bad_json() {
+        let err = structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","x":{}}"#)
+            .expect_err("object");
+        assert_eq!(
+            err.to_string(),
+            "attribute 'x' must be a string, number or boolean"
+        );
+        let err = structured("{").expect_err("json");
+        assert!(
+            err.to_string()
+                .starts_with("body is not a structured CloudEvent")
+        );
+    }
+
+    #[test]
+    fn batch_is_all_or_nothing_and_names_the_index() {
+        let h = binary_headers(&[("content-type", CONTENT_TYPE_BATCH)]);
+        let ok = r#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","source":"/s","type":"t"}]"#;
+        let (mode, events) = parse_http(&h, Bytes::from_static(ok.as_bytes())).expect("ok");
+        assert_eq!((mode, events.len()), (Mode::Batch, 2));
+        let bad = r#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":"2","type":"t"}]"#;
+        let err = parse_http(&h, Bytes::from_static(bad.as_bytes())).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "batch event 1: missing required attribute 'source'"
+        );
+        let err = parse_http(&h, Bytes::from_static(b"[]")).expect_err("empty");
+        assert_eq!(err.to_string(), "batch is empty");
+    }
+
+    #[test]
+    fn binary_encoding_round_trips_through_parse() {
+        let event = Event::new(
+            vec![
+                ("specversion".into(), "1.0".into()),
+                ("id".into(), "a b\"c%".into()),
+                ("source".into(), "/s".into()),
+                ("type".into(), "t".into()),
+                ("datacontenttype".into(), "text/plain".into()),
+                ("ext".into(), "ünïcode".into()),
+            ],
+            Some(Bytes::from_static(b"payload")),
+        )
+        .expect("valid");
+        let mut headers = HeaderMap::new();
+        encode_binary_headers(&event, &mut headers);
+        let (_, back) =
+            parse_http(&headers, event.data().cloned().unwrap_or_default()).expect("ok");
+        let mut a: Vec<_> = back[0].attributes().collect();
+        let mut b: Vec<_> = event.attributes().collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn structured_encoding_round_trips_through_parse() {
+        let event = Event::new(
+            vec![
+                ("specversion".into(), "1.0".into()),
+                ("id".into(), "1".into()),
+                ("source".into(), "/s".into()),
+                ("type".into(), "t".into()),
+                ("datacontenttype".into(), "application/octet-stream".into()),
+            ],
+            Some(Bytes::from_static(&[0, 159, 146, 150])),
+        )
+        .expect("valid");
+        let body = encode_structured(&event);
+        let (_, back) = structured(std::str::from_utf8(&body).expect("utf8")).expect("ok");
+        assert_eq!(back[0].data(), event.data());
+    }
+}

@@ -1,0 +1,153 @@
+//! The CloudEvents v1.0 (and v0.3) rules an event must satisfy to be accepted.
+
+use super::{CONTEXT_ATTRIBUTES, Event, SPEC_VERSIONS};
+
+/// Why an event is not a valid CloudEvent. The message names the attribute.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("missing required attribute '{0}'")]
+    Missing(&'static str),
+    #[error("attribute '{0}' must not be empty")]
+    Empty(String),
+    #[error("attribute 'specversion': unknown version '{0}' (accepted: 1.0, 0.3)")]
+    UnknownSpecVersion(String),
+    #[error("attribute 'time': '{value}' is not an RFC 3339 timestamp ({reason})")]
+    BadTime { value: String, reason: String },
+    #[error(
+        "attribute name '{0}' is invalid: extension names are 1 to 20 characters of a-z and 0-9"
+    )]
+    BadName(String),
+    #[error("attribute '{0}' is set twice")]
+    Duplicate(String),
+}
+
+const REQUIRED: [&str; 4] = ["specversion", "id", "source", "type"];
+
+pub(super) fn validate(event: &Event) -> Result<(), ValidationError> {
+    for name in REQUIRED {
+        match event.attribute(name) {
+            None => return Err(ValidationError::Missing(name)),
+            Some("") => return Err(ValidationError::Empty(name.to_owned())),
+            Some(_) => {}
+        }
+    }
+    let version = event.specversion();
+    if !SPEC_VERSIONS.contains(&version) {
+        return Err(ValidationError::UnknownSpecVersion(version.to_owned()));
+    }
+    for (i, (name, value)) in event.attributes.iter().enumerate() {
+        if !is_valid_name(name) {
+            return Err(ValidationError::BadName(name.clone()));
+        }
+        if event.attributes[..i].iter().any(|(n, _)| n == name) {
+            return Err(ValidationError::Duplicate(name.clone()));
+        }
+        // Optional context attributes, when present, must be non-empty (spec 1.0).
+        if value.is_empty() && CONTEXT_ATTRIBUTES.contains(&name.as_str()) {
+            return Err(ValidationError::Empty(name.clone()));
+        }
+    }
+    if let Some(time) = event.attribute("time") {
+        chrono::DateTime::parse_from_rfc3339(time).map_err(|e| ValidationError::BadTime {
+            value: time.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Attribute names: lower-case ASCII letters and digits, at most 20 of them.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=20).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = [
+            ("specversion", "1.0"),
+            ("id", "1"),
+            ("source", "/s"),
+            ("type", "t"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        for (n, val) in extra {
+            match v.iter_mut().find(|(k, _)| k == n) {
+                Some(slot) => slot.1 = val.to_string(),
+                None => v.push((n.to_string(), val.to_string())),
+            }
+        }
+        v
+    }
+
+    fn err(extra: &[(&str, &str)]) -> String {
+        Event::new(attrs(extra), None)
+            .expect_err("should be invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_event_is_valid() {
+        assert!(Event::new(attrs(&[]), None).is_ok());
+    }
+
+    #[test]
+    fn each_required_attribute_is_named_when_missing() {
+        for name in REQUIRED {
+            let mut a = attrs(&[]);
+            a.retain(|(n, _)| n != name);
+            let e = Event::new(a, None).expect_err("missing");
+            assert_eq!(
+                e.to_string(),
+                format!("missing required attribute '{name}'")
+            );
+        }
+    }
+
+    #[test]
+    fn empty_required_attribute_is_rejected() {
+        assert_eq!(err(&[("id", "")]), "attribute 'id' must not be empty");
+        assert_eq!(
+            err(&[("subject", "")]),
+            "attribute 'subject' must not be empty"
+        );
+    }
+
+    #[test]
+    fn unknown_specversion_is_rejected() {
+        assert!(err(&[("specversion", "2.0")]).contains("unknown version '2.0'"));
+        assert!(Event::new(attrs(&[("specversion", "0.3")]), None).is_ok());
+    }
+
+    #[test]
+    fn time_must_be_rfc3339() {
+        assert!(err(&[("time", "yesterday")]).starts_with("attribute 'time': 'yesterday'"));
+        assert!(Event::new(attrs(&[("time", "2026-11-21T10:00:00.5Z")]), None).is_ok());
+        assert!(Event::new(attrs(&[("time", "2026-11-21T10:00:00+09:00")]), None).is_ok());
+    }
+
+    #[test]
+    fn extension_names_are_checked() {
+        assert!(err(&[("Bad", "x")]).contains("'Bad' is invalid"));
+        assert!(err(&[("a-b", "x")]).contains("'a-b' is invalid"));
+        assert!(err(&[("abcdefghijklmnopqrstu", "x")]).contains("is invalid"));
+        assert!(Event::new(attrs(&[("abcdefghijklmnopqrst", "x")]), None).is_ok());
+    }
+
+    #[test]
+    fn duplicate_attribute_is_rejected() {
+        let mut a = attrs(&[]);
+        a.push(("id".into(), "2".into()));
+        assert_eq!(
+            Event::new(a, None).expect_err("dup").to_string(),
+            "attribute 'id' is set twice"
+        );
+    }
+}

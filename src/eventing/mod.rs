@@ -1,0 +1,7 @@
+//! Knative Eventing: CloudEvents in over HTTP, stored by a broker backend,
+//! filtered by triggers and delivered to subscribers.
+
+pub mod backend;
+pub mod broker;
+pub mod event;
+pub mod trigger;

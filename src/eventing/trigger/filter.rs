@@ -1,0 +1,283 @@
+//! Trigger filters (`spec.filter.attributes` and `spec.filters`) and the index
+//! that finds the triggers an event matches without testing every trigger.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::eventing::event::Event;
+
+/// A compiled trigger filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// No filter: every event matches.
+    Everything,
+    Exact {
+        attribute: String,
+        value: String,
+    },
+    Prefix {
+        attribute: String,
+        prefix: String,
+    },
+    Suffix {
+        attribute: String,
+        suffix: String,
+    },
+    All(Vec<Filter>),
+    Any(Vec<Filter>),
+    Not(Box<Filter>),
+}
+
+impl Filter {
+    /// Knative's legacy `spec.filter.attributes`: every pair must match exactly;
+    /// an empty value matches any value (Knative's `TriggerAnyFilter`).
+    pub fn from_attributes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Filter {
+        let exact: Vec<Filter> = pairs
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(a, v)| Filter::Exact {
+                attribute: a.to_owned(),
+                value: v.to_owned(),
+            })
+            .collect();
+        match exact.len() {
+            0 => Filter::Everything,
+            1 => exact.into_iter().next().unwrap_or(Filter::Everything),
+            _ => Filter::All(exact),
+        }
+    }
+
+    pub fn matches(&self, event: &Event) -> bool {
+        match self {
+            Filter::Everything => true,
+            Filter::Exact { attribute, value } => event.attribute(attribute) == Some(value),
+            Filter::Prefix { attribute, prefix } => event
+                .attribute(attribute)
+                .is_some_and(|v| v.starts_with(prefix.as_str())),
+            Filter::Suffix { attribute, suffix } => event
+                .attribute(attribute)
+                .is_some_and(|v| v.ends_with(suffix.as_str())),
+            Filter::All(filters) => filters.iter().all(|f| f.matches(event)),
+            Filter::Any(filters) => filters.iter().any(|f| f.matches(event)),
+            Filter::Not(filter) => !filter.matches(event),
+        }
+    }
+
+    /// An exact condition every matching event satisfies, if the filter has one:
+    /// the key under which the index files this filter.
+    pub fn required_exact(&self) -> Option<(&str, &str)> {
+        match self {
+            Filter::Exact { attribute, value } => Some((attribute, value)),
+            Filter::All(filters) => {
+                // Prefer `type`: it is the most selective attribute in practice.
+                let exact = filters.iter().filter_map(Filter::required_exact);
+                let mut first = None;
+                for (a, v) in exact {
+                    if a == "type" {
+                        return Some((a, v));
+                    }
+                    first.get_or_insert((a, v));
+                }
+                first
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The set of trigger slots an event matched, computed once per event against
+/// one version of the index.
+#[derive(Debug, Clone, Default)]
+pub struct MatchSet {
+    pub index_version: u64,
+    bits: Vec<u64>,
+}
+
+impl MatchSet {
+    pub fn contains(&self, slot: usize) -> bool {
+        self.bits
+            .get(slot / 64)
+            .is_some_and(|word| word & (1 << (slot % 64)) != 0)
+    }
+
+    fn insert(&mut self, slot: usize) {
+        let word = slot / 64;
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        self.bits[word] |= 1 << (slot % 64);
+    }
+}
+
+/// Finds the triggers an event matches. Filters with an exact condition are
+/// filed under it (attribute -> value -> slots), so an event costs one hash
+/// look-up per indexed attribute plus a full test of the few candidates, not a
+/// test of every trigger. Filters without one are tested for every event.
+#[derive(Debug, Default)]
+pub struct FilterIndex {
+    version: u64,
+    filters: Vec<Option<Arc<Filter>>>,
+    by_attribute: HashMap<String, HashMap<String, Vec<usize>>>,
+    unindexed: Vec<usize>,
+}
+
+impl FilterIndex {
+    /// Builds the index over `filters[slot]`; empty slots hold `None`.
+    pub fn new(version: u64, filters: Vec<Option<Arc<Filter>>>) -> Self {
+        let mut index = FilterIndex {
+            version,
+            ..Default::default()
+        };
+        for (slot, filter) in filters.iter().enumerate() {
+            let Some(filter) = filter else { continue };
+            match filter.required_exact() {
+                Some((attribute, value)) => index
+                    .by_attribute
+                    .entry(attribute.to_owned())
+                    .or_default()
+                    .entry(value.to_owned())
+                    .or_default()
+                    .push(slot),
+                None => index.unindexed.push(slot),
+            }
+        }
+        index.filters = filters;
+        index
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The slots whose filter matches the event.
+    pub fn matches(&self, event: &Event) -> MatchSet {
+        let mut set = MatchSet {
+            index_version: self.version,
+            bits: Vec::new(),
+        };
+        let candidates = self
+            .by_attribute
+            .iter()
+            .filter_map(|(attribute, values)| values.get(event.attribute(attribute)?))
+            .flatten()
+            .chain(self.unindexed.iter());
+        for &slot in candidates {
+            if let Some(Some(filter)) = self.filters.get(slot)
+                && filter.matches(event)
+            {
+                set.insert(slot);
+            }
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ty: &str, source: &str, ext: Option<&str>) -> Event {
+        let mut attrs = vec![
+            ("specversion".to_string(), "1.0".to_string()),
+            ("id".to_string(), "1".to_string()),
+            ("source".to_string(), source.to_string()),
+            ("type".to_string(), ty.to_string()),
+        ];
+        if let Some(e) = ext {
+            attrs.push(("color".to_string(), e.to_string()));
+        }
+        Event::new(attrs, None).expect("valid")
+    }
+
+    fn exact(a: &str, v: &str) -> Filter {
+        Filter::Exact {
+            attribute: a.into(),
+            value: v.into(),
+        }
+    }
+
+    #[test]
+    fn legacy_attributes_are_anded_and_empty_means_any() {
+        let f = Filter::from_attributes([("type", "a"), ("source", "")]);
+        assert_eq!(f, exact("type", "a"));
+        let f = Filter::from_attributes([("type", "a"), ("source", "/s")]);
+        assert!(f.matches(&event("a", "/s", None)));
+        assert!(!f.matches(&event("a", "/t", None)));
+        assert_eq!(Filter::from_attributes([]), Filter::Everything);
+    }
+
+    #[test]
+    fn dialects_match_as_knative_defines_them() {
+        let e = event("com.example.created", "/orders/1", Some("red"));
+        let prefix = Filter::Prefix {
+            attribute: "type".into(),
+            prefix: "com.example.".into(),
+        };
+        let suffix = Filter::Suffix {
+            attribute: "source".into(),
+            suffix: "/1".into(),
+        };
+        assert!(prefix.matches(&e));
+        assert!(suffix.matches(&e));
+        assert!(Filter::All(vec![prefix.clone(), suffix.clone()]).matches(&e));
+        assert!(Filter::Any(vec![exact("type", "x"), suffix.clone()]).matches(&e));
+        assert!(!Filter::Any(vec![exact("type", "x"), exact("color", "blue")]).matches(&e));
+        assert!(Filter::Not(Box::new(exact("color", "blue"))).matches(&e));
+        assert!(!Filter::Not(Box::new(prefix)).matches(&e));
+        // A missing attribute never matches exact, prefix or suffix.
+        let plain = event("t", "/s", None);
+        assert!(!exact("color", "red").matches(&plain));
+        assert!(Filter::Not(Box::new(exact("color", "red"))).matches(&plain));
+        // All of nothing is true, any of nothing is false.
+        assert!(Filter::All(vec![]).matches(&plain));
+        assert!(!Filter::Any(vec![]).matches(&plain));
+    }
+
+    #[test]
+    fn required_exact_prefers_type() {
+        let f = Filter::All(vec![exact("source", "/s"), exact("type", "t")]);
+        assert_eq!(f.required_exact(), Some(("type", "t")));
+        assert_eq!(Filter::Any(vec![exact("type", "t")]).required_exact(), None);
+    }
+
+    #[test]
+    fn index_agrees_with_testing_every_filter() {
+        let filters: Vec<Option<Arc<Filter>>> = vec![
+            Some(Arc::new(exact("type", "a"))),
+            None,
+            Some(Arc::new(Filter::All(vec![
+                exact("type", "a"),
+                exact("color", "red"),
+            ]))),
+            Some(Arc::new(Filter::Prefix {
+                attribute: "type".into(),
+                prefix: "b".into(),
+            })),
+            Some(Arc::new(Filter::Everything)),
+            Some(Arc::new(exact("color", "red"))),
+        ];
+        let index = FilterIndex::new(7, filters.clone());
+        for e in [
+            event("a", "/s", None),
+            event("a", "/s", Some("red")),
+            event("bx", "/s", Some("blue")),
+            event("c", "/s", Some("red")),
+        ] {
+            let set = index.matches(&e);
+            assert_eq!(set.index_version, 7);
+            for (slot, f) in filters.iter().enumerate() {
+                let expected = f.as_ref().is_some_and(|f| f.matches(&e));
+                assert_eq!(set.contains(slot), expected, "slot {slot} for {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn match_set_spans_many_slots() {
+        let mut s = MatchSet::default();
+        s.insert(3);
+        s.insert(130);
+        assert!(s.contains(3) && s.contains(130));
+        assert!(!s.contains(4) && !s.contains(129) && !s.contains(1000));
+    }
+}

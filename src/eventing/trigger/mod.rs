@@ -1,0 +1,3 @@
+//! Triggers: filters, delivery and the per-trigger dispatcher.
+
+pub mod filter;
