@@ -26,3 +26,6 @@ impl fmt::Display for ObjectKey {
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
+
+pub mod manifest;
+pub mod resources;

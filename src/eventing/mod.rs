@@ -3,5 +3,6 @@
 
 pub mod backend;
 pub mod broker;
+pub mod delivery;
 pub mod event;
 pub mod trigger;

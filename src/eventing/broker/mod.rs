@@ -1,1 +1,113 @@
-//! Brokers: ingress and the registry of running brokers.
+//! Brokers: the handle of a running broker, the registry the ingress looks
+//! brokers up in, and the HTTP ingress.
+
+pub mod ingress;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{SecondsFormat, Utc};
+use metrics::Counter;
+
+use crate::control::ObjectKey;
+use crate::eventing::backend::{AppendError, Backend};
+use crate::eventing::event::Event;
+
+/// A running broker: its backend and its ingress counters.
+pub struct BrokerHandle {
+    pub key: ObjectKey,
+    pub backend: Arc<dyn Backend>,
+    received: Counter,
+    accepted: Counter,
+}
+
+impl BrokerHandle {
+    pub fn new(key: ObjectKey, backend: Arc<dyn Backend>) -> Self {
+        let label = key.to_string();
+        BrokerHandle {
+            received: metrics::counter!("pilotlight_broker_events_received_total", "broker" => label.clone()),
+            accepted: metrics::counter!("pilotlight_broker_events_accepted_total", "broker" => label),
+            key,
+            backend,
+        }
+    }
+
+    /// Stamps `knativearrivaltime` and stores the events; used by the ingress
+    /// and by replies re-entering the broker.
+    pub async fn publish(&self, mut events: Vec<Event>) -> Result<(), AppendError> {
+        let count = events.len() as u64;
+        self.received.increment(count);
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        for event in &mut events {
+            event.set_attribute("knativearrivaltime", now.as_str());
+        }
+        let stored = self.backend.append(events).await;
+        match &stored {
+            Ok(()) => self.accepted.increment(count),
+            Err(e) => reject_metric(&self.key.to_string(), rejection_reason(e)),
+        }
+        stored
+    }
+}
+
+fn rejection_reason(error: &AppendError) -> &'static str {
+    match error {
+        AppendError::Overloaded(_) => "overloaded",
+        AppendError::Unavailable { .. } => "unavailable",
+    }
+}
+
+/// Counts an event the broker turned away, by reason.
+pub fn reject_metric(broker: &str, reason: &'static str) {
+    metrics::counter!("pilotlight_broker_events_rejected_total", "broker" => broker.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// A broker as the ingress sees it.
+#[derive(Clone)]
+pub enum BrokerEntry {
+    Ready(Arc<BrokerHandle>),
+    /// Declared but not serving (backend starting or failed): 503.
+    NotReady {
+        reason: String,
+    },
+}
+
+/// The brokers the ingress serves, by namespace then name (looked up without
+/// allocating on every request).
+#[derive(Default)]
+pub struct BrokerRegistry {
+    brokers: RwLock<HashMap<String, HashMap<String, BrokerEntry>>>,
+}
+
+impl BrokerRegistry {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<BrokerEntry> {
+        let brokers = self.brokers.read().unwrap_or_else(|e| e.into_inner());
+        brokers.get(namespace)?.get(name).cloned()
+    }
+
+    pub fn ready(&self, key: &ObjectKey) -> Option<Arc<BrokerHandle>> {
+        match self.get(&key.namespace, &key.name)? {
+            BrokerEntry::Ready(handle) => Some(handle),
+            BrokerEntry::NotReady { .. } => None,
+        }
+    }
+
+    pub fn insert(&self, key: &ObjectKey, entry: BrokerEntry) {
+        let mut brokers = self.brokers.write().unwrap_or_else(|e| e.into_inner());
+        brokers
+            .entry(key.namespace.clone())
+            .or_default()
+            .insert(key.name.clone(), entry);
+    }
+
+    pub fn remove(&self, key: &ObjectKey) -> Option<BrokerEntry> {
+        let mut brokers = self.brokers.write().unwrap_or_else(|e| e.into_inner());
+        let namespace = brokers.get_mut(&key.namespace)?;
+        let removed = namespace.remove(&key.name);
+        if namespace.is_empty() {
+            brokers.remove(&key.namespace);
+        }
+        removed
+    }
+}

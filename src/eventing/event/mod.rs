@@ -12,7 +12,7 @@ pub use http_binding::{
     BindingError, CONTENT_TYPE_BATCH, CONTENT_TYPE_STRUCTURED, Mode, carries_event,
     encode_binary_headers, encode_structured, is_json_media_type, parse_http,
 };
-pub use validate::ValidationError;
+pub use validate::{ValidationError, is_valid_name as is_valid_attribute_name};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,4 @@
 //! Triggers: filters, delivery and the per-trigger dispatcher.
 
+pub mod dispatcher;
 pub mod filter;

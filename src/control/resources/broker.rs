@@ -1,0 +1,80 @@
+//! `Broker` (eventing.knative.dev/v1).
+
+use serde::{Deserialize, Serialize};
+
+use super::duck::{DeliverySpec, KReference};
+use super::{Invalid, ObjectMeta};
+
+/// The annotation that picks a broker's backend.
+pub const CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Broker {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: BrokerSpec,
+    #[serde(default, skip_serializing)]
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BrokerSpec {
+    /// Backend-specific configuration (a ConfigMap for Kafka, a
+    /// RabbitmqBrokerConfig for RabbitMQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<KReference>,
+    /// The default delivery of the broker's triggers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// Where a broker keeps its events, from its class annotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerClass {
+    /// The durable on-disk log (also what Knative's default class,
+    /// `MTChannelBasedBroker`, means here).
+    Log,
+    /// In memory: no durability.
+    Memory,
+}
+
+impl BrokerClass {
+    /// The class a broker asks for; `default` when it has no annotation.
+    pub fn of(broker: &Broker, default: BrokerClass) -> Result<BrokerClass, Invalid> {
+        let Some(class) = broker.metadata.annotations.get(CLASS_ANNOTATION) else {
+            return Ok(default);
+        };
+        match class.as_str() {
+            "MTChannelBasedBroker" | "Log" | "log" => Ok(BrokerClass::Log),
+            "Memory" | "memory" => Ok(BrokerClass::Memory),
+            "Kafka" | "RabbitMQBroker" => Err(Invalid::new(
+                format!("metadata.annotations.{CLASS_ANNOTATION}"),
+                format!(
+                    "broker class '{class}' is not available in this version of pilotlight; use 'MTChannelBasedBroker' (the durable log) or 'Memory'"
+                ),
+            )),
+            other => Err(Invalid::new(
+                format!("metadata.annotations.{CLASS_ANNOTATION}"),
+                format!(
+                    "unknown broker class '{other}'; known classes: MTChannelBasedBroker (durable log, the default), Memory"
+                ),
+            )),
+        }
+    }
+}
+
+impl Broker {
+    pub fn validate(&self, default_class: BrokerClass) -> Result<(), Invalid> {
+        self.metadata.validate()?;
+        BrokerClass::of(self, default_class)?;
+        if let Some(delivery) = &self.spec.delivery {
+            delivery.validate("spec.delivery")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! Knative's duck types shared by many kinds: object references, destinations
+//! and the delivery spec.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Invalid;
+
+/// `KReference`: a reference to another object, by kind and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KReference {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// `Destination`: where events go, as a reference, a URI, or a reference plus
+/// a path (the URI is then resolved against the reference's address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destination {
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<KReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, rename = "CACerts", skip_serializing_if = "Option::is_none")]
+    pub ca_certs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+impl Destination {
+    /// Checks the destination's shape (not whether its reference resolves).
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        match (&self.reference, &self.uri) {
+            (None, None) => Err(Invalid::new(field, "set 'ref' or 'uri'")),
+            (None, Some(uri)) => {
+                let parsed: http::Uri = uri.parse().map_err(|e| {
+                    Invalid::new(format!("{field}.uri"), format!("'{uri}' is not a URI: {e}"))
+                })?;
+                if parsed.scheme().is_none() || parsed.host().is_none() {
+                    return Err(Invalid::new(
+                        format!("{field}.uri"),
+                        format!("'{uri}' must be an absolute URI such as http://host:port/path"),
+                    ));
+                }
+                Ok(())
+            }
+            (Some(r), _) => {
+                for (name, value) in [
+                    ("apiVersion", &r.api_version),
+                    ("kind", &r.kind),
+                    ("name", &r.name),
+                ] {
+                    if value.is_empty() {
+                        return Err(Invalid::new(
+                            format!("{field}.ref.{name}"),
+                            "must not be empty",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `BackoffPolicyType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackoffPolicy {
+    Linear,
+    #[default]
+    Exponential,
+}
+
+/// `DeliverySpec`: retries, backoff, timeout and the dead-letter sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliverySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink: Option<Destination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_policy: Option<BackoffPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_delay: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_max: Option<String>,
+    /// Knative's event format for delivery (`json` or `binary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+impl DeliverySpec {
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        if let Some(sink) = &self.dead_letter_sink {
+            sink.validate(&format!("{field}.deadLetterSink"))?;
+        }
+        if let Some(retry) = self.retry
+            && retry < 0
+        {
+            return Err(Invalid::new(
+                format!("{field}.retry"),
+                format!("{retry} must be 0 or more"),
+            ));
+        }
+        for (name, value) in [
+            ("backoffDelay", &self.backoff_delay),
+            ("timeout", &self.timeout),
+            ("retryAfterMax", &self.retry_after_max),
+        ] {
+            if let Some(text) = value {
+                parse_duration(text)
+                    .map_err(|reason| Invalid::new(format!("{field}.{name}"), reason))?;
+            }
+        }
+        if let Some(format) = &self.format
+            && format != "json"
+            && format != "binary"
+        {
+            return Err(Invalid::new(
+                format!("{field}.format"),
+                format!("'{format}' is not a format: use 'json' or 'binary'"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses an ISO-8601 duration (`PT0.2S`, `PT1M30S`, `P1D`), as Knative's
+/// delivery fields take them.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let parsed = iso8601::duration(text)
+        .map_err(|_| format!("'{text}' is not an ISO-8601 duration such as PT0.5S or PT1M"))?;
+    let duration: Duration = parsed.into();
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_iso8601() {
+        assert_eq!(parse_duration("PT0.2S"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("PT1M30S"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("PT2S"), Ok(Duration::from_secs(2)));
+        assert!(
+            parse_duration("2s")
+                .expect_err("not iso")
+                .contains("'2s' is not an ISO-8601 duration")
+        );
+    }
+
+    #[test]
+    fn destination_needs_ref_or_absolute_uri() {
+        let err = Destination::default()
+            .validate("spec.subscriber")
+            .expect_err("empty");
+        assert_eq!(err.to_string(), "spec.subscriber: set 'ref' or 'uri'");
+        let relative = Destination {
+            uri: Some("/path".into()),
+            ..Default::default()
+        };
+        let err = relative.validate("spec.subscriber").expect_err("relative");
+        assert!(
+            err.to_string()
+                .starts_with("spec.subscriber.uri: '/path' must be an absolute URI")
+        );
+    }
+
+    #[test]
+    fn delivery_fields_are_checked() {
+        let spec = DeliverySpec {
+            retry: Some(-1),
+            ..Default::default()
+        };
+        assert_eq!(
+            spec.validate("spec.delivery").expect_err("neg").to_string(),
+            "spec.delivery.retry: -1 must be 0 or more"
+        );
+        let spec = DeliverySpec {
+            timeout: Some("10s".into()),
+            ..Default::default()
+        };
+        assert!(
+            spec.validate("spec.delivery")
+                .expect_err("dur")
+                .to_string()
+                .starts_with("spec.delivery.timeout: '10s'")
+        );
+    }
+}

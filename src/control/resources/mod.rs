@@ -1,0 +1,65 @@
+//! The Knative kinds pilotlight accepts, as serde types that refuse unknown
+//! fields, plus the checks serde cannot express.
+
+pub mod broker;
+pub mod duck;
+pub mod meta;
+pub mod trigger;
+
+use std::fmt;
+
+pub use broker::Broker;
+pub use meta::ObjectMeta;
+pub use trigger::Trigger;
+
+/// A field whose value is wrong, and why. `field` is a path such as
+/// `spec.delivery.retry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// One accepted object of a known kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    Broker(Broker),
+    Trigger(Trigger),
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Broker(_) => "Broker",
+            Resource::Trigger(_) => "Trigger",
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::Broker(b) => &b.metadata,
+            Resource::Trigger(t) => &t.metadata,
+        }
+    }
+}
+
+/// The kinds pilotlight knows: (apiVersion, kind).
+pub const KNOWN_KINDS: &[(&str, &str)] = &[
+    ("eventing.knative.dev/v1", "Broker"),
+    ("eventing.knative.dev/v1", "Trigger"),
+];

@@ -1,0 +1,347 @@
+//! `Trigger` (eventing.knative.dev/v1).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::duck::{DeliverySpec, Destination};
+use super::{Invalid, ObjectMeta};
+use crate::eventing::event::ValidationError;
+use crate::eventing::trigger::filter::Filter;
+
+/// Delivery order annotation (Knative's Kafka broker name, used for every backend).
+pub const DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
+/// Deliveries a trigger keeps in flight at most (unordered triggers).
+pub const MAX_IN_FLIGHT_ANNOTATION: &str = "pilotlight.dev/max-in-flight";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trigger {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: TriggerSpec,
+    #[serde(default, skip_serializing)]
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerSpec {
+    pub broker: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<AttributesFilter>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<SubscriptionsApiFilter>,
+    pub subscriber: Destination,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+}
+
+/// The legacy `spec.filter`: exact matches on attributes, ANDed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttributesFilter {
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One entry of `spec.filters`: exactly one dialect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionsApiFilter {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub all: Vec<SubscriptionsApiFilter>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub any: Vec<SubscriptionsApiFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not: Option<Box<SubscriptionsApiFilter>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exact: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prefix: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub suffix: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cesql: Option<String>,
+}
+
+/// How a trigger's events are delivered relative to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryOrder {
+    Ordered,
+    Unordered,
+}
+
+impl Trigger {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.metadata.validate()?;
+        if self.spec.broker.is_empty() {
+            return Err(Invalid::new("spec.broker", "is required"));
+        }
+        self.compile_filter()?;
+        self.spec.subscriber.validate("spec.subscriber")?;
+        if let Some(delivery) = &self.spec.delivery {
+            delivery.validate("spec.delivery")?;
+        }
+        self.delivery_order()?;
+        self.max_in_flight(1)?;
+        Ok(())
+    }
+
+    /// The trigger's filter: `spec.filters` when set (then `spec.filter` is
+    /// ignored, as in Knative), else `spec.filter.attributes`.
+    pub fn compile_filter(&self) -> Result<Filter, Invalid> {
+        if !self.spec.filters.is_empty() {
+            let filters = compile_list(&self.spec.filters, "spec.filters")?;
+            return Ok(match filters.len() {
+                1 => filters.into_iter().next().unwrap_or(Filter::Everything),
+                _ => Filter::All(filters),
+            });
+        }
+        let attributes = self.spec.filter.as_ref().map(|f| &f.attributes);
+        for name in attributes.into_iter().flatten().map(|(n, _)| n) {
+            check_attribute_name(&format!("spec.filter.attributes.{name}"), name)?;
+        }
+        Ok(Filter::from_attributes(
+            attributes
+                .into_iter()
+                .flatten()
+                .map(|(n, v)| (n.as_str(), v.as_str())),
+        ))
+    }
+
+    pub fn delivery_order(&self) -> Result<DeliveryOrder, Invalid> {
+        match self
+            .metadata
+            .annotations
+            .get(DELIVERY_ORDER_ANNOTATION)
+            .map(String::as_str)
+        {
+            None | Some("unordered") => Ok(DeliveryOrder::Unordered),
+            Some("ordered") => Ok(DeliveryOrder::Ordered),
+            Some(other) => Err(Invalid::new(
+                format!("metadata.annotations.{DELIVERY_ORDER_ANNOTATION}"),
+                format!("'{other}' is not a delivery order: use 'ordered' or 'unordered'"),
+            )),
+        }
+    }
+
+    /// Deliveries in flight at most: 1 when ordered, else the annotation or `default`.
+    pub fn max_in_flight(&self, default: usize) -> Result<usize, Invalid> {
+        if self.delivery_order()? == DeliveryOrder::Ordered {
+            return Ok(1);
+        }
+        match self.metadata.annotations.get(MAX_IN_FLIGHT_ANNOTATION) {
+            None => Ok(default),
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+                _ => Err(Invalid::new(
+                    format!("metadata.annotations.{MAX_IN_FLIGHT_ANNOTATION}"),
+                    format!("'{text}' must be a whole number from 1 to 10000"),
+                )),
+            },
+        }
+    }
+}
+
+fn compile_list(filters: &[SubscriptionsApiFilter], field: &str) -> Result<Vec<Filter>, Invalid> {
+    filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| compile(f, &format!("{field}[{i}]")))
+        .collect()
+}
+
+fn compile(filter: &SubscriptionsApiFilter, field: &str) -> Result<Filter, Invalid> {
+    let dialects = [
+        !filter.all.is_empty(),
+        !filter.any.is_empty(),
+        filter.not.is_some(),
+        !filter.exact.is_empty(),
+        !filter.prefix.is_empty(),
+        !filter.suffix.is_empty(),
+        filter.cesql.is_some(),
+    ];
+    match dialects.iter().filter(|set| **set).count() {
+        0 => {
+            return Err(Invalid::new(
+                field,
+                "set one dialect: exact, prefix, suffix, all, any, not or cesql",
+            ));
+        }
+        1 => {}
+        _ => {
+            return Err(Invalid::new(
+                field,
+                "multiple dialects found: a filter has exactly one of exact, prefix, suffix, all, any, not, cesql",
+            ));
+        }
+    }
+    if !filter.all.is_empty() {
+        return Ok(Filter::All(compile_list(
+            &filter.all,
+            &format!("{field}.all"),
+        )?));
+    }
+    if !filter.any.is_empty() {
+        return Ok(Filter::Any(compile_list(
+            &filter.any,
+            &format!("{field}.any"),
+        )?));
+    }
+    if let Some(not) = &filter.not {
+        return Ok(Filter::Not(Box::new(compile(
+            not,
+            &format!("{field}.not"),
+        )?)));
+    }
+    if let Some(expression) = &filter.cesql {
+        return Err(Invalid::new(
+            format!("{field}.cesql"),
+            format!(
+                "CESQL filters are not supported yet (expression '{expression}'); use exact, prefix, suffix, all, any or not"
+            ),
+        ));
+    }
+    let (dialect, map) = [
+        ("exact", &filter.exact),
+        ("prefix", &filter.prefix),
+        ("suffix", &filter.suffix),
+    ]
+    .into_iter()
+    .find(|(_, m)| !m.is_empty())
+    .ok_or_else(|| Invalid::new(field, "empty filter"))?;
+    let field = format!("{field}.{dialect}");
+    let mut pairs = map.iter();
+    let (Some((attribute, value)), None) = (pairs.next(), pairs.next()) else {
+        return Err(Invalid::new(field, "must have exactly one attribute"));
+    };
+    check_attribute_name(&format!("{field}.{attribute}"), attribute)?;
+    if value.is_empty() {
+        return Err(Invalid::new(
+            format!("{field}.{attribute}"),
+            "value must not be empty",
+        ));
+    }
+    let (attribute, value) = (attribute.clone(), value.clone());
+    Ok(match dialect {
+        "exact" => Filter::Exact { attribute, value },
+        "prefix" => Filter::Prefix {
+            attribute,
+            prefix: value,
+        },
+        _ => Filter::Suffix {
+            attribute,
+            suffix: value,
+        },
+    })
+}
+
+fn check_attribute_name(field: &str, name: &str) -> Result<(), Invalid> {
+    if crate::eventing::event::is_valid_attribute_name(name) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            ValidationError::BadName(name.to_owned()).to_string(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trigger(spec_yaml: &str) -> Trigger {
+        let text = format!(
+            "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: t\nspec:\n  broker: default\n  subscriber:\n    uri: http://127.0.0.1:1/\n{spec_yaml}"
+        );
+        serde_saphyr::from_str(&text).expect("parses")
+    }
+
+    #[test]
+    fn filters_win_over_filter() {
+        let t = trigger(
+            "  filter:\n    attributes:\n      type: a\n  filters:\n    - prefix:\n        type: b\n",
+        );
+        assert_eq!(
+            t.compile_filter().expect("ok"),
+            Filter::Prefix {
+                attribute: "type".into(),
+                prefix: "b".into()
+            }
+        );
+    }
+
+    #[test]
+    fn nested_dialects_compile() {
+        let t = trigger(
+            "  filters:\n    - any:\n        - exact:\n            type: a\n        - not:\n            suffix:\n              source: /x\n",
+        );
+        let f = t.compile_filter().expect("ok");
+        assert!(matches!(f, Filter::Any(ref v) if v.len() == 2));
+    }
+
+    #[test]
+    fn two_dialects_in_one_filter_are_refused_with_the_path() {
+        let t =
+            trigger("  filters:\n    - exact:\n        type: a\n      prefix:\n        type: b\n");
+        let err = t.validate().expect_err("two");
+        assert_eq!(err.field, "spec.filters[0]");
+        assert!(err.reason.contains("multiple dialects"));
+    }
+
+    #[test]
+    fn exact_needs_exactly_one_attribute() {
+        let t = trigger(
+            "  filters:\n    - all:\n      - exact:\n          type: a\n          source: b\n",
+        );
+        let err = t.validate().expect_err("two keys");
+        assert_eq!(
+            err.to_string(),
+            "spec.filters[0].all[0].exact: must have exactly one attribute"
+        );
+    }
+
+    #[test]
+    fn bad_attribute_name_is_refused() {
+        let t = trigger("  filter:\n    attributes:\n      Type: a\n");
+        let err = t.validate().expect_err("bad name");
+        assert_eq!(err.field, "spec.filter.attributes.Type");
+    }
+
+    #[test]
+    fn cesql_is_refused_until_supported() {
+        let t = trigger("  filters:\n    - cesql: \"type = 'a'\"\n");
+        assert_eq!(
+            t.validate().expect_err("cesql").field,
+            "spec.filters[0].cesql"
+        );
+    }
+
+    #[test]
+    fn order_and_in_flight_annotations() {
+        let mut t = trigger("");
+        assert_eq!(t.max_in_flight(50), Ok(50));
+        t.metadata
+            .annotations
+            .insert(DELIVERY_ORDER_ANNOTATION.into(), "ordered".into());
+        assert_eq!(t.max_in_flight(50), Ok(1));
+        t.metadata
+            .annotations
+            .insert(DELIVERY_ORDER_ANNOTATION.into(), "sorted".into());
+        assert!(
+            t.validate()
+                .expect_err("bad order")
+                .reason
+                .contains("'sorted'")
+        );
+        t.metadata.annotations.remove(DELIVERY_ORDER_ANNOTATION);
+        t.metadata
+            .annotations
+            .insert(MAX_IN_FLIGHT_ANNOTATION.into(), "0".into());
+        assert!(t.validate().is_err());
+    }
+}

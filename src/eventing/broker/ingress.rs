@@ -1,0 +1,158 @@
+//! The broker ingress: `POST /{namespace}/{broker}` with CloudEvents in binary,
+//! structured or batched mode. 202 once the backend has stored the events.
+//!
+//! | answer | when |
+//! |---|---|
+//! | 202 | stored durably |
+//! | 400 | not a valid CloudEvent (the body says which attribute and why) |
+//! | 404 | no such broker |
+//! | 405 | a method other than POST or OPTIONS |
+//! | 413 | body over the size limit |
+//! | 429 / 503 + Retry-After | the backend pushes back / the broker is not ready |
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use http_body_util::{BodyExt, Limited};
+
+use super::{BrokerEntry, BrokerRegistry, reject_metric};
+use crate::eventing::backend::AppendError;
+use crate::eventing::event::parse_http;
+
+/// Default largest request body accepted (1 MiB).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// What the ingress needs.
+#[derive(Clone)]
+pub struct IngressState {
+    pub brokers: Arc<BrokerRegistry>,
+    pub max_event_bytes: usize,
+}
+
+/// The ingress routes, to be merged into the main listener's router.
+pub fn router(state: IngressState) -> axum::Router {
+    axum::Router::new()
+        .route("/{namespace}/{broker}", any(ingress))
+        .with_state(state)
+}
+
+async fn ingress(
+    State(state): State<IngressState>,
+    Path((namespace, name)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let key = format!("{namespace}/{name}");
+    let broker = match state.brokers.get(&namespace, &name) {
+        None => {
+            reject_metric("unknown", "unknown_broker");
+            return text(StatusCode::NOT_FOUND, format!("broker {key} not found"));
+        }
+        Some(BrokerEntry::NotReady { reason }) => {
+            reject_metric(&key, "not_ready");
+            return retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                5,
+                format!("broker {key} is not ready: {reason}"),
+            );
+        }
+        Some(BrokerEntry::Ready(handle)) => handle,
+    };
+    match method {
+        Method::POST => {}
+        Method::OPTIONS => return webhook_handshake(&headers),
+        _ => {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} is not allowed: send events with POST"),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+            return response;
+        }
+    }
+    if let Some(length) = content_length(&headers)
+        && length > state.max_event_bytes
+    {
+        return too_large(&key, state.max_event_bytes);
+    }
+    let body = match Limited::new(body, state.max_event_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return too_large(&key, state.max_event_bytes);
+        }
+        Err(e) => {
+            reject_metric(&key, "read_error");
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body failed: {e}"),
+            );
+        }
+    };
+    let events = match parse_http(&headers, body) {
+        Ok((_, events)) => events,
+        Err(e) => {
+            reject_metric(&key, "invalid");
+            return text(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"));
+        }
+    };
+    match broker.publish(events).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => {
+            let status = match e {
+                AppendError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+                AppendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            retry_later(status, e.retry_after().as_secs().max(1), e.to_string())
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large(broker: &str, limit: usize) -> Response {
+    reject_metric(broker, "too_large");
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is over the limit of {limit} bytes (set with --max-event-size)"),
+    )
+}
+
+/// The CloudEvents webhook validation handshake (abuse protection).
+fn webhook_handshake(headers: &HeaderMap) -> Response {
+    let origin = headers
+        .get("webhook-request-origin")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("*"));
+    let mut response = StatusCode::OK.into_response();
+    let h = response.headers_mut();
+    h.insert("webhook-allowed-origin", origin);
+    h.insert("webhook-allowed-rate", HeaderValue::from_static("*"));
+    h.insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+    response
+}
+
+fn retry_later(status: StatusCode, seconds: u64, message: String) -> Response {
+    let mut response = text(status, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+fn text(status: StatusCode, message: String) -> Response {
+    (status, format!("{message}\n")).into_response()
+}

@@ -1,0 +1,12 @@
+//! Delivering one event to one destination with Knative's delivery semantics:
+//! retries with linear or exponential backoff, Retry-After, per-attempt
+//! timeouts, and dead-letter sinks. Triggers use it, and so do sources: one
+//! HTTP client and one retry loop for everything pilotlight sends.
+
+mod policy;
+mod retry;
+mod sender;
+
+pub use policy::{DEFAULT_TIMEOUT, DeliveryPolicy};
+pub use retry::{Outcome, dead_letter_event, deliver_with_retries};
+pub use sender::{Attempt, EventSender, Failure};

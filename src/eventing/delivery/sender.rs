@@ -1,0 +1,239 @@
+//! One HTTP attempt: send an event in binary mode with `Prefer: reply`, and
+//! classify the answer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::eventing::event::{Event, carries_event, encode_binary_headers, parse_http};
+
+/// Knative keeps at most this much of a failed response in `knativeerrordata`.
+pub const ERROR_DATA_MAX: usize = 1024;
+/// Largest reply event read from a subscriber.
+const REPLY_MAX: usize = 4 << 20;
+
+/// Why an attempt failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The HTTP status, when the subscriber answered at all.
+    pub status: Option<StatusCode>,
+    /// Whether Knative's rules call for another attempt: 404, 409, 429, 5xx,
+    /// timeouts and network errors.
+    pub retryable: bool,
+    /// The subscriber's Retry-After, if it sent one.
+    pub retry_after: Option<Duration>,
+    /// The start of the response body, or the error, for `knativeerrordata`.
+    pub data: Bytes,
+    /// For logs and status.
+    pub message: String,
+}
+
+/// The result of one attempt.
+#[derive(Debug)]
+pub enum Attempt {
+    /// 2xx; with the reply event when the response carried one.
+    Delivered {
+        status: StatusCode,
+        reply: Option<Event>,
+    },
+    Failed(Failure),
+}
+
+/// The HTTP client every delivery shares (connection pooling per host).
+#[derive(Clone)]
+pub struct EventSender {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for EventSender {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventSender {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(512)
+            .build(connector);
+        EventSender { client }
+    }
+
+    /// Sends the event once, waiting at most `timeout` for the whole exchange.
+    pub async fn send(&self, uri: &Uri, event: &Event, timeout: Duration) -> Attempt {
+        match tokio::time::timeout(timeout, self.exchange(uri, event)).await {
+            Ok(attempt) => attempt,
+            Err(_) => Attempt::Failed(Failure {
+                status: None,
+                retryable: true,
+                retry_after: None,
+                data: Bytes::from(format!("dispatch error: no response within {timeout:?}")),
+                message: format!("no response from {uri} within {timeout:?}"),
+            }),
+        }
+    }
+
+    async fn exchange(&self, uri: &Uri, event: &Event) -> Attempt {
+        let mut request = Request::new(Full::new(event.data().cloned().unwrap_or_default()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        encode_binary_headers(event, headers);
+        headers.insert("prefer", HeaderValue::from_static("reply"));
+        let response = match self.client.request(request).await {
+            Ok(response) => response,
+            Err(e) => return network_failure(uri, &e),
+        };
+        let (parts, body) = response.into_parts();
+        if parts.status.is_success() {
+            return delivered(parts.status, &parts.headers, body).await;
+        }
+        let data = read_prefix(body, ERROR_DATA_MAX).await;
+        Attempt::Failed(Failure {
+            status: Some(parts.status),
+            retryable: is_retryable(parts.status),
+            retry_after: retry_after(&parts.headers),
+            message: format!("{uri} answered {}", parts.status),
+            data,
+        })
+    }
+}
+
+/// A 2xx answer: a reply event if the response carries one, which must be valid.
+async fn delivered(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: hyper::body::Incoming,
+) -> Attempt {
+    if !carries_event(headers) {
+        // Drain so the connection goes back to the pool.
+        let _ = read_prefix(body, REPLY_MAX).await;
+        return Attempt::Delivered {
+            status,
+            reply: None,
+        };
+    }
+    let body = match http_body_util::Limited::new(body, REPLY_MAX)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return malformed_reply(status, format!("reading the reply failed: {e}")),
+    };
+    match parse_http(headers, body) {
+        Ok((_, mut events)) if events.len() == 1 => Attempt::Delivered {
+            status,
+            reply: events.pop(),
+        },
+        Ok((_, events)) => malformed_reply(
+            status,
+            format!("a reply is one event, not a batch of {}", events.len()),
+        ),
+        Err(e) => malformed_reply(status, format!("the reply is not a valid CloudEvent: {e}")),
+    }
+}
+
+fn malformed_reply(status: StatusCode, message: String) -> Attempt {
+    Attempt::Failed(Failure {
+        status: Some(status),
+        retryable: true,
+        retry_after: None,
+        data: Bytes::from(message.clone()),
+        message,
+    })
+}
+
+fn network_failure(uri: &Uri, error: &hyper_util::client::legacy::Error) -> Attempt {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    Attempt::Failed(Failure {
+        status: None,
+        retryable: true,
+        retry_after: None,
+        data: Bytes::from(format!("dispatch error: POST {uri}: {message}")),
+        message: format!("POST {uri} failed: {message}"),
+    })
+}
+
+/// Knative retries on 404, 409, 429 and 5xx, and never on other 4xx.
+pub fn is_retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 404 | 409 | 429) || status.is_server_error()
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = when.signed_duration_since(chrono::Utc::now());
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Reads at most `limit` bytes of a body and drops the rest.
+async fn read_prefix(mut body: hyper::body::Incoming, limit: usize) -> Bytes {
+    let mut kept = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            let room = limit.saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+            if kept.len() >= limit {
+                break;
+            }
+        }
+    }
+    Bytes::from(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_codes_follow_knative() {
+        for code in [404, 409, 429, 500, 502, 503, 504] {
+            assert!(
+                is_retryable(StatusCode::from_u16(code).expect("code")),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 405, 410, 413, 422] {
+            assert!(
+                !is_retryable(StatusCode::from_u16(code).expect("code")),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+    }
+}

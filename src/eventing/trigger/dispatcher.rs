@@ -1,0 +1,194 @@
+//! A trigger's dispatcher: takes events from the trigger's subscription and
+//! delivers each to the subscriber, with the trigger's delivery policy.
+//!
+//! - Unordered (default): up to `max_in_flight` deliveries at once.
+//! - Ordered: one delivery at a time per lane (the whole log for the embedded
+//!   backends, a partition for Kafka), in order.
+//!
+//! An event is acknowledged to the backend only when the subscriber accepted it
+//! (and its reply, if any, is stored in the broker), or when it was accepted by
+//! the dead-letter sink, or when delivery failed with no dead-letter sink
+//! configured (Knative drops it then; pilotlight logs and counts it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{StatusCode, Uri};
+use metrics::{Counter, Histogram};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use super::filter::Filter;
+use crate::control::ObjectKey;
+use crate::eventing::backend::{Delivery, Subscription};
+use crate::eventing::broker::BrokerHandle;
+use crate::eventing::delivery::{
+    DeliveryPolicy, EventSender, Failure, Outcome, dead_letter_event, deliver_with_retries,
+};
+use crate::eventing::event::Event;
+
+/// Deliveries queued per lane of an ordered trigger before reading pauses.
+const LANE_QUEUE: usize = 64;
+/// Longest pause between tries when the dead-letter sink itself fails.
+const DEAD_LETTER_PAUSE_MAX: Duration = Duration::from_secs(60);
+
+/// Everything a dispatcher needs, resolved by the control plane. Two plans
+/// that compare equal run the same way, so an unchanged trigger keeps running
+/// across a reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerPlan {
+    pub key: ObjectKey,
+    pub broker: ObjectKey,
+    pub filter: Arc<Filter>,
+    pub subscriber: Uri,
+    pub delivery: DeliveryPolicy,
+    pub ordered: bool,
+    pub max_in_flight: usize,
+}
+
+/// Starts the dispatcher; abort the handle to stop it (in-flight deliveries
+/// stop too and are delivered again by the next subscription).
+pub fn spawn(
+    plan: Arc<TriggerPlan>,
+    subscription: Box<dyn Subscription>,
+    broker: Arc<BrokerHandle>,
+    sender: EventSender,
+) -> tokio::task::JoinHandle<()> {
+    let context = Arc::new(Context::new(plan, broker, sender));
+    tokio::spawn(async move {
+        if context.plan.ordered {
+            run_ordered(context, subscription).await
+        } else {
+            run_unordered(context, subscription).await
+        }
+    })
+}
+
+struct Context {
+    plan: Arc<TriggerPlan>,
+    broker: Arc<BrokerHandle>,
+    sender: EventSender,
+    attempt_seconds: Histogram,
+    dead_lettered: Counter,
+    dropped: Counter,
+}
+
+impl Context {
+    fn new(plan: Arc<TriggerPlan>, broker: Arc<BrokerHandle>, sender: EventSender) -> Self {
+        let trigger = plan.key.to_string();
+        Context {
+            attempt_seconds: metrics::histogram!("pilotlight_trigger_delivery_seconds", "trigger" => trigger.clone()),
+            dead_lettered: metrics::counter!("pilotlight_trigger_dead_lettered_total", "trigger" => trigger.clone()),
+            dropped: metrics::counter!("pilotlight_trigger_dropped_total", "trigger" => trigger),
+            plan,
+            broker,
+            sender,
+        }
+    }
+
+    fn observe(&self, status: Option<StatusCode>, took: Duration) {
+        self.attempt_seconds.record(took);
+        let code = status.map_or_else(|| "none".to_owned(), |s| s.as_u16().to_string());
+        metrics::counter!("pilotlight_trigger_deliveries_total", "trigger" => self.plan.key.to_string(), "code" => code)
+            .increment(1);
+    }
+}
+
+async fn run_unordered(context: Arc<Context>, mut subscription: Box<dyn Subscription>) {
+    let slots = Arc::new(Semaphore::new(context.plan.max_in_flight.max(1)));
+    let mut in_flight = JoinSet::new();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        while in_flight.try_join_next().is_some() {}
+        let Some(delivery) = subscription.next().await else {
+            return;
+        };
+        let context = context.clone();
+        in_flight.spawn(async move {
+            process(&context, delivery).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn run_ordered(context: Arc<Context>, mut subscription: Box<dyn Subscription>) {
+    let mut lanes: HashMap<u32, mpsc::Sender<Delivery>> = HashMap::new();
+    let mut workers = JoinSet::new();
+    while let Some(delivery) = subscription.next().await {
+        let lane = lanes.entry(delivery.lane).or_insert_with(|| {
+            let (queue, mut deliveries) = mpsc::channel::<Delivery>(LANE_QUEUE);
+            let context = context.clone();
+            workers.spawn(async move {
+                while let Some(delivery) = deliveries.recv().await {
+                    process(&context, delivery).await;
+                }
+            });
+            queue
+        });
+        if lane.send(delivery).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Delivers one event to the end: subscriber, reply, dead-letter sink.
+async fn process(context: &Context, delivery: Delivery) {
+    let plan = &context.plan;
+    let outcome = deliver_with_retries(
+        &context.sender,
+        &plan.subscriber,
+        &delivery.event,
+        &plan.delivery,
+        |status, took| context.observe(status, took),
+    )
+    .await;
+    match outcome {
+        Outcome::Delivered { reply: None } => {}
+        Outcome::Delivered { reply: Some(reply) } => store_reply(context, reply).await,
+        Outcome::Failed(failure) => dead_letter(context, &delivery.event, &failure).await,
+    }
+    delivery.ack().await;
+}
+
+/// A reply enters the trigger's broker as a new event. The subscriber has
+/// done its work, so the reply is retried until stored rather than the event
+/// being sent again.
+async fn store_reply(context: &Context, reply: Event) {
+    let mut pause = Duration::from_millis(100);
+    while let Err(e) = context.broker.publish(vec![reply.clone()]).await {
+        tracing::warn!(trigger = %context.plan.key, error = %e, "storing a reply failed; retrying");
+        tokio::time::sleep(pause.max(e.retry_after().min(DEAD_LETTER_PAUSE_MAX))).await;
+        pause = (pause * 2).min(DEAD_LETTER_PAUSE_MAX);
+    }
+}
+
+async fn dead_letter(context: &Context, event: &Event, failure: &Failure) {
+    let plan = &context.plan;
+    let Some(sink) = &plan.delivery.dead_letter_sink else {
+        tracing::warn!(trigger = %plan.key, id = event.id(), error = %failure.message, "delivery failed and the trigger has no dead-letter sink; the event is dropped");
+        context.dropped.increment(1);
+        return;
+    };
+    let dead = dead_letter_event(event, &plan.subscriber, failure);
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let outcome = deliver_with_retries(&context.sender, sink, &dead, &plan.delivery, |s, t| {
+            context.observe(s, t)
+        })
+        .await;
+        match outcome {
+            Outcome::Delivered { .. } => {
+                context.dead_lettered.increment(1);
+                return;
+            }
+            Outcome::Failed(f) => {
+                tracing::error!(trigger = %plan.key, id = event.id(), error = %f.message, "the dead-letter sink failed too; the event stays queued and is tried again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(DEAD_LETTER_PAUSE_MAX);
+            }
+        }
+    }
+}
