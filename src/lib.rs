@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod control;
 pub mod eventing;
+pub mod server;
 pub mod telemetry;

@@ -1,1 +1,61 @@
-//! Tracing and metrics set-up.
+//! Logs (tracing) and metrics (Prometheus) set-up.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Installs the global log subscriber. `RUST_LOG` overrides the default level
+/// (`info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // Already installed (tests start several servers in one process): keep it.
+    let _ = result;
+}
+
+/// Latency buckets in seconds, from 100 µs to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the global metrics recorder and returns the handle that renders
+/// `/metrics`. A second call (tests) returns a handle to a fresh recorder that
+/// is not global.
+pub fn init_metrics() -> PrometheusHandle {
+    let builder = || {
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+    };
+    let recorder = builder().build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_ok() {
+        return handle;
+    }
+    GLOBAL_HANDLE.get().cloned().unwrap_or(handle)
+}
+
+static GLOBAL_HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// Like [`init_metrics`], but the first handle is kept so later callers in the
+/// same process render the global recorder.
+pub fn metrics_handle() -> PrometheusHandle {
+    GLOBAL_HANDLE.get_or_init(init_metrics).clone()
+}

@@ -1,1 +1,50 @@
 //! The `pilotlight` command line.
+
+pub mod event_display;
+pub mod get;
+pub mod http;
+pub mod run;
+pub mod send;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// A Knative-compatible CloudEvents broker with scale-from-zero serving.
+#[derive(Debug, Parser)]
+#[command(name = "pilotlight", version, about)]
+pub struct Cli {
+    /// Log format: pretty (default) or json.
+    #[arg(
+        long,
+        global = true,
+        env = "PILOTLIGHT_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load Knative manifests and serve them (default: brokers/ and triggers/).
+    Run(run::RunArgs),
+    /// List brokers or triggers of a running pilotlight, with status.
+    Get(get::GetArgs),
+    /// Send a CloudEvent to a broker or URL (like `kn event send`).
+    Send(send::SendArgs),
+    /// A sink that prints every CloudEvent it receives (Knative's event_display).
+    EventDisplay(event_display::EventDisplayArgs),
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Get(args) => get::get(args).await,
+        Command::Send(args) => send::send(args).await,
+        Command::EventDisplay(args) => event_display::run(args).await,
+    }
+}

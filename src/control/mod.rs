@@ -27,5 +27,9 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+pub mod admin;
 pub mod manifest;
+pub mod reconcile;
 pub mod resources;
+pub mod status;
+pub mod watch;

@@ -82,7 +82,13 @@ impl Segment {
 
     /// A closed segment found at open: trusted to hold `base..end_offset` in
     /// `len` bytes; its file is opened and indexed when first read.
-    pub fn closed(base: u64, path: PathBuf, len: u64, end_offset: u64, mtime_ms: Option<i64>) -> Self {
+    pub fn closed(
+        base: u64,
+        path: PathBuf,
+        len: u64,
+        end_offset: u64,
+        mtime_ms: Option<i64>,
+    ) -> Self {
         Segment {
             base,
             path,
@@ -169,7 +175,10 @@ impl Segment {
         let mut expected = start.offset;
         while out.len() < max {
             let wanted = expected >= from;
-            match reader.next(wanted).map_err(|e| io_error("reading", &self.path, e))? {
+            match reader
+                .next(wanted)
+                .map_err(|e| io_error("reading", &self.path, e))?
+            {
                 Next::End => break,
                 Next::Broken { pos, reason } => return Err(self.corrupt(pos, reason)),
                 Next::Record {
@@ -195,7 +204,12 @@ impl Segment {
     }
 
     /// Checks a record's checksum and decodes its event.
-    fn decode(&self, pos: u64, header: &record::Header, payload: &[u8]) -> Result<Event, StoreError> {
+    fn decode(
+        &self,
+        pos: u64,
+        header: &record::Header,
+        payload: &[u8],
+    ) -> Result<Event, StoreError> {
         if record::checksum(header.offset, header.timestamp_ms, payload) != header.crc {
             return Err(self.corrupt(pos, "checksum mismatch"));
         }
@@ -217,7 +231,10 @@ impl Segment {
         if from >= view.end_offset || view.durable_len == 0 {
             return Ok(None);
         }
-        let at = view.index.partition_point(|e| e.offset <= from).saturating_sub(1);
+        let at = view
+            .index
+            .partition_point(|e| e.offset <= from)
+            .saturating_sub(1);
         let entry = view.index.get(at).copied().unwrap_or(IndexEntry {
             offset: self.base,
             pos: 0,
@@ -250,7 +267,10 @@ impl Segment {
         let mut newest = None;
         let mut next_entry_at = 0;
         loop {
-            match reader.next(false).map_err(|e| io_error("indexing", &self.path, e))? {
+            match reader
+                .next(false)
+                .map_err(|e| io_error("indexing", &self.path, e))?
+            {
                 Next::End => break,
                 Next::Broken { pos, reason } => return Err(self.corrupt(pos, reason)),
                 Next::Record { pos, header, .. } => {
@@ -258,7 +278,10 @@ impl Segment {
                         return Err(self.corrupt(pos, "record has an unexpected offset"));
                     }
                     if pos >= next_entry_at {
-                        index.push(IndexEntry { offset: expected, pos });
+                        index.push(IndexEntry {
+                            offset: expected,
+                            pos,
+                        });
                         next_entry_at = pos + INDEX_INTERVAL;
                     }
                     newest = Some(header.timestamp_ms);

@@ -28,6 +28,14 @@ use crate::eventing::event::Event;
 /// A grown write buffer above this is released after the write.
 const KEEP_BUFFER: usize = 8 << 20;
 
+/// A failure tests can inject into the next write, sync or rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    Write,
+    Sync,
+    Truncate,
+}
+
 /// What is durable: restored by a rollback.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SyncPoint {
@@ -58,6 +66,8 @@ pub(super) struct Writer {
     buf: Vec<u8>,
     /// Set when a failed write could not be undone: nothing more is written.
     poisoned: Option<String>,
+    #[cfg(test)]
+    faults: Vec<Fault>,
 }
 
 impl Writer {
@@ -84,7 +94,31 @@ impl Writer {
             dir_dirty: false,
             buf: Vec::new(),
             poisoned: None,
+            #[cfg(test)]
+            faults: Vec::new(),
         }
+    }
+
+    /// Makes the next operation of that kind fail.
+    #[cfg(test)]
+    pub fn inject(&mut self, fault: Fault) {
+        self.faults.push(fault);
+    }
+
+    #[cfg(test)]
+    fn injected(&mut self, fault: Fault) -> std::io::Result<()> {
+        match self.faults.iter().position(|f| *f == fault) {
+            Some(i) => {
+                self.faults.remove(i);
+                Err(std::io::Error::other(format!("injected {fault:?} failure")))
+            }
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    fn injected(&mut self, _fault: Fault) -> std::io::Result<()> {
+        Ok(())
     }
 
     /// The next offset to be given.
@@ -127,7 +161,9 @@ impl Writer {
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.check_usable()?;
         if self.pos > self.synced.len
-            && let Err(e) = self.file.sync_data()
+            && let Err(e) = self
+                .injected(Fault::Sync)
+                .and_then(|()| self.file.sync_data())
         {
             self.rollback();
             return Err(io_error("syncing segment", &self.active.path, e));
@@ -174,7 +210,9 @@ impl Writer {
                 .map_err(|e| io_error("appending to segment", &self.active.path, e))?;
             offset += 1;
         }
-        let written = self.file.write_all_at(&self.buf, self.pos);
+        let written = self
+            .injected(Fault::Write)
+            .and_then(|()| self.file.write_all_at(&self.buf, self.pos));
         let len = self.buf.len() as u64;
         if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
@@ -212,7 +250,10 @@ impl Writer {
     /// may hold records the offsets no longer account for: refuse to go on.
     fn rollback(&mut self) {
         self.reset_to_synced();
-        if let Err(e) = self.file.set_len(self.synced.len) {
+        let truncated = self
+            .injected(Fault::Truncate)
+            .and_then(|()| self.file.set_len(self.synced.len));
+        if let Err(e) = truncated {
             let reason = format!(
                 "the log in {} is unusable: undoing a failed write to {} failed ({e}); restart pilotlight to recover it",
                 self.dir.display(),
@@ -244,7 +285,10 @@ impl Writer {
                 durable_len: 0,
                 end_offset: base,
                 newest_ms: None,
-                index: vec![IndexEntry { offset: base, pos: 0 }],
+                index: vec![IndexEntry {
+                    offset: base,
+                    pos: 0,
+                }],
                 indexed: true,
             },
         ));

@@ -1,0 +1,158 @@
+//! `pilotlight get brokers|triggers`: a kubectl-style view of a running server.
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http::{HeaderMap, Method, Uri};
+
+use super::http::request;
+use crate::control::status::{ObjectList, ObjectView};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    #[value(alias = "broker")]
+    Brokers,
+    #[value(alias = "trigger")]
+    Triggers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// What to list.
+    #[arg(value_enum)]
+    pub kind: Kind,
+    /// Only this namespace (default: all).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Print the objects as YAML or JSON instead of a table.
+    #[arg(short, long, value_enum)]
+    pub output: Option<Output>,
+    /// The admin listener of the running pilotlight.
+    #[arg(long, env = "PILOTLIGHT_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: String,
+}
+
+pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+    let list = fetch(&args).await?;
+    for error in &list.errors {
+        eprintln!("warning: manifest refused: {error}");
+    }
+    let text = match args.output {
+        Some(Output::Json) => serde_json::to_string_pretty(&list.items)? + "\n",
+        Some(Output::Yaml) => serde_saphyr::to_string(&list.items).context("rendering YAML")?,
+        None => table(args.kind, &list.items),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
+    let path = match args.kind {
+        Kind::Brokers => "brokers",
+        Kind::Triggers => "triggers",
+    };
+    let query = args
+        .namespace
+        .as_ref()
+        .map(|ns| format!("?namespace={ns}"))
+        .unwrap_or_default();
+    let uri: Uri = format!("http://{}/api/v1/{path}{query}", args.admin)
+        .parse()
+        .with_context(|| {
+            format!(
+                "'{}' is not an address (--admin / PILOTLIGHT_ADMIN)",
+                args.admin
+            )
+        })?;
+    let response = request(Method::GET, &uri, HeaderMap::new(), Bytes::new())
+        .await
+        .with_context(|| format!("is pilotlight running with --admin {}?", args.admin))?;
+    if !response.status.is_success() {
+        bail!(
+            "{uri} answered {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    serde_json::from_slice(&response.body)
+        .with_context(|| format!("{uri} did not answer with a list of objects"))
+}
+
+/// Renders a kubectl-like table.
+pub fn table(kind: Kind, items: &[ObjectView]) -> String {
+    let mut rows = vec![match kind {
+        Kind::Brokers => vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+        Kind::Triggers => [
+            "NAMESPACE",
+            "NAME",
+            "BROKER",
+            "SUBSCRIBER_URI",
+            "READY",
+            "REASON",
+            "BACKLOG",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+    }];
+    for item in items {
+        let ready = item.status.ready_condition();
+        let status = ready.map_or("Unknown", |c| c.status.as_str()).to_owned();
+        let reason = ready.and_then(|c| c.reason.clone()).unwrap_or_default();
+        let mut row = vec![item.metadata.namespace.clone(), item.metadata.name.clone()];
+        match kind {
+            Kind::Brokers => {
+                row.push(
+                    item.status
+                        .address
+                        .as_ref()
+                        .map(|a| a.url.clone())
+                        .unwrap_or_default(),
+                );
+                row.extend([status, reason]);
+            }
+            Kind::Triggers => {
+                row.push(
+                    item.spec
+                        .get("broker")
+                        .and_then(|b| b.as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+                row.push(item.status.subscriber_uri.clone().unwrap_or_default());
+                row.extend([status, reason]);
+                row.push(
+                    item.status
+                        .backlog
+                        .map(|b| b.to_string())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        rows.push(row);
+    }
+    let columns = rows[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}

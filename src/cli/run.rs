@@ -1,0 +1,108 @@
+//! `pilotlight run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::control::resources::broker::BrokerClass;
+use crate::eventing::backend::log::LogConfig;
+use crate::eventing::backend::memory::MemoryConfig;
+use crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES;
+use crate::server::{Server, ServerConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClassArg {
+    /// The durable on-disk log.
+    Log,
+    /// In memory, lost on exit.
+    Memory,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Manifest files or folders (multi-document YAML). Repeatable.
+    #[arg(short = 'f', long = "filename", env = "PILOTLIGHT_FILENAME", value_delimiter = ',', default_values = ["brokers", "triggers"])]
+    pub paths: Vec<PathBuf>,
+    /// Address of the main listener (broker ingress at /{namespace}/{broker}).
+    #[arg(long, env = "PILOTLIGHT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/metrics, /healthz, /readyz, the API of `pilotlight get`).
+    #[arg(long, env = "PILOTLIGHT_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    /// Where the log backend keeps events and trigger cursors.
+    #[arg(long, env = "PILOTLIGHT_DATA_DIR", default_value = ".pilotlight")]
+    pub data_dir: PathBuf,
+    /// Largest request body the ingress accepts, in bytes.
+    #[arg(long = "max-event-size", env = "PILOTLIGHT_MAX_EVENT_SIZE", default_value_t = DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
+    /// Backend of brokers without a class annotation.
+    #[arg(
+        long,
+        env = "PILOTLIGHT_DEFAULT_BROKER_CLASS",
+        value_enum,
+        default_value = "log"
+    )]
+    pub default_broker_class: ClassArg,
+    /// Log backend: keep at most this many bytes per broker (oldest segments go first).
+    #[arg(long, env = "PILOTLIGHT_RETENTION_BYTES", default_value_t = 1 << 30)]
+    pub retention_bytes: u64,
+    /// Log backend: keep events at most this many hours.
+    #[arg(long, env = "PILOTLIGHT_RETENTION_HOURS", default_value_t = 168)]
+    pub retention_hours: u64,
+    /// Deliveries in flight per unordered trigger (annotation pilotlight.dev/max-in-flight overrides).
+    #[arg(long, env = "PILOTLIGHT_MAX_IN_FLIGHT", default_value_t = 100)]
+    pub max_in_flight: usize,
+    /// Do not re-apply manifests when their files change.
+    #[arg(long, env = "PILOTLIGHT_NO_WATCH")]
+    pub no_watch: bool,
+}
+
+impl RunArgs {
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            paths: self.paths.clone(),
+            listen: self.listen,
+            admin: self.admin,
+            data_dir: self.data_dir.clone(),
+            max_event_bytes: self.max_event_bytes,
+            default_class: match self.default_broker_class {
+                ClassArg::Log => BrokerClass::Log,
+                ClassArg::Memory => BrokerClass::Memory,
+            },
+            log: LogConfig {
+                retention_bytes: Some(self.retention_bytes),
+                retention_age: Some(Duration::from_secs(self.retention_hours * 3600)),
+                ..LogConfig::default()
+            },
+            memory: MemoryConfig::default(),
+            max_in_flight: self.max_in_flight.max(1),
+            watch: !self.no_watch,
+        }
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let server = Server::start(args.server_config()).await?;
+    tracing::info!(listen = %server.listen, admin = %server.admin, "pilotlight is running; Ctrl-C stops it");
+    shutdown_signal().await;
+    tracing::info!("stopping: saving trigger cursors");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,66 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the API that
+//! `pilotlight get` reads (`/api/v1/brokers`, `/api/v1/triggers`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+
+use super::reconcile::ControlPlane;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub control: Arc<ControlPlane>,
+    pub metrics: PrometheusHandle,
+    /// Set once the manifests were first applied.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/brokers", get(brokers))
+        .route("/api/v1/triggers", get(triggers))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading manifests\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    state.control.record_backlog().await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+async fn brokers(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
+    Json(state.control.brokers(q.namespace.as_deref())).into_response()
+}
+
+async fn triggers(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
+    Json(state.control.triggers(q.namespace.as_deref()).await).into_response()
+}

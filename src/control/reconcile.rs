@@ -1,0 +1,520 @@
+//! Reconciling desired state (the loaded manifests) into running brokers and
+//! trigger dispatchers, idempotently: an object whose resolved plan did not
+//! change keeps running untouched, so a reload loses nothing and restarts
+//! nothing it need not.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use http::Uri;
+
+use super::ObjectKey;
+use super::manifest::{Loaded, ManifestError, Manifests};
+use super::resources::broker::BrokerClass;
+use super::resources::duck::Destination;
+use super::resources::trigger::DeliveryOrder;
+use super::resources::{Broker, Resource, Trigger};
+use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
+use crate::eventing::backend::log::{self as log_backend, LogConfig};
+use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
+use crate::eventing::backend::{Backend, SubscriptionSpec};
+use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
+use crate::eventing::delivery::{DeliveryPolicy, EventSender};
+use crate::eventing::trigger::dispatcher::{self, TriggerPlan};
+
+/// Settings that apply to every object.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// Base URL of the ingress, for broker addresses (`http://127.0.0.1:8080`).
+    pub ingress_url: String,
+    pub default_class: BrokerClass,
+    pub log: LogConfig,
+    pub memory: MemoryConfig,
+    /// Deliveries in flight per unordered trigger, unless annotated.
+    pub max_in_flight: usize,
+}
+
+struct RunningBroker {
+    broker: Broker,
+    class: BrokerClass,
+    handle: Arc<BrokerHandle>,
+}
+
+struct RunningTrigger {
+    plan: Arc<TriggerPlan>,
+    broker: Arc<BrokerHandle>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningTrigger {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Default)]
+struct Running {
+    brokers: BTreeMap<ObjectKey, RunningBroker>,
+    triggers: BTreeMap<ObjectKey, RunningTrigger>,
+}
+
+#[derive(Default)]
+struct Board {
+    brokers: BTreeMap<ObjectKey, ObjectView>,
+    triggers: BTreeMap<ObjectKey, ObjectView>,
+    errors: Vec<ManifestError>,
+}
+
+/// The control plane of `pilotlight run`.
+pub struct ControlPlane {
+    settings: Settings,
+    registry: Arc<BrokerRegistry>,
+    sender: EventSender,
+    running: tokio::sync::Mutex<Running>,
+    board: RwLock<Board>,
+}
+
+impl ControlPlane {
+    pub fn new(settings: Settings, registry: Arc<BrokerRegistry>, sender: EventSender) -> Self {
+        ControlPlane {
+            settings,
+            registry,
+            sender,
+            running: tokio::sync::Mutex::new(Running::default()),
+            board: RwLock::new(Board::default()),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Brings the running state to the manifests.
+    pub async fn apply(&self, manifests: &Manifests) {
+        for error in &manifests.errors {
+            tracing::error!("manifest refused: {error}");
+        }
+        let mut brokers = BTreeMap::new();
+        let mut triggers = BTreeMap::new();
+        for loaded in &manifests.objects {
+            match &loaded.resource {
+                Resource::Broker(b) => brokers.insert(b.metadata.key(), loaded),
+                Resource::Trigger(t) => triggers.insert(t.metadata.key(), loaded),
+            };
+        }
+        let mut running = self.running.lock().await;
+        self.remove_brokers(&mut running, &brokers).await;
+        let mut broker_views = BTreeMap::new();
+        for (key, loaded) in &brokers {
+            let Resource::Broker(broker) = &loaded.resource else {
+                continue;
+            };
+            let status = self.reconcile_broker(&mut running, key, broker).await;
+            broker_views.insert(key.clone(), view(loaded, status));
+        }
+        self.remove_triggers(&mut running, &triggers).await;
+        let mut trigger_views = BTreeMap::new();
+        for (key, loaded) in &triggers {
+            let Resource::Trigger(trigger) = &loaded.resource else {
+                continue;
+            };
+            let status = self
+                .reconcile_trigger(&mut running, key, trigger, &brokers)
+                .await;
+            trigger_views.insert(key.clone(), view(loaded, status));
+        }
+        let mut board = self.board.write().unwrap_or_else(|e| e.into_inner());
+        carry_times(&mut broker_views, &board.brokers);
+        carry_times(&mut trigger_views, &board.triggers);
+        *board = Board {
+            brokers: broker_views,
+            triggers: trigger_views,
+            errors: manifests.errors.clone(),
+        };
+    }
+
+    async fn remove_brokers(&self, running: &mut Running, desired: &BTreeMap<ObjectKey, &Loaded>) {
+        let gone: Vec<ObjectKey> = running
+            .brokers
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            running.triggers.retain(|_, t| t.plan.broker != key);
+            self.registry.remove(&key);
+            if let Some(old) = running.brokers.remove(&key) {
+                tracing::info!(broker = %key, "broker deleted; removing its events");
+                if let Err(e) = old.handle.backend.destroy().await {
+                    tracing::error!(broker = %key, error = %e, "removing the broker's data failed");
+                }
+            }
+        }
+    }
+
+    async fn reconcile_broker(
+        &self,
+        running: &mut Running,
+        key: &ObjectKey,
+        broker: &Broker,
+    ) -> Status {
+        // Classes were validated at load.
+        let class = BrokerClass::of(broker, self.settings.default_class)
+            .unwrap_or(self.settings.default_class);
+        if let Some(current) = running.brokers.get_mut(key) {
+            if current.class == class {
+                current.broker = broker.clone();
+                return self.broker_status(key, class);
+            }
+            tracing::warn!(broker = %key, "broker class changed; its stored events are removed");
+            running.triggers.retain(|_, t| t.plan.broker != *key);
+            if let Some(old) = running.brokers.remove(key) {
+                let _ = old.handle.backend.destroy().await;
+            }
+        }
+        match self.start_backend(key, class) {
+            Ok(backend) => {
+                let handle = Arc::new(BrokerHandle::new(key.clone(), backend));
+                self.registry
+                    .insert(key, BrokerEntry::Ready(handle.clone()));
+                running.brokers.insert(
+                    key.clone(),
+                    RunningBroker {
+                        broker: broker.clone(),
+                        class,
+                        handle,
+                    },
+                );
+                tracing::info!(broker = %key, class = ?class, "broker ready");
+                self.broker_status(key, class)
+            }
+            Err(reason) => {
+                tracing::error!(broker = %key, error = %reason, "broker failed to start");
+                self.registry.insert(
+                    key,
+                    BrokerEntry::NotReady {
+                        reason: reason.clone(),
+                    },
+                );
+                Status::not_ready("BackendFailed", reason)
+            }
+        }
+    }
+
+    fn start_backend(
+        &self,
+        key: &ObjectKey,
+        class: BrokerClass,
+    ) -> Result<Arc<dyn Backend>, String> {
+        match class {
+            BrokerClass::Log => {
+                let dir = self
+                    .settings
+                    .data_dir
+                    .join("brokers")
+                    .join(&key.namespace)
+                    .join(&key.name);
+                log_backend::start(&dir, &self.settings.log)
+                    .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                    .map_err(|e| e.to_string())
+            }
+            BrokerClass::Memory => memory_backend::start(&self.settings.memory)
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn broker_status(&self, key: &ObjectKey, _class: BrokerClass) -> Status {
+        let mut status = Status::ready();
+        status.address = Some(Address {
+            url: self.broker_url(key),
+        });
+        status
+    }
+
+    fn broker_url(&self, key: &ObjectKey) -> String {
+        format!(
+            "{}/{}/{}",
+            self.settings.ingress_url, key.namespace, key.name
+        )
+    }
+
+    async fn remove_triggers(&self, running: &mut Running, desired: &BTreeMap<ObjectKey, &Loaded>) {
+        let gone: Vec<ObjectKey> = running
+            .triggers
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(old) = running.triggers.remove(&key) {
+                tracing::info!(trigger = %key, "trigger deleted");
+                if let Err(e) = old.broker.backend.unsubscribe(&key).await {
+                    tracing::error!(trigger = %key, error = %e, "removing the trigger's subscription failed");
+                }
+            }
+        }
+    }
+
+    async fn reconcile_trigger(
+        &self,
+        running: &mut Running,
+        key: &ObjectKey,
+        trigger: &Trigger,
+        brokers: &BTreeMap<ObjectKey, &Loaded>,
+    ) -> Status {
+        let plan = match self.plan(key, trigger, running, brokers) {
+            Ok(plan) => plan,
+            Err(status) => {
+                // Stop delivering but keep the cursor: the trigger resumes where
+                // it stopped once its problem is fixed.
+                running.triggers.remove(key);
+                return status;
+            }
+        };
+        let Some(broker) = running.brokers.get(&plan.broker).map(|b| b.handle.clone()) else {
+            return Status::not_ready(
+                "BrokerNotReady",
+                format!("broker {} is not ready", plan.broker),
+            );
+        };
+        let unchanged = running.triggers.get(key).is_some_and(|t| {
+            *t.plan == plan && Arc::ptr_eq(&t.broker, &broker) && !t.task.is_finished()
+        });
+        if !unchanged {
+            // Stop the old dispatcher before resubscribing: its unacknowledged
+            // deliveries come again through the new subscription.
+            running.triggers.remove(key);
+            let spec = SubscriptionSpec {
+                trigger: key.clone(),
+                filter: plan.filter.clone(),
+                max_in_flight: plan.max_in_flight,
+            };
+            let subscription = match broker.backend.subscribe(spec).await {
+                Ok(s) => s,
+                Err(e) => return Status::not_ready("SubscribeFailed", e.to_string()),
+            };
+            let plan = Arc::new(plan.clone());
+            let task = dispatcher::spawn(
+                plan.clone(),
+                subscription,
+                broker.clone(),
+                self.sender.clone(),
+            );
+            tracing::info!(trigger = %key, subscriber = %plan.subscriber, "trigger ready");
+            running
+                .triggers
+                .insert(key.clone(), RunningTrigger { plan, broker, task });
+        }
+        let mut status = Status::ready();
+        status.subscriber_uri = Some(plan.subscriber.to_string());
+        status
+    }
+
+    fn plan(
+        &self,
+        key: &ObjectKey,
+        trigger: &Trigger,
+        running: &Running,
+        brokers: &BTreeMap<ObjectKey, &Loaded>,
+    ) -> Result<TriggerPlan, Status> {
+        let broker_key = ObjectKey::new(key.namespace.clone(), trigger.spec.broker.clone());
+        let Some(broker) = running.brokers.get(&broker_key) else {
+            let reason = if brokers.contains_key(&broker_key) {
+                "BrokerNotReady"
+            } else {
+                "BrokerDoesNotExist"
+            };
+            return Err(Status::not_ready(
+                reason,
+                format!(
+                    "broker {broker_key} {}",
+                    if reason == "BrokerDoesNotExist" {
+                        "does not exist"
+                    } else {
+                        "is not ready"
+                    }
+                ),
+            ));
+        };
+        let subscriber = self
+            .resolve(&trigger.spec.subscriber, &key.namespace, brokers)
+            .map_err(|m| {
+                Status::not_ready("SubscriberResolveFailed", format!("spec.subscriber: {m}"))
+            })?;
+        let delivery_spec = trigger
+            .spec
+            .delivery
+            .as_ref()
+            .or(broker.broker.spec.delivery.as_ref());
+        let dead_letter_sink = match delivery_spec.and_then(|d| d.dead_letter_sink.as_ref()) {
+            None => None,
+            Some(sink) => Some(self.resolve(sink, &key.namespace, brokers).map_err(|m| {
+                Status::not_ready(
+                    "DeadLetterSinkResolveFailed",
+                    format!("deadLetterSink: {m}"),
+                )
+            })?),
+        };
+        // Validated at load, so these cannot fail here.
+        let filter = trigger
+            .compile_filter()
+            .map_err(|e| Status::not_ready("InvalidFilter", e.to_string()))?;
+        let ordered = trigger
+            .delivery_order()
+            .is_ok_and(|o| o == DeliveryOrder::Ordered);
+        Ok(TriggerPlan {
+            key: key.clone(),
+            broker: broker_key,
+            filter: Arc::new(filter),
+            subscriber,
+            delivery: DeliveryPolicy::from_spec(delivery_spec, dead_letter_sink),
+            ordered,
+            max_in_flight: trigger
+                .max_in_flight(self.settings.max_in_flight)
+                .unwrap_or(self.settings.max_in_flight),
+        })
+    }
+
+    /// A destination's URI: its `uri`, or its reference's address with `uri`
+    /// appended as a path (Knative's rule).
+    fn resolve(
+        &self,
+        destination: &Destination,
+        namespace: &str,
+        brokers: &BTreeMap<ObjectKey, &Loaded>,
+    ) -> Result<Uri, String> {
+        let Some(reference) = &destination.reference else {
+            let uri = destination.uri.as_deref().unwrap_or_default();
+            return uri
+                .parse()
+                .map_err(|e| format!("'{uri}' is not a URI: {e}"));
+        };
+        let ref_namespace = reference.namespace.as_deref().unwrap_or(namespace);
+        let key = ObjectKey::new(ref_namespace, reference.name.clone());
+        let base = match (reference.api_version.as_str(), reference.kind.as_str()) {
+            ("eventing.knative.dev/v1", "Broker") if brokers.contains_key(&key) => {
+                self.broker_url(&key)
+            }
+            ("eventing.knative.dev/v1", "Broker") => {
+                return Err(format!("broker {key} does not exist"));
+            }
+            (api_version, kind) => {
+                return Err(format!(
+                    "cannot resolve a reference to {kind} ({api_version}) {key}: pilotlight resolves references to Brokers (eventing.knative.dev/v1); use 'uri' for other destinations"
+                ));
+            }
+        };
+        let path = destination.uri.as_deref().unwrap_or("");
+        let joined = match (base.ends_with('/'), path.starts_with('/')) {
+            (true, true) => format!("{base}{}", &path[1..]),
+            (false, false) if !path.is_empty() => format!("{base}/{path}"),
+            _ => format!("{base}{path}"),
+        };
+        joined
+            .parse()
+            .map_err(|e| format!("'{joined}' is not a URI: {e}"))
+    }
+
+    /// Brokers with status, for the admin API.
+    pub fn brokers(&self, namespace: Option<&str>) -> ObjectList {
+        let board = self.board.read().unwrap_or_else(|e| e.into_inner());
+        let items = board
+            .brokers
+            .iter()
+            .filter(|(k, _)| in_namespace(k, namespace))
+            .map(|(_, v)| v.clone())
+            .collect();
+        ObjectList::new(items, &board.errors)
+    }
+
+    /// Triggers with status and live backlog, for the admin API.
+    pub async fn triggers(&self, namespace: Option<&str>) -> ObjectList {
+        let lags: BTreeMap<ObjectKey, _> = {
+            let running = self.running.lock().await;
+            running
+                .triggers
+                .iter()
+                .filter_map(|(k, t)| Some((k.clone(), t.broker.backend.lag(k)?)))
+                .collect()
+        };
+        let board = self.board.read().unwrap_or_else(|e| e.into_inner());
+        let items = board
+            .triggers
+            .iter()
+            .filter(|(k, _)| in_namespace(k, namespace))
+            .map(|(k, v)| {
+                let mut v = v.clone();
+                if let Some(lag) = lags.get(k) {
+                    v.status.backlog = Some(lag.backlog);
+                    v.status.lost_to_retention = Some(lag.lost_to_retention);
+                }
+                v
+            })
+            .collect();
+        ObjectList::new(items, &board.errors)
+    }
+
+    /// Publishes each trigger's backlog as a gauge.
+    pub async fn record_backlog(&self) {
+        let running = self.running.lock().await;
+        for (key, trigger) in &running.triggers {
+            if let Some(lag) = trigger.broker.backend.lag(key) {
+                metrics::gauge!("pilotlight_trigger_backlog", "trigger" => key.to_string())
+                    .set(lag.backlog as f64);
+            }
+        }
+    }
+
+    /// Stops every dispatcher and backend, saving cursors.
+    pub async fn shutdown(&self) {
+        let mut running = self.running.lock().await;
+        running.triggers.clear();
+        for (key, broker) in std::mem::take(&mut running.brokers) {
+            self.registry.remove(&key);
+            broker.handle.backend.shutdown().await;
+        }
+    }
+}
+
+fn in_namespace(key: &ObjectKey, namespace: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| key.namespace == ns)
+}
+
+fn view(loaded: &Loaded, status: Status) -> ObjectView {
+    let (api_version, kind, metadata, spec) = match &loaded.resource {
+        Resource::Broker(b) => (
+            &b.api_version,
+            &b.kind,
+            &b.metadata,
+            serde_json::to_value(&b.spec),
+        ),
+        Resource::Trigger(t) => (
+            &t.api_version,
+            &t.kind,
+            &t.metadata,
+            serde_json::to_value(&t.spec),
+        ),
+    };
+    ObjectView {
+        api_version: api_version.clone(),
+        kind: kind.clone(),
+        metadata: ViewMeta {
+            name: metadata.name.clone(),
+            namespace: metadata.namespace().to_owned(),
+            annotations: metadata.annotations.clone(),
+            source: loaded.origin.to_string(),
+        },
+        spec: spec.unwrap_or_default(),
+        status,
+    }
+}
+
+fn carry_times(new: &mut BTreeMap<ObjectKey, ObjectView>, old: &BTreeMap<ObjectKey, ObjectView>) {
+    for (key, view) in new.iter_mut() {
+        view.status
+            .carry_transition_times(old.get(key).map(|v| &v.status));
+    }
+}

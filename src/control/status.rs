@@ -1,0 +1,136 @@
+//! Status of every object, as Knative reports it: a Ready condition with a
+//! reason and message, plus the broker's address. `pilotlight get` prints it.
+
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::manifest::ManifestError;
+
+/// One condition (`Ready` here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub last_transition_time: String,
+}
+
+/// An object's status block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
+    /// Trigger: the resolved subscriber.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_uri: Option<String>,
+    /// Trigger: events stored but not yet delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u64>,
+    /// Trigger: events removed by retention before it read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_to_retention: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    pub url: String,
+}
+
+impl Status {
+    pub fn ready() -> Self {
+        Status {
+            conditions: vec![condition("True", None, None)],
+            ..Default::default()
+        }
+    }
+
+    pub fn not_ready(reason: &str, message: impl Into<String>) -> Self {
+        Status {
+            conditions: vec![condition("False", Some(reason), Some(message.into()))],
+            ..Default::default()
+        }
+    }
+
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == "Ready")
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready_condition().is_some_and(|c| c.status == "True")
+    }
+
+    /// Keeps the transition time of an unchanged condition, as Kubernetes does.
+    pub fn carry_transition_times(&mut self, previous: Option<&Status>) {
+        let Some(previous) = previous else { return };
+        for condition in &mut self.conditions {
+            if let Some(old) = previous
+                .conditions
+                .iter()
+                .find(|c| c.kind == condition.kind)
+                && old.status == condition.status
+            {
+                condition.last_transition_time = old.last_transition_time.clone();
+            }
+        }
+    }
+}
+
+fn condition(status: &str, reason: Option<&str>, message: Option<String>) -> Condition {
+    Condition {
+        kind: "Ready".into(),
+        status: status.into(),
+        reason: reason.map(str::to_owned),
+        message,
+        last_transition_time: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+    }
+}
+
+/// An object as the admin API returns it: the manifest as loaded, with status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectView {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ViewMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewMeta {
+    pub name: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// `file:line` the object was loaded from.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// The answer of `GET /api/v1/{brokers,triggers}`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ObjectList {
+    pub items: Vec<ObjectView>,
+    /// Manifests that were refused, so `pilotlight get` can say so.
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+impl ObjectList {
+    pub fn new(items: Vec<ObjectView>, errors: &[ManifestError]) -> Self {
+        ObjectList {
+            items,
+            errors: errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
