@@ -1,5 +1,6 @@
 //! The `pilotlight` command line.
 
+pub mod bench;
 pub mod event_display;
 pub mod get;
 pub mod http;
@@ -37,6 +38,8 @@ pub enum Command {
     Send(send::SendArgs),
     /// A sink that prints every CloudEvent it receives (Knative's event_display).
     EventDisplay(event_display::EventDisplayArgs),
+    /// Measure ingress throughput and end-to-end latency against a raw hyper baseline
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -46,5 +49,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => get::get(args).await,
         Command::Send(args) => send::send(args).await,
         Command::EventDisplay(args) => event_display::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

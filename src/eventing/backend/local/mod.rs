@@ -115,7 +115,7 @@ impl Default for LocalConfig {
 pub struct LocalBackend<S: Store> {
     shared: Arc<Shared<S>>,
     writer: Option<Writer>,
-    background: tokio::task::JoinHandle<()>,
+    background: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 struct Shared<S: Store> {
@@ -126,6 +126,11 @@ struct Shared<S: Store> {
     index: RwLock<Arc<FilterIndex>>,
     /// The next offset to be published; subscriptions wait on its changes.
     head: watch::Sender<u64>,
+    /// Held across a cursor snapshot and its save, so an older snapshot never
+    /// lands after a newer one.
+    saving: Mutex<()>,
+    /// Tells the background loop to stop.
+    stopping: watch::Sender<bool>,
 }
 
 struct TailEntry {
@@ -232,13 +237,15 @@ impl<S: Store> LocalBackend<S> {
             }),
             index: RwLock::new(Arc::new(FilterIndex::default())),
             head: watch::channel(next).0,
+            saving: Mutex::new(()),
+            stopping: watch::channel(false).0,
         });
         let writer = S::DURABLE.then(|| Writer::start(shared.clone(), config.max_pending_appends));
         let background = tokio::spawn(background_loop(Arc::downgrade(&shared)));
         Ok(LocalBackend {
             shared,
             writer,
-            background,
+            background: Mutex::new(Some(background)),
         })
     }
 }
@@ -283,6 +290,7 @@ impl<S: Store> Shared<S> {
     }
 
     fn save_cursors(&self) -> Result<(), StoreError> {
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         let cursors = {
             let mut state = self.lock();
             if !state.cursors_dirty {
@@ -324,15 +332,18 @@ impl<S: Store> Shared<S> {
     }
 }
 
-/// Saves cursors and applies retention until the backend is dropped.
+/// Saves cursors and applies retention until the backend stops.
 async fn background_loop<S: Store>(shared: std::sync::Weak<Shared<S>>) {
-    let interval = match shared.upgrade() {
-        Some(s) => s.config.flush_interval,
+    let (interval, mut stopping) = match shared.upgrade() {
+        Some(s) => (s.config.flush_interval, s.stopping.subscribe()),
         None => return,
     };
     let mut ticks = 0u64;
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -343,17 +354,16 @@ async fn background_loop<S: Store>(shared: std::sync::Weak<Shared<S>>) {
         }
         let retention_due = ticks.is_multiple_of(50);
         let result = tokio::task::spawn_blocking(move || {
-            shared.save_cursors()?;
-            if retention_due {
-                shared.store.enforce_retention()?;
+            if let Err(e) = shared.save_cursors() {
+                tracing::error!(error = %e, "saving trigger cursors failed");
             }
-            Ok::<_, StoreError>(())
+            if retention_due && let Err(e) = shared.store.enforce_retention() {
+                tracing::error!(error = %e, "applying log retention failed");
+            }
         })
         .await;
-        match result {
-            Ok(Err(e)) => tracing::error!(error = %e, "saving trigger cursors failed"),
-            Err(e) => tracing::error!(error = %e, "cursor flush task failed"),
-            Ok(Ok(())) => {}
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the cursor and retention task failed");
         }
     }
 }
@@ -389,11 +399,20 @@ impl<S: Store> Backend for LocalBackend<S> {
                 (None, Some(c)) => c.clamp(first_kept.min(head), head),
                 (None, None) => head,
             };
+            // Retention removed events while pilotlight was down.
+            let lost_while_down = match (&previous, saved) {
+                (None, Some(c)) if c < start => start - c,
+                _ => 0,
+            };
+            if lost_while_down > 0 {
+                tracing::warn!(trigger = %key, lost = lost_while_down, "retention removed events before this trigger read them");
+                metrics::counter!("pilotlight_trigger_events_lost_to_retention_total", "trigger" => key.clone()).increment(lost_while_down);
+            }
             let slot = match &previous {
                 Some(p) => p.slot,
                 None => free_slot(&mut state.slots, &key),
             };
-            let generation = previous.map_or(1, |p| p.generation + 1);
+            let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
             let sub = SubscriptionState {
                 slot,
                 filter: spec.filter.clone(),
@@ -401,7 +420,9 @@ impl<S: Store> Backend for LocalBackend<S> {
                 generation,
                 pending: BTreeSet::new(),
                 read_up_to: start,
-                lost_to_retention: 0,
+                lost_to_retention: previous
+                    .as_ref()
+                    .map_or(lost_while_down, |p| p.lost_to_retention),
             };
             state.subscriptions.insert(key.clone(), sub);
             let index = state.rebuild_index();
@@ -454,7 +475,16 @@ impl<S: Store> Backend for LocalBackend<S> {
         if let Some(writer) = &self.writer {
             writer.stop().await;
         }
-        self.background.abort();
+        // Wait for a flush in progress, so no save runs after ours.
+        self.shared.stopping.send_replace(true);
+        let background = self
+            .background
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(background) = background {
+            let _ = background.await;
+        }
         {
             let mut state = self.shared.lock();
             state
@@ -484,7 +514,7 @@ impl<S: Store> Backend for LocalBackend<S> {
 
 impl<S: Store> Drop for LocalBackend<S> {
     fn drop(&mut self) {
-        self.background.abort();
+        self.shared.stopping.send_replace(true);
     }
 }
 

@@ -32,7 +32,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -106,6 +106,11 @@ pub struct LogStore {
     writer: Mutex<Writer>,
     /// Mirrors the writer's next offset for `bounds` without its lock.
     next_offset: AtomicU64,
+    /// Serialises cursor saves: two at once would share `cursors.tmp`.
+    cursors_lock: Mutex<()>,
+    /// Set by `destroy`: retention and cursor saves then do nothing, so a late
+    /// background flush cannot touch a directory re-created at the same path.
+    destroyed: AtomicBool,
     /// Added to the wall clock: lets tests write records with old timestamps.
     clock_skew_ms: AtomicI64,
     /// Holds the directory's lock while open.
@@ -125,6 +130,8 @@ impl LogStore {
             next_offset: AtomicU64::new(recovered.report.next_offset),
             segments: RwLock::new(recovered.segments),
             writer: Mutex::new(recovered.writer),
+            cursors_lock: Mutex::new(()),
+            destroyed: AtomicBool::new(false),
             clock_skew_ms: AtomicI64::new(0),
             _lock: recovered.lock,
         };
@@ -229,6 +236,9 @@ impl Store for LogStore {
     }
 
     fn enforce_retention(&self) -> Result<(), StoreError> {
+        if self.destroyed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let now_ms = self.now_ms();
         let mut removed = false;
         while let Some(segment) = self.take_expired_segment(now_ms) {
@@ -253,10 +263,16 @@ impl Store for LogStore {
     }
 
     fn save_cursors(&self, cursors: &HashMap<String, u64>) -> Result<(), StoreError> {
+        let _saving = lock(&self.cursors_lock);
+        if self.destroyed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         cursors::save(&self.dir, cursors)
     }
 
     fn destroy(&self) -> Result<(), StoreError> {
+        self.destroyed.store(true, Ordering::Release);
+        let _saving = lock(&self.cursors_lock);
         lock(&self.writer).poison(format!("the log in {} was deleted", self.dir.display()));
         match fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),

@@ -213,12 +213,8 @@ impl Segment {
         if record::checksum(header.offset, header.timestamp_ms, payload) != header.crc {
             return Err(self.corrupt(pos, "checksum mismatch"));
         }
-        Event::from_bytes(payload).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "{} at byte {pos}: record does not decode as an event: {e}",
-                self.path.display()
-            ))
-        })
+        Event::from_bytes(payload)
+            .map_err(|e| self.corrupt(pos, &format!("record does not decode as an event: {e}")))
     }
 
     /// The indexed position to start reading `from`, or `None` if the segment

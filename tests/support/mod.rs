@@ -1,0 +1,295 @@
+//! Shared helpers for the integration tests: a real server in process, real
+//! subscriber servers, and an HTTP client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pilotlight::control::resources::broker::BrokerClass;
+use pilotlight::eventing::backend::log::LogConfig;
+use pilotlight::eventing::backend::memory::MemoryConfig;
+use pilotlight::eventing::event::{Event, parse_http};
+use pilotlight::server::{Server, ServerConfig};
+
+/// A server started on temporary folders, with its manifests in `manifests`.
+pub struct TestServer {
+    pub server: Server,
+    pub manifests: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start(files: &[(&str, &str)]) -> TestServer {
+        Self::start_with(files, |_| {}).await
+    }
+
+    pub async fn start_with(
+        files: &[(&str, &str)],
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).expect("manifest dir");
+        for (name, text) in files {
+            std::fs::write(manifests.join(name), text).expect("write manifest");
+        }
+        let mut config = config(&manifests, &dir.path().join("data"));
+        adjust(&mut config);
+        let server = Server::start(config).await.expect("server starts");
+        TestServer {
+            server,
+            manifests,
+            dir,
+        }
+    }
+
+    pub fn broker_url(&self, namespace: &str, name: &str) -> String {
+        format!("http://{}/{namespace}/{name}", self.server.listen)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.server.admin)
+    }
+}
+
+pub fn config(manifests: &Path, data: &Path) -> ServerConfig {
+    ServerConfig {
+        paths: vec![manifests.to_owned()],
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        admin: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data.to_owned(),
+        max_event_bytes: 1 << 20,
+        default_class: BrokerClass::Log,
+        log: LogConfig::default(),
+        memory: MemoryConfig::default(),
+        max_in_flight: 100,
+        watch: false,
+    }
+}
+
+pub fn broker(name: &str, extra: &str) -> String {
+    format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n{extra}")
+}
+
+pub fn trigger(name: &str, broker: &str, subscriber: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\nspec:\n  broker: {broker}\n  subscriber:\n    uri: {subscriber}\n{extra}"
+    )
+}
+
+/// What a [`Subscriber`] answers: status, extra headers, body.
+pub type Answer = (StatusCode, Vec<(&'static str, String)>, Bytes);
+
+/// A received request: the event (if it parsed), its headers, and when.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub event: Option<Event>,
+    pub headers: HeaderMap,
+    pub at: Instant,
+}
+
+type Behaviour = Arc<dyn Fn(&Received, usize) -> Answer + Send + Sync>;
+
+/// A real HTTP subscriber that records what it receives and answers as told
+/// (the closure gets the request and how many came before it).
+#[derive(Clone)]
+pub struct Subscriber {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    pub max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Subscriber {
+    pub async fn accepting() -> Subscriber {
+        Self::start(
+            |_, _| (StatusCode::ACCEPTED, vec![], Bytes::new()),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    pub async fn start(
+        behaviour: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static,
+        delay: Duration,
+    ) -> Subscriber {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let subscriber = Subscriber {
+            addr,
+            received: Arc::default(),
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
+        };
+        let behaviour: Behaviour = Arc::new(behaviour);
+        let this = subscriber.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let this = this.clone();
+                let behaviour = behaviour.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let this = this.clone();
+                        let behaviour = behaviour.clone();
+                        async move {
+                            Ok::<_, hyper::Error>(this.handle(request, &behaviour, delay).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        subscriber
+    }
+
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        behaviour: &Behaviour,
+        delay: Duration,
+    ) -> Response<Full<Bytes>> {
+        use std::sync::atomic::Ordering;
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let event = parse_http(&parts.headers, body)
+            .ok()
+            .and_then(|(_, mut e)| e.pop());
+        let received = Received {
+            event,
+            headers: parts.headers,
+            at: Instant::now(),
+        };
+        let count = {
+            let mut all = self.received.lock().expect("lock");
+            all.push(received.clone());
+            all.len() - 1
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let (status, headers, body) = behaviour(&received, count);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
+        for (name, value) in headers {
+            response.headers_mut().insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_str(&value).expect("header value"),
+            );
+        }
+        response
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.received
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|r| r.event.clone())
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("lock").len()
+    }
+
+    /// Waits until `n` requests arrived (panics after `timeout`).
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + timeout;
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} requests at {}, got {}",
+                self.addr,
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.events()
+    }
+}
+
+/// A response read whole.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+pub async fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::new(Full::new(body.into()));
+    *request.method_mut() = method;
+    *request.uri_mut() = url.parse().expect("url");
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            HeaderValue::from_str(value).expect("value"),
+        );
+    }
+    let response = client.request(request).await.expect("request");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Posts a binary-mode event with the given id and type.
+pub async fn send(url: &str, id: &str, ty: &str) -> Reply {
+    request(
+        Method::POST,
+        url,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-source", "/test"),
+            ("ce-type", ty),
+            ("content-type", "application/json"),
+        ],
+        format!("{{\"id\":\"{id}\"}}"),
+    )
+    .await
+}
+
+/// Polls until `check` holds (panics after `timeout`).
+pub async fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
