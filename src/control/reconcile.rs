@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use http::Uri;
 
@@ -21,7 +22,7 @@ use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
 use crate::eventing::backend::{Backend, SubscriptionSpec};
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::{DeliveryPolicy, EventSender};
-use crate::eventing::trigger::dispatcher::{self, TriggerPlan};
+use crate::eventing::trigger::dispatcher::{self, Dispatcher, TriggerPlan};
 
 /// Settings that apply to every object.
 #[derive(Debug, Clone)]
@@ -42,17 +43,16 @@ struct RunningBroker {
     handle: Arc<BrokerHandle>,
 }
 
+/// Dropping one aborts its dispatcher (see [`Dispatcher`]).
 struct RunningTrigger {
     plan: Arc<TriggerPlan>,
     broker: Arc<BrokerHandle>,
-    task: tokio::task::JoinHandle<()>,
+    dispatcher: Dispatcher,
 }
 
-impl Drop for RunningTrigger {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+/// How long shutdown lets in-flight deliveries finish, so that a clean stop
+/// does not deliver them twice.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct Running {
@@ -281,7 +281,7 @@ impl ControlPlane {
             );
         };
         let unchanged = running.triggers.get(key).is_some_and(|t| {
-            *t.plan == plan && Arc::ptr_eq(&t.broker, &broker) && !t.task.is_finished()
+            *t.plan == plan && Arc::ptr_eq(&t.broker, &broker) && !t.dispatcher.is_finished()
         });
         if !unchanged {
             // Stop the old dispatcher before resubscribing: its unacknowledged
@@ -304,9 +304,14 @@ impl ControlPlane {
                 self.sender.clone(),
             );
             tracing::info!(trigger = %key, subscriber = %plan.subscriber, "trigger ready");
-            running
-                .triggers
-                .insert(key.clone(), RunningTrigger { plan, broker, task });
+            running.triggers.insert(
+                key.clone(),
+                RunningTrigger {
+                    plan,
+                    broker,
+                    dispatcher: task,
+                },
+            );
         }
         let mut status = Status::ready();
         status.subscriber_uri = Some(plan.subscriber.to_string());
@@ -471,7 +476,10 @@ impl ControlPlane {
     /// Stops every dispatcher and backend, saving cursors.
     pub async fn shutdown(&self) {
         let mut running = self.running.lock().await;
-        running.triggers.clear();
+        let draining = std::mem::take(&mut running.triggers)
+            .into_values()
+            .map(|t| t.dispatcher.drain(SHUTDOWN_GRACE));
+        futures::future::join_all(draining).await;
         for (key, broker) in std::mem::take(&mut running.brokers) {
             self.registry.remove(&key);
             broker.handle.backend.shutdown().await;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use http::{StatusCode, Uri};
 use metrics::{Counter, Histogram};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::filter::Filter;
@@ -47,22 +47,65 @@ pub struct TriggerPlan {
     pub max_in_flight: usize,
 }
 
-/// Starts the dispatcher; abort the handle to stop it (in-flight deliveries
-/// stop too and are delivered again by the next subscription).
+/// A running dispatcher. Dropping it aborts the dispatcher at once: in-flight
+/// deliveries stop and come again through the next subscription.
+pub struct Dispatcher {
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Dispatcher {
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops taking events and lets in-flight deliveries finish (and be
+    /// acknowledged) for up to `grace`, then aborts what is left.
+    pub async fn drain(mut self, grace: Duration) {
+        self.stop.send_replace(true);
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the dispatcher.
 pub fn spawn(
     plan: Arc<TriggerPlan>,
     subscription: Box<dyn Subscription>,
     broker: Arc<BrokerHandle>,
     sender: EventSender,
-) -> tokio::task::JoinHandle<()> {
+) -> Dispatcher {
     let context = Arc::new(Context::new(plan, broker, sender));
-    tokio::spawn(async move {
+    let (stop, stopping) = watch::channel(false);
+    let task = tokio::spawn(async move {
         if context.plan.ordered {
-            run_ordered(context, subscription).await
+            run_ordered(context, subscription, stopping).await
         } else {
-            run_unordered(context, subscription).await
+            run_unordered(context, subscription, stopping).await
         }
-    })
+    });
+    Dispatcher { task, stop }
+}
+
+/// The next delivery, or `None` once the subscription ends or a stop is asked.
+async fn next_or_stop(
+    subscription: &mut Box<dyn Subscription>,
+    stopping: &mut watch::Receiver<bool>,
+) -> Option<Delivery> {
+    if *stopping.borrow() {
+        return None;
+    }
+    tokio::select! {
+        delivery = subscription.next() => delivery,
+        _ = stopping.wait_for(|stop| *stop) => None,
+    }
 }
 
 struct Context {
@@ -95,16 +138,22 @@ impl Context {
     }
 }
 
-async fn run_unordered(context: Arc<Context>, mut subscription: Box<dyn Subscription>) {
+async fn run_unordered(
+    context: Arc<Context>,
+    mut subscription: Box<dyn Subscription>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(context.plan.max_in_flight.max(1)));
     let mut in_flight = JoinSet::new();
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = stopping.wait_for(|stop| *stop) => break,
         };
+        let Ok(slot) = slot else { break };
         while in_flight.try_join_next().is_some() {}
-        let Some(delivery) = subscription.next().await else {
-            return;
+        let Some(delivery) = next_or_stop(&mut subscription, &mut stopping).await else {
+            break;
         };
         let context = context.clone();
         in_flight.spawn(async move {
@@ -112,26 +161,39 @@ async fn run_unordered(context: Arc<Context>, mut subscription: Box<dyn Subscrip
             drop(slot);
         });
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
-async fn run_ordered(context: Arc<Context>, mut subscription: Box<dyn Subscription>) {
+async fn run_ordered(
+    context: Arc<Context>,
+    mut subscription: Box<dyn Subscription>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut lanes: HashMap<u32, mpsc::Sender<Delivery>> = HashMap::new();
     let mut workers = JoinSet::new();
-    while let Some(delivery) = subscription.next().await {
+    while let Some(delivery) = next_or_stop(&mut subscription, &mut stopping).await {
         let lane = lanes.entry(delivery.lane).or_insert_with(|| {
             let (queue, mut deliveries) = mpsc::channel::<Delivery>(LANE_QUEUE);
             let context = context.clone();
+            let stopping = stopping.clone();
             workers.spawn(async move {
+                // On stop, finish the delivery at hand; queued ones come again.
                 while let Some(delivery) = deliveries.recv().await {
+                    if *stopping.borrow() {
+                        break;
+                    }
                     process(&context, delivery).await;
                 }
             });
             queue
         });
-        if lane.send(delivery).await.is_err() {
-            return;
+        tokio::select! {
+            sent = lane.send(delivery) => if sent.is_err() { break },
+            _ = stopping.wait_for(|stop| *stop) => break,
         }
     }
+    drop(lanes);
+    while workers.join_next().await.is_some() {}
 }
 
 /// Delivers one event to the end: subscriber, reply, dead-letter sink.
