@@ -530,3 +530,98 @@ fn free_slot(slots: &mut Vec<Option<String>>, key: &str) -> usize {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventing::backend::Backend;
+
+    /// A durable store whose `sync` waits until released, to fill the queue.
+    struct GatedStore {
+        next: Mutex<u64>,
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Store for GatedStore {
+        const DURABLE: bool = true;
+        fn append(&self, events: &[Arc<Event>]) -> Result<u64, StoreError> {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let first = *next;
+            *next += events.len() as u64;
+            Ok(first)
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            let _ = self.gate.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            Ok(())
+        }
+        fn read(&self, _: u64, _: usize) -> Result<Vec<(u64, Event)>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn bounds(&self) -> (u64, u64) {
+            (0, *self.next.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+        fn enforce_retention(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn load_cursors(&self) -> Result<HashMap<String, u64>, StoreError> {
+            Ok(HashMap::new())
+        }
+        fn save_cursors(&self, _: &HashMap<String, u64>) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn destroy(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn event(id: &str) -> Event {
+        Event::new(
+            vec![
+                ("specversion".into(), "1.0".into()),
+                ("id".into(), id.into()),
+                ("source".into(), "/t".into()),
+                ("type".into(), "t".into()),
+            ],
+            None,
+        )
+        .expect("valid")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_full_write_queue_refuses_appends_instead_of_waiting() {
+        let (release, gate) = std::sync::mpsc::channel();
+        let store = GatedStore {
+            next: Mutex::new(0),
+            gate: Mutex::new(gate),
+        };
+        let config = LocalConfig {
+            max_pending_appends: 1,
+            ..LocalConfig::default()
+        };
+        let backend = Arc::new(LocalBackend::start(store, config).expect("start"));
+        // The first append is taken by the writer and blocks in sync; the
+        // second waits in the queue; the third finds the queue full.
+        let first = tokio::spawn({
+            let b = backend.clone();
+            async move { b.append(vec![event("1")]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = tokio::spawn({
+            let b = backend.clone();
+            async move { b.append(vec![event("2")]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let third = backend.append(vec![event("3")]).await;
+        assert!(
+            matches!(third, Err(AppendError::Overloaded(1))),
+            "{third:?}"
+        );
+        for _ in 0..2 {
+            release.send(()).expect("release");
+        }
+        assert!(first.await.expect("join").is_ok());
+        assert!(second.await.expect("join").is_ok());
+        drop(release);
+        backend.shutdown().await;
+    }
+}
