@@ -77,10 +77,7 @@ async fn retries_then_dead_letter_sink_with_knative_extensions() {
     )
     .await;
     let dls = Subscriber::accepting().await;
-    let delivery = format!(
-        "  delivery:\n    retry: 2\n    backoffDelay: PT0.01S\n    deadLetterSink:\n      uri: {}\n",
-        dls.url("/dead")
-    );
+    let delivery = with_dead_letters(2, &dls.url("/dead"));
     let s = TestServer::start(&[
         ("broker.yaml", &broker("default", "")),
         (
@@ -141,10 +138,7 @@ async fn network_errors_are_retried_and_dead_lettered_as_500() {
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
     let dls = Subscriber::accepting().await;
-    let delivery = format!(
-        "  delivery:\n    retry: 1\n    backoffDelay: PT0.01S\n    deadLetterSink:\n      uri: {}\n",
-        dls.url("/")
-    );
+    let delivery = with_dead_letters(1, &dls.url("/"));
     let s = TestServer::start(&[
         ("broker.yaml", &broker("default", "")),
         (
@@ -290,10 +284,7 @@ async fn a_malformed_reply_counts_as_a_failure() {
     )
     .await;
     let dls = Subscriber::accepting().await;
-    let delivery = format!(
-        "  delivery:\n    retry: 1\n    backoffDelay: PT0.01S\n    deadLetterSink:\n      uri: {}\n",
-        dls.url("/")
-    );
+    let delivery = with_dead_letters(1, &dls.url("/"));
     let s = TestServer::start(&[
         ("broker.yaml", &broker("default", "")),
         ("t.yaml", &trigger("t", "default", &bad.url("/"), &delivery)),
@@ -380,4 +371,11 @@ async fn a_subscriber_ref_to_a_broker_resolves_to_its_ingress() {
     let got = sink.wait_for(1, WAIT).await;
     assert_eq!(got[0].id(), "hop");
     s.server.shutdown().await;
+}
+
+/// A trigger's `spec.delivery` with fast retries and a dead-letter sink.
+fn with_dead_letters(retry: u32, sink: &str) -> String {
+    format!(
+        "  delivery:\n    retry: {retry}\n    backoffDelay: PT0.01S\n    deadLetterSink:\n      uri: {sink}\n"
+    )
 }

@@ -47,18 +47,18 @@ async fn ingress(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let key = format!("{namespace}/{name}");
+    let key = || format!("{namespace}/{name}");
     let broker = match state.brokers.get(&namespace, &name) {
         None => {
             reject_metric("unknown", "unknown_broker");
-            return text(StatusCode::NOT_FOUND, format!("broker {key} not found"));
+            return text(StatusCode::NOT_FOUND, format!("broker {} not found", key()));
         }
         Some(BrokerEntry::NotReady { reason }) => {
-            reject_metric(&key, "not_ready");
+            reject_metric(&key(), "not_ready");
             return retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 5,
-                format!("broker {key} is not ready: {reason}"),
+                format!("broker {} is not ready: {reason}", key()),
             );
         }
         Some(BrokerEntry::Ready(handle)) => handle,
@@ -80,15 +80,15 @@ async fn ingress(
     if let Some(length) = content_length(&headers)
         && length > state.max_event_bytes
     {
-        return too_large(&key, state.max_event_bytes);
+        return too_large(&key(), state.max_event_bytes);
     }
     let body = match Limited::new(body, state.max_event_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return too_large(&key, state.max_event_bytes);
+            return too_large(&key(), state.max_event_bytes);
         }
         Err(e) => {
-            reject_metric(&key, "read_error");
+            reject_metric(&key(), "read_error");
             return text(
                 StatusCode::BAD_REQUEST,
                 format!("reading the request body failed: {e}"),
@@ -98,7 +98,7 @@ async fn ingress(
     let events = match parse_http(&headers, body) {
         Ok((_, events)) => events,
         Err(e) => {
-            reject_metric(&key, "invalid");
+            reject_metric(&key(), "invalid");
             return text(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"));
         }
     };
