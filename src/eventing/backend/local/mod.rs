@@ -264,26 +264,33 @@ impl<S: Store> Shared<S> {
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
     }
 
-    /// Makes stored events visible to subscriptions, in offset order.
-    /// `first_offset` is what the store gave the first event (`None`: no store).
-    fn publish(&self, first_offset: Option<u64>, events: Vec<Arc<Event>>, matches: Vec<MatchSet>) {
+    /// Makes stored events visible to subscriptions, in offset order, under
+    /// one lock and with one wake-up of the waiting subscriptions. Each batch
+    /// comes with the offset the store gave its first event (`None`: no store).
+    fn publish(
+        &self,
+        batches: impl IntoIterator<Item = (Option<u64>, Vec<Arc<Event>>, Vec<MatchSet>)>,
+    ) {
         let head = {
             let mut state = self.lock();
-            if let Some(first) = first_offset
-                && first != state.head()
-            {
-                // The store skipped offsets (a write rolled back after an error):
-                // restart the tail there; triggers behind it read the store.
-                tracing::warn!(
-                    expected = state.head(),
-                    got = first,
-                    "log offsets moved; resetting the in-memory tail"
-                );
-                state.tail.clear();
-                state.tail_bytes = 0;
-                state.tail_start = first;
+            for (first_offset, events, matches) in batches {
+                if let Some(first) = first_offset
+                    && first != state.head()
+                {
+                    // The store skipped offsets (a write rolled back after an
+                    // error): restart the tail there; triggers behind it read
+                    // the store.
+                    tracing::warn!(
+                        expected = state.head(),
+                        got = first,
+                        "log offsets moved; resetting the in-memory tail"
+                    );
+                    state.tail.clear();
+                    state.tail_bytes = 0;
+                    state.tail_start = first;
+                }
+                state.publish(events, matches, self.config.tail_bytes);
             }
-            state.publish(events, matches, self.config.tail_bytes);
             state.head()
         };
         self.head.send_replace(head);
@@ -377,7 +384,7 @@ impl<S: Store> Backend for LocalBackend<S> {
         match &self.writer {
             Some(writer) => writer.append(events, matches).await,
             None => {
-                self.shared.publish(None, events, matches);
+                self.shared.publish([(None, events, matches)]);
                 Ok(())
             }
         }

@@ -98,16 +98,30 @@ fn write_loop<S: Store>(shared: Arc<Shared<S>>, receiver: Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        let written: Result<Vec<u64>, _> = group
+        // One append for the whole group: one buffered write, one sync.
+        let all: Vec<Arc<Event>> = group
             .iter()
-            .map(|r| shared.store.append(&r.events))
+            .flat_map(|r| r.events.iter().cloned())
             .collect();
-        match written.and_then(|offsets| shared.store.sync().map(|()| offsets)) {
+        let written = shared
+            .store
+            .append(&all)
+            .and_then(|first| shared.store.sync().map(|()| first));
+        match written.map(|first| first_offsets(first, &group)) {
             Ok(offsets) => {
                 metrics::histogram!("pilotlight_log_group_commit_size").record(group.len() as f64);
-                for (request, first) in group.into_iter().zip(offsets) {
-                    shared.publish(Some(first), request.events, request.matches);
-                    let _ = request.reply.send(Ok(()));
+                let mut replies = Vec::with_capacity(group.len());
+                let batches: Vec<_> = group
+                    .into_iter()
+                    .zip(offsets)
+                    .map(|(request, first)| {
+                        replies.push(request.reply);
+                        (Some(first), request.events, request.matches)
+                    })
+                    .collect();
+                shared.publish(batches);
+                for reply in replies {
+                    let _ = reply.send(Ok(()));
                 }
             }
             Err(e) => {
@@ -121,4 +135,16 @@ fn write_loop<S: Store>(shared: Arc<Shared<S>>, receiver: Receiver<Request>) {
             }
         }
     }
+}
+
+/// The offset of each request's first event, given the group's first offset.
+fn first_offsets(first: u64, group: &[Request]) -> Vec<u64> {
+    group
+        .iter()
+        .scan(first, |next, request| {
+            let this = *next;
+            *next += request.events.len() as u64;
+            Some(this)
+        })
+        .collect()
 }
