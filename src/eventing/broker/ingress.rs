@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -43,10 +42,11 @@ pub fn router(state: IngressState) -> axum::Router {
 async fn ingress(
     State(state): State<IngressState>,
     Path((namespace, name)): Path<(String, String)>,
-    method: Method,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
+    // Taking the request whole avoids the header map copy an extractor makes.
+    let (parts, body) = request.into_parts();
+    let (method, headers) = (parts.method, parts.headers);
     let key = || format!("{namespace}/{name}");
     let broker = match state.brokers.get(&namespace, &name) {
         None => {

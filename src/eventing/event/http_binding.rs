@@ -278,16 +278,38 @@ pub fn encode_binary_headers(event: &Event, headers: &mut HeaderMap) {
             }
             continue;
         }
-        let encoded = utf8_percent_encode(value, HEADER_VALUE_ESCAPES).to_string();
-        // Names were validated as [a-z0-9]{1,20} and values are now ASCII, so both
-        // conversions succeed; skipping on failure keeps this infallible.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(format!("ce-{name}").as_bytes()),
-            HeaderValue::from_str(&encoded),
-        ) {
+        // Names were validated as [a-z0-9]{1,20} and values are ASCII once
+        // encoded, so both conversions succeed; skipping keeps this infallible.
+        if let (Some(n), Some(v)) = (header_name(name), header_value(value)) {
             headers.insert(n, v);
         }
     }
+}
+
+/// `ce-{name}`, without parsing for the attributes every event has.
+fn header_name(attribute: &str) -> Option<HeaderName> {
+    Some(match attribute {
+        "specversion" => HeaderName::from_static("ce-specversion"),
+        "id" => HeaderName::from_static("ce-id"),
+        "source" => HeaderName::from_static("ce-source"),
+        "type" => HeaderName::from_static("ce-type"),
+        "time" => HeaderName::from_static("ce-time"),
+        "subject" => HeaderName::from_static("ce-subject"),
+        "knativearrivaltime" => HeaderName::from_static("ce-knativearrivaltime"),
+        other => return HeaderName::from_bytes(format!("ce-{other}").as_bytes()).ok(),
+    })
+}
+
+/// The value as the binding sends it: unchanged when nothing needs escaping
+/// (the common case), percent-encoded otherwise.
+fn header_value(value: &str) -> Option<HeaderValue> {
+    let plain = value
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'%');
+    if plain {
+        return HeaderValue::from_str(value).ok();
+    }
+    HeaderValue::from_str(&utf8_percent_encode(value, HEADER_VALUE_ESCAPES).to_string()).ok()
 }
 
 /// Encodes the event as one structured-mode JSON document.

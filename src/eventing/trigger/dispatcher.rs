@@ -11,7 +11,7 @@
 //! configured (Knative drops it then; pilotlight logs and counts it).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{StatusCode, Uri};
@@ -115,6 +115,8 @@ struct Context {
     attempt_seconds: Histogram,
     dead_lettered: Counter,
     dropped: Counter,
+    /// Delivery counters by response code (`None`: no response), registered once.
+    deliveries: RwLock<HashMap<Option<u16>, Counter>>,
 }
 
 impl Context {
@@ -124,6 +126,7 @@ impl Context {
             attempt_seconds: metrics::histogram!("pilotlight_trigger_delivery_seconds", "trigger" => trigger.clone()),
             dead_lettered: metrics::counter!("pilotlight_trigger_dead_lettered_total", "trigger" => trigger.clone()),
             dropped: metrics::counter!("pilotlight_trigger_dropped_total", "trigger" => trigger),
+            deliveries: RwLock::default(),
             plan,
             broker,
             sender,
@@ -132,9 +135,20 @@ impl Context {
 
     fn observe(&self, status: Option<StatusCode>, took: Duration) {
         self.attempt_seconds.record(took);
-        let code = status.map_or_else(|| "none".to_owned(), |s| s.as_u16().to_string());
-        metrics::counter!("pilotlight_trigger_deliveries_total", "trigger" => self.plan.key.to_string(), "code" => code)
-            .increment(1);
+        let code = status.map(|s| s.as_u16());
+        let cached = self
+            .deliveries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&code)
+            .cloned();
+        let counter = cached.unwrap_or_else(|| {
+            let label = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+            let counter = metrics::counter!("pilotlight_trigger_deliveries_total", "trigger" => self.plan.key.to_string(), "code" => label);
+            self.deliveries.write().unwrap_or_else(|e| e.into_inner()).insert(code, counter.clone());
+            counter
+        });
+        counter.increment(1);
     }
 }
 

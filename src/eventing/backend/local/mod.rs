@@ -194,11 +194,11 @@ impl State {
         }
     }
 
-    fn pop_tail(&mut self) {
-        if let Some(entry) = self.tail.pop_front() {
-            self.tail_bytes -= entry.event.size();
-            self.tail_start += 1;
-        }
+    fn pop_tail(&mut self) -> Option<TailEntry> {
+        let entry = self.tail.pop_front()?;
+        self.tail_bytes -= entry.event.size();
+        self.tail_start += 1;
+        Some(entry)
     }
 
     fn rebuild_index(&mut self) -> FilterIndex {
@@ -316,26 +316,34 @@ impl<S: Store> Shared<S> {
     }
 
     /// For `memory`: drop what every trigger is done with, and what is too old.
+    /// Entries are taken out under the lock and freed after it, so ingress and
+    /// acks do not wait for the deallocation.
     fn evict_consumed(&self) {
-        let mut state = self.lock();
-        let done_up_to = state
-            .subscriptions
-            .values()
-            .map(SubscriptionState::cursor)
-            .min()
-            .unwrap_or_else(|| state.head());
-        let deadline = self
-            .config
-            .max_age
-            .and_then(|a| Instant::now().checked_sub(a));
-        while let Some(front) = state.tail.front() {
-            let consumed = state.tail_start < done_up_to;
-            let expired = deadline.is_some_and(|d| front.stored_at < d);
-            if !(consumed || expired) {
-                break;
+        let mut evicted = Vec::new();
+        {
+            let mut state = self.lock();
+            let done_up_to = state
+                .subscriptions
+                .values()
+                .map(SubscriptionState::cursor)
+                .min()
+                .unwrap_or_else(|| state.head());
+            let deadline = self
+                .config
+                .max_age
+                .and_then(|a| Instant::now().checked_sub(a));
+            while let Some(front) = state.tail.front() {
+                let consumed = state.tail_start < done_up_to;
+                let expired = deadline.is_some_and(|d| front.stored_at < d);
+                if !(consumed || expired) {
+                    break;
+                }
+                if let Some(entry) = state.pop_tail() {
+                    evicted.push(entry);
+                }
             }
-            state.pop_tail();
         }
+        drop(evicted);
     }
 }
 
