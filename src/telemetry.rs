@@ -35,27 +35,22 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Installs the global metrics recorder and returns the handle that renders
-/// `/metrics`. A second call (tests) returns a handle to a fresh recorder that
-/// is not global.
-pub fn init_metrics() -> PrometheusHandle {
-    let builder = || {
-        PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .unwrap_or_else(|_| PrometheusBuilder::new())
-    };
-    let recorder = builder().build_recorder();
-    let handle = recorder.handle();
-    if metrics::set_global_recorder(recorder).is_ok() {
-        return handle;
-    }
-    GLOBAL_HANDLE.get().cloned().unwrap_or(handle)
-}
-
-static GLOBAL_HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-
-/// Like [`init_metrics`], but the first handle is kept so later callers in the
-/// same process render the global recorder.
+/// The handle that renders `/metrics`. The first call installs the global
+/// recorder; later calls (several servers in one test process) share it.
 pub fn metrics_handle() -> PrometheusHandle {
-    GLOBAL_HANDLE.get_or_init(init_metrics).clone()
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; /metrics is then empty.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("another metrics recorder is installed; /metrics will not show pilotlight's metrics");
+            }
+            handle
+        })
+        .clone()
 }

@@ -166,7 +166,7 @@ impl ControlPlane {
         if let Some(current) = running.brokers.get_mut(key) {
             if current.class == class {
                 current.broker = broker.clone();
-                return self.broker_status(key, class);
+                return self.broker_status(key);
             }
             tracing::warn!(broker = %key, "broker class changed; its stored events are removed");
             running.triggers.retain(|_, t| t.plan.broker != *key);
@@ -188,7 +188,7 @@ impl ControlPlane {
                     },
                 );
                 tracing::info!(broker = %key, class = ?class, "broker ready");
-                self.broker_status(key, class)
+                self.broker_status(key)
             }
             Err(reason) => {
                 tracing::error!(broker = %key, error = %reason, "broker failed to start");
@@ -226,7 +226,7 @@ impl ControlPlane {
         }
     }
 
-    fn broker_status(&self, key: &ObjectKey, _class: BrokerClass) -> Status {
+    fn broker_status(&self, key: &ObjectKey) -> Status {
         let mut status = Status::ready();
         status.address = Some(Address {
             url: self.broker_url(key),
@@ -327,22 +327,17 @@ impl ControlPlane {
     ) -> Result<TriggerPlan, Status> {
         let broker_key = ObjectKey::new(key.namespace.clone(), trigger.spec.broker.clone());
         let Some(broker) = running.brokers.get(&broker_key) else {
-            let reason = if brokers.contains_key(&broker_key) {
-                "BrokerNotReady"
+            return Err(if brokers.contains_key(&broker_key) {
+                Status::not_ready(
+                    "BrokerNotReady",
+                    format!("broker {broker_key} is not ready"),
+                )
             } else {
-                "BrokerDoesNotExist"
-            };
-            return Err(Status::not_ready(
-                reason,
-                format!(
-                    "broker {broker_key} {}",
-                    if reason == "BrokerDoesNotExist" {
-                        "does not exist"
-                    } else {
-                        "is not ready"
-                    }
-                ),
-            ));
+                Status::not_ready(
+                    "BrokerDoesNotExist",
+                    format!("broker {broker_key} does not exist: create it, or fix spec.broker"),
+                )
+            });
         };
         let subscriber = self
             .resolve(&trigger.spec.subscriber, &key.namespace, brokers)

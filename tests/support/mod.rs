@@ -284,12 +284,3 @@ pub async fn send(url: &str, id: &str, ty: &str) -> Reply {
     )
     .await
 }
-
-/// Polls until `check` holds (panics after `timeout`).
-pub async fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}

@@ -80,11 +80,12 @@ impl<S: Store> LocalSubscription<S> {
             return Ok(false);
         }
         let end = state.head().min(self.next_offset + READ_BATCH as u64);
+        let slot = self.own_state(state)?.slot;
         let mut taken = Vec::new();
         for offset in self.next_offset..end {
             let entry = &state.tail[(offset - state.tail_start) as usize];
             let matched = if entry.matches.index_version >= self.since_index_version {
-                entry.matches.contains(self.own_slot(state)?)
+                entry.matches.contains(slot)
             } else {
                 self.filter.matches(&entry.event)
             };
@@ -103,15 +104,6 @@ impl<S: Store> LocalSubscription<S> {
             self.buffer.push_back(delivery);
         }
         Ok(true)
-    }
-
-    fn own_slot(&self, state: &State) -> Result<usize, Stale> {
-        state
-            .subscriptions
-            .get(&*self.key)
-            .filter(|s| s.generation == self.generation)
-            .map(|s| s.slot)
-            .ok_or(Stale)
     }
 
     /// Reads the next batch from the store (the trigger is behind the tail).
