@@ -106,16 +106,7 @@ mod tests {
 
     #[test]
     fn dead_letter_event_carries_knative_extensions() {
-        let event = Event::new(
-            vec![
-                ("specversion".into(), "1.0".into()),
-                ("id".into(), "1".into()),
-                ("source".into(), "/s".into()),
-                ("type".into(), "t".into()),
-            ],
-            None,
-        )
-        .expect("valid");
+        let event = crate::eventing::event::test_event("1", "t", None);
         let failure = Failure {
             status: Some(http::StatusCode::BAD_REQUEST),
             retryable: false,

@@ -125,21 +125,36 @@ impl Event {
     }
 }
 
+/// A minimal valid event for unit tests: the given id and type, source
+/// `/test`, and data if given. Other attributes go on with `set_attribute`.
+#[cfg(test)]
+pub(crate) fn test_event(id: &str, ty: &str, data: Option<Bytes>) -> Event {
+    let attributes = [
+        ("specversion", "1.0"),
+        ("id", id),
+        ("source", "/test"),
+        ("type", ty),
+    ];
+    Event::new(
+        attributes
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        data,
+    )
+    .expect("a valid test event")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    pub(crate) fn sample() -> Event {
-        Event::new(
-            vec![
-                ("specversion".into(), "1.0".into()),
-                ("id".into(), "1".into()),
-                ("source".into(), "/test".into()),
-                ("type".into(), "com.example.test".into()),
-            ],
+    fn sample() -> Event {
+        test_event(
+            "1",
+            "com.example.test",
             Some(Bytes::from_static(b"{\"a\":1}")),
         )
-        .expect("valid sample event")
     }
 
     #[test]

@@ -176,17 +176,13 @@ impl FilterIndex {
 mod tests {
     use super::*;
 
-    fn event(ty: &str, source: &str, ext: Option<&str>) -> Event {
-        let mut attrs = vec![
-            ("specversion".to_string(), "1.0".to_string()),
-            ("id".to_string(), "1".to_string()),
-            ("source".to_string(), source.to_string()),
-            ("type".to_string(), ty.to_string()),
-        ];
-        if let Some(e) = ext {
-            attrs.push(("color".to_string(), e.to_string()));
+    fn event(ty: &str, source: &str, color: Option<&str>) -> Event {
+        let mut event = crate::eventing::event::test_event("1", ty, None);
+        event.set_attribute("source", source);
+        if let Some(color) = color {
+            event.set_attribute("color", color);
         }
-        Event::new(attrs, None).expect("valid")
+        event
     }
 
     fn exact(a: &str, v: &str) -> Filter {

@@ -590,16 +590,7 @@ mod tests {
     }
 
     fn event(id: &str) -> Event {
-        Event::new(
-            vec![
-                ("specversion".into(), "1.0".into()),
-                ("id".into(), id.into()),
-                ("source".into(), "/t".into()),
-                ("type".into(), "t".into()),
-            ],
-            None,
-        )
-        .expect("valid")
+        crate::eventing::event::test_event(id, "t", None)
     }
 
     #[tokio::test(flavor = "multi_thread")]

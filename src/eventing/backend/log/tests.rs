@@ -15,16 +15,7 @@ use crate::eventing::backend::{Backend, Subscription, SubscriptionSpec};
 use crate::eventing::trigger::filter::Filter;
 
 fn event(i: u64) -> Event {
-    Event::new(
-        vec![
-            ("specversion".into(), "1.0".into()),
-            ("id".into(), i.to_string()),
-            ("source".into(), "/t".into()),
-            ("type".into(), "t".into()),
-        ],
-        Some(Bytes::from(vec![b'x'; 100])),
-    )
-    .expect("valid event")
+    crate::eventing::event::test_event(&i.to_string(), "t", Some(Bytes::from(vec![b'x'; 100])))
 }
 
 fn events(ids: std::ops::Range<u64>) -> Vec<Arc<Event>> {
