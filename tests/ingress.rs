@@ -134,7 +134,11 @@ async fn unknown_broker_wrong_method_and_handshake() {
     let s = server().await;
     let r = request(Method::POST, &s.broker_url("default", "nope"), &BINARY, "").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert!(r.body.contains("default/nope"), "{}", r.body);
+    assert!(
+        r.body.contains("default/nope") && r.body.contains("pilotlight get brokers"),
+        "{}",
+        r.body
+    );
     let url = s.broker_url("default", "default");
     let r = request(Method::GET, &url, &[], "").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);

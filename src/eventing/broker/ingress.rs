@@ -51,7 +51,13 @@ async fn ingress(
     let broker = match state.brokers.get(&namespace, &name) {
         None => {
             reject_metric("unknown", "unknown_broker");
-            return text(StatusCode::NOT_FOUND, format!("broker {} not found", key()));
+            return text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "broker {} not found: the URL is /{{namespace}}/{{broker}}; `pilotlight get brokers` lists them",
+                    key()
+                ),
+            );
         }
         Some(BrokerEntry::NotReady { reason }) => {
             reject_metric(&key(), "not_ready");

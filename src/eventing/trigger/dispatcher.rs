@@ -244,7 +244,7 @@ async fn store_reply(context: &Context, reply: Event) {
 async fn dead_letter(context: &Context, event: &Event, failure: &Failure) {
     let plan = &context.plan;
     let Some(sink) = &plan.delivery.dead_letter_sink else {
-        tracing::warn!(trigger = %plan.key, id = event.id(), error = %failure.message, "delivery failed and the trigger has no dead-letter sink; the event is dropped");
+        tracing::warn!(trigger = %plan.key, id = event.id(), error = %failure.message, "delivery failed and the trigger has no dead-letter sink, so the event is dropped; set spec.delivery.deadLetterSink (trigger or broker) to keep such events");
         context.dropped.increment(1);
         return;
     };
