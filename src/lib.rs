@@ -9,4 +9,5 @@ pub mod cli;
 pub mod control;
 pub mod eventing;
 pub mod server;
+pub mod serving;
 pub mod telemetry;

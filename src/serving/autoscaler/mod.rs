@@ -1,0 +1,1 @@
+//! Knative's KPA autoscaler (being written).
