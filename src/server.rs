@@ -1,4 +1,5 @@
-//! `pilotlight run` assembled: the main listener (broker ingress), the admin
+//! `pilotlight run` assembled: the main listener (service hosts to the
+//! serving proxy, everything else to the broker ingress), the admin
 //! listener, the control plane and hot reload. Integration tests and the
 //! benchmark start it in process.
 
@@ -8,8 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
+use axum::body::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::ServiceExt as _;
 
 use crate::control::admin::{self, AdminState};
 use crate::control::manifest;
@@ -19,7 +25,12 @@ use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::BrokerRegistry;
 use crate::eventing::broker::ingress::{self, IngressState};
+use crate::control::serving::{ServingControl, ServingSettings};
 use crate::eventing::delivery::EventSender;
+use crate::serving::autoscaler::AutoscalerDefaults;
+use crate::serving::proxy::{Proxy, plain};
+use crate::serving::router::{HostMatch, Router};
+use crate::serving::runtime::process::{ProcessConfig, ProcessRuntime};
 
 /// Everything `pilotlight run` is configured with.
 #[derive(Debug, Clone)]
@@ -35,6 +46,37 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Re-apply manifests when their files change.
     pub watch: bool,
+    pub serving: ServingConfig,
+}
+
+/// The serving half's settings.
+#[derive(Debug, Clone)]
+pub struct ServingConfig {
+    /// Services answer to `{service}.{namespace}.{domain}`.
+    pub domain: String,
+    pub autoscaler: AutoscalerDefaults,
+    /// Requests one revision holds while no instance has room.
+    pub queue_limit: usize,
+    /// Revisions without traffic kept per service.
+    pub retained_revisions: usize,
+    pub process: ProcessConfig,
+}
+
+impl Default for ServingConfig {
+    fn default() -> Self {
+        ServingConfig {
+            domain: "localhost".into(),
+            autoscaler: AutoscalerDefaults {
+                // Locally there is no cluster operator to opt in: services may
+                // start at zero when their template asks for initial-scale 0.
+                allow_zero_initial_scale: true,
+                ..AutoscalerDefaults::default()
+            },
+            queue_limit: 1000,
+            retained_revisions: 20,
+            process: ProcessConfig::default(),
+        }
+    }
 }
 
 /// A running server.
@@ -74,10 +116,23 @@ impl Server {
             memory: config.memory.clone(),
             max_in_flight: config.max_in_flight,
         };
+        let serving = ServingControl::new(
+            ServingSettings {
+                domain: config.serving.domain.clone(),
+                listen,
+                data_dir: config.data_dir.clone(),
+                autoscaler: config.serving.autoscaler.clone(),
+                queue_limit: config.serving.queue_limit,
+                retained_revisions: config.serving.retained_revisions,
+            },
+            Arc::new(ProcessRuntime::new(config.serving.process.clone())),
+        );
+        let router = serving.router();
         let control = Arc::new(ControlPlane::new(
             settings,
             registry.clone(),
-            EventSender::new(),
+            EventSender::with_local_domain(&config.serving.domain, listen),
+            serving,
         ));
         let ready = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = watch::channel(false);
@@ -91,8 +146,13 @@ impl Server {
             metrics: crate::telemetry::metrics_handle(),
             ready: ready.clone(),
         });
+        let main = MainService {
+            ingress: ingress_router,
+            router,
+            proxy: Proxy::new(),
+        };
         let tasks = vec![
-            tokio::spawn(serve(listener, ingress_router, stopped.clone())),
+            tokio::spawn(serve_main(listener, main, stopped.clone())),
             tokio::spawn(serve(admin_listener, admin_router, stopped)),
         ];
 
@@ -139,4 +199,78 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::
     {
         tracing::error!(error = %e, "listener failed");
     }
+}
+
+/// The main listener's service: a request for a service host goes to the
+/// serving proxy, anything else to the broker ingress.
+#[derive(Clone)]
+struct MainService {
+    ingress: axum::Router,
+    router: Arc<Router>,
+    proxy: Proxy,
+}
+
+impl MainService {
+    async fn call(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host())
+            .unwrap_or_default();
+        match self.router.lookup(host) {
+            HostMatch::Route(route) => self.proxy.serve(&route, request, peer).await,
+            HostMatch::Unknown => plain(
+                http::StatusCode::NOT_FOUND,
+                self.router.unknown_host_message(host),
+                None,
+            ),
+            HostMatch::NotServing => match self.ingress.oneshot(request.map(Body::new)).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+        }
+    }
+}
+
+/// Serves the main listener with HTTP/1 (with upgrades) and h2c, and on stop
+/// lets open connections finish for a few seconds.
+async fn serve_main(listener: TcpListener, service: MainService, mut stopped: watch::Receiver<bool>) {
+    let stop = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stop);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let handler = hyper::service::service_fn(move |request| {
+            let service = service.clone();
+            async move { Ok::<_, std::convert::Infallible>(service.call(request, peer).await) }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), handler)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
 }

@@ -44,7 +44,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::control::resources::broker::BrokerClass;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
-use crate::server::{Server, ServerConfig};
+use crate::server::{Server, ServerConfig, ServingConfig};
 
 /// Not counted at the start of every phase: connections, caches and the
 /// log's first segment settle.
@@ -491,6 +491,7 @@ fn server_config(dir: &WorkDir) -> ServerConfig {
         memory: MemoryConfig::default(),
         max_in_flight: 100,
         watch: false,
+        serving: ServingConfig::default(),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `pilotlight get brokers|triggers`: a kubectl-style view of a running server.
+//! `pilotlight get brokers|triggers|ksvc|revisions|routes`: a kubectl-style
+//! view of a running server.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -14,6 +15,13 @@ pub enum Kind {
     Brokers,
     #[value(alias = "trigger")]
     Triggers,
+    /// Knative Services (`kn service list`).
+    #[value(name = "ksvc", aliases = ["services", "service", "kservice"])]
+    Services,
+    #[value(alias = "revision", alias = "rev")]
+    Revisions,
+    #[value(alias = "route")]
+    Routes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,6 +64,9 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
     let path = match args.kind {
         Kind::Brokers => "brokers",
         Kind::Triggers => "triggers",
+        Kind::Services => "services",
+        Kind::Revisions => "revisions",
+        Kind::Routes => "routes",
     };
     let query = args
         .namespace
@@ -87,6 +98,9 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
 /// Renders a kubectl-like table.
 pub fn table(kind: Kind, items: &[ObjectView]) -> String {
     let mut rows = vec![match kind {
+        Kind::Services => header(&["NAMESPACE", "NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"]),
+        Kind::Revisions => header(&["NAMESPACE", "NAME", "SERVICE", "DESIRED", "ACTUAL", "RESTARTS", "READY", "REASON"]),
+        Kind::Routes => header(&["NAMESPACE", "NAME", "URL", "TRAFFIC", "READY", "REASON"]),
         Kind::Brokers => vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
             .into_iter()
             .map(String::from)
@@ -118,6 +132,36 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
                         .map(|a| a.url.clone())
                         .unwrap_or_default(),
                 );
+                row.extend([status, reason]);
+            }
+            Kind::Services => {
+                let s = &item.status;
+                row.push(s.url.clone().unwrap_or_default());
+                row.push(s.latest_created_revision_name.clone().unwrap_or_default());
+                row.push(s.latest_ready_revision_name.clone().unwrap_or_default());
+                row.extend([status, reason]);
+            }
+            Kind::Revisions => {
+                let s = &item.status;
+                let count = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
+                row.push(
+                    item.metadata
+                        .annotations
+                        .get("serving.knative.dev/service")
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+                row.extend([
+                    count(s.desired_replicas),
+                    count(s.actual_replicas),
+                    count(s.restarts.or(Some(0))),
+                    status,
+                    reason,
+                ]);
+            }
+            Kind::Routes => {
+                row.push(item.status.url.clone().unwrap_or_default());
+                row.push(traffic(&item.status));
                 row.extend([status, reason]);
             }
             Kind::Triggers => {
@@ -155,4 +199,22 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
         out.push('\n');
     }
     out
+}
+
+fn header(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
+/// `90% -> hello-00002, 10% -> hello-00001 (tag old)`, as `kn route list` sums it up.
+fn traffic(status: &crate::control::status::Status) -> String {
+    status
+        .traffic
+        .iter()
+        .flatten()
+        .map(|t| {
+            let tag = t.tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default();
+            format!("{}% -> {}{tag}", t.percent, t.revision_name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -4,13 +4,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 
 use crate::control::resources::broker::BrokerClass;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES;
-use crate::server::{Server, ServerConfig};
+use crate::server::{Server, ServerConfig, ServingConfig};
+use crate::serving::autoscaler::AutoscalerDefaults;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClassArg {
@@ -57,11 +59,35 @@ pub struct RunArgs {
     /// Do not re-apply manifests when their files change.
     #[arg(long, env = "PILOTLIGHT_NO_WATCH")]
     pub no_watch: bool,
+    /// Services answer to {service}.{namespace}.{domain} on the main listener.
+    #[arg(long, env = "PILOTLIGHT_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+    /// A YAML file of autoscaler defaults, with Knative's config-autoscaler
+    /// keys (stable-window: 60s, scale-to-zero-grace-period: 30s, ...).
+    #[arg(long, env = "PILOTLIGHT_AUTOSCALER_CONFIG")]
+    pub autoscaler_config: Option<PathBuf>,
+    /// One autoscaler default as KEY=VALUE (config-autoscaler keys, such as
+    /// scale-to-zero-grace-period=10s); overrides the file. Repeatable.
+    #[arg(long = "autoscaler", value_name = "KEY=VALUE")]
+    pub autoscaler: Vec<String>,
+    /// Requests one revision holds while no instance has room; more get 503.
+    #[arg(long, env = "PILOTLIGHT_MAX_QUEUED_REQUESTS", default_value_t = 1000)]
+    pub max_queued_requests: usize,
+    /// Revisions without traffic kept per service; older ones are removed.
+    #[arg(long, env = "PILOTLIGHT_REVISION_RETENTION", default_value_t = 20)]
+    pub revision_retention: usize,
 }
 
 impl RunArgs {
-    pub fn server_config(&self) -> ServerConfig {
-        ServerConfig {
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        let serving = ServingConfig {
+            domain: self.domain.trim_matches('.').to_ascii_lowercase(),
+            autoscaler: self.autoscaler_defaults()?,
+            queue_limit: self.max_queued_requests.max(1),
+            retained_revisions: self.revision_retention,
+            ..ServingConfig::default()
+        };
+        Ok(ServerConfig {
             paths: self.paths.clone(),
             listen: self.listen,
             admin: self.admin,
@@ -79,12 +105,43 @@ impl RunArgs {
             memory: MemoryConfig::default(),
             max_in_flight: self.max_in_flight.max(1),
             watch: !self.no_watch,
+            serving,
+        })
+    }
+
+    /// Knative's defaults, then the file, then each --autoscaler flag.
+    fn autoscaler_defaults(&self) -> anyhow::Result<AutoscalerDefaults> {
+        let mut settings = serde_json::Map::new();
+        // pilotlight's one departure from Knative's defaults; see ServingConfig.
+        settings.insert("allow-zero-initial-scale".into(), true.into());
+        if let Some(path) = &self.autoscaler_config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {} (--autoscaler-config)", path.display()))?;
+            let file: serde_json::Map<String, serde_json::Value> = serde_saphyr::from_str(&text)
+                .with_context(|| format!("{} (--autoscaler-config) is not a YAML map of config-autoscaler keys", path.display()))?;
+            settings.extend(file);
         }
+        for flag in &self.autoscaler {
+            let (key, value) = flag.split_once('=').with_context(|| {
+                format!("--autoscaler {flag}: write KEY=VALUE, such as stable-window=30s")
+            })?;
+            // YAML scalars, so that 2 is a number and true a boolean.
+            let value: serde_json::Value = serde_saphyr::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+            settings.insert(key.trim().to_owned(), value);
+        }
+        serde_path_to_error::deserialize(serde_json::Value::Object(settings)).map_err(|e| {
+            let source = match &self.autoscaler_config {
+                Some(path) => format!("{} or --autoscaler", path.display()),
+                None => "--autoscaler".into(),
+            };
+            anyhow::anyhow!("autoscaler setting {} ({source}): {}", e.path(), e.inner())
+        })
     }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let server = Server::start(args.server_config()).await?;
+    let server = Server::start(args.server_config()?).await?;
     tracing::info!(listen = %server.listen, admin = %server.admin, "pilotlight is running; Ctrl-C stops it");
     shutdown_signal().await;
     tracing::info!("stopping: saving trigger cursors");

@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the API that
-//! `pilotlight get` reads (`/api/v1/brokers`, `/api/v1/triggers`).
+//! `pilotlight get` reads (`/api/v1/{brokers,triggers,services,revisions,routes}`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/brokers", get(brokers))
         .route("/api/v1/triggers", get(triggers))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/revisions", get(revisions))
+        .route("/api/v1/routes", get(routes))
         .with_state(state)
 }
 
@@ -63,4 +66,19 @@ async fn brokers(State(state): State<AdminState>, Query(q): Query<NamespaceQuery
 
 async fn triggers(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
     Json(state.control.triggers(q.namespace.as_deref()).await).into_response()
+}
+
+async fn services(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
+    let items = state.control.serving().services(q.namespace.as_deref()).await;
+    Json(state.control.serving_list(items)).into_response()
+}
+
+async fn revisions(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
+    let items = state.control.serving().revisions(q.namespace.as_deref()).await;
+    Json(state.control.serving_list(items)).into_response()
+}
+
+async fn routes(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
+    let items = state.control.serving().routes(q.namespace.as_deref()).await;
+    Json(state.control.serving_list(items)).into_response()
 }

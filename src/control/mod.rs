@@ -31,5 +31,6 @@ pub mod admin;
 pub mod manifest;
 pub mod reconcile;
 pub mod resources;
+pub mod serving;
 pub mod status;
 pub mod watch;

@@ -16,6 +16,7 @@ use super::resources::broker::BrokerClass;
 use super::resources::duck::Destination;
 use super::resources::trigger::DeliveryOrder;
 use super::resources::{Broker, Resource, Trigger};
+use super::serving::ServingControl;
 use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
 use crate::eventing::backend::log::{self as log_backend, LogConfig};
 use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
@@ -72,16 +73,23 @@ pub struct ControlPlane {
     settings: Settings,
     registry: Arc<BrokerRegistry>,
     sender: EventSender,
+    serving: Arc<ServingControl>,
     running: tokio::sync::Mutex<Running>,
     board: RwLock<Board>,
 }
 
 impl ControlPlane {
-    pub fn new(settings: Settings, registry: Arc<BrokerRegistry>, sender: EventSender) -> Self {
+    pub fn new(
+        settings: Settings,
+        registry: Arc<BrokerRegistry>,
+        sender: EventSender,
+        serving: Arc<ServingControl>,
+    ) -> Self {
         ControlPlane {
             settings,
             registry,
             sender,
+            serving,
             running: tokio::sync::Mutex::new(Running::default()),
             board: RwLock::new(Board::default()),
         }
@@ -91,6 +99,10 @@ impl ControlPlane {
         &self.settings
     }
 
+    pub fn serving(&self) -> &Arc<ServingControl> {
+        &self.serving
+    }
+
     /// Brings the running state to the manifests.
     pub async fn apply(&self, manifests: &Manifests) {
         for error in &manifests.errors {
@@ -98,12 +110,20 @@ impl ControlPlane {
         }
         let mut brokers = BTreeMap::new();
         let mut triggers = BTreeMap::new();
+        let mut services = Vec::new();
         for loaded in &manifests.objects {
             match &loaded.resource {
-                Resource::Broker(b) => brokers.insert(b.metadata.key(), loaded),
-                Resource::Trigger(t) => triggers.insert(t.metadata.key(), loaded),
+                Resource::Broker(b) => {
+                    brokers.insert(b.metadata.key(), loaded);
+                }
+                Resource::Trigger(t) => {
+                    triggers.insert(t.metadata.key(), loaded);
+                }
+                Resource::Service(_) => services.push(loaded),
             };
         }
+        // Services first, so that triggers can resolve references to them.
+        self.serving.apply(&services).await;
         let mut running = self.running.lock().await;
         self.remove_brokers(&mut running, &brokers).await;
         let mut broker_views = BTreeMap::new();
@@ -401,9 +421,13 @@ impl ControlPlane {
             ("eventing.knative.dev/v1", "Broker") => {
                 return Err(format!("broker {key} does not exist"));
             }
+            ("serving.knative.dev/v1", "Service") => match self.serving.service_url(&key) {
+                Some(url) => url,
+                None => return Err(format!("service {key} does not exist")),
+            },
             (api_version, kind) => {
                 return Err(format!(
-                    "cannot resolve a reference to {kind} ({api_version}) {key}: pilotlight resolves references to Brokers (eventing.knative.dev/v1); use 'uri' for other destinations"
+                    "cannot resolve a reference to {kind} ({api_version}) {key}: pilotlight resolves references to Brokers (eventing.knative.dev/v1) and Services (serving.knative.dev/v1); use 'uri' for other destinations"
                 ));
             }
         };
@@ -427,6 +451,12 @@ impl ControlPlane {
             .filter(|(k, _)| in_namespace(k, namespace))
             .map(|(_, v)| v.clone())
             .collect();
+        ObjectList::new(items, &board.errors)
+    }
+
+    /// Serving objects with the refused manifests, for the admin API.
+    pub fn serving_list(&self, items: Vec<ObjectView>) -> ObjectList {
+        let board = self.board.read().unwrap_or_else(|e| e.into_inner());
         ObjectList::new(items, &board.errors)
     }
 
@@ -479,6 +509,7 @@ impl ControlPlane {
             self.registry.remove(&key);
             broker.handle.backend.shutdown().await;
         }
+        self.serving.shutdown().await;
     }
 }
 
@@ -499,6 +530,12 @@ fn view(loaded: &Loaded, status: Status) -> ObjectView {
             &t.kind,
             &t.metadata,
             serde_json::to_value(&t.spec),
+        ),
+        Resource::Service(s) => (
+            &s.api_version,
+            &s.kind,
+            &s.metadata,
+            serde_json::to_value(&s.spec),
         ),
     };
     ObjectView {

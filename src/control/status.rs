@@ -37,6 +37,40 @@ pub struct Status {
     /// Trigger: events removed by retention before it read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_to_retention: Option<u64>,
+    /// Service, Route: where it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Service: the revision made from the current template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_created_revision_name: Option<String>,
+    /// Service: the newest revision that has been ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_ready_revision_name: Option<String>,
+    /// Service, Route: traffic as resolved to revisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Vec<TrafficStatus>>,
+    /// Revision: instances the autoscaler wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<u32>,
+    /// Revision: instances ready now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_replicas: Option<u32>,
+    /// Revision: instances restarted after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+}
+
+/// One resolved traffic target, as Knative's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficStatus {
+    pub revision_name: String,
+    pub latest_revision: bool,
+    pub percent: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +89,14 @@ impl Status {
     pub fn not_ready(reason: &str, message: impl Into<String>) -> Self {
         Status {
             conditions: vec![condition("False", Some(reason), Some(message.into()))],
+            ..Default::default()
+        }
+    }
+
+    /// Not decided yet (a revision waiting for its first instance).
+    pub fn unknown(reason: &str, message: impl Into<String>) -> Self {
+        Status {
+            conditions: vec![condition("Unknown", Some(reason), Some(message.into()))],
             ..Default::default()
         }
     }

@@ -6,4 +6,8 @@
 //!   from the load the proxy counts.
 
 pub mod autoscaler;
+pub mod history;
+pub mod proxy;
+pub mod revision;
+pub mod router;
 pub mod runtime;

@@ -18,7 +18,7 @@ use pilotlight::control::resources::broker::BrokerClass;
 use pilotlight::eventing::backend::log::LogConfig;
 use pilotlight::eventing::backend::memory::MemoryConfig;
 use pilotlight::eventing::event::{Event, parse_http};
-use pilotlight::server::{Server, ServerConfig};
+use pilotlight::server::{Server, ServerConfig, ServingConfig};
 
 /// A server started on temporary folders, with its manifests in `manifests`.
 pub struct TestServer {
@@ -73,6 +73,7 @@ pub fn config(manifests: &Path, data: &Path) -> ServerConfig {
         memory: MemoryConfig::default(),
         max_in_flight: 100,
         watch: false,
+        serving: ServingConfig::default(),
     }
 }
 

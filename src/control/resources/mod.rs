@@ -4,12 +4,14 @@
 pub mod broker;
 pub mod duck;
 pub mod meta;
+pub mod service;
 pub mod trigger;
 
 use std::fmt;
 
 pub use broker::Broker;
 pub use meta::ObjectMeta;
+pub use service::Service;
 pub use trigger::Trigger;
 
 /// A field whose value is wrong, and why. `field` is a path such as
@@ -40,6 +42,7 @@ impl fmt::Display for Invalid {
 pub enum Resource {
     Broker(Broker),
     Trigger(Trigger),
+    Service(Box<Service>),
 }
 
 impl Resource {
@@ -47,6 +50,7 @@ impl Resource {
         match self {
             Resource::Broker(_) => "Broker",
             Resource::Trigger(_) => "Trigger",
+            Resource::Service(_) => "Service",
         }
     }
 
@@ -54,6 +58,7 @@ impl Resource {
         match self {
             Resource::Broker(b) => &b.metadata,
             Resource::Trigger(t) => &t.metadata,
+            Resource::Service(s) => &s.metadata,
         }
     }
 }
@@ -62,4 +67,5 @@ impl Resource {
 pub const KNOWN_KINDS: &[(&str, &str)] = &[
     ("eventing.knative.dev/v1", "Broker"),
     ("eventing.knative.dev/v1", "Trigger"),
+    ("serving.knative.dev/v1", "Service"),
 ];

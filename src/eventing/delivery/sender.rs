@@ -1,6 +1,11 @@
 //! One HTTP attempt: send an event in binary mode with `Prefer: reply`, and
 //! classify the answer.
 
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,6 +13,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 
 use crate::eventing::event::{Event, carries_event, encode_binary_headers, parse_http};
@@ -33,6 +39,55 @@ pub struct Failure {
     pub message: String,
 }
 
+/// Resolves service hosts (`hello.default.localhost`) to pilotlight's own
+/// listener and every other name with the system resolver. glibc does not
+/// resolve `*.localhost`, and a custom `--domain` has no DNS at all.
+#[derive(Clone)]
+pub struct LocalDomainResolver {
+    /// `.localhost`; None resolves everything with the system.
+    suffix: Option<Arc<str>>,
+    ip: IpAddr,
+    system: GaiResolver,
+}
+
+impl Default for LocalDomainResolver {
+    fn default() -> Self {
+        LocalDomainResolver {
+            suffix: None,
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            system: GaiResolver::new(),
+        }
+    }
+}
+
+type Resolving =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, std::io::Error>> + Send>>;
+
+impl tower::Service<Name> for LocalDomainResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let local = self.suffix.as_deref().is_some_and(|suffix| {
+            let host = name.as_str();
+            host.len() > suffix.len()
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        });
+        if local {
+            // The connector sets the port from the URI.
+            let addresses = vec![SocketAddr::new(self.ip, 0)].into_iter();
+            return Box::pin(std::future::ready(Ok(addresses)));
+        }
+        let resolving = self.system.call(name);
+        Box::pin(async move { Ok(resolving.await?.collect::<Vec<_>>().into_iter()) })
+    }
+}
+
 /// The result of one attempt.
 #[derive(Debug)]
 pub enum Attempt {
@@ -47,7 +102,7 @@ pub enum Attempt {
 /// The HTTP client every delivery shares (connection pooling per host).
 #[derive(Clone)]
 pub struct EventSender {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector<LocalDomainResolver>, Full<Bytes>>,
 }
 
 impl Default for EventSender {
@@ -58,7 +113,25 @@ impl Default for EventSender {
 
 impl EventSender {
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
+        Self::with_resolver(LocalDomainResolver::default())
+    }
+
+    /// A sender that reaches `*.{domain}` (service hosts) on the main
+    /// listener's address, whatever the system resolver says of them.
+    pub fn with_local_domain(domain: &str, listen: SocketAddr) -> Self {
+        let ip = match listen.ip() {
+            ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ip => ip,
+        };
+        Self::with_resolver(LocalDomainResolver {
+            suffix: Some(format!(".{}", domain.to_ascii_lowercase()).into()),
+            ip,
+            system: GaiResolver::new(),
+        })
+    }
+
+    fn with_resolver(resolver: LocalDomainResolver) -> Self {
+        let mut connector = HttpConnector::new_with_resolver(resolver);
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())

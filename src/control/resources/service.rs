@@ -1,0 +1,635 @@
+//! `Service` (serving.knative.dev/v1): a revision template plus a traffic
+//! block. Pod fields that only a Kubernetes runtime uses are accepted and kept
+//! so that manifests written for Knative load unchanged.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Invalid, ObjectMeta};
+use crate::serving::runtime::{ContainerSpec, Probe as RuntimeProbe};
+
+/// Knative's `max-revision-timeout-seconds` default.
+pub const MAX_TIMEOUT_SECONDS: u64 = 600;
+/// Knative's `revision-timeout-seconds` default.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
+/// Knative's upper bound for `containerConcurrency`.
+pub const MAX_CONTAINER_CONCURRENCY: u32 = 1000;
+
+type Opaque = Option<serde_json::Value>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: ServiceSpec,
+    #[serde(default, skip_serializing)]
+    pub status: Opaque,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub template: RevisionTemplate,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traffic: Vec<TrafficTarget>,
+}
+
+/// `spec.template`: what every revision is made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevisionTemplate {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: RevisionSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevisionSpec {
+    pub containers: Vec<Container>,
+    /// Requests one instance handles at once; 0 (the default) is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_start_timeout_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u64>,
+    // Pod fields for the Kubernetes runtime; the process runtime ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_service_links: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler_name: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_policy: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_aliases: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_containers: Opaque,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Container {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    // Kept for the Kubernetes runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_from: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_message_path: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_message_policy: Opaque,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Opaque,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPort {
+    pub container_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Probe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Opaque,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpGetAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A number or the name of one of `ports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<HttpHeader>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpSocketAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// One entry of `spec.traffic`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_revision: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Written by Knative into status; accepted so `kubectl get -o yaml` loads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration_name: Option<String>,
+}
+
+/// Where a traffic target sends requests, once resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrafficRevision {
+    /// The latest revision that is ready (`latestRevision: true`).
+    Latest,
+    Named(String),
+}
+
+impl Service {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.metadata.validate()?;
+        // The name is the first label of the service's host.
+        if self.metadata.name.len() > 63 {
+            return Err(Invalid::new(
+                "metadata.name",
+                "must be at most 63 characters: it is the first label of the service's host name",
+            ));
+        }
+        self.validate_template()?;
+        self.validate_traffic()?;
+        Ok(())
+    }
+
+    fn validate_template(&self) -> Result<(), Invalid> {
+        let template = &self.spec.template;
+        if let Some(name) = self.template_name() {
+            let prefix = format!("{}-", self.metadata.name);
+            if !name.starts_with(&prefix) || name.len() == prefix.len() {
+                return Err(Invalid::new(
+                    "spec.template.metadata.name",
+                    format!("'{name}' must start with the service's name and a dash, such as '{prefix}v2'"),
+                ));
+            }
+        }
+        let spec = &template.spec;
+        match spec.containers.len() {
+            1 => {}
+            0 => {
+                return Err(Invalid::new(
+                    "spec.template.spec.containers",
+                    "needs one container",
+                ));
+            }
+            n => {
+                return Err(Invalid::new(
+                    "spec.template.spec.containers",
+                    format!("has {n} containers; pilotlight runs one container per revision"),
+                ));
+            }
+        }
+        if let Some(cc) = spec.container_concurrency
+            && cc > MAX_CONTAINER_CONCURRENCY
+        {
+            return Err(Invalid::new(
+                "spec.template.spec.containerConcurrency",
+                format!("{cc} is over {MAX_CONTAINER_CONCURRENCY}; use 0 for unlimited"),
+            ));
+        }
+        if let Some(t) = spec.timeout_seconds
+            && !(1..=MAX_TIMEOUT_SECONDS).contains(&t)
+        {
+            return Err(Invalid::new(
+                "spec.template.spec.timeoutSeconds",
+                format!("{t} is outside 1..={MAX_TIMEOUT_SECONDS}"),
+            ));
+        }
+        let container = &spec.containers[0];
+        if container.image.is_none() && container.command.is_empty() {
+            return Err(Invalid::new(
+                "spec.template.spec.containers[0]",
+                "needs 'command' (run as a local process) or 'image' (run on Kubernetes)",
+            ));
+        }
+        for (i, var) in container.env.iter().enumerate() {
+            if var.name.is_empty() {
+                return Err(Invalid::new(
+                    format!("spec.template.spec.containers[0].env[{i}].name"),
+                    "is required",
+                ));
+            }
+        }
+        if let Some(probe) = &container.readiness_probe {
+            container_probe(container, probe)?;
+        }
+        Ok(())
+    }
+
+    fn validate_traffic(&self) -> Result<(), Invalid> {
+        let mut total = 0u32;
+        let mut tags = std::collections::BTreeSet::new();
+        for (i, target) in self.spec.traffic.iter().enumerate() {
+            let field = |f: &str| format!("spec.traffic[{i}].{f}");
+            if target.configuration_name.is_some() {
+                return Err(Invalid::new(
+                    field("configurationName"),
+                    "is not supported; use latestRevision: true",
+                ));
+            }
+            match (&target.revision_name, target.latest_revision) {
+                (Some(_), Some(true)) => {
+                    return Err(Invalid::new(
+                        field("latestRevision"),
+                        "cannot be true together with revisionName",
+                    ));
+                }
+                (None, None | Some(false)) => {
+                    return Err(Invalid::new(
+                        format!("spec.traffic[{i}]"),
+                        "set revisionName, or latestRevision: true",
+                    ));
+                }
+                (Some(name), _) if !name.starts_with(&format!("{}-", self.metadata.name)) => {
+                    return Err(Invalid::new(
+                        field("revisionName"),
+                        format!(
+                            "'{name}' is not a revision of service {}: revision names start with '{}-'",
+                            self.metadata.name, self.metadata.name
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            let percent = target.percent.unwrap_or(0);
+            if percent > 100 {
+                return Err(Invalid::new(
+                    field("percent"),
+                    format!("{percent} is over 100"),
+                ));
+            }
+            total += percent;
+            if let Some(tag) = &target.tag {
+                if !is_dns_label(tag) || tag.len() + self.metadata.name.len() + 1 > 63 {
+                    return Err(Invalid::new(
+                        field("tag"),
+                        format!("'{tag}' must be a DNS label (lower-case letters, digits and '-'), short enough that '{tag}-{}' fits 63 characters", self.metadata.name),
+                    ));
+                }
+                if !tags.insert(tag.as_str()) {
+                    return Err(Invalid::new(
+                        field("tag"),
+                        format!("'{tag}' is used by another traffic target"),
+                    ));
+                }
+            }
+        }
+        if !self.spec.traffic.is_empty() && total != 100 {
+            return Err(Invalid::new(
+                "spec.traffic",
+                format!("percents add up to {total}; they must add up to 100"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `spec.template.metadata.name`, when the user names revisions.
+    pub fn template_name(&self) -> Option<&str> {
+        let name = self.spec.template.metadata.name.as_str();
+        (!name.is_empty()).then_some(name)
+    }
+
+    /// The traffic block, or Knative's default: all to the latest ready revision.
+    pub fn traffic(&self) -> Vec<(TrafficRevision, u32, Option<String>)> {
+        if self.spec.traffic.is_empty() {
+            return vec![(TrafficRevision::Latest, 100, None)];
+        }
+        self.spec
+            .traffic
+            .iter()
+            .map(|t| {
+                let revision = match &t.revision_name {
+                    Some(name) => TrafficRevision::Named(name.clone()),
+                    None => TrafficRevision::Latest,
+                };
+                (revision, t.percent.unwrap_or(0), t.tag.clone())
+            })
+            .collect()
+    }
+}
+
+impl RevisionSpec {
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS))
+    }
+
+    /// The container as the runtimes see it. Fails for what a local process
+    /// cannot have (values from Secrets or ConfigMaps).
+    pub fn container_spec(&self) -> Result<ContainerSpec, Invalid> {
+        let container = self.containers.first().ok_or_else(|| {
+            Invalid::new("spec.template.spec.containers", "needs one container")
+        })?;
+        let mut env = Vec::with_capacity(container.env.len());
+        for (i, var) in container.env.iter().enumerate() {
+            match (&var.value, &var.value_from) {
+                (_, Some(_)) => {
+                    return Err(Invalid::new(
+                        format!("spec.template.spec.containers[0].env[{i}].valueFrom"),
+                        "is not available to local processes; give the value inline",
+                    ));
+                }
+                (value, None) => env.push((var.name.clone(), value.clone().unwrap_or_default())),
+            }
+        }
+        let readiness = match &container.readiness_probe {
+            None => RuntimeProbe::TcpDefault,
+            Some(probe) => container_probe(container, probe)?,
+        };
+        Ok(ContainerSpec {
+            image: container.image.clone(),
+            command: container.command.clone(),
+            args: container.args.clone(),
+            env,
+            working_dir: container.working_dir.as_ref().map(Into::into),
+            container_port: container.ports.first().map(|p| p.container_port),
+            readiness,
+            labels: BTreeMap::new(),
+        })
+    }
+}
+
+/// The readiness probe as the runtime runs it; checks ports and the action.
+fn container_probe(container: &Container, probe: &Probe) -> Result<RuntimeProbe, Invalid> {
+    const FIELD: &str = "spec.template.spec.containers[0].readinessProbe";
+    let port = |value: &Option<serde_json::Value>, field: &str| -> Result<Option<u16>, Invalid> {
+        match value {
+            None => Ok(None),
+            Some(serde_json::Value::Number(n)) => n
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .map(Some)
+                .ok_or_else(|| Invalid::new(field, format!("{n} is not a port number"))),
+            Some(serde_json::Value::String(name)) => container
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| Some(p.container_port))
+                .ok_or_else(|| {
+                    Invalid::new(field, format!("no entry of ports is named '{name}'"))
+                }),
+            Some(other) => Err(Invalid::new(
+                field,
+                format!("{other} is not a port number or name"),
+            )),
+        }
+    };
+    // The instance's port is the one the runtime gives it; a probe naming the
+    // container port means the same port.
+    let container_port = container.ports.first().map(|p| p.container_port);
+    let own = |p: Option<u16>| p.filter(|p| Some(*p) != container_port);
+    match (&probe.http_get, &probe.tcp_socket, &probe.exec, &probe.grpc) {
+        (Some(http), None, None, None) => {
+            if http.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("http")) {
+                return Err(Invalid::new(
+                    format!("{FIELD}.httpGet.scheme"),
+                    "only HTTP is supported",
+                ));
+            }
+            Ok(RuntimeProbe::Http {
+                path: http.path.clone().unwrap_or_else(|| "/".into()),
+                port: own(port(&http.port, &format!("{FIELD}.httpGet.port"))?),
+                headers: http
+                    .http_headers
+                    .iter()
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect(),
+            })
+        }
+        (None, Some(tcp), None, None) => Ok(RuntimeProbe::Tcp {
+            port: own(port(&tcp.port, &format!("{FIELD}.tcpSocket.port"))?),
+        }),
+        (None, None, None, None) => Ok(RuntimeProbe::TcpDefault),
+        (None, None, Some(_), None) | (None, None, None, Some(_)) => Err(Invalid::new(
+            FIELD,
+            "exec and grpc probes are not supported; use httpGet or tcpSocket",
+        )),
+        _ => Err(Invalid::new(FIELD, "set only one of httpGet and tcpSocket")),
+    }
+}
+
+fn is_dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(yaml: &str) -> Service {
+        serde_saphyr::from_str(yaml).expect("parses")
+    }
+
+    const HELLO: &str = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - command: [pilotlight, hello]\n";
+
+    #[test]
+    fn a_minimal_service_is_valid_and_sends_all_traffic_to_latest() {
+        let s = service(HELLO);
+        s.validate().expect("valid");
+        assert_eq!(s.traffic(), vec![(TrafficRevision::Latest, 100, None)]);
+        let spec = s.spec.template.spec.container_spec().expect("runs");
+        assert_eq!(spec.command, vec!["pilotlight", "hello"]);
+        assert_eq!(spec.readiness, RuntimeProbe::TcpDefault);
+    }
+
+    #[test]
+    fn traffic_must_add_up_to_100() {
+        let s = service(&format!(
+            "{HELLO}  traffic:\n    - latestRevision: true\n      percent: 50\n    - revisionName: hello-00001\n      percent: 40\n"
+        ));
+        let err = s.validate().expect_err("90");
+        assert_eq!(err.field, "spec.traffic");
+        assert!(err.reason.contains("add up to 90"), "{err}");
+    }
+
+    #[test]
+    fn traffic_targets_are_checked_one_by_one() {
+        let cases = [
+            ("    - percent: 100\n", "spec.traffic[0]", "set revisionName"),
+            (
+                "    - revisionName: other-00001\n      percent: 100\n",
+                "spec.traffic[0].revisionName",
+                "not a revision of service hello",
+            ),
+            (
+                "    - latestRevision: true\n      percent: 100\n      tag: Bad\n",
+                "spec.traffic[0].tag",
+                "must be a DNS label",
+            ),
+            (
+                "    - latestRevision: true\n      percent: 50\n      tag: a\n    - revisionName: hello-00001\n      percent: 50\n      tag: a\n",
+                "spec.traffic[1].tag",
+                "used by another",
+            ),
+        ];
+        for (traffic, field, reason) in cases {
+            let err = service(&format!("{HELLO}  traffic:\n{traffic}"))
+                .validate()
+                .expect_err(field);
+            assert_eq!(err.field, field);
+            assert!(err.reason.contains(reason), "{err}");
+        }
+    }
+
+    #[test]
+    fn template_errors_name_the_field() {
+        let two = HELLO.replace(
+            "        - command: [pilotlight, hello]\n",
+            "        - command: [a]\n        - command: [b]\n",
+        );
+        let err = service(&two).validate().expect_err("two containers");
+        assert_eq!(err.field, "spec.template.spec.containers");
+        let named = HELLO.replace("    spec:\n      containers", "    metadata:\n      name: other-v1\n    spec:\n      containers");
+        let err = service(&named).validate().expect_err("bad name");
+        assert_eq!(err.field, "spec.template.metadata.name");
+        assert!(err.reason.contains("'hello-v2'"), "{err}");
+        let timeout = HELLO.replace("      containers:", "      timeoutSeconds: 900\n      containers:");
+        let err = service(&timeout).validate().expect_err("timeout");
+        assert_eq!(err.field, "spec.template.spec.timeoutSeconds");
+    }
+
+    #[test]
+    fn readiness_probes_become_runtime_probes() {
+        let probe = HELLO.replace(
+            "        - command: [pilotlight, hello]\n",
+            "        - command: [app]\n          ports:\n            - containerPort: 8080\n              name: http1\n          readinessProbe:\n            httpGet:\n              path: /ready\n              port: http1\n",
+        );
+        let s = service(&probe);
+        s.validate().expect("valid");
+        let spec = s.spec.template.spec.container_spec().expect("runs");
+        assert_eq!(
+            spec.readiness,
+            RuntimeProbe::Http {
+                path: "/ready".into(),
+                port: None,
+                headers: vec![]
+            }
+        );
+        let bad = probe.replace("port: http1", "port: metrics");
+        let err = service(&bad).validate().expect_err("unknown port name");
+        assert_eq!(
+            err.field,
+            "spec.template.spec.containers[0].readinessProbe.httpGet.port"
+        );
+    }
+
+    #[test]
+    fn env_from_secrets_cannot_run_locally() {
+        let s = service(&HELLO.replace(
+            "        - command: [pilotlight, hello]\n",
+            "        - command: [app]\n          env:\n            - name: TOKEN\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n",
+        ));
+        s.validate().expect("valid for Kubernetes");
+        let err = s.spec.template.spec.container_spec().expect_err("local");
+        assert_eq!(err.field, "spec.template.spec.containers[0].env[0].valueFrom");
+    }
+}

@@ -1,0 +1,619 @@
+//! Reconciling Services: each template becomes an immutable revision (named
+//! by [`RevisionHistory`]), each revision gets a deployment on the runtime and
+//! an autoscaler, and the route table maps hosts to revisions by traffic.
+//!
+//! `latestRevision: true` means the latest revision that has been ready, so
+//! a new template's revision starts while the old one keeps serving, and the
+//! route moves when the new one is up (a background refresh does that).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{Notify, watch};
+
+use super::ObjectKey;
+use super::manifest::Loaded;
+use super::resources::service::{Service, TrafficRevision};
+use super::resources::Invalid;
+use super::resources::service::RevisionTemplate;
+use super::status::{ObjectView, Status, TrafficStatus, ViewMeta};
+use crate::serving::autoscaler::{AutoscalerDefaults, RevisionScaling, RevisionStats, Scaler};
+use crate::serving::history::{RecordedRevision, RevisionHistory};
+use crate::serving::revision::{Revision, RevisionParts};
+use crate::serving::router::{HostRoute, RouteTable, Router};
+use crate::serving::runtime::{Runtime, Workload};
+
+/// Settings of the serving half.
+#[derive(Debug, Clone)]
+pub struct ServingSettings {
+    /// Services answer to `{service}.{namespace}.{domain}`.
+    pub domain: String,
+    /// The main listener, for service URLs.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub autoscaler: AutoscalerDefaults,
+    /// Requests one revision holds while it has no room (then 503).
+    pub queue_limit: usize,
+    /// Revisions without traffic kept per service (the oldest go first).
+    pub retained_revisions: usize,
+}
+
+/// A revision as the control plane tracks it.
+struct RunningRevision {
+    record: RecordedRevision,
+    /// None when the revision cannot run; `failure` says why.
+    revision: Option<Arc<Revision>>,
+    failure: Option<String>,
+    reachable: watch::Sender<bool>,
+    /// Marks the revision ready once an instance is; ends then.
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RunningRevision {
+    fn drop(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
+    }
+}
+
+struct RunningService {
+    service: Service,
+    origin: String,
+    latest_created: String,
+    /// A problem with the service as a whole (name taken, unknown revision).
+    failure: Option<Status>,
+    revisions: BTreeMap<String, RunningRevision>,
+}
+
+#[derive(Default)]
+struct State {
+    services: BTreeMap<ObjectKey, RunningService>,
+}
+
+/// The serving half of the control plane.
+pub struct ServingControl {
+    settings: ServingSettings,
+    runtime: Arc<dyn Runtime>,
+    router: Arc<Router>,
+    history: std::sync::Mutex<RevisionHistory>,
+    state: tokio::sync::Mutex<State>,
+    /// Services by key with their URL, for resolving references at once.
+    urls: RwLock<BTreeMap<ObjectKey, String>>,
+    /// A revision became ready: routes may move.
+    refresh: Arc<Notify>,
+}
+
+impl ServingControl {
+    pub fn new(settings: ServingSettings, runtime: Arc<dyn Runtime>) -> Arc<Self> {
+        let history = RevisionHistory::load(&settings.data_dir.join("serving"));
+        let control = Arc::new(ServingControl {
+            router: Arc::new(Router::new(&settings.domain)),
+            settings,
+            runtime,
+            history: std::sync::Mutex::new(history),
+            state: tokio::sync::Mutex::new(State::default()),
+            urls: RwLock::new(BTreeMap::new()),
+            refresh: Arc::new(Notify::new()),
+        });
+        tokio::spawn(refresh_loop(Arc::downgrade(&control), control.refresh.clone()));
+        control
+    }
+
+    pub fn router(&self) -> Arc<Router> {
+        self.router.clone()
+    }
+
+    /// The URL of a service (`http://hello.default.localhost:8080`).
+    pub fn url(&self, service: &ObjectKey, tag: Option<&str>) -> String {
+        let host = self.router.host(service, tag);
+        match self.settings.listen.port() {
+            80 => format!("http://{host}"),
+            port => format!("http://{host}:{port}"),
+        }
+    }
+
+    /// The URL of a loaded service, for Trigger subscribers and sinks.
+    pub fn service_url(&self, service: &ObjectKey) -> Option<String> {
+        self.urls
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+            .cloned()
+    }
+
+    /// Brings running services to the loaded ones.
+    pub async fn apply(&self, services: &[&Loaded]) {
+        let desired: BTreeMap<ObjectKey, (&Service, String)> = services
+            .iter()
+            .filter_map(|l| match &l.resource {
+                super::resources::Resource::Service(s) => {
+                    Some((s.metadata.key(), (s.as_ref(), l.origin.to_string())))
+                }
+                _ => None,
+            })
+            .collect();
+        *self.urls.write().unwrap_or_else(|e| e.into_inner()) = desired
+            .keys()
+            .map(|k| (k.clone(), self.url(k, None)))
+            .collect();
+        let mut state = self.state.lock().await;
+        let gone: Vec<ObjectKey> = state
+            .services
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        let mut stopping = Vec::new();
+        for key in gone {
+            if let Some(old) = state.services.remove(&key) {
+                tracing::info!(service = %key, "service deleted; stopping its revisions");
+                stopping.extend(old.revisions.into_values());
+                self.with_history(|h| h.forget_service(&key));
+            }
+        }
+        for (key, (service, origin)) in desired {
+            self.reconcile_service(&mut state, &key, service, origin, &mut stopping);
+        }
+        if let Err(e) = self.with_history(|h| h.save()) {
+            tracing::error!(error = %e, "cannot save the revision history; revision numbers may repeat after a restart");
+        }
+        self.route(&state);
+        drop(state);
+        stop_all(stopping).await;
+    }
+
+    fn with_history<T>(&self, f: impl FnOnce(&mut RevisionHistory) -> T) -> T {
+        f(&mut self.history.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn reconcile_service(
+        &self,
+        state: &mut State,
+        key: &ObjectKey,
+        service: &Service,
+        origin: String,
+        stopping: &mut Vec<RunningRevision>,
+    ) {
+        let template = serde_json::to_value(&service.spec.template).unwrap_or_default();
+        let recorded = self.with_history(|h| h.revision_for(key, &template, service.template_name()));
+        let entry = state.services.entry(key.clone()).or_insert_with(|| RunningService {
+            service: service.clone(),
+            origin: origin.clone(),
+            latest_created: String::new(),
+            failure: None,
+            revisions: BTreeMap::new(),
+        });
+        entry.service = service.clone();
+        entry.origin = origin;
+        entry.failure = None;
+        match recorded {
+            Ok((record, created)) => {
+                if created {
+                    tracing::info!(service = %key, revision = %record.name, "new revision");
+                }
+                entry.latest_created = record.name.clone();
+            }
+            Err(e) => {
+                entry.failure = Some(Status::not_ready("RevisionNameTaken", e.to_string()));
+            }
+        }
+        // Run the latest revision and every revision traffic names.
+        let history: Vec<RecordedRevision> = self.with_history(|h| h.revisions(key).to_vec());
+        let mut wanted: BTreeSet<String> = service
+            .traffic()
+            .into_iter()
+            .filter_map(|(target, _, _)| match target {
+                TrafficRevision::Named(name) => Some(name),
+                TrafficRevision::Latest => None,
+            })
+            .collect();
+        if !entry.latest_created.is_empty() {
+            wanted.insert(entry.latest_created.clone());
+        }
+        for name in &wanted {
+            if entry.revisions.contains_key(name) {
+                continue;
+            }
+            match history.iter().find(|r| &r.name == name) {
+                Some(record) => {
+                    let running = self.start_revision(key, record);
+                    entry.revisions.insert(name.clone(), running);
+                }
+                None => {
+                    entry.failure = Some(Status::not_ready(
+                        "RevisionMissing",
+                        format!("spec.traffic names revision {name}, which does not exist; its revisions are {}", names(&history)),
+                    ));
+                }
+            }
+        }
+        self.retire(key, entry, &wanted, stopping);
+    }
+
+    /// Keeps at most `retained_revisions` revisions that no traffic names;
+    /// the oldest go first, and are stopped and forgotten.
+    fn retire(
+        &self,
+        key: &ObjectKey,
+        entry: &mut RunningService,
+        wanted: &BTreeSet<String>,
+        stopping: &mut Vec<RunningRevision>,
+    ) {
+        let history: Vec<RecordedRevision> = self.with_history(|h| h.revisions(key).to_vec());
+        let latest_ready = latest_ready(entry);
+        let idle: Vec<&RecordedRevision> = history
+            .iter()
+            .filter(|r| !wanted.contains(&r.name) && Some(&r.name) != latest_ready.as_ref())
+            .collect();
+        let excess = idle.len().saturating_sub(self.settings.retained_revisions);
+        let dropped: BTreeSet<String> = idle.iter().take(excess).map(|r| r.name.clone()).collect();
+        if dropped.is_empty() {
+            return;
+        }
+        for name in &dropped {
+            tracing::info!(service = %key, revision = %name, "revision retired");
+            if let Some(running) = entry.revisions.remove(name) {
+                stopping.push(running);
+            }
+        }
+        self.with_history(|h| h.retain(key, |r| !dropped.contains(&r.name)));
+    }
+
+    fn start_revision(&self, service: &ObjectKey, record: &RecordedRevision) -> RunningRevision {
+        let (reachable, reachable_rx) = watch::channel(false);
+        let mut running = RunningRevision {
+            record: record.clone(),
+            revision: None,
+            failure: None,
+            reachable,
+            watcher: None,
+        };
+        match self.build_revision(service, record, reachable_rx) {
+            Ok(revision) => {
+                running.watcher = Some(tokio::spawn(watch_ready(
+                    revision.clone(),
+                    self.refresh.clone(),
+                )));
+                running.revision = Some(revision);
+            }
+            Err(message) => {
+                tracing::error!(service = %service, revision = %record.name, "revision cannot run: {message}");
+                running.failure = Some(message);
+            }
+        }
+        running
+    }
+
+    fn build_revision(
+        &self,
+        service: &ObjectKey,
+        record: &RecordedRevision,
+        reachable: watch::Receiver<bool>,
+    ) -> Result<Arc<Revision>, String> {
+        let template: RevisionTemplate = serde_json::from_value(record.template.clone())
+            .map_err(|e| format!("stored template unreadable: {e}"))?;
+        let spec = &template.spec;
+        let container_concurrency = spec.container_concurrency.unwrap_or(0);
+        let scaling = RevisionScaling::resolve(
+            &template.metadata.annotations,
+            &self.settings.autoscaler,
+            container_concurrency,
+        )
+        .map_err(|e: Invalid| e.to_string())?;
+        let container = spec.container_spec().map_err(|e| e.to_string())?;
+        let key = ObjectKey::new(service.namespace.clone(), record.name.clone());
+        let workload = Workload {
+            service: service.clone(),
+            revision: record.name.clone(),
+            container,
+            drain_timeout: spec.timeout(),
+        };
+        let deployment = self.runtime.deploy(workload).map_err(|e| e.to_string())?;
+        let stats = Arc::new(RevisionStats::new(tokio::time::Instant::now()));
+        let starts_ready = scaling.initial_scale == 0;
+        let scaler = Scaler::spawn(
+            key.to_string(),
+            scaling,
+            stats.clone(),
+            deployment.clone(),
+            reachable,
+        );
+        let revision = Arc::new(Revision::new(RevisionParts {
+            key,
+            service: service.clone(),
+            container_concurrency,
+            timeout: spec.timeout(),
+            queue_limit: self.settings.queue_limit,
+            stats,
+            deployment,
+            scaler,
+        }));
+        // Knative marks a revision with initial scale 0 ready without instances.
+        if starts_ready {
+            revision.mark_ready();
+        }
+        Ok(revision)
+    }
+
+    /// Rebuilds the route table and tells each revision whether it has traffic.
+    fn route(&self, state: &State) {
+        let mut table = RouteTable::default();
+        let mut reachable: BTreeSet<(ObjectKey, String)> = BTreeSet::new();
+        for (key, entry) in &state.services {
+            let Ok(targets) = resolve_traffic(entry) else {
+                continue;
+            };
+            let main: Vec<(Arc<Revision>, u32)> = targets
+                .iter()
+                .filter(|t| t.percent > 0)
+                .map(|t| (t.revision.clone(), t.percent))
+                .collect();
+            for target in &targets {
+                reachable.insert((key.clone(), target.revision.key.name.clone()));
+                if let Some(tag) = &target.tag {
+                    table.insert(
+                        self.router.host(key, Some(tag)),
+                        HostRoute::new(key.clone(), Some(tag.clone()), vec![(target.revision.clone(), 100)]),
+                    );
+                }
+            }
+            table.insert(self.router.host(key, None), HostRoute::new(key.clone(), None, main));
+        }
+        self.router.replace(table);
+        for (key, entry) in &state.services {
+            for (name, running) in &entry.revisions {
+                let has_traffic = reachable.contains(&(key.clone(), name.clone()));
+                running.reachable.send_if_modified(|r| {
+                    let changed = *r != has_traffic;
+                    *r = has_traffic;
+                    changed
+                });
+            }
+        }
+    }
+
+    async fn refresh_routes(&self) {
+        let state = self.state.lock().await;
+        self.route(&state);
+    }
+
+    /// Services, with URL, traffic and readiness.
+    pub async fn services(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let state = self.state.lock().await;
+        state
+            .services
+            .iter()
+            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(key, entry)| self.service_view(key, entry))
+            .collect()
+    }
+
+    fn service_view(&self, key: &ObjectKey, entry: &RunningService) -> ObjectView {
+        let traffic = resolve_traffic(entry);
+        let mut status = match (&entry.failure, &traffic) {
+            (Some(failure), _) => failure.clone(),
+            (None, Err(failure)) => failure.clone(),
+            (None, Ok(_)) => match entry.revisions.get(&entry.latest_created) {
+                Some(latest) => match revision_status(latest) {
+                    s if s.is_ready() => Status::ready(),
+                    s => {
+                        let why = s
+                            .ready_condition()
+                            .and_then(|c| c.message.clone())
+                            .unwrap_or_default();
+                        Status::not_ready(
+                            "RevisionFailed",
+                            format!("revision {} is not ready: {why}", entry.latest_created),
+                        )
+                    }
+                },
+                None => Status::not_ready("RevisionMissing", "no revision yet"),
+            },
+        };
+        status.url = Some(self.url(key, None));
+        status.latest_created_revision_name = Some(entry.latest_created.clone());
+        status.latest_ready_revision_name = latest_ready(entry);
+        if let Ok(targets) = traffic {
+            status.traffic = Some(
+                targets
+                    .iter()
+                    .map(|t| TrafficStatus {
+                        revision_name: t.revision.key.name.clone(),
+                        latest_revision: t.latest,
+                        percent: t.percent,
+                        tag: t.tag.clone(),
+                        url: t.tag.as_deref().map(|tag| self.url(key, Some(tag))),
+                    })
+                    .collect(),
+            );
+        }
+        ObjectView {
+            api_version: entry.service.api_version.clone(),
+            kind: "Service".into(),
+            metadata: ViewMeta {
+                name: key.name.clone(),
+                namespace: key.namespace.clone(),
+                annotations: entry.service.metadata.annotations.clone(),
+                source: entry.origin.clone(),
+            },
+            spec: serde_json::to_value(&entry.service.spec).unwrap_or_default(),
+            status,
+        }
+    }
+
+    /// Revisions, with desired and actual instances.
+    pub async fn revisions(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let state = self.state.lock().await;
+        let mut views = Vec::new();
+        for (key, entry) in &state.services {
+            if namespace.is_some_and(|ns| key.namespace != ns) {
+                continue;
+            }
+            for (name, running) in &entry.revisions {
+                let mut annotations = BTreeMap::new();
+                annotations.insert("serving.knative.dev/service".to_owned(), key.name.clone());
+                views.push(ObjectView {
+                    api_version: "serving.knative.dev/v1".into(),
+                    kind: "Revision".into(),
+                    metadata: ViewMeta {
+                        name: name.clone(),
+                        namespace: key.namespace.clone(),
+                        annotations,
+                        source: entry.origin.clone(),
+                    },
+                    spec: running.record.template.get("spec").cloned().unwrap_or_default(),
+                    status: revision_status(running),
+                });
+            }
+        }
+        views
+    }
+
+    /// Routes: each service's hosts and traffic.
+    pub async fn routes(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        self.services(namespace)
+            .await
+            .into_iter()
+            .map(|mut view| {
+                view.kind = "Route".into();
+                view.spec = serde_json::json!({ "traffic": view.spec.get("traffic").cloned().unwrap_or_default() });
+                view.status.latest_created_revision_name = None;
+                view.status.latest_ready_revision_name = None;
+                view
+            })
+            .collect()
+    }
+
+    /// Stops every instance of every revision.
+    pub async fn shutdown(&self) {
+        let mut state = self.state.lock().await;
+        let all: Vec<RunningRevision> = std::mem::take(&mut state.services)
+            .into_values()
+            .flat_map(|s| s.revisions.into_values())
+            .collect();
+        self.router.replace(RouteTable::default());
+        drop(state);
+        stop_all(all).await;
+    }
+}
+
+/// One resolved traffic target.
+struct Target {
+    revision: Arc<Revision>,
+    percent: u32,
+    tag: Option<String>,
+    latest: bool,
+}
+
+/// The service's traffic with `latestRevision` resolved to the latest ready
+/// revision (or the latest created, while none has been ready yet).
+fn resolve_traffic(entry: &RunningService) -> Result<Vec<Target>, Status> {
+    let latest = latest_ready(entry).unwrap_or_else(|| entry.latest_created.clone());
+    entry
+        .service
+        .traffic()
+        .into_iter()
+        .map(|(target, percent, tag)| {
+            let (name, is_latest) = match target {
+                TrafficRevision::Latest => (latest.clone(), true),
+                TrafficRevision::Named(name) => (name, false),
+            };
+            let running = entry.revisions.get(&name).ok_or_else(|| {
+                Status::not_ready("RevisionMissing", format!("revision {name} does not exist"))
+            })?;
+            let revision = running.revision.clone().ok_or_else(|| {
+                Status::not_ready(
+                    "RevisionFailed",
+                    format!(
+                        "revision {name} cannot run: {}",
+                        running.failure.clone().unwrap_or_default()
+                    ),
+                )
+            })?;
+            Ok(Target {
+                revision,
+                percent,
+                tag,
+                latest: is_latest,
+            })
+        })
+        .collect()
+}
+
+/// The newest revision (by creation) that has been ready.
+fn latest_ready(entry: &RunningService) -> Option<String> {
+    entry
+        .revisions
+        .values()
+        .filter(|r| r.revision.as_ref().is_some_and(|r| r.has_been_ready()))
+        .max_by_key(|r| r.record.created)
+        .map(|r| r.record.name.clone())
+}
+
+fn revision_status(running: &RunningRevision) -> Status {
+    let Some(revision) = &running.revision else {
+        return Status::not_ready(
+            "CannotRun",
+            running.failure.clone().unwrap_or_default(),
+        );
+    };
+    let deployment = revision.deployment.status();
+    let mut status = if revision.has_been_ready() {
+        Status::ready()
+    } else if let Some(failure) = &deployment.last_failure {
+        Status::not_ready("ContainerFailed", failure.clone())
+    } else {
+        Status::unknown("Deploying", "waiting for the first instance to be ready")
+    };
+    if revision.has_been_ready()
+        && let Some(failure) = &deployment.last_failure
+        && let Some(condition) = status.conditions.first_mut()
+    {
+        condition.message = Some(format!("last failure: {failure}"));
+    }
+    status.desired_replicas = Some(revision.scaler.snapshot().desired);
+    status.actual_replicas = Some(deployment.ready);
+    status.restarts = (deployment.restarts > 0).then_some(deployment.restarts);
+    status
+}
+
+fn names(history: &[RecordedRevision]) -> String {
+    if history.is_empty() {
+        return "none".into();
+    }
+    history.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Marks the revision ready when its first instance is, then wakes the refresh.
+async fn watch_ready(revision: Arc<Revision>, refresh: Arc<Notify>) {
+    let mut endpoints = revision.watch_endpoints();
+    if revision.has_been_ready() {
+        return;
+    }
+    if endpoints.wait_for(|e| !e.is_empty()).await.is_ok() {
+        revision.mark_ready();
+        tracing::info!(revision = %revision.key, "revision ready");
+        refresh.notify_one();
+    }
+}
+
+async fn refresh_loop(control: std::sync::Weak<ServingControl>, refresh: Arc<Notify>) {
+    loop {
+        refresh.notified().await;
+        let Some(control) = control.upgrade() else { return };
+        control.refresh_routes().await;
+    }
+}
+
+/// Stops revisions: their scalers end with them, their instances drain.
+async fn stop_all(revisions: Vec<RunningRevision>) {
+    let deployments: Vec<_> = revisions
+        .iter()
+        .filter_map(|r| r.revision.as_ref().map(|r| r.deployment.clone()))
+        .collect();
+    drop(revisions);
+    futures::future::join_all(deployments.iter().map(|d| d.shutdown())).await;
+}

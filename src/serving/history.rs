@@ -1,0 +1,171 @@
+//! Revision names that survive restarts: each Service's revisions, numbered
+//! in the order their templates appeared, saved under the data directory.
+//! Restarting pilotlight with an unchanged template keeps `hello-00003`;
+//! changing it makes `hello-00004`, as Knative numbers by generation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::ObjectKey;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRevision {
+    pub name: String,
+    /// The template the revision was made from (`spec.template`, as JSON).
+    pub template: serde_json::Value,
+    pub created: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    /// `namespace/service` → revisions, oldest first.
+    services: BTreeMap<String, ServiceHistory>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct ServiceHistory {
+    /// The generation the next generated name uses.
+    next_number: u32,
+    revisions: Vec<RecordedRevision>,
+}
+
+/// The revisions of every Service, persisted as one JSON file.
+pub struct RevisionHistory {
+    path: PathBuf,
+    saved: Saved,
+}
+
+/// A template reused a revision name that already has another template.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("revision {name} already exists with a different template; give spec.template.metadata.name a new name (or remove it to have names generated)")]
+pub struct NameTaken {
+    pub name: String,
+}
+
+impl RevisionHistory {
+    /// Loads the history; a missing or unreadable file starts empty (with a
+    /// warning for the latter: revision numbers then restart).
+    pub fn load(dir: &Path) -> Self {
+        let path = dir.join("revisions.json");
+        let saved = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "revision history unreadable; numbering restarts");
+                Saved::default()
+            }),
+            Err(_) => Saved::default(),
+        };
+        RevisionHistory { path, saved }
+    }
+
+    /// The revision for this template: the existing one if the template is
+    /// the latest's, else a new one (named, or numbered next).
+    pub fn revision_for(
+        &mut self,
+        service: &ObjectKey,
+        template: &serde_json::Value,
+        given_name: Option<&str>,
+    ) -> Result<(RecordedRevision, bool), NameTaken> {
+        let history = self.saved.services.entry(service.to_string()).or_default();
+        if let Some(name) = given_name
+            && let Some(existing) = history.revisions.iter().find(|r| r.name == name)
+        {
+            if existing.template != *template {
+                return Err(NameTaken { name: name.into() });
+            }
+            return Ok((existing.clone(), false));
+        }
+        if given_name.is_none()
+            && let Some(latest) = history.revisions.last()
+            && latest.template == *template
+        {
+            return Ok((latest.clone(), false));
+        }
+        history.next_number = history.next_number.max(1);
+        let name = match given_name {
+            Some(name) => name.to_owned(),
+            None => format!("{}-{:05}", service.name, history.next_number),
+        };
+        history.next_number += 1;
+        let revision = RecordedRevision {
+            name,
+            template: template.clone(),
+            created: chrono::Utc::now(),
+        };
+        history.revisions.push(revision.clone());
+        Ok((revision, true))
+    }
+
+    /// A service's revisions, oldest first.
+    pub fn revisions(&self, service: &ObjectKey) -> &[RecordedRevision] {
+        self.saved
+            .services
+            .get(&service.to_string())
+            .map_or(&[], |h| h.revisions.as_slice())
+    }
+
+    /// Forgets revisions (retention) or a whole service (deleted).
+    pub fn retain(&mut self, service: &ObjectKey, keep: impl Fn(&RecordedRevision) -> bool) {
+        if let Some(history) = self.saved.services.get_mut(&service.to_string()) {
+            history.revisions.retain(|r| keep(r));
+        }
+    }
+
+    pub fn forget_service(&mut self, service: &ObjectKey) {
+        self.saved.services.remove(&service.to_string());
+    }
+
+    /// Writes the file atomically (temp file, then rename).
+    pub fn save(&self) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let temp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&self.saved).map_err(std::io::Error::other)?;
+        std::fs::write(&temp, bytes)?;
+        std::fs::rename(&temp, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_number_revisions_and_names_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = ObjectKey::new("default", "hello");
+        let v1 = serde_json::json!({"spec": 1});
+        let v2 = serde_json::json!({"spec": 2});
+        let mut history = RevisionHistory::load(dir.path());
+        let (first, created) = history.revision_for(&key, &v1, None).expect("ok");
+        assert_eq!((first.name.as_str(), created), ("hello-00001", true));
+        let (same, created) = history.revision_for(&key, &v1, None).expect("ok");
+        assert_eq!((same.name.as_str(), created), ("hello-00001", false));
+        let (second, _) = history.revision_for(&key, &v2, None).expect("ok");
+        assert_eq!(second.name, "hello-00002");
+        history.save().expect("save");
+
+        let mut reloaded = RevisionHistory::load(dir.path());
+        let (again, created) = reloaded.revision_for(&key, &v2, None).expect("ok");
+        assert_eq!((again.name.as_str(), created), ("hello-00002", false));
+        // Going back to an older template is a new generation, as in Knative.
+        let (back, _) = reloaded.revision_for(&key, &v1, None).expect("ok");
+        assert_eq!(back.name, "hello-00003");
+    }
+
+    #[test]
+    fn a_given_name_cannot_change_its_template() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = ObjectKey::new("default", "hello");
+        let mut history = RevisionHistory::load(dir.path());
+        history
+            .revision_for(&key, &serde_json::json!(1), Some("hello-blue"))
+            .expect("new");
+        let err = history
+            .revision_for(&key, &serde_json::json!(2), Some("hello-blue"))
+            .expect_err("taken");
+        assert!(err.to_string().contains("revision hello-blue already exists"));
+    }
+}

@@ -1,0 +1,339 @@
+//! Serving with real processes (`pilotlight hello` instances): cold start from
+//! zero, a burst at zero, traffic splits and tags, scale to zero, crash and
+//! restart, revision updates, upgrades, and events to a service at zero.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use pilotlight::control::manifest;
+use pilotlight::control::resources::broker::BrokerClass;
+use pilotlight::server::ServerConfig;
+use support::{TestServer, broker, request, send};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(20);
+const HELLO: &str = env!("CARGO_BIN_EXE_pilotlight");
+
+/// A Service running `pilotlight hello`, with template annotations and
+/// extra template spec lines.
+fn service(name: &str, annotations: &[(&str, &str)], extra: &str) -> String {
+    let mut text = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n"
+    );
+    if !annotations.is_empty() {
+        text.push_str("    metadata:\n      annotations:\n");
+        for (k, v) in annotations {
+            text.push_str(&format!("        autoscaling.knative.dev/{k}: \"{v}\"\n"));
+        }
+    }
+    text.push_str(&format!(
+        "    spec:\n      containers:\n        - command: [\"{HELLO}\", hello]\n{extra}"
+    ));
+    text
+}
+
+const AT_ZERO: &[(&str, &str)] = &[("initial-scale", "0")];
+
+async fn get(s: &TestServer, host: &str, path: &str) -> support::Reply {
+    request(
+        Method::GET,
+        &format!("http://{}{path}", s.server.listen),
+        &[("host", host)],
+        "",
+    )
+    .await
+}
+
+async fn revisions(s: &TestServer) -> BTreeMap<String, serde_json::Value> {
+    let list = request(Method::GET, &s.admin_url("/api/v1/revisions"), &[], "").await;
+    let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
+    body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|r| (r["metadata"]["name"].as_str().unwrap_or("").to_owned(), r["status"].clone()))
+        .collect()
+}
+
+async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, mut done: F) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn reapply(s: &TestServer) {
+    let manifests = manifest::load(std::slice::from_ref(&s.manifests), BrokerClass::Log);
+    assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+    s.server.control.apply(&manifests).await;
+}
+
+fn fast_scale_down(config: &mut ServerConfig) {
+    let autoscaler = &mut config.serving.autoscaler;
+    autoscaler.stable_window = Duration::from_secs(6);
+    autoscaler.scale_to_zero_grace_period = Duration::from_secs(1);
+    autoscaler.tick_interval = Duration::from_millis(500);
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // Signal 0 checks existence; a zombie is reaped by the runtime.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[tokio::test]
+async fn a_request_at_zero_starts_an_instance_and_is_answered() {
+    let s = TestServer::start(&[("hello.yaml", &service("hello", AT_ZERO, ""))]).await;
+    let before = revisions(&s).await;
+    assert_eq!(before["hello-00001"]["actualReplicas"], 0, "{before:?}");
+    assert_eq!(before["hello-00001"]["conditions"][0]["status"], "True");
+
+    let reply = get(&s, "hello.default.localhost", "/").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, "Hello World!\n");
+    assert_eq!(reply.headers["k-revision"], "hello-00001");
+    let after = revisions(&s).await;
+    assert_eq!(after["hello-00001"]["actualReplicas"], 1, "{after:?}");
+
+    let unknown = get(&s, "nope.default.localhost:8080", "/").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert!(
+        unknown.body.contains("{service}.{namespace}.localhost"),
+        "{}",
+        unknown.body
+    );
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_burst_at_zero_starts_one_instance_and_every_request_is_answered() {
+    let s = TestServer::start(&[("hello.yaml", &service("hello", AT_ZERO, ""))]).await;
+    let requests = (0..30).map(|_| get(&s, "hello.default.localhost", "/sleep?ms=100"));
+    let replies = futures::future::join_all(requests).await;
+    let pids: std::collections::BTreeSet<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.headers["x-instance-pid"].to_str().expect("pid").to_owned()
+        })
+        .collect();
+    assert_eq!(pids.len(), 1, "one instance serves the burst: {pids:?}");
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn traffic_splits_by_percent_and_tags_get_their_own_host() {
+    let first = service("hello", &[], "");
+    let s = TestServer::start(&[("hello.yaml", &first)]).await;
+    wait_until("hello-00001 is ready", async || {
+        revisions(&s).await["hello-00001"]["actualReplicas"] == 1
+    })
+    .await;
+    // A new template (TARGET changes) makes hello-00002; split 30/70.
+    let second = service(
+        "hello",
+        &[],
+        "          env:\n            - name: TARGET\n              value: v2\n",
+    ) + "  traffic:\n    - revisionName: hello-00001\n      percent: 30\n      tag: old\n    - latestRevision: true\n      percent: 70\n      tag: new\n";
+    std::fs::write(s.manifests.join("hello.yaml"), second).expect("write");
+    reapply(&s).await;
+    wait_until("hello-00002 is ready", async || {
+        revisions(&s).await["hello-00002"]["actualReplicas"] == 1
+    })
+    .await;
+
+    let mut counts = BTreeMap::new();
+    for _ in 0..100 {
+        let reply = get(&s, "hello.default.localhost", "/").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        let revision = reply.headers["k-revision"].to_str().expect("text").to_owned();
+        *counts.entry(revision).or_insert(0) += 1;
+    }
+    assert_eq!(counts.get("hello-00001"), Some(&30), "{counts:?}");
+    assert_eq!(counts.get("hello-00002"), Some(&70), "{counts:?}");
+
+    let old = get(&s, "old-hello.default.localhost", "/").await;
+    assert_eq!(old.headers["k-revision"], "hello-00001");
+    assert_eq!(old.body, "Hello World!\n");
+    let new = get(&s, "new-hello.default.localhost", "/").await;
+    assert_eq!(new.headers["k-revision"], "hello-00002");
+    assert_eq!(new.body, "Hello v2!\n");
+
+    let routes = request(Method::GET, &s.admin_url("/api/v1/services"), &[], "").await;
+    assert!(routes.body.contains("http://old-hello.default.localhost:"), "{}", routes.body);
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_update_keeps_the_old_revision_serving_until_the_new_one_is_ready() {
+    let s = TestServer::start(&[("hello.yaml", &service("hello", &[], ""))]).await;
+    wait_until("hello-00001 is ready", async || {
+        revisions(&s).await["hello-00001"]["actualReplicas"] == 1
+    })
+    .await;
+    // The new revision takes a second and a half to listen.
+    let slow = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - command: [sh, -c, \"sleep 1.5; exec '{HELLO}' hello\"]\n"
+    );
+    std::fs::write(s.manifests.join("hello.yaml"), slow).expect("write");
+    reapply(&s).await;
+    let during = get(&s, "hello.default.localhost", "/").await;
+    assert_eq!(during.headers["k-revision"], "hello-00001");
+    wait_until("traffic moves to hello-00002", async || {
+        get(&s, "hello.default.localhost", "/").await.headers["k-revision"] == "hello-00002"
+    })
+    .await;
+    let list = request(Method::GET, &s.admin_url("/api/v1/services"), &[], "").await;
+    let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
+    assert_eq!(body["items"][0]["status"]["latestReadyRevisionName"], "hello-00002");
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_revision_scales_back_to_zero_and_its_process_exits() {
+    let s = TestServer::start_with(&[("hello.yaml", &service("hello", AT_ZERO, ""))], fast_scale_down).await;
+    let reply = get(&s, "hello.default.localhost", "/").await;
+    let pid: i32 = reply.headers["x-instance-pid"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("pid");
+    assert!(pid_alive(pid));
+    wait_until("the revision is back at zero", async || {
+        revisions(&s).await["hello-00001"]["actualReplicas"] == 0
+    })
+    .await;
+    wait_until("the instance process is gone", async || !pid_alive(pid)).await;
+    // And it comes back on the next request.
+    let again = get(&s, "hello.default.localhost", "/").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_ne!(again.headers["x-instance-pid"].to_str().ok(), Some(pid.to_string().as_str()));
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crashed_instance_is_restarted_and_the_reason_shows_in_status() {
+    let s = TestServer::start(&[("hello.yaml", &service("hello", &[], ""))]).await;
+    wait_until("hello-00001 is ready", async || {
+        revisions(&s).await["hello-00001"]["actualReplicas"] == 1
+    })
+    .await;
+    let crash = get(&s, "hello.default.localhost", "/exit?code=3").await;
+    assert_eq!(crash.status, StatusCode::BAD_GATEWAY, "{}", crash.body);
+    wait_until("the crash shows in status", async || {
+        revisions(&s).await["hello-00001"]["restarts"] == 1
+    })
+    .await;
+    let status = &revisions(&s).await["hello-00001"];
+    let message = status["conditions"][0]["message"].as_str().unwrap_or("");
+    assert!(message.contains("code 3"), "{status}");
+    assert!(message.contains("exiting with code 3 as asked"), "{status}");
+    let after = get(&s, "hello.default.localhost", "/").await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.body);
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_and_forwarded_headers_are_set() {
+    let s = TestServer::start(&[("hello.yaml", &service("hello", AT_ZERO, ""))]).await;
+    let body = "x".repeat(256 * 1024);
+    let echo = request(
+        Method::POST,
+        &format!("http://{}/echo", s.server.listen),
+        &[("host", "hello.default.localhost"), ("content-type", "text/plain")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(echo.status, StatusCode::OK);
+    assert_eq!(echo.body.len(), body.len());
+    let headers = request(
+        Method::GET,
+        &format!("http://{}/headers", s.server.listen),
+        &[
+            ("host", "hello.default.localhost:8080"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "secret"),
+            ("x-forwarded-for", "10.1.2.3"),
+        ],
+        "",
+    )
+    .await;
+    let text = headers.body.to_ascii_lowercase();
+    assert!(text.contains("x-forwarded-for: 10.1.2.3, 127.0.0.1"), "{text}");
+    assert!(text.contains("x-forwarded-host: hello.default.localhost:8080"), "{text}");
+    assert!(text.contains("x-forwarded-proto: http"), "{text}");
+    assert!(!text.contains("x-hop"), "{text}");
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_passes_through_to_the_instance() {
+    let s = TestServer::start(&[("hello.yaml", &service("hello", AT_ZERO, ""))]).await;
+    let mut stream = tokio::net::TcpStream::connect(s.server.listen).await.expect("connect");
+    stream
+        .write_all(b"GET /upgrade HTTP/1.1\r\nHost: hello.default.localhost\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("read head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping over the upgraded connection").await.expect("write");
+    let mut echoed = [0u8; 33];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut echoed))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&echoed, b"ping over the upgraded connection");
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_image_without_a_command_is_not_ready_and_says_why() {
+    let manifest = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - image: nginx\n";
+    let s = TestServer::start(&[("web.yaml", manifest)]).await;
+    let list = request(Method::GET, &s.admin_url("/api/v1/services"), &[], "").await;
+    let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
+    let condition = &body["items"][0]["status"]["conditions"][0];
+    assert_eq!(condition["status"], "False", "{body}");
+    let message = condition["message"].as_str().unwrap_or("");
+    assert!(message.contains("image 'nginx'") && message.contains("command"), "{message}");
+    let reply = get(&s, "web.default.localhost", "/").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trigger_delivers_to_a_service_at_zero() {
+    let trigger = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: to-hello\nspec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: hello\n";
+    let s = TestServer::start(&[
+        ("broker.yaml", &broker("default", "")),
+        ("hello.yaml", &service("hello", AT_ZERO, "")),
+        ("trigger.yaml", trigger),
+    ])
+    .await;
+    let triggers = request(Method::GET, &s.admin_url("/api/v1/triggers"), &[], "").await;
+    assert!(
+        triggers.body.contains("\"subscriberUri\":\"http://hello.default.localhost:"),
+        "{}",
+        triggers.body
+    );
+    assert_eq!(revisions(&s).await["hello-00001"]["actualReplicas"], 0);
+    let reply = send(&s.broker_url("default", "default"), "e1", "com.example.test").await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    wait_until("the event is delivered", async || {
+        let list = request(Method::GET, &s.admin_url("/api/v1/triggers"), &[], "").await;
+        let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
+        body["items"][0]["status"]["backlog"] == 0
+    })
+    .await;
+    assert_eq!(revisions(&s).await["hello-00001"]["actualReplicas"], 1);
+    s.server.shutdown().await;
+}
