@@ -1,1 +1,24 @@
-//! Knative's KPA autoscaler (being written).
+//! Knative's KPA autoscaler: how many instances each revision runs.
+//!
+//! - [`stats`]: the proxy counts requests per revision (including those
+//!   waiting in the activator); sampled as exact time-weighted concurrency,
+//!   as Knative's queue-proxy reports it.
+//! - [`kpa`]: the pure decider: stable and panic windows, panic mode, rate
+//!   limits, scale-down delay, min/max/initial/activation scale and the
+//!   scale-to-zero timing, following Knative's `pkg/autoscaler/scaling` and
+//!   `pkg/reconciler/autoscaling/kpa`.
+//! - [`scaler`]: the per-revision loop that samples every second, decides
+//!   every tick and scales the [`Deployment`](crate::serving::runtime::Deployment);
+//!   the activator pokes it to leave zero at once.
+//! - [`config`]: `config-autoscaler` defaults and the `autoscaling.knative.dev/*`
+//!   annotations, validated with Knative's ranges.
+
+pub mod config;
+pub mod kpa;
+pub mod scaler;
+pub mod stats;
+
+pub use config::{AutoscalerDefaults, Metric, RevisionScaling};
+pub use kpa::{Decision, Kpa};
+pub use scaler::{Scaler, ScalerHandle, ScalerSnapshot};
+pub use stats::{RevisionStats, Sample};
