@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod event_display;
 pub mod get;
+pub mod hello;
 pub mod http;
 pub mod run;
 pub mod send;
@@ -40,6 +41,8 @@ pub enum Command {
     EventDisplay(event_display::EventDisplayArgs),
     /// Measure ingress throughput and end-to-end latency against a raw hyper baseline
     Bench(bench::BenchArgs),
+    /// A sample app for Services (Knative's helloworld): answers Hello $TARGET! on $PORT
+    Hello(hello::HelloArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -50,5 +53,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => send::send(args).await,
         Command::EventDisplay(args) => event_display::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Hello(args) => hello::run(args).await,
     }
 }

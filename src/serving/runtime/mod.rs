@@ -17,6 +17,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::control::ObjectKey;
 
+pub mod process;
+
 /// One revision's workload, as a runtime needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {

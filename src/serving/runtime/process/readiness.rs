@@ -1,0 +1,225 @@
+//! Readiness probes, polled fast during a cold start: a request is waiting
+//! for this instance, so every millisecond between "listening" and "ready"
+//! is latency the user sees.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::serving::runtime::Probe;
+
+/// Probe every millisecond for this long: most apps are up by then.
+const FAST_PHASE: Duration = Duration::from_millis(100);
+/// Then back off, doubling, up to this interval.
+const SLOW_INTERVAL: Duration = Duration::from_millis(20);
+/// One probe attempt may take this long (an HTTP handler that hangs).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most of an HTTP answer read to find its status line.
+const MAX_STATUS_LINE: usize = 1024;
+
+/// Resolves once the probe passes. `port` is the instance's `PORT`.
+pub(super) async fn wait_until_ready(probe: &Probe, port: u16) {
+    let started = Instant::now();
+    let mut interval = Duration::from_millis(1);
+    loop {
+        if attempt(probe, port).await {
+            return;
+        }
+        tokio::time::sleep(interval).await;
+        interval = next_interval(interval, started.elapsed());
+    }
+}
+
+fn next_interval(current: Duration, elapsed: Duration) -> Duration {
+    if elapsed < FAST_PHASE {
+        current
+    } else {
+        current.saturating_mul(2).min(SLOW_INTERVAL)
+    }
+}
+
+/// One probe attempt, bounded by [`ATTEMPT_TIMEOUT`].
+pub(super) async fn attempt(probe: &Probe, port: u16) -> bool {
+    let check = async {
+        match probe {
+            Probe::TcpDefault => tcp(port).await,
+            Probe::Tcp { port: probe_port } => tcp(probe_port.unwrap_or(port)).await,
+            Probe::Http {
+                path,
+                port: probe_port,
+                headers,
+            } => http(probe_port.unwrap_or(port), path, headers).await,
+        }
+    };
+    tokio::time::timeout(ATTEMPT_TIMEOUT, check)
+        .await
+        .unwrap_or(false)
+}
+
+async fn tcp(port: u16) -> bool {
+    TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .is_ok()
+}
+
+/// An HTTP/1.1 GET, ready on 200..=399. Hand-written: a probe only needs the
+/// status line, and this keeps it free of connection pools.
+async fn http(port: u16, path: &str, headers: &[(String, String)]) -> bool {
+    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
+        return false;
+    };
+    let request = probe_request(port, path, headers);
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    match read_status(&mut stream).await {
+        Some(status) => (200..400).contains(&status),
+        None => false,
+    }
+}
+
+fn probe_request(port: u16, path: &str, headers: &[(String, String)]) -> String {
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: pilotlight-probe\r\nConnection: close\r\n"
+    );
+    // A header with a line break would smuggle more headers: leave it out.
+    let safe = |s: &str| !s.contains(['\r', '\n']);
+    for (name, value) in headers.iter().filter(|(n, v)| safe(n) && safe(v)) {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request
+}
+
+/// Reads until the end of the status line and returns its code.
+async fn read_status(stream: &mut TcpStream) -> Option<u16> {
+    let mut answer = Vec::with_capacity(128);
+    let mut buffer = [0u8; 256];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        if answer.len() >= MAX_STATUS_LINE {
+            return None;
+        }
+        let n = stream.read(&mut buffer).await.ok()?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    parse_status(&answer)
+}
+
+/// `HTTP/1.x NNN ...` → NNN.
+fn parse_status(answer: &[u8]) -> Option<u16> {
+    let line = answer.split(|b| *b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A one-shot server that answers `status` and hands back the request.
+    async fn answer_once(status: u16) -> (u16, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buffer).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+            }
+            let answer = format!("HTTP/1.1 {status} Whatever\r\nContent-Length: 0\r\n\r\n");
+            stream.write_all(answer.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (port, server)
+    }
+
+    fn http_probe(path: &str, headers: &[(&str, &str)]) -> Probe {
+        Probe::Http {
+            path: path.into(),
+            port: None,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn http_probe_is_ready_on_2xx_and_3xx_only() {
+        for (status, ready) in [
+            (200, true),
+            (204, true),
+            (302, true),
+            (404, false),
+            (503, false),
+        ] {
+            let (port, server) = answer_once(status).await;
+            assert_eq!(
+                attempt(&http_probe("/healthz", &[]), port).await,
+                ready,
+                "status {status}"
+            );
+            server.await.expect("server");
+        }
+    }
+
+    #[tokio::test]
+    async fn http_probe_sends_path_and_headers() {
+        let (port, server) = answer_once(200).await;
+        let probe = http_probe("ready", &[("X-Probe", "yes"), ("Bad", "a\r\nInjected: 1")]);
+        assert!(attempt(&probe, port).await);
+        let request = server.await.expect("server");
+        assert!(request.starts_with("GET /ready HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains("\r\nX-Probe: yes\r\n"), "{request}");
+        assert!(!request.contains("Injected"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_needs_a_listener() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        assert!(attempt(&Probe::TcpDefault, port).await);
+        assert!(attempt(&Probe::Tcp { port: Some(port) }, 1).await);
+        drop(listener);
+        assert!(!attempt(&Probe::TcpDefault, port).await);
+    }
+
+    #[test]
+    fn polling_is_fast_first_then_backs_off_to_the_slow_interval() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_interval(ms(1), ms(50)), ms(1));
+        assert_eq!(next_interval(ms(1), ms(150)), ms(2));
+        assert_eq!(next_interval(ms(16), ms(300)), SLOW_INTERVAL);
+        assert_eq!(next_interval(SLOW_INTERVAL, ms(300)), SLOW_INTERVAL);
+    }
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(parse_status(b"HTTP/1.0 301\r\n"), Some(301));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH\r\n"), None);
+    }
+}
