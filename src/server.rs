@@ -21,11 +21,11 @@ use crate::control::admin::{self, AdminState};
 use crate::control::manifest;
 use crate::control::reconcile::{ControlPlane, Settings};
 use crate::control::resources::broker::BrokerClass;
+use crate::control::serving::{ServingControl, ServingSettings};
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::BrokerRegistry;
 use crate::eventing::broker::ingress::{self, IngressState};
-use crate::control::serving::{ServingControl, ServingSettings};
 use crate::eventing::delivery::EventSender;
 use crate::serving::autoscaler::AutoscalerDefaults;
 use crate::serving::proxy::{Proxy, plain};
@@ -125,7 +125,7 @@ impl Server {
                 queue_limit: config.serving.queue_limit,
                 retained_revisions: config.serving.retained_revisions,
             },
-            Arc::new(ProcessRuntime::new(config.serving.process.clone())),
+            Arc::new(ProcessRuntime::new(config.serving.process)),
         );
         let router = serving.router();
         let control = Arc::new(ControlPlane::new(
@@ -235,7 +235,11 @@ impl MainService {
 
 /// Serves the main listener with HTTP/1 (with upgrades) and h2c, and on stop
 /// lets open connections finish for a few seconds.
-async fn serve_main(listener: TcpListener, service: MainService, mut stopped: watch::Receiver<bool>) {
+async fn serve_main(
+    listener: TcpListener,
+    service: MainService,
+    mut stopped: watch::Receiver<bool>,
+) {
     let stop = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };

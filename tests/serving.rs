@@ -54,7 +54,12 @@ async fn revisions(s: &TestServer) -> BTreeMap<String, serde_json::Value> {
         .as_array()
         .expect("items")
         .iter()
-        .map(|r| (r["metadata"]["name"].as_str().unwrap_or("").to_owned(), r["status"].clone()))
+        .map(|r| {
+            (
+                r["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                r["status"].clone(),
+            )
+        })
         .collect()
 }
 
@@ -117,7 +122,10 @@ async fn a_burst_at_zero_starts_one_instance_and_every_request_is_answered() {
         .iter()
         .map(|r| {
             assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-            r.headers["x-instance-pid"].to_str().expect("pid").to_owned()
+            r.headers["x-instance-pid"]
+                .to_str()
+                .expect("pid")
+                .to_owned()
         })
         .collect();
     assert_eq!(pids.len(), 1, "one instance serves the burst: {pids:?}");
@@ -149,7 +157,10 @@ async fn traffic_splits_by_percent_and_tags_get_their_own_host() {
     for _ in 0..100 {
         let reply = get(&s, "hello.default.localhost", "/").await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-        let revision = reply.headers["k-revision"].to_str().expect("text").to_owned();
+        let revision = reply.headers["k-revision"]
+            .to_str()
+            .expect("text")
+            .to_owned();
         *counts.entry(revision).or_insert(0) += 1;
     }
     assert_eq!(counts.get("hello-00001"), Some(&30), "{counts:?}");
@@ -163,7 +174,11 @@ async fn traffic_splits_by_percent_and_tags_get_their_own_host() {
     assert_eq!(new.body, "Hello v2!\n");
 
     let routes = request(Method::GET, &s.admin_url("/api/v1/services"), &[], "").await;
-    assert!(routes.body.contains("http://old-hello.default.localhost:"), "{}", routes.body);
+    assert!(
+        routes.body.contains("http://old-hello.default.localhost:"),
+        "{}",
+        routes.body
+    );
     s.server.shutdown().await;
 }
 
@@ -188,13 +203,20 @@ async fn an_update_keeps_the_old_revision_serving_until_the_new_one_is_ready() {
     .await;
     let list = request(Method::GET, &s.admin_url("/api/v1/services"), &[], "").await;
     let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
-    assert_eq!(body["items"][0]["status"]["latestReadyRevisionName"], "hello-00002");
+    assert_eq!(
+        body["items"][0]["status"]["latestReadyRevisionName"],
+        "hello-00002"
+    );
     s.server.shutdown().await;
 }
 
 #[tokio::test]
 async fn an_idle_revision_scales_back_to_zero_and_its_process_exits() {
-    let s = TestServer::start_with(&[("hello.yaml", &service("hello", AT_ZERO, ""))], fast_scale_down).await;
+    let s = TestServer::start_with(
+        &[("hello.yaml", &service("hello", AT_ZERO, ""))],
+        fast_scale_down,
+    )
+    .await;
     let reply = get(&s, "hello.default.localhost", "/").await;
     let pid: i32 = reply.headers["x-instance-pid"]
         .to_str()
@@ -210,7 +232,10 @@ async fn an_idle_revision_scales_back_to_zero_and_its_process_exits() {
     // And it comes back on the next request.
     let again = get(&s, "hello.default.localhost", "/").await;
     assert_eq!(again.status, StatusCode::OK);
-    assert_ne!(again.headers["x-instance-pid"].to_str().ok(), Some(pid.to_string().as_str()));
+    assert_ne!(
+        again.headers["x-instance-pid"].to_str().ok(),
+        Some(pid.to_string().as_str())
+    );
     s.server.shutdown().await;
 }
 
@@ -243,7 +268,10 @@ async fn bodies_stream_both_ways_and_forwarded_headers_are_set() {
     let echo = request(
         Method::POST,
         &format!("http://{}/echo", s.server.listen),
-        &[("host", "hello.default.localhost"), ("content-type", "text/plain")],
+        &[
+            ("host", "hello.default.localhost"),
+            ("content-type", "text/plain"),
+        ],
         body.clone(),
     )
     .await;
@@ -262,8 +290,14 @@ async fn bodies_stream_both_ways_and_forwarded_headers_are_set() {
     )
     .await;
     let text = headers.body.to_ascii_lowercase();
-    assert!(text.contains("x-forwarded-for: 10.1.2.3, 127.0.0.1"), "{text}");
-    assert!(text.contains("x-forwarded-host: hello.default.localhost:8080"), "{text}");
+    assert!(
+        text.contains("x-forwarded-for: 10.1.2.3, 127.0.0.1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("x-forwarded-host: hello.default.localhost:8080"),
+        "{text}"
+    );
     assert!(text.contains("x-forwarded-proto: http"), "{text}");
     assert!(!text.contains("x-hop"), "{text}");
     s.server.shutdown().await;
@@ -272,7 +306,9 @@ async fn bodies_stream_both_ways_and_forwarded_headers_are_set() {
 #[tokio::test]
 async fn an_upgrade_passes_through_to_the_instance() {
     let s = TestServer::start(&[("hello.yaml", &service("hello", AT_ZERO, ""))]).await;
-    let mut stream = tokio::net::TcpStream::connect(s.server.listen).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(s.server.listen)
+        .await
+        .expect("connect");
     stream
         .write_all(b"GET /upgrade HTTP/1.1\r\nHost: hello.default.localhost\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
@@ -285,13 +321,17 @@ async fn an_upgrade_passes_through_to_the_instance() {
     }
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    stream.write_all(b"ping over the upgraded connection").await.expect("write");
+    stream
+        .write_all(b"ping over the upgraded connection")
+        .await
+        .expect("write");
     let mut echoed = [0u8; 33];
     tokio::time::timeout(WAIT, stream.read_exact(&mut echoed))
         .await
         .expect("echo in time")
         .expect("read");
     assert_eq!(&echoed, b"ping over the upgraded connection");
+    drop(stream);
     s.server.shutdown().await;
 }
 
@@ -304,7 +344,10 @@ async fn an_image_without_a_command_is_not_ready_and_says_why() {
     let condition = &body["items"][0]["status"]["conditions"][0];
     assert_eq!(condition["status"], "False", "{body}");
     let message = condition["message"].as_str().unwrap_or("");
-    assert!(message.contains("image 'nginx'") && message.contains("command"), "{message}");
+    assert!(
+        message.contains("image 'nginx'") && message.contains("command"),
+        "{message}"
+    );
     let reply = get(&s, "web.default.localhost", "/").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
     s.server.shutdown().await;
@@ -321,12 +364,19 @@ async fn a_trigger_delivers_to_a_service_at_zero() {
     .await;
     let triggers = request(Method::GET, &s.admin_url("/api/v1/triggers"), &[], "").await;
     assert!(
-        triggers.body.contains("\"subscriberUri\":\"http://hello.default.localhost:"),
+        triggers
+            .body
+            .contains("\"subscriberUri\":\"http://hello.default.localhost:"),
         "{}",
         triggers.body
     );
     assert_eq!(revisions(&s).await["hello-00001"]["actualReplicas"], 0);
-    let reply = send(&s.broker_url("default", "default"), "e1", "com.example.test").await;
+    let reply = send(
+        &s.broker_url("default", "default"),
+        "e1",
+        "com.example.test",
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     wait_until("the event is delivered", async || {
         let list = request(Method::GET, &s.admin_url("/api/v1/triggers"), &[], "").await;

@@ -98,8 +98,25 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
 /// Renders a kubectl-like table.
 pub fn table(kind: Kind, items: &[ObjectView]) -> String {
     let mut rows = vec![match kind {
-        Kind::Services => header(&["NAMESPACE", "NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"]),
-        Kind::Revisions => header(&["NAMESPACE", "NAME", "SERVICE", "DESIRED", "ACTUAL", "RESTARTS", "READY", "REASON"]),
+        Kind::Services => header(&[
+            "NAMESPACE",
+            "NAME",
+            "URL",
+            "LATESTCREATED",
+            "LATESTREADY",
+            "READY",
+            "REASON",
+        ]),
+        Kind::Revisions => header(&[
+            "NAMESPACE",
+            "NAME",
+            "SERVICE",
+            "DESIRED",
+            "ACTUAL",
+            "RESTARTS",
+            "READY",
+            "REASON",
+        ]),
         Kind::Routes => header(&["NAMESPACE", "NAME", "URL", "TRAFFIC", "READY", "REASON"]),
         Kind::Brokers => vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
             .into_iter()
@@ -135,14 +152,14 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
                 row.extend([status, reason]);
             }
             Kind::Services => {
-                let s = &item.status;
+                let s = item.status.serving.as_deref().cloned().unwrap_or_default();
                 row.push(s.url.clone().unwrap_or_default());
                 row.push(s.latest_created_revision_name.clone().unwrap_or_default());
                 row.push(s.latest_ready_revision_name.clone().unwrap_or_default());
                 row.extend([status, reason]);
             }
             Kind::Revisions => {
-                let s = &item.status;
+                let s = item.status.serving.as_deref().cloned().unwrap_or_default();
                 let count = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
                 row.push(
                     item.metadata
@@ -160,8 +177,9 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
                 ]);
             }
             Kind::Routes => {
-                row.push(item.status.url.clone().unwrap_or_default());
-                row.push(traffic(&item.status));
+                let s = item.status.serving.as_deref().cloned().unwrap_or_default();
+                row.push(s.url.clone().unwrap_or_default());
+                row.push(traffic(&s));
                 row.extend([status, reason]);
             }
             Kind::Triggers => {
@@ -206,13 +224,17 @@ fn header(names: &[&str]) -> Vec<String> {
 }
 
 /// `90% -> hello-00002, 10% -> hello-00001 (tag old)`, as `kn route list` sums it up.
-fn traffic(status: &crate::control::status::Status) -> String {
+fn traffic(status: &crate::control::status::ServingStatus) -> String {
     status
         .traffic
         .iter()
         .flatten()
         .map(|t| {
-            let tag = t.tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default();
+            let tag = t
+                .tag
+                .as_ref()
+                .map(|t| format!(" (tag {t})"))
+                .unwrap_or_default();
             format!("{}% -> {}{tag}", t.percent, t.revision_name)
         })
         .collect::<Vec<_>>()

@@ -118,7 +118,12 @@ impl RunArgs {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {} (--autoscaler-config)", path.display()))?;
             let file: serde_json::Map<String, serde_json::Value> = serde_saphyr::from_str(&text)
-                .with_context(|| format!("{} (--autoscaler-config) is not a YAML map of config-autoscaler keys", path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "{} (--autoscaler-config) is not a YAML map of config-autoscaler keys",
+                        path.display()
+                    )
+                })?;
             settings.extend(file);
         }
         for flag in &self.autoscaler {

@@ -69,12 +69,20 @@ async fn triggers(State(state): State<AdminState>, Query(q): Query<NamespaceQuer
 }
 
 async fn services(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
-    let items = state.control.serving().services(q.namespace.as_deref()).await;
+    let items = state
+        .control
+        .serving()
+        .services(q.namespace.as_deref())
+        .await;
     Json(state.control.serving_list(items)).into_response()
 }
 
 async fn revisions(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
-    let items = state.control.serving().revisions(q.namespace.as_deref()).await;
+    let items = state
+        .control
+        .serving()
+        .revisions(q.namespace.as_deref())
+        .await;
     Json(state.control.serving_list(items)).into_response()
 }
 

@@ -15,15 +15,18 @@ use tokio::sync::{Notify, watch};
 
 use super::ObjectKey;
 use super::manifest::Loaded;
-use super::resources::service::{Service, TrafficRevision};
 use super::resources::Invalid;
 use super::resources::service::RevisionTemplate;
-use super::status::{ObjectView, Status, TrafficStatus, ViewMeta};
+use super::resources::service::{Service, TrafficRevision};
+use super::status::{ObjectView, ServingStatus, Status, TrafficStatus, ViewMeta};
 use crate::serving::autoscaler::{AutoscalerDefaults, RevisionScaling, RevisionStats, Scaler};
 use crate::serving::history::{RecordedRevision, RevisionHistory};
 use crate::serving::revision::{Revision, RevisionParts};
 use crate::serving::router::{HostRoute, RouteTable, Router};
 use crate::serving::runtime::{Runtime, Workload};
+
+/// How long `pilotlight run` waits on exit for instances to finish requests.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Settings of the serving half.
 #[derive(Debug, Clone)]
@@ -98,7 +101,10 @@ impl ServingControl {
             urls: RwLock::new(BTreeMap::new()),
             refresh: Arc::new(Notify::new()),
         });
-        tokio::spawn(refresh_loop(Arc::downgrade(&control), control.refresh.clone()));
+        tokio::spawn(refresh_loop(
+            Arc::downgrade(&control),
+            control.refresh.clone(),
+        ));
         control
     }
 
@@ -178,14 +184,18 @@ impl ServingControl {
         stopping: &mut Vec<RunningRevision>,
     ) {
         let template = serde_json::to_value(&service.spec.template).unwrap_or_default();
-        let recorded = self.with_history(|h| h.revision_for(key, &template, service.template_name()));
-        let entry = state.services.entry(key.clone()).or_insert_with(|| RunningService {
-            service: service.clone(),
-            origin: origin.clone(),
-            latest_created: String::new(),
-            failure: None,
-            revisions: BTreeMap::new(),
-        });
+        let recorded =
+            self.with_history(|h| h.revision_for(key, &template, service.template_name()));
+        let entry = state
+            .services
+            .entry(key.clone())
+            .or_insert_with(|| RunningService {
+                service: service.clone(),
+                origin: origin.clone(),
+                latest_created: String::new(),
+                failure: None,
+                revisions: BTreeMap::new(),
+            });
         entry.service = service.clone();
         entry.origin = origin;
         entry.failure = None;
@@ -225,7 +235,10 @@ impl ServingControl {
                 None => {
                     entry.failure = Some(Status::not_ready(
                         "RevisionMissing",
-                        format!("spec.traffic names revision {name}, which does not exist; its revisions are {}", names(&history)),
+                        format!(
+                            "spec.traffic names revision {name}, which does not exist; its revisions are {}",
+                            names(&history)
+                        ),
                     ));
                 }
             }
@@ -356,11 +369,18 @@ impl ServingControl {
                 if let Some(tag) = &target.tag {
                     table.insert(
                         self.router.host(key, Some(tag)),
-                        HostRoute::new(key.clone(), Some(tag.clone()), vec![(target.revision.clone(), 100)]),
+                        HostRoute::new(
+                            key.clone(),
+                            Some(tag.clone()),
+                            vec![(target.revision.clone(), 100)],
+                        ),
                     );
                 }
             }
-            table.insert(self.router.host(key, None), HostRoute::new(key.clone(), None, main));
+            table.insert(
+                self.router.host(key, None),
+                HostRoute::new(key.clone(), None, main),
+            );
         }
         self.router.replace(table);
         for (key, entry) in &state.services {
@@ -395,7 +415,7 @@ impl ServingControl {
         let traffic = resolve_traffic(entry);
         let mut status = match (&entry.failure, &traffic) {
             (Some(failure), _) => failure.clone(),
-            (None, Err(failure)) => failure.clone(),
+            (None, Err(failure)) => (**failure).clone(),
             (None, Ok(_)) => match entry.revisions.get(&entry.latest_created) {
                 Some(latest) => match revision_status(latest) {
                     s if s.is_ready() => Status::ready(),
@@ -413,11 +433,14 @@ impl ServingControl {
                 None => Status::not_ready("RevisionMissing", "no revision yet"),
             },
         };
-        status.url = Some(self.url(key, None));
-        status.latest_created_revision_name = Some(entry.latest_created.clone());
-        status.latest_ready_revision_name = latest_ready(entry);
+        let mut serving = ServingStatus {
+            url: Some(self.url(key, None)),
+            latest_created_revision_name: Some(entry.latest_created.clone()),
+            latest_ready_revision_name: latest_ready(entry),
+            ..ServingStatus::default()
+        };
         if let Ok(targets) = traffic {
-            status.traffic = Some(
+            serving.traffic = Some(
                 targets
                     .iter()
                     .map(|t| TrafficStatus {
@@ -430,6 +453,7 @@ impl ServingControl {
                     .collect(),
             );
         }
+        status.serving = Some(Box::new(serving));
         ObjectView {
             api_version: entry.service.api_version.clone(),
             kind: "Service".into(),
@@ -464,7 +488,12 @@ impl ServingControl {
                         annotations,
                         source: entry.origin.clone(),
                     },
-                    spec: running.record.template.get("spec").cloned().unwrap_or_default(),
+                    spec: running
+                        .record
+                        .template
+                        .get("spec")
+                        .cloned()
+                        .unwrap_or_default(),
                     status: revision_status(running),
                 });
             }
@@ -480,8 +509,10 @@ impl ServingControl {
             .map(|mut view| {
                 view.kind = "Route".into();
                 view.spec = serde_json::json!({ "traffic": view.spec.get("traffic").cloned().unwrap_or_default() });
-                view.status.latest_created_revision_name = None;
-                view.status.latest_ready_revision_name = None;
+                if let Some(serving) = view.status.serving.as_mut() {
+                    serving.latest_created_revision_name = None;
+                    serving.latest_ready_revision_name = None;
+                }
                 view
             })
             .collect()
@@ -496,7 +527,17 @@ impl ServingControl {
             .collect();
         self.router.replace(RouteTable::default());
         drop(state);
-        stop_all(all).await;
+        // A request may hold an instance for up to timeoutSeconds, an upgraded
+        // connection for ever; pilotlight's exit does not wait that long. Its
+        // children die with it (parent-death signal) if still running.
+        if tokio::time::timeout(SHUTDOWN_DRAIN, stop_all(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "instances still busy after {SHUTDOWN_DRAIN:?}; they are killed as pilotlight exits"
+            );
+        }
     }
 }
 
@@ -510,7 +551,7 @@ struct Target {
 
 /// The service's traffic with `latestRevision` resolved to the latest ready
 /// revision (or the latest created, while none has been ready yet).
-fn resolve_traffic(entry: &RunningService) -> Result<Vec<Target>, Status> {
+fn resolve_traffic(entry: &RunningService) -> Result<Vec<Target>, Box<Status>> {
     let latest = latest_ready(entry).unwrap_or_else(|| entry.latest_created.clone());
     entry
         .service
@@ -522,16 +563,19 @@ fn resolve_traffic(entry: &RunningService) -> Result<Vec<Target>, Status> {
                 TrafficRevision::Named(name) => (name, false),
             };
             let running = entry.revisions.get(&name).ok_or_else(|| {
-                Status::not_ready("RevisionMissing", format!("revision {name} does not exist"))
+                Box::new(Status::not_ready(
+                    "RevisionMissing",
+                    format!("revision {name} does not exist"),
+                ))
             })?;
             let revision = running.revision.clone().ok_or_else(|| {
-                Status::not_ready(
+                Box::new(Status::not_ready(
                     "RevisionFailed",
                     format!(
                         "revision {name} cannot run: {}",
                         running.failure.clone().unwrap_or_default()
                     ),
-                )
+                ))
             })?;
             Ok(Target {
                 revision,
@@ -555,10 +599,7 @@ fn latest_ready(entry: &RunningService) -> Option<String> {
 
 fn revision_status(running: &RunningRevision) -> Status {
     let Some(revision) = &running.revision else {
-        return Status::not_ready(
-            "CannotRun",
-            running.failure.clone().unwrap_or_default(),
-        );
+        return Status::not_ready("CannotRun", running.failure.clone().unwrap_or_default());
     };
     let deployment = revision.deployment.status();
     let mut status = if revision.has_been_ready() {
@@ -574,9 +615,12 @@ fn revision_status(running: &RunningRevision) -> Status {
     {
         condition.message = Some(format!("last failure: {failure}"));
     }
-    status.desired_replicas = Some(revision.scaler.snapshot().desired);
-    status.actual_replicas = Some(deployment.ready);
-    status.restarts = (deployment.restarts > 0).then_some(deployment.restarts);
+    status.serving = Some(Box::new(ServingStatus {
+        desired_replicas: Some(revision.scaler.snapshot().desired),
+        actual_replicas: Some(deployment.ready),
+        restarts: (deployment.restarts > 0).then_some(deployment.restarts),
+        ..ServingStatus::default()
+    }));
     status
 }
 
@@ -584,7 +628,11 @@ fn names(history: &[RecordedRevision]) -> String {
     if history.is_empty() {
         return "none".into();
     }
-    history.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+    history
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Marks the revision ready when its first instance is, then wakes the refresh.
@@ -603,16 +651,23 @@ async fn watch_ready(revision: Arc<Revision>, refresh: Arc<Notify>) {
 async fn refresh_loop(control: std::sync::Weak<ServingControl>, refresh: Arc<Notify>) {
     loop {
         refresh.notified().await;
-        let Some(control) = control.upgrade() else { return };
+        let Some(control) = control.upgrade() else {
+            return;
+        };
         control.refresh_routes().await;
     }
 }
 
-/// Stops revisions: their scalers end with them, their instances drain.
+/// Stops revisions: scalers first, so nothing scales them up again, then
+/// their instances drain and stop.
 async fn stop_all(revisions: Vec<RunningRevision>) {
     let deployments: Vec<_> = revisions
         .iter()
-        .filter_map(|r| r.revision.as_ref().map(|r| r.deployment.clone()))
+        .filter_map(|r| r.revision.as_ref())
+        .map(|r| {
+            r.scaler.stop();
+            r.deployment.clone()
+        })
         .collect();
     drop(revisions);
     futures::future::join_all(deployments.iter().map(|d| d.shutdown())).await;

@@ -37,6 +37,16 @@ pub struct Status {
     /// Trigger: events removed by retention before it read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_to_retention: Option<u64>,
+    /// Services, routes and revisions only.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<Box<ServingStatus>>,
+}
+
+/// The status fields of serving objects, boxed so that every other status
+/// stays small.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServingStatus {
     /// Service, Route: where it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,

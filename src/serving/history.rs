@@ -39,7 +39,9 @@ pub struct RevisionHistory {
 
 /// A template reused a revision name that already has another template.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("revision {name} already exists with a different template; give spec.template.metadata.name a new name (or remove it to have names generated)")]
+#[error(
+    "revision {name} already exists with a different template; give spec.template.metadata.name a new name (or remove it to have names generated)"
+)]
 pub struct NameTaken {
     pub name: String,
 }
@@ -166,6 +168,9 @@ mod tests {
         let err = history
             .revision_for(&key, &serde_json::json!(2), Some("hello-blue"))
             .expect_err("taken");
-        assert!(err.to_string().contains("revision hello-blue already exists"));
+        assert!(
+            err.to_string()
+                .contains("revision hello-blue already exists")
+        );
     }
 }

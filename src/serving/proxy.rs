@@ -13,8 +13,8 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -99,7 +99,10 @@ impl Proxy {
                 tracing::warn!(revision = %revision.key, instance = %lease.endpoint.id, error = %e, "forwarding failed");
                 return plain(
                     StatusCode::BAD_GATEWAY,
-                    format!("instance {} of revision {} failed: {e}\n", lease.endpoint.id, revision.key),
+                    format!(
+                        "instance {} of revision {} failed: {e}\n",
+                        lease.endpoint.id, revision.key
+                    ),
                     None,
                 );
             }
@@ -132,15 +135,13 @@ fn outbound_request(
     upgrade: bool,
 ) -> Request<Body> {
     let (mut parts, body) = request.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
-    let original_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     parts.uri = Uri::builder()
         .scheme("http")
         .authority(lease.endpoint.address.to_string())
@@ -289,7 +290,10 @@ fn unavailable(revision: &Revision, why: Unavailable) -> Response<Body> {
         Unavailable::TimedOut => timed_out(revision),
         Unavailable::Gone => plain(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("revision {} was removed while the request waited\n", revision.key),
+            format!(
+                "revision {} was removed while the request waited\n",
+                revision.key
+            ),
             Some(1),
         ),
     }
@@ -337,7 +341,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_and_named_ones_too() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         headers.insert("x-private", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

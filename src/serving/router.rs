@@ -24,7 +24,11 @@ pub struct HostRoute {
 
 impl HostRoute {
     /// `weighted`: revisions with their percent; those with 0 get nothing.
-    pub fn new(service: ObjectKey, tag: Option<String>, weighted: Vec<(Arc<Revision>, u32)>) -> Self {
+    pub fn new(
+        service: ObjectKey,
+        tag: Option<String>,
+        weighted: Vec<(Arc<Revision>, u32)>,
+    ) -> Self {
         let weights: Vec<u32> = weighted.iter().map(|(_, p)| *p).collect();
         HostRoute {
             service,
@@ -58,7 +62,10 @@ fn smooth_slots(weights: &[u32]) -> Box<[u8]> {
             for (c, w) in current.iter_mut().zip(weights) {
                 *c += i64::from(*w);
             }
-            let (best, _) = current.iter().enumerate().max_by_key(|(i, c)| (**c, -(*i as i64)))?;
+            let (best, _) = current
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, c)| (**c, -(*i as i64)))?;
             current[best] -= total;
             u8::try_from(best).ok()
         })
@@ -116,7 +123,10 @@ impl Router {
     pub fn host(&self, service: &ObjectKey, tag: Option<&str>) -> String {
         match tag {
             None => format!("{}.{}.{}", service.name, service.namespace, self.domain),
-            Some(tag) => format!("{tag}-{}.{}.{}", service.name, service.namespace, self.domain),
+            Some(tag) => format!(
+                "{tag}-{}.{}.{}",
+                service.name, service.namespace, self.domain
+            ),
         }
     }
 
@@ -186,11 +196,30 @@ mod tests {
     #[test]
     fn hosts_under_the_domain_are_serving_hosts() {
         let router = Router::new("localhost");
-        assert!(matches!(router.lookup("hello.default.localhost:8080"), HostMatch::Unknown));
-        assert!(matches!(router.lookup("Hello.Default.LOCALHOST"), HostMatch::Unknown));
-        assert!(matches!(router.lookup("localhost:8080"), HostMatch::NotServing));
-        assert!(matches!(router.lookup("127.0.0.1:8080"), HostMatch::NotServing));
-        assert!(matches!(router.lookup("notlocalhost"), HostMatch::NotServing));
-        assert!(router.unknown_host_message("x.localhost:80").contains("{service}.{namespace}.localhost"));
+        assert!(matches!(
+            router.lookup("hello.default.localhost:8080"),
+            HostMatch::Unknown
+        ));
+        assert!(matches!(
+            router.lookup("Hello.Default.LOCALHOST"),
+            HostMatch::Unknown
+        ));
+        assert!(matches!(
+            router.lookup("localhost:8080"),
+            HostMatch::NotServing
+        ));
+        assert!(matches!(
+            router.lookup("127.0.0.1:8080"),
+            HostMatch::NotServing
+        ));
+        assert!(matches!(
+            router.lookup("notlocalhost"),
+            HostMatch::NotServing
+        ));
+        assert!(
+            router
+                .unknown_host_message("x.localhost:80")
+                .contains("{service}.{namespace}.localhost")
+        );
     }
 }

@@ -262,7 +262,9 @@ impl Service {
             if !name.starts_with(&prefix) || name.len() == prefix.len() {
                 return Err(Invalid::new(
                     "spec.template.metadata.name",
-                    format!("'{name}' must start with the service's name and a dash, such as '{prefix}v2'"),
+                    format!(
+                        "'{name}' must start with the service's name and a dash, such as '{prefix}v2'"
+                    ),
                 ));
             }
         }
@@ -366,7 +368,10 @@ impl Service {
                 if !is_dns_label(tag) || tag.len() + self.metadata.name.len() + 1 > 63 {
                     return Err(Invalid::new(
                         field("tag"),
-                        format!("'{tag}' must be a DNS label (lower-case letters, digits and '-'), short enough that '{tag}-{}' fits 63 characters", self.metadata.name),
+                        format!(
+                            "'{tag}' must be a DNS label (lower-case letters, digits and '-'), short enough that '{tag}-{}' fits 63 characters",
+                            self.metadata.name
+                        ),
                     ));
                 }
                 if !tags.insert(tag.as_str()) {
@@ -419,9 +424,10 @@ impl RevisionSpec {
     /// The container as the runtimes see it. Fails for what a local process
     /// cannot have (values from Secrets or ConfigMaps).
     pub fn container_spec(&self) -> Result<ContainerSpec, Invalid> {
-        let container = self.containers.first().ok_or_else(|| {
-            Invalid::new("spec.template.spec.containers", "needs one container")
-        })?;
+        let container = self
+            .containers
+            .first()
+            .ok_or_else(|| Invalid::new("spec.template.spec.containers", "needs one container"))?;
         let mut env = Vec::with_capacity(container.env.len());
         for (i, var) in container.env.iter().enumerate() {
             match (&var.value, &var.value_from) {
@@ -468,9 +474,7 @@ fn container_probe(container: &Container, probe: &Probe) -> Result<RuntimeProbe,
                 .iter()
                 .find(|p| p.name.as_deref() == Some(name))
                 .map(|p| Some(p.container_port))
-                .ok_or_else(|| {
-                    Invalid::new(field, format!("no entry of ports is named '{name}'"))
-                }),
+                .ok_or_else(|| Invalid::new(field, format!("no entry of ports is named '{name}'"))),
             Some(other) => Err(Invalid::new(
                 field,
                 format!("{other} is not a port number or name"),
@@ -483,7 +487,11 @@ fn container_probe(container: &Container, probe: &Probe) -> Result<RuntimeProbe,
     let own = |p: Option<u16>| p.filter(|p| Some(*p) != container_port);
     match (&probe.http_get, &probe.tcp_socket, &probe.exec, &probe.grpc) {
         (Some(http), None, None, None) => {
-            if http.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("http")) {
+            if http
+                .scheme
+                .as_deref()
+                .is_some_and(|s| !s.eq_ignore_ascii_case("http"))
+            {
                 return Err(Invalid::new(
                     format!("{FIELD}.httpGet.scheme"),
                     "only HTTP is supported",
@@ -554,7 +562,11 @@ mod tests {
     #[test]
     fn traffic_targets_are_checked_one_by_one() {
         let cases = [
-            ("    - percent: 100\n", "spec.traffic[0]", "set revisionName"),
+            (
+                "    - percent: 100\n",
+                "spec.traffic[0]",
+                "set revisionName",
+            ),
             (
                 "    - revisionName: other-00001\n      percent: 100\n",
                 "spec.traffic[0].revisionName",
@@ -588,11 +600,17 @@ mod tests {
         );
         let err = service(&two).validate().expect_err("two containers");
         assert_eq!(err.field, "spec.template.spec.containers");
-        let named = HELLO.replace("    spec:\n      containers", "    metadata:\n      name: other-v1\n    spec:\n      containers");
+        let named = HELLO.replace(
+            "    spec:\n      containers",
+            "    metadata:\n      name: other-v1\n    spec:\n      containers",
+        );
         let err = service(&named).validate().expect_err("bad name");
         assert_eq!(err.field, "spec.template.metadata.name");
         assert!(err.reason.contains("'hello-v2'"), "{err}");
-        let timeout = HELLO.replace("      containers:", "      timeoutSeconds: 900\n      containers:");
+        let timeout = HELLO.replace(
+            "      containers:",
+            "      timeoutSeconds: 900\n      containers:",
+        );
         let err = service(&timeout).validate().expect_err("timeout");
         assert_eq!(err.field, "spec.template.spec.timeoutSeconds");
     }
@@ -630,6 +648,9 @@ mod tests {
         ));
         s.validate().expect("valid for Kubernetes");
         let err = s.spec.template.spec.container_spec().expect_err("local");
-        assert_eq!(err.field, "spec.template.spec.containers[0].env[0].valueFrom");
+        assert_eq!(
+            err.field,
+            "spec.template.spec.containers[0].env[0].valueFrom"
+        );
     }
 }

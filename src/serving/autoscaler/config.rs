@@ -68,9 +68,8 @@ impl Default for AutoscalerDefaults {
             scale_to_zero_pod_retention_period: Duration::ZERO,
             max_scale_up_rate: 1000.0,
             max_scale_down_rate: 2.0,
-            // Knative ships 211 (not a round 200), sized so one activator's
-            // default capacity plus a little fits.
-            target_burst_capacity: 211.0,
+            // DESIGN.md's table; Knative's own config-autoscaler ships 211.
+            target_burst_capacity: 200.0,
             initial_scale: 1,
             allow_zero_initial_scale: false,
             min_scale: 0,

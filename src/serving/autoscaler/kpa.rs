@@ -718,9 +718,9 @@ mod tests {
                 requests_per_second: 0.0,
             },
         );
-        // 3 ready * 100 total - 211 burst - 50 observed.
+        // 3 ready * 100 total - 200 burst - 50 observed.
         let d = kpa.decide(t0 + Duration::from_secs(1), 3, true);
-        assert_eq!(d.excess_burst_capacity, 39.0);
+        assert_eq!(d.excess_burst_capacity, 50.0);
     }
 
     #[test]

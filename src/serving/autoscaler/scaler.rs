@@ -96,7 +96,12 @@ impl ScalerHandle {
         }
     }
 
-    pub fn stop(self) {}
+    /// Ends the loop; the deployment is not scaled again. Pokes after this
+    /// still scale (a request already waiting at zero), so callers stop the
+    /// scaler together with the deployment.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
 }
 
 impl Drop for ScalerHandle {
