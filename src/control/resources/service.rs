@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Invalid, ObjectMeta};
+use crate::serving::autoscaler::{AutoscalerDefaults, RevisionScaling};
 use crate::serving::runtime::{ContainerSpec, Probe as RuntimeProbe};
 
 /// Knative's `max-revision-timeout-seconds` default.
@@ -318,6 +319,17 @@ impl Service {
         if let Some(probe) = &container.readiness_probe {
             container_probe(container, probe)?;
         }
+        // The annotations' syntax and ranges; the running defaults are applied
+        // again when the revision starts (and a clash shows in its status).
+        let defaults = AutoscalerDefaults {
+            allow_zero_initial_scale: true,
+            ..AutoscalerDefaults::default()
+        };
+        RevisionScaling::resolve(
+            &template.metadata.annotations,
+            &defaults,
+            spec.container_concurrency.unwrap_or(0),
+        )?;
         Ok(())
     }
 
@@ -613,6 +625,21 @@ mod tests {
         );
         let err = service(&timeout).validate().expect_err("timeout");
         assert_eq!(err.field, "spec.template.spec.timeoutSeconds");
+    }
+
+    #[test]
+    fn autoscaling_annotations_are_checked_at_load() {
+        let bad = HELLO.replace(
+            "    spec:\n      containers",
+            "    metadata:\n      annotations:\n        autoscaling.knative.dev/min-scale: lots\n    spec:\n      containers",
+        );
+        let err = service(&bad).validate().expect_err("not a number");
+        assert_eq!(
+            err.field,
+            "spec.template.metadata.annotations[\"autoscaling.knative.dev/min-scale\"]"
+        );
+        let zero = bad.replace("min-scale: lots", "initial-scale: \"0\"");
+        service(&zero).validate().expect("initial-scale 0 is allowed");
     }
 
     #[test]

@@ -104,14 +104,13 @@ fn log_line(source: &Source, stream: Stream, text: &str) {
         revision,
         instance,
     } = source;
-    match stream {
-        Stream::Stdout => {
-            tracing::info!(%service, %revision, %instance, stream = "stdout", "{text}");
-        }
-        Stream::Stderr => {
-            tracing::warn!(%service, %revision, %instance, stream = "stderr", "{text}");
-        }
-    }
+    // Both at info: many apps write ordinary logs to stderr, and a crash is
+    // reported at warn with its last stderr lines anyway.
+    let stream = match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    };
+    tracing::info!(%service, %revision, %instance, stream, "{text}");
 }
 
 fn remember(tail: &Mutex<VecDeque<String>>, line: String) {
