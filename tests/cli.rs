@@ -236,3 +236,47 @@ async fn event_display_prints_what_a_trigger_delivers() {
     assert!(printed.contains("\"id\": \"shown\""), "{printed}");
     s.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_lists_services_revisions_and_routes() {
+    let service = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/initial-scale: \"0\"\n    spec:\n      containers:\n        - command: [\"{BIN}\", hello]\n  traffic:\n    - latestRevision: true\n      percent: 100\n      tag: current\n"
+    );
+    let bad = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: split\nspec:\n  template:\n    spec:\n      containers:\n        - command: [x]\n  traffic:\n    - latestRevision: true\n      percent: 60\n";
+    let s = TestServer::start(&[("hello.yaml", &service), ("split.yaml", bad)]).await;
+    let admin = s.server.admin.to_string();
+    let port = s.server.listen.port();
+
+    let (ok, out, err) = pilotlight(args(&["get", "ksvc", "--admin", &admin])).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|l| l.contains("LATESTREADY")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("http://hello.default.localhost:{port}"))
+            && out.contains("hello-00001"),
+        "{out}"
+    );
+    assert!(
+        err.contains("split.yaml:1: Service default/split: field spec.traffic: percents add up to 60; they must add up to 100"),
+        "{err}"
+    );
+
+    let (ok, out, _) = pilotlight(args(&["get", "revisions", "--admin", &admin])).await;
+    assert!(ok);
+    let row = out.lines().nth(1).unwrap_or_default();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cells[..7],
+        ["default", "hello-00001", "hello", "0", "0", "0", "True"],
+        "{out}"
+    );
+
+    let (ok, out, _) = pilotlight(args(&["get", "routes", "--admin", &admin])).await;
+    assert!(ok);
+    assert!(out.contains("100% -> hello-00001 (tag current)"), "{out}");
+    s.server.shutdown().await;
+}

@@ -387,3 +387,67 @@ async fn a_trigger_delivers_to_a_service_at_zero() {
     assert_eq!(revisions(&s).await["hello-00001"]["actualReplicas"], 1);
     s.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_waits_at_most_timeout_seconds_and_the_queue_is_bounded() {
+    // An app that never listens: the revision never gets a ready instance.
+    let never = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: stuck\nspec:\n  template:\n    spec:\n      timeoutSeconds: 1\n      containers:\n        - command: [sleep, \"60\"]\n";
+    let s = TestServer::start_with(&[("stuck.yaml", never)], |c| c.serving.queue_limit = 2).await;
+    let started = Instant::now();
+    let replies =
+        futures::future::join_all((0..3).map(|_| get(&s, "stuck.default.localhost", "/"))).await;
+    let mut statuses: Vec<StatusCode> = replies.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::GATEWAY_TIMEOUT,
+            StatusCode::GATEWAY_TIMEOUT
+        ]
+    );
+    let full = replies
+        .iter()
+        .find(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .expect("503");
+    assert_eq!(full.headers["retry-after"], "1");
+    assert!(full.body.contains("requests waiting"), "{}", full.body);
+    let timed_out = replies
+        .iter()
+        .find(|r| r.status == StatusCode::GATEWAY_TIMEOUT)
+        .expect("504");
+    assert!(
+        timed_out.body.contains("timeoutSeconds (1s)"),
+        "{}",
+        timed_out.body
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn container_concurrency_makes_requests_wait_for_room() {
+    let one_at_a_time = service(
+        "hello",
+        &[("min-scale", "1"), ("max-scale", "1")],
+        "      containerConcurrency: 1\n",
+    );
+    let s = TestServer::start(&[("hello.yaml", &one_at_a_time)]).await;
+    wait_until("hello-00001 is ready", async || {
+        revisions(&s).await["hello-00001"]["actualReplicas"] == 1
+    })
+    .await;
+    let started = Instant::now();
+    let replies = futures::future::join_all(
+        (0..3).map(|_| get(&s, "hello.default.localhost", "/sleep?ms=300")),
+    )
+    .await;
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    // One at a time: three 300 ms requests take at least 900 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    s.server.shutdown().await;
+}

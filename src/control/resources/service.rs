@@ -639,7 +639,9 @@ mod tests {
             "spec.template.metadata.annotations[\"autoscaling.knative.dev/min-scale\"]"
         );
         let zero = bad.replace("min-scale: lots", "initial-scale: \"0\"");
-        service(&zero).validate().expect("initial-scale 0 is allowed");
+        service(&zero)
+            .validate()
+            .expect("initial-scale 0 is allowed");
     }
 
     #[test]
