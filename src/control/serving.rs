@@ -419,6 +419,12 @@ impl ServingControl {
             (None, Ok(_)) => match entry.revisions.get(&entry.latest_created) {
                 Some(latest) => match revision_status(latest) {
                     s if s.is_ready() => Status::ready(),
+                    s if s.ready_condition().is_some_and(|c| c.status == "Unknown") => {
+                        Status::unknown(
+                            "RevisionDeploying",
+                            format!("revision {} is starting", entry.latest_created),
+                        )
+                    }
                     s => {
                         let why = s
                             .ready_condition()
