@@ -46,6 +46,10 @@
 //! pilotlight process), with the peak `VmHWM`. Target: ≤ 25 MB (MiB here),
 //! checked on VmRSS. For context, the same for `pilotlight run` on an empty
 //! folder and for a bare `pilotlight hello` (after it listens).
+//!
+//! Run it from a release build: `cargo run --release -- bench serving`
+//! (`--json` adds one JSON object). The table goes to stdout; the in-process
+//! pilotlight logs to stderr, so `2>/dev/null` keeps only the figures.
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
