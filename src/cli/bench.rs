@@ -16,6 +16,9 @@
 //!
 //! Between phases the bench waits until the subscriber has received every
 //! accepted event, so one phase's backlog does not slow the next.
+//!
+//! `pilotlight bench serving` measures serving instead (cold start, proxy
+//! overhead, idle memory); see [`crate::cli::bench_serving`].
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -48,7 +51,7 @@ use crate::server::{Server, ServerConfig, ServingConfig};
 
 /// Not counted at the start of every phase: connections, caches and the
 /// log's first segment settle.
-const WARMUP: Duration = Duration::from_secs(1);
+pub(super) const WARMUP: Duration = Duration::from_secs(1);
 /// Time given to the connections to connect before a phase starts.
 const CONNECT_GRACE: Duration = Duration::from_millis(200);
 /// Longest wait, with no new delivery, for the subscriber to receive every
@@ -56,7 +59,7 @@ const CONNECT_GRACE: Duration = Duration::from_millis(200);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The extension carrying the send time, in ns since the bench's origin.
 const BENCH_TS: &str = "ce-benchts";
-const NAMESPACE: &str = "default";
+pub(super) const NAMESPACE: &str = "default";
 const BROKER: &str = "bench";
 
 /// Targets of the issue, met or not (a missed target does not fail the run).
@@ -66,7 +69,11 @@ const MEMORY_MAX_E2E_P99_MS: f64 = 2.0;
 const LOG_MAX_E2E_P99_MS: f64 = 5.0;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// Another suite than the eventing benchmark (which runs without one).
+    #[command(subcommand)]
+    pub suite: Option<Suite>,
     /// Seconds each phase is measured, after a 1 s warm-up that is not counted.
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
@@ -88,6 +95,14 @@ pub struct BenchArgs {
     /// adjacent raw baseline, which its ratio needs.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Target>,
+}
+
+/// The benchmark suites besides eventing's.
+#[derive(Debug, clap::Subcommand)]
+pub enum Suite {
+    /// Serving: cold-start overhead, warm proxy overhead and idle memory,
+    /// each against a baseline without pilotlight in the same run.
+    Serving(crate::cli::bench_serving::ServingArgs),
 }
 
 /// What a phase sends to.
@@ -134,6 +149,9 @@ impl Target {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(Suite::Serving(serving)) = args.suite {
+        return crate::cli::bench_serving::run(serving).await;
+    }
     let settings = Settings::from_args(&args)?;
     let raw = HttpServer::start(raw_service, true, "the raw baseline").await?;
     let backends: Vec<Target> = [Target::Memory, Target::Log]
@@ -212,6 +230,7 @@ impl Settings {
             rate,
             origin: self.origin,
             id_prefix: format!("{}-{}", target.name(), uuid::Uuid::new_v4().simple()),
+            shape: Shape::CloudEvent,
         }
     }
 }
@@ -478,7 +497,7 @@ async fn probe(
     Ok(1)
 }
 
-fn server_config(dir: &WorkDir) -> ServerConfig {
+pub(super) fn server_config(dir: &WorkDir) -> ServerConfig {
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     ServerConfig {
         paths: vec![dir.manifests()],
@@ -528,12 +547,12 @@ spec:
 }
 
 /// A temporary folder for manifests and the log, removed when dropped.
-struct WorkDir {
-    path: PathBuf,
+pub(super) struct WorkDir {
+    pub(super) path: PathBuf,
 }
 
 impl WorkDir {
-    fn create(label: &str) -> anyhow::Result<Self> {
+    pub(super) fn create(label: &str) -> anyhow::Result<Self> {
         let path = std::env::temp_dir().join(format!(
             "pilotlight-bench-{label}-{}",
             uuid::Uuid::new_v4().simple()
@@ -544,7 +563,7 @@ impl WorkDir {
         Ok(dir)
     }
 
-    fn manifests(&self) -> PathBuf {
+    pub(super) fn manifests(&self) -> PathBuf {
         self.path.join("manifests")
     }
 }
@@ -562,27 +581,53 @@ impl Drop for WorkDir {
 // ---------------------------------------------------------------------------
 
 /// What one phase sends, and how fast.
-struct Load {
-    addr: SocketAddr,
-    path: String,
-    payload: Bytes,
-    connections: usize,
-    duration: Duration,
+pub(super) struct Load {
+    pub(super) addr: SocketAddr,
+    pub(super) path: String,
+    pub(super) payload: Bytes,
+    pub(super) connections: usize,
+    pub(super) duration: Duration,
     /// Total events/s to pace to; `None`: back to back (closed loop).
-    rate: Option<f64>,
-    origin: Instant,
+    pub(super) rate: Option<f64>,
+    pub(super) origin: Instant,
     /// Makes every `ce-id` of the run unique.
-    id_prefix: String,
+    pub(super) id_prefix: String,
+    pub(super) shape: Shape,
+}
+
+/// The requests of a load.
+pub(super) enum Shape {
+    /// Binary-mode CloudEvents POSTed with the payload; a 202 is success.
+    CloudEvent,
+    /// `GET {path}` with this Host header and no body (a Service, or an app
+    /// directly); a 200 is success.
+    Get { host: String },
 }
 
 impl Load {
-    /// A binary-mode CloudEvent stamped with its send time.
+    /// The answer that counts as success.
+    fn expected(&self) -> StatusCode {
+        match self.shape {
+            Shape::CloudEvent => StatusCode::ACCEPTED,
+            Shape::Get { .. } => StatusCode::OK,
+        }
+    }
+
+    /// A binary-mode CloudEvent stamped with its send time, or a GET.
     fn request(
         &self,
         connection: usize,
         seq: u64,
         sent_at: Instant,
     ) -> anyhow::Result<Request<Full<Bytes>>> {
+        if let Shape::Get { host } = &self.shape {
+            return Request::builder()
+                .method(Method::GET)
+                .uri(self.path.as_str())
+                .header(header::HOST, host.as_str())
+                .body(Full::new(Bytes::new()))
+                .context("building a bench request");
+        }
         Request::builder()
             .method(Method::POST)
             .uri(self.path.as_str())
@@ -606,7 +651,7 @@ impl Load {
 
 /// When a phase starts, starts counting, and ends.
 #[derive(Debug, Clone, Copy)]
-struct Window {
+pub(super) struct Window {
     start: Instant,
     measure_from: Instant,
     end: Instant,
@@ -622,7 +667,7 @@ impl Window {
         }
     }
 
-    fn measured(&self) -> Duration {
+    pub(super) fn measured(&self) -> Duration {
         self.end.duration_since(self.measure_from)
     }
 
@@ -631,27 +676,31 @@ impl Window {
     }
 }
 
-/// What connections saw. Non-202 answers are kept apart: a benchmark that
-/// counted errors as throughput would flatter a failing server.
-struct Tally {
+/// What connections saw. Answers other than the expected one (202 for
+/// events, 200 for GETs) are kept apart: a benchmark that counted errors as
+/// throughput would flatter a failing server.
+pub(super) struct Tally {
+    /// The answer that counts as success.
+    expected: StatusCode,
     /// 202s at any time, warm-up included: what the subscriber must receive.
     sent_accepted: u64,
     /// 202s completed inside the measured window.
-    accepted: u64,
+    pub(super) accepted: u64,
     /// Other answers, by status code.
     rejected: BTreeMap<u16, u64>,
     transport_errors: u64,
     first_error: Option<String>,
     /// Ingress latency (send to 202) of the measured 202s, in ns.
-    latency: Histogram<u64>,
+    pub(super) latency: Histogram<u64>,
     /// Paced phases: how late the generator sent, at worst (it competes for
     /// the same cores, and a late send is load the server did not see).
     max_lag: Duration,
 }
 
 impl Tally {
-    fn new() -> anyhow::Result<Self> {
+    fn new(expected: StatusCode) -> anyhow::Result<Self> {
         Ok(Tally {
+            expected,
             sent_accepted: 0,
             accepted: 0,
             rejected: BTreeMap::new(),
@@ -663,7 +712,7 @@ impl Tally {
     }
 
     fn record(&mut self, status: StatusCode, took: Duration, counted: bool) {
-        if status != StatusCode::ACCEPTED {
+        if status != self.expected {
             *self.rejected.entry(status.as_u16()).or_default() += 1;
             return;
         }
@@ -699,11 +748,11 @@ impl Tally {
         Ok(())
     }
 
-    fn errors(&self) -> u64 {
+    pub(super) fn errors(&self) -> u64 {
         self.rejected.values().sum::<u64>() + self.transport_errors
     }
 
-    fn describe_errors(&self) -> String {
+    pub(super) fn describe_errors(&self) -> String {
         let mut out = String::new();
         for (status, n) in &self.rejected {
             let _ = write!(out, "{n} answered {status}; ");
@@ -720,20 +769,20 @@ impl Tally {
     }
 }
 
-fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+pub(super) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::<u64>::new(3).context("creating a latency histogram")
 }
 
 /// Records a latency in ns. The histograms grow as needed (`saturating_record`
 /// would clamp to the initial tiny range instead).
-fn record(histogram: &mut Histogram<u64>, nanos: u64) {
+pub(super) fn record(histogram: &mut Histogram<u64>, nanos: u64) {
     if histogram.record(nanos).is_err() {
         histogram.saturating_record(nanos);
     }
 }
 
 /// Runs a phase that starts as soon as the connections are up.
-async fn run_load(load: Load) -> anyhow::Result<(Tally, Window)> {
+pub(super) async fn run_load(load: Load) -> anyhow::Result<(Tally, Window)> {
     let window = Window::starting_now(load.duration);
     Ok((run_load_in(load, window).await?, window))
 }
@@ -745,7 +794,7 @@ async fn run_load_in(load: Load, window: Window) -> anyhow::Result<Tally> {
     for index in 0..load.connections {
         tasks.spawn(connection(load.clone(), window, index));
     }
-    let mut total = Tally::new()?;
+    let mut total = Tally::new(load.expected())?;
     while let Some(joined) = tasks.join_next().await {
         total.merge(joined.context("a load generator connection panicked")??)?;
     }
@@ -755,7 +804,7 @@ async fn run_load_in(load: Load, window: Window) -> anyhow::Result<Tally> {
 /// One connection's share of the phase. A failure ends the connection and is
 /// counted, not hidden.
 async fn connection(load: Arc<Load>, window: Window, index: usize) -> anyhow::Result<Tally> {
-    let mut tally = Tally::new()?;
+    let mut tally = Tally::new(load.expected())?;
     if let Err(e) = drive(&load, window, index, &mut tally).await {
         tally.transport_error(format!("{e:#}"));
     }
@@ -810,7 +859,7 @@ async fn drive(load: &Load, window: Window, index: usize, tally: &mut Tally) -> 
 }
 
 /// A bare HTTP/1.1 connection (no pool: one in flight, kept alive).
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
@@ -1038,11 +1087,11 @@ struct Check {
     met: bool,
 }
 
-fn ms(nanos: u64) -> f64 {
+pub(super) fn ms(nanos: u64) -> f64 {
     nanos as f64 / 1e6
 }
 
-fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub(super) fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     ms(h.value_at_quantile(q))
 }
 

@@ -1,6 +1,7 @@
 //! The `pilotlight` command line.
 
 pub mod bench;
+pub mod bench_serving;
 pub mod event_display;
 pub mod get;
 pub mod hello;

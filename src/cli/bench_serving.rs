@@ -1,0 +1,1033 @@
+//! `pilotlight bench serving`: what serving costs on top of running the app
+//! yourself, as three figures, each next to a baseline without pilotlight
+//! measured in the same run (a shared machine makes absolute figures noisy;
+//! the differences hold better).
+//!
+//! **Cold-start overhead.** Rounds alternate two sides, with one warm-up
+//! round of each that is not counted (page cache, first fork):
+//! - *direct*: spawn `pilotlight hello` (this very binary) with `PORT` set to
+//!   a free port, and connect to it every 0.5 ms (blocking thread, precise
+//!   sleeps) until it accepts: **spawn-to-listening**. The same connection
+//!   then sends `GET /`, which gives *spawn-to-first-answer* as well. The
+//!   process is killed before the next round.
+//! - *pilotlight*: pilotlight runs in this process with one Service per round
+//!   (`cold-0`..`cold-N`, all `initial-scale: "0"`, so each round starts
+//!   from zero without waiting for a scale-down). A keep-alive connection to
+//!   the main listener is opened first; then `GET /` with Host
+//!   `cold-i.default.localhost` is timed from send to the last body byte:
+//!   **first-request latency** (activator, spawn, readiness probe, proxy).
+//!   Every answer must come from a new process (`x-instance-pid`).
+//!
+//! Which side goes first alternates from round to round, so drift hits both.
+//! Reported: p50/p90/max of each, the **overhead** = p50(first request) −
+//! p50(spawn-to-listening), and the same difference taken per round
+//! (paired) with its p50/p90. Target: overhead p50 ≤ 5 ms.
+//!
+//! **Warm proxy overhead.** A Service `warm` pinned at one instance
+//! (`min-scale` = `max-scale` = 1) through pilotlight's listener, against a
+//! `pilotlight hello` this bench starts on a port of its own (same binary,
+//! same machine). For each connection count (default 1, then 8), the direct
+//! app and then the Service get a closed-loop phase of keep-alive `GET /`
+//! (1 s warm-up, then `--duration-secs`), with the load generator of the
+//! eventing bench. Reported: requests/s, p50/p99 of both, the **extra p99**
+//! (pilotlight p99 − direct p99; target ≤ 0.3 ms, checked at the lowest
+//! connection count, where no request queues behind another) and the
+//! throughput ratio. Pilotlight, the load generator and both apps share the
+//! cores: with more connections than cores, latencies include waiting for a
+//! core, and the proxy hop is the extra work that needs one.
+//!
+//! **Idle RSS.** `pilotlight run` is started as a real child process (this
+//! binary, free ports, a temporary data dir, manifest watching on as by
+//! default) on a folder with 1 broker, 20 Services at zero and 100 Triggers
+//! to them (by `ref`, each with its own type filter). Once `/readyz` on the
+//! admin port answers 200, the bench waits `--settle-secs` (2 s) and reads
+//! `VmRSS` from `/proc/<pid>/status`, split into `RssAnon` (what the process
+//! allocated) and `RssFile` (mapped pages of the executable, shared by every
+//! pilotlight process), with the peak `VmHWM`. Target: ≤ 25 MB (MiB here),
+//! checked on VmRSS. For context, the same for `pilotlight run` on an empty
+//! folder and for a bare `pilotlight hello` (after it listens).
+//!
+//! Run it from a release build: `cargo run --release -- bench serving`
+//! (`--json` adds one JSON object). The table goes to stdout; the in-process
+//! pilotlight logs to stderr, so `2>/dev/null` keeps only the figures.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
+use serde_json::json;
+
+use super::bench::{
+    Load, NAMESPACE, Shape, Tally, WARMUP, Window, WorkDir, connect, ms, quantile_ms, run_load,
+    server_config,
+};
+use crate::server::Server;
+
+/// Longest wait for an app or pilotlight to start or answer.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the direct baseline tries to connect to the starting app.
+const CONNECT_POLL: Duration = Duration::from_micros(500);
+/// Pause between cold-start rounds, so one round's exit does not overlap the
+/// next round's start.
+const ROUND_GAP: Duration = Duration::from_millis(50);
+/// Services and triggers of the idle-memory manifest.
+const RSS_SERVICES: usize = 20;
+const RSS_TRIGGERS: usize = 100;
+
+/// Targets of the issue, met or not (a missed target does not fail the run).
+const MAX_COLD_OVERHEAD_MS: f64 = 5.0;
+const MAX_EXTRA_P99_MS: f64 = 0.3;
+const MAX_IDLE_RSS_MIB: f64 = 25.0;
+
+#[derive(Debug, Args)]
+pub struct ServingArgs {
+    /// Cold starts measured per side (after one warm-up round each).
+    #[arg(long, default_value_t = 20)]
+    pub rounds: usize,
+    /// Seconds each warm phase is measured, after a 1 s warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub duration_secs: u64,
+    /// Keep-alive connections of the warm phases: one pair of phases (direct,
+    /// then pilotlight) per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
+    pub connections: Vec<usize>,
+    /// Seconds an idle process is left alone before its RSS is read.
+    #[arg(long, default_value_t = 2)]
+    pub settle_secs: u64,
+    /// Also print the results as one JSON object (after the table).
+    #[arg(long)]
+    pub json: bool,
+    /// Measure only these figures (repeatable).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Figure>,
+}
+
+/// The three figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Figure {
+    /// Cold-start overhead: first request at zero vs spawn-to-listening.
+    Cold,
+    /// Warm proxy overhead: GET through pilotlight vs straight to an app.
+    Warm,
+    /// Idle RSS of `pilotlight run` with services and triggers.
+    Rss,
+}
+
+pub async fn run(args: ServingArgs) -> anyhow::Result<()> {
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if args.duration_secs == 0 {
+        bail!("--duration-secs must be at least 1");
+    }
+    if args.connections.is_empty() || args.connections.contains(&0) {
+        bail!("--connections must list counts of at least 1");
+    }
+    let wanted = |figure| args.only.is_empty() || args.only.contains(&figure);
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut report = Report::default();
+    if wanted(Figure::Cold) || wanted(Figure::Warm) {
+        let deployment = Deployment::start(&exe, args.rounds).await?;
+        if wanted(Figure::Cold) {
+            match cold_starts(&exe, &deployment, args.rounds).await {
+                Ok(rounds) => report.cold = rounds,
+                Err(e) => report.failures.push(format!("cold start: {e:#}")),
+            }
+        }
+        if wanted(Figure::Warm) {
+            match warm_phases(&exe, &deployment, &args).await {
+                Ok(pairs) => report.warm = pairs,
+                Err(e) => report.failures.push(format!("warm proxy: {e:#}")),
+            }
+        }
+        deployment.stop().await;
+    }
+    if wanted(Figure::Rss) {
+        match idle_rss(&exe, Duration::from_secs(args.settle_secs)).await {
+            Ok(rss) => report.rss = rss,
+            Err(e) => report.failures.push(format!("idle RSS: {e:#}")),
+        }
+    }
+    println!("{}", report.table(&args));
+    if args.json {
+        println!("{}", report.json(&args));
+    }
+    report.verdict()
+}
+
+// ---------------------------------------------------------------------------
+// The in-process pilotlight of the cold and warm figures
+// ---------------------------------------------------------------------------
+
+/// Pilotlight with `cold-0..=cold-N` at zero and `warm` at one instance.
+struct Deployment {
+    server: Server,
+    /// Removed last, after the server stopped.
+    dir: WorkDir,
+}
+
+impl Deployment {
+    async fn start(exe: &Path, rounds: usize) -> anyhow::Result<Self> {
+        let dir = WorkDir::create("serving")?;
+        let mut yaml = String::new();
+        for round in 0..=rounds {
+            yaml.push_str(&service(
+                exe,
+                &format!("cold-{round}"),
+                &[("initial-scale", "0")],
+            ));
+        }
+        yaml.push_str(&service(
+            exe,
+            "warm",
+            &[("min-scale", "1"), ("max-scale", "1")],
+        ));
+        std::fs::write(dir.manifests().join("services.yaml"), yaml)
+            .with_context(|| format!("cannot write the manifest in {}", dir.path.display()))?;
+        let server = Server::start(server_config(&dir))
+            .await
+            .context("starting pilotlight with the bench's services")?;
+        Ok(Deployment { server, dir })
+    }
+
+    fn host(service: &str) -> String {
+        format!("{service}.{NAMESPACE}.localhost")
+    }
+
+    /// Stops the instances (SIGTERM, at most the drain time), then removes
+    /// the folder.
+    async fn stop(self) {
+        let Deployment { server, dir } = self;
+        server.shutdown().await;
+        drop(dir);
+    }
+}
+
+/// One Service running `pilotlight hello` (this binary), `---` first.
+fn service(exe: &Path, name: &str, annotations: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {NAMESPACE}
+spec:
+  template:
+    metadata:
+      annotations:
+"
+    );
+    for (key, value) in annotations {
+        let _ = writeln!(yaml, "        autoscaling.knative.dev/{key}: \"{value}\"");
+    }
+    let _ = write!(
+        yaml,
+        "    spec:
+      containers:
+        - command: [{exe}, hello]
+",
+        // JSON strings are valid YAML flow scalars, whatever the path holds.
+        exe = serde_json::Value::from(exe.to_string_lossy().into_owned())
+    );
+    yaml
+}
+
+/// `GET {path}` with a Host header and no body.
+fn get(host: &str, path: &str) -> anyhow::Result<Request<Full<Bytes>>> {
+    Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(header::HOST, host)
+        .body(Full::new(Bytes::new()))
+        .context("building a GET")
+}
+
+/// A port that was free a moment ago (bind port 0 and let it go).
+fn free_port() -> anyhow::Result<u16> {
+    let listener =
+        std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a free port")?;
+    Ok(listener
+        .local_addr()
+        .context("no local address for a free port")?
+        .port())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+// ---------------------------------------------------------------------------
+// Cold start
+// ---------------------------------------------------------------------------
+
+/// One round of each side.
+#[derive(Debug, Clone, Copy)]
+struct ColdRound {
+    /// Direct: spawn until the app accepts a connection.
+    listening: Duration,
+    /// Direct: spawn until the app answered `GET /` on that connection.
+    answered: Duration,
+    /// Pilotlight: `GET /` at zero, send to the last body byte.
+    first_request: Duration,
+}
+
+impl ColdRound {
+    /// Per-round overhead, ms; negative when noise favoured pilotlight.
+    fn paired_overhead_ms(&self) -> f64 {
+        secs_ms(self.first_request) - secs_ms(self.listening)
+    }
+}
+
+fn secs_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Round 0 of each side warms up and is not kept.
+async fn cold_starts(
+    exe: &Path,
+    deployment: &Deployment,
+    rounds: usize,
+) -> anyhow::Result<Vec<ColdRound>> {
+    let mut measured = Vec::with_capacity(rounds);
+    let mut pids = std::collections::BTreeSet::new();
+    for round in 0..=rounds {
+        let service = format!("cold-{round}");
+        let (direct, (first_request, pid)) = if round % 2 == 0 {
+            let direct = direct_start(exe).await?;
+            tokio::time::sleep(ROUND_GAP).await;
+            (direct, first_request(deployment, &service).await?)
+        } else {
+            let through = first_request(deployment, &service).await?;
+            tokio::time::sleep(ROUND_GAP).await;
+            (direct_start(exe).await?, through)
+        };
+        if !pids.insert(pid.clone()) {
+            bail!(
+                "{service} was answered by process {pid}, which answered before: not a cold start"
+            );
+        }
+        if round > 0 {
+            measured.push(ColdRound {
+                listening: direct.0,
+                answered: direct.1,
+                first_request,
+            });
+        }
+        tokio::time::sleep(ROUND_GAP).await;
+    }
+    Ok(measured)
+}
+
+/// The direct side, on a blocking thread: tokio's timer rounds sleeps up to
+/// whole milliseconds, too coarse to poll every 0.5 ms.
+async fn direct_start(exe: &Path) -> anyhow::Result<(Duration, Duration)> {
+    let exe = exe.to_owned();
+    tokio::task::spawn_blocking(move || direct_start_blocking(&exe))
+        .await
+        .context("the direct cold start panicked")?
+}
+
+/// Spawn-to-listening and spawn-to-first-answer of one `pilotlight hello`.
+fn direct_start_blocking(exe: &Path) -> anyhow::Result<(Duration, Duration)> {
+    let port = free_port()?;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .arg("hello")
+        .env("PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {} hello", exe.display()))?;
+    let measured = (|| {
+        let stream = connect_when_listening(&mut child, loopback(port), started)?;
+        let listening = started.elapsed();
+        answer_blocking(stream)?;
+        Ok((listening, started.elapsed()))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    measured
+}
+
+/// Connects every [`CONNECT_POLL`] until the child listens.
+fn connect_when_listening(
+    child: &mut std::process::Child,
+    addr: SocketAddr,
+    started: Instant,
+) -> anyhow::Result<std::net::TcpStream> {
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => {
+                if let Some(status) = child.try_wait().context("cannot check the app")? {
+                    bail!("the app exited before listening on {addr}: {status}");
+                }
+                if started.elapsed() > START_TIMEOUT {
+                    bail!("the app did not listen on {addr} within {START_TIMEOUT:?}: {e}");
+                }
+                std::thread::sleep(CONNECT_POLL);
+            }
+        }
+    }
+}
+
+/// `GET /` on a fresh connection, read to the end (the app closes it).
+fn answer_blocking(mut stream: std::net::TcpStream) -> anyhow::Result<()> {
+    stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
+    stream
+        .set_read_timeout(Some(START_TIMEOUT))
+        .context("cannot set a read timeout")?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n")
+        .context("sending GET / to the app")?;
+    let mut answer = Vec::with_capacity(256);
+    stream
+        .read_to_end(&mut answer)
+        .context("reading the app's answer")?;
+    if !answer.starts_with(b"HTTP/1.1 200") {
+        let line = answer.split(|b| *b == b'\r').next().unwrap_or_default();
+        bail!(
+            "the app answered GET / with '{}'",
+            String::from_utf8_lossy(line)
+        );
+    }
+    Ok(())
+}
+
+/// The pilotlight side: first-request latency of a Service at zero, and the
+/// pid of the instance that answered.
+async fn first_request(
+    deployment: &Deployment,
+    service: &str,
+) -> anyhow::Result<(Duration, String)> {
+    let mut sender = connect(deployment.server.listen).await?;
+    sender
+        .ready()
+        .await
+        .context("the connection to pilotlight closed")?;
+    let request = get(&Deployment::host(service), "/")?;
+    let started = Instant::now();
+    let exchange = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .context("sending GET /")?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .context("reading the answer")?
+            .to_bytes();
+        anyhow::Ok((parts, body))
+    };
+    let (parts, body) = tokio::time::timeout(START_TIMEOUT, exchange)
+        .await
+        .with_context(|| format!("{service} did not answer within {START_TIMEOUT:?}"))??;
+    let took = started.elapsed();
+    if parts.status != StatusCode::OK {
+        bail!(
+            "{service} answered GET / with {}: {}",
+            parts.status,
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    let pid = parts
+        .headers
+        .get("x-instance-pid")
+        .and_then(|v| v.to_str().ok())
+        .with_context(|| format!("{service}'s answer has no x-instance-pid"))?
+        .to_owned();
+    Ok((took, pid))
+}
+
+// ---------------------------------------------------------------------------
+// Warm proxy
+// ---------------------------------------------------------------------------
+
+/// A closed-loop phase of GETs.
+struct WarmPhase {
+    tally: Tally,
+    window: Window,
+}
+
+impl WarmPhase {
+    fn per_second(&self) -> f64 {
+        self.tally.accepted as f64 / self.window.measured().as_secs_f64()
+    }
+
+    fn p(&self, q: f64) -> f64 {
+        quantile_ms(&self.tally.latency, q)
+    }
+}
+
+/// Direct, then through pilotlight, at one connection count.
+struct WarmPair {
+    connections: usize,
+    direct: WarmPhase,
+    pilotlight: WarmPhase,
+}
+
+impl WarmPair {
+    fn extra_p99_ms(&self) -> f64 {
+        self.pilotlight.p(0.99) - self.direct.p(0.99)
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        let direct = self.direct.per_second();
+        (direct > 0.0).then(|| self.pilotlight.per_second() / direct)
+    }
+}
+
+async fn warm_phases(
+    exe: &Path,
+    deployment: &Deployment,
+    args: &ServingArgs,
+) -> anyhow::Result<Vec<WarmPair>> {
+    let app = App::start(exe).await?;
+    // The activator holds this until `warm`'s instance is ready.
+    let (_, _) = first_request(deployment, "warm").await?;
+    let mut pairs = Vec::new();
+    for &connections in &args.connections {
+        let load = |addr: SocketAddr, host: String| Load {
+            addr,
+            path: "/".into(),
+            payload: Bytes::new(),
+            connections,
+            duration: Duration::from_secs(args.duration_secs),
+            rate: None,
+            origin: Instant::now(),
+            id_prefix: String::new(),
+            shape: Shape::Get { host },
+        };
+        let (tally, window) = run_load(load(app.addr, app.addr.to_string())).await?;
+        let direct = WarmPhase { tally, window };
+        let (tally, window) =
+            run_load(load(deployment.server.listen, Deployment::host("warm"))).await?;
+        let pilotlight = WarmPhase { tally, window };
+        pairs.push(WarmPair {
+            connections,
+            direct,
+            pilotlight,
+        });
+    }
+    drop(app);
+    Ok(pairs)
+}
+
+/// A `pilotlight hello` child on a free port, killed when dropped.
+struct App {
+    addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl App {
+    async fn start(exe: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = tokio::process::Command::new(exe)
+            .arg("hello")
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {} hello", exe.display()))?;
+        let mut app = App {
+            addr: loopback(port),
+            child,
+        };
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(app.addr).await.is_err() {
+            if let Some(status) = app.child.try_wait().context("cannot check the app")? {
+                bail!("the app exited before listening on {}: {status}", app.addr);
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "the app did not listen on {} within {START_TIMEOUT:?}",
+                    app.addr
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(app)
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("the app has exited")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Idle RSS
+// ---------------------------------------------------------------------------
+
+/// Resident memory of one idle process, KiB.
+struct Rss {
+    what: &'static str,
+    rss_kib: u64,
+    /// Heap, stacks and other private memory: what the process allocated.
+    anon_kib: u64,
+    /// Pages of mapped files, mostly the executable's own code and data,
+    /// which every pilotlight process on the machine shares.
+    file_kib: u64,
+    peak_kib: u64,
+}
+
+impl Rss {
+    fn mib(kib: u64) -> f64 {
+        kib as f64 / 1024.0
+    }
+}
+
+async fn idle_rss(exe: &Path, settle: Duration) -> anyhow::Result<Vec<Rss>> {
+    let mut measured = Vec::new();
+    let app = App::start(exe).await?;
+    tokio::time::sleep(settle).await;
+    measured.push(read_rss("pilotlight hello (the bare app)", app.pid()?)?);
+    drop(app);
+
+    let empty = WorkDir::create("rss-empty")?;
+    measured.push(run_idle(exe, &empty, settle, "pilotlight run, empty folder").await?);
+    drop(empty);
+
+    let loaded = WorkDir::create("rss-loaded")?;
+    std::fs::write(loaded.manifests().join("idle.yaml"), idle_manifest(exe))
+        .with_context(|| format!("cannot write the manifest in {}", loaded.path.display()))?;
+    measured.push(
+        run_idle(
+            exe,
+            &loaded,
+            settle,
+            "pilotlight run, 1 broker, 20 services at zero, 100 triggers",
+        )
+        .await?,
+    );
+    drop(loaded);
+    Ok(measured)
+}
+
+/// 1 broker, [`RSS_SERVICES`] Services at zero, [`RSS_TRIGGERS`] Triggers to
+/// them, each with its own type filter.
+fn idle_manifest(exe: &Path) -> String {
+    let mut yaml = format!(
+        "apiVersion: eventing.knative.dev/v1
+kind: Broker
+metadata:
+  name: default
+  namespace: {NAMESPACE}
+"
+    );
+    for index in 0..RSS_SERVICES {
+        yaml.push_str(&service(
+            exe,
+            &format!("idle-{index}"),
+            &[("initial-scale", "0")],
+        ));
+    }
+    for index in 0..RSS_TRIGGERS {
+        let _ = write!(
+            yaml,
+            "---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: idle-{index}
+  namespace: {NAMESPACE}
+spec:
+  broker: default
+  filter:
+    attributes:
+      type: dev.pilotlight.bench.{index}
+  subscriber:
+    ref:
+      apiVersion: serving.knative.dev/v1
+      kind: Service
+      name: idle-{service}
+",
+            service = index % RSS_SERVICES
+        );
+    }
+    yaml
+}
+
+/// `pilotlight run` on a folder, as a child: ready, settled, measured, killed.
+async fn run_idle(
+    exe: &Path,
+    dir: &WorkDir,
+    settle: Duration,
+    what: &'static str,
+) -> anyhow::Result<Rss> {
+    let admin = loopback(free_port()?);
+    let mut child = tokio::process::Command::new(exe)
+        .arg("run")
+        .arg("-f")
+        .arg(dir.manifests())
+        .arg("--data-dir")
+        .arg(dir.path.join("data"))
+        .arg("--listen")
+        .arg(loopback(free_port()?).to_string())
+        .arg("--admin")
+        .arg(admin.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {} run", exe.display()))?;
+    let pid = child.id().context("pilotlight run exited at once")?;
+    let measured = async {
+        wait_ready(&mut child, admin).await?;
+        tokio::time::sleep(settle).await;
+        if let Some(status) = child.try_wait().context("cannot check pilotlight run")? {
+            bail!("pilotlight run exited while idle: {status}");
+        }
+        read_rss(what, pid)
+    }
+    .await;
+    let _ = child.start_kill();
+    let output = child.wait_with_output().await;
+    measured.map_err(|e| match output {
+        Ok(output) if !output.stderr.is_empty() => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            e.context(format!(
+                "pilotlight run's last log lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ))
+        }
+        _ => e,
+    })
+}
+
+/// Polls `/readyz` until it answers 200.
+async fn wait_ready(child: &mut tokio::process::Child, admin: SocketAddr) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if readyz(admin).await {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().context("cannot check pilotlight run")? {
+            bail!("pilotlight run exited before it was ready: {status}");
+        }
+        if started.elapsed() > START_TIMEOUT {
+            bail!(
+                "pilotlight run's /readyz on {admin} did not answer 200 within {START_TIMEOUT:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn readyz(admin: SocketAddr) -> bool {
+    let attempt = async {
+        let mut sender = connect(admin).await?;
+        sender.ready().await?;
+        let response = sender
+            .send_request(get(&admin.to_string(), "/readyz")?)
+            .await?;
+        anyhow::Ok(response.status() == StatusCode::OK)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+fn read_rss(what: &'static str, pid: u32) -> anyhow::Result<Rss> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} in {}", path.display()))
+    };
+    Ok(Rss {
+        what,
+        rss_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
+        file_kib: field("RssFile:")?,
+        peak_kib: field("VmHWM:")?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Report {
+    cold: Vec<ColdRound>,
+    warm: Vec<WarmPair>,
+    rss: Vec<Rss>,
+    failures: Vec<String>,
+}
+
+/// Nearest-rank quantiles of a small sample, in ms.
+struct Spread {
+    p50: f64,
+    p90: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut values: Vec<f64>) -> Spread {
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len().max(1));
+            values.get(rank - 1).copied().unwrap_or(f64::NAN)
+        };
+        Spread {
+            p50: at(0.5),
+            p90: at(0.9),
+            max: values.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!("{:.2} / {:.2} / {:.2}", self.p50, self.p90, self.max)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"p50_ms": self.p50, "p90_ms": self.p90, "max_ms": self.max})
+    }
+}
+
+/// A target of the issue and how the run fared.
+struct Check {
+    name: String,
+    figure: String,
+    met: bool,
+}
+
+impl Report {
+    fn cold_spreads(&self) -> Option<[Spread; 4]> {
+        if self.cold.is_empty() {
+            return None;
+        }
+        let of = |f: fn(&ColdRound) -> f64| Spread::of(self.cold.iter().map(f).collect());
+        Some([
+            of(|r| secs_ms(r.listening)),
+            of(|r| secs_ms(r.answered)),
+            of(|r| secs_ms(r.first_request)),
+            of(ColdRound::paired_overhead_ms),
+        ])
+    }
+
+    fn checks(&self) -> Vec<Check> {
+        let mut checks = Vec::new();
+        if let Some([listening, _, first, paired]) = self.cold_spreads() {
+            let overhead = first.p50 - listening.p50;
+            checks.push(Check {
+                name: format!("cold-start overhead p50 <= {MAX_COLD_OVERHEAD_MS} ms"),
+                figure: format!("{overhead:.2} ms (paired p50 {:.2} ms)", paired.p50),
+                met: overhead <= MAX_COLD_OVERHEAD_MS,
+            });
+        }
+        if let Some(pair) = self.warm.iter().min_by_key(|p| p.connections) {
+            let extra = pair.extra_p99_ms();
+            checks.push(Check {
+                name: format!(
+                    "warm extra p99 <= {MAX_EXTRA_P99_MS} ms ({} conn)",
+                    pair.connections
+                ),
+                figure: format!("{extra:.3} ms"),
+                met: extra <= MAX_EXTRA_P99_MS,
+            });
+        }
+        if let Some(loaded) = self.rss.last().filter(|_| self.rss.len() == 3) {
+            let mib = Rss::mib(loaded.rss_kib);
+            checks.push(Check {
+                name: format!("idle RSS <= {MAX_IDLE_RSS_MIB} MiB"),
+                figure: format!("{mib:.1} MiB"),
+                met: mib <= MAX_IDLE_RSS_MIB,
+            });
+        }
+        checks
+    }
+
+    fn table(&self, args: &ServingArgs) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "\npilotlight bench serving");
+        if let Some([listening, answered, first, paired]) = self.cold_spreads() {
+            let _ = writeln!(
+                out,
+                "\ncold start, {} rounds per side, interleaved (ms: p50 / p90 / max)",
+                self.cold.len()
+            );
+            let rows = [
+                ("direct: spawn -> listening", &listening),
+                ("direct: spawn -> first answer", &answered),
+                ("pilotlight: first request at zero", &first),
+                ("overhead per round (paired)", &paired),
+            ];
+            for (name, spread) in rows {
+                let _ = writeln!(out, "  {name:<36} {:>24}", spread.text());
+            }
+            let _ = writeln!(
+                out,
+                "  {:<36} {:>24}",
+                "overhead (p50 - p50)",
+                format!("{:.2}", first.p50 - listening.p50)
+            );
+            let _ = writeln!(
+                out,
+                "  {:<36} {:>24}",
+                "  of which the app's first answer",
+                format!("{:.2}", answered.p50 - listening.p50)
+            );
+        }
+        if !self.warm.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nwarm GET / (closed loop, keep-alive, {} s per phase after a {} s warm-up; direct ran just before)",
+                args.duration_secs,
+                WARMUP.as_secs()
+            );
+            let _ = writeln!(
+                out,
+                "  {:<5} {:<11} {:>9} {:>7}  {:>17}  {:>13}  {:>6}",
+                "conns", "side", "req/s", "ratio", "p50 / p99 (ms)", "extra p99", "errors"
+            );
+            for pair in &self.warm {
+                for (side, phase, ratio, extra) in [
+                    ("direct", &pair.direct, None, None),
+                    (
+                        "pilotlight",
+                        &pair.pilotlight,
+                        pair.ratio(),
+                        Some(pair.extra_p99_ms()),
+                    ),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "  {:<5} {:<11} {:>9.0} {:>7}  {:>17}  {:>13}  {:>6}",
+                        pair.connections,
+                        side,
+                        phase.per_second(),
+                        ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x")),
+                        format!("{:.3} / {:.3}", phase.p(0.5), phase.p(0.99)),
+                        extra.map_or_else(|| "-".to_owned(), |e| format!("{e:+.3} ms")),
+                        phase.tally.errors()
+                    );
+                }
+            }
+        }
+        if !self.rss.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nidle memory ({} s after ready; VmRSS = RssAnon + RssFile (+ shmem), peak = VmHWM; MiB)",
+                args.settle_secs
+            );
+            for rss in &self.rss {
+                let _ = writeln!(
+                    out,
+                    "  {:<62} {:>6.1} MiB  (anon {:.1}, file {:.1}, peak {:.1})",
+                    rss.what,
+                    Rss::mib(rss.rss_kib),
+                    Rss::mib(rss.anon_kib),
+                    Rss::mib(rss.file_kib),
+                    Rss::mib(rss.peak_kib)
+                );
+            }
+        }
+        let _ = writeln!(out, "\ntargets");
+        for check in self.checks() {
+            let _ = writeln!(
+                out,
+                "  {:<40} {:<32} {}",
+                check.name,
+                check.figure,
+                if check.met { "met" } else { "MISSED" }
+            );
+        }
+        for failure in &self.failures {
+            let _ = writeln!(out, "  FAILED {failure}");
+        }
+        out
+    }
+
+    fn json(&self, args: &ServingArgs) -> serde_json::Value {
+        let cold = self
+            .cold_spreads()
+            .map(|[listening, answered, first, paired]| {
+                json!({
+                    "rounds": self.cold.len(),
+                    "direct_spawn_to_listening": listening.json(),
+                    "direct_spawn_to_first_answer": answered.json(),
+                    "pilotlight_first_request": first.json(),
+                    "overhead_p50_ms": first.p50 - listening.p50,
+                    "overhead_paired": paired.json(),
+                    "rounds_ms": self.cold.iter().map(|r| json!({
+                        "direct_listening": secs_ms(r.listening),
+                        "direct_answered": secs_ms(r.answered),
+                        "pilotlight_first_request": secs_ms(r.first_request),
+                    })).collect::<Vec<_>>(),
+                })
+            });
+        let phase_json = |phase: &WarmPhase| {
+            json!({
+                "requests_per_second": phase.per_second(),
+                "requests": phase.tally.accepted,
+                "p50_ms": phase.p(0.5),
+                "p99_ms": phase.p(0.99),
+                "max_ms": ms(phase.tally.latency.max()),
+                "errors": phase.tally.errors(),
+            })
+        };
+        json!({
+            "duration_secs": args.duration_secs,
+            "warmup_secs": WARMUP.as_secs(),
+            "cold_start": cold,
+            "warm": self.warm.iter().map(|pair| json!({
+                "connections": pair.connections,
+                "direct": phase_json(&pair.direct),
+                "pilotlight": phase_json(&pair.pilotlight),
+                "extra_p99_ms": pair.extra_p99_ms(),
+                "throughput_ratio": pair.ratio(),
+            })).collect::<Vec<_>>(),
+            "idle_rss": self.rss.iter().map(|r| json!({
+                "process": r.what,
+                "rss_kib": r.rss_kib,
+                "anon_kib": r.anon_kib,
+                "file_kib": r.file_kib,
+                "peak_kib": r.peak_kib,
+            })).collect::<Vec<_>>(),
+            "targets": self.checks().iter().map(|c| json!({"target": c.name, "figure": c.figure, "met": c.met})).collect::<Vec<_>>(),
+            "failures": self.failures,
+        })
+    }
+
+    /// Missed targets are reported, not fatal; a broken measurement is.
+    fn verdict(&self) -> anyhow::Result<()> {
+        let mut problems = self.failures.clone();
+        for pair in &self.warm {
+            for (side, phase) in [("direct", &pair.direct), ("pilotlight", &pair.pilotlight)] {
+                if phase.tally.errors() > 0 {
+                    problems.push(format!(
+                        "warm {side} ({} conn): {}",
+                        pair.connections,
+                        phase.tally.describe_errors()
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("the benchmark is not valid: {}", problems.join("; "))
+        }
+    }
+}
