@@ -5,4 +5,5 @@ pub mod backend;
 pub mod broker;
 pub mod delivery;
 pub mod event;
+pub mod source;
 pub mod trigger;

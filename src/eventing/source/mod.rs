@@ -1,0 +1,237 @@
+//! Sources: something outside (a schedule, the Kubernetes API server, a queue)
+//! turned into CloudEvents sent to a sink.
+//!
+//! Each source kind is a folder with its manifest type, its [`Source`]
+//! implementation and its tests. The control plane resolves `spec.sink` to a
+//! URI and runs the source with a [`SourceContext`], which is all a source
+//! sees of pilotlight: [`SourceContext::send`] delivers with the same client
+//! and retry loop as triggers, [`SourceContext::set_status`] reports
+//! conditions, [`SourceContext::stopped`] says when to end, and
+//! [`SourceContext::state_dir`] keeps what must survive a restart.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::Uri;
+use tokio::sync::watch;
+
+use crate::control::ObjectKey;
+use crate::eventing::delivery::{DeliveryPolicy, EventSender, Outcome, deliver_with_retries};
+use crate::eventing::event::Event;
+
+/// How sources deliver: Knative's sources retry a failed send; here 10
+/// retries, exponential from 0.2 s (about 3.5 minutes in all), honouring
+/// Retry-After.
+pub fn source_delivery_policy() -> DeliveryPolicy {
+    DeliveryPolicy {
+        retry: 10,
+        backoff_policy: crate::control::resources::duck::BackoffPolicy::Exponential,
+        backoff_delay: Duration::from_millis(200),
+        ..DeliveryPolicy::default()
+    }
+}
+
+/// `spec.ceOverrides`: extension attributes set on every event a source sends.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CeOverrides {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extensions: std::collections::BTreeMap<String, String>,
+}
+
+impl CeOverrides {
+    /// Extension names must be CloudEvents attribute names, and not the
+    /// required attributes a source sets itself.
+    pub fn validate(&self, field: &str) -> Result<(), crate::control::resources::Invalid> {
+        use crate::control::resources::Invalid;
+        for name in self.extensions.keys() {
+            if !crate::eventing::event::is_valid_attribute_name(name) {
+                return Err(Invalid::new(
+                    format!("{field}.extensions.{name}"),
+                    "is not a CloudEvents attribute name: use 1-20 lower-case letters and digits",
+                ));
+            }
+            if matches!(
+                name.as_str(),
+                "id" | "source"
+                    | "type"
+                    | "specversion"
+                    | "time"
+                    | "subject"
+                    | "datacontenttype"
+                    | "dataschema"
+                    | "data"
+            ) {
+                return Err(Invalid::new(
+                    format!("{field}.extensions.{name}"),
+                    "is a context attribute the source sets; ceOverrides only adds extensions",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the extensions on an event; [`CeOverrides::validate`] checked
+    /// the names when the manifest loaded.
+    pub fn apply(&self, event: &mut Event) {
+        for (name, value) in &self.extensions {
+            event.set_attribute(name, value.clone());
+        }
+    }
+}
+
+/// A running source.
+#[async_trait::async_trait]
+pub trait Source: Send + 'static {
+    /// Runs until [`SourceContext::stopped`] resolves.
+    async fn run(self: Box<Self>, context: SourceContext);
+}
+
+/// A source's health, shown in its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceHealth {
+    /// Starting: nothing to say yet.
+    Unknown,
+    Ready,
+    /// `reason` is CamelCase (`ApiServerUnreachable`), `message` says what to do.
+    NotReady {
+        reason: String,
+        message: String,
+    },
+}
+
+/// What a source reports, read by the control plane for status.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    health: RwLock<Option<SourceHealth>>,
+}
+
+impl StatusBoard {
+    pub fn health(&self) -> SourceHealth {
+        self.health
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(SourceHealth::Unknown)
+    }
+}
+
+/// Why a send gave up.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("the sink {sink} refused the event: {message}")]
+    Refused { sink: String, message: String },
+    #[error("the source is stopping")]
+    Stopping,
+}
+
+/// Everything a source gets from pilotlight.
+#[derive(Clone)]
+pub struct SourceContext {
+    /// The source object: `namespace/name`.
+    pub key: ObjectKey,
+    /// The resolved `spec.sink`.
+    pub sink: Uri,
+    sender: EventSender,
+    policy: Arc<DeliveryPolicy>,
+    board: Arc<StatusBoard>,
+    stop: watch::Receiver<bool>,
+    state_dir: PathBuf,
+}
+
+impl SourceContext {
+    pub fn new(
+        key: ObjectKey,
+        sink: Uri,
+        sender: EventSender,
+        state_dir: PathBuf,
+    ) -> (SourceContext, SourceHandle) {
+        let (stop_tx, stop) = watch::channel(false);
+        let board = Arc::new(StatusBoard::default());
+        let context = SourceContext {
+            key,
+            sink,
+            sender,
+            policy: Arc::new(source_delivery_policy()),
+            board: board.clone(),
+            stop,
+            state_dir,
+        };
+        (
+            context,
+            SourceHandle {
+                stop: stop_tx,
+                board,
+            },
+        )
+    }
+
+    /// Delivers one event to the sink, with retries; gives up early when the
+    /// source is stopping.
+    pub async fn send(&self, event: &Event) -> Result<(), SendError> {
+        let mut stopped = self.stop.clone();
+        let delivery =
+            deliver_with_retries(&self.sender, &self.sink, event, &self.policy, |_, _| {});
+        let outcome = tokio::select! {
+            outcome = delivery => outcome,
+            _ = stopped.wait_for(|s| *s) => return Err(SendError::Stopping),
+        };
+        match outcome {
+            Outcome::Delivered { .. } => {
+                metrics::counter!("pilotlight_source_sent_total", "source" => self.key.to_string())
+                    .increment(1);
+                Ok(())
+            }
+            Outcome::Failed(failure) => {
+                metrics::counter!("pilotlight_source_failed_total", "source" => self.key.to_string()).increment(1);
+                Err(SendError::Refused {
+                    sink: self.sink.to_string(),
+                    message: failure.message,
+                })
+            }
+        }
+    }
+
+    pub fn set_status(&self, health: SourceHealth) {
+        *self.board.health.write().unwrap_or_else(|e| e.into_inner()) = Some(health);
+    }
+
+    /// Resolves when the source must stop (deleted, changed, or pilotlight exits).
+    pub async fn stopped(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// A folder for this source's state that must survive restarts (created
+    /// on first use by the source).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+}
+
+/// The control plane's side of a running source.
+pub struct SourceHandle {
+    stop: watch::Sender<bool>,
+    board: Arc<StatusBoard>,
+}
+
+impl SourceHandle {
+    pub fn health(&self) -> SourceHealth {
+        self.board.health()
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for SourceHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
