@@ -22,6 +22,9 @@ pub enum Kind {
     Revisions,
     #[value(alias = "route")]
     Routes,
+    /// Every source kind (PingSource, ApiServerSource, ...).
+    #[value(alias = "source")]
+    Sources,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +70,7 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
         Kind::Services => "services",
         Kind::Revisions => "revisions",
         Kind::Routes => "routes",
+        Kind::Sources => "sources",
     };
     let query = args
         .namespace
@@ -118,6 +122,7 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
             "REASON",
         ]),
         Kind::Routes => header(&["NAMESPACE", "NAME", "URL", "TRAFFIC", "READY", "REASON"]),
+        Kind::Sources => header(&["NAMESPACE", "NAME", "KIND", "SINK", "READY", "REASON"]),
         Kind::Brokers => vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
             .into_iter()
             .map(String::from)
@@ -180,6 +185,11 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
                 let s = item.status.serving.as_deref().cloned().unwrap_or_default();
                 row.push(s.url.clone().unwrap_or_default());
                 row.push(traffic(&s));
+                row.extend([status, reason]);
+            }
+            Kind::Sources => {
+                row.push(item.kind.clone());
+                row.push(item.status.sink_uri.clone().unwrap_or_default());
                 row.extend([status, reason]);
             }
             Kind::Triggers => {

@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the API that
-//! `pilotlight get` reads (`/api/v1/{brokers,triggers,services,revisions,routes}`).
+//! `pilotlight get` reads (`/api/v1/{brokers,triggers,services,revisions,routes,sources}`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/services", get(services))
         .route("/api/v1/revisions", get(revisions))
         .route("/api/v1/routes", get(routes))
+        .route("/api/v1/sources", get(sources))
         .with_state(state)
 }
 
@@ -89,4 +90,8 @@ async fn revisions(State(state): State<AdminState>, Query(q): Query<NamespaceQue
 async fn routes(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
     let items = state.control.serving().routes(q.namespace.as_deref()).await;
     Json(state.control.serving_list(items)).into_response()
+}
+
+async fn sources(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
+    Json(state.control.sources(q.namespace.as_deref()).await).into_response()
 }

@@ -32,5 +32,6 @@ pub mod manifest;
 pub mod reconcile;
 pub mod resources;
 pub mod serving;
+pub mod sources;
 pub mod status;
 pub mod watch;

@@ -17,6 +17,7 @@ use super::resources::duck::Destination;
 use super::resources::trigger::DeliveryOrder;
 use super::resources::{Broker, Resource, Trigger};
 use super::serving::ServingControl;
+use super::sources::SourceControl;
 use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
 use crate::eventing::backend::log::{self as log_backend, LogConfig};
 use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
@@ -74,6 +75,7 @@ pub struct ControlPlane {
     registry: Arc<BrokerRegistry>,
     sender: EventSender,
     serving: Arc<ServingControl>,
+    sources: SourceControl,
     running: tokio::sync::Mutex<Running>,
     board: RwLock<Board>,
 }
@@ -86,6 +88,7 @@ impl ControlPlane {
         serving: Arc<ServingControl>,
     ) -> Self {
         ControlPlane {
+            sources: SourceControl::new(sender.clone(), settings.data_dir.clone()),
             settings,
             registry,
             sender,
@@ -509,7 +512,14 @@ impl ControlPlane {
             self.registry.remove(&key);
             broker.handle.backend.shutdown().await;
         }
+        self.sources.shutdown().await;
         self.serving.shutdown().await;
+    }
+
+    /// Sources with status, for the admin API.
+    pub async fn sources(&self, namespace: Option<&str>) -> ObjectList {
+        let items = self.sources.views(namespace).await;
+        self.serving_list(items)
     }
 }
 

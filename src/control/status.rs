@@ -31,6 +31,9 @@ pub struct Status {
     /// Trigger: the resolved subscriber.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_uri: Option<String>,
+    /// Source: the resolved sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink_uri: Option<String>,
     /// Trigger: events stored but not yet delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backlog: Option<u64>,
@@ -131,6 +134,16 @@ impl Status {
             {
                 condition.last_transition_time = old.last_transition_time.clone();
             }
+        }
+    }
+}
+
+impl Condition {
+    /// A condition of the given type, timestamped now.
+    pub fn new(kind: &str, status: &str, reason: Option<&str>, message: Option<String>) -> Self {
+        Condition {
+            kind: kind.into(),
+            ..condition(status, reason, message)
         }
     }
 }
