@@ -294,7 +294,7 @@ impl ControlPlane {
                 // Stop delivering but keep the cursor: the trigger resumes where
                 // it stopped once its problem is fixed.
                 running.triggers.remove(key);
-                return status;
+                return *status;
             }
         };
         let Some(broker) = running.brokers.get(&plan.broker).map(|b| b.handle.clone()) else {
@@ -347,10 +347,10 @@ impl ControlPlane {
         trigger: &Trigger,
         running: &Running,
         brokers: &BTreeMap<ObjectKey, &Loaded>,
-    ) -> Result<TriggerPlan, Status> {
+    ) -> Result<TriggerPlan, Box<Status>> {
         let broker_key = ObjectKey::new(key.namespace.clone(), trigger.spec.broker.clone());
         let Some(broker) = running.brokers.get(&broker_key) else {
-            return Err(if brokers.contains_key(&broker_key) {
+            return Err(Box::new(if brokers.contains_key(&broker_key) {
                 Status::not_ready(
                     "BrokerNotReady",
                     format!("broker {broker_key} is not ready"),
@@ -360,12 +360,15 @@ impl ControlPlane {
                     "BrokerDoesNotExist",
                     format!("broker {broker_key} does not exist: create it, or fix spec.broker"),
                 )
-            });
+            }));
         };
         let subscriber = self
             .resolve(&trigger.spec.subscriber, &key.namespace, brokers)
             .map_err(|m| {
-                Status::not_ready("SubscriberResolveFailed", format!("spec.subscriber: {m}"))
+                Box::new(Status::not_ready(
+                    "SubscriberResolveFailed",
+                    format!("spec.subscriber: {m}"),
+                ))
             })?;
         let delivery_spec = trigger
             .spec
@@ -375,16 +378,16 @@ impl ControlPlane {
         let dead_letter_sink = match delivery_spec.and_then(|d| d.dead_letter_sink.as_ref()) {
             None => None,
             Some(sink) => Some(self.resolve(sink, &key.namespace, brokers).map_err(|m| {
-                Status::not_ready(
+                Box::new(Status::not_ready(
                     "DeadLetterSinkResolveFailed",
                     format!("deadLetterSink: {m}"),
-                )
+                ))
             })?),
         };
         // Validated at load, so these cannot fail here.
         let filter = trigger
             .compile_filter()
-            .map_err(|e| Status::not_ready("InvalidFilter", e.to_string()))?;
+            .map_err(|e| Box::new(Status::not_ready("InvalidFilter", e.to_string())))?;
         let ordered = trigger
             .delivery_order()
             .is_ok_and(|o| o == DeliveryOrder::Ordered);
