@@ -17,7 +17,9 @@ use super::resources::duck::Destination;
 use super::resources::trigger::DeliveryOrder;
 use super::resources::{Broker, Resource, Trigger};
 use super::serving::ServingControl;
-use super::sources::SourceControl;
+use super::sources::{DesiredSource, SourceControl};
+
+type BuildSource = Box<dyn FnOnce() -> Box<dyn crate::eventing::source::Source> + Send>;
 use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
 use crate::eventing::backend::log::{self as log_backend, LogConfig};
 use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
@@ -114,6 +116,7 @@ impl ControlPlane {
         let mut brokers = BTreeMap::new();
         let mut triggers = BTreeMap::new();
         let mut services = Vec::new();
+        let mut sources = Vec::new();
         for loaded in &manifests.objects {
             match &loaded.resource {
                 Resource::Broker(b) => {
@@ -123,6 +126,7 @@ impl ControlPlane {
                     triggers.insert(t.metadata.key(), loaded);
                 }
                 Resource::Service(_) => services.push(loaded),
+                Resource::PingSource(_) => sources.push(loaded),
             };
         }
         // Services first, so that triggers can resolve references to them.
@@ -148,6 +152,11 @@ impl ControlPlane {
                 .await;
             trigger_views.insert(key.clone(), view(loaded, status));
         }
+        let desired = sources
+            .iter()
+            .filter_map(|loaded| self.desired_source(loaded, &brokers))
+            .collect();
+        self.sources.apply(desired).await;
         let mut board = self.board.write().unwrap_or_else(|e| e.into_inner());
         carry_times(&mut broker_views, &board.brokers);
         carry_times(&mut trigger_views, &board.triggers);
@@ -404,6 +413,40 @@ impl ControlPlane {
         })
     }
 
+    /// A source object as the source control runs it, with its sink resolved.
+    fn desired_source(
+        &self,
+        loaded: &Loaded,
+        brokers: &BTreeMap<ObjectKey, &Loaded>,
+    ) -> Option<DesiredSource> {
+        let (kind, api_version, metadata, sink, spec, build): (_, _, _, _, _, BuildSource) =
+            match &loaded.resource {
+                Resource::PingSource(p) => {
+                    let source = p.clone();
+                    (
+                        "PingSource",
+                        &p.api_version,
+                        &p.metadata,
+                        &p.spec.sink,
+                        serde_json::to_value(&p.spec),
+                        Box::new(move || source.into_source()),
+                    )
+                }
+                _ => return None,
+            };
+        let key = metadata.key();
+        Some(DesiredSource {
+            kind,
+            api_version: api_version.clone(),
+            annotations: metadata.annotations.clone(),
+            origin: loaded.origin.to_string(),
+            spec: spec.unwrap_or_default(),
+            sink: self.resolve(sink, &key.namespace, brokers),
+            key,
+            build,
+        })
+    }
+
     /// A destination's URI: its `uri`, or its reference's address with `uri`
     /// appended as a path (Knative's rule).
     fn resolve(
@@ -549,6 +592,12 @@ fn view(loaded: &Loaded, status: Status) -> ObjectView {
             &s.kind,
             &s.metadata,
             serde_json::to_value(&s.spec),
+        ),
+        Resource::PingSource(p) => (
+            &p.api_version,
+            &p.kind,
+            &p.metadata,
+            serde_json::to_value(&p.spec),
         ),
     };
     ObjectView {

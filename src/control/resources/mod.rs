@@ -9,6 +9,7 @@ pub mod trigger;
 
 use std::fmt;
 
+pub use crate::eventing::source::ping::PingSource;
 pub use broker::Broker;
 pub use meta::ObjectMeta;
 pub use service::Service;
@@ -43,6 +44,7 @@ pub enum Resource {
     Broker(Broker),
     Trigger(Trigger),
     Service(Box<Service>),
+    PingSource(Box<PingSource>),
 }
 
 impl Resource {
@@ -51,6 +53,7 @@ impl Resource {
             Resource::Broker(_) => "Broker",
             Resource::Trigger(_) => "Trigger",
             Resource::Service(_) => "Service",
+            Resource::PingSource(_) => "PingSource",
         }
     }
 
@@ -59,6 +62,7 @@ impl Resource {
             Resource::Broker(b) => &b.metadata,
             Resource::Trigger(t) => &t.metadata,
             Resource::Service(s) => &s.metadata,
+            Resource::PingSource(p) => &p.metadata,
         }
     }
 }
@@ -68,4 +72,5 @@ pub const KNOWN_KINDS: &[(&str, &str)] = &[
     ("eventing.knative.dev/v1", "Broker"),
     ("eventing.knative.dev/v1", "Trigger"),
     ("serving.knative.dev/v1", "Service"),
+    ("sources.knative.dev/v1", "PingSource"),
 ];
