@@ -9,6 +9,8 @@
 //! conditions, [`SourceContext::stopped`] says when to end, and
 //! [`SourceContext::state_dir`] keeps what must survive a restart.
 
+pub mod apiserver;
+
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
