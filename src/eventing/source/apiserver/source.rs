@@ -1,6 +1,8 @@
 //! The [`Source`] implementation: connects to the API server (kubeconfig or
 //! in-cluster), then runs one list-and-watch per `spec.resources` entry.
 
+use std::path::PathBuf;
+
 use super::watch::{Backoff, KindWatch, Reporter, Settings, Target, sleep_or_stop};
 use super::{ApiServerSource, EventMode};
 use crate::eventing::source::{Source, SourceContext, SourceHealth};
@@ -9,8 +11,37 @@ use crate::eventing::source::{Source, SourceContext, SourceHealth};
 pub struct ApiServerSourceRunner {
     targets: Vec<Target>,
     settings: Settings,
-    /// `None`: infer (`KUBECONFIG`, `~/.kube/config`, or in-cluster) in `run`.
-    config: Option<kube::Config>,
+    connect: Connect,
+}
+
+/// Where the Kubernetes client configuration comes from; read in `run`, so
+/// that a missing one shows in status and is retried.
+#[derive(Clone)]
+enum Connect {
+    /// `KUBECONFIG`, `~/.kube/config`, or the in-cluster service account.
+    Infer,
+    /// This kubeconfig file (its current context).
+    Kubeconfig(PathBuf),
+    Config(Box<kube::Config>),
+}
+
+impl Connect {
+    async fn config(&self) -> Result<kube::Config, String> {
+        match self {
+            Connect::Infer => kube::Config::infer().await.map_err(|e| e.to_string()),
+            Connect::Kubeconfig(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(
+                    kubeconfig,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Connect::Config(config) => Ok((**config).clone()),
+        }
+    }
 }
 
 impl ApiServerSourceRunner {
@@ -39,13 +70,20 @@ impl ApiServerSourceRunner {
                     .map(|s| s.to_query().unwrap_or_default()),
                 cluster_url: String::new(),
             },
-            config: None,
+            connect: Connect::Infer,
         }
     }
 
     /// Connects with this configuration instead (tests, or a chosen context).
     pub fn with_config(mut self, config: kube::Config) -> Self {
-        self.config = Some(config);
+        self.connect = Connect::Config(Box::new(config));
+        self
+    }
+
+    /// Reads this kubeconfig file (when `run` starts, and again while it is
+    /// missing or unreadable) instead of inferring the configuration.
+    pub fn with_kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
+        self.connect = Connect::Kubeconfig(path.into());
         self
     }
 }
@@ -65,7 +103,7 @@ impl Source for ApiServerSourceRunner {
         let ApiServerSourceRunner {
             targets,
             mut settings,
-            config,
+            connect,
         } = *self;
         let reporter = Reporter::new(ctx.clone(), targets.len());
         let mut backoff = Backoff::default();
@@ -73,11 +111,7 @@ impl Source for ApiServerSourceRunner {
             if ctx.is_stopped() {
                 return;
             }
-            let config = match &config {
-                Some(config) => Ok(config.clone()),
-                None => kube::Config::infer().await.map_err(|e| e.to_string()),
-            };
-            let attempt = config.and_then(|config| {
+            let attempt = connect.config().await.and_then(|config| {
                 let url = config.cluster_url.to_string();
                 kube::Client::try_from(config)
                     .map(|client| (client, url))

@@ -101,6 +101,14 @@ async fn run(
     source: &ApiServerSource,
     sink: &Sink,
 ) -> (SourceHandle, tempfile::TempDir) {
+    run_with(
+        ApiServerSourceRunner::new(source).with_config(fake_config),
+        sink,
+    )
+    .await
+}
+
+async fn run_with(runner: ApiServerSourceRunner, sink: &Sink) -> (SourceHandle, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (ctx, handle) = SourceContext::new(
         ObjectKey::new("default", "watch"),
@@ -108,8 +116,7 @@ async fn run(
         EventSender::new(),
         dir.path().to_path_buf(),
     );
-    let runner: Box<dyn Source> =
-        Box::new(ApiServerSourceRunner::new(source).with_config(fake_config));
+    let runner: Box<dyn Source> = Box::new(runner);
     tokio::spawn(runner.run(ctx));
     (handle, dir)
 }
@@ -497,4 +504,48 @@ fn validation_reports_field_paths() {
         }))
         .is_err()
     );
+}
+
+#[tokio::test]
+async fn missing_kubeconfig_is_not_ready_until_it_appears() {
+    let fake = FakeApiServer::start().await;
+    fake.put("default", "a", json!({}));
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    let runner = ApiServerSourceRunner::new(&configmaps("Reference")).with_kubeconfig(&path);
+    let (handle, _state) = run_with(runner, &sink).await;
+
+    let health = wait_health(&handle, |h| matches!(h, SourceHealth::NotReady { .. })).await;
+    match health {
+        SourceHealth::NotReady { reason, message } => {
+            assert_eq!(reason, "KubeconfigMissing");
+            assert!(message.contains("KUBECONFIG"), "{message}");
+            assert!(message.contains("kubeconfig"), "{message}");
+        }
+        other => panic!("expected NotReady, got {other:?}"),
+    }
+
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+         clusters:\n- name: fake\n  cluster:\n    server: {}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: nobody\n\
+         users:\n- name: nobody\n  user: {{}}\n",
+        fake.url
+    );
+    std::fs::write(&path, kubeconfig).unwrap();
+    assert_eq!(
+        wait_health(&handle, |h| *h == SourceHealth::Ready).await,
+        SourceHealth::Ready
+    );
+    let events = sink.expect(1).await;
+    assert_eq!(events[0].source(), fake.url);
+}
+
+#[tokio::test]
+async fn a_tls_client_finds_the_ring_crypto_provider() {
+    // kube builds rustls without choosing a provider: with ring alone in the
+    // tree rustls picks it; with aws-lc-rs too this would panic.
+    let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+    assert!(kube::Client::try_from(config).is_ok());
 }

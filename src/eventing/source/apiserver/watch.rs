@@ -256,8 +256,13 @@ impl<'a> KindWatch<'a> {
             None => GroupVersionKind::gvk("", &self.target.api_version, &self.target.kind),
         };
         let mut resolved: Option<(ApiResource, ApiCapabilities)> = None;
+        // 410s in a row with no watch event between them: back off.
+        let mut gone_streak = 0u32;
         'relist: loop {
             if self.ctx.is_stopped() {
+                return;
+            }
+            if gone_streak > 1 && sleep_or_stop(self.ctx, self.backoff.next_delay()).await {
                 return;
             }
             let (resource, caps) = match &resolved {
@@ -326,6 +331,7 @@ impl<'a> KindWatch<'a> {
                 let stream = match api.watch(&wp, &version).await {
                     Ok(stream) => stream,
                     Err(kube::Error::Api(status)) if status.code == 410 => {
+                        gone_streak += 1;
                         tracing::info!(source = %self.ctx.key, "{}: resourceVersion {version} expired, relisting", self.what());
                         continue 'relist;
                     }
@@ -339,6 +345,7 @@ impl<'a> KindWatch<'a> {
                 self.reporter.set(self.index, SourceHealth::Ready);
                 let mut stream = std::pin::pin!(stream);
                 let mut received = false;
+                let mut failed = false;
                 loop {
                     let item = tokio::select! {
                         item = stream.next() => item,
@@ -352,7 +359,10 @@ impl<'a> KindWatch<'a> {
                         }
                         Some(Ok(event)) => event,
                     };
-                    received = true;
+                    if !matches!(event, WatchEvent::Error(_)) {
+                        received = true;
+                        gone_streak = 0;
+                    }
                     let outcome = match event {
                         WatchEvent::Added(object) | WatchEvent::Modified(object) => {
                             if let Some(v) = &object.metadata.resource_version {
@@ -371,6 +381,7 @@ impl<'a> KindWatch<'a> {
                             Ok(())
                         }
                         WatchEvent::Error(status) if status.code == 410 => {
+                            gone_streak += 1;
                             tracing::info!(source = %self.ctx.key, "{}: resourceVersion {version} expired, relisting", self.what());
                             continue 'relist;
                         }
@@ -379,6 +390,7 @@ impl<'a> KindWatch<'a> {
                             if self.fail(&error, "watching").await {
                                 return;
                             }
+                            failed = true;
                             break;
                         }
                     };
@@ -386,7 +398,9 @@ impl<'a> KindWatch<'a> {
                         return;
                     }
                 }
-                if received {
+                if failed {
+                    // fail() has waited already.
+                } else if received {
                     self.backoff.reset();
                 } else {
                     // A watch that ends at once: do not spin.
