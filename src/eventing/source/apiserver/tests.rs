@@ -26,6 +26,11 @@ struct Sink {
 
 impl Sink {
     async fn start() -> Sink {
+        Sink::refusing("").await
+    }
+
+    /// A sink that answers 400 to events whose `name` extension is `refuse`.
+    async fn refusing(refuse: &'static str) -> Sink {
         let events: Arc<Mutex<Vec<Event>>> = Arc::default();
         let recorded = events.clone();
         let app = Router::new().route(
@@ -33,12 +38,16 @@ impl Sink {
             post(move |headers: axum::http::HeaderMap, body: Bytes| {
                 let recorded = recorded.clone();
                 async move {
-                    if let Ok((_, events)) = parse_http(&headers, body) {
-                        recorded
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .extend(events);
+                    let Ok((_, events)) = parse_http(&headers, body) else {
+                        return axum::http::StatusCode::BAD_REQUEST;
+                    };
+                    if events.iter().any(|e| e.attribute("name") == Some(refuse)) {
+                        return axum::http::StatusCode::BAD_REQUEST;
                     }
+                    recorded
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(events);
                     axum::http::StatusCode::ACCEPTED
                 }
             }),
@@ -548,4 +557,42 @@ async fn a_tls_client_finds_the_ring_crypto_provider() {
     // tree rustls picks it; with aws-lc-rs too this would panic.
     let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
     assert!(kube::Client::try_from(config).is_ok());
+}
+
+#[tokio::test]
+async fn a_refused_event_is_dropped_and_the_watch_goes_on() {
+    let fake = FakeApiServer::start().await;
+    fake.put("default", "bad", json!({}));
+    fake.put("default", "good", json!({}));
+    let sink = Sink::refusing("bad").await;
+    let (handle, _dir) = run(fake.config(), &configmaps("Reference"), &sink).await;
+    let events = sink.expect(1).await;
+    assert_eq!(events[0].attribute("name"), Some("good"));
+    nth_watch_version(&fake, 1).await;
+    fake.put("default", "later", json!({}));
+    let events = sink.expect(2).await;
+    assert_eq!(events[1].attribute("name"), Some("later"));
+    assert_eq!(handle.health(), SourceHealth::Ready);
+}
+
+#[tokio::test]
+async fn stop_ends_the_source() {
+    let fake = FakeApiServer::start().await;
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, handle) = SourceContext::new(
+        ObjectKey::new("default", "watch"),
+        sink.uri.parse().unwrap(),
+        EventSender::new(),
+        dir.path().to_path_buf(),
+    );
+    let runner: Box<dyn Source> =
+        Box::new(ApiServerSourceRunner::new(&configmaps("Resource")).with_config(fake.config()));
+    let task = tokio::spawn(runner.run(ctx));
+    nth_watch_version(&fake, 1).await;
+    handle.stop();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the source ends when stopped")
+        .expect("no panic");
 }
