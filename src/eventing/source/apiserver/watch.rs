@@ -34,6 +34,9 @@ use crate::eventing::source::{CeOverrides, SendError, SourceContext, SourceHealt
 /// How long the API server keeps one watch request open.
 const WATCH_TIMEOUT_SECS: u32 = 290;
 
+/// A watch that lasted this long without events ended normally (timeout).
+const QUIET_WATCH: Duration = Duration::from_secs(5);
+
 /// Exponential backoff: 1 s doubling to 60 s.
 #[derive(Debug)]
 pub struct Backoff {
@@ -344,6 +347,7 @@ impl<'a> KindWatch<'a> {
                 };
                 self.reporter.set(self.index, SourceHealth::Ready);
                 let mut stream = std::pin::pin!(stream);
+                let opened = tokio::time::Instant::now();
                 let mut received = false;
                 let mut failed = false;
                 loop {
@@ -400,10 +404,12 @@ impl<'a> KindWatch<'a> {
                 }
                 if failed {
                     // fail() has waited already.
-                } else if received {
+                } else if received || opened.elapsed() >= QUIET_WATCH {
+                    // Events came, or a quiet watch ran until the server's
+                    // timeout: reconnect at once.
                     self.backoff.reset();
                 } else {
-                    // A watch that ends at once: do not spin.
+                    // A watch that ends at once with nothing: do not spin.
                     let delay = self.backoff.next_delay();
                     if sleep_or_stop(self.ctx, delay).await {
                         return;
