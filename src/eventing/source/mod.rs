@@ -9,6 +9,7 @@
 //! conditions, [`SourceContext::stopped`] says when to end, and
 //! [`SourceContext::state_dir`] keeps what must survive a restart.
 
+pub mod apiserver;
 pub mod ping;
 
 use std::path::PathBuf;

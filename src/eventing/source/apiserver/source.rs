@@ -1,0 +1,141 @@
+//! The [`Source`] implementation: connects to the API server (kubeconfig or
+//! in-cluster), then runs one list-and-watch per `spec.resources` entry.
+
+use std::path::PathBuf;
+
+use super::watch::{Backoff, KindWatch, Reporter, Settings, Target, sleep_or_stop};
+use super::{ApiServerSource, EventMode};
+use crate::eventing::source::{Source, SourceContext, SourceHealth};
+
+/// A running `ApiServerSource`.
+pub struct ApiServerSourceRunner {
+    targets: Vec<Target>,
+    settings: Settings,
+    connect: Connect,
+}
+
+/// Where the Kubernetes client configuration comes from; read in `run`, so
+/// that a missing one shows in status and is retried.
+#[derive(Clone)]
+enum Connect {
+    /// `KUBECONFIG`, `~/.kube/config`, or the in-cluster service account.
+    Infer,
+    /// This kubeconfig file (its current context).
+    Kubeconfig(PathBuf),
+    Config(Box<kube::Config>),
+}
+
+impl Connect {
+    async fn config(&self) -> Result<kube::Config, String> {
+        match self {
+            Connect::Infer => kube::Config::infer().await.map_err(|e| e.to_string()),
+            Connect::Kubeconfig(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(
+                    kubeconfig,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Connect::Config(config) => Ok((**config).clone()),
+        }
+    }
+}
+
+impl ApiServerSourceRunner {
+    /// Connects with the user's kubeconfig or the in-cluster service account.
+    pub fn new(manifest: &ApiServerSource) -> Self {
+        ApiServerSourceRunner {
+            targets: manifest
+                .spec
+                .resources
+                .iter()
+                .map(|r| Target {
+                    api_version: r.api_version.clone(),
+                    kind: r.kind.clone(),
+                    label_selector: r.selector.as_ref().and_then(|s| s.to_query()),
+                })
+                .collect(),
+            settings: Settings {
+                mode: manifest.mode().unwrap_or(EventMode::Reference),
+                owner: manifest.spec.owner.clone(),
+                overrides: manifest.spec.ce_overrides.clone(),
+                namespace: manifest.metadata.namespace().to_string(),
+                namespace_selector: manifest
+                    .spec
+                    .namespace_selector
+                    .as_ref()
+                    .map(|s| s.to_query().unwrap_or_default()),
+                cluster_url: String::new(),
+            },
+            connect: Connect::Infer,
+        }
+    }
+
+    /// Connects with this configuration instead (tests, or a chosen context).
+    pub fn with_config(mut self, config: kube::Config) -> Self {
+        self.connect = Connect::Config(Box::new(config));
+        self
+    }
+
+    /// Reads this kubeconfig file (when `run` starts, and again while it is
+    /// missing or unreadable) instead of inferring the configuration.
+    pub fn with_kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
+        self.connect = Connect::Kubeconfig(path.into());
+        self
+    }
+}
+
+fn missing_kubeconfig(error: &dyn std::fmt::Display) -> SourceHealth {
+    SourceHealth::NotReady {
+        reason: "KubeconfigMissing".to_string(),
+        message: format!(
+            "no Kubernetes configuration found ({error}): set KUBECONFIG or write ~/.kube/config, or run pilotlight inside a cluster; retrying"
+        ),
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for ApiServerSourceRunner {
+    async fn run(self: Box<Self>, ctx: SourceContext) {
+        let ApiServerSourceRunner {
+            targets,
+            mut settings,
+            connect,
+        } = *self;
+        let reporter = Reporter::new(ctx.clone(), targets.len());
+        let mut backoff = Backoff::default();
+        let client = loop {
+            if ctx.is_stopped() {
+                return;
+            }
+            let attempt = connect.config().await.and_then(|config| {
+                let url = config.cluster_url.to_string();
+                kube::Client::try_from(config)
+                    .map(|client| (client, url))
+                    .map_err(|e| e.to_string())
+            });
+            match attempt {
+                Ok(connected) => break connected,
+                Err(e) => {
+                    tracing::warn!(source = %ctx.key, error = %e, "no Kubernetes client");
+                    reporter.set_all(missing_kubeconfig(&e));
+                    if sleep_or_stop(&ctx, backoff.next_delay()).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let (client, url) = client;
+        settings.cluster_url = url.trim_end_matches('/').to_string();
+        let watches = targets.into_iter().enumerate().map(|(i, target)| {
+            KindWatch::new(i, client.clone(), target, &settings, &ctx, &reporter).run()
+        });
+        tokio::select! {
+            _ = futures::future::join_all(watches) => {}
+            _ = ctx.stopped() => {}
+        }
+    }
+}
