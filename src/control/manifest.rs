@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 
 use super::ObjectKey;
 use super::resources::broker::BrokerClass;
-use super::resources::{Broker, KNOWN_KINDS, PingSource, Resource, Service, Trigger};
+use super::resources::{
+    ApiServerSource, Broker, KNOWN_KINDS, PingSource, Resource, Service, Trigger,
+};
 
 /// Where an object came from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -277,6 +279,11 @@ fn typed(
             let broker: Broker = deserialize(value)?;
             broker.validate(default_class).map_err(invalid)?;
             Ok(Resource::Broker(broker))
+        }
+        "ApiServerSource" => {
+            let source: ApiServerSource = deserialize(value)?;
+            source.validate().map_err(invalid)?;
+            Ok(Resource::ApiServerSource(Box::new(source)))
         }
         "PingSource" => {
             let source: PingSource = deserialize(value)?;

@@ -126,7 +126,7 @@ impl ControlPlane {
                     triggers.insert(t.metadata.key(), loaded);
                 }
                 Resource::Service(_) => services.push(loaded),
-                Resource::PingSource(_) => sources.push(loaded),
+                Resource::PingSource(_) | Resource::ApiServerSource(_) => sources.push(loaded),
             };
         }
         // Services first, so that triggers can resolve references to them.
@@ -432,6 +432,17 @@ impl ControlPlane {
                         Box::new(move || source.into_source()),
                     )
                 }
+                Resource::ApiServerSource(a) => {
+                    let source = a.clone();
+                    (
+                        "ApiServerSource",
+                        &a.api_version,
+                        &a.metadata,
+                        &a.spec.sink,
+                        serde_json::to_value(&a.spec),
+                        Box::new(move || source.into_source()),
+                    )
+                }
                 _ => return None,
             };
         let key = metadata.key();
@@ -598,6 +609,12 @@ fn view(loaded: &Loaded, status: Status) -> ObjectView {
             &p.kind,
             &p.metadata,
             serde_json::to_value(&p.spec),
+        ),
+        Resource::ApiServerSource(a) => (
+            &a.api_version,
+            &a.kind,
+            &a.metadata,
+            serde_json::to_value(&a.spec),
         ),
     };
     ObjectView {

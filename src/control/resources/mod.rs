@@ -9,6 +9,7 @@ pub mod trigger;
 
 use std::fmt;
 
+pub use crate::eventing::source::apiserver::ApiServerSource;
 pub use crate::eventing::source::ping::PingSource;
 pub use broker::Broker;
 pub use meta::ObjectMeta;
@@ -45,6 +46,7 @@ pub enum Resource {
     Trigger(Trigger),
     Service(Box<Service>),
     PingSource(Box<PingSource>),
+    ApiServerSource(Box<ApiServerSource>),
 }
 
 impl Resource {
@@ -54,6 +56,7 @@ impl Resource {
             Resource::Trigger(_) => "Trigger",
             Resource::Service(_) => "Service",
             Resource::PingSource(_) => "PingSource",
+            Resource::ApiServerSource(_) => "ApiServerSource",
         }
     }
 
@@ -63,6 +66,7 @@ impl Resource {
             Resource::Trigger(t) => &t.metadata,
             Resource::Service(s) => &s.metadata,
             Resource::PingSource(p) => &p.metadata,
+            Resource::ApiServerSource(a) => &a.metadata,
         }
     }
 }
@@ -73,4 +77,5 @@ pub const KNOWN_KINDS: &[(&str, &str)] = &[
     ("eventing.knative.dev/v1", "Trigger"),
     ("serving.knative.dev/v1", "Service"),
     ("sources.knative.dev/v1", "PingSource"),
+    ("sources.knative.dev/v1", "ApiServerSource"),
 ];
