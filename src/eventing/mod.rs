@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod cesql;
 pub mod delivery;
 pub mod event;
 pub mod source;

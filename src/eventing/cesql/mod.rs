@@ -1,0 +1,9 @@
+//! CloudEvents SQL Expression Language v1 (cesql/spec.md): parsed once when a
+//! Trigger loads, evaluated against every event.
+//!
+//! - [`ast`]: the expression tree both halves share.
+//! - `parser`: lexing and parsing with the spec's precedence; errors give
+//!   line, column and what was expected.
+//! - `eval`: types, casts, operators, functions and the spec's error rules.
+
+pub mod ast;
