@@ -7,3 +7,4 @@
 //! - `eval`: types, casts, operators, functions and the spec's error rules.
 
 pub mod ast;
+pub mod eval;
