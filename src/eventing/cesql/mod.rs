@@ -7,4 +7,5 @@
 //! - `eval`: types, casts, operators, functions and the spec's error rules.
 
 pub mod ast;
+pub mod eval;
 pub mod parser;
