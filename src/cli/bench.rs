@@ -103,6 +103,9 @@ pub enum Suite {
     /// Serving: cold-start overhead, warm proxy overhead and idle memory,
     /// each against a baseline without pilotlight in the same run.
     Serving(crate::cli::bench_serving::ServingArgs),
+    /// CESQL: evaluations per second of a typical filter against the same
+    /// logic as a Rust closure.
+    Cesql(crate::cli::bench_cesql::CesqlArgs),
 }
 
 /// What a phase sends to.
@@ -149,8 +152,10 @@ impl Target {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if let Some(Suite::Serving(serving)) = args.suite {
-        return crate::cli::bench_serving::run(serving).await;
+    match args.suite {
+        Some(Suite::Serving(serving)) => return crate::cli::bench_serving::run(serving).await,
+        Some(Suite::Cesql(cesql)) => return crate::cli::bench_cesql::run(cesql),
+        None => {}
     }
     let settings = Settings::from_args(&args)?;
     let raw = HttpServer::start(raw_service, true, "the raw baseline").await?;

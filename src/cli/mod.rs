@@ -1,7 +1,9 @@
 //! The `pilotlight` command line.
 
 pub mod bench;
+pub mod bench_cesql;
 pub mod bench_serving;
+pub mod cesql;
 pub mod event_display;
 pub mod get;
 pub mod hello;
@@ -42,6 +44,8 @@ pub enum Command {
     EventDisplay(event_display::EventDisplayArgs),
     /// Measure ingress throughput and end-to-end latency against a raw hyper baseline
     Bench(bench::BenchArgs),
+    /// Evaluate a CESQL expression against an event (as Triggers do) and print the result as JSON
+    Cesql(cesql::CesqlArgs),
     /// A sample app for Services (Knative's helloworld): answers Hello $TARGET! on $PORT
     Hello(hello::HelloArgs),
 }
@@ -55,5 +59,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::EventDisplay(args) => event_display::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Hello(args) => hello::run(args).await,
+        Command::Cesql(args) => cesql::run(args),
     }
 }

@@ -198,12 +198,9 @@ fn compile(filter: &SubscriptionsApiFilter, field: &str) -> Result<Filter, Inval
         )?)));
     }
     if let Some(expression) = &filter.cesql {
-        return Err(Invalid::new(
-            format!("{field}.cesql"),
-            format!(
-                "CESQL filters are not supported yet (expression '{expression}'); use exact, prefix, suffix, all, any or not"
-            ),
-        ));
+        return crate::eventing::cesql::parser::parse(expression)
+            .map(|parsed| Filter::Cesql(std::sync::Arc::new(parsed)))
+            .map_err(|e| Invalid::new(format!("{field}.cesql"), e.to_string()));
     }
     let (dialect, map) = [
         ("exact", &filter.exact),
@@ -313,12 +310,14 @@ mod tests {
     }
 
     #[test]
-    fn cesql_is_refused_until_supported() {
+    fn cesql_compiles_at_load_and_a_parse_error_names_line_and_column() {
         let t = trigger("  filters:\n    - cesql: \"type = 'a'\"\n");
-        assert_eq!(
-            t.validate().expect_err("cesql").field,
-            "spec.filters[0].cesql"
-        );
+        t.validate().expect("valid");
+        assert!(matches!(t.compile_filter(), Ok(Filter::Cesql(_))));
+        let bad = trigger("  filters:\n    - cesql: \"type = \"\n");
+        let err = bad.validate().expect_err("parse error");
+        assert_eq!(err.field, "spec.filters[0].cesql");
+        assert!(err.reason.contains("line 1, column"), "{err}");
     }
 
     #[test]

@@ -92,5 +92,8 @@ pub enum Expr {
         negated: bool,
     },
     /// A function call; `name` upper-cased (names are case-insensitive).
-    Call { name: Arc<str>, args: Vec<Expr> },
+    Call {
+        name: Arc<str>,
+        args: Vec<Expr>,
+    },
 }

@@ -26,6 +26,8 @@ pub enum Filter {
     All(Vec<Filter>),
     Any(Vec<Filter>),
     Not(Box<Filter>),
+    /// A CESQL expression, parsed once when the Trigger loads.
+    Cesql(Arc<crate::eventing::cesql::ast::Expr>),
 }
 
 impl Filter {
@@ -60,6 +62,7 @@ impl Filter {
             Filter::All(filters) => filters.iter().all(|f| f.matches(event)),
             Filter::Any(filters) => filters.iter().any(|f| f.matches(event)),
             Filter::Not(filter) => !filter.matches(event),
+            Filter::Cesql(expression) => cesql_matches(expression, event),
         }
     }
 
@@ -82,6 +85,29 @@ impl Filter {
             }
             _ => None,
         }
+    }
+}
+
+/// The spec: an expression that errors does not match. The error is counted
+/// by kind and logged at debug, since it repeats for every such event.
+fn cesql_matches(expression: &crate::eventing::cesql::ast::Expr, event: &Event) -> bool {
+    use crate::eventing::cesql::eval;
+    let evaluation = eval::evaluate(expression, event);
+    if let Some(error) = &evaluation.error {
+        metrics::counter!("pilotlight_cesql_errors_total", "kind" => error.kind.as_str())
+            .increment(1);
+        tracing::debug!(
+            event = event.id(),
+            kind = error.kind.as_str(),
+            "CESQL filter error: {}",
+            error.message
+        );
+        return false;
+    }
+    match evaluation.value {
+        crate::eventing::cesql::ast::Value::Boolean(b) => b,
+        // A non-Boolean result is cast to Boolean, which `matches` does.
+        _ => eval::matches(expression, event),
     }
 }
 
