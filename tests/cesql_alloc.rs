@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pilotlight::eventing::cesql::parser;
+use pilotlight::eventing::cesql::program::Program;
 use pilotlight::eventing::event::Event;
 use pilotlight::eventing::trigger::filter::Filter;
 
@@ -50,9 +51,9 @@ fn event(ty: &str, source: &str, subject: Option<&str>) -> Event {
 fn common_filters_allocate_nothing_per_event() {
     // The counter sees allocations at all (so a zero below means something).
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    let upper = Filter::Cesql(Arc::new(
+    let upper = Filter::Cesql(Arc::new(Program::new(
         parser::parse("UPPER(type) = 'X'").expect("parses"),
-    ));
+    )));
     upper.matches(&event("x", "a", None));
     assert!(ALLOCATIONS.load(Ordering::Relaxed) > before);
 
@@ -67,7 +68,9 @@ fn common_filters_allocate_nothing_per_event() {
         "sequence = 42 AND type NOT LIKE '%other%'",
         "source NOT IN ('x', 'y', 'z') XOR EXISTS subject",
     ] {
-        let filter = Filter::Cesql(Arc::new(parser::parse(expression).expect("parses")));
+        let filter = Filter::Cesql(Arc::new(Program::new(
+            parser::parse(expression).expect("parses"),
+        )));
         // Warm up anything lazily initialised (metrics, tracing).
         for e in &events {
             filter.matches(e);

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::eventing::cesql::parser;
+use crate::eventing::cesql::program::Program;
 use crate::eventing::event::Event;
 use crate::eventing::trigger::filter::Filter;
 
@@ -30,7 +31,7 @@ pub struct CesqlArgs {
     #[arg(long, default_value_t = 2_000_000)]
     pub evaluations: u64,
     /// Rounds per side (alternating).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 15)]
     pub rounds: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
@@ -82,7 +83,7 @@ pub fn run(args: CesqlArgs) -> anyhow::Result<()> {
     let expression = parser::parse(TYPICAL_FILTER)
         .map_err(|e| anyhow::anyhow!("the benchmark filter does not parse: {e}"))?;
     // The trigger's own filter type, so the figure is what a trigger pays.
-    let filter = Filter::Cesql(std::sync::Arc::new(expression));
+    let filter = Filter::Cesql(std::sync::Arc::new(Program::new(expression)));
     let events = events()?;
     let cesql = |event: &Event| filter.matches(event);
     let closure = |event: &Event| {

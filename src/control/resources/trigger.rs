@@ -199,7 +199,11 @@ fn compile(filter: &SubscriptionsApiFilter, field: &str) -> Result<Filter, Inval
     }
     if let Some(expression) = &filter.cesql {
         return crate::eventing::cesql::parser::parse(expression)
-            .map(|parsed| Filter::Cesql(std::sync::Arc::new(parsed)))
+            .map(|parsed| {
+                Filter::Cesql(std::sync::Arc::new(
+                    crate::eventing::cesql::program::Program::new(parsed),
+                ))
+            })
             .map_err(|e| Invalid::new(format!("{field}.cesql"), e.to_string()));
     }
     let (dialect, map) = [

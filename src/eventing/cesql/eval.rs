@@ -585,7 +585,7 @@ fn map_slice<'a>(s: Cow<'a, str>, f: impl FnOnce(&str) -> &str) -> Cow<'a, str> 
 /// `_` exactly one character, literals case-sensitively. Backtracks to the
 /// most recent `%` only, so matching is O(len(s) × len(pattern)) and
 /// allocates nothing.
-fn like(s: &str, pattern: &[LikePart]) -> bool {
+pub(crate) fn like(s: &str, pattern: &[LikePart]) -> bool {
     let mut si = 0; // byte offset in `s`
     let mut pi = 0; // index in `pattern`
     // After the most recent `%`: the pattern index following it, and the
@@ -593,6 +593,8 @@ fn like(s: &str, pattern: &[LikePart]) -> bool {
     let mut backtrack: Option<(usize, usize)> = None;
     loop {
         let step = match pattern.get(pi) {
+            // A trailing `%` matches whatever is left: no need to walk it.
+            Some(LikePart::AnyRun) if pi + 1 == pattern.len() => return true,
             Some(LikePart::AnyRun) => {
                 backtrack = Some((pi + 1, si));
                 pi += 1;

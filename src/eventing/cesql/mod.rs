@@ -5,7 +5,10 @@
 //! - `parser`: lexing and parsing with the spec's precedence; errors give
 //!   line, column and what was expected.
 //! - `eval`: types, casts, operators, functions and the spec's error rules.
+//! - `program`: what a Trigger holds; common filters compiled to closures,
+//!   the rest interpreted.
 
 pub mod ast;
 pub mod eval;
 pub mod parser;
+pub mod program;

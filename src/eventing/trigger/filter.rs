@@ -26,8 +26,8 @@ pub enum Filter {
     All(Vec<Filter>),
     Any(Vec<Filter>),
     Not(Box<Filter>),
-    /// A CESQL expression, parsed once when the Trigger loads.
-    Cesql(Arc<crate::eventing::cesql::ast::Expr>),
+    /// A CESQL expression, compiled once when the Trigger loads.
+    Cesql(Arc<crate::eventing::cesql::program::Program>),
 }
 
 impl Filter {
@@ -90,25 +90,15 @@ impl Filter {
 
 /// The spec: an expression that errors does not match. The error is counted
 /// by kind and logged at debug, since it repeats for every such event.
-fn cesql_matches(expression: &crate::eventing::cesql::ast::Expr, event: &Event) -> bool {
-    use crate::eventing::cesql::eval;
-    let evaluation = eval::evaluate(expression, event);
-    if let Some(error) = &evaluation.error {
-        metrics::counter!("pilotlight_cesql_errors_total", "kind" => error.kind.as_str())
-            .increment(1);
+fn cesql_matches(program: &crate::eventing::cesql::program::Program, event: &Event) -> bool {
+    program.matches(event, |kind, message| {
+        metrics::counter!("pilotlight_cesql_errors_total", "kind" => kind.as_str()).increment(1);
         tracing::debug!(
             event = event.id(),
-            kind = error.kind.as_str(),
-            "CESQL filter error: {}",
-            error.message
+            kind = kind.as_str(),
+            "CESQL filter error: {message}"
         );
-        return false;
-    }
-    match evaluation.value {
-        crate::eventing::cesql::ast::Value::Boolean(b) => b,
-        // A non-Boolean result is cast to Boolean, which `matches` does.
-        _ => eval::matches(expression, event),
-    }
+    })
 }
 
 /// The set of trigger slots an event matched, computed once per event against
