@@ -560,6 +560,8 @@ impl ControlPlane {
 
     /// Stops every dispatcher and backend, saving cursors.
     pub async fn shutdown(&self) {
+        // Sources first: they send to brokers and services that stop below.
+        self.sources.shutdown().await;
         let mut running = self.running.lock().await;
         let draining = std::mem::take(&mut running.triggers)
             .into_values()
@@ -569,7 +571,6 @@ impl ControlPlane {
             self.registry.remove(&key);
             broker.handle.backend.shutdown().await;
         }
-        self.sources.shutdown().await;
         self.serving.shutdown().await;
     }
 
