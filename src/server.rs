@@ -49,6 +49,27 @@ pub struct ServerConfig {
     pub serving: ServingConfig,
 }
 
+impl ServerConfig {
+    /// The defaults of `pilotlight run`, on free loopback ports and without
+    /// watching files: what the integration tests and the benchmarks start.
+    pub fn on_free_ports(manifests: PathBuf, data_dir: PathBuf) -> Self {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServerConfig {
+            paths: vec![manifests],
+            listen: any_port,
+            admin: any_port,
+            data_dir,
+            max_event_bytes: crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES,
+            default_class: BrokerClass::Log,
+            log: LogConfig::default(),
+            memory: MemoryConfig::default(),
+            max_in_flight: 100,
+            watch: false,
+            serving: ServingConfig::default(),
+        }
+    }
+}
+
 /// The serving half's settings.
 #[derive(Debug, Clone)]
 pub struct ServingConfig {

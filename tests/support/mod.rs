@@ -14,11 +14,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pilotlight::control::resources::broker::BrokerClass;
-use pilotlight::eventing::backend::log::LogConfig;
-use pilotlight::eventing::backend::memory::MemoryConfig;
 use pilotlight::eventing::event::{Event, parse_http};
-use pilotlight::server::{Server, ServerConfig, ServingConfig};
+use pilotlight::server::{Server, ServerConfig};
 
 /// A server started on temporary folders, with its manifests in `manifests`.
 pub struct TestServer {
@@ -62,19 +59,7 @@ impl TestServer {
 }
 
 pub fn config(manifests: &Path, data: &Path) -> ServerConfig {
-    ServerConfig {
-        paths: vec![manifests.to_owned()],
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        admin: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: data.to_owned(),
-        max_event_bytes: 1 << 20,
-        default_class: BrokerClass::Log,
-        log: LogConfig::default(),
-        memory: MemoryConfig::default(),
-        max_in_flight: 100,
-        watch: false,
-        serving: ServingConfig::default(),
-    }
+    ServerConfig::on_free_ports(manifests.to_owned(), data.to_owned())
 }
 
 pub fn broker(name: &str, extra: &str) -> String {
