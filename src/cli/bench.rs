@@ -44,10 +44,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::control::resources::broker::BrokerClass;
-use crate::eventing::backend::log::LogConfig;
-use crate::eventing::backend::memory::MemoryConfig;
-use crate::server::{Server, ServerConfig, ServingConfig};
+use crate::server::{Server, ServerConfig};
 
 /// Not counted at the start of every phase: connections, caches and the
 /// log's first segment settle.
@@ -503,20 +500,7 @@ async fn probe(
 }
 
 pub(super) fn server_config(dir: &WorkDir) -> ServerConfig {
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    ServerConfig {
-        paths: vec![dir.manifests()],
-        listen: any_port,
-        admin: any_port,
-        data_dir: dir.path.join("data"),
-        max_event_bytes: 1 << 20,
-        default_class: BrokerClass::Log,
-        log: LogConfig::default(),
-        memory: MemoryConfig::default(),
-        max_in_flight: 100,
-        watch: false,
-        serving: ServingConfig::default(),
-    }
+    ServerConfig::on_free_ports(dir.manifests(), dir.path.join("data"))
 }
 
 /// One broker of the backend's class and, with a subscriber, one trigger to it.
@@ -1086,10 +1070,47 @@ struct Report {
 }
 
 /// A target of the issue and how the run fared.
-struct Check {
-    name: String,
-    figure: String,
-    met: bool,
+pub(super) struct Check {
+    pub name: String,
+    pub figure: String,
+    pub met: bool,
+}
+
+impl Check {
+    fn verdict(&self) -> &'static str {
+        if self.met { "met" } else { "MISSED" }
+    }
+}
+
+/// The targets table and the failures, at the end of a report; the column
+/// widths fit each suite's target names.
+pub(super) fn write_checks(
+    out: &mut String,
+    checks: &[Check],
+    failures: &[String],
+    widths: (usize, usize),
+) {
+    let (name_width, figure_width) = widths;
+    for check in checks {
+        let _ = writeln!(
+            out,
+            "  {:<name_width$} {:<figure_width$} {}",
+            check.name,
+            check.figure,
+            check.verdict()
+        );
+    }
+    for failure in failures {
+        let _ = writeln!(out, "  FAILED {failure}");
+    }
+}
+
+/// The targets as the `--json` reports list them.
+pub(super) fn checks_json(checks: &[Check]) -> serde_json::Value {
+    checks
+        .iter()
+        .map(|c| json!({"target": c.name, "figure": c.figure, "met": c.met}))
+        .collect()
 }
 
 pub(super) fn ms(nanos: u64) -> f64 {
@@ -1244,18 +1265,7 @@ impl Report {
             out,
             "\ntargets: memory >= {MEMORY_MIN_RATIO}x raw, log >= {LOG_MIN_RATIO}x raw, e2e p99 <= {MEMORY_MAX_E2E_P99_MS} ms (memory), <= {LOG_MAX_E2E_P99_MS} ms (log)"
         );
-        for check in self.checks() {
-            let _ = writeln!(
-                out,
-                "  {:<24} {:<28} {}",
-                check.name,
-                check.figure,
-                if check.met { "met" } else { "MISSED" }
-            );
-        }
-        for failure in &self.failures {
-            let _ = writeln!(out, "  FAILED {failure}");
-        }
+        write_checks(&mut out, &self.checks(), &self.failures, (24, 28));
         out
     }
 
@@ -1292,7 +1302,7 @@ impl Report {
             "warmup_secs": WARMUP.as_secs(),
             "throughput": self.throughput.iter().enumerate().map(|(i, p)| phase_json(Some(i), p)).collect::<Vec<_>>(),
             "latency": self.latency.iter().map(|p| phase_json(None, p)).collect::<Vec<_>>(),
-            "targets": self.checks().iter().map(|c| json!({"target": c.name, "figure": c.figure, "met": c.met})).collect::<Vec<_>>(),
+            "targets": checks_json(&self.checks()),
             "failures": self.failures,
         })
     }

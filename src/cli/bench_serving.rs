@@ -66,8 +66,8 @@ use http_body_util::{BodyExt as _, Full};
 use serde_json::json;
 
 use super::bench::{
-    Load, NAMESPACE, Shape, Tally, WARMUP, Window, WorkDir, connect, ms, quantile_ms, run_load,
-    server_config,
+    Check, Load, NAMESPACE, Shape, Tally, WARMUP, Window, WorkDir, checks_json, connect, ms,
+    quantile_ms, run_load, server_config, write_checks,
 };
 use crate::server::Server;
 
@@ -805,13 +805,6 @@ impl Spread {
     }
 }
 
-/// A target of the issue and how the run fared.
-struct Check {
-    name: String,
-    figure: String,
-    met: bool,
-}
-
 impl Report {
     fn cold_spreads(&self) -> Option<[Spread; 4]> {
         if self.cold.is_empty() {
@@ -944,18 +937,7 @@ impl Report {
             }
         }
         let _ = writeln!(out, "\ntargets");
-        for check in self.checks() {
-            let _ = writeln!(
-                out,
-                "  {:<40} {:<32} {}",
-                check.name,
-                check.figure,
-                if check.met { "met" } else { "MISSED" }
-            );
-        }
-        for failure in &self.failures {
-            let _ = writeln!(out, "  FAILED {failure}");
-        }
+        write_checks(&mut out, &self.checks(), &self.failures, (40, 32));
         out
     }
 
@@ -1005,7 +987,7 @@ impl Report {
                 "file_kib": r.file_kib,
                 "peak_kib": r.peak_kib,
             })).collect::<Vec<_>>(),
-            "targets": self.checks().iter().map(|c| json!({"target": c.name, "figure": c.figure, "met": c.met})).collect::<Vec<_>>(),
+            "targets": checks_json(&self.checks()),
             "failures": self.failures,
         })
     }
