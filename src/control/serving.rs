@@ -202,7 +202,7 @@ impl ServingControl {
         match recorded {
             Ok((record, created)) => {
                 if created {
-                    tracing::info!(service = %key, revision = %record.name, "new revision");
+                    tracing::info!(service = %key, revision = %record.name, runtime = self.runtime.name(), "new revision");
                 }
                 entry.latest_created = record.name.clone();
             }

@@ -91,14 +91,6 @@ impl RouteTable {
     pub fn insert(&mut self, host: String, route: HostRoute) {
         self.hosts.insert(host, Arc::new(route));
     }
-
-    pub fn len(&self) -> usize {
-        self.hosts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
-    }
 }
 
 /// The table in use, swapped whole by the control plane.

@@ -2,8 +2,6 @@
 //! block. Pod fields that only a Kubernetes runtime uses are accepted and kept
 //! so that manifests written for Knative load unchanged.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use super::{Invalid, ObjectMeta};
@@ -464,7 +462,6 @@ impl RevisionSpec {
             working_dir: container.working_dir.as_ref().map(Into::into),
             container_port: container.ports.first().map(|p| p.container_port),
             readiness,
-            labels: BTreeMap::new(),
         })
     }
 }

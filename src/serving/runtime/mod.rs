@@ -7,7 +7,6 @@
 //! Kubernetes Deployment plus its EndpointSlices, so a Kubernetes runtime fits
 //! behind it without touching either.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,8 +44,6 @@ pub struct ContainerSpec {
     /// `ports[0].containerPort`: a hint; local processes get a free `PORT`.
     pub container_port: Option<u16>,
     pub readiness: Probe,
-    /// Annotations and labels of the revision, for runtimes that pass them on.
-    pub labels: BTreeMap<String, String>,
 }
 
 /// How a runtime decides an instance is ready.
