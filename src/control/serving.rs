@@ -307,7 +307,9 @@ impl ServingControl {
         reachable: watch::Receiver<bool>,
     ) -> Result<Arc<Revision>, String> {
         let template: RevisionTemplate = serde_json::from_value(record.template.clone())
-            .map_err(|e| format!("stored template unreadable: {e}"))?;
+            .map_err(|e| {
+                format!("its stored template (in {{data-dir}}/serving/revisions.json) is unreadable: {e}; change spec.template to make a new revision")
+            })?;
         let spec = &template.spec;
         let container_concurrency = spec.container_concurrency.unwrap_or(0);
         let scaling = RevisionScaling::resolve(
@@ -571,7 +573,7 @@ fn resolve_traffic(entry: &RunningService) -> Result<Vec<Target>, Box<Status>> {
             let running = entry.revisions.get(&name).ok_or_else(|| {
                 Box::new(Status::not_ready(
                     "RevisionMissing",
-                    format!("revision {name} does not exist"),
+                    format!("revision {name} does not exist: fix spec.traffic, or `pilotlight get revisions` to list the service's revisions"),
                 ))
             })?;
             let revision = running.revision.clone().ok_or_else(|| {

@@ -100,7 +100,7 @@ impl Proxy {
                 return plain(
                     StatusCode::BAD_GATEWAY,
                     format!(
-                        "instance {} of revision {} failed: {e}\n",
+                        "instance {} of revision {} failed: {e}; `pilotlight get revisions` shows whether it crashed and why\n",
                         lease.endpoint.id, revision.key
                     ),
                     None,
@@ -291,7 +291,7 @@ fn unavailable(revision: &Revision, why: Unavailable) -> Response<Body> {
         Unavailable::Gone => plain(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "revision {} was removed while the request waited\n",
+                "revision {} was removed while the request waited; retry to reach the service's current revision\n",
                 revision.key
             ),
             Some(1),
