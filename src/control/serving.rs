@@ -243,7 +243,7 @@ impl ServingControl {
                 }
             }
         }
-        self.retire(key, entry, &wanted, stopping);
+        self.retire(key, entry, &history, &wanted, stopping);
     }
 
     /// Keeps at most `retained_revisions` revisions that no traffic names;
@@ -252,10 +252,10 @@ impl ServingControl {
         &self,
         key: &ObjectKey,
         entry: &mut RunningService,
+        history: &[RecordedRevision],
         wanted: &BTreeSet<String>,
         stopping: &mut Vec<RunningRevision>,
     ) {
-        let history: Vec<RecordedRevision> = self.with_history(|h| h.revisions(key).to_vec());
         let latest_ready = latest_ready(entry);
         let idle: Vec<&RecordedRevision> = history
             .iter()
