@@ -87,12 +87,7 @@ impl Default for ServingConfig {
     fn default() -> Self {
         ServingConfig {
             domain: "localhost".into(),
-            autoscaler: AutoscalerDefaults {
-                // Locally there is no cluster operator to opt in: services may
-                // start at zero when their template asks for initial-scale 0.
-                allow_zero_initial_scale: true,
-                ..AutoscalerDefaults::default()
-            },
+            autoscaler: AutoscalerDefaults::default(),
             queue_limit: 1000,
             retained_revisions: 20,
             process: ProcessConfig::default(),

@@ -109,11 +109,10 @@ impl RunArgs {
         })
     }
 
-    /// Knative's defaults, then the file, then each --autoscaler flag.
+    /// The defaults (Knative's, see `AutoscalerDefaults`), then the file,
+    /// then each --autoscaler flag.
     fn autoscaler_defaults(&self) -> anyhow::Result<AutoscalerDefaults> {
         let mut settings = serde_json::Map::new();
-        // pilotlight's one departure from Knative's defaults; see ServingConfig.
-        settings.insert("allow-zero-initial-scale".into(), true.into());
         if let Some(path) = &self.autoscaler_config {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {} (--autoscaler-config)", path.display()))?;

@@ -319,13 +319,9 @@ impl Service {
         }
         // The annotations' syntax and ranges; the running defaults are applied
         // again when the revision starts (and a clash shows in its status).
-        let defaults = AutoscalerDefaults {
-            allow_zero_initial_scale: true,
-            ..AutoscalerDefaults::default()
-        };
         RevisionScaling::resolve(
             &template.metadata.annotations,
-            &defaults,
+            &AutoscalerDefaults::default(),
             spec.container_concurrency.unwrap_or(0),
         )?;
         Ok(())

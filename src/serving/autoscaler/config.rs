@@ -41,6 +41,9 @@ pub struct AutoscalerDefaults {
     /// Requests of headroom to keep; -1 keeps the activator always in the path.
     pub target_burst_capacity: f64,
     pub initial_scale: u32,
+    /// Whether `initial-scale: "0"` is allowed. pilotlight's one departure
+    /// from Knative's defaults (false there): locally there is no cluster
+    /// operator to opt in, and starting at zero is what most users want.
     pub allow_zero_initial_scale: bool,
     pub min_scale: u32,
     /// 0 means unbounded.
@@ -71,7 +74,7 @@ impl Default for AutoscalerDefaults {
             // DESIGN.md's table; Knative's own config-autoscaler ships 211.
             target_burst_capacity: 200.0,
             initial_scale: 1,
-            allow_zero_initial_scale: false,
+            allow_zero_initial_scale: true,
             min_scale: 0,
             max_scale: 0,
             scale_down_delay: Duration::ZERO,
@@ -606,7 +609,12 @@ mod tests {
         assert!(e.reason.ends_with("1 or more"), "{e}");
         let e = refused(&[("target", "0")]);
         assert!(e.reason.contains("at least 0.01"), "{e}");
-        let e = refused(&[("initial-scale", "0")]);
+        let strict = AutoscalerDefaults {
+            allow_zero_initial_scale: false,
+            ..AutoscalerDefaults::default()
+        };
+        let zero = BTreeMap::from([(format!("{PREFIX}initial-scale"), "0".to_string())]);
+        let e = RevisionScaling::resolve(&zero, &strict, 0).expect_err("needs the switch");
         assert!(e.reason.contains("allow-zero-initial-scale"), "{e}");
         let e = refused(&[("min-scale", "1"), ("minScale", "1")]);
         assert!(e.reason.contains("set only one of"), "{e}");
