@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::ObjectKey;
 use super::resources::broker::BrokerClass;
 use super::resources::{
-    ApiServerSource, Broker, KNOWN_KINDS, PingSource, Resource, Service, Trigger,
+    ApiServerSource, Broker, ConfigMap, KNOWN_KINDS, PingSource, Resource, Secret, Service, Trigger,
 };
 
 /// Where an object came from.
@@ -295,6 +295,16 @@ fn typed(
             service.validate().map_err(invalid)?;
             Ok(Resource::Service(Box::new(service)))
         }
+        "ConfigMap" => {
+            let config_map: ConfigMap = deserialize(value)?;
+            config_map.validate().map_err(invalid)?;
+            Ok(Resource::ConfigMap(Box::new(config_map)))
+        }
+        "Secret" => {
+            let secret: Secret = deserialize(value)?;
+            secret.validate().map_err(invalid)?;
+            Ok(Resource::Secret(Box::new(secret)))
+        }
         _ => {
             let trigger: Trigger = deserialize(value)?;
             trigger.validate().map_err(invalid)?;
@@ -335,6 +345,21 @@ mod tests {
 
     fn parse(doc: &str) -> Result<Option<Resource>, ManifestError> {
         parse_document(doc, BrokerClass::Log)
+    }
+
+    #[test]
+    fn config_maps_and_secrets_load_and_a_bad_secret_names_its_key() {
+        let r = parse("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kafka-broker-config\ndata:\n  bootstrap.servers: 127.0.0.1:9092\n")
+            .expect("ok")
+            .expect("some");
+        assert_eq!(r.kind(), "ConfigMap");
+        let err = parse("apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\ndata:\n  password: not*base64\n")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("Secret default/creds") && text.contains("data.password"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ impl fmt::Display for ObjectKey {
 
 pub mod admin;
 pub mod manifest;
+pub mod objects;
 pub mod reconcile;
 pub mod resources;
 pub mod serving;

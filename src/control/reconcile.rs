@@ -12,6 +12,7 @@ use http::Uri;
 
 use super::ObjectKey;
 use super::manifest::{Loaded, ManifestError, Manifests};
+use super::objects::ObjectIndex;
 use super::resources::broker::BrokerClass;
 use super::resources::duck::Destination;
 use super::resources::trigger::DeliveryOrder;
@@ -44,7 +45,17 @@ pub struct Settings {
 struct RunningBroker {
     broker: Broker,
     class: BrokerClass,
+    plan: BackendPlan,
     handle: Arc<BrokerHandle>,
+}
+
+/// Where and how a broker's backend runs, resolved from its class, its
+/// `spec.config` and pilotlight's settings. A broker whose plan did not change
+/// keeps its backend across a reload.
+#[derive(Debug, Clone, PartialEq)]
+enum BackendPlan {
+    Log { dir: PathBuf },
+    Memory,
 }
 
 /// Dropping one aborts its dispatcher (see [`Dispatcher`]).
@@ -127,10 +138,13 @@ impl ControlPlane {
                 }
                 Resource::Service(_) => services.push(loaded),
                 Resource::PingSource(_) | Resource::ApiServerSource(_) => sources.push(loaded),
+                // Read through the object index by whatever refers to them.
+                Resource::ConfigMap(_) | Resource::Secret(_) => {}
             };
         }
         // Services first, so that triggers can resolve references to them.
         self.serving.apply(&services).await;
+        let index = ObjectIndex::new(manifests);
         let mut running = self.running.lock().await;
         self.remove_brokers(&mut running, &brokers).await;
         let mut broker_views = BTreeMap::new();
@@ -138,7 +152,9 @@ impl ControlPlane {
             let Resource::Broker(broker) = &loaded.resource else {
                 continue;
             };
-            let status = self.reconcile_broker(&mut running, key, broker).await;
+            let status = self
+                .reconcile_broker(&mut running, key, broker, &index)
+                .await;
             broker_views.insert(key.clone(), view(loaded, status));
         }
         self.remove_triggers(&mut running, &triggers).await;
@@ -191,22 +207,48 @@ impl ControlPlane {
         running: &mut Running,
         key: &ObjectKey,
         broker: &Broker,
+        index: &ObjectIndex<'_>,
     ) -> Status {
         // Classes were validated at load.
         let class = BrokerClass::of(broker, self.settings.default_class)
             .unwrap_or(self.settings.default_class);
+        let plan = match self.backend_plan(key, broker, class, index) {
+            Ok(plan) => plan,
+            Err(reason) => {
+                if let Some(current) = running.brokers.get_mut(key) {
+                    // Keep what was accepted flowing until the config is fixed.
+                    current.broker = broker.clone();
+                    return Status::not_ready(
+                        "BrokerConfigInvalid",
+                        format!("{reason} (the broker keeps running with its previous config)"),
+                    );
+                }
+                self.registry.insert(
+                    key,
+                    BrokerEntry::NotReady {
+                        reason: reason.clone(),
+                    },
+                );
+                return Status::not_ready("BrokerConfigInvalid", reason);
+            }
+        };
         if let Some(current) = running.brokers.get_mut(key) {
-            if current.class == class {
+            if current.plan == plan {
                 current.broker = broker.clone();
                 return self.broker_status(key);
             }
-            tracing::warn!(broker = %key, "broker class changed; its stored events are removed");
             running.triggers.retain(|_, t| t.plan.broker != *key);
             if let Some(old) = running.brokers.remove(key) {
-                let _ = old.handle.backend.destroy().await;
+                if old.class == class {
+                    tracing::info!(broker = %key, "broker config changed; restarting its backend");
+                    old.handle.backend.shutdown().await;
+                } else {
+                    tracing::warn!(broker = %key, "broker class changed; its stored events are removed");
+                    let _ = old.handle.backend.destroy().await;
+                }
             }
         }
-        match self.start_backend(key, class) {
+        match self.start_backend(&plan).await {
             Ok(backend) => {
                 let handle = Arc::new(BrokerHandle::new(key.clone(), backend));
                 self.registry
@@ -216,6 +258,7 @@ impl ControlPlane {
                     RunningBroker {
                         broker: broker.clone(),
                         class,
+                        plan,
                         handle,
                     },
                 );
@@ -235,24 +278,34 @@ impl ControlPlane {
         }
     }
 
-    fn start_backend(
+    /// Resolves the broker's backend settings; an error names the field or
+    /// reference that is wrong.
+    fn backend_plan(
         &self,
         key: &ObjectKey,
+        _broker: &Broker,
         class: BrokerClass,
-    ) -> Result<Arc<dyn Backend>, String> {
-        match class {
-            BrokerClass::Log => {
-                let dir = self
+        _index: &ObjectIndex<'_>,
+    ) -> Result<BackendPlan, String> {
+        Ok(match class {
+            BrokerClass::Log => BackendPlan::Log {
+                dir: self
                     .settings
                     .data_dir
                     .join("brokers")
                     .join(&key.namespace)
-                    .join(&key.name);
-                log_backend::start(&dir, &self.settings.log)
-                    .map(|b| Arc::new(b) as Arc<dyn Backend>)
-                    .map_err(|e| e.to_string())
-            }
-            BrokerClass::Memory => memory_backend::start(&self.settings.memory)
+                    .join(&key.name),
+            },
+            BrokerClass::Memory => BackendPlan::Memory,
+        })
+    }
+
+    async fn start_backend(&self, plan: &BackendPlan) -> Result<Arc<dyn Backend>, String> {
+        match plan {
+            BackendPlan::Log { dir } => log_backend::start(dir, &self.settings.log)
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                .map_err(|e| e.to_string()),
+            BackendPlan::Memory => memory_backend::start(&self.settings.memory)
                 .map(|b| Arc::new(b) as Arc<dyn Backend>)
                 .map_err(|e| e.to_string()),
         }
@@ -617,6 +670,14 @@ fn view(loaded: &Loaded, status: Status) -> ObjectView {
             &a.metadata,
             serde_json::to_value(&a.spec),
         ),
+        Resource::ConfigMap(c) => (
+            &c.api_version,
+            &c.kind,
+            &c.metadata,
+            serde_json::to_value(&c.data),
+        ),
+        // Never show a secret's values.
+        Resource::Secret(s) => (&s.api_version, &s.kind, &s.metadata, Ok(Default::default())),
     };
     ObjectView {
         api_version: api_version.clone(),

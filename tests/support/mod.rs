@@ -270,3 +270,67 @@ pub async fn send(url: &str, id: &str, ty: &str) -> Reply {
     )
     .await
 }
+
+/// Where an external broker the suites need lives, and how a user starts one.
+pub struct ExternalBroker {
+    pub name: &'static str,
+    /// The variable that points the suites at the user's own broker.
+    pub env: &'static str,
+    pub default: &'static str,
+    pub how_to_start: &'static str,
+}
+
+pub const RABBITMQ: ExternalBroker = ExternalBroker {
+    name: "RabbitMQ",
+    env: "PILOTLIGHT_TEST_RABBITMQ_URI",
+    default: "amqp://guest:guest@127.0.0.1:5672/%2f",
+    how_to_start: "start one with `docker compose up -d rabbitmq` (or `apt-get install rabbitmq-server`), or point PILOTLIGHT_TEST_RABBITMQ_URI at yours",
+};
+
+pub const KAFKA: ExternalBroker = ExternalBroker {
+    name: "Kafka",
+    env: "PILOTLIGHT_TEST_KAFKA_BOOTSTRAP_SERVERS",
+    default: "127.0.0.1:9092",
+    how_to_start: "start one with `docker compose up -d kafka`, or `.ci/start-kafka` (tansu), or point PILOTLIGHT_TEST_KAFKA_BOOTSTRAP_SERVERS at yours",
+};
+
+impl ExternalBroker {
+    /// The broker's address when it accepts connections. Under `CI=true` an
+    /// unreachable broker fails the test; elsewhere the test is skipped after
+    /// saying how to start one.
+    pub async fn address(&self) -> Option<String> {
+        let address = std::env::var(self.env).unwrap_or_else(|_| self.default.to_owned());
+        let host_port = host_port(&address);
+        let reachable = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(host_port.clone()),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if reachable {
+            return Some(address);
+        }
+        let message = format!(
+            "{} is not reachable at {host_port} ({}={address}): {}",
+            self.name, self.env, self.how_to_start
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message}");
+        }
+        eprintln!("skipping: {message}");
+        None
+    }
+}
+
+/// `host:port` of the first server in a URI or a bootstrap list.
+fn host_port(address: &str) -> String {
+    let first = address.split(',').next().unwrap_or_default();
+    let without_scheme = first.split_once("://").map_or(first, |(_, rest)| rest);
+    let authority = without_scheme.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5672")
+    }
+}

@@ -2,6 +2,7 @@
 //! fields, plus the checks serde cannot express.
 
 pub mod broker;
+pub mod config;
 pub mod duck;
 pub mod meta;
 pub mod service;
@@ -12,6 +13,7 @@ use std::fmt;
 pub use crate::eventing::source::apiserver::ApiServerSource;
 pub use crate::eventing::source::ping::PingSource;
 pub use broker::Broker;
+pub use config::{ConfigMap, Secret};
 pub use meta::ObjectMeta;
 pub use service::Service;
 pub use trigger::Trigger;
@@ -47,6 +49,8 @@ pub enum Resource {
     Service(Box<Service>),
     PingSource(Box<PingSource>),
     ApiServerSource(Box<ApiServerSource>),
+    ConfigMap(Box<ConfigMap>),
+    Secret(Box<Secret>),
 }
 
 impl Resource {
@@ -57,6 +61,8 @@ impl Resource {
             Resource::Service(_) => "Service",
             Resource::PingSource(_) => "PingSource",
             Resource::ApiServerSource(_) => "ApiServerSource",
+            Resource::ConfigMap(_) => "ConfigMap",
+            Resource::Secret(_) => "Secret",
         }
     }
 
@@ -67,6 +73,8 @@ impl Resource {
             Resource::Service(s) => &s.metadata,
             Resource::PingSource(p) => &p.metadata,
             Resource::ApiServerSource(a) => &a.metadata,
+            Resource::ConfigMap(c) => &c.metadata,
+            Resource::Secret(s) => &s.metadata,
         }
     }
 }
@@ -78,4 +86,6 @@ pub const KNOWN_KINDS: &[(&str, &str)] = &[
     ("serving.knative.dev/v1", "Service"),
     ("sources.knative.dev/v1", "PingSource"),
     ("sources.knative.dev/v1", "ApiServerSource"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
 ];

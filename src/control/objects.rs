@@ -1,0 +1,50 @@
+//! The loaded objects that other objects point at by reference (a Broker's
+//! `spec.config`, a Secret holding credentials), looked up by kind and key
+//! while reconciling, with errors that say which reference did not resolve.
+
+use std::collections::BTreeMap;
+
+use super::ObjectKey;
+use super::manifest::{Loaded, Manifests};
+use super::resources::{ConfigMap, Resource, Secret};
+
+/// Every loaded object, by kind and `namespace/name`.
+pub struct ObjectIndex<'a> {
+    objects: BTreeMap<(&'static str, ObjectKey), &'a Loaded>,
+}
+
+impl<'a> ObjectIndex<'a> {
+    pub fn new(manifests: &'a Manifests) -> Self {
+        let objects = manifests
+            .objects
+            .iter()
+            .map(|loaded| {
+                let kind = loaded.resource.kind();
+                ((kind, loaded.resource.metadata().key()), loaded)
+            })
+            .collect();
+        ObjectIndex { objects }
+    }
+
+    /// The object of `kind` at `key`, or an error that names what is missing.
+    pub fn get(&self, kind: &'static str, key: &ObjectKey) -> Result<&'a Resource, String> {
+        self.objects
+            .get(&(kind, key.clone()))
+            .map(|loaded| &loaded.resource)
+            .ok_or_else(|| format!("{kind} {key} does not exist: create it, or fix the reference"))
+    }
+
+    pub fn config_map(&self, key: &ObjectKey) -> Result<&'a ConfigMap, String> {
+        match self.get("ConfigMap", key)? {
+            Resource::ConfigMap(c) => Ok(c),
+            _ => unreachable!("indexed by kind"),
+        }
+    }
+
+    pub fn secret(&self, key: &ObjectKey) -> Result<&'a Secret, String> {
+        match self.get("Secret", key)? {
+            Resource::Secret(s) => Ok(s),
+            _ => unreachable!("indexed by kind"),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `ConfigMap` and `Secret` (core v1): the objects a Broker's `spec.config`
+//! and the queue sources point at for connection settings and credentials,
+//! read from manifests exactly as `kubectl apply` would take them.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::{Invalid, ObjectMeta};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMap {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// Accepted so that real ConfigMaps load; pilotlight reads only `data`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+}
+
+impl ConfigMap {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.metadata.validate()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Secret {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    /// Values in base64, as Kubernetes stores them.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// Values in clear text; they win over `data` for the same key, as the
+    /// API server merges them.
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub secret_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+}
+
+impl Secret {
+    /// Checks that every `data` value is base64 text, so that a bad value is
+    /// reported where it was written rather than when a broker connects.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.metadata.validate()?;
+        for (key, value) in &self.data {
+            decode(value).map_err(|reason| Invalid::new(format!("data.{key}"), reason))?;
+        }
+        Ok(())
+    }
+
+    /// The value under `key`, from `stringData` or decoded from `data`.
+    pub fn value(&self, key: &str) -> Option<String> {
+        if let Some(value) = self.string_data.get(key) {
+            return Some(value.clone());
+        }
+        self.data.get(key).and_then(|v| decode(v).ok())
+    }
+}
+
+fn decode(value: &str) -> Result<String, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .map_err(|e| format!("is not base64 ({e}); put clear text under stringData instead"))?;
+    String::from_utf8(bytes).map_err(|_| "does not decode to UTF-8 text".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(data: &[(&str, &str)], string_data: &[(&str, &str)]) -> Secret {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Secret {
+            api_version: "v1".into(),
+            kind: "Secret".into(),
+            metadata: ObjectMeta {
+                name: "creds".into(),
+                ..ObjectMeta::default()
+            },
+            data: map(data),
+            string_data: map(string_data),
+            secret_type: None,
+            immutable: None,
+        }
+    }
+
+    #[test]
+    fn string_data_wins_over_decoded_data() {
+        let s = secret(
+            &[("user", "YWxpY2U="), ("password", "c2VjcmV0")],
+            &[("user", "bob")],
+        );
+        assert_eq!(s.value("user").as_deref(), Some("bob"));
+        assert_eq!(s.value("password").as_deref(), Some("secret"));
+        assert_eq!(s.value("missing"), None);
+    }
+
+    #[test]
+    fn data_that_is_not_base64_is_refused_with_its_key() {
+        let err = secret(&[("uri", "amqp://not base64")], &[])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "data.uri");
+        assert!(err.reason.contains("stringData"), "{err}");
+    }
+}
