@@ -62,6 +62,7 @@ impl Event {
             .map(|(_, v)| v.as_str())
     }
 
+    #[inline]
     pub fn attributes(&self) -> impl Iterator<Item = (&str, &str)> {
         self.attributes
             .iter()
