@@ -178,10 +178,11 @@ impl fmt::Debug for RabbitConnectionConfig {
 /// The URI for logs and messages: the password replaced.
 pub fn redacted(uri: &AMQPUri) -> String {
     let mut shown = uri.clone();
-    if !shown.authority.userinfo.password.is_empty() {
-        shown.authority.userinfo.password = "***".into();
+    if shown.authority.userinfo.password.is_empty() {
+        return shown.to_string();
     }
-    shown.to_string()
+    shown.authority.userinfo.password = "PASSWORD".into();
+    shown.to_string().replacen(":PASSWORD@", ":***@", 1)
 }
 
 /// Resolves a cluster reference (or `default_uri`) to a URI, applying the

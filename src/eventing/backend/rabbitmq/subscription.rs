@@ -38,6 +38,7 @@ pub struct RabbitSubscription {
 pub(super) struct Consuming {
     channel: Channel,
     consumer: Consumer,
+    check: tokio::time::Interval,
 }
 
 #[async_trait]
@@ -64,13 +65,17 @@ impl Subscription for RabbitSubscription {
                 }
                 continue;
             };
-            let mut check = tokio::time::interval(CHANNEL_CHECK);
+            let Consuming {
+                channel,
+                consumer,
+                check,
+            } = consuming;
             let message = tokio::select! {
-                message = consuming.consumer.next() => message,
+                message = consumer.next() => message,
                 _ = self.replaced.changed() => continue,
                 _ = async { loop {
                     check.tick().await;
-                    if !consuming.channel.status().connected() { break }
+                    if !channel.status().connected() { break }
                 } } => None,
             };
             let delivery = match message {
@@ -136,7 +141,15 @@ impl RabbitSubscription {
                 .map_err(|e| format!("cannot consume: {e}"))
         };
         match setup.await {
-            Ok(consumer) => Ok(Some(Consuming { channel, consumer })),
+            Ok(consumer) => {
+                let mut check = tokio::time::interval(CHANNEL_CHECK);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Ok(Some(Consuming {
+                    channel,
+                    consumer,
+                    check,
+                }))
+            }
             Err(e) => {
                 let _ = channel.close(200, "setup failed".into()).await;
                 Err(e)
