@@ -29,17 +29,21 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use lapin::{Confirmation, Connection, ConnectionProperties};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::bench::{Check, NAMESPACE, WorkDir, checks_json, connect, server_config, write_checks};
 use crate::control::ObjectKey;
+use crate::eventing::backend::rabbitmq::binding::{binding_arguments, encode};
+use crate::eventing::backend::rabbitmq::connection::declare_exchange;
 use crate::eventing::backend::rabbitmq::{exchange_name, queue_name};
+use crate::eventing::event::Event;
 use crate::server::Server;
 
 const TARGET_RATIO: f64 = 0.8;
@@ -192,6 +196,30 @@ spec:
     )
 }
 
+/// The type of every bench event (the raw side binds on it).
+const EVENT_TYPE: &str = "bench.rabbitmq";
+
+/// The event the HTTP side sends as event `n`, as the broker would store it
+/// (`knativearrivaltime` included).
+fn bench_event(n: u64, payload: &Bytes) -> anyhow::Result<Event> {
+    let attributes = [
+        ("specversion", "1.0".to_owned()),
+        ("id", format!("raw-{n}")),
+        ("source", "/bench".to_owned()),
+        ("type", EVENT_TYPE.to_owned()),
+        ("datacontenttype", "application/octet-stream".to_owned()),
+        ("knativearrivaltime", chrono::Utc::now().to_rfc3339()),
+    ];
+    Event::new(
+        attributes
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        Some(payload.clone()),
+    )
+    .context("building a bench event")
+}
+
 /// Deletes the run's broker exchange and trigger queue from RabbitMQ.
 async fn remove_broker(uri: &str, broker: &str) {
     let key = ObjectKey::new(NAMESPACE, broker);
@@ -241,6 +269,22 @@ async fn raw_round(args: &RabbitmqArgs, payload: &Bytes, round: usize) -> anyhow
         )
         .await
         .context("declaring the baseline queue")?;
+    // The same routing and message shape as the broker: a headers exchange
+    // whose binding matches the event type, and the event in the AMQP binding.
+    let exchange = format!("{queue}-exchange");
+    declare_exchange(&admin, &exchange)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    admin
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            ShortString::default(),
+            QueueBindOptions::default(),
+            binding_arguments(&[("type".to_owned(), EVENT_TYPE.to_owned())]),
+        )
+        .await
+        .context("binding the baseline queue")?;
     let consumer_channel = connection.create_channel().await?;
     consumer_channel
         .basic_qos(args.parallelism, BasicQosOptions::default())
@@ -277,21 +321,26 @@ async fn raw_round(args: &RabbitmqArgs, payload: &Bytes, round: usize) -> anyhow
     let next = Arc::new(AtomicU64::new(0));
     let mut publishers = JoinSet::new();
     for _ in 0..args.connections {
-        let (publisher, next, payload, queue) = (
+        let (publisher, next, payload, exchange) = (
             publisher.clone(),
             next.clone(),
             payload.clone(),
-            queue.clone(),
+            exchange.clone(),
         );
         publishers.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < total {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return Ok(());
+                }
+                let (properties, body) = encode(&bench_event(n, &payload)?);
                 let confirm = publisher
                     .basic_publish(
+                        exchange.as_str().into(),
                         ShortString::default(),
-                        queue.as_str().into(),
                         BasicPublishOptions::default(),
-                        &payload,
-                        BasicProperties::default().with_delivery_mode(2),
+                        &body,
+                        properties,
                     )
                     .await?
                     .await?;
@@ -299,15 +348,19 @@ async fn raw_round(args: &RabbitmqArgs, payload: &Bytes, round: usize) -> anyhow
                     bail!("RabbitMQ did not confirm a baseline publish: {confirm:?}");
                 }
             }
-            Ok(())
         });
     }
     while let Some(done) = publishers.join_next().await {
         done??;
     }
     let finished = consume.await??;
+    // Cancel the consumer before deleting its queue (RabbitMQ would cancel it).
+    let _ = consumer_channel.close(200, "bench done".into()).await;
     let _ = admin
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = admin
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
         .await;
     let _ = connection.close(200, "bench done".into()).await;
     Ok(total as f64 / finished.duration_since(started).as_secs_f64())
@@ -348,7 +401,7 @@ async fn pilotlight_round(
                     .header("ce-specversion", "1.0")
                     .header("ce-id", format!("{prefix}-{n}"))
                     .header("ce-source", "/bench")
-                    .header("ce-type", "bench.rabbitmq")
+                    .header("ce-type", EVENT_TYPE)
                     .header("content-type", "application/octet-stream")
                     .body(Full::new(payload.clone()))?;
                 sender.ready().await?;
@@ -367,7 +420,12 @@ async fn pilotlight_round(
     while let Some(done) = clients.join_next().await {
         done??;
     }
+    let ingress_done = started.elapsed();
     let finished = subscriber.wait_for(base + total).await?;
+    tracing::info!(
+        "pilotlight round: every event accepted after {ingress_done:?}, delivered after {:?}",
+        finished.duration_since(started)
+    );
     Ok(total as f64 / finished.duration_since(started).as_secs_f64())
 }
 
