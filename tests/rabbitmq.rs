@@ -770,3 +770,85 @@ async fn a_rabbitmq_restart_under_load_loses_no_accepted_event() {
     s.server.shutdown().await;
     cleanup(&addr, &key, &["t"]).await;
 }
+
+/// Whether a queue (or, with `exchange`, an exchange) exists: a passive
+/// declaration on a fresh channel.
+async fn exists(addr: &str, name: &str, exchange: bool) -> bool {
+    let (connection, channel) = connect(addr).await;
+    let found = if exchange {
+        channel
+            .exchange_declare(
+                ShortString::from(name),
+                lapin::ExchangeKind::Headers,
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok()
+    } else {
+        channel
+            .queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok()
+    };
+    let _ = connection.close(200, "done".into()).await;
+    found
+}
+
+async fn wait_until_gone(addr: &str, name: &str, exchange: bool) {
+    let deadline = Instant::now() + WAIT;
+    while exists(addr, name, exchange).await {
+        assert!(Instant::now() < deadline, "{name} was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_trigger_deletes_its_queue_and_deleting_the_broker_its_exchange() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("delete");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let sub = Subscriber::accepting().await;
+    let broker = rabbit_broker(&ns, "b", "");
+    let keep = rabbit_trigger(&ns, "keep", "b", &sub.url("/"), "");
+    let gone = rabbit_trigger(&ns, "gone", "b", &sub.url("/"), "");
+    let uri = addr.clone();
+    let s = TestServer::start_with(
+        &[
+            ("broker.yaml", &broker),
+            ("keep.yaml", &keep),
+            ("gone.yaml", &gone),
+        ],
+        move |c| {
+            c.rabbitmq_uri = Some(uri);
+            c.watch = true;
+        },
+    )
+    .await;
+    let (keep_queue, gone_queue) = (queue_name(&key, "keep"), queue_name(&key, "gone"));
+    assert!(exists(&addr, &gone_queue, false).await);
+    std::fs::remove_file(s.manifests.join("gone.yaml")).expect("remove trigger");
+    wait_until_gone(&addr, &gone_queue, false).await;
+    assert!(
+        exists(&addr, &keep_queue, false).await,
+        "the other trigger keeps its queue"
+    );
+    std::fs::remove_file(s.manifests.join("broker.yaml")).expect("remove broker");
+    wait_until_gone(&addr, &exchange_name(&key), true).await;
+    wait_until_gone(&addr, &keep_queue, false).await;
+    s.server.shutdown().await;
+    cleanup(&addr, &key, &["keep", "gone"]).await;
+}
