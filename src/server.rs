@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub log: LogConfig,
     pub memory: MemoryConfig,
     pub max_in_flight: usize,
+    /// The default RabbitMQ (`--rabbitmq-uri`).
+    pub rabbitmq_uri: Option<String>,
     /// Re-apply manifests when their files change.
     pub watch: bool,
     pub serving: ServingConfig,
@@ -64,6 +66,7 @@ impl ServerConfig {
             log: LogConfig::default(),
             memory: MemoryConfig::default(),
             max_in_flight: 100,
+            rabbitmq_uri: None,
             watch: false,
             serving: ServingConfig::default(),
         }
@@ -131,6 +134,7 @@ impl Server {
             log: config.log.clone(),
             memory: config.memory.clone(),
             max_in_flight: config.max_in_flight,
+            rabbitmq_uri: config.rabbitmq_uri.clone(),
         };
         let serving = ServingControl::new(
             ServingSettings {

@@ -103,6 +103,9 @@ pub enum Suite {
     /// CESQL: evaluations per second of a typical filter against the same
     /// logic as a Rust closure.
     Cesql(crate::cli::bench_cesql::CesqlArgs),
+    /// RabbitMQ: events/s through a RabbitMQBroker against a raw lapin
+    /// publisher with confirms plus a consumer, on the same RabbitMQ.
+    Rabbitmq(crate::cli::bench_rabbitmq::RabbitmqArgs),
 }
 
 /// What a phase sends to.
@@ -152,6 +155,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.suite {
         Some(Suite::Serving(serving)) => return crate::cli::bench_serving::run(serving).await,
         Some(Suite::Cesql(cesql)) => return crate::cli::bench_cesql::run(cesql),
+        Some(Suite::Rabbitmq(rabbitmq)) => {
+            return crate::cli::bench_rabbitmq::run(rabbitmq).await;
+        }
         None => {}
     }
     let settings = Settings::from_args(&args)?;

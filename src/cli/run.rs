@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Deliveries in flight per unordered trigger (annotation pilotlight.dev/max-in-flight overrides).
     #[arg(long, env = "PILOTLIGHT_MAX_IN_FLIGHT", default_value_t = 100)]
     pub max_in_flight: usize,
+    /// The RabbitMQ of RabbitMQBrokers without spec.config and RabbitmqSources
+    /// without a cluster reference, e.g. amqp://guest:guest@127.0.0.1:5672/%2f.
+    #[arg(long, env = "PILOTLIGHT_RABBITMQ_URI")]
+    pub rabbitmq_uri: Option<String>,
     /// Do not re-apply manifests when their files change.
     #[arg(long, env = "PILOTLIGHT_NO_WATCH")]
     pub no_watch: bool,
@@ -104,6 +108,7 @@ impl RunArgs {
             },
             memory: MemoryConfig::default(),
             max_in_flight: self.max_in_flight.max(1),
+            rabbitmq_uri: self.rabbitmq_uri.clone(),
             watch: !self.no_watch,
             serving,
         })

@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use super::ObjectKey;
 use super::resources::broker::BrokerClass;
 use super::resources::{
-    ApiServerSource, Broker, ConfigMap, KNOWN_KINDS, PingSource, Resource, Secret, Service, Trigger,
+    ApiServerSource, Broker, ConfigMap, KNOWN_KINDS, PingSource, RabbitmqBrokerConfig,
+    RabbitmqSource, Resource, Secret, Service, Trigger,
 };
 
 /// Where an object came from.
@@ -304,6 +305,16 @@ fn typed(
             let secret: Secret = deserialize(value)?;
             secret.validate().map_err(invalid)?;
             Ok(Resource::Secret(Box::new(secret)))
+        }
+        "RabbitmqBrokerConfig" => {
+            let config: RabbitmqBrokerConfig = deserialize(value)?;
+            config.validate().map_err(invalid)?;
+            Ok(Resource::RabbitmqBrokerConfig(Box::new(config)))
+        }
+        "RabbitmqSource" => {
+            let source: RabbitmqSource = deserialize(value)?;
+            source.validate().map_err(invalid)?;
+            Ok(Resource::RabbitmqSource(Box::new(source)))
         }
         _ => {
             let trigger: Trigger = deserialize(value)?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::ObjectKey;
 use super::manifest::{Loaded, Manifests};
-use super::resources::{ConfigMap, Resource, Secret};
+use super::resources::{ConfigMap, RabbitmqBrokerConfig, Resource, Secret};
 
 /// Every loaded object, by kind and `namespace/name`.
 pub struct ObjectIndex<'a> {
@@ -44,6 +44,16 @@ impl<'a> ObjectIndex<'a> {
     pub fn secret(&self, key: &ObjectKey) -> Result<&'a Secret, String> {
         match self.get("Secret", key)? {
             Resource::Secret(s) => Ok(s),
+            _ => unreachable!("indexed by kind"),
+        }
+    }
+
+    pub fn rabbitmq_broker_config(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<&'a RabbitmqBrokerConfig, String> {
+        match self.get("RabbitmqBrokerConfig", key)? {
+            Resource::RabbitmqBrokerConfig(c) => Ok(c),
             _ => unreachable!("indexed by kind"),
         }
     }

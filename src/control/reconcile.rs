@@ -24,6 +24,10 @@ type BuildSource = Box<dyn FnOnce() -> Box<dyn crate::eventing::source::Source> 
 use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
 use crate::eventing::backend::log::{self as log_backend, LogConfig};
 use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
+use crate::eventing::backend::rabbitmq::config::{
+    self as rabbitmq_config, QueueType, RabbitConnectionConfig,
+};
+use crate::eventing::backend::rabbitmq::{self as rabbitmq_backend};
 use crate::eventing::backend::{Backend, SubscriptionSpec};
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::{DeliveryPolicy, EventSender};
@@ -40,6 +44,9 @@ pub struct Settings {
     pub memory: MemoryConfig,
     /// Deliveries in flight per unordered trigger, unless annotated.
     pub max_in_flight: usize,
+    /// The RabbitMQ of RabbitMQBrokers without `spec.config` and of
+    /// RabbitmqSources without a cluster reference (`--rabbitmq-uri`).
+    pub rabbitmq_uri: Option<String>,
 }
 
 struct RunningBroker {
@@ -54,8 +61,14 @@ struct RunningBroker {
 /// keeps its backend across a reload.
 #[derive(Debug, Clone, PartialEq)]
 enum BackendPlan {
-    Log { dir: PathBuf },
+    Log {
+        dir: PathBuf,
+    },
     Memory,
+    RabbitMq {
+        broker: ObjectKey,
+        connection: RabbitConnectionConfig,
+    },
 }
 
 /// Dropping one aborts its dispatcher (see [`Dispatcher`]).
@@ -137,9 +150,13 @@ impl ControlPlane {
                     triggers.insert(t.metadata.key(), loaded);
                 }
                 Resource::Service(_) => services.push(loaded),
-                Resource::PingSource(_) | Resource::ApiServerSource(_) => sources.push(loaded),
+                Resource::PingSource(_)
+                | Resource::ApiServerSource(_)
+                | Resource::RabbitmqSource(_) => sources.push(loaded),
                 // Read through the object index by whatever refers to them.
-                Resource::ConfigMap(_) | Resource::Secret(_) => {}
+                Resource::ConfigMap(_)
+                | Resource::Secret(_)
+                | Resource::RabbitmqBrokerConfig(_) => {}
             };
         }
         // Services first, so that triggers can resolve references to them.
@@ -170,7 +187,7 @@ impl ControlPlane {
         }
         let desired = sources
             .iter()
-            .filter_map(|loaded| self.desired_source(loaded, &brokers))
+            .filter_map(|loaded| self.desired_source(loaded, &brokers, &index))
             .collect();
         self.sources.apply(desired).await;
         let mut board = self.board.write().unwrap_or_else(|e| e.into_inner());
@@ -283,9 +300,9 @@ impl ControlPlane {
     fn backend_plan(
         &self,
         key: &ObjectKey,
-        _broker: &Broker,
+        broker: &Broker,
         class: BrokerClass,
-        _index: &ObjectIndex<'_>,
+        index: &ObjectIndex<'_>,
     ) -> Result<BackendPlan, String> {
         Ok(match class {
             BrokerClass::Log => BackendPlan::Log {
@@ -297,7 +314,47 @@ impl ControlPlane {
                     .join(&key.name),
             },
             BrokerClass::Memory => BackendPlan::Memory,
+            BrokerClass::RabbitMq => BackendPlan::RabbitMq {
+                broker: key.clone(),
+                connection: self.rabbitmq_connection(broker, index)?,
+            },
         })
+    }
+
+    /// A RabbitMQBroker's connection: its `spec.config` RabbitmqBrokerConfig,
+    /// or pilotlight's `--rabbitmq-uri`.
+    fn rabbitmq_connection(
+        &self,
+        broker: &Broker,
+        index: &ObjectIndex<'_>,
+    ) -> Result<RabbitConnectionConfig, String> {
+        let default_uri = self.settings.rabbitmq_uri.as_deref();
+        let Some(reference) = &broker.spec.config else {
+            let uri = default_uri.ok_or(
+                "a RabbitMQBroker needs a RabbitMQ: set spec.config to a RabbitmqBrokerConfig (eventing.knative.dev/v1alpha1), or start pilotlight with --rabbitmq-uri (PILOTLIGHT_RABBITMQ_URI)",
+            )?;
+            return RabbitConnectionConfig::from_uri(uri, QueueType::default())
+                .map_err(|e| format!("--rabbitmq-uri: {e}"));
+        };
+        if reference.kind != rabbitmq_config::KIND
+            || reference.api_version != rabbitmq_config::API_VERSION
+        {
+            return Err(format!(
+                "spec.config: a RabbitMQBroker's config is a {} ({}), not {} ({})",
+                rabbitmq_config::KIND,
+                rabbitmq_config::API_VERSION,
+                reference.kind,
+                reference.api_version
+            ));
+        }
+        let namespace = reference
+            .namespace
+            .clone()
+            .unwrap_or_else(|| broker.metadata.namespace().to_owned());
+        let config = index
+            .rabbitmq_broker_config(&ObjectKey::new(namespace, reference.name.clone()))
+            .map_err(|e| format!("spec.config: {e}"))?;
+        config.resolve(index, default_uri)
     }
 
     async fn start_backend(&self, plan: &BackendPlan) -> Result<Arc<dyn Backend>, String> {
@@ -308,6 +365,11 @@ impl ControlPlane {
             BackendPlan::Memory => memory_backend::start(&self.settings.memory)
                 .map(|b| Arc::new(b) as Arc<dyn Backend>)
                 .map_err(|e| e.to_string()),
+            BackendPlan::RabbitMq { broker, connection } => {
+                rabbitmq_backend::start(broker, connection.clone())
+                    .await
+                    .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            }
         }
     }
 
@@ -450,9 +512,19 @@ impl ControlPlane {
         let filter = trigger
             .compile_filter()
             .map_err(|e| Box::new(Status::not_ready("InvalidFilter", e.to_string())))?;
-        let ordered = trigger
+        let mut ordered = trigger
             .delivery_order()
             .is_ok_and(|o| o == DeliveryOrder::Ordered);
+        let mut max_in_flight = trigger
+            .max_in_flight(self.settings.max_in_flight)
+            .unwrap_or(self.settings.max_in_flight);
+        if broker.class == BrokerClass::RabbitMq {
+            // eventing-rabbitmq's parallelism: prefetch and concurrent
+            // deliveries; 1 (the default) delivers in order.
+            let parallelism = trigger.rabbitmq_parallelism().unwrap_or(1);
+            ordered = parallelism == 1;
+            max_in_flight = parallelism;
+        }
         Ok(TriggerPlan {
             key: key.clone(),
             broker: broker_key,
@@ -460,9 +532,7 @@ impl ControlPlane {
             subscriber,
             delivery: DeliveryPolicy::from_spec(delivery_spec, dead_letter_sink),
             ordered,
-            max_in_flight: trigger
-                .max_in_flight(self.settings.max_in_flight)
-                .unwrap_or(self.settings.max_in_flight),
+            max_in_flight,
         })
     }
 
@@ -471,6 +541,7 @@ impl ControlPlane {
         &self,
         loaded: &Loaded,
         brokers: &BTreeMap<ObjectKey, &Loaded>,
+        index: &ObjectIndex<'_>,
     ) -> Option<DesiredSource> {
         let (kind, api_version, metadata, sink, spec, build): (_, _, _, _, _, BuildSource) =
             match &loaded.resource {
@@ -494,6 +565,24 @@ impl ControlPlane {
                         &a.spec.sink,
                         serde_json::to_value(&a.spec),
                         Box::new(move || source.into_source()),
+                    )
+                }
+                Resource::RabbitmqSource(r) => {
+                    let source = r.clone();
+                    let uri = rabbitmq_config::resolve_uri(
+                        r.spec.rabbitmq_cluster_reference.as_ref(),
+                        r.metadata.namespace(),
+                        None,
+                        index,
+                        self.settings.rabbitmq_uri.as_deref(),
+                    );
+                    (
+                        "RabbitmqSource",
+                        &r.api_version,
+                        &r.metadata,
+                        &r.spec.sink,
+                        serde_json::to_value(&r.spec),
+                        Box::new(move || source.into_source(uri)),
                     )
                 }
                 _ => return None,
@@ -678,6 +767,18 @@ fn view(loaded: &Loaded, status: Status) -> ObjectView {
         ),
         // Never show a secret's values.
         Resource::Secret(s) => (&s.api_version, &s.kind, &s.metadata, Ok(Default::default())),
+        Resource::RabbitmqBrokerConfig(c) => (
+            &c.api_version,
+            &c.kind,
+            &c.metadata,
+            serde_json::to_value(&c.spec),
+        ),
+        Resource::RabbitmqSource(r) => (
+            &r.api_version,
+            &r.kind,
+            &r.metadata,
+            serde_json::to_value(&r.spec),
+        ),
     };
     ObjectView {
         api_version: api_version.clone(),

@@ -41,6 +41,9 @@ pub enum BrokerClass {
     Log,
     /// In memory: no durability.
     Memory,
+    /// RabbitMQ (`RabbitMQBroker`): an exchange per broker, a queue per trigger.
+    #[serde(rename = "rabbitmq")]
+    RabbitMq,
 }
 
 impl BrokerClass {
@@ -52,16 +55,17 @@ impl BrokerClass {
         match class.as_str() {
             "MTChannelBasedBroker" | "Log" | "log" => Ok(BrokerClass::Log),
             "Memory" | "memory" => Ok(BrokerClass::Memory),
-            "Kafka" | "RabbitMQBroker" => Err(Invalid::new(
+            "RabbitMQBroker" => Ok(BrokerClass::RabbitMq),
+            "Kafka" => Err(Invalid::new(
                 format!("metadata.annotations.{CLASS_ANNOTATION}"),
                 format!(
-                    "broker class '{class}' is not available in this version of pilotlight; use 'MTChannelBasedBroker' (the durable log) or 'Memory'"
+                    "broker class '{class}' is not available in this version of pilotlight; use 'MTChannelBasedBroker' (the durable log), 'Memory' or 'RabbitMQBroker'"
                 ),
             )),
             other => Err(Invalid::new(
                 format!("metadata.annotations.{CLASS_ANNOTATION}"),
                 format!(
-                    "unknown broker class '{other}'; known classes: MTChannelBasedBroker (durable log, the default), Memory"
+                    "unknown broker class '{other}'; known classes: MTChannelBasedBroker (durable log, the default), Memory, RabbitMQBroker"
                 ),
             )),
         }

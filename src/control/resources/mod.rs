@@ -10,8 +10,10 @@ pub mod trigger;
 
 use std::fmt;
 
+pub use crate::eventing::backend::rabbitmq::config::RabbitmqBrokerConfig;
 pub use crate::eventing::source::apiserver::ApiServerSource;
 pub use crate::eventing::source::ping::PingSource;
+pub use crate::eventing::source::rabbitmq::RabbitmqSource;
 pub use broker::Broker;
 pub use config::{ConfigMap, Secret};
 pub use meta::ObjectMeta;
@@ -51,6 +53,8 @@ pub enum Resource {
     ApiServerSource(Box<ApiServerSource>),
     ConfigMap(Box<ConfigMap>),
     Secret(Box<Secret>),
+    RabbitmqBrokerConfig(Box<RabbitmqBrokerConfig>),
+    RabbitmqSource(Box<RabbitmqSource>),
 }
 
 impl Resource {
@@ -63,6 +67,8 @@ impl Resource {
             Resource::ApiServerSource(_) => "ApiServerSource",
             Resource::ConfigMap(_) => "ConfigMap",
             Resource::Secret(_) => "Secret",
+            Resource::RabbitmqBrokerConfig(_) => "RabbitmqBrokerConfig",
+            Resource::RabbitmqSource(_) => "RabbitmqSource",
         }
     }
 
@@ -75,6 +81,8 @@ impl Resource {
             Resource::ApiServerSource(a) => &a.metadata,
             Resource::ConfigMap(c) => &c.metadata,
             Resource::Secret(s) => &s.metadata,
+            Resource::RabbitmqBrokerConfig(c) => &c.metadata,
+            Resource::RabbitmqSource(r) => &r.metadata,
         }
     }
 }
@@ -88,4 +96,6 @@ pub const KNOWN_KINDS: &[(&str, &str)] = &[
     ("sources.knative.dev/v1", "ApiServerSource"),
     ("v1", "ConfigMap"),
     ("v1", "Secret"),
+    ("eventing.knative.dev/v1alpha1", "RabbitmqBrokerConfig"),
+    ("sources.knative.dev/v1alpha1", "RabbitmqSource"),
 ];

@@ -13,6 +13,9 @@ use crate::eventing::trigger::filter::Filter;
 pub const DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
 /// Deliveries a trigger keeps in flight at most (unordered triggers).
 pub const MAX_IN_FLIGHT_ANNOTATION: &str = "pilotlight.dev/max-in-flight";
+/// Concurrent deliveries (and prefetch) of a trigger on a RabbitMQBroker, as
+/// in eventing-rabbitmq: 1 (the default) delivers in order.
+pub const RABBITMQ_PARALLELISM_ANNOTATION: &str = "rabbitmq.eventing.knative.dev/parallelism";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -87,7 +90,26 @@ impl Trigger {
         }
         self.delivery_order()?;
         self.max_in_flight(1)?;
+        self.rabbitmq_parallelism()?;
         Ok(())
+    }
+
+    /// The trigger's parallelism on a RabbitMQBroker: 1 to 1000, default 1.
+    pub fn rabbitmq_parallelism(&self) -> Result<usize, Invalid> {
+        match self
+            .metadata
+            .annotations
+            .get(RABBITMQ_PARALLELISM_ANNOTATION)
+        {
+            None => Ok(1),
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                _ => Err(Invalid::new(
+                    format!("metadata.annotations.{RABBITMQ_PARALLELISM_ANNOTATION}"),
+                    format!("'{text}' must be a whole number from 1 to 1000"),
+                )),
+            },
+        }
     }
 
     /// The trigger's filter: `spec.filters` when set (then `spec.filter` is

@@ -16,6 +16,7 @@
 pub mod local;
 pub mod log;
 pub mod memory;
+pub mod rabbitmq;
 
 use std::sync::Arc;
 use std::time::Duration;

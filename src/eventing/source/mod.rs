@@ -11,6 +11,7 @@
 
 pub mod apiserver;
 pub mod ping;
+pub mod rabbitmq;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -173,9 +174,14 @@ impl SourceContext {
     /// Delivers one event to the sink, with retries; gives up early when the
     /// source is stopping.
     pub async fn send(&self, event: &Event) -> Result<(), SendError> {
+        self.send_with(event, &self.policy.clone()).await
+    }
+
+    /// [`SourceContext::send`] with the source's own delivery policy (a
+    /// source whose manifest has `spec.delivery`).
+    pub async fn send_with(&self, event: &Event, policy: &DeliveryPolicy) -> Result<(), SendError> {
         let mut stopped = self.stop.clone();
-        let delivery =
-            deliver_with_retries(&self.sender, &self.sink, event, &self.policy, |_, _| {});
+        let delivery = deliver_with_retries(&self.sender, &self.sink, event, policy, |_, _| {});
         let outcome = tokio::select! {
             outcome = delivery => outcome,
             _ = stopped.wait_for(|s| *s) => return Err(SendError::Stopping),

@@ -1,0 +1,155 @@
+//! The CloudEvents AMQP protocol binding as RabbitMQ carries it.
+//!
+//! Binary mode (what pilotlight publishes): each attribute is an AMQP header
+//! named `cloudEvents:{attribute}` (the binding spec's prefix; `cloudEvents_`,
+//! the spec's older spelling, is read too), `datacontenttype` is the
+//! `content-type` property, and the body is the data. The headers exchange of
+//! a RabbitMQBroker matches on these headers, so a trigger's exact filters
+//! are evaluated by RabbitMQ.
+//!
+//! Structured mode (read only): content type `application/cloudevents+json`
+//! and the event as JSON in the body, parsed by the HTTP binding's code.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use crate::eventing::event::{BindingError, CONTENT_TYPE_STRUCTURED, Event, parse_http};
+
+/// The header prefix of a CloudEvents attribute.
+pub const HEADER_PREFIX: &str = "cloudEvents:";
+/// The prefix of earlier drafts of the AMQP binding, accepted on input.
+const LEGACY_HEADER_PREFIX: &str = "cloudEvents_";
+/// AMQP delivery mode 2: the message is written to disk by a durable queue.
+const PERSISTENT: u8 = 2;
+
+/// The header an attribute travels in.
+pub fn header_name(attribute: &str) -> String {
+    format!("{HEADER_PREFIX}{attribute}")
+}
+
+/// An event as an AMQP message in binary mode: (properties, body).
+pub fn encode(event: &Event) -> (BasicProperties, Vec<u8>) {
+    let mut headers = FieldTable::default();
+    let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    for (name, value) in event.attributes() {
+        if name == "datacontenttype"
+            && let Ok(content_type) = ShortString::try_new(value)
+        {
+            properties = properties.with_content_type(content_type);
+            continue;
+        }
+        // Attribute names are at most 20 characters, so the key fits.
+        if let Ok(key) = ShortString::try_new(header_name(name)) {
+            headers.insert(key, AMQPValue::LongString(LongString::from(value)));
+        }
+    }
+    let body = event.data().map(|d| d.to_vec()).unwrap_or_default();
+    (properties.with_headers(headers), body)
+}
+
+/// Why a message is not a CloudEvent this binding can read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// No `cloudEvents:specversion` header and not structured: a plain message.
+    #[error("the message is not a CloudEvent")]
+    NotAnEvent,
+    #[error("header '{header}': {reason}")]
+    BadHeader { header: String, reason: String },
+    #[error("{0}")]
+    Invalid(#[from] BindingError),
+}
+
+/// Reads a CloudEvent from an AMQP message (binary or structured mode).
+pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<Event, DecodeError> {
+    let content_type = properties.content_type().as_ref().map(|c| c.as_str());
+    let structured = content_type.is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case(CONTENT_TYPE_STRUCTURED))
+    });
+    if structured {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(CONTENT_TYPE_STRUCTURED),
+        );
+        let (_, mut events) = parse_http(&headers, Bytes::copy_from_slice(body))?;
+        return events.pop().ok_or(DecodeError::NotAnEvent);
+    }
+    decode_binary(properties, content_type, body)
+}
+
+fn decode_binary(
+    properties: &BasicProperties,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Event, DecodeError> {
+    let Some(headers) = properties.headers() else {
+        return Err(DecodeError::NotAnEvent);
+    };
+    let mut attributes = Vec::with_capacity(headers.inner().len() + 1);
+    for (key, value) in headers {
+        let key = key.as_str();
+        let Some(name) = key
+            .strip_prefix(HEADER_PREFIX)
+            .or_else(|| key.strip_prefix(LEGACY_HEADER_PREFIX))
+        else {
+            continue;
+        };
+        let text = header_text(value).ok_or_else(|| DecodeError::BadHeader {
+            header: key.to_owned(),
+            reason: "a CloudEvents attribute must be a string, number or boolean".into(),
+        })?;
+        attributes.push((name.to_owned(), text));
+    }
+    if !attributes.iter().any(|(n, _)| n == "specversion") {
+        return Err(DecodeError::NotAnEvent);
+    }
+    if let Some(content_type) = content_type
+        && !attributes.iter().any(|(n, _)| n == "datacontenttype")
+    {
+        attributes.push(("datacontenttype".to_owned(), content_type.to_owned()));
+    }
+    let data = (!body.is_empty()).then(|| Bytes::copy_from_slice(body));
+    Event::new(attributes, data).map_err(|e| DecodeError::Invalid(BindingError::Invalid(e)))
+}
+
+/// An AMQP header value as attribute text, for the types other clients use
+/// for CloudEvents attributes.
+fn header_text(value: &AMQPValue) -> Option<String> {
+    Some(match value {
+        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok()?,
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Timestamp(t) => chrono::DateTime::from_timestamp(*t as i64, 0)?
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        _ => return None,
+    })
+}
+
+/// The headers-exchange binding arguments for exact attribute matches: every
+/// pair must be present with that value (`x-match: all`); no pairs bind
+/// everything.
+pub fn binding_arguments(exact: &[(String, String)]) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-match"),
+        AMQPValue::LongString(LongString::from("all")),
+    );
+    for (attribute, value) in exact {
+        if let Ok(key) = ShortString::try_new(header_name(attribute)) {
+            arguments.insert(key, AMQPValue::LongString(LongString::from(value.as_str())));
+        }
+    }
+    arguments
+}

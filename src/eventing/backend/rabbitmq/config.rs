@@ -1,0 +1,293 @@
+//! `RabbitmqBrokerConfig` (eventing.knative.dev/v1alpha1), the object a
+//! RabbitMQBroker's `spec.config` points at, and the resolution of it (and of
+//! a RabbitmqSource's cluster reference) into the URI pilotlight connects to.
+//!
+//! As in eventing-rabbitmq, credentials live in a Secret named by
+//! `rabbitmqClusterReference.connectionSecret.name`, with keys `uri` and
+//! optionally `username`, `password` (and `port`, used when `uri` is the
+//! management URL the messaging-topology-operator writes).
+
+use std::fmt;
+
+use lapin::uri::{AMQPScheme, AMQPUri};
+use serde::{Deserialize, Serialize};
+
+use crate::control::ObjectKey;
+use crate::control::objects::ObjectIndex;
+use crate::control::resources::{Invalid, ObjectMeta};
+
+pub const API_VERSION: &str = "eventing.knative.dev/v1alpha1";
+pub const KIND: &str = "RabbitmqBrokerConfig";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RabbitmqBrokerConfig {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RabbitmqBrokerConfigSpec,
+    #[serde(default, skip_serializing)]
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RabbitmqBrokerConfigSpec {
+    /// Where RabbitMQ is. Without it, pilotlight's `--rabbitmq-uri` is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq_cluster_reference: Option<RabbitmqClusterReference>,
+    /// The type of the trigger queues (default quorum).
+    #[serde(default)]
+    pub queue_type: QueueType,
+    /// The virtual host; overrides the one in the URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost: Option<String>,
+}
+
+/// eventing-rabbitmq's reference to a cluster. pilotlight reads only the
+/// connection Secret (it has no RabbitmqCluster objects to look up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RabbitmqClusterReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_secret: Option<SecretReference>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretReference {
+    pub name: String,
+}
+
+impl RabbitmqClusterReference {
+    /// A reference pilotlight can follow names a connection Secret.
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        match &self.connection_secret {
+            Some(secret) if !secret.name.is_empty() => Ok(()),
+            Some(_) => Err(Invalid::new(
+                format!("{field}.connectionSecret.name"),
+                "must not be empty",
+            )),
+            None => Err(Invalid::new(
+                format!("{field}.connectionSecret"),
+                "is required: pilotlight reads the RabbitMQ address from a Secret with key 'uri' (and optionally 'username', 'password'); it cannot look up RabbitmqCluster objects by name",
+            )),
+        }
+    }
+
+    /// The Secret's key, in the reference's namespace or else `namespace`.
+    pub fn secret_key(&self, namespace: &str) -> Option<ObjectKey> {
+        let secret = self.connection_secret.as_ref()?;
+        Some(ObjectKey::new(
+            self.namespace.as_deref().unwrap_or(namespace),
+            secret.name.clone(),
+        ))
+    }
+}
+
+/// `x-queue-type` of the queues pilotlight declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated and durable: RabbitMQ's recommendation, eventing-rabbitmq's default.
+    #[default]
+    Quorum,
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+impl RabbitmqBrokerConfig {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.metadata.validate()?;
+        if let Some(reference) = &self.spec.rabbitmq_cluster_reference {
+            reference.validate("spec.rabbitmqClusterReference")?;
+        }
+        if self.spec.vhost.as_deref() == Some("") {
+            return Err(Invalid::new(
+                "spec.vhost",
+                "must not be empty: leave it out for the URI's vhost, or use '/'",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The connection settings, reading the connection Secret from `index`;
+    /// `default_uri` (pilotlight's `--rabbitmq-uri`) when there is no reference.
+    pub fn resolve(
+        &self,
+        index: &ObjectIndex<'_>,
+        default_uri: Option<&str>,
+    ) -> Result<RabbitConnectionConfig, String> {
+        let key = self.metadata.key();
+        let uri = resolve_uri(
+            self.spec.rabbitmq_cluster_reference.as_ref(),
+            &key.namespace,
+            self.spec.vhost.as_deref(),
+            index,
+            default_uri,
+        )
+        .map_err(|e| format!("{KIND} {key}: {e}"))?;
+        Ok(RabbitConnectionConfig {
+            uri,
+            queue_type: self.spec.queue_type,
+        })
+    }
+}
+
+/// Where a RabbitMQ broker connects and what queues it declares.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RabbitConnectionConfig {
+    /// With the Secret's username, password and the configured vhost applied.
+    pub uri: AMQPUri,
+    pub queue_type: QueueType,
+}
+
+impl RabbitConnectionConfig {
+    /// The settings for a URI given on the command line or in a test.
+    pub fn from_uri(uri: &str, queue_type: QueueType) -> Result<Self, String> {
+        Ok(RabbitConnectionConfig {
+            uri: parse_uri(uri)?,
+            queue_type,
+        })
+    }
+}
+
+/// Never prints the password.
+impl fmt::Debug for RabbitConnectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitConnectionConfig")
+            .field("uri", &redacted(&self.uri))
+            .field("queue_type", &self.queue_type)
+            .finish()
+    }
+}
+
+/// The URI for logs and messages: the password replaced.
+pub fn redacted(uri: &AMQPUri) -> String {
+    let mut shown = uri.clone();
+    if shown.authority.userinfo.password.is_empty() {
+        return shown.to_string();
+    }
+    shown.authority.userinfo.password = "PASSWORD".into();
+    shown.to_string().replacen(":PASSWORD@", ":***@", 1)
+}
+
+/// Resolves a cluster reference (or `default_uri`) to a URI, applying the
+/// Secret's username and password and `vhost`.
+pub fn resolve_uri(
+    reference: Option<&RabbitmqClusterReference>,
+    namespace: &str,
+    vhost: Option<&str>,
+    index: &ObjectIndex<'_>,
+    default_uri: Option<&str>,
+) -> Result<AMQPUri, String> {
+    let mut uri = match reference.and_then(|r| r.secret_key(namespace)) {
+        Some(secret_key) => {
+            let secret = index.secret(&secret_key)?;
+            let text = secret.value("uri").ok_or_else(|| {
+                format!("Secret {secret_key} has no key 'uri' (in stringData or data)")
+            })?;
+            let mut uri = parse_connection_secret_uri(&text, secret.value("port").as_deref())
+                .map_err(|e| format!("Secret {secret_key} key 'uri': {e}"))?;
+            if let Some(username) = secret.value("username") {
+                uri.authority.userinfo.username = username;
+            }
+            if let Some(password) = secret.value("password") {
+                uri.authority.userinfo.password = password;
+            }
+            uri
+        }
+        None => match default_uri {
+            Some(text) => parse_uri(text).map_err(|e| format!("--rabbitmq-uri: {e}"))?,
+            None => {
+                return Err("no RabbitMQ to connect to: set rabbitmqClusterReference.connectionSecret, or start pilotlight with --rabbitmq-uri (PILOTLIGHT_RABBITMQ_URI)".into());
+            }
+        },
+    };
+    if let Some(vhost) = vhost {
+        uri.vhost = vhost.to_owned();
+    }
+    Ok(uri)
+}
+
+/// Parses an `amqp://` or `amqps://` URI.
+pub fn parse_uri(text: &str) -> Result<AMQPUri, String> {
+    let scheme = text.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("amqp" | "amqps")) {
+        return Err(format!(
+            "'{}' is not an AMQP URI: use amqp://user:password@host:5672/vhost",
+            redact_text(text)
+        ));
+    }
+    let mut uri: AMQPUri = text
+        .parse()
+        .map_err(|e| format!("'{}' is not an AMQP URI: {e}", redact_text(text)))?;
+    // amq-protocol-uri takes the host from `Url::domain`, which is empty for
+    // IP addresses (it would then connect to localhost): take it from http.
+    let host = text
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()));
+    if let Some(host) = host {
+        uri.authority.host = host;
+    }
+    Ok(uri)
+}
+
+/// The Secret's `uri`: an AMQP URI, or (as the messaging-topology-operator
+/// writes it) the management URL, whose host is used with the AMQP port
+/// (`port`, else the scheme's default).
+fn parse_connection_secret_uri(text: &str, port: Option<&str>) -> Result<AMQPUri, String> {
+    let management = text
+        .strip_prefix("http://")
+        .map(|rest| ("amqp", rest))
+        .or_else(|| text.strip_prefix("https://").map(|rest| ("amqps", rest)));
+    let Some((scheme, rest)) = management else {
+        return parse_uri(text);
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h);
+    let mut uri = parse_uri(&format!("{scheme}://{host}/"))?;
+    uri.vhost = "/".into();
+    uri.authority.port = match port {
+        Some(p) => p
+            .trim()
+            .parse()
+            .map_err(|_| format!("key 'port': '{p}' is not a port number"))?,
+        None if uri.scheme == AMQPScheme::AMQPS => 5671,
+        None => 5672,
+    };
+    Ok(uri)
+}
+
+/// A URI text with its password hidden, for error messages.
+fn redact_text(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => text.to_owned(),
+    }
+}

@@ -1,0 +1,328 @@
+//! One RabbitMQ connection per broker, kept up by a background task.
+//!
+//! The task connects, declares what the broker owns (its exchange, and each
+//! trigger queue with its binding), opens the confirm-mode publishing channel,
+//! and only then offers the [`Session`] to appends and subscriptions. When the
+//! connection or the publishing channel is lost it withdraws the session (so
+//! appends fail fast with 503 + Retry-After), and reconnects with exponential
+//! backoff. Messages that were delivered but not acked come back through
+//! RabbitMQ's redelivery once the subscriptions consume again.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::watch;
+
+use super::config::{QueueType, RabbitConnectionConfig, redacted};
+
+/// First and longest pause between connection attempts.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a live session is checked for a closed connection or channel
+/// (lapin reports most losses at once as events; this catches the rest).
+const HEALTH_CHECK: Duration = Duration::from_millis(250);
+
+/// A live connection with its publishing channel (publisher confirms on).
+pub struct Session {
+    pub connection: Connection,
+    pub publisher: Channel,
+    /// Increases with every connection, so users can tell a new session.
+    pub generation: u64,
+}
+
+impl Session {
+    fn is_healthy(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+/// What the broker owns in RabbitMQ, redeclared on every connection.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub exchange: String,
+    /// Trigger queue name → its binding arguments.
+    pub queues: BTreeMap<String, FieldTable>,
+}
+
+/// The shared connection of one broker.
+pub struct Link {
+    config: RabbitConnectionConfig,
+    /// Connection name shown in RabbitMQ's management UI.
+    name: String,
+    session: watch::Sender<Option<Arc<Session>>>,
+    topology: Mutex<Topology>,
+    last_error: Mutex<String>,
+    stop: watch::Sender<bool>,
+}
+
+impl Link {
+    /// Starts the connection task.
+    pub fn start(config: RabbitConnectionConfig, name: String, topology: Topology) -> Arc<Link> {
+        let link = Arc::new(Link {
+            config,
+            name,
+            session: watch::channel(None).0,
+            topology: Mutex::new(topology),
+            last_error: Mutex::new("not connected yet".into()),
+            stop: watch::channel(false).0,
+        });
+        tokio::spawn(run(link.clone()));
+        link
+    }
+
+    /// The live session, if connected.
+    pub fn current(&self) -> Option<Arc<Session>> {
+        self.session.borrow().clone()
+    }
+
+    /// Waits for a live session newer than `after` (a generation); `None`
+    /// once the link is stopped.
+    pub async fn next_session(&self, after: u64) -> Option<Arc<Session>> {
+        let mut sessions = self.session.subscribe();
+        let mut stop = self.stop.subscribe();
+        loop {
+            if *stop.borrow() {
+                return None;
+            }
+            if let Some(session) = sessions.borrow_and_update().clone()
+                && session.generation > after
+            {
+                return Some(session);
+            }
+            tokio::select! {
+                changed = sessions.changed() => if changed.is_err() { return None },
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the first session.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.next_session(0))
+            .await
+            .is_ok_and(|s| s.is_some())
+    }
+
+    /// Why the link is not connected (the last connection error).
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn queue_type(&self) -> QueueType {
+        self.config.queue_type
+    }
+
+    pub fn exchange(&self) -> String {
+        self.topology().exchange
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records a trigger queue so that every later connection redeclares it.
+    pub fn own_queue(&self, queue: &str, binding: FieldTable) {
+        self.topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queues
+            .insert(queue.to_owned(), binding);
+    }
+
+    /// Forgets a trigger queue (deleted).
+    pub fn disown_queue(&self, queue: &str) -> Option<FieldTable> {
+        self.topology
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queues
+            .remove(queue)
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Stops reconnecting and closes the connection.
+    pub async fn stop(&self) {
+        self.stop.send_replace(true);
+        if let Some(session) = self.session.send_replace(None) {
+            let _ = session
+                .connection
+                .close(200, "pilotlight stopping".into())
+                .await;
+        }
+    }
+
+    fn set_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+}
+
+/// The connection task: connect, serve, notice the loss, back off, repeat.
+async fn run(link: Arc<Link>) {
+    let mut backoff = BACKOFF_START;
+    let mut generation = 0;
+    let mut stop = link.stop.subscribe();
+    while !link.is_stopped() {
+        generation += 1;
+        let attempt = tokio::select! {
+            attempt = connect(&link, generation) => attempt,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match attempt {
+            Ok(session) => {
+                tracing::info!(connection = %link.name, uri = %redacted(&link.config.uri), "connected to RabbitMQ");
+                let session = Arc::new(session);
+                link.session.send_replace(Some(session.clone()));
+                let lost = tokio::select! {
+                    lost = wait_for_loss(&session) => lost,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                link.session.send_replace(None);
+                tracing::warn!(connection = %link.name, reason = %lost, "lost the RabbitMQ connection; reconnecting");
+                link.set_error(format!("lost the connection to RabbitMQ: {lost}"));
+                let _ = session.connection.close(200, "reconnecting".into()).await;
+                backoff = BACKOFF_START;
+            }
+            Err(e) => {
+                tracing::warn!(connection = %link.name, uri = %redacted(&link.config.uri), error = %e, "cannot connect to RabbitMQ; retrying in {backoff:?}");
+                link.set_error(format!(
+                    "cannot connect to RabbitMQ at {}: {e}",
+                    redacted(&link.config.uri)
+                ));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    link.session.send_replace(None);
+}
+
+/// Connects, declares the topology and opens the publishing channel.
+async fn connect(link: &Link, generation: u64) -> Result<Session, String> {
+    let properties = ConnectionProperties::default().with_connection_name(link.name.clone().into());
+    let connection = Connection::connect_uri(link.config.uri.clone(), properties)
+        .await
+        .map_err(|e| e.to_string())?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let topology = link.topology();
+    declare_exchange(&channel, &topology.exchange).await?;
+    for (queue, binding) in &topology.queues {
+        declare_queue(
+            &channel,
+            &topology.exchange,
+            queue,
+            link.config.queue_type,
+            binding.clone(),
+        )
+        .await?;
+    }
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| format!("cannot enable publisher confirms: {e}"))?;
+    Ok(Session {
+        connection,
+        publisher: channel,
+        generation,
+    })
+}
+
+/// Resolves when the session's connection or publishing channel is gone.
+async fn wait_for_loss(session: &Session) -> String {
+    let mut events = session.connection.events_listener();
+    let mut check = tokio::time::interval(HEALTH_CHECK);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(lapin::Event::Error(e)) => return e.to_string(),
+                Some(_) => {}
+                None => return "connection closed".into(),
+            },
+            _ = check.tick() => {
+                if !session.is_healthy() {
+                    return "connection or channel closed".into();
+                }
+            }
+        }
+    }
+}
+
+/// The broker's exchange: durable, type headers.
+pub async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), String> {
+    channel
+        .exchange_declare(
+            short(exchange)?,
+            ExchangeKind::Headers,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot declare exchange '{exchange}': {e}"))
+}
+
+/// A trigger queue of the given type, bound to the exchange with `binding`.
+pub async fn declare_queue(
+    channel: &Channel,
+    exchange: &str,
+    queue: &str,
+    queue_type: QueueType,
+    binding: FieldTable,
+) -> Result<(), String> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from(queue_type.as_str())),
+    );
+    channel
+        .queue_declare(
+            short(queue)?,
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .map_err(|e| {
+            format!("cannot declare queue '{queue}' ({} queue): {e}; if the queue exists with another type, delete it or set the RabbitmqBrokerConfig's queueType to match", queue_type.as_str())
+        })?;
+    channel
+        .queue_bind(
+            short(queue)?,
+            short(exchange)?,
+            ShortString::default(),
+            QueueBindOptions::default(),
+            binding,
+        )
+        .await
+        .map_err(|e| format!("cannot bind queue '{queue}' to exchange '{exchange}': {e}"))
+}
+
+/// An AMQP short string (names are at most 255 bytes; pilotlight's names are
+/// shortened to fit, see `super::names`).
+pub fn short(text: &str) -> Result<ShortString, String> {
+    ShortString::try_new(text).map_err(|e| format!("name '{text}': {e}"))
+}

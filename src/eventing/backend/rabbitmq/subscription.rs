@@ -1,0 +1,231 @@
+//! A trigger's subscription on a RabbitMQBroker: a consumer on the trigger's
+//! queue with prefetch = the trigger's parallelism, recreated after a lost
+//! connection (RabbitMQ then redelivers what was not acked).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::{Acker, Channel, Consumer};
+use tokio::sync::watch;
+
+use super::binding;
+use super::connection::{Link, declare_queue, short};
+use crate::control::ObjectKey;
+use crate::eventing::backend::{Acknowledge, Delivery, Subscription};
+use crate::eventing::trigger::filter::Filter;
+
+/// Pause after a failed consumer setup, doubling up to the maximum.
+const RETRY_START: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often an idle consumer checks that its channel is still open.
+const CHANNEL_CHECK: Duration = Duration::from_millis(500);
+
+pub struct RabbitSubscription {
+    pub(super) link: Arc<Link>,
+    pub(super) trigger: ObjectKey,
+    pub(super) queue: String,
+    pub(super) filter: Arc<Filter>,
+    pub(super) prefetch: u16,
+    /// Set when the trigger subscribes again, unsubscribes or the broker stops.
+    pub(super) replaced: watch::Receiver<bool>,
+    pub(super) consuming: Option<Consuming>,
+}
+
+pub(super) struct Consuming {
+    channel: Channel,
+    consumer: Consumer,
+    check: tokio::time::Interval,
+}
+
+#[async_trait]
+impl Subscription for RabbitSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        let mut pause = RETRY_START;
+        loop {
+            if *self.replaced.borrow() || self.link.is_stopped() {
+                self.close();
+                return None;
+            }
+            let Some(consuming) = &mut self.consuming else {
+                match self.consume().await {
+                    Ok(Some(consuming)) => {
+                        self.consuming = Some(consuming);
+                        pause = RETRY_START;
+                    }
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(trigger = %self.trigger, queue = %self.queue, error = %e, "cannot consume from the trigger's queue; retrying in {pause:?}");
+                        self.sleep(pause).await;
+                        pause = (pause * 2).min(RETRY_MAX);
+                    }
+                }
+                continue;
+            };
+            let Consuming {
+                channel,
+                consumer,
+                check,
+            } = consuming;
+            let message = tokio::select! {
+                message = consumer.next() => message,
+                _ = self.replaced.changed() => continue,
+                _ = async { loop {
+                    check.tick().await;
+                    if !channel.status().connected() { break }
+                } } => None,
+            };
+            let delivery = match message {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => {
+                    tracing::info!(trigger = %self.trigger, error = %e, "the trigger's consumer stopped; consuming again once RabbitMQ is back");
+                    self.close();
+                    continue;
+                }
+                None => {
+                    self.close();
+                    continue;
+                }
+            };
+            if let Some(delivery) = self.accept(delivery).await {
+                return Some(delivery);
+            }
+        }
+    }
+}
+
+impl RabbitSubscription {
+    /// Opens a channel and a consumer on the trigger's queue once a session
+    /// is live. `Ok(None)`: the subscription ended while waiting.
+    async fn consume(&mut self) -> Result<Option<Consuming>, String> {
+        let session = tokio::select! {
+            session = self.link.next_session(0) => session,
+            _ = self.replaced.wait_for(|r| *r) => None,
+        };
+        let Some(session) = session else {
+            return Ok(None);
+        };
+        let Some(binding) = self.link.topology().queues.get(&self.queue).cloned() else {
+            // Unsubscribed meanwhile.
+            return Ok(None);
+        };
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| format!("cannot open a channel: {e}"))?;
+        let setup = async {
+            channel
+                .basic_qos(self.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| format!("cannot set the prefetch: {e}"))?;
+            declare_queue(
+                &channel,
+                &self.link.exchange(),
+                &self.queue,
+                self.link.queue_type(),
+                binding,
+            )
+            .await?;
+            channel
+                .basic_consume(
+                    short(&self.queue)?,
+                    short(&format!("pilotlight {}", self.trigger))?,
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| format!("cannot consume: {e}"))
+        };
+        match setup.await {
+            Ok(consumer) => {
+                let mut check = tokio::time::interval(CHANNEL_CHECK);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Ok(Some(Consuming {
+                    channel,
+                    consumer,
+                    check,
+                }))
+            }
+            Err(e) => {
+                let _ = channel.close(200, "setup failed".into()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The delivery for the dispatcher, or `None` when the message is done
+    /// with here: not a CloudEvent (rejected, so a dead-letter exchange the
+    /// operator set on the queue gets it) or not matching the parts of the
+    /// filter RabbitMQ could not evaluate (acked).
+    async fn accept(&self, message: lapin::message::Delivery) -> Option<Delivery> {
+        match binding::decode(&message.properties, &message.data) {
+            Ok(event) if self.filter.matches(&event) => Some(Delivery::new(
+                Arc::new(event),
+                0,
+                Box::new(RabbitAck {
+                    acker: message.acker,
+                }),
+            )),
+            Ok(_) => {
+                let _ = message.acker.ack(BasicAckOptions::default()).await;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(trigger = %self.trigger, queue = %self.queue, error = %e, "a message in the trigger's queue is not a CloudEvent; rejecting it");
+                let _ = message
+                    .acker
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// Sleeps, unless the subscription ends first.
+    async fn sleep(&mut self, pause: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.replaced.wait_for(|r| *r) => {}
+        }
+    }
+
+    /// Closes the consumer's channel: RabbitMQ requeues what was not acked.
+    fn close(&mut self) {
+        let Some(consuming) = self.consuming.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = consuming
+                    .channel
+                    .close(200, "subscription closed".into())
+                    .await;
+            });
+        }
+    }
+}
+
+impl Drop for RabbitSubscription {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Acks the message on the channel it came from. If that channel is gone,
+/// RabbitMQ has requeued the message already and delivers it again.
+struct RabbitAck {
+    acker: Acker,
+}
+
+#[async_trait]
+impl Acknowledge for RabbitAck {
+    async fn ack(self: Box<Self>) {
+        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+            tracing::debug!(error = %e, "ack after the channel closed; RabbitMQ redelivers the message");
+        }
+    }
+}

@@ -1,0 +1,854 @@
+//! The RabbitMQBroker and the RabbitmqSource against a real RabbitMQ
+//! (127.0.0.1:5672, or PILOTLIGHT_TEST_RABBITMQ_URI): filters bound in
+//! RabbitMQ, ordered delivery, dead-letter sink, replies, source mapping, and
+//! a RabbitMQ restart under load.
+//!
+//! Every test uses its own namespace (random suffix) and deletes what it
+//! declared. The restart test stops RabbitMQ's app, so it takes the write
+//! side of [`RABBIT`] and the others the read side.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use pilotlight::control::ObjectKey;
+use pilotlight::eventing::backend::rabbitmq::{binding, exchange_name, queue_name};
+use pilotlight::eventing::event::Event;
+use support::{Subscriber, TestServer, request};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Tests share one RabbitMQ; the restart test must run alone.
+static RABBIT: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn rabbit_broker(ns: &str, name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n    eventing.knative.dev/broker.class: RabbitMQBroker\n{extra}"
+    )
+}
+
+fn rabbit_trigger(ns: &str, name: &str, broker: &str, subscriber: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\n  namespace: {ns}\n{extra}spec:\n  broker: {broker}\n  subscriber:\n    uri: {subscriber}\n"
+    )
+}
+
+/// A trigger with extra spec (filters, delivery) after `subscriber`.
+fn rabbit_trigger_spec(
+    ns: &str,
+    name: &str,
+    broker: &str,
+    subscriber: &str,
+    annotations: &str,
+    spec: &str,
+) -> String {
+    format!(
+        "{}{spec}",
+        rabbit_trigger(ns, name, broker, subscriber, annotations)
+    )
+}
+
+async fn server(addr: &str, files: &[(&str, &str)]) -> TestServer {
+    let uri = addr.to_owned();
+    TestServer::start_with(files, move |c| c.rabbitmq_uri = Some(uri)).await
+}
+
+async fn connect(addr: &str) -> (Connection, Channel) {
+    let connection = Connection::connect(addr, ConnectionProperties::default())
+        .await
+        .expect("connect to RabbitMQ");
+    let channel = connection.create_channel().await.expect("channel");
+    (connection, channel)
+}
+
+/// Messages ready in a queue (not counting unacked ones).
+async fn ready_messages(addr: &str, queue: &str) -> u32 {
+    let (connection, channel) = connect(addr).await;
+    let queue = channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue exists");
+    let _ = connection.close(200, "done".into()).await;
+    queue.message_count()
+}
+
+/// Deletes a broker's exchange and its triggers' queues.
+async fn cleanup(addr: &str, broker: &ObjectKey, triggers: &[&str]) {
+    let (connection, channel) = connect(addr).await;
+    for trigger in triggers {
+        let _ = channel
+            .queue_delete(
+                ShortString::from(queue_name(broker, trigger)),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(
+            ShortString::from(exchange_name(broker)),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// Posts a binary-mode event into a broker.
+async fn post(url: &str, id: &str, ty: &str) -> StatusCode {
+    support::send(url, id, ty).await.status
+}
+
+fn ids(events: &[Event]) -> Vec<String> {
+    events.iter().map(|e| e.id().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn exact_filters_are_bound_in_rabbitmq_and_the_rest_is_filtered_in_pilotlight() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("filters");
+    let key = ObjectKey::new(ns.clone(), "events");
+    let exact = Subscriber::accepting().await;
+    let prefix = Subscriber::accepting().await;
+    // The broker reads its RabbitMQ from a RabbitmqBrokerConfig and a Secret,
+    // as eventing-rabbitmq does; pilotlight has no default here.
+    let config = format!(
+        "apiVersion: eventing.knative.dev/v1alpha1\nkind: RabbitmqBrokerConfig\nmetadata:\n  name: rabbit\n  namespace: {ns}\nspec:\n  queueType: quorum\n  rabbitmqClusterReference:\n    connectionSecret:\n      name: rabbit-creds\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: rabbit-creds\n  namespace: {ns}\nstringData:\n  uri: {addr}\n"
+    );
+    let spec_config = "spec:\n  config:\n    apiVersion: eventing.knative.dev/v1alpha1\n    kind: RabbitmqBrokerConfig\n    name: rabbit\n";
+    let files = [
+        ("config.yaml", config),
+        ("broker.yaml", rabbit_broker(&ns, "events", spec_config)),
+        (
+            "exact.yaml",
+            rabbit_trigger_spec(
+                &ns,
+                "exact",
+                "events",
+                &exact.url("/"),
+                "",
+                "  filter:\n    attributes:\n      type: com.example.order\n      source: /test\n",
+            ),
+        ),
+        (
+            "prefix.yaml",
+            rabbit_trigger_spec(
+                &ns,
+                "prefix",
+                "events",
+                &prefix.url("/"),
+                "",
+                "  filters:\n    - prefix:\n        type: com.example.pay\n",
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = TestServer::start(&files).await;
+    let url = s.broker_url(&ns, "events");
+    for (id, ty) in [
+        ("1", "com.example.order"),
+        ("2", "com.example.payment"),
+        ("3", "com.example.other"),
+        ("4", "com.example.order"),
+    ] {
+        assert_eq!(post(&url, id, ty).await, StatusCode::ACCEPTED);
+    }
+    assert_eq!(ids(&exact.wait_for(2, WAIT).await), ["1", "4"]);
+    assert_eq!(ids(&prefix.wait_for(1, WAIT).await), ["2"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!((exact.count(), prefix.count()), (2, 1));
+    s.server.shutdown().await;
+
+    // With pilotlight stopped, publish straight to the broker's exchange:
+    // RabbitMQ itself routes only the exact match to the exact trigger's
+    // queue, and everything to the queue whose filter has no exact part.
+    let (connection, channel) = connect(&addr).await;
+    for (id, ty) in [("5", "com.example.order"), ("6", "com.example.other")] {
+        let event = Event::new(
+            [
+                ("specversion", "1.0"),
+                ("id", id),
+                ("source", "/test"),
+                ("type", ty),
+            ]
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+            None,
+        )
+        .expect("event");
+        let (properties, body) = binding::encode(&event);
+        channel
+            .basic_publish(
+                ShortString::from(exchange_name(&key)),
+                ShortString::default(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .expect("publish");
+    }
+    let _ = connection.close(200, "done".into()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ready_messages(&addr, &queue_name(&key, "exact")).await, 1);
+    assert_eq!(ready_messages(&addr, &queue_name(&key, "prefix")).await, 2);
+    cleanup(&addr, &key, &["exact", "prefix"]).await;
+}
+
+#[tokio::test]
+async fn parallelism_one_delivers_in_order_and_more_delivers_concurrently() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("order");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let ordered = Subscriber::start(
+        |_, _| (StatusCode::ACCEPTED, vec![], Bytes::new()),
+        Duration::from_millis(5),
+    )
+    .await;
+    let parallel = Subscriber::start(
+        |_, _| (StatusCode::ACCEPTED, vec![], Bytes::new()),
+        Duration::from_millis(200),
+    )
+    .await;
+    let files = [
+        ("broker.yaml", rabbit_broker(&ns, "b", "")),
+        (
+            "ordered.yaml",
+            rabbit_trigger(&ns, "ordered", "b", &ordered.url("/"), ""),
+        ),
+        (
+            "parallel.yaml",
+            rabbit_trigger(
+                &ns,
+                "parallel",
+                "b",
+                &parallel.url("/"),
+                "  annotations:\n    rabbitmq.eventing.knative.dev/parallelism: \"10\"\n",
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = server(&addr, &files).await;
+    let url = s.broker_url(&ns, "b");
+    let sent: Vec<String> = (0..40).map(|i| format!("e{i:02}")).collect();
+    for id in &sent {
+        assert_eq!(post(&url, id, "t").await, StatusCode::ACCEPTED);
+    }
+    assert_eq!(ids(&ordered.wait_for(40, WAIT).await), sent);
+    assert_eq!(
+        ordered
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    parallel.wait_for(40, WAIT).await;
+    let most = parallel
+        .max_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=10).contains(&most),
+        "parallelism 10 gave {most} at once"
+    );
+    s.server.shutdown().await;
+    cleanup(&addr, &key, &["ordered", "parallel"]).await;
+}
+
+#[tokio::test]
+async fn failed_events_go_to_the_dead_letter_sink_and_are_acked() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("dls");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let failing = Subscriber::start(
+        |_, _| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                vec![],
+                Bytes::from("boom"),
+            )
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let dead = Subscriber::accepting().await;
+    let delivery = format!(
+        "  delivery:\n    retry: 2\n    backoffPolicy: linear\n    backoffDelay: PT0.01S\n    deadLetterSink:\n      uri: {}\n",
+        dead.url("/dls")
+    );
+    let files = [
+        ("broker.yaml", rabbit_broker(&ns, "b", "")),
+        (
+            "t.yaml",
+            rabbit_trigger_spec(&ns, "t", "b", &failing.url("/"), "", &delivery),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = server(&addr, &files).await;
+    assert_eq!(
+        post(&s.broker_url(&ns, "b"), "x1", "t").await,
+        StatusCode::ACCEPTED
+    );
+    let got = dead.wait_for(1, WAIT).await;
+    assert_eq!(failing.count(), 3, "the first try and two retries");
+    assert_eq!(got[0].id(), "x1");
+    assert_eq!(got[0].attribute("knativeerrorcode"), Some("500"));
+    assert_eq!(
+        got[0].attribute("knativeerrordest"),
+        Some(failing.url("/").as_str())
+    );
+    assert!(got[0].attribute("knativeerrordata").is_some());
+    // Acked once dead-lettered: nothing is left to redeliver after a stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.server.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ready_messages(&addr, &queue_name(&key, "t")).await, 0);
+    cleanup(&addr, &key, &["t"]).await;
+}
+
+#[tokio::test]
+async fn replies_re_enter_the_broker() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("reply");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let replier = Subscriber::start(
+        |received, _| {
+            let id = received.event.as_ref().map(|e| e.id().to_owned());
+            (
+                StatusCode::OK,
+                vec![
+                    ("ce-specversion", "1.0".into()),
+                    ("ce-id", format!("reply-{}", id.unwrap_or_default())),
+                    ("ce-source", "/replier".into()),
+                    ("ce-type", "reply".into()),
+                    ("content-type", "text/plain".into()),
+                ],
+                Bytes::from("answer"),
+            )
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let replies = Subscriber::accepting().await;
+    let files = [
+        ("broker.yaml", rabbit_broker(&ns, "b", "")),
+        (
+            "ask.yaml",
+            rabbit_trigger_spec(
+                &ns,
+                "ask",
+                "b",
+                &replier.url("/"),
+                "",
+                "  filter:\n    attributes:\n      type: question\n",
+            ),
+        ),
+        (
+            "answers.yaml",
+            rabbit_trigger_spec(
+                &ns,
+                "answers",
+                "b",
+                &replies.url("/"),
+                "",
+                "  filter:\n    attributes:\n      type: reply\n",
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = server(&addr, &files).await;
+    assert_eq!(
+        post(&s.broker_url(&ns, "b"), "q1", "question").await,
+        StatusCode::ACCEPTED
+    );
+    let got = replies.wait_for(1, WAIT).await;
+    assert_eq!(got[0].id(), "reply-q1");
+    assert_eq!(got[0].datacontenttype(), Some("text/plain"));
+    assert_eq!(got[0].data().map(|d| &d[..]), Some(&b"answer"[..]));
+    assert!(got[0].attribute("knativearrivaltime").is_some());
+    assert_eq!(replier.count(), 1);
+    s.server.shutdown().await;
+    cleanup(&addr, &key, &["ask", "answers"]).await;
+}
+
+#[tokio::test]
+async fn a_rabbitmq_broker_without_a_rabbitmq_is_not_ready_and_says_why() {
+    // No RabbitMQ needed: nothing tells pilotlight where one is.
+    let broker = rabbit_broker("default", "b", "");
+    let s = TestServer::start(&[("broker.yaml", &broker)]).await;
+    let reply = request(Method::GET, &s.admin_url("/api/v1/brokers"), &[], "").await;
+    assert!(
+        reply.body.contains("BrokerConfigInvalid") && reply.body.contains("--rabbitmq-uri"),
+        "{}",
+        reply.body
+    );
+    let post = support::send(&s.broker_url("default", "b"), "1", "t").await;
+    assert_eq!(post.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(post.body.contains("RabbitmqBrokerConfig"), "{}", post.body);
+}
+
+/// Publishes raw messages to an exchange with confirms.
+async fn publish_raw(channel: &Channel, exchange: &str, messages: Vec<(BasicProperties, Vec<u8>)>) {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for (properties, body) in messages {
+        channel
+            .basic_publish(
+                ShortString::from(exchange),
+                ShortString::default(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+    }
+}
+
+#[tokio::test]
+async fn the_source_passes_cloudevents_through_and_wraps_other_messages() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("source");
+    let queue = format!("{ns}-queue");
+    let exchange = format!("{ns}-exchange");
+    let sink = Subscriber::accepting().await;
+    let source = format!(
+        "apiVersion: sources.knative.dev/v1alpha1\nkind: RabbitmqSource\nmetadata:\n  name: orders\n  namespace: {ns}\nspec:\n  rabbitmqClusterReference:\n    connectionSecret:\n      name: creds\n  rabbitmqResourcesConfig:\n    queueName: {queue}\n    exchangeName: {exchange}\n    parallelism: 1\n  delivery:\n    retry: 3\n    backoffDelay: PT0.01S\n  sink:\n    uri: {}\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\n  namespace: {ns}\nstringData:\n  uri: {addr}\n",
+        sink.url("/")
+    );
+    let s = TestServer::start(&[("source.yaml", &source)]).await;
+    // The source declares its queue and exchange once it runs.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = request(Method::GET, &s.admin_url("/api/v1/sources"), &[], "").await;
+        let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
+        let ready = body["items"][0]["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "source not ready: {}", list.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("cloudEvents:specversion", "1.0"),
+        ("cloudEvents:id", "ce-1"),
+        ("cloudEvents:source", "/orders"),
+        ("cloudEvents:type", "order.created"),
+    ] {
+        headers.insert(
+            ShortString::from(name),
+            AMQPValue::LongString(LongString::from(value)),
+        );
+    }
+    let binary = (
+        BasicProperties::default()
+            .with_headers(headers)
+            .with_content_type("application/json".into()),
+        br#"{"n":1}"#.to_vec(),
+    );
+    let structured = (
+        BasicProperties::default().with_content_type("application/cloudevents+json".into()),
+        br#"{"specversion":"1.0","id":"ce-2","source":"/orders","type":"order.paid","data":{"n":2}}"#
+            .to_vec(),
+    );
+    let plain = (
+        BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_message_id("m-3".into()),
+        b"hello".to_vec(),
+    );
+    let (connection, channel) = connect(&addr).await;
+    publish_raw(&channel, &exchange, vec![binary, structured, plain]).await;
+    let got = sink.wait_for(3, WAIT).await;
+    assert_eq!(
+        ids(&got),
+        ["ce-1", "ce-2", "m-3"],
+        "in order with parallelism 1"
+    );
+    assert_eq!(
+        (got[0].ty(), got[0].source(), got[0].datacontenttype()),
+        ("order.created", "/orders", Some("application/json"))
+    );
+    assert_eq!(got[0].data().map(|d| &d[..]), Some(&br#"{"n":1}"#[..]));
+    assert_eq!(got[1].ty(), "order.paid");
+    assert_eq!(got[1].data().map(|d| &d[..]), Some(&br#"{"n":2}"#[..]));
+    assert_eq!(got[2].ty(), "dev.knative.rabbitmq.event");
+    assert_eq!(
+        got[2].source(),
+        format!("/apis/v1/namespaces/{ns}/rabbitmqsources/orders#{queue}")
+    );
+    assert_eq!(got[2].datacontenttype(), Some("text/plain"));
+    assert_eq!(got[2].data().map(|d| &d[..]), Some(&b"hello"[..]));
+    // Acked after the sink accepted: the queue is empty once the source stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.server.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ready_messages(&addr, &queue).await, 0);
+    let _ = channel
+        .queue_delete(
+            ShortString::from(queue.as_str()),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = channel
+        .exchange_delete(
+            ShortString::from(exchange.as_str()),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn the_source_leaves_a_message_queued_until_the_sink_accepts_it() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("srcretry");
+    let queue = format!("{ns}-queue");
+    // The sink refuses the first three tries; the source retries (spec.delivery).
+    let sink = Subscriber::start(
+        |_, n| {
+            if n < 3 {
+                (StatusCode::SERVICE_UNAVAILABLE, vec![], Bytes::new())
+            } else {
+                (StatusCode::ACCEPTED, vec![], Bytes::new())
+            }
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let source = format!(
+        "apiVersion: sources.knative.dev/v1alpha1\nkind: RabbitmqSource\nmetadata:\n  name: retry\n  namespace: {ns}\nspec:\n  rabbitmqResourcesConfig:\n    queueName: {queue}\n  delivery:\n    retry: 5\n    backoffDelay: PT0.05S\n  sink:\n    uri: {}\n",
+        sink.url("/")
+    );
+    let (connection, channel) = connect(&addr).await;
+    channel
+        .queue_declare(
+            ShortString::from(queue.as_str()),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare");
+    // The default exchange routes by queue name.
+    channel
+        .basic_publish(
+            ShortString::default(),
+            ShortString::from(queue.as_str()),
+            BasicPublishOptions::default(),
+            b"payload",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    let s = server(&addr, &[("source.yaml", &source)]).await;
+    sink.wait_for(4, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.count(), 4, "three refusals, then accepted once");
+    s.server.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ready_messages(&addr, &queue).await, 0);
+    let _ = channel
+        .queue_delete(
+            ShortString::from(queue.as_str()),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// Runs `rabbitmqctl` with the given arguments; `Err` when it cannot.
+fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "rabbitmqctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Starts RabbitMQ's app again however the test ends.
+struct StartAppAgain;
+
+impl Drop for StartAppAgain {
+    fn drop(&mut self) {
+        if let Err(e) = rabbitmqctl(&["start_app"]) {
+            eprintln!("could not start RabbitMQ again: {e}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_restart_under_load_loses_no_accepted_event() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _alone = RABBIT.write().await;
+    if let Err(e) = rabbitmqctl(&["await_startup"]) {
+        let message = format!("the restart test needs rabbitmqctl for the RabbitMQ at {addr}: {e}");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message}");
+        }
+        eprintln!("skipping: {message}");
+        return;
+    }
+    let ns = unique("restart");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let sub = Subscriber::accepting().await;
+    let files = [
+        ("broker.yaml", rabbit_broker(&ns, "b", "")),
+        (
+            "t.yaml",
+            rabbit_trigger(
+                &ns,
+                "t",
+                "b",
+                &sub.url("/"),
+                "  annotations:\n    rabbitmq.eventing.knative.dev/parallelism: \"20\"\n",
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = server(&addr, &files).await;
+    let url = s.broker_url(&ns, "b");
+
+    // Four clients send until told to stop, recording every answer.
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let statuses = Arc::new(Mutex::new(Vec::<(Instant, StatusCode)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..4 {
+        let (url, accepted, statuses, stop) = (
+            url.clone(),
+            accepted.clone(),
+            statuses.clone(),
+            stop.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let id = format!("c{client}-{n}");
+                n += 1;
+                let status = post(&url, &id, "load").await;
+                statuses.lock().unwrap().push((Instant::now(), status));
+                if status == StatusCode::ACCEPTED {
+                    accepted.lock().unwrap().push(id);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restarted;
+    {
+        let _guard = StartAppAgain;
+        rabbitmqctl(&["stop_app"]).expect("stop_app");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        restarted = Instant::now();
+        // `_guard` starts the app here, and on any panic above.
+    }
+    // Load continues until the ingress has accepted again for a while.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let back = statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, s)| *at > restarted && *s == StatusCode::ACCEPTED)
+            .count();
+        if back >= 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ingress did not accept again after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    let unavailable = statuses
+        .iter()
+        .filter(|(_, s)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    let others: Vec<_> = statuses
+        .iter()
+        .filter(|(_, s)| *s != StatusCode::SERVICE_UNAVAILABLE && *s != StatusCode::ACCEPTED)
+        .collect();
+    assert!(
+        unavailable > 0,
+        "the ingress answered 503 while RabbitMQ was down"
+    );
+    assert!(others.is_empty(), "only 202 or 503: {others:?}");
+
+    // Every accepted event arrives at least once.
+    let accepted: HashSet<String> = accepted.lock().unwrap().iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: HashSet<String> = ids(&sub.events()).into_iter().collect();
+        let missing: Vec<_> = accepted.difference(&delivered).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} accepted events never arrived, e.g. {:?}",
+            missing.len(),
+            accepted.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "restart: {} accepted, {} answered 503 during the outage, {} deliveries",
+        accepted.len(),
+        unavailable,
+        sub.count()
+    );
+    s.server.shutdown().await;
+    cleanup(&addr, &key, &["t"]).await;
+}
+
+/// Whether a queue (or, with `exchange`, an exchange) exists: a passive
+/// declaration on a fresh channel.
+async fn exists(addr: &str, name: &str, exchange: bool) -> bool {
+    let (connection, channel) = connect(addr).await;
+    let found = if exchange {
+        channel
+            .exchange_declare(
+                ShortString::from(name),
+                lapin::ExchangeKind::Headers,
+                lapin::options::ExchangeDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok()
+    } else {
+        channel
+            .queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok()
+    };
+    let _ = connection.close(200, "done".into()).await;
+    found
+}
+
+async fn wait_until_gone(addr: &str, name: &str, exchange: bool) {
+    let deadline = Instant::now() + WAIT;
+    while exists(addr, name, exchange).await {
+        assert!(Instant::now() < deadline, "{name} was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_trigger_deletes_its_queue_and_deleting_the_broker_its_exchange() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("delete");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let sub = Subscriber::accepting().await;
+    let broker = rabbit_broker(&ns, "b", "");
+    let keep = rabbit_trigger(&ns, "keep", "b", &sub.url("/"), "");
+    let gone = rabbit_trigger(&ns, "gone", "b", &sub.url("/"), "");
+    let uri = addr.clone();
+    let s = TestServer::start_with(
+        &[
+            ("broker.yaml", &broker),
+            ("keep.yaml", &keep),
+            ("gone.yaml", &gone),
+        ],
+        move |c| {
+            c.rabbitmq_uri = Some(uri);
+            c.watch = true;
+        },
+    )
+    .await;
+    let (keep_queue, gone_queue) = (queue_name(&key, "keep"), queue_name(&key, "gone"));
+    assert!(exists(&addr, &gone_queue, false).await);
+    std::fs::remove_file(s.manifests.join("gone.yaml")).expect("remove trigger");
+    wait_until_gone(&addr, &gone_queue, false).await;
+    assert!(
+        exists(&addr, &keep_queue, false).await,
+        "the other trigger keeps its queue"
+    );
+    std::fs::remove_file(s.manifests.join("broker.yaml")).expect("remove broker");
+    wait_until_gone(&addr, &exchange_name(&key), true).await;
+    wait_until_gone(&addr, &keep_queue, false).await;
+    s.server.shutdown().await;
+    cleanup(&addr, &key, &["keep", "gone"]).await;
+}
