@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub log: LogConfig,
     pub memory: MemoryConfig,
     pub max_in_flight: usize,
+    /// Bootstrap servers of Kafka brokers without `spec.config`.
+    pub kafka_bootstrap_servers: Option<String>,
     /// Re-apply manifests when their files change.
     pub watch: bool,
     pub serving: ServingConfig,
@@ -64,6 +66,7 @@ impl ServerConfig {
             log: LogConfig::default(),
             memory: MemoryConfig::default(),
             max_in_flight: 100,
+            kafka_bootstrap_servers: None,
             watch: false,
             serving: ServingConfig::default(),
         }
@@ -131,6 +134,7 @@ impl Server {
             log: config.log.clone(),
             memory: config.memory.clone(),
             max_in_flight: config.max_in_flight,
+            kafka_bootstrap_servers: config.kafka_bootstrap_servers.clone(),
         };
         let serving = ServingControl::new(
             ServingSettings {

@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Deliveries in flight per unordered trigger (annotation pilotlight.dev/max-in-flight overrides).
     #[arg(long, env = "PILOTLIGHT_MAX_IN_FLIGHT", default_value_t = 100)]
     pub max_in_flight: usize,
+    /// Kafka bootstrap servers (host:port,...) for brokers of class Kafka
+    /// without spec.config.
+    #[arg(long, env = "PILOTLIGHT_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: Option<String>,
     /// Do not re-apply manifests when their files change.
     #[arg(long, env = "PILOTLIGHT_NO_WATCH")]
     pub no_watch: bool,
@@ -104,6 +108,7 @@ impl RunArgs {
             },
             memory: MemoryConfig::default(),
             max_in_flight: self.max_in_flight.max(1),
+            kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
             watch: !self.no_watch,
             serving,
         })

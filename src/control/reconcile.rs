@@ -22,6 +22,7 @@ use super::sources::{DesiredSource, SourceControl};
 
 type BuildSource = Box<dyn FnOnce() -> Box<dyn crate::eventing::source::Source> + Send>;
 use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
+use crate::eventing::backend::kafka::{self as kafka_backend, KafkaConfig};
 use crate::eventing::backend::log::{self as log_backend, LogConfig};
 use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
 use crate::eventing::backend::{Backend, SubscriptionSpec};
@@ -40,6 +41,8 @@ pub struct Settings {
     pub memory: MemoryConfig,
     /// Deliveries in flight per unordered trigger, unless annotated.
     pub max_in_flight: usize,
+    /// Bootstrap servers of Kafka brokers without `spec.config`.
+    pub kafka_bootstrap_servers: Option<String>,
 }
 
 struct RunningBroker {
@@ -56,6 +59,7 @@ struct RunningBroker {
 enum BackendPlan {
     Log { dir: PathBuf },
     Memory,
+    Kafka(KafkaConfig),
 }
 
 /// Dropping one aborts its dispatcher (see [`Dispatcher`]).
@@ -137,7 +141,9 @@ impl ControlPlane {
                     triggers.insert(t.metadata.key(), loaded);
                 }
                 Resource::Service(_) => services.push(loaded),
-                Resource::PingSource(_) | Resource::ApiServerSource(_) => sources.push(loaded),
+                Resource::PingSource(_)
+                | Resource::ApiServerSource(_)
+                | Resource::KafkaSource(_) => sources.push(loaded),
                 // Read through the object index by whatever refers to them.
                 Resource::ConfigMap(_) | Resource::Secret(_) => {}
             };
@@ -283,9 +289,9 @@ impl ControlPlane {
     fn backend_plan(
         &self,
         key: &ObjectKey,
-        _broker: &Broker,
+        broker: &Broker,
         class: BrokerClass,
-        _index: &ObjectIndex<'_>,
+        index: &ObjectIndex<'_>,
     ) -> Result<BackendPlan, String> {
         Ok(match class {
             BrokerClass::Log => BackendPlan::Log {
@@ -297,6 +303,12 @@ impl ControlPlane {
                     .join(&key.name),
             },
             BrokerClass::Memory => BackendPlan::Memory,
+            BrokerClass::Kafka => BackendPlan::Kafka(kafka_backend::config::resolve(
+                key,
+                broker,
+                index,
+                self.settings.kafka_bootstrap_servers.as_deref(),
+            )?),
         })
     }
 
@@ -306,6 +318,10 @@ impl ControlPlane {
                 .map(|b| Arc::new(b) as Arc<dyn Backend>)
                 .map_err(|e| e.to_string()),
             BackendPlan::Memory => memory_backend::start(&self.settings.memory)
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                .map_err(|e| e.to_string()),
+            BackendPlan::Kafka(config) => kafka_backend::start(config)
+                .await
                 .map(|b| Arc::new(b) as Arc<dyn Backend>)
                 .map_err(|e| e.to_string()),
         }
@@ -496,6 +512,17 @@ impl ControlPlane {
                         Box::new(move || source.into_source()),
                     )
                 }
+                Resource::KafkaSource(k) => {
+                    let source = k.clone();
+                    (
+                        "KafkaSource",
+                        &k.api_version,
+                        &k.metadata,
+                        &k.spec.sink,
+                        serde_json::to_value(&k.spec),
+                        Box::new(move || source.into_source()),
+                    )
+                }
                 _ => return None,
             };
         let key = metadata.key();
@@ -669,6 +696,12 @@ fn view(loaded: &Loaded, status: Status) -> ObjectView {
             &a.kind,
             &a.metadata,
             serde_json::to_value(&a.spec),
+        ),
+        Resource::KafkaSource(k) => (
+            &k.api_version,
+            &k.kind,
+            &k.metadata,
+            serde_json::to_value(&k.spec),
         ),
         Resource::ConfigMap(c) => (
             &c.api_version,

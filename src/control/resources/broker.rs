@@ -41,6 +41,8 @@ pub enum BrokerClass {
     Log,
     /// In memory: no durability.
     Memory,
+    /// A Kafka topic per broker (Knative's eventing-kafka-broker class).
+    Kafka,
 }
 
 impl BrokerClass {
@@ -52,7 +54,8 @@ impl BrokerClass {
         match class.as_str() {
             "MTChannelBasedBroker" | "Log" | "log" => Ok(BrokerClass::Log),
             "Memory" | "memory" => Ok(BrokerClass::Memory),
-            "Kafka" | "RabbitMQBroker" => Err(Invalid::new(
+            "Kafka" => Ok(BrokerClass::Kafka),
+            "RabbitMQBroker" => Err(Invalid::new(
                 format!("metadata.annotations.{CLASS_ANNOTATION}"),
                 format!(
                     "broker class '{class}' is not available in this version of pilotlight; use 'MTChannelBasedBroker' (the durable log) or 'Memory'"
@@ -61,7 +64,7 @@ impl BrokerClass {
             other => Err(Invalid::new(
                 format!("metadata.annotations.{CLASS_ANNOTATION}"),
                 format!(
-                    "unknown broker class '{other}'; known classes: MTChannelBasedBroker (durable log, the default), Memory"
+                    "unknown broker class '{other}'; known classes: MTChannelBasedBroker (durable log, the default), Memory, Kafka"
                 ),
             )),
         }

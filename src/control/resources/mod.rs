@@ -11,6 +11,7 @@ pub mod trigger;
 use std::fmt;
 
 pub use crate::eventing::source::apiserver::ApiServerSource;
+pub use crate::eventing::source::kafka::KafkaSource;
 pub use crate::eventing::source::ping::PingSource;
 pub use broker::Broker;
 pub use config::{ConfigMap, Secret};
@@ -49,6 +50,7 @@ pub enum Resource {
     Service(Box<Service>),
     PingSource(Box<PingSource>),
     ApiServerSource(Box<ApiServerSource>),
+    KafkaSource(Box<KafkaSource>),
     ConfigMap(Box<ConfigMap>),
     Secret(Box<Secret>),
 }
@@ -61,6 +63,7 @@ impl Resource {
             Resource::Service(_) => "Service",
             Resource::PingSource(_) => "PingSource",
             Resource::ApiServerSource(_) => "ApiServerSource",
+            Resource::KafkaSource(_) => "KafkaSource",
             Resource::ConfigMap(_) => "ConfigMap",
             Resource::Secret(_) => "Secret",
         }
@@ -73,6 +76,7 @@ impl Resource {
             Resource::Service(s) => &s.metadata,
             Resource::PingSource(p) => &p.metadata,
             Resource::ApiServerSource(a) => &a.metadata,
+            Resource::KafkaSource(k) => &k.metadata,
             Resource::ConfigMap(c) => &c.metadata,
             Resource::Secret(s) => &s.metadata,
         }
@@ -86,6 +90,9 @@ pub const KNOWN_KINDS: &[(&str, &str)] = &[
     ("serving.knative.dev/v1", "Service"),
     ("sources.knative.dev/v1", "PingSource"),
     ("sources.knative.dev/v1", "ApiServerSource"),
+    // Both versions of KafkaSource have the same schema.
+    ("sources.knative.dev/v1beta1", "KafkaSource"),
+    ("sources.knative.dev/v1", "KafkaSource"),
     ("v1", "ConfigMap"),
     ("v1", "Secret"),
 ];
