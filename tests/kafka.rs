@@ -50,9 +50,10 @@ async fn broker_ready(s: &TestServer, name: &str) {
         .and_then(|items| items.iter().find(|i| i["metadata"]["name"] == name))
         .cloned()
         .unwrap_or_default();
-    let ready = item["status"]["conditions"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    let ready = item["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
     assert!(ready, "broker {name} is not ready: {item}");
 }
 
@@ -83,7 +84,11 @@ fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
 async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let results = admin(bootstrap)
         .create_topics(
-            [&NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
             &AdminOptions::new(),
         )
         .await
@@ -94,7 +99,11 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 }
 
 /// Every record of a topic, read from the beginning by a plain consumer.
-fn read_topic(bootstrap: &str, topic: &str, expected: usize) -> Vec<rdkafka::message::OwnedMessage> {
+fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
@@ -152,14 +161,21 @@ async fn events_round_trip_through_a_topic_to_filtered_triggers() {
         let ty = if n % 2 == 0 { "order" } else { "other" };
         let mut headers = binary_headers(&format!("e{n}"), ty);
         headers.push(("ce-partitionkey", format!("k{}", n % 3)));
-        assert_eq!(post(&url, &headers, "{\"n\":1}").await, StatusCode::ACCEPTED);
+        assert_eq!(
+            post(&url, &headers, "{\"n\":1}").await,
+            StatusCode::ACCEPTED
+        );
     }
     let got = orders.wait_for(10, WAIT).await;
     assert!(got.iter().all(|e| e.ty() == "order"), "the filter held");
     everything.wait_for(20, WAIT).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(orders.count(), 10, "no event outside the filter");
-    let ids: HashSet<String> = everything.events().iter().map(|e| e.id().to_owned()).collect();
+    let ids: HashSet<String> = everything
+        .events()
+        .iter()
+        .map(|e| e.id().to_owned())
+        .collect();
     assert_eq!(ids.len(), 20);
     let first = &everything.events()[0];
     assert_eq!(first.data().map(|d| &d[..]), Some(&b"{\"n\":1}"[..]));
@@ -243,7 +259,13 @@ async fn failed_deliveries_go_to_the_dead_letter_sink() {
     };
     let name = unique("dls");
     let failing = Subscriber::start(
-        |_, _| (StatusCode::INTERNAL_SERVER_ERROR, vec![], Bytes::from("boom")),
+        |_, _| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                vec![],
+                Bytes::from("boom"),
+            )
+        },
         Duration::ZERO,
     )
     .await;
@@ -280,7 +302,11 @@ async fn replies_re_enter_the_kafka_broker() {
     let name = unique("rep");
     let replier = Subscriber::start(
         |received, _| {
-            let id = received.event.as_ref().map(|e| e.id().to_owned()).unwrap_or_default();
+            let id = received
+                .event
+                .as_ref()
+                .map(|e| e.id().to_owned())
+                .unwrap_or_default();
             (
                 StatusCode::OK,
                 vec![
@@ -336,7 +362,11 @@ async fn a_broker_without_kafka_settings_says_which_field_to_set() {
     let s = TestServer::start(&[("broker.yaml", &kafka_broker(&name))]).await;
     let list = request(Method::GET, &s.admin_url("/api/v1/brokers"), &[], "").await;
     assert!(list.body.contains("spec.config"), "{}", list.body);
-    assert!(list.body.contains("--kafka-bootstrap-servers"), "{}", list.body);
+    assert!(
+        list.body.contains("--kafka-bootstrap-servers"),
+        "{}",
+        list.body
+    );
     let reply = send(&s.broker_url("default", &name), "x", "t").await;
     assert_ne!(reply.status, StatusCode::ACCEPTED);
     s.server.shutdown().await;
@@ -389,12 +419,10 @@ impl Process {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let url = format!("http://127.0.0.1:{}/readyz", self.admin);
-            let ok = tokio::time::timeout(
-                Duration::from_secs(2),
-                request(Method::GET, &url, &[], ""),
-            )
-            .await
-            .is_ok_and(|r| r.status == StatusCode::OK);
+            let ok =
+                tokio::time::timeout(Duration::from_secs(2), request(Method::GET, &url, &[], ""))
+                    .await
+                    .is_ok_and(|r| r.status == StatusCode::OK);
             if ok {
                 return;
             }
@@ -493,7 +521,12 @@ async fn every_accepted_event_is_delivered_after_a_kill_9() {
     .await;
     let dir = tempfile::tempdir().expect("tmp");
     let manifests = dir.path().join("manifests");
-    write_manifests(&manifests, &name, &format!("{name}-t"), &subscriber.url("/"));
+    write_manifests(
+        &manifests,
+        &name,
+        &format!("{name}-t"),
+        &subscriber.url("/"),
+    );
     let data = dir.path().join("data");
 
     let process = Process::start(&manifests, &data, &kafka).await;
@@ -512,13 +545,24 @@ async fn every_accepted_event_is_delivered_after_a_kill_9() {
         let _ = loader.await;
     }
     let accepted = accepted.lock().expect("lock").clone();
-    assert!(accepted.len() >= 2000, "only {} accepted before the kill", accepted.len());
+    assert!(
+        accepted.len() >= 2000,
+        "only {} accepted before the kill",
+        accepted.len()
+    );
     let before_restart = subscriber.count();
-    assert!(before_restart < accepted.len() + 16, "the kill came mid-delivery");
+    assert!(
+        before_restart < accepted.len() + 16,
+        "the kill came mid-delivery"
+    );
 
     let _restarted = Process::start(&manifests, &data, &kafka).await;
     wait_all_delivered(&accepted, &[&subscriber]).await;
-    assert_eq!(subscriber.count(), subscriber.events().len(), "every request was a valid event");
+    assert_eq!(
+        subscriber.count(),
+        subscriber.events().len(),
+        "every request was a valid event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -532,8 +576,18 @@ async fn two_processes_split_the_partitions_of_a_trigger_group() {
     let dir = tempfile::tempdir().expect("tmp");
     // The same broker and trigger (so the same topic and group) in both; each
     // process delivers to its own subscriber, so we see who got what.
-    write_manifests(&dir.path().join("m1"), &name, &trigger_name, &first.url("/"));
-    write_manifests(&dir.path().join("m2"), &name, &trigger_name, &second.url("/"));
+    write_manifests(
+        &dir.path().join("m1"),
+        &name,
+        &trigger_name,
+        &first.url("/"),
+    );
+    write_manifests(
+        &dir.path().join("m2"),
+        &name,
+        &trigger_name,
+        &second.url("/"),
+    );
     let one = Process::start(&dir.path().join("m1"), &dir.path().join("d1"), &kafka).await;
     let two = Process::start(&dir.path().join("m2"), &dir.path().join("d2"), &kafka).await;
 
@@ -554,7 +608,10 @@ async fn two_processes_split_the_partitions_of_a_trigger_group() {
     let accepted = accepted.lock().expect("lock").clone();
     wait_all_delivered(&accepted, &[&first, &second]).await;
     let (a, b) = (first.count(), second.count());
-    assert!(a >= 100 && b >= 100, "both processes delivered: {a} and {b}");
+    assert!(
+        a >= 100 && b >= 100,
+        "both processes delivered: {a} and {b}"
+    );
     drop((one, two));
 }
 
@@ -577,24 +634,48 @@ async fn kafka_source_maps_plain_records_and_passes_cloudevents_through() {
             key: "Trace",
             value: Some(&b"t-1"[..]),
         }));
-    producer.send(plain, Duration::from_secs(10)).await.expect("sent");
+    producer
+        .send(plain, Duration::from_secs(10))
+        .await
+        .expect("sent");
     let binary_headers = OwnedHeaders::new()
-        .insert(Header { key: "ce_specversion", value: Some(&b"1.0"[..]) })
-        .insert(Header { key: "ce_id", value: Some(&b"ce-1"[..]) })
-        .insert(Header { key: "ce_source", value: Some(&b"/producer"[..]) })
-        .insert(Header { key: "ce_type", value: Some(&b"order.created"[..]) })
-        .insert(Header { key: "content-type", value: Some(&b"text/plain"[..]) });
+        .insert(Header {
+            key: "ce_specversion",
+            value: Some(&b"1.0"[..]),
+        })
+        .insert(Header {
+            key: "ce_id",
+            value: Some(&b"ce-1"[..]),
+        })
+        .insert(Header {
+            key: "ce_source",
+            value: Some(&b"/producer"[..]),
+        })
+        .insert(Header {
+            key: "ce_type",
+            value: Some(&b"order.created"[..]),
+        })
+        .insert(Header {
+            key: "content-type",
+            value: Some(&b"text/plain"[..]),
+        });
     let binary = FutureRecord::<[u8], [u8]>::to(&topic)
         .payload(&b"hello"[..])
         .headers(binary_headers);
-    producer.send(binary, Duration::from_secs(10)).await.expect("sent");
+    producer
+        .send(binary, Duration::from_secs(10))
+        .await
+        .expect("sent");
     let structured = FutureRecord::<[u8], [u8]>::to(&topic)
         .payload(&br#"{"specversion":"1.0","id":"ce-2","source":"/producer","type":"order.paid","data":{"x":1}}"#[..])
         .headers(OwnedHeaders::new().insert(Header {
             key: "content-type",
             value: Some(&b"application/cloudevents+json"[..]),
         }));
-    producer.send(structured, Duration::from_secs(10)).await.expect("sent");
+    producer
+        .send(structured, Duration::from_secs(10))
+        .await
+        .expect("sent");
 
     let sink = Subscriber::accepting().await;
     let source = format!(
@@ -614,7 +695,10 @@ async fn kafka_source_maps_plain_records_and_passes_cloudevents_through() {
     assert_eq!(mapped.attribute("key"), Some("42"));
     assert_eq!(mapped.attribute("kafkaheadertrace"), Some("t-1"));
     assert_eq!(mapped.attribute("team"), Some("blue"));
-    assert_eq!(mapped.data().map(|d| &d[..]), Some(&b"{\"plain\":true}"[..]));
+    assert_eq!(
+        mapped.data().map(|d| &d[..]),
+        Some(&b"{\"plain\":true}"[..])
+    );
     assert_eq!((got[1].id(), got[1].ty()), ("ce-1", "order.created"));
     assert_eq!(got[1].data().map(|d| &d[..]), Some(&b"hello"[..]));
     assert_eq!(got[1].attribute("team"), Some("blue"));

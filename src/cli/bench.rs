@@ -103,6 +103,9 @@ pub enum Suite {
     /// CESQL: evaluations per second of a typical filter against the same
     /// logic as a Rust closure.
     Cesql(crate::cli::bench_cesql::CesqlArgs),
+    /// Kafka: events/s through a Kafka broker (ingress to subscriber)
+    /// against a raw rdkafka producer and consumer on the same Kafka.
+    Kafka(crate::cli::bench_kafka::KafkaBenchArgs),
 }
 
 /// What a phase sends to.
@@ -152,6 +155,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.suite {
         Some(Suite::Serving(serving)) => return crate::cli::bench_serving::run(serving).await,
         Some(Suite::Cesql(cesql)) => return crate::cli::bench_cesql::run(cesql),
+        Some(Suite::Kafka(kafka)) => return crate::cli::bench_kafka::run(kafka).await,
         None => {}
     }
     let settings = Settings::from_args(&args)?;
@@ -672,7 +676,7 @@ pub(super) struct Tally {
     /// The answer that counts as success.
     expected: StatusCode,
     /// 202s at any time, warm-up included: what the subscriber must receive.
-    sent_accepted: u64,
+    pub(super) sent_accepted: u64,
     /// 202s completed inside the measured window.
     pub(super) accepted: u64,
     /// Other answers, by status code.
@@ -868,8 +872,8 @@ pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full
 // ---------------------------------------------------------------------------
 
 /// An HTTP server on 127.0.0.1 with any port, serving until stopped.
-struct HttpServer {
-    addr: SocketAddr,
+pub(super) struct HttpServer {
+    pub(super) addr: SocketAddr,
     accept: JoinHandle<()>,
 }
 
@@ -878,7 +882,7 @@ impl HttpServer {
     /// ingress, so the raw baseline differs from pilotlight only in the work
     /// done per request. `nodelay` mirrors the ingress listener (on) for the
     /// baseline.
-    async fn start<S, F>(service: S, nodelay: bool, what: &str) -> anyhow::Result<Self>
+    pub(super) async fn start<S, F>(service: S, nodelay: bool, what: &str) -> anyhow::Result<Self>
     where
         S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Response<Empty<Bytes>>, Infallible>> + Send + 'static,
