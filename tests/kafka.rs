@@ -551,13 +551,15 @@ async fn every_accepted_event_is_delivered_after_a_kill_9() {
         accepted.len()
     );
     let before_restart = subscriber.count();
-    assert!(
-        before_restart < accepted.len() + 16,
-        "the kill came mid-delivery"
-    );
 
     let _restarted = Process::start(&manifests, &data, &kafka).await;
     wait_all_delivered(&accepted, &[&subscriber]).await;
+    // Offsets are committed every 0.5 s: what the killed process delivered
+    // since its last commit (and what it never got to) comes from the new one.
+    assert!(
+        subscriber.count() > before_restart,
+        "the restarted process resumed from the committed offsets"
+    );
     assert_eq!(
         subscriber.count(),
         subscriber.events().len(),
