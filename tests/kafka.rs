@@ -418,13 +418,15 @@ impl Process {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let url = format!("http://127.0.0.1:{}/readyz", self.admin);
-            let ok =
-                tokio::time::timeout(Duration::from_secs(2), request(Method::GET, &url, &[], ""))
-                    .await
-                    .is_ok_and(|r| r.status == StatusCode::OK);
-            if ok {
-                return;
+            // `request` panics on a refused connection: wait for the port first.
+            let listening = tokio::net::TcpStream::connect(("127.0.0.1", self.admin))
+                .await
+                .is_ok();
+            if listening {
+                let url = format!("http://127.0.0.1:{}/readyz", self.admin);
+                if request(Method::GET, &url, &[], "").await.status == StatusCode::OK {
+                    return;
+                }
             }
             assert!(Instant::now() < deadline, "pilotlight did not become ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
