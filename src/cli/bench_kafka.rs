@@ -341,7 +341,8 @@ async fn raw_side(args: &KafkaBenchArgs, payload: Bytes, events: u64) -> anyhow:
         .set("bootstrap.servers", servers)
         .set("group.id", unique("bench-raw"))
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "true")
+        // Nothing to resume: the raw side only reads.
+        .set("enable.auto.commit", "false")
         .create()
         .context("consumer")?;
     consumer.subscribe(&[&topic]).context("subscribing")?;
