@@ -416,7 +416,11 @@ async fn raw_side(args: &KafkaBenchArgs, payload: Bytes, events: u64) -> anyhow:
     }
     receipts.wait_for(events, "raw records").await?;
     let last = receipts.last().unwrap_or_else(Instant::now);
+    // Close the consumer before deleting its topic: tansu's storage panics
+    // on a fetch for a topic deleted under it.
     reader.abort();
+    let _ = reader.await;
+    drop(consumer);
     let _ = admin.delete_topics(&[&topic], &options).await;
     Ok(Side {
         events,
