@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// The default RabbitMQ (`--rabbitmq-uri`).
     pub rabbitmq_uri: Option<String>,
+    /// Bootstrap servers of Kafka brokers without `spec.config`.
+    pub kafka_bootstrap_servers: Option<String>,
     /// Re-apply manifests when their files change.
     pub watch: bool,
     pub serving: ServingConfig,
@@ -67,6 +69,7 @@ impl ServerConfig {
             memory: MemoryConfig::default(),
             max_in_flight: 100,
             rabbitmq_uri: None,
+            kafka_bootstrap_servers: None,
             watch: false,
             serving: ServingConfig::default(),
         }
@@ -135,6 +138,7 @@ impl Server {
             memory: config.memory.clone(),
             max_in_flight: config.max_in_flight,
             rabbitmq_uri: config.rabbitmq_uri.clone(),
+            kafka_bootstrap_servers: config.kafka_bootstrap_servers.clone(),
         };
         let serving = ServingControl::new(
             ServingSettings {

@@ -106,6 +106,9 @@ pub enum Suite {
     /// RabbitMQ: events/s through a RabbitMQBroker against a raw lapin
     /// publisher with confirms plus a consumer, on the same RabbitMQ.
     Rabbitmq(crate::cli::bench_rabbitmq::RabbitmqArgs),
+    /// Kafka: events/s through a Kafka broker (ingress to subscriber)
+    /// against a raw rdkafka producer and consumer on the same Kafka.
+    Kafka(crate::cli::bench_kafka::KafkaBenchArgs),
 }
 
 /// What a phase sends to.
@@ -158,6 +161,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(Suite::Rabbitmq(rabbitmq)) => {
             return crate::cli::bench_rabbitmq::run(rabbitmq).await;
         }
+        Some(Suite::Kafka(kafka)) => return crate::cli::bench_kafka::run(kafka).await,
         None => {}
     }
     let settings = Settings::from_args(&args)?;
@@ -678,7 +682,7 @@ pub(super) struct Tally {
     /// The answer that counts as success.
     expected: StatusCode,
     /// 202s at any time, warm-up included: what the subscriber must receive.
-    sent_accepted: u64,
+    pub(super) sent_accepted: u64,
     /// 202s completed inside the measured window.
     pub(super) accepted: u64,
     /// Other answers, by status code.
@@ -874,8 +878,8 @@ pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full
 // ---------------------------------------------------------------------------
 
 /// An HTTP server on 127.0.0.1 with any port, serving until stopped.
-struct HttpServer {
-    addr: SocketAddr,
+pub(super) struct HttpServer {
+    pub(super) addr: SocketAddr,
     accept: JoinHandle<()>,
 }
 
@@ -884,7 +888,7 @@ impl HttpServer {
     /// ingress, so the raw baseline differs from pilotlight only in the work
     /// done per request. `nodelay` mirrors the ingress listener (on) for the
     /// baseline.
-    async fn start<S, F>(service: S, nodelay: bool, what: &str) -> anyhow::Result<Self>
+    pub(super) async fn start<S, F>(service: S, nodelay: bool, what: &str) -> anyhow::Result<Self>
     where
         S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Response<Empty<Bytes>>, Infallible>> + Send + 'static,

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// without a cluster reference, e.g. amqp://guest:guest@127.0.0.1:5672/%2f.
     #[arg(long, env = "PILOTLIGHT_RABBITMQ_URI")]
     pub rabbitmq_uri: Option<String>,
+    /// Kafka bootstrap servers (host:port,...) for brokers of class Kafka
+    /// without spec.config.
+    #[arg(long, env = "PILOTLIGHT_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: Option<String>,
     /// Do not re-apply manifests when their files change.
     #[arg(long, env = "PILOTLIGHT_NO_WATCH")]
     pub no_watch: bool,
@@ -109,6 +113,7 @@ impl RunArgs {
             memory: MemoryConfig::default(),
             max_in_flight: self.max_in_flight.max(1),
             rabbitmq_uri: self.rabbitmq_uri.clone(),
+            kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
             watch: !self.no_watch,
             serving,
         })

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::ObjectKey;
 use super::resources::broker::BrokerClass;
 use super::resources::{
-    ApiServerSource, Broker, ConfigMap, KNOWN_KINDS, PingSource, RabbitmqBrokerConfig,
+    ApiServerSource, Broker, ConfigMap, KNOWN_KINDS, KafkaSource, PingSource, RabbitmqBrokerConfig,
     RabbitmqSource, Resource, Secret, Service, Trigger,
 };
 
@@ -241,7 +241,11 @@ pub fn parse_document(
         };
         return Err(refuse(Some(label), Some(missing.into()), "is required"));
     }
-    let known = KNOWN_KINDS.iter().find(|(_, k)| *k == kind);
+    // A kind may be known in several versions (KafkaSource).
+    let known = KNOWN_KINDS
+        .iter()
+        .find(|(v, k)| *k == kind && *v == api_version)
+        .or_else(|| KNOWN_KINDS.iter().find(|(_, k)| *k == kind));
     match known {
         None => Err(refuse(
             Some(label),
@@ -285,6 +289,11 @@ fn typed(
             let source: ApiServerSource = deserialize(value)?;
             source.validate().map_err(invalid)?;
             Ok(Resource::ApiServerSource(Box::new(source)))
+        }
+        "KafkaSource" => {
+            let source: KafkaSource = deserialize(value)?;
+            source.validate().map_err(invalid)?;
+            Ok(Resource::KafkaSource(Box::new(source)))
         }
         "PingSource" => {
             let source: PingSource = deserialize(value)?;

@@ -22,6 +22,7 @@ use super::sources::{DesiredSource, SourceControl};
 
 type BuildSource = Box<dyn FnOnce() -> Box<dyn crate::eventing::source::Source> + Send>;
 use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
+use crate::eventing::backend::kafka::{self as kafka_backend, KafkaConfig};
 use crate::eventing::backend::log::{self as log_backend, LogConfig};
 use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
 use crate::eventing::backend::rabbitmq::config::{
@@ -47,6 +48,8 @@ pub struct Settings {
     /// The RabbitMQ of RabbitMQBrokers without `spec.config` and of
     /// RabbitmqSources without a cluster reference (`--rabbitmq-uri`).
     pub rabbitmq_uri: Option<String>,
+    /// Bootstrap servers of Kafka brokers without `spec.config`.
+    pub kafka_bootstrap_servers: Option<String>,
 }
 
 struct RunningBroker {
@@ -69,6 +72,7 @@ enum BackendPlan {
         broker: ObjectKey,
         connection: RabbitConnectionConfig,
     },
+    Kafka(KafkaConfig),
 }
 
 /// Dropping one aborts its dispatcher (see [`Dispatcher`]).
@@ -152,7 +156,8 @@ impl ControlPlane {
                 Resource::Service(_) => services.push(loaded),
                 Resource::PingSource(_)
                 | Resource::ApiServerSource(_)
-                | Resource::RabbitmqSource(_) => sources.push(loaded),
+                | Resource::RabbitmqSource(_)
+                | Resource::KafkaSource(_) => sources.push(loaded),
                 // Read through the object index by whatever refers to them.
                 Resource::ConfigMap(_)
                 | Resource::Secret(_)
@@ -318,6 +323,12 @@ impl ControlPlane {
                 broker: key.clone(),
                 connection: self.rabbitmq_connection(broker, index)?,
             },
+            BrokerClass::Kafka => BackendPlan::Kafka(kafka_backend::config::resolve(
+                key,
+                broker,
+                index,
+                self.settings.kafka_bootstrap_servers.as_deref(),
+            )?),
         })
     }
 
@@ -370,6 +381,10 @@ impl ControlPlane {
                     .await
                     .map(|b| Arc::new(b) as Arc<dyn Backend>)
             }
+            BackendPlan::Kafka(config) => kafka_backend::start(config)
+                .await
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -585,6 +600,17 @@ impl ControlPlane {
                         Box::new(move || source.into_source(uri)),
                     )
                 }
+                Resource::KafkaSource(k) => {
+                    let source = k.clone();
+                    (
+                        "KafkaSource",
+                        &k.api_version,
+                        &k.metadata,
+                        &k.spec.sink,
+                        serde_json::to_value(&k.spec),
+                        Box::new(move || source.into_source()),
+                    )
+                }
                 _ => return None,
             };
         let key = metadata.key();
@@ -758,6 +784,12 @@ fn view(loaded: &Loaded, status: Status) -> ObjectView {
             &a.kind,
             &a.metadata,
             serde_json::to_value(&a.spec),
+        ),
+        Resource::KafkaSource(k) => (
+            &k.api_version,
+            &k.kind,
+            &k.metadata,
+            serde_json::to_value(&k.spec),
         ),
         Resource::ConfigMap(c) => (
             &c.api_version,

@@ -44,6 +44,8 @@ pub enum BrokerClass {
     /// RabbitMQ (`RabbitMQBroker`): an exchange per broker, a queue per trigger.
     #[serde(rename = "rabbitmq")]
     RabbitMq,
+    /// A Kafka topic per broker (Knative's eventing-kafka-broker class).
+    Kafka,
 }
 
 impl BrokerClass {
@@ -56,16 +58,11 @@ impl BrokerClass {
             "MTChannelBasedBroker" | "Log" | "log" => Ok(BrokerClass::Log),
             "Memory" | "memory" => Ok(BrokerClass::Memory),
             "RabbitMQBroker" => Ok(BrokerClass::RabbitMq),
-            "Kafka" => Err(Invalid::new(
-                format!("metadata.annotations.{CLASS_ANNOTATION}"),
-                format!(
-                    "broker class '{class}' is not available in this version of pilotlight; use 'MTChannelBasedBroker' (the durable log), 'Memory' or 'RabbitMQBroker'"
-                ),
-            )),
+            "Kafka" => Ok(BrokerClass::Kafka),
             other => Err(Invalid::new(
                 format!("metadata.annotations.{CLASS_ANNOTATION}"),
                 format!(
-                    "unknown broker class '{other}'; known classes: MTChannelBasedBroker (durable log, the default), Memory, RabbitMQBroker"
+                    "unknown broker class '{other}'; known classes: MTChannelBasedBroker (durable log, the default), Memory, Kafka, RabbitMQBroker"
                 ),
             )),
         }

@@ -12,6 +12,7 @@ use std::fmt;
 
 pub use crate::eventing::backend::rabbitmq::config::RabbitmqBrokerConfig;
 pub use crate::eventing::source::apiserver::ApiServerSource;
+pub use crate::eventing::source::kafka::KafkaSource;
 pub use crate::eventing::source::ping::PingSource;
 pub use crate::eventing::source::rabbitmq::RabbitmqSource;
 pub use broker::Broker;
@@ -51,6 +52,7 @@ pub enum Resource {
     Service(Box<Service>),
     PingSource(Box<PingSource>),
     ApiServerSource(Box<ApiServerSource>),
+    KafkaSource(Box<KafkaSource>),
     ConfigMap(Box<ConfigMap>),
     Secret(Box<Secret>),
     RabbitmqBrokerConfig(Box<RabbitmqBrokerConfig>),
@@ -65,6 +67,7 @@ impl Resource {
             Resource::Service(_) => "Service",
             Resource::PingSource(_) => "PingSource",
             Resource::ApiServerSource(_) => "ApiServerSource",
+            Resource::KafkaSource(_) => "KafkaSource",
             Resource::ConfigMap(_) => "ConfigMap",
             Resource::Secret(_) => "Secret",
             Resource::RabbitmqBrokerConfig(_) => "RabbitmqBrokerConfig",
@@ -79,6 +82,7 @@ impl Resource {
             Resource::Service(s) => &s.metadata,
             Resource::PingSource(p) => &p.metadata,
             Resource::ApiServerSource(a) => &a.metadata,
+            Resource::KafkaSource(k) => &k.metadata,
             Resource::ConfigMap(c) => &c.metadata,
             Resource::Secret(s) => &s.metadata,
             Resource::RabbitmqBrokerConfig(c) => &c.metadata,
@@ -94,6 +98,9 @@ pub const KNOWN_KINDS: &[(&str, &str)] = &[
     ("serving.knative.dev/v1", "Service"),
     ("sources.knative.dev/v1", "PingSource"),
     ("sources.knative.dev/v1", "ApiServerSource"),
+    // Both versions of KafkaSource have the same schema.
+    ("sources.knative.dev/v1beta1", "KafkaSource"),
+    ("sources.knative.dev/v1", "KafkaSource"),
     ("v1", "ConfigMap"),
     ("v1", "Secret"),
     ("eventing.knative.dev/v1alpha1", "RabbitmqBrokerConfig"),

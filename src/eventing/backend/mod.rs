@@ -13,6 +13,7 @@
 //! Lanes model Kafka partitions: ordered delivery means one event in flight per
 //! lane. Backends without partitions use a single lane 0.
 
+pub mod kafka;
 pub mod local;
 pub mod log;
 pub mod memory;

@@ -10,6 +10,7 @@
 //! [`SourceContext::state_dir`] keeps what must survive a restart.
 
 pub mod apiserver;
+pub mod kafka;
 pub mod ping;
 pub mod rabbitmq;
 
@@ -174,32 +175,42 @@ impl SourceContext {
     /// Delivers one event to the sink, with retries; gives up early when the
     /// source is stopping.
     pub async fn send(&self, event: &Event) -> Result<(), SendError> {
-        self.send_with(event, &self.policy.clone()).await
+        self.send_with(event, &self.policy).await
     }
 
     /// [`SourceContext::send`] with the source's own delivery policy (a
     /// source whose manifest has `spec.delivery`).
     pub async fn send_with(&self, event: &Event, policy: &DeliveryPolicy) -> Result<(), SendError> {
+        match self.deliver(&self.sink, event, policy).await? {
+            Outcome::Delivered { .. } => Ok(()),
+            Outcome::Failed(failure) => Err(SendError::Refused {
+                sink: self.sink.to_string(),
+                message: failure.message,
+            }),
+        }
+    }
+
+    /// Delivers one event to `sink` with `policy` (a source's own
+    /// `spec.delivery`, a dead-letter sink), counting it; gives up early
+    /// (with [`SendError::Stopping`]) when the source is stopping.
+    pub async fn deliver(
+        &self,
+        sink: &Uri,
+        event: &Event,
+        policy: &DeliveryPolicy,
+    ) -> Result<Outcome, SendError> {
         let mut stopped = self.stop.clone();
-        let delivery = deliver_with_retries(&self.sender, &self.sink, event, policy, |_, _| {});
+        let delivery = deliver_with_retries(&self.sender, sink, event, policy, |_, _| {});
         let outcome = tokio::select! {
             outcome = delivery => outcome,
             _ = stopped.wait_for(|s| *s) => return Err(SendError::Stopping),
         };
-        match outcome {
-            Outcome::Delivered { .. } => {
-                metrics::counter!("pilotlight_source_sent_total", "source" => self.key.to_string())
-                    .increment(1);
-                Ok(())
-            }
-            Outcome::Failed(failure) => {
-                metrics::counter!("pilotlight_source_failed_total", "source" => self.key.to_string()).increment(1);
-                Err(SendError::Refused {
-                    sink: self.sink.to_string(),
-                    message: failure.message,
-                })
-            }
-        }
+        let counter = match &outcome {
+            Outcome::Delivered { .. } => "pilotlight_source_sent_total",
+            Outcome::Failed(_) => "pilotlight_source_failed_total",
+        };
+        metrics::counter!(counter, "source" => self.key.to_string()).increment(1);
+        Ok(outcome)
     }
 
     pub fn set_status(&self, health: SourceHealth) {

@@ -1,0 +1,377 @@
+//! Where a Kafka broker's events go: bootstrap servers, its topic, topic
+//! settings and credentials, resolved from the Broker's `spec.config`
+//! ConfigMap (Knative's `kafka-broker-config` keys) and the Secret it names,
+//! or from pilotlight's `--kafka-bootstrap-servers` default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::ClientConfig;
+
+use crate::control::ObjectKey;
+use crate::control::objects::ObjectIndex;
+use crate::control::resources::{Broker, Secret};
+
+/// Broker annotation naming a topic that exists already (Knative's
+/// eventing-kafka-broker): the broker uses it, never creates nor deletes it.
+pub const EXTERNAL_TOPIC_ANNOTATION: &str = "kafka.eventing.knative.dev/external.topic";
+/// pilotlight's broker annotation: `"true"` keeps the broker's topic (and
+/// its events) when the Broker is deleted. Without it the topic is deleted,
+/// as Knative does.
+pub const KEEP_TOPIC_ANNOTATION: &str = "pilotlight.dev/kafka-keep-topic";
+
+/// ConfigMap keys, as Knative's `kafka-broker-config`.
+pub const BOOTSTRAP_SERVERS: &str = "bootstrap.servers";
+pub const PARTITIONS: &str = "default.topic.partitions";
+pub const REPLICATION_FACTOR: &str = "default.topic.replication.factor";
+pub const AUTH_SECRET: &str = "auth.secret.ref.name";
+
+/// Topic settings when the ConfigMap has none (or there is no ConfigMap).
+pub const DEFAULT_PARTITIONS: i32 = 10;
+pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
+
+/// A resolved Kafka broker. Compared whole by the control plane: any change
+/// restarts the broker's backend.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// The topic belongs to someone else: not created, not deleted.
+    pub external_topic: bool,
+    /// Keep the topic when the Broker is deleted.
+    pub keep_topic: bool,
+    pub auth: KafkaAuth,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("external_topic", &self.external_topic)
+            .field("keep_topic", &self.keep_topic)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+impl KafkaConfig {
+    /// The client settings every producer, consumer and admin client of this
+    /// broker starts from.
+    pub fn client(&self) -> ClientConfig {
+        self.auth.client(&self.bootstrap_servers)
+    }
+}
+
+/// librdkafka security properties from a Knative auth Secret. Debug output
+/// never shows their values.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct KafkaAuth {
+    properties: BTreeMap<&'static str, String>,
+}
+
+impl fmt::Debug for KafkaAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.properties.keys()).finish()
+    }
+}
+
+impl KafkaAuth {
+    /// Reads Knative's Secret keys: `protocol` (PLAINTEXT, SSL,
+    /// SASL_PLAINTEXT, SASL_SSL), `sasl.mechanism` (PLAIN, SCRAM-SHA-256,
+    /// SCRAM-SHA-512), `user`, `password`, `ca.crt`, `user.crt`, `user.key`.
+    /// Errors name the Secret and key.
+    pub fn from_secret(secret: &Secret) -> Result<KafkaAuth, String> {
+        let name = secret.metadata.key();
+        let protocol = secret
+            .value("protocol")
+            .unwrap_or_else(|| "PLAINTEXT".into())
+            .to_ascii_uppercase();
+        let (sasl, tls) = match protocol.as_str() {
+            "PLAINTEXT" => (false, false),
+            "SSL" => (false, true),
+            "SASL_PLAINTEXT" => (true, false),
+            "SASL_SSL" => (true, true),
+            other => {
+                return Err(format!(
+                    "Secret {name}: protocol '{other}' is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+                ));
+            }
+        };
+        let mut properties = BTreeMap::new();
+        properties.insert("security.protocol", protocol.clone());
+        if sasl {
+            let mechanism = secret
+                .value("sasl.mechanism")
+                .unwrap_or_else(|| "PLAIN".into());
+            if !matches!(
+                mechanism.as_str(),
+                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
+            ) {
+                return Err(format!(
+                    "Secret {name}: sasl.mechanism '{mechanism}' is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+                ));
+            }
+            for key in ["user", "password"] {
+                if secret.value(key).is_none() {
+                    return Err(format!(
+                        "Secret {name}: protocol {protocol} needs the key '{key}'"
+                    ));
+                }
+            }
+            properties.insert("sasl.mechanisms", mechanism);
+            properties.insert("sasl.username", secret.value("user").unwrap_or_default());
+            properties.insert(
+                "sasl.password",
+                secret.value("password").unwrap_or_default(),
+            );
+        }
+        if tls {
+            for (key, property) in [
+                ("ca.crt", "ssl.ca.pem"),
+                ("user.crt", "ssl.certificate.pem"),
+                ("user.key", "ssl.key.pem"),
+            ] {
+                if let Some(value) = secret.value(key) {
+                    properties.insert(property, value);
+                }
+            }
+            if properties.contains_key("ssl.certificate.pem")
+                != properties.contains_key("ssl.key.pem")
+            {
+                return Err(format!(
+                    "Secret {name}: set both user.crt and user.key for a client certificate, or neither"
+                ));
+            }
+        }
+        Ok(KafkaAuth { properties })
+    }
+
+    pub fn client(&self, bootstrap_servers: &str) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", bootstrap_servers);
+        for (key, value) in &self.properties {
+            client.set(*key, value);
+        }
+        client
+    }
+}
+
+/// The topic of a broker, as Knative names it.
+pub fn topic_name(broker: &ObjectKey) -> String {
+    format!("knative-broker-{}-{}", broker.namespace, broker.name)
+}
+
+/// Resolves a Kafka broker. `default_bootstrap` is pilotlight's
+/// `--kafka-bootstrap-servers`, used when the broker has no `spec.config`.
+pub fn resolve(
+    key: &ObjectKey,
+    broker: &Broker,
+    index: &ObjectIndex<'_>,
+    default_bootstrap: Option<&str>,
+) -> Result<KafkaConfig, String> {
+    let annotations = &broker.metadata.annotations;
+    let external = annotations
+        .get(EXTERNAL_TOPIC_ANNOTATION)
+        .filter(|t| !t.is_empty());
+    let mut config = KafkaConfig {
+        bootstrap_servers: String::new(),
+        topic: external.cloned().unwrap_or_else(|| topic_name(key)),
+        partitions: DEFAULT_PARTITIONS,
+        replication_factor: DEFAULT_REPLICATION_FACTOR,
+        external_topic: external.is_some(),
+        keep_topic: match annotations.get(KEEP_TOPIC_ANNOTATION).map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(format!(
+                    "metadata.annotations.{KEEP_TOPIC_ANNOTATION}: '{other}' is not true or false"
+                ));
+            }
+        },
+        auth: KafkaAuth::default(),
+    };
+    let Some(reference) = &broker.spec.config else {
+        config.bootstrap_servers = default_bootstrap
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| {
+                "spec.config: a Kafka broker needs a ConfigMap with bootstrap.servers here, or pilotlight's --kafka-bootstrap-servers (PILOTLIGHT_KAFKA_BOOTSTRAP_SERVERS)".to_owned()
+            })?
+            .to_owned();
+        return Ok(config);
+    };
+    if reference.kind != "ConfigMap" {
+        return Err(format!(
+            "spec.config: a Kafka broker's config is a ConfigMap (apiVersion v1), not {}",
+            reference.kind
+        ));
+    }
+    let namespace = reference.namespace.as_deref().unwrap_or(&key.namespace);
+    let map_key = ObjectKey::new(namespace, reference.name.clone());
+    let map = index
+        .config_map(&map_key)
+        .map_err(|e| format!("spec.config: {e}"))?;
+    let data = &map.data;
+    config.bootstrap_servers = data
+        .get(BOOTSTRAP_SERVERS)
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| format!("ConfigMap {map_key}: data.{BOOTSTRAP_SERVERS} is required"))?
+        .clone();
+    config.partitions = number(data, &map_key, PARTITIONS, DEFAULT_PARTITIONS)?;
+    config.replication_factor = number(
+        data,
+        &map_key,
+        REPLICATION_FACTOR,
+        DEFAULT_REPLICATION_FACTOR,
+    )?;
+    if let Some(secret_name) = data.get(AUTH_SECRET).filter(|s| !s.is_empty()) {
+        let secret_key = ObjectKey::new(namespace, secret_name.clone());
+        let secret = index
+            .secret(&secret_key)
+            .map_err(|e| format!("ConfigMap {map_key}: data.{AUTH_SECRET}: {e}"))?;
+        config.auth = KafkaAuth::from_secret(secret)?;
+    }
+    Ok(config)
+}
+
+fn number(
+    data: &BTreeMap<String, String>,
+    map: &ObjectKey,
+    key: &str,
+    default: i32,
+) -> Result<i32, String> {
+    match data.get(key) {
+        None => Ok(default),
+        Some(text) => text
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                format!("ConfigMap {map}: data.{key}: '{text}' is not a positive number")
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::manifest::Manifests;
+
+    fn load(yaml: &str) -> Manifests {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+        crate::control::manifest::load(
+            &[dir.path().to_owned()],
+            crate::control::resources::broker::BrokerClass::Log,
+        )
+    }
+
+    fn broker_of(manifests: &Manifests) -> (ObjectKey, Broker) {
+        manifests
+            .objects
+            .iter()
+            .find_map(|l| match &l.resource {
+                crate::control::resources::Resource::Broker(b) => {
+                    Some((b.metadata.key(), b.clone()))
+                }
+                _ => None,
+            })
+            .expect("a broker")
+    }
+
+    const BROKER: &str = "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: orders\n  namespace: shop\n  annotations:\n    eventing.knative.dev/broker.class: Kafka\n";
+
+    #[test]
+    fn without_spec_config_the_pilotlight_default_is_used_or_named() {
+        let manifests = load(BROKER);
+        let index = ObjectIndex::new(&manifests);
+        let (key, broker) = broker_of(&manifests);
+        let config = resolve(&key, &broker, &index, Some("k:9092")).unwrap();
+        assert_eq!(config.bootstrap_servers, "k:9092");
+        assert_eq!(config.topic, "knative-broker-shop-orders");
+        assert!(!config.external_topic && !config.keep_topic);
+        let err = resolve(&key, &broker, &index, None).unwrap_err();
+        assert!(
+            err.contains("spec.config") && err.contains("--kafka-bootstrap-servers"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_map_and_sasl_ssl_secret_resolve() {
+        let yaml = format!(
+            "{BROKER}spec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: kafka-broker-config\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kafka-broker-config\n  namespace: shop\ndata:\n  bootstrap.servers: a:9093,b:9093\n  default.topic.partitions: \"3\"\n  default.topic.replication.factor: \"2\"\n  auth.secret.ref.name: kafka-auth\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: kafka-auth\n  namespace: shop\nstringData:\n  protocol: SASL_SSL\n  sasl.mechanism: SCRAM-SHA-512\n  user: alice\n  password: s3cret\n  ca.crt: CERT\n"
+        );
+        let manifests = load(&yaml);
+        assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+        let index = ObjectIndex::new(&manifests);
+        let (key, broker) = broker_of(&manifests);
+        let config = resolve(&key, &broker, &index, None).unwrap();
+        assert_eq!(config.bootstrap_servers, "a:9093,b:9093");
+        assert_eq!((config.partitions, config.replication_factor), (3, 2));
+        let client = config.client();
+        assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(client.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        assert_eq!(client.get("sasl.username"), Some("alice"));
+        assert_eq!(client.get("ssl.ca.pem"), Some("CERT"));
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "debug hides secrets"
+        );
+    }
+
+    #[test]
+    fn bad_references_and_values_name_the_field() {
+        let missing = format!(
+            "{BROKER}spec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: nope\n"
+        );
+        let manifests = load(&missing);
+        let index = ObjectIndex::new(&manifests);
+        let (key, broker) = broker_of(&manifests);
+        let err = resolve(&key, &broker, &index, Some("x:1")).unwrap_err();
+        assert!(
+            err.starts_with("spec.config: ConfigMap shop/nope does not exist"),
+            "{err}"
+        );
+
+        let bad = format!(
+            "{BROKER}spec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: c\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: shop\ndata:\n  bootstrap.servers: a:1\n  default.topic.partitions: many\n"
+        );
+        let manifests = load(&bad);
+        let index = ObjectIndex::new(&manifests);
+        let (key, broker) = broker_of(&manifests);
+        let err = resolve(&key, &broker, &index, None).unwrap_err();
+        assert!(err.contains("data.default.topic.partitions"), "{err}");
+
+        let sasl = format!(
+            "{BROKER}spec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: c\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: shop\ndata:\n  bootstrap.servers: a:1\n  auth.secret.ref.name: s\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: shop\nstringData:\n  protocol: SASL_PLAINTEXT\n  user: bob\n"
+        );
+        let manifests = load(&sasl);
+        let index = ObjectIndex::new(&manifests);
+        let (key, broker) = broker_of(&manifests);
+        let err = resolve(&key, &broker, &index, None).unwrap_err();
+        assert!(
+            err.contains("Secret shop/s") && err.contains("'password'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn external_topic_and_keep_annotations() {
+        let yaml = BROKER.replace(
+            "broker.class: Kafka\n",
+            "broker.class: Kafka\n    kafka.eventing.knative.dev/external.topic: existing\n    pilotlight.dev/kafka-keep-topic: \"true\"\n",
+        );
+        let manifests = load(&yaml);
+        let index = ObjectIndex::new(&manifests);
+        let (key, broker) = broker_of(&manifests);
+        let config = resolve(&key, &broker, &index, Some("k:1")).unwrap();
+        assert_eq!(config.topic, "existing");
+        assert!(config.external_topic && config.keep_topic);
+    }
+}

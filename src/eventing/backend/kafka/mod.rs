@@ -1,0 +1,367 @@
+//! The `Kafka` broker class (as knative-extensions/eventing-kafka-broker):
+//! one topic per broker (`knative-broker-{namespace}-{name}`), events in the
+//! CloudEvents Kafka binding's binary mode ([`binding`]), one consumer group
+//! per trigger (`knative-trigger-{namespace}-{name}`).
+//!
+//! - `append` answers only after every record is acknowledged by Kafka with
+//!   `acks=all` (idempotent producer, so retries neither duplicate nor
+//!   reorder); a failure is [`AppendError::Unavailable`] (503 + Retry-After).
+//! - Lanes are partitions: the one dispatcher delivers ordered triggers one
+//!   event at a time per partition, unordered ones concurrently.
+//! - Offsets are committed up to the contiguous done prefix per partition
+//!   ([`offsets`], [`consumer`]): a crash redelivers, never skips. Rebalances
+//!   split partitions between pilotlight processes sharing the Kafka.
+
+pub mod binding;
+pub mod config;
+pub mod consumer;
+pub mod offsets;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+pub use config::KafkaConfig;
+use consumer::{GroupConsumer, GroupHandle, InitialOffset, Shared};
+
+use super::{
+    Acknowledge, AppendError, Backend, BackendError, Delivery, Subscription, SubscriptionLag,
+    SubscriptionSpec,
+};
+use crate::control::ObjectKey;
+use crate::eventing::event::Event;
+use crate::eventing::trigger::filter::Filter;
+
+/// How long a record may wait to be acknowledged before the append fails.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Timeout of topic creation and deletion.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// What a client is told to wait after Kafka failed an append.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// A Kafka broker's backend.
+pub struct KafkaBackend {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    subscriptions: tokio::sync::Mutex<HashMap<ObjectKey, GroupHandle>>,
+    lags: Mutex<HashMap<ObjectKey, Arc<Shared>>>,
+}
+
+/// The consumer group of a trigger, as Knative names it.
+pub fn trigger_group(trigger: &ObjectKey) -> String {
+    format!("knative-trigger-{}-{}", trigger.namespace, trigger.name)
+}
+
+/// Connects to Kafka and creates the broker's topic if missing.
+pub async fn start(config: &KafkaConfig) -> Result<KafkaBackend, BackendError> {
+    if !config.external_topic {
+        create_topic(config).await?;
+    }
+    let producer: FutureProducer = config
+        .client()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        // A few ms of batching: concurrent appends share produce requests.
+        .set("linger.ms", "2")
+        .set(
+            "message.timeout.ms",
+            PRODUCE_TIMEOUT.as_millis().to_string(),
+        )
+        .create()
+        .map_err(|e| BackendError(format!("cannot create a Kafka producer: {e}")))?;
+    Ok(KafkaBackend {
+        config: config.clone(),
+        producer,
+        subscriptions: tokio::sync::Mutex::default(),
+        lags: Mutex::default(),
+    })
+}
+
+fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, BackendError> {
+    config
+        .client()
+        .create()
+        .map_err(|e| BackendError(format!("cannot create a Kafka admin client: {e}")))
+}
+
+async fn create_topic(config: &KafkaConfig) -> Result<(), BackendError> {
+    let admin = admin(config)?;
+    let topic = NewTopic::new(
+        &config.topic,
+        config.partitions,
+        TopicReplication::Fixed(config.replication_factor),
+    );
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let created = tokio::time::timeout(ADMIN_TIMEOUT, admin.create_topics([&topic], &options))
+        .await
+        .map_err(|_| {
+            BackendError(format!(
+                "Kafka at {} did not answer within {ADMIN_TIMEOUT:?} (creating topic {})",
+                config.bootstrap_servers, config.topic
+            ))
+        })?
+        .map_err(|e| {
+            BackendError(format!(
+                "creating topic {} on Kafka at {} failed: {e}",
+                config.topic, config.bootstrap_servers
+            ))
+        })?;
+    for result in created {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BackendError(format!(
+                    "creating topic {topic} on Kafka at {} failed: {code}",
+                    config.bootstrap_servers
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl KafkaBackend {
+    pub fn config(&self) -> &KafkaConfig {
+        &self.config
+    }
+
+    fn record<'a>(&'a self, record: &'a binding::OutRecord) -> FutureRecord<'a, str, [u8]> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (key, value) in &record.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut out = FutureRecord::to(&self.config.topic).headers(headers);
+        if let Some(value) = &record.value {
+            out = out.payload(&value[..]);
+        }
+        if let Some(key) = &record.key {
+            out = out.key(key.as_str());
+        }
+        out
+    }
+
+    async fn stop_subscription(&self, trigger: &ObjectKey) {
+        let handle = self.subscriptions.lock().await.remove(trigger);
+        if let Some(handle) = handle {
+            handle.stop().await;
+        }
+        self.lags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(trigger);
+    }
+}
+
+fn unavailable(reason: String) -> AppendError {
+    AppendError::Unavailable {
+        reason,
+        retry_after: RETRY_AFTER,
+    }
+}
+
+#[async_trait]
+impl Backend for KafkaBackend {
+    async fn append(&self, events: Vec<Event>) -> Result<(), AppendError> {
+        let records: Vec<binding::OutRecord> = events.iter().map(binding::encode).collect();
+        // Enqueue all first (in order: the idempotent producer keeps it per
+        // partition), then wait for every acknowledgement.
+        let mut pending = Vec::with_capacity(records.len());
+        for record in &records {
+            match self.producer.send_result(self.record(record)) {
+                Ok(delivery) => pending.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return Err(AppendError::Overloaded(
+                        self.producer.in_flight_count().max(0) as usize,
+                    ));
+                }
+                Err((e, _)) => return Err(unavailable(format!("Kafka refused the record: {e}"))),
+            }
+        }
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(unavailable(format!(
+                        "Kafka at {} did not acknowledge the record: {e}",
+                        self.config.bootstrap_servers
+                    )));
+                }
+                Err(_) => return Err(unavailable("the Kafka producer stopped".into())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        spec: SubscriptionSpec,
+    ) -> Result<Box<dyn Subscription>, BackendError> {
+        self.stop_subscription(&spec.trigger).await;
+        let group = trigger_group(&spec.trigger);
+        let (consumer, handle) = GroupConsumer::start(
+            &self.config.client(),
+            &group,
+            std::slice::from_ref(&self.config.topic),
+            InitialOffset::Latest,
+        )
+        .await
+        .map_err(|e| BackendError(e.to_string()))?;
+        self.lags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.trigger.clone(), handle.shared.clone());
+        self.subscriptions
+            .lock()
+            .await
+            .insert(spec.trigger.clone(), handle);
+        Ok(Box::new(KafkaSubscription {
+            consumer,
+            filter: spec.filter,
+            trigger: spec.trigger,
+        }))
+    }
+
+    async fn unsubscribe(&self, trigger: &ObjectKey) -> Result<(), BackendError> {
+        self.stop_subscription(trigger).await;
+        // The group's committed offsets go with the trigger, as in Knative.
+        let admin = admin(&self.config)?;
+        let group = trigger_group(trigger);
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        match tokio::time::timeout(ADMIN_TIMEOUT, admin.delete_groups(&[&group], &options)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(BackendError(format!(
+                "deleting consumer group {group} failed: {e}"
+            ))),
+            Err(_) => Err(BackendError(format!(
+                "deleting consumer group {group}: Kafka did not answer within {ADMIN_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    fn lag(&self, trigger: &ObjectKey) -> Option<SubscriptionLag> {
+        let lags = self.lags.lock().unwrap_or_else(|e| e.into_inner());
+        lags.get(trigger).map(|shared| SubscriptionLag {
+            backlog: shared.backlog(),
+            lost_to_retention: 0,
+        })
+    }
+
+    async fn shutdown(&self) {
+        let handles: Vec<GroupHandle> = self
+            .subscriptions
+            .lock()
+            .await
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        futures::future::join_all(handles.into_iter().map(GroupHandle::stop)).await;
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(PRODUCE_TIMEOUT)).await;
+    }
+
+    async fn destroy(&self) -> Result<(), BackendError> {
+        self.shutdown().await;
+        if self.config.external_topic || self.config.keep_topic {
+            return Ok(());
+        }
+        let admin = admin(&self.config)?;
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let deleted = tokio::time::timeout(
+            ADMIN_TIMEOUT,
+            admin.delete_topics(&[&self.config.topic], &options),
+        )
+        .await
+        .map_err(|_| {
+            BackendError(format!(
+                "deleting topic {}: Kafka did not answer within {ADMIN_TIMEOUT:?}",
+                self.config.topic
+            ))
+        })?
+        .map_err(|e| BackendError(format!("deleting topic {} failed: {e}", self.config.topic)))?;
+        for result in deleted {
+            if let Err((topic, code)) = result
+                && code != RDKafkaErrorCode::UnknownTopicOrPartition
+            {
+                return Err(BackendError(format!(
+                    "deleting topic {topic} failed: {code}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A trigger's stream: the records of its group's partitions that decode as
+/// CloudEvents and match its filter.
+struct KafkaSubscription {
+    consumer: GroupConsumer,
+    filter: Arc<Filter>,
+    trigger: ObjectKey,
+}
+
+#[async_trait]
+impl Subscription for KafkaSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        let (filter, trigger) = (&self.filter, &self.trigger);
+        let (event, token, _) = self
+            .consumer
+            .next(|message| decode_event(message, trigger).filter(|e| filter.matches(e)))
+            .await?;
+        let lane = token.partition as u32;
+        Some(Delivery::new(
+            Arc::new(event),
+            lane,
+            Box::new(KafkaAck {
+                shared: self.consumer.shared().clone(),
+                token,
+            }),
+        ))
+    }
+}
+
+/// The CloudEvent a broker record holds; a record that is not one (written
+/// to the topic by something else) is logged and skipped.
+fn decode_event(message: &rdkafka::message::OwnedMessage, trigger: &ObjectKey) -> Option<Event> {
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    let headers: Vec<(&str, Option<&[u8]>)> = message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    match binding::decode(headers, message.payload()) {
+        Ok(binding::Decoded::Event(event)) => Some(event),
+        Ok(binding::Decoded::NotAnEvent) => {
+            tracing::warn!(trigger = %trigger, partition = message.partition(), offset = message.offset(), "skipping a record that is not a CloudEvent");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(trigger = %trigger, partition = message.partition(), offset = message.offset(), error = %e, "skipping an invalid CloudEvent record");
+            None
+        }
+    }
+}
+
+struct KafkaAck {
+    shared: Arc<Shared>,
+    token: offsets::OffsetToken,
+}
+
+#[async_trait]
+impl Acknowledge for KafkaAck {
+    async fn ack(self: Box<Self>) {
+        self.shared.done(self.token);
+    }
+}

@@ -1,0 +1,712 @@
+//! The Kafka broker class and KafkaSource against a real Kafka-protocol
+//! broker (tansu in CI: `.ci/start-kafka`; or yours through
+//! PILOTLIGHT_TEST_KAFKA_BOOTSTRAP_SERVERS). Every test uses its own topic,
+//! broker and trigger names, so they run in parallel against one Kafka.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::{KAFKA, Subscriber, TestServer, request, send, trigger};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A name no other test (or earlier run) uses.
+fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..10])
+}
+
+fn kafka_broker(name: &str) -> String {
+    support::broker(
+        name,
+        "  annotations:\n    eventing.knative.dev/broker.class: Kafka\n",
+    )
+}
+
+async fn start(files: &[(&str, &str)], bootstrap: &str) -> TestServer {
+    let bootstrap = bootstrap.to_owned();
+    TestServer::start_with(files, move |c| c.kafka_bootstrap_servers = Some(bootstrap)).await
+}
+
+async fn broker_ready(s: &TestServer, name: &str) {
+    let list = request(Method::GET, &s.admin_url("/api/v1/brokers"), &[], "").await;
+    let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
+    let item = body["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["metadata"]["name"] == name))
+        .cloned()
+        .unwrap_or_default();
+    let ready = item["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    });
+    assert!(ready, "broker {name} is not ready: {item}");
+}
+
+fn binary_headers(id: &str, ty: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ce-specversion", "1.0".into()),
+        ("ce-id", id.into()),
+        ("ce-source", "/kafka-test".into()),
+        ("ce-type", ty.into()),
+        ("content-type", "application/json".into()),
+    ]
+}
+
+async fn post(url: &str, headers: &[(&'static str, String)], body: &str) -> StatusCode {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    request(Method::POST, url, &headers, body.to_owned())
+        .await
+        .status
+}
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client")
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let results = admin(bootstrap)
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Every record of a topic, read from the beginning by a plain consumer.
+fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + WAIT;
+    let mut records = Vec::new();
+    while records.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            records.push(m.detach());
+        }
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_round_trip_through_a_topic_to_filtered_triggers() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("rt");
+    let (orders, everything) = (Subscriber::accepting().await, Subscriber::accepting().await);
+    // Settings from a ConfigMap (Knative's kafka-broker-config keys).
+    let broker = format!(
+        "{}spec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: {name}-config\n",
+        kafka_broker(&name)
+    );
+    let config = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}-config\ndata:\n  bootstrap.servers: {kafka}\n  default.topic.partitions: \"3\"\n  default.topic.replication.factor: \"1\"\n"
+    );
+    let s = TestServer::start(&[
+        ("broker.yaml", &broker),
+        ("config.yaml", &config),
+        (
+            "orders.yaml",
+            &trigger(
+                &format!("{name}-orders"),
+                &name,
+                &orders.url("/"),
+                "  filter:\n    attributes:\n      type: order\n",
+            ),
+        ),
+        (
+            "all.yaml",
+            &trigger(&format!("{name}-all"), &name, &everything.url("/"), ""),
+        ),
+    ])
+    .await;
+    broker_ready(&s, &name).await;
+    let url = s.broker_url("default", &name);
+    for n in 0..20 {
+        let ty = if n % 2 == 0 { "order" } else { "other" };
+        let mut headers = binary_headers(&format!("e{n}"), ty);
+        headers.push(("ce-partitionkey", format!("k{}", n % 3)));
+        assert_eq!(
+            post(&url, &headers, "{\"n\":1}").await,
+            StatusCode::ACCEPTED
+        );
+    }
+    let got = orders.wait_for(10, WAIT).await;
+    assert!(got.iter().all(|e| e.ty() == "order"), "the filter held");
+    everything.wait_for(20, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(orders.count(), 10, "no event outside the filter");
+    let ids: HashSet<String> = everything
+        .events()
+        .iter()
+        .map(|e| e.id().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 20);
+    let first = &everything.events()[0];
+    assert_eq!(first.data().map(|d| &d[..]), Some(&b"{\"n\":1}"[..]));
+    assert_eq!(first.datacontenttype(), Some("application/json"));
+
+    // On the wire: binary mode, partitionkey as the record key.
+    let topic = format!("knative-broker-default-{name}");
+    let records = tokio::task::spawn_blocking({
+        let kafka = kafka.clone();
+        move || read_topic(&kafka, &topic, 20)
+    })
+    .await
+    .expect("reader");
+    assert_eq!(records.len(), 20);
+    let record = &records[0];
+    let headers: HashMap<&str, &[u8]> = record
+        .headers()
+        .expect("headers")
+        .iter()
+        .map(|h| (h.key, h.value.unwrap_or_default()))
+        .collect();
+    let id = std::str::from_utf8(headers["ce_id"]).expect("utf-8");
+    let n: usize = id[1..].parse().expect("id number");
+    assert_eq!(headers["ce_specversion"], b"1.0");
+    assert_eq!(headers["content-type"], b"application/json");
+    assert_eq!(record.key(), Some(format!("k{}", n % 3).as_bytes()));
+    assert_eq!(record.payload(), Some(&b"{\"n\":1}"[..]));
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_trigger_delivers_a_partition_one_event_at_a_time_in_order() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("ord");
+    let subscriber = Subscriber::start(
+        |_, _| (StatusCode::ACCEPTED, vec![], Bytes::new()),
+        Duration::from_millis(20),
+    )
+    .await;
+    let s = start(
+        &[
+            ("broker.yaml", &kafka_broker(&name)),
+            (
+                "t.yaml",
+                &support::trigger(
+                    &format!("{name}-t"),
+                    &name,
+                    &subscriber.url("/"),
+                    "",
+                )
+                .replace(
+                    "kind: Trigger\nmetadata:\n",
+                    "kind: Trigger\nmetadata:\n  annotations:\n    kafka.eventing.knative.dev/delivery.order: ordered\n",
+                ),
+            ),
+        ],
+        &kafka,
+    )
+    .await;
+    broker_ready(&s, &name).await;
+    let url = s.broker_url("default", &name);
+    for n in 0..30 {
+        let mut headers = binary_headers(&n.to_string(), "t");
+        headers.push(("ce-partitionkey", "one-key".into()));
+        assert_eq!(post(&url, &headers, "{}").await, StatusCode::ACCEPTED);
+    }
+    let got = subscriber.wait_for(30, WAIT).await;
+    let ids: Vec<String> = got.iter().map(|e| e.id().to_owned()).collect();
+    let expected: Vec<String> = (0..30).map(|n| n.to_string()).collect();
+    assert_eq!(ids, expected, "one key, one partition: in order");
+    assert_eq!(subscriber.max_in_flight.load(Ordering::SeqCst), 1);
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_go_to_the_dead_letter_sink() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("dls");
+    let failing = Subscriber::start(
+        |_, _| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                vec![],
+                Bytes::from("boom"),
+            )
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let dead = Subscriber::accepting().await;
+    let delivery = format!(
+        "  delivery:\n    retry: 1\n    backoffPolicy: linear\n    backoffDelay: PT0.05S\n    deadLetterSink:\n      uri: {}\n",
+        dead.url("/")
+    );
+    let s = start(
+        &[
+            ("broker.yaml", &kafka_broker(&name)),
+            (
+                "t.yaml",
+                &trigger(&format!("{name}-t"), &name, &failing.url("/"), &delivery),
+            ),
+        ],
+        &kafka,
+    )
+    .await;
+    broker_ready(&s, &name).await;
+    send(&s.broker_url("default", &name), "doomed", "t").await;
+    let got = dead.wait_for(1, WAIT).await;
+    assert_eq!(got[0].id(), "doomed");
+    assert_eq!(got[0].attribute("knativeerrorcode"), Some("500"));
+    assert_eq!(failing.count(), 2, "one try and one retry");
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_re_enter_the_kafka_broker() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("rep");
+    let replier = Subscriber::start(
+        |received, _| {
+            let id = received
+                .event
+                .as_ref()
+                .map(|e| e.id().to_owned())
+                .unwrap_or_default();
+            (
+                StatusCode::OK,
+                vec![
+                    ("ce-specversion", "1.0".into()),
+                    ("ce-id", format!("reply-{id}")),
+                    ("ce-source", "/replier".into()),
+                    ("ce-type", "reply".into()),
+                    ("content-type", "text/plain".into()),
+                ],
+                Bytes::from("thanks"),
+            )
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let replies = Subscriber::accepting().await;
+    let s = start(
+        &[
+            ("broker.yaml", &kafka_broker(&name)),
+            (
+                "ask.yaml",
+                &trigger(
+                    &format!("{name}-ask"),
+                    &name,
+                    &replier.url("/"),
+                    "  filter:\n    attributes:\n      type: ask\n",
+                ),
+            ),
+            (
+                "answers.yaml",
+                &trigger(
+                    &format!("{name}-answers"),
+                    &name,
+                    &replies.url("/"),
+                    "  filter:\n    attributes:\n      type: reply\n",
+                ),
+            ),
+        ],
+        &kafka,
+    )
+    .await;
+    broker_ready(&s, &name).await;
+    send(&s.broker_url("default", &name), "q1", "ask").await;
+    let got = replies.wait_for(1, WAIT).await;
+    assert_eq!(got[0].id(), "reply-q1");
+    assert_eq!(got[0].data().map(|d| &d[..]), Some(&b"thanks"[..]));
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_kafka_settings_says_which_field_to_set() {
+    let name = unique("nocfg");
+    let s = TestServer::start(&[("broker.yaml", &kafka_broker(&name))]).await;
+    let list = request(Method::GET, &s.admin_url("/api/v1/brokers"), &[], "").await;
+    assert!(list.body.contains("spec.config"), "{}", list.body);
+    assert!(
+        list.body.contains("--kafka-bootstrap-servers"),
+        "{}",
+        list.body
+    );
+    let reply = send(&s.broker_url("default", &name), "x", "t").await;
+    assert_ne!(reply.status, StatusCode::ACCEPTED);
+    s.server.shutdown().await;
+}
+
+// --- pilotlight as a child process: kill -9, and two processes sharing a group.
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+struct Process {
+    child: Child,
+    listen: u16,
+    admin: u16,
+}
+
+impl Process {
+    async fn start(manifests: &std::path::Path, data: &std::path::Path, kafka: &str) -> Process {
+        let (listen, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_pilotlight"))
+            .args(["run", "--no-watch", "-f"])
+            .arg(manifests)
+            .arg("--data-dir")
+            .arg(data)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+                "--kafka-bootstrap-servers",
+                kafka,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("pilotlight starts");
+        let process = Process {
+            child,
+            listen,
+            admin,
+        };
+        process.wait_ready().await;
+        process
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // `request` panics on a refused connection: wait for the port first.
+            let listening = tokio::net::TcpStream::connect(("127.0.0.1", self.admin))
+                .await
+                .is_ok();
+            if listening {
+                let url = format!("http://127.0.0.1:{}/readyz", self.admin);
+                if request(Method::GET, &url, &[], "").await.status == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "pilotlight did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn url(&self, broker: &str) -> String {
+        format!("http://127.0.0.1:{}/default/{broker}", self.listen)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_manifests(dir: &std::path::Path, broker: &str, trigger_name: &str, subscriber: &str) {
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(dir.join("broker.yaml"), kafka_broker(broker)).expect("write");
+    std::fs::write(
+        dir.join("trigger.yaml"),
+        trigger(trigger_name, broker, subscriber, ""),
+    )
+    .expect("write");
+}
+
+/// Sends events from `tasks` concurrent loops until `stop`; returns the ids
+/// answered 202.
+fn load(
+    url: String,
+    tasks: usize,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<HashSet<String>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..tasks)
+        .map(|task| {
+            let (url, stop, accepted) = (url.clone(), stop.clone(), accepted.clone());
+            tokio::spawn(async move {
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let id = format!("{task}-{n}");
+                    let headers = binary_headers(&id, "t");
+                    let sent =
+                        tokio::time::timeout(Duration::from_secs(5), post(&url, &headers, "{}"))
+                            .await;
+                    match sent {
+                        Ok(StatusCode::ACCEPTED) => {
+                            accepted.lock().expect("lock").insert(id);
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn wait_all_delivered(accepted: &HashSet<String>, subscribers: &[&Subscriber]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let delivered: HashSet<String> = subscribers
+            .iter()
+            .flat_map(|s| s.events())
+            .map(|e| e.id().to_owned())
+            .collect();
+        let missing = accepted.difference(&delivered).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} accepted events never arrived",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_accepted_event_is_delivered_after_a_kill_9() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("crash");
+    // Slow enough that deliveries are in flight (and uncommitted) at the kill.
+    let subscriber = Subscriber::start(
+        |_, _| (StatusCode::ACCEPTED, vec![], Bytes::new()),
+        Duration::from_millis(5),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifests = dir.path().join("manifests");
+    write_manifests(
+        &manifests,
+        &name,
+        &format!("{name}-t"),
+        &subscriber.url("/"),
+    );
+    let data = dir.path().join("data");
+
+    let process = Process::start(&manifests, &data, &kafka).await;
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders = load(process.url(&name), 16, stop.clone(), accepted.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (accepted.lock().expect("lock").len() < 2000 || subscriber.count() < 200)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(process); // SIGKILL
+    stop.store(true, Ordering::Relaxed);
+    for loader in loaders {
+        let _ = loader.await;
+    }
+    let accepted = accepted.lock().expect("lock").clone();
+    assert!(
+        accepted.len() >= 2000,
+        "only {} accepted before the kill",
+        accepted.len()
+    );
+    let before_restart = subscriber.count();
+
+    let _restarted = Process::start(&manifests, &data, &kafka).await;
+    wait_all_delivered(&accepted, &[&subscriber]).await;
+    // Offsets are committed every 0.5 s: what the killed process delivered
+    // since its last commit (and what it never got to) comes from the new one.
+    assert!(
+        subscriber.count() > before_restart,
+        "the restarted process resumed from the committed offsets"
+    );
+    assert_eq!(
+        subscriber.count(),
+        subscriber.events().len(),
+        "every request was a valid event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_split_the_partitions_of_a_trigger_group() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("split");
+    let trigger_name = format!("{name}-t");
+    let (first, second) = (Subscriber::accepting().await, Subscriber::accepting().await);
+    let dir = tempfile::tempdir().expect("tmp");
+    // The same broker and trigger (so the same topic and group) in both; each
+    // process delivers to its own subscriber, so we see who got what.
+    write_manifests(
+        &dir.path().join("m1"),
+        &name,
+        &trigger_name,
+        &first.url("/"),
+    );
+    write_manifests(
+        &dir.path().join("m2"),
+        &name,
+        &trigger_name,
+        &second.url("/"),
+    );
+    let one = Process::start(&dir.path().join("m1"), &dir.path().join("d1"), &kafka).await;
+    let two = Process::start(&dir.path().join("m2"), &dir.path().join("d2"), &kafka).await;
+
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loaders = load(one.url(&name), 4, stop.clone(), accepted.clone());
+    loaders.extend(load(two.url(&name), 4, stop.clone(), accepted.clone()));
+    // Until the group has settled and both deliver.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (first.count() < 100 || second.count() < 100) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for loader in loaders {
+        let _ = loader.await;
+    }
+    let accepted = accepted.lock().expect("lock").clone();
+    wait_all_delivered(&accepted, &[&first, &second]).await;
+    let (a, b) = (first.count(), second.count());
+    assert!(
+        a >= 100 && b >= 100,
+        "both processes delivered: {a} and {b}"
+    );
+    drop((one, two));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_maps_plain_records_and_passes_cloudevents_through() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let topic = unique("src");
+    create_topic(&kafka, &topic, 1).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka)
+        .create()
+        .expect("producer");
+    let key = 42i32.to_be_bytes();
+    let plain = FutureRecord::to(&topic)
+        .key(&key[..])
+        .payload(&b"{\"plain\":true}"[..])
+        .headers(OwnedHeaders::new().insert(Header {
+            key: "Trace",
+            value: Some(&b"t-1"[..]),
+        }));
+    producer
+        .send(plain, Duration::from_secs(10))
+        .await
+        .expect("sent");
+    let binary_headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "ce_specversion",
+            value: Some(&b"1.0"[..]),
+        })
+        .insert(Header {
+            key: "ce_id",
+            value: Some(&b"ce-1"[..]),
+        })
+        .insert(Header {
+            key: "ce_source",
+            value: Some(&b"/producer"[..]),
+        })
+        .insert(Header {
+            key: "ce_type",
+            value: Some(&b"order.created"[..]),
+        })
+        .insert(Header {
+            key: "content-type",
+            value: Some(&b"text/plain"[..]),
+        });
+    let binary = FutureRecord::<[u8], [u8]>::to(&topic)
+        .payload(&b"hello"[..])
+        .headers(binary_headers);
+    producer
+        .send(binary, Duration::from_secs(10))
+        .await
+        .expect("sent");
+    let structured = FutureRecord::<[u8], [u8]>::to(&topic)
+        .payload(&br#"{"specversion":"1.0","id":"ce-2","source":"/producer","type":"order.paid","data":{"x":1}}"#[..])
+        .headers(OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some(&b"application/cloudevents+json"[..]),
+        }));
+    producer
+        .send(structured, Duration::from_secs(10))
+        .await
+        .expect("sent");
+
+    let sink = Subscriber::accepting().await;
+    let source = format!(
+        "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata:\n  name: {topic}\n  labels:\n    kafkasources.sources.knative.dev/key-type: int\nspec:\n  bootstrapServers: [\"{kafka}\"]\n  topics: [{topic}]\n  consumerGroup: {topic}-group\n  initialOffset: earliest\n  ceOverrides:\n    extensions:\n      team: blue\n  sink:\n    uri: {}\n",
+        sink.url("/")
+    );
+    let s = TestServer::start(&[("source.yaml", &source)]).await;
+    let got = sink.wait_for(3, WAIT).await;
+    let mapped = &got[0];
+    assert_eq!(mapped.ty(), "dev.knative.kafka.event");
+    assert_eq!(
+        mapped.source(),
+        format!("/apis/v1/namespaces/default/kafkasources/{topic}#{topic}")
+    );
+    assert_eq!(mapped.id(), "partition:0/offset:0");
+    assert_eq!(mapped.attribute("subject"), Some("partition:0#0"));
+    assert_eq!(mapped.attribute("key"), Some("42"));
+    assert_eq!(mapped.attribute("kafkaheadertrace"), Some("t-1"));
+    assert_eq!(mapped.attribute("team"), Some("blue"));
+    assert_eq!(
+        mapped.data().map(|d| &d[..]),
+        Some(&b"{\"plain\":true}"[..])
+    );
+    assert_eq!((got[1].id(), got[1].ty()), ("ce-1", "order.created"));
+    assert_eq!(got[1].data().map(|d| &d[..]), Some(&b"hello"[..]));
+    assert_eq!(got[1].attribute("team"), Some("blue"));
+    assert_eq!((got[2].id(), got[2].ty()), ("ce-2", "order.paid"));
+    assert_eq!(got[2].data().map(|d| &d[..]), Some(&b"{\"x\":1}"[..]));
+    s.server.shutdown().await;
+}
