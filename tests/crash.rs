@@ -126,24 +126,7 @@ async fn every_accepted_event_survives_kill_9() {
 
     let mut child = start(&manifests, &data, listen, admin);
     wait_ready(admin).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let delivered: HashSet<String> = subscriber
-            .events()
-            .iter()
-            .map(|e| e.id().to_owned())
-            .collect();
-        let missing = accepted.difference(&delivered).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} accepted events never arrived",
-            accepted.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_all_delivered(&accepted, &[&subscriber], Duration::from_secs(60)).await;
     let requests = subscriber.count();
     let parsed = subscriber.events().len();
     let _ = child.kill();

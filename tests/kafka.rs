@@ -488,27 +488,6 @@ fn load(
         .collect()
 }
 
-async fn wait_all_delivered(accepted: &HashSet<String>, subscribers: &[&Subscriber]) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let delivered: HashSet<String> = subscribers
-            .iter()
-            .flat_map(|s| s.events())
-            .map(|e| e.id().to_owned())
-            .collect();
-        let missing = accepted.difference(&delivered).count();
-        if missing == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} accepted events never arrived",
-            accepted.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_accepted_event_is_delivered_after_a_kill_9() {
     let Some(kafka) = KAFKA.address().await else {
@@ -561,7 +540,7 @@ async fn every_accepted_event_is_delivered_after_a_kill_9() {
     // `partitions assigned ... partitions=0` and nothing after it).
     tokio::time::sleep(Duration::from_secs(12)).await;
     let _restarted = Process::start(&manifests, &data, &kafka).await;
-    wait_all_delivered(&accepted, &[&subscriber]).await;
+    support::wait_all_delivered(&accepted, &[&subscriber], Duration::from_secs(120)).await;
     // Offsets are committed every 0.5 s: what the killed process delivered
     // since its last commit (and what it never got to) comes from the new one.
     assert!(
@@ -616,7 +595,7 @@ async fn two_processes_split_the_partitions_of_a_trigger_group() {
         let _ = loader.await;
     }
     let accepted = accepted.lock().expect("lock").clone();
-    wait_all_delivered(&accepted, &[&first, &second]).await;
+    support::wait_all_delivered(&accepted, &[&first, &second], Duration::from_secs(120)).await;
     let (a, b) = (first.count(), second.count());
     assert!(
         a >= 100 && b >= 100,

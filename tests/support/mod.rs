@@ -334,3 +334,30 @@ fn host_port(address: &str) -> String {
         format!("{host_port}:5672")
     }
 }
+
+/// Waits until every id in `accepted` reached one of the subscribers (at
+/// least once), failing with how many are missing after `within`.
+pub async fn wait_all_delivered(
+    accepted: &std::collections::HashSet<String>,
+    subscribers: &[&Subscriber],
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let delivered: std::collections::HashSet<String> = subscribers
+            .iter()
+            .flat_map(|s| s.events())
+            .map(|e| e.id().to_owned())
+            .collect();
+        let missing = accepted.difference(&delivered).count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} accepted events never arrived",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

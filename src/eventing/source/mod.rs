@@ -255,3 +255,21 @@ impl Drop for SourceHandle {
         self.stop();
     }
 }
+
+/// What runs for a source whose manifest does not validate or whose
+/// connection settings do not resolve: it only reports why, as `InvalidSpec`,
+/// until it is stopped. Every source kind uses it.
+pub(crate) struct InvalidSource {
+    pub(crate) message: String,
+}
+
+#[async_trait::async_trait]
+impl Source for InvalidSource {
+    async fn run(self: Box<Self>, context: SourceContext) {
+        context.set_status(SourceHealth::NotReady {
+            reason: "InvalidSpec".to_owned(),
+            message: self.message,
+        });
+        context.stopped().await;
+    }
+}

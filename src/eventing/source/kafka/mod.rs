@@ -202,7 +202,7 @@ impl KafkaSource {
     pub fn into_source(&self) -> Box<dyn Source> {
         match source::KafkaRunner::new(self) {
             Ok(runner) => Box::new(runner),
-            Err(invalid) => Box::new(source::Broken {
+            Err(invalid) => Box::new(crate::eventing::source::InvalidSource {
                 message: invalid.to_string(),
             }),
         }

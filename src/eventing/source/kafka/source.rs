@@ -23,8 +23,6 @@ use crate::eventing::delivery::{DeliveryPolicy, Outcome, dead_letter_event};
 use crate::eventing::event::Event;
 use crate::eventing::source::{CeOverrides, Source, SourceContext, SourceHealth};
 
-pub(crate) use crate::eventing::source::ping::source::Broken;
-
 /// Pause before trying again to join Kafka after a failure.
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// Records queued per partition of an ordered source before reading pauses.

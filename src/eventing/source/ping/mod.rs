@@ -117,7 +117,7 @@ impl PingSource {
         });
         match built {
             Ok((schedule, template)) => Box::new(PingRunner::new(schedule, template, clock)),
-            Err(invalid) => Box::new(source::Broken {
+            Err(invalid) => Box::new(crate::eventing::source::InvalidSource {
                 message: invalid.to_string(),
             }),
         }

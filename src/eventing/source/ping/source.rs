@@ -238,19 +238,3 @@ impl Source for PingRunner {
         }
     }
 }
-
-/// A source whose manifest does not validate: it only reports why.
-pub(crate) struct Broken {
-    pub(crate) message: String,
-}
-
-#[async_trait::async_trait]
-impl Source for Broken {
-    async fn run(self: Box<Self>, context: SourceContext) {
-        context.set_status(SourceHealth::NotReady {
-            reason: "InvalidSpec".to_owned(),
-            message: self.message,
-        });
-        context.stopped().await;
-    }
-}

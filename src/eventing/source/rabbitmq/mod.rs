@@ -167,7 +167,7 @@ impl RabbitmqSource {
                 tracing::debug!(source = %self.metadata.key(), uri = %redacted(&uri), "RabbitmqSource resolved");
                 Box::new(source::RabbitmqRunner::new(self, uri))
             }
-            Err(message) => Box::new(source::Broken { message }),
+            Err(message) => Box::new(crate::eventing::source::InvalidSource { message }),
         }
     }
 }

@@ -301,20 +301,3 @@ impl Source for RabbitmqRunner {
         }
     }
 }
-
-/// A source whose manifest does not validate or whose connection cannot be
-/// resolved: it only reports why.
-pub(super) struct Broken {
-    pub(super) message: String,
-}
-
-#[async_trait::async_trait]
-impl Source for Broken {
-    async fn run(self: Box<Self>, context: SourceContext) {
-        context.set_status(SourceHealth::NotReady {
-            reason: "InvalidSpec".to_owned(),
-            message: self.message,
-        });
-        context.stopped().await;
-    }
-}
