@@ -74,7 +74,9 @@ fn round(events: &[Event], evaluations: u64, test: &dyn Fn(&Event) -> bool) -> (
     (evaluations as f64 / elapsed, matched)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The middle value (the upper one of an even count); 0 for none. Shared by
+/// the suites that report medians of alternating rounds.
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }

@@ -38,6 +38,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use crate::cli::bench_cesql::median;
+
 use super::bench::{Check, NAMESPACE, WorkDir, checks_json, connect, server_config, write_checks};
 use crate::control::ObjectKey;
 use crate::eventing::backend::rabbitmq::binding::{binding_arguments, encode};
@@ -163,11 +165,6 @@ pub async fn run(args: RabbitmqArgs) -> anyhow::Result<()> {
         bail!("the benchmark did not complete: {}", failures.join("; "));
     }
     Ok(())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The broker and its trigger to the counting subscriber.
