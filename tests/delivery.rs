@@ -133,10 +133,10 @@ async fn other_4xx_are_not_retried() {
 
 #[tokio::test]
 async fn network_errors_are_retried_and_dead_lettered_as_500() {
-    // A port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = closed.local_addr().expect("addr").port();
-    drop(closed);
+    // A port nobody listens on: port 1 (tcpmux), below the range tests bind.
+    // A freed ephemeral port was reused by a parallel test's subscriber,
+    // which then accepted the event instead of refusing the connection.
+    let port = 1;
     let dls = Subscriber::accepting().await;
     let delivery = with_dead_letters(1, &dls.url("/"));
     let s = TestServer::start(&[

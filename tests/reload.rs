@@ -106,9 +106,8 @@ async fn triggers_added_changed_and_removed_on_disk_lose_no_event() {
 #[tokio::test]
 async fn changing_the_subscriber_of_a_failing_trigger_redelivers_to_the_new_one() {
     // The first subscriber is down: events wait in the trigger's queue.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let down = format!("http://{}/", closed.local_addr().expect("addr"));
-    drop(closed);
+    // Port 1: nothing listens there, and no parallel test can take it.
+    let down = "http://127.0.0.1:1/".to_owned();
     let up = Subscriber::accepting().await;
     let retry =
         "  delivery:\n    retry: 1000\n    backoffDelay: PT0.05S\n    backoffPolicy: linear\n";
