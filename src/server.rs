@@ -18,6 +18,8 @@ use tokio::sync::watch;
 use tower::ServiceExt as _;
 
 use crate::control::admin::{self, AdminState};
+use crate::control::kubernetes::leader::LeaderElector;
+use crate::control::kubernetes::{self, KubernetesControl, KubernetesSettings};
 use crate::control::manifest;
 use crate::control::reconcile::{ControlPlane, Settings};
 use crate::control::resources::broker::BrokerClass;
@@ -30,6 +32,7 @@ use crate::eventing::delivery::EventSender;
 use crate::serving::autoscaler::AutoscalerDefaults;
 use crate::serving::proxy::{Proxy, plain};
 use crate::serving::router::{HostMatch, Router};
+use crate::serving::runtime::Runtime;
 use crate::serving::runtime::process::{ProcessConfig, ProcessRuntime};
 
 /// Everything `pilotlight run` is configured with.
@@ -51,6 +54,12 @@ pub struct ServerConfig {
     /// Re-apply manifests when their files change.
     pub watch: bool,
     pub serving: ServingConfig,
+    /// Where clients reach the ingress, for broker addresses in status; None
+    /// for the main listener's own address.
+    pub ingress_url: Option<String>,
+    /// Read the objects from the API server instead of `paths`, and run
+    /// revisions as Deployments.
+    pub kubernetes: Option<KubernetesSettings>,
 }
 
 impl ServerConfig {
@@ -72,6 +81,8 @@ impl ServerConfig {
             kafka_bootstrap_servers: None,
             watch: false,
             serving: ServingConfig::default(),
+            ingress_url: None,
+            kubernetes: None,
         }
     }
 }
@@ -109,6 +120,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
+    kubernetes: Option<KubernetesControl>,
 }
 
 impl Server {
@@ -129,10 +141,18 @@ impl Server {
             )
         })?;
 
+        let (stop, stopped) = watch::channel(false);
+        let cluster = match &config.kubernetes {
+            Some(settings) => Some(Cluster::connect(settings, stopped.clone()).await?),
+            None => None,
+        };
         let registry = Arc::new(BrokerRegistry::default());
         let settings = Settings {
             data_dir: config.data_dir.clone(),
-            ingress_url: format!("http://{listen}"),
+            ingress_url: config.ingress_url.as_ref().map_or_else(
+                || format!("http://{listen}"),
+                |url| url.trim_end_matches('/').to_owned(),
+            ),
             default_class: config.default_class,
             log: config.log.clone(),
             memory: config.memory.clone(),
@@ -149,7 +169,10 @@ impl Server {
                 queue_limit: config.serving.queue_limit,
                 retained_revisions: config.serving.retained_revisions,
             },
-            Arc::new(ProcessRuntime::new(config.serving.process)),
+            match &cluster {
+                Some(cluster) => cluster.runtime(),
+                None => Arc::new(ProcessRuntime::new(config.serving.process)),
+            },
         );
         let router = serving.router();
         let control = Arc::new(ControlPlane::new(
@@ -159,7 +182,6 @@ impl Server {
             serving,
         ));
         let ready = Arc::new(AtomicBool::new(false));
-        let (stop, stopped) = watch::channel(false);
 
         let ingress_router = ingress::router(IngressState {
             brokers: registry,
@@ -180,6 +202,21 @@ impl Server {
             tokio::spawn(serve(admin_listener, admin_router, stopped)),
         ];
 
+        if let Some(cluster) = cluster {
+            tracing::info!(%listen, %admin, "reading objects from the Kubernetes API server");
+            let kubernetes =
+                KubernetesControl::start(cluster.client, control.clone(), cluster.leader).await;
+            ready.store(true, Ordering::Release);
+            return Ok(Server {
+                listen,
+                admin,
+                control,
+                stop,
+                tasks,
+                _watcher: None,
+                kubernetes: Some(kubernetes),
+            });
+        }
         let paths = config.paths.clone();
         let class = config.default_class;
         let manifests = tokio::task::spawn_blocking(move || manifest::load(&paths, class)).await?;
@@ -200,11 +237,14 @@ impl Server {
             stop,
             tasks,
             _watcher: watcher,
+            kubernetes: None,
         })
     }
 
     /// Stops listening, stops dispatchers and saves cursors.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        // No reconcile may apply once the control plane below has stopped.
+        drop(self.kubernetes.take());
         let _ = self.stop.send(true);
         self.control.shutdown().await;
         for task in self.tasks {
@@ -222,6 +262,28 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::
         .await
     {
         tracing::error!(error = %e, "listener failed");
+    }
+}
+
+/// The API server connection of Kubernetes mode, and this replica's part in
+/// the leader election.
+struct Cluster {
+    client: kube::Client,
+    leader: watch::Receiver<bool>,
+}
+
+impl Cluster {
+    async fn connect(
+        settings: &KubernetesSettings,
+        stopped: watch::Receiver<bool>,
+    ) -> anyhow::Result<Cluster> {
+        let client = kubernetes::client(settings.kubeconfig.as_deref()).await?;
+        let leader = LeaderElector::new(client.clone(), settings.lease.clone()).spawn(stopped);
+        Ok(Cluster { client, leader })
+    }
+
+    fn runtime(&self) -> Arc<dyn Runtime> {
+        Arc::new(ProcessRuntime::new(Default::default()))
     }
 }
 

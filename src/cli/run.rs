@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::control::kubernetes::KubernetesSettings;
+use crate::control::kubernetes::leader::LeaseSettings;
 use crate::control::resources::broker::BrokerClass;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
@@ -84,6 +86,27 @@ pub struct RunArgs {
     /// Revisions without traffic kept per service; older ones are removed.
     #[arg(long, env = "PILOTLIGHT_REVISION_RETENTION", default_value_t = 20)]
     pub revision_retention: usize,
+    /// Where clients reach the ingress (such as
+    /// http://pilotlight-ingress.pilotlight.svc.cluster.local), for broker
+    /// addresses in status. Default: the main listener's address.
+    #[arg(long, env = "PILOTLIGHT_INGRESS_URL")]
+    pub ingress_url: Option<String>,
+    /// Read Brokers, Triggers, sources and Services from the Kubernetes API
+    /// server (in-cluster, or a kubeconfig) instead of files, write their
+    /// status there, and run revisions as Deployments.
+    #[arg(long, env = "PILOTLIGHT_KUBERNETES")]
+    pub kubernetes: bool,
+    /// The kubeconfig of --kubernetes; without it: in-cluster config, then
+    /// KUBECONFIG, then ~/.kube/config.
+    #[arg(long, requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the leader-election Lease of --kubernetes (the pod's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's name in the leader election (the pod's name); a random
+    /// suffix keeps a restarted replica distinct.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 impl RunArgs {
@@ -116,7 +139,22 @@ impl RunArgs {
             kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
             watch: !self.no_watch,
             serving,
+            ingress_url: self.ingress_url.clone(),
+            kubernetes: self.kubernetes.then(|| self.kubernetes_settings()),
         })
+    }
+
+    fn kubernetes_settings(&self) -> KubernetesSettings {
+        let name = self
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "pilotlight".into());
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        KubernetesSettings {
+            kubeconfig: self.kubeconfig.clone(),
+            lease: LeaseSettings::new(&self.lease_namespace, format!("{name}_{}", &suffix[..8])),
+        }
     }
 
     /// The defaults (Knative's, see `AutoscalerDefaults`), then the file,

@@ -21,13 +21,18 @@ use super::resources::{
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Origin {
     pub file: PathBuf,
-    /// 1-based line where the document starts.
+    /// 1-based line where the document starts; 0 when there is none (a
+    /// file that cannot be read, an object from the API server).
     pub line: usize,
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
+        // Line 0: the whole file, or an object read from the API server.
+        match self.line {
+            0 => write!(f, "{}", self.file.display()),
+            line => write!(f, "{}:{line}", self.file.display()),
+        }
     }
 }
 
@@ -208,6 +213,15 @@ pub fn parse_document(
     if value.is_null() {
         return Ok(None);
     }
+    parse_value(value, default_class).map(Some)
+}
+
+/// Parses one object (a YAML document, or an object read from the API
+/// server) into a known resource, with the same checks for both.
+pub fn parse_value(
+    value: serde_json::Value,
+    default_class: BrokerClass,
+) -> Result<Resource, ManifestError> {
     let Some(object) = value.as_object() else {
         return Err(refuse(
             None,
@@ -258,7 +272,6 @@ pub fn parse_document(
             format!("'{api_version}' is not a version of {kind}: use '{version}'"),
         )),
         Some(_) => typed(value, &kind, default_class)
-            .map(Some)
             .map_err(|(field, reason)| refuse(Some(label), field, reason)),
     }
 }

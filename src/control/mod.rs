@@ -28,6 +28,7 @@ impl fmt::Display for ObjectKey {
 }
 
 pub mod admin;
+pub mod kubernetes;
 pub mod manifest;
 pub mod objects;
 pub mod reconcile;

@@ -1,0 +1,156 @@
+//! The desired state in Kubernetes mode: every watched object, read from the
+//! reflectors' caches into the same [`Manifests`] that file mode loads, and
+//! applied through the same [`ControlPlane::apply`].
+//!
+//! Objects being deleted are left out, so the reconcilers remove what
+//! pilotlight made for them (topics, queues, Deployments) before the
+//! finalizer is released.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::api::DynamicObject;
+use kube::runtime::reflector::Store;
+use serde_json::Value;
+
+use super::kinds::WatchedKind;
+use crate::control::ObjectKey;
+use crate::control::manifest::{self, Loaded, ManifestError, Manifests, Origin};
+use crate::control::reconcile::ControlPlane;
+
+/// The watched kinds with their caches, and what was last applied.
+pub struct DesiredState {
+    control: Arc<ControlPlane>,
+    caches: Vec<(WatchedKind, Store<DynamicObject>)>,
+    applied: tokio::sync::Mutex<Option<Applied>>,
+}
+
+/// What the last apply was given, to skip an apply that would change nothing
+/// (a status write or a resync changes resourceVersions, not objects).
+#[derive(PartialEq)]
+struct Applied {
+    objects: Vec<Loaded>,
+    errors: Vec<ManifestError>,
+}
+
+impl DesiredState {
+    pub fn new(
+        control: Arc<ControlPlane>,
+        caches: Vec<(WatchedKind, Store<DynamicObject>)>,
+    ) -> Self {
+        DesiredState {
+            control,
+            caches,
+            applied: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn control(&self) -> &Arc<ControlPlane> {
+        &self.control
+    }
+
+    /// Waits until every cache holds its first full list: applying before
+    /// that would see, say, a Trigger without its Broker.
+    pub async fn wait_until_listed(&self) {
+        for (kind, cache) in &self.caches {
+            if cache.wait_until_ready().await.is_err() {
+                tracing::error!(kind = %kind.resource.kind, "the watch of this kind stopped before its first list");
+            }
+        }
+    }
+
+    /// Applies the caches' objects if they changed since the last apply.
+    /// Returns whether it applied.
+    pub async fn sync(&self) -> bool {
+        self.wait_until_listed().await;
+        let mut applied = self.applied.lock().await;
+        let manifests = self.manifests();
+        let current = Applied {
+            objects: manifests.objects.clone(),
+            errors: manifests.errors.clone(),
+        };
+        if applied.as_ref() == Some(&current) {
+            return false;
+        }
+        tracing::info!(
+            objects = manifests.objects.len(),
+            refused = manifests.errors.len(),
+            "objects changed in the API server; reconciling"
+        );
+        self.control.apply(&manifests).await;
+        *applied = Some(current);
+        true
+    }
+
+    /// Why the object was refused at the last apply, if it was.
+    pub async fn refusal(&self, kind: &WatchedKind, key: &ObjectKey) -> Option<ManifestError> {
+        let origin = origin(kind, key);
+        let applied = self.applied.lock().await;
+        applied
+            .as_ref()?
+            .errors
+            .iter()
+            .find(|e| e.origin == origin)
+            .cloned()
+    }
+
+    fn manifests(&self) -> Manifests {
+        let mut manifests = Manifests::default();
+        let class = self.control.settings().default_class;
+        for (kind, cache) in &self.caches {
+            let mut objects = cache.state();
+            objects.sort_by(|a, b| {
+                (&a.metadata.namespace, &a.metadata.name)
+                    .cmp(&(&b.metadata.namespace, &b.metadata.name))
+            });
+            for object in objects {
+                if object.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let key = ObjectKey::new(
+                    object.metadata.namespace.as_deref().unwrap_or("default"),
+                    object.metadata.name.as_deref().unwrap_or_default(),
+                );
+                let origin = origin(kind, &key);
+                match manifest::parse_value(comparable(kind, &object), class) {
+                    Ok(resource) => manifests.objects.push(Loaded { origin, resource }),
+                    Err(mut error) => {
+                        error.origin = origin;
+                        manifests.errors.push(error);
+                    }
+                }
+            }
+        }
+        manifests
+    }
+}
+
+/// Where an object read from the API server comes from: its API path.
+fn origin(kind: &WatchedKind, key: &ObjectKey) -> Origin {
+    Origin {
+        file: PathBuf::from(kind.object_path(&key.namespace, &key.name)),
+        line: 0,
+    }
+}
+
+/// The object as the loader should see it: with its apiVersion and kind, and
+/// without what the API server and pilotlight itself change on every write
+/// (resourceVersion, managedFields, finalizers, status), so that two reads of
+/// an unchanged object compare equal.
+fn comparable(kind: &WatchedKind, object: &DynamicObject) -> Value {
+    let mut value = serde_json::to_value(object).unwrap_or(Value::Null);
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "apiVersion".into(),
+            kind.resource.api_version.clone().into(),
+        );
+        map.insert("kind".into(), kind.resource.kind.clone().into());
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            for field in ["resourceVersion", "managedFields", "finalizers"] {
+                meta.remove(field);
+            }
+        }
+    }
+    value
+}

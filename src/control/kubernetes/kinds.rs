@@ -1,0 +1,95 @@
+//! The kinds pilotlight reads from the API server in Kubernetes mode: the
+//! same kinds its manifest loader knows, so both modes accept one set.
+
+use kube::api::{ApiResource, GroupVersionKind};
+
+use crate::control::resources::KNOWN_KINDS;
+
+/// One kind pilotlight watches.
+#[derive(Debug, Clone)]
+pub struct WatchedKind {
+    pub resource: ApiResource,
+    /// Knative kinds that pilotlight reconciles: it writes their status and
+    /// holds a finalizer on them. The others (ConfigMap, Secret,
+    /// RabbitmqBrokerConfig) are only read by what refers to them.
+    pub reconciled: bool,
+}
+
+impl WatchedKind {
+    /// The finalizer pilotlight puts on objects of this kind, named as
+    /// Knative names its own (`brokers.eventing.knative.dev`).
+    pub fn finalizer(&self) -> String {
+        format!("{}.{}", self.resource.plural, self.resource.group)
+    }
+
+    /// The API path of one object, as errors and status messages name it.
+    pub fn object_path(&self, namespace: &str, name: &str) -> String {
+        let base = if self.resource.group.is_empty() {
+            format!("/api/{}", self.resource.version)
+        } else {
+            format!("/apis/{}", self.resource.api_version)
+        };
+        format!(
+            "{base}/namespaces/{namespace}/{}/{name}",
+            self.resource.plural
+        )
+    }
+}
+
+/// Every kind the loader knows, once each: a kind known in several versions
+/// (KafkaSource v1beta1 and v1) is watched in the last one listed, which the
+/// API server converts the others to.
+pub fn watched_kinds() -> Vec<WatchedKind> {
+    let mut kinds: Vec<WatchedKind> = Vec::new();
+    for (api_version, kind) in KNOWN_KINDS {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        // Every kind pilotlight knows has the regular plural.
+        let plural = format!("{}s", kind.to_ascii_lowercase());
+        let watched = WatchedKind {
+            resource: ApiResource::from_gvk_with_plural(&gvk, &plural),
+            reconciled: !matches!(*kind, "ConfigMap" | "Secret" | "RabbitmqBrokerConfig"),
+        };
+        match kinds.iter_mut().find(|k| k.resource.kind == *kind) {
+            Some(existing) => *existing = watched,
+            None => kinds.push(watched),
+        }
+    }
+    kinds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_kind_is_watched_once_with_knatives_names() {
+        let kinds = watched_kinds();
+        let names: Vec<_> = kinds
+            .iter()
+            .map(|k| (k.resource.api_version.as_str(), k.resource.plural.as_str()))
+            .collect();
+        assert!(names.contains(&("sources.knative.dev/v1", "kafkasources")));
+        assert!(!names.contains(&("sources.knative.dev/v1beta1", "kafkasources")));
+        assert!(names.contains(&("v1", "configmaps")));
+        let broker = kinds
+            .iter()
+            .find(|k| k.resource.kind == "Broker")
+            .expect("broker");
+        assert!(broker.reconciled);
+        assert_eq!(broker.finalizer(), "brokers.eventing.knative.dev");
+        assert_eq!(
+            broker.object_path("ns", "b"),
+            "/apis/eventing.knative.dev/v1/namespaces/ns/brokers/b"
+        );
+        let secret = kinds
+            .iter()
+            .find(|k| k.resource.kind == "Secret")
+            .expect("secret");
+        assert!(!secret.reconciled);
+        assert_eq!(
+            secret.object_path("ns", "s"),
+            "/api/v1/namespaces/ns/secrets/s"
+        );
+    }
+}

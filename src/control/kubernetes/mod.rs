@@ -1,0 +1,294 @@
+//! Kubernetes mode (`pilotlight run --kubernetes`): the objects come from the
+//! API server instead of files, and go through the same loader checks and
+//! the same [`ControlPlane::apply`] as in file mode.
+//!
+//! - Every watched kind has a reflector cache; [`DesiredState`] turns the
+//!   caches into manifests and applies them when an object changed.
+//! - Each reconciled kind runs a kube-runtime `Controller`. Its reconcile
+//!   brings the desired state up to date, then (on the leader only) holds
+//!   pilotlight's finalizer on the object and writes its status through the
+//!   status subresource. An object being deleted is left out of the desired
+//!   state, so the apply removes what pilotlight made for it, and then the
+//!   finalizer is released.
+//! - A Lease elects the leader ([`leader`]); every replica applies, so every
+//!   replica serves the ingress, dispatches and proxies.
+
+pub mod desired;
+pub mod kinds;
+pub mod leader;
+pub mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use crate::control::ObjectKey;
+use crate::control::reconcile::ControlPlane;
+use crate::control::status::Status;
+pub use desired::DesiredState;
+use kinds::WatchedKind;
+
+/// How often the leader rewrites an object's status when nothing changed in
+/// the API server: pilotlight's own state changes too (a backend connects, a
+/// revision becomes ready). Sooner while the object is not ready.
+const RESYNC_READY: Duration = Duration::from_secs(30);
+const RESYNC_NOT_READY: Duration = Duration::from_secs(3);
+
+/// `--kubernetes` settings.
+#[derive(Debug, Clone)]
+pub struct KubernetesSettings {
+    /// A kubeconfig file; None for in-cluster config, then `KUBECONFIG` and
+    /// `~/.kube/config` (kube's inference).
+    pub kubeconfig: Option<PathBuf>,
+    pub lease: leader::LeaseSettings,
+}
+
+/// Builds the API client from `--kubeconfig`, or by kube's inference.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    use anyhow::Context as _;
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {} (--kubeconfig)", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("the kubeconfig {} is not usable (--kubeconfig)", path.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration: not in a cluster, and no KUBECONFIG or ~/.kube/config (or pass --kubeconfig)",
+        )?,
+    };
+    kube::Client::try_from(config).context("cannot build the Kubernetes client")
+}
+
+/// What the controllers share.
+struct Context {
+    client: kube::Client,
+    desired: DesiredState,
+    leader: watch::Receiver<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReconcileError {
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("{0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<kube::Error>>),
+}
+
+/// The running watches and controllers; dropping it stops them.
+pub struct KubernetesControl {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for KubernetesControl {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl KubernetesControl {
+    /// Starts watching every kind the API server has, and returns once the
+    /// first state has been applied.
+    pub async fn start(
+        client: kube::Client,
+        control: Arc<ControlPlane>,
+        leader: watch::Receiver<bool>,
+    ) -> KubernetesControl {
+        let mut tasks = Vec::new();
+        let mut caches = Vec::new();
+        let mut controllers = Vec::new();
+        for kind in kinds::watched_kinds() {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource);
+            if !installed(&api, &kind).await {
+                continue;
+            }
+            if kind.reconciled {
+                let controller =
+                    Controller::new_with(api, watcher::Config::default(), kind.resource.clone());
+                caches.push((kind.clone(), controller.store()));
+                controllers.push((kind, controller));
+            } else {
+                let (cache, task) = cache_of(api, &kind);
+                caches.push((kind, cache));
+                tasks.push(task);
+            }
+        }
+        let context = Arc::new(Context {
+            client,
+            desired: DesiredState::new(control, caches),
+            leader: leader.clone(),
+        });
+        // Becoming the leader means statuses and finalizers to catch up on.
+        let (applied, _) = watch::channel(());
+        for (kind, controller) in controllers {
+            let kind = Arc::new(kind);
+            let again = resync_stream(applied.subscribe(), leader.clone());
+            let context = context.clone();
+            let run = controller
+                .reconcile_all_on(again)
+                .run(
+                    move |object, context| reconcile(object, context, kind.clone()),
+                    error_policy,
+                    context,
+                )
+                .for_each(|result| async move {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "reconcile");
+                    }
+                });
+            tasks.push(tokio::spawn(run));
+        }
+        context.desired.sync().await;
+        // Every later apply may change any object's status.
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(RESYNC_READY);
+            loop {
+                ticks.tick().await;
+                if context.desired.sync().await {
+                    applied.send_replace(());
+                }
+            }
+        }));
+        KubernetesControl { tasks }
+    }
+}
+
+/// Whether the API server serves the kind: a cluster without, say, the
+/// RabbitMQ CRDs still runs everything else.
+async fn installed(api: &Api<DynamicObject>, kind: &WatchedKind) -> bool {
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::warn!(kind = %kind.resource.kind, api_version = %kind.resource.api_version, "the API server does not serve this kind (is its CRD installed?); not watching it");
+            false
+        }
+        // Forbidden, unreachable: the watch retries and logs.
+        Err(e) => {
+            tracing::warn!(kind = %kind.resource.kind, error = %e, "cannot list this kind yet; watching anyway");
+            true
+        }
+    }
+}
+
+/// A cache of a kind that is only read (ConfigMaps, Secrets), kept by a
+/// reflector with kube's default backoff.
+fn cache_of(
+    api: Api<DynamicObject>,
+    kind: &WatchedKind,
+) -> (Store<DynamicObject>, tokio::task::JoinHandle<()>) {
+    let writer = reflector::store::Writer::new(kind.resource.clone());
+    let reader = writer.as_reader();
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watch");
+            }
+        });
+    (reader, tokio::spawn(stream))
+}
+
+/// Fires when an apply changed something, and when this replica becomes the
+/// leader.
+fn resync_stream(
+    applied: watch::Receiver<()>,
+    leader: watch::Receiver<bool>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    let applied = futures::stream::unfold(applied, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
+    let elected = futures::stream::unfold(leader, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    });
+    futures::stream::select(applied, elected)
+}
+
+async fn reconcile(
+    object: Arc<DynamicObject>,
+    context: Arc<Context>,
+    kind: Arc<WatchedKind>,
+) -> Result<Action, ReconcileError> {
+    context.desired.sync().await;
+    if !*context.leader.borrow() {
+        return Ok(Action::await_change());
+    }
+    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(context.client.clone(), &namespace, &kind.resource);
+    let finalizer_name = kind.finalizer();
+    finalizer(&api, &finalizer_name, object, |event| async {
+        match event {
+            Finalizer::Apply(object) => report(&api, &kind, &object, &context).await,
+            // The desired state left the object out, so the apply above has
+            // removed what pilotlight made for it.
+            Finalizer::Cleanup(_) => Ok(Action::await_change()),
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(Box::new(e)))
+}
+
+/// Writes the object's status, and says when to look again.
+async fn report(
+    api: &Api<DynamicObject>,
+    kind: &WatchedKind,
+    object: &DynamicObject,
+    context: &Context,
+) -> Result<Action, kube::Error> {
+    let key = ObjectKey::new(
+        object.metadata.namespace.clone().unwrap_or_default(),
+        object.metadata.name.clone().unwrap_or_default(),
+    );
+    let status = match context.desired.refusal(kind, &key).await {
+        Some(refused) => Status::not_ready(
+            "InvalidSpec",
+            match &refused.field {
+                Some(field) => format!("field {field}: {}", refused.reason),
+                None => refused.reason.clone(),
+            },
+        ),
+        None => report::statuses(context.desired.control(), &kind.resource.kind)
+            .await
+            .remove(&key)
+            .unwrap_or_else(|| {
+                Status::unknown(
+                    "NotReconciled",
+                    "pilotlight has not reconciled this object yet",
+                )
+            }),
+    };
+    let ready = status.is_ready();
+    report::write_status(api, kind, object, status).await?;
+    Ok(Action::requeue(if ready {
+        RESYNC_READY
+    } else {
+        RESYNC_NOT_READY
+    }))
+}
+
+fn error_policy(
+    _object: Arc<DynamicObject>,
+    error: &ReconcileError,
+    _context: Arc<Context>,
+) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
