@@ -12,16 +12,27 @@ use std::sync::Arc;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::Store;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use super::kinds::WatchedKind;
 use crate::control::ObjectKey;
 use crate::control::manifest::{self, Loaded, ManifestError, Manifests, Origin};
 use crate::control::reconcile::ControlPlane;
 
+/// One watched kind's objects, kept by a reflector.
+pub struct Cache {
+    pub kind: WatchedKind,
+    pub store: Store<DynamicObject>,
+    /// True once the reflector has the kind's first full list. (Not the
+    /// store's own readiness future: that wakes only the last of several
+    /// tasks waiting on it, and kube's Controller waits on its own.)
+    pub listed: watch::Receiver<bool>,
+}
+
 /// The watched kinds with their caches, and what was last applied.
 pub struct DesiredState {
     control: Arc<ControlPlane>,
-    caches: Vec<(WatchedKind, Store<DynamicObject>)>,
+    caches: Vec<Cache>,
     applied: tokio::sync::Mutex<Option<Applied>>,
 }
 
@@ -34,10 +45,7 @@ struct Applied {
 }
 
 impl DesiredState {
-    pub fn new(
-        control: Arc<ControlPlane>,
-        caches: Vec<(WatchedKind, Store<DynamicObject>)>,
-    ) -> Self {
+    pub fn new(control: Arc<ControlPlane>, caches: Vec<Cache>) -> Self {
         DesiredState {
             control,
             caches,
@@ -52,9 +60,10 @@ impl DesiredState {
     /// Waits until every cache holds its first full list: applying before
     /// that would see, say, a Trigger without its Broker.
     pub async fn wait_until_listed(&self) {
-        for (kind, cache) in &self.caches {
-            if cache.wait_until_ready().await.is_err() {
-                tracing::error!(kind = %kind.resource.kind, "the watch of this kind stopped before its first list");
+        for cache in &self.caches {
+            let mut listed = cache.listed.clone();
+            if listed.wait_for(|l| *l).await.is_err() {
+                tracing::error!(kind = %cache.kind.resource.kind, "the watch of this kind stopped before its first list");
             }
         }
     }
@@ -82,6 +91,17 @@ impl DesiredState {
         true
     }
 
+    /// Whether the last apply left the object out: after its deletion
+    /// reached the cache, and the apply removed what pilotlight made for it.
+    pub async fn applied_without(&self, kind: &WatchedKind, key: &ObjectKey) -> bool {
+        let origin = origin(kind, key);
+        let applied = self.applied.lock().await;
+        applied.as_ref().is_some_and(|a| {
+            !a.objects.iter().any(|o| o.origin == origin)
+                && !a.errors.iter().any(|e| e.origin == origin)
+        })
+    }
+
     /// Why the object was refused at the last apply, if it was.
     pub async fn refusal(&self, kind: &WatchedKind, key: &ObjectKey) -> Option<ManifestError> {
         let origin = origin(kind, key);
@@ -97,8 +117,8 @@ impl DesiredState {
     fn manifests(&self) -> Manifests {
         let mut manifests = Manifests::default();
         let class = self.control.settings().default_class;
-        for (kind, cache) in &self.caches {
-            let mut objects = cache.state();
+        for Cache { kind, store, .. } in &self.caches {
+            let mut objects = store.state();
             objects.sort_by(|a, b| {
                 (&a.metadata.namespace, &a.metadata.name)
                     .cmp(&(&b.metadata.namespace, &b.metadata.name))

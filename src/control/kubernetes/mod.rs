@@ -27,14 +27,14 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::watcher;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::control::ObjectKey;
 use crate::control::reconcile::ControlPlane;
 use crate::control::status::Status;
-pub use desired::DesiredState;
+pub use desired::{Cache, DesiredState};
 use kinds::WatchedKind;
 
 /// How often the leader rewrites an object's status when nothing changed in
@@ -42,6 +42,8 @@ use kinds::WatchedKind;
 /// revision becomes ready). Sooner while the object is not ready.
 const RESYNC_READY: Duration = Duration::from_secs(30);
 const RESYNC_NOT_READY: Duration = Duration::from_secs(3);
+/// How long a burst of watch events may take to arrive before one apply.
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// `--kubernetes` settings.
 #[derive(Debug, Clone)]
@@ -82,7 +84,9 @@ enum ReconcileError {
     #[error("{0}")]
     Api(#[from] kube::Error),
     #[error("{0}")]
-    Finalizer(Box<kube::runtime::finalizer::Error<kube::Error>>),
+    Finalizer(Box<kube::runtime::finalizer::Error<ReconcileError>>),
+    #[error("{0}: the deletion has not reached pilotlight's cache yet")]
+    NotYetRemoved(ObjectKey),
 }
 
 /// The running watches and controllers; dropping it stops them.
@@ -109,39 +113,40 @@ impl KubernetesControl {
         let mut tasks = Vec::new();
         let mut caches = Vec::new();
         let mut controllers = Vec::new();
+        let changed = Arc::new(Notify::new());
         for kind in kinds::watched_kinds() {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource);
             if !installed(&api, &kind).await {
                 continue;
             }
             if kind.reconciled {
-                let controller =
-                    Controller::new_with(api, watcher::Config::default(), kind.resource.clone());
-                caches.push((kind.clone(), controller.store()));
-                controllers.push((kind, controller));
-            } else {
-                let (cache, task) = cache_of(api, &kind);
-                caches.push((kind, cache));
-                tasks.push(task);
+                let controller = Controller::new_with(
+                    api.clone(),
+                    watcher::Config::default(),
+                    kind.resource.clone(),
+                );
+                controllers.push((kind.clone(), controller));
             }
+            let (cache, task) = cache_of(api, kind, changed.clone());
+            caches.push(cache);
+            tasks.push(task);
         }
         let context = Arc::new(Context {
             client,
             desired: DesiredState::new(control, caches),
             leader: leader.clone(),
         });
-        // Becoming the leader means statuses and finalizers to catch up on.
+        context.desired.sync().await;
         let (applied, _) = watch::channel(());
         for (kind, controller) in controllers {
             let kind = Arc::new(kind);
             let again = resync_stream(applied.subscribe(), leader.clone());
-            let context = context.clone();
             let run = controller
                 .reconcile_all_on(again)
                 .run(
                     move |object, context| reconcile(object, context, kind.clone()),
                     error_policy,
-                    context,
+                    context.clone(),
                 )
                 .for_each(|result| async move {
                     if let Err(e) = result {
@@ -150,18 +155,22 @@ impl KubernetesControl {
                 });
             tasks.push(tokio::spawn(run));
         }
-        context.desired.sync().await;
-        // Every later apply may change any object's status.
-        tasks.push(tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(RESYNC_READY);
-            loop {
-                ticks.tick().await;
-                if context.desired.sync().await {
-                    applied.send_replace(());
-                }
-            }
-        }));
+        tasks.push(tokio::spawn(sync_on_change(context, changed, applied)));
         KubernetesControl { tasks }
+    }
+}
+
+/// Applies after every change to a cache (a ConfigMap a broker reads
+/// changes no Broker, yet changes its backend), and now and then anyway;
+/// after an apply, every object's status may have changed.
+async fn sync_on_change(context: Arc<Context>, changed: Arc<Notify>, applied: watch::Sender<()>) {
+    loop {
+        let _ = tokio::time::timeout(RESYNC_READY, changed.notified()).await;
+        // A burst of events (a relist, `kubectl apply -f dir/`) makes one apply.
+        tokio::time::sleep(SETTLE).await;
+        if context.desired.sync().await {
+            applied.send_replace(());
+        }
     }
 }
 
@@ -182,22 +191,37 @@ async fn installed(api: &Api<DynamicObject>, kind: &WatchedKind) -> bool {
     }
 }
 
-/// A cache of a kind that is only read (ConfigMaps, Secrets), kept by a
-/// reflector with kube's default backoff.
+/// A kind's cache, kept by a reflector with kube's default backoff; every
+/// event wakes `changed`.
 fn cache_of(
     api: Api<DynamicObject>,
-    kind: &WatchedKind,
-) -> (Store<DynamicObject>, tokio::task::JoinHandle<()>) {
+    kind: WatchedKind,
+    changed: Arc<Notify>,
+) -> (Cache, tokio::task::JoinHandle<()>) {
     let writer = reflector::store::Writer::new(kind.resource.clone());
-    let reader = writer.as_reader();
+    let store = writer.as_reader();
+    let (listed_tx, listed) = watch::channel(false);
+    let name = kind.resource.kind.clone();
     let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
         .default_backoff()
-        .for_each(|event| async move {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watch");
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    listed_tx.send_replace(true);
+                    changed.notify_one();
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(kind = %name, error = %e, "watch failed; retrying"),
             }
+            std::future::ready(())
         });
-    (reader, tokio::spawn(stream))
+    let cache = Cache {
+        kind,
+        store,
+        listed,
+    };
+    (cache, tokio::spawn(stream))
 }
 
 /// Fires when an apply changed something, and when this replica becomes the
@@ -236,10 +260,17 @@ async fn reconcile(
     let finalizer_name = kind.finalizer();
     finalizer(&api, &finalizer_name, object, |event| async {
         match event {
-            Finalizer::Apply(object) => report(&api, &kind, &object, &context).await,
-            // The desired state left the object out, so the apply above has
+            Finalizer::Apply(object) => Ok(report(&api, &kind, &object, &context).await?),
+            // Once the desired state has left the object out, the apply has
             // removed what pilotlight made for it.
-            Finalizer::Cleanup(_) => Ok(Action::await_change()),
+            Finalizer::Cleanup(object) => {
+                let key = object_key(&object);
+                if context.desired.applied_without(&kind, &key).await {
+                    Ok(Action::await_change())
+                } else {
+                    Err(ReconcileError::NotYetRemoved(key))
+                }
+            }
         }
     })
     .await
@@ -253,10 +284,7 @@ async fn report(
     object: &DynamicObject,
     context: &Context,
 ) -> Result<Action, kube::Error> {
-    let key = ObjectKey::new(
-        object.metadata.namespace.clone().unwrap_or_default(),
-        object.metadata.name.clone().unwrap_or_default(),
-    );
+    let key = object_key(object);
     let status = match context.desired.refusal(kind, &key).await {
         Some(refused) => Status::not_ready(
             "InvalidSpec",
@@ -282,6 +310,13 @@ async fn report(
     } else {
         RESYNC_NOT_READY
     }))
+}
+
+fn object_key(object: &DynamicObject) -> ObjectKey {
+    ObjectKey::new(
+        object.metadata.namespace.clone().unwrap_or_default(),
+        object.metadata.name.clone().unwrap_or_default(),
+    )
 }
 
 fn error_policy(

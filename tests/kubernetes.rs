@@ -1,0 +1,339 @@
+//! Kubernetes mode against the fake API server (tests/support/apiserver.rs),
+//! over HTTP: pilotlight reads Brokers and Triggers from it, runs them, and
+//! writes their status through the status subresource; finalizers, 409
+//! conflicts, 410 Gone and leader election as a cluster would give them.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use pilotlight::control::kubernetes::KubernetesSettings;
+use pilotlight::control::kubernetes::leader::{LeaderElector, LeaseSettings};
+use pilotlight::server::{Server, ServerConfig};
+use serde_json::{Value, json};
+use support::apiserver::FakeApiServer;
+use support::{Subscriber, send};
+
+/// Generous: the machine is shared, and a slow pass beats a flaky one.
+const PATIENCE: Duration = Duration::from_secs(20);
+const EVENTING: &str = "eventing.knative.dev/v1";
+const INGRESS: &str = "http://pilotlight-ingress.pilotlight.svc.cluster.local";
+
+fn broker(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": EVENTING, "kind": "Broker",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {},
+    })
+}
+
+fn trigger(namespace: &str, name: &str, broker: &str, subscriber: &str) -> Value {
+    json!({
+        "apiVersion": EVENTING, "kind": "Trigger",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"broker": broker, "subscriber": {"uri": subscriber}},
+    })
+}
+
+/// A pilotlight replica in Kubernetes mode, pointed at the fake by a
+/// kubeconfig, with a short lease so that tests of the election are quick.
+async fn replica(fake: &FakeApiServer, dir: &Path, identity: &str) -> Server {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dir = dir.join(identity);
+    std::fs::create_dir_all(&dir).expect("replica dir");
+    let mut config = ServerConfig::on_free_ports(dir.join("manifests"), dir.join("data"));
+    config.default_class = pilotlight::control::resources::broker::BrokerClass::Memory;
+    config.ingress_url = Some(INGRESS.into());
+    config.kubernetes = Some(KubernetesSettings {
+        kubeconfig: Some(fake.kubeconfig(&dir)),
+        lease: LeaseSettings {
+            duration: Duration::from_secs(2),
+            retry_period: Duration::from_millis(100),
+            ..LeaseSettings::new("pilotlight", identity)
+        },
+    });
+    Server::start(config).await.expect("pilotlight starts")
+}
+
+fn ready_condition(object: &Value) -> Option<&Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+/// Waits until the object's status says Ready=`want` for its current generation.
+async fn wait_ready(
+    fake: &FakeApiServer,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    want: &str,
+) -> Value {
+    fake.wait_for(
+        &format!("{kind} {namespace}/{name} Ready={want}"),
+        PATIENCE,
+        |fake| {
+            let object = fake.get(EVENTING, kind, namespace, name)?;
+            let observed =
+                object["status"]["observedGeneration"] == object["metadata"]["generation"];
+            (observed && ready_condition(&object)?["status"] == want).then_some(object)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn objects_from_the_api_server_run_and_report_status_through_the_subresource() {
+    let fake = FakeApiServer::start().await;
+    let subscriber = Subscriber::accepting().await;
+    fake.create(broker("team", "default"));
+    fake.create(trigger("team", "all", "default", &subscriber.url("/")));
+    let dir = tempfile::tempdir().expect("dir");
+    let server = replica(&fake, dir.path(), "one").await;
+
+    let broker = wait_ready(&fake, "Broker", "team", "default", "True").await;
+    assert_eq!(
+        broker["status"]["address"]["url"],
+        format!("{INGRESS}/team/default")
+    );
+    assert_eq!(broker["status"]["observedGeneration"], 1);
+    assert_eq!(
+        broker["metadata"]["finalizers"],
+        json!(["brokers.eventing.knative.dev"])
+    );
+    let trigger = wait_ready(&fake, "Trigger", "team", "all", "True").await;
+    assert_eq!(
+        trigger["metadata"]["finalizers"],
+        json!(["triggers.eventing.knative.dev"])
+    );
+    assert_eq!(trigger["status"]["subscriberUri"], subscriber.url("/"));
+
+    let status_writes: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        status_writes.contains(
+            &"/apis/eventing.knative.dev/v1/namespaces/team/brokers/default/status".to_owned()
+        ),
+        "{status_writes:?}"
+    );
+    assert!(
+        status_writes.iter().all(|p| p.ends_with("/status")),
+        "{status_writes:?}"
+    );
+
+    let accepted = send(
+        &format!("http://{}/team/default", server.listen),
+        "e-1",
+        "demo.created",
+    )
+    .await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
+    let received = subscriber.wait_for(1, PATIENCE).await;
+    assert_eq!(received[0].id(), "e-1");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_object_names_its_field_in_its_status_and_the_rest_runs() {
+    let fake = FakeApiServer::start().await;
+    fake.create(broker("default", "default"));
+    let mut typo = trigger("default", "typo", "default", "http://127.0.0.1:1/");
+    typo["spec"]["subscriber"]["urii"] = json!("http://127.0.0.1:1/");
+    fake.create(typo);
+    let dir = tempfile::tempdir().expect("dir");
+    let server = replica(&fake, dir.path(), "one").await;
+
+    let refused = wait_ready(&fake, "Trigger", "default", "typo", "False").await;
+    let condition = ready_condition(&refused).expect("ready condition");
+    assert_eq!(condition["reason"], "InvalidSpec");
+    let message = condition["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.subscriber.urii"), "{message}");
+    wait_ready(&fake, "Broker", "default", "default", "True").await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spec_change_is_applied_and_its_generation_observed() {
+    let fake = FakeApiServer::start().await;
+    let (first, second) = (Subscriber::accepting().await, Subscriber::accepting().await);
+    fake.create(broker("default", "default"));
+    fake.create(trigger("default", "t", "default", &first.url("/")));
+    let dir = tempfile::tempdir().expect("dir");
+    let server = replica(&fake, dir.path(), "one").await;
+    wait_ready(&fake, "Trigger", "default", "t", "True").await;
+
+    let mut changed = fake
+        .get(EVENTING, "Trigger", "default", "t")
+        .expect("trigger");
+    changed["spec"]["subscriber"]["uri"] = json!(second.url("/"));
+    fake.put(changed);
+    let trigger = fake
+        .wait_for("the new subscriber in status", PATIENCE, |fake| {
+            let t = fake.get(EVENTING, "Trigger", "default", "t")?;
+            (t["status"]["observedGeneration"] == 2).then_some(t)
+        })
+        .await;
+    assert_eq!(trigger["status"]["subscriberUri"], second.url("/"));
+    let accepted = send(
+        &format!("http://{}/default/default", server.listen),
+        "e-2",
+        "demo",
+    )
+    .await;
+    assert_eq!(accepted.status, 202);
+    second.wait_for(1, PATIENCE).await;
+    assert_eq!(first.count(), 0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_broker_removes_it_before_its_finalizer_is_released() {
+    let fake = FakeApiServer::start().await;
+    fake.create(broker("default", "gone"));
+    let dir = tempfile::tempdir().expect("dir");
+    let server = replica(&fake, dir.path(), "one").await;
+    wait_ready(&fake, "Broker", "default", "gone", "True").await;
+    let url = format!("http://{}/default/gone", server.listen);
+    assert_eq!(send(&url, "before", "demo").await.status, 202);
+
+    assert!(fake.delete(EVENTING, "Broker", "default", "gone"));
+    fake.wait_for("the broker to be deleted", PATIENCE, |fake| {
+        fake.get(EVENTING, "Broker", "default", "gone")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // The finalizer went only after the ingress stopped serving the broker.
+    assert_eq!(send(&url, "after", "demo").await.status, 404);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn conflicts_and_server_errors_on_writes_are_retried() {
+    let fake = FakeApiServer::start().await;
+    fake.create(broker("default", "default"));
+    // The finalizer patch and the status writes meet these first.
+    fake.conflict_next(3);
+    fake.fail_next(2, 500);
+    let dir = tempfile::tempdir().expect("dir");
+    let server = replica(&fake, dir.path(), "one").await;
+    let broker = wait_ready(&fake, "Broker", "default", "default", "True").await;
+    assert_eq!(
+        broker["metadata"]["finalizers"],
+        json!(["brokers.eventing.knative.dev"])
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_watch_relists_and_sees_what_changed_meanwhile() {
+    let fake = FakeApiServer::start().await;
+    fake.create(broker("default", "default"));
+    let dir = tempfile::tempdir().expect("dir");
+    let server = replica(&fake, dir.path(), "one").await;
+    wait_ready(&fake, "Broker", "default", "default", "True").await;
+    let lists_before = trigger_lists(&fake);
+
+    // Compaction while every watch is down: resuming from the last
+    // resourceVersion gets 410 Gone, and only a new list shows the trigger.
+    fake.expire_history();
+    fake.drop_watches();
+    fake.create(trigger("default", "late", "default", "http://127.0.0.1:1/"));
+    wait_ready(&fake, "Trigger", "default", "late", "True").await;
+    assert!(trigger_lists(&fake) > lists_before, "no relist after 410");
+    server.shutdown().await;
+}
+
+/// Waits until the ingress at `url` accepts an event: a replica applies
+/// what it sees in its own time.
+async fn accepts(url: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let reply = send(url, "probe", "demo").await;
+        if reply.status == 202 {
+            return;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{url}: {} {}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn trigger_lists(fake: &FakeApiServer) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/triggers") && !r.is_watch())
+        .count()
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_a_stopped_leader_hands_over() {
+    let fake = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let first = replica(&fake, dir.path(), "first").await;
+    let holder = |fake: &FakeApiServer| {
+        fake.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "pilotlight",
+            "pilotlight-controller",
+        )
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+    let leader = fake.wait_for("a leader", PATIENCE, holder).await;
+    assert!(leader.starts_with("first"), "{leader}");
+    let second = replica(&fake, dir.path(), "second").await;
+    fake.create(broker("default", "b1"));
+    wait_ready(&fake, "Broker", "default", "b1", "True").await;
+    // Both replicas serve the ingress, whichever leads.
+    for server in [&first, &second] {
+        accepts(&format!("http://{}/default/b1", server.listen)).await;
+    }
+
+    first.shutdown().await;
+    fake.wait_for("the second replica to lead", PATIENCE, |fake| {
+        holder(fake).filter(|h| h.starts_with("second"))
+    })
+    .await;
+    fake.create(broker("default", "b2"));
+    wait_ready(&fake, "Broker", "default", "b2", "True").await;
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn of_two_electors_racing_for_a_free_lease_one_wins() {
+    let fake = FakeApiServer::start().await;
+    let settings = |identity: &str| LeaseSettings::new("pilotlight", identity);
+    let mut a = LeaderElector::new(fake.client(), settings("a"));
+    let mut b = LeaderElector::new(fake.client(), settings("b"));
+    let (won_a, won_b) = tokio::join!(a.try_acquire_or_renew(), b.try_acquire_or_renew());
+    let (won_a, won_b) = (won_a.expect("a"), won_b.expect("b"));
+    assert!(won_a ^ won_b, "a={won_a} b={won_b}");
+    let (mut leader, mut follower) = if won_a { (a, b) } else { (b, a) };
+    assert!(leader.try_acquire_or_renew().await.expect("renew"));
+    assert!(!follower.try_acquire_or_renew().await.expect("held"));
+    leader.release().await.expect("release");
+    assert!(follower.try_acquire_or_renew().await.expect("free"));
+    let lease = fake
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "pilotlight",
+            "pilotlight-controller",
+        )
+        .expect("lease");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
+}
