@@ -2,6 +2,8 @@
 //! subscriber servers, and an HTTP client.
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
