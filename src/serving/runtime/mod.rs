@@ -16,6 +16,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::control::ObjectKey;
 
+pub mod kubernetes;
 pub mod process;
 
 /// One revision's workload, as a runtime needs it.
