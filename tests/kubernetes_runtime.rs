@@ -531,6 +531,32 @@ async fn a_follower_only_wakes_a_deployment_from_zero() {
     assert_eq!(writes, ["PATCH", "PATCH"], "two wakes, nothing else");
 }
 
+#[tokio::test]
+async fn a_new_leader_adopts_a_running_deployment_without_scaling_it_first() {
+    let fake = FakeApiServer::start().await;
+    fake.put(workload_deployment(3));
+    let (leader, _) = watch::channel(true);
+    let deployment = deploy(&fake, &leader, workload(HELLO, "hello-00001"));
+    let creates = "/apis/apps/v1/namespaces/default/deployments";
+    fake.wait_for("the attempt to create it", PATIENCE, |f| {
+        f.requests()
+            .into_iter()
+            .find(|r| r.method == "POST" && r.path == creates)
+    })
+    .await;
+    deployment.scale(2);
+    deployment_where(&fake, "hello-00001-deployment", "two replicas", |d| {
+        replicas(d) == Some(2)
+    })
+    .await;
+    let patches = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(patches, 1, "only the autoscaler's count is written");
+}
+
 /// The Deployment as a leader would have made it, with `replicas`.
 fn workload_deployment(replicas: u32) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "Deployment",

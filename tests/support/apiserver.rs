@@ -295,7 +295,8 @@ pub struct FakeApiServer {
     /// `http://127.0.0.1:{port}`.
     pub url: String,
     store: Arc<Mutex<Store>>,
-    /// Sent after each change and each new watch, for waiting on conditions.
+    /// Sent after each change, request and new watch, for waiting on
+    /// conditions.
     changed: watch::Sender<u64>,
     task: Arc<tokio::task::JoinHandle<()>>,
 }
@@ -502,7 +503,7 @@ impl FakeApiServer {
     }
 
     /// Waits (up to `within`) until `found` returns Some, checking after
-    /// every change; panics naming `what` otherwise.
+    /// every change, request and new watch; panics naming `what` otherwise.
     pub async fn wait_for<T>(
         &self,
         what: &str,
@@ -1086,6 +1087,8 @@ async fn handle(
             format!("{method} is not supported on {path}"),
         )),
     };
+    // Answered requests are conditions tests wait for too.
+    shared.notify();
     match result {
         Ok(object) => {
             let code = if method == Method::POST {

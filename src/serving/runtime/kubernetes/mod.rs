@@ -3,10 +3,10 @@
 //! headless Service (`{revision}-private`) that selects its pods, both in the
 //! Knative Service's namespace and owned by it.
 //!
-//! Each deployment has three tasks: the [`writer`] creates the objects,
+//! Each deployment has three tasks: the `writer` creates the objects,
 //! writes the replica count the autoscaler asks for and deletes the objects
-//! when the revision retires; [`observed`] watches the Deployment for status;
-//! [`endpoints`] watches the EndpointSlices and publishes the ready pods.
+//! when the revision retires; `observed` watches the Deployment for status;
+//! `endpoints` watches the EndpointSlices and publishes the ready pods.
 //!
 //! Several pilotlight replicas may run with one leader. All of them serve
 //! requests, so all deploy every revision, but only the leader creates,
@@ -157,8 +157,8 @@ impl Drop for KubernetesDeployment {
 impl Deployment for KubernetesDeployment {
     fn scale(&self, replicas: u32) {
         self.wanted.send_if_modified(|wanted| {
-            let changed = wanted.replicas != replicas;
-            wanted.replicas = replicas;
+            let changed = wanted.replicas != Some(replicas);
+            wanted.replicas = Some(replicas);
             changed
         });
     }
@@ -170,7 +170,7 @@ impl Deployment for KubernetesDeployment {
     fn status(&self) -> DeploymentStatus {
         let observed = self.observed.borrow();
         DeploymentStatus {
-            desired: self.wanted.borrow().replicas,
+            desired: self.wanted.borrow().replicas.unwrap_or(0),
             actual: observed.replicas,
             ready: observed.ready,
             restarts: 0,

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 /// The Deployment as last seen; all default while it does not exist.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Observed {
+pub(super) struct Observed {
     pub resource_version: Option<String>,
     pub spec_replicas: Option<u32>,
     /// Pods that exist (`status.replicas`).

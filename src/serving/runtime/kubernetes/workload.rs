@@ -151,21 +151,15 @@ fn pod_template(
     labels: &BTreeMap<String, String>,
 ) -> Result<Value, CannotRun> {
     let user = &workload.template;
-    let mut metadata = json!({
-        "labels": user["metadata"]["labels"],
-        "annotations": user["metadata"]["annotations"],
-    });
-    let pod_labels = metadata["labels"]
-        .as_object_mut()
-        .map(std::mem::take)
+    // The user's labels and annotations, with ours winning.
+    let mut pod_labels = user["metadata"]["labels"]
+        .as_object()
+        .cloned()
         .unwrap_or_default();
-    let mut pod_labels: Map<String, Value> = pod_labels;
-    for (k, v) in labels {
-        pod_labels.insert(k.clone(), json!(v));
-    }
-    metadata["labels"] = Value::Object(pod_labels);
-    if metadata["annotations"].is_null() {
-        metadata.as_object_mut().map(|m| m.remove("annotations"));
+    pod_labels.extend(labels.iter().map(|(k, v)| (k.clone(), json!(v))));
+    let mut metadata = json!({"labels": pod_labels});
+    if let Some(annotations) = user["metadata"].get("annotations") {
+        metadata["annotations"] = annotations.clone();
     }
 
     let mut spec = match &user["spec"] {

@@ -32,7 +32,9 @@ const DELETE_ATTEMPTS: u32 = 5;
 /// What the deployment asks of its writer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Wanted {
-    pub replicas: u32,
+    /// None until the autoscaler first asks, so that a Deployment adopted
+    /// from an earlier leader is not scaled before it has decided.
+    pub replicas: Option<u32>,
     /// The revision is gone for good: delete its objects and stop.
     pub retiring: bool,
 }
@@ -59,8 +61,6 @@ impl Writer {
     /// Runs until the revision retires or its deployment is dropped.
     pub async fn run(mut self) {
         let mut term = Term::default();
-        // The resourceVersion a follower raised from zero: until the watch
-        // shows the raise, the zero it still shows is no reason to raise again.
         let mut woken_from: Option<String> = None;
         let mut backoff = BACKOFF_INITIAL;
         loop {
@@ -78,14 +78,9 @@ impl Writer {
             }
             let result = if leading {
                 self.lead(&mut term, wanted.replicas).await
-            } else if current.resource_version.is_some() && current.resource_version == woken_from {
-                Ok(())
             } else {
-                let woken = self.wake(wanted.replicas, &current).await;
-                if let Ok(true) = woken {
-                    woken_from = current.resource_version.clone();
-                }
-                woken.map(|_| ())
+                self.follow(&mut woken_from, wanted.replicas.unwrap_or(0), &current)
+                    .await
             };
             let retry = match result {
                 Ok(()) => {
@@ -113,12 +108,16 @@ impl Writer {
     }
 
     /// As leader: makes sure the objects exist, then writes the count.
-    async fn lead(&self, term: &mut Term, replicas: u32) -> Result<(), kube::Error> {
+    async fn lead(&self, term: &mut Term, replicas: Option<u32>) -> Result<(), kube::Error> {
         if !term.created {
-            let created = self.create(replicas).await?;
+            let initial = replicas.unwrap_or(0);
+            let created = self.create(initial).await?;
             term.created = true;
-            term.written = created.then_some(replicas);
+            term.written = created.then_some(initial);
         }
+        let Some(replicas) = replicas else {
+            return Ok(());
+        };
         if term.written == Some(replicas) {
             return Ok(());
         }
@@ -147,7 +146,25 @@ impl Writer {
         }
     }
 
-    /// As follower: raises the Deployment from zero when a request here
+    /// As follower: wakes the Deployment once per zero the watch shows.
+    /// `woken_from` is the resourceVersion last raised from: until the watch
+    /// shows the raise, the zero it still shows is no reason to raise again.
+    async fn follow(
+        &self,
+        woken_from: &mut Option<String>,
+        replicas: u32,
+        current: &Observed,
+    ) -> Result<(), kube::Error> {
+        if current.resource_version.is_some() && current.resource_version == *woken_from {
+            return Ok(());
+        }
+        if self.wake(replicas, current).await? {
+            woken_from.clone_from(&current.resource_version);
+        }
+        Ok(())
+    }
+
+    /// Raises the Deployment from zero when a request here
     /// needs a pod; anything else is the leader's to decide. The patch names
     /// the resourceVersion that showed zero, so it fails with a conflict if
     /// anyone changed the Deployment since (the retry looks again). True if
