@@ -228,6 +228,31 @@ async fn kubes_watcher_relists_after_410_gone() {
     watch.abort();
 }
 
+#[tokio::test]
+async fn fake_kubeconfig_points_kube_at_it() {
+    let fake = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(fake.kubeconfig(dir.path())).expect("a kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("a config");
+    let client = kube::Client::try_from(config).expect("a client");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    let names: Vec<String> = namespaces
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert_eq!(names, ["default"]);
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("never")]
 struct Never;

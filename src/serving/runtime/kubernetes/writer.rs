@@ -94,15 +94,21 @@ impl Writer {
                     Some(wait)
                 }
             };
-            tokio::select! {
-                changed = self.wanted.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                }
-                () = changed_or_never(&mut self.leader) => {}
-                () = changed_or_never(&mut self.observed) => {}
-                () = sleep_or_never(retry) => {}
+            let asked = match retry {
+                // Only a new count (or retirement) cuts the backoff short.
+                Some(wait) => tokio::select! {
+                    changed = self.wanted.changed() => changed,
+                    () = tokio::time::sleep(wait) => Ok(()),
+                },
+                None => tokio::select! {
+                    changed = self.wanted.changed() => changed,
+                    () = changed_or_never(&mut self.leader) => Ok(()),
+                    () = changed_or_never(&mut self.observed) => Ok(()),
+                },
+            };
+            if asked.is_err() {
+                // The deployment is gone.
+                return;
             }
         }
     }
@@ -286,12 +292,5 @@ fn is_status(error: &kube::Error, code: u16) -> bool {
 async fn changed_or_never<T>(receiver: &mut watch::Receiver<T>) {
     if receiver.changed().await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-async fn sleep_or_never(wait: Option<Duration>) {
-    match wait {
-        Some(wait) => tokio::time::sleep(wait).await,
-        None => std::future::pending().await,
     }
 }
