@@ -168,7 +168,7 @@ impl ServingControl {
         }
         self.route(&state);
         drop(state);
-        stop_all(stopping).await;
+        stop_all(stopping, Stop::Retire).await;
     }
 
     fn with_history<T>(&self, f: impl FnOnce(&mut RevisionHistory) -> T) -> T {
@@ -325,6 +325,7 @@ impl ServingControl {
             revision: record.name.clone(),
             container,
             drain_timeout: spec.timeout(),
+            template: record.template.clone(),
         };
         let deployment = self.runtime.deploy(workload).map_err(|e| e.to_string())?;
         let stats = Arc::new(RevisionStats::new(tokio::time::Instant::now()));
@@ -538,7 +539,7 @@ impl ServingControl {
         // A request may hold an instance for up to timeoutSeconds, an upgraded
         // connection for ever; pilotlight's exit does not wait that long. Its
         // children die with it (parent-death signal) if still running.
-        if tokio::time::timeout(SHUTDOWN_DRAIN, stop_all(all))
+        if tokio::time::timeout(SHUTDOWN_DRAIN, stop_all(all, Stop::Exit))
             .await
             .is_err()
         {
@@ -666,9 +667,19 @@ async fn refresh_loop(control: std::sync::Weak<ServingControl>, refresh: Arc<Not
     }
 }
 
+/// Why revisions stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Deleted or retired: gone for good, with what the runtime made for them.
+    Retire,
+    /// pilotlight is exiting: a runtime whose instances outlive it leaves
+    /// them (Kubernetes Deployments keep serving for the next leader).
+    Exit,
+}
+
 /// Stops revisions: scalers first, so nothing scales them up again, then
-/// their instances drain and stop.
-async fn stop_all(revisions: Vec<RunningRevision>) {
+/// their deployments retire or shut down.
+async fn stop_all(revisions: Vec<RunningRevision>, why: Stop) {
     let deployments: Vec<_> = revisions
         .iter()
         .filter_map(|r| r.revision.as_ref())
@@ -678,5 +689,11 @@ async fn stop_all(revisions: Vec<RunningRevision>) {
         })
         .collect();
     drop(revisions);
-    futures::future::join_all(deployments.iter().map(|d| d.shutdown())).await;
+    futures::future::join_all(deployments.iter().map(|d| async move {
+        match why {
+            Stop::Retire => d.retire().await,
+            Stop::Exit => d.shutdown().await,
+        }
+    }))
+    .await;
 }

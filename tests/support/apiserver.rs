@@ -76,84 +76,22 @@ const fn resource(
 
 /// Every kind the fake serves: group, version, plural, kind, namespaced,
 /// status subresource.
+#[rustfmt::skip]
 pub const RESOURCES: &[ResourceType] = &[
-    resource(
-        "serving.knative.dev",
-        "v1",
-        "services",
-        "Service",
-        true,
-        true,
-    ),
-    resource(
-        "eventing.knative.dev",
-        "v1",
-        "brokers",
-        "Broker",
-        true,
-        true,
-    ),
-    resource(
-        "eventing.knative.dev",
-        "v1",
-        "triggers",
-        "Trigger",
-        true,
-        true,
-    ),
-    resource(
-        "sources.knative.dev",
-        "v1",
-        "pingsources",
-        "PingSource",
-        true,
-        true,
-    ),
-    resource(
-        "sources.knative.dev",
-        "v1",
-        "apiserversources",
-        "ApiServerSource",
-        true,
-        true,
-    ),
-    resource(
-        "sources.knative.dev",
-        "v1",
-        "kafkasources",
-        "KafkaSource",
-        true,
-        true,
-    ),
-    resource(
-        "sources.knative.dev",
-        "v1beta1",
-        "kafkasources",
-        "KafkaSource",
-        true,
-        true,
-    ),
-    resource(
-        "sources.knative.dev",
-        "v1alpha1",
-        "rabbitmqsources",
-        "RabbitmqSource",
-        true,
-        true,
-    ),
+    resource("serving.knative.dev", "v1", "services", "Service", true, true),
+    resource("eventing.knative.dev", "v1", "brokers", "Broker", true, true),
+    resource("eventing.knative.dev", "v1", "triggers", "Trigger", true, true),
+    resource("sources.knative.dev", "v1", "pingsources", "PingSource", true, true),
+    resource("sources.knative.dev", "v1", "apiserversources", "ApiServerSource", true, true),
+    resource("sources.knative.dev", "v1", "kafkasources", "KafkaSource", true, true),
+    resource("sources.knative.dev", "v1beta1", "kafkasources", "KafkaSource", true, true),
+    resource("sources.knative.dev", "v1alpha1", "rabbitmqsources", "RabbitmqSource", true, true),
     resource("apps", "v1", "deployments", "Deployment", true, true),
     resource("", "v1", "services", "Service", true, false),
     resource("", "v1", "configmaps", "ConfigMap", true, false),
     resource("", "v1", "secrets", "Secret", true, false),
     resource("", "v1", "namespaces", "Namespace", false, false),
-    resource(
-        "discovery.k8s.io",
-        "v1",
-        "endpointslices",
-        "EndpointSlice",
-        true,
-        false,
-    ),
+    resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", true, false),
     resource("coordination.k8s.io", "v1", "leases", "Lease", true, false),
 ];
 
@@ -269,7 +207,6 @@ struct Watcher {
     resource: &'static ResourceType,
     scope: Scope,
     selector: Selector,
-    bookmarks: bool,
     sender: mpsc::UnboundedSender<Bytes>,
 }
 
@@ -286,7 +223,8 @@ struct Store {
     /// Injected answers for the next writes (POST, PUT, PATCH).
     failures: VecDeque<ApiError>,
     requests: Vec<RecordedRequest>,
-    next_uid: u64,
+    /// Numbers uids and generated names.
+    serial: u64,
 }
 
 /// The fake server; clones share it. It stops when the last clone is dropped.
@@ -294,9 +232,7 @@ struct Store {
 pub struct FakeApiServer {
     /// `http://127.0.0.1:{port}`.
     pub url: String,
-    store: Arc<Mutex<Store>>,
-    /// Sent after each change and each new watch, for waiting on conditions.
-    changed: watch::Sender<u64>,
+    shared: Shared,
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -308,15 +244,22 @@ impl Drop for FakeApiServer {
     }
 }
 
+/// What the HTTP handlers and the test controls share.
 #[derive(Clone)]
 struct Shared {
     store: Arc<Mutex<Store>>,
-    changed: watch::Sender<u64>,
+    /// Sent after each change, request and new watch, for waiting on
+    /// conditions.
+    changed: watch::Sender<()>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changed.send_replace(());
     }
 }
 
@@ -327,23 +270,22 @@ impl FakeApiServer {
             .await
             .expect("bind the fake API server");
         let url = format!("http://{}", listener.local_addr().expect("local address"));
-        let store = Arc::new(Mutex::new(Store {
-            version: 1,
-            ..Store::default()
-        }));
-        let (changed, _) = watch::channel(1);
         let shared = Shared {
-            store: store.clone(),
-            changed: changed.clone(),
+            store: Arc::new(Mutex::new(Store {
+                version: 1,
+                ..Store::default()
+            })),
+            changed: watch::channel(()).0,
         };
-        let app = axum::Router::new().fallback(handle).with_state(shared);
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         let fake = FakeApiServer {
             url,
-            store,
-            changed,
+            shared,
             task: Arc::new(task),
         };
         fake.create(json!({"apiVersion": "v1", "kind": "Namespace",
@@ -352,14 +294,7 @@ impl FakeApiServer {
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn shared(&self) -> Shared {
-        Shared {
-            store: self.store.clone(),
-            changed: self.changed.clone(),
-        }
+        self.shared.lock()
     }
 
     /// A client for the fake, with `default` as its namespace.
@@ -385,7 +320,7 @@ impl FakeApiServer {
     /// would; panics if it exists. Returns it as stored.
     pub fn create(&self, object: Value) -> Value {
         let (resource, namespace) = resource_of(&object);
-        create(&self.shared(), resource, &namespace, object).unwrap_or_else(|e| panic!("{e}"))
+        create(&self.shared, resource, &namespace, object).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Creates or replaces an object whole, status included, whatever its
@@ -399,20 +334,17 @@ impl FakeApiServer {
         {
             return self.create(object);
         }
-        let shared = self.shared();
-        let mut store = shared.lock();
-        let result = store.update(resource, &namespace, &name, Write::Whole, |_| Ok(object));
-        drop(store);
-        shared.notify();
+        let result = self
+            .lock()
+            .update(resource, &namespace, &name, Write::Whole, |_| Ok(object));
+        self.shared.notify();
         result.unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let resource = ResourceType::find(api_version, kind)
             .unwrap_or_else(|| panic!("the fake serves no {api_version} {kind}"));
-        let store = self.shared();
-        let store = store.lock();
-        store
+        self.lock()
             .objects
             .get(&key(resource, namespace, name))
             .map(|o| served(resource, o))
@@ -426,9 +358,7 @@ impl FakeApiServer {
             Some(ns) => Scope::Namespace(ns.to_owned()),
             None => Scope::All,
         };
-        let shared = self.shared();
-        let store = shared.lock();
-        store.matching(resource, &scope, &Selector::default())
+        self.lock().matching(resource, &scope, &Selector::default())
     }
 
     /// Deletes as a DELETE request would (finalizers hold the object with a
@@ -436,9 +366,8 @@ impl FakeApiServer {
     pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
         let resource = ResourceType::find(api_version, kind)
             .unwrap_or_else(|| panic!("the fake serves no {api_version} {kind}"));
-        let shared = self.shared();
-        let result = shared.lock().delete(resource, namespace, name);
-        shared.notify();
+        let result = self.lock().delete(resource, namespace, name);
+        self.shared.notify();
         result.is_ok()
     }
 
@@ -490,8 +419,7 @@ impl FakeApiServer {
 
     /// Watches open now (closed ones are noticed on the next event).
     pub fn open_watches(&self) -> usize {
-        let shared = self.shared();
-        let mut store = shared.lock();
+        let mut store = self.lock();
         store.watchers.retain(|w| !w.sender.is_closed());
         store.watchers.len()
     }
@@ -502,14 +430,14 @@ impl FakeApiServer {
     }
 
     /// Waits (up to `within`) until `found` returns Some, checking after
-    /// every change; panics naming `what` otherwise.
+    /// every change, request and new watch; panics naming `what` otherwise.
     pub async fn wait_for<T>(
         &self,
         what: &str,
         within: Duration,
         found: impl Fn(&FakeApiServer) -> Option<T>,
     ) -> T {
-        let mut changed = self.changed.subscribe();
+        let mut changed = self.shared.changed.subscribe();
         let wait = async {
             loop {
                 changed.borrow_and_update();
@@ -525,13 +453,6 @@ impl FakeApiServer {
             Ok(value) => value,
             Err(_) => panic!("waited {within:?} for {what}"),
         }
-    }
-}
-
-impl Shared {
-    fn notify(&self) {
-        let version = self.lock().version;
-        self.changed.send_replace(version);
     }
 }
 
@@ -941,8 +862,8 @@ fn create(
         if name.is_empty()
             && let Some(prefix) = object["metadata"]["generateName"].as_str()
         {
-            store.next_uid += 1;
-            name = format!("{prefix}{:05x}", store.next_uid);
+            store.serial += 1;
+            name = format!("{prefix}{:05x}", store.serial);
         }
         if name.is_empty() {
             return Err(ApiError::new(
@@ -961,8 +882,8 @@ fn create(
                 format!("{} \"{name}\" already exists", qualified(resource)),
             ));
         }
-        store.next_uid += 1;
-        let uid = format!("00000000-0000-4000-8000-{:012x}", store.next_uid);
+        store.serial += 1;
+        let uid = format!("00000000-0000-4000-8000-{:012x}", store.serial);
         let metadata = &mut object["metadata"];
         metadata["name"] = json!(name);
         if resource.namespaced {
@@ -1076,9 +997,7 @@ async fn handle(
         }
         (&Method::DELETE, Some(name)) if !target.status => {
             let namespace = target.namespace.clone().unwrap_or_default();
-            let result = shared.lock().delete(target.resource, &namespace, name);
-            shared.notify();
-            result
+            shared.lock().delete(target.resource, &namespace, name)
         }
         _ => Err(ApiError::new(
             405,
@@ -1086,6 +1005,8 @@ async fn handle(
             format!("{method} is not supported on {path}"),
         )),
     };
+    // After every answer, changed or not: tests may wait for a request.
+    shared.notify();
     match result {
         Ok(object) => {
             let code = if method == Method::POST {
@@ -1169,19 +1090,15 @@ fn put(shared: &Shared, target: &Target, name: &str, body: &Bytes) -> Result<Val
         ));
     }
     let namespace = target.namespace.clone().unwrap_or_default();
-    let result = {
-        let mut store = shared.lock();
-        store.take_failure()?;
-        store.update(
-            target.resource,
-            &namespace,
-            name,
-            write_kind(target),
-            |_| Ok(object),
-        )
-    };
-    shared.notify();
-    result
+    let mut store = shared.lock();
+    store.take_failure()?;
+    store.update(
+        target.resource,
+        &namespace,
+        name,
+        write_kind(target),
+        |_| Ok(object),
+    )
 }
 
 fn patch(
@@ -1194,28 +1111,24 @@ fn patch(
     let namespace = target.namespace.clone().unwrap_or_default();
     let document = parse_body(body)?;
     let apply = content_type == Some("application/apply-patch+yaml");
-    let result = {
-        let mut store = shared.lock();
-        store.take_failure()?;
-        let exists = store
-            .objects
-            .contains_key(&key(target.resource, &namespace, name));
-        if apply && !exists && !target.status {
-            drop(store);
-            let mut object = document;
-            object["metadata"]["name"] = json!(name);
-            return create(shared, target.resource, &namespace, object);
-        }
-        store.update(
-            target.resource,
-            &namespace,
-            name,
-            write_kind(target),
-            |current| apply_patch(current, content_type, document),
-        )
-    };
-    shared.notify();
-    result
+    let mut store = shared.lock();
+    store.take_failure()?;
+    let exists = store
+        .objects
+        .contains_key(&key(target.resource, &namespace, name));
+    if apply && !exists && !target.status {
+        drop(store);
+        let mut object = document;
+        object["metadata"]["name"] = json!(name);
+        return create(shared, target.resource, &namespace, object);
+    }
+    store.update(
+        target.resource,
+        &namespace,
+        name,
+        write_kind(target),
+        |current| apply_patch(current, content_type, document),
+    )
 }
 
 fn apply_patch(
@@ -1331,7 +1244,6 @@ fn watch(shared: &Shared, target: &Target, query: &str) -> Response {
         resource: target.resource,
         scope: scope.clone(),
         selector: selector.clone(),
-        bookmarks,
         sender,
     };
     if from.is_empty() || from == "0" || initial_events {
@@ -1364,7 +1276,7 @@ fn watch(shared: &Shared, target: &Target, query: &str) -> Response {
             }
         }
     }
-    if watcher.bookmarks && !initial_events {
+    if bookmarks && !initial_events {
         let _ = watcher
             .sender
             .send(bookmark(target.resource, store.version, false));

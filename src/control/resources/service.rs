@@ -427,22 +427,17 @@ impl RevisionSpec {
         std::time::Duration::from_secs(self.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS))
     }
 
-    /// The container as the runtimes see it. Fails for what a local process
-    /// cannot have (values from Secrets or ConfigMaps).
+    /// The container as the runtimes see it.
     pub fn container_spec(&self) -> Result<ContainerSpec, Invalid> {
         let container = self
             .containers
             .first()
             .ok_or_else(|| Invalid::new("spec.template.spec.containers", "needs one container"))?;
         let mut env = Vec::with_capacity(container.env.len());
+        let mut env_from_cluster = Vec::new();
         for (i, var) in container.env.iter().enumerate() {
             match (&var.value, &var.value_from) {
-                (_, Some(_)) => {
-                    return Err(Invalid::new(
-                        format!("spec.template.spec.containers[0].env[{i}].valueFrom"),
-                        "is not available to local processes; give the value inline",
-                    ));
-                }
+                (_, Some(_)) => env_from_cluster.push((i, var.name.clone())),
                 (value, None) => env.push((var.name.clone(), value.clone().unwrap_or_default())),
             }
         }
@@ -455,6 +450,7 @@ impl RevisionSpec {
             command: container.command.clone(),
             args: container.args.clone(),
             env,
+            env_from_cluster,
             working_dir: container.working_dir.as_ref().map(Into::into),
             container_port: container.ports.first().map(|p| p.container_port),
             readiness,
@@ -663,16 +659,14 @@ mod tests {
     }
 
     #[test]
-    fn env_from_secrets_cannot_run_locally() {
+    fn env_from_secrets_is_kept_apart_from_inline_values() {
         let s = service(&HELLO.replace(
             "        - command: [pilotlight, hello]\n",
             "        - command: [app]\n          env:\n            - name: TOKEN\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n",
         ));
         s.validate().expect("valid for Kubernetes");
-        let err = s.spec.template.spec.container_spec().expect_err("local");
-        assert_eq!(
-            err.field,
-            "spec.template.spec.containers[0].env[0].valueFrom"
-        );
+        let spec = s.spec.template.spec.container_spec().expect("a container");
+        assert!(spec.env.is_empty());
+        assert_eq!(spec.env_from_cluster, vec![(0, "TOKEN".to_owned())]);
     }
 }

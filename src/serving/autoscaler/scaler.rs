@@ -245,6 +245,7 @@ mod tests {
             }
         }
         async fn shutdown(&self) {}
+        async fn retire(&self) {}
     }
 
     fn start(

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::control::ObjectKey;
 
+pub mod kubernetes;
 pub mod process;
 
 /// One revision's workload, as a runtime needs it.
@@ -29,6 +30,9 @@ pub struct Workload {
     /// How long a stopping instance may take to finish its in-flight requests
     /// before it is sent SIGTERM (the revision's `timeoutSeconds`).
     pub drain_timeout: std::time::Duration,
+    /// `spec.template` as the user wrote it (labels, annotations and every
+    /// pod field), for runtimes that run pods.
+    pub template: serde_json::Value,
 }
 
 /// `spec.template.spec.containers[0]`, reduced to what runtimes use.
@@ -38,8 +42,13 @@ pub struct ContainerSpec {
     /// `command` then `args`; empty when the container has only an image.
     pub command: Vec<String>,
     pub args: Vec<String>,
-    /// `env`, in order (later entries win, as in Kubernetes).
+    /// `env` with inline values, in order (later entries win, as in
+    /// Kubernetes).
     pub env: Vec<(String, String)>,
+    /// `env` entries whose value comes from the cluster (`valueFrom`: a
+    /// Secret, a ConfigMap, a field of the pod) as (index in `env`, name);
+    /// they are not in [`ContainerSpec::env`].
+    pub env_from_cluster: Vec<(usize, String)>,
     pub working_dir: Option<PathBuf>,
     /// `ports[0].containerPort`: a hint; local processes get a free `PORT`.
     pub container_port: Option<u16>,
@@ -95,9 +104,16 @@ pub trait Deployment: Send + Sync + 'static {
     /// Counts and the last failure, for the revision's status.
     fn status(&self) -> DeploymentStatus;
 
-    /// Stops every instance: drains in-flight requests, then SIGTERM, then
-    /// SIGKILL after the grace period. Returns when all have exited.
+    /// pilotlight is stopping: lets go of the instances. Local processes
+    /// cannot outlive pilotlight, so they drain and stop (SIGTERM, then
+    /// SIGKILL after the grace period); a Kubernetes Deployment keeps running
+    /// for the next leader. Returns when done.
     async fn shutdown(&self);
+
+    /// The revision is gone for good (its Service was deleted, or it was
+    /// retired): stops its instances and removes whatever the runtime made
+    /// for it. Returns when done.
+    async fn retire(&self);
 }
 
 /// A ready instance.

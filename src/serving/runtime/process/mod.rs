@@ -81,8 +81,16 @@ impl Runtime for ProcessRuntime {
     }
 }
 
-/// Refuses workloads that name only an image: a local process needs a command.
+/// Refuses workloads that name only an image (a local process needs a
+/// command) or take environment values from the cluster.
 fn check_runnable(workload: &Workload) -> Result<(), CannotRun> {
+    if let Some((index, name)) = workload.container.env_from_cluster.first() {
+        return Err(CannotRun(format!(
+            "spec.template.spec.containers[0].env[{index}].valueFrom ({name}) is not available \
+             to local processes; give the value inline, or run pilotlight with the Kubernetes \
+             runtime"
+        )));
+    }
     if !workload.container.command.is_empty() {
         return Ok(());
     }
@@ -163,6 +171,11 @@ impl Deployment for ProcessDeployment {
             .clone();
         status.desired = self.target.borrow().replicas;
         status
+    }
+
+    async fn retire(&self) {
+        // Nothing of a process outlives it.
+        self.shutdown().await;
     }
 
     async fn shutdown(&self) {

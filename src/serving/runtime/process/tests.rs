@@ -44,6 +44,7 @@ fn workload(script: &str, env: &[(&str, &str)]) -> Workload {
             ..ContainerSpec::default()
         },
         drain_timeout: Duration::from_secs(60),
+        template: serde_json::Value::Null,
     }
 }
 
@@ -306,6 +307,21 @@ fn an_image_without_a_command_cannot_run() {
         "containers[0] has image 'ghcr.io/knative/helloworld-go' and no command: \
          the process runtime runs commands, not images; add command (and args) to run it \
          as a local process, or run pilotlight with the Kubernetes runtime to run the image"
+    );
+}
+
+#[test]
+fn environment_values_from_the_cluster_cannot_run() {
+    let mut workload = workload("", &[]);
+    workload.container.env_from_cluster = vec![(1, "TOKEN".into())];
+    let error = ProcessRuntime::default()
+        .deploy(workload)
+        .err()
+        .expect("refused");
+    assert_eq!(
+        error.0,
+        "spec.template.spec.containers[0].env[1].valueFrom (TOKEN) is not available to local \
+         processes; give the value inline, or run pilotlight with the Kubernetes runtime"
     );
 }
 

@@ -1,0 +1,328 @@
+//! The objects a revision becomes: an apps/v1 Deployment whose pod template
+//! is the Service's `spec.template` as the user wrote it, and a headless
+//! core/v1 Service selecting its pods, for which the cluster's EndpointSlice
+//! controller publishes the pods' addresses.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use serde_json::{Map, Value, json};
+
+use crate::serving::runtime::{CannotRun, Workload};
+
+/// Knative's default `containerPort`.
+pub(super) const DEFAULT_PORT: u16 = 8080;
+
+/// Revision fields Knative reads itself; the rest of `spec.template.spec` is
+/// a pod spec.
+const REVISION_ONLY_FIELDS: [&str; 4] = [
+    "containerConcurrency",
+    "timeoutSeconds",
+    "responseStartTimeoutSeconds",
+    "idleTimeoutSeconds",
+];
+
+/// Variables Knative sets in every container; the user's entries of these
+/// names go.
+const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
+
+/// What a revision's runtime creates, named and labelled.
+#[derive(Debug, Clone)]
+pub(super) struct Objects {
+    pub namespace: String,
+    pub service_name: String,
+    pub revision: String,
+    /// `spec.replicas` is set when it is created.
+    pub deployment: Deployment,
+    pub service: Service,
+}
+
+impl Objects {
+    pub fn deployment_name(&self) -> String {
+        deployment_name(&self.revision)
+    }
+
+    pub fn private_service_name(&self) -> String {
+        private_service_name(&self.revision)
+    }
+}
+
+pub(super) fn deployment_name(revision: &str) -> String {
+    format!("{revision}-deployment")
+}
+
+pub(super) fn private_service_name(revision: &str) -> String {
+    format!("{revision}-private")
+}
+
+/// The labels Knative users select revisions' pods by.
+pub(super) fn labels(workload: &Workload) -> BTreeMap<String, String> {
+    [
+        (
+            "serving.knative.dev/service",
+            workload.service.name.as_str(),
+        ),
+        (
+            "serving.knative.dev/configuration",
+            workload.service.name.as_str(),
+        ),
+        ("serving.knative.dev/revision", workload.revision.as_str()),
+        ("app", workload.revision.as_str()),
+        ("app.kubernetes.io/managed-by", "pilotlight"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Builds the Deployment and Service, or says why the workload cannot run on
+/// Kubernetes, naming the field as it is in the Knative Service.
+pub(super) fn build(workload: &Workload) -> Result<Objects, CannotRun> {
+    if workload
+        .container
+        .image
+        .as_deref()
+        .is_none_or(str::is_empty)
+    {
+        return Err(CannotRun(
+            "spec.template.spec.containers[0].image is required: the Kubernetes runtime runs \
+             container images (a command alone runs only with the process runtime)"
+                .into(),
+        ));
+    }
+    let port = workload.container.container_port.unwrap_or(DEFAULT_PORT);
+    let labels = labels(workload);
+    let selector = json!({"serving.knative.dev/revision": workload.revision});
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(&workload.revision),
+            "namespace": workload.service.namespace,
+            "labels": labels,
+        },
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "template": pod_template(workload, port, &labels)?,
+        },
+    });
+    let deployment: Deployment = from_json(deployment)?;
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": private_service_name(&workload.revision),
+            "namespace": workload.service.namespace,
+            "labels": labels,
+        },
+        "spec": {
+            // pilotlight sends to the pods' addresses from the EndpointSlices;
+            // nothing uses a virtual IP, so none is allocated.
+            "clusterIP": "None",
+            "selector": selector,
+            "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    });
+    Ok(Objects {
+        namespace: workload.service.namespace.clone(),
+        service_name: workload.service.name.clone(),
+        revision: workload.revision.clone(),
+        deployment,
+        service: from_json(service)?,
+    })
+}
+
+/// Checks the user's pod fields against the Kubernetes types; the path of a
+/// Deployment's pod spec (`spec.template.spec`) is the Knative Service's too.
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, CannotRun> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        CannotRun(format!(
+            "{}: {} (as a Kubernetes pod spec)",
+            e.path(),
+            e.inner()
+        ))
+    })
+}
+
+fn pod_template(
+    workload: &Workload,
+    port: u16,
+    labels: &BTreeMap<String, String>,
+) -> Result<Value, CannotRun> {
+    let user = &workload.template;
+    // The user's labels and annotations, with ours winning.
+    let mut pod_labels = user["metadata"]["labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    pod_labels.extend(labels.iter().map(|(k, v)| (k.clone(), json!(v))));
+    let mut metadata = json!({"labels": pod_labels});
+    if let Some(annotations) = user["metadata"].get("annotations") {
+        metadata["annotations"] = annotations.clone();
+    }
+
+    let mut spec = match &user["spec"] {
+        Value::Object(spec) => spec.clone(),
+        _ => {
+            return Err(CannotRun(
+                "spec.template.spec is missing from the revision's template".into(),
+            ));
+        }
+    };
+    for field in REVISION_ONLY_FIELDS {
+        spec.remove(field);
+    }
+    // Knative's defaults: in-flight requests may take the revision's
+    // timeout to finish, and no Docker-link variables for every Service.
+    spec.insert(
+        "terminationGracePeriodSeconds".into(),
+        json!(workload.drain_timeout.as_secs()),
+    );
+    spec.entry("enableServiceLinks").or_insert(json!(false));
+    let container = spec
+        .get_mut("containers")
+        .and_then(Value::as_array_mut)
+        .and_then(|c| c.first_mut())
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| CannotRun("spec.template.spec.containers needs one container".into()))?;
+    complete_container(container, workload, port);
+    Ok(json!({"metadata": metadata, "spec": spec}))
+}
+
+/// Fills in what Knative gives every user container: a name, the port,
+/// `PORT` and the `K_*` variables, and a readiness probe on the port.
+fn complete_container(container: &mut Map<String, Value>, workload: &Workload, port: u16) {
+    container.entry("name").or_insert(json!("user-container"));
+    let ports = container.entry("ports").or_insert(json!([]));
+    if ports.as_array().is_none_or(Vec::is_empty) {
+        *ports = json!([{"containerPort": port, "protocol": "TCP"}]);
+    }
+    let mut env: Vec<Value> = container
+        .remove("env")
+        .and_then(|e| match e {
+            Value::Array(env) => Some(env),
+            _ => None,
+        })
+        .unwrap_or_default();
+    env.retain(|var| {
+        var["name"]
+            .as_str()
+            .is_none_or(|name| !RESERVED_ENV.contains(&name))
+    });
+    env.extend([
+        json!({"name": "PORT", "value": port.to_string()}),
+        json!({"name": "K_SERVICE", "value": workload.service.name}),
+        json!({"name": "K_CONFIGURATION", "value": workload.service.name}),
+        json!({"name": "K_REVISION", "value": workload.revision}),
+    ]);
+    container.insert("env".into(), Value::Array(env));
+    match container.get_mut("readinessProbe") {
+        Some(probe) if probe.is_object() => {
+            // Kubernetes needs a port where Knative defaults to the container's.
+            for action in ["httpGet", "tcpSocket"] {
+                if let Some(action) = probe.get_mut(action).and_then(Value::as_object_mut) {
+                    action.entry("port").or_insert(json!(port));
+                }
+            }
+        }
+        _ => {
+            container.insert(
+                "readinessProbe".into(),
+                json!({"tcpSocket": {"port": port}}),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::control::ObjectKey;
+    use crate::serving::runtime::ContainerSpec;
+
+    fn workload(template: Value) -> Workload {
+        let container = &template["spec"]["containers"][0];
+        Workload {
+            service: ObjectKey::new("shop", "cart"),
+            revision: "cart-00002".into(),
+            container: ContainerSpec {
+                image: container["image"].as_str().map(str::to_owned),
+                container_port: container["ports"][0]["containerPort"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok()),
+                ..ContainerSpec::default()
+            },
+            drain_timeout: Duration::from_secs(300),
+            template,
+        }
+    }
+
+    fn pod(objects: &Objects) -> Value {
+        serde_json::to_value(&objects.deployment).expect("serializes")["spec"]["template"].clone()
+    }
+
+    #[test]
+    fn the_pod_is_the_users_template_with_knatives_additions() {
+        let objects = build(&workload(json!({
+            "metadata": {"labels": {"team": "a", "app": "mine"}, "annotations": {"note": "x"}},
+            "spec": {
+                "containerConcurrency": 10,
+                "timeoutSeconds": 60,
+                "serviceAccountName": "cart",
+                "containers": [{
+                    "image": "ghcr.io/shop/cart:1",
+                    "env": [{"name": "PORT", "value": "1"},
+                            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                    "readinessProbe": {"httpGet": {"path": "/ready"}},
+                }],
+            },
+        })))
+        .expect("builds");
+        let pod = pod(&objects);
+        assert_eq!(pod["metadata"]["labels"]["team"], "a");
+        assert_eq!(pod["metadata"]["labels"]["app"], "cart-00002", "ours win");
+        assert_eq!(pod["metadata"]["annotations"]["note"], "x");
+        let spec = &pod["spec"];
+        assert_eq!(spec["serviceAccountName"], "cart");
+        assert!(spec.get("containerConcurrency").is_none(), "{spec}");
+        assert_eq!(spec["terminationGracePeriodSeconds"], 300);
+        let container = &spec["containers"][0];
+        assert_eq!(container["name"], "user-container");
+        assert_eq!(container["ports"][0]["containerPort"], 8080);
+        assert_eq!(container["readinessProbe"]["httpGet"]["port"], 8080);
+        let env: Vec<&str> = container["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|v| v["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                "TOKEN",
+                "PORT",
+                "K_SERVICE",
+                "K_CONFIGURATION",
+                "K_REVISION"
+            ]
+        );
+        assert_eq!(container["env"][1]["value"], "8080");
+    }
+
+    #[test]
+    fn pod_fields_of_the_wrong_shape_name_their_field() {
+        let error = build(&workload(json!({
+            "spec": {"containers": [{"image": "cart", "resources": {"limits": "lots"}}]},
+        })))
+        .expect_err("limits is a map");
+        assert!(
+            error
+                .0
+                .starts_with("spec.template.spec.containers[0].resources.limits"),
+            "{error}"
+        );
+    }
+}

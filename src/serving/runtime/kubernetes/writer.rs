@@ -1,0 +1,296 @@
+//! The one task per deployment that writes to the cluster: it creates the
+//! Deployment and its Service, sets `spec.replicas` to what the autoscaler
+//! last asked, and deletes both when the revision retires.
+//!
+//! [`Deployment::scale`](crate::serving::runtime::Deployment::scale) only
+//! changes a watch channel, so a burst of scale calls while a write is in
+//! flight collapses into one write of the latest count, and a failed write
+//! (a 409, a 5xx, a lost connection) is retried with backoff from that
+//! channel, so no value is lost.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Api;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::observed::Observed;
+use super::workload::Objects;
+
+/// The first wait before retrying a failed write; it doubles up to
+/// [`BACKOFF_MAX`].
+const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Deleting a retired revision's objects gives up after this many tries;
+/// its owner reference still lets Kubernetes delete them with the Service.
+const DELETE_ATTEMPTS: u32 = 5;
+
+/// What the deployment asks of its writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Wanted {
+    /// None until the autoscaler first asks, so that a Deployment adopted
+    /// from an earlier leader is not scaled before it has decided.
+    pub replicas: Option<u32>,
+    /// The revision is gone for good: delete its objects and stop.
+    pub retiring: bool,
+}
+
+/// What the writer has done while leading; forgotten when leadership goes,
+/// so that the next term checks the objects again.
+#[derive(Debug, Default)]
+struct Term {
+    created: bool,
+    written: Option<u32>,
+}
+
+pub(super) struct Writer {
+    pub deployments: Api<Deployment>,
+    pub services: Api<Service>,
+    pub knative_services: Api<DynamicObject>,
+    pub objects: Objects,
+    pub leader: watch::Receiver<bool>,
+    pub wanted: watch::Receiver<Wanted>,
+    pub observed: watch::Receiver<Observed>,
+}
+
+impl Writer {
+    /// Runs until the revision retires or its deployment is dropped.
+    pub async fn run(mut self) {
+        let mut term = Term::default();
+        let mut woken_from: Option<String> = None;
+        let mut backoff = BACKOFF_INITIAL;
+        loop {
+            let wanted = *self.wanted.borrow_and_update();
+            let leading = *self.leader.borrow_and_update();
+            let current = self.observed.borrow_and_update().clone();
+            if !leading {
+                term = Term::default();
+            }
+            if wanted.retiring {
+                if leading {
+                    self.delete().await;
+                }
+                return;
+            }
+            let result = if leading {
+                self.lead(&mut term, wanted.replicas).await
+            } else {
+                self.follow(&mut woken_from, wanted.replicas.unwrap_or(0), &current)
+                    .await
+            };
+            let retry = match result {
+                Ok(()) => {
+                    backoff = BACKOFF_INITIAL;
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(revision = %self.objects.revision, error = %error, retry_in = ?backoff, "cannot write the revision's Deployment");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    Some(wait)
+                }
+            };
+            let asked = match retry {
+                // Only a new count (or retirement) cuts the backoff short.
+                Some(wait) => tokio::select! {
+                    changed = self.wanted.changed() => changed,
+                    () = tokio::time::sleep(wait) => Ok(()),
+                },
+                None => tokio::select! {
+                    changed = self.wanted.changed() => changed,
+                    () = changed_or_never(&mut self.leader) => Ok(()),
+                    () = changed_or_never(&mut self.observed) => Ok(()),
+                },
+            };
+            if asked.is_err() {
+                // The deployment is gone.
+                return;
+            }
+        }
+    }
+
+    /// As leader: makes sure the objects exist, then writes the count.
+    async fn lead(&self, term: &mut Term, replicas: Option<u32>) -> Result<(), kube::Error> {
+        if !term.created {
+            let initial = replicas.unwrap_or(0);
+            let created = self.create(initial).await?;
+            term.created = true;
+            term.written = created.then_some(initial);
+        }
+        let Some(replicas) = replicas else {
+            return Ok(());
+        };
+        if term.written == Some(replicas) {
+            return Ok(());
+        }
+        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+        match self
+            .deployments
+            .patch(
+                &self.objects.deployment_name(),
+                &PatchParams::default(),
+                &patch,
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(revision = %self.objects.revision, replicas, "scaled");
+                term.written = Some(replicas);
+                Ok(())
+            }
+            Err(error) => {
+                if is_status(&error, 404) {
+                    // Deleted behind our back: create it again on the retry.
+                    term.created = false;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// As follower: wakes the Deployment once per zero the watch shows.
+    /// `woken_from` is the resourceVersion last raised from: until the watch
+    /// shows the raise, the zero it still shows is no reason to raise again.
+    async fn follow(
+        &self,
+        woken_from: &mut Option<String>,
+        replicas: u32,
+        current: &Observed,
+    ) -> Result<(), kube::Error> {
+        if current.resource_version.is_some() && current.resource_version == *woken_from {
+            return Ok(());
+        }
+        if self.wake(replicas, current).await? {
+            woken_from.clone_from(&current.resource_version);
+        }
+        Ok(())
+    }
+
+    /// Raises the Deployment from zero when a request here
+    /// needs a pod; anything else is the leader's to decide. The patch names
+    /// the resourceVersion that showed zero, so it fails with a conflict if
+    /// anyone changed the Deployment since (the retry looks again). True if
+    /// it raised the count.
+    async fn wake(&self, replicas: u32, current: &Observed) -> Result<bool, kube::Error> {
+        let Some(resource_version) = &current.resource_version else {
+            return Ok(false);
+        };
+        if replicas == 0 || current.spec_replicas != Some(0) {
+            return Ok(false);
+        }
+        let patch = Patch::Merge(json!({
+            "metadata": {"resourceVersion": resource_version},
+            "spec": {"replicas": replicas},
+        }));
+        match self
+            .deployments
+            .patch(
+                &self.objects.deployment_name(),
+                &PatchParams::default(),
+                &patch,
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(revision = %self.objects.revision, replicas, "woke the revision from zero as a follower");
+                Ok(true)
+            }
+            Err(error) if is_status(&error, 404) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Creates the Service and the Deployment with `replicas`; true if the
+    /// Deployment is new. A revision's template never changes, so one that
+    /// exists (made by an earlier leader) is kept as it is.
+    async fn create(&self, replicas: u32) -> Result<bool, kube::Error> {
+        let owner = self.owner_reference().await;
+        let mut service = self.objects.service.clone();
+        service.metadata.owner_references = owner.clone().map(|o| vec![o]);
+        match self.services.create(&PostParams::default(), &service).await {
+            Ok(_) => {}
+            Err(error) if is_status(&error, 409) => {}
+            Err(error) => return Err(error),
+        }
+        let mut deployment = self.objects.deployment.clone();
+        deployment.metadata.owner_references = owner.map(|o| vec![o]);
+        deployment.spec.replicas = Some(i32::try_from(replicas).unwrap_or(i32::MAX));
+        match self
+            .deployments
+            .create(&PostParams::default(), &deployment)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(revision = %self.objects.revision, replicas, "created the revision's Deployment");
+                Ok(true)
+            }
+            Err(error) if is_status(&error, 409) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The Knative Service as owner, so that deleting it deletes the
+    /// revision's objects; None (and a warning) if it cannot be read.
+    async fn owner_reference(&self) -> Option<OwnerReference> {
+        let name = &self.objects.service_name;
+        match self.knative_services.get(name).await {
+            Ok(service) => service.metadata.uid.map(|uid| OwnerReference {
+                api_version: "serving.knative.dev/v1".into(),
+                kind: "Service".into(),
+                name: name.clone(),
+                uid,
+                controller: Some(true),
+                block_owner_deletion: None,
+            }),
+            Err(error) => {
+                tracing::warn!(revision = %self.objects.revision, service = %name, error = %error, "cannot read the Knative Service; creating the revision's objects without an owner reference");
+                None
+            }
+        }
+    }
+
+    /// Deletes the Deployment (its pods go in the background) and the Service.
+    async fn delete(&self) {
+        let params = DeleteParams::background();
+        let mut backoff = BACKOFF_INITIAL;
+        for attempt in 1..=DELETE_ATTEMPTS {
+            let deployment = self
+                .deployments
+                .delete(&self.objects.deployment_name(), &params)
+                .await;
+            let service = self
+                .services
+                .delete(&self.objects.private_service_name(), &params)
+                .await;
+            let failed = [deployment.err(), service.err()]
+                .into_iter()
+                .flatten()
+                .find(|e| !is_status(e, 404));
+            let Some(error) = failed else {
+                tracing::info!(revision = %self.objects.revision, "deleted the retired revision's Deployment and Service");
+                return;
+            };
+            if attempt == DELETE_ATTEMPTS {
+                tracing::error!(revision = %self.objects.revision, error = %error, "cannot delete the retired revision's Deployment and Service; Kubernetes deletes them with the Knative Service");
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+fn is_status(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
+/// Resolves on the next change; never, once the sender is gone.
+async fn changed_or_never<T>(receiver: &mut watch::Receiver<T>) {
+    if receiver.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
