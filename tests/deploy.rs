@@ -259,7 +259,7 @@ fn the_crds_cover_every_knative_kind_the_manifest_loader_knows() {
 /// an object refuses fields its schema does not name unless it says
 /// x-kubernetes-preserve-unknown-fields (kubectl's strict field validation),
 /// int-or-string takes an integer or a string, and metadata is left to the
-/// API server.
+/// API server; nullable lets null through.
 fn as_json_schema(schema: &JSONSchemaProps) -> Value {
     let mut root = kubernetes_rules(serde_json::to_value(schema).expect("serializes"));
     root["properties"]["metadata"] = json!({"type": "object"});
@@ -276,6 +276,12 @@ fn kubernetes_rules(mut node: Value) -> Value {
             "anyOf".into(),
             json!([{"type": "integer"}, {"type": "string"}]),
         );
+    }
+    if map.remove("nullable") == Some(json!(true))
+        && let Some(Value::String(ty)) = map.get("type")
+    {
+        let ty = ty.clone();
+        map.insert("type".into(), json!([ty, "null"]));
     }
     map.retain(|key, _| !key.starts_with("x-kubernetes-"));
     if map.get("type") == Some(&json!("object"))
@@ -477,11 +483,84 @@ fn typos_and_values_out_of_range_are_refused_with_their_path() {
         );
     }
 
+    // What `kubectl get ksvc -o yaml` writes in the template passes.
+    let exported = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  template:\n    metadata:\n      creationTimestamp: null\n    spec:\n      containers:\n        - image: app\n";
+    assert_eq!(refused(&schemas, exported), Vec::<String>::new());
+    let typo = exported.replace("creationTimestamp: null", "anotations: {}");
+    assert_eq!(
+        refused(&schemas, &typo),
+        vec!["spec.template.metadata.anotations: unknown field"]
+    );
+
     // int-or-string: a port by number or by name.
     let by_name = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  template:\n    spec:\n      containers:\n        - image: app\n          ports:\n            - {containerPort: 8080, name: http1}\n          readinessProbe:\n            tcpSocket:\n              port: http1\n";
     assert_eq!(refused(&schemas, by_name), Vec::<String>::new());
     let by_number = by_name.replace("port: http1", "port: 8080");
     assert_eq!(refused(&schemas, &by_number), Vec::<String>::new());
+}
+
+/// The schema node at `path` (property names, `[]` for array items) of a
+/// kind's first version.
+fn schema_at<'a>(crds: &'a [Crd], kind: &str, path: &[&str]) -> &'a JSONSchemaProps {
+    let crd = crds
+        .iter()
+        .find(|c| c.crd.spec.names.kind == kind)
+        .unwrap_or_else(|| panic!("no CRD for {kind}"));
+    let mut node = crd.crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("schema");
+    for step in path {
+        node = match (*step, &node.items) {
+            ("[]", Some(JSONSchemaPropsOrArray::Schema(items))) => items,
+            _ => node
+                .properties
+                .as_ref()
+                .and_then(|p| p.get(*step))
+                .unwrap_or_else(|| panic!("{kind}: no {path:?}")),
+        };
+    }
+    node
+}
+
+#[test]
+fn the_crds_limits_are_pilotlights() {
+    use pilotlight::control::resources::service::{MAX_CONTAINER_CONCURRENCY, MAX_TIMEOUT_SECONDS};
+    let crds = crds();
+    let revision = ["spec", "template", "spec"];
+    let maximum = |kind: &str, path: &[&str]| schema_at(&crds, kind, path).maximum;
+    assert_eq!(
+        maximum(
+            "Service",
+            &[&revision[..], &["containerConcurrency"]].concat()
+        ),
+        Some(f64::from(MAX_CONTAINER_CONCURRENCY))
+    );
+    assert_eq!(
+        maximum("Service", &[&revision[..], &["timeoutSeconds"]].concat()),
+        Some(MAX_TIMEOUT_SECONDS as f64)
+    );
+    assert_eq!(
+        maximum("KafkaSource", &["spec", "consumers"]),
+        Some(f64::from(
+            pilotlight::eventing::source::kafka::MAX_CONSUMERS
+        ))
+    );
+
+    // The delivery durations: what pilotlight parses, the pattern takes.
+    let schemas = Schemas::load();
+    for duration in [
+        "PT0.2S", "PT1M30S", "PT10S", "P1D", "P1DT2H", "PT0,5S", "10s", "1M",
+    ] {
+        let parsed = pilotlight::control::resources::duck::parse_duration(duration);
+        let yaml = format!("{TRIGGER}  delivery:\n    timeout: {duration}\n");
+        assert_eq!(
+            refused(&schemas, &yaml).is_empty(),
+            parsed.is_ok(),
+            "{duration}: pilotlight says {parsed:?}"
+        );
+    }
 }
 
 #[test]
