@@ -92,11 +92,9 @@ fn differences(path: &str, left: &Value, right: &Value, out: &mut Vec<String>) {
 #[test]
 fn every_crd_is_read_field_for_field_and_has_status_and_printer_columns() {
     for Crd { file, raw, crd } in crds() {
-        // k8s-openapi skips fields it does not know: writing the CRD back
-        // and comparing shows a misspelled key (x-kubernetes-preserve-unkown-fields).
-        let written = serde_json::to_value(&crd).expect("serializes");
-        let mut unknown = Vec::new();
-        differences("", &raw, &written, &mut unknown);
+        // k8s-openapi skips fields it does not know: a misspelled key
+        // (x-kubernetes-preserve-unkown-fields) shows when written back.
+        let unknown = unknown_fields(&raw);
         assert!(
             unknown.is_empty(),
             "{}: keys that are not CRD fields: {unknown:?}",
@@ -563,8 +561,36 @@ fn the_crds_limits_are_pilotlights() {
     }
 }
 
+/// The keys of `object` that its k8s-openapi type does not have (they
+/// would be dropped, or refused by kubectl): it is read as that type and
+/// written back.
+fn unknown_fields(object: &Value) -> Vec<String> {
+    use k8s_openapi::api::{apps, core, rbac};
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(object: &Value) -> Value {
+        let typed: T = serde_json::from_value(object.clone())
+            .unwrap_or_else(|e| panic!("{} {}: {e}", object["kind"], object["metadata"]["name"]));
+        serde_json::to_value(typed).expect("serializes")
+    }
+    let written = match object["kind"].as_str().unwrap_or_default() {
+        "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(object),
+        "Namespace" => round_trip::<core::v1::Namespace>(object),
+        "ServiceAccount" => round_trip::<core::v1::ServiceAccount>(object),
+        "ConfigMap" => round_trip::<core::v1::ConfigMap>(object),
+        "Service" => round_trip::<core::v1::Service>(object),
+        "Deployment" => round_trip::<apps::v1::Deployment>(object),
+        "ClusterRole" => round_trip::<rbac::v1::ClusterRole>(object),
+        "ClusterRoleBinding" => round_trip::<rbac::v1::ClusterRoleBinding>(object),
+        "Role" => round_trip::<rbac::v1::Role>(object),
+        "RoleBinding" => round_trip::<rbac::v1::RoleBinding>(object),
+        other => panic!("deploy/ has a {other}: add its type here"),
+    };
+    let mut unknown = Vec::new();
+    differences("", object, &written, &mut unknown);
+    unknown
+}
+
 #[test]
-fn kustomization_lists_every_manifest_of_deploy() {
+fn kustomization_lists_every_manifest_of_deploy_and_each_reads_as_its_type() {
     let deploy = repo().join("deploy");
     let kustomization = documents(&deploy.join("kustomization.yaml")).remove(0);
     let listed: BTreeSet<PathBuf> = kustomization["resources"]
@@ -575,6 +601,16 @@ fn kustomization_lists_every_manifest_of_deploy() {
         .collect();
     for path in &listed {
         assert!(path.is_file(), "{} does not exist", path.display());
+        for object in documents(path) {
+            let unknown = unknown_fields(&object);
+            assert!(
+                unknown.is_empty(),
+                "{}: {} {}: keys that are not fields: {unknown:?}",
+                path.display(),
+                object["kind"],
+                object["metadata"]["name"]
+            );
+        }
     }
     let manifests: BTreeSet<PathBuf> = yaml_files(&deploy)
         .into_iter()
