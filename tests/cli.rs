@@ -279,3 +279,40 @@ async fn get_lists_services_revisions_and_routes() {
     assert!(out.contains("100% -> hello-00001 (tag current)"), "{out}");
     s.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_exits_0_only_when_readyz_answers_200() {
+    let s = TestServer::start(&[("broker.yaml", &broker("default", ""))]).await;
+    let admin = s.server.admin.to_string();
+    let (ok, _, err) = pilotlight(args(&["ready", "--admin", &admin])).await;
+    assert!(ok, "{err}");
+    s.server.shutdown().await;
+
+    // A server still loading its manifests answers 503, as pilotlight does.
+    let loading = Subscriber::start(
+        |_, _| {
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                vec![],
+                bytes::Bytes::from_static(b"loading manifests\n"),
+            )
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let (ok, _, err) = pilotlight(args(&["ready", "--admin", &loading.addr.to_string()])).await;
+    assert!(!ok);
+    assert!(
+        err.contains("not ready") && err.contains("503") && err.contains("loading manifests"),
+        "{err}"
+    );
+    assert_eq!(loading.received.lock().expect("lock").len(), 1);
+
+    // Port 1: nothing listens there.
+    let (ok, _, err) = pilotlight(args(&["ready", "--admin", "127.0.0.1:1"])).await;
+    assert!(!ok);
+    assert!(
+        err.contains("is pilotlight running with --admin 127.0.0.1:1?"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@ pub mod event_display;
 pub mod get;
 pub mod hello;
 pub mod http;
+pub mod ready;
 pub mod run;
 pub mod send;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// List brokers or triggers of a running pilotlight, with status.
     Get(get::GetArgs),
+    /// Exit 0 when a running pilotlight is ready (its /readyz answers 200): a health check.
+    Ready(ready::ReadyArgs),
     /// Send a CloudEvent to a broker or URL (like `kn event send`).
     Send(send::SendArgs),
     /// A sink that prints every CloudEvent it receives (Knative's event_display).
@@ -57,6 +60,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args).await,
         Command::Get(args) => get::get(args).await,
+        Command::Ready(args) => ready::ready(args).await,
         Command::Send(args) => send::send(args).await,
         Command::EventDisplay(args) => event_display::run(args).await,
         Command::Bench(args) => bench::run(args).await,
