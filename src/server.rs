@@ -33,6 +33,7 @@ use crate::serving::autoscaler::AutoscalerDefaults;
 use crate::serving::proxy::{Proxy, plain};
 use crate::serving::router::{HostMatch, Router};
 use crate::serving::runtime::Runtime;
+use crate::serving::runtime::kubernetes::KubernetesRuntime;
 use crate::serving::runtime::process::{ProcessConfig, ProcessRuntime};
 
 /// Everything `pilotlight run` is configured with.
@@ -163,7 +164,7 @@ impl Server {
         let serving = ServingControl::new(
             ServingSettings {
                 domain: config.serving.domain.clone(),
-                listen,
+                url_port: url_port(config.ingress_url.as_deref(), listen),
                 data_dir: config.data_dir.clone(),
                 autoscaler: config.serving.autoscaler.clone(),
                 queue_limit: config.serving.queue_limit,
@@ -265,6 +266,21 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::
     }
 }
 
+/// The port clients use: `--ingress-url`'s (80 when it names none), else
+/// the main listener's.
+fn url_port(ingress_url: Option<&str>, listen: SocketAddr) -> u16 {
+    ingress_url
+        .and_then(|url| url.parse::<http::Uri>().ok())
+        .map_or(listen.port(), |uri| {
+            uri.port_u16()
+                .unwrap_or(if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                })
+        })
+}
+
 /// The API server connection of Kubernetes mode, and this replica's part in
 /// the leader election.
 struct Cluster {
@@ -282,8 +298,12 @@ impl Cluster {
         Ok(Cluster { client, leader })
     }
 
+    /// Revisions run as Deployments, scaled by the leader.
     fn runtime(&self) -> Arc<dyn Runtime> {
-        Arc::new(ProcessRuntime::new(Default::default()))
+        Arc::new(KubernetesRuntime::new(
+            self.client.clone(),
+            self.leader.clone(),
+        ))
     }
 }
 

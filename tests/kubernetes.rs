@@ -337,3 +337,83 @@ async fn of_two_electors_racing_for_a_free_lease_one_wins() {
         .expect("lease");
     assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
 }
+
+/// The whole serving loop in a cluster: a Knative Service becomes a
+/// Deployment owned by it; a request at zero scales it to one; the pod the
+/// test plays (a real HTTP server, published in an EndpointSlice as the
+/// cluster would) answers through pilotlight's activator.
+#[tokio::test]
+async fn a_knative_service_scales_its_deployment_from_zero_on_the_first_request() {
+    let fake = FakeApiServer::start().await;
+    let service = fake.create(json!({
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "hello", "namespace": "default"},
+        // At zero until a request comes (pilotlight allows a zero initial scale).
+        "spec": {"template": {
+            "metadata": {"annotations": {"autoscaling.knative.dev/initial-scale": "0"}},
+            "spec": {"containers": [{"image": "ghcr.io/example/hello:1"}]},
+        }},
+    }));
+    let dir = tempfile::tempdir().expect("dir");
+    let server = replica(&fake, dir.path(), "one").await;
+    let deployment = fake
+        .wait_for("the revision's Deployment", PATIENCE, |fake| {
+            fake.get("apps/v1", "Deployment", "default", "hello-00001-deployment")
+        })
+        .await;
+    let labels = &deployment["metadata"]["labels"];
+    assert_eq!(labels["serving.knative.dev/service"], "hello");
+    assert_eq!(labels["serving.knative.dev/revision"], "hello-00001");
+    let owner = &deployment["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Service");
+    assert_eq!(owner["uid"], service["metadata"]["uid"]);
+    assert_eq!(deployment["spec"]["replicas"], 0, "{deployment}");
+
+    let listen = server.listen;
+    let first_request = tokio::spawn(async move {
+        support::request(
+            http::Method::GET,
+            &format!("http://{listen}/"),
+            &[("host", "hello.default.localhost")],
+            "",
+        )
+        .await
+    });
+    fake.wait_for("a replica for the held request", PATIENCE, |fake| {
+        let d = fake.get("apps/v1", "Deployment", "default", "hello-00001-deployment")?;
+        (d["spec"]["replicas"] == 1).then_some(())
+    })
+    .await;
+    let pod = Subscriber::accepting().await;
+    fake.create(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "hello-00001-private-a1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "hello-00001-private"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": pod.addr.port(), "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": "hello-00001-deployment-a1"}}],
+    }));
+    let reply = tokio::time::timeout(PATIENCE, first_request)
+        .await
+        .expect("the held request is answered")
+        .expect("no panic");
+    assert!(reply.status.is_success(), "{} {}", reply.status, reply.body);
+    assert_eq!(pod.count(), 1);
+
+    let service = fake
+        .wait_for("the Service Ready", PATIENCE, |fake| {
+            let s = fake.get("serving.knative.dev/v1", "Service", "default", "hello")?;
+            (ready_condition(&s)?["status"] == "True").then_some(s)
+        })
+        .await;
+    // The port of --ingress-url (none: 80), not the listener's.
+    assert_eq!(service["status"]["url"], "http://hello.default.localhost");
+    assert_eq!(service["status"]["latestReadyRevisionName"], "hello-00001");
+    server.shutdown().await;
+    // Deployments outlive a stopping replica: the next leader takes over.
+    assert!(
+        fake.get("apps/v1", "Deployment", "default", "hello-00001-deployment")
+            .is_some()
+    );
+}

@@ -139,9 +139,25 @@ impl RunArgs {
             kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
             watch: !self.no_watch,
             serving,
-            ingress_url: self.ingress_url.clone(),
+            ingress_url: self.ingress_url()?,
             kubernetes: self.kubernetes.then(|| self.kubernetes_settings()),
         })
+    }
+
+    /// `--ingress-url`, checked: an http(s) URL with a host.
+    fn ingress_url(&self) -> anyhow::Result<Option<String>> {
+        let Some(url) = &self.ingress_url else {
+            return Ok(None);
+        };
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("--ingress-url '{url}' is not a URL"))?;
+        let http = matches!(uri.scheme_str(), Some("http" | "https"));
+        anyhow::ensure!(
+            http && uri.host().is_some(),
+            "--ingress-url '{url}': give an http or https URL with a host, such as http://pilotlight-ingress.pilotlight.svc.cluster.local"
+        );
+        Ok(Some(url.clone()))
     }
 
     fn kubernetes_settings(&self) -> KubernetesSettings {

@@ -7,7 +7,6 @@
 //! route moves when the new one is up (a background refresh does that).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -33,8 +32,10 @@ const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct ServingSettings {
     /// Services answer to `{service}.{namespace}.{domain}`.
     pub domain: String,
-    /// The main listener, for service URLs.
-    pub listen: SocketAddr,
+    /// The port in service URLs: the main listener's, or that of
+    /// `--ingress-url` when clients reach pilotlight elsewhere (a cluster
+    /// Service on port 80).
+    pub url_port: u16,
     pub data_dir: PathBuf,
     pub autoscaler: AutoscalerDefaults,
     /// Requests one revision holds while it has no room (then 503).
@@ -115,7 +116,7 @@ impl ServingControl {
     /// The URL of a service (`http://hello.default.localhost:8080`).
     pub fn url(&self, service: &ObjectKey, tag: Option<&str>) -> String {
         let host = self.router.host(service, tag);
-        match self.settings.listen.port() {
+        match self.settings.url_port {
             80 => format!("http://{host}"),
             port => format!("http://{host}:{port}"),
         }
