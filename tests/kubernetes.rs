@@ -410,10 +410,22 @@ async fn a_knative_service_scales_its_deployment_from_zero_on_the_first_request(
     // The port of --ingress-url (none: 80), not the listener's.
     assert_eq!(service["status"]["url"], "http://hello.default.localhost");
     assert_eq!(service["status"]["latestReadyRevisionName"], "hello-00001");
+
+    // Deleting the Knative Service removes its revision's objects before
+    // the finalizer lets it go.
+    assert!(fake.delete("serving.knative.dev/v1", "Service", "default", "hello"));
+    fake.wait_for("the Service and its Deployment to go", PATIENCE, |fake| {
+        let gone = fake
+            .get("serving.knative.dev/v1", "Service", "default", "hello")
+            .is_none()
+            && fake
+                .get("apps/v1", "Deployment", "default", "hello-00001-deployment")
+                .is_none()
+            && fake
+                .get("v1", "Service", "default", "hello-00001-private")
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
     server.shutdown().await;
-    // Deployments outlive a stopping replica: the next leader takes over.
-    assert!(
-        fake.get("apps/v1", "Deployment", "default", "hello-00001-deployment")
-            .is_some()
-    );
 }
