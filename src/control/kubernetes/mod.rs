@@ -3,7 +3,9 @@
 //! the same [`ControlPlane::apply`] as in file mode.
 //!
 //! - Every watched kind has a reflector cache; [`DesiredState`] turns the
-//!   caches into manifests and applies them when an object changed.
+//!   caches into manifests and applies them when an object changed. The
+//!   Controllers below keep watches of their own: sharing one stream with
+//!   them needs kube's unstable stream API.
 //! - Each reconciled kind runs a kube-runtime `Controller`. Its reconcile
 //!   brings the desired state up to date, then (on the leader only) holds
 //!   pilotlight's finalizer on the object and writes its status through the
