@@ -185,8 +185,14 @@ impl ServingControl {
         stopping: &mut Vec<RunningRevision>,
     ) {
         let template = serde_json::to_value(&service.spec.template).unwrap_or_default();
-        let recorded =
-            self.with_history(|h| h.revision_for(key, &template, service.template_name()));
+        let recorded = self.with_history(|h| {
+            h.revision_for(
+                key,
+                &template,
+                service.template_name(),
+                service.metadata.generation,
+            )
+        });
         let entry = state
             .services
             .entry(key.clone())

@@ -63,11 +63,17 @@ impl RevisionHistory {
 
     /// The revision for this template: the existing one if the template is
     /// the latest's, else a new one (named, or numbered next).
+    ///
+    /// `generation` is the Service's `metadata.generation` when the API
+    /// server keeps it (Kubernetes mode): a new revision is numbered by it,
+    /// so that every replica, however long it has been running, gives the
+    /// same template the same name.
     pub fn revision_for(
         &mut self,
         service: &ObjectKey,
         template: &serde_json::Value,
         given_name: Option<&str>,
+        generation: Option<i64>,
     ) -> Result<(RecordedRevision, bool), NameTaken> {
         let history = self.saved.services.entry(service.to_string()).or_default();
         if let Some(name) = given_name
@@ -84,7 +90,8 @@ impl RevisionHistory {
         {
             return Ok((latest.clone(), false));
         }
-        history.next_number = history.next_number.max(1);
+        let from_generation = generation.and_then(|g| u32::try_from(g).ok());
+        history.next_number = history.next_number.max(from_generation.unwrap_or(1));
         let name = match given_name {
             Some(name) => name.to_owned(),
             None => format!("{}-{:05}", service.name, history.next_number),
@@ -141,19 +148,19 @@ mod tests {
         let v1 = serde_json::json!({"spec": 1});
         let v2 = serde_json::json!({"spec": 2});
         let mut history = RevisionHistory::load(dir.path());
-        let (first, created) = history.revision_for(&key, &v1, None).expect("ok");
+        let (first, created) = history.revision_for(&key, &v1, None, None).expect("ok");
         assert_eq!((first.name.as_str(), created), ("hello-00001", true));
-        let (same, created) = history.revision_for(&key, &v1, None).expect("ok");
+        let (same, created) = history.revision_for(&key, &v1, None, None).expect("ok");
         assert_eq!((same.name.as_str(), created), ("hello-00001", false));
-        let (second, _) = history.revision_for(&key, &v2, None).expect("ok");
+        let (second, _) = history.revision_for(&key, &v2, None, None).expect("ok");
         assert_eq!(second.name, "hello-00002");
         history.save().expect("save");
 
         let mut reloaded = RevisionHistory::load(dir.path());
-        let (again, created) = reloaded.revision_for(&key, &v2, None).expect("ok");
+        let (again, created) = reloaded.revision_for(&key, &v2, None, None).expect("ok");
         assert_eq!((again.name.as_str(), created), ("hello-00002", false));
         // Going back to an older template is a new generation, as in Knative.
-        let (back, _) = reloaded.revision_for(&key, &v1, None).expect("ok");
+        let (back, _) = reloaded.revision_for(&key, &v1, None, None).expect("ok");
         assert_eq!(back.name, "hello-00003");
     }
 
@@ -163,14 +170,35 @@ mod tests {
         let key = ObjectKey::new("default", "hello");
         let mut history = RevisionHistory::load(dir.path());
         history
-            .revision_for(&key, &serde_json::json!(1), Some("hello-blue"))
+            .revision_for(&key, &serde_json::json!(1), Some("hello-blue"), None)
             .expect("new");
         let err = history
-            .revision_for(&key, &serde_json::json!(2), Some("hello-blue"))
+            .revision_for(&key, &serde_json::json!(2), Some("hello-blue"), None)
             .expect_err("taken");
         assert!(
             err.to_string()
                 .contains("revision hello-blue already exists")
         );
+    }
+
+    #[test]
+    fn the_api_servers_generation_numbers_new_revisions_alike_on_every_replica() {
+        let key = ObjectKey::new("default", "hello");
+        let dir = tempfile::tempdir().expect("dir");
+        let mut long_running = RevisionHistory::load(&dir.path().join("a"));
+        let (first, _) = long_running
+            .revision_for(&key, &serde_json::json!(1), None, Some(1))
+            .expect("ok");
+        assert_eq!(first.name, "hello-00001");
+        // A traffic-only change bumped the generation in between.
+        let (third, _) = long_running
+            .revision_for(&key, &serde_json::json!(2), None, Some(3))
+            .expect("ok");
+        assert_eq!(third.name, "hello-00003");
+        let mut started_later = RevisionHistory::load(&dir.path().join("b"));
+        let (same, _) = started_later
+            .revision_for(&key, &serde_json::json!(2), None, Some(3))
+            .expect("ok");
+        assert_eq!(same.name, third.name);
     }
 }
