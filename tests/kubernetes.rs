@@ -116,7 +116,7 @@ async fn objects_from_the_api_server_run_and_report_status_through_the_subresour
     let status_writes: Vec<_> = fake
         .requests()
         .into_iter()
-        .filter(|r| r.method == "PUT")
+        .filter(|r| r.method == "PUT" && r.path.contains(".knative.dev/"))
         .map(|r| r.path)
         .collect();
     assert!(
