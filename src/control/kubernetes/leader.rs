@@ -82,7 +82,11 @@ impl LeaderElector {
                         // A leader that cannot renew steps down before its
                         // Lease can have expired for the others.
                         self.renewed.is_some_and(|r| {
-                            r.elapsed() < self.settings.duration - self.settings.retry_period
+                            r.elapsed()
+                                < self
+                                    .settings
+                                    .duration
+                                    .saturating_sub(self.settings.retry_period)
                         })
                     }
                 };
