@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::StatusCode;
-use support::{Subscriber, TestServer, broker, send, trigger};
+use support::{Subscriber, TestServer, broker, send, trigger, with_dead_letters};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -65,17 +65,7 @@ async fn events_reach_matching_subscribers_unchanged() {
 
 #[tokio::test]
 async fn retries_then_dead_letter_sink_with_knative_extensions() {
-    let failing = Subscriber::start(
-        |_, _| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                vec![],
-                Bytes::from("boom"),
-            )
-        },
-        Duration::ZERO,
-    )
-    .await;
+    let failing = Subscriber::failing().await;
     let dls = Subscriber::accepting().await;
     let delivery = with_dead_letters(2, &dls.url("/dead"));
     let s = TestServer::start(&[
@@ -371,11 +361,4 @@ async fn a_subscriber_ref_to_a_broker_resolves_to_its_ingress() {
     let got = sink.wait_for(1, WAIT).await;
     assert_eq!(got[0].id(), "hop");
     s.server.shutdown().await;
-}
-
-/// A trigger's `spec.delivery` with fast retries and a dead-letter sink.
-fn with_dead_letters(retry: u32, sink: &str) -> String {
-    format!(
-        "  delivery:\n    retry: {retry}\n    backoffDelay: PT0.01S\n    deadLetterSink:\n      uri: {sink}\n"
-    )
 }

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    CustomResourceDefinition, CustomResourceDefinitionVersion, JSONSchemaProps,
+    JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
 use pilotlight::control::resources::KNOWN_KINDS;
 use serde_json::{Value, json};
@@ -206,15 +207,20 @@ fn structural_errors(schema: &JSONSchemaProps, path: &str, out: &mut Vec<String>
     }
 }
 
+/// The OpenAPI schema of one version of a CRD.
+fn schema_of<'a>(file: &Path, version: &'a CustomResourceDefinitionVersion) -> &'a JSONSchemaProps {
+    version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .unwrap_or_else(|| panic!("{} {}: no schema", file.display(), version.name))
+}
+
 #[test]
 fn every_crd_schema_is_structural() {
     for Crd { file, crd, .. } in crds() {
         for version in &crd.spec.versions {
-            let schema = version
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .unwrap_or_else(|| panic!("{} {}: no schema", file.display(), version.name));
+            let schema = schema_of(&file, version);
             let mut errors = Vec::new();
             structural_errors(schema, "", &mut errors);
             // The API server fixes metadata's schema itself.
@@ -317,11 +323,7 @@ impl Schemas {
         let mut all = Vec::new();
         for Crd { file, crd, .. } in crds() {
             for version in &crd.spec.versions {
-                let schema = version
-                    .schema
-                    .as_ref()
-                    .and_then(|s| s.open_api_v3_schema.as_ref())
-                    .expect("schema");
+                let schema = schema_of(&file, version);
                 let validator = jsonschema::draft4::new(&as_json_schema(schema))
                     .unwrap_or_else(|e| panic!("{} {}: {e}", file.display(), version.name));
                 all.push((

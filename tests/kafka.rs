@@ -20,7 +20,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use support::{KAFKA, Subscriber, TestServer, request, send, trigger};
+use support::{KAFKA, Subscriber, TestServer, request, send, trigger, with_dead_letters};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -258,22 +258,9 @@ async fn failed_deliveries_go_to_the_dead_letter_sink() {
         return;
     };
     let name = unique("dls");
-    let failing = Subscriber::start(
-        |_, _| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                vec![],
-                Bytes::from("boom"),
-            )
-        },
-        Duration::ZERO,
-    )
-    .await;
+    let failing = Subscriber::failing().await;
     let dead = Subscriber::accepting().await;
-    let delivery = format!(
-        "  delivery:\n    retry: 1\n    backoffPolicy: linear\n    backoffDelay: PT0.05S\n    deadLetterSink:\n      uri: {}\n",
-        dead.url("/")
-    );
+    let delivery = with_dead_letters(1, &dead.url("/"));
     let s = start(
         &[
             ("broker.yaml", &kafka_broker(&name)),

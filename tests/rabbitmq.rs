@@ -24,7 +24,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use pilotlight::control::ObjectKey;
 use pilotlight::eventing::backend::rabbitmq::{binding, exchange_name, queue_name};
 use pilotlight::eventing::event::Event;
-use support::{Subscriber, TestServer, request};
+use support::{Subscriber, TestServer, request, with_dead_letters};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -81,7 +81,16 @@ async fn connect(addr: &str) -> (Connection, Channel) {
 /// Messages ready in a queue (not counting unacked ones).
 async fn ready_messages(addr: &str, queue: &str) -> u32 {
     let (connection, channel) = connect(addr).await;
-    let queue = channel
+    let queue = passive_declare(&channel, queue)
+        .await
+        .expect("queue exists");
+    let _ = connection.close(200, "done".into()).await;
+    queue.message_count()
+}
+
+/// Declares a queue passively: its counts if it exists, an error if not.
+async fn passive_declare(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    channel
         .queue_declare(
             ShortString::from(queue),
             QueueDeclareOptions {
@@ -91,29 +100,48 @@ async fn ready_messages(addr: &str, queue: &str) -> u32 {
             FieldTable::default(),
         )
         .await
-        .expect("queue exists");
-    let _ = connection.close(200, "done".into()).await;
-    queue.message_count()
 }
 
 /// Deletes a broker's exchange and its triggers' queues.
 async fn cleanup(addr: &str, broker: &ObjectKey, triggers: &[&str]) {
+    let queues: Vec<String> = triggers.iter().map(|t| queue_name(broker, t)).collect();
+    delete(addr, &queues, &[exchange_name(broker)]).await;
+}
+
+/// Deletes queues and exchanges a test declared.
+async fn delete(addr: &str, queues: &[String], exchanges: &[String]) {
     let (connection, channel) = connect(addr).await;
-    for trigger in triggers {
+    for queue in queues {
         let _ = channel
             .queue_delete(
-                ShortString::from(queue_name(broker, trigger)),
+                ShortString::from(queue.as_str()),
                 QueueDeleteOptions::default(),
             )
             .await;
     }
-    let _ = channel
-        .exchange_delete(
-            ShortString::from(exchange_name(broker)),
-            ExchangeDeleteOptions::default(),
-        )
-        .await;
+    for exchange in exchanges {
+        let _ = channel
+            .exchange_delete(
+                ShortString::from(exchange.as_str()),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
     let _ = connection.close(200, "done".into()).await;
+}
+
+/// Stops the server and checks that nothing is left ready in `queue`: every
+/// message was acked, none is redelivered after the stop. The pauses let
+/// in-flight acks, then the requeue of unacked messages, reach RabbitMQ.
+async fn stop_and_expect_drained(s: TestServer, addr: &str, queue: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.server.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ready_messages(addr, queue).await,
+        0,
+        "messages left in {queue}"
+    );
 }
 
 /// Posts a binary-mode event into a broker.
@@ -290,22 +318,9 @@ async fn failed_events_go_to_the_dead_letter_sink_and_are_acked() {
     let _shared = RABBIT.read().await;
     let ns = unique("dls");
     let key = ObjectKey::new(ns.clone(), "b");
-    let failing = Subscriber::start(
-        |_, _| {
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                vec![],
-                Bytes::from("boom"),
-            )
-        },
-        Duration::ZERO,
-    )
-    .await;
+    let failing = Subscriber::failing().await;
     let dead = Subscriber::accepting().await;
-    let delivery = format!(
-        "  delivery:\n    retry: 2\n    backoffPolicy: linear\n    backoffDelay: PT0.01S\n    deadLetterSink:\n      uri: {}\n",
-        dead.url("/dls")
-    );
+    let delivery = with_dead_letters(2, &dead.url("/dls"));
     let files = [
         ("broker.yaml", rabbit_broker(&ns, "b", "")),
         (
@@ -329,10 +344,7 @@ async fn failed_events_go_to_the_dead_letter_sink_and_are_acked() {
     );
     assert!(got[0].attribute("knativeerrordata").is_some());
     // Acked once dead-lettered: nothing is left to redeliver after a stop.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    s.server.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ready_messages(&addr, &queue_name(&key, "t")).await, 0);
+    stop_and_expect_drained(s, &addr, &queue_name(&key, "t")).await;
     cleanup(&addr, &key, &["t"]).await;
 }
 
@@ -526,22 +538,8 @@ async fn the_source_passes_cloudevents_through_and_wraps_other_messages() {
     assert_eq!(got[2].datacontenttype(), Some("text/plain"));
     assert_eq!(got[2].data().map(|d| &d[..]), Some(&b"hello"[..]));
     // Acked after the sink accepted: the queue is empty once the source stops.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    s.server.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ready_messages(&addr, &queue).await, 0);
-    let _ = channel
-        .queue_delete(
-            ShortString::from(queue.as_str()),
-            QueueDeleteOptions::default(),
-        )
-        .await;
-    let _ = channel
-        .exchange_delete(
-            ShortString::from(exchange.as_str()),
-            ExchangeDeleteOptions::default(),
-        )
-        .await;
+    stop_and_expect_drained(s, &addr, &queue).await;
+    delete(&addr, &[queue], &[exchange]).await;
     let _ = connection.close(200, "done".into()).await;
 }
 
@@ -596,15 +594,8 @@ async fn the_source_leaves_a_message_queued_until_the_sink_accepts_it() {
     sink.wait_for(4, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.count(), 4, "three refusals, then accepted once");
-    s.server.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ready_messages(&addr, &queue).await, 0);
-    let _ = channel
-        .queue_delete(
-            ShortString::from(queue.as_str()),
-            QueueDeleteOptions::default(),
-        )
-        .await;
+    stop_and_expect_drained(s, &addr, &queue).await;
+    delete(&addr, &[queue], &[]).await;
     let _ = connection.close(200, "done".into()).await;
 }
 
@@ -789,17 +780,7 @@ async fn exists(addr: &str, name: &str, exchange: bool) -> bool {
             .await
             .is_ok()
     } else {
-        channel
-            .queue_declare(
-                ShortString::from(name),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .is_ok()
+        passive_declare(&channel, name).await.is_ok()
     };
     let _ = connection.close(200, "done".into()).await;
     found

@@ -1,12 +1,10 @@
 //! `pilotlight get brokers|triggers|ksvc|revisions|routes`: a kubectl-style
 //! view of a running server.
 
-use anyhow::{Context as _, bail};
-use bytes::Bytes;
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use http::{HeaderMap, Method, Uri};
 
-use super::http::request;
+use super::http::admin_get;
 use crate::control::status::{ObjectList, ObjectView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,26 +75,14 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
         .as_ref()
         .map(|ns| format!("?namespace={ns}"))
         .unwrap_or_default();
-    let uri: Uri = format!("http://{}/api/v1/{path}{query}", args.admin)
-        .parse()
-        .with_context(|| {
-            format!(
-                "'{}' is not an address (--admin / PILOTLIGHT_ADMIN)",
-                args.admin
-            )
-        })?;
-    let response = request(Method::GET, &uri, HeaderMap::new(), Bytes::new())
-        .await
-        .with_context(|| format!("is pilotlight running with --admin {}?", args.admin))?;
-    if !response.status.is_success() {
-        bail!(
-            "{uri} answered {}: {}",
-            response.status,
-            String::from_utf8_lossy(&response.body)
-        );
-    }
-    serde_json::from_slice(&response.body)
-        .with_context(|| format!("{uri} did not answer with a list of objects"))
+    let path = format!("/api/v1/{path}{query}");
+    let response = admin_get(&args.admin, &path).await?;
+    serde_json::from_slice(&response.body).with_context(|| {
+        format!(
+            "{path} on {} did not answer with a list of objects",
+            args.admin
+        )
+    })
 }
 
 /// Renders a kubectl-like table.

@@ -1,4 +1,5 @@
-//! A small HTTP client for the commands that talk to servers (`get`, `send`).
+//! A small HTTP client for the commands that talk to servers (`get`,
+//! `ready`, `send`).
 
 use std::time::Duration;
 
@@ -42,4 +43,22 @@ pub async fn request(
         .await
         .with_context(|| format!("{method} {uri}: no answer within 30 s"))?
         .with_context(|| format!("{method} {uri} failed"))
+}
+
+/// GETs `path` from a running pilotlight's admin listener (`--admin`) and
+/// fails unless it answers 2xx; the error says which address was tried.
+pub async fn admin_get(admin: &str, path: &str) -> anyhow::Result<Response> {
+    let uri: Uri = format!("http://{admin}{path}")
+        .parse()
+        .with_context(|| format!("'{admin}' is not an address (--admin / PILOTLIGHT_ADMIN)"))?;
+    let response = request(Method::GET, &uri, HeaderMap::new(), Bytes::new())
+        .await
+        .with_context(|| format!("is pilotlight running with --admin {admin}?"))?;
+    anyhow::ensure!(
+        response.status.is_success(),
+        "{uri} answered {}: {}",
+        response.status,
+        String::from_utf8_lossy(&response.body).trim()
+    );
+    Ok(response)
 }

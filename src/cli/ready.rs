@@ -2,12 +2,10 @@
 //! with 200, for health checks in images that have no curl (the container
 //! image, docker-compose.yml).
 
-use anyhow::{Context as _, bail};
-use bytes::Bytes;
+use anyhow::Context as _;
 use clap::Args;
-use http::{HeaderMap, Method, Uri};
 
-use super::http::request;
+use super::http::admin_get;
 
 #[derive(Debug, Args)]
 pub struct ReadyArgs {
@@ -17,23 +15,8 @@ pub struct ReadyArgs {
 }
 
 pub async fn ready(args: ReadyArgs) -> anyhow::Result<()> {
-    let uri: Uri = format!("http://{}/readyz", args.admin)
-        .parse()
-        .with_context(|| {
-            format!(
-                "'{}' is not an address (--admin / PILOTLIGHT_ADMIN)",
-                args.admin
-            )
-        })?;
-    let response = request(Method::GET, &uri, HeaderMap::new(), Bytes::new())
+    admin_get(&args.admin, "/readyz")
         .await
-        .with_context(|| format!("is pilotlight running with --admin {}?", args.admin))?;
-    if !response.status.is_success() {
-        bail!(
-            "not ready: {uri} answered {}: {}",
-            response.status,
-            String::from_utf8_lossy(&response.body).trim()
-        );
-    }
+        .context("not ready")?;
     Ok(())
 }

@@ -685,11 +685,7 @@ impl Store {
         change: impl FnOnce(Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
         let storage_key = key(resource, namespace, name);
-        let old = self
-            .objects
-            .get(&storage_key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(resource, name))?;
+        let old = self.stored(resource, &storage_key, name)?;
         let wanted = change(served(resource, &old))?;
         let asked_version = wanted["metadata"]["resourceVersion"]
             .as_str()
@@ -737,6 +733,19 @@ impl Store {
         Ok(served(resource, &new))
     }
 
+    /// The stored object under `storage_key`, or 404 naming it.
+    fn stored(
+        &self,
+        resource: &ResourceType,
+        storage_key: &StorageKey,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        self.objects
+            .get(storage_key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(resource, name))
+    }
+
     fn delete(
         &mut self,
         resource: &ResourceType,
@@ -744,11 +753,7 @@ impl Store {
         name: &str,
     ) -> Result<Value, ApiError> {
         let storage_key = key(resource, namespace, name);
-        let old = self
-            .objects
-            .get(&storage_key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(resource, name))?;
+        let old = self.stored(resource, &storage_key, name)?;
         if finalizers(&old) > 0 {
             if old["metadata"]["deletionTimestamp"].is_string() {
                 return Ok(served(resource, &old));

@@ -68,6 +68,14 @@ pub fn broker(name: &str, extra: &str) -> String {
     format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n{extra}")
 }
 
+/// A trigger's `spec.delivery` (indented under `spec`): `retry` quick
+/// retries, then the dead-letter sink at `sink`.
+pub fn with_dead_letters(retry: u32, sink: &str) -> String {
+    format!(
+        "  delivery:\n    retry: {retry}\n    backoffDelay: PT0.01S\n    deadLetterSink:\n      uri: {sink}\n"
+    )
+}
+
 pub fn trigger(name: &str, broker: &str, subscriber: &str, extra: &str) -> String {
     format!(
         "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}\nspec:\n  broker: {broker}\n  subscriber:\n    uri: {subscriber}\n{extra}"
@@ -101,6 +109,22 @@ impl Subscriber {
     pub async fn accepting() -> Subscriber {
         Self::start(
             |_, _| (StatusCode::ACCEPTED, vec![], Bytes::new()),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// Answers every request 500 "boom": deliveries to it go to the
+    /// dead-letter sink once retries run out.
+    pub async fn failing() -> Subscriber {
+        Self::start(
+            |_, _| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    vec![],
+                    Bytes::from("boom"),
+                )
+            },
             Duration::ZERO,
         )
         .await

@@ -127,14 +127,8 @@ impl Writer {
         if term.written == Some(replicas) {
             return Ok(());
         }
-        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
         match self
-            .deployments
-            .patch(
-                &self.objects.deployment_name(),
-                &PatchParams::default(),
-                &patch,
-            )
+            .patch_deployment(json!({"spec": {"replicas": replicas}}))
             .await
         {
             Ok(_) => {
@@ -182,19 +176,11 @@ impl Writer {
         if replicas == 0 || current.spec_replicas != Some(0) {
             return Ok(false);
         }
-        let patch = Patch::Merge(json!({
+        let patch = json!({
             "metadata": {"resourceVersion": resource_version},
             "spec": {"replicas": replicas},
-        }));
-        match self
-            .deployments
-            .patch(
-                &self.objects.deployment_name(),
-                &PatchParams::default(),
-                &patch,
-            )
-            .await
-        {
+        });
+        match self.patch_deployment(patch).await {
             Ok(_) => {
                 tracing::info!(revision = %self.objects.revision, replicas, "woke the revision from zero as a follower");
                 Ok(true)
@@ -202,6 +188,17 @@ impl Writer {
             Err(error) if is_status(&error, 404) => Ok(false),
             Err(error) => Err(error),
         }
+    }
+
+    /// Merge-patches the revision's Deployment.
+    async fn patch_deployment(&self, patch: serde_json::Value) -> Result<Deployment, kube::Error> {
+        self.deployments
+            .patch(
+                &self.objects.deployment_name(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
     }
 
     /// Creates the Service and the Deployment with `replicas`; true if the
