@@ -12,7 +12,9 @@ use std::sync::Arc;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::Store;
 use serde_json::Value;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Notify, watch};
 
 use super::kinds::WatchedKind;
 use crate::control::ObjectKey;
@@ -29,26 +31,44 @@ pub struct Cache {
     pub listed: watch::Receiver<bool>,
 }
 
+/// Events of every cache: counted, so that a sync with none since the last
+/// reads nothing, and notified, to wake the sync loop.
+#[derive(Default)]
+pub struct CacheEvents {
+    count: AtomicU64,
+    pub notify: Notify,
+}
+
+impl CacheEvents {
+    pub fn record(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+}
+
 /// The watched kinds with their caches, and what was last applied.
 pub struct DesiredState {
     control: Arc<ControlPlane>,
     caches: Vec<Cache>,
+    events: Arc<CacheEvents>,
     applied: tokio::sync::Mutex<Option<Applied>>,
 }
 
 /// What the last apply was given, to skip an apply that would change nothing
 /// (a status write or a resync changes resourceVersions, not objects).
-#[derive(PartialEq)]
 struct Applied {
+    /// The cache events seen when it was read.
+    events: u64,
     objects: Vec<Loaded>,
     errors: Vec<ManifestError>,
 }
 
 impl DesiredState {
-    pub fn new(control: Arc<ControlPlane>, caches: Vec<Cache>) -> Self {
+    pub fn new(control: Arc<ControlPlane>, caches: Vec<Cache>, events: Arc<CacheEvents>) -> Self {
         DesiredState {
             control,
             caches,
+            events,
             applied: tokio::sync::Mutex::new(None),
         }
     }
@@ -73,12 +93,18 @@ impl DesiredState {
     pub async fn sync(&self) -> bool {
         self.wait_until_listed().await;
         let mut applied = self.applied.lock().await;
+        // Read before the caches, so that an event during the read counts
+        // as unseen and the next sync looks again.
+        let events = self.events.count.load(Ordering::Acquire);
+        if applied.as_ref().is_some_and(|a| a.events == events) {
+            return false;
+        }
         let manifests = self.manifests();
-        let current = Applied {
-            objects: manifests.objects.clone(),
-            errors: manifests.errors.clone(),
-        };
-        if applied.as_ref() == Some(&current) {
+        if let Some(last) = applied.as_mut()
+            && last.objects == manifests.objects
+            && last.errors == manifests.errors
+        {
+            last.events = events;
             return false;
         }
         tracing::info!(
@@ -87,7 +113,11 @@ impl DesiredState {
             "objects changed in the API server; reconciling"
         );
         self.control.apply(&manifests).await;
-        *applied = Some(current);
+        *applied = Some(Applied {
+            events,
+            objects: manifests.objects,
+            errors: manifests.errors,
+        });
         true
     }
 

@@ -31,12 +31,12 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector;
 use kube::runtime::watcher;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::control::ObjectKey;
 use crate::control::reconcile::ControlPlane;
 use crate::control::status::Status;
-pub use desired::{Cache, DesiredState};
+pub use desired::{Cache, CacheEvents, DesiredState};
 use kinds::WatchedKind;
 
 /// How often the leader rewrites an object's status when nothing changed in
@@ -115,7 +115,7 @@ impl KubernetesControl {
         let mut tasks = Vec::new();
         let mut caches = Vec::new();
         let mut controllers = Vec::new();
-        let changed = Arc::new(Notify::new());
+        let events = Arc::new(CacheEvents::default());
         for kind in kinds::watched_kinds() {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.resource);
             if !installed(&api, &kind).await {
@@ -129,13 +129,13 @@ impl KubernetesControl {
                 );
                 controllers.push((kind.clone(), controller));
             }
-            let (cache, task) = cache_of(api, kind, changed.clone());
+            let (cache, task) = cache_of(api, kind, events.clone());
             caches.push(cache);
             tasks.push(task);
         }
         let context = Arc::new(Context {
             client,
-            desired: DesiredState::new(control, caches),
+            desired: DesiredState::new(control, caches, events.clone()),
             leader: leader.clone(),
         });
         context.desired.sync().await;
@@ -157,17 +157,21 @@ impl KubernetesControl {
                 });
             tasks.push(tokio::spawn(run));
         }
-        tasks.push(tokio::spawn(sync_on_change(context, changed, applied)));
+        tasks.push(tokio::spawn(sync_on_change(context, events, applied)));
         KubernetesControl { tasks }
     }
 }
 
 /// Applies after every change to a cache (a ConfigMap a broker reads
-/// changes no Broker, yet changes its backend), and now and then anyway;
-/// after an apply, every object's status may have changed.
-async fn sync_on_change(context: Arc<Context>, changed: Arc<Notify>, applied: watch::Sender<()>) {
+/// changes no Broker, yet changes its backend); after an apply, every
+/// object's status may have changed.
+async fn sync_on_change(
+    context: Arc<Context>,
+    events: Arc<CacheEvents>,
+    applied: watch::Sender<()>,
+) {
     loop {
-        let _ = tokio::time::timeout(RESYNC_READY, changed.notified()).await;
+        events.notify.notified().await;
         // A burst of events (a relist, `kubectl apply -f dir/`) makes one apply.
         tokio::time::sleep(SETTLE).await;
         if context.desired.sync().await {
@@ -194,11 +198,11 @@ async fn installed(api: &Api<DynamicObject>, kind: &WatchedKind) -> bool {
 }
 
 /// A kind's cache, kept by a reflector with kube's default backoff; every
-/// event wakes `changed`.
+/// event is recorded in `events`.
 fn cache_of(
     api: Api<DynamicObject>,
     kind: WatchedKind,
-    changed: Arc<Notify>,
+    events: Arc<CacheEvents>,
 ) -> (Cache, tokio::task::JoinHandle<()>) {
     let writer = reflector::store::Writer::new(kind.resource.clone());
     let store = writer.as_reader();
@@ -210,10 +214,10 @@ fn cache_of(
             match event {
                 Ok(watcher::Event::InitDone) => {
                     listed_tx.send_replace(true);
-                    changed.notify_one();
+                    events.record();
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => changed.notify_one(),
+                Ok(_) => events.record(),
                 Err(e) => tracing::warn!(kind = %name, error = %e, "watch failed; retrying"),
             }
             std::future::ready(())
@@ -295,9 +299,8 @@ async fn report(
                 None => refused.reason.clone(),
             },
         ),
-        None => report::statuses(context.desired.control(), &kind.resource.kind)
+        None => report::status_of(context.desired.control(), &kind.resource.kind, &key)
             .await
-            .remove(&key)
             .unwrap_or_else(|| {
                 Status::unknown(
                     "NotReconciled",

@@ -2,8 +2,6 @@
 //! status subresource, as Knative's reconcilers do: conditions,
 //! observedGeneration, and the address or URL where it applies.
 
-use std::collections::BTreeMap;
-
 use kube::Api;
 use kube::api::{DynamicObject, PostParams};
 use serde_json::Value;
@@ -13,24 +11,21 @@ use crate::control::ObjectKey;
 use crate::control::reconcile::ControlPlane;
 use crate::control::status::{ObjectView, Status};
 
-/// The statuses pilotlight holds for every object of one kind.
-pub async fn statuses(control: &ControlPlane, kind: &str) -> BTreeMap<ObjectKey, Status> {
+/// The status pilotlight holds for one object, read from its namespace's
+/// views only (a reconcile runs per object; listing every namespace for each
+/// would be quadratic in the objects).
+pub async fn status_of(control: &ControlPlane, kind: &str, key: &ObjectKey) -> Option<Status> {
+    let namespace = Some(key.namespace.as_str());
     let views: Vec<ObjectView> = match kind {
-        "Broker" => control.brokers(None).items,
-        "Trigger" => control.triggers(None).await.items,
-        "Service" => control.serving().services(None).await,
-        _ => control.sources(None).await.items,
+        "Broker" => control.brokers(namespace).items,
+        "Trigger" => control.triggers(namespace).await.items,
+        "Service" => control.serving().services(namespace).await,
+        _ => control.sources(namespace).await.items,
     };
     views
         .into_iter()
-        .filter(|v| v.kind == kind)
-        .map(|v| {
-            (
-                ObjectKey::new(v.metadata.namespace, v.metadata.name),
-                v.status,
-            )
-        })
-        .collect()
+        .find(|v| v.kind == kind && v.metadata.name == key.name)
+        .map(|v| v.status)
 }
 
 /// The `status` block to write: `status` with the transition times of
