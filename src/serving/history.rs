@@ -90,11 +90,13 @@ impl RevisionHistory {
         {
             return Ok((latest.clone(), false));
         }
-        let from_generation = generation.and_then(|g| u32::try_from(g).ok());
-        history.next_number = history.next_number.max(from_generation.unwrap_or(1));
-        let name = match given_name {
-            Some(name) => name.to_owned(),
-            None => format!("{}-{:05}", service.name, history.next_number),
+        history.next_number = history.next_number.max(1);
+        let name = match (given_name, generation) {
+            (Some(name), _) => name.to_owned(),
+            // The API server's count, not this replica's: every replica names
+            // the template alike, whatever its own history holds.
+            (None, Some(generation)) => format!("{}-{generation:05}", service.name),
+            (None, None) => format!("{}-{:05}", service.name, history.next_number),
         };
         history.next_number += 1;
         let revision = RecordedRevision {
@@ -200,5 +202,17 @@ mod tests {
             .revision_for(&key, &serde_json::json!(2), None, Some(3))
             .expect("ok");
         assert_eq!(same.name, third.name);
+        // Even one whose own count ran ahead (a Service deleted and made
+        // again while it was down).
+        let mut ahead = RevisionHistory::load(&dir.path().join("c"));
+        for n in 10..15 {
+            ahead
+                .revision_for(&key, &serde_json::json!(n), None, None)
+                .expect("ok");
+        }
+        let (agreed, _) = ahead
+            .revision_for(&key, &serde_json::json!(2), None, Some(3))
+            .expect("ok");
+        assert_eq!(agreed.name, third.name);
     }
 }
