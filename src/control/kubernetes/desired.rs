@@ -157,10 +157,7 @@ impl DesiredState {
                 if object.metadata.deletion_timestamp.is_some() {
                     continue;
                 }
-                let key = ObjectKey::new(
-                    object.metadata.namespace.as_deref().unwrap_or("default"),
-                    object.metadata.name.as_deref().unwrap_or_default(),
-                );
+                let key = object_key(&object);
                 let origin = origin(kind, &key);
                 match manifest::parse_value(comparable(kind, &object), class) {
                     Ok(resource) => manifests.objects.push(Loaded { origin, resource }),
@@ -173,6 +170,14 @@ impl DesiredState {
         }
         manifests
     }
+}
+
+/// An object's key, as the loader makes it (no namespace: `default`).
+pub fn object_key(object: &DynamicObject) -> ObjectKey {
+    ObjectKey::new(
+        object.metadata.namespace.as_deref().unwrap_or("default"),
+        object.metadata.name.as_deref().unwrap_or_default(),
+    )
 }
 
 /// Where an object read from the API server comes from: its API path.

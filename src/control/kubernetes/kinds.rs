@@ -1,7 +1,8 @@
 //! The kinds pilotlight reads from the API server in Kubernetes mode: the
 //! same kinds its manifest loader knows, so both modes accept one set.
 
-use kube::api::{ApiResource, GroupVersionKind};
+use kube::Resource as _;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
 use crate::control::resources::KNOWN_KINDS;
 
@@ -24,15 +25,8 @@ impl WatchedKind {
 
     /// The API path of one object, as errors and status messages name it.
     pub fn object_path(&self, namespace: &str, name: &str) -> String {
-        let base = if self.resource.group.is_empty() {
-            format!("/api/{}", self.resource.version)
-        } else {
-            format!("/apis/{}", self.resource.api_version)
-        };
-        format!(
-            "{base}/namespaces/{namespace}/{}/{name}",
-            self.resource.plural
-        )
+        let collection = DynamicObject::url_path(&self.resource, Some(namespace));
+        format!("{collection}/{name}")
     }
 }
 
@@ -44,10 +38,8 @@ pub fn watched_kinds() -> Vec<WatchedKind> {
     for (api_version, kind) in KNOWN_KINDS {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let gvk = GroupVersionKind::gvk(group, version, kind);
-        // Every kind pilotlight knows has the regular plural.
-        let plural = format!("{}s", kind.to_ascii_lowercase());
         let watched = WatchedKind {
-            resource: ApiResource::from_gvk_with_plural(&gvk, &plural),
+            resource: ApiResource::from_gvk(&gvk),
             reconciled: !matches!(*kind, "ConfigMap" | "Secret" | "RabbitmqBrokerConfig"),
         };
         match kinds.iter_mut().find(|k| k.resource.kind == *kind) {

@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use crate::control::ObjectKey;
 use crate::control::reconcile::ControlPlane;
 use crate::control::status::Status;
+use desired::object_key;
 pub use desired::{Cache, CacheEvents, DesiredState};
 use kinds::WatchedKind;
 
@@ -56,22 +57,31 @@ pub struct KubernetesSettings {
     pub lease: leader::LeaseSettings,
 }
 
-/// Builds the API client from `--kubeconfig`, or by kube's inference.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    use anyhow::Context as _;
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read the kubeconfig {} (--kubeconfig)", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("the kubeconfig {} is not usable (--kubeconfig)", path.display()))?
-        }
-        None => kube::Config::infer().await.context(
-            "no Kubernetes configuration: not in a cluster, and no KUBECONFIG or ~/.kube/config (or pass --kubeconfig)",
-        )?,
+/// The API server configuration: this kubeconfig file (its current
+/// context), or kube's inference (in-cluster service account, `KUBECONFIG`,
+/// `~/.kube/config`). The error names the file.
+pub async fn load_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, String> {
+    let Some(path) = kubeconfig else {
+        return kube::Config::infer().await.map_err(|e| e.to_string());
     };
-    kube::Client::try_from(config).context("cannot build the Kubernetes client")
+    let file = kube::config::Kubeconfig::read_from(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Builds the API client of `--kubernetes` from `--kubeconfig`, or by
+/// kube's inference.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = load_config(kubeconfig).await.map_err(|e| match kubeconfig {
+        Some(_) => anyhow::anyhow!("{e} (--kubeconfig)"),
+        None => anyhow::anyhow!(
+            "no Kubernetes configuration ({e}): run pilotlight in a cluster, or set KUBECONFIG or pass --kubeconfig"
+        ),
+    })?;
+    kube::Client::try_from(config)
+        .map_err(|e| anyhow::anyhow!("cannot build the Kubernetes client: {e}"))
 }
 
 /// What the controllers share.
@@ -315,13 +325,6 @@ async fn report(
     } else {
         RESYNC_NOT_READY
     }))
-}
-
-fn object_key(object: &DynamicObject) -> ObjectKey {
-    ObjectKey::new(
-        object.metadata.namespace.clone().unwrap_or_default(),
-        object.metadata.name.clone().unwrap_or_default(),
-    )
 }
 
 fn error_policy(
