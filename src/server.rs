@@ -23,7 +23,7 @@ use crate::control::kubernetes::{self, KubernetesControl, KubernetesSettings};
 use crate::control::manifest;
 use crate::control::reconcile::{ControlPlane, Settings};
 use crate::control::resources::broker::BrokerClass;
-use crate::control::serving::{ServingControl, ServingSettings};
+use crate::control::serving::{PublicAddress, ServingControl, ServingSettings};
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::BrokerRegistry;
@@ -164,7 +164,7 @@ impl Server {
         let serving = ServingControl::new(
             ServingSettings {
                 domain: config.serving.domain.clone(),
-                url_port: url_port(config.ingress_url.as_deref(), listen),
+                public: PublicAddress::of(config.ingress_url.as_deref(), listen),
                 data_dir: config.data_dir.clone(),
                 autoscaler: config.serving.autoscaler.clone(),
                 queue_limit: config.serving.queue_limit,
@@ -203,34 +203,16 @@ impl Server {
             tokio::spawn(serve(admin_listener, admin_router, stopped)),
         ];
 
-        if let Some(cluster) = cluster {
-            tracing::info!(%listen, %admin, "reading objects from the Kubernetes API server");
-            let kubernetes =
-                KubernetesControl::start(cluster.client, control.clone(), cluster.leader).await;
-            ready.store(true, Ordering::Release);
-            return Ok(Server {
-                listen,
-                admin,
-                control,
-                stop,
-                tasks,
-                _watcher: None,
-                kubernetes: Some(kubernetes),
-            });
-        }
-        let paths = config.paths.clone();
-        let class = config.default_class;
-        let manifests = tokio::task::spawn_blocking(move || manifest::load(&paths, class)).await?;
-        tracing::info!(objects = manifests.objects.len(), refused = manifests.errors.len(), %listen, %admin, "manifests loaded");
-        control.apply(&manifests).await;
-        ready.store(true, Ordering::Release);
-        let watcher = if config.watch {
-            crate::control::watch::watch(config.paths.clone(), control.clone())
-                .map_err(|e| tracing::warn!(error = %e, "hot reload is off: cannot watch the manifest paths"))
-                .ok()
-        } else {
-            None
+        let (watcher, kubernetes) = match cluster {
+            Some(cluster) => {
+                tracing::info!(%listen, %admin, "reading objects from the Kubernetes API server");
+                let kubernetes =
+                    KubernetesControl::start(cluster.client, control.clone(), cluster.leader).await;
+                (None, Some(kubernetes))
+            }
+            None => (load_and_watch(&config, &control).await?, None),
         };
+        ready.store(true, Ordering::Release);
         Ok(Server {
             listen,
             admin,
@@ -238,7 +220,7 @@ impl Server {
             stop,
             tasks,
             _watcher: watcher,
-            kubernetes: None,
+            kubernetes,
         })
     }
 
@@ -266,19 +248,27 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::
     }
 }
 
-/// The port clients use: `--ingress-url`'s (80 when it names none), else
-/// the main listener's.
-fn url_port(ingress_url: Option<&str>, listen: SocketAddr) -> u16 {
-    ingress_url
-        .and_then(|url| url.parse::<http::Uri>().ok())
-        .map_or(listen.port(), |uri| {
-            uri.port_u16()
-                .unwrap_or(if uri.scheme_str() == Some("https") {
-                    443
-                } else {
-                    80
-                })
-        })
+/// File mode: applies the manifests, then (with `watch`) re-applies them
+/// when their files change, as long as the returned watcher lives.
+async fn load_and_watch(
+    config: &ServerConfig,
+    control: &Arc<ControlPlane>,
+) -> anyhow::Result<Option<notify::RecommendedWatcher>> {
+    let paths = config.paths.clone();
+    let class = config.default_class;
+    let manifests = tokio::task::spawn_blocking(move || manifest::load(&paths, class)).await?;
+    tracing::info!(
+        objects = manifests.objects.len(),
+        refused = manifests.errors.len(),
+        "manifests loaded"
+    );
+    control.apply(&manifests).await;
+    if !config.watch {
+        return Ok(None);
+    }
+    Ok(crate::control::watch::watch(config.paths.clone(), control.clone())
+        .map_err(|e| tracing::warn!(error = %e, "hot reload is off: cannot watch the manifest paths"))
+        .ok())
 }
 
 /// The API server connection of Kubernetes mode, and this replica's part in

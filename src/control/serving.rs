@@ -27,15 +27,41 @@ use crate::serving::runtime::{Runtime, Workload};
 /// How long `pilotlight run` waits on exit for instances to finish requests.
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Where clients reach service hosts: the main listener, or `--ingress-url`
+/// when they come through something else (a cluster Service on port 80, a
+/// TLS-terminating load balancer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublicAddress {
+    pub https: bool,
+    pub port: u16,
+}
+
+impl PublicAddress {
+    /// `ingress_url`'s scheme and port (the scheme's default when it names
+    /// none), else plain HTTP on the listener's port. The URL was checked
+    /// at start.
+    pub fn of(ingress_url: Option<&str>, listen: std::net::SocketAddr) -> Self {
+        let Some(uri) = ingress_url.and_then(|url| url.parse::<http::Uri>().ok()) else {
+            return PublicAddress {
+                https: false,
+                port: listen.port(),
+            };
+        };
+        let https = uri.scheme_str() == Some("https");
+        PublicAddress {
+            https,
+            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        }
+    }
+}
+
 /// Settings of the serving half.
 #[derive(Debug, Clone)]
 pub struct ServingSettings {
     /// Services answer to `{service}.{namespace}.{domain}`.
     pub domain: String,
-    /// The port in service URLs: the main listener's, or that of
-    /// `--ingress-url` when clients reach pilotlight elsewhere (a cluster
-    /// Service on port 80).
-    pub url_port: u16,
+    /// The scheme and port of service URLs.
+    pub public: PublicAddress,
     pub data_dir: PathBuf,
     pub autoscaler: AutoscalerDefaults,
     /// Requests one revision holds while it has no room (then 503).
@@ -116,9 +142,11 @@ impl ServingControl {
     /// The URL of a service (`http://hello.default.localhost:8080`).
     pub fn url(&self, service: &ObjectKey, tag: Option<&str>) -> String {
         let host = self.router.host(service, tag);
-        match self.settings.url_port {
-            80 => format!("http://{host}"),
-            port => format!("http://{host}:{port}"),
+        let PublicAddress { https, port } = self.settings.public;
+        let scheme = if https { "https" } else { "http" };
+        match (https, port) {
+            (false, 80) | (true, 443) => format!("{scheme}://{host}"),
+            _ => format!("{scheme}://{host}:{port}"),
         }
     }
 
@@ -703,4 +731,43 @@ async fn stop_all(revisions: Vec<RunningRevision>, why: Stop) {
         }
     }))
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PublicAddress;
+
+    #[test]
+    fn service_urls_take_the_ingress_urls_scheme_and_port() {
+        let listen = "127.0.0.1:8080".parse().expect("addr");
+        let of = |url| PublicAddress::of(url, listen);
+        assert_eq!(
+            of(None),
+            PublicAddress {
+                https: false,
+                port: 8080
+            }
+        );
+        assert_eq!(
+            of(Some("http://pilotlight-ingress.pilotlight.svc")),
+            PublicAddress {
+                https: false,
+                port: 80
+            }
+        );
+        assert_eq!(
+            of(Some("https://events.example.com")),
+            PublicAddress {
+                https: true,
+                port: 443
+            }
+        );
+        assert_eq!(
+            of(Some("https://events.example.com:8443")),
+            PublicAddress {
+                https: true,
+                port: 8443
+            }
+        );
+    }
 }
