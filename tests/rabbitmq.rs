@@ -236,7 +236,7 @@ async fn exact_filters_are_bound_in_rabbitmq_and_the_rest_is_filtered_in_pilotli
                 ShortString::from(exchange_name(&key)),
                 ShortString::default(),
                 BasicPublishOptions::default(),
-                &body,
+                body,
                 properties,
             )
             .await

@@ -330,13 +330,14 @@ async fn raw_round(args: &RabbitmqArgs, payload: &Bytes, round: usize) -> anyhow
                 if n >= total {
                     return Ok(());
                 }
-                let (properties, body) = encode(&bench_event(n, &payload)?);
+                let event = bench_event(n, &payload)?;
+                let (properties, body) = encode(&event);
                 let confirm = publisher
                     .basic_publish(
                         exchange.as_str().into(),
                         ShortString::default(),
                         BasicPublishOptions::default(),
-                        &body,
+                        body,
                         properties,
                     )
                     .await?

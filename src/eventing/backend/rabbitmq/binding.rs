@@ -30,8 +30,9 @@ pub fn header_name(attribute: &str) -> String {
     format!("{HEADER_PREFIX}{attribute}")
 }
 
-/// An event as an AMQP message in binary mode: (properties, body).
-pub fn encode(event: &Event) -> (BasicProperties, Vec<u8>) {
+/// An event as an AMQP message in binary mode: (properties, body), the body
+/// borrowed from the event (lapin copies it into its frame).
+pub fn encode(event: &Event) -> (BasicProperties, &[u8]) {
     let mut headers = FieldTable::default();
     let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
     for (name, value) in event.attributes() {
@@ -46,7 +47,7 @@ pub fn encode(event: &Event) -> (BasicProperties, Vec<u8>) {
             headers.insert(key, AMQPValue::LongString(LongString::from(value)));
         }
     }
-    let body = event.data().map(|d| d.to_vec()).unwrap_or_default();
+    let body = event.data().map_or(&[][..], |d| &d[..]);
     (properties.with_headers(headers), body)
 }
 
@@ -63,7 +64,9 @@ pub enum DecodeError {
 }
 
 /// Reads a CloudEvent from an AMQP message (binary or structured mode).
-pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<Event, DecodeError> {
+/// `body` is the message's own (lapin hands it over owned), kept as the
+/// event's data without a copy.
+pub fn decode(properties: &BasicProperties, body: Bytes) -> Result<Event, DecodeError> {
     let content_type = properties.content_type().as_ref().map(|c| c.as_str());
     let structured = content_type.is_some_and(|ct| {
         ct.split(';')
@@ -76,7 +79,7 @@ pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<Event, Decode
             CONTENT_TYPE,
             HeaderValue::from_static(CONTENT_TYPE_STRUCTURED),
         );
-        let (_, mut events) = parse_http(&headers, Bytes::copy_from_slice(body))?;
+        let (_, mut events) = parse_http(&headers, body)?;
         return events.pop().ok_or(DecodeError::NotAnEvent);
     }
     decode_binary(properties, content_type, body)
@@ -85,7 +88,7 @@ pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<Event, Decode
 fn decode_binary(
     properties: &BasicProperties,
     content_type: Option<&str>,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<Event, DecodeError> {
     let Some(headers) = properties.headers() else {
         return Err(DecodeError::NotAnEvent);
@@ -113,7 +116,7 @@ fn decode_binary(
     {
         attributes.push(("datacontenttype".to_owned(), content_type.to_owned()));
     }
-    let data = (!body.is_empty()).then(|| Bytes::copy_from_slice(body));
+    let data = (!body.is_empty()).then_some(body);
     Event::new(attributes, data).map_err(|e| DecodeError::Invalid(BindingError::Invalid(e)))
 }
 

@@ -322,7 +322,7 @@ pub async fn declare_queue(
 }
 
 /// An AMQP short string (names are at most 255 bytes; pilotlight's names are
-/// shortened to fit, see `super::names`).
+/// shortened to fit, see `super::fit`).
 pub fn short(text: &str) -> Result<ShortString, String> {
     ShortString::try_new(text).map_err(|e| format!("name '{text}': {e}"))
 }

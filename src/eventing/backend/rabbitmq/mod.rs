@@ -189,7 +189,7 @@ impl Backend for RabbitMqBackend {
                     self.exchange.clone(),
                     ShortString::default(),
                     BasicPublishOptions::default(),
-                    &body,
+                    body,
                     properties,
                 )
                 .await

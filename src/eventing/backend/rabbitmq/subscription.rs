@@ -161,8 +161,9 @@ impl RabbitSubscription {
     /// with here: not a CloudEvent (rejected, so a dead-letter exchange the
     /// operator set on the queue gets it) or not matching the parts of the
     /// filter RabbitMQ could not evaluate (acked).
-    async fn accept(&self, message: lapin::message::Delivery) -> Option<Delivery> {
-        match binding::decode(&message.properties, &message.data) {
+    async fn accept(&self, mut message: lapin::message::Delivery) -> Option<Delivery> {
+        let body = bytes::Bytes::from(std::mem::take(&mut message.data));
+        match binding::decode(&message.properties, body) {
             Ok(event) if self.filter.matches(&event) => Some(Delivery::new(
                 Arc::new(event),
                 0,

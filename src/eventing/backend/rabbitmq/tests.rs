@@ -116,7 +116,7 @@ fn binary_mode_round_trips_attributes_and_data_bytes() {
     let headers = properties.headers().as_ref().expect("headers");
     assert!(headers.contains_key("cloudEvents:team"));
     assert!(!headers.contains_key("cloudEvents:datacontenttype"));
-    let back = binding::decode(&properties, &body).expect("decodes");
+    let back = binding::decode(&properties, Bytes::copy_from_slice(body)).expect("decodes");
     assert_eq!(back.data(), event.data());
     for (name, value) in event.attributes() {
         assert_eq!(back.attribute(name), Some(value), "{name}");
@@ -131,7 +131,9 @@ fn structured_and_legacy_prefixed_messages_decode_and_plain_ones_do_not() {
     ));
     let event = binding::decode(
         &structured,
-        br#"{"specversion":"1.0","id":"s","source":"/x","type":"t","data":[1]}"#,
+        Bytes::from_static(
+            br#"{"specversion":"1.0","id":"s","source":"/x","type":"t","data":[1]}"#,
+        ),
     )
     .expect("structured");
     assert_eq!(event.data().map(|d| &d[..]), Some(&b"[1]"[..]));
@@ -147,13 +149,13 @@ fn structured_and_legacy_prefixed_messages_decode_and_plain_ones_do_not() {
     }
     headers.insert("cloudEvents_count".into(), AMQPValue::LongInt(3));
     let legacy = BasicProperties::default().with_headers(headers);
-    let event = binding::decode(&legacy, b"").expect("legacy prefix");
+    let event = binding::decode(&legacy, Bytes::new()).expect("legacy prefix");
     assert_eq!((event.id(), event.attribute("count")), ("l", Some("3")));
     assert_eq!(event.data(), None);
 
     let plain = BasicProperties::default().with_content_type("text/plain".into());
     assert!(matches!(
-        binding::decode(&plain, b"hi"),
+        binding::decode(&plain, Bytes::from_static(b"hi")),
         Err(binding::DecodeError::NotAnEvent)
     ));
     // Claims to be an event but is not a valid one: the error says why.
@@ -163,7 +165,9 @@ fn structured_and_legacy_prefixed_messages_decode_and_plain_ones_do_not() {
         AMQPValue::LongString("1.0".into()),
     );
     let broken = BasicProperties::default().with_headers(headers);
-    let err = binding::decode(&broken, b"").unwrap_err().to_string();
+    let err = binding::decode(&broken, Bytes::new())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("id"), "{err}");
 }
 

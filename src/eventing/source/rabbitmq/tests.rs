@@ -1,6 +1,7 @@
 //! Unit tests of the RabbitmqSource manifest and message mapping; consuming
 //! from a real RabbitMQ is tested in tests/rabbitmq.rs.
 
+use bytes::Bytes;
 use lapin::BasicProperties;
 
 use super::source::event_source;
@@ -75,7 +76,8 @@ fn plain_messages_become_rabbitmq_events() {
         .with_message_id("m1".into())
         .with_content_type("application/json".into())
         .with_timestamp(1_700_000_000);
-    let event = message_event(&properties, br#"{"a":1}"#, &origin).expect("event");
+    let event =
+        message_event(&properties, Bytes::from_static(br#"{"a":1}"#), &origin).expect("event");
     assert_eq!(event.ty(), RABBITMQ_EVENT_TYPE);
     assert_eq!(event.id(), "m1");
     assert_eq!(event.source(), origin);
@@ -83,11 +85,21 @@ fn plain_messages_become_rabbitmq_events() {
     assert_eq!(event.attribute("time"), Some("2023-11-14T22:13:20Z"));
     assert_eq!(event.data().map(|d| &d[..]), Some(&br#"{"a":1}"#[..]));
     // Without a message id, each message gets a fresh one.
-    let a = message_event(&BasicProperties::default(), b"x", &origin).expect("event");
-    let b = message_event(&BasicProperties::default(), b"x", &origin).expect("event");
+    let a = message_event(
+        &BasicProperties::default(),
+        Bytes::from_static(b"x"),
+        &origin,
+    )
+    .expect("event");
+    let b = message_event(
+        &BasicProperties::default(),
+        Bytes::from_static(b"x"),
+        &origin,
+    )
+    .expect("event");
     assert_ne!(a.id(), b.id());
     // A message that claims to be a CloudEvent but is broken is an error.
     let broken =
         BasicProperties::default().with_content_type("application/cloudevents+json".into());
-    assert!(message_event(&broken, b"{", &origin).is_err());
+    assert!(message_event(&broken, Bytes::from_static(b"{"), &origin).is_err());
 }
