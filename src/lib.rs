@@ -5,6 +5,7 @@
 //! - [`control`]: manifests, desired state, reconciliation and status.
 //! - [`cli`]: the `pilotlight` command line.
 
+pub mod backoff;
 pub mod cli;
 pub mod control;
 pub mod eventing;

@@ -1,10 +1,12 @@
 //! The [`Source`] implementation: connects to the API server (kubeconfig or
 //! in-cluster), then runs one list-and-watch per `spec.resources` entry.
 
+use crate::control::kubernetes::load_config;
 use std::path::PathBuf;
 
-use super::watch::{Backoff, KindWatch, Reporter, Settings, Target, sleep_or_stop};
+use super::watch::{KindWatch, Reporter, Settings, Target, sleep_or_stop};
 use super::{ApiServerSource, EventMode};
+use crate::backoff::Backoff;
 use crate::eventing::source::{Source, SourceContext, SourceHealth};
 
 /// A running `ApiServerSource`.
@@ -28,17 +30,8 @@ enum Connect {
 impl Connect {
     async fn config(&self) -> Result<kube::Config, String> {
         match self {
-            Connect::Infer => kube::Config::infer().await.map_err(|e| e.to_string()),
-            Connect::Kubeconfig(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(
-                    kubeconfig,
-                    &kube::config::KubeConfigOptions::default(),
-                )
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))
-            }
+            Connect::Infer => load_config(None).await,
+            Connect::Kubeconfig(path) => load_config(Some(path)).await,
             Connect::Config(config) => Ok((**config).clone()),
         }
     }

@@ -599,7 +599,7 @@ async fn stop_ends_the_source() {
 
 #[test]
 fn backoff_doubles_from_one_second_to_a_minute() {
-    let mut backoff = super::watch::Backoff::default();
+    let mut backoff = crate::backoff::Backoff::default();
     let delays: Vec<u64> = (0..8).map(|_| backoff.next_delay().as_secs()).collect();
     assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
     backoff.reset();

@@ -29,6 +29,7 @@ use kube::discovery::{ApiCapabilities, Scope};
 
 use super::events::{Action, make_event};
 use super::{ApiVersionKind, EventMode};
+use crate::backoff::Backoff;
 use crate::eventing::source::{CeOverrides, SendError, SourceContext, SourceHealth};
 
 /// How long the API server keeps one watch request open.
@@ -36,40 +37,6 @@ const WATCH_TIMEOUT_SECS: u32 = 290;
 
 /// A watch that lasted this long without events ended normally (timeout).
 const QUIET_WATCH: Duration = Duration::from_secs(5);
-
-/// Exponential backoff: 1 s doubling to 60 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    base: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            next: base,
-            base,
-            max,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
-        delay
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.base;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
-    }
-}
 
 /// Sleeps, or returns `true` early when the source stops.
 pub(crate) async fn sleep_or_stop(ctx: &SourceContext, delay: Duration) -> bool {

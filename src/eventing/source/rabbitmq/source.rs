@@ -36,10 +36,11 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// claims to be a CloudEvent but is not a valid one.
 pub fn message_event(
     properties: &BasicProperties,
-    body: &[u8],
+    body: Bytes,
     event_source: &str,
 ) -> Result<Event, String> {
-    match binding::decode(properties, body) {
+    // A clone of `Bytes` shares the buffer.
+    match binding::decode(properties, body.clone()) {
         Ok(event) => Ok(event),
         Err(DecodeError::NotAnEvent) => {
             wrap_message(properties, body, event_source).map_err(|e| e.to_string())
@@ -50,7 +51,7 @@ pub fn message_event(
 
 fn wrap_message(
     properties: &BasicProperties,
-    body: &[u8],
+    body: Bytes,
     event_source: &str,
 ) -> Result<Event, ValidationError> {
     let id = properties
@@ -77,7 +78,7 @@ fn wrap_message(
             time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ));
     }
-    let data = (!body.is_empty()).then(|| Bytes::copy_from_slice(body));
+    let data = (!body.is_empty()).then_some(body);
     Event::new(attributes, data)
 }
 
@@ -120,7 +121,12 @@ impl RabbitmqRunner {
             .with_connection_name(format!("pilotlight RabbitmqSource {}", context.key).into());
         let connection = Connection::connect_uri(self.uri.clone(), properties)
             .await
-            .map_err(|e| format!("cannot connect to RabbitMQ at {}: {e}", redacted(&self.uri)))?;
+            .map_err(|e| {
+                format!(
+                    "cannot connect to RabbitMQ at {}: {e}; check the Secret of spec.rabbitmqClusterReference (or --rabbitmq-uri); retrying",
+                    redacted(&self.uri)
+                )
+            })?;
         let result = self.consume_on(&connection, context).await;
         let _ = connection.close(200, "source stopping".into()).await;
         result
@@ -150,7 +156,12 @@ impl RabbitmqRunner {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("cannot consume from queue '{}': {e}", self.queue))?;
+            .map_err(|e| {
+                format!(
+                    "cannot consume from queue '{}': {e}; with predeclared: true the queue must exist already; retrying",
+                    self.queue
+                )
+            })?;
         context.set_status(SourceHealth::Ready);
         let event_source = Arc::new(event_source(&context.key, &self.queue));
         let slots = Arc::new(Semaphore::new(self.parallelism.into()));
@@ -241,9 +252,10 @@ async fn forward(
     policy: &DeliveryPolicy,
     event_source: &str,
     overrides: Option<&CeOverrides>,
-    message: lapin::message::Delivery,
+    mut message: lapin::message::Delivery,
 ) {
-    let mut event = match message_event(&message.properties, &message.data, event_source) {
+    let body = Bytes::from(std::mem::take(&mut message.data));
+    let mut event = match message_event(&message.properties, body, event_source) {
         Ok(event) => event,
         Err(e) => {
             tracing::warn!(source = %context.key, error = %e, "a message is an invalid CloudEvent; rejecting it");

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::observed::Observed;
 use super::workload::Objects;
+use crate::backoff::Backoff;
 
 /// The first wait before retrying a failed write; it doubles up to
 /// [`BACKOFF_MAX`].
@@ -62,7 +63,7 @@ impl Writer {
     pub async fn run(mut self) {
         let mut term = Term::default();
         let mut woken_from: Option<String> = None;
-        let mut backoff = BACKOFF_INITIAL;
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
         loop {
             let wanted = *self.wanted.borrow_and_update();
             let leading = *self.leader.borrow_and_update();
@@ -84,13 +85,12 @@ impl Writer {
             };
             let retry = match result {
                 Ok(()) => {
-                    backoff = BACKOFF_INITIAL;
+                    backoff.reset();
                     None
                 }
                 Err(error) => {
-                    tracing::warn!(revision = %self.objects.revision, error = %error, retry_in = ?backoff, "cannot write the revision's Deployment");
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    let wait = backoff.next_delay();
+                    tracing::warn!(revision = %self.objects.revision, error = %error, retry_in = ?wait, "cannot write the revision's Deployment");
                     Some(wait)
                 }
             };
@@ -253,7 +253,7 @@ impl Writer {
     /// Deletes the Deployment (its pods go in the background) and the Service.
     async fn delete(&self) {
         let params = DeleteParams::background();
-        let mut backoff = BACKOFF_INITIAL;
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
         for attempt in 1..=DELETE_ATTEMPTS {
             let deployment = self
                 .deployments
@@ -275,8 +275,7 @@ impl Writer {
                 tracing::error!(revision = %self.objects.revision, error = %error, "cannot delete the retired revision's Deployment and Service; Kubernetes deletes them with the Knative Service");
                 return;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 }

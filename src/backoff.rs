@@ -1,0 +1,40 @@
+//! Exponential backoff for whatever retries a remote peer: a watch of the
+//! API server, a write of a Deployment.
+
+use std::time::Duration;
+
+/// Delays doubling from `base` up to `max`; [`Backoff::reset`] after a
+/// success starts again from `base`.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            next: base,
+            base,
+            max,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.base;
+    }
+}
+
+/// 1 s doubling to 60 s.
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
