@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::ServiceExt as _;
 
 use crate::control::admin::{self, AdminState};
 use crate::control::kubernetes::leader::LeaderElector;
@@ -184,17 +183,17 @@ impl Server {
         ));
         let ready = Arc::new(AtomicBool::new(false));
 
-        let ingress_router = ingress::router(IngressState {
+        let ingress = IngressState {
             brokers: registry,
             max_event_bytes: config.max_event_bytes,
-        });
+        };
         let admin_router = admin::router(AdminState {
             control: control.clone(),
             metrics: crate::telemetry::metrics_handle(),
             ready: ready.clone(),
         });
         let main = MainService {
-            ingress: ingress_router,
+            ingress,
             router,
             proxy: Proxy::new(),
         };
@@ -301,7 +300,7 @@ impl Cluster {
 /// serving proxy, anything else to the broker ingress.
 #[derive(Clone)]
 struct MainService {
-    ingress: axum::Router,
+    ingress: IngressState,
     router: Arc<Router>,
     proxy: Proxy,
 }
@@ -321,10 +320,7 @@ impl MainService {
                 self.router.unknown_host_message(host),
                 None,
             ),
-            HostMatch::NotServing => match self.ingress.oneshot(request.map(Body::new)).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            },
+            HostMatch::NotServing => ingress::serve(&self.ingress, request).await,
         }
     }
 }

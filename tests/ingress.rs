@@ -139,6 +139,15 @@ async fn unknown_broker_wrong_method_and_handshake() {
         "{}",
         r.body
     );
+    let r = request(
+        Method::POST,
+        &format!("http://{}/default", s.server.listen),
+        &BINARY,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("/{namespace}/{broker}"), "{}", r.body);
     let url = s.broker_url("default", "default");
     let r = request(Method::GET, &url, &[], "").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);

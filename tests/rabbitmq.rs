@@ -310,6 +310,53 @@ async fn parallelism_one_delivers_in_order_and_more_delivers_concurrently() {
     cleanup(&addr, &key, &["ordered", "parallel"]).await;
 }
 
+/// pilotlight acks in batches (one `multiple` ack for a settled run, single
+/// acks for deliveries held behind a slow one). Deliveries that finish out of
+/// order must all be acked exactly once: a lost ack leaves the message in the
+/// queue after the stop, a repeated one makes RabbitMQ close the channel, and
+/// the redelivery shows up as a duplicate.
+#[tokio::test]
+async fn deliveries_finishing_out_of_order_are_each_acked_once() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("acks");
+    let key = ObjectKey::new(ns.clone(), "b");
+    // 0 to 35 ms, in a scrambled order, so later deliveries often finish first.
+    let subscriber = Subscriber::start_with_delays(
+        |_, _| (StatusCode::ACCEPTED, vec![], Bytes::new()),
+        |index| Duration::from_millis(index as u64 * 7919 % 36),
+    )
+    .await;
+    let files = [
+        ("broker.yaml", rabbit_broker(&ns, "b", "")),
+        (
+            "trigger.yaml",
+            rabbit_trigger(
+                &ns,
+                "t",
+                "b",
+                &subscriber.url("/"),
+                "  annotations:\n    rabbitmq.eventing.knative.dev/parallelism: \"20\"\n",
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = server(&addr, &files).await;
+    let url = s.broker_url(&ns, "b");
+    let sent: HashSet<String> = (0..300).map(|i| format!("e{i:03}")).collect();
+    let posts = sent.iter().map(|id| post(&url, id, "t"));
+    for status in futures::future::join_all(posts).await {
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let received = ids(&subscriber.wait_for(sent.len(), WAIT).await);
+    assert_eq!(received.iter().cloned().collect::<HashSet<_>>(), sent);
+    stop_and_expect_drained(s, &addr, &queue_name(&key, "t")).await;
+    assert_eq!(subscriber.count(), sent.len(), "an event came twice");
+    cleanup(&addr, &key, &["t"]).await;
+}
+
 #[tokio::test]
 async fn failed_events_go_to_the_dead_letter_sink_and_are_acked() {
     let Some(addr) = support::RABBITMQ.address().await else {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_cesql;
+pub mod bench_http;
 pub mod bench_kafka;
 pub mod bench_rabbitmq;
 pub mod bench_serving;

@@ -94,6 +94,8 @@ pub struct Received {
 }
 
 type Behaviour = Arc<dyn Fn(&Received, usize) -> Answer + Send + Sync>;
+/// How long the subscriber waits before answering the request with that index.
+type Delay = Arc<dyn Fn(usize) -> Duration + Send + Sync>;
 
 /// A real HTTP subscriber that records what it receives and answers as told
 /// (the closure gets the request and how many came before it).
@@ -134,6 +136,15 @@ impl Subscriber {
         behaviour: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static,
         delay: Duration,
     ) -> Subscriber {
+        Self::start_with_delays(behaviour, move |_| delay).await
+    }
+
+    /// Like [`Subscriber::start`], with a delay per request (by its index).
+    pub async fn start_with_delays(
+        behaviour: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static,
+        delay: impl Fn(usize) -> Duration + Send + Sync + 'static,
+    ) -> Subscriber {
+        let delay: Delay = Arc::new(delay);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -153,12 +164,14 @@ impl Subscriber {
                 };
                 let this = this.clone();
                 let behaviour = behaviour.clone();
+                let delay = delay.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let this = this.clone();
                         let behaviour = behaviour.clone();
+                        let delay = delay.clone();
                         async move {
-                            Ok::<_, hyper::Error>(this.handle(request, &behaviour, delay).await)
+                            Ok::<_, hyper::Error>(this.handle(request, &behaviour, &delay).await)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -174,7 +187,7 @@ impl Subscriber {
         &self,
         request: Request<Incoming>,
         behaviour: &Behaviour,
-        delay: Duration,
+        delay: &Delay,
     ) -> Response<Full<Bytes>> {
         use std::sync::atomic::Ordering;
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -198,6 +211,7 @@ impl Subscriber {
             all.push(received.clone());
             all.len() - 1
         };
+        let delay = delay(count);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }

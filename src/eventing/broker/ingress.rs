@@ -12,11 +12,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
+use percent_encoding::percent_decode_str;
 
 use super::{BrokerEntry, BrokerRegistry, reject_metric};
 use crate::eventing::backend::AppendError;
@@ -32,23 +32,55 @@ pub struct IngressState {
     pub max_event_bytes: usize,
 }
 
-/// The ingress routes, to be merged into the main listener's router.
-pub fn router(state: IngressState) -> axum::Router {
-    axum::Router::new()
-        .route("/{namespace}/{broker}", any(ingress))
-        .with_state(state)
+/// Serves one request to the ingress. The path is matched here rather than
+/// by a router: it has one shape, and this is the hot path of every event.
+pub async fn serve<B>(state: &IngressState, request: Request<B>) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some((namespace, name)) = broker_path(request.uri().path()) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no broker at {}: the ingress URL of a broker is /{{namespace}}/{{broker}}",
+                request.uri().path()
+            ),
+        );
+    };
+    ingress(state, &namespace, &name, request).await
 }
 
-async fn ingress(
-    State(state): State<IngressState>,
-    Path((namespace, name)): Path<(String, String)>,
-    request: axum::extract::Request,
-) -> Response {
+/// `(namespace, broker)` from `/{namespace}/{broker}`, percent-decoded.
+fn broker_path(path: &str) -> Option<(String, String)> {
+    let (namespace, name) = path.strip_prefix('/')?.split_once('/')?;
+    if namespace.is_empty() || name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let decode = |part: &str| {
+        percent_decode_str(part)
+            .decode_utf8()
+            .ok()
+            .map(String::from)
+    };
+    Some((decode(namespace)?, decode(name)?))
+}
+
+async fn ingress<B>(
+    state: &IngressState,
+    namespace: &str,
+    name: &str,
+    request: Request<B>,
+) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     // Taking the request whole avoids the header map copy an extractor makes.
     let (parts, body) = request.into_parts();
     let (method, headers) = (parts.method, parts.headers);
     let key = || format!("{namespace}/{name}");
-    let broker = match state.brokers.get(&namespace, &name) {
+    let broker = match state.brokers.get(namespace, name) {
         None => {
             reject_metric("unknown", "unknown_broker");
             return text(
@@ -161,4 +193,28 @@ fn retry_later(status: StatusCode, seconds: u64, message: String) -> Response {
 
 fn text(status: StatusCode, message: String) -> Response {
     (status, format!("{message}\n")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::broker_path;
+
+    #[test]
+    fn the_path_names_a_namespace_and_a_broker() {
+        let pair = |ns: &str, b: &str| Some((ns.to_owned(), b.to_owned()));
+        assert_eq!(broker_path("/default/orders"), pair("default", "orders"));
+        assert_eq!(broker_path("/team%2Da/orders"), pair("team-a", "orders"));
+        for wrong in [
+            "/",
+            "/default",
+            "/default/",
+            "//orders",
+            "/a/b/c",
+            "/a/b/",
+            "a/b",
+            "/a/%FF",
+        ] {
+            assert_eq!(broker_path(wrong), None, "{wrong}");
+        }
+    }
 }

@@ -28,6 +28,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often a live session is checked for a closed connection or channel
 /// (lapin reports most losses at once as events; this catches the rest).
 const HEALTH_CHECK: Duration = Duration::from_millis(250);
+/// How long stopping waits for consumer channels to flush their acks.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A live connection with its publishing channel (publisher confirms on).
 pub struct Session {
@@ -60,6 +62,9 @@ pub struct Link {
     topology: Mutex<Topology>,
     last_error: Mutex<String>,
     stop: watch::Sender<bool>,
+    /// Consumer channels being closed (their acks flushed first), which
+    /// stopping waits for before it closes the connection.
+    closing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Link {
@@ -72,6 +77,7 @@ impl Link {
             topology: Mutex::new(topology),
             last_error: Mutex::new("not connected yet".into()),
             stop: watch::channel(false).0,
+            closing: Mutex::default(),
         });
         tokio::spawn(run(link.clone()));
         link
@@ -156,8 +162,23 @@ impl Link {
     }
 
     /// Stops reconnecting and closes the connection.
+    /// Runs a consumer channel's close, which [`Link::stop`] then waits for.
+    pub fn closing(&self, close: impl std::future::Future<Output = ()> + Send + 'static) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut closing = self.closing.lock().unwrap_or_else(|e| e.into_inner());
+        closing.retain(|task| !task.is_finished());
+        closing.push(runtime.spawn(close));
+    }
+
     pub async fn stop(&self) {
         self.stop.send_replace(true);
+        let closing = std::mem::take(&mut *self.closing.lock().unwrap_or_else(|e| e.into_inner()));
+        let closed = futures::future::join_all(closing);
+        if tokio::time::timeout(CLOSE_GRACE, closed).await.is_err() {
+            tracing::debug!(link = %self.name, "consumer channels did not close in time; RabbitMQ requeues their unacked messages");
+        }
         if let Some(session) = self.session.send_replace(None) {
             let _ = session
                 .connection

@@ -24,6 +24,7 @@
 pub mod binding;
 pub mod config;
 pub mod connection;
+pub mod settle;
 mod subscription;
 
 #[cfg(test)]

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Acker, Channel, Consumer};
+use lapin::{Channel, Consumer};
 use tokio::sync::watch;
 
 use super::binding;
 use super::connection::{Link, declare_queue, short};
+use super::settle::{Settlement, Settler};
 use crate::control::ObjectKey;
 use crate::eventing::backend::{Acknowledge, Delivery, Subscription};
 use crate::eventing::trigger::filter::Filter;
@@ -38,6 +39,8 @@ pub struct RabbitSubscription {
 pub(super) struct Consuming {
     channel: Channel,
     consumer: Consumer,
+    /// Acks and rejects the consumer's deliveries; closes the channel.
+    settler: Settler,
     check: tokio::time::Interval,
 }
 
@@ -69,6 +72,7 @@ impl Subscription for RabbitSubscription {
                 channel,
                 consumer,
                 check,
+                ..
             } = consuming;
             let message = tokio::select! {
                 message = consumer.next() => message,
@@ -90,7 +94,10 @@ impl Subscription for RabbitSubscription {
                     continue;
                 }
             };
-            if let Some(delivery) = self.accept(delivery).await {
+            let Some(consuming) = &self.consuming else {
+                continue;
+            };
+            if let Some(delivery) = self.accept(&consuming.settler, delivery) {
                 return Some(delivery);
             }
         }
@@ -145,6 +152,7 @@ impl RabbitSubscription {
                 let mut check = tokio::time::interval(CHANNEL_CHECK);
                 check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 Ok(Some(Consuming {
+                    settler: Settler::start(channel.clone()),
                     channel,
                     consumer,
                     check,
@@ -161,26 +169,22 @@ impl RabbitSubscription {
     /// with here: not a CloudEvent (rejected, so a dead-letter exchange the
     /// operator set on the queue gets it) or not matching the parts of the
     /// filter RabbitMQ could not evaluate (acked).
-    async fn accept(&self, mut message: lapin::message::Delivery) -> Option<Delivery> {
+    fn accept(&self, settler: &Settler, mut message: lapin::message::Delivery) -> Option<Delivery> {
+        let settlement = settler.track(message.delivery_tag);
         let body = bytes::Bytes::from(std::mem::take(&mut message.data));
         match binding::decode(&message.properties, body) {
             Ok(event) if self.filter.matches(&event) => Some(Delivery::new(
                 Arc::new(event),
                 0,
-                Box::new(RabbitAck {
-                    acker: message.acker,
-                }),
+                Box::new(RabbitAck { settlement }),
             )),
             Ok(_) => {
-                let _ = message.acker.ack(BasicAckOptions::default()).await;
+                settlement.ack();
                 None
             }
             Err(e) => {
                 tracing::warn!(trigger = %self.trigger, queue = %self.queue, error = %e, "a message in the trigger's queue is not a CloudEvent; rejecting it");
-                let _ = message
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await;
+                settlement.reject();
                 None
             }
         }
@@ -194,18 +198,11 @@ impl RabbitSubscription {
         }
     }
 
-    /// Closes the consumer's channel: RabbitMQ requeues what was not acked.
+    /// Acks what was settled and closes the consumer's channel: RabbitMQ
+    /// requeues what was not. The broker's shutdown waits for it.
     fn close(&mut self) {
-        let Some(consuming) = self.consuming.take() else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = consuming
-                    .channel
-                    .close(200, "subscription closed".into())
-                    .await;
-            });
+        if let Some(consuming) = self.consuming.take() {
+            self.link.closing(consuming.settler.close());
         }
     }
 }
@@ -216,17 +213,16 @@ impl Drop for RabbitSubscription {
     }
 }
 
-/// Acks the message on the channel it came from. If that channel is gone,
-/// RabbitMQ has requeued the message already and delivers it again.
+/// Acks the message on the channel it came from, through its settler. If
+/// that channel is gone, RabbitMQ has requeued the message already and
+/// delivers it again.
 struct RabbitAck {
-    acker: Acker,
+    settlement: Settlement,
 }
 
 #[async_trait]
 impl Acknowledge for RabbitAck {
     async fn ack(self: Box<Self>) {
-        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
-            tracing::debug!(error = %e, "ack after the channel closed; RabbitMQ redelivers the message");
-        }
+        self.settlement.ack();
     }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
@@ -21,6 +21,7 @@ use crate::control::ObjectKey;
 use crate::eventing::backend::rabbitmq::binding::{self, DecodeError};
 use crate::eventing::backend::rabbitmq::config::redacted;
 use crate::eventing::backend::rabbitmq::connection::short;
+use crate::eventing::backend::rabbitmq::settle::{Settlement, Settler};
 use crate::eventing::delivery::DeliveryPolicy;
 use crate::eventing::event::{Event, ValidationError};
 use crate::eventing::source::{CeOverrides, SendError, Source, SourceContext, SourceHealth};
@@ -163,6 +164,7 @@ impl RabbitmqRunner {
                 )
             })?;
         context.set_status(SourceHealth::Ready);
+        let settler = Settler::start(channel.clone());
         let event_source = Arc::new(event_source(&context.key, &self.queue));
         let slots = Arc::new(Semaphore::new(self.parallelism.into()));
         let mut in_flight = JoinSet::new();
@@ -183,6 +185,7 @@ impl RabbitmqRunner {
                 Some(Err(e)) => break Err(format!("lost the RabbitMQ connection: {e}")),
                 None => break Err("the RabbitMQ consumer was cancelled".to_owned()),
             };
+            let settlement = settler.track(message.delivery_tag);
             let context = context.clone();
             let policy = self.policy.clone();
             let event_source = event_source.clone();
@@ -194,6 +197,7 @@ impl RabbitmqRunner {
                     &event_source,
                     overrides.as_ref(),
                     message,
+                    settlement,
                 )
                 .await;
                 drop(slot);
@@ -201,6 +205,7 @@ impl RabbitmqRunner {
         };
         // Sends end early when the source stops; unacked messages come again.
         while in_flight.join_next().await.is_some() {}
+        settler.close().await;
         outcome
     }
 
@@ -253,16 +258,14 @@ async fn forward(
     event_source: &str,
     overrides: Option<&CeOverrides>,
     mut message: lapin::message::Delivery,
+    settlement: Settlement,
 ) {
     let body = Bytes::from(std::mem::take(&mut message.data));
     let mut event = match message_event(&message.properties, body, event_source) {
         Ok(event) => event,
         Err(e) => {
             tracing::warn!(source = %context.key, error = %e, "a message is an invalid CloudEvent; rejecting it");
-            let _ = message
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            settlement.reject();
             return;
         }
     };
@@ -270,15 +273,10 @@ async fn forward(
         overrides.apply(&mut event);
     }
     match context.send_with(&event, policy).await {
-        Ok(()) => {
-            let _ = message.acker.ack(BasicAckOptions::default()).await;
-        }
+        Ok(()) => settlement.ack(),
         Err(SendError::Refused { sink, message: why }) => {
             tracing::warn!(source = %context.key, id = event.id(), sink, error = %why, "the sink refused the event after all retries; rejecting the message");
-            let _ = message
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            settlement.reject();
         }
         // Not acked: RabbitMQ delivers it again when the source runs again.
         Err(SendError::Stopping) => {}
