@@ -264,8 +264,9 @@ enum RawAcks {
     /// Every message on its own, as a plain lapin consumer does: the target's
     /// baseline.
     EachMessage,
-    /// One `multiple` ack per quarter of the prefetch: about what pilotlight's
-    /// settler achieves (see `rabbitmq::settle`), for reference.
+    /// One `multiple` ack per quarter of the prefetch: a raw client that
+    /// batches its acks as pilotlight does (see `rabbitmq::settle`), for
+    /// reference.
     Batched,
 }
 

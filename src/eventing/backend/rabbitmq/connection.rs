@@ -161,7 +161,6 @@ impl Link {
         *self.stop.borrow()
     }
 
-    /// Stops reconnecting and closes the connection.
     /// Runs a consumer channel's close, which [`Link::stop`] then waits for.
     pub fn closing(&self, close: impl std::future::Future<Output = ()> + Send + 'static) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -172,6 +171,8 @@ impl Link {
         closing.push(runtime.spawn(close));
     }
 
+    /// Stops reconnecting, lets the consumer channels being closed flush
+    /// their acks, and closes the connection.
     pub async fn stop(&self) {
         self.stop.send_replace(true);
         let closing = std::mem::take(&mut *self.closing.lock().unwrap_or_else(|e| e.into_inner()));
