@@ -200,6 +200,7 @@ impl Server {
         let tasks = vec![
             tokio::spawn(serve_main(listener, main, stopped.clone())),
             tokio::spawn(serve(admin_listener, admin_router, stopped)),
+            control.retry_failed_backends(),
         ];
 
         let (watcher, kubernetes) = match cluster {

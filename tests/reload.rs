@@ -187,3 +187,51 @@ async fn wait_for_listing(url: &str, done: impl Fn(&str) -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A broker whose backend cannot start (here a file stands where its data
+/// directory belongs; in life, a Kafka that is not up yet) is started again,
+/// with backoff, without any change to the manifests.
+#[tokio::test]
+async fn a_backend_that_failed_to_start_is_started_again() {
+    let sub = Subscriber::accepting().await;
+    let mut blocker = std::path::PathBuf::new();
+    let s = TestServer::start_with(
+        &[
+            ("broker.yaml", &broker("default", "")),
+            ("trigger.yaml", &trigger("t", "default", &sub.url("/"), "")),
+        ],
+        |config| {
+            let brokers = config.data_dir.join("brokers");
+            std::fs::create_dir_all(&brokers).expect("brokers dir");
+            blocker = brokers.join("default");
+            std::fs::write(&blocker, "not a directory").expect("blocking file");
+        },
+    )
+    .await;
+    let url = s.broker_url("default", "default");
+    let early = send(&url, "early", "t").await;
+    assert_eq!(
+        early.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        early.body
+    );
+    std::fs::remove_file(&blocker).expect("unblock");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let late = send(&url, "late", "t").await;
+        if late.status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not start again: {} {}",
+            late.status,
+            late.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = sub.wait_for(1, WAIT).await;
+    assert_eq!(events[0].id(), "late");
+    s.server.shutdown().await;
+}

@@ -69,7 +69,7 @@ pub struct Loaded {
 }
 
 /// Everything read from a set of paths.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Manifests {
     pub objects: Vec<Loaded>,
     pub errors: Vec<ManifestError>,

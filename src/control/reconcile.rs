@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::Uri;
+use tokio::sync::watch;
 
 use super::ObjectKey;
 use super::manifest::{Loaded, ManifestError, Manifests};
@@ -22,6 +23,7 @@ use super::sources::{DesiredSource, SourceControl};
 
 type BuildSource = Box<dyn FnOnce() -> Box<dyn crate::eventing::source::Source> + Send>;
 use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
+use crate::backoff::Backoff;
 use crate::eventing::backend::kafka::{self as kafka_backend, KafkaConfig};
 use crate::eventing::backend::log::{self as log_backend, LogConfig};
 use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
@@ -82,6 +84,11 @@ struct RunningTrigger {
     dispatcher: Dispatcher,
 }
 
+/// The reason of a broker whose backend did not start: tried again later.
+const BACKEND_FAILED: &str = "BackendFailed";
+/// First and longest pause before starting failed backends again.
+const BACKEND_RETRY_START: Duration = Duration::from_secs(1);
+const BACKEND_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long shutdown lets in-flight deliveries finish, so that a clean stop
 /// does not deliver them twice.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -108,6 +115,21 @@ pub struct ControlPlane {
     sources: SourceControl,
     running: tokio::sync::Mutex<Running>,
     board: RwLock<Board>,
+    /// Whether the last apply left a broker whose backend failed to start
+    /// (its Kafka not up yet, say); [`ControlPlane::retry_failed_backends`]
+    /// applies again while it does.
+    backends_failed: watch::Sender<bool>,
+    /// Held through each apply, so that applies never interleave and none
+    /// starts after shutdown.
+    applying: tokio::sync::Mutex<Applying>,
+}
+
+/// What the apply lock guards.
+#[derive(Default)]
+struct Applying {
+    /// The manifests of the last apply, for a retry.
+    latest: Option<Arc<Manifests>>,
+    stopped: bool,
 }
 
 impl ControlPlane {
@@ -124,6 +146,8 @@ impl ControlPlane {
             sender,
             serving,
             running: tokio::sync::Mutex::new(Running::default()),
+            backends_failed: watch::channel(false).0,
+            applying: tokio::sync::Mutex::default(),
             board: RwLock::new(Board::default()),
         }
     }
@@ -136,8 +160,58 @@ impl ControlPlane {
         &self.serving
     }
 
+    /// Whether the last apply left a broker whose backend failed to start.
+    pub fn has_failed_backends(&self) -> bool {
+        *self.backends_failed.borrow()
+    }
+
+    /// Applies the latest manifests again while a broker's backend fails to
+    /// start (a Kafka that comes up after pilotlight, say), with backoff,
+    /// until they all started or the control plane stops. Neither the
+    /// files nor the API server change then, so nothing else would.
+    pub fn retry_failed_backends(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let control = Arc::downgrade(self);
+        let mut failed = self.backends_failed.subscribe();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(BACKEND_RETRY_START, BACKEND_RETRY_MAX);
+            loop {
+                if failed.wait_for(|failed| *failed).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+                let Some(control) = control.upgrade() else {
+                    return;
+                };
+                let mut applying = control.applying.lock().await;
+                if applying.stopped {
+                    return;
+                }
+                if let Some(latest) = applying.latest.clone()
+                    && control.has_failed_backends()
+                {
+                    tracing::info!("starting the backends that failed to start again");
+                    control.apply_locked(&mut applying, latest).await;
+                }
+                if !control.has_failed_backends() {
+                    backoff.reset();
+                }
+            }
+        })
+    }
+
     /// Brings the running state to the manifests.
     pub async fn apply(&self, manifests: &Manifests) {
+        let mut applying = self.applying.lock().await;
+        if applying.stopped {
+            return;
+        }
+        self.apply_locked(&mut applying, Arc::new(manifests.clone()))
+            .await;
+    }
+
+    async fn apply_locked(&self, applying: &mut Applying, manifests: Arc<Manifests>) {
+        applying.latest = Some(manifests.clone());
+        let manifests = &*manifests;
         for error in &manifests.errors {
             tracing::error!("manifest refused: {error}");
         }
@@ -170,6 +244,7 @@ impl ControlPlane {
         let mut running = self.running.lock().await;
         self.remove_brokers(&mut running, &brokers).await;
         let mut broker_views = BTreeMap::new();
+        let mut backends_failed = false;
         for (key, loaded) in &brokers {
             let Resource::Broker(broker) = &loaded.resource else {
                 continue;
@@ -177,8 +252,10 @@ impl ControlPlane {
             let status = self
                 .reconcile_broker(&mut running, key, broker, &index)
                 .await;
+            backends_failed |= status.has_reason(BACKEND_FAILED);
             broker_views.insert(key.clone(), view(loaded, status));
         }
+        self.backends_failed.send_replace(backends_failed);
         self.remove_triggers(&mut running, &triggers).await;
         let mut trigger_views = BTreeMap::new();
         for (key, loaded) in &triggers {
@@ -295,7 +372,7 @@ impl ControlPlane {
                         reason: reason.clone(),
                     },
                 );
-                Status::not_ready("BackendFailed", reason)
+                Status::not_ready(BACKEND_FAILED, reason)
             }
         }
     }
@@ -726,8 +803,10 @@ impl ControlPlane {
         }
     }
 
-    /// Stops every dispatcher and backend, saving cursors.
+    /// Stops every dispatcher and backend, saving cursors. No apply runs
+    /// after it.
     pub async fn shutdown(&self) {
+        self.applying.lock().await.stopped = true;
         // Sources first: they send to brokers and services that stop below.
         self.sources.shutdown().await;
         let mut running = self.running.lock().await;

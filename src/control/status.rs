@@ -99,6 +99,13 @@ impl Status {
         }
     }
 
+    /// Whether a condition gives `reason`.
+    pub fn has_reason(&self, reason: &str) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.reason.as_deref() == Some(reason))
+    }
+
     pub fn not_ready(reason: &str, message: impl Into<String>) -> Self {
         Status {
             conditions: vec![condition("False", Some(reason), Some(message.into()))],
