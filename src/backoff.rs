@@ -1,5 +1,6 @@
 //! Exponential backoff for whatever retries a remote peer: a watch of the
-//! API server, a write of a Deployment.
+//! API server, a write of a Deployment, a RabbitMQ connection or consumer,
+//! a dead-letter sink, a broker backend that failed to start.
 
 use std::time::Duration;
 

@@ -479,6 +479,40 @@ async fn a_rabbitmq_broker_without_a_rabbitmq_is_not_ready_and_says_why() {
     assert!(post.body.contains("RabbitmqBrokerConfig"), "{}", post.body);
 }
 
+/// A RabbitMQ that refuses connections does not hold up the start (the
+/// broker waits for the first attempt, not for the full first-connect
+/// timeout): the broker serves at once, with 503 and the reason.
+#[tokio::test]
+async fn a_refused_rabbitmq_does_not_hold_up_the_start() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let files = [
+        ("one.yaml", rabbit_broker("default", "one", "")),
+        ("two.yaml", rabbit_broker("default", "two", "")),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let started = Instant::now();
+    let s = TestServer::start_with(&files, |config| {
+        config.rabbitmq_uri = Some(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+    })
+    .await;
+    // Two brokers, each once waiting 5 s for its first connection.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "start took {:?}",
+        started.elapsed()
+    );
+    let post = support::send(&s.broker_url("default", "one"), "1", "t").await;
+    assert_eq!(post.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        post.body.contains("cannot connect to RabbitMQ"),
+        "{}",
+        post.body
+    );
+    s.server.shutdown().await;
+}
+
 /// Publishes raw messages to an exchange with confirms.
 async fn publish_raw(channel: &Channel, exchange: &str, messages: Vec<(BasicProperties, Vec<u8>)>) {
     channel

@@ -20,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::filter::Filter;
+use crate::backoff::Backoff;
 use crate::control::ObjectKey;
 use crate::eventing::backend::{Delivery, Subscription};
 use crate::eventing::broker::BrokerHandle;
@@ -233,11 +234,11 @@ async fn process(context: &Context, delivery: Delivery) {
 /// done its work, so the reply is retried until stored rather than the event
 /// being sent again.
 async fn store_reply(context: &Context, reply: Event) {
-    let mut pause = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), DEAD_LETTER_PAUSE_MAX);
     while let Err(e) = context.broker.publish(vec![reply.clone()]).await {
         tracing::warn!(trigger = %context.plan.key, error = %e, "storing a reply failed; retrying");
+        let pause = backoff.next_delay();
         tokio::time::sleep(pause.max(e.retry_after().min(DEAD_LETTER_PAUSE_MAX))).await;
-        pause = (pause * 2).min(DEAD_LETTER_PAUSE_MAX);
     }
 }
 
@@ -249,7 +250,7 @@ async fn dead_letter(context: &Context, event: &Event, failure: &Failure) {
         return;
     };
     let dead = dead_letter_event(event, &plan.subscriber, failure);
-    let mut pause = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), DEAD_LETTER_PAUSE_MAX);
     loop {
         let outcome = deliver_with_retries(&context.sender, sink, &dead, &plan.delivery, |s, t| {
             context.observe(s, t)
@@ -261,9 +262,9 @@ async fn dead_letter(context: &Context, event: &Event, failure: &Failure) {
                 return;
             }
             Outcome::Failed(f) => {
+                let pause = backoff.next_delay();
                 tracing::error!(trigger = %plan.key, id = event.id(), error = %f.message, "the dead-letter sink failed too; the event stays queued and is tried again in {pause:?}");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(DEAD_LETTER_PAUSE_MAX);
             }
         }
     }

@@ -21,6 +21,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::watch;
 
 use super::config::{QueueType, RabbitConnectionConfig, redacted};
+use crate::backoff::Backoff;
 
 /// First and longest pause between connection attempts.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -35,8 +36,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub struct Session {
     pub connection: Connection,
     pub publisher: Channel,
-    /// Increases with every connection, so users can tell a new session.
-    pub generation: u64,
 }
 
 impl Session {
@@ -61,6 +60,8 @@ pub struct Link {
     session: watch::Sender<Option<Arc<Session>>>,
     topology: Mutex<Topology>,
     last_error: Mutex<String>,
+    /// Set once the first connection attempt ended, either way.
+    attempted: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     /// Consumer channels being closed (their acks flushed first), which
     /// stopping waits for before it closes the connection.
@@ -76,6 +77,7 @@ impl Link {
             session: watch::channel(None).0,
             topology: Mutex::new(topology),
             last_error: Mutex::new("not connected yet".into()),
+            attempted: watch::channel(false).0,
             stop: watch::channel(false).0,
             closing: Mutex::default(),
         });
@@ -88,18 +90,15 @@ impl Link {
         self.session.borrow().clone()
     }
 
-    /// Waits for a live session newer than `after` (a generation); `None`
-    /// once the link is stopped.
-    pub async fn next_session(&self, after: u64) -> Option<Arc<Session>> {
+    /// Waits for a live session; `None` once the link is stopped.
+    pub async fn next_session(&self) -> Option<Arc<Session>> {
         let mut sessions = self.session.subscribe();
         let mut stop = self.stop.subscribe();
         loop {
             if *stop.borrow() {
                 return None;
             }
-            if let Some(session) = sessions.borrow_and_update().clone()
-                && session.generation > after
-            {
+            if let Some(session) = sessions.borrow_and_update().clone() {
                 return Some(session);
             }
             tokio::select! {
@@ -109,11 +108,13 @@ impl Link {
         }
     }
 
-    /// Waits up to `timeout` for the first session.
-    pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.next_session(0))
-            .await
-            .is_ok_and(|s| s.is_some())
+    /// Waits up to `timeout` for the first connection attempt to end;
+    /// whether it connected. A refused connection ends it at once, so a
+    /// broker whose RabbitMQ is down does not hold up the others' start.
+    pub async fn wait_first_attempt(&self, timeout: Duration) -> bool {
+        let mut attempted = self.attempted.subscribe();
+        let _ = tokio::time::timeout(timeout, attempted.wait_for(|a| *a)).await;
+        self.current().is_some()
     }
 
     /// Why the link is not connected (the last connection error).
@@ -195,20 +196,19 @@ impl Link {
 
 /// The connection task: connect, serve, notice the loss, back off, repeat.
 async fn run(link: Arc<Link>) {
-    let mut backoff = BACKOFF_START;
-    let mut generation = 0;
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     let mut stop = link.stop.subscribe();
     while !link.is_stopped() {
-        generation += 1;
         let attempt = tokio::select! {
-            attempt = connect(&link, generation) => attempt,
+            attempt = connect(&link) => attempt,
             _ = stop.wait_for(|s| *s) => break,
         };
-        match attempt {
+        let pause = match attempt {
             Ok(session) => {
                 tracing::info!(connection = %link.name, uri = %redacted(&link.config.uri), "connected to RabbitMQ");
                 let session = Arc::new(session);
                 link.session.send_replace(Some(session.clone()));
+                link.attempted.send_replace(true);
                 let lost = tokio::select! {
                     lost = wait_for_loss(&session) => lost,
                     _ = stop.wait_for(|s| *s) => break,
@@ -217,27 +217,30 @@ async fn run(link: Arc<Link>) {
                 tracing::warn!(connection = %link.name, reason = %lost, "lost the RabbitMQ connection; reconnecting");
                 link.set_error(format!("lost the connection to RabbitMQ: {lost}"));
                 let _ = session.connection.close(200, "reconnecting".into()).await;
-                backoff = BACKOFF_START;
+                backoff.reset();
+                backoff.next_delay()
             }
             Err(e) => {
-                tracing::warn!(connection = %link.name, uri = %redacted(&link.config.uri), error = %e, "cannot connect to RabbitMQ; retrying in {backoff:?}");
+                let pause = backoff.next_delay();
+                tracing::warn!(connection = %link.name, uri = %redacted(&link.config.uri), error = %e, "cannot connect to RabbitMQ; retrying in {pause:?}");
                 link.set_error(format!(
                     "cannot connect to RabbitMQ at {}: {e}",
                     redacted(&link.config.uri)
                 ));
+                link.attempted.send_replace(true);
+                pause
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     link.session.send_replace(None);
 }
 
 /// Connects, declares the topology and opens the publishing channel.
-async fn connect(link: &Link, generation: u64) -> Result<Session, String> {
+async fn connect(link: &Link) -> Result<Session, String> {
     let properties = ConnectionProperties::default().with_connection_name(link.name.clone().into());
     let connection = Connection::connect_uri(link.config.uri.clone(), properties)
         .await
@@ -265,7 +268,6 @@ async fn connect(link: &Link, generation: u64) -> Result<Session, String> {
     Ok(Session {
         connection,
         publisher: channel,
-        generation,
     })
 }
 

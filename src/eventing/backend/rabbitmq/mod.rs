@@ -50,8 +50,8 @@ use crate::eventing::trigger::filter::Filter;
 
 /// How long a client should wait while RabbitMQ is unreachable.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-/// How long starting a broker waits for its first connection before it
-/// serves (with 503s) and keeps trying in the background.
+/// How long starting a broker waits for its first connection attempt (one
+/// to an unanswering host) before it serves, with 503s until connected.
 const FIRST_CONNECT: Duration = Duration::from_secs(5);
 /// AMQP names are at most 255 bytes.
 const MAX_NAME: usize = 255;
@@ -106,8 +106,9 @@ pub struct RabbitMqBackend {
     subscriptions: Mutex<HashMap<ObjectKey, watch::Sender<bool>>>,
 }
 
-/// Starts the broker's connection; waits a few seconds for it, then serves
-/// anyway (appends answer 503 until RabbitMQ is reachable).
+/// Starts the broker's connection; waits for the first attempt (a few
+/// seconds at most), then serves anyway (appends answer 503 until RabbitMQ
+/// is reachable).
 pub async fn start(
     broker: &ObjectKey,
     config: RabbitConnectionConfig,
@@ -121,7 +122,7 @@ pub async fn start(
             ..Topology::default()
         },
     );
-    if !link.wait_connected(FIRST_CONNECT).await {
+    if !link.wait_first_attempt(FIRST_CONNECT).await {
         tracing::warn!(broker = %broker, error = %link.last_error(), "RabbitMQ is not reachable yet; the broker answers 503 until it is");
     }
     Ok(RabbitMqBackend {

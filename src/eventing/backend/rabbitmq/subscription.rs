@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::binding;
 use super::connection::{Link, declare_queue, short};
 use super::settle::{Settlement, Settler};
+use crate::backoff::Backoff;
 use crate::control::ObjectKey;
 use crate::eventing::backend::{Acknowledge, Delivery, Subscription};
 use crate::eventing::trigger::filter::Filter;
@@ -47,7 +48,7 @@ pub(super) struct Consuming {
 #[async_trait]
 impl Subscription for RabbitSubscription {
     async fn next(&mut self) -> Option<Delivery> {
-        let mut pause = RETRY_START;
+        let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
         loop {
             if *self.replaced.borrow() || self.link.is_stopped() {
                 self.close();
@@ -57,13 +58,13 @@ impl Subscription for RabbitSubscription {
                 match self.consume().await {
                     Ok(Some(consuming)) => {
                         self.consuming = Some(consuming);
-                        pause = RETRY_START;
+                        backoff.reset();
                     }
                     Ok(None) => return None,
                     Err(e) => {
+                        let pause = backoff.next_delay();
                         tracing::warn!(trigger = %self.trigger, queue = %self.queue, error = %e, "cannot consume from the trigger's queue; retrying in {pause:?}");
                         self.sleep(pause).await;
-                        pause = (pause * 2).min(RETRY_MAX);
                     }
                 }
                 continue;
@@ -109,7 +110,7 @@ impl RabbitSubscription {
     /// is live. `Ok(None)`: the subscription ended while waiting.
     async fn consume(&mut self) -> Result<Option<Consuming>, String> {
         let session = tokio::select! {
-            session = self.link.next_session(0) => session,
+            session = self.link.next_session() => session,
             _ = self.replaced.wait_for(|r| *r) => None,
         };
         let Some(session) = session else {

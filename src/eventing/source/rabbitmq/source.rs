@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::RabbitmqSource;
+use crate::backoff::Backoff;
 use crate::control::ObjectKey;
 use crate::eventing::backend::rabbitmq::binding::{self, DecodeError};
 use crate::eventing::backend::rabbitmq::config::redacted;
@@ -286,28 +287,27 @@ async fn forward(
 #[async_trait::async_trait]
 impl Source for RabbitmqRunner {
     async fn run(self: Box<Self>, context: SourceContext) {
-        let mut pause = RETRY_START;
+        let mut backoff = Backoff::new(RETRY_START, RETRY_MAX);
         while !context.is_stopped() {
             let started = tokio::time::Instant::now();
-            match self.consume(&context).await {
+            let message = match self.consume(&context).await {
                 Ok(()) => return,
-                Err(message) => {
-                    tracing::warn!(source = %context.key, error = %message, "RabbitmqSource is not consuming; retrying in {pause:?}");
-                    context.set_status(SourceHealth::NotReady {
-                        reason: "RabbitmqUnavailable".to_owned(),
-                        message,
-                    });
-                }
-            }
+                Err(message) => message,
+            };
             // A connection that lived a while starts the backoff afresh.
             if started.elapsed() > RETRY_MAX {
-                pause = RETRY_START;
+                backoff.reset();
             }
+            let pause = backoff.next_delay();
+            tracing::warn!(source = %context.key, error = %message, "RabbitmqSource is not consuming; retrying in {pause:?}");
+            context.set_status(SourceHealth::NotReady {
+                reason: "RabbitmqUnavailable".to_owned(),
+                message,
+            });
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = context.stopped() => return,
             }
-            pause = (pause * 2).min(RETRY_MAX);
         }
     }
 }
