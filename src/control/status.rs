@@ -99,11 +99,10 @@ impl Status {
         }
     }
 
-    /// Whether a condition gives `reason`.
+    /// Whether the Ready condition gives `reason`.
     pub fn has_reason(&self, reason: &str) -> bool {
-        self.conditions
-            .iter()
-            .any(|c| c.reason.as_deref() == Some(reason))
+        self.ready_condition()
+            .is_some_and(|c| c.reason.as_deref() == Some(reason))
     }
 
     pub fn not_ready(reason: &str, message: impl Into<String>) -> Self {

@@ -10,6 +10,7 @@
 //! | 413 | body over the size limit |
 //! | 429 / 503 + Retry-After | the backend pushes back / the broker is not ready |
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
@@ -39,30 +40,28 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Some((namespace, name)) = broker_path(request.uri().path()) else {
+    // Taking the request apart avoids the header map copy an extractor makes.
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let Some((namespace, name)) = broker_path(path) else {
         return text(
             StatusCode::NOT_FOUND,
             format!(
-                "no broker at {}: the ingress URL of a broker is /{{namespace}}/{{broker}}",
-                request.uri().path()
+                "no broker at {path}: the ingress URL of a broker is /{{namespace}}/{{broker}}"
             ),
         );
     };
-    ingress(state, &namespace, &name, request).await
+    ingress(state, &namespace, &name, parts.method, &parts.headers, body).await
 }
 
-/// `(namespace, broker)` from `/{namespace}/{broker}`, percent-decoded.
-fn broker_path(path: &str) -> Option<(String, String)> {
+/// `(namespace, broker)` from `/{namespace}/{broker}`, percent-decoded
+/// (borrowed from the path unless it had escapes).
+fn broker_path(path: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
     let (namespace, name) = path.strip_prefix('/')?.split_once('/')?;
     if namespace.is_empty() || name.is_empty() || name.contains('/') {
         return None;
     }
-    let decode = |part: &str| {
-        percent_decode_str(part)
-            .decode_utf8()
-            .ok()
-            .map(String::from)
-    };
+    let decode = |part| percent_decode_str(part).decode_utf8().ok();
     Some((decode(namespace)?, decode(name)?))
 }
 
@@ -70,15 +69,14 @@ async fn ingress<B>(
     state: &IngressState,
     namespace: &str,
     name: &str,
-    request: Request<B>,
+    method: Method,
+    headers: &HeaderMap,
+    body: B,
 ) -> Response
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // Taking the request whole avoids the header map copy an extractor makes.
-    let (parts, body) = request.into_parts();
-    let (method, headers) = (parts.method, parts.headers);
     let key = || format!("{namespace}/{name}");
     let broker = match state.brokers.get(namespace, name) {
         None => {
@@ -103,7 +101,7 @@ where
     };
     match method {
         Method::POST => {}
-        Method::OPTIONS => return webhook_handshake(&headers),
+        Method::OPTIONS => return webhook_handshake(headers),
         _ => {
             let mut response = text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -115,7 +113,7 @@ where
             return response;
         }
     }
-    if let Some(length) = content_length(&headers)
+    if let Some(length) = content_length(headers)
         && length > state.max_event_bytes
     {
         return too_large(&key(), state.max_event_bytes);
@@ -133,7 +131,7 @@ where
             );
         }
     };
-    let events = match parse_http(&headers, body) {
+    let events = match parse_http(headers, body) {
         Ok((_, events)) => events,
         Err(e) => {
             reject_metric(&key(), "invalid");
@@ -197,11 +195,13 @@ fn text(status: StatusCode, message: String) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::broker_path;
 
     #[test]
     fn the_path_names_a_namespace_and_a_broker() {
-        let pair = |ns: &str, b: &str| Some((ns.to_owned(), b.to_owned()));
+        let pair = |ns, b| Some((Cow::Borrowed(ns), Cow::Borrowed(b)));
         assert_eq!(broker_path("/default/orders"), pair("default", "orders"));
         assert_eq!(broker_path("/team%2Da/orders"), pair("team-a", "orders"));
         for wrong in [
