@@ -104,6 +104,9 @@ impl RevisionHistory {
             template: template.clone(),
             created: chrono::Utc::now(),
         };
+        // A name from the API server's count may be one this replica gave
+        // another template before: the count wins, so one record per name.
+        history.revisions.retain(|r| r.name != revision.name);
         history.revisions.push(revision.clone());
         Ok((revision, true))
     }
@@ -214,5 +217,14 @@ mod tests {
             .revision_for(&key, &serde_json::json!(2), None, Some(3))
             .expect("ok");
         assert_eq!(agreed.name, third.name);
+        let named = |history: &RevisionHistory, name: &str| {
+            history
+                .revisions(&key)
+                .iter()
+                .filter(|r| r.name == name)
+                .map(|r| r.template.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(named(&ahead, &agreed.name), [serde_json::json!(2)]);
     }
 }

@@ -41,7 +41,7 @@ pub(super) async fn publish(
                 slices.remove(&slice_name(&slice));
             }
             Err(error) => {
-                tracing::debug!(service = %service, error = %error, "watching the revision's EndpointSlices");
+                tracing::warn!(service = %service, error = %error, "cannot watch the revision's EndpointSlices, so it gets no endpoints; check that pilotlight's role may get, list and watch discovery.k8s.io endpointslices in this namespace");
                 continue;
             }
         }

@@ -241,7 +241,9 @@ impl Writer {
                 name: name.clone(),
                 uid,
                 controller: Some(true),
-                block_owner_deletion: None,
+                // As Knative's controller references: the Service's foreground
+                // deletion waits for the Deployment.
+                block_owner_deletion: Some(true),
             }),
             Err(error) => {
                 tracing::warn!(revision = %self.objects.revision, service = %name, error = %error, "cannot read the Knative Service; creating the revision's objects without an owner reference");
