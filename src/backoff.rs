@@ -24,7 +24,7 @@ impl Backoff {
 
     pub fn next_delay(&mut self) -> Duration {
         let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         delay
     }
 
@@ -37,5 +37,19 @@ impl Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_from_one_second_to_a_minute_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| backoff.next_delay().as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_secs(1));
     }
 }

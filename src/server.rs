@@ -262,7 +262,7 @@ async fn load_and_watch(
         refused = manifests.errors.len(),
         "manifests loaded"
     );
-    control.apply(&manifests).await;
+    control.apply(Arc::new(manifests)).await;
     if !config.watch {
         return Ok(None);
     }

@@ -74,7 +74,7 @@ async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, mut done: F) {
 async fn reapply(s: &TestServer) {
     let manifests = manifest::load(std::slice::from_ref(&s.manifests), BrokerClass::Log);
     assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
-    s.server.control.apply(&manifests).await;
+    s.server.control.apply(std::sync::Arc::new(manifests)).await;
 }
 
 fn fast_scale_down(config: &mut ServerConfig) {

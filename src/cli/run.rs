@@ -27,7 +27,7 @@ pub enum ClassArg {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Manifest files or folders (multi-document YAML). Repeatable.
-    #[arg(short = 'f', long = "filename", env = "PILOTLIGHT_FILENAME", value_delimiter = ',', default_values = ["brokers", "triggers"])]
+    #[arg(short = 'f', long = "filename", env = "PILOTLIGHT_FILENAME", value_delimiter = ',', default_values = ["brokers", "triggers"], conflicts_with = "kubernetes")]
     pub paths: Vec<PathBuf>,
     /// Address of the main listener (broker ingress at /{namespace}/{broker}).
     #[arg(long, env = "PILOTLIGHT_LISTEN", default_value = "127.0.0.1:8080")]
@@ -67,7 +67,7 @@ pub struct RunArgs {
     #[arg(long, env = "PILOTLIGHT_KAFKA_BOOTSTRAP_SERVERS")]
     pub kafka_bootstrap_servers: Option<String>,
     /// Do not re-apply manifests when their files change.
-    #[arg(long, env = "PILOTLIGHT_NO_WATCH")]
+    #[arg(long, env = "PILOTLIGHT_NO_WATCH", conflicts_with = "kubernetes")]
     pub no_watch: bool,
     /// Services answer to {service}.{namespace}.{domain} on the main listener.
     #[arg(long, env = "PILOTLIGHT_DOMAIN", default_value = "localhost")]

@@ -69,7 +69,7 @@ pub struct Loaded {
 }
 
 /// Everything read from a set of paths.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Manifests {
     pub objects: Vec<Loaded>,
     pub errors: Vec<ManifestError>,

@@ -161,7 +161,7 @@ impl ControlPlane {
     }
 
     /// Whether the last apply left a broker whose backend failed to start.
-    pub fn has_failed_backends(&self) -> bool {
+    fn has_failed_backends(&self) -> bool {
         *self.backends_failed.borrow()
     }
 
@@ -200,21 +200,22 @@ impl ControlPlane {
     }
 
     /// Brings the running state to the manifests.
-    pub async fn apply(&self, manifests: &Manifests) {
+    pub async fn apply(&self, manifests: Arc<Manifests>) {
+        for error in &manifests.errors {
+            tracing::error!("manifest refused: {error}");
+        }
         let mut applying = self.applying.lock().await;
         if applying.stopped {
             return;
         }
-        self.apply_locked(&mut applying, Arc::new(manifests.clone()))
-            .await;
+        self.apply_locked(&mut applying, manifests).await;
     }
 
+    /// [`ControlPlane::apply`] under the apply lock; a retry of failed
+    /// backends comes here too, without logging the refusals again.
     async fn apply_locked(&self, applying: &mut Applying, manifests: Arc<Manifests>) {
         applying.latest = Some(manifests.clone());
         let manifests = &*manifests;
-        for error in &manifests.errors {
-            tracing::error!("manifest refused: {error}");
-        }
         let mut brokers = BTreeMap::new();
         let mut triggers = BTreeMap::new();
         let mut services = Vec::new();

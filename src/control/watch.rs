@@ -49,7 +49,7 @@ pub fn watch(
                         refused = manifests.errors.len(),
                         "manifests changed; reconciling"
                     );
-                    control.apply(&manifests).await;
+                    control.apply(Arc::new(manifests)).await;
                 }
                 Err(e) => tracing::error!(error = %e, "reloading manifests failed"),
             }

@@ -59,8 +59,7 @@ pub struct DesiredState {
 struct Applied {
     /// The cache events seen when it was read.
     events: u64,
-    objects: Vec<Loaded>,
-    errors: Vec<ManifestError>,
+    manifests: Arc<Manifests>,
 }
 
 impl DesiredState {
@@ -101,8 +100,8 @@ impl DesiredState {
         }
         let manifests = self.manifests();
         if let Some(last) = applied.as_mut()
-            && last.objects == manifests.objects
-            && last.errors == manifests.errors
+            && last.manifests.objects == manifests.objects
+            && last.manifests.errors == manifests.errors
         {
             last.events = events;
             return false;
@@ -112,12 +111,9 @@ impl DesiredState {
             refused = manifests.errors.len(),
             "objects changed in the API server; reconciling"
         );
-        self.control.apply(&manifests).await;
-        *applied = Some(Applied {
-            events,
-            objects: manifests.objects,
-            errors: manifests.errors,
-        });
+        let manifests = Arc::new(manifests);
+        self.control.apply(manifests.clone()).await;
+        *applied = Some(Applied { events, manifests });
         true
     }
 
@@ -127,8 +123,8 @@ impl DesiredState {
         let origin = origin(kind, key);
         let applied = self.applied.lock().await;
         applied.as_ref().is_some_and(|a| {
-            !a.objects.iter().any(|o| o.origin == origin)
-                && !a.errors.iter().any(|e| e.origin == origin)
+            !a.manifests.objects.iter().any(|o| o.origin == origin)
+                && !a.manifests.errors.iter().any(|e| e.origin == origin)
         })
     }
 
@@ -138,6 +134,7 @@ impl DesiredState {
         let applied = self.applied.lock().await;
         applied
             .as_ref()?
+            .manifests
             .errors
             .iter()
             .find(|e| e.origin == origin)

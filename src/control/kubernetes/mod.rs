@@ -37,7 +37,7 @@ use crate::control::ObjectKey;
 use crate::control::reconcile::ControlPlane;
 use crate::control::status::Status;
 use desired::object_key;
-pub use desired::{Cache, CacheEvents, DesiredState};
+use desired::{Cache, CacheEvents, DesiredState};
 use kinds::WatchedKind;
 
 /// How often the leader rewrites an object's status when nothing changed in
@@ -328,10 +328,11 @@ async fn report(
 }
 
 fn error_policy(
-    _object: Arc<DynamicObject>,
+    object: Arc<DynamicObject>,
     error: &ReconcileError,
     _context: Arc<Context>,
 ) -> Action {
-    tracing::warn!(%error, "reconcile failed; retrying");
+    let kind = object.types.as_ref().map_or("object", |t| t.kind.as_str());
+    tracing::warn!(kind, object = %object_key(&object), %error, "reconcile failed; retrying in 2 s");
     Action::requeue(Duration::from_secs(2))
 }

@@ -596,12 +596,3 @@ async fn stop_ends_the_source() {
         .expect("the source ends when stopped")
         .expect("no panic");
 }
-
-#[test]
-fn backoff_doubles_from_one_second_to_a_minute() {
-    let mut backoff = crate::backoff::Backoff::default();
-    let delays: Vec<u64> = (0..8).map(|_| backoff.next_delay().as_secs()).collect();
-    assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
-    backoff.reset();
-    assert_eq!(backoff.next_delay(), Duration::from_secs(1));
-}
