@@ -221,7 +221,9 @@ async fn deleting_a_broker_removes_it_before_its_finalizer_is_released() {
 async fn conflicts_and_server_errors_on_writes_are_retried() {
     let fake = FakeApiServer::start().await;
     fake.create(broker("default", "default"));
-    // The finalizer patch and the status writes meet these first.
+    // The finalizer patch and the status writes meet these first (the
+    // Lease's writes do not).
+    fake.fail_only_paths_containing("/brokers/default");
     fake.conflict_next(3);
     fake.fail_next(2, 500);
     let dir = tempfile::tempdir().expect("dir");
@@ -231,6 +233,13 @@ async fn conflicts_and_server_errors_on_writes_are_retried() {
         broker["metadata"]["finalizers"],
         json!(["brokers.eventing.knative.dev"])
     );
+    let broker_writes = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.path.contains("/brokers/default"))
+        .count();
+    // Five refused, then the finalizer and the status went through.
+    assert!(broker_writes >= 7, "{broker_writes} writes to the broker");
     server.shutdown().await;
 }
 

@@ -222,6 +222,8 @@ struct Store {
     watchers: Vec<Watcher>,
     /// Injected answers for the next writes (POST, PUT, PATCH).
     failures: VecDeque<ApiError>,
+    /// Only writes to paths containing this meet the injected answers.
+    failing_paths: Option<String>,
     requests: Vec<RecordedRequest>,
     /// Numbers uids and generated names.
     serial: u64,
@@ -395,6 +397,12 @@ impl FakeApiServer {
 
     fn fail_next_with(&self, error: ApiError) {
         self.lock().failures.push_back(error);
+    }
+
+    /// Injected answers go only to writes whose path contains `part` (such
+    /// as `/brokers/default`), so other writers (a Lease) do not take them.
+    pub fn fail_only_paths_containing(&self, part: &str) {
+        self.lock().failing_paths = Some(part.to_owned());
     }
 
     /// Forgets the history: a watch from any resourceVersion seen so far gets
@@ -626,7 +634,14 @@ impl Store {
         self.version
     }
 
-    fn take_failure(&mut self) -> Result<(), ApiError> {
+    fn take_failure(&mut self, path: &str) -> Result<(), ApiError> {
+        if self
+            .failing_paths
+            .as_ref()
+            .is_some_and(|part| !path.contains(part.as_str()))
+        {
+            return Ok(());
+        }
         match self.failures.pop_front() {
             Some(error) => Err(error),
             None => Ok(()),
@@ -991,6 +1006,11 @@ async fn handle(
         )
         .into_response();
     };
+    if matches!(method, Method::POST | Method::PUT | Method::PATCH)
+        && let Err(injected) = shared.lock().take_failure(&path)
+    {
+        return injected.into_response();
+    }
     let result = match (&method, &target.name) {
         (&Method::GET, None) if is_watch(&query) => return watch(&shared, &target, &query),
         (&Method::GET, None) => list(&shared, &target, &query),
@@ -1058,7 +1078,6 @@ fn post(shared: &Shared, target: &Target, body: &Bytes) -> Result<Value, ApiErro
             "create namespaced objects under /namespaces/{namespace}/",
         ));
     }
-    shared.lock().take_failure()?;
     let object = parse_body(body)?;
     let namespace = target.namespace.clone().unwrap_or_default();
     create(shared, target.resource, &namespace, object)
@@ -1096,7 +1115,6 @@ fn put(shared: &Shared, target: &Target, name: &str, body: &Bytes) -> Result<Val
     }
     let namespace = target.namespace.clone().unwrap_or_default();
     let mut store = shared.lock();
-    store.take_failure()?;
     store.update(
         target.resource,
         &namespace,
@@ -1117,7 +1135,6 @@ fn patch(
     let document = parse_body(body)?;
     let apply = content_type == Some("application/apply-patch+yaml");
     let mut store = shared.lock();
-    store.take_failure()?;
     let exists = store
         .objects
         .contains_key(&key(target.resource, &namespace, name));
