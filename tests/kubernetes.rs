@@ -262,25 +262,6 @@ async fn an_expired_watch_relists_and_sees_what_changed_meanwhile() {
     server.shutdown().await;
 }
 
-/// Waits until the ingress at `url` accepts an event: a replica applies
-/// what it sees in its own time.
-async fn accepts(url: &str) {
-    let started = std::time::Instant::now();
-    loop {
-        let reply = send(url, "probe", "demo").await;
-        if reply.status == 202 {
-            return;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "{url}: {} {}",
-            reply.status,
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn trigger_lists(fake: &FakeApiServer) -> usize {
     fake.requests()
         .iter()
@@ -309,7 +290,12 @@ async fn one_replica_leads_and_a_stopped_leader_hands_over() {
     wait_ready(&fake, "Broker", "default", "b1", "True").await;
     // Both replicas serve the ingress, whichever leads.
     for server in [&first, &second] {
-        accepts(&format!("http://{}/default/b1", server.listen)).await;
+        support::wait_accepted(
+            &format!("http://{}/default/b1", server.listen),
+            "probe",
+            PATIENCE,
+        )
+        .await;
     }
 
     first.shutdown().await;

@@ -217,20 +217,7 @@ async fn a_backend_that_failed_to_start_is_started_again() {
         early.body
     );
     std::fs::remove_file(&blocker).expect("unblock");
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let late = send(&url, "late", "t").await;
-        if late.status == StatusCode::ACCEPTED {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the broker did not start again: {} {}",
-            late.status,
-            late.body
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::wait_accepted(&url, "late", WAIT).await;
     let events = sub.wait_for(1, WAIT).await;
     assert_eq!(events[0].id(), "late");
     s.server.shutdown().await;

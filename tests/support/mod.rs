@@ -64,6 +64,25 @@ pub fn config(manifests: &Path, data: &Path) -> ServerConfig {
     ServerConfig::on_free_ports(manifests.to_owned(), data.to_owned())
 }
 
+/// Sends event `id` (type `demo`) to the ingress at `url` until it is
+/// accepted (a broker starts in its own time); panics after `within`.
+pub async fn wait_accepted(url: &str, id: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let reply = send(url, id, "demo").await;
+        if reply.status == StatusCode::ACCEPTED {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} did not accept event {id}: {} {}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn broker(name: &str, extra: &str) -> String {
     format!("apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n{extra}")
 }
