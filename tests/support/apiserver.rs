@@ -4,9 +4,8 @@
 //! server.
 //!
 //! What it does, per resource of [`RESOURCES`]:
-//! - create, get, list, replace (PUT), patch (merge, strategic merge treated
-//!   as merge, JSON patch, server-side apply treated as a merge that creates),
-//!   delete; `/status` get, replace and patch for kinds with a status
+//! - create, get, list, replace (PUT), patch (merge and JSON patch, what
+//!   pilotlight sends; other patch types get 415), delete; `/status` get, replace and patch for kinds with a status
 //!   subresource (writes to the main resource then keep the stored status,
 //!   and status writes change only status);
 //! - one global resourceVersion; `metadata.uid`, `creationTimestamp` and
@@ -27,7 +26,8 @@
 //! Versions of one group and plural share storage (as `kafkasources` in
 //! v1 and v1beta1 do on a real server); objects are served with the version
 //! asked for. Test controls beside it: objects set and read directly, injected
-//! failures ([`FakeApiServer::conflict_next`], [`FakeApiServer::fail_next`]),
+//! failures ([`FakeApiServer::conflict_next`], [`FakeApiServer::fail_next`],
+//! optionally for one path only),
 //! expired history, dropped watches, a request log, and clients.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -127,10 +127,7 @@ pub struct RecordedRequest {
 
 impl RecordedRequest {
     pub fn is_watch(&self) -> bool {
-        matches!(
-            query_param(&self.query, "watch").as_deref(),
-            Some("true" | "1")
-        )
+        is_watch(&self.query)
     }
 }
 
@@ -218,7 +215,6 @@ struct Store {
     history: VecDeque<Change>,
     /// Watches from a resourceVersion below this get 410 Gone.
     oldest: u64,
-    gone_as_http: bool,
     watchers: Vec<Watcher>,
     /// Injected answers for the next writes (POST, PUT, PATCH).
     failures: VecDeque<ApiError>,
@@ -412,12 +408,6 @@ impl FakeApiServer {
         store.history.clear();
         store.version += 1;
         store.oldest = store.version;
-    }
-
-    /// Whether 410 Gone is an HTTP status (true) or, as the real server
-    /// does, an ERROR event in a 200 watch stream (false, the default).
-    pub fn set_gone_as_http(&self, as_http: bool) {
-        self.lock().gone_as_http = as_http;
     }
 
     /// Closes every open watch connection.
@@ -878,13 +868,7 @@ fn create(
     }
     let result = {
         let mut store = shared.lock();
-        let mut name = name_of(&object);
-        if name.is_empty()
-            && let Some(prefix) = object["metadata"]["generateName"].as_str()
-        {
-            store.serial += 1;
-            name = format!("{prefix}{:05x}", store.serial);
-        }
+        let name = name_of(&object);
         if name.is_empty() {
             return Err(ApiError::new(
                 422,
@@ -995,9 +979,6 @@ async fn handle(
         query: query.clone(),
         content_type: content_type.clone(),
     });
-    if let Some(discovery) = discovery(&path) {
-        return axum::Json(discovery).into_response();
-    }
     let Some(target) = route(&path) else {
         return ApiError::new(
             404,
@@ -1133,18 +1114,7 @@ fn patch(
 ) -> Result<Value, ApiError> {
     let namespace = target.namespace.clone().unwrap_or_default();
     let document = parse_body(body)?;
-    let apply = content_type == Some("application/apply-patch+yaml");
-    let mut store = shared.lock();
-    let exists = store
-        .objects
-        .contains_key(&key(target.resource, &namespace, name));
-    if apply && !exists && !target.status {
-        drop(store);
-        let mut object = document;
-        object["metadata"]["name"] = json!(name);
-        return create(shared, target.resource, &namespace, object);
-    }
-    store.update(
+    shared.lock().update(
         target.resource,
         &namespace,
         name,
@@ -1159,11 +1129,7 @@ fn apply_patch(
     patch: Value,
 ) -> Result<Value, ApiError> {
     match content_type {
-        Some(
-            "application/merge-patch+json"
-            | "application/strategic-merge-patch+json"
-            | "application/apply-patch+yaml",
-        ) => {
+        Some("application/merge-patch+json") => {
             json_patch::merge(&mut current, &patch);
             Ok(current)
         }
@@ -1285,9 +1251,6 @@ fn watch(shared: &Shared, target: &Target, query: &str) -> Response {
                 "Expired",
                 format!("too old resource version: {from} ({})", store.oldest),
             );
-            if store.gone_as_http {
-                return gone.into_response();
-            }
             return Response::new(Body::from(event_line("ERROR", &gone.status())));
         }
         for change in store.history.iter().filter(|c| c.version > from) {
@@ -1331,59 +1294,4 @@ fn query_param(query: &str, name: &str) -> Option<String> {
                 .into_owned()
         })
     })
-}
-
-/// `/api`, `/api/v1`, `/apis` and `/apis/{group}/{version}` from [`RESOURCES`].
-fn discovery(path: &str) -> Option<Value> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let resources = |group: &str, version: &str| {
-        let list: Vec<Value> = RESOURCES
-            .iter()
-            .filter(|r| r.group == group && r.version == version)
-            .flat_map(|r| {
-                let verbs = ["create", "delete", "get", "list", "patch", "update", "watch"];
-                let main = json!({"name": r.plural, "singularName": r.kind.to_lowercase(),
-                    "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs});
-                let status = json!({"name": format!("{}/status", r.plural), "singularName": "",
-                    "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]});
-                std::iter::once(main).chain(r.status.then_some(status))
-            })
-            .collect();
-        let group_version = if group.is_empty() {
-            version.to_owned()
-        } else {
-            format!("{group}/{version}")
-        };
-        (!list.is_empty()).then(|| {
-            json!({"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": group_version, "resources": list})
-        })
-    };
-    match segments.as_slice() {
-        ["api"] => Some(json!({"kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": []})),
-        ["api", version] => resources("", version),
-        ["apis"] => {
-            let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-            for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
-                let versions = groups.entry(r.group).or_default();
-                if !versions.contains(&r.version) {
-                    versions.push(r.version);
-                }
-            }
-            let groups: Vec<Value> = groups
-                .into_iter()
-                .map(|(group, versions)| {
-                    let versions: Vec<Value> = versions
-                        .iter()
-                        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
-                        .collect();
-                    json!({"name": group, "versions": versions, "preferredVersion": versions[0]})
-                })
-                .collect();
-            Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
-        }
-        ["apis", group, version] => resources(group, version),
-        _ => None,
-    }
 }
