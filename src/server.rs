@@ -112,6 +112,9 @@ impl Default for ServingConfig {
     }
 }
 
+/// How long stopping waits for the leader Lease to be given up.
+const LEASE_RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running server.
 pub struct Server {
     pub listen: SocketAddr,
@@ -121,6 +124,8 @@ pub struct Server {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
     kubernetes: Option<KubernetesControl>,
+    /// Kubernetes mode: the leader election, which gives the Lease up on stop.
+    election: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -203,14 +208,14 @@ impl Server {
             control.retry_failed_backends(),
         ];
 
-        let (watcher, kubernetes) = match cluster {
+        let (watcher, kubernetes, election) = match cluster {
             Some(cluster) => {
                 tracing::info!(%listen, %admin, "reading objects from the Kubernetes API server");
                 let kubernetes =
                     KubernetesControl::start(cluster.client, control.clone(), cluster.leader).await;
-                (None, Some(kubernetes))
+                (None, Some(kubernetes), Some(cluster.election))
             }
-            None => (load_and_watch(&config, &control).await?, None),
+            None => (load_and_watch(&config, &control).await?, None, None),
         };
         ready.store(true, Ordering::Release);
         Ok(Server {
@@ -221,6 +226,7 @@ impl Server {
             tasks,
             _watcher: watcher,
             kubernetes,
+            election,
         })
     }
 
@@ -230,6 +236,10 @@ impl Server {
         drop(self.kubernetes.take());
         let _ = self.stop.send(true);
         self.control.shutdown().await;
+        // Let the next leader take over at once, not after the lease ran out.
+        if let Some(election) = self.election.take() {
+            let _ = tokio::time::timeout(LEASE_RELEASE_GRACE, election).await;
+        }
         for task in self.tasks {
             task.abort();
         }
@@ -276,6 +286,7 @@ async fn load_and_watch(
 struct Cluster {
     client: kube::Client,
     leader: watch::Receiver<bool>,
+    election: tokio::task::JoinHandle<()>,
 }
 
 impl Cluster {
@@ -284,8 +295,13 @@ impl Cluster {
         stopped: watch::Receiver<bool>,
     ) -> anyhow::Result<Cluster> {
         let client = kubernetes::client(settings.kubeconfig.as_deref()).await?;
-        let leader = LeaderElector::new(client.clone(), settings.lease.clone()).spawn(stopped);
-        Ok(Cluster { client, leader })
+        let (leader, election) =
+            LeaderElector::new(client.clone(), settings.lease.clone()).spawn(stopped);
+        Ok(Cluster {
+            client,
+            leader,
+            election,
+        })
     }
 
     /// Revisions run as Deployments, scaled by the leader.

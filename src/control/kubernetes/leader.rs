@@ -70,10 +70,14 @@ impl LeaderElector {
 
     /// Runs the election until `stop` turns true, publishing whether this
     /// replica leads; on stop, a leader gives the Lease up so that another
-    /// replica takes over at once rather than after the lease duration.
-    pub fn spawn(mut self, mut stop: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    /// replica takes over at once rather than after the lease duration. The
+    /// task ends once the Lease is given up: await it before exiting.
+    pub fn spawn(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+    ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
         let (leading, receiver) = watch::channel(false);
-        tokio::spawn(async move {
+        let election = tokio::spawn(async move {
             loop {
                 let leads = match self.try_acquire_or_renew().await {
                     Ok(leads) => leads,
@@ -110,7 +114,7 @@ impl LeaderElector {
                 }
             }
         });
-        receiver
+        (receiver, election)
     }
 
     /// One round: takes or renews the Lease if this replica may. Returns
