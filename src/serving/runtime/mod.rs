@@ -135,7 +135,8 @@ pub struct DeploymentStatus {
     pub actual: u32,
     /// Instances that are ready.
     pub ready: u32,
-    /// Restarts after crashes since the deployment was created.
+    /// Restarts after crashes since the deployment was created, where the
+    /// runtime counts them (the process runtime; 0 for Deployments).
     pub restarts: u32,
     /// Why the last instance failed (exit code and last stderr lines), cleared
     /// once an instance becomes ready again.

@@ -173,6 +173,9 @@ impl Deployment for KubernetesDeployment {
             desired: self.wanted.borrow().replicas.unwrap_or(0),
             actual: observed.replicas,
             ready: observed.ready,
+            // Restarts are counted per pod by the kubelet; the Deployment's
+            // conditions (ReplicaFailure, ProgressDeadlineExceeded) come
+            // through `last_failure` instead.
             restarts: 0,
             last_failure: observed.failure.clone(),
         }
