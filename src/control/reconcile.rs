@@ -760,6 +760,19 @@ impl ControlPlane {
         ObjectList::new(items, &board.errors)
     }
 
+    /// The status the last apply gave one Broker or Trigger, without live
+    /// figures (no backlog, so no lock on the running state): what a status
+    /// write in Kubernetes mode needs. None for other kinds.
+    pub fn applied_status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
+        let board = self.board.read().unwrap_or_else(|e| e.into_inner());
+        let views = match kind {
+            "Broker" => &board.brokers,
+            "Trigger" => &board.triggers,
+            _ => return None,
+        };
+        views.get(key).map(|view| view.status.clone())
+    }
+
     /// Serving objects with the refused manifests, for the admin API.
     pub fn serving_list(&self, items: Vec<ObjectView>) -> ObjectList {
         let board = self.board.read().unwrap_or_else(|e| e.into_inner());

@@ -11,14 +11,14 @@ use crate::control::ObjectKey;
 use crate::control::reconcile::ControlPlane;
 use crate::control::status::{ObjectView, Status};
 
-/// The status pilotlight holds for one object, read from its namespace's
-/// views only (a reconcile runs per object; listing every namespace for each
-/// would be quadratic in the objects).
+/// The status pilotlight holds for one object: a Broker's or Trigger's as
+/// the last apply left it, others from their namespace's views only (a
+/// reconcile runs per object; listing every namespace for each would be
+/// quadratic in the objects).
 pub async fn status_of(control: &ControlPlane, kind: &str, key: &ObjectKey) -> Option<Status> {
     let namespace = Some(key.namespace.as_str());
     let views: Vec<ObjectView> = match kind {
-        "Broker" => control.brokers(namespace).items,
-        "Trigger" => control.triggers(namespace).await.items,
+        "Broker" | "Trigger" => return control.applied_status(kind, key),
         "Service" => control.serving().services(namespace).await,
         _ => control.sources(namespace).await.items,
     };
