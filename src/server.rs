@@ -31,9 +31,12 @@ use crate::eventing::delivery::EventSender;
 use crate::serving::autoscaler::AutoscalerDefaults;
 use crate::serving::proxy::{Proxy, plain};
 use crate::serving::router::{HostMatch, Router};
-use crate::serving::runtime::Runtime;
+use crate::serving::runtime::config::ConfigObjects;
+use crate::serving::runtime::container::{ContainerConfig, ContainerRuntime};
 use crate::serving::runtime::kubernetes::KubernetesRuntime;
-use crate::serving::runtime::process::{ProcessConfig, ProcessRuntime};
+use crate::serving::runtime::local::LocalConfig;
+use crate::serving::runtime::process::ProcessRuntime;
+use crate::serving::runtime::{LocalRuntimes, Runtime};
 
 /// Everything `pilotlight run` is configured with.
 #[derive(Debug, Clone)]
@@ -97,7 +100,10 @@ pub struct ServingConfig {
     pub queue_limit: usize,
     /// Revisions without traffic kept per service.
     pub retained_revisions: usize,
-    pub process: ProcessConfig,
+    /// How local instances (processes and containers) stop and restart.
+    pub local: LocalConfig,
+    /// Where the container engine is and how instances are networked.
+    pub container: ContainerConfig,
 }
 
 impl Default for ServingConfig {
@@ -107,7 +113,8 @@ impl Default for ServingConfig {
             autoscaler: AutoscalerDefaults::default(),
             queue_limit: 1000,
             retained_revisions: 20,
-            process: ProcessConfig::default(),
+            local: LocalConfig::default(),
+            container: ContainerConfig::default(),
         }
     }
 }
@@ -165,6 +172,11 @@ impl Server {
             rabbitmq_uri: config.rabbitmq_uri.clone(),
             kafka_bootstrap_servers: config.kafka_bootstrap_servers.clone(),
         };
+        let (config_objects, objects) = watch::channel(Arc::new(ConfigObjects::default()));
+        let runtime = match &cluster {
+            Some(cluster) => cluster.runtime(),
+            None => local_runtimes(&config, objects),
+        };
         let serving = ServingControl::new(
             ServingSettings {
                 domain: config.serving.domain.clone(),
@@ -174,10 +186,8 @@ impl Server {
                 queue_limit: config.serving.queue_limit,
                 retained_revisions: config.serving.retained_revisions,
             },
-            match &cluster {
-                Some(cluster) => cluster.runtime(),
-                None => Arc::new(ProcessRuntime::new(config.serving.process)),
-            },
+            runtime,
+            config_objects,
         );
         let router = serving.router();
         let control = Arc::new(ControlPlane::new(
@@ -256,6 +266,26 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::
     {
         tracing::error!(error = %e, "listener failed");
     }
+}
+
+/// One machine's runtimes: processes, and containers when an engine answers
+/// (connected now, so that containers a killed run left go at once).
+fn local_runtimes(
+    config: &ServerConfig,
+    objects: watch::Receiver<Arc<ConfigObjects>>,
+) -> Arc<dyn Runtime> {
+    let serving = &config.serving;
+    let container = ContainerRuntime::new(
+        serving.container.clone(),
+        serving.local,
+        &config.data_dir,
+        objects.clone(),
+    );
+    container.connect_in_background();
+    Arc::new(LocalRuntimes {
+        process: ProcessRuntime::new(serving.local, objects),
+        container,
+    })
 }
 
 /// File mode: applies the manifests, then (with `watch`) re-applies them

@@ -12,17 +12,38 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the output of instances (processes and containers) is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppOutput {
+    /// As log records with service, revision and instance fields: for JSON
+    /// logs, and where no log format was chosen (tests, embedding).
+    Log,
+    /// Each line as the app wrote it, after a short prefix naming the
+    /// instance (coloured on a terminal), as `docker compose` shows it.
+    Terminal { color: bool },
+}
+
+static APP_OUTPUT: std::sync::OnceLock<AppOutput> = std::sync::OnceLock::new();
+
+/// How instances' output is shown; set by [`init_logging`].
+pub fn app_output() -> AppOutput {
+    APP_OUTPUT.get().copied().unwrap_or(AppOutput::Log)
+}
+
 /// Installs the global log subscriber. `RUST_LOG` overrides the default level
 /// (`info`).
 pub fn init_logging(format: LogFormat) {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = APP_OUTPUT.set(match format {
+        LogFormat::Pretty => AppOutput::Terminal { color: terminal },
+        LogFormat::Json => AppOutput::Log,
+    });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+        LogFormat::Pretty => builder.with_ansi(terminal).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     // Already installed (tests start several servers in one process): keep it.

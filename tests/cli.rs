@@ -269,8 +269,17 @@ async fn get_lists_services_revisions_and_routes() {
     let row = out.lines().nth(1).unwrap_or_default();
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
-        cells[..7],
-        ["default", "hello-00001", "hello", "0", "0", "0", "True"],
+        cells[..8],
+        [
+            "default",
+            "hello-00001",
+            "hello",
+            "process",
+            "0",
+            "0",
+            "0",
+            "True"
+        ],
         "{out}"
     );
 

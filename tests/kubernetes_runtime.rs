@@ -349,13 +349,11 @@ spec:
 fn workload(yaml: &str, revision: &str) -> Workload {
     let service: Service = serde_saphyr::from_str(yaml).expect("a Knative Service");
     service.validate().expect("valid");
-    let spec = &service.spec.template.spec;
     Workload {
         service: ObjectKey::new("default", "hello"),
         revision: revision.into(),
-        container: spec.container_spec().expect("a container"),
-        drain_timeout: spec.timeout(),
-        template: serde_json::to_value(&service.spec.template).expect("json"),
+        drain_timeout: service.spec.template.spec.timeout(),
+        template: service.spec.template,
     }
 }
 

@@ -336,8 +336,8 @@ async fn an_upgrade_passes_through_to_the_instance() {
 }
 
 #[tokio::test]
-async fn an_image_without_a_command_is_not_ready_and_says_why() {
-    let manifest = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - image: nginx\n";
+async fn an_image_without_a_command_cannot_run_as_a_process_and_says_why() {
+    let manifest = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  template:\n    metadata:\n      annotations:\n        pilotlight.dev/runtime: process\n    spec:\n      containers:\n        - image: nginx\n";
     let s = TestServer::start(&[("web.yaml", manifest)]).await;
     let list = request(Method::GET, &s.admin_url("/api/v1/services"), &[], "").await;
     let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");

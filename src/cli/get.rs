@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use super::http::admin_get;
-use crate::control::status::{ObjectList, ObjectView};
+use crate::control::status::{ObjectList, ObjectView, ViewMeta};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
@@ -101,6 +101,7 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
             "NAMESPACE",
             "NAME",
             "SERVICE",
+            "RUNTIME",
             "DESIRED",
             "ACTUAL",
             "RESTARTS",
@@ -160,6 +161,7 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
                         .unwrap_or_default(),
                 );
                 row.extend([
+                    s.runtime.clone().unwrap_or_default(),
                     count(s.desired_replicas),
                     count(s.actual_replicas),
                     count(s.restarts.or(Some(0))),
@@ -211,6 +213,32 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
             .collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
+    }
+    out.push_str(&messages(items));
+    out
+}
+
+/// Why each object that is not ready is not, below the table: the table
+/// has room for a reason, not for the message that says what to do.
+fn messages(items: &[ObjectView]) -> String {
+    let mut out = String::new();
+    for item in items {
+        let Some(condition) = item.status.ready_condition() else {
+            continue;
+        };
+        let Some(message) = condition.message.as_deref().filter(|m| !m.is_empty()) else {
+            continue;
+        };
+        if condition.status == "True" {
+            continue;
+        }
+        if out.is_empty() {
+            out.push('\n');
+        }
+        let ViewMeta {
+            namespace, name, ..
+        } = &item.metadata;
+        out.push_str(&format!("{namespace}/{name}: {message}\n"));
     }
     out
 }

@@ -1,6 +1,7 @@
 //! The `pilotlight` command line.
 
 pub mod bench;
+mod bench_app;
 pub mod bench_cesql;
 pub mod bench_http;
 pub mod bench_kafka;
@@ -11,6 +12,7 @@ pub mod event_display;
 pub mod get;
 pub mod hello;
 pub mod http;
+pub mod images;
 pub mod ready;
 pub mod run;
 pub mod send;

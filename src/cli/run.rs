@@ -10,11 +10,14 @@ use clap::Args;
 use crate::control::kubernetes::KubernetesSettings;
 use crate::control::kubernetes::leader::LeaseSettings;
 use crate::control::resources::broker::BrokerClass;
+use crate::control::resources::pod::ContainerNetwork;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES;
 use crate::server::{Server, ServerConfig, ServingConfig};
 use crate::serving::autoscaler::AutoscalerDefaults;
+use crate::serving::runtime::container::ContainerConfig;
+use crate::serving::runtime::container::engine::socket_path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClassArg {
@@ -22,6 +25,14 @@ pub enum ClassArg {
     Log,
     /// In memory, lost on exit.
     Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkArg {
+    /// The engine's bridge network; the port is published on 127.0.0.1.
+    Bridge,
+    /// The host's network.
+    Host,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +97,21 @@ pub struct RunArgs {
     /// Revisions without traffic kept per service; older ones are removed.
     #[arg(long, env = "PILOTLIGHT_REVISION_RETENTION", default_value_t = 20)]
     pub revision_retention: usize,
+    /// The container engine's socket (dockerd or Podman), such as
+    /// unix:///run/podman/podman.sock. Default: DOCKER_HOST, else
+    /// /var/run/docker.sock, then Podman's rootful and rootless sockets.
+    #[arg(long, env = "PILOTLIGHT_CONTAINER_ENGINE", value_name = "SOCKET")]
+    pub container_engine: Option<String>,
+    /// How container instances are networked: bridge (the engine's network,
+    /// the port published on 127.0.0.1) or host (the host's network, faster
+    /// to start). The annotation pilotlight.dev/container-network overrides.
+    #[arg(
+        long,
+        env = "PILOTLIGHT_CONTAINER_NETWORK",
+        value_enum,
+        default_value = "bridge"
+    )]
+    pub container_network: NetworkArg,
     /// Where clients reach the ingress (such as
     /// http://pilotlight-ingress.pilotlight.svc.cluster.local), for broker
     /// addresses in status. Default: the main listener's address.
@@ -116,6 +142,7 @@ impl RunArgs {
             autoscaler: self.autoscaler_defaults()?,
             queue_limit: self.max_queued_requests.max(1),
             retained_revisions: self.revision_retention,
+            container: self.container_config()?,
             ..ServingConfig::default()
         };
         Ok(ServerConfig {
@@ -141,6 +168,20 @@ impl RunArgs {
             serving,
             ingress_url: self.ingress_url()?,
             kubernetes: self.kubernetes.then(|| self.kubernetes_settings()),
+        })
+    }
+
+    /// `--container-engine` (checked: a unix socket) and `--container-network`.
+    fn container_config(&self) -> anyhow::Result<ContainerConfig> {
+        if let Some(engine) = &self.container_engine {
+            socket_path(engine).map_err(|e| anyhow::anyhow!("--container-engine: {e}"))?;
+        }
+        Ok(ContainerConfig {
+            engine: self.container_engine.clone(),
+            network: match self.container_network {
+                NetworkArg::Bridge => ContainerNetwork::Bridge,
+                NetworkArg::Host => ContainerNetwork::Host,
+            },
         })
     }
 

@@ -22,6 +22,7 @@ use super::serving::ServingControl;
 use super::sources::{DesiredSource, SourceControl};
 
 type BuildSource = Box<dyn FnOnce() -> Box<dyn crate::eventing::source::Source> + Send>;
+use super::resources::pod::ConfigKind;
 use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
 use crate::backoff::Backoff;
 use crate::eventing::backend::kafka::{self as kafka_backend, KafkaConfig};
@@ -35,6 +36,7 @@ use crate::eventing::backend::{Backend, SubscriptionSpec};
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::{DeliveryPolicy, EventSender};
 use crate::eventing::trigger::dispatcher::{self, Dispatcher, TriggerPlan};
+use crate::serving::runtime::config::{ConfigData, ConfigObjects};
 
 /// Settings that apply to every object.
 #[derive(Debug, Clone)]
@@ -240,7 +242,9 @@ impl ControlPlane {
             };
         }
         // Services first, so that triggers can resolve references to them.
-        self.serving.apply(&services).await;
+        self.serving
+            .apply(&services, config_objects(manifests))
+            .await;
         let index = ObjectIndex::new(manifests);
         let mut running = self.running.lock().await;
         self.remove_brokers(&mut running, &brokers).await;
@@ -924,4 +928,30 @@ fn carry_times(new: &mut BTreeMap<ObjectKey, ObjectView>, old: &BTreeMap<ObjectK
         view.status
             .carry_transition_times(old.get(key).map(|v| &v.status));
     }
+}
+
+/// The loaded Secrets and ConfigMaps, as the local runtimes read them.
+fn config_objects(manifests: &Manifests) -> ConfigObjects {
+    let mut objects = ConfigObjects::default();
+    for loaded in &manifests.objects {
+        let (kind, data) = match &loaded.resource {
+            Resource::Secret(secret) => (
+                ConfigKind::Secret,
+                ConfigData {
+                    entries: secret.entries(),
+                    secret_type: secret.secret_type.clone(),
+                },
+            ),
+            Resource::ConfigMap(map) => (
+                ConfigKind::ConfigMap,
+                ConfigData {
+                    entries: map.entries(),
+                    secret_type: None,
+                },
+            ),
+            _ => continue,
+        };
+        objects.insert(kind, loaded.resource.metadata().key(), data);
+    }
+    objects
 }

@@ -17,12 +17,13 @@ use super::manifest::Loaded;
 use super::resources::Invalid;
 use super::resources::service::RevisionTemplate;
 use super::resources::service::{Service, TrafficRevision};
-use super::status::{ObjectView, ServingStatus, Status, TrafficStatus, ViewMeta};
+use super::status::{ContainerStatus, ObjectView, ServingStatus, Status, TrafficStatus, ViewMeta};
 use crate::serving::autoscaler::{AutoscalerDefaults, RevisionScaling, RevisionStats, Scaler};
 use crate::serving::history::{RecordedRevision, RevisionHistory};
 use crate::serving::revision::{Revision, RevisionParts};
 use crate::serving::router::{HostRoute, RouteTable, Router};
-use crate::serving::runtime::{Runtime, Workload};
+use crate::serving::runtime::config::ConfigObjects;
+use crate::serving::runtime::{ConditionState, Runtime, StartState, Workload};
 
 /// How long `pilotlight run` waits on exit for instances to finish requests.
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -73,6 +74,8 @@ pub struct ServingSettings {
 /// A revision as the control plane tracks it.
 struct RunningRevision {
     record: RecordedRevision,
+    /// The runtime that runs it (`process`, `container`, `kubernetes`).
+    runtime: &'static str,
     /// None when the revision cannot run; `failure` says why.
     revision: Option<Arc<Revision>>,
     failure: Option<String>,
@@ -114,10 +117,18 @@ pub struct ServingControl {
     urls: RwLock<BTreeMap<ObjectKey, String>>,
     /// A revision became ready: routes may move.
     refresh: Arc<Notify>,
+    /// The loaded Secrets and ConfigMaps, published for the local runtimes.
+    config_objects: watch::Sender<Arc<ConfigObjects>>,
 }
 
 impl ServingControl {
-    pub fn new(settings: ServingSettings, runtime: Arc<dyn Runtime>) -> Arc<Self> {
+    /// `config_objects` feeds the runtimes the Secrets and ConfigMaps of each
+    /// apply.
+    pub fn new(
+        settings: ServingSettings,
+        runtime: Arc<dyn Runtime>,
+        config_objects: watch::Sender<Arc<ConfigObjects>>,
+    ) -> Arc<Self> {
         let history = RevisionHistory::load(&settings.data_dir.join("serving"));
         let control = Arc::new(ServingControl {
             router: Arc::new(Router::new(&settings.domain)),
@@ -127,6 +138,7 @@ impl ServingControl {
             state: tokio::sync::Mutex::new(State::default()),
             urls: RwLock::new(BTreeMap::new()),
             refresh: Arc::new(Notify::new()),
+            config_objects,
         });
         tokio::spawn(refresh_loop(
             Arc::downgrade(&control),
@@ -159,8 +171,16 @@ impl ServingControl {
             .cloned()
     }
 
-    /// Brings running services to the loaded ones.
-    pub async fn apply(&self, services: &[&Loaded]) {
+    /// Brings running services to the loaded ones; `objects` are the loaded
+    /// Secrets and ConfigMaps, which instances read when they start.
+    pub async fn apply(&self, services: &[&Loaded], objects: ConfigObjects) {
+        self.config_objects.send_if_modified(|current| {
+            let changed = **current != objects;
+            if changed {
+                *current = Arc::new(objects);
+            }
+            changed
+        });
         let desired: BTreeMap<ObjectKey, (&Service, String)> = services
             .iter()
             .filter_map(|l| match &l.resource {
@@ -237,7 +257,7 @@ impl ServingControl {
         match recorded {
             Ok((record, created)) => {
                 if created {
-                    tracing::info!(service = %key, revision = %record.name, runtime = self.runtime.name(), "new revision");
+                    tracing::info!(service = %key, revision = %record.name, "new revision");
                 }
                 entry.latest_created = record.name.clone();
             }
@@ -314,33 +334,39 @@ impl ServingControl {
         let (reachable, reachable_rx) = watch::channel(false);
         let mut running = RunningRevision {
             record: record.clone(),
+            runtime: "",
             revision: None,
             failure: None,
             reachable,
             watcher: None,
         };
-        match self.build_revision(service, record, reachable_rx) {
-            Ok(revision) => {
+        match self.build_revision(service, record, reachable_rx, &mut running.runtime) {
+            Ok((revision, ready_at_zero)) => {
                 running.watcher = Some(tokio::spawn(watch_ready(
                     revision.clone(),
+                    ready_at_zero,
                     self.refresh.clone(),
                 )));
                 running.revision = Some(revision);
             }
             Err(message) => {
-                tracing::error!(service = %service, revision = %record.name, "revision cannot run: {message}");
+                tracing::error!(service = %service, revision = %record.name, runtime = running.runtime, "revision cannot run: {message}");
                 running.failure = Some(message);
             }
         }
         running
     }
 
+    /// Deploys the revision; `runtime` is set to the runtime's name as soon
+    /// as the template is read, so that a failure still says which. Also
+    /// says whether the revision is Ready with no instance (initial scale 0).
     fn build_revision(
         &self,
         service: &ObjectKey,
         record: &RecordedRevision,
         reachable: watch::Receiver<bool>,
-    ) -> Result<Arc<Revision>, String> {
+        runtime: &mut &'static str,
+    ) -> Result<(Arc<Revision>, bool), String> {
         let template: RevisionTemplate = serde_json::from_value(record.template.clone())
             .map_err(|e| {
                 format!("its stored template (in {{data-dir}}/serving/revisions.json) is unreadable: {e}; change spec.template to make a new revision")
@@ -353,15 +379,14 @@ impl ServingControl {
             container_concurrency,
         )
         .map_err(|e: Invalid| e.to_string())?;
-        let container = spec.container_spec().map_err(|e| e.to_string())?;
         let key = ObjectKey::new(service.namespace.clone(), record.name.clone());
         let workload = Workload {
             service: service.clone(),
             revision: record.name.clone(),
-            container,
             drain_timeout: spec.timeout(),
-            template: record.template.clone(),
+            template: template.clone(),
         };
+        *runtime = self.runtime.name_for(&workload);
         let deployment = self.runtime.deploy(workload).map_err(|e| e.to_string())?;
         let stats = Arc::new(RevisionStats::new(tokio::time::Instant::now()));
         let starts_ready = scaling.initial_scale == 0;
@@ -382,11 +407,12 @@ impl ServingControl {
             deployment,
             scaler,
         }));
-        // Knative marks a revision with initial scale 0 ready without instances.
-        if starts_ready {
+        // Knative marks a revision with initial scale 0 ready without
+        // instances, once they can start (its image is there).
+        if starts_ready && *revision.deployment.start_state().borrow() == StartState::Ready {
             revision.mark_ready();
         }
-        Ok(revision)
+        Ok((revision, starts_ready))
     }
 
     /// Rebuilds the route table and tells each revision whether it has traffic.
@@ -642,30 +668,61 @@ fn latest_ready(entry: &RunningService) -> Option<String> {
 }
 
 fn revision_status(running: &RunningRevision) -> Status {
+    let mut status = revision_condition(running);
+    let mut serving = ServingStatus {
+        runtime: Some(running.runtime.to_owned()).filter(|r| !r.is_empty()),
+        ..ServingStatus::default()
+    };
+    if let Some(revision) = &running.revision {
+        let deployment = revision.deployment.status();
+        serving.desired_replicas = Some(revision.scaler.snapshot().desired);
+        serving.actual_replicas = Some(deployment.ready);
+        serving.restarts = (deployment.restarts > 0).then_some(deployment.restarts);
+        serving.container_statuses = (!deployment.images.is_empty()).then(|| {
+            deployment
+                .images
+                .iter()
+                .map(|image| ContainerStatus {
+                    name: image.name.clone(),
+                    image_digest: image.image_digest.clone(),
+                })
+                .collect()
+        });
+    }
+    status.serving = Some(Box::new(serving));
+    status
+}
+
+/// The Ready condition: why it cannot run, what it waits for, or how its
+/// last instance failed.
+fn revision_condition(running: &RunningRevision) -> Status {
     let Some(revision) = &running.revision else {
         return Status::not_ready("CannotRun", running.failure.clone().unwrap_or_default());
     };
     let deployment = revision.deployment.status();
-    let mut status = if revision.has_been_ready() {
-        Status::ready()
-    } else if let Some(failure) = &deployment.last_failure {
-        Status::not_ready("ContainerFailed", failure.clone())
-    } else {
-        Status::unknown("Deploying", "waiting for the first instance to be ready")
-    };
-    if revision.has_been_ready()
-        && let Some(failure) = &deployment.last_failure
-        && let Some(condition) = status.conditions.first_mut()
-    {
-        condition.message = Some(format!("last failure: {failure}"));
+    let condition = deployment.condition.as_ref();
+    if revision.has_been_ready() {
+        let mut status = Status::ready();
+        let note = match (&deployment.last_failure, condition) {
+            (Some(failure), _) => Some(format!("last failure: {failure}")),
+            (None, Some(c)) => Some(c.message.clone()),
+            (None, None) => None,
+        };
+        if let Some(condition) = status.conditions.first_mut() {
+            condition.message = note;
+        }
+        return status;
     }
-    status.serving = Some(Box::new(ServingStatus {
-        desired_replicas: Some(revision.scaler.snapshot().desired),
-        actual_replicas: Some(deployment.ready),
-        restarts: (deployment.restarts > 0).then_some(deployment.restarts),
-        ..ServingStatus::default()
-    }));
-    status
+    match (condition, &deployment.last_failure) {
+        (Some(c), _) if c.state == ConditionState::Failed => {
+            Status::not_ready(c.reason, c.message.clone())
+        }
+        (_, Some(failure)) => Status::not_ready("ContainerFailed", failure.clone()),
+        (Some(c), None) if c.state == ConditionState::Pending => {
+            Status::unknown(c.reason, c.message.clone())
+        }
+        _ => Status::unknown("Deploying", "waiting for the first instance to be ready"),
+    }
 }
 
 fn names(history: &[RecordedRevision]) -> String {
@@ -680,12 +737,28 @@ fn names(history: &[RecordedRevision]) -> String {
 }
 
 /// Marks the revision ready when its first instance is, then wakes the refresh.
-async fn watch_ready(revision: Arc<Revision>, refresh: Arc<Notify>) {
-    let mut endpoints = revision.watch_endpoints();
+/// Marks the revision ready when its first instance is (or, at initial
+/// scale 0, once instances can start), then wakes the refresh.
+async fn watch_ready(revision: Arc<Revision>, ready_at_zero: bool, refresh: Arc<Notify>) {
     if revision.has_been_ready() {
         return;
     }
-    if endpoints.wait_for(|e| !e.is_empty()).await.is_ok() {
+    let mut endpoints = revision.watch_endpoints();
+    let mut start_state = revision.deployment.start_state();
+    let can_start = async {
+        match ready_at_zero {
+            true => start_state
+                .wait_for(|s| *s == StartState::Ready)
+                .await
+                .is_ok(),
+            false => std::future::pending().await,
+        }
+    };
+    let ready = tokio::select! {
+        instance = endpoints.wait_for(|e| !e.is_empty()) => instance.is_ok(),
+        can_start = can_start => can_start,
+    };
+    if ready {
         revision.mark_ready();
         tracing::info!(revision = %revision.key, "revision ready");
         refresh.notify_one();

@@ -71,6 +71,22 @@ pub struct ServingStatus {
     /// Revision: instances restarted after a crash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// Revision: the runtime that runs it (`process`, `container`,
+    /// `kubernetes`); pilotlight's own field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// Revision: the image each container runs, by digest, as Knative
+    /// reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_statuses: Option<Vec<ContainerStatus>>,
+}
+
+/// One entry of a Revision's `status.containerStatuses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub name: String,
+    pub image_digest: String,
 }
 
 /// One resolved traffic target, as Knative's status shows it.

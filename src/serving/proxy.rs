@@ -296,6 +296,17 @@ fn unavailable(revision: &Revision, why: Unavailable) -> Response<Body> {
             ),
             Some(1),
         ),
+        Unavailable::CannotStart(why) => {
+            metrics::counter!("pilotlight_activator_rejected_total", "revision" => revision.key.to_string(), "reason" => "cannot_start").increment(1);
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "revision {} cannot start an instance: {why}\n",
+                    revision.key
+                ),
+                Some(10),
+            )
+        }
     }
 }
 

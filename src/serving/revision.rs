@@ -10,7 +10,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::autoscaler::{RevisionStats, ScalerHandle};
-use super::runtime::{Deployment, Endpoint};
+use super::runtime::{Deployment, Endpoint, StartState};
 use crate::control::ObjectKey;
 
 /// A revision that can take requests.
@@ -40,7 +40,7 @@ pub struct Revision {
 }
 
 /// Why the activator gave up on a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unavailable {
     /// More requests wait than the queue holds (503 + Retry-After).
     QueueFull,
@@ -48,6 +48,9 @@ pub enum Unavailable {
     TimedOut,
     /// The revision was removed while the request waited (503).
     Gone,
+    /// No instance can start until something is fixed, such as an image
+    /// that cannot be pulled (503, with why).
+    CannotStart(Arc<str>),
 }
 
 /// A request's hold on one instance; dropping it frees the slot.
@@ -126,6 +129,8 @@ impl Revision {
         }
         let _place = QueuePlace::take(self)?;
         let mut endpoints = self.endpoints.clone();
+        let mut start_state = self.deployment.start_state();
+        let mut start_state_open = true;
         loop {
             // Register for wake-ups before looking, so a change between the
             // look and the wait is not missed.
@@ -137,11 +142,17 @@ impl Revision {
                 return Ok(lease);
             }
             if at_zero {
+                if let StartState::Blocked(why) = &*start_state.borrow_and_update() {
+                    return Err(Unavailable::CannotStart(why.clone()));
+                }
                 self.scaler.poke();
             }
             tokio::select! {
                 changed = endpoints.changed() => if changed.is_err() {
                     return Err(Unavailable::Gone);
+                },
+                changed = start_state.changed(), if start_state_open => if changed.is_err() {
+                    start_state_open = false;
                 },
                 () = &mut room => {}
                 () = tokio::time::sleep_until(deadline) => return Err(Unavailable::TimedOut),

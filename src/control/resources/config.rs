@@ -26,7 +26,27 @@ pub struct ConfigMap {
 
 impl ConfigMap {
     pub fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()
+        self.metadata.validate()?;
+        for (key, value) in &self.binary_data {
+            decode_bytes(value)
+                .map_err(|reason| Invalid::new(format!("binaryData.{key}"), reason))?;
+        }
+        Ok(())
+    }
+
+    /// Every key's value: `data` as text, `binaryData` decoded.
+    pub fn entries(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut entries: BTreeMap<String, Vec<u8>> = self
+            .binary_data
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), decode_bytes(v).ok()?)))
+            .collect();
+        entries.extend(
+            self.data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
+        );
+        entries
     }
 }
 
@@ -55,9 +75,26 @@ impl Secret {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.metadata.validate()?;
         for (key, value) in &self.data {
-            decode(value).map_err(|reason| Invalid::new(format!("data.{key}"), reason))?;
+            // Binary values are fine (a keystore mounted as a file); only
+            // readers that need text check for UTF-8.
+            decode_bytes(value).map_err(|reason| Invalid::new(format!("data.{key}"), reason))?;
         }
         Ok(())
+    }
+
+    /// Every key's value, as bytes: `data` decoded, then `stringData`.
+    pub fn entries(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut entries: BTreeMap<String, Vec<u8>> = self
+            .data
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), decode_bytes(v).ok()?)))
+            .collect();
+        entries.extend(
+            self.string_data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
+        );
+        entries
     }
 
     /// The value under `key`, from `stringData` or decoded from `data`.
@@ -70,10 +107,13 @@ impl Secret {
 }
 
 fn decode(value: &str) -> Result<String, String> {
-    let bytes = base64::engine::general_purpose::STANDARD
+    String::from_utf8(decode_bytes(value)?).map_err(|_| "does not decode to UTF-8 text".to_owned())
+}
+
+fn decode_bytes(value: &str) -> Result<Vec<u8>, String> {
+    base64::engine::general_purpose::STANDARD
         .decode(value.trim())
-        .map_err(|e| format!("is not base64 ({e}); put clear text under stringData instead"))?;
-    String::from_utf8(bytes).map_err(|_| "does not decode to UTF-8 text".to_owned())
+        .map_err(|e| format!("is not base64 ({e}); put clear text under stringData instead"))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod config;
 pub mod duck;
 pub mod meta;
+pub mod pod;
 pub mod service;
 pub mod trigger;
 

@@ -4,9 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use k8s_openapi::api::core::v1 as k8s;
+
 use super::{Invalid, ObjectMeta};
 use crate::serving::autoscaler::{AutoscalerDefaults, RevisionScaling};
-use crate::serving::runtime::{ContainerSpec, Probe as RuntimeProbe};
 
 /// Knative's `max-revision-timeout-seconds` default.
 pub const MAX_TIMEOUT_SECONDS: u64 = 600;
@@ -37,7 +38,7 @@ pub struct ServiceSpec {
 }
 
 /// `spec.template`: what every revision is made from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevisionTemplate {
     #[serde(default)]
@@ -45,7 +46,7 @@ pub struct RevisionTemplate {
     pub spec: RevisionSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevisionSpec {
     pub containers: Vec<Container>,
@@ -61,10 +62,12 @@ pub struct RevisionSpec {
     // Pod fields for the Kubernetes runtime; the process runtime ignores them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Typed, so that a wrong shape is refused at load with its path; the
+    /// local runtimes read them (see [`super::pod`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volumes: Opaque,
+    pub volumes: Option<Vec<k8s::Volume>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_pull_secrets: Opaque,
+    pub image_pull_secrets: Option<Vec<k8s::LocalObjectReference>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_service_links: Opaque,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,7 +79,7 @@ pub struct RevisionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Opaque,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_context: Opaque,
+    pub security_context: Option<k8s::PodSecurityContext>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_class_name: Opaque,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,21 +117,22 @@ pub struct Container {
     pub ports: Vec<ContainerPort>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
-    // Kept for the Kubernetes runtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env_from: Opaque,
+    pub env_from: Option<Vec<k8s::EnvFromSource>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s::ResourceRequirements>,
+    /// `Always`, `IfNotPresent` or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<k8s::SecurityContext>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<k8s::VolumeMount>>,
+    // Kept for the Kubernetes runtime; the local runtimes do not run them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Opaque,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_probe: Opaque,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Opaque,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_pull_policy: Opaque,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_context: Opaque,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volume_mounts: Opaque,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Opaque,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,7 +148,7 @@ pub struct EnvVar {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value_from: Opaque,
+    pub value_from: Option<k8s::EnvVarSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -268,21 +272,7 @@ impl Service {
             }
         }
         let spec = &template.spec;
-        match spec.containers.len() {
-            1 => {}
-            0 => {
-                return Err(Invalid::new(
-                    "spec.template.spec.containers",
-                    "needs one container",
-                ));
-            }
-            n => {
-                return Err(Invalid::new(
-                    "spec.template.spec.containers",
-                    format!("has {n} containers; pilotlight runs one container per revision"),
-                ));
-            }
-        }
+        super::pod::check(template)?;
         if let Some(cc) = spec.container_concurrency
             && cc > MAX_CONTAINER_CONCURRENCY
         {
@@ -298,24 +288,6 @@ impl Service {
                 "spec.template.spec.timeoutSeconds",
                 format!("{t} is outside 1..={MAX_TIMEOUT_SECONDS}"),
             ));
-        }
-        let container = &spec.containers[0];
-        if container.image.is_none() && container.command.is_empty() {
-            return Err(Invalid::new(
-                "spec.template.spec.containers[0]",
-                "needs 'command' (run as a local process) or 'image' (run on Kubernetes)",
-            ));
-        }
-        for (i, var) in container.env.iter().enumerate() {
-            if var.name.is_empty() {
-                return Err(Invalid::new(
-                    format!("spec.template.spec.containers[0].env[{i}].name"),
-                    "is required",
-                ));
-            }
-        }
-        if let Some(probe) = &container.readiness_probe {
-            container_probe(container, probe)?;
         }
         // The annotations' syntax and ranges; the running defaults are applied
         // again when the revision starts (and a clash shows in its status).
@@ -426,98 +398,6 @@ impl RevisionSpec {
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS))
     }
-
-    /// The container as the runtimes see it.
-    pub fn container_spec(&self) -> Result<ContainerSpec, Invalid> {
-        let container = self
-            .containers
-            .first()
-            .ok_or_else(|| Invalid::new("spec.template.spec.containers", "needs one container"))?;
-        let mut env = Vec::with_capacity(container.env.len());
-        let mut env_from_cluster = Vec::new();
-        for (i, var) in container.env.iter().enumerate() {
-            match (&var.value, &var.value_from) {
-                (_, Some(_)) => env_from_cluster.push((i, var.name.clone())),
-                (value, None) => env.push((var.name.clone(), value.clone().unwrap_or_default())),
-            }
-        }
-        let readiness = match &container.readiness_probe {
-            None => RuntimeProbe::TcpDefault,
-            Some(probe) => container_probe(container, probe)?,
-        };
-        Ok(ContainerSpec {
-            image: container.image.clone(),
-            command: container.command.clone(),
-            args: container.args.clone(),
-            env,
-            env_from_cluster,
-            working_dir: container.working_dir.as_ref().map(Into::into),
-            container_port: container.ports.first().map(|p| p.container_port),
-            readiness,
-        })
-    }
-}
-
-/// The readiness probe as the runtime runs it; checks ports and the action.
-fn container_probe(container: &Container, probe: &Probe) -> Result<RuntimeProbe, Invalid> {
-    const FIELD: &str = "spec.template.spec.containers[0].readinessProbe";
-    let port = |value: &Option<serde_json::Value>, field: &str| -> Result<Option<u16>, Invalid> {
-        match value {
-            None => Ok(None),
-            Some(serde_json::Value::Number(n)) => n
-                .as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .filter(|n| *n > 0)
-                .map(Some)
-                .ok_or_else(|| Invalid::new(field, format!("{n} is not a port number"))),
-            Some(serde_json::Value::String(name)) => container
-                .ports
-                .iter()
-                .find(|p| p.name.as_deref() == Some(name))
-                .map(|p| Some(p.container_port))
-                .ok_or_else(|| Invalid::new(field, format!("no entry of ports is named '{name}'"))),
-            Some(other) => Err(Invalid::new(
-                field,
-                format!("{other} is not a port number or name"),
-            )),
-        }
-    };
-    // The instance's port is the one the runtime gives it; a probe naming the
-    // container port means the same port.
-    let container_port = container.ports.first().map(|p| p.container_port);
-    let own = |p: Option<u16>| p.filter(|p| Some(*p) != container_port);
-    match (&probe.http_get, &probe.tcp_socket, &probe.exec, &probe.grpc) {
-        (Some(http), None, None, None) => {
-            if http
-                .scheme
-                .as_deref()
-                .is_some_and(|s| !s.eq_ignore_ascii_case("http"))
-            {
-                return Err(Invalid::new(
-                    format!("{FIELD}.httpGet.scheme"),
-                    "only HTTP is supported",
-                ));
-            }
-            Ok(RuntimeProbe::Http {
-                path: http.path.clone().unwrap_or_else(|| "/".into()),
-                port: own(port(&http.port, &format!("{FIELD}.httpGet.port"))?),
-                headers: http
-                    .http_headers
-                    .iter()
-                    .map(|h| (h.name.clone(), h.value.clone()))
-                    .collect(),
-            })
-        }
-        (None, Some(tcp), None, None) => Ok(RuntimeProbe::Tcp {
-            port: own(port(&tcp.port, &format!("{FIELD}.tcpSocket.port"))?),
-        }),
-        (None, None, None, None) => Ok(RuntimeProbe::TcpDefault),
-        (None, None, Some(_), None) | (None, None, None, Some(_)) => Err(Invalid::new(
-            FIELD,
-            "exec and grpc probes are not supported; use httpGet or tcpSocket",
-        )),
-        _ => Err(Invalid::new(FIELD, "set only one of httpGet and tcpSocket")),
-    }
 }
 
 fn is_dns_label(text: &str) -> bool {
@@ -534,6 +414,8 @@ fn is_dns_label(text: &str) -> bool {
 mod tests {
     use super::*;
 
+    use crate::control::resources::pod::{PodSpec, Probe as RuntimeProbe};
+
     fn service(yaml: &str) -> Service {
         serde_saphyr::from_str(yaml).expect("parses")
     }
@@ -545,9 +427,10 @@ mod tests {
         let s = service(HELLO);
         s.validate().expect("valid");
         assert_eq!(s.traffic(), vec![(TrafficRevision::Latest, 100, None)]);
-        let spec = s.spec.template.spec.container_spec().expect("runs");
+        let pod = PodSpec::from_template(&s.spec.template).expect("runs");
+        let spec = pod.serving_container();
         assert_eq!(spec.command, vec!["pilotlight", "hello"]);
-        assert_eq!(spec.readiness, RuntimeProbe::TcpDefault);
+        assert_eq!(spec.readiness, Some(RuntimeProbe::TcpDefault));
     }
 
     #[test]
@@ -641,14 +524,14 @@ mod tests {
         );
         let s = service(&probe);
         s.validate().expect("valid");
-        let spec = s.spec.template.spec.container_spec().expect("runs");
+        let pod = PodSpec::from_template(&s.spec.template).expect("runs");
         assert_eq!(
-            spec.readiness,
-            RuntimeProbe::Http {
+            pod.serving_container().readiness,
+            Some(RuntimeProbe::Http {
                 path: "/ready".into(),
                 port: None,
                 headers: vec![]
-            }
+            })
         );
         let bad = probe.replace("port: http1", "port: metrics");
         let err = service(&bad).validate().expect_err("unknown port name");
@@ -659,14 +542,16 @@ mod tests {
     }
 
     #[test]
-    fn env_from_secrets_is_kept_apart_from_inline_values() {
+    fn env_from_secrets_stays_a_reference() {
         let s = service(&HELLO.replace(
             "        - command: [pilotlight, hello]\n",
             "        - command: [app]\n          env:\n            - name: TOKEN\n              valueFrom:\n                secretKeyRef: {name: s, key: k}\n",
         ));
-        s.validate().expect("valid for Kubernetes");
-        let spec = s.spec.template.spec.container_spec().expect("a container");
-        assert!(spec.env.is_empty());
-        assert_eq!(spec.env_from_cluster, vec![(0, "TOKEN".to_owned())]);
+        s.validate().expect("valid");
+        let pod = PodSpec::from_template(&s.spec.template).expect("converts");
+        assert!(matches!(
+            pod.serving_container().env[0].value,
+            crate::control::resources::pod::EnvValue::Key(_)
+        ));
     }
 }

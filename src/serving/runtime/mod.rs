@@ -8,16 +8,23 @@
 //! behind it without touching either.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, watch};
 
 use crate::control::ObjectKey;
+pub use crate::control::resources::pod::{ContainerSpec, PodSpec, Probe};
+use crate::control::resources::service::RevisionTemplate;
 
+pub mod config;
+pub mod container;
 pub mod kubernetes;
+pub mod local;
 pub mod process;
+mod select;
+
+pub use select::LocalRuntimes;
 
 /// One revision's workload, as a runtime needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,49 +33,12 @@ pub struct Workload {
     pub service: ObjectKey,
     /// The revision's name (`K_REVISION`), such as `hello-00001`.
     pub revision: String,
-    pub container: ContainerSpec,
+    /// `spec.template` as the user wrote it (labels, annotations and every
+    /// pod field); each runtime reads what it runs from it.
+    pub template: RevisionTemplate,
     /// How long a stopping instance may take to finish its in-flight requests
     /// before it is sent SIGTERM (the revision's `timeoutSeconds`).
     pub drain_timeout: std::time::Duration,
-    /// `spec.template` as the user wrote it (labels, annotations and every
-    /// pod field), for runtimes that run pods.
-    pub template: serde_json::Value,
-}
-
-/// `spec.template.spec.containers[0]`, reduced to what runtimes use.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ContainerSpec {
-    pub image: Option<String>,
-    /// `command` then `args`; empty when the container has only an image.
-    pub command: Vec<String>,
-    pub args: Vec<String>,
-    /// `env` with inline values, in order (later entries win, as in
-    /// Kubernetes).
-    pub env: Vec<(String, String)>,
-    /// `env` entries whose value comes from the cluster (`valueFrom`: a
-    /// Secret, a ConfigMap, a field of the pod) as (index in `env`, name);
-    /// they are not in [`ContainerSpec::env`].
-    pub env_from_cluster: Vec<(usize, String)>,
-    pub working_dir: Option<PathBuf>,
-    /// `ports[0].containerPort`: a hint; local processes get a free `PORT`.
-    pub container_port: Option<u16>,
-    pub readiness: Probe,
-}
-
-/// How a runtime decides an instance is ready.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum Probe {
-    /// Ready once a TCP connection to the port succeeds (Knative's default).
-    #[default]
-    TcpDefault,
-    /// `readinessProbe.tcpSocket`; `port` None means the instance's port.
-    Tcp { port: Option<u16> },
-    /// `readinessProbe.httpGet`: ready on a 2xx or 3xx answer.
-    Http {
-        path: String,
-        port: Option<u16>,
-        headers: Vec<(String, String)>,
-    },
 }
 
 /// The runtime refused a workload it cannot run; the message goes to the
@@ -79,8 +49,9 @@ pub struct CannotRun(pub String);
 
 /// Runs workloads. One per `pilotlight run`.
 pub trait Runtime: Send + Sync + 'static {
-    /// A short name for logs and status, such as `process`.
-    fn name(&self) -> &'static str;
+    /// The short name of the runtime that runs `workload` (`process`,
+    /// `container`, `kubernetes`), for logs and the revision's status.
+    fn name_for(&self, workload: &Workload) -> &'static str;
 
     /// Prepares to run a revision with zero instances. Fails when this runtime
     /// can never run the workload (for example a process runtime given an image
@@ -103,6 +74,17 @@ pub trait Deployment: Send + Sync + 'static {
 
     /// Counts and the last failure, for the revision's status.
     fn status(&self) -> DeploymentStatus;
+
+    /// The runtime that runs it (`process`, `container`, `kubernetes`).
+    fn runtime(&self) -> &'static str;
+
+    /// Whether instances can start: the activator answers at once while
+    /// they cannot until something is fixed, instead of holding requests
+    /// until they time out, and a revision at zero is Ready only once they
+    /// can.
+    fn start_state(&self) -> watch::Receiver<StartState> {
+        watch::channel(StartState::Ready).1
+    }
 
     /// pilotlight is stopping: lets go of the instances. Local processes
     /// cannot outlive pilotlight, so they drain and stop (SIGTERM, then
@@ -136,11 +118,86 @@ pub struct DeploymentStatus {
     /// Instances that are ready.
     pub ready: u32,
     /// Restarts after crashes since the deployment was created, where the
-    /// runtime counts them (the process runtime; 0 for Deployments).
+    /// runtime counts them (the local runtimes; 0 for Deployments).
     pub restarts: u32,
-    /// Why the last instance failed (exit code and last stderr lines), cleared
-    /// once an instance becomes ready again.
+    /// Why the last instance failed (exit code and last output lines),
+    /// cleared once an instance becomes ready again.
     pub last_failure: Option<String>,
+    /// What holds instances back, or a note on how they run: the image is
+    /// being pulled, its pull failed, no container engine answers.
+    pub condition: Option<RuntimeCondition>,
+    /// The image each container runs, by digest once known (Knative's
+    /// `status.containerStatuses`).
+    pub images: Vec<ContainerImage>,
+}
+
+/// Whether a deployment's instances can start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartState {
+    /// Not yet: what they need is being prepared (an image is pulled).
+    Preparing,
+    /// They start when asked.
+    Ready,
+    /// Not until something is fixed (an image that cannot be pulled, no
+    /// engine, a missing Secret; tried again meanwhile): why.
+    Blocked(Arc<str>),
+}
+
+/// A condition a runtime reports for a revision, beside its instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeCondition {
+    pub state: ConditionState,
+    /// A CamelCase word, as Kubernetes reasons are (`ImagePullFailed`).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionState {
+    /// Still getting ready (an image is being pulled): the revision is
+    /// `Ready=Unknown`.
+    Pending,
+    /// Instances cannot start until this is fixed (retried with backoff):
+    /// the revision is `Ready=False` with this reason.
+    Failed,
+    /// Instances run, with something the user should know (the image could
+    /// not be pulled and the local copy runs).
+    Note,
+}
+
+impl RuntimeCondition {
+    pub fn pending(reason: &'static str, message: impl Into<String>) -> Self {
+        RuntimeCondition {
+            state: ConditionState::Pending,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
+        RuntimeCondition {
+            state: ConditionState::Failed,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn note(reason: &'static str, message: impl Into<String>) -> Self {
+        RuntimeCondition {
+            state: ConditionState::Note,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// `status.containerStatuses[]` of a Knative Revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerImage {
+    pub name: String,
+    /// `repository@sha256:...`, or the image id when it has no repository
+    /// digest (an image loaded from a file).
+    pub image_digest: String,
 }
 
 /// Requests in flight to one instance.

@@ -49,7 +49,7 @@ impl KubernetesRuntime {
 }
 
 impl Runtime for KubernetesRuntime {
-    fn name(&self) -> &'static str {
+    fn name_for(&self, _workload: &Workload) -> &'static str {
         "kubernetes"
     }
 
@@ -167,6 +167,10 @@ impl Deployment for KubernetesDeployment {
         self.endpoints.clone()
     }
 
+    fn runtime(&self) -> &'static str {
+        "kubernetes"
+    }
+
     fn status(&self) -> DeploymentStatus {
         let observed = self.observed.borrow();
         DeploymentStatus {
@@ -178,6 +182,7 @@ impl Deployment for KubernetesDeployment {
             // through `last_failure` instead.
             restarts: 0,
             last_failure: observed.failure.clone(),
+            ..DeploymentStatus::default()
         }
     }
 

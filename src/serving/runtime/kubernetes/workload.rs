@@ -9,10 +9,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use serde_json::{Map, Value, json};
 
+use crate::control::resources::pod::{self, DEFAULT_PORT};
 use crate::serving::runtime::{CannotRun, Workload};
-
-/// Knative's default `containerPort`.
-pub(super) const DEFAULT_PORT: u16 = 8080;
 
 /// Revision fields Knative reads itself; the rest of `spec.template.spec` is
 /// a pod spec.
@@ -79,19 +77,21 @@ pub(super) fn labels(workload: &Workload) -> BTreeMap<String, String> {
 /// Builds the Deployment and Service, or says why the workload cannot run on
 /// Kubernetes, naming the field as it is in the Knative Service.
 pub(super) fn build(workload: &Workload) -> Result<Objects, CannotRun> {
-    if workload
-        .container
-        .image
-        .as_deref()
-        .is_none_or(str::is_empty)
+    let containers = &workload.template.spec.containers;
+    if let Some(i) = containers
+        .iter()
+        .position(|c| c.image.as_deref().is_none_or(str::is_empty))
     {
-        return Err(CannotRun(
-            "spec.template.spec.containers[0].image is required: the Kubernetes runtime runs \
+        return Err(CannotRun(format!(
+            "spec.template.spec.containers[{i}].image is required: the Kubernetes runtime runs \
              container images (a command alone runs only with the process runtime)"
-                .into(),
-        ));
+        )));
     }
-    let port = workload.container.container_port.unwrap_or(DEFAULT_PORT);
+    let serving = pod::serving_index(containers);
+    let port = containers
+        .get(serving)
+        .and_then(|c| c.ports.first())
+        .map_or(DEFAULT_PORT, |p| p.container_port);
     let labels = labels(workload);
     let selector = json!({"serving.knative.dev/revision": workload.revision});
     let deployment = json!({
@@ -104,7 +104,7 @@ pub(super) fn build(workload: &Workload) -> Result<Objects, CannotRun> {
         },
         "spec": {
             "selector": {"matchLabels": selector},
-            "template": pod_template(workload, port, &labels)?,
+            "template": pod_template(workload, serving, port, &labels)?,
         },
     });
     let deployment: Deployment = from_json(deployment)?;
@@ -147,10 +147,12 @@ fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, CannotRu
 
 fn pod_template(
     workload: &Workload,
+    serving: usize,
     port: u16,
     labels: &BTreeMap<String, String>,
 ) -> Result<Value, CannotRun> {
-    let user = &workload.template;
+    let user = serde_json::to_value(&workload.template)
+        .map_err(|e| CannotRun(format!("spec.template cannot be written as JSON: {e}")))?;
     // The user's labels and annotations, with ours winning.
     let mut pod_labels = user["metadata"]["labels"]
         .as_object()
@@ -180,20 +182,26 @@ fn pod_template(
         json!(workload.drain_timeout.as_secs()),
     );
     spec.entry("enableServiceLinks").or_insert(json!(false));
-    let container = spec
+    let names = pod::container_names(&workload.template.spec.containers);
+    let containers = spec
         .get_mut("containers")
         .and_then(Value::as_array_mut)
-        .and_then(|c| c.first_mut())
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| CannotRun("spec.template.spec.containers needs one container".into()))?;
-    complete_container(container, workload, port);
+        .ok_or_else(|| CannotRun("spec.template.spec.containers needs a container".into()))?;
+    for (i, container) in containers.iter_mut().enumerate() {
+        let Some(container) = container.as_object_mut() else {
+            continue;
+        };
+        container.entry("name").or_insert(json!(names[i]));
+        if i == serving {
+            complete_container(container, workload, port);
+        }
+    }
     Ok(json!({"metadata": metadata, "spec": spec}))
 }
 
-/// Fills in what Knative gives every user container: a name, the port,
-/// `PORT` and the `K_*` variables, and a readiness probe on the port.
+/// Fills in what Knative gives the serving container: the port, `PORT` and
+/// the `K_*` variables, and a readiness probe on the port.
 fn complete_container(container: &mut Map<String, Value>, workload: &Workload, port: u16) {
-    container.entry("name").or_insert(json!("user-container"));
     let ports = container.entry("ports").or_insert(json!([]));
     if ports.as_array().is_none_or(Vec::is_empty) {
         *ports = json!([{"containerPort": port, "protocol": "TCP"}]);
@@ -241,22 +249,13 @@ mod tests {
 
     use super::*;
     use crate::control::ObjectKey;
-    use crate::serving::runtime::ContainerSpec;
 
     fn workload(template: Value) -> Workload {
-        let container = &template["spec"]["containers"][0];
         Workload {
             service: ObjectKey::new("shop", "cart"),
             revision: "cart-00002".into(),
-            container: ContainerSpec {
-                image: container["image"].as_str().map(str::to_owned),
-                container_port: container["ports"][0]["containerPort"]
-                    .as_u64()
-                    .and_then(|p| u16::try_from(p).ok()),
-                ..ContainerSpec::default()
-            },
+            template: serde_json::from_value(template).expect("a template"),
             drain_timeout: Duration::from_secs(300),
-            template,
         }
     }
 
@@ -315,14 +314,34 @@ mod tests {
     #[test]
     fn pod_fields_of_the_wrong_shape_name_their_field() {
         let error = build(&workload(json!({
-            "spec": {"containers": [{"image": "cart", "resources": {"limits": "lots"}}]},
+            "spec": {"containers": [{"image": "cart"}], "affinity": {"nodeAffinity": "near"}},
         })))
-        .expect_err("limits is a map");
+        .expect_err("nodeAffinity is a map");
         assert!(
             error
                 .0
-                .starts_with("spec.template.spec.containers[0].resources.limits"),
+                .starts_with("spec.template.spec.affinity.nodeAffinity"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_sidecar_keeps_its_own_env_and_the_serving_container_gets_knatives() {
+        let objects = build(&workload(json!({
+            "spec": {"containers": [
+                {"image": "proxy", "env": [{"name": "MODE", "value": "side"}]},
+                {"image": "app", "ports": [{"containerPort": 8881}]},
+            ]},
+        })))
+        .expect("builds");
+        let pod = pod(&objects);
+        let containers = &pod["spec"]["containers"];
+        assert_eq!(containers[0]["name"], "user-container-0");
+        assert_eq!(containers[1]["name"], "user-container-1");
+        assert_eq!(containers[0]["env"].as_array().map(Vec::len), Some(1));
+        assert!(containers[0].get("readinessProbe").is_none());
+        assert_eq!(containers[1]["readinessProbe"]["tcpSocket"]["port"], 8881);
+        let service = serde_json::to_value(&objects.service).expect("serializes");
+        assert_eq!(service["spec"]["ports"][0]["port"], 8881);
     }
 }

@@ -10,7 +10,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::control::ObjectKey;
-use crate::serving::runtime::{ContainerSpec, Probe};
+use crate::control::resources::pod::ConfigKind;
+use crate::control::resources::service::{
+    Container, EnvVar, HttpGetAction, Probe, RevisionSpec, RevisionTemplate,
+};
+use crate::serving::runtime::config::ConfigData;
+use crate::serving::runtime::{DeploymentStatus, Endpoint};
 
 /// Generous: the machine is shared, and a slow pass beats a flaky one.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -19,12 +24,14 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const PYTHON_SERVER: &str = r#"exec python3 -c 'import http.server,os; http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler).serve_forever()'"#;
 
 /// Writes its pid to `$PIDS/<port>.pid`, then becomes the server (same pid).
+/// The shell's `$$` is written `$$$$`: a command, as in Kubernetes, reads
+/// `$$` as an escaped `$`.
 fn server_recording_pid() -> String {
-    format!(r#"echo $$ > "$PIDS/$PORT.pid"; {PYTHON_SERVER}"#)
+    format!(r#"echo $$$$ > "$PIDS/$PORT.pid"; {PYTHON_SERVER}"#)
 }
 
-fn fast_config() -> ProcessConfig {
-    ProcessConfig {
+fn fast_config() -> LocalConfig {
+    LocalConfig {
         stop_grace: Duration::from_secs(5),
         restart_backoff_initial: Duration::from_millis(10),
         restart_backoff_max: Duration::from_millis(100),
@@ -32,24 +39,47 @@ fn fast_config() -> ProcessConfig {
 }
 
 fn workload(script: &str, env: &[(&str, &str)]) -> Workload {
-    Workload {
-        service: ObjectKey::new("default", "hello"),
-        revision: "hello-00001".into(),
-        container: ContainerSpec {
-            command: vec!["sh".into(), "-c".into(), script.into()],
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            ..ContainerSpec::default()
-        },
-        drain_timeout: Duration::from_secs(60),
-        template: serde_json::Value::Null,
+    workload_of(vec![shell(script, env)])
+}
+
+/// A container that runs `script` with `sh -c`.
+fn shell(script: &str, env: &[(&str, &str)]) -> Container {
+    Container {
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: env
+            .iter()
+            .map(|(k, v)| EnvVar {
+                name: (*k).to_owned(),
+                value: Some((*v).to_owned()),
+                value_from: None,
+            })
+            .collect(),
+        ..Container::default()
     }
 }
 
+fn workload_of(containers: Vec<Container>) -> Workload {
+    Workload {
+        service: ObjectKey::new("default", "hello"),
+        revision: "hello-00001".into(),
+        template: RevisionTemplate {
+            spec: RevisionSpec {
+                containers,
+                ..RevisionSpec::default()
+            },
+            ..RevisionTemplate::default()
+        },
+        drain_timeout: Duration::from_secs(60),
+    }
+}
+
+/// No Secrets or ConfigMaps loaded.
+fn no_objects() -> watch::Receiver<Arc<ConfigObjects>> {
+    watch::channel(Arc::new(ConfigObjects::default())).1
+}
+
 fn deploy(workload: Workload) -> Arc<dyn Deployment> {
-    ProcessRuntime::new(fast_config())
+    ProcessRuntime::new(fast_config(), no_objects())
         .deploy(workload)
         .expect("a command can run")
 }
@@ -225,7 +255,11 @@ async fn a_crash_is_reported_and_restarted_with_backoff() {
     let status = wait_status(&*deployment, "two restarts", |s| s.restarts >= 2).await;
     let failure = status.last_failure.expect("a failure is reported");
     assert!(failure.starts_with("instance hello-00001-"), "{failure}");
-    assert!(failure.ends_with(" exited with code 3: boom"), "{failure}");
+    // Its last output lines, stdout and stderr as they came.
+    assert!(
+        failure.ends_with(" exited with code 3: starting\nboom"),
+        "{failure}"
+    );
     assert_eq!(status.ready, 0);
     deployment.shutdown().await;
 }
@@ -250,7 +284,7 @@ async fn an_instance_that_becomes_ready_clears_the_last_failure() {
 #[tokio::test]
 async fn a_command_that_cannot_start_is_a_failure() {
     let mut workload = workload("", &[]);
-    workload.container.command = vec!["/nonexistent/app".into()];
+    workload.template.spec.containers[0].command = vec!["/nonexistent/app".into()];
     let deployment = deploy(workload);
     deployment.scale(1);
     let status = wait_status(&*deployment, "a failure", |s| s.last_failure.is_some()).await;
@@ -266,12 +300,15 @@ async fn a_command_that_cannot_start_is_a_failure() {
 async fn http_readiness_waits_for_a_successful_answer() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut workload = workload(&format!(r#"echo $PORT > port; {PYTHON_SERVER}"#), &[]);
-    workload.container.working_dir = Some(dir.path().to_owned());
-    workload.container.readiness = Probe::Http {
-        path: "/ready".into(),
-        port: None,
-        headers: Vec::new(),
-    };
+    let container = &mut workload.template.spec.containers[0];
+    container.working_dir = Some(dir.path().to_string_lossy().into_owned());
+    container.readiness_probe = Some(Probe {
+        http_get: Some(HttpGetAction {
+            path: Some("/ready".into()),
+            ..HttpGetAction::default()
+        }),
+        ..Probe::default()
+    });
     let deployment = deploy(workload);
     deployment.scale(1);
     let port = read_pid(&dir.path().join("port")).await;
@@ -296,33 +333,146 @@ async fn http_readiness_waits_for_a_successful_answer() {
 #[test]
 fn an_image_without_a_command_cannot_run() {
     let mut workload = workload("", &[]);
-    workload.container.command.clear();
-    workload.container.image = Some("ghcr.io/knative/helloworld-go".into());
-    let error = ProcessRuntime::default()
+    let container = &mut workload.template.spec.containers[0];
+    container.command.clear();
+    container.image = Some("ghcr.io/knative/helloworld-go".into());
+    let error = ProcessRuntime::new(fast_config(), no_objects())
         .deploy(workload)
         .err()
         .expect("refused");
     assert_eq!(
         error.0,
-        "containers[0] has image 'ghcr.io/knative/helloworld-go' and no command: \
-         the process runtime runs commands, not images; add command (and args) to run it \
-         as a local process, or run pilotlight with the Kubernetes runtime to run the image"
+        "spec.template.spec.containers[0] has image 'ghcr.io/knative/helloworld-go' and no \
+         command: the process runtime runs commands, not images; add command (and args) to run \
+         it as a local process, or remove the annotation pilotlight.dev/runtime: process to run \
+         the image in a container engine"
     );
 }
 
 #[test]
-fn environment_values_from_the_cluster_cannot_run() {
+fn volume_mounts_cannot_run_as_a_process() {
+    let template: RevisionTemplate = serde_saphyr::from_str(
+        "spec:\n  containers:\n    - command: [app]\n      volumeMounts: [{name: v, mountPath: /etc/app}]\n  volumes:\n    - name: v\n      emptyDir: {}\n",
+    )
+    .expect("a template");
     let mut workload = workload("", &[]);
-    workload.container.env_from_cluster = vec![(1, "TOKEN".into())];
-    let error = ProcessRuntime::default()
+    workload.template = template;
+    let error = ProcessRuntime::new(fast_config(), no_objects())
         .deploy(workload)
         .err()
         .expect("refused");
-    assert_eq!(
-        error.0,
-        "spec.template.spec.containers[0].env[1].valueFrom (TOKEN) is not available to local \
-         processes; give the value inline, or run pilotlight with the Kubernetes runtime"
+    assert!(
+        error.0.starts_with("spec.template.spec.containers[0].volumeMounts: a process cannot mount volume 'v' at /etc/app"),
+        "{}",
+        error.0
     );
+}
+
+/// Writes `env` into `$OUT/env`, then serves.
+fn env_recorder(out: &str) -> Container {
+    shell(
+        &format!(r#"env > "$OUT/env"; {PYTHON_SERVER}"#),
+        &[("OUT", out)],
+    )
+}
+
+fn secret(name: &str, pairs: &[(&str, &str)]) -> ConfigObjects {
+    let mut objects = ConfigObjects::default();
+    objects.insert(
+        ConfigKind::Secret,
+        ObjectKey::new("default", name),
+        ConfigData {
+            entries: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            secret_type: None,
+        },
+    );
+    objects
+}
+
+#[tokio::test]
+async fn env_from_a_secret_waits_for_the_secret_and_reaches_the_process() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut container = env_recorder(&dir.path().to_string_lossy());
+    container.env.push(
+        serde_json::from_value(serde_json::json!({
+            "name": "TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}},
+        }))
+        .expect("an env var"),
+    );
+    let (objects_tx, objects) = watch::channel(Arc::new(ConfigObjects::default()));
+    let deployment = ProcessRuntime::new(fast_config(), objects)
+        .deploy(workload_of(vec![container]))
+        .expect("deploys");
+    deployment.scale(1);
+    let status = wait_status(&*deployment, "the missing Secret", |s| {
+        s.condition.is_some()
+    })
+    .await;
+    let condition = status.condition.expect("a condition");
+    assert_eq!(condition.reason, "CreateContainerConfigError");
+    assert!(
+        condition
+            .message
+            .contains("env[1] (TOKEN): Secret default/creds does not exist"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(status.actual, 0, "no instance starts without its Secret");
+    // Loading the Secret retries at once, without waiting out a backoff.
+    objects_tx.send_replace(Arc::new(secret("creds", &[("token", "s3cret")])));
+    wait_endpoints(&*deployment, 1).await;
+    let env = std::fs::read_to_string(dir.path().join("env")).expect("env written");
+    assert!(env.lines().any(|l| l == "TOKEN=s3cret"), "{env}");
+    assert_eq!(deployment.status().condition, None);
+    deployment.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sidecar_runs_beside_the_serving_process_and_stops_with_it() {
+    let pids_dir = tempfile::tempdir().expect("temp dir");
+    let pids = pids_dir.path().to_string_lossy().into_owned();
+    let mut serving = shell(&server_recording_pid(), &[("PIDS", &pids)]);
+    serving.ports =
+        vec![serde_json::from_value(serde_json::json!({"containerPort": 8881})).expect("a port")];
+    let sidecar = shell(
+        r#"echo $$$$ > "$PIDS/sidecar.pid"; [ -z "$PORT" ] || exit 9; exec sleep 600"#,
+        &[("PIDS", &pids)],
+    );
+    let deployment = deploy(workload_of(vec![sidecar, serving]));
+    deployment.scale(1);
+    let endpoints = wait_endpoints(&*deployment, 1).await;
+    let serving_pid = pid_of(pids_dir.path(), &endpoints[0]).await;
+    let sidecar_pid = read_pid(&pids_dir.path().join("sidecar.pid")).await;
+    assert!(is_alive(sidecar_pid), "the sidecar runs (and has no PORT)");
+    drop(endpoints);
+    deployment.scale(0);
+    wait_dead(serving_pid).await;
+    wait_dead(sidecar_pid).await;
+    deployment.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crashing_sidecar_takes_the_instance_down_and_is_named() {
+    let sidecar = Container {
+        name: Some("helper".into()),
+        ..shell("echo sidecar broke >&2; exit 4", &[])
+    };
+    let mut serving = shell(PYTHON_SERVER, &[]);
+    serving.ports =
+        vec![serde_json::from_value(serde_json::json!({"containerPort": 8080})).expect("a port")];
+    let deployment = deploy(workload_of(vec![serving, sidecar]));
+    deployment.scale(1);
+    let status = wait_status(&*deployment, "a restart", |s| s.restarts >= 1).await;
+    let failure = status.last_failure.expect("a failure");
+    assert!(
+        failure.contains(": container helper exited with code 4: sidecar broke"),
+        "{failure}"
+    );
+    deployment.shutdown().await;
 }
 
 #[tokio::test]
@@ -351,11 +501,11 @@ async fn an_instance_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let pids_dir = tempfile::tempdir().expect("temp dir");
     let pids = pids_dir.path().to_string_lossy().into_owned();
     let script = format!("trap '' TERM; {}", server_recording_pid());
-    let config = ProcessConfig {
+    let config = LocalConfig {
         stop_grace: Duration::from_millis(200),
         ..fast_config()
     };
-    let deployment = ProcessRuntime::new(config)
+    let deployment = ProcessRuntime::new(config, no_objects())
         .deploy(workload(&script, &[("PIDS", &pids)]))
         .expect("a command can run");
     deployment.scale(1);
@@ -417,7 +567,7 @@ async fn parent_death_helper() {
         return;
     };
     let dir = dir.to_string_lossy().into_owned();
-    let script = r#"echo $$ > "$DIR/child.pid"; exec sleep 600"#;
+    let script = r#"echo $$$$ > "$DIR/child.pid"; exec sleep 600"#;
     let deployment = deploy(workload(script, &[("DIR", &dir)]));
     deployment.scale(1);
     tokio::time::sleep(PATIENCE).await;

@@ -2,7 +2,7 @@
 //! for this instance, so every millisecond between "listening" and "ready"
 //! is latency the user sees.
 
-use std::net::Ipv4Addr;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,12 +20,13 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most of an HTTP answer read to find its status line.
 const MAX_STATUS_LINE: usize = 1024;
 
-/// Resolves once the probe passes. `port` is the instance's `PORT`.
-pub(super) async fn wait_until_ready(probe: &Probe, port: u16) {
+/// Resolves once the probe passes against `address` (where the probe's
+/// port of the instance is reached).
+pub(super) async fn wait_until_ready(probe: &Probe, address: SocketAddr) {
     let started = Instant::now();
     let mut interval = Duration::from_millis(1);
     loop {
-        if attempt(probe, port).await {
+        if attempt(probe, address).await {
             return;
         }
         tokio::time::sleep(interval).await;
@@ -42,16 +43,11 @@ fn next_interval(current: Duration, elapsed: Duration) -> Duration {
 }
 
 /// One probe attempt, bounded by [`ATTEMPT_TIMEOUT`].
-pub(super) async fn attempt(probe: &Probe, port: u16) -> bool {
+pub(super) async fn attempt(probe: &Probe, address: SocketAddr) -> bool {
     let check = async {
         match probe {
-            Probe::TcpDefault => tcp(port).await,
-            Probe::Tcp { port: probe_port } => tcp(probe_port.unwrap_or(port)).await,
-            Probe::Http {
-                path,
-                port: probe_port,
-                headers,
-            } => http(probe_port.unwrap_or(port), path, headers).await,
+            Probe::TcpDefault | Probe::Tcp { .. } => tcp(address).await,
+            Probe::Http { path, headers, .. } => http(address, path, headers).await,
         }
     };
     tokio::time::timeout(ATTEMPT_TIMEOUT, check)
@@ -59,19 +55,17 @@ pub(super) async fn attempt(probe: &Probe, port: u16) -> bool {
         .unwrap_or(false)
 }
 
-async fn tcp(port: u16) -> bool {
-    TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-        .await
-        .is_ok()
+async fn tcp(address: SocketAddr) -> bool {
+    TcpStream::connect(address).await.is_ok()
 }
 
 /// An HTTP/1.1 GET, ready on 200..=399. Hand-written: a probe only needs the
 /// status line, and this keeps it free of connection pools.
-async fn http(port: u16, path: &str, headers: &[(String, String)]) -> bool {
-    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await else {
+async fn http(address: SocketAddr, path: &str, headers: &[(String, String)]) -> bool {
+    let Ok(mut stream) = TcpStream::connect(address).await else {
         return false;
     };
-    let request = probe_request(port, path, headers);
+    let request = probe_request(address, path, headers);
     if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
     }
@@ -81,14 +75,14 @@ async fn http(port: u16, path: &str, headers: &[(String, String)]) -> bool {
     }
 }
 
-fn probe_request(port: u16, path: &str, headers: &[(String, String)]) -> String {
+fn probe_request(address: SocketAddr, path: &str, headers: &[(String, String)]) -> String {
     let path = if path.starts_with('/') {
         path.to_owned()
     } else {
         format!("/{path}")
     };
     let mut request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: pilotlight-probe\r\nConnection: close\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: pilotlight-probe\r\nConnection: close\r\n"
     );
     // A header with a line break would smuggle more headers: leave it out.
     let safe = |s: &str| !s.contains(['\r', '\n']);
@@ -130,7 +124,12 @@ fn parse_status(answer: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
     use tokio::net::TcpListener;
+
+    fn local(port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
 
     /// A one-shot server that answers `status` and hands back the request.
     async fn answer_once(status: u16) -> (u16, tokio::task::JoinHandle<String>) {
@@ -178,7 +177,7 @@ mod tests {
         ] {
             let (port, server) = answer_once(status).await;
             assert_eq!(
-                attempt(&http_probe("/healthz", &[]), port).await,
+                attempt(&http_probe("/healthz", &[]), local(port)).await,
                 ready,
                 "status {status}"
             );
@@ -190,7 +189,7 @@ mod tests {
     async fn http_probe_sends_path_and_headers() {
         let (port, server) = answer_once(200).await;
         let probe = http_probe("ready", &[("X-Probe", "yes"), ("Bad", "a\r\nInjected: 1")]);
-        assert!(attempt(&probe, port).await);
+        assert!(attempt(&probe, local(port)).await);
         let request = server.await.expect("server");
         assert!(request.starts_with("GET /ready HTTP/1.1\r\n"), "{request}");
         assert!(request.contains("\r\nX-Probe: yes\r\n"), "{request}");
@@ -201,10 +200,10 @@ mod tests {
     async fn tcp_probe_needs_a_listener() {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         let port = listener.local_addr().expect("address").port();
-        assert!(attempt(&Probe::TcpDefault, port).await);
-        assert!(attempt(&Probe::Tcp { port: Some(port) }, 1).await);
+        assert!(attempt(&Probe::TcpDefault, local(port)).await);
+        assert!(attempt(&Probe::Tcp { port: Some(port) }, local(port)).await);
         drop(listener);
-        assert!(!attempt(&Probe::TcpDefault, port).await);
+        assert!(!attempt(&Probe::TcpDefault, local(port)).await);
     }
 
     #[test]

@@ -8,13 +8,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::LocalWorkload;
 use super::instance::{self, Event, Instance};
-use super::{ProcessConfig, Target};
-use crate::serving::runtime::{DeploymentStatus, Endpoint, InstanceLoad, Workload};
+use super::{ConditionReport, Launcher, LocalConfig, Target};
+use crate::serving::runtime::config::ConfigObjects;
+use crate::serving::runtime::{
+    ConditionState, DeploymentStatus, Endpoint, InstanceLoad, RuntimeCondition, StartState,
+};
 
-/// An instance the reconciler knows about, from spawn until it has exited.
+/// An instance the reconciler knows about, from launch until it has exited.
 struct Tracked {
     id: Arc<str>,
     load: Arc<InstanceLoad>,
@@ -34,9 +39,32 @@ impl Tracked {
     }
 }
 
+/// How the reconciler talks to its deployment and the control plane.
+pub(super) struct Links {
+    /// What the deployment asks for.
+    pub target: watch::Receiver<Target>,
+    /// The ready instances, for the activator.
+    pub endpoints: watch::Sender<Arc<[Endpoint]>>,
+    /// Counts and conditions, for `status`.
+    pub status: Arc<Mutex<DeploymentStatus>>,
+    /// Whether instances can start.
+    pub start_state: watch::Sender<StartState>,
+    /// The loaded Secrets and ConfigMaps.
+    pub objects: watch::Receiver<Arc<ConfigObjects>>,
+}
+
+/// Where [`Launcher::prepare`] stands.
+enum Preparation {
+    Running(JoinHandle<Result<(), RuntimeCondition>>),
+    /// Failed; tried again at this instant.
+    RetryAt(Instant),
+    Done,
+}
+
 pub(super) struct Reconciler {
-    workload: Arc<Workload>,
-    config: ProcessConfig,
+    workload: Arc<LocalWorkload>,
+    launcher: Arc<dyn Launcher>,
+    config: LocalConfig,
     target: watch::Receiver<Target>,
     endpoints: watch::Sender<Arc<[Endpoint]>>,
     status: Arc<Mutex<DeploymentStatus>>,
@@ -45,22 +73,37 @@ pub(super) struct Reconciler {
     /// Keyed by ordinal, so ids (`<revision>-<ordinal>`) are never reused.
     instances: BTreeMap<u64, Tracked>,
     next_ordinal: u64,
-    backoff: Backoff,
-    restarts: u32,
+    preparation: Preparation,
+    prepare_backoff: crate::backoff::Backoff,
+    restarts: RestartBackoff,
+    restart_count: u32,
     last_failure: Option<String>,
+    /// The loaded Secrets and ConfigMaps: a change retries a failed
+    /// preparation at once.
+    objects: watch::Receiver<Arc<ConfigObjects>>,
+    objects_open: bool,
+    /// Whether instances can start, for the activator and the control plane.
+    start_state: watch::Sender<StartState>,
 }
 
 impl Reconciler {
     pub(super) fn new(
-        workload: Arc<Workload>,
-        config: ProcessConfig,
-        target: watch::Receiver<Target>,
-        endpoints: watch::Sender<Arc<[Endpoint]>>,
-        status: Arc<Mutex<DeploymentStatus>>,
+        workload: Arc<LocalWorkload>,
+        launcher: Arc<dyn Launcher>,
+        config: LocalConfig,
+        links: Links,
     ) -> Self {
+        let Links {
+            target,
+            endpoints,
+            status,
+            start_state,
+            objects,
+        } = links;
         let (events_tx, events) = mpsc::unbounded_channel();
-        Reconciler {
+        let mut reconciler = Reconciler {
             workload,
+            launcher,
             config,
             target,
             endpoints,
@@ -69,10 +112,40 @@ impl Reconciler {
             events,
             instances: BTreeMap::new(),
             next_ordinal: 1,
-            backoff: Backoff::new(&config),
-            restarts: 0,
+            preparation: Preparation::Done,
+            // As the kubelet backs off image pulls: up to five minutes.
+            prepare_backoff: crate::backoff::Backoff::new(
+                Duration::from_secs(1),
+                Duration::from_secs(300),
+            ),
+            restarts: RestartBackoff::new(&config),
+            restart_count: 0,
             last_failure: None,
+            objects,
+            objects_open: true,
+            start_state,
+        };
+        // Synchronously, so that a deployment that needs no preparation can
+        // start at once, and says so before `deploy` returns.
+        reconciler.begin_preparation();
+        reconciler.publish();
+        reconciler
+    }
+
+    /// Checks, then prepares in the background if the launcher needs to.
+    fn begin_preparation(&mut self) {
+        if let Err(condition) = self.launcher.check() {
+            self.failed(condition);
+            return;
         }
+        if !self.launcher.prepares() {
+            self.prepared(Ok(()));
+            return;
+        }
+        let launcher = self.launcher.clone();
+        let report = self.report();
+        self.preparation =
+            Preparation::Running(tokio::spawn(async move { launcher.prepare(&report).await }));
     }
 
     /// Runs until shutdown is asked or the deployment is dropped, then stops
@@ -87,7 +160,7 @@ impl Reconciler {
             self.publish();
             // Only a restart still to come needs a timer: one already due was
             // handled by `converge` above.
-            let restart_at = self.backoff.not_before.filter(|at| *at > Instant::now());
+            let wake_at = self.wake_at().filter(|at| *at > Instant::now());
             tokio::select! {
                 changed = self.target.changed() => {
                     if changed.is_err() {
@@ -95,16 +168,86 @@ impl Reconciler {
                     }
                 }
                 Some(event) = self.events.recv() => self.handle(event),
-                () = sleep_until(restart_at), if restart_at.is_some() => {}
+                prepared = prepared(&mut self.preparation) => self.prepared(prepared),
+                changed = self.objects.changed(), if self.objects_open => {
+                    if changed.is_err() {
+                        // No more changes will come; backoff alone retries.
+                        self.objects_open = false;
+                    } else if let Preparation::RetryAt(_) = self.preparation {
+                        self.preparation = Preparation::RetryAt(Instant::now());
+                    }
+                }
+                () = sleep_until(wake_at), if wake_at.is_some() => {}
             }
+        }
+        if let Preparation::Running(task) = &self.preparation {
+            task.abort();
         }
         self.stop_all().await;
     }
 
+    /// The next instant something is due: a restart after a crash, or the
+    /// next try of a failed preparation.
+    fn wake_at(&self) -> Option<Instant> {
+        let retry = match self.preparation {
+            Preparation::RetryAt(at) => Some(at),
+            _ => None,
+        };
+        match (self.restarts.not_before, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn prepared(&mut self, result: Result<(), RuntimeCondition>) {
+        match result {
+            Ok(()) => {
+                self.preparation = Preparation::Done;
+                self.prepare_backoff.reset();
+            }
+            Err(condition) => self.failed(condition),
+        }
+    }
+
+    /// Holds instances back with `condition` until the next try.
+    fn failed(&mut self, condition: RuntimeCondition) {
+        let delay = self.prepare_backoff.next_delay();
+        let repeated = self
+            .status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .condition
+            .as_ref()
+            .is_some_and(|c| c.message == condition.message);
+        if !repeated {
+            tracing::warn!(
+                service = %self.workload.service,
+                revision = %self.workload.revision,
+                retry_in = ?delay,
+                "{}",
+                condition.message
+            );
+        }
+        self.report().set(Some(condition));
+        self.preparation = Preparation::RetryAt(Instant::now() + delay);
+    }
+
+    fn report(&self) -> ConditionReport {
+        ConditionReport {
+            status: self.status.clone(),
+        }
+    }
+
     fn converge(&mut self, desired: u32) {
+        if let Preparation::RetryAt(at) = self.preparation
+            && at <= Instant::now()
+        {
+            self.begin_preparation();
+        }
         let active = self.instances.values().filter(|i| !i.is_stopping()).count();
         let desired = desired as usize;
-        if active < desired && self.backoff.may_start(Instant::now()) {
+        let prepared = matches!(self.preparation, Preparation::Done);
+        if active < desired && prepared && self.restarts.may_start(Instant::now()) {
             for _ in active..desired {
                 self.start_instance();
             }
@@ -143,6 +286,7 @@ impl Reconciler {
             ordinal,
             id: id.clone(),
             workload: self.workload.clone(),
+            launcher: self.launcher.clone(),
             config: self.config,
             load: load.clone(),
         };
@@ -159,7 +303,7 @@ impl Reconciler {
     }
 
     /// Takes the instance out of the endpoints at once; the instance itself
-    /// then drains, and reports [`Event::Stopped`] once its process is gone.
+    /// then drains, and reports [`Event::Stopped`] once it is gone.
     fn stop_instance(&mut self, ordinal: u64) {
         let Some(tracked) = self.instances.get_mut(&ordinal) else {
             return;
@@ -201,7 +345,7 @@ impl Reconciler {
     }
 
     fn crashed(&mut self, id: &str, failure: String, uptime: Duration) {
-        let delay = self.backoff.crashed(uptime, Instant::now());
+        let delay = self.restarts.crashed(uptime, Instant::now());
         tracing::warn!(
             service = %self.workload.service,
             revision = %self.workload.revision,
@@ -209,7 +353,7 @@ impl Reconciler {
             restart_in = ?delay,
             "{failure}"
         );
-        self.restarts = self.restarts.saturating_add(1);
+        self.restart_count = self.restart_count.saturating_add(1);
         metrics::counter!("pilotlight_instance_restarts_total", "revision" => self.workload.revision.clone())
             .increment(1);
         self.last_failure = Some(failure);
@@ -241,8 +385,34 @@ impl Reconciler {
         let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         status.actual = count(self.instances.len());
         status.ready = count(self.instances.values().filter(|i| i.is_ready()).count());
-        status.restarts = self.restarts;
+        status.restarts = self.restart_count;
         status.last_failure.clone_from(&self.last_failure);
+        // A preparation that failed earlier and has since succeeded leaves
+        // no failure behind (a note, such as a local image, stays).
+        if matches!(self.preparation, Preparation::Done)
+            && status
+                .condition
+                .as_ref()
+                .is_some_and(|c| c.state != ConditionState::Note)
+        {
+            status.condition = None;
+        }
+        let failed = status
+            .condition
+            .as_ref()
+            .filter(|c| c.state == ConditionState::Failed);
+        let state = match (&self.preparation, failed) {
+            (Preparation::Done, _) => StartState::Ready,
+            (_, Some(condition)) => StartState::Blocked(Arc::from(condition.message.as_str())),
+            (_, None) => StartState::Preparing,
+        };
+        self.start_state.send_if_modified(|current| {
+            let changed = *current != state;
+            if changed {
+                *current = state;
+            }
+            changed
+        });
     }
 
     /// Stops every instance concurrently (each drains, then SIGTERM, then
@@ -265,6 +435,21 @@ impl Reconciler {
     }
 }
 
+/// Resolves with the preparation's result once it ends; never while it is
+/// not running.
+async fn prepared(preparation: &mut Preparation) -> Result<(), RuntimeCondition> {
+    let Preparation::Running(task) = preparation else {
+        return std::future::pending().await;
+    };
+    match task.await {
+        Ok(result) => result,
+        Err(e) => Err(RuntimeCondition::failed(
+            "PrepareFailed",
+            format!("preparing the revision's instances failed: {e}"),
+        )),
+    }
+}
+
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -276,42 +461,37 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Delays restarts after crashes: initial, doubling, capped; back to initial
+/// Delays restarts after crashes, doubling up to a cap; back to the start
 /// once a crashing instance had stayed up a while (as the kubelet does for
 /// CrashLoopBackOff).
 #[derive(Debug)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
+struct RestartBackoff {
+    delays: crate::backoff::Backoff,
+    /// An instance that ran this long counts as having recovered.
+    stable_uptime: Duration,
     /// No instance starts before this, after a crash.
     not_before: Option<Instant>,
 }
 
-impl Backoff {
-    fn new(config: &ProcessConfig) -> Self {
-        Backoff {
-            initial: config.restart_backoff_initial,
-            max: config.restart_backoff_max,
-            next: config.restart_backoff_initial,
+impl RestartBackoff {
+    fn new(config: &LocalConfig) -> Self {
+        RestartBackoff {
+            delays: crate::backoff::Backoff::new(
+                config.restart_backoff_initial,
+                config.restart_backoff_max,
+            ),
+            stable_uptime: config.restart_backoff_max.saturating_mul(2),
             not_before: None,
         }
     }
 
-    /// An instance that ran for twice the longest backoff counts as having
-    /// recovered: its crash starts a fresh backoff.
-    fn stable_uptime(&self) -> Duration {
-        self.max.saturating_mul(2)
-    }
-
     /// Records a crash; returns how long until the replacement starts.
     fn crashed(&mut self, uptime: Duration, now: Instant) -> Duration {
-        if uptime >= self.stable_uptime() {
-            self.next = self.initial;
+        if uptime >= self.stable_uptime {
+            self.delays.reset();
         }
-        let delay = self.next.min(self.max);
+        let delay = self.delays.next_delay();
         self.not_before = Some(now + delay);
-        self.next = self.next.saturating_mul(2).min(self.max);
         delay
     }
 
@@ -330,8 +510,8 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    fn backoff() -> Backoff {
-        Backoff::new(&ProcessConfig {
+    fn backoff() -> RestartBackoff {
+        RestartBackoff::new(&LocalConfig {
             stop_grace: Duration::from_secs(1),
             restart_backoff_initial: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(5),
