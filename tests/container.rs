@@ -141,13 +141,12 @@ async fn an_image_scales_from_zero_on_the_first_request_and_back_to_zero() {
     assert_eq!(status["runtime"], "container", "{status}");
     assert_eq!(status["conditions"][0]["status"], "True", "{status}");
     assert_eq!(images::containers_of(&engine, "web-00001").await, 0);
+    // dockerd gives a loaded image no repository digest (its id stands in);
+    // Podman does.
     let digest = status["containerStatuses"][0]["imageDigest"]
         .as_str()
         .unwrap_or("");
-    assert!(
-        digest.starts_with("sha256:"),
-        "pinned to the image id: {status}"
-    );
+    assert!(digest.contains("sha256:"), "pinned to the image: {status}");
 
     let reply = get(&s, "web.default.localhost", "/").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
@@ -193,13 +192,13 @@ async fn a_burst_at_zero_starts_one_container() {
 }
 
 #[tokio::test]
-async fn env_and_knatives_variables_reach_the_app() {
+async fn env_knatives_variables_and_the_user_reach_the_app() {
     let Some(engine) = images::engine().await else {
         return;
     };
     let image = "localhost/pilotlight-test/env:1";
     web_image(&engine, image).await;
-    let container = "          env:\n            - {name: TARGET, value: containers}\n            - {name: GREETING, value: 'hello $(TARGET)'}\n            - {name: PORT, value: '1'}\n            - name: POD\n              valueFrom:\n                fieldRef: {fieldPath: metadata.name}\n";
+    let container = "          env:\n            - {name: TARGET, value: containers}\n            - {name: GREETING, value: 'hello $(TARGET)'}\n            - {name: PORT, value: '1'}\n            - name: POD\n              valueFrom:\n                fieldRef: {fieldPath: metadata.name}\n          securityContext: {runAsUser: 1000}\n";
     let s = TestServer::start_with(
         &[("env.yaml", &service("env", image, &[AT_ZERO], container))],
         quick,
@@ -316,7 +315,7 @@ async fn the_readiness_probe_holds_requests_until_it_passes() {
 }
 
 #[tokio::test]
-async fn a_crashing_image_shows_its_exit_code_and_output() {
+async fn a_crashing_image_shows_its_exit_code_output_and_oom() {
     let Some(engine) = images::engine().await else {
         return;
     };
@@ -331,6 +330,16 @@ async fn a_crashing_image_shows_its_exit_code_and_output() {
     let s =
         TestServer::start_with(&[("crash.yaml", &service("crash", image, &[], ""))], quick).await;
     let status = wait_reason(&s, "crash-00001", "ContainerFailed").await;
+    wait_until("three restarts", async || {
+        revisions(&s).await["crash-00001"]["restarts"]
+            .as_u64()
+            .is_some_and(|r| r >= 3)
+    })
+    .await;
+    assert!(
+        images::containers_of(&engine, "crash-00001").await <= 1,
+        "a crashed instance's container is removed before the next starts"
+    );
     let message = status["conditions"][0]["message"].as_str().unwrap_or("");
     assert!(message.contains("exited with code 3"), "{message}");
     // Both streams; the engine keeps each in order, not one against the other.
@@ -578,4 +587,122 @@ async fn containers_left_by_a_kill_9_are_removed_at_the_next_start() {
     })
     .await;
     second.kill().await.expect("stop");
+}
+
+/// Shapes of Knative's documented Services (several containers with probes
+/// on their own ports, a Secret volume, requests and limits, capabilities,
+/// env from a Secret), written here: they load, and convert for the
+/// container runtime. Needs no engine.
+#[test]
+fn services_shaped_like_knatives_documentation_load_for_the_container_runtime() {
+    let manifests = "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: two-containers
+spec:
+  template:
+    spec:
+      containers:
+        - name: first
+          image: example.com/first
+          ports:
+            - containerPort: 8881
+          readinessProbe:
+            httpGet: {port: 8881, path: /health}
+          livenessProbe:
+            tcpSocket: {port: 8881}
+        - name: second
+          image: example.com/second
+          readinessProbe:
+            httpGet: {port: 8089, path: /health}
+          startupProbe:
+            httpGet: {port: 8881, path: /}
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: with-secret
+spec:
+  template:
+    spec:
+      containers:
+        - image: example.com/app
+          env:
+            - name: GOOGLE_APPLICATION_CREDENTIALS
+              value: /var/secret/robot.json
+            - name: TOKEN
+              valueFrom:
+                secretKeyRef: {name: robot, key: token}
+          volumeMounts:
+            - name: robot
+              mountPath: /var/secret
+          resources:
+            requests: {cpu: 100m, memory: 640M}
+            limits: {cpu: '1'}
+          securityContext:
+            runAsUser: 1000
+            capabilities:
+              add: [NET_BIND_SERVICE]
+      volumes:
+        - name: robot
+          secret:
+            secretName: robot
+";
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("docs.yaml"), manifests).expect("write");
+    let loaded = manifest::load(&[dir.path().to_owned()], BrokerClass::Log);
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    for object in &loaded.objects {
+        let pilotlight::control::resources::Resource::Service(service) = &object.resource else {
+            continue;
+        };
+        let pod =
+            pilotlight::control::resources::pod::PodSpec::from_template(&service.spec.template)
+                .unwrap_or_else(|e| panic!("{}: {e}", service.metadata.name));
+        assert_eq!(
+            pod.local_runtime(),
+            pilotlight::control::resources::pod::LocalRuntime::Container
+        );
+        if service.metadata.name == "two-containers" {
+            assert_eq!(pod.serving, 0);
+            assert_eq!(
+                pod.containers[1].readiness.as_ref().and_then(|p| p.port()),
+                Some(8089)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_an_engine_an_image_revision_is_not_ready_and_says_where_it_looked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("no-engine.sock");
+    let engine = format!("unix://{}", socket.display());
+    let s = TestServer::start_with(
+        &[("web.yaml", &service("web", "nginx", &[AT_ZERO], ""))],
+        |config| config.serving.container.engine = Some(engine),
+    )
+    .await;
+    let status = wait_reason(&s, "web-00001", "ContainerEngineUnavailable").await;
+    assert_eq!(status["conditions"][0]["status"], "False", "{status}");
+    assert_eq!(status["runtime"], "container");
+    let message = status["conditions"][0]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains(&format!("{} (no such file)", socket.display()))
+            && message.contains("pilotlight.dev/runtime: process"),
+        "{message}"
+    );
+    let reply = get(&s, "web.default.localhost", "/").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains("no container engine answers"),
+        "{}",
+        reply.body
+    );
+    s.server.shutdown().await;
 }

@@ -68,7 +68,7 @@ impl AppRuntime {
         remove_bench_containers(&engine).await;
         ImageBuilder::new(IMAGE)
             .host_binary(exe, "pilotlight")?
-            .cmd(&["/pilotlight", "hello"])
+            .cmd(&["/pilotlight", "hello", "--host", "0.0.0.0"])
             .load(&engine.docker)
             .await?;
         Ok(AppRuntime::Container { engine, network })

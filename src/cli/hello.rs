@@ -27,13 +27,17 @@ use tokio::task::JoinSet;
 
 #[derive(Debug, Args)]
 pub struct HelloArgs {
-    /// Address to listen on (default: 127.0.0.1 and $PORT, else 8080).
-    #[arg(long)]
+    /// Address to listen on (default: --host and $PORT, else 8080).
+    #[arg(long, conflicts_with = "host")]
     pub listen: Option<SocketAddr>,
+    /// Interface to listen on, with $PORT: 0.0.0.0 in a container, whose
+    /// 127.0.0.1 nothing outside it reaches.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
 }
 
 pub async fn run(args: HelloArgs) -> anyhow::Result<()> {
-    let address = args.listen.unwrap_or_else(default_address);
+    let address = args.listen.unwrap_or_else(|| default_address(args.host));
     let listener = TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
@@ -43,13 +47,13 @@ pub async fn run(args: HelloArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 127.0.0.1 and `$PORT`, as Knative sets it; 8080 otherwise.
-fn default_address() -> SocketAddr {
+/// `host` and `$PORT`, as Knative sets it; 8080 otherwise.
+fn default_address(host: std::net::IpAddr) -> SocketAddr {
     let port = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
-    SocketAddr::from(([127, 0, 0, 1], port))
+    SocketAddr::new(host, port)
 }
 
 /// Resolves on SIGTERM (how runtimes stop an instance) or Ctrl-C.

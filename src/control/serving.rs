@@ -598,8 +598,7 @@ impl ServingControl {
         self.router.replace(RouteTable::default());
         drop(state);
         // A request may hold an instance for up to timeoutSeconds, an upgraded
-        // connection for ever; pilotlight's exit does not wait that long. Its
-        // children die with it (parent-death signal) if still running.
+        // connection for ever; pilotlight's exit does not wait that long.
         if tokio::time::timeout(SHUTDOWN_DRAIN, stop_all(all, Stop::Exit))
             .await
             .is_err()
@@ -608,6 +607,9 @@ impl ServingControl {
                 "instances still busy after {SHUTDOWN_DRAIN:?}; they are killed as pilotlight exits"
             );
         }
+        // Processes die with pilotlight (parent-death signal); what else is
+        // left, such as containers, the runtime removes now.
+        self.runtime.exit().await;
     }
 }
 

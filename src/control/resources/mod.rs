@@ -6,6 +6,7 @@ pub mod config;
 pub mod duck;
 pub mod meta;
 pub mod pod;
+pub mod quantity;
 pub mod service;
 pub mod trigger;
 

@@ -48,6 +48,7 @@ pub struct Workload {
 pub struct CannotRun(pub String);
 
 /// Runs workloads. One per `pilotlight run`.
+#[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// The short name of the runtime that runs `workload` (`process`,
     /// `container`, `kubernetes`), for logs and the revision's status.
@@ -57,6 +58,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// can never run the workload (for example a process runtime given an image
     /// and no command).
     fn deploy(&self, workload: Workload) -> Result<Arc<dyn Deployment>, CannotRun>;
+
+    /// pilotlight exits, after its deployments were shut down (or gave up
+    /// draining): removes what must not outlive it.
+    async fn exit(&self) {}
 }
 
 /// A revision's set of instances, scaled by the autoscaler.

@@ -16,6 +16,7 @@ pub struct LocalRuntimes {
     pub container: ContainerRuntime,
 }
 
+#[async_trait::async_trait]
 impl Runtime for LocalRuntimes {
     fn name_for(&self, workload: &Workload) -> &'static str {
         // A bad annotation is refused by `deploy` with its field; name the
@@ -30,5 +31,9 @@ impl Runtime for LocalRuntimes {
             LocalRuntime::Process => self.process.deploy(workload),
             LocalRuntime::Container => self.container.deploy(workload),
         }
+    }
+
+    async fn exit(&self) {
+        self.container.exit().await;
     }
 }

@@ -10,7 +10,9 @@
 //!
 //! The first connection also removes what an earlier run with the same data
 //! folder left behind (a `kill -9` gives pilotlight no chance to remove its
-//! containers), before anything else runs.
+//! containers), before anything else runs. A file in the data folder
+//! records that it ever ran containers, so that a start that needs no
+//! engine connects at once only then.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +54,9 @@ pub struct EngineConnector {
     /// The value of [`OWNER_LABEL`] for this pilotlight.
     owner: String,
     engine: tokio::sync::Mutex<Option<Arc<Engine>>>,
+    /// A file written once an engine is connected: a later start with the
+    /// same data folder knows that containers may be left over.
+    marker: Option<PathBuf>,
 }
 
 impl EngineConnector {
@@ -60,7 +65,20 @@ impl EngineConnector {
             configured,
             owner,
             engine: tokio::sync::Mutex::new(None),
+            marker: None,
         }
+    }
+
+    /// Writes `marker` on the first connection (see [`EngineConnector::used_before`]).
+    pub fn with_marker(mut self, marker: PathBuf) -> Self {
+        self.marker = Some(marker);
+        self
+    }
+
+    /// Whether an engine was connected with this marker before: then
+    /// containers of a killed run may be left over.
+    pub fn used_before(&self) -> bool {
+        self.marker.as_ref().is_some_and(|m| m.exists())
     }
 
     pub fn owner(&self) -> &str {
@@ -77,9 +95,39 @@ impl EngineConnector {
         }
         let connected = Arc::new(self.connect().await?);
         tracing::info!(engine = %connected.description, socket = %connected.socket.display(), "container engine connected");
-        remove_leftovers(&connected.docker, &self.owner).await;
+        remove_owned(
+            &connected.docker,
+            &self.owner,
+            "removed containers left by an earlier run with this data folder",
+        )
+        .await;
+        if let Some(marker) = &self.marker {
+            let written = marker
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| {
+                    std::fs::write(marker, connected.socket.to_string_lossy().as_bytes())
+                });
+            if let Err(e) = written {
+                tracing::warn!(file = %marker.display(), error = %e, "cannot record that this data folder runs containers; after a kill -9, its containers are removed only once a revision needs the engine again");
+            }
+        }
         *engine = Some(connected.clone());
         Ok(connected)
+    }
+
+    /// Removes every container of this pilotlight, if an engine is
+    /// connected.
+    pub async fn remove_all(&self) {
+        let engine = self.engine.lock().await.clone();
+        if let Some(engine) = engine {
+            remove_owned(
+                &engine.docker,
+                &self.owner,
+                "removed containers still running at exit",
+            )
+            .await;
+        }
     }
 
     async fn connect(&self) -> Result<Engine, String> {
@@ -146,7 +194,7 @@ async fn connect(socket: &Path) -> Result<Engine, String> {
     if !socket.exists() {
         return Err("no such file".into());
     }
-    let version = tokio::time::timeout(PROBE_TIMEOUT, engine_version(socket))
+    let version = tokio::time::timeout(PROBE_TIMEOUT, get_json(socket, "/version"))
         .await
         .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))??;
     let api = parse_api_version(&version)?;
@@ -158,16 +206,19 @@ async fn connect(socket: &Path) -> Result<Engine, String> {
     let path = socket.to_string_lossy();
     let docker = Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECS, &client_version)
         .map_err(|e| e.to_string())?;
-    let rootless = docker
-        .info()
+    // Read as plain JSON: the engine's whole /info as bollard's types would
+    // cost pilotlight's idle memory for one flag.
+    let rootless = tokio::time::timeout(PROBE_TIMEOUT, get_json(socket, "/info"))
         .await
-        .map(|info| {
-            info.security_options
-                .unwrap_or_default()
-                .iter()
-                .any(|o| o.contains("rootless"))
-        })
-        .unwrap_or(false);
+        .ok()
+        .and_then(Result::ok)
+        .is_some_and(|info| {
+            info["SecurityOptions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|o| o.as_str().is_some_and(|o| o.contains("rootless")))
+        });
     Ok(Engine {
         docker,
         socket: socket.to_owned(),
@@ -176,8 +227,9 @@ async fn connect(socket: &Path) -> Result<Engine, String> {
     })
 }
 
-/// `GET /version` with no version prefix, which every engine answers.
-async fn engine_version(socket: &Path) -> Result<serde_json::Value, String> {
+/// `GET path` with no API version prefix (every engine answers `/version`
+/// so), as JSON.
+async fn get_json(socket: &Path, path: &str) -> Result<serde_json::Value, String> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| e.to_string())?;
@@ -185,7 +237,7 @@ async fn engine_version(socket: &Path) -> Result<serde_json::Value, String> {
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let request = http::Request::get("/version")
+    let request = http::Request::get(path)
         .header(http::header::HOST, "docker")
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
@@ -202,11 +254,11 @@ async fn engine_version(socket: &Path) -> Result<serde_json::Value, String> {
         .to_bytes();
     if !status.is_success() {
         return Err(format!(
-            "/version answered {status}: {}",
+            "{path} answered {status}: {}",
             String::from_utf8_lossy(&body).trim()
         ));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("/version is not JSON ({e})"))
+    serde_json::from_slice(&body).map_err(|e| format!("{path} is not JSON ({e})"))
 }
 
 fn parse_api_version(version: &serde_json::Value) -> Result<(usize, usize), String> {
@@ -244,9 +296,9 @@ pub fn owned_by(owner: &str) -> std::collections::HashMap<String, Vec<String>> {
     [("label".to_owned(), vec![format!("{OWNER_LABEL}={owner}")])].into()
 }
 
-/// Removes every container (running or not) labelled with this data folder:
-/// they belong to an earlier run that could not clean up.
-async fn remove_leftovers(docker: &Docker, owner: &str) {
+/// Removes every container (running or not) labelled with this data folder,
+/// and says so with `what` when there were any.
+async fn remove_owned(docker: &Docker, owner: &str, what: &str) {
     let options = ListContainersOptions {
         all: true,
         filters: Some(owned_by(owner)),
@@ -255,7 +307,7 @@ async fn remove_leftovers(docker: &Docker, owner: &str) {
     let leftovers = match docker.list_containers(Some(options)).await {
         Ok(list) => list,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list containers left by an earlier run; they stay");
+            tracing::warn!(error = %e, "cannot list this pilotlight's containers to remove them; they stay");
             return;
         }
     };
@@ -274,11 +326,7 @@ async fn remove_leftovers(docker: &Docker, owner: &str) {
     });
     let results = futures::future::join_all(removals).await;
     let failed = results.iter().filter(|r| r.is_err()).count();
-    tracing::info!(
-        removed = results.len() - failed,
-        failed,
-        "removed containers left by an earlier run with this data folder"
-    );
+    tracing::info!(removed = results.len() - failed, failed, "{what}");
 }
 
 #[cfg(test)]

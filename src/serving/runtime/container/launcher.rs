@@ -563,22 +563,25 @@ struct LaunchedContainers {
 }
 
 impl LaunchedContainers {
-    /// Removes the containers (killing what still runs) and the volume folder.
+    async fn remove_container(&self, id: &str) {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        if let Err(e) = self.docker.remove_container(id, Some(options)).await {
+            tracing::warn!(instance = %self.instance, "cannot remove a container: {}", engine_message(&e));
+        }
+    }
+
+    /// Removes the containers (killing what still runs) and the volume
+    /// folder: the sidecars first, since Podman keeps a container whose
+    /// network others still join.
     async fn remove(self) {
-        let removals = self.created.iter().map(|id| {
-            self.docker.remove_container(
-                id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-        });
-        for result in futures::future::join_all(removals).await {
-            if let Err(e) = result {
-                tracing::warn!(instance = %self.instance, "cannot remove a container: {}", engine_message(&e));
-            }
+        if let Some((serving, sidecars)) = self.created.split_first() {
+            let sidecars = sidecars.iter().map(|id| self.remove_container(id));
+            futures::future::join_all(sidecars).await;
+            self.remove_container(serving).await;
         }
         for container in &self.containers {
             container.logs.abort();

@@ -61,8 +61,9 @@ impl ContainerRuntime {
         // Folders of instances that a killed run could not remove (they may
         // hold Secrets' files).
         let _ = std::fs::remove_dir_all(&volumes_dir);
+        let marker = data_dir.join("serving").join("container-engine");
         ContainerRuntime {
-            connector: Arc::new(EngineConnector::new(config.engine, owner)),
+            connector: Arc::new(EngineConnector::new(config.engine, owner).with_marker(marker)),
             objects,
             network: config.network,
             volumes_dir,
@@ -70,10 +71,14 @@ impl ContainerRuntime {
         }
     }
 
-    /// Connects to the engine now, in the background, when one answers: the
-    /// containers of a killed run go at start, not when the first image
-    /// revision needs the engine. No engine is no error here.
+    /// Connects to the engine now, in the background, when this data folder
+    /// ran containers before: the containers of a killed run go at start, not
+    /// when the first image revision needs the engine. No engine is no error
+    /// here.
     pub fn connect_in_background(&self) {
+        if !self.connector.used_before() {
+            return;
+        }
         let connector = self.connector.clone();
         tokio::spawn(async move {
             if let Err(why) = connector.engine().await {
@@ -83,6 +88,7 @@ impl ContainerRuntime {
     }
 }
 
+#[async_trait::async_trait]
 impl Runtime for ContainerRuntime {
     fn name_for(&self, _workload: &Workload) -> &'static str {
         "container"
@@ -105,6 +111,12 @@ impl Runtime for ContainerRuntime {
             self.local,
             self.objects.clone(),
         )?))
+    }
+
+    /// Removes every container still there (an instance that was still
+    /// draining when pilotlight gave up waiting), so none outlives it.
+    async fn exit(&self) {
+        self.connector.remove_all().await;
     }
 }
 

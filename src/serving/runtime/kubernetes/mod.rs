@@ -48,6 +48,7 @@ impl KubernetesRuntime {
     }
 }
 
+#[async_trait::async_trait]
 impl Runtime for KubernetesRuntime {
     fn name_for(&self, _workload: &Workload) -> &'static str {
         "kubernetes"

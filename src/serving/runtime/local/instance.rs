@@ -86,7 +86,7 @@ async fn lifecycle(
     let probes = probes(&instance.workload, launched.as_ref());
     tokio::select! {
         _ = &mut stop => return instance.stop(launched).await,
-        failure = launched.exited() => return instance.exited(failure, launched_at),
+        failure = launched.exited() => return instance.crashed(launched, failure, launched_at).await,
         () = ready(&probes) => {}
     }
     let revision = instance.workload.revision.clone();
@@ -100,7 +100,7 @@ async fn lifecycle(
     });
     tokio::select! {
         _ = &mut stop => instance.stop(launched).await,
-        failure = launched.exited() => instance.exited(failure, launched_at),
+        failure = launched.exited() => instance.crashed(launched, failure, launched_at).await,
     }
 }
 
@@ -134,6 +134,20 @@ impl Instance {
             failure,
             uptime: launched_at.elapsed(),
         }
+    }
+
+    /// It ended on its own: what is left of it goes (a sidecar still
+    /// running, the exited container) before the reconciler hears of it,
+    /// so a replacement never runs beside it.
+    async fn crashed(
+        &self,
+        launched: Box<dyn Launched>,
+        failure: String,
+        launched_at: Instant,
+    ) -> Event {
+        let event = self.exited(failure, launched_at);
+        launched.stop(Duration::ZERO).await;
+        event
     }
 
     /// Drains the instance (up to the revision's timeout, or until it

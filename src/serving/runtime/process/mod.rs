@@ -33,6 +33,7 @@ impl ProcessRuntime {
     }
 }
 
+#[async_trait::async_trait]
 impl Runtime for ProcessRuntime {
     fn name_for(&self, _workload: &Workload) -> &'static str {
         "process"
