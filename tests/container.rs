@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -17,7 +16,7 @@ use pilotlight::control::manifest;
 use pilotlight::control::resources::broker::BrokerClass;
 use pilotlight::server::ServerConfig;
 use support::images::{self, Image, SERVE};
-use support::{TestServer, request};
+use support::{TestServer, request, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -63,40 +62,6 @@ async fn web_image(engine: &pilotlight::serving::runtime::container::engine::Eng
     .await;
 }
 
-async fn get(s: &TestServer, host: &str, path: &str) -> support::Reply {
-    request(
-        Method::GET,
-        &format!("http://{}{path}", s.server.listen),
-        &[("host", host)],
-        "",
-    )
-    .await
-}
-
-async fn revisions(s: &TestServer) -> BTreeMap<String, serde_json::Value> {
-    let list = request(Method::GET, &s.admin_url("/api/v1/revisions"), &[], "").await;
-    let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
-    body["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|r| {
-            (
-                r["metadata"]["name"].as_str().unwrap_or("").to_owned(),
-                r["status"].clone(),
-            )
-        })
-        .collect()
-}
-
-async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, mut done: F) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits until the revision's Ready condition has `reason`; returns its
 /// status.
 async fn wait_reason(s: &TestServer, revision: &str, reason: &str) -> serde_json::Value {
@@ -116,7 +81,7 @@ async fn wait_status(
 ) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let status = revisions(s).await.remove(revision).unwrap_or_default();
+        let status = s.revisions().await.remove(revision).unwrap_or_default();
         if done(&status["conditions"][0]) {
             return status;
         }
@@ -148,20 +113,20 @@ async fn an_image_scales_from_zero_on_the_first_request_and_back_to_zero() {
         .unwrap_or("");
     assert!(digest.contains("sha256:"), "pinned to the image: {status}");
 
-    let reply = get(&s, "web.default.localhost", "/").await;
+    let reply = s.get_host("web.default.localhost", "/").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body, "hello from a container\n");
     assert_eq!(images::containers_of(&engine, "web-00001").await, 1);
 
-    wait_until("the revision is back at zero", async || {
-        revisions(&s).await["web-00001"]["actualReplicas"] == 0
+    wait_until("the revision is back at zero", WAIT, async || {
+        s.revisions().await["web-00001"]["actualReplicas"] == 0
     })
     .await;
-    wait_until("its container is removed", async || {
+    wait_until("its container is removed", WAIT, async || {
         images::containers_of(&engine, "web-00001").await == 0
     })
     .await;
-    let again = get(&s, "web.default.localhost", "/").await;
+    let again = s.get_host("web.default.localhost", "/").await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.body);
     s.server.shutdown().await;
     assert_eq!(
@@ -183,7 +148,7 @@ async fn a_burst_at_zero_starts_one_container() {
         quick,
     )
     .await;
-    let requests = (0..20).map(|_| get(&s, "burst.default.localhost", "/"));
+    let requests = (0..20).map(|_| s.get_host("burst.default.localhost", "/"));
     for reply in futures::future::join_all(requests).await {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
@@ -204,7 +169,7 @@ async fn env_knatives_variables_and_the_user_reach_the_app() {
         quick,
     )
     .await;
-    let reply = get(&s, "env.default.localhost", "/cgi-bin/env").await;
+    let reply = s.get_host("env.default.localhost", "/cgi-bin/env").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let env: Vec<&str> = reply.body.lines().collect();
     for expected in [
@@ -249,14 +214,16 @@ async fn a_secret_reaches_the_app_as_env_and_file_and_nowhere_else() {
         quick,
     )
     .await;
-    let env = get(&s, "app.default.localhost", "/cgi-bin/env").await;
+    let env = s.get_host("app.default.localhost", "/cgi-bin/env").await;
     assert_eq!(env.status, StatusCode::OK, "{}", env.body);
     assert!(
         env.body.lines().any(|l| l == "TOKEN=s3cret-value"),
         "{}",
         env.body
     );
-    let file = get(&s, "app.default.localhost", "/cgi-bin/cat?var/secret/token").await;
+    let file = s
+        .get_host("app.default.localhost", "/cgi-bin/cat?var/secret/token")
+        .await;
     assert_eq!(file.body.trim(), "s3cret-value");
 
     let broken = wait_reason(&s, "broken-00001", "CreateContainerConfigError").await;
@@ -265,7 +232,7 @@ async fn a_secret_reaches_the_app_as_env_and_file_and_nowhere_else() {
         message.contains("env[0] (TOKEN): Secret default/creds has no key 'password'"),
         "{message}"
     );
-    let refused = get(&s, "broken.default.localhost", "/").await;
+    let refused = s.get_host("broken.default.localhost", "/").await;
     assert_eq!(
         refused.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -304,7 +271,7 @@ async fn the_readiness_probe_holds_requests_until_it_passes() {
     )
     .await;
     let started = Instant::now();
-    let reply = get(&s, "ready.default.localhost", "/ready").await;
+    let reply = s.get_host("ready.default.localhost", "/ready").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
@@ -330,8 +297,8 @@ async fn a_crashing_image_shows_its_exit_code_output_and_oom() {
     let s =
         TestServer::start_with(&[("crash.yaml", &service("crash", image, &[], ""))], quick).await;
     let status = wait_reason(&s, "crash-00001", "ContainerFailed").await;
-    wait_until("three restarts", async || {
-        revisions(&s).await["crash-00001"]["restarts"]
+    wait_until("three restarts", WAIT, async || {
+        s.revisions().await["crash-00001"]["restarts"]
             .as_u64()
             .is_some_and(|r| r >= 3)
     })
@@ -375,7 +342,7 @@ async fn a_missing_image_is_image_pull_failed_and_requests_do_not_hang() {
         "{message}"
     );
     let started = Instant::now();
-    let reply = get(&s, "missing.default.localhost", "/").await;
+    let reply = s.get_host("missing.default.localhost", "/").await;
     assert_eq!(
         reply.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -405,9 +372,9 @@ async fn an_image_pulled_always_runs_the_local_copy_when_offline_and_says_so() {
     )
     .await;
     wait_ready(&s, "offline-00001").await;
-    let reply = get(&s, "offline.default.localhost", "/").await;
+    let reply = s.get_host("offline.default.localhost", "/").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    let status = &revisions(&s).await["offline-00001"];
+    let status = &s.revisions().await["offline-00001"];
     let message = status["conditions"][0]["message"].as_str().unwrap_or("");
     assert!(
         message.contains("could not pull image localhost/pilotlight-test/offline:latest")
@@ -431,8 +398,8 @@ async fn traffic_splits_across_two_image_revisions() {
         quick,
     )
     .await;
-    wait_until("split-00001 is ready", async || {
-        revisions(&s).await["split-00001"]["actualReplicas"] == 1
+    wait_until("split-00001 is ready", WAIT, async || {
+        s.revisions().await["split-00001"]["actualReplicas"] == 1
     })
     .await;
     let split = format!(
@@ -440,11 +407,9 @@ async fn traffic_splits_across_two_image_revisions() {
         service("split", image, &[], &env("two"))
     );
     std::fs::write(s.manifests.join("split.yaml"), split).expect("write");
-    let manifests = manifest::load(std::slice::from_ref(&s.manifests), BrokerClass::Log);
-    assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
-    s.server.control.apply(std::sync::Arc::new(manifests)).await;
-    wait_until("split-00002 is ready", async || {
-        revisions(&s)
+    s.reapply().await;
+    wait_until("split-00002 is ready", WAIT, async || {
+        s.revisions()
             .await
             .get("split-00002")
             .is_some_and(|r| r["conditions"][0]["status"] == "True")
@@ -452,7 +417,7 @@ async fn traffic_splits_across_two_image_revisions() {
     .await;
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        let reply = get(&s, "split.default.localhost", "/cgi-bin/env").await;
+        let reply = s.get_host("split.default.localhost", "/cgi-bin/env").await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
         seen.extend(
             reply
@@ -494,7 +459,7 @@ async fn a_sidecar_shares_the_serving_containers_network_as_in_a_pod() {
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: pod\nspec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/initial-scale: \"0\"\n    spec:\n      containers:\n        - name: app\n          image: {image}\n          ports: [{{containerPort: 8080}}]\n        - name: side\n          image: {image}\n          command: [httpd, -f, -p, '9090', -h, /side]\n          readinessProbe:\n            tcpSocket: {{port: 9090}}\n"
     );
     let s = TestServer::start_with(&[("pod.yaml", &manifest)], quick).await;
-    let reply = get(&s, "pod.default.localhost", "/cgi-bin/side").await;
+    let reply = s.get_host("pod.default.localhost", "/cgi-bin/side").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body, "from the sidecar\n");
     assert_eq!(images::containers_of(&engine, "pod-00001").await, 2);
@@ -522,7 +487,7 @@ async fn host_networking_gives_the_app_a_free_port() {
         quick,
     )
     .await;
-    let reply = get(&s, "host.default.localhost", "/cgi-bin/env").await;
+    let reply = s.get_host("host.default.localhost", "/cgi-bin/env").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     let port = reply
         .body
@@ -568,7 +533,7 @@ async fn containers_left_by_a_kill_9_are_removed_at_the_next_start() {
     std::fs::write(manifests.join("left.yaml"), service("left", image, &[], "")).expect("write");
     let data = dir.path().join("data");
     let mut first = run_pilotlight(&manifests, &data);
-    wait_until("its container runs", async || {
+    wait_until("its container runs", WAIT, async || {
         images::containers_of(&engine, "left-00001").await == 1
     })
     .await;
@@ -582,7 +547,7 @@ async fn containers_left_by_a_kill_9_are_removed_at_the_next_start() {
     // The next run with the same data folder, serving nothing.
     std::fs::remove_file(manifests.join("left.yaml")).expect("remove");
     let mut second = run_pilotlight(&manifests, &data);
-    wait_until("the leftover is removed", async || {
+    wait_until("the leftover is removed", WAIT, async || {
         images::containers_of(&engine, "left-00001").await == 0
     })
     .await;
@@ -692,7 +657,7 @@ async fn without_an_engine_an_image_revision_is_not_ready_and_says_where_it_look
             && message.contains("pilotlight.dev/runtime: process"),
         "{message}"
     );
-    let reply = get(&s, "web.default.localhost", "/").await;
+    let reply = s.get_host("web.default.localhost", "/").await;
     assert_eq!(
         reply.status,
         StatusCode::SERVICE_UNAVAILABLE,

@@ -8,10 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use pilotlight::control::manifest;
-use pilotlight::control::resources::broker::BrokerClass;
 use pilotlight::server::ServerConfig;
-use support::{TestServer, broker, request, send};
+use support::{TestServer, broker, request, send, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,46 +35,6 @@ fn service(name: &str, annotations: &[(&str, &str)], extra: &str) -> String {
 
 const AT_ZERO: &[(&str, &str)] = &[("initial-scale", "0")];
 
-async fn get(s: &TestServer, host: &str, path: &str) -> support::Reply {
-    request(
-        Method::GET,
-        &format!("http://{}{path}", s.server.listen),
-        &[("host", host)],
-        "",
-    )
-    .await
-}
-
-async fn revisions(s: &TestServer) -> BTreeMap<String, serde_json::Value> {
-    let list = request(Method::GET, &s.admin_url("/api/v1/revisions"), &[], "").await;
-    let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
-    body["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(|r| {
-            (
-                r["metadata"]["name"].as_str().unwrap_or("").to_owned(),
-                r["status"].clone(),
-            )
-        })
-        .collect()
-}
-
-async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, mut done: F) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn reapply(s: &TestServer) {
-    let manifests = manifest::load(std::slice::from_ref(&s.manifests), BrokerClass::Log);
-    assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
-    s.server.control.apply(std::sync::Arc::new(manifests)).await;
-}
-
 fn fast_scale_down(config: &mut ServerConfig) {
     let autoscaler = &mut config.serving.autoscaler;
     autoscaler.stable_window = Duration::from_secs(6);
@@ -92,18 +50,18 @@ fn pid_alive(pid: i32) -> bool {
 #[tokio::test]
 async fn a_request_at_zero_starts_an_instance_and_is_answered() {
     let s = TestServer::start(&[("hello.yaml", &service("hello", AT_ZERO, ""))]).await;
-    let before = revisions(&s).await;
+    let before = s.revisions().await;
     assert_eq!(before["hello-00001"]["actualReplicas"], 0, "{before:?}");
     assert_eq!(before["hello-00001"]["conditions"][0]["status"], "True");
 
-    let reply = get(&s, "hello.default.localhost", "/").await;
+    let reply = s.get_host("hello.default.localhost", "/").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body, "Hello World!\n");
     assert_eq!(reply.headers["k-revision"], "hello-00001");
-    let after = revisions(&s).await;
+    let after = s.revisions().await;
     assert_eq!(after["hello-00001"]["actualReplicas"], 1, "{after:?}");
 
-    let unknown = get(&s, "nope.default.localhost:8080", "/").await;
+    let unknown = s.get_host("nope.default.localhost:8080", "/").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert!(
         unknown.body.contains("{service}.{namespace}.localhost"),
@@ -116,7 +74,7 @@ async fn a_request_at_zero_starts_an_instance_and_is_answered() {
 #[tokio::test]
 async fn a_burst_at_zero_starts_one_instance_and_every_request_is_answered() {
     let s = TestServer::start(&[("hello.yaml", &service("hello", AT_ZERO, ""))]).await;
-    let requests = (0..30).map(|_| get(&s, "hello.default.localhost", "/sleep?ms=100"));
+    let requests = (0..30).map(|_| s.get_host("hello.default.localhost", "/sleep?ms=100"));
     let replies = futures::future::join_all(requests).await;
     let pids: std::collections::BTreeSet<String> = replies
         .iter()
@@ -136,8 +94,8 @@ async fn a_burst_at_zero_starts_one_instance_and_every_request_is_answered() {
 async fn traffic_splits_by_percent_and_tags_get_their_own_host() {
     let first = service("hello", &[], "");
     let s = TestServer::start(&[("hello.yaml", &first)]).await;
-    wait_until("hello-00001 is ready", async || {
-        revisions(&s).await["hello-00001"]["actualReplicas"] == 1
+    wait_until("hello-00001 is ready", WAIT, async || {
+        s.revisions().await["hello-00001"]["actualReplicas"] == 1
     })
     .await;
     // A new template (TARGET changes) makes hello-00002; split 30/70.
@@ -147,15 +105,15 @@ async fn traffic_splits_by_percent_and_tags_get_their_own_host() {
         "          env:\n            - name: TARGET\n              value: v2\n",
     ) + "  traffic:\n    - revisionName: hello-00001\n      percent: 30\n      tag: old\n    - latestRevision: true\n      percent: 70\n      tag: new\n";
     std::fs::write(s.manifests.join("hello.yaml"), second).expect("write");
-    reapply(&s).await;
-    wait_until("hello-00002 is ready", async || {
-        revisions(&s).await["hello-00002"]["actualReplicas"] == 1
+    s.reapply().await;
+    wait_until("hello-00002 is ready", WAIT, async || {
+        s.revisions().await["hello-00002"]["actualReplicas"] == 1
     })
     .await;
 
     let mut counts = BTreeMap::new();
     for _ in 0..100 {
-        let reply = get(&s, "hello.default.localhost", "/").await;
+        let reply = s.get_host("hello.default.localhost", "/").await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
         let revision = reply.headers["k-revision"]
             .to_str()
@@ -166,10 +124,10 @@ async fn traffic_splits_by_percent_and_tags_get_their_own_host() {
     assert_eq!(counts.get("hello-00001"), Some(&30), "{counts:?}");
     assert_eq!(counts.get("hello-00002"), Some(&70), "{counts:?}");
 
-    let old = get(&s, "old-hello.default.localhost", "/").await;
+    let old = s.get_host("old-hello.default.localhost", "/").await;
     assert_eq!(old.headers["k-revision"], "hello-00001");
     assert_eq!(old.body, "Hello World!\n");
-    let new = get(&s, "new-hello.default.localhost", "/").await;
+    let new = s.get_host("new-hello.default.localhost", "/").await;
     assert_eq!(new.headers["k-revision"], "hello-00002");
     assert_eq!(new.body, "Hello v2!\n");
 
@@ -185,8 +143,8 @@ async fn traffic_splits_by_percent_and_tags_get_their_own_host() {
 #[tokio::test]
 async fn an_update_keeps_the_old_revision_serving_until_the_new_one_is_ready() {
     let s = TestServer::start(&[("hello.yaml", &service("hello", &[], ""))]).await;
-    wait_until("hello-00001 is ready", async || {
-        revisions(&s).await["hello-00001"]["actualReplicas"] == 1
+    wait_until("hello-00001 is ready", WAIT, async || {
+        s.revisions().await["hello-00001"]["actualReplicas"] == 1
     })
     .await;
     // The new revision takes a second and a half to listen.
@@ -194,11 +152,11 @@ async fn an_update_keeps_the_old_revision_serving_until_the_new_one_is_ready() {
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    spec:\n      containers:\n        - command: [sh, -c, \"sleep 1.5; exec '{HELLO}' hello\"]\n"
     );
     std::fs::write(s.manifests.join("hello.yaml"), slow).expect("write");
-    reapply(&s).await;
-    let during = get(&s, "hello.default.localhost", "/").await;
+    s.reapply().await;
+    let during = s.get_host("hello.default.localhost", "/").await;
     assert_eq!(during.headers["k-revision"], "hello-00001");
-    wait_until("traffic moves to hello-00002", async || {
-        get(&s, "hello.default.localhost", "/").await.headers["k-revision"] == "hello-00002"
+    wait_until("traffic moves to hello-00002", WAIT, async || {
+        s.get_host("hello.default.localhost", "/").await.headers["k-revision"] == "hello-00002"
     })
     .await;
     let list = request(Method::GET, &s.admin_url("/api/v1/services"), &[], "").await;
@@ -217,20 +175,23 @@ async fn an_idle_revision_scales_back_to_zero_and_its_process_exits() {
         fast_scale_down,
     )
     .await;
-    let reply = get(&s, "hello.default.localhost", "/").await;
+    let reply = s.get_host("hello.default.localhost", "/").await;
     let pid: i32 = reply.headers["x-instance-pid"]
         .to_str()
         .expect("text")
         .parse()
         .expect("pid");
     assert!(pid_alive(pid));
-    wait_until("the revision is back at zero", async || {
-        revisions(&s).await["hello-00001"]["actualReplicas"] == 0
+    wait_until("the revision is back at zero", WAIT, async || {
+        s.revisions().await["hello-00001"]["actualReplicas"] == 0
     })
     .await;
-    wait_until("the instance process is gone", async || !pid_alive(pid)).await;
+    wait_until("the instance process is gone", WAIT, async || {
+        !pid_alive(pid)
+    })
+    .await;
     // And it comes back on the next request.
-    let again = get(&s, "hello.default.localhost", "/").await;
+    let again = s.get_host("hello.default.localhost", "/").await;
     assert_eq!(again.status, StatusCode::OK);
     assert_ne!(
         again.headers["x-instance-pid"].to_str().ok(),
@@ -242,21 +203,21 @@ async fn an_idle_revision_scales_back_to_zero_and_its_process_exits() {
 #[tokio::test]
 async fn a_crashed_instance_is_restarted_and_the_reason_shows_in_status() {
     let s = TestServer::start(&[("hello.yaml", &service("hello", &[], ""))]).await;
-    wait_until("hello-00001 is ready", async || {
-        revisions(&s).await["hello-00001"]["actualReplicas"] == 1
+    wait_until("hello-00001 is ready", WAIT, async || {
+        s.revisions().await["hello-00001"]["actualReplicas"] == 1
     })
     .await;
-    let crash = get(&s, "hello.default.localhost", "/exit?code=3").await;
+    let crash = s.get_host("hello.default.localhost", "/exit?code=3").await;
     assert_eq!(crash.status, StatusCode::BAD_GATEWAY, "{}", crash.body);
-    wait_until("the crash shows in status", async || {
-        revisions(&s).await["hello-00001"]["restarts"] == 1
+    wait_until("the crash shows in status", WAIT, async || {
+        s.revisions().await["hello-00001"]["restarts"] == 1
     })
     .await;
-    let status = &revisions(&s).await["hello-00001"];
+    let status = &s.revisions().await["hello-00001"];
     let message = status["conditions"][0]["message"].as_str().unwrap_or("");
     assert!(message.contains("code 3"), "{status}");
     assert!(message.contains("exiting with code 3 as asked"), "{status}");
-    let after = get(&s, "hello.default.localhost", "/").await;
+    let after = s.get_host("hello.default.localhost", "/").await;
     assert_eq!(after.status, StatusCode::OK, "{}", after.body);
     s.server.shutdown().await;
 }
@@ -348,7 +309,7 @@ async fn an_image_without_a_command_cannot_run_as_a_process_and_says_why() {
         message.contains("image 'nginx'") && message.contains("command"),
         "{message}"
     );
-    let reply = get(&s, "web.default.localhost", "/").await;
+    let reply = s.get_host("web.default.localhost", "/").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
     s.server.shutdown().await;
 }
@@ -370,7 +331,7 @@ async fn a_trigger_delivers_to_a_service_at_zero() {
         "{}",
         triggers.body
     );
-    assert_eq!(revisions(&s).await["hello-00001"]["actualReplicas"], 0);
+    assert_eq!(s.revisions().await["hello-00001"]["actualReplicas"], 0);
     let reply = send(
         &s.broker_url("default", "default"),
         "e1",
@@ -378,13 +339,13 @@ async fn a_trigger_delivers_to_a_service_at_zero() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
-    wait_until("the event is delivered", async || {
+    wait_until("the event is delivered", WAIT, async || {
         let list = request(Method::GET, &s.admin_url("/api/v1/triggers"), &[], "").await;
         let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
         body["items"][0]["status"]["backlog"] == 0
     })
     .await;
-    assert_eq!(revisions(&s).await["hello-00001"]["actualReplicas"], 1);
+    assert_eq!(s.revisions().await["hello-00001"]["actualReplicas"], 1);
     s.server.shutdown().await;
 }
 
@@ -395,7 +356,7 @@ async fn a_request_waits_at_most_timeout_seconds_and_the_queue_is_bounded() {
     let s = TestServer::start_with(&[("stuck.yaml", never)], |c| c.serving.queue_limit = 2).await;
     let started = Instant::now();
     let replies =
-        futures::future::join_all((0..3).map(|_| get(&s, "stuck.default.localhost", "/"))).await;
+        futures::future::join_all((0..3).map(|_| s.get_host("stuck.default.localhost", "/"))).await;
     let mut statuses: Vec<StatusCode> = replies.iter().map(|r| r.status).collect();
     statuses.sort();
     assert_eq!(
@@ -433,13 +394,13 @@ async fn container_concurrency_makes_requests_wait_for_room() {
         "      containerConcurrency: 1\n",
     );
     let s = TestServer::start(&[("hello.yaml", &one_at_a_time)]).await;
-    wait_until("hello-00001 is ready", async || {
-        revisions(&s).await["hello-00001"]["actualReplicas"] == 1
+    wait_until("hello-00001 is ready", WAIT, async || {
+        s.revisions().await["hello-00001"]["actualReplicas"] == 1
     })
     .await;
     let started = Instant::now();
     let replies = futures::future::join_all(
-        (0..3).map(|_| get(&s, "hello.default.localhost", "/sleep?ms=300")),
+        (0..3).map(|_| s.get_host("hello.default.localhost", "/sleep?ms=300")),
     )
     .await;
     assert!(replies.iter().all(|r| r.status == StatusCode::OK));

@@ -59,6 +59,54 @@ impl TestServer {
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.server.admin)
     }
+
+    /// `GET path` on the main listener with `Host: host`, such as a
+    /// Service's `hello.default.localhost`.
+    pub async fn get_host(&self, host: &str, path: &str) -> Reply {
+        request(
+            Method::GET,
+            &format!("http://{}{path}", self.server.listen),
+            &[("host", host)],
+            "",
+        )
+        .await
+    }
+
+    /// Every revision's status, by name, as the admin API gives it.
+    pub async fn revisions(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let list = request(Method::GET, &self.admin_url("/api/v1/revisions"), &[], "").await;
+        let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|r| {
+                (
+                    r["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                    r["status"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Loads the manifests folder again and applies it, as hot reload does.
+    pub async fn reapply(&self) {
+        let manifests = pilotlight::control::manifest::load(
+            std::slice::from_ref(&self.manifests),
+            pilotlight::control::resources::broker::BrokerClass::Log,
+        );
+        assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+        self.server.control.apply(Arc::new(manifests)).await;
+    }
+}
+
+/// Polls `done` every 50 ms until it holds; panics after `within`.
+pub async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut done: F) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < within, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub fn config(manifests: &Path, data: &Path) -> ServerConfig {

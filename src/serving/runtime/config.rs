@@ -47,29 +47,29 @@ impl ConfigObjects {
         self.objects.get(&(kind, ObjectKey::new(namespace, name)))
     }
 
-    /// The object, or an error that names it.
-    fn require(
+    /// The object; `None` when it is missing and `optional`; an error that
+    /// names it when it is missing and required.
+    fn lookup(
         &self,
         kind: ConfigKind,
         namespace: &str,
         name: &str,
-    ) -> Result<&ConfigData, String> {
-        self.get(kind, namespace, name).ok_or_else(|| {
-            format!(
+        optional: bool,
+    ) -> Result<Option<&ConfigData>, String> {
+        match self.get(kind, namespace, name) {
+            Some(data) => Ok(Some(data)),
+            None if optional => Ok(None),
+            None => Err(format!(
                 "{} {namespace}/{name} does not exist: load it with the Service's manifests, or mark the reference optional",
                 kind.name()
-            )
-        })
+            )),
+        }
     }
 
     /// One key's value; None when an optional reference is missing.
     fn value(&self, namespace: &str, key: &KeyRef) -> Result<Option<&[u8]>, String> {
-        let Some(data) = self.get(key.kind, namespace, &key.name) else {
-            return if key.optional {
-                Ok(None)
-            } else {
-                self.require(key.kind, namespace, &key.name).map(|_| None)
-            };
+        let Some(data) = self.lookup(key.kind, namespace, &key.name, key.optional)? else {
+            return Ok(None);
         };
         match data.entries.get(&key.key) {
             Some(value) => Ok(Some(value)),
@@ -115,16 +115,11 @@ pub fn environment(
         None => env.push((name, value)),
     };
     for (i, from) in container.env_from.iter().enumerate() {
-        let data = match objects.get(from.kind, namespace, &from.name) {
-            Some(data) => data,
-            None if from.optional => continue,
-            None => {
-                let error = objects
-                    .require(from.kind, namespace, &from.name)
-                    .err()
-                    .unwrap_or_default();
-                return Err(format!("{}.envFrom[{i}]: {error}", container.field));
-            }
+        let data = objects
+            .lookup(from.kind, namespace, &from.name, from.optional)
+            .map_err(|e| format!("{}.envFrom[{i}]: {e}", container.field))?;
+        let Some(data) = data else {
+            continue;
         };
         for (key, value) in &data.entries {
             set(&mut env, format!("{}{key}", from.prefix), text(value));
@@ -181,15 +176,11 @@ pub fn check(pod: &PodSpec, objects: &ConfigObjects, namespace: &str) -> Result<
         }
         let field = format!("spec.template.spec.volumes[{index}]");
         for source in sources {
-            let Some(data) = objects.get(source.kind, namespace, &source.name) else {
-                if source.optional {
-                    continue;
-                }
-                let error = objects
-                    .require(source.kind, namespace, &source.name)
-                    .err()
-                    .unwrap_or_default();
-                return Err(format!("{field}: {error}"));
+            let data = objects
+                .lookup(source.kind, namespace, &source.name, source.optional)
+                .map_err(|e| format!("{field}: {e}"))?;
+            let Some(data) = data else {
+                continue;
             };
             if let Some((key, _, _)) = source
                 .items
@@ -239,16 +230,11 @@ pub fn write_files(
     namespace: &str,
 ) -> Result<(), String> {
     for source in sources {
-        let data = match objects.get(source.kind, namespace, &source.name) {
-            Some(data) => data,
-            None if source.optional => continue,
-            None => {
-                let error = objects
-                    .require(source.kind, namespace, &source.name)
-                    .err()
-                    .unwrap_or_default();
-                return Err(format!("{field}: {error}"));
-            }
+        let data = objects
+            .lookup(source.kind, namespace, &source.name, source.optional)
+            .map_err(|e| format!("{field}: {e}"))?;
+        let Some(data) = data else {
+            continue;
         };
         let files: Vec<(&str, &str, Option<u32>)> = if source.items.is_empty() {
             data.entries

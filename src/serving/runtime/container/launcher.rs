@@ -29,7 +29,7 @@ use crate::control::resources::pod::{ContainerNetwork, VolumeSource};
 use crate::serving::runtime::config::{self, ConfigObjects};
 use crate::serving::runtime::local::output::{Output, Stream};
 use crate::serving::runtime::local::{
-    CONFIG_ERROR, ConditionReport, Launched, Launcher, LocalWorkload, free_port,
+    ConditionReport, Launched, Launcher, LocalWorkload, check_config, free_port,
 };
 use crate::serving::runtime::{ContainerImage, RuntimeCondition};
 
@@ -69,21 +69,15 @@ impl ContainerLauncher {
 
 #[async_trait::async_trait]
 impl Launcher for ContainerLauncher {
-    /// Connects the engine and makes every container's image present.
     fn check(&self) -> Result<(), RuntimeCondition> {
-        let objects = self.objects.borrow().clone();
-        config::check(
-            &self.workload.pod,
-            &objects,
-            &self.workload.service.namespace,
-        )
-        .map_err(|message| RuntimeCondition::failed(CONFIG_ERROR, message))
+        check_config(&self.workload, &self.objects)
     }
 
     fn prepares(&self) -> bool {
         true
     }
 
+    /// Connects the engine and makes every container's image present.
     async fn prepare(&self, report: &ConditionReport) -> Result<(), RuntimeCondition> {
         let objects = self.objects.borrow().clone();
         let engine =
@@ -209,12 +203,7 @@ impl ContainerLauncher {
         let serving_id = self
             .create_and_start(starting, &context, pod.serving, &plan)
             .await?;
-        plan.join = Some(&serving_id);
-        for index in (0..pod.containers.len()).filter(|i| *i != pod.serving) {
-            self.create_and_start(starting, &context, index, &plan)
-                .await?;
-        }
-        Ok(match network {
+        let addresses = match network {
             ContainerNetwork::Host => Addresses::Host { port },
             ContainerNetwork::Bridge => {
                 let ip = match engine.rootless {
@@ -223,10 +212,38 @@ impl ContainerLauncher {
                 };
                 match ip {
                     Some(ip) => Addresses::Container { ip, port },
-                    None => Addresses::Published { published, port },
+                    None => Addresses::Published {
+                        published: published.clone(),
+                        port,
+                    },
                 }
             }
-        })
+        };
+        plan.join = Some(&serving_id);
+        let sidecars: Vec<usize> = (0..pod.containers.len())
+            .filter(|i| *i != pod.serving)
+            .collect();
+        for &index in &sidecars {
+            self.create_and_start(starting, &context, index, &plan)
+                .await?;
+        }
+        // Only now: each watch is two more requests to the engine, which
+        // would slow the inspect above on the cold start's path. A container
+        // that exited meanwhile is still seen (its output is kept, and it
+        // is "not running").
+        for (id, index) in starting
+            .created
+            .clone()
+            .into_iter()
+            .zip(std::iter::once(pod.serving).chain(sidecars))
+        {
+            let sidecar = (index != pod.serving).then(|| pod.containers[index].name.clone());
+            let output = Output::new(workload, &instance, sidecar.as_deref());
+            starting
+                .containers
+                .push(RunningContainer::watch(&engine.docker, id, sidecar, output));
+        }
+        Ok(addresses)
     }
 }
 
@@ -288,16 +305,6 @@ impl ContainerLauncher {
                     engine_message(&e)
                 )
             })?;
-        // After the start: an engine ends the output of a container that
-        // does not run yet, and reports it as not running.
-        let sidecar = (!serving).then(|| container.name.clone());
-        let output = Output::new(workload, instance, sidecar.as_deref());
-        starting.containers.push(RunningContainer::watch(
-            docker,
-            created.id.clone(),
-            sidecar,
-            output,
-        ));
         Ok(created.id)
     }
 }

@@ -267,6 +267,18 @@ impl Deployment for LocalDeployment {
     }
 }
 
+/// Checks that every Secret, ConfigMap and key the pod reads is loaded
+/// (Kubernetes' `CreateContainerConfigError` otherwise): both local
+/// runtimes' [`Launcher::check`].
+pub fn check_config(
+    workload: &LocalWorkload,
+    objects: &watch::Receiver<Arc<ConfigObjects>>,
+) -> Result<(), RuntimeCondition> {
+    let objects = objects.borrow().clone();
+    super::config::check(&workload.pod, &objects, &workload.service.namespace)
+        .map_err(|message| RuntimeCondition::failed(CONFIG_ERROR, message))
+}
+
 /// A port that was free a moment ago: bind port 0 and let it go. Another
 /// process could take it in between; the instance then fails and restarts
 /// on a new port.

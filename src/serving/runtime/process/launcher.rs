@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::serving::runtime::config::{self, ConfigObjects};
 use crate::serving::runtime::local::output::{self, Output, Stream};
-use crate::serving::runtime::local::{CONFIG_ERROR, Launched, Launcher, LocalWorkload, free_port};
+use crate::serving::runtime::local::{Launched, Launcher, LocalWorkload, check_config, free_port};
 use crate::serving::runtime::{ContainerSpec, RuntimeCondition};
 
 /// How long a crash report waits for the last lines still in the pipes.
@@ -36,15 +36,8 @@ impl ProcessLauncher {
 
 #[async_trait::async_trait]
 impl Launcher for ProcessLauncher {
-    /// Checks that the Secrets and ConfigMaps the environment reads exist.
     fn check(&self) -> Result<(), RuntimeCondition> {
-        let objects = self.objects.borrow().clone();
-        config::check(
-            &self.workload.pod,
-            &objects,
-            &self.workload.service.namespace,
-        )
-        .map_err(|message| RuntimeCondition::failed(CONFIG_ERROR, message))
+        check_config(&self.workload, &self.objects)
     }
 
     async fn launch(&self, instance: &Arc<str>) -> Result<Box<dyn Launched>, String> {
