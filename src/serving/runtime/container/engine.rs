@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use bollard::query_parameters::RemoveContainerOptions;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 
@@ -45,6 +45,15 @@ pub struct Engine {
     /// reached from the host, so instances are reached through published
     /// ports.
     pub rootless: bool,
+}
+
+impl Engine {
+    /// `GET path` as plain JSON: for what runs while pilotlight idles
+    /// (listing its containers, inspecting images), so that an idle
+    /// pilotlight does not page in bollard's models for a field or two.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        get_json(&self.socket, path).await
+    }
 }
 
 /// Finds and connects the engine when a revision first needs it.
@@ -96,7 +105,7 @@ impl EngineConnector {
         let connected = Arc::new(self.connect().await?);
         tracing::info!(engine = %connected.description, socket = %connected.socket.display(), "container engine connected");
         remove_owned(
-            &connected.docker,
+            &connected,
             &self.owner,
             "removed containers left by an earlier run with this data folder",
         )
@@ -122,7 +131,7 @@ impl EngineConnector {
         let engine = self.engine.lock().await.clone();
         if let Some(engine) = engine {
             remove_owned(
-                &engine.docker,
+                &engine,
                 &self.owner,
                 "removed containers still running at exit",
             )
@@ -291,31 +300,32 @@ fn describe(version: &serde_json::Value, api: (usize, usize)) -> String {
     )
 }
 
-/// The filter that selects this pilotlight's containers.
-pub fn owned_by(owner: &str) -> std::collections::HashMap<String, Vec<String>> {
-    [("label".to_owned(), vec![format!("{OWNER_LABEL}={owner}")])].into()
-}
-
 /// Removes every container (running or not) labelled with this data folder,
 /// and says so with `what` when there were any.
-async fn remove_owned(docker: &Docker, owner: &str, what: &str) {
-    let options = ListContainersOptions {
-        all: true,
-        filters: Some(owned_by(owner)),
-        ..Default::default()
-    };
-    let leftovers = match docker.list_containers(Some(options)).await {
+async fn remove_owned(engine: &Engine, owner: &str, what: &str) {
+    let filters = serde_json::json!({"label": [format!("{OWNER_LABEL}={owner}")]}).to_string();
+    let path = format!(
+        "/containers/json?all=1&filters={}",
+        percent_encoding::utf8_percent_encode(&filters, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let leftovers = match engine.get_json(&path).await {
         Ok(list) => list,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list this pilotlight's containers to remove them; they stay");
             return;
         }
     };
-    if leftovers.is_empty() {
+    let ids: Vec<&str> = leftovers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["Id"].as_str())
+        .collect();
+    if ids.is_empty() {
         return;
     }
-    let removals = leftovers.iter().filter_map(|c| c.id.as_deref()).map(|id| {
-        docker.remove_container(
+    let removals = ids.iter().map(|id| {
+        engine.docker.remove_container(
             id,
             Some(RemoveContainerOptions {
                 force: true,

@@ -16,6 +16,7 @@ use bollard::query_parameters::CreateImageOptions;
 use futures::StreamExt as _;
 use tokio::time::Instant;
 
+use super::engine::Engine;
 use crate::control::resources::pod::PullPolicy;
 use crate::serving::runtime::RuntimeCondition;
 use crate::serving::runtime::config::RegistryAuth;
@@ -71,13 +72,13 @@ pub struct PreparedImage {
 /// Makes the image present as its pull policy asks. Errors are the
 /// revision's `ImagePullFailed` condition, with the engine's message.
 pub async fn prepare(
-    docker: &Docker,
+    engine: &Engine,
     image: &ImageRef,
     policy: PullPolicy,
     credentials: Option<RegistryAuth>,
     report: &ConditionReport,
 ) -> Result<PreparedImage, RuntimeCondition> {
-    let local = local_image(docker, &image.pull).await;
+    let local = local_image(engine, &image.pull).await;
     match (policy, local) {
         (PullPolicy::IfNotPresent | PullPolicy::Never, Some(found)) => Ok(found),
         (PullPolicy::Never, None) => Err(RuntimeCondition::failed(
@@ -88,8 +89,8 @@ pub async fn prepare(
             ),
         )),
         (PullPolicy::Always, local) | (PullPolicy::IfNotPresent, local @ None) => {
-            match pull(docker, image, credentials, report).await {
-                Ok(()) => local_image(docker, &image.pull).await.ok_or_else(|| {
+            match pull(&engine.docker, image, credentials, report).await {
+                Ok(()) => local_image(engine, &image.pull).await.ok_or_else(|| {
                     RuntimeCondition::failed(
                         "ImagePullFailed",
                         format!(
@@ -120,9 +121,13 @@ pub async fn prepare(
 }
 
 /// The image as the engine has it, if it has it.
-async fn local_image(docker: &Docker, reference: &str) -> Option<PreparedImage> {
-    let inspected = docker.inspect_image(reference).await.ok()?;
-    let id = inspected.id?;
+async fn local_image(engine: &Engine, reference: &str) -> Option<PreparedImage> {
+    // The engine's router takes the name with its slashes as it is.
+    let inspected = engine
+        .get_json(&format!("/images/{reference}/json"))
+        .await
+        .ok()?;
+    let id = inspected["Id"].as_str()?.to_owned();
     let repository = reference
         .rsplit_once('@')
         .map(|(repo, _)| repo)
@@ -132,12 +137,13 @@ async fn local_image(docker: &Docker, reference: &str) -> Option<PreparedImage> 
             (!tag.contains('/')).then_some(repo)
         })
         .unwrap_or(reference);
-    let digest = inspected
-        .repo_digests
-        .unwrap_or_default()
+    let digest = inspected["RepoDigests"]
+        .as_array()
         .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str())
         .find(|d| d.split('@').next().is_some_and(|r| r.ends_with(repository)))
-        .unwrap_or_else(|| id.clone());
+        .map_or_else(|| id.clone(), str::to_owned);
     Some(PreparedImage {
         id,
         digest,

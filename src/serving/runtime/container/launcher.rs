@@ -100,7 +100,7 @@ impl Launcher for ContainerLauncher {
             )
             .map_err(|message| RuntimeCondition::failed("ImagePullFailed", message))?;
             let prepared = image::prepare(
-                &engine.docker,
+                &engine,
                 &reference,
                 container.pull_policy,
                 credentials,
