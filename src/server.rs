@@ -268,8 +268,9 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::
     }
 }
 
-/// One machine's runtimes: processes, and containers when an engine answers
-/// (connected now, so that containers a killed run left go at once).
+/// One machine's runtimes: processes, and containers in an engine (which is
+/// connected at start when this data folder ran containers before, so that
+/// what a killed run left goes at once).
 fn local_runtimes(
     config: &ServerConfig,
     objects: watch::Receiver<Arc<ConfigObjects>>,

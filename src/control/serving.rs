@@ -738,7 +738,6 @@ fn names(history: &[RecordedRevision]) -> String {
         .join(", ")
 }
 
-/// Marks the revision ready when its first instance is, then wakes the refresh.
 /// Marks the revision ready when its first instance is (or, at initial
 /// scale 0, once instances can start), then wakes the refresh.
 async fn watch_ready(revision: Arc<Revision>, ready_at_zero: bool, refresh: Arc<Notify>) {

@@ -229,10 +229,6 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Deployment for FakeDeployment {
-        fn runtime(&self) -> &'static str {
-            "fake"
-        }
-
         fn scale(&self, replicas: u32) {
             self.calls.lock().expect("not poisoned").push(replicas);
         }

@@ -80,9 +80,6 @@ pub trait Deployment: Send + Sync + 'static {
     /// Counts and the last failure, for the revision's status.
     fn status(&self) -> DeploymentStatus;
 
-    /// The runtime that runs it (`process`, `container`, `kubernetes`).
-    fn runtime(&self) -> &'static str;
-
     /// Whether instances can start: the activator answers at once while
     /// they cannot until something is fixed, instead of holding requests
     /// until they time out, and a revision at zero is Ready only once they

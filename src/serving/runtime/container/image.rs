@@ -17,6 +17,7 @@ use futures::StreamExt as _;
 use tokio::time::Instant;
 
 use super::engine::Engine;
+use super::reason;
 use crate::control::resources::pod::PullPolicy;
 use crate::serving::runtime::RuntimeCondition;
 use crate::serving::runtime::config::RegistryAuth;
@@ -82,7 +83,7 @@ pub async fn prepare(
     match (policy, local) {
         (PullPolicy::IfNotPresent | PullPolicy::Never, Some(found)) => Ok(found),
         (PullPolicy::Never, None) => Err(RuntimeCondition::failed(
-            "ImagePullFailed",
+            reason::IMAGE_PULL_FAILED,
             format!(
                 "image {} is not on this machine and its imagePullPolicy is Never; load it into the engine (docker load, docker pull) or change the policy",
                 image.written
@@ -92,7 +93,7 @@ pub async fn prepare(
             match pull(&engine.docker, image, credentials, report).await {
                 Ok(()) => local_image(engine, &image.pull).await.ok_or_else(|| {
                     RuntimeCondition::failed(
-                        "ImagePullFailed",
+                        reason::IMAGE_PULL_FAILED,
                         format!(
                             "image {} was pulled but the engine does not list it",
                             image.written
@@ -111,7 +112,7 @@ pub async fn prepare(
                         Ok(found)
                     }
                     None => Err(RuntimeCondition::failed(
-                        "ImagePullFailed",
+                        reason::IMAGE_PULL_FAILED,
                         format!("cannot pull image {}: {why}", image.written),
                     )),
                 },
@@ -162,7 +163,7 @@ async fn pull(
     let started = Instant::now();
     tracing::info!(image = %image.pull, "pulling image");
     report.set(Some(RuntimeCondition::pending(
-        "ImagePulling",
+        reason::IMAGE_PULLING,
         format!("pulling image {}", image.written),
     )));
     let options = CreateImageOptions {
@@ -188,7 +189,7 @@ async fn pull(
             let summary = progress.summary();
             tracing::info!(image = %image.pull, "pulling image: {summary}");
             report.set(Some(RuntimeCondition::pending(
-                "ImagePulling",
+                reason::IMAGE_PULLING,
                 format!("pulling image {}: {summary}", image.written),
             )));
         }

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::engine::{Engine, EngineConnector};
 use super::image::{self, ImageRef, engine_message};
+use super::reason;
 use super::spec::{self, InstancePlan};
 use crate::control::resources::pod::{ContainerNetwork, VolumeSource};
 use crate::serving::runtime::config::{self, ConfigObjects};
@@ -80,10 +81,11 @@ impl Launcher for ContainerLauncher {
     /// Connects the engine and makes every container's image present.
     async fn prepare(&self, report: &ConditionReport) -> Result<(), RuntimeCondition> {
         let objects = self.objects.borrow().clone();
-        let engine =
-            self.connector.engine().await.map_err(|message| {
-                RuntimeCondition::failed("ContainerEngineUnavailable", message)
-            })?;
+        let engine = self
+            .connector
+            .engine()
+            .await
+            .map_err(|message| RuntimeCondition::failed(reason::ENGINE_UNAVAILABLE, message))?;
         let pod = &self.workload.pod;
         let namespace = &self.workload.service.namespace;
         let mut ids = Vec::with_capacity(pod.containers.len());
@@ -98,7 +100,7 @@ impl Launcher for ContainerLauncher {
                 namespace,
                 &reference.registry,
             )
-            .map_err(|message| RuntimeCondition::failed("ImagePullFailed", message))?;
+            .map_err(|message| RuntimeCondition::failed(reason::IMAGE_PULL_FAILED, message))?;
             let prepared = image::prepare(
                 &engine,
                 &reference,
@@ -116,7 +118,8 @@ impl Launcher for ContainerLauncher {
         }
         report.set_images(images);
         report.set(
-            (!notes.is_empty()).then(|| RuntimeCondition::note("ImageNotPulled", notes.join("; "))),
+            (!notes.is_empty())
+                .then(|| RuntimeCondition::note(reason::IMAGE_NOT_PULLED, notes.join("; "))),
         );
         *self.prepared.lock().unwrap_or_else(PoisonError::into_inner) = Some((engine, ids));
         Ok(())

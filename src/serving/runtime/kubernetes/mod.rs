@@ -168,10 +168,6 @@ impl Deployment for KubernetesDeployment {
         self.endpoints.clone()
     }
 
-    fn runtime(&self) -> &'static str {
-        "kubernetes"
-    }
-
     fn status(&self) -> DeploymentStatus {
         let observed = self.observed.borrow();
         DeploymentStatus {

@@ -164,7 +164,6 @@ struct Target {
 /// A revision's instances on this machine. Dropping it stops them in the
 /// background, as [`Deployment::shutdown`] does.
 pub struct LocalDeployment {
-    runtime: &'static str,
     target: watch::Sender<Target>,
     endpoints: watch::Receiver<Arc<[Endpoint]>>,
     /// Written by the reconciler after every change, so `status` never waits.
@@ -176,7 +175,7 @@ pub struct LocalDeployment {
 
 impl LocalDeployment {
     /// Starts the deployment's reconciler on the current async runtime.
-    /// `runtime` names the runtime in status.
+    /// `runtime` names the runtime in errors.
     /// A failed [`Launcher::prepare`] is tried again at once when
     /// `objects` changes (a missing Secret was added), else after a backoff.
     pub fn start(
@@ -211,7 +210,6 @@ impl LocalDeployment {
             let _ = finished_tx.send(true);
         });
         Ok(LocalDeployment {
-            runtime,
             target,
             endpoints,
             status,
@@ -243,10 +241,6 @@ impl Deployment for LocalDeployment {
             .clone();
         status.desired = self.target.borrow().replicas;
         status
-    }
-
-    fn runtime(&self) -> &'static str {
-        self.runtime
     }
 
     fn start_state(&self) -> watch::Receiver<StartState> {
