@@ -1,14 +1,24 @@
 //! pilotlight: a Knative-compatible CloudEvents broker with built-in
 //! scale-from-zero serving, in one program.
 //!
-//! - [`eventing`]: the CloudEvent, broker ingress, backends, triggers and delivery.
-//! - [`control`]: manifests, desired state, reconciliation and status.
-//! - [`cli`]: the `pilotlight` command line.
+//! The layers, each on those below it only:
+//! - [`api`]: Knative's API: every kind, its checks, one registry of kinds.
+//! - [`cloudevent`], [`cesql`]: the CloudEvent and its filter language.
+//! - [`eventing`]: brokers, backends, triggers, delivery and sources;
+//!   [`serving`]: Services from zero (router, activator, autoscaler,
+//!   runtimes). Neither knows the other.
+//! - [`control`]: manifests from files or the API server, reconciling both
+//!   halves, status, the admin API.
+//! - [`server`] and [`cli`]: `pilotlight run` assembled, and the commands.
 
+pub mod api;
 pub mod backoff;
+pub mod cesql;
 pub mod cli;
+pub mod cloudevent;
 pub mod control;
 pub mod eventing;
+pub mod kubeconfig;
 pub mod server;
 pub mod serving;
 pub mod telemetry;

@@ -6,10 +6,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pilotlight::eventing::cesql::parser;
-use pilotlight::eventing::cesql::program::Program;
-use pilotlight::eventing::event::Event;
-use pilotlight::eventing::trigger::filter::Filter;
+use pilotlight::api::filter::Filter;
+use pilotlight::cesql::parser;
+use pilotlight::cesql::program::Program;
+use pilotlight::cloudevent::Event;
 
 struct Counting;
 

@@ -12,8 +12,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use pilotlight::api::broker::BrokerClass;
 use pilotlight::control::manifest;
-use pilotlight::control::resources::broker::BrokerClass;
 use pilotlight::server::ServerConfig;
 use support::images::{self, Image, SERVE};
 use support::{TestServer, request, wait_until};
@@ -618,15 +618,14 @@ spec:
     let loaded = manifest::load(&[dir.path().to_owned()], BrokerClass::Log);
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     for object in &loaded.objects {
-        let pilotlight::control::resources::Resource::Service(service) = &object.resource else {
+        let pilotlight::api::Resource::Service(service) = &object.resource else {
             continue;
         };
-        let pod =
-            pilotlight::control::resources::pod::PodSpec::from_template(&service.spec.template)
-                .unwrap_or_else(|e| panic!("{}: {e}", service.metadata.name));
+        let pod = pilotlight::api::pod::PodSpec::from_template(&service.spec.template)
+            .unwrap_or_else(|e| panic!("{}: {e}", service.metadata.name));
         assert_eq!(
             pod.local_runtime(),
-            pilotlight::control::resources::pod::LocalRuntime::Container
+            pilotlight::api::pod::LocalRuntime::Container
         );
         if service.metadata.name == "two-containers" {
             assert_eq!(pod.serving, 0);

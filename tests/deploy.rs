@@ -12,7 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, CustomResourceDefinitionVersion, JSONSchemaProps,
     JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
-use pilotlight::control::resources::KNOWN_KINDS;
+use pilotlight::api::kinds::KINDS;
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -252,8 +252,9 @@ fn the_crds_cover_every_knative_kind_the_manifest_loader_knows() {
         })
         .collect();
     // Core kinds (ConfigMap, Secret) have an apiVersion without a group.
-    let known: BTreeSet<(String, String)> = KNOWN_KINDS
+    let known: BTreeSet<(String, String)> = KINDS
         .iter()
+        .flat_map(|k| k.api_versions.iter().map(move |v| (*v, k.kind)))
         .filter(|(api_version, _)| api_version.contains('/'))
         .map(|(api_version, kind)| (api_version.to_string(), kind.to_string()))
         .collect();
@@ -527,7 +528,7 @@ fn schema_at<'a>(crds: &'a [Crd], kind: &str, path: &[&str]) -> &'a JSONSchemaPr
 
 #[test]
 fn the_crds_limits_are_pilotlights() {
-    use pilotlight::control::resources::service::{MAX_CONTAINER_CONCURRENCY, MAX_TIMEOUT_SECONDS};
+    use pilotlight::api::service::{MAX_CONTAINER_CONCURRENCY, MAX_TIMEOUT_SECONDS};
     let crds = crds();
     let revision = ["spec", "template", "spec"];
     let maximum = |kind: &str, path: &[&str]| schema_at(&crds, kind, path).maximum;
@@ -544,9 +545,7 @@ fn the_crds_limits_are_pilotlights() {
     );
     assert_eq!(
         maximum("KafkaSource", &["spec", "consumers"]),
-        Some(f64::from(
-            pilotlight::eventing::source::kafka::MAX_CONSUMERS
-        ))
+        Some(f64::from(pilotlight::api::sources::kafka::MAX_CONSUMERS))
     );
 
     // The delivery durations: what pilotlight parses, the pattern takes.
@@ -554,7 +553,7 @@ fn the_crds_limits_are_pilotlights() {
     for duration in [
         "PT0.2S", "PT1M30S", "PT10S", "P1D", "P1DT2H", "PT0,5S", "10s", "1M",
     ] {
-        let parsed = pilotlight::control::resources::duck::parse_duration(duration);
+        let parsed = pilotlight::api::duck::parse_duration(duration);
         let yaml = format!("{TRIGGER}  delivery:\n    timeout: {duration}\n");
         assert_eq!(
             refused(&schemas, &yaml).is_empty(),

@@ -46,7 +46,7 @@ async fn replica(fake: &FakeApiServer, dir: &Path, identity: &str) -> Server {
     let dir = dir.join(identity);
     std::fs::create_dir_all(&dir).expect("replica dir");
     let mut config = ServerConfig::on_free_ports(dir.join("manifests"), dir.join("data"));
-    config.default_class = pilotlight::control::resources::broker::BrokerClass::Memory;
+    config.default_class = pilotlight::api::broker::BrokerClass::Memory;
     config.ingress_url = Some(INGRESS.into());
     config.kubernetes = Some(KubernetesSettings {
         kubeconfig: Some(fake.kubeconfig(&dir)),

@@ -21,9 +21,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use pilotlight::control::ObjectKey;
+use pilotlight::api::ObjectKey;
+use pilotlight::cloudevent::Event;
 use pilotlight::eventing::backend::rabbitmq::{binding, exchange_name, queue_name};
-use pilotlight::eventing::event::Event;
 use support::{Subscriber, TestServer, request, with_dead_letters};
 
 const WAIT: Duration = Duration::from_secs(20);

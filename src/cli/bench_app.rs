@@ -22,7 +22,7 @@ use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 
 use super::bench::NAMESPACE;
 use super::images::ImageBuilder;
-use crate::control::resources::pod::ContainerNetwork;
+use crate::api::pod::ContainerNetwork;
 use crate::serving::runtime::container::engine::{Engine, EngineConnector};
 
 /// Longest wait for an app to start or answer.

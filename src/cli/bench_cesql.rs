@@ -15,10 +15,10 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::eventing::cesql::parser;
-use crate::eventing::cesql::program::Program;
-use crate::eventing::event::Event;
-use crate::eventing::trigger::filter::Filter;
+use crate::api::filter::Filter;
+use crate::cesql::parser;
+use crate::cesql::program::Program;
+use crate::cloudevent::Event;
 
 /// The filter the issue names.
 pub const TYPICAL_FILTER: &str =

@@ -45,11 +45,11 @@ use crate::cli::bench_cesql::median;
 
 use super::bench::{Check, NAMESPACE, WorkDir, checks_json, server_config, write_checks};
 use super::bench_http::{CountingSubscriber, Poster};
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
+use crate::cloudevent::Event;
 use crate::eventing::backend::rabbitmq::binding::{binding_arguments, encode};
 use crate::eventing::backend::rabbitmq::connection::declare_exchange;
 use crate::eventing::backend::rabbitmq::{exchange_name, queue_name};
-use crate::eventing::event::Event;
 use crate::server::Server;
 
 const TARGET_RATIO: f64 = 0.8;

@@ -70,7 +70,7 @@ use super::bench::{
 };
 use super::bench_app::{AppRuntime, START_TIMEOUT, free_port, loopback};
 use super::run::NetworkArg;
-use crate::control::resources::pod::ContainerNetwork;
+use crate::api::pod::ContainerNetwork;
 use crate::server::Server;
 
 /// Pause between cold-start rounds, so one round's exit does not overlap the

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use clap::Args;
 use http::{HeaderMap, HeaderValue, header};
 
-use crate::eventing::cesql::ast::Value;
-use crate::eventing::cesql::{eval, parser};
-use crate::eventing::event::{Event, parse_http};
+use crate::cesql::ast::Value;
+use crate::cesql::{eval, parser};
+use crate::cloudevent::{Event, parse_http};
 
 #[derive(Debug, Args)]
 pub struct CesqlArgs {

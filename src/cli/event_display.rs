@@ -76,7 +76,7 @@ pub fn render(event: &cloudevents::Event) -> String {
                 Ok(json)
                     if event
                         .datacontenttype()
-                        .is_some_and(crate::eventing::event::is_json_media_type) =>
+                        .is_some_and(crate::cloudevent::is_json_media_type) =>
                 {
                     serde_json::to_string_pretty(&json).unwrap_or_default()
                 }

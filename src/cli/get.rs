@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use super::http::admin_get;
-use crate::control::status::{ObjectList, ObjectView, ViewMeta};
+use crate::api::status::{ObjectList, ObjectView, ViewMeta};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
@@ -248,7 +248,7 @@ fn header(names: &[&str]) -> Vec<String> {
 }
 
 /// `90% -> hello-00002, 10% -> hello-00001 (tag old)`, as `kn route list` sums it up.
-fn traffic(status: &crate::control::status::ServingStatus) -> String {
+fn traffic(status: &crate::api::status::ServingStatus) -> String {
     status
         .traffic
         .iter()

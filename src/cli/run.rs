@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::api::autoscaling::AutoscalerDefaults;
+use crate::api::broker::BrokerClass;
+use crate::api::pod::ContainerNetwork;
 use crate::control::kubernetes::KubernetesSettings;
 use crate::control::kubernetes::leader::LeaseSettings;
-use crate::control::resources::broker::BrokerClass;
-use crate::control::resources::pod::ContainerNetwork;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES;
 use crate::server::{Server, ServerConfig, ServingConfig};
-use crate::serving::autoscaler::AutoscalerDefaults;
 use crate::serving::runtime::container::ContainerConfig;
 use crate::serving::runtime::container::engine::socket_path;
 

@@ -6,9 +6,7 @@ use clap::{Args, ValueEnum};
 use http::{HeaderMap, HeaderValue, Method, Uri, header::CONTENT_TYPE};
 
 use super::http::request;
-use crate::eventing::event::{
-    CONTENT_TYPE_STRUCTURED, Event, encode_binary_headers, encode_structured,
-};
+use crate::cloudevent::{CONTENT_TYPE_STRUCTURED, Event, encode_binary_headers, encode_structured};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SendMode {

@@ -11,26 +11,25 @@ use std::time::Duration;
 use http::Uri;
 use tokio::sync::watch;
 
-use super::ObjectKey;
-use super::manifest::{Loaded, ManifestError, Manifests};
-use super::objects::ObjectIndex;
-use super::resources::broker::BrokerClass;
-use super::resources::duck::Destination;
-use super::resources::trigger::DeliveryOrder;
-use super::resources::{Broker, Resource, Trigger};
 use super::serving::ServingControl;
 use super::sources::{DesiredSource, SourceControl};
+use crate::api::ObjectKey;
+use crate::api::broker::BrokerClass;
+use crate::api::duck::Destination;
+use crate::api::index::ObjectIndex;
+use crate::api::manifest::{Loaded, ManifestError, Manifests};
+use crate::api::trigger::DeliveryOrder;
+use crate::api::{Broker, Resource, Trigger};
 
 type BuildSource = Box<dyn FnOnce() -> Box<dyn crate::eventing::source::Source> + Send>;
-use super::resources::pod::ConfigKind;
-use super::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
+use crate::api::pod::ConfigKind;
+use crate::api::rabbitmq::QueueType;
+use crate::api::status::{Address, ObjectList, ObjectView, Status, ViewMeta};
 use crate::backoff::Backoff;
 use crate::eventing::backend::kafka::{self as kafka_backend, KafkaConfig};
 use crate::eventing::backend::log::{self as log_backend, LogConfig};
 use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
-use crate::eventing::backend::rabbitmq::config::{
-    self as rabbitmq_config, QueueType, RabbitConnectionConfig,
-};
+use crate::eventing::backend::rabbitmq::config::{self as rabbitmq_config, RabbitConnectionConfig};
 use crate::eventing::backend::rabbitmq::{self as rabbitmq_backend};
 use crate::eventing::backend::{Backend, SubscriptionSpec};
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
@@ -429,13 +428,13 @@ impl ControlPlane {
             return RabbitConnectionConfig::from_uri(uri, QueueType::default())
                 .map_err(|e| format!("--rabbitmq-uri: {e}"));
         };
-        if reference.kind != rabbitmq_config::KIND
-            || reference.api_version != rabbitmq_config::API_VERSION
+        if reference.kind != crate::api::rabbitmq::KIND
+            || reference.api_version != crate::api::rabbitmq::API_VERSION
         {
             return Err(format!(
                 "spec.config: a RabbitMQBroker's config is a {} ({}), not {} ({})",
-                rabbitmq_config::KIND,
-                rabbitmq_config::API_VERSION,
+                crate::api::rabbitmq::KIND,
+                crate::api::rabbitmq::API_VERSION,
                 reference.kind,
                 reference.api_version
             ));

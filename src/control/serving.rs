@@ -12,13 +12,16 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{Notify, watch};
 
-use super::ObjectKey;
-use super::manifest::Loaded;
-use super::resources::Invalid;
-use super::resources::service::RevisionTemplate;
-use super::resources::service::{Service, TrafficRevision};
-use super::status::{ContainerStatus, ObjectView, ServingStatus, Status, TrafficStatus, ViewMeta};
-use crate::serving::autoscaler::{AutoscalerDefaults, RevisionScaling, RevisionStats, Scaler};
+use crate::api::Invalid;
+use crate::api::ObjectKey;
+use crate::api::autoscaling::{AutoscalerDefaults, RevisionScaling};
+use crate::api::manifest::Loaded;
+use crate::api::service::RevisionTemplate;
+use crate::api::service::{Service, TrafficRevision};
+use crate::api::status::{
+    ContainerStatus, ObjectView, ServingStatus, Status, TrafficStatus, ViewMeta,
+};
+use crate::serving::autoscaler::{RevisionStats, Scaler};
 use crate::serving::history::{RecordedRevision, RevisionHistory};
 use crate::serving::revision::{Revision, RevisionParts};
 use crate::serving::router::{HostRoute, RouteTable, Router};
@@ -184,7 +187,7 @@ impl ServingControl {
         let desired: BTreeMap<ObjectKey, (&Service, String)> = services
             .iter()
             .filter_map(|l| match &l.resource {
-                super::resources::Resource::Service(s) => {
+                crate::api::Resource::Service(s) => {
                     Some((s.metadata.key(), (s.as_ref(), l.origin.to_string())))
                 }
                 _ => None,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::ObjectKey;
-use super::status::{Condition, ObjectView, Status, ViewMeta};
+use crate::api::ObjectKey;
+use crate::api::status::{Condition, ObjectView, Status, ViewMeta};
 use crate::eventing::delivery::EventSender;
 use crate::eventing::source::{Source, SourceContext, SourceHandle, SourceHealth};
 

@@ -3,8 +3,6 @@
 
 pub mod backend;
 pub mod broker;
-pub mod cesql;
 pub mod delivery;
-pub mod event;
 pub mod source;
 pub mod trigger;

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::autoscaler::{RevisionStats, ScalerHandle};
 use super::runtime::{Deployment, Endpoint, StartState};
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
 
 /// A revision that can take requests.
 pub struct Revision {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::revision::Revision;
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
 
 /// Where one host's requests go.
 pub struct HostRoute {

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use pilotlight::eventing::event::{Event, parse_http};
+use pilotlight::cloudevent::{Event, parse_http};
 use pilotlight::server::{Server, ServerConfig};
 
 /// A server started on temporary folders, with its manifests in `manifests`.
@@ -93,7 +93,7 @@ impl TestServer {
     pub async fn reapply(&self) {
         let manifests = pilotlight::control::manifest::load(
             std::slice::from_ref(&self.manifests),
-            pilotlight::control::resources::broker::BrokerClass::Log,
+            pilotlight::api::broker::BrokerClass::Log,
         );
         assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
         self.server.control.apply(Arc::new(manifests)).await;

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Notify, watch};
 
 use super::kinds::WatchedKind;
-use crate::control::ObjectKey;
-use crate::control::manifest::{self, Loaded, ManifestError, Manifests, Origin};
+use crate::api::ObjectKey;
+use crate::api::manifest::{self, Loaded, ManifestError, Manifests, Origin};
 use crate::control::reconcile::ControlPlane;
 
 /// One watched kind's objects, kept by a reflector.

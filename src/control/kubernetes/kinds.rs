@@ -4,15 +4,15 @@
 use kube::Resource as _;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
-use crate::control::resources::KNOWN_KINDS;
+use crate::api::kinds::KINDS;
 
 /// One kind pilotlight watches.
 #[derive(Debug, Clone)]
 pub struct WatchedKind {
     pub resource: ApiResource,
     /// Knative kinds that pilotlight reconciles: it writes their status and
-    /// holds a finalizer on them. The others (ConfigMap, Secret,
-    /// RabbitmqBrokerConfig) are only read by what refers to them.
+    /// holds a finalizer on them. The others (the registry's `Referenced`
+    /// kinds) are only read by what refers to them.
     pub reconciled: bool,
 }
 
@@ -30,24 +30,22 @@ impl WatchedKind {
     }
 }
 
-/// Every kind the loader knows, once each: a kind known in several versions
+/// Every registered kind, once each: a kind known in several versions
 /// (KafkaSource v1beta1 and v1) is watched in the last one listed, which the
 /// API server converts the others to.
 pub fn watched_kinds() -> Vec<WatchedKind> {
-    let mut kinds: Vec<WatchedKind> = Vec::new();
-    for (api_version, kind) in KNOWN_KINDS {
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        let watched = WatchedKind {
-            resource: ApiResource::from_gvk(&gvk),
-            reconciled: !matches!(*kind, "ConfigMap" | "Secret" | "RabbitmqBrokerConfig"),
-        };
-        match kinds.iter_mut().find(|k| k.resource.kind == *kind) {
-            Some(existing) => *existing = watched,
-            None => kinds.push(watched),
-        }
-    }
-    kinds
+    KINDS
+        .iter()
+        .filter_map(|info| {
+            let api_version = info.api_versions.last()?;
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let gvk = GroupVersionKind::gvk(group, version, info.kind);
+            Some(WatchedKind {
+                resource: ApiResource::from_gvk(&gvk),
+                reconciled: info.role.is_reconciled(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -33,9 +33,9 @@ use kube::runtime::reflector;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
+use crate::api::status::Status;
 use crate::control::reconcile::ControlPlane;
-use crate::control::status::Status;
 use desired::object_key;
 use desired::{Cache, CacheEvents, DesiredState};
 use kinds::WatchedKind;
@@ -57,24 +57,10 @@ pub struct KubernetesSettings {
     pub lease: leader::LeaseSettings,
 }
 
-/// The API server configuration: this kubeconfig file (its current
-/// context), or kube's inference (in-cluster service account, `KUBECONFIG`,
-/// `~/.kube/config`). The error names the file.
-pub async fn load_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, String> {
-    let Some(path) = kubeconfig else {
-        return kube::Config::infer().await.map_err(|e| e.to_string());
-    };
-    let file = kube::config::Kubeconfig::read_from(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// Builds the API client of `--kubernetes` from `--kubeconfig`, or by
 /// kube's inference.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
-    let config = load_config(kubeconfig).await.map_err(|e| match kubeconfig {
+    let config = crate::kubeconfig::load_config(kubeconfig).await.map_err(|e| match kubeconfig {
         Some(_) => anyhow::anyhow!("{e} (--kubeconfig)"),
         None => anyhow::anyhow!(
             "no Kubernetes configuration ({e}): run pilotlight in a cluster, or set KUBECONFIG or pass --kubeconfig"

@@ -7,9 +7,9 @@ use kube::api::{DynamicObject, PostParams};
 use serde_json::Value;
 
 use super::kinds::WatchedKind;
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
+use crate::api::status::{ObjectView, Status};
 use crate::control::reconcile::ControlPlane;
-use crate::control::status::{ObjectView, Status};
 
 /// The status pilotlight holds for one object: a Broker's or Trigger's as
 /// the last apply left it, others from their namespace's views only (a

@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::control::ObjectKey;
-use crate::eventing::event::Event;
-use crate::eventing::trigger::filter::Filter;
+use crate::api::ObjectKey;
+use crate::api::filter::Filter;
+use crate::cloudevent::Event;
 
 /// What a trigger asks of its backend when it subscribes.
 #[derive(Clone)]

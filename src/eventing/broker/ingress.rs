@@ -20,8 +20,8 @@ use http_body_util::{BodyExt, Limited};
 use percent_encoding::percent_decode_str;
 
 use super::{BrokerEntry, BrokerRegistry, reject_metric};
+use crate::cloudevent::parse_http;
 use crate::eventing::backend::AppendError;
-use crate::eventing::event::parse_http;
 
 /// Default largest request body accepted (1 MiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;

@@ -9,9 +9,9 @@ use std::sync::{Arc, RwLock};
 use chrono::{SecondsFormat, Utc};
 use metrics::Counter;
 
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
+use crate::cloudevent::Event;
 use crate::eventing::backend::{AppendError, Backend};
-use crate::eventing::event::Event;
 
 /// A running broker: its backend and its ingress counters.
 pub struct BrokerHandle {

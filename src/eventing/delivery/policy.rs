@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use crate::control::resources::duck::{BackoffPolicy, DeliverySpec, parse_duration};
+use crate::api::duck::{BackoffPolicy, DeliverySpec, parse_duration};
 
 /// Per-attempt timeout when `spec.delivery.timeout` is not set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -7,7 +7,7 @@ use http::{StatusCode, Uri};
 
 use super::DeliveryPolicy;
 use super::sender::{Attempt, ERROR_DATA_MAX, EventSender, Failure};
-use crate::eventing::event::Event;
+use crate::cloudevent::Event;
 
 /// The end of a delivery with retries.
 #[derive(Debug)]
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn dead_letter_event_carries_knative_extensions() {
-        let event = crate::eventing::event::test_event("1", "t", None);
+        let event = crate::cloudevent::test_event("1", "t", None);
         let failure = Failure {
             status: Some(http::StatusCode::BAD_REQUEST),
             retryable: false,

@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 
-use crate::eventing::event::{Event, carries_event, encode_binary_headers, parse_http};
+use crate::cloudevent::{Event, carries_event, encode_binary_headers, parse_http};
 
 /// Knative keeps at most this much of a failed response in `knativeerrordata`.
 pub const ERROR_DATA_MAX: usize = 1024;

@@ -21,9 +21,10 @@ use std::time::Duration;
 use http::Uri;
 use tokio::sync::watch;
 
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
+use crate::api::duck::CeOverrides;
+use crate::cloudevent::Event;
 use crate::eventing::delivery::{DeliveryPolicy, EventSender, Outcome, deliver_with_retries};
-use crate::eventing::event::Event;
 
 /// How sources deliver: Knative's sources retry a failed send; here 10
 /// retries, exponential from 0.2 s (about 3.5 minutes in all), honouring
@@ -31,52 +32,13 @@ use crate::eventing::event::Event;
 pub fn source_delivery_policy() -> DeliveryPolicy {
     DeliveryPolicy {
         retry: 10,
-        backoff_policy: crate::control::resources::duck::BackoffPolicy::Exponential,
+        backoff_policy: crate::api::duck::BackoffPolicy::Exponential,
         backoff_delay: Duration::from_millis(200),
         ..DeliveryPolicy::default()
     }
 }
 
-/// `spec.ceOverrides`: extension attributes set on every event a source sends.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CeOverrides {
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub extensions: std::collections::BTreeMap<String, String>,
-}
-
 impl CeOverrides {
-    /// Extension names must be CloudEvents attribute names, and not the
-    /// required attributes a source sets itself.
-    pub fn validate(&self, field: &str) -> Result<(), crate::control::resources::Invalid> {
-        use crate::control::resources::Invalid;
-        for name in self.extensions.keys() {
-            if !crate::eventing::event::is_valid_attribute_name(name) {
-                return Err(Invalid::new(
-                    format!("{field}.extensions.{name}"),
-                    "is not a CloudEvents attribute name: use 1-20 lower-case letters and digits",
-                ));
-            }
-            if matches!(
-                name.as_str(),
-                "id" | "source"
-                    | "type"
-                    | "specversion"
-                    | "time"
-                    | "subject"
-                    | "datacontenttype"
-                    | "dataschema"
-                    | "data"
-            ) {
-                return Err(Invalid::new(
-                    format!("{field}.extensions.{name}"),
-                    "is a context attribute the source sets; ceOverrides only adds extensions",
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Sets the extensions on an event; [`CeOverrides::validate`] checked
     /// the names when the manifest loaded.
     pub fn apply(&self, event: &mut Event) {

@@ -19,15 +19,15 @@ use metrics::{Counter, Histogram};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::filter::Filter;
+use crate::api::ObjectKey;
+use crate::api::filter::Filter;
 use crate::backoff::Backoff;
-use crate::control::ObjectKey;
+use crate::cloudevent::Event;
 use crate::eventing::backend::{Delivery, Subscription};
 use crate::eventing::broker::BrokerHandle;
 use crate::eventing::delivery::{
     DeliveryPolicy, EventSender, Failure, Outcome, dead_letter_event, deliver_with_retries,
 };
-use crate::eventing::event::Event;
 
 /// Deliveries queued per lane of an ordered trigger before reading pauses.
 const LANE_QUEUE: usize = 64;

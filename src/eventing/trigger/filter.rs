@@ -1,54 +1,15 @@
-//! Trigger filters (`spec.filter.attributes` and `spec.filters`) and the index
-//! that finds the triggers an event matches without testing every trigger.
+//! How trigger filters match events (the filters themselves, compiled from
+//! `spec.filter.attributes` and `spec.filters`, are `api::filter`), and the
+//! index that finds the triggers an event matches without testing every
+//! trigger.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::eventing::event::Event;
-
-/// A compiled trigger filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Filter {
-    /// No filter: every event matches.
-    Everything,
-    Exact {
-        attribute: String,
-        value: String,
-    },
-    Prefix {
-        attribute: String,
-        prefix: String,
-    },
-    Suffix {
-        attribute: String,
-        suffix: String,
-    },
-    All(Vec<Filter>),
-    Any(Vec<Filter>),
-    Not(Box<Filter>),
-    /// A CESQL expression, compiled once when the Trigger loads.
-    Cesql(Arc<crate::eventing::cesql::program::Program>),
-}
+use crate::api::filter::Filter;
+use crate::cloudevent::Event;
 
 impl Filter {
-    /// Knative's legacy `spec.filter.attributes`: every pair must match exactly;
-    /// an empty value matches any value (Knative's `TriggerAnyFilter`).
-    pub fn from_attributes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Filter {
-        let exact: Vec<Filter> = pairs
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(a, v)| Filter::Exact {
-                attribute: a.to_owned(),
-                value: v.to_owned(),
-            })
-            .collect();
-        match exact.len() {
-            0 => Filter::Everything,
-            1 => exact.into_iter().next().unwrap_or(Filter::Everything),
-            _ => Filter::All(exact),
-        }
-    }
-
     pub fn matches(&self, event: &Event) -> bool {
         match self {
             Filter::Everything => true,
@@ -90,7 +51,7 @@ impl Filter {
 
 /// The spec: an expression that errors does not match. The error is counted
 /// by kind and logged at debug, since it repeats for every such event.
-fn cesql_matches(program: &crate::eventing::cesql::program::Program, event: &Event) -> bool {
+fn cesql_matches(program: &crate::cesql::program::Program, event: &Event) -> bool {
     program.matches(event, |kind, message| {
         metrics::counter!("pilotlight_cesql_errors_total", "kind" => kind.as_str()).increment(1);
         tracing::debug!(
@@ -193,7 +154,7 @@ mod tests {
     use super::*;
 
     fn event(ty: &str, source: &str, color: Option<&str>) -> Event {
-        let mut event = crate::eventing::event::test_event("1", ty, None);
+        let mut event = crate::cloudevent::test_event("1", ty, None);
         event.set_attribute("source", source);
         if let Some(color) = color {
             event.set_attribute("color", color);

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{Metric, RevisionScaling};
 use super::stats::Sample;
+use crate::api::autoscaling::{Metric, RevisionScaling};
 
 /// Windows are made of one-second buckets, as Knative's.
 const BUCKET: Duration = Duration::from_secs(1);
@@ -404,7 +404,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::serving::autoscaler::config::AutoscalerDefaults;
+    use crate::api::autoscaling::AutoscalerDefaults;
 
     fn scaling(pairs: &[(&str, &str)]) -> RevisionScaling {
         scaling_with(pairs, AutoscalerDefaults::default())

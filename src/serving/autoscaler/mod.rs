@@ -10,15 +10,15 @@
 //! - [`scaler`]: the per-revision loop that samples every second, decides
 //!   every tick and scales the [`Deployment`](crate::serving::runtime::Deployment);
 //!   the activator pokes it to leave zero at once.
-//! - [`config`]: `config-autoscaler` defaults and the `autoscaling.knative.dev/*`
-//!   annotations, validated with Knative's ranges.
+//!
+//! The settings it runs with (`config-autoscaler` defaults and the
+//! `autoscaling.knative.dev/*` annotations) are Knative's API, in
+//! `api::autoscaling`.
 
-pub mod config;
 pub mod kpa;
 pub mod scaler;
 pub mod stats;
 
-pub use config::{AutoscalerDefaults, Metric, RevisionScaling};
 pub use kpa::{Decision, Kpa};
 pub use scaler::{Scaler, ScalerHandle, ScalerSnapshot};
 pub use stats::{RevisionStats, Sample};

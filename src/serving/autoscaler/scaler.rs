@@ -10,9 +10,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
-use super::config::RevisionScaling;
 use super::kpa::{Decision, Kpa};
 use super::stats::RevisionStats;
+use crate::api::autoscaling::RevisionScaling;
 use crate::serving::runtime::Deployment;
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -212,7 +212,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::serving::autoscaler::config::AutoscalerDefaults;
+    use crate::api::autoscaling::AutoscalerDefaults;
     use crate::serving::runtime::{DeploymentStatus, Endpoint};
 
     /// Records scale calls; instances are ready as soon as asked for.

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use crate::control::ObjectKey;
-use crate::control::resources::pod::{
+use crate::api::ObjectKey;
+use crate::api::pod::{
     ConfigKind, ContainerSpec, EnvValue, FileSource, KeyRef, PodSpec, VolumeSource, expand,
 };
 
@@ -386,7 +386,7 @@ fn same_registry(server: &str, registry: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::resources::pod::{EnvFrom, EnvVar};
+    use crate::api::pod::{EnvFrom, EnvVar};
 
     fn objects() -> ConfigObjects {
         let mut objects = ConfigObjects::default();

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, watch};
 
-use crate::control::ObjectKey;
-pub use crate::control::resources::pod::{ContainerSpec, PodSpec, Probe};
-use crate::control::resources::service::RevisionTemplate;
+use crate::api::ObjectKey;
+pub use crate::api::pod::{ContainerSpec, PodSpec, Probe};
+use crate::api::service::RevisionTemplate;
 
 pub mod config;
 pub mod container;

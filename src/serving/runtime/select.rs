@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::container::ContainerRuntime;
 use super::process::ProcessRuntime;
 use super::{CannotRun, Deployment, Runtime, Workload};
-use crate::control::resources::pod::LocalRuntime;
+use crate::api::pod::LocalRuntime;
 
 pub struct LocalRuntimes {
     pub process: ProcessRuntime,

@@ -15,7 +15,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 
-use crate::eventing::event::{
+use crate::cloudevent::{
     BindingError, CONTENT_TYPE_STRUCTURED, Event, ValidationError, parse_http,
 };
 
@@ -120,7 +120,7 @@ pub fn decode<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eventing::event::test_event;
+    use crate::cloudevent::test_event;
 
     fn headers(record: &OutRecord) -> Vec<(&str, Option<&[u8]>)> {
         record

@@ -8,9 +8,9 @@ use std::fmt;
 
 use rdkafka::ClientConfig;
 
-use crate::control::ObjectKey;
-use crate::control::objects::ObjectIndex;
-use crate::control::resources::{Broker, Secret};
+use crate::api::ObjectKey;
+use crate::api::index::ObjectIndex;
+use crate::api::{Broker, Secret};
 
 /// Broker annotation naming a topic that exists already (Knative's
 /// eventing-kafka-broker): the broker uses it, never creates nor deletes it.
@@ -260,15 +260,10 @@ fn number(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::manifest::Manifests;
+    use crate::api::manifest::Manifests;
 
     fn load(yaml: &str) -> Manifests {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
-        crate::control::manifest::load(
-            &[dir.path().to_owned()],
-            crate::control::resources::broker::BrokerClass::Log,
-        )
+        Manifests::from_text(yaml, crate::api::broker::BrokerClass::Log)
     }
 
     fn broker_of(manifests: &Manifests) -> (ObjectKey, Broker) {
@@ -276,9 +271,7 @@ mod tests {
             .objects
             .iter()
             .find_map(|l| match &l.resource {
-                crate::control::resources::Resource::Broker(b) => {
-                    Some((b.metadata.key(), b.clone()))
-                }
+                crate::api::Resource::Broker(b) => Some((b.metadata.key(), (**b).clone())),
                 _ => None,
             })
             .expect("a broker")

@@ -32,12 +32,7 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// Timeout of the metadata and offset requests made when starting.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where a group with no committed offsets starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InitialOffset {
-    Earliest,
-    Latest,
-}
+pub use crate::api::sources::kafka::InitialOffset;
 
 /// Why a consumer could not start.
 #[derive(Debug, thiserror::Error)]

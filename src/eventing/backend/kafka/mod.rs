@@ -38,9 +38,9 @@ use super::{
     Acknowledge, AppendError, Backend, BackendError, Delivery, Subscription, SubscriptionLag,
     SubscriptionSpec,
 };
-use crate::control::ObjectKey;
-use crate::eventing::event::Event;
-use crate::eventing::trigger::filter::Filter;
+use crate::api::ObjectKey;
+use crate::api::filter::Filter;
+use crate::cloudevent::Event;
 
 /// How long a record may wait to be acknowledged before the append fails.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);

@@ -11,7 +11,7 @@ use rdkafka::producer::DefaultProducerContext;
 
 use super::config::{KafkaAuth, KafkaConfig};
 use super::*;
-use crate::eventing::event::test_event;
+use crate::cloudevent::test_event;
 
 fn config(cluster: &MockCluster<'_, DefaultProducerContext>, topic: &str) -> KafkaConfig {
     cluster.create_topic(topic, 3, 1).expect("topic");

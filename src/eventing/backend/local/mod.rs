@@ -24,9 +24,10 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{AppendError, Backend, BackendError, Subscription, SubscriptionLag, SubscriptionSpec};
-use crate::control::ObjectKey;
-use crate::eventing::event::Event;
-use crate::eventing::trigger::filter::{Filter, FilterIndex, MatchSet};
+use crate::api::ObjectKey;
+use crate::api::filter::Filter;
+use crate::cloudevent::Event;
+use crate::eventing::trigger::filter::{FilterIndex, MatchSet};
 use subscription::LocalSubscription;
 use writer::Writer;
 
@@ -590,7 +591,7 @@ mod tests {
     }
 
     fn event(id: &str) -> Event {
-        crate::eventing::event::test_event(id, "t", None)
+        crate::cloudevent::test_event(id, "t", None)
     }
 
     #[tokio::test(flavor = "multi_thread")]

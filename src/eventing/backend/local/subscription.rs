@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{Shared, State, Store, SubscriptionState};
+use crate::api::filter::Filter;
+use crate::cloudevent::Event;
 use crate::eventing::backend::{Acknowledge, Delivery, Subscription};
-use crate::eventing::event::Event;
-use crate::eventing::trigger::filter::Filter;
 
 /// Events taken from the tail or the store per lock or read.
 const READ_BATCH: usize = 256;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::{Shared, Store};
+use crate::cloudevent::Event;
 use crate::eventing::backend::AppendError;
-use crate::eventing::event::Event;
 use crate::eventing::trigger::filter::MatchSet;
 
 /// Requests written and synced together at most, to bound a group's latency.

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::local::{LocalBackend, LocalConfig, Store, StoreError};
-use crate::eventing::event::Event;
+use crate::cloudevent::Event;
 use segment::{Segment, io_error, lock};
 use writer::{Writer, sync_dir};
 

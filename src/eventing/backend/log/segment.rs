@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::record::{self, Next, RecordReader};
+use crate::cloudevent::Event;
 use crate::eventing::backend::local::StoreError;
-use crate::eventing::event::Event;
 
 /// An index entry is added once this many record bytes follow the previous one,
 /// so a read scans at most about this much before reaching its offset.

@@ -10,12 +10,12 @@ use bytes::Bytes;
 use super::record::{self, HEADER_LEN};
 use super::writer::Fault;
 use super::*;
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
+use crate::api::filter::Filter;
 use crate::eventing::backend::{Backend, Subscription, SubscriptionSpec};
-use crate::eventing::trigger::filter::Filter;
 
 fn event(i: u64) -> Event {
-    crate::eventing::event::test_event(&i.to_string(), "t", Some(Bytes::from(vec![b'x'; 100])))
+    crate::cloudevent::test_event(&i.to_string(), "t", Some(Bytes::from(vec![b'x'; 100])))
 }
 
 fn events(ids: std::ops::Range<u64>) -> Vec<Arc<Event>> {

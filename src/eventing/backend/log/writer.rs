@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime};
 
 use super::record;
 use super::segment::{INDEX_INTERVAL, IndexEntry, Segment, View, io_error};
+use crate::cloudevent::Event;
 use crate::eventing::backend::local::StoreError;
-use crate::eventing::event::Event;
 
 /// A grown write buffer above this is released after the write.
 const KEEP_BUFFER: usize = 8 << 20;

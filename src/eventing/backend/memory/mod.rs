@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::local::{LocalBackend, LocalConfig, Store, StoreError};
-use crate::eventing::event::Event;
+use crate::cloudevent::Event;
 
 /// Retention of the memory backend: events every trigger is done with are
 /// dropped at once; undelivered ones are kept up to these limits.

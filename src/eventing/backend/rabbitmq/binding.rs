@@ -16,7 +16,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::eventing::event::{BindingError, CONTENT_TYPE_STRUCTURED, Event, parse_http};
+use crate::cloudevent::{BindingError, CONTENT_TYPE_STRUCTURED, Event, parse_http};
 
 /// The header prefix of a CloudEvents attribute.
 pub const HEADER_PREFIX: &str = "cloudEvents:";

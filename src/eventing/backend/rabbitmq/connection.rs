@@ -20,7 +20,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::watch;
 
-use super::config::{QueueType, RabbitConnectionConfig, redacted};
+use super::config::{RabbitConnectionConfig, redacted};
+use crate::api::rabbitmq::QueueType;
 use crate::backoff::Backoff;
 
 /// First and longest pause between connection attempts.

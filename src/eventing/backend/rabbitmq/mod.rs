@@ -44,9 +44,9 @@ use self::config::RabbitConnectionConfig;
 use self::connection::{Link, Topology, declare_queue, short};
 use self::subscription::RabbitSubscription;
 use super::{AppendError, Backend, BackendError, Subscription, SubscriptionLag, SubscriptionSpec};
-use crate::control::ObjectKey;
-use crate::eventing::event::Event;
-use crate::eventing::trigger::filter::Filter;
+use crate::api::ObjectKey;
+use crate::api::filter::Filter;
+use crate::cloudevent::Event;
 
 /// How long a client should wait while RabbitMQ is unreachable.
 const RETRY_AFTER: Duration = Duration::from_secs(1);

@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use super::binding;
 use super::connection::{Link, declare_queue, short};
 use super::settle::{Settlement, Settler};
+use crate::api::ObjectKey;
+use crate::api::filter::Filter;
 use crate::backoff::Backoff;
-use crate::control::ObjectKey;
 use crate::eventing::backend::{Acknowledge, Delivery, Subscription};
-use crate::eventing::trigger::filter::Filter;
 
 /// Pause after a failed consumer setup, doubling up to the maximum.
 const RETRY_START: Duration = Duration::from_millis(200);

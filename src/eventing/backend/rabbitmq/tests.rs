@@ -6,11 +6,12 @@ use bytes::Bytes;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use super::config::{QueueType, RabbitConnectionConfig, parse_uri};
+use super::config::{RabbitConnectionConfig, parse_uri};
 use super::*;
-use crate::control::manifest::{Manifests, parse_document};
-use crate::control::resources::broker::BrokerClass;
-use crate::eventing::event::test_event;
+use crate::api::broker::BrokerClass;
+use crate::api::manifest::{Manifests, parse_document};
+use crate::api::rabbitmq::{QueueType, RabbitmqBrokerConfig};
+use crate::cloudevent::test_event;
 
 fn manifests(docs: &[&str]) -> Manifests {
     let mut manifests = Manifests::default();
@@ -18,8 +19,8 @@ fn manifests(docs: &[&str]) -> Manifests {
         let resource = parse_document(doc, BrokerClass::Log)
             .expect("valid manifest")
             .expect("a resource");
-        manifests.objects.push(crate::control::manifest::Loaded {
-            origin: crate::control::manifest::Origin {
+        manifests.objects.push(crate::api::manifest::Loaded {
+            origin: crate::api::manifest::Origin {
                 file: "test.yaml".into(),
                 line: 1,
             },
@@ -31,12 +32,12 @@ fn manifests(docs: &[&str]) -> Manifests {
 
 const CONFIG: &str = "apiVersion: eventing.knative.dev/v1alpha1\nkind: RabbitmqBrokerConfig\nmetadata:\n  name: rabbit\nspec:\n  queueType: classic\n  vhost: orders\n  rabbitmqClusterReference:\n    connectionSecret:\n      name: creds\n";
 
-fn config_of(manifests: &Manifests) -> &config::RabbitmqBrokerConfig {
+fn config_of(manifests: &Manifests) -> &RabbitmqBrokerConfig {
     manifests
         .objects
         .iter()
         .find_map(|l| match &l.resource {
-            crate::control::resources::Resource::RabbitmqBrokerConfig(c) => Some(&**c),
+            crate::api::Resource::RabbitmqBrokerConfig(c) => Some(&**c),
             _ => None,
         })
         .expect("config")
@@ -175,7 +176,7 @@ fn structured_and_legacy_prefixed_messages_decode_and_plain_ones_do_not() {
 fn a_config_reads_its_secret_and_applies_credentials_and_vhost() {
     let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  uri: amqp://10.1.2.3:5673\n  username: alice\n  password: s3cret\n";
     let m = manifests(&[CONFIG, secret]);
-    let index = crate::control::objects::ObjectIndex::new(&m);
+    let index = crate::api::index::ObjectIndex::new(&m);
     let resolved = config_of(&m).resolve(&index, None).expect("resolves");
     assert_eq!(resolved.queue_type, QueueType::Classic);
     let uri = &resolved.uri;
@@ -195,7 +196,7 @@ fn a_management_url_in_the_secret_becomes_the_amqp_address() {
     // The messaging-topology-operator's secrets hold the management URL.
     let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\ndata:\n  uri: aHR0cDovL3JhYmJpdC5ucy5zdmM6MTU2NzI=\n  port: NTY3Mg==\n";
     let m = manifests(&[CONFIG, secret]);
-    let index = crate::control::objects::ObjectIndex::new(&m);
+    let index = crate::api::index::ObjectIndex::new(&m);
     let uri = config_of(&m).resolve(&index, None).expect("resolves").uri;
     assert_eq!(
         (uri.authority.host.as_str(), uri.authority.port),
@@ -206,7 +207,7 @@ fn a_management_url_in_the_secret_becomes_the_amqp_address() {
 #[test]
 fn missing_secrets_keys_and_defaults_are_named() {
     let m = manifests(&[CONFIG]);
-    let index = crate::control::objects::ObjectIndex::new(&m);
+    let index = crate::api::index::ObjectIndex::new(&m);
     let err = config_of(&m).resolve(&index, None).unwrap_err();
     assert!(
         err.contains("RabbitmqBrokerConfig default/rabbit")
@@ -216,13 +217,13 @@ fn missing_secrets_keys_and_defaults_are_named() {
     let secret =
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  username: bob\n";
     let m = manifests(&[CONFIG, secret]);
-    let index = crate::control::objects::ObjectIndex::new(&m);
+    let index = crate::api::index::ObjectIndex::new(&m);
     let err = config_of(&m).resolve(&index, None).unwrap_err();
     assert!(err.contains("has no key 'uri'"), "{err}");
 
     let bare = "apiVersion: eventing.knative.dev/v1alpha1\nkind: RabbitmqBrokerConfig\nmetadata:\n  name: bare\n";
     let m = manifests(&[bare]);
-    let index = crate::control::objects::ObjectIndex::new(&m);
+    let index = crate::api::index::ObjectIndex::new(&m);
     let err = config_of(&m).resolve(&index, None).unwrap_err();
     assert!(err.contains("--rabbitmq-uri"), "{err}");
     let uri = config_of(&m)

@@ -14,8 +14,8 @@
 use bytes::Bytes;
 use kube::api::DynamicObject;
 
-use super::EventMode;
-use crate::eventing::event::Event;
+use crate::api::sources::apiserver::EventMode;
+use crate::cloudevent::Event;
 
 /// What happened to the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

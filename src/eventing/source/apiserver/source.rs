@@ -1,11 +1,11 @@
 //! The [`Source`] implementation: connects to the API server (kubeconfig or
 //! in-cluster), then runs one list-and-watch per `spec.resources` entry.
 
-use crate::control::kubernetes::load_config;
+use crate::kubeconfig::load_config;
 use std::path::PathBuf;
 
 use super::watch::{KindWatch, Reporter, Settings, Target, sleep_or_stop};
-use super::{ApiServerSource, EventMode};
+use crate::api::sources::apiserver::{ApiServerSource, EventMode};
 use crate::backoff::Backoff;
 use crate::eventing::source::{Source, SourceContext, SourceHealth};
 

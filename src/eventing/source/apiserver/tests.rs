@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 
 use super::fake::FakeApiServer;
 use super::{ApiServerSource, ApiServerSourceRunner};
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
+use crate::cloudevent::Event;
+use crate::cloudevent::parse_http;
 use crate::eventing::delivery::EventSender;
-use crate::eventing::event::Event;
-use crate::eventing::event::parse_http;
 use crate::eventing::source::{Source, SourceContext, SourceHandle, SourceHealth};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -438,7 +438,7 @@ async fn owner_filter_and_controller_reference() {
     }))
     .unwrap();
     let event = super::events::make_event(
-        super::EventMode::Reference,
+        crate::api::sources::apiserver::EventMode::Reference,
         super::events::Action::Update,
         "https://10.0.0.1:443",
         "pods",
@@ -504,7 +504,10 @@ fn validation_reports_field_paths() {
         "owner": {"apiVersion": "apps/v1", "kind": "Deployment"}}),
     );
     assert_eq!(ok.validate(), Ok(()));
-    assert_eq!(ok.mode(), Ok(super::EventMode::Resource));
+    assert_eq!(
+        ok.mode(),
+        Ok(crate::api::sources::apiserver::EventMode::Resource)
+    );
     // Unknown fields are refused.
     assert!(
         serde_json::from_value::<ApiServerSource>(json!({

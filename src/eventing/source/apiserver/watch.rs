@@ -28,7 +28,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, Scope};
 
 use super::events::{Action, make_event};
-use super::{ApiVersionKind, EventMode};
+use crate::api::sources::apiserver::{ApiVersionKind, EventMode};
 use crate::backoff::Backoff;
 use crate::eventing::source::{CeOverrides, SendError, SourceContext, SourceHealth};
 

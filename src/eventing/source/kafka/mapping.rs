@@ -20,37 +20,15 @@ use bytes::Bytes;
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
+use crate::api::sources::kafka::KeyType;
+use crate::cloudevent::{Event, is_valid_attribute_name};
 use crate::eventing::backend::kafka::binding::{self, Decoded};
-use crate::eventing::event::{Event, is_valid_attribute_name};
 
 /// The type of mapped records.
 pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
 
-/// How record keys are read (`kafkasources.sources.knative.dev/key-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyType {
-    /// UTF-8 text (the default).
-    String,
-    /// A big-endian integer of 4 or 8 bytes, as decimal text.
-    Int,
-    /// A big-endian IEEE 754 float of 4 or 8 bytes, as decimal text.
-    Float,
-    /// Any bytes, as base64.
-    ByteArray,
-}
-
 impl KeyType {
-    pub fn parse(text: &str) -> Option<KeyType> {
-        match text {
-            "string" => Some(KeyType::String),
-            "int" => Some(KeyType::Int),
-            "float" => Some(KeyType::Float),
-            "byte-array" => Some(KeyType::ByteArray),
-            _ => None,
-        }
-    }
-
     /// The key as text, or why it cannot be read as this type.
     pub fn read(self, key: &[u8]) -> Result<String, String> {
         match self {
@@ -119,7 +97,7 @@ pub fn to_event(
         match key_type.read(key) {
             Ok(text) => attributes.push(("key".to_owned(), text)),
             Err(reason) => {
-                tracing::warn!(source = %source, topic, partition, offset, "{reason} (label {}); the event is sent without its key", super::KEY_TYPE_LABEL)
+                tracing::warn!(source = %source, topic, partition, offset, "{reason} (label {}); the event is sent without its key", crate::api::sources::kafka::KEY_TYPE_LABEL)
             }
         }
     }

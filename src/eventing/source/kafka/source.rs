@@ -12,15 +12,16 @@ use rdkafka::ClientConfig;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::mapping::{self, KeyType};
+use super::mapping;
 use super::{KafkaSource, UNORDERED_IN_FLIGHT};
-use crate::control::resources::Invalid;
+use crate::api::Invalid;
+use crate::api::sources::kafka::KeyType;
+use crate::cloudevent::Event;
 use crate::eventing::backend::kafka::consumer::{
     GroupConsumer, GroupHandle, InitialOffset, Shared,
 };
 use crate::eventing::backend::kafka::offsets::OffsetToken;
 use crate::eventing::delivery::{DeliveryPolicy, Outcome, dead_letter_event};
-use crate::eventing::event::Event;
 use crate::eventing::source::{CeOverrides, Source, SourceContext, SourceHealth};
 
 /// Pause before trying again to join Kafka after a failure.

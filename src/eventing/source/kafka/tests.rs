@@ -1,11 +1,11 @@
 use rdkafka::Timestamp;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 
-use super::mapping::{KAFKA_EVENT_TYPE, KeyType, header_extension, to_event};
-use super::*;
-use crate::control::ObjectKey;
-use crate::control::manifest::parse_document;
-use crate::control::resources::broker::BrokerClass;
+use super::mapping::{KAFKA_EVENT_TYPE, header_extension, to_event};
+use crate::api::ObjectKey;
+use crate::api::broker::BrokerClass;
+use crate::api::manifest::parse_document;
+use crate::api::sources::kafka::{API_VERSIONS, InitialOffset, KEY_TYPE_LABEL, KeyType};
 
 fn manifest(version: &str, labels: &str, spec: &str) -> String {
     format!(
@@ -13,7 +13,7 @@ fn manifest(version: &str, labels: &str, spec: &str) -> String {
     )
 }
 
-fn parse(yaml: &str) -> Result<crate::control::resources::Resource, String> {
+fn parse(yaml: &str) -> Result<crate::api::Resource, String> {
     match parse_document(yaml, BrokerClass::Log) {
         Ok(Some(resource)) => Ok(resource),
         Ok(None) => Err("empty".into()),
@@ -32,7 +32,7 @@ fn refusal(yaml: &str) -> String {
 fn both_api_versions_load_with_knative_defaults() {
     for version in API_VERSIONS {
         let resource = parse(&manifest(version, "", "")).expect("loads");
-        let crate::control::resources::Resource::KafkaSource(source) = resource else {
+        let crate::api::Resource::KafkaSource(source) = resource else {
             panic!("a KafkaSource");
         };
         assert_eq!(source.initial_offset().unwrap(), InitialOffset::Latest);

@@ -8,11 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::schedule::Schedule;
-use super::{PING_EVENT_TYPE, PingSource};
-use crate::control::resources::Invalid;
-use crate::eventing::event::{Event, ValidationError};
-use crate::eventing::source::{CeOverrides, SendError, Source, SourceContext, SourceHealth};
+use crate::api::Invalid;
+use crate::api::duck::CeOverrides;
+use crate::api::sources::ping::{PING_EVENT_TYPE, PingSource};
+use crate::api::sources::schedule::Schedule;
+use crate::cloudevent::{Event, ValidationError};
+use crate::eventing::source::{SendError, Source, SourceContext, SourceHealth};
 
 /// Where the wall clock comes from. Ticks are wall-clock instants; sleeping
 /// uses tokio time, so a test clock derived from `tokio::time::Instant`

@@ -9,7 +9,7 @@ use http::HeaderMap;
 
 use super::source::{Decision, decide, read_last_tick, write_last_tick};
 use super::*;
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
 use crate::eventing::delivery::EventSender;
 use crate::eventing::source::{SourceContext, SourceHandle, SourceHealth};
 

@@ -17,14 +17,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::RabbitmqSource;
+use crate::api::ObjectKey;
 use crate::backoff::Backoff;
-use crate::control::ObjectKey;
+use crate::cloudevent::{Event, ValidationError};
 use crate::eventing::backend::rabbitmq::binding::{self, DecodeError};
 use crate::eventing::backend::rabbitmq::config::redacted;
 use crate::eventing::backend::rabbitmq::connection::short;
 use crate::eventing::backend::rabbitmq::settle::{Settlement, Settler};
 use crate::eventing::delivery::DeliveryPolicy;
-use crate::eventing::event::{Event, ValidationError};
 use crate::eventing::source::{CeOverrides, SendError, Source, SourceContext, SourceHealth};
 
 /// The type of events made from messages that are not CloudEvents.

@@ -6,10 +6,10 @@ use lapin::BasicProperties;
 
 use super::source::event_source;
 use super::*;
-use crate::control::ObjectKey;
-use crate::control::manifest::parse_document;
-use crate::control::resources::Resource;
-use crate::control::resources::broker::BrokerClass;
+use crate::api::ObjectKey;
+use crate::api::Resource;
+use crate::api::broker::BrokerClass;
+use crate::api::manifest::parse_document;
 
 fn source(resources: &str, extra: &str) -> Result<RabbitmqSource, (Option<String>, String)> {
     let doc = format!(

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::engine::Engine;
 use super::reason;
-use crate::control::resources::pod::PullPolicy;
+use crate::api::pod::PullPolicy;
 use crate::serving::runtime::RuntimeCondition;
 use crate::serving::runtime::config::RegistryAuth;
 use crate::serving::runtime::local::ConditionReport;

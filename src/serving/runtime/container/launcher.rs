@@ -26,7 +26,7 @@ use super::engine::{Engine, EngineConnector};
 use super::image::{self, ImageRef, engine_message};
 use super::reason;
 use super::spec::{self, InstancePlan};
-use crate::control::resources::pod::{ContainerNetwork, VolumeSource};
+use crate::api::pod::{ContainerNetwork, VolumeSource};
 use crate::serving::runtime::config::{self, ConfigObjects};
 use crate::serving::runtime::local::output::{Output, Stream};
 use crate::serving::runtime::local::{
@@ -176,9 +176,7 @@ impl ContainerLauncher {
 
         let network = pod.network.unwrap_or(self.network);
         let serving = pod.serving_container();
-        let container_port = serving
-            .port
-            .unwrap_or(crate::control::resources::pod::DEFAULT_PORT);
+        let container_port = serving.port.unwrap_or(crate::api::pod::DEFAULT_PORT);
         let (port, published) = match network {
             ContainerNetwork::Host => (
                 free_port().map_err(|e| format!("no free port: {e}"))?,

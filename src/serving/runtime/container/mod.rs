@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::config::ConfigObjects;
 use super::local::{LocalConfig, LocalDeployment, LocalWorkload};
 use super::{CannotRun, Deployment, Runtime, Workload};
-use crate::control::resources::pod::{ContainerNetwork, RUNTIME_ANNOTATION};
+use crate::api::pod::{ContainerNetwork, RUNTIME_ANNOTATION};
 use engine::EngineConnector;
 
 /// The reasons of a revision's Ready condition that this runtime gives.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding};
 
 use super::engine::OWNER_LABEL;
-use crate::control::resources::pod::{ContainerNetwork, VolumeSource};
+use crate::api::pod::{ContainerNetwork, VolumeSource};
 use crate::serving::runtime::config;
 use crate::serving::runtime::local::LocalWorkload;
 
@@ -209,9 +209,9 @@ pub(super) fn claim_volume(namespace: &str, claim: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::ObjectKey;
-    use crate::control::resources::Service;
-    use crate::control::resources::pod::PodSpec;
+    use crate::api::ObjectKey;
+    use crate::api::Service;
+    use crate::api::pod::PodSpec;
 
     fn workload(containers: &str) -> LocalWorkload {
         let yaml = format!(

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use serde_json::{Map, Value, json};
 
-use crate::control::resources::pod::{self, DEFAULT_PORT};
+use crate::api::pod::{self, DEFAULT_PORT};
 use crate::serving::runtime::{CannotRun, Workload};
 
 /// Revision fields Knative reads itself; the rest of `spec.template.spec` is
@@ -248,7 +248,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::control::ObjectKey;
+    use crate::api::ObjectKey;
 
     fn workload(template: Value) -> Workload {
         Workload {

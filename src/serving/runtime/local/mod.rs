@@ -33,7 +33,7 @@ use super::{
     CannotRun, Deployment, DeploymentStatus, Endpoint, PodSpec, RuntimeCondition, StartState,
     Workload,
 };
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
 
 /// A workload as the local runtimes run it: its template converted to a
 /// [`PodSpec`].

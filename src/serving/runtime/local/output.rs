@@ -196,7 +196,7 @@ pub async fn forward(mut pipe: impl AsyncRead + Unpin, mut lines: Lines) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::ObjectKey;
+    use crate::api::ObjectKey;
 
     fn output() -> Output {
         let workload = LocalWorkload {

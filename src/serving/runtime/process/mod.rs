@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::config::ConfigObjects;
 use super::local::{LocalConfig, LocalDeployment, LocalWorkload};
 use super::{CannotRun, Deployment, Runtime, Workload};
-use crate::control::resources::pod::RUNTIME_ANNOTATION;
+use crate::api::pod::RUNTIME_ANNOTATION;
 
 /// Runs workloads as local processes: `command` plus `args`, with `PORT` and
 /// Knative's `K_*` variables set.

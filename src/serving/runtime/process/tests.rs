@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::control::ObjectKey;
-use crate::control::resources::pod::ConfigKind;
-use crate::control::resources::service::{
+use crate::api::ObjectKey;
+use crate::api::pod::ConfigKind;
+use crate::api::service::{
     Container, EnvVar, HttpGetAction, Probe, RevisionSpec, RevisionTemplate,
 };
 use crate::serving::runtime::config::ConfigData;

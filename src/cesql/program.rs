@@ -18,7 +18,7 @@ use std::fmt;
 
 use super::ast::{BinaryOp, Expr, LikePart, UnaryOp, Value};
 use super::eval;
-use crate::eventing::event::Event;
+use crate::cloudevent::Event;
 
 /// A missing attribute met while testing: the filter does not match.
 struct Missing;
@@ -383,7 +383,7 @@ fn collect_chain<'e>(expr: &'e Expr, op: BinaryOp, terms: &mut Vec<&'e Expr>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eventing::cesql::parser::parse;
+    use crate::cesql::parser::parse;
 
     fn event(extra: &[(&str, &str)]) -> Event {
         let mut attributes: Vec<(String, String)> = [

@@ -146,6 +146,46 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// `spec.ceOverrides`: extension attributes set on every event a source sends.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CeOverrides {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extensions: std::collections::BTreeMap<String, String>,
+}
+
+impl CeOverrides {
+    /// Extension names must be CloudEvents attribute names, and not the
+    /// required attributes a source sets itself.
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        for name in self.extensions.keys() {
+            if !crate::cloudevent::is_valid_attribute_name(name) {
+                return Err(Invalid::new(
+                    format!("{field}.extensions.{name}"),
+                    "is not a CloudEvents attribute name: use 1-20 lower-case letters and digits",
+                ));
+            }
+            if matches!(
+                name.as_str(),
+                "id" | "source"
+                    | "type"
+                    | "specversion"
+                    | "time"
+                    | "subject"
+                    | "datacontenttype"
+                    | "dataschema"
+                    | "data"
+            ) {
+                return Err(Invalid::new(
+                    format!("{field}.extensions.{name}"),
+                    "is a context attribute the source sets; ceOverrides only adds extensions",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,3 +79,9 @@ impl Broker {
         Ok(())
     }
 }
+
+impl crate::api::kinds::Kind for Broker {
+    fn check(&self, context: &crate::api::kinds::LoadContext) -> Result<(), Invalid> {
+        self.validate(context.default_class)
+    }
+}

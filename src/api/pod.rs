@@ -1114,7 +1114,7 @@ pub fn expand(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::resources::Service;
+    use crate::api::Service;
 
     fn template(containers: &str) -> RevisionTemplate {
         let yaml = format!(

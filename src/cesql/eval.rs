@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use super::ast::{BinaryOp, Expr, LikePart, UnaryOp, Value};
-use crate::eventing::event::Event;
+use crate::cloudevent::Event;
 
 /// The spec's error types (§3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::duck::{DeliverySpec, Destination};
 use super::{Invalid, ObjectMeta};
-use crate::eventing::event::ValidationError;
-use crate::eventing::trigger::filter::Filter;
+use crate::api::filter::Filter;
+use crate::cloudevent::ValidationError;
 
 /// Delivery order annotation (Knative's Kafka broker name, used for every backend).
 pub const DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
@@ -220,11 +220,11 @@ fn compile(filter: &SubscriptionsApiFilter, field: &str) -> Result<Filter, Inval
         )?)));
     }
     if let Some(expression) = &filter.cesql {
-        return crate::eventing::cesql::parser::parse(expression)
+        return crate::cesql::parser::parse(expression)
             .map(|parsed| {
-                Filter::Cesql(std::sync::Arc::new(
-                    crate::eventing::cesql::program::Program::new(parsed),
-                ))
+                Filter::Cesql(std::sync::Arc::new(crate::cesql::program::Program::new(
+                    parsed,
+                )))
             })
             .map_err(|e| Invalid::new(format!("{field}.cesql"), e.to_string()));
     }
@@ -263,13 +263,19 @@ fn compile(filter: &SubscriptionsApiFilter, field: &str) -> Result<Filter, Inval
 }
 
 fn check_attribute_name(field: &str, name: &str) -> Result<(), Invalid> {
-    if crate::eventing::event::is_valid_attribute_name(name) {
+    if crate::cloudevent::is_valid_attribute_name(name) {
         Ok(())
     } else {
         Err(Invalid::new(
             field,
             ValidationError::BadName(name.to_owned()).to_string(),
         ))
+    }
+}
+
+impl crate::api::kinds::Kind for Trigger {
+    fn check(&self, _context: &crate::api::kinds::LoadContext) -> Result<(), Invalid> {
+        self.validate()
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::control::resources::Invalid;
+use crate::api::Invalid;
 
 const PREFIX: &str = "autoscaling.knative.dev/";
 /// The only class pilotlight implements.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Invalid;
-use crate::control::ObjectKey;
+use crate::api::ObjectKey;
 
 /// `metadata`. Fields Kubernetes sets on objects it stores (uid,
 /// resourceVersion, ...) are accepted so that `kubectl get -o yaml` output loads

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::ObjectKey;
 use super::manifest::{Loaded, Manifests};
-use super::resources::{ConfigMap, RabbitmqBrokerConfig, Resource, Secret};
+use super::{ConfigMap, RabbitmqBrokerConfig, Resource, Secret};
 
 /// Every loaded object, by kind and `namespace/name`.
 pub struct ObjectIndex<'a> {

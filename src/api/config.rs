@@ -116,6 +116,18 @@ fn decode_bytes(value: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("is not base64 ({e}); put clear text under stringData instead"))
 }
 
+impl crate::api::kinds::Kind for ConfigMap {
+    fn check(&self, _context: &crate::api::kinds::LoadContext) -> Result<(), Invalid> {
+        self.validate()
+    }
+}
+
+impl crate::api::kinds::Kind for Secret {
+    fn check(&self, _context: &crate::api::kinds::LoadContext) -> Result<(), Invalid> {
+        self.validate()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use k8s_openapi::api::core::v1 as k8s;
 
 use super::{Invalid, ObjectMeta};
-use crate::serving::autoscaler::{AutoscalerDefaults, RevisionScaling};
+use crate::api::autoscaling::{AutoscalerDefaults, RevisionScaling};
 
 /// Knative's `max-revision-timeout-seconds` default.
 pub const MAX_TIMEOUT_SECONDS: u64 = 600;
@@ -410,11 +410,17 @@ fn is_dns_label(text: &str) -> bool {
         && !text.ends_with('-')
 }
 
+impl crate::api::kinds::Kind for Service {
+    fn check(&self, _context: &crate::api::kinds::LoadContext) -> Result<(), Invalid> {
+        self.validate()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use crate::control::resources::pod::{PodSpec, Probe as RuntimeProbe};
+    use crate::api::pod::{PodSpec, Probe as RuntimeProbe};
 
     fn service(yaml: &str) -> Service {
         serde_saphyr::from_str(yaml).expect("parses")
@@ -551,7 +557,7 @@ mod tests {
         let pod = PodSpec::from_template(&s.spec.template).expect("converts");
         assert!(matches!(
             pod.serving_container().env[0].value,
-            crate::control::resources::pod::EnvValue::Key(_)
+            crate::api::pod::EnvValue::Key(_)
         ));
     }
 }

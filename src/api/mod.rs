@@ -1,0 +1,84 @@
+//! Knative's API as pilotlight reads it: every kind's serde type (refusing
+//! unknown fields) and the checks serde cannot express, the duck types,
+//! object metadata and status, and one registry of kinds ([`kinds`]).
+//!
+//! This is the bottom layer: `eventing` and `serving` build on it, `control`
+//! on all three, and nothing here depends on them (a test checks).
+
+pub mod autoscaling;
+pub mod broker;
+pub mod config;
+pub mod duck;
+pub mod filter;
+pub mod index;
+pub mod kinds;
+pub mod manifest;
+pub mod meta;
+pub mod pod;
+pub mod quantity;
+pub mod rabbitmq;
+pub mod service;
+pub mod sources;
+pub mod status;
+pub mod trigger;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use broker::Broker;
+pub use config::{ConfigMap, Secret};
+pub use kinds::Resource;
+pub use meta::ObjectMeta;
+pub use rabbitmq::RabbitmqBrokerConfig;
+pub use service::Service;
+pub use sources::apiserver::ApiServerSource;
+pub use sources::kafka::KafkaSource;
+pub use sources::ping::PingSource;
+pub use sources::rabbitmq::RabbitmqSource;
+pub use trigger::Trigger;
+
+/// The identity of a namespaced object of one kind: `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A field whose value is wrong, and why. `field` is a path such as
+/// `spec.delivery.retry`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
