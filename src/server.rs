@@ -22,13 +22,14 @@ use crate::control::admin::{self, AdminState};
 use crate::control::kubernetes::leader::LeaderElector;
 use crate::control::kubernetes::{self, KubernetesControl, KubernetesSettings};
 use crate::control::manifest;
-use crate::control::reconcile::{ControlPlane, Settings};
-use crate::control::serving::{PublicAddress, ServingControl, ServingSettings};
+use crate::control::reconcile::ControlPlane;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::BrokerRegistry;
 use crate::eventing::broker::ingress::{self, IngressState};
+use crate::eventing::controller::{EventingController, EventingSettings};
 use crate::eventing::delivery::EventSender;
+use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
 use crate::serving::proxy::{Proxy, plain};
 use crate::serving::router::{HostMatch, Router};
 use crate::serving::runtime::config::ConfigObjects;
@@ -159,7 +160,7 @@ impl Server {
             None => None,
         };
         let registry = Arc::new(BrokerRegistry::default());
-        let settings = Settings {
+        let eventing_settings = EventingSettings {
             data_dir: config.data_dir.clone(),
             ingress_url: config.ingress_url.as_ref().map_or_else(
                 || format!("http://{listen}"),
@@ -177,7 +178,7 @@ impl Server {
             Some(cluster) => cluster.runtime(),
             None => local_runtimes(&config, objects),
         };
-        let serving = ServingControl::new(
+        let serving = ServingController::new(
             ServingSettings {
                 domain: config.serving.domain.clone(),
                 public: PublicAddress::of(config.ingress_url.as_deref(), listen),
@@ -190,12 +191,12 @@ impl Server {
             config_objects,
         );
         let router = serving.router();
-        let control = Arc::new(ControlPlane::new(
-            settings,
+        let eventing = EventingController::new(
+            eventing_settings,
             registry.clone(),
             EventSender::with_local_domain(&config.serving.domain, listen),
-            serving,
-        ));
+        );
+        let control = Arc::new(ControlPlane::new(eventing, serving));
         let ready = Arc::new(AtomicBool::new(false));
 
         let ingress = IngressState {

@@ -104,6 +104,21 @@ macro_rules! kinds {
                 }
             }
 
+            /// The apiVersion it was written in.
+            pub fn api_version(&self) -> &str {
+                match self {
+                    $( Resource::$name(object) => &object.api_version, )*
+                }
+            }
+
+            /// The object as JSON, as it was loaded.
+            pub fn to_json(&self) -> serde_json::Value {
+                let json = match self {
+                    $( Resource::$name(object) => serde_json::to_value(object), )*
+                };
+                json.unwrap_or_default()
+            }
+
             pub fn role(&self) -> Role {
                 match self {
                     $( Resource::$name(_) => Role::$role, )*

@@ -192,6 +192,27 @@ pub struct ObjectView {
     pub status: Status,
 }
 
+impl ObjectView {
+    /// A loaded object with its status. `spec` is the object's `spec` (a
+    /// Secret has none, so its values are never shown).
+    pub fn of(loaded: &super::manifest::Loaded, status: Status) -> ObjectView {
+        let resource = &loaded.resource;
+        let metadata = resource.metadata();
+        ObjectView {
+            api_version: resource.api_version().to_owned(),
+            kind: resource.kind().to_owned(),
+            metadata: ViewMeta {
+                name: metadata.name.clone(),
+                namespace: metadata.namespace().to_owned(),
+                annotations: metadata.annotations.clone(),
+                source: loaded.origin.to_string(),
+            },
+            spec: resource.to_json()["spec"].clone(),
+            status,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ViewMeta {

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 
+use super::board::Collection;
 use super::reconcile::ControlPlane;
 
 #[derive(Clone)]
@@ -45,7 +46,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    state.control.record_backlog().await;
+    state.control.board().record_metrics().await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -61,37 +62,35 @@ struct NamespaceQuery {
     namespace: Option<String>,
 }
 
-async fn brokers(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
-    Json(state.control.brokers(q.namespace.as_deref())).into_response()
+async fn brokers(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
+    list(state, q, Collection::Brokers).await
 }
 
-async fn triggers(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
-    Json(state.control.triggers(q.namespace.as_deref()).await).into_response()
+async fn triggers(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
+    list(state, q, Collection::Triggers).await
 }
 
-async fn services(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
-    let items = state
-        .control
-        .serving()
-        .services(q.namespace.as_deref())
-        .await;
-    Json(state.control.serving_list(items)).into_response()
+async fn services(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
+    list(state, q, Collection::Services).await
 }
 
-async fn revisions(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
-    let items = state
-        .control
-        .serving()
-        .revisions(q.namespace.as_deref())
-        .await;
-    Json(state.control.serving_list(items)).into_response()
+async fn revisions(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
+    list(state, q, Collection::Revisions).await
 }
 
-async fn routes(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
-    let items = state.control.serving().routes(q.namespace.as_deref()).await;
-    Json(state.control.serving_list(items)).into_response()
+async fn routes(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
+    list(state, q, Collection::Routes).await
 }
 
-async fn sources(State(state): State<AdminState>, Query(q): Query<NamespaceQuery>) -> Response {
-    Json(state.control.sources(q.namespace.as_deref()).await).into_response()
+async fn sources(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
+    list(state, q, Collection::Sources).await
+}
+
+async fn list(
+    State(state): State<AdminState>,
+    Query(q): Query<NamespaceQuery>,
+    collection: Collection,
+) -> Response {
+    let board = state.control.board();
+    Json(board.list(collection, q.namespace.as_deref()).await).into_response()
 }

@@ -2,9 +2,8 @@
 //! with status conditions for each object.
 
 pub mod admin;
+pub mod board;
 pub mod kubernetes;
 pub mod manifest;
 pub mod reconcile;
-pub mod serving;
-pub mod sources;
 pub mod watch;

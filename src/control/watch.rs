@@ -39,7 +39,7 @@ pub fn watch(
                 .await
                 .is_ok_and(|e| e.is_some())
             {}
-            let class = control.settings().default_class;
+            let class = control.default_class();
             let paths = paths.clone();
             let loaded = tokio::task::spawn_blocking(move || manifest::load(&paths, class)).await;
             match loaded {

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod broker;
+pub mod controller;
 pub mod delivery;
 pub mod source;
 pub mod trigger;

@@ -1,11 +1,14 @@
 //! Serving: Knative Services that scale from zero.
 //!
+//! - [`controller`]: Services in, revisions (each a deployment on a runtime
+//!   and an autoscaler) and routes out, with their status.
 //! - [`runtime`]: runs a revision's instances (local processes; later Kubernetes
 //!   Deployments) and publishes the ready ones as endpoints.
 //! - [`autoscaler`]: Knative's KPA, deciding how many instances each revision needs
 //!   from the load the proxy counts.
 
 pub mod autoscaler;
+pub mod controller;
 pub mod history;
 pub mod proxy;
 pub mod revision;

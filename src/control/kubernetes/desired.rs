@@ -143,7 +143,7 @@ impl DesiredState {
 
     fn manifests(&self) -> Manifests {
         let mut manifests = Manifests::default();
-        let class = self.control.settings().default_class;
+        let class = self.control.default_class();
         for Cache { kind, store, .. } in &self.caches {
             let mut objects = store.state();
             objects.sort_by(|a, b| {

@@ -295,7 +295,11 @@ async fn report(
                 None => refused.reason.clone(),
             },
         ),
-        None => report::status_of(context.desired.control(), &kind.resource.kind, &key)
+        None => context
+            .desired
+            .control()
+            .board()
+            .status(&kind.resource.kind, &key)
             .await
             .unwrap_or_else(|| {
                 Status::unknown(

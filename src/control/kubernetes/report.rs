@@ -7,26 +7,7 @@ use kube::api::{DynamicObject, PostParams};
 use serde_json::Value;
 
 use super::kinds::WatchedKind;
-use crate::api::ObjectKey;
-use crate::api::status::{ObjectView, Status};
-use crate::control::reconcile::ControlPlane;
-
-/// The status pilotlight holds for one object: a Broker's or Trigger's as
-/// the last apply left it, others from their namespace's views only (a
-/// reconcile runs per object; listing every namespace for each would be
-/// quadratic in the objects).
-pub async fn status_of(control: &ControlPlane, kind: &str, key: &ObjectKey) -> Option<Status> {
-    let namespace = Some(key.namespace.as_str());
-    let views: Vec<ObjectView> = match kind {
-        "Broker" | "Trigger" => return control.applied_status(kind, key),
-        "Service" => control.serving().services(namespace).await,
-        _ => control.sources(namespace).await.items,
-    };
-    views
-        .into_iter()
-        .find(|v| v.kind == kind && v.metadata.name == key.name)
-        .map(|v| v.status)
-}
+use crate::api::status::Status;
 
 /// The `status` block to write: `status` with the transition times of
 /// unchanged conditions kept from what the object has, and the generation

@@ -10,6 +10,7 @@
 //! [`SourceContext::state_dir`] keeps what must survive a restart.
 
 pub mod apiserver;
+pub mod controller;
 pub mod kafka;
 pub mod ping;
 pub mod rabbitmq;

@@ -18,15 +18,18 @@ use crate::api::autoscaling::{AutoscalerDefaults, RevisionScaling};
 use crate::api::manifest::Loaded;
 use crate::api::service::RevisionTemplate;
 use crate::api::service::{Service, TrafficRevision};
-use crate::api::status::{
-    ContainerStatus, ObjectView, ServingStatus, Status, TrafficStatus, ViewMeta,
-};
+use crate::api::status::Status;
 use crate::serving::autoscaler::{RevisionStats, Scaler};
 use crate::serving::history::{RecordedRevision, RevisionHistory};
 use crate::serving::revision::{Revision, RevisionParts};
 use crate::serving::router::{HostRoute, RouteTable, Router};
 use crate::serving::runtime::config::ConfigObjects;
-use crate::serving::runtime::{ConditionState, Runtime, StartState, Workload};
+use crate::serving::runtime::{Runtime, StartState, Workload};
+
+mod plan;
+mod views;
+
+use plan::{Revisions, names, plan_revisions};
 
 /// How long `pilotlight run` waits on exit for instances to finish requests.
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -110,7 +113,7 @@ struct State {
 }
 
 /// The serving half of the control plane.
-pub struct ServingControl {
+pub struct ServingController {
     settings: ServingSettings,
     runtime: Arc<dyn Runtime>,
     router: Arc<Router>,
@@ -124,7 +127,7 @@ pub struct ServingControl {
     config_objects: watch::Sender<Arc<ConfigObjects>>,
 }
 
-impl ServingControl {
+impl ServingController {
     /// `config_objects` feeds the runtimes the Secrets and ConfigMaps of each
     /// apply.
     pub fn new(
@@ -133,7 +136,7 @@ impl ServingControl {
         config_objects: watch::Sender<Arc<ConfigObjects>>,
     ) -> Arc<Self> {
         let history = RevisionHistory::load(&settings.data_dir.join("serving"));
-        let control = Arc::new(ServingControl {
+        let control = Arc::new(ServingController {
             router: Arc::new(Router::new(&settings.domain)),
             settings,
             runtime,
@@ -268,69 +271,44 @@ impl ServingControl {
                 entry.failure = Some(Status::not_ready("RevisionNameTaken", e.to_string()));
             }
         }
-        // Run the latest revision and every revision traffic names.
         let history: Vec<RecordedRevision> = self.with_history(|h| h.revisions(key).to_vec());
-        let mut wanted: BTreeSet<String> = service
-            .traffic()
-            .into_iter()
-            .filter_map(|(target, _, _)| match target {
-                TrafficRevision::Named(name) => Some(name),
-                TrafficRevision::Latest => None,
-            })
-            .collect();
-        if !entry.latest_created.is_empty() {
-            wanted.insert(entry.latest_created.clone());
-        }
-        for name in &wanted {
-            if entry.revisions.contains_key(name) {
-                continue;
-            }
-            match history.iter().find(|r| &r.name == name) {
-                Some(record) => {
-                    let running = self.start_revision(key, record);
-                    entry.revisions.insert(name.clone(), running);
-                }
-                None => {
-                    entry.failure = Some(Status::not_ready(
-                        "RevisionMissing",
-                        format!(
-                            "spec.traffic names revision {name}, which does not exist; its revisions are {}",
-                            names(&history)
-                        ),
-                    ));
-                }
-            }
-        }
-        self.retire(key, entry, &history, &wanted, stopping);
-    }
-
-    /// Keeps at most `retained_revisions` revisions that no traffic names;
-    /// the oldest go first, and are stopped and forgotten.
-    fn retire(
-        &self,
-        key: &ObjectKey,
-        entry: &mut RunningService,
-        history: &[RecordedRevision],
-        wanted: &BTreeSet<String>,
-        stopping: &mut Vec<RunningRevision>,
-    ) {
+        let traffic: Vec<TrafficRevision> =
+            service.traffic().into_iter().map(|(t, _, _)| t).collect();
         let latest_ready = latest_ready(entry);
-        let idle: Vec<&RecordedRevision> = history
-            .iter()
-            .filter(|r| !wanted.contains(&r.name) && Some(&r.name) != latest_ready.as_ref())
-            .collect();
-        let excess = idle.len().saturating_sub(self.settings.retained_revisions);
-        let dropped: BTreeSet<String> = idle.iter().take(excess).map(|r| r.name.clone()).collect();
-        if dropped.is_empty() {
-            return;
+        let plan = plan_revisions(
+            &Revisions {
+                traffic: &traffic,
+                latest_created: Some(entry.latest_created.as_str()).filter(|n| !n.is_empty()),
+                latest_ready: latest_ready.as_deref(),
+                history: &history,
+                retained: self.settings.retained_revisions,
+            },
+            |name| entry.revisions.contains_key(name),
+        );
+        for name in &plan.start {
+            if let Some(record) = history.iter().find(|r| &r.name == name) {
+                let running = self.start_revision(key, record);
+                entry.revisions.insert(name.clone(), running);
+            }
         }
-        for name in &dropped {
+        if let Some(name) = plan.missing.last() {
+            entry.failure = Some(Status::not_ready(
+                "RevisionMissing",
+                format!(
+                    "spec.traffic names revision {name}, which does not exist; its revisions are {}",
+                    names(&history)
+                ),
+            ));
+        }
+        for name in &plan.retire {
             tracing::info!(service = %key, revision = %name, "revision retired");
             if let Some(running) = entry.revisions.remove(name) {
                 stopping.push(running);
             }
         }
-        self.with_history(|h| h.retain(key, |r| !dropped.contains(&r.name)));
+        if !plan.retire.is_empty() {
+            self.with_history(|h| h.retain(key, |r| !plan.retire.contains(&r.name)));
+        }
     }
 
     fn start_revision(&self, service: &ObjectKey, record: &RecordedRevision) -> RunningRevision {
@@ -467,130 +445,6 @@ impl ServingControl {
         self.route(&state);
     }
 
-    /// Services, with URL, traffic and readiness.
-    pub async fn services(&self, namespace: Option<&str>) -> Vec<ObjectView> {
-        let state = self.state.lock().await;
-        state
-            .services
-            .iter()
-            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
-            .map(|(key, entry)| self.service_view(key, entry))
-            .collect()
-    }
-
-    fn service_view(&self, key: &ObjectKey, entry: &RunningService) -> ObjectView {
-        let traffic = resolve_traffic(entry);
-        let mut status = match (&entry.failure, &traffic) {
-            (Some(failure), _) => failure.clone(),
-            (None, Err(failure)) => (**failure).clone(),
-            (None, Ok(_)) => match entry.revisions.get(&entry.latest_created) {
-                Some(latest) => match revision_status(latest) {
-                    s if s.is_ready() => Status::ready(),
-                    s if s.ready_condition().is_some_and(|c| c.status == "Unknown") => {
-                        Status::unknown(
-                            "RevisionDeploying",
-                            format!("revision {} is starting", entry.latest_created),
-                        )
-                    }
-                    s => {
-                        let why = s
-                            .ready_condition()
-                            .and_then(|c| c.message.clone())
-                            .unwrap_or_default();
-                        Status::not_ready(
-                            "RevisionFailed",
-                            format!("revision {} is not ready: {why}", entry.latest_created),
-                        )
-                    }
-                },
-                None => Status::not_ready("RevisionMissing", "no revision yet"),
-            },
-        };
-        let mut serving = ServingStatus {
-            url: Some(self.url(key, None)),
-            latest_created_revision_name: Some(entry.latest_created.clone()),
-            latest_ready_revision_name: latest_ready(entry),
-            ..ServingStatus::default()
-        };
-        if let Ok(targets) = traffic {
-            serving.traffic = Some(
-                targets
-                    .iter()
-                    .map(|t| TrafficStatus {
-                        revision_name: t.revision.key.name.clone(),
-                        latest_revision: t.latest,
-                        percent: t.percent,
-                        tag: t.tag.clone(),
-                        url: t.tag.as_deref().map(|tag| self.url(key, Some(tag))),
-                    })
-                    .collect(),
-            );
-        }
-        status.serving = Some(Box::new(serving));
-        ObjectView {
-            api_version: entry.service.api_version.clone(),
-            kind: "Service".into(),
-            metadata: ViewMeta {
-                name: key.name.clone(),
-                namespace: key.namespace.clone(),
-                annotations: entry.service.metadata.annotations.clone(),
-                source: entry.origin.clone(),
-            },
-            spec: serde_json::to_value(&entry.service.spec).unwrap_or_default(),
-            status,
-        }
-    }
-
-    /// Revisions, with desired and actual instances.
-    pub async fn revisions(&self, namespace: Option<&str>) -> Vec<ObjectView> {
-        let state = self.state.lock().await;
-        let mut views = Vec::new();
-        for (key, entry) in &state.services {
-            if namespace.is_some_and(|ns| key.namespace != ns) {
-                continue;
-            }
-            for (name, running) in &entry.revisions {
-                let mut annotations = BTreeMap::new();
-                annotations.insert("serving.knative.dev/service".to_owned(), key.name.clone());
-                views.push(ObjectView {
-                    api_version: "serving.knative.dev/v1".into(),
-                    kind: "Revision".into(),
-                    metadata: ViewMeta {
-                        name: name.clone(),
-                        namespace: key.namespace.clone(),
-                        annotations,
-                        source: entry.origin.clone(),
-                    },
-                    spec: running
-                        .record
-                        .template
-                        .get("spec")
-                        .cloned()
-                        .unwrap_or_default(),
-                    status: revision_status(running),
-                });
-            }
-        }
-        views
-    }
-
-    /// Routes: each service's hosts and traffic.
-    pub async fn routes(&self, namespace: Option<&str>) -> Vec<ObjectView> {
-        self.services(namespace)
-            .await
-            .into_iter()
-            .map(|mut view| {
-                view.kind = "Route".into();
-                view.spec = serde_json::json!({ "traffic": view.spec.get("traffic").cloned().unwrap_or_default() });
-                if let Some(serving) = view.status.serving.as_mut() {
-                    serving.latest_created_revision_name = None;
-                    serving.latest_ready_revision_name = None;
-                }
-                view
-            })
-            .collect()
-    }
-
     /// Stops every instance of every revision.
     pub async fn shutdown(&self) {
         let mut state = self.state.lock().await;
@@ -672,75 +526,6 @@ fn latest_ready(entry: &RunningService) -> Option<String> {
         .map(|r| r.record.name.clone())
 }
 
-fn revision_status(running: &RunningRevision) -> Status {
-    let mut status = revision_condition(running);
-    let mut serving = ServingStatus {
-        runtime: Some(running.runtime.to_owned()).filter(|r| !r.is_empty()),
-        ..ServingStatus::default()
-    };
-    if let Some(revision) = &running.revision {
-        let deployment = revision.deployment.status();
-        serving.desired_replicas = Some(revision.scaler.snapshot().desired);
-        serving.actual_replicas = Some(deployment.ready);
-        serving.restarts = (deployment.restarts > 0).then_some(deployment.restarts);
-        serving.container_statuses = (!deployment.images.is_empty()).then(|| {
-            deployment
-                .images
-                .iter()
-                .map(|image| ContainerStatus {
-                    name: image.name.clone(),
-                    image_digest: image.image_digest.clone(),
-                })
-                .collect()
-        });
-    }
-    status.serving = Some(Box::new(serving));
-    status
-}
-
-/// The Ready condition: why it cannot run, what it waits for, or how its
-/// last instance failed.
-fn revision_condition(running: &RunningRevision) -> Status {
-    let Some(revision) = &running.revision else {
-        return Status::not_ready("CannotRun", running.failure.clone().unwrap_or_default());
-    };
-    let deployment = revision.deployment.status();
-    let condition = deployment.condition.as_ref();
-    if revision.has_been_ready() {
-        let mut status = Status::ready();
-        let note = match (&deployment.last_failure, condition) {
-            (Some(failure), _) => Some(format!("last failure: {failure}")),
-            (None, Some(c)) => Some(c.message.clone()),
-            (None, None) => None,
-        };
-        if let Some(condition) = status.conditions.first_mut() {
-            condition.message = note;
-        }
-        return status;
-    }
-    match (condition, &deployment.last_failure) {
-        (Some(c), _) if c.state == ConditionState::Failed => {
-            Status::not_ready(c.reason, c.message.clone())
-        }
-        (_, Some(failure)) => Status::not_ready("ContainerFailed", failure.clone()),
-        (Some(c), None) if c.state == ConditionState::Pending => {
-            Status::unknown(c.reason, c.message.clone())
-        }
-        _ => Status::unknown("Deploying", "waiting for the first instance to be ready"),
-    }
-}
-
-fn names(history: &[RecordedRevision]) -> String {
-    if history.is_empty() {
-        return "none".into();
-    }
-    history
-        .iter()
-        .map(|r| r.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Marks the revision ready when its first instance is (or, at initial
 /// scale 0, once instances can start), then wakes the refresh.
 async fn watch_ready(revision: Arc<Revision>, ready_at_zero: bool, refresh: Arc<Notify>) {
@@ -769,7 +554,7 @@ async fn watch_ready(revision: Arc<Revision>, ready_at_zero: bool, refresh: Arc<
     }
 }
 
-async fn refresh_loop(control: std::sync::Weak<ServingControl>, refresh: Arc<Notify>) {
+async fn refresh_loop(control: std::sync::Weak<ServingController>, refresh: Arc<Notify>) {
     loop {
         refresh.notified().await;
         let Some(control) = control.upgrade() else {

@@ -51,16 +51,16 @@ struct Entry {
     running: Option<RunningSource>,
 }
 
-/// The sources part of the control plane.
-pub struct SourceControl {
+/// Runs the loaded sources.
+pub struct SourceController {
     sender: EventSender,
     data_dir: PathBuf,
     entries: tokio::sync::Mutex<BTreeMap<SourceId, Entry>>,
 }
 
-impl SourceControl {
+impl SourceController {
     pub fn new(sender: EventSender, data_dir: PathBuf) -> Self {
-        SourceControl {
+        SourceController {
             sender,
             data_dir,
             entries: tokio::sync::Mutex::new(BTreeMap::new()),

@@ -1,0 +1,88 @@
+//! One status board for every object pilotlight reconciles: what `get`
+//! and the admin API list, and what Kubernetes mode writes into each
+//! object's `status`. Brokers and triggers are as the last apply left them
+//! (with a trigger's live backlog when listed); Services, Revisions, Routes
+//! and sources are read live, since instances and sources change state
+//! between applies.
+
+use std::sync::{Arc, RwLock};
+
+use crate::api::ObjectKey;
+use crate::api::manifest::ManifestError;
+use crate::api::status::{ObjectList, ObjectView, Status};
+use crate::eventing::controller::EventingController;
+use crate::serving::controller::ServingController;
+
+/// What the admin API lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Brokers,
+    Triggers,
+    Services,
+    Revisions,
+    Routes,
+    Sources,
+}
+
+pub struct StatusBoard {
+    eventing: Arc<EventingController>,
+    serving: Arc<ServingController>,
+    /// The documents the last apply refused, listed with every collection.
+    errors: RwLock<Vec<ManifestError>>,
+}
+
+impl StatusBoard {
+    pub fn new(eventing: Arc<EventingController>, serving: Arc<ServingController>) -> Self {
+        StatusBoard {
+            eventing,
+            serving,
+            errors: RwLock::default(),
+        }
+    }
+
+    pub fn set_errors(&self, errors: Vec<ManifestError>) {
+        *self.errors.write().unwrap_or_else(|e| e.into_inner()) = errors;
+    }
+
+    /// A collection with status (and live figures), with the refused
+    /// manifests.
+    pub async fn list(&self, collection: Collection, namespace: Option<&str>) -> ObjectList {
+        let items = self.views(collection, namespace).await;
+        let errors = self.errors.read().unwrap_or_else(|e| e.into_inner());
+        ObjectList::new(items, &errors)
+    }
+
+    async fn views(&self, collection: Collection, namespace: Option<&str>) -> Vec<ObjectView> {
+        match collection {
+            Collection::Brokers => self.eventing.brokers(namespace),
+            Collection::Triggers => self.eventing.triggers(namespace).await,
+            Collection::Sources => self.eventing.sources(namespace).await,
+            Collection::Services => self.serving.services(namespace).await,
+            Collection::Revisions => self.serving.revisions(namespace).await,
+            Collection::Routes => self.serving.routes(namespace).await,
+        }
+    }
+
+    /// One object's status, for a status write: a Broker's or Trigger's as
+    /// the last apply left it, others from their namespace's views only (a
+    /// reconcile runs per object; listing every namespace for each would be
+    /// quadratic in the objects).
+    pub async fn status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
+        let namespace = Some(key.namespace.as_str());
+        let views = match kind {
+            "Broker" | "Trigger" => return self.eventing.applied_status(kind, key),
+            "Service" => self.serving.services(namespace).await,
+            _ => self.eventing.sources(namespace).await,
+        };
+        views
+            .into_iter()
+            .find(|v| v.kind == kind && v.metadata.name == key.name)
+            .map(|v| v.status)
+    }
+
+    /// Publishes the figures `/metrics` shows besides the counters (each
+    /// trigger's backlog).
+    pub async fn record_metrics(&self) {
+        self.eventing.record_backlog().await;
+    }
+}

@@ -1,0 +1,605 @@
+//! Reconciling brokers, triggers and sources: the loaded objects in, running
+//! backends, dispatchers and sources out, with each object's status.
+//!
+//! Each step is the same shape: [`plan`] decides, as plain functions, what
+//! should run and what to do about what runs ([`plan::broker_action`],
+//! [`plan::trigger_action`]); the controller carries the actions out.
+//! Idempotent: an object whose resolved plan did not change keeps running
+//! untouched, so a reload loses nothing and restarts nothing it need not.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::api::broker::BrokerClass;
+use crate::api::index::ObjectIndex;
+use crate::api::manifest::Loaded;
+use crate::api::status::{Address, ObjectView, Status};
+use crate::api::{Broker, ObjectKey, Resource, Trigger};
+use crate::eventing::backend::log::{self as log_backend, LogConfig};
+use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
+use crate::eventing::backend::rabbitmq::config as rabbitmq_config;
+use crate::eventing::backend::{Backend, SubscriptionSpec, kafka, rabbitmq};
+use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
+use crate::eventing::delivery::EventSender;
+use crate::eventing::source::Source;
+use crate::eventing::source::controller::{DesiredSource, SourceController};
+use crate::eventing::trigger::dispatcher::{self, Dispatcher, TriggerPlan};
+use plan::{
+    BackendPlan, BrokerAction, Destinations, RunningBackend, RunningDispatcher, TriggerAction,
+    TriggerBroker,
+};
+
+/// The reason of a broker whose backend did not start: tried again later.
+pub const BACKEND_FAILED: &str = "BackendFailed";
+/// How long shutdown lets in-flight deliveries finish, so that a clean stop
+/// does not deliver them twice.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Settings of the eventing half.
+#[derive(Debug, Clone)]
+pub struct EventingSettings {
+    pub data_dir: PathBuf,
+    /// Base URL of the ingress, for broker addresses (`http://127.0.0.1:8080`).
+    pub ingress_url: String,
+    pub default_class: BrokerClass,
+    pub log: LogConfig,
+    pub memory: MemoryConfig,
+    /// Deliveries in flight per unordered trigger, unless annotated.
+    pub max_in_flight: usize,
+    /// The RabbitMQ of RabbitMQBrokers without `spec.config` and of
+    /// RabbitmqSources without a cluster reference (`--rabbitmq-uri`).
+    pub rabbitmq_uri: Option<String>,
+    /// Bootstrap servers of Kafka brokers without `spec.config`.
+    pub kafka_bootstrap_servers: Option<String>,
+}
+
+/// The objects of one apply that this controller reconciles.
+#[derive(Default)]
+pub struct EventingObjects<'a> {
+    pub brokers: BTreeMap<ObjectKey, &'a Loaded>,
+    pub triggers: BTreeMap<ObjectKey, &'a Loaded>,
+    pub sources: Vec<&'a Loaded>,
+}
+
+struct RunningBroker {
+    broker: Broker,
+    class: BrokerClass,
+    plan: BackendPlan,
+    handle: Arc<BrokerHandle>,
+}
+
+/// Dropping one aborts its dispatcher (see [`Dispatcher`]).
+struct RunningTrigger {
+    plan: Arc<TriggerPlan>,
+    broker: Arc<BrokerHandle>,
+    dispatcher: Dispatcher,
+}
+
+#[derive(Default)]
+struct Running {
+    brokers: BTreeMap<ObjectKey, RunningBroker>,
+    triggers: BTreeMap<ObjectKey, RunningTrigger>,
+}
+
+/// What the last apply said of each broker and trigger.
+#[derive(Default)]
+struct Views {
+    brokers: BTreeMap<ObjectKey, ObjectView>,
+    triggers: BTreeMap<ObjectKey, ObjectView>,
+}
+
+/// The eventing half of the control plane.
+pub struct EventingController {
+    settings: EventingSettings,
+    registry: Arc<BrokerRegistry>,
+    sender: EventSender,
+    sources: SourceController,
+    running: tokio::sync::Mutex<Running>,
+    views: RwLock<Views>,
+}
+
+impl EventingController {
+    pub fn new(
+        settings: EventingSettings,
+        registry: Arc<BrokerRegistry>,
+        sender: EventSender,
+    ) -> Self {
+        EventingController {
+            sources: SourceController::new(sender.clone(), settings.data_dir.clone()),
+            settings,
+            registry,
+            sender,
+            running: tokio::sync::Mutex::new(Running::default()),
+            views: RwLock::new(Views::default()),
+        }
+    }
+
+    pub fn settings(&self) -> &EventingSettings {
+        &self.settings
+    }
+
+    /// Brings brokers, triggers and sources to `objects`; `services` gives a
+    /// loaded Service's URL, for destinations that refer to one. Returns
+    /// whether a broker's backend failed to start (to be tried again).
+    pub async fn apply(
+        &self,
+        objects: &EventingObjects<'_>,
+        index: &ObjectIndex<'_>,
+        services: &(dyn Fn(&ObjectKey) -> Option<String> + Sync),
+    ) -> bool {
+        let loaded_brokers: BTreeSet<ObjectKey> = objects.brokers.keys().cloned().collect();
+        let destinations = Destinations {
+            ingress_url: &self.settings.ingress_url,
+            brokers: &loaded_brokers,
+            services,
+        };
+        let mut running = self.running.lock().await;
+        self.remove_brokers(&mut running, &objects.brokers).await;
+        let mut broker_views = BTreeMap::new();
+        let mut backends_failed = false;
+        for (key, loaded) in &objects.brokers {
+            let Resource::Broker(broker) = &loaded.resource else {
+                continue;
+            };
+            let status = self
+                .reconcile_broker(&mut running, key, broker, index)
+                .await;
+            backends_failed |= status.has_reason(BACKEND_FAILED);
+            broker_views.insert(key.clone(), ObjectView::of(loaded, status));
+        }
+        self.remove_triggers(&mut running, &objects.triggers).await;
+        let mut trigger_views = BTreeMap::new();
+        for (key, loaded) in &objects.triggers {
+            let Resource::Trigger(trigger) = &loaded.resource else {
+                continue;
+            };
+            let status = self
+                .reconcile_trigger(&mut running, key, trigger, &destinations)
+                .await;
+            trigger_views.insert(key.clone(), ObjectView::of(loaded, status));
+        }
+        drop(running);
+        let desired = objects
+            .sources
+            .iter()
+            .filter_map(|loaded| self.desired_source(loaded, &destinations, index))
+            .collect();
+        self.sources.apply(desired).await;
+        let mut views = self.views.write().unwrap_or_else(|e| e.into_inner());
+        carry_times(&mut broker_views, &views.brokers);
+        carry_times(&mut trigger_views, &views.triggers);
+        *views = Views {
+            brokers: broker_views,
+            triggers: trigger_views,
+        };
+        backends_failed
+    }
+
+    async fn remove_brokers(&self, running: &mut Running, desired: &BTreeMap<ObjectKey, &Loaded>) {
+        let gone: Vec<(ObjectKey, RunningBroker)> = running
+            .brokers
+            .extract_if(.., |key, _| !desired.contains_key(key))
+            .collect();
+        for (key, old) in gone {
+            running.triggers.retain(|_, t| t.plan.broker != key);
+            self.registry.remove(&key);
+            tracing::info!(broker = %key, "broker deleted; removing its events");
+            if let Err(e) = old.handle.backend.destroy().await {
+                tracing::error!(broker = %key, error = %e, "removing the broker's data failed");
+            }
+        }
+    }
+
+    async fn reconcile_broker(
+        &self,
+        running: &mut Running,
+        key: &ObjectKey,
+        broker: &Broker,
+        index: &ObjectIndex<'_>,
+    ) -> Status {
+        // Classes were validated at load.
+        let class = BrokerClass::of(broker, self.settings.default_class)
+            .unwrap_or(self.settings.default_class);
+        let plan = plan::backend_plan(&self.settings, key, broker, class, index);
+        let current = running.brokers.get(key).map(|r| RunningBackend {
+            plan: &r.plan,
+            class: r.class,
+        });
+        let action = plan::broker_action(
+            plan.as_ref().map(|p| (p, class)).map_err(String::as_str),
+            current,
+        );
+        match (action, plan) {
+            (BrokerAction::Keep, _) => {
+                if let Some(current) = running.brokers.get_mut(key) {
+                    current.broker = broker.clone();
+                }
+                self.broker_status(key)
+            }
+            (BrokerAction::KeepPrevious(reason), _) => {
+                if let Some(current) = running.brokers.get_mut(key) {
+                    // Keep what was accepted flowing until the config is fixed.
+                    current.broker = broker.clone();
+                }
+                Status::not_ready(
+                    "BrokerConfigInvalid",
+                    format!("{reason} (the broker keeps running with its previous config)"),
+                )
+            }
+            (BrokerAction::Refuse(reason), _) | (_, Err(reason)) => {
+                self.registry.insert(
+                    key,
+                    BrokerEntry::NotReady {
+                        reason: reason.clone(),
+                    },
+                );
+                Status::not_ready("BrokerConfigInvalid", reason)
+            }
+            (action, Ok(plan)) => {
+                if action != BrokerAction::Start {
+                    self.stop_broker(running, key, action == BrokerAction::Replace)
+                        .await;
+                }
+                self.start_broker(running, key, broker, class, plan).await
+            }
+        }
+    }
+
+    /// Stops a broker's backend and its triggers; `remove_events` for a
+    /// class change, whose old events the new backend cannot read.
+    async fn stop_broker(&self, running: &mut Running, key: &ObjectKey, remove_events: bool) {
+        running.triggers.retain(|_, t| t.plan.broker != *key);
+        let Some(old) = running.brokers.remove(key) else {
+            return;
+        };
+        if remove_events {
+            tracing::warn!(broker = %key, "broker class changed; its stored events are removed");
+            let _ = old.handle.backend.destroy().await;
+        } else {
+            tracing::info!(broker = %key, "broker config changed; restarting its backend");
+            old.handle.backend.shutdown().await;
+        }
+    }
+
+    async fn start_broker(
+        &self,
+        running: &mut Running,
+        key: &ObjectKey,
+        broker: &Broker,
+        class: BrokerClass,
+        plan: BackendPlan,
+    ) -> Status {
+        match self.start_backend(&plan).await {
+            Ok(backend) => {
+                let handle = Arc::new(BrokerHandle::new(key.clone(), backend));
+                self.registry
+                    .insert(key, BrokerEntry::Ready(handle.clone()));
+                running.brokers.insert(
+                    key.clone(),
+                    RunningBroker {
+                        broker: broker.clone(),
+                        class,
+                        plan,
+                        handle,
+                    },
+                );
+                tracing::info!(broker = %key, class = ?class, "broker ready");
+                self.broker_status(key)
+            }
+            Err(reason) => {
+                tracing::error!(broker = %key, error = %reason, "broker failed to start");
+                self.registry.insert(
+                    key,
+                    BrokerEntry::NotReady {
+                        reason: reason.clone(),
+                    },
+                );
+                Status::not_ready(BACKEND_FAILED, reason)
+            }
+        }
+    }
+
+    async fn start_backend(&self, plan: &BackendPlan) -> Result<Arc<dyn Backend>, String> {
+        match plan {
+            BackendPlan::Log { dir } => log_backend::start(dir, &self.settings.log)
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                .map_err(|e| e.to_string()),
+            BackendPlan::Memory => memory_backend::start(&self.settings.memory)
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                .map_err(|e| e.to_string()),
+            BackendPlan::RabbitMq { broker, connection } => {
+                rabbitmq::start(broker, connection.clone())
+                    .await
+                    .map(|b| Arc::new(b) as Arc<dyn Backend>)
+            }
+            BackendPlan::Kafka(config) => kafka::start(config)
+                .await
+                .map(|b| Arc::new(b) as Arc<dyn Backend>)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn broker_status(&self, key: &ObjectKey) -> Status {
+        let mut status = Status::ready();
+        status.address = Some(Address {
+            url: plan::broker_url(&self.settings.ingress_url, key),
+        });
+        status
+    }
+
+    async fn remove_triggers(&self, running: &mut Running, desired: &BTreeMap<ObjectKey, &Loaded>) {
+        let gone: Vec<(ObjectKey, RunningTrigger)> = running
+            .triggers
+            .extract_if(.., |key, _| !desired.contains_key(key))
+            .collect();
+        for (key, old) in gone {
+            tracing::info!(trigger = %key, "trigger deleted");
+            if let Err(e) = old.broker.backend.unsubscribe(&key).await {
+                tracing::error!(trigger = %key, error = %e, "removing the trigger's subscription failed");
+            }
+        }
+    }
+
+    async fn reconcile_trigger(
+        &self,
+        running: &mut Running,
+        key: &ObjectKey,
+        trigger: &Trigger,
+        destinations: &Destinations<'_>,
+    ) -> Status {
+        let broker_key = ObjectKey::new(key.namespace.clone(), trigger.spec.broker.clone());
+        let broker = running.brokers.get(&broker_key);
+        let plan = plan::trigger_plan(
+            &self.settings,
+            key,
+            trigger,
+            broker.map(|b| TriggerBroker {
+                broker: &b.broker,
+                class: b.class,
+            }),
+            destinations.brokers.contains(&broker_key),
+            destinations,
+        );
+        let handle = broker.map(|b| b.handle.clone());
+        let current = running.triggers.get(key).map(|t| RunningDispatcher {
+            plan: &t.plan,
+            same_broker: handle.as_ref().is_some_and(|h| Arc::ptr_eq(&t.broker, h)),
+            finished: t.dispatcher.is_finished(),
+        });
+        match (plan::trigger_action(&plan, current), plan, handle) {
+            (TriggerAction::Stop(status), _, _) => {
+                running.triggers.remove(key);
+                *status
+            }
+            (TriggerAction::Keep, Ok(plan), _) => trigger_status(&plan),
+            (TriggerAction::Start, Ok(plan), Some(broker)) => {
+                // Stop the old dispatcher before resubscribing: its
+                // unacknowledged deliveries come again through the new
+                // subscription.
+                running.triggers.remove(key);
+                match self.start_trigger(key, plan.clone(), broker).await {
+                    Ok(trigger) => {
+                        running.triggers.insert(key.clone(), trigger);
+                        trigger_status(&plan)
+                    }
+                    Err(status) => status,
+                }
+            }
+            (_, _, _) => Status::not_ready(
+                "BrokerNotReady",
+                format!("broker {broker_key} is not ready"),
+            ),
+        }
+    }
+
+    async fn start_trigger(
+        &self,
+        key: &ObjectKey,
+        plan: TriggerPlan,
+        broker: Arc<BrokerHandle>,
+    ) -> Result<RunningTrigger, Status> {
+        let spec = SubscriptionSpec {
+            trigger: key.clone(),
+            filter: plan.filter.clone(),
+            max_in_flight: plan.max_in_flight,
+        };
+        let subscription = broker
+            .backend
+            .subscribe(spec)
+            .await
+            .map_err(|e| Status::not_ready("SubscribeFailed", e.to_string()))?;
+        let plan = Arc::new(plan);
+        let dispatcher = dispatcher::spawn(
+            plan.clone(),
+            subscription,
+            broker.clone(),
+            self.sender.clone(),
+        );
+        tracing::info!(trigger = %key, subscriber = %plan.subscriber, "trigger ready");
+        Ok(RunningTrigger {
+            plan,
+            broker,
+            dispatcher,
+        })
+    }
+
+    /// A source object as the source controller runs it, with its sink
+    /// resolved.
+    fn desired_source(
+        &self,
+        loaded: &Loaded,
+        destinations: &Destinations<'_>,
+        index: &ObjectIndex<'_>,
+    ) -> Option<DesiredSource> {
+        type Build = Box<dyn FnOnce() -> Box<dyn Source> + Send>;
+        let (api_version, metadata, sink, spec, build): (_, _, _, _, Build) = match &loaded.resource
+        {
+            Resource::PingSource(p) => {
+                let source = p.clone();
+                let build = Box::new(move || source.into_source());
+                (
+                    &p.api_version,
+                    &p.metadata,
+                    &p.spec.sink,
+                    serde_json::to_value(&p.spec),
+                    build,
+                )
+            }
+            Resource::ApiServerSource(a) => {
+                let source = a.clone();
+                let build = Box::new(move || source.into_source());
+                (
+                    &a.api_version,
+                    &a.metadata,
+                    &a.spec.sink,
+                    serde_json::to_value(&a.spec),
+                    build,
+                )
+            }
+            Resource::RabbitmqSource(r) => {
+                let source = r.clone();
+                let uri = rabbitmq_config::resolve_uri(
+                    r.spec.rabbitmq_cluster_reference.as_ref(),
+                    r.metadata.namespace(),
+                    None,
+                    index,
+                    self.settings.rabbitmq_uri.as_deref(),
+                );
+                let build = Box::new(move || source.into_source(uri));
+                (
+                    &r.api_version,
+                    &r.metadata,
+                    &r.spec.sink,
+                    serde_json::to_value(&r.spec),
+                    build,
+                )
+            }
+            Resource::KafkaSource(k) => {
+                let source = k.clone();
+                let build = Box::new(move || source.into_source());
+                (
+                    &k.api_version,
+                    &k.metadata,
+                    &k.spec.sink,
+                    serde_json::to_value(&k.spec),
+                    build,
+                )
+            }
+            _ => return None,
+        };
+        let key = metadata.key();
+        Some(DesiredSource {
+            kind: loaded.resource.kind(),
+            api_version: api_version.clone(),
+            annotations: metadata.annotations.clone(),
+            origin: loaded.origin.to_string(),
+            spec: spec.unwrap_or_default(),
+            sink: destinations.resolve(sink, &key.namespace),
+            key,
+            build,
+        })
+    }
+
+    /// Brokers as the last apply left them.
+    pub fn brokers(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        in_namespace(&views.brokers, namespace).cloned().collect()
+    }
+
+    /// Triggers as the last apply left them, with their live backlog.
+    pub async fn triggers(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let lags: BTreeMap<ObjectKey, _> = {
+            let running = self.running.lock().await;
+            running
+                .triggers
+                .iter()
+                .filter_map(|(k, t)| Some((k.clone(), t.broker.backend.lag(k)?)))
+                .collect()
+        };
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        in_namespace(&views.triggers, namespace)
+            .map(|view| {
+                let mut view = view.clone();
+                let key =
+                    ObjectKey::new(view.metadata.namespace.clone(), view.metadata.name.clone());
+                if let Some(lag) = lags.get(&key) {
+                    view.status.backlog = Some(lag.backlog);
+                    view.status.lost_to_retention = Some(lag.lost_to_retention);
+                }
+                view
+            })
+            .collect()
+    }
+
+    /// Sources with their live status.
+    pub async fn sources(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        self.sources.views(namespace).await
+    }
+
+    /// The status the last apply gave one Broker or Trigger, without live
+    /// figures (no backlog, so no lock on the running state). None for
+    /// other kinds.
+    pub fn applied_status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        let views = match kind {
+            "Broker" => &views.brokers,
+            "Trigger" => &views.triggers,
+            _ => return None,
+        };
+        views.get(key).map(|view| view.status.clone())
+    }
+
+    /// Publishes each trigger's backlog as a gauge.
+    pub async fn record_backlog(&self) {
+        let running = self.running.lock().await;
+        for (key, trigger) in &running.triggers {
+            if let Some(lag) = trigger.broker.backend.lag(key) {
+                metrics::gauge!("pilotlight_trigger_backlog", "trigger" => key.to_string())
+                    .set(lag.backlog as f64);
+            }
+        }
+    }
+
+    /// Stops the sources, then every dispatcher (letting in-flight
+    /// deliveries finish for a few seconds) and backend, saving cursors.
+    pub async fn shutdown(&self) {
+        // Sources first: they send to brokers that stop below.
+        self.sources.shutdown().await;
+        let mut running = self.running.lock().await;
+        let draining = std::mem::take(&mut running.triggers)
+            .into_values()
+            .map(|t| t.dispatcher.drain(SHUTDOWN_GRACE));
+        futures::future::join_all(draining).await;
+        for (key, broker) in std::mem::take(&mut running.brokers) {
+            self.registry.remove(&key);
+            broker.handle.backend.shutdown().await;
+        }
+    }
+}
+
+fn trigger_status(plan: &TriggerPlan) -> Status {
+    let mut status = Status::ready();
+    status.subscriber_uri = Some(plan.subscriber.to_string());
+    status
+}
+
+fn in_namespace<'a>(
+    views: &'a BTreeMap<ObjectKey, ObjectView>,
+    namespace: Option<&'a str>,
+) -> impl Iterator<Item = &'a ObjectView> {
+    views
+        .iter()
+        .filter(move |(key, _)| namespace.is_none_or(|ns| key.namespace == ns))
+        .map(|(_, view)| view)
+}
+
+fn carry_times(new: &mut BTreeMap<ObjectKey, ObjectView>, old: &BTreeMap<ObjectKey, ObjectView>) {
+    for (key, view) in new.iter_mut() {
+        view.status
+            .carry_transition_times(old.get(key).map(|v| &v.status));
+    }
+}

@@ -1,0 +1,457 @@
+//! What brokers and triggers should run, resolved from their objects and
+//! pilotlight's settings as plain functions: a broker's backend settings, a
+//! trigger's delivery plan, a destination's URI, and what to do about each
+//! given what runs. The controller carries the actions out.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::Uri;
+
+use super::EventingSettings;
+use crate::api::broker::BrokerClass;
+use crate::api::duck::Destination;
+use crate::api::index::ObjectIndex;
+use crate::api::rabbitmq::{self, QueueType};
+use crate::api::status::Status;
+use crate::api::trigger::DeliveryOrder;
+use crate::api::{Broker, ObjectKey, Trigger};
+use crate::eventing::backend::kafka::{self as kafka_backend, KafkaConfig};
+use crate::eventing::backend::rabbitmq::config::RabbitConnectionConfig;
+use crate::eventing::delivery::DeliveryPolicy;
+use crate::eventing::trigger::dispatcher::TriggerPlan;
+
+/// Where and how a broker's backend runs, resolved from its class, its
+/// `spec.config` and pilotlight's settings. A broker whose plan did not change
+/// keeps its backend across a reload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendPlan {
+    Log {
+        dir: PathBuf,
+    },
+    Memory,
+    RabbitMq {
+        broker: ObjectKey,
+        connection: RabbitConnectionConfig,
+    },
+    Kafka(KafkaConfig),
+}
+
+/// Resolves the broker's backend settings; an error names the field or
+/// reference that is wrong.
+pub fn backend_plan(
+    settings: &EventingSettings,
+    key: &ObjectKey,
+    broker: &Broker,
+    class: BrokerClass,
+    index: &ObjectIndex<'_>,
+) -> Result<BackendPlan, String> {
+    Ok(match class {
+        BrokerClass::Log => BackendPlan::Log {
+            dir: settings
+                .data_dir
+                .join("brokers")
+                .join(&key.namespace)
+                .join(&key.name),
+        },
+        BrokerClass::Memory => BackendPlan::Memory,
+        BrokerClass::RabbitMq => BackendPlan::RabbitMq {
+            broker: key.clone(),
+            connection: rabbitmq_connection(settings, broker, index)?,
+        },
+        BrokerClass::Kafka => BackendPlan::Kafka(kafka_backend::config::resolve(
+            key,
+            broker,
+            index,
+            settings.kafka_bootstrap_servers.as_deref(),
+        )?),
+    })
+}
+
+/// A RabbitMQBroker's connection: its `spec.config` RabbitmqBrokerConfig,
+/// or pilotlight's `--rabbitmq-uri`.
+fn rabbitmq_connection(
+    settings: &EventingSettings,
+    broker: &Broker,
+    index: &ObjectIndex<'_>,
+) -> Result<RabbitConnectionConfig, String> {
+    let default_uri = settings.rabbitmq_uri.as_deref();
+    let Some(reference) = &broker.spec.config else {
+        let uri = default_uri.ok_or(
+            "a RabbitMQBroker needs a RabbitMQ: set spec.config to a RabbitmqBrokerConfig (eventing.knative.dev/v1alpha1), or start pilotlight with --rabbitmq-uri (PILOTLIGHT_RABBITMQ_URI)",
+        )?;
+        return RabbitConnectionConfig::from_uri(uri, QueueType::default())
+            .map_err(|e| format!("--rabbitmq-uri: {e}"));
+    };
+    if reference.kind != rabbitmq::KIND || reference.api_version != rabbitmq::API_VERSION {
+        return Err(format!(
+            "spec.config: a RabbitMQBroker's config is a {} ({}), not {} ({})",
+            rabbitmq::KIND,
+            rabbitmq::API_VERSION,
+            reference.kind,
+            reference.api_version
+        ));
+    }
+    let namespace = reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| broker.metadata.namespace().to_owned());
+    let config = index
+        .rabbitmq_broker_config(&ObjectKey::new(namespace, reference.name.clone()))
+        .map_err(|e| format!("spec.config: {e}"))?;
+    config.resolve(index, default_uri)
+}
+
+/// A broker's backend as it runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunningBackend<'a> {
+    pub plan: &'a BackendPlan,
+    pub class: BrokerClass,
+}
+
+/// What to do about one broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerAction {
+    /// It runs as planned: only its object is updated.
+    Keep,
+    /// Start its backend (nothing runs).
+    Start,
+    /// Its settings changed within its class: stop the backend (its stored
+    /// events stay) and start it again.
+    Restart,
+    /// Its class changed: the old backend's events are removed, the new one
+    /// starts.
+    Replace,
+    /// Its new settings are wrong: it keeps running with the previous ones
+    /// until they are fixed.
+    KeepPrevious(String),
+    /// Its settings are wrong and nothing runs: the ingress answers 503.
+    Refuse(String),
+}
+
+pub fn broker_action(
+    plan: Result<(&BackendPlan, BrokerClass), &str>,
+    running: Option<RunningBackend<'_>>,
+) -> BrokerAction {
+    match (plan, running) {
+        (Err(reason), Some(_)) => BrokerAction::KeepPrevious(reason.to_owned()),
+        (Err(reason), None) => BrokerAction::Refuse(reason.to_owned()),
+        (Ok(_), None) => BrokerAction::Start,
+        (Ok((plan, _)), Some(current)) if current.plan == plan => BrokerAction::Keep,
+        (Ok((_, class)), Some(current)) if current.class == class => BrokerAction::Restart,
+        (Ok(_), Some(_)) => BrokerAction::Replace,
+    }
+}
+
+/// Resolves destinations (`uri`, or a reference to a Broker or a Service
+/// with `uri` appended as a path, Knative's rule).
+pub struct Destinations<'a> {
+    /// Base URL of the ingress (`http://127.0.0.1:8080`).
+    pub ingress_url: &'a str,
+    /// The brokers loaded (running or not).
+    pub brokers: &'a BTreeSet<ObjectKey>,
+    /// A Service's URL, when one of that name is loaded.
+    pub services: &'a (dyn Fn(&ObjectKey) -> Option<String> + Sync),
+}
+
+impl Destinations<'_> {
+    pub fn broker_url(&self, key: &ObjectKey) -> String {
+        broker_url(self.ingress_url, key)
+    }
+
+    pub fn resolve(&self, destination: &Destination, namespace: &str) -> Result<Uri, String> {
+        let Some(reference) = &destination.reference else {
+            let uri = destination.uri.as_deref().unwrap_or_default();
+            return uri
+                .parse()
+                .map_err(|e| format!("'{uri}' is not a URI: {e}"));
+        };
+        let ref_namespace = reference.namespace.as_deref().unwrap_or(namespace);
+        let key = ObjectKey::new(ref_namespace, reference.name.clone());
+        let base = match (reference.api_version.as_str(), reference.kind.as_str()) {
+            ("eventing.knative.dev/v1", "Broker") if self.brokers.contains(&key) => {
+                self.broker_url(&key)
+            }
+            ("eventing.knative.dev/v1", "Broker") => {
+                return Err(format!("broker {key} does not exist"));
+            }
+            ("serving.knative.dev/v1", "Service") => match (self.services)(&key) {
+                Some(url) => url,
+                None => return Err(format!("service {key} does not exist")),
+            },
+            (api_version, kind) => {
+                return Err(format!(
+                    "cannot resolve a reference to {kind} ({api_version}) {key}: pilotlight resolves references to Brokers (eventing.knative.dev/v1) and Services (serving.knative.dev/v1); use 'uri' for other destinations"
+                ));
+            }
+        };
+        let path = destination.uri.as_deref().unwrap_or("");
+        let joined = match (base.ends_with('/'), path.starts_with('/')) {
+            (true, true) => format!("{base}{}", &path[1..]),
+            (false, false) if !path.is_empty() => format!("{base}/{path}"),
+            _ => format!("{base}{path}"),
+        };
+        joined
+            .parse()
+            .map_err(|e| format!("'{joined}' is not a URI: {e}"))
+    }
+}
+
+/// A broker's address: `{ingress}/{namespace}/{name}`.
+pub fn broker_url(ingress_url: &str, key: &ObjectKey) -> String {
+    format!("{ingress_url}/{}/{}", key.namespace, key.name)
+}
+
+/// The broker a trigger delivers from, as it runs.
+pub struct TriggerBroker<'a> {
+    pub broker: &'a Broker,
+    pub class: BrokerClass,
+}
+
+/// A trigger's delivery plan, or the status that says why it cannot run.
+/// `broker` is its broker when that runs; `broker_loaded` whether one of
+/// that name is loaded at all.
+pub fn trigger_plan(
+    settings: &EventingSettings,
+    key: &ObjectKey,
+    trigger: &Trigger,
+    broker: Option<TriggerBroker<'_>>,
+    broker_loaded: bool,
+    destinations: &Destinations<'_>,
+) -> Result<TriggerPlan, Box<Status>> {
+    let broker_key = ObjectKey::new(key.namespace.clone(), trigger.spec.broker.clone());
+    let Some(broker) = broker else {
+        return Err(Box::new(if broker_loaded {
+            Status::not_ready(
+                "BrokerNotReady",
+                format!("broker {broker_key} is not ready"),
+            )
+        } else {
+            Status::not_ready(
+                "BrokerDoesNotExist",
+                format!("broker {broker_key} does not exist: create it, or fix spec.broker"),
+            )
+        }));
+    };
+    let subscriber = destinations
+        .resolve(&trigger.spec.subscriber, &key.namespace)
+        .map_err(|m| {
+            Box::new(Status::not_ready(
+                "SubscriberResolveFailed",
+                format!("spec.subscriber: {m}"),
+            ))
+        })?;
+    let delivery_spec = trigger
+        .spec
+        .delivery
+        .as_ref()
+        .or(broker.broker.spec.delivery.as_ref());
+    let dead_letter_sink = match delivery_spec.and_then(|d| d.dead_letter_sink.as_ref()) {
+        None => None,
+        Some(sink) => Some(destinations.resolve(sink, &key.namespace).map_err(|m| {
+            Box::new(Status::not_ready(
+                "DeadLetterSinkResolveFailed",
+                format!("deadLetterSink: {m}"),
+            ))
+        })?),
+    };
+    // Validated at load, so these cannot fail here.
+    let filter = trigger
+        .compile_filter()
+        .map_err(|e| Box::new(Status::not_ready("InvalidFilter", e.to_string())))?;
+    let mut ordered = trigger
+        .delivery_order()
+        .is_ok_and(|o| o == DeliveryOrder::Ordered);
+    let mut max_in_flight = trigger
+        .max_in_flight(settings.max_in_flight)
+        .unwrap_or(settings.max_in_flight);
+    if broker.class == BrokerClass::RabbitMq {
+        // eventing-rabbitmq's parallelism: prefetch and concurrent
+        // deliveries; 1 (the default) delivers in order.
+        let parallelism = trigger.rabbitmq_parallelism().unwrap_or(1);
+        ordered = parallelism == 1;
+        max_in_flight = parallelism;
+    }
+    Ok(TriggerPlan {
+        key: key.clone(),
+        broker: broker_key,
+        filter: Arc::new(filter),
+        subscriber,
+        delivery: DeliveryPolicy::from_spec(delivery_spec, dead_letter_sink),
+        ordered,
+        max_in_flight,
+    })
+}
+
+/// What to do about one trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TriggerAction {
+    /// Its dispatcher runs this plan on this broker: nothing to do.
+    Keep,
+    /// Subscribe and start a dispatcher (stopping one that runs first: its
+    /// unacknowledged deliveries come again through the new subscription).
+    Start,
+    /// It cannot run: stop its dispatcher but keep its cursor, so it resumes
+    /// where it stopped once the problem is fixed.
+    Stop(Box<Status>),
+}
+
+/// A trigger's dispatcher as it runs.
+pub struct RunningDispatcher<'a> {
+    pub plan: &'a TriggerPlan,
+    /// Whether it still delivers from the broker the plan names (a broker
+    /// restarted since is another broker).
+    pub same_broker: bool,
+    pub finished: bool,
+}
+
+pub fn trigger_action(
+    plan: &Result<TriggerPlan, Box<Status>>,
+    running: Option<RunningDispatcher<'_>>,
+) -> TriggerAction {
+    match (plan, running) {
+        (Err(status), _) => TriggerAction::Stop(status.clone()),
+        (Ok(plan), Some(r)) if r.plan == plan && r.same_broker && !r.finished => {
+            TriggerAction::Keep
+        }
+        (Ok(_), _) => TriggerAction::Start,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::filter::Filter;
+
+    fn log(name: &str) -> BackendPlan {
+        BackendPlan::Log {
+            dir: PathBuf::from(name),
+        }
+    }
+
+    #[test]
+    fn a_broker_is_kept_restarted_or_replaced_by_what_changed() {
+        let a = log("a");
+        let b = log("b");
+        let running = |plan, class| Some(RunningBackend { plan, class });
+        assert_eq!(
+            broker_action(Ok((&a, BrokerClass::Log)), None),
+            BrokerAction::Start
+        );
+        assert_eq!(
+            broker_action(Ok((&a, BrokerClass::Log)), running(&a, BrokerClass::Log)),
+            BrokerAction::Keep
+        );
+        assert_eq!(
+            broker_action(Ok((&b, BrokerClass::Log)), running(&a, BrokerClass::Log)),
+            BrokerAction::Restart
+        );
+        let memory = BackendPlan::Memory;
+        assert_eq!(
+            broker_action(
+                Ok((&memory, BrokerClass::Memory)),
+                running(&a, BrokerClass::Log)
+            ),
+            BrokerAction::Replace
+        );
+        assert_eq!(
+            broker_action(Err("bad config"), running(&a, BrokerClass::Log)),
+            BrokerAction::KeepPrevious("bad config".into())
+        );
+        assert_eq!(
+            broker_action(Err("bad config"), None),
+            BrokerAction::Refuse("bad config".into())
+        );
+    }
+
+    fn plan(subscriber: &str) -> TriggerPlan {
+        TriggerPlan {
+            key: ObjectKey::new("ns", "t"),
+            broker: ObjectKey::new("ns", "b"),
+            filter: Arc::new(Filter::Everything),
+            subscriber: subscriber.parse().expect("uri"),
+            delivery: DeliveryPolicy::from_spec(None, None),
+            ordered: false,
+            max_in_flight: 1,
+        }
+    }
+
+    #[test]
+    fn a_trigger_restarts_only_when_its_plan_or_broker_changed_or_its_dispatcher_ended() {
+        let current = plan("http://a/");
+        let running = |same_broker, finished| {
+            Some(RunningDispatcher {
+                plan: &current,
+                same_broker,
+                finished,
+            })
+        };
+        assert_eq!(
+            trigger_action(&Ok(plan("http://a/")), running(true, false)),
+            TriggerAction::Keep
+        );
+        assert_eq!(
+            trigger_action(&Ok(plan("http://b/")), running(true, false)),
+            TriggerAction::Start
+        );
+        assert_eq!(
+            trigger_action(&Ok(plan("http://a/")), running(false, false)),
+            TriggerAction::Start
+        );
+        assert_eq!(
+            trigger_action(&Ok(plan("http://a/")), running(true, true)),
+            TriggerAction::Start
+        );
+        assert_eq!(
+            trigger_action(&Ok(plan("http://a/")), None),
+            TriggerAction::Start
+        );
+        let refused = Box::new(Status::not_ready("BrokerDoesNotExist", "no"));
+        assert_eq!(
+            trigger_action(&Err(refused.clone()), running(true, false)),
+            TriggerAction::Stop(refused)
+        );
+    }
+
+    #[test]
+    fn destinations_resolve_uris_brokers_and_services_with_a_path() {
+        let brokers: BTreeSet<ObjectKey> = [ObjectKey::new("ns", "default")].into();
+        let services = |key: &ObjectKey| {
+            (key.name == "hello").then(|| "http://hello.ns.localhost:8080".to_owned())
+        };
+        let destinations = Destinations {
+            ingress_url: "http://127.0.0.1:8080",
+            brokers: &brokers,
+            services: &services,
+        };
+        let destination =
+            |yaml: &str| -> Destination { serde_saphyr::from_str(yaml).expect("a destination") };
+        assert_eq!(
+            destinations
+                .resolve(
+                    &destination(
+                        "ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}"
+                    ),
+                    "ns"
+                )
+                .map(|u| u.to_string()),
+            Ok("http://127.0.0.1:8080/ns/default".to_owned())
+        );
+        assert_eq!(
+            destinations
+                .resolve(&destination("ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: hello}\nuri: /orders"), "ns")
+                .map(|u| u.to_string()),
+            Ok("http://hello.ns.localhost:8080/orders".to_owned())
+        );
+        let missing = destinations
+            .resolve(
+                &destination(
+                    "ref: {apiVersion: serving.knative.dev/v1, kind: Service, name: nope}",
+                ),
+                "ns",
+            )
+            .expect_err("no such service");
+        assert_eq!(missing, "service ns/nope does not exist");
+    }
+}
