@@ -169,6 +169,7 @@ impl Server {
             default_class: config.default_class,
             log: config.log.clone(),
             memory: config.memory.clone(),
+            max_event_bytes: config.max_event_bytes,
             max_in_flight: config.max_in_flight,
             rabbitmq_uri: config.rabbitmq_uri.clone(),
             kafka_bootstrap_servers: config.kafka_bootstrap_servers.clone(),
@@ -199,10 +200,7 @@ impl Server {
         let control = Arc::new(ControlPlane::new(eventing, serving));
         let ready = Arc::new(AtomicBool::new(false));
 
-        let ingress = IngressState {
-            brokers: registry,
-            max_event_bytes: config.max_event_bytes,
-        };
+        let ingress = IngressState { brokers: registry };
         let admin_router = admin::router(AdminState {
             control: control.clone(),
             metrics: crate::telemetry::metrics_handle(),

@@ -49,7 +49,8 @@ pub struct RunArgs {
     /// Where the log backend keeps events and trigger cursors.
     #[arg(long, env = "PILOTLIGHT_DATA_DIR", default_value = ".pilotlight")]
     pub data_dir: PathBuf,
-    /// Largest request body the ingress accepts, in bytes.
+    /// Largest event a broker stores, in bytes (data and attributes), from
+    /// the ingress or as a reply; also the largest request body the ingress reads.
     #[arg(long = "max-event-size", env = "PILOTLIGHT_MAX_EVENT_SIZE", default_value_t = DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
     /// Backend of brokers without a class annotation.

@@ -1,6 +1,6 @@
 //! Broker backends: where a broker's events live between ingress and delivery.
 //!
-//! One trait for every backend (`log`, `memory`, and later `kafka`, `rabbitmq`),
+//! One trait for every backend (`log`, `memory`, `kafka`, `rabbitmq`),
 //! with Vector's end-to-end acknowledgement contract:
 //! - [`Backend::append`] returns only once the events are stored as durably as
 //!   the backend can store them; the ingress answers 202 after that and not before.
@@ -52,6 +52,9 @@ pub struct SubscriptionLag {
 }
 
 /// Why the backend did not take events. Each maps to an ingress status code.
+/// The first two pass (send again later); the last two never do, so nothing
+/// may retry them: the ingress answers 4xx and a reply goes to the
+/// dead-letter sink.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     /// Too much is waiting to be stored: the client should slow down (429).
@@ -63,6 +66,12 @@ pub enum AppendError {
         reason: String,
         retry_after: Duration,
     },
+    /// An event is over what the broker or its backend stores (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The backend refuses the event as it is, every time (400).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl AppendError {
@@ -70,7 +79,13 @@ impl AppendError {
         match self {
             AppendError::Overloaded(_) => Duration::from_secs(1),
             AppendError::Unavailable { retry_after, .. } => *retry_after,
+            AppendError::TooLarge(_) | AppendError::Refused(_) => Duration::ZERO,
         }
+    }
+
+    /// Whether sending the same events again can never succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, AppendError::TooLarge(_) | AppendError::Refused(_))
     }
 }
 

@@ -7,7 +7,7 @@
 //! | 400 | not a valid CloudEvent (the body says which attribute and why) |
 //! | 404 | no such broker |
 //! | 405 | a method other than POST or OPTIONS |
-//! | 413 | body over the size limit |
+//! | 413 | body or an event over the size limit, or over what the backend stores |
 //! | 429 / 503 + Retry-After | the backend pushes back / the broker is not ready |
 
 use std::borrow::Cow;
@@ -26,11 +26,10 @@ use crate::eventing::backend::AppendError;
 /// Default largest request body accepted (1 MiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 
-/// What the ingress needs.
+/// What the ingress needs: the brokers, each with its own limit.
 #[derive(Clone)]
 pub struct IngressState {
     pub brokers: Arc<BrokerRegistry>,
-    pub max_event_bytes: usize,
 }
 
 /// Serves one request to the ingress. The path is matched here rather than
@@ -113,15 +112,16 @@ where
             return response;
         }
     }
+    let limit = broker.max_event_bytes();
     if let Some(length) = content_length(headers)
-        && length > state.max_event_bytes
+        && length > limit
     {
-        return too_large(&key(), state.max_event_bytes);
+        return too_large(&key(), limit);
     }
-    let body = match Limited::new(body, state.max_event_bytes).collect().await {
+    let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return too_large(&key(), state.max_event_bytes);
+            return too_large(&key(), limit);
         }
         Err(e) => {
             reject_metric(&key(), "read_error");
@@ -140,14 +140,27 @@ where
     };
     match broker.publish(events).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(e) => {
-            let status = match e {
-                AppendError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-                AppendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            retry_later(status, e.retry_after().as_secs().max(1), e.to_string())
-        }
+        Err(e) => refusal(&e),
     }
+}
+
+/// The answer to an append the backend did not take: come back later, or
+/// do not send this again.
+fn refusal(error: &AppendError) -> Response {
+    let status = match error {
+        AppendError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+        AppendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        AppendError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        AppendError::Refused(_) => StatusCode::BAD_REQUEST,
+    };
+    if error.is_permanent() {
+        return text(status, error.to_string());
+    }
+    retry_later(
+        status,
+        error.retry_after().as_secs().max(1),
+        error.to_string(),
+    )
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {

@@ -13,30 +13,48 @@ use crate::api::ObjectKey;
 use crate::cloudevent::Event;
 use crate::eventing::backend::{AppendError, Backend};
 
-/// A running broker: its backend and its ingress counters.
+/// A running broker: its backend, its limit and its ingress counters.
+///
+/// [`BrokerHandle::publish`] is the one way into a broker: the ingress and
+/// replies both come through it, so both meet the same limit and the same
+/// answers.
 pub struct BrokerHandle {
     pub key: ObjectKey,
     pub backend: Arc<dyn Backend>,
+    /// The largest event stored, data and attributes (`--max-event-size`).
+    max_event_bytes: usize,
     received: Counter,
     accepted: Counter,
 }
 
 impl BrokerHandle {
-    pub fn new(key: ObjectKey, backend: Arc<dyn Backend>) -> Self {
+    pub fn new(key: ObjectKey, backend: Arc<dyn Backend>, max_event_bytes: usize) -> Self {
         let label = key.to_string();
         BrokerHandle {
             received: metrics::counter!("pilotlight_broker_events_received_total", "broker" => label.clone()),
             accepted: metrics::counter!("pilotlight_broker_events_accepted_total", "broker" => label),
             key,
             backend,
+            max_event_bytes,
         }
     }
 
-    /// Stamps `knativearrivaltime` and stores the events; used by the ingress
-    /// and by replies re-entering the broker.
+    /// The largest event this broker takes, and so the largest request body
+    /// its ingress reads.
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
+    /// Stamps `knativearrivaltime` and stores the events, all or none; used
+    /// by the ingress and by replies re-entering the broker. An event over
+    /// the limit refuses the whole batch, before anything is stored.
     pub async fn publish(&self, mut events: Vec<Event>) -> Result<(), AppendError> {
         let count = events.len() as u64;
         self.received.increment(count);
+        if let Err(e) = self.check_sizes(&events) {
+            reject_metric(&self.key.to_string(), rejection_reason(&e));
+            return Err(e);
+        }
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         for event in &mut events {
             event.set_attribute("knativearrivaltime", now.as_str());
@@ -48,12 +66,27 @@ impl BrokerHandle {
         }
         stored
     }
+
+    fn check_sizes(&self, events: &[Event]) -> Result<(), AppendError> {
+        match events.iter().find(|e| e.size() > self.max_event_bytes) {
+            Some(event) => Err(AppendError::TooLarge(format!(
+                "event {} is {} bytes (data and attributes), over the limit of {} bytes of broker {} (set with --max-event-size)",
+                event.id(),
+                event.size(),
+                self.max_event_bytes,
+                self.key
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 fn rejection_reason(error: &AppendError) -> &'static str {
     match error {
         AppendError::Overloaded(_) => "overloaded",
         AppendError::Unavailable { .. } => "unavailable",
+        AppendError::TooLarge(_) => "too_large",
+        AppendError::Refused(_) => "refused",
     }
 }
 

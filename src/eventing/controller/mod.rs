@@ -48,6 +48,9 @@ pub struct EventingSettings {
     pub default_class: BrokerClass,
     pub log: LogConfig,
     pub memory: MemoryConfig,
+    /// The largest event a broker takes, from the ingress or as a reply
+    /// (`--max-event-size`).
+    pub max_event_bytes: usize,
     /// Deliveries in flight per unordered trigger, unless annotated.
     pub max_in_flight: usize,
     /// The RabbitMQ of RabbitMQBrokers without `spec.config` and of
@@ -275,7 +278,11 @@ impl EventingController {
     ) -> Status {
         match self.start_backend(&plan).await {
             Ok(backend) => {
-                let handle = Arc::new(BrokerHandle::new(key.clone(), backend));
+                let handle = Arc::new(BrokerHandle::new(
+                    key.clone(),
+                    backend,
+                    self.settings.max_event_bytes,
+                ));
                 self.registry
                     .insert(key, BrokerEntry::Ready(handle.clone()));
                 running.brokers.insert(

@@ -275,6 +275,7 @@ pub fn trigger_plan(
     }
     Ok(TriggerPlan {
         key: key.clone(),
+        broker_url: broker_url(&settings.ingress_url, &broker_key),
         broker: broker_key,
         filter: Arc::new(filter),
         subscriber,
@@ -369,6 +370,7 @@ mod tests {
         TriggerPlan {
             key: ObjectKey::new("ns", "t"),
             broker: ObjectKey::new("ns", "b"),
+            broker_url: "http://127.0.0.1:8080/ns/b".into(),
             filter: Arc::new(Filter::Everything),
             subscriber: subscriber.parse().expect("uri"),
             delivery: DeliveryPolicy::from_spec(None, None),

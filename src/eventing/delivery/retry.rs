@@ -63,7 +63,11 @@ fn wait_before(policy: &DeliveryPolicy, retry: u32, retry_after: Option<Duration
 
 /// The event as it goes to a dead-letter sink: Knative's error extensions
 /// added (the response body base64-encoded and truncated, as Knative does).
-pub fn dead_letter_event(event: &Event, destination: &Uri, failure: &Failure) -> Event {
+pub fn dead_letter_event(
+    event: &Event,
+    destination: &impl std::fmt::Display,
+    failure: &Failure,
+) -> Event {
     let mut dead = event.clone();
     dead.set_attribute("knativeerrordest", destination.to_string());
     // Knative reports a failure without a response as 500.

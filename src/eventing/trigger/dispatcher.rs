@@ -23,7 +23,7 @@ use crate::api::ObjectKey;
 use crate::api::filter::Filter;
 use crate::backoff::Backoff;
 use crate::cloudevent::Event;
-use crate::eventing::backend::{Delivery, Subscription};
+use crate::eventing::backend::{AppendError, Delivery, Subscription};
 use crate::eventing::broker::BrokerHandle;
 use crate::eventing::delivery::{
     DeliveryPolicy, EventSender, Failure, Outcome, dead_letter_event, deliver_with_retries,
@@ -41,6 +41,9 @@ const DEAD_LETTER_PAUSE_MAX: Duration = Duration::from_secs(60);
 pub struct TriggerPlan {
     pub key: ObjectKey,
     pub broker: ObjectKey,
+    /// Where replies go: the broker's ingress, named in a dead letter when
+    /// the broker refuses one.
+    pub broker_url: String,
     pub filter: Arc<Filter>,
     pub subscriber: Uri,
     pub delivery: DeliveryPolicy,
@@ -224,32 +227,76 @@ async fn process(context: &Context, delivery: Delivery) {
     .await;
     match outcome {
         Outcome::Delivered { reply: None } => {}
-        Outcome::Delivered { reply: Some(reply) } => store_reply(context, reply).await,
-        Outcome::Failed(failure) => dead_letter(context, &delivery.event, &failure).await,
+        Outcome::Delivered { reply: Some(reply) } => {
+            if let Err(refused) = store_reply(context, reply).await {
+                let broker = &context.plan.broker_url;
+                dead_letter(context, &delivery.event, broker, &refused).await;
+            }
+        }
+        Outcome::Failed(failure) => {
+            dead_letter(context, &delivery.event, &context.plan.subscriber, &failure).await
+        }
     }
     delivery.ack().await;
 }
 
 /// A reply enters the trigger's broker as a new event. The subscriber has
-/// done its work, so the reply is retried until stored rather than the event
-/// being sent again.
-async fn store_reply(context: &Context, reply: Event) {
+/// done its work, so a reply the broker cannot take now is tried again until
+/// stored rather than the event being sent again. One the broker refuses for
+/// good (too large, say) fails the delivery: the event goes to the
+/// dead-letter sink, as Knative does when forwarding a reply fails, and an
+/// ordered trigger moves on.
+async fn store_reply(context: &Context, reply: Event) -> Result<(), Failure> {
     let mut backoff = Backoff::new(Duration::from_millis(100), DEAD_LETTER_PAUSE_MAX);
-    while let Err(e) = context.broker.publish(vec![reply.clone()]).await {
+    loop {
+        let Err(e) = context.broker.publish(vec![reply.clone()]).await else {
+            return Ok(());
+        };
+        if e.is_permanent() {
+            let message = format!(
+                "the reply {} was refused by broker {}: {e}",
+                reply.id(),
+                context.plan.broker
+            );
+            return Err(Failure {
+                status: Some(refusal_status(&e)),
+                retryable: false,
+                retry_after: None,
+                data: message.clone().into(),
+                message,
+            });
+        }
         tracing::warn!(trigger = %context.plan.key, error = %e, "storing a reply failed; retrying");
         let pause = backoff.next_delay();
         tokio::time::sleep(pause.max(e.retry_after().min(DEAD_LETTER_PAUSE_MAX))).await;
     }
 }
 
-async fn dead_letter(context: &Context, event: &Event, failure: &Failure) {
+/// The status the broker's ingress answers for a refusal, for
+/// `knativeerrorcode`.
+fn refusal_status(error: &AppendError) -> StatusCode {
+    match error {
+        AppendError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Sends the event to the trigger's dead-letter sink, with the failure at
+/// `destination` in Knative's error extensions; drops it (counted) when the
+/// trigger has none.
+async fn dead_letter(
+    context: &Context,
+    event: &Event,
+    destination: &impl std::fmt::Display,
+    failure: &Failure,
+) {
     let plan = &context.plan;
     let Some(sink) = &plan.delivery.dead_letter_sink else {
         tracing::warn!(trigger = %plan.key, id = event.id(), error = %failure.message, "delivery failed and the trigger has no dead-letter sink, so the event is dropped; set spec.delivery.deadLetterSink (trigger or broker) to keep such events");
         context.dropped.increment(1);
         return;
     };
-    let dead = dead_letter_event(event, &plan.subscriber, failure);
+    let dead = dead_letter_event(event, destination, failure);
     let mut backoff = Backoff::new(Duration::from_secs(1), DEAD_LETTER_PAUSE_MAX);
     loop {
         let outcome = deliver_with_retries(&context.sender, sink, &dead, &plan.delivery, |s, t| {

@@ -140,6 +140,12 @@ impl KafkaAuth {
                     properties.insert(property, value);
                 }
             }
+            // OpenSSL is built in (ssl-vendored), so its compiled-in
+            // certificate folder is not the system's: without a CA in the
+            // Secret, librdkafka looks in the usual system locations.
+            if !properties.contains_key("ssl.ca.pem") {
+                properties.insert("ssl.ca.location", "probe".into());
+            }
             if properties.contains_key("ssl.certificate.pem")
                 != properties.contains_key("ssl.key.pem")
             {
@@ -312,10 +318,46 @@ mod tests {
         assert_eq!(client.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
         assert_eq!(client.get("sasl.username"), Some("alice"));
         assert_eq!(client.get("ssl.ca.pem"), Some("CERT"));
+        assert_eq!(client.get("ssl.ca.location"), None);
         assert!(
             !format!("{config:?}").contains("s3cret"),
             "debug hides secrets"
         );
+    }
+
+    /// librdkafka refuses, when a client is created, a SASL mechanism or
+    /// TLS that it was built without: this checks the build itself (no
+    /// system SASL library, OpenSSL from source) against each mechanism.
+    #[test]
+    fn the_build_supports_sasl_plain_scram_and_tls_without_cyrus_sasl() {
+        use rdkafka::producer::BaseProducer;
+        for (protocol, mechanism) in [
+            ("SASL_SSL", "PLAIN"),
+            ("SASL_SSL", "SCRAM-SHA-256"),
+            ("SASL_PLAINTEXT", "SCRAM-SHA-512"),
+            ("SSL", ""),
+        ] {
+            let yaml = format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: auth\n  namespace: shop\nstringData:\n  protocol: {protocol}\n  sasl.mechanism: {mechanism}\n  user: alice\n  password: s3cret\n"
+            );
+            let yaml = yaml.replace("  sasl.mechanism: \n", "");
+            let manifests = load(&yaml);
+            let index = ObjectIndex::new(&manifests);
+            let secret = index
+                .secret(&ObjectKey::new("shop", "auth"))
+                .expect("the Secret is in the manifests");
+            let auth = KafkaAuth::from_secret(secret).unwrap();
+            let client = auth.client("127.0.0.1:1");
+            if protocol == "SSL" {
+                assert_eq!(client.get("ssl.ca.location"), Some("probe"));
+            }
+            let created: Result<BaseProducer, _> = client.create();
+            assert!(
+                created.is_ok(),
+                "{protocol} {mechanism}: {:?}",
+                created.err()
+            );
+        }
     }
 
     #[test]
