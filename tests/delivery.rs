@@ -294,6 +294,82 @@ async fn a_malformed_reply_counts_as_a_failure() {
     s.server.shutdown().await;
 }
 
+/// A reply the broker can never store (over --max-event-size) is not
+/// retried: the event that caused it goes to the dead-letter sink with 413
+/// and the broker as the destination, and the ordered trigger moves on.
+#[tokio::test]
+async fn an_oversized_reply_is_dead_lettered_and_does_not_stall_an_ordered_trigger() {
+    let replier = Subscriber::start(
+        |received, _| {
+            let id = received
+                .event
+                .as_ref()
+                .map(|e| e.id().to_owned())
+                .unwrap_or_default();
+            let size = if id == "e1" { 4096 } else { 10 };
+            (
+                StatusCode::OK,
+                vec![
+                    ("ce-specversion", "1.0".into()),
+                    ("ce-id", format!("reply-{id}")),
+                    ("ce-source", "/replier".into()),
+                    ("ce-type", "reply".into()),
+                    ("content-type", "text/plain".into()),
+                ],
+                Bytes::from(vec![b'x'; size]),
+            )
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let replies = Subscriber::accepting().await;
+    let dls = Subscriber::accepting().await;
+    let ordered = "  annotations:\n    kafka.eventing.knative.dev/delivery.order: ordered\n";
+    let ask = trigger(
+        "ask",
+        "default",
+        &replier.url("/"),
+        &format!(
+            "  filter:\n    attributes:\n      type: ask\n{}",
+            with_dead_letters(3, &dls.url("/"))
+        ),
+    )
+    .replacen("  name: ask\n", &format!("  name: ask\n{ordered}"), 1);
+    let answers = trigger(
+        "answers",
+        "default",
+        &replies.url("/"),
+        "  filter:\n    attributes:\n      type: reply\n",
+    );
+    let files = [
+        ("broker.yaml", broker("default", "")),
+        ("ask.yaml", ask),
+        ("answers.yaml", answers),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = TestServer::start_with(&files, |c| c.max_event_bytes = 1024).await;
+    let url = s.broker_url("default", "default");
+    assert_eq!(send(&url, "e1", "ask").await.status, StatusCode::ACCEPTED);
+    assert_eq!(send(&url, "e2", "ask").await.status, StatusCode::ACCEPTED);
+    let dead = dls.wait_for(1, WAIT).await;
+    assert_eq!(dead[0].id(), "e1");
+    assert_eq!(dead[0].attribute("knativeerrorcode"), Some("413"));
+    assert_eq!(dead[0].attribute("knativeerrordest"), Some(url.as_str()));
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(dead[0].attribute("knativeerrordata").expect("data"))
+        .expect("base64");
+    let data = String::from_utf8_lossy(&data);
+    assert!(
+        data.contains("reply-e1") && data.contains("--max-event-size"),
+        "{data}"
+    );
+    let got = replies.wait_for(1, WAIT).await;
+    assert_eq!(got[0].id(), "reply-e2");
+    assert_eq!(replier.count(), 2, "the oversized reply is not retried");
+    assert_eq!(dls.count(), 1);
+    s.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn ordered_triggers_deliver_one_at_a_time_in_order() {
     let slow = Subscriber::start(

@@ -343,6 +343,49 @@ async fn replies_re_enter_the_kafka_broker() {
     s.server.shutdown().await;
 }
 
+/// An event under pilotlight's limit but over Kafka's (librdkafka's
+/// message.max.bytes, 1,000,000 bytes by default) can never be stored:
+/// 413, which the sender must not retry, not 503; the broker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_kafkas_message_size_is_413_not_503() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("big");
+    let subscriber = Subscriber::accepting().await;
+    let bootstrap = kafka.clone();
+    let files = [
+        ("broker.yaml", kafka_broker(&name)),
+        (
+            "t.yaml",
+            trigger(&format!("{name}-t"), &name, &subscriber.url("/"), ""),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = TestServer::start_with(&files, move |c| {
+        c.kafka_bootstrap_servers = Some(bootstrap);
+        c.max_event_bytes = 2 << 20;
+    })
+    .await;
+    broker_ready(&s, &name).await;
+    let url = s.broker_url("default", &name);
+    let mut headers = binary_headers("big", "t");
+    headers.retain(|(n, _)| *n != "content-type");
+    headers.push(("content-type", "text/plain".into()));
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let refused = request(Method::POST, &url, &headers, "x".repeat(1_200_000)).await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", refused.body);
+    assert!(refused.headers.get("retry-after").is_none());
+    assert!(refused.body.contains("message.max.bytes"), "{}", refused.body);
+    assert_eq!(
+        post(&url, &binary_headers("small", "t"), "{}").await,
+        StatusCode::ACCEPTED
+    );
+    let got = subscriber.wait_for(1, WAIT).await;
+    assert_eq!(got[0].id(), "small");
+    s.server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_without_kafka_settings_says_which_field_to_set() {
     let name = unique("nocfg");

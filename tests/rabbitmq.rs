@@ -463,6 +463,49 @@ async fn replies_re_enter_the_broker() {
     cleanup(&addr, &key, &["ask", "answers"]).await;
 }
 
+/// AMQP carries an event's attributes in one frame of at most `frame_max`
+/// bytes (128 KiB by default) and RabbitMQ closes the connection on a
+/// bigger one: such an event is 413 before it is published, and the
+/// broker's connection keeps working for the next one.
+#[tokio::test]
+async fn attributes_over_the_amqp_frame_are_413_and_the_broker_goes_on() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("frame");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let subscriber = Subscriber::accepting().await;
+    let files = [
+        ("broker.yaml", rabbit_broker(&ns, "b", "")),
+        (
+            "t.yaml",
+            rabbit_trigger(&ns, "t", "b", &subscriber.url("/"), ""),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = server(&addr, &files).await;
+    let url = s.broker_url(&ns, "b");
+    let big = serde_json::json!({
+        "specversion": "1.0", "id": "big", "source": "/t", "type": "t",
+        "bigext": "x".repeat(200 * 1024),
+    });
+    let refused = request(
+        Method::POST,
+        &url,
+        &[("content-type", "application/cloudevents+json")],
+        big.to_string(),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", refused.body);
+    assert!(refused.body.contains("frame_max"), "{}", refused.body);
+    assert_eq!(post(&url, "small", "t").await, StatusCode::ACCEPTED);
+    let got = subscriber.wait_for(1, WAIT).await;
+    assert_eq!(ids(&got), ["small"]);
+    s.server.shutdown().await;
+    cleanup(&addr, &key, &["t"]).await;
+}
+
 #[tokio::test]
 async fn a_rabbitmq_broker_without_a_rabbitmq_is_not_ready_and_says_why() {
     // No RabbitMQ needed: nothing tells pilotlight where one is.

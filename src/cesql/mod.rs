@@ -5,8 +5,8 @@
 //! - `parser`: lexing and parsing with the spec's precedence; errors give
 //!   line, column and what was expected.
 //! - `eval`: types, casts, operators, functions and the spec's error rules.
-//! - `program`: what a Trigger holds; common filters compiled to closures,
-//!   the rest interpreted.
+//! - `program`: what a Trigger holds; common filters compiled to a small
+//!   tree of typed tests (an enum), the rest interpreted.
 
 pub mod ast;
 pub mod eval;

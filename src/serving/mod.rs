@@ -2,8 +2,9 @@
 //!
 //! - [`controller`]: Services in, revisions (each a deployment on a runtime
 //!   and an autoscaler) and routes out, with their status.
-//! - [`runtime`]: runs a revision's instances (local processes; later Kubernetes
-//!   Deployments) and publishes the ready ones as endpoints.
+//! - [`runtime`]: runs a revision's instances (local processes, containers in
+//!   Docker or Podman, or Kubernetes Deployments) and publishes the ready ones
+//!   as endpoints.
 //! - [`autoscaler`]: Knative's KPA, deciding how many instances each revision needs
 //!   from the load the proxy counts.
 

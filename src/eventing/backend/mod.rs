@@ -87,6 +87,17 @@ impl AppendError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, AppendError::TooLarge(_) | AppendError::Refused(_))
     }
+
+    /// The status the broker's ingress answers with, also what a refused
+    /// reply's `knativeerrorcode` says.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            AppendError::Overloaded(_) => http::StatusCode::TOO_MANY_REQUESTS,
+            AppendError::Unavailable { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
+            AppendError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+            AppendError::Refused(_) => http::StatusCode::BAD_REQUEST,
+        }
+    }
 }
 
 /// A backend failure outside the append path (subscribe, delete).

@@ -147,12 +147,7 @@ where
 /// The answer to an append the backend did not take: come back later, or
 /// do not send this again.
 fn refusal(error: &AppendError) -> Response {
-    let status = match error {
-        AppendError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-        AppendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        AppendError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        AppendError::Refused(_) => StatusCode::BAD_REQUEST,
-    };
+    let status = error.status();
     if error.is_permanent() {
         return text(status, error.to_string());
     }

@@ -144,3 +144,62 @@ impl BrokerRegistry {
         removed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::cloudevent::test_event;
+    use crate::eventing::backend::{BackendError, Subscription, SubscriptionLag, SubscriptionSpec};
+
+    /// Keeps what it is given, so a test sees what reached the backend.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<Event>>);
+
+    #[async_trait]
+    impl Backend for Recording {
+        async fn append(&self, events: Vec<Event>) -> Result<(), AppendError> {
+            self.0.lock().unwrap().extend(events);
+            Ok(())
+        }
+        async fn subscribe(
+            &self,
+            _: SubscriptionSpec,
+        ) -> Result<Box<dyn Subscription>, BackendError> {
+            Err(BackendError("not in this test".into()))
+        }
+        async fn unsubscribe(&self, _: &ObjectKey) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn lag(&self, _: &ObjectKey) -> Option<SubscriptionLag> {
+            None
+        }
+        async fn shutdown(&self) {}
+        async fn destroy(&self) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_over_the_limit_refuses_the_batch_before_anything_is_stored() {
+        let backend = Arc::new(Recording::default());
+        let broker = BrokerHandle::new(ObjectKey::new("shop", "orders"), backend.clone(), 200);
+        let small = test_event("small", "t", Some(Bytes::from_static(b"{}")));
+        let big = test_event("big", "t", Some(Bytes::from(vec![b'x'; 300])));
+        let refused = broker.publish(vec![small.clone(), big]).await.unwrap_err();
+        assert!(refused.is_permanent());
+        let message = refused.to_string();
+        for part in ["event big", "limit of 200 bytes", "shop/orders", "--max-event-size"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        assert!(backend.0.lock().unwrap().is_empty(), "all or none");
+        broker.publish(vec![small]).await.unwrap();
+        let stored = backend.0.lock().unwrap();
+        assert_eq!(stored.len(), 1);
+        assert!(stored[0].attribute("knativearrivaltime").is_some());
+    }
+}

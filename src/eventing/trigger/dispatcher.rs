@@ -23,7 +23,7 @@ use crate::api::ObjectKey;
 use crate::api::filter::Filter;
 use crate::backoff::Backoff;
 use crate::cloudevent::Event;
-use crate::eventing::backend::{AppendError, Delivery, Subscription};
+use crate::eventing::backend::{Delivery, Subscription};
 use crate::eventing::broker::BrokerHandle;
 use crate::eventing::delivery::{
     DeliveryPolicy, EventSender, Failure, Outcome, dead_letter_event, deliver_with_retries,
@@ -259,7 +259,7 @@ async fn store_reply(context: &Context, reply: Event) -> Result<(), Failure> {
                 context.plan.broker
             );
             return Err(Failure {
-                status: Some(refusal_status(&e)),
+                status: Some(e.status()),
                 retryable: false,
                 retry_after: None,
                 data: message.clone().into(),
@@ -269,15 +269,6 @@ async fn store_reply(context: &Context, reply: Event) -> Result<(), Failure> {
         tracing::warn!(trigger = %context.plan.key, error = %e, "storing a reply failed; retrying");
         let pause = backoff.next_delay();
         tokio::time::sleep(pause.max(e.retry_after().min(DEAD_LETTER_PAUSE_MAX))).await;
-    }
-}
-
-/// The status the broker's ingress answers for a refusal, for
-/// `knativeerrorcode`.
-fn refusal_status(error: &AppendError) -> StatusCode {
-    match error {
-        AppendError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        _ => StatusCode::BAD_REQUEST,
     }
 }
 

@@ -165,6 +165,33 @@ impl KafkaBackend {
     }
 }
 
+impl KafkaBackend {
+    /// What a failed produce means for the sender: a record over a size
+    /// limit or one Kafka rejects as malformed fails the same way every
+    /// time (permanent: 413 or 400, a reply goes to the dead-letter sink);
+    /// anything else may pass later (503 with Retry-After).
+    fn append_error(&self, error: KafkaError, what: &str) -> AppendError {
+        let code = error.rdkafka_error_code();
+        let servers = &self.config.bootstrap_servers;
+        let topic = &self.config.topic;
+        match code {
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => AppendError::TooLarge(format!(
+                "Kafka at {servers} {what}: it is over the largest message the producer or \
+                 topic {topic} accepts (the client's message.max.bytes, 1000000 by default, \
+                 and the topic's max.message.bytes): {error}"
+            )),
+            Some(
+                RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize,
+            ) => AppendError::Refused(format!(
+                "Kafka at {servers} {what} for topic {topic}: {error}"
+            )),
+            _ => unavailable(format!("Kafka at {servers} {what}: {error}")),
+        }
+    }
+}
+
 fn unavailable(reason: String) -> AppendError {
     AppendError::Unavailable {
         reason,
@@ -187,17 +214,14 @@ impl Backend for KafkaBackend {
                         self.producer.in_flight_count().max(0) as usize,
                     ));
                 }
-                Err((e, _)) => return Err(unavailable(format!("Kafka refused the record: {e}"))),
+                Err((e, _)) => return Err(self.append_error(e, "refused the record")),
             }
         }
         for delivery in pending {
             match delivery.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
-                    return Err(unavailable(format!(
-                        "Kafka at {} did not acknowledge the record: {e}",
-                        self.config.bootstrap_servers
-                    )));
+                    return Err(self.append_error(e, "did not acknowledge the record"));
                 }
                 Err(_) => return Err(unavailable("the Kafka producer stopped".into())),
             }

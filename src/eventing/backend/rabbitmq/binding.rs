@@ -51,6 +51,29 @@ pub fn encode(event: &Event) -> (BasicProperties, &[u8]) {
     (properties.with_headers(headers), body)
 }
 
+/// Bytes of the AMQP content-header frame that [`encode`] gives `event`,
+/// counted from above: AMQP carries every attribute in that one frame, and
+/// a frame over the connection's `frame_max` makes RabbitMQ close the whole
+/// connection, so an event whose attributes do not fit must be refused
+/// before it is published.
+pub fn header_frame_bytes(event: &Event) -> usize {
+    // Frame header and end (8), class, weight, body size and flags (14),
+    // delivery mode (1), the table's length (4).
+    const FIXED: usize = 8 + 14 + 1 + 4;
+    event
+        .attributes()
+        .map(|(name, value)| {
+            if name == "datacontenttype" {
+                1 + value.len()
+            } else {
+                // Key length, key, value type, value length, value.
+                1 + HEADER_PREFIX.len() + name.len() + 1 + 4 + value.len()
+            }
+        })
+        .sum::<usize>()
+        + FIXED
+}
+
 /// Why a message is not a CloudEvent this binding can read.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

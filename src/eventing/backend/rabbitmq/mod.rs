@@ -11,7 +11,9 @@
 //! - **append** publishes in binary mode (see [`binding`]) on a confirm-mode
 //!   channel and returns only after RabbitMQ confirmed every event; a nack,
 //!   an error or no connection is [`AppendError::Unavailable`] (503 +
-//!   Retry-After at the ingress).
+//!   Retry-After at the ingress). Attributes travel in one AMQP frame, so an
+//!   event whose attributes are over `frame_max` is [`AppendError::TooLarge`]
+//!   (413), checked before publishing: RabbitMQ would close the connection.
 //! - **subscriptions** consume with manual acks and prefetch = the trigger's
 //!   parallelism; the dispatcher acks after delivery or dead-lettering.
 //! - the connection is one per broker, re-established with backoff, and the
@@ -182,6 +184,18 @@ impl Backend for RabbitMqBackend {
                 self.link.last_error()
             ))
         })?;
+        let frame_max = session.connection.configuration().frame_max() as usize;
+        if let Some(event) = events
+            .iter()
+            .find(|e| binding::header_frame_bytes(e) > frame_max)
+        {
+            return Err(AppendError::TooLarge(format!(
+                "the attributes of event {} take {} bytes in AMQP's header frame, over the \
+                 {frame_max} bytes RabbitMQ's frame_max allows (the data has no such limit)",
+                event.id(),
+                binding::header_frame_bytes(event)
+            )));
+        }
         let mut confirms = Vec::with_capacity(events.len());
         for event in &events {
             let (properties, body) = binding::encode(event);
