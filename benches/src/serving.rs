@@ -64,14 +64,13 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 use serde_json::json;
 
-use super::bench::{
-    Check, Load, NAMESPACE, Shape, Tally, WARMUP, Window, WorkDir, checks_json, connect, ms,
-    quantile_ms, run_load, server_config, write_checks,
-};
-use super::bench_app::{AppRuntime, START_TIMEOUT, free_port, loopback};
-use super::run::NetworkArg;
-use crate::api::pod::ContainerNetwork;
-use crate::server::Server;
+use crate::load::{Load, Shape, Tally, WARMUP, Window, connect, run_load};
+use crate::report::{Check, checks_json, ms, quantile_ms, write_checks};
+use crate::workdir::{NAMESPACE, WorkDir, server_config};
+use crate::app::{AppRuntime, START_TIMEOUT, free_port, loopback};
+use pilotlight::cli::run::NetworkArg;
+use pilotlight::api::pod::ContainerNetwork;
+use pilotlight::server::Server;
 
 /// Pause between cold-start rounds, so one round's exit does not overlap the
 /// next round's start.

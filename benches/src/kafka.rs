@@ -40,11 +40,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-use super::bench::{
-    Check, HttpServer, Load, NAMESPACE, Shape, WorkDir, checks_json, run_load, server_config,
-    write_checks,
-};
-use crate::server::Server;
+use crate::http_server::HttpServer;
+use crate::load::{Load, Shape, run_load};
+use crate::report::{Check, checks_json, write_checks};
+use crate::workdir::{NAMESPACE, WorkDir, server_config};
+use pilotlight::server::Server;
 
 const TARGET_RATIO: f64 = 0.8;
 /// Longest wait, with no progress, for the last deliveries.

@@ -15,10 +15,11 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::api::filter::Filter;
-use crate::cesql::parser;
-use crate::cesql::program::Program;
-use crate::cloudevent::Event;
+use crate::report::median;
+use pilotlight::api::filter::Filter;
+use pilotlight::cesql::parser;
+use pilotlight::cesql::program::Program;
+use pilotlight::cloudevent::Event;
 
 /// The filter the issue names.
 pub const TYPICAL_FILTER: &str =
@@ -72,13 +73,6 @@ fn round(events: &[Event], evaluations: u64, test: &dyn Fn(&Event) -> bool) -> (
     }
     let elapsed = started.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
     (evaluations as f64 / elapsed, matched)
-}
-
-/// The middle value (the upper one of an even count); 0 for none. Shared by
-/// the suites that report medians of alternating rounds.
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 pub fn run(args: CesqlArgs) -> anyhow::Result<()> {
