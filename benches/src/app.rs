@@ -1,8 +1,8 @@
-//! The app of `pilotlight bench serving`: `pilotlight hello` (this very
+//! The app of `pilotlight-bench serving`: `pilotlight hello` (the product
 //! binary), run either as a local process or in a container engine, both
 //! straight (the baseline) and as a Knative Service through pilotlight.
 //!
-//! For containers the bench builds an image of this binary and the shared
+//! For containers the bench builds an image of that binary and the shared
 //! libraries it loads (no registry needed), and the straight side does what
 //! the container runtime does: create with the port published on
 //! 127.0.0.1, start, read the container's address, connect there. The
@@ -21,8 +21,8 @@ use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 
 use crate::workdir::NAMESPACE;
-use pilotlight::cli::images::ImageBuilder;
 use pilotlight::api::pod::ContainerNetwork;
+use pilotlight::cli::images::ImageBuilder;
 use pilotlight::serving::runtime::container::engine::{Engine, EngineConnector};
 
 /// Longest wait for an app to start or answer.

@@ -1,4 +1,4 @@
-//! `pilotlight bench cesql`: evaluations per second of a typical CESQL
+//! `pilotlight-bench cesql`: evaluations per second of a typical CESQL
 //! filter against the same logic written as a Rust closure, in the same run.
 //!
 //! The filter is `type LIKE 'com.example.%' AND source IN ('a','b') AND
@@ -128,7 +128,7 @@ pub fn run(args: CesqlArgs) -> anyhow::Result<()> {
         println!("{report}");
         return Ok(());
     }
-    println!("\npilotlight bench cesql: {TYPICAL_FILTER}");
+    println!("\npilotlight-bench cesql: {TYPICAL_FILTER}");
     println!(
         "{} rounds per side, {} evaluations each, over 4 events (1 matches)\n",
         rounds, args.evaluations

@@ -698,7 +698,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\npilotlight bench: {} connections, {}-byte binary events, {} s per phase after a {} s warm-up\n",
+            "\npilotlight-bench eventing: {} connections, {}-byte binary events, {} s per phase after a {} s warm-up\n",
             settings.connections,
             settings.payload.len(),
             settings.duration.as_secs(),

@@ -325,4 +325,3 @@ pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full
     });
     Ok(sender)
 }
-

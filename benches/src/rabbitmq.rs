@@ -1,4 +1,4 @@
-//! `pilotlight bench rabbitmq`: events/s through a RabbitMQBroker (HTTP
+//! `pilotlight-bench rabbitmq`: events/s through a RabbitMQBroker (HTTP
 //! ingress → RabbitMQ → trigger → an HTTP subscriber) against a raw lapin
 //! publisher with confirms plus a consumer moving the same payloads through
 //! the same RabbitMQ, in the same run.
@@ -43,9 +43,9 @@ use tokio::task::JoinSet;
 
 use crate::report::median;
 
+use crate::lean_http::{CountingSubscriber, Poster};
 use crate::report::{Check, checks_json, write_checks};
 use crate::workdir::{NAMESPACE, WorkDir, server_config};
-use crate::lean_http::{CountingSubscriber, Poster};
 use pilotlight::api::ObjectKey;
 use pilotlight::cloudevent::Event;
 use pilotlight::eventing::backend::rabbitmq::binding::{binding_arguments, encode};
@@ -144,7 +144,7 @@ pub async fn run(args: RabbitmqArgs) -> anyhow::Result<()> {
     }];
     let mut out = String::new();
     out.push_str(&format!(
-        "\npilotlight bench rabbitmq: {} events of {} bytes per side and round, {} connections, parallelism {}, {} rounds (medians)\n\n",
+        "\npilotlight-bench rabbitmq: {} events of {} bytes per side and round, {} connections, parallelism {}, {} rounds (medians)\n\n",
         args.events, args.payload_bytes, args.connections, args.parallelism, args.rounds
     ));
     out.push_str(&format!(
