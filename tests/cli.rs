@@ -88,7 +88,15 @@ async fn get_lists_objects_with_status_and_refused_manifests() {
 async fn help_lists_the_product_commands_without_the_benchmarks() {
     let (ok, out, err) = pilotlight(args(&["--help"])).await;
     assert!(ok, "{err}");
-    for command in ["run", "get", "ready", "send", "event-display", "cesql", "hello"] {
+    for command in [
+        "run",
+        "get",
+        "ready",
+        "send",
+        "event-display",
+        "cesql",
+        "hello",
+    ] {
         assert!(
             out.lines().any(|l| l.trim_start().starts_with(command)),
             "{command}: {out}"

@@ -216,10 +216,16 @@ fn pilotlight_exe(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         Some(path) => path.to_owned(),
         None => bench.with_file_name(format!("pilotlight{}", std::env::consts::EXE_SUFFIX)),
     };
+    // The build of pilotlight next to this one: same profile.
+    let build = if cfg!(debug_assertions) {
+        "cargo build"
+    } else {
+        "cargo build --release"
+    };
     if !exe.is_file() {
         bail!(
-            "no pilotlight executable at {}: build it first with the same profile \
-             (`cargo build --release`), or pass --pilotlight PATH",
+            "no pilotlight executable at {}: build it first (`{build}`), \
+             or pass --pilotlight PATH",
             exe.display()
         );
     }
@@ -230,7 +236,7 @@ fn pilotlight_exe(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     {
         eprintln!(
             "warning: {} is older than this benchmark; if the library changed since, \
-             rebuild it (`cargo build --release`)",
+             rebuild it (`{build}`)",
             exe.display()
         );
     }
