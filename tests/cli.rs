@@ -82,6 +82,34 @@ async fn get_lists_objects_with_status_and_refused_manifests() {
     s.server.shutdown().await;
 }
 
+/// The benchmarks are their own crate (benches/, `pilotlight-bench`), not
+/// commands of the product.
+#[tokio::test(flavor = "multi_thread")]
+async fn help_lists_the_product_commands_without_the_benchmarks() {
+    let (ok, out, err) = pilotlight(args(&["--help"])).await;
+    assert!(ok, "{err}");
+    for command in [
+        "run",
+        "get",
+        "ready",
+        "send",
+        "event-display",
+        "cesql",
+        "hello",
+    ] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(command)),
+            "{command}: {out}"
+        );
+    }
+    assert!(
+        !out.lines().any(|l| l.trim_start().starts_with("bench")),
+        "{out}"
+    );
+    let (ok, _, err) = pilotlight(args(&["bench", "cesql"])).await;
+    assert!(!ok && err.contains("unrecognized subcommand"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn get_says_when_no_server_answers() {
     // Port 1: nothing listens there, and no parallel test can take it.

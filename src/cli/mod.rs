@@ -1,12 +1,5 @@
 //! The `pilotlight` command line.
 
-pub mod bench;
-mod bench_app;
-pub mod bench_cesql;
-pub mod bench_http;
-pub mod bench_kafka;
-pub mod bench_rabbitmq;
-pub mod bench_serving;
 pub mod cesql;
 pub mod event_display;
 pub mod get;
@@ -50,8 +43,6 @@ pub enum Command {
     Send(send::SendArgs),
     /// A sink that prints every CloudEvent it receives (Knative's event_display).
     EventDisplay(event_display::EventDisplayArgs),
-    /// Measure ingress throughput and end-to-end latency against a raw hyper baseline
-    Bench(bench::BenchArgs),
     /// Evaluate a CESQL expression against an event (as Triggers do) and print the result as JSON
     Cesql(cesql::CesqlArgs),
     /// A sample app for Services (Knative's helloworld): answers Hello $TARGET! on $PORT
@@ -66,7 +57,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Ready(args) => ready::ready(args).await,
         Command::Send(args) => send::send(args).await,
         Command::EventDisplay(args) => event_display::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
         Command::Hello(args) => hello::run(args).await,
         Command::Cesql(args) => cesql::run(args),
     }

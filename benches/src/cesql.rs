@@ -1,4 +1,4 @@
-//! `pilotlight bench cesql`: evaluations per second of a typical CESQL
+//! `pilotlight-bench cesql`: evaluations per second of a typical CESQL
 //! filter against the same logic written as a Rust closure, in the same run.
 //!
 //! The filter is `type LIKE 'com.example.%' AND source IN ('a','b') AND
@@ -15,10 +15,11 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::api::filter::Filter;
-use crate::cesql::parser;
-use crate::cesql::program::Program;
-use crate::cloudevent::Event;
+use crate::report::median;
+use pilotlight::api::filter::Filter;
+use pilotlight::cesql::parser;
+use pilotlight::cesql::program::Program;
+use pilotlight::cloudevent::Event;
 
 /// The filter the issue names.
 pub const TYPICAL_FILTER: &str =
@@ -74,13 +75,6 @@ fn round(events: &[Event], evaluations: u64, test: &dyn Fn(&Event) -> bool) -> (
     (evaluations as f64 / elapsed, matched)
 }
 
-/// The middle value (the upper one of an even count); 0 for none. Shared by
-/// the suites that report medians of alternating rounds.
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 pub fn run(args: CesqlArgs) -> anyhow::Result<()> {
     let expression = parser::parse(TYPICAL_FILTER)
         .map_err(|e| anyhow::anyhow!("the benchmark filter does not parse: {e}"))?;
@@ -134,7 +128,7 @@ pub fn run(args: CesqlArgs) -> anyhow::Result<()> {
         println!("{report}");
         return Ok(());
     }
-    println!("\npilotlight bench cesql: {TYPICAL_FILTER}");
+    println!("\npilotlight-bench cesql: {TYPICAL_FILTER}");
     println!(
         "{} rounds per side, {} evaluations each, over 4 events (1 matches)\n",
         rounds, args.evaluations

@@ -1,11 +1,11 @@
-//! `pilotlight bench serving`: what serving costs on top of running the app
+//! `pilotlight-bench serving`: what serving costs on top of running the app
 //! yourself, as three figures, each next to a baseline without pilotlight
 //! measured in the same run (a shared machine makes absolute figures noisy;
 //! the differences hold better).
 //!
 //! **Cold-start overhead.** Rounds alternate two sides, with one warm-up
 //! round of each that is not counted (page cache, first fork):
-//! - *direct*: spawn `pilotlight hello` (this very binary) with `PORT` set to
+//! - *direct*: spawn `pilotlight hello` (the product binary) with `PORT` set to
 //!   a free port, and connect to it every 0.5 ms (blocking thread, precise
 //!   sleeps) until it accepts: **spawn-to-listening**. The same connection
 //!   then sends `GET /`, which gives *spawn-to-first-answer* as well. The
@@ -36,8 +36,8 @@
 //! cores: with more connections than cores, latencies include waiting for a
 //! core, and the proxy hop is the extra work that needs one.
 //!
-//! **Idle RSS.** `pilotlight run` is started as a real child process (this
-//! binary, free ports, a temporary data dir, manifest watching on as by
+//! **Idle RSS.** `pilotlight run` is started as a real child process (the
+//! product binary, free ports, a temporary data dir, manifest watching on as by
 //! default) on a folder with 1 broker, 20 Services at zero and 100 Triggers
 //! to them (by `ref`, each with its own type filter). Once `/readyz` on the
 //! admin port answers 200, the bench waits `--settle-secs` (2 s) and reads
@@ -47,7 +47,8 @@
 //! checked on VmRSS. For context, the same for `pilotlight run` on an empty
 //! folder and for a bare `pilotlight hello` (after it listens).
 //!
-//! Run it from a release build: `cargo run --release -- bench serving`
+//! Run it from a release build, next to a release build of pilotlight:
+//! `cargo build --release && cargo run --release -p pilotlight-bench -- serving`
 //! (`--json` adds one JSON object). The table goes to stdout; the in-process
 //! pilotlight logs to stderr, so `2>/dev/null` keeps only the figures.
 
@@ -64,14 +65,13 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 use serde_json::json;
 
-use super::bench::{
-    Check, Load, NAMESPACE, Shape, Tally, WARMUP, Window, WorkDir, checks_json, connect, ms,
-    quantile_ms, run_load, server_config, write_checks,
-};
-use super::bench_app::{AppRuntime, START_TIMEOUT, free_port, loopback};
-use super::run::NetworkArg;
-use crate::api::pod::ContainerNetwork;
-use crate::server::Server;
+use crate::app::{AppRuntime, START_TIMEOUT, free_port, loopback};
+use crate::load::{Load, Shape, Tally, WARMUP, Window, connect, run_load};
+use crate::report::{Check, checks_json, ms, quantile_ms, write_checks};
+use crate::workdir::{NAMESPACE, WorkDir, server_config};
+use pilotlight::api::pod::ContainerNetwork;
+use pilotlight::cli::run::NetworkArg;
+use pilotlight::server::Server;
 
 /// Pause between cold-start rounds, so one round's exit does not overlap the
 /// next round's start.
@@ -120,6 +120,11 @@ pub struct ServingArgs {
     /// The containers' network for `--runtime container`.
     #[arg(long, value_enum, default_value = "bridge")]
     pub container_network: NetworkArg,
+    /// The pilotlight executable run as the app (`pilotlight hello`) and as
+    /// `pilotlight run` for the idle RSS [default: `pilotlight` next to this
+    /// executable, where `cargo build` puts it].
+    #[arg(long, env = "PILOTLIGHT_BIN", value_name = "PATH")]
+    pub pilotlight: Option<PathBuf>,
 }
 
 /// Where the app runs.
@@ -151,7 +156,7 @@ pub async fn run(args: ServingArgs) -> anyhow::Result<()> {
         bail!("--connections must list counts of at least 1");
     }
     let wanted = |figure| args.only.is_empty() || args.only.contains(&figure);
-    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let exe = pilotlight_exe(args.pilotlight.as_deref())?;
     let app = match args.runtime {
         RuntimeArg::Process => AppRuntime::process(&exe),
         RuntimeArg::Container => {
@@ -199,6 +204,43 @@ pub async fn run(args: ServingArgs) -> anyhow::Result<()> {
         println!("{}", report.json(&args));
     }
     report.verdict()
+}
+
+/// The product binary this suite runs: the cold start, the bare app and the
+/// idle RSS are figures of `pilotlight` itself, not of this benchmark's
+/// executable. Cargo builds both into one folder, but builds `pilotlight`
+/// only when asked (`cargo build`), so an older one is pointed out.
+fn pilotlight_exe(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let bench = std::env::current_exe().context("cannot find this executable")?;
+    let exe = match given {
+        Some(path) => path.to_owned(),
+        None => bench.with_file_name(format!("pilotlight{}", std::env::consts::EXE_SUFFIX)),
+    };
+    // The build of pilotlight next to this one: same profile.
+    let build = if cfg!(debug_assertions) {
+        "cargo build"
+    } else {
+        "cargo build --release"
+    };
+    if !exe.is_file() {
+        bail!(
+            "no pilotlight executable at {}: build it first (`{build}`), \
+             or pass --pilotlight PATH",
+            exe.display()
+        );
+    }
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if given.is_none()
+        && let (Some(product), Some(bench)) = (modified(&exe), modified(&bench))
+        && product < bench
+    {
+        eprintln!(
+            "warning: {} is older than this benchmark; if the library changed since, \
+             rebuild it (`{build}`)",
+            exe.display()
+        );
+    }
+    Ok(exe)
 }
 
 // ---------------------------------------------------------------------------
@@ -736,7 +778,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\npilotlight bench serving: the app as a {}",
+            "\npilotlight-bench serving: the app as a {}",
             self.runtime
         );
         if let Some([listening, answered, first, paired]) = self.cold_spreads() {

@@ -1,4 +1,4 @@
-//! `pilotlight bench kafka`: events per second through a Kafka broker class
+//! `pilotlight-bench kafka`: events per second through a Kafka broker class
 //! (HTTP ingress → Kafka topic → trigger → HTTP subscriber), against a raw
 //! rdkafka producer and consumer moving the same payloads through the same
 //! Kafka, in one run. Target: at least 0.8× the raw client.
@@ -6,8 +6,8 @@
 //! 1. pilotlight: a Broker of class Kafka (settings from a ConfigMap) and a
 //!    trigger to an in-process subscriber. After a probe event has gone
 //!    through (so the trigger's consumer has joined its group), the load
-//!    generator of `pilotlight bench` sends binary-mode events back to back
-//!    on `--connections` connections for `--duration-secs` (+1 s warm-up).
+//!    generator of `pilotlight-bench eventing` sends binary-mode events back
+//!    to back on `--connections` connections for `--duration-secs` (+1 s warm-up).
 //!    N = the events answered 202; the rate is N over the time from the
 //!    first send to the last delivery.
 //! 2. raw: a topic with the same partitions; after a probe record went
@@ -40,11 +40,11 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-use super::bench::{
-    Check, HttpServer, Load, NAMESPACE, Shape, WorkDir, checks_json, run_load, server_config,
-    write_checks,
-};
-use crate::server::Server;
+use crate::http_server::HttpServer;
+use crate::load::{Load, Shape, run_load};
+use crate::report::{Check, checks_json, write_checks};
+use crate::workdir::{NAMESPACE, WorkDir, server_config};
+use pilotlight::server::Server;
 
 const TARGET_RATIO: f64 = 0.8;
 /// Longest wait, with no progress, for the last deliveries.
@@ -111,7 +111,7 @@ pub async fn run(args: KafkaBenchArgs) -> anyhow::Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\npilotlight bench kafka: {} events of {} B, {} connections, {} partitions, Kafka at {}\n",
+        "\npilotlight-bench kafka: {} events of {} B, {} connections, {} partitions, Kafka at {}\n",
         pilotlight.events,
         args.payload_bytes,
         args.connections,

@@ -1,4 +1,4 @@
-//! `pilotlight bench rabbitmq`: events/s through a RabbitMQBroker (HTTP
+//! `pilotlight-bench rabbitmq`: events/s through a RabbitMQBroker (HTTP
 //! ingress → RabbitMQ → trigger → an HTTP subscriber) against a raw lapin
 //! publisher with confirms plus a consumer moving the same payloads through
 //! the same RabbitMQ, in the same run.
@@ -41,16 +41,17 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Confirmation, Connection, ConnectionProperties};
 use tokio::task::JoinSet;
 
-use crate::cli::bench_cesql::median;
+use crate::report::median;
 
-use super::bench::{Check, NAMESPACE, WorkDir, checks_json, server_config, write_checks};
-use super::bench_http::{CountingSubscriber, Poster};
-use crate::api::ObjectKey;
-use crate::cloudevent::Event;
-use crate::eventing::backend::rabbitmq::binding::{binding_arguments, encode};
-use crate::eventing::backend::rabbitmq::connection::declare_exchange;
-use crate::eventing::backend::rabbitmq::{exchange_name, queue_name};
-use crate::server::Server;
+use crate::lean_http::{CountingSubscriber, Poster};
+use crate::report::{Check, checks_json, write_checks};
+use crate::workdir::{NAMESPACE, WorkDir, server_config};
+use pilotlight::api::ObjectKey;
+use pilotlight::cloudevent::Event;
+use pilotlight::eventing::backend::rabbitmq::binding::{binding_arguments, encode};
+use pilotlight::eventing::backend::rabbitmq::connection::declare_exchange;
+use pilotlight::eventing::backend::rabbitmq::{exchange_name, queue_name};
+use pilotlight::server::Server;
 
 const TARGET_RATIO: f64 = 0.8;
 /// Longest wait for the last events of a side to arrive.
@@ -143,7 +144,7 @@ pub async fn run(args: RabbitmqArgs) -> anyhow::Result<()> {
     }];
     let mut out = String::new();
     out.push_str(&format!(
-        "\npilotlight bench rabbitmq: {} events of {} bytes per side and round, {} connections, parallelism {}, {} rounds (medians)\n\n",
+        "\npilotlight-bench rabbitmq: {} events of {} bytes per side and round, {} connections, parallelism {}, {} rounds (medians)\n\n",
         args.events, args.payload_bytes, args.connections, args.parallelism, args.rounds
     ));
     out.push_str(&format!(

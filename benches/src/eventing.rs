@@ -1,4 +1,4 @@
-//! `pilotlight bench`: ingress throughput and end-to-end latency of the memory
+//! `pilotlight-bench eventing`: ingress throughput and end-to-end latency of the memory
 //! and log backends, measured against a raw hyper server in the same run.
 //!
 //! Absolute figures from a shared machine mean little: a noisy neighbour can
@@ -17,14 +17,12 @@
 //! Between phases the bench waits until the subscriber has received every
 //! accepted event, so one phase's backlog does not slow the next.
 //!
-//! `pilotlight bench serving` measures serving instead (cold start, proxy
-//! overhead, idle memory); see [`crate::cli::bench_serving`].
+//! `pilotlight-bench serving` measures serving instead (cold start, proxy
+//! overhead, idle memory); see [`crate::serving`].
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,30 +31,24 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Full};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
 
-use crate::server::{Server, ServerConfig};
+use pilotlight::server::Server;
 
-/// Not counted at the start of every phase: connections, caches and the
-/// log's first segment settle.
-pub(super) const WARMUP: Duration = Duration::from_secs(1);
-/// Time given to the connections to connect before a phase starts.
-const CONNECT_GRACE: Duration = Duration::from_millis(200);
+use crate::http_server::HttpServer;
+use crate::load::{
+    BENCH_TS, Load, Shape, Tally, WARMUP, Window, connect, nanos_since, new_histogram, record,
+    run_load, run_load_in,
+};
+use crate::report::{Check, checks_json, ms, quantile_ms, write_checks};
+use crate::workdir::{NAMESPACE, WorkDir, server_config};
+
 /// Longest wait, with no new delivery, for the subscriber to receive every
 /// accepted event (a long backlog that still drains is fine).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// The extension carrying the send time, in ns since the bench's origin.
-const BENCH_TS: &str = "ce-benchts";
-pub(super) const NAMESPACE: &str = "default";
 const BROKER: &str = "bench";
 
 /// Targets of the issue, met or not (a missed target does not fail the run).
@@ -66,11 +58,7 @@ const MEMORY_MAX_E2E_P99_MS: f64 = 2.0;
 const LOG_MAX_E2E_P99_MS: f64 = 5.0;
 
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct BenchArgs {
-    /// Another suite than the eventing benchmark (which runs without one).
-    #[command(subcommand)]
-    pub suite: Option<Suite>,
+pub struct EventingArgs {
     /// Seconds each phase is measured, after a 1 s warm-up that is not counted.
     #[arg(long, default_value_t = 10)]
     pub duration_secs: u64,
@@ -92,23 +80,6 @@ pub struct BenchArgs {
     /// adjacent raw baseline, which its ratio needs.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Target>,
-}
-
-/// The benchmark suites besides eventing's.
-#[derive(Debug, clap::Subcommand)]
-pub enum Suite {
-    /// Serving: cold-start overhead, warm proxy overhead and idle memory,
-    /// each against a baseline without pilotlight in the same run.
-    Serving(crate::cli::bench_serving::ServingArgs),
-    /// CESQL: evaluations per second of a typical filter against the same
-    /// logic as a Rust closure.
-    Cesql(crate::cli::bench_cesql::CesqlArgs),
-    /// RabbitMQ: events/s through a RabbitMQBroker against a raw lapin
-    /// publisher with confirms plus a consumer, on the same RabbitMQ.
-    Rabbitmq(crate::cli::bench_rabbitmq::RabbitmqArgs),
-    /// Kafka: events/s through a Kafka broker (ingress to subscriber)
-    /// against a raw rdkafka producer and consumer on the same Kafka.
-    Kafka(crate::cli::bench_kafka::KafkaBenchArgs),
 }
 
 /// What a phase sends to.
@@ -154,16 +125,7 @@ impl Target {
     }
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.suite {
-        Some(Suite::Serving(serving)) => return crate::cli::bench_serving::run(serving).await,
-        Some(Suite::Cesql(cesql)) => return crate::cli::bench_cesql::run(cesql),
-        Some(Suite::Rabbitmq(rabbitmq)) => {
-            return crate::cli::bench_rabbitmq::run(rabbitmq).await;
-        }
-        Some(Suite::Kafka(kafka)) => return crate::cli::bench_kafka::run(kafka).await,
-        None => {}
-    }
+pub async fn run(args: EventingArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
     let raw = HttpServer::start(raw_service, true, "the raw baseline").await?;
     let backends: Vec<Target> = [Target::Memory, Target::Log]
@@ -208,7 +170,7 @@ struct Settings {
 }
 
 impl Settings {
-    fn from_args(args: &BenchArgs) -> anyhow::Result<Self> {
+    fn from_args(args: &EventingArgs) -> anyhow::Result<Self> {
         if args.connections == 0 {
             bail!("--connections must be at least 1");
         }
@@ -245,10 +207,6 @@ impl Settings {
             shape: Shape::CloudEvent,
         }
     }
-}
-
-fn nanos_since(origin: Instant, at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 // ---------------------------------------------------------------------------
@@ -509,10 +467,6 @@ async fn probe(
     Ok(1)
 }
 
-pub(super) fn server_config(dir: &WorkDir) -> ServerConfig {
-    ServerConfig::on_free_ports(dir.manifests(), dir.path.join("data"))
-}
-
 /// One broker of the backend's class and, with a subscriber, one trigger to it.
 fn manifest(backend: Target, subscriber: Option<SocketAddr>) -> String {
     let class = backend.class_annotation();
@@ -545,398 +499,9 @@ spec:
     yaml
 }
 
-/// A temporary folder for manifests and the log, removed when dropped.
-pub(super) struct WorkDir {
-    pub(super) path: PathBuf,
-}
-
-impl WorkDir {
-    pub(super) fn create(label: &str) -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!(
-            "pilotlight-bench-{label}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let dir = WorkDir { path };
-        std::fs::create_dir_all(dir.manifests())
-            .with_context(|| format!("cannot create {}", dir.path.display()))?;
-        Ok(dir)
-    }
-
-    pub(super) fn manifests(&self) -> PathBuf {
-        self.path.join("manifests")
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(dir = %self.path.display(), error = %e, "could not remove the bench's temporary folder");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Load generator (one implementation for every target)
-// ---------------------------------------------------------------------------
-
-/// What one phase sends, and how fast.
-pub(super) struct Load {
-    pub(super) addr: SocketAddr,
-    pub(super) path: String,
-    pub(super) payload: Bytes,
-    pub(super) connections: usize,
-    pub(super) duration: Duration,
-    /// Total events/s to pace to; `None`: back to back (closed loop).
-    pub(super) rate: Option<f64>,
-    pub(super) origin: Instant,
-    /// Makes every `ce-id` of the run unique.
-    pub(super) id_prefix: String,
-    pub(super) shape: Shape,
-}
-
-/// The requests of a load.
-pub(super) enum Shape {
-    /// Binary-mode CloudEvents POSTed with the payload; a 202 is success.
-    CloudEvent,
-    /// `GET {path}` with this Host header and no body (a Service, or an app
-    /// directly); a 200 is success.
-    Get { host: String },
-}
-
-impl Load {
-    /// The answer that counts as success.
-    fn expected(&self) -> StatusCode {
-        match self.shape {
-            Shape::CloudEvent => StatusCode::ACCEPTED,
-            Shape::Get { .. } => StatusCode::OK,
-        }
-    }
-
-    /// A binary-mode CloudEvent stamped with its send time, or a GET.
-    fn request(
-        &self,
-        connection: usize,
-        seq: u64,
-        sent_at: Instant,
-    ) -> anyhow::Result<Request<Full<Bytes>>> {
-        if let Shape::Get { host } = &self.shape {
-            return Request::builder()
-                .method(Method::GET)
-                .uri(self.path.as_str())
-                .header(header::HOST, host.as_str())
-                .body(Full::new(Bytes::new()))
-                .context("building a bench request");
-        }
-        Request::builder()
-            .method(Method::POST)
-            .uri(self.path.as_str())
-            .header(header::HOST, self.addr.to_string())
-            .header("ce-specversion", "1.0")
-            .header("ce-id", format!("{}-{connection}-{seq}", self.id_prefix))
-            .header("ce-source", "/pilotlight/bench")
-            .header("ce-type", "dev.pilotlight.bench")
-            .header(BENCH_TS, nanos_since(self.origin, sent_at))
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Full::new(self.payload.clone()))
-            .context("building a bench request")
-    }
-
-    /// Time between two sends of one connection when paced.
-    fn interval(&self) -> Option<Duration> {
-        self.rate
-            .map(|rate| Duration::from_secs_f64(self.connections as f64 / rate))
-    }
-}
-
-/// When a phase starts, starts counting, and ends.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Window {
-    start: Instant,
-    measure_from: Instant,
-    end: Instant,
-}
-
-impl Window {
-    fn starting_now(duration: Duration) -> Self {
-        let start = Instant::now() + CONNECT_GRACE;
-        Window {
-            start,
-            measure_from: start + WARMUP,
-            end: start + WARMUP + duration,
-        }
-    }
-
-    pub(super) fn measured(&self) -> Duration {
-        self.end.duration_since(self.measure_from)
-    }
-
-    fn counts(&self, at: Instant) -> bool {
-        at >= self.measure_from && at <= self.end
-    }
-}
-
-/// What connections saw. Answers other than the expected one (202 for
-/// events, 200 for GETs) are kept apart: a benchmark that counted errors as
-/// throughput would flatter a failing server.
-pub(super) struct Tally {
-    /// The answer that counts as success.
-    expected: StatusCode,
-    /// 202s at any time, warm-up included: what the subscriber must receive.
-    pub(super) sent_accepted: u64,
-    /// 202s completed inside the measured window.
-    pub(super) accepted: u64,
-    /// Other answers, by status code.
-    rejected: BTreeMap<u16, u64>,
-    transport_errors: u64,
-    first_error: Option<String>,
-    /// Ingress latency (send to 202) of the measured 202s, in ns.
-    pub(super) latency: Histogram<u64>,
-    /// Paced phases: how late the generator sent, at worst (it competes for
-    /// the same cores, and a late send is load the server did not see).
-    max_lag: Duration,
-}
-
-impl Tally {
-    fn new(expected: StatusCode) -> anyhow::Result<Self> {
-        Ok(Tally {
-            expected,
-            sent_accepted: 0,
-            accepted: 0,
-            rejected: BTreeMap::new(),
-            transport_errors: 0,
-            first_error: None,
-            latency: new_histogram()?,
-            max_lag: Duration::ZERO,
-        })
-    }
-
-    fn record(&mut self, status: StatusCode, took: Duration, counted: bool) {
-        if status != self.expected {
-            *self.rejected.entry(status.as_u16()).or_default() += 1;
-            return;
-        }
-        self.sent_accepted += 1;
-        if counted {
-            self.accepted += 1;
-            record(
-                &mut self.latency,
-                u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
-            );
-        }
-    }
-
-    fn transport_error(&mut self, error: String) {
-        self.transport_errors += 1;
-        self.first_error.get_or_insert(error);
-    }
-
-    fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
-        self.sent_accepted += other.sent_accepted;
-        self.accepted += other.accepted;
-        for (status, n) in other.rejected {
-            *self.rejected.entry(status).or_default() += n;
-        }
-        self.transport_errors += other.transport_errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
-        self.latency
-            .add(&other.latency)
-            .context("merging latency histograms")?;
-        self.max_lag = self.max_lag.max(other.max_lag);
-        Ok(())
-    }
-
-    pub(super) fn errors(&self) -> u64 {
-        self.rejected.values().sum::<u64>() + self.transport_errors
-    }
-
-    pub(super) fn describe_errors(&self) -> String {
-        let mut out = String::new();
-        for (status, n) in &self.rejected {
-            let _ = write!(out, "{n} answered {status}; ");
-        }
-        if self.transport_errors > 0 {
-            let _ = write!(
-                out,
-                "{} connection errors (first: {})",
-                self.transport_errors,
-                self.first_error.as_deref().unwrap_or("?")
-            );
-        }
-        out.trim_end_matches("; ").to_owned()
-    }
-}
-
-pub(super) fn new_histogram() -> anyhow::Result<Histogram<u64>> {
-    Histogram::<u64>::new(3).context("creating a latency histogram")
-}
-
-/// Records a latency in ns. The histograms grow as needed (`saturating_record`
-/// would clamp to the initial tiny range instead).
-pub(super) fn record(histogram: &mut Histogram<u64>, nanos: u64) {
-    if histogram.record(nanos).is_err() {
-        histogram.saturating_record(nanos);
-    }
-}
-
-/// Runs a phase that starts as soon as the connections are up.
-pub(super) async fn run_load(load: Load) -> anyhow::Result<(Tally, Window)> {
-    let window = Window::starting_now(load.duration);
-    Ok((run_load_in(load, window).await?, window))
-}
-
-/// Runs one task per connection over the window and adds up what they saw.
-async fn run_load_in(load: Load, window: Window) -> anyhow::Result<Tally> {
-    let load = Arc::new(load);
-    let mut tasks = JoinSet::new();
-    for index in 0..load.connections {
-        tasks.spawn(connection(load.clone(), window, index));
-    }
-    let mut total = Tally::new(load.expected())?;
-    while let Some(joined) = tasks.join_next().await {
-        total.merge(joined.context("a load generator connection panicked")??)?;
-    }
-    Ok(total)
-}
-
-/// One connection's share of the phase. A failure ends the connection and is
-/// counted, not hidden.
-async fn connection(load: Arc<Load>, window: Window, index: usize) -> anyhow::Result<Tally> {
-    let mut tally = Tally::new(load.expected())?;
-    if let Err(e) = drive(&load, window, index, &mut tally).await {
-        tally.transport_error(format!("{e:#}"));
-    }
-    Ok(tally)
-}
-
-async fn drive(load: &Load, window: Window, index: usize, tally: &mut Tally) -> anyhow::Result<()> {
-    let mut sender = connect(load.addr).await?;
-    tokio::time::sleep_until(window.start.into()).await;
-    let interval = load.interval();
-    // Spread the connections over one interval so paced sends do not come
-    // in bursts of N.
-    let offset = interval.map_or(Duration::ZERO, |i| {
-        i.mul_f64(index as f64 / load.connections as f64)
-    });
-    for seq in 0u64.. {
-        if let Some(interval) = interval {
-            // Fixed deadlines, not a fixed gap: a late send does not lower
-            // the rate, the next ones catch up.
-            let due = window.start + offset + interval.mul_f64(seq as f64);
-            if due >= window.end {
-                break;
-            }
-            tokio::time::sleep_until(due.into()).await;
-            let now = Instant::now();
-            if window.counts(now) {
-                tally.max_lag = tally.max_lag.max(now.duration_since(due));
-            }
-        }
-        if Instant::now() >= window.end {
-            break;
-        }
-        sender
-            .ready()
-            .await
-            .context("the server closed the connection")?;
-        let sent_at = Instant::now();
-        let response = sender
-            .send_request(load.request(index, seq, sent_at)?)
-            .await
-            .context("sending an event")?;
-        let status = response.status();
-        response
-            .into_body()
-            .collect()
-            .await
-            .context("reading an answer")?;
-        let done = Instant::now();
-        tally.record(status, done.duration_since(sent_at), window.counts(done));
-    }
-    Ok(())
-}
-
-/// A bare HTTP/1.1 connection (no pool: one in flight, kept alive).
-pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .with_context(|| format!("HTTP/1.1 handshake with {addr}"))?;
-    // Ends when the sender is dropped; its errors surface through the sender.
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
-}
-
 // ---------------------------------------------------------------------------
 // In-process servers: the raw baseline and the subscriber
 // ---------------------------------------------------------------------------
-
-/// An HTTP server on 127.0.0.1 with any port, serving until stopped.
-pub(super) struct HttpServer {
-    pub(super) addr: SocketAddr,
-    accept: JoinHandle<()>,
-}
-
-impl HttpServer {
-    /// Serves with hyper-util's auto builder, as `axum::serve` does for the
-    /// ingress, so the raw baseline differs from pilotlight only in the work
-    /// done per request. `nodelay` mirrors the ingress listener (on) for the
-    /// baseline.
-    pub(super) async fn start<S, F>(service: S, nodelay: bool, what: &str) -> anyhow::Result<Self>
-    where
-        S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Result<Response<Empty<Bytes>>, Infallible>> + Send + 'static,
-    {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .with_context(|| format!("cannot listen for {what}"))?;
-        let addr = listener
-            .local_addr()
-            .with_context(|| format!("no local address for {what}"))?;
-        let accept = tokio::spawn(accept_loop(listener, service, nodelay));
-        Ok(HttpServer { addr, accept })
-    }
-}
-
-impl Drop for HttpServer {
-    /// Stops accepting; open connections end when their clients close them.
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn accept_loop<S, F>(listener: TcpListener, service: S, nodelay: bool)
-where
-    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<Empty<Bytes>>, Infallible>> + Send + 'static,
-{
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: do not spin.
-                tracing::warn!(error = %e, "bench server: accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if nodelay {
-            let _ = stream.set_nodelay(true);
-        }
-        let service = service.clone();
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service_fn(service))
-                .await;
-        });
-    }
-}
 
 fn accepted() -> Response<Empty<Bytes>> {
     let mut response = Response::new(Empty::new());
@@ -1079,58 +644,6 @@ struct Report {
     failures: Vec<String>,
 }
 
-/// A target of the issue and how the run fared.
-pub(super) struct Check {
-    pub name: String,
-    pub figure: String,
-    pub met: bool,
-}
-
-impl Check {
-    fn verdict(&self) -> &'static str {
-        if self.met { "met" } else { "MISSED" }
-    }
-}
-
-/// The targets table and the failures, at the end of a report; the column
-/// widths fit each suite's target names.
-pub(super) fn write_checks(
-    out: &mut String,
-    checks: &[Check],
-    failures: &[String],
-    widths: (usize, usize),
-) {
-    let (name_width, figure_width) = widths;
-    for check in checks {
-        let _ = writeln!(
-            out,
-            "  {:<name_width$} {:<figure_width$} {}",
-            check.name,
-            check.figure,
-            check.verdict()
-        );
-    }
-    for failure in failures {
-        let _ = writeln!(out, "  FAILED {failure}");
-    }
-}
-
-/// The targets as the `--json` reports list them.
-pub(super) fn checks_json(checks: &[Check]) -> serde_json::Value {
-    checks
-        .iter()
-        .map(|c| json!({"target": c.name, "figure": c.figure, "met": c.met}))
-        .collect()
-}
-
-pub(super) fn ms(nanos: u64) -> f64 {
-    nanos as f64 / 1e6
-}
-
-pub(super) fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
-    ms(h.value_at_quantile(q))
-}
-
 impl Report {
     /// The raw phase run right before a backend's phase, for its ratio.
     fn ratio(&self, index: usize) -> Option<f64> {
@@ -1185,7 +698,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\npilotlight bench: {} connections, {}-byte binary events, {} s per phase after a {} s warm-up\n",
+            "\npilotlight-bench eventing: {} connections, {}-byte binary events, {} s per phase after a {} s warm-up\n",
             settings.connections,
             settings.payload.len(),
             settings.duration.as_secs(),

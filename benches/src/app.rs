@@ -1,8 +1,8 @@
-//! The app of `pilotlight bench serving`: `pilotlight hello` (this very
+//! The app of `pilotlight-bench serving`: `pilotlight hello` (the product
 //! binary), run either as a local process or in a container engine, both
 //! straight (the baseline) and as a Knative Service through pilotlight.
 //!
-//! For containers the bench builds an image of this binary and the shared
+//! For containers the bench builds an image of that binary and the shared
 //! libraries it loads (no registry needed), and the straight side does what
 //! the container runtime does: create with the port published on
 //! 127.0.0.1, start, read the container's address, connect there. The
@@ -20,13 +20,13 @@ use anyhow::{Context as _, bail};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 
-use super::bench::NAMESPACE;
-use super::images::ImageBuilder;
-use crate::api::pod::ContainerNetwork;
-use crate::serving::runtime::container::engine::{Engine, EngineConnector};
+use crate::workdir::NAMESPACE;
+use pilotlight::api::pod::ContainerNetwork;
+use pilotlight::cli::images::ImageBuilder;
+use pilotlight::serving::runtime::container::engine::{Engine, EngineConnector};
 
 /// Longest wait for an app to start or answer.
-pub(super) const START_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the straight side tries to connect to the starting app.
 const CONNECT_POLL: Duration = Duration::from_micros(500);
 /// The image the bench builds for the container runtime.
@@ -36,7 +36,7 @@ const IMAGE: &str = "localhost/pilotlight-bench/hello:1";
 const BENCH_LABEL: &str = "dev.pilotlight.bench";
 
 /// How the app runs.
-pub(super) enum AppRuntime {
+pub(crate) enum AppRuntime {
     Process {
         exe: PathBuf,
     },
@@ -47,7 +47,7 @@ pub(super) enum AppRuntime {
 }
 
 impl AppRuntime {
-    pub(super) fn process(exe: &Path) -> Self {
+    pub(crate) fn process(exe: &Path) -> Self {
         AppRuntime::Process {
             exe: exe.to_owned(),
         }
@@ -55,7 +55,7 @@ impl AppRuntime {
 
     /// Finds the engine (as `pilotlight run` does, or at `socket`), removes
     /// what an earlier bench left, and loads the image of `exe`.
-    pub(super) async fn container(
+    pub(crate) async fn container(
         exe: &Path,
         socket: Option<String>,
         network: ContainerNetwork,
@@ -74,7 +74,7 @@ impl AppRuntime {
         Ok(AppRuntime::Container { engine, network })
     }
 
-    pub(super) fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             AppRuntime::Process { .. } => "process",
             AppRuntime::Container {
@@ -89,7 +89,7 @@ impl AppRuntime {
     }
 
     /// Arguments `pilotlight run` needs to reach the same engine.
-    pub(super) fn run_args(&self) -> Vec<String> {
+    pub(crate) fn run_args(&self) -> Vec<String> {
         match self {
             AppRuntime::Process { .. } => Vec::new(),
             AppRuntime::Container { engine, .. } => vec![
@@ -100,7 +100,7 @@ impl AppRuntime {
     }
 
     /// One Service of the app, `---` first, with autoscaling annotations.
-    pub(super) fn service(&self, name: &str, annotations: &[(&str, &str)]) -> String {
+    pub(crate) fn service(&self, name: &str, annotations: &[(&str, &str)]) -> String {
         let mut yaml = format!(
             "---
 apiVersion: serving.knative.dev/v1
@@ -150,7 +150,7 @@ spec:
     /// Starts the app straight and times it: start until it accepts a
     /// connection, and until it answered `GET /` on it. The app is gone
     /// when this returns.
-    pub(super) async fn cold_start(&self) -> anyhow::Result<(Duration, Duration)> {
+    pub(crate) async fn cold_start(&self) -> anyhow::Result<(Duration, Duration)> {
         match self {
             AppRuntime::Process { exe } => {
                 let exe = exe.clone();
@@ -179,7 +179,7 @@ spec:
     }
 
     /// Starts the app straight and waits until it listens.
-    pub(super) async fn start(&self) -> anyhow::Result<App> {
+    pub(crate) async fn start(&self) -> anyhow::Result<App> {
         match self {
             AppRuntime::Process { exe } => App::process(exe).await,
             AppRuntime::Container { engine, network } => {
@@ -208,8 +208,8 @@ spec:
 }
 
 /// An app started straight.
-pub(super) struct App {
-    pub(super) addr: SocketAddr,
+pub(crate) struct App {
+    pub(crate) addr: SocketAddr,
     running: Running,
 }
 
@@ -248,14 +248,14 @@ impl App {
     }
 
     /// The process to read memory of, for a process app.
-    pub(super) fn pid(&self) -> anyhow::Result<u32> {
+    pub(crate) fn pid(&self) -> anyhow::Result<u32> {
         match &self.running {
             Running::Process(child) => child.id().context("the app has exited"),
             Running::Container(_) => bail!("a container's memory is the engine's to report"),
         }
     }
 
-    pub(super) async fn stop(self) {
+    pub(crate) async fn stop(self) {
         match self.running {
             Running::Process(mut child) => {
                 let _ = child.kill().await;
@@ -463,7 +463,7 @@ fn answer_blocking(mut stream: std::net::TcpStream) -> anyhow::Result<()> {
 }
 
 /// A port that was free a moment ago (bind port 0 and let it go).
-pub(super) fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener =
         std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a free port")?;
     Ok(listener
@@ -472,6 +472,6 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-pub(super) fn loopback(port: u16) -> SocketAddr {
+pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }

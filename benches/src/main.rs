@@ -1,0 +1,97 @@
+//! `pilotlight-bench`: pilotlight's benchmarks, apart from the product
+//! binary. Every suite measures a baseline without pilotlight in the same
+//! run and reports pilotlight against it; see docs/benchmarks.md for the
+//! figures and benches/README.md for how each one measures.
+//!
+//! The suites use pilotlight's library as `pilotlight run` does (an
+//! in-process [`pilotlight::server::Server`]); the serving suite also runs
+//! the `pilotlight` executable itself (`pilotlight hello`, `pilotlight run`).
+
+mod app;
+mod cesql;
+mod eventing;
+mod http_server;
+mod kafka;
+mod lean_http;
+mod load;
+mod rabbitmq;
+mod report;
+mod serving;
+mod workdir;
+
+use clap::{Parser, Subcommand};
+use pilotlight::telemetry::LogFormat;
+
+// As in the product binary: the in-process pilotlight allocates with the
+// allocator it ships with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// pilotlight's benchmarks, each against a baseline without pilotlight
+/// measured in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "pilotlight-bench", version, about)]
+struct Cli {
+    /// Log format of the in-process pilotlight: pretty (default) or json.
+    #[arg(
+        long,
+        global = true,
+        env = "PILOTLIGHT_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+/// The benchmark suites.
+#[derive(Debug, Subcommand)]
+enum Suite {
+    /// Eventing: ingress throughput and end-to-end latency of the memory and
+    /// log backends against a raw hyper server.
+    Eventing(eventing::EventingArgs),
+    /// Serving: cold-start overhead, warm proxy overhead and idle memory,
+    /// each against a baseline without pilotlight in the same run.
+    Serving(serving::ServingArgs),
+    /// CESQL: evaluations per second of a typical filter against the same
+    /// logic as a Rust closure.
+    Cesql(cesql::CesqlArgs),
+    /// RabbitMQ: events/s through a RabbitMQBroker against a raw lapin
+    /// publisher with confirms plus a consumer, on the same RabbitMQ.
+    Rabbitmq(rabbitmq::RabbitmqArgs),
+    /// Kafka: events/s through a Kafka broker (ingress to subscriber)
+    /// against a raw rdkafka producer and consumer on the same Kafka.
+    Kafka(kafka::KafkaBenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    pilotlight::telemetry::init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.suite {
+            Suite::Eventing(args) => eventing::run(args).await,
+            Suite::Serving(args) => serving::run(args).await,
+            Suite::Cesql(args) => cesql::run(args),
+            Suite::Rabbitmq(args) => rabbitmq::run(args).await,
+            Suite::Kafka(args) => kafka::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
