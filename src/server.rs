@@ -29,8 +29,9 @@ use crate::eventing::broker::BrokerRegistry;
 use crate::eventing::broker::ingress::{self, IngressState};
 use crate::eventing::controller::{EventingController, EventingSettings};
 use crate::eventing::delivery::EventSender;
+use crate::http_util::text;
 use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
-use crate::serving::proxy::{Proxy, plain};
+use crate::serving::proxy::Proxy;
 use crate::serving::router::{HostMatch, Router};
 use crate::serving::runtime::config::ConfigObjects;
 use crate::serving::runtime::container::{ContainerConfig, ContainerRuntime};
@@ -362,10 +363,9 @@ impl MainService {
             .unwrap_or_default();
         match self.router.lookup(host) {
             HostMatch::Route(route) => self.proxy.serve(&route, request, peer).await,
-            HostMatch::Unknown => plain(
+            HostMatch::Unknown => text(
                 http::StatusCode::NOT_FOUND,
                 self.router.unknown_host_message(host),
-                None,
             ),
             HostMatch::NotServing => ingress::serve(&self.ingress, request).await,
         }
