@@ -3,6 +3,7 @@
 //!
 //! The layers, each on those below it only:
 //! - [`api`]: Knative's API: every kind, its checks, one registry of kinds.
+//!   Beside it, small shared pieces: [`backoff`], [`desired`], [`http_util`].
 //! - [`cloudevent`], [`cesql`]: the CloudEvent and its filter language.
 //! - [`eventing`]: brokers, backends, triggers, delivery and sources;
 //!   [`serving`]: Services from zero (router, activator, autoscaler,
@@ -17,7 +18,9 @@ pub mod cesql;
 pub mod cli;
 pub mod cloudevent;
 pub mod control;
+pub mod desired;
 pub mod eventing;
+pub mod http_util;
 pub mod kubeconfig;
 pub mod server;
 pub mod serving;

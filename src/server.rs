@@ -29,8 +29,9 @@ use crate::eventing::broker::BrokerRegistry;
 use crate::eventing::broker::ingress::{self, IngressState};
 use crate::eventing::controller::{EventingController, EventingSettings};
 use crate::eventing::delivery::EventSender;
+use crate::http_util::text;
 use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
-use crate::serving::proxy::{Proxy, plain};
+use crate::serving::proxy::Proxy;
 use crate::serving::router::{HostMatch, Router};
 use crate::serving::runtime::config::ConfigObjects;
 use crate::serving::runtime::container::{ContainerConfig, ContainerRuntime};
@@ -91,6 +92,44 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Where clients reach the ingress: `--ingress-url` without a trailing
+    /// slash, else the main listener's own address.
+    fn ingress_url(&self, listen: SocketAddr) -> String {
+        self.ingress_url.as_ref().map_or_else(
+            || format!("http://{listen}"),
+            |url| url.trim_end_matches('/').to_owned(),
+        )
+    }
+
+    /// The eventing half's part of the configuration.
+    fn eventing_settings(&self, listen: SocketAddr) -> EventingSettings {
+        EventingSettings {
+            data_dir: self.data_dir.clone(),
+            ingress_url: self.ingress_url(listen),
+            default_class: self.default_class,
+            log: self.log.clone(),
+            memory: self.memory.clone(),
+            max_event_bytes: self.max_event_bytes,
+            max_in_flight: self.max_in_flight,
+            rabbitmq_uri: self.rabbitmq_uri.clone(),
+            kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
+        }
+    }
+
+    /// The serving half's part of the configuration.
+    fn serving_settings(&self, listen: SocketAddr) -> ServingSettings {
+        ServingSettings {
+            domain: self.serving.domain.clone(),
+            public: PublicAddress::of(self.ingress_url.as_deref(), listen),
+            data_dir: self.data_dir.clone(),
+            autoscaler: self.serving.autoscaler.clone(),
+            queue_limit: self.serving.queue_limit,
+            retained_revisions: self.serving.retained_revisions,
+        }
+    }
+}
+
 /// The serving half's settings.
 #[derive(Debug, Clone)]
 pub struct ServingConfig {
@@ -139,12 +178,7 @@ pub struct Server {
 impl Server {
     /// Binds both listeners, applies the manifests and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
-        let admin_listener = TcpListener::bind(config.admin)
-            .await
-            .with_context(|| format!("cannot listen on {} (--admin)", config.admin))?;
+        let (listener, admin_listener) = bind(&config).await?;
         let listen = listener.local_addr()?;
         let admin = admin_listener.local_addr()?;
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -160,72 +194,26 @@ impl Server {
             None => None,
         };
         let registry = Arc::new(BrokerRegistry::default());
-        let eventing_settings = EventingSettings {
-            data_dir: config.data_dir.clone(),
-            ingress_url: config.ingress_url.as_ref().map_or_else(
-                || format!("http://{listen}"),
-                |url| url.trim_end_matches('/').to_owned(),
-            ),
-            default_class: config.default_class,
-            log: config.log.clone(),
-            memory: config.memory.clone(),
-            max_event_bytes: config.max_event_bytes,
-            max_in_flight: config.max_in_flight,
-            rabbitmq_uri: config.rabbitmq_uri.clone(),
-            kafka_bootstrap_servers: config.kafka_bootstrap_servers.clone(),
-        };
-        let (config_objects, objects) = watch::channel(Arc::new(ConfigObjects::default()));
-        let runtime = match &cluster {
-            Some(cluster) => cluster.runtime(),
-            None => local_runtimes(&config, objects),
-        };
-        let serving = ServingController::new(
-            ServingSettings {
-                domain: config.serving.domain.clone(),
-                public: PublicAddress::of(config.ingress_url.as_deref(), listen),
-                data_dir: config.data_dir.clone(),
-                autoscaler: config.serving.autoscaler.clone(),
-                queue_limit: config.serving.queue_limit,
-                retained_revisions: config.serving.retained_revisions,
-            },
-            runtime,
-            config_objects,
-        );
-        let router = serving.router();
-        let eventing = EventingController::new(
-            eventing_settings,
-            registry.clone(),
-            EventSender::with_local_domain(&config.serving.domain, listen),
-        );
-        let control = Arc::new(ControlPlane::new(eventing, serving));
+        let (control, router) = control_plane(&config, listen, cluster.as_ref(), registry.clone());
         let ready = Arc::new(AtomicBool::new(false));
 
-        let ingress = IngressState { brokers: registry };
+        let main = MainService {
+            ingress: IngressState { brokers: registry },
+            router,
+            proxy: Proxy::new(),
+        };
         let admin_router = admin::router(AdminState {
             control: control.clone(),
             metrics: crate::telemetry::metrics_handle(),
             ready: ready.clone(),
         });
-        let main = MainService {
-            ingress,
-            router,
-            proxy: Proxy::new(),
-        };
         let tasks = vec![
             tokio::spawn(serve_main(listener, main, stopped.clone())),
             tokio::spawn(serve(admin_listener, admin_router, stopped)),
             control.retry_failed_backends(),
         ];
 
-        let (watcher, kubernetes, election) = match cluster {
-            Some(cluster) => {
-                tracing::info!(%listen, %admin, "reading objects from the Kubernetes API server");
-                let kubernetes =
-                    KubernetesControl::start(cluster.client, control.clone(), cluster.leader).await;
-                (None, Some(kubernetes), Some(cluster.election))
-            }
-            None => (load_and_watch(&config, &control).await?, None, None),
-        };
+        let objects = feed_objects(&config, &control, cluster, listen, admin).await?;
         ready.store(true, Ordering::Release);
         Ok(Server {
             listen,
@@ -233,9 +221,9 @@ impl Server {
             control,
             stop,
             tasks,
-            _watcher: watcher,
-            kubernetes,
-            election,
+            _watcher: objects.watcher,
+            kubernetes: objects.kubernetes,
+            election: objects.election,
         })
     }
 
@@ -253,6 +241,82 @@ impl Server {
             task.abort();
         }
     }
+}
+
+/// Binds the main and admin listeners first, so that a port in use fails
+/// `run` before anything else starts.
+async fn bind(config: &ServerConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (--admin)", config.admin))?;
+    Ok((listener, admin_listener))
+}
+
+/// Both halves under one [`ControlPlane`]: serving runs revisions on the
+/// cluster (Kubernetes mode) or on this machine, and eventing's sender
+/// reaches service hosts on the main listener. Also returns serving's host
+/// router, which the main listener consults on every request.
+fn control_plane(
+    config: &ServerConfig,
+    listen: SocketAddr,
+    cluster: Option<&Cluster>,
+    registry: Arc<BrokerRegistry>,
+) -> (Arc<ControlPlane>, Arc<Router>) {
+    let (config_objects, objects) = watch::channel(Arc::new(ConfigObjects::default()));
+    let runtime = match cluster {
+        Some(cluster) => cluster.runtime(),
+        None => local_runtimes(config, objects),
+    };
+    let serving = ServingController::new(config.serving_settings(listen), runtime, config_objects);
+    let router = serving.router();
+    let eventing = EventingController::new(
+        config.eventing_settings(listen),
+        registry,
+        EventSender::with_local_domain(&config.serving.domain, listen),
+    );
+    (Arc::new(ControlPlane::new(eventing, serving)), router)
+}
+
+/// What keeps objects coming in; the server holds it until it stops.
+struct ObjectFeed {
+    /// File mode with `watch`: the manifest paths' watcher.
+    watcher: Option<notify::RecommendedWatcher>,
+    /// Kubernetes mode: the informers feeding the control plane.
+    kubernetes: Option<KubernetesControl>,
+    /// Kubernetes mode: the leader election, which gives the Lease up on stop.
+    election: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts feeding the control plane its objects: from the API server in
+/// Kubernetes mode, else from the manifest files (applied once before this
+/// returns, so the server is ready with them).
+async fn feed_objects(
+    config: &ServerConfig,
+    control: &Arc<ControlPlane>,
+    cluster: Option<Cluster>,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> anyhow::Result<ObjectFeed> {
+    Ok(match cluster {
+        Some(cluster) => {
+            tracing::info!(%listen, %admin, "reading objects from the Kubernetes API server");
+            let kubernetes =
+                KubernetesControl::start(cluster.client, control.clone(), cluster.leader).await;
+            ObjectFeed {
+                watcher: None,
+                kubernetes: Some(kubernetes),
+                election: Some(cluster.election),
+            }
+        }
+        None => ObjectFeed {
+            watcher: load_and_watch(config, control).await?,
+            kubernetes: None,
+            election: None,
+        },
+    })
 }
 
 async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) {
@@ -362,10 +426,9 @@ impl MainService {
             .unwrap_or_default();
         match self.router.lookup(host) {
             HostMatch::Route(route) => self.proxy.serve(&route, request, peer).await,
-            HostMatch::Unknown => plain(
+            HostMatch::Unknown => text(
                 http::StatusCode::NOT_FOUND,
                 self.router.unknown_host_message(host),
-                None,
             ),
             HostMatch::NotServing => ingress::serve(&self.ingress, request).await,
         }

@@ -30,6 +30,14 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         &["api", "eventing", "serving", "control", "server", "cli"],
     ),
     (
+        "desired.rs",
+        &["api", "eventing", "serving", "control", "server", "cli"],
+    ),
+    (
+        "http_util.rs",
+        &["api", "eventing", "serving", "control", "server", "cli"],
+    ),
+    (
         "kubeconfig.rs",
         &["api", "eventing", "serving", "control", "server", "cli"],
     ),

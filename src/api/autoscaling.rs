@@ -284,104 +284,189 @@ fn show(d: Duration) -> String {
 
 impl RevisionScaling {
     /// Resolves a revision's settings from its annotations over `defaults`.
+    ///
+    /// The parts are checked one after another in a fixed order (class,
+    /// metric, scale bounds, target, windows), so a manifest with several
+    /// mistakes always gets the same first one named.
     pub fn resolve(
         annotations: &BTreeMap<String, String>,
         defaults: &AutoscalerDefaults,
         container_concurrency: u32,
     ) -> Result<RevisionScaling, Invalid> {
-        if let Some((key, class)) = lookup(annotations, "class", None)?
-            && class != KPA_CLASS
-        {
-            let hint = if class.starts_with("hpa.") {
-                " (the Kubernetes HPA class needs Kubernetes; pilotlight scales revisions itself)"
-            } else {
-                ""
-            };
-            return Err(Invalid::new(
-                field(&key),
-                format!("'{class}' is not supported; the only class is '{KPA_CLASS}'{hint}"),
-            ));
-        }
-
-        let metric = match lookup(annotations, "metric", None)? {
-            None => Metric::Concurrency,
-            Some((_, "concurrency")) => Metric::Concurrency,
-            Some((_, "rps")) => Metric::Rps,
-            Some((key, other)) => {
-                return Err(Invalid::new(
-                    field(&key),
-                    format!(
-                        "'{other}' is not a metric the KPA scales on; use 'concurrency' or 'rps'"
-                    ),
-                ));
-            }
-        };
-
-        let min = whole(
+        check_class(annotations)?;
+        let metric = metric(annotations)?;
+        let (min_scale, max_scale) = scale_bounds(annotations, defaults)?;
+        let initial_scale = initial_scale(annotations, defaults)?;
+        let activation_scale = activation_scale(annotations, defaults, max_scale)?;
+        let target = Target::resolve(annotations, defaults, metric, container_concurrency)?;
+        let windows = Windows::resolve(annotations, defaults)?;
+        let target_burst_capacity = number_in(
             annotations,
-            "min-scale",
-            Some("minScale"),
-            "the least number of instances",
-            0,
-        )?;
-        let max = whole(
-            annotations,
-            "max-scale",
-            Some("maxScale"),
-            "the most instances (0 for no limit)",
-            0,
-        )?;
-        let min_scale = min.as_ref().map_or(defaults.min_scale, |(_, n)| *n);
-        let max_scale = max.as_ref().map_or(defaults.max_scale, |(_, n)| *n);
-        if max_scale > 0 && min_scale > max_scale {
-            let key = min
-                .as_ref()
-                .or(max.as_ref())
-                .map_or_else(|| format!("{PREFIX}min-scale"), |(k, _)| k.clone());
-            return Err(Invalid::new(
-                field(&key),
-                format!(
-                    "min-scale {min_scale} is more than max-scale {max_scale}; min-scale must be at most max-scale (or max-scale 0 for no limit)"
-                ),
-            ));
-        }
+            "target-burst-capacity",
+            "the spare requests to keep room for (-1 keeps the activator in the path)",
+            (-1.0, f64::INFINITY),
+        )?
+        .unwrap_or(defaults.target_burst_capacity);
 
-        let initial_scale = match whole(
-            annotations,
-            "initial-scale",
-            None,
-            "the number of instances a new revision starts with",
-            0,
-        )? {
-            None => defaults.initial_scale,
-            Some((key, 0)) if !defaults.allow_zero_initial_scale => {
-                return Err(Invalid::new(
-                    field(&key),
-                    "'0' needs allow-zero-initial-scale in the autoscaler settings; initial-scale is the number of instances a new revision starts with, 1 or more",
-                ));
-            }
-            Some((_, n)) => n,
-        };
+        Ok(RevisionScaling {
+            metric,
+            target_per_instance: target.per_instance,
+            total_per_instance: target.total,
+            container_concurrency,
+            min_scale,
+            max_scale,
+            initial_scale,
+            activation_scale,
+            stable_window: windows.stable,
+            panic_window: windows.panic,
+            panic_threshold: windows.panic_threshold,
+            scale_down_delay: windows.scale_down_delay,
+            scale_to_zero_grace_period: defaults.scale_to_zero_grace_period,
+            scale_to_zero_pod_retention_period: windows.retention,
+            // Guard the divisions and multiplications in the KPA against
+            // nonsense in a config file.
+            max_scale_up_rate: defaults.max_scale_up_rate.max(1.0),
+            max_scale_down_rate: defaults.max_scale_down_rate.max(1.0),
+            target_burst_capacity,
+            enable_scale_to_zero: defaults.enable_scale_to_zero,
+            tick_interval: defaults.tick_interval.max(Duration::from_millis(100)),
+        })
+    }
+}
 
-        let activation_scale = match whole(
-            annotations,
-            "activation-scale",
-            None,
-            "the least number of instances when scaling up from zero",
-            1,
-        )? {
-            None => defaults.activation_scale.max(1),
-            Some((key, n)) if max_scale > 0 && n > max_scale => {
-                return Err(Invalid::new(
-                    field(&key),
-                    format!(
-                        "activation-scale {n} is more than max-scale {max_scale}; it must be at most max-scale"
-                    ),
-                ));
-            }
-            Some((_, n)) => n,
-        };
+/// Refuses any class but the KPA: pilotlight implements no other, and a
+/// revision silently scaled by the wrong rules would be worse than an error.
+fn check_class(annotations: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    let Some((key, class)) = lookup(annotations, "class", None)? else {
+        return Ok(());
+    };
+    if class == KPA_CLASS {
+        return Ok(());
+    }
+    let hint = if class.starts_with("hpa.") {
+        " (the Kubernetes HPA class needs Kubernetes; pilotlight scales revisions itself)"
+    } else {
+        ""
+    };
+    Err(Invalid::new(
+        field(&key),
+        format!("'{class}' is not supported; the only class is '{KPA_CLASS}'{hint}"),
+    ))
+}
 
+/// What the KPA scales on; concurrency unless the annotation says rps.
+fn metric(annotations: &BTreeMap<String, String>) -> Result<Metric, Invalid> {
+    match lookup(annotations, "metric", None)? {
+        None => Ok(Metric::Concurrency),
+        Some((_, "concurrency")) => Ok(Metric::Concurrency),
+        Some((_, "rps")) => Ok(Metric::Rps),
+        Some((key, other)) => Err(Invalid::new(
+            field(&key),
+            format!("'{other}' is not a metric the KPA scales on; use 'concurrency' or 'rps'"),
+        )),
+    }
+}
+
+/// `(min_scale, max_scale)`. They are checked together because either one
+/// may come from the defaults; the error names whichever annotation was set.
+fn scale_bounds(
+    annotations: &BTreeMap<String, String>,
+    defaults: &AutoscalerDefaults,
+) -> Result<(u32, u32), Invalid> {
+    let min = whole(
+        annotations,
+        "min-scale",
+        Some("minScale"),
+        "the least number of instances",
+        0,
+    )?;
+    let max = whole(
+        annotations,
+        "max-scale",
+        Some("maxScale"),
+        "the most instances (0 for no limit)",
+        0,
+    )?;
+    let min_scale = min.as_ref().map_or(defaults.min_scale, |(_, n)| *n);
+    let max_scale = max.as_ref().map_or(defaults.max_scale, |(_, n)| *n);
+    if max_scale > 0 && min_scale > max_scale {
+        let key = min
+            .as_ref()
+            .or(max.as_ref())
+            .map_or_else(|| format!("{PREFIX}min-scale"), |(k, _)| k.clone());
+        return Err(Invalid::new(
+            field(&key),
+            format!(
+                "min-scale {min_scale} is more than max-scale {max_scale}; min-scale must be at most max-scale (or max-scale 0 for no limit)"
+            ),
+        ));
+    }
+    Ok((min_scale, max_scale))
+}
+
+/// The instances a new revision starts with; zero only where the
+/// autoscaler settings allow it, as in Knative.
+fn initial_scale(
+    annotations: &BTreeMap<String, String>,
+    defaults: &AutoscalerDefaults,
+) -> Result<u32, Invalid> {
+    match whole(
+        annotations,
+        "initial-scale",
+        None,
+        "the number of instances a new revision starts with",
+        0,
+    )? {
+        None => Ok(defaults.initial_scale),
+        Some((key, 0)) if !defaults.allow_zero_initial_scale => Err(Invalid::new(
+            field(&key),
+            "'0' needs allow-zero-initial-scale in the autoscaler settings; initial-scale is the number of instances a new revision starts with, 1 or more",
+        )),
+        Some((_, n)) => Ok(n),
+    }
+}
+
+/// The least instances when scaling up from zero; never above `max_scale`,
+/// which would make the first scale-up overshoot the limit.
+fn activation_scale(
+    annotations: &BTreeMap<String, String>,
+    defaults: &AutoscalerDefaults,
+    max_scale: u32,
+) -> Result<u32, Invalid> {
+    match whole(
+        annotations,
+        "activation-scale",
+        None,
+        "the least number of instances when scaling up from zero",
+        1,
+    )? {
+        None => Ok(defaults.activation_scale.max(1)),
+        Some((key, n)) if max_scale > 0 && n > max_scale => Err(Invalid::new(
+            field(&key),
+            format!(
+                "activation-scale {n} is more than max-scale {max_scale}; it must be at most max-scale"
+            ),
+        )),
+        Some((_, n)) => Ok(n),
+    }
+}
+
+/// The load one instance should and can carry, as Knative's `target.go`
+/// works it out from the target, the utilization and `containerConcurrency`.
+struct Target {
+    /// `total` times the utilization: what the KPA aims at.
+    per_instance: f64,
+    /// What one instance can carry at most, for the excess burst capacity.
+    total: f64,
+}
+
+impl Target {
+    fn resolve(
+        annotations: &BTreeMap<String, String>,
+        defaults: &AutoscalerDefaults,
+        metric: Metric,
+        container_concurrency: u32,
+    ) -> Result<Target, Invalid> {
         let target = number_in(
             annotations,
             "target",
@@ -408,9 +493,31 @@ impl RevisionScaling {
                 (None, _) => cc,
             },
         };
-        let target_per_instance = (total * utilization).max(TARGET_MIN);
+        Ok(Target {
+            per_instance: (total * utilization).max(TARGET_MIN),
+            total,
+        })
+    }
+}
 
-        let stable_window = duration_in(
+/// The KPA's windows and delays: how far back it averages, when it panics,
+/// and how long it waits before scaling down or letting the last one go.
+struct Windows {
+    stable: Duration,
+    /// A share of the stable window.
+    panic: Duration,
+    /// As a ratio: 2.0 for 200%.
+    panic_threshold: f64,
+    scale_down_delay: Duration,
+    retention: Duration,
+}
+
+impl Windows {
+    fn resolve(
+        annotations: &BTreeMap<String, String>,
+        defaults: &AutoscalerDefaults,
+    ) -> Result<Windows, Invalid> {
+        let stable = duration_in(
             annotations,
             "window",
             "the stable averaging window",
@@ -445,36 +552,12 @@ impl RevisionScaling {
             (Duration::ZERO, WINDOW_MAX),
         )?
         .unwrap_or(defaults.scale_to_zero_pod_retention_period);
-        let target_burst_capacity = number_in(
-            annotations,
-            "target-burst-capacity",
-            "the spare requests to keep room for (-1 keeps the activator in the path)",
-            (-1.0, f64::INFINITY),
-        )?
-        .unwrap_or(defaults.target_burst_capacity);
-
-        Ok(RevisionScaling {
-            metric,
-            target_per_instance,
-            total_per_instance: total,
-            container_concurrency,
-            min_scale,
-            max_scale,
-            initial_scale,
-            activation_scale,
-            stable_window,
-            panic_window: stable_window.mul_f64(panic_window_percentage / 100.0),
+        Ok(Windows {
+            stable,
+            panic: stable.mul_f64(panic_window_percentage / 100.0),
             panic_threshold: panic_threshold_percentage / 100.0,
             scale_down_delay,
-            scale_to_zero_grace_period: defaults.scale_to_zero_grace_period,
-            scale_to_zero_pod_retention_period: retention,
-            // Guard the divisions and multiplications in the KPA against
-            // nonsense in a config file.
-            max_scale_up_rate: defaults.max_scale_up_rate.max(1.0),
-            max_scale_down_rate: defaults.max_scale_down_rate.max(1.0),
-            target_burst_capacity,
-            enable_scale_to_zero: defaults.enable_scale_to_zero,
-            tick_interval: defaults.tick_interval.max(Duration::from_millis(100)),
+            retention,
         })
     }
 }

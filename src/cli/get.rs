@@ -85,10 +85,19 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
     })
 }
 
-/// Renders a kubectl-like table.
+/// Renders a kubectl-like table, then the messages of what is not ready.
 pub fn table(kind: Kind, items: &[ObjectView]) -> String {
-    let mut rows = vec![match kind {
-        Kind::Services => header(&[
+    let mut rows = vec![header(columns(kind))];
+    rows.extend(items.iter().map(|item| row(kind, item)));
+    let mut out = aligned(&rows);
+    out.push_str(&messages(items));
+    out
+}
+
+/// The column names of each kind, as `kubectl get` and `kn` name them.
+fn columns(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Services => &[
             "NAMESPACE",
             "NAME",
             "URL",
@@ -96,8 +105,8 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
             "LATESTREADY",
             "READY",
             "REASON",
-        ]),
-        Kind::Revisions => header(&[
+        ],
+        Kind::Revisions => &[
             "NAMESPACE",
             "NAME",
             "SERVICE",
@@ -107,14 +116,11 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
             "RESTARTS",
             "READY",
             "REASON",
-        ]),
-        Kind::Routes => header(&["NAMESPACE", "NAME", "URL", "TRAFFIC", "READY", "REASON"]),
-        Kind::Sources => header(&["NAMESPACE", "NAME", "KIND", "SINK", "READY", "REASON"]),
-        Kind::Brokers => vec!["NAMESPACE", "NAME", "URL", "READY", "REASON"]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>(),
-        Kind::Triggers => [
+        ],
+        Kind::Routes => &["NAMESPACE", "NAME", "URL", "TRAFFIC", "READY", "REASON"],
+        Kind::Sources => &["NAMESPACE", "NAME", "KIND", "SINK", "READY", "REASON"],
+        Kind::Brokers => &["NAMESPACE", "NAME", "URL", "READY", "REASON"],
+        Kind::Triggers => &[
             "NAMESPACE",
             "NAME",
             "BROKER",
@@ -122,84 +128,87 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
             "READY",
             "REASON",
             "BACKLOG",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect(),
-    }];
-    for item in items {
-        let ready = item.status.ready_condition();
-        let status = ready.map_or("Unknown", |c| c.status.as_str()).to_owned();
-        let reason = ready.and_then(|c| c.reason.clone()).unwrap_or_default();
-        let mut row = vec![item.metadata.namespace.clone(), item.metadata.name.clone()];
-        match kind {
-            Kind::Brokers => {
-                row.push(
-                    item.status
-                        .address
-                        .as_ref()
-                        .map(|a| a.url.clone())
-                        .unwrap_or_default(),
-                );
-                row.extend([status, reason]);
-            }
-            Kind::Services => {
-                let s = item.status.serving.as_deref().cloned().unwrap_or_default();
-                row.push(s.url.clone().unwrap_or_default());
-                row.push(s.latest_created_revision_name.clone().unwrap_or_default());
-                row.push(s.latest_ready_revision_name.clone().unwrap_or_default());
-                row.extend([status, reason]);
-            }
-            Kind::Revisions => {
-                let s = item.status.serving.as_deref().cloned().unwrap_or_default();
-                let count = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
-                row.push(
-                    item.metadata
-                        .annotations
-                        .get("serving.knative.dev/service")
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-                row.extend([
-                    s.runtime.clone().unwrap_or_default(),
-                    count(s.desired_replicas),
-                    count(s.actual_replicas),
-                    count(s.restarts.or(Some(0))),
-                    status,
-                    reason,
-                ]);
-            }
-            Kind::Routes => {
-                let s = item.status.serving.as_deref().cloned().unwrap_or_default();
-                row.push(s.url.clone().unwrap_or_default());
-                row.push(traffic(&s));
-                row.extend([status, reason]);
-            }
-            Kind::Sources => {
-                row.push(item.kind.clone());
-                row.push(item.status.sink_uri.clone().unwrap_or_default());
-                row.extend([status, reason]);
-            }
-            Kind::Triggers => {
-                row.push(
-                    item.spec
-                        .get("broker")
-                        .and_then(|b| b.as_str())
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-                row.push(item.status.subscriber_uri.clone().unwrap_or_default());
-                row.extend([status, reason]);
-                row.push(
-                    item.status
-                        .backlog
-                        .map(|b| b.to_string())
-                        .unwrap_or_default(),
-                );
-            }
-        }
-        rows.push(row);
+        ],
     }
+}
+
+/// One object's row: every kind starts with its namespace and name and has
+/// READY and REASON from the Ready condition; the cells between (and, for
+/// triggers, after) are the kind's own, in [`columns`]' order.
+fn row(kind: Kind, item: &ObjectView) -> Vec<String> {
+    let ready = item.status.ready_condition();
+    let status = ready.map_or("Unknown", |c| c.status.as_str()).to_owned();
+    let reason = ready.and_then(|c| c.reason.clone()).unwrap_or_default();
+    let mut row = vec![item.metadata.namespace.clone(), item.metadata.name.clone()];
+    row.extend(details(kind, item));
+    row.extend([status, reason]);
+    if kind == Kind::Triggers {
+        row.push(
+            item.status
+                .backlog
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    row
+}
+
+/// The cells of a kind between NAME and READY.
+fn details(kind: Kind, item: &ObjectView) -> Vec<String> {
+    let serving = || item.status.serving.as_deref().cloned().unwrap_or_default();
+    match kind {
+        Kind::Brokers => vec![
+            item.status
+                .address
+                .as_ref()
+                .map(|a| a.url.clone())
+                .unwrap_or_default(),
+        ],
+        Kind::Services => {
+            let s = serving();
+            vec![
+                s.url.clone().unwrap_or_default(),
+                s.latest_created_revision_name.clone().unwrap_or_default(),
+                s.latest_ready_revision_name.clone().unwrap_or_default(),
+            ]
+        }
+        Kind::Revisions => {
+            let s = serving();
+            let count = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
+            vec![
+                item.metadata
+                    .annotations
+                    .get("serving.knative.dev/service")
+                    .cloned()
+                    .unwrap_or_default(),
+                s.runtime.clone().unwrap_or_default(),
+                count(s.desired_replicas),
+                count(s.actual_replicas),
+                count(s.restarts.or(Some(0))),
+            ]
+        }
+        Kind::Routes => {
+            let s = serving();
+            vec![s.url.clone().unwrap_or_default(), traffic(&s)]
+        }
+        Kind::Sources => vec![
+            item.kind.clone(),
+            item.status.sink_uri.clone().unwrap_or_default(),
+        ],
+        Kind::Triggers => vec![
+            item.spec
+                .get("broker")
+                .and_then(|b| b.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            item.status.subscriber_uri.clone().unwrap_or_default(),
+        ],
+    }
+}
+
+/// Pads every column to its widest cell, three spaces apart, with no
+/// trailing blanks, as kubectl prints.
+fn aligned(rows: &[Vec<String>]) -> String {
     let columns = rows[0].len();
     let widths: Vec<usize> = (0..columns)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
@@ -214,7 +223,6 @@ pub fn table(kind: Kind, items: &[ObjectView]) -> String {
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
     }
-    out.push_str(&messages(items));
     out
 }
 

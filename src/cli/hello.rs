@@ -25,6 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::http_util;
+
 #[derive(Debug, Args)]
 pub struct HelloArgs {
     /// Address to listen on (default: --host and $PORT, else 8080).
@@ -271,14 +273,9 @@ fn query<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The shared plain-text answer, in this server's body type.
 fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(full(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    http_util::text::<Bytes>(status, body).map(full)
 }
 
 fn full(bytes: Bytes) -> Body {

@@ -7,8 +7,9 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::dns::GaiResolver;
+
+use crate::http_util::{self, ClientSettings};
 
 /// A response, read whole.
 pub struct Response {
@@ -24,7 +25,7 @@ pub async fn request(
     headers: HeaderMap,
     body: Bytes,
 ) -> anyhow::Result<Response> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = http_util::client::<_, Full<Bytes>>(GaiResolver::new(), ClientSettings::default());
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri.clone();

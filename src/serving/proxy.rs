@@ -17,12 +17,14 @@ use hyper::body::Incoming;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::client::legacy::connect::dns::GaiResolver;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::autoscaler::RevisionStats;
 use super::revision::{Lease, Revision, Unavailable};
 use super::router::HostRoute;
+use crate::http_util::{self, ClientSettings, text, with_retry_after};
 
 /// Forwards requests to revision instances.
 #[derive(Clone)]
@@ -55,14 +57,16 @@ impl Drop for Counted {
 
 impl Proxy {
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Proxy { client }
+        let settings = ClientSettings {
+            nodelay: true,
+            connect_timeout: Some(Duration::from_secs(5)),
+            tcp_keepalive: None,
+            pool_idle_timeout: Some(Duration::from_secs(60)),
+            pool_max_idle_per_host: 256,
+        };
+        Proxy {
+            client: http_util::client(GaiResolver::new(), settings),
+        }
     }
 
     /// Serves one request for a service host.
@@ -73,13 +77,15 @@ impl Proxy {
         peer: SocketAddr,
     ) -> Response<Body> {
         let Some(revision) = route.pick().cloned() else {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "service {} has no revision to serve yet; `pilotlight get revisions` says why\n",
-                    route.service
+            return with_retry_after(
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "service {} has no revision to serve yet; `pilotlight get revisions` says why\n",
+                        route.service
+                    ),
                 ),
-                Some(5),
+                5,
             );
         };
         let counted = Counted::start(&revision.stats);
@@ -97,13 +103,12 @@ impl Proxy {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 tracing::warn!(revision = %revision.key, instance = %lease.endpoint.id, error = %e, "forwarding failed");
-                return plain(
+                return text(
                     StatusCode::BAD_GATEWAY,
                     format!(
                         "instance {} of revision {} failed: {e}; `pilotlight get revisions` shows whether it crashed and why\n",
                         lease.endpoint.id, revision.key
                     ),
-                    None,
                 );
             }
             Err(_) => return timed_out(&revision),
@@ -277,34 +282,40 @@ fn unavailable(revision: &Revision, why: Unavailable) -> Response<Body> {
     match why {
         Unavailable::QueueFull => {
             metrics::counter!("pilotlight_activator_rejected_total", "revision" => revision.key.to_string(), "reason" => "queue_full").increment(1);
-            plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "revision {} has {} requests waiting for an instance, the most it holds; retry later\n",
-                    revision.key,
-                    revision.queued()
+            with_retry_after(
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "revision {} has {} requests waiting for an instance, the most it holds; retry later\n",
+                        revision.key,
+                        revision.queued()
+                    ),
                 ),
-                Some(1),
+                1,
             )
         }
         Unavailable::TimedOut => timed_out(revision),
-        Unavailable::Gone => plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "revision {} was removed while the request waited; retry to reach the service's current revision\n",
-                revision.key
+        Unavailable::Gone => with_retry_after(
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "revision {} was removed while the request waited; retry to reach the service's current revision\n",
+                    revision.key
+                ),
             ),
-            Some(1),
+            1,
         ),
         Unavailable::CannotStart(why) => {
             metrics::counter!("pilotlight_activator_rejected_total", "revision" => revision.key.to_string(), "reason" => "cannot_start").increment(1);
-            plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "revision {} cannot start an instance: {why}\n",
-                    revision.key
+            with_retry_after(
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "revision {} cannot start an instance: {why}\n",
+                        revision.key
+                    ),
                 ),
-                Some(10),
+                10,
             )
         }
     }
@@ -317,7 +328,7 @@ fn timed_out(revision: &Revision) -> Response<Body> {
         .last_failure
         .map(|f| format!(" Last failure: {f}"))
         .unwrap_or_default();
-    plain(
+    text(
         StatusCode::GATEWAY_TIMEOUT,
         format!(
             "revision {} did not answer within timeoutSeconds ({}s); {} of {} instances ready.{why}\n",
@@ -326,23 +337,7 @@ fn timed_out(revision: &Revision) -> Response<Body> {
             status.ready,
             status.desired
         ),
-        None,
     )
-}
-
-/// A text answer from pilotlight itself, optionally with Retry-After.
-pub fn plain(status: StatusCode, text: String, retry_after: Option<u32>) -> Response<Body> {
-    let mut response = Response::new(Body::from(text));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if let Some(seconds) = retry_after {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    }
-    response
 }
 
 #[cfg(test)]

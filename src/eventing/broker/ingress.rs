@@ -22,6 +22,7 @@ use percent_encoding::percent_decode_str;
 use super::{BrokerEntry, BrokerRegistry, reject_metric};
 use crate::cloudevent::parse_http;
 use crate::eventing::backend::AppendError;
+use crate::http_util::{line, with_retry_after};
 
 /// Default largest request body accepted (1 MiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
@@ -43,7 +44,7 @@ where
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let Some((namespace, name)) = broker_path(path) else {
-        return text(
+        return line(
             StatusCode::NOT_FOUND,
             format!(
                 "no broker at {path}: the ingress URL of a broker is /{{namespace}}/{{broker}}"
@@ -80,7 +81,7 @@ where
     let broker = match state.brokers.get(namespace, name) {
         None => {
             reject_metric("unknown", "unknown_broker");
-            return text(
+            return line(
                 StatusCode::NOT_FOUND,
                 format!(
                     "broker {} not found: the URL is /{{namespace}}/{{broker}}; `pilotlight get brokers` lists them",
@@ -102,7 +103,7 @@ where
         Method::POST => {}
         Method::OPTIONS => return webhook_handshake(headers),
         _ => {
-            let mut response = text(
+            let mut response = line(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("method {method} is not allowed: send events with POST"),
             );
@@ -125,7 +126,7 @@ where
         }
         Err(e) => {
             reject_metric(&key(), "read_error");
-            return text(
+            return line(
                 StatusCode::BAD_REQUEST,
                 format!("reading the request body failed: {e}"),
             );
@@ -135,7 +136,7 @@ where
         Ok((_, events)) => events,
         Err(e) => {
             reject_metric(&key(), "invalid");
-            return text(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"));
+            return line(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"));
         }
     };
     match broker.publish(events).await {
@@ -149,7 +150,7 @@ where
 fn refusal(error: &AppendError) -> Response {
     let status = error.status();
     if error.is_permanent() {
-        return text(status, error.to_string());
+        return line(status, error.to_string());
     }
     retry_later(
         status,
@@ -169,7 +170,7 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
 
 fn too_large(broker: &str, limit: usize) -> Response {
     reject_metric(broker, "too_large");
-    text(
+    line(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("request body is over the limit of {limit} bytes (set with --max-event-size)"),
     )
@@ -190,15 +191,7 @@ fn webhook_handshake(headers: &HeaderMap) -> Response {
 }
 
 fn retry_later(status: StatusCode, seconds: u64, message: String) -> Response {
-    let mut response = text(status, message);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    response
-}
-
-fn text(status: StatusCode, message: String) -> Response {
-    (status, format!("{message}\n")).into_response()
+    with_retry_after(line(status, message), seconds)
 }
 
 #[cfg(test)]

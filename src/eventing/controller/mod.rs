@@ -19,6 +19,7 @@ use crate::api::index::ObjectIndex;
 use crate::api::manifest::Loaded;
 use crate::api::status::{Address, ObjectView, Status};
 use crate::api::{Broker, ObjectKey, Resource, Trigger};
+use crate::desired::take_gone;
 use crate::eventing::backend::log::{self as log_backend, LogConfig};
 use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
 use crate::eventing::backend::rabbitmq::config as rabbitmq_config;
@@ -183,11 +184,7 @@ impl EventingController {
     }
 
     async fn remove_brokers(&self, running: &mut Running, desired: &BTreeMap<ObjectKey, &Loaded>) {
-        let gone: Vec<(ObjectKey, RunningBroker)> = running
-            .brokers
-            .extract_if(.., |key, _| !desired.contains_key(key))
-            .collect();
-        for (key, old) in gone {
+        for (key, old) in take_gone(&mut running.brokers, |key| desired.contains_key(key)) {
             running.triggers.retain(|_, t| t.plan.broker != key);
             self.registry.remove(&key);
             tracing::info!(broker = %key, "broker deleted; removing its events");
@@ -339,11 +336,7 @@ impl EventingController {
     }
 
     async fn remove_triggers(&self, running: &mut Running, desired: &BTreeMap<ObjectKey, &Loaded>) {
-        let gone: Vec<(ObjectKey, RunningTrigger)> = running
-            .triggers
-            .extract_if(.., |key, _| !desired.contains_key(key))
-            .collect();
-        for (key, old) in gone {
+        for (key, old) in take_gone(&mut running.triggers, |key| desired.contains_key(key)) {
             tracing::info!(trigger = %key, "trigger deleted");
             if let Err(e) = old.broker.backend.unsubscribe(&key).await {
                 tracing::error!(trigger = %key, error = %e, "removing the trigger's subscription failed");

@@ -14,9 +14,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
-use hyper_util::rt::TokioExecutor;
 
 use crate::cloudevent::{Event, carries_event, encode_binary_headers, parse_http};
+use crate::http_util::{self, ClientSettings};
 
 /// Knative keeps at most this much of a failed response in `knativeerrordata`.
 pub const ERROR_DATA_MAX: usize = 1024;
@@ -131,14 +131,16 @@ impl EventSender {
     }
 
     fn with_resolver(resolver: LocalDomainResolver) -> Self {
-        let mut connector = HttpConnector::new_with_resolver(resolver);
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(512)
-            .build(connector);
-        EventSender { client }
+        let settings = ClientSettings {
+            nodelay: true,
+            connect_timeout: Some(Duration::from_secs(5)),
+            tcp_keepalive: None,
+            pool_idle_timeout: Some(Duration::from_secs(60)),
+            pool_max_idle_per_host: 512,
+        };
+        EventSender {
+            client: http_util::client(resolver, settings),
+        }
     }
 
     /// Sends the event once, waiting at most `timeout` for the whole exchange.

@@ -12,6 +12,7 @@ use http::Uri;
 
 use crate::api::ObjectKey;
 use crate::api::status::{Condition, ObjectView, Status, ViewMeta};
+use crate::desired::take_gone;
 use crate::eventing::delivery::EventSender;
 use crate::eventing::source::{Source, SourceContext, SourceHandle, SourceHealth};
 
@@ -79,21 +80,14 @@ impl SourceController {
     pub async fn apply(&self, desired: Vec<DesiredSource>) {
         let mut entries = self.entries.lock().await;
         let wanted: Vec<SourceId> = desired.iter().map(|d| (d.kind, d.key.clone())).collect();
-        let gone: Vec<_> = entries
-            .keys()
-            .filter(|k| !wanted.contains(k))
-            .cloned()
-            .collect();
-        for id in gone {
-            if let Some(entry) = entries.remove(&id) {
-                tracing::info!(kind = id.0, source = %id.1, "source deleted");
-                stop(entry.running).await;
-                let dir = self.state_dir(id.0, &id.1);
-                if let Err(e) = std::fs::remove_dir_all(&dir)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted source's state");
-                }
+        for (id, entry) in take_gone(&mut entries, |id| wanted.contains(id)) {
+            tracing::info!(kind = id.0, source = %id.1, "source deleted");
+            stop(entry.running).await;
+            let dir = self.state_dir(id.0, &id.1);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted source's state");
             }
         }
         for source in desired {

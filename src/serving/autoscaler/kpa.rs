@@ -41,6 +41,17 @@ pub struct Decision {
     pub reason: &'static str,
 }
 
+/// What the two windows ask for, rate limits applied; see [`Kpa::decide`].
+struct Asked {
+    stable_pods: u32,
+    panic_pods: u32,
+    /// Instances the panic window wants per ready instance (at least one).
+    panic_ratio: f64,
+}
+
+/// An instance count and the rule that set it.
+type Want = (u32, &'static str);
+
 /// Averages of per-second buckets over a sliding window.
 #[derive(Debug)]
 struct Window {
@@ -240,12 +251,37 @@ impl Kpa {
 
     /// Decides the instance count at `now`, given the ready instances and
     /// whether the revision has traffic routed to it.
+    ///
+    /// Knative's rules apply in turn, each able to override the one before:
+    /// what the windows ask for, panic mode, the scale-down delay, the
+    /// min/max/initial bounds, and last the way to and from zero.
     pub fn decide(&mut self, now: Instant, ready: u32, reachable: bool) -> Decision {
-        let s = &self.scaling;
         let index = self.index(now);
         let stable = self.stable.average(index);
         let panicky = self.panic.average(index);
 
+        let asked = self.asked(stable, panicky, ready, reachable);
+        let want = self.through_panic(now, &asked);
+        let want = self.hold_for_scale_down_delay(now, reachable, want);
+        let want = self.within_bounds(now, ready, reachable, want);
+        let (wanted, reason) = self.through_zero(now, want);
+        self.desired = wanted;
+
+        self.last = Decision {
+            desired: wanted,
+            panic: self.panic_since.is_some(),
+            stable_concurrency: stable,
+            panic_concurrency: panicky,
+            excess_burst_capacity: self.excess_burst_capacity(ready, panicky),
+            reason,
+        };
+        self.last.clone()
+    }
+
+    /// What the stable and panic windows ask for, within the scale-up and
+    /// scale-down rate limits.
+    fn asked(&self, stable: f64, panicky: f64, ready: u32, reachable: bool) -> Asked {
+        let s = &self.scaling;
         // Knative divides by at least one instance, so growth from zero is
         // allowed and the panic ratio is defined.
         let ready_f = f64::from(ready.max(1));
@@ -269,12 +305,20 @@ impl Kpa {
                 panic_pods = panic_pods.max(s.activation_scale);
             }
         }
-        let mut reason = "stable window";
+        Asked {
+            stable_pods,
+            panic_pods,
+            panic_ratio: panic_wanted / ready_f,
+        }
+    }
 
-        // Panic starts when the panic window wants threshold-times the ready
-        // instances, and ends a stable window after that last held.
-        let over = panic_wanted / ready_f >= s.panic_threshold;
-        if over {
+    /// Panic starts when the panic window wants threshold-times the ready
+    /// instances, and ends a stable window after that last held. In panic
+    /// the larger of the two windows wins and the count never goes down, so
+    /// a burst is not undone by its own momentary lulls.
+    fn through_panic(&mut self, now: Instant, asked: &Asked) -> Want {
+        let s = &self.scaling;
+        if asked.panic_ratio >= s.panic_threshold {
             self.panic_since = Some(now);
         } else if let Some(since) = self.panic_since
             && now.saturating_duration_since(since) > s.stable_window
@@ -282,10 +326,10 @@ impl Kpa {
             self.panic_since = None;
             self.max_panic_pods = 0;
         }
-        let mut wanted = stable_pods;
+        let mut wanted = asked.stable_pods;
+        let mut reason = "stable window";
         if self.panic_since.is_some() {
-            // Provision for the larger of the two, and never go down in panic.
-            wanted = wanted.max(panic_pods);
+            wanted = wanted.max(asked.panic_pods);
             reason = "panic window";
             if wanted < self.max_panic_pods {
                 reason = "panic: holding the panic peak";
@@ -293,26 +337,38 @@ impl Kpa {
             self.max_panic_pods = self.max_panic_pods.max(wanted);
             wanted = self.max_panic_pods;
         }
+        (wanted, reason)
+    }
 
-        // scale-down-delay: the most asked for over the delay.
-        if reachable && !s.scale_down_delay.is_zero() {
-            self.delayed.push_back((now, wanted));
-            while let Some(&(at, _)) = self.delayed.front() {
-                if at + s.scale_down_delay <= now {
-                    self.delayed.pop_front();
-                } else {
-                    break;
-                }
-            }
-            let held = self.delayed.iter().map(|&(_, n)| n).max().unwrap_or(wanted);
-            if held > wanted {
-                wanted = held;
-                reason = "scale-down-delay";
+    /// scale-down-delay: the most asked for over the delay, so a short dip
+    /// does not stop instances that will be needed again.
+    fn hold_for_scale_down_delay(&mut self, now: Instant, reachable: bool, want: Want) -> Want {
+        let (wanted, reason) = want;
+        let delay = self.scaling.scale_down_delay;
+        if !reachable || delay.is_zero() {
+            return want;
+        }
+        self.delayed.push_back((now, wanted));
+        while let Some(&(at, _)) = self.delayed.front() {
+            if at + delay <= now {
+                self.delayed.pop_front();
+            } else {
+                break;
             }
         }
+        let held = self.delayed.iter().map(|&(_, n)| n).max().unwrap_or(wanted);
+        if held > wanted {
+            (held, "scale-down-delay")
+        } else {
+            (wanted, reason)
+        }
+    }
 
-        // Bounds. min-scale only holds while traffic can arrive; initial-scale
-        // holds until first reached, or a stable window has passed.
+    /// Bounds. min-scale only holds while traffic can arrive; initial-scale
+    /// holds until first reached, or a stable window has passed.
+    fn within_bounds(&mut self, now: Instant, ready: u32, reachable: bool, want: Want) -> Want {
+        let (mut wanted, mut reason) = want;
+        let s = &self.scaling;
         if !self.initialized
             && (ready >= s.initial_scale
                 || now.saturating_duration_since(self.origin) >= s.stable_window)
@@ -333,7 +389,14 @@ impl Kpa {
             wanted = s.max_scale;
             reason = "max-scale";
         }
+        (wanted, reason)
+    }
 
+    /// The way to and from zero: the last instance goes only by the
+    /// scale-to-zero rules, and leaving zero starts at least activation-scale.
+    /// Keeps the active/inactive clocks those rules read.
+    fn through_zero(&mut self, now: Instant, want: Want) -> Want {
+        let (mut wanted, mut reason) = want;
         if wanted == 0 && self.desired > 0 {
             (wanted, reason) = self.scale_to_zero(now);
         } else if wanted > 0 {
@@ -347,28 +410,20 @@ impl Kpa {
             self.active_since = None;
             self.inactive_since = None;
         }
-        self.desired = wanted;
+        (wanted, reason)
+    }
 
-        // Excess burst capacity, from the panic window so the activator is not
-        // taken out of the path on a momentary lull.
+    /// Excess burst capacity, from the panic window so the activator is not
+    /// taken out of the path on a momentary lull.
+    fn excess_burst_capacity(&self, ready: u32, panicky: f64) -> f64 {
         let s = &self.scaling;
-        let excess_burst_capacity = if s.target_burst_capacity < 0.0 {
+        if s.target_burst_capacity < 0.0 {
             -1.0
         } else if s.target_burst_capacity == 0.0 {
             0.0
         } else {
             (f64::from(ready) * s.total_per_instance - s.target_burst_capacity - panicky).floor()
-        };
-
-        self.last = Decision {
-            desired: wanted,
-            panic: self.panic_since.is_some(),
-            stable_concurrency: stable,
-            panic_concurrency: panicky,
-            excess_burst_capacity,
-            reason,
-        };
-        self.last.clone()
+        }
     }
 
     /// The rules for the last instance: stay a stable window after scaling up

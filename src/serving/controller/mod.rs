@@ -19,6 +19,7 @@ use crate::api::manifest::Loaded;
 use crate::api::service::RevisionTemplate;
 use crate::api::service::{Service, TrafficRevision};
 use crate::api::status::Status;
+use crate::desired::take_gone;
 use crate::serving::autoscaler::{RevisionStats, Scaler};
 use crate::serving::history::{RecordedRevision, RevisionHistory};
 use crate::serving::revision::{Revision, RevisionParts};
@@ -201,19 +202,11 @@ impl ServingController {
             .map(|k| (k.clone(), self.url(k, None)))
             .collect();
         let mut state = self.state.lock().await;
-        let gone: Vec<ObjectKey> = state
-            .services
-            .keys()
-            .filter(|k| !desired.contains_key(*k))
-            .cloned()
-            .collect();
         let mut stopping = Vec::new();
-        for key in gone {
-            if let Some(old) = state.services.remove(&key) {
-                tracing::info!(service = %key, "service deleted; stopping its revisions");
-                stopping.extend(old.revisions.into_values());
-                self.with_history(|h| h.forget_service(&key));
-            }
+        for (key, old) in take_gone(&mut state.services, |key| desired.contains_key(key)) {
+            tracing::info!(service = %key, "service deleted; stopping its revisions");
+            stopping.extend(old.revisions.into_values());
+            self.with_history(|h| h.forget_service(&key));
         }
         for (key, (service, origin)) in desired {
             self.reconcile_service(&mut state, &key, service, origin, &mut stopping);

@@ -13,8 +13,8 @@
 //! Durable stores get one writer thread: appends that arrive while it is
 //! syncing are written together and share the next fsync (group commit).
 
+mod group_commit;
 mod subscription;
-mod writer;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,8 +28,8 @@ use crate::api::ObjectKey;
 use crate::api::filter::Filter;
 use crate::cloudevent::Event;
 use crate::eventing::trigger::filter::{FilterIndex, MatchSet};
+use group_commit::GroupCommit;
 use subscription::LocalSubscription;
-use writer::Writer;
 
 /// A failure of the store under a local backend.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +115,7 @@ impl Default for LocalConfig {
 /// A backend over a [`Store`]: see the module documentation.
 pub struct LocalBackend<S: Store> {
     shared: Arc<Shared<S>>,
-    writer: Option<Writer>,
+    writer: Option<GroupCommit>,
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -241,7 +241,8 @@ impl<S: Store> LocalBackend<S> {
             saving: Mutex::new(()),
             stopping: watch::channel(false).0,
         });
-        let writer = S::DURABLE.then(|| Writer::start(shared.clone(), config.max_pending_appends));
+        let writer =
+            S::DURABLE.then(|| GroupCommit::start(shared.clone(), config.max_pending_appends));
         let background = tokio::spawn(background_loop(Arc::downgrade(&shared)));
         Ok(LocalBackend {
             shared,

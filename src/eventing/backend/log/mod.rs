@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::local::{LocalBackend, LocalConfig, Store, StoreError};
 use crate::cloudevent::Event;
 use segment::{Segment, io_error, lock};
-use writer::{Writer, sync_dir};
+use writer::{SegmentWriter, sync_dir};
 
 /// Retention and segment sizing of a broker's log (Kafka-style: whole segments
 /// are removed).
@@ -103,7 +103,7 @@ pub struct LogStore {
     config: LogConfig,
     /// Oldest first; the last one is the active segment. Never empty.
     segments: RwLock<Vec<Arc<Segment>>>,
-    writer: Mutex<Writer>,
+    writer: Mutex<SegmentWriter>,
     /// Mirrors the writer's next offset for `bounds` without its lock.
     next_offset: AtomicU64,
     /// Serialises cursor saves: two at once would share `cursors.tmp`.

@@ -18,7 +18,7 @@ use std::time::UNIX_EPOCH;
 use super::RecoveryReport;
 use super::record::{self, Next, RecordReader};
 use super::segment::{INDEX_INTERVAL, IndexEntry, SCAN_CHUNK, Segment, View, io_error};
-use super::writer::{SyncPoint, Writer, sync_dir};
+use super::writer::{SegmentWriter, SyncPoint, sync_dir};
 use crate::eventing::backend::local::StoreError;
 
 /// The lock file's name in a log directory.
@@ -28,7 +28,7 @@ pub(super) const LOCK_FILE: &str = "LOCK";
 pub(super) struct Recovered {
     pub lock: File,
     pub segments: Vec<Arc<Segment>>,
-    pub writer: Writer,
+    pub writer: SegmentWriter,
     pub report: RecoveryReport,
 }
 
@@ -48,7 +48,7 @@ pub(super) fn recover(dir: &Path, segment_bytes: u64) -> Result<Recovered, Store
     let last = bases.last().copied().unwrap_or(0);
     let (active, file, synced, truncated_bytes) = recover_last(dir, last)?;
     segments.push(active.clone());
-    let writer = Writer::new(dir.to_path_buf(), segment_bytes, active, file, synced);
+    let writer = SegmentWriter::new(dir.to_path_buf(), segment_bytes, active, file, synced);
     let report = RecoveryReport {
         segments: segments.len(),
         next_offset: synced.next_offset,

@@ -3,7 +3,7 @@
 //!
 //! Only the local backend's writer thread calls in here (behind a mutex), so
 //! this is plain sequential code. Readers learn of new records only through
-//! [`Writer::sync`], which publishes the synced extent to the active segment's
+//! [`SegmentWriter::sync`], which publishes the synced extent to the active segment's
 //! [`View`].
 //!
 //! Rolling happens between sync groups: at the start of an append, when the
@@ -47,7 +47,7 @@ pub(super) struct SyncPoint {
 }
 
 /// The single writer of a log.
-pub(super) struct Writer {
+pub(super) struct SegmentWriter {
     dir: PathBuf,
     segment_bytes: u64,
     active: Arc<Segment>,
@@ -70,7 +70,7 @@ pub(super) struct Writer {
     faults: Vec<Fault>,
 }
 
-impl Writer {
+impl SegmentWriter {
     /// A writer continuing the recovered active segment, whose whole content
     /// (`synced.len` bytes) is durable.
     pub fn new(
@@ -80,7 +80,7 @@ impl Writer {
         file: Arc<File>,
         synced: SyncPoint,
     ) -> Self {
-        Writer {
+        SegmentWriter {
             dir,
             segment_bytes,
             active,

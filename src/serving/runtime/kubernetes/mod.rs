@@ -15,9 +15,9 @@
 //! Deployments keep running for the next leader.
 
 mod endpoints;
+mod object_writer;
 mod observed;
 mod workload;
-mod writer;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -30,8 +30,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{CannotRun, Deployment, DeploymentStatus, Endpoint, Runtime, Workload};
+use object_writer::{ObjectWriter, Wanted};
 use observed::Observed;
-use writer::{Wanted, Writer};
 
 /// Runs workloads as Deployments in the cluster `client` talks to.
 #[derive(Clone)]
@@ -115,7 +115,7 @@ impl KubernetesDeployment {
                 "services",
             ),
         );
-        let writer = Writer {
+        let writer = ObjectWriter {
             deployments,
             services: Api::<KubeService>::namespaced(client, &namespace),
             knative_services,

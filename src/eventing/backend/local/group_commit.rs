@@ -26,13 +26,15 @@ struct Request {
     reply: oneshot::Sender<Result<(), AppendError>>,
 }
 
-pub(super) struct Writer {
+/// The handle to a durable store's writer thread: [`GroupCommit::append`]
+/// queues events and answers once the group they joined is synced.
+pub(super) struct GroupCommit {
     sender: Mutex<Option<SyncSender<Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     max_pending: usize,
 }
 
-impl Writer {
+impl GroupCommit {
     pub(super) fn start<S: Store>(shared: Arc<Shared<S>>, max_pending: usize) -> Self {
         let (sender, receiver) = sync_channel(max_pending);
         let thread = std::thread::Builder::new()
@@ -42,7 +44,7 @@ impl Writer {
         if thread.is_none() {
             tracing::error!("could not start the log writer thread");
         }
-        Writer {
+        GroupCommit {
             sender: Mutex::new(Some(sender)),
             thread: Mutex::new(thread),
             max_pending,

@@ -48,7 +48,9 @@ struct Term {
     written: Option<u32>,
 }
 
-pub(super) struct Writer {
+/// Writes one revision's Deployment and Service to the cluster (create,
+/// scale, delete); the only task that does, see the module comment.
+pub(super) struct ObjectWriter {
     pub deployments: Api<Deployment>,
     pub services: Api<Service>,
     pub knative_services: Api<DynamicObject>,
@@ -58,7 +60,7 @@ pub(super) struct Writer {
     pub observed: watch::Receiver<Observed>,
 }
 
-impl Writer {
+impl ObjectWriter {
     /// Runs until the revision retires or its deployment is dropped.
     pub async fn run(mut self) {
         let mut term = Term::default();
