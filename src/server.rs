@@ -173,6 +173,10 @@ impl Server {
             max_in_flight: config.max_in_flight,
             rabbitmq_uri: config.rabbitmq_uri.clone(),
             kafka_bootstrap_servers: config.kafka_bootstrap_servers.clone(),
+            kubeconfig: config
+                .kubernetes
+                .as_ref()
+                .and_then(|k| k.kubeconfig.clone()),
         };
         let (config_objects, objects) = watch::channel(Arc::new(ConfigObjects::default()));
         let runtime = match &cluster {
