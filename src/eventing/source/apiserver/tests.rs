@@ -123,63 +123,6 @@ fn validation_reports_field_paths() {
     );
 }
 
-#[test]
-fn validation_reports_field_paths() {
-    let parse = |spec: Value| -> ApiServerSource {
-        let mut spec = spec;
-        spec["sink"] = json!({"uri": "http://sink.example"});
-        serde_json::from_value(json!({
-            "apiVersion": "sources.knative.dev/v1", "kind": "ApiServerSource",
-            "metadata": {"name": "w"}, "spec": spec,
-        }))
-        .unwrap()
-    };
-    let field = |spec: Value| parse(spec).validate().unwrap_err().field;
-    let cm = json!([{"apiVersion": "v1", "kind": "ConfigMap"}]);
-    assert_eq!(field(json!({"resources": []})), "spec.resources");
-    assert_eq!(field(json!({"resources": cm, "mode": "Ref"})), "spec.mode");
-    assert_eq!(
-        field(
-            json!({"resources": [{"apiVersion": "v1", "kind": "ConfigMap"}, {"apiVersion": "apps/v1"}]})
-        ),
-        "spec.resources[1].kind"
-    );
-    assert_eq!(
-        field(json!({"resources": [{"apiVersion": "", "kind": "Pod"}]})),
-        "spec.resources[0].apiVersion"
-    );
-    assert_eq!(
-        field(json!({"resources": [{"apiVersion": "v1", "kind": "Pod",
-            "selector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}]})),
-        "spec.resources[0].selector.matchExpressions[0].operator"
-    );
-    assert_eq!(
-        field(
-            json!({"resources": cm, "namespaceSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}})
-        ),
-        "spec.namespaceSelector.matchExpressions[0].values"
-    );
-    assert_eq!(
-        field(json!({"resources": cm, "ceOverrides": {"extensions": {"type": "x"}}})),
-        "spec.ceOverrides.extensions.type"
-    );
-    assert_eq!(field(json!({"resources": cm, "owner": {}})), "spec.owner");
-    let ok = parse(
-        json!({"resources": cm, "mode": "Resource", "serviceAccountName": "sa",
-        "owner": {"apiVersion": "apps/v1", "kind": "Deployment"}}),
-    );
-    assert_eq!(ok.validate(), Ok(()));
-    assert_eq!(ok.mode(), Ok(EventMode::Resource));
-    // Unknown fields are refused.
-    assert!(
-        serde_json::from_value::<ApiServerSource>(json!({
-            "apiVersion": "sources.knative.dev/v1", "kind": "ApiServerSource",
-            "metadata": {"name": "w"}, "spec": {"resources": cm, "sink": {"uri": "http://s"}, "modes": "x"}
-        }))
-        .is_err()
-    );
-}
-
 #[tokio::test]
 async fn a_tls_client_finds_the_ring_crypto_provider() {
     // kube builds rustls without choosing a provider: with ring alone in the
