@@ -2,8 +2,8 @@
 //! ApiServerSource so that both read `--kubeconfig` the same way.
 
 /// The API server configuration: this kubeconfig file (its current
-/// context), or kube's inference (in-cluster service account, `KUBECONFIG`,
-/// `~/.kube/config`). The error names the file.
+/// context), or kube's inference (`KUBECONFIG` or `~/.kube/config`, else the
+/// in-cluster service account). The error names the file.
 pub async fn load_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, String> {
     let Some(path) = kubeconfig else {
         return kube::Config::infer().await.map_err(|e| e.to_string());

@@ -1,5 +1,5 @@
 //! ApiServerSource in a real server. Its watch semantics are tested against
-//! a fake API server beside the code (src/eventing/source/apiserver); here,
+//! the fake API server in tests/apiserver_source.rs; here,
 //! what a user without a cluster sees: the source loads, and its status says
 //! why it cannot connect and what to do.
 

@@ -123,8 +123,9 @@ pub struct RunArgs {
     /// status there, and run revisions as Deployments.
     #[arg(long, env = "PILOTLIGHT_KUBERNETES")]
     pub kubernetes: bool,
-    /// The kubeconfig of --kubernetes; without it: in-cluster config, then
-    /// KUBECONFIG, then ~/.kube/config.
+    /// The kubeconfig of --kubernetes, which ApiServerSources use too;
+    /// without it: KUBECONFIG (or ~/.kube/config), then the in-cluster
+    /// service account.
     #[arg(long, requires = "kubernetes")]
     pub kubeconfig: Option<PathBuf>,
     /// Namespace of the leader-election Lease of --kubernetes (the pod's own).

@@ -16,8 +16,10 @@
 //!   write with a stale `metadata.resourceVersion`; errors as `Status` objects;
 //! - deletion with finalizers: DELETE sets `deletionTimestamp`, and the object
 //!   goes once a write empties `metadata.finalizers`;
+//! - discovery of every resource (`/api`, `/api/{version}`, `/apis`,
+//!   `/apis/{group}/{version}`), as `kube::discovery` reads it;
 //! - list and watch with `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`,
-//!   comma-joined; no set-based terms) and `fieldSelector` (`metadata.name`,
+//!   `k in (a,b)`, `k notin (a,b)`, comma-joined) and `fieldSelector` (`metadata.name`,
 //!   `metadata.namespace`; `=`, `==`, `!=`); watch from a resourceVersion
 //!   (history, then live), from "" or "0" (ADDED for current objects), with
 //!   `sendInitialEvents`, bookmarks, `timeoutSeconds`, and 410 Gone for a
@@ -28,7 +30,8 @@
 //! asked for. Test controls beside it: objects set and read directly, injected
 //! failures ([`FakeApiServer::conflict_next`], [`FakeApiServer::fail_next`],
 //! optionally for one path only),
-//! expired history, dropped watches, a request log, and clients.
+//! expired history (optionally with changes no watch sees, and 410 Gone as
+//! an HTTP status), bookmarks, dropped watches, a request log, and clients.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -129,6 +132,11 @@ impl RecordedRequest {
     pub fn is_watch(&self) -> bool {
         is_watch(&self.query)
     }
+
+    /// A query parameter, decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        query_param(&self.query, name)
+    }
 }
 
 /// An error as the API server answers it: a `Status` object with this code.
@@ -204,6 +212,8 @@ struct Watcher {
     resource: &'static ResourceType,
     scope: Scope,
     selector: Selector,
+    /// Asked for bookmarks (`allowWatchBookmarks`).
+    bookmarks: bool,
     sender: mpsc::UnboundedSender<Bytes>,
 }
 
@@ -215,6 +225,8 @@ struct Store {
     history: VecDeque<Change>,
     /// Watches from a resourceVersion below this get 410 Gone.
     oldest: u64,
+    /// That 410 as an HTTP status rather than an ERROR watch event.
+    gone_as_http: bool,
     watchers: Vec<Watcher>,
     /// Injected answers for the next writes (POST, PUT, PATCH).
     failures: VecDeque<ApiError>,
@@ -267,6 +279,12 @@ impl FakeApiServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the fake API server");
+        FakeApiServer::serve(listener)
+    }
+
+    /// Starts on this listener (a chosen address) with the `default`
+    /// namespace.
+    pub fn serve(listener: tokio::net::TcpListener) -> FakeApiServer {
         let url = format!("http://{}", listener.local_addr().expect("local address"));
         let shared = Shared {
             store: Arc::new(Mutex::new(Store {
@@ -410,6 +428,61 @@ impl FakeApiServer {
         store.oldest = store.version;
     }
 
+    /// As one step no watch sees: closes every open watch, creates or
+    /// replaces `puts` (as [`FakeApiServer::put`]), deletes `deletes`
+    /// (apiVersion, kind, namespace, name), and forgets the history; so a
+    /// client sees the changes only in a new list. `gone_as_http`: a watch
+    /// from an expired resourceVersion then gets an HTTP 410 rather than an
+    /// ERROR event.
+    pub fn expire_with(
+        &self,
+        gone_as_http: bool,
+        puts: Vec<Value>,
+        deletes: &[(&str, &str, &str, &str)],
+    ) {
+        let mut store = self.lock();
+        store.watchers.clear();
+        for object in puts {
+            let (resource, namespace) = resource_of(&object);
+            let name = name_of(&object);
+            if store
+                .objects
+                .contains_key(&key(resource, &namespace, &name))
+            {
+                store
+                    .update(resource, &namespace, &name, Write::Whole, |_| Ok(object))
+                    .unwrap_or_else(|e| panic!("{e}"));
+            } else {
+                store.insert(resource, &namespace, object);
+            }
+        }
+        for (api_version, kind, namespace, name) in deletes {
+            let resource = ResourceType::find(api_version, kind)
+                .unwrap_or_else(|| panic!("the fake serves no {api_version} {kind}"));
+            store
+                .delete(resource, namespace, name)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        store.history.clear();
+        store.version += 1;
+        store.oldest = store.version;
+        store.gone_as_http = gone_as_http;
+        drop(store);
+        self.shared.notify();
+    }
+
+    /// A BOOKMARK, to every open watch that asked for bookmarks, at a new
+    /// resourceVersion (as after changes of objects no watch follows);
+    /// returns that resourceVersion.
+    pub fn bookmark(&self) -> u64 {
+        let mut store = self.lock();
+        let version = store.next_version();
+        store.watchers.retain(|w| {
+            !w.bookmarks || w.sender.send(bookmark(w.resource, version, false)).is_ok()
+        });
+        version
+    }
+
     /// Closes every open watch connection.
     pub fn drop_watches(&self) {
         self.lock().watchers.clear();
@@ -533,6 +606,27 @@ enum Term {
     NotEquals(String, String),
     Exists(String),
     Absent(String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+}
+
+/// A selector's terms: split at the commas outside parentheses.
+fn split_terms(selector: &str) -> Vec<&str> {
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms
 }
 
 impl Selector {
@@ -540,7 +634,7 @@ impl Selector {
         let terms = |name: &str| -> Result<Vec<Term>, ApiError> {
             query_param(query, name)
                 .iter()
-                .flat_map(|s| s.split(','))
+                .flat_map(|s| split_terms(s))
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(parse_term)
@@ -586,11 +680,25 @@ fn parse_term(term: &str) -> Result<Term, ApiError> {
             400,
             "BadRequest",
             format!(
-                "unable to parse selector term '{term}' (the fake knows k=v, k==v, k!=v, k and !k)"
+                "unable to parse selector term '{term}' (the fake knows k=v, k==v, k!=v, k, !k, k in (a,b) and k notin (a,b))"
             ),
         )
     };
-    if term.contains(['(', ')', ' ']) {
+    if let Some((key, rest)) = term.split_once(' ') {
+        let (set, values) = rest.trim().split_once(' ').ok_or_else(bad)?;
+        let values = values
+            .trim()
+            .strip_prefix('(')
+            .and_then(|v| v.strip_suffix(')'))
+            .ok_or_else(bad)?;
+        let values = values.split(',').map(|v| v.trim().to_owned()).collect();
+        return match set {
+            "in" => Ok(Term::In(key.to_owned(), values)),
+            "notin" => Ok(Term::NotIn(key.to_owned(), values)),
+            _ => Err(bad()),
+        };
+    }
+    if term.contains(['(', ')']) {
         return Err(bad());
     }
     let term = if let Some((k, v)) = term.split_once("!=") {
@@ -614,6 +722,8 @@ impl Term {
             Term::NotEquals(k, v) => value(k) != Some(v.as_str()),
             Term::Exists(k) => value(k).is_some(),
             Term::Absent(k) => value(k).is_none(),
+            Term::In(k, values) => value(k).is_some_and(|v| values.iter().any(|x| x == v)),
+            Term::NotIn(k, values) => !value(k).is_some_and(|v| values.iter().any(|x| x == v)),
         }
     }
 }
@@ -979,6 +1089,12 @@ async fn handle(
         query: query.clone(),
         content_type: content_type.clone(),
     });
+    if method == Method::GET
+        && let Some(document) = discovery(&path)
+    {
+        shared.notify();
+        return axum::Json(document).into_response();
+    }
     let Some(target) = route(&path) else {
         return ApiError::new(
             404,
@@ -1023,6 +1139,65 @@ async fn handle(
             (code, axum::Json(object)).into_response()
         }
         Err(error) => error.into_response(),
+    }
+}
+
+/// The discovery documents: `/api`, `/api/{version}`, `/apis` and
+/// `/apis/{group}/{version}` for [`RESOURCES`].
+fn discovery(path: &str) -> Option<Value> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resources = |group: &str, version: &str| {
+        let resources: Vec<Value> = RESOURCES
+            .iter()
+            .filter(|r| r.group == group && r.version == version)
+            .flat_map(|r| {
+                let main = json!({"name": r.plural, "singularName": r.kind.to_lowercase(),
+                    "namespaced": r.namespaced, "kind": r.kind,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]});
+                let status = r.status.then(|| {
+                    json!({"name": format!("{}/status", r.plural), "singularName": "",
+                        "namespaced": r.namespaced, "kind": r.kind,
+                        "verbs": ["get", "patch", "update"]})
+                });
+                std::iter::once(main).chain(status)
+            })
+            .collect();
+        let group_version = if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        };
+        (!resources.is_empty()).then(|| {
+            json!({"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": group_version, "resources": resources})
+        })
+    };
+    match segments.as_slice() {
+        ["api"] => Some(json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": []})),
+        ["api", version] => resources("", version),
+        ["apis"] => {
+            let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+                let versions = groups.entry(r.group).or_default();
+                if !versions.contains(&r.version) {
+                    versions.push(r.version);
+                }
+            }
+            let groups: Vec<Value> = groups
+                .into_iter()
+                .map(|(group, versions)| {
+                    let versions: Vec<Value> = versions
+                        .iter()
+                        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+                        .collect();
+                    json!({"name": group, "preferredVersion": versions[0], "versions": versions})
+                })
+                .collect();
+            Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        }
+        ["apis", group, version] => resources(group, version),
+        _ => None,
     }
 }
 
@@ -1232,6 +1407,7 @@ fn watch(shared: &Shared, target: &Target, query: &str) -> Response {
         resource: target.resource,
         scope: scope.clone(),
         selector: selector.clone(),
+        bookmarks,
         sender,
     };
     if from.is_empty() || from == "0" || initial_events {
@@ -1251,6 +1427,9 @@ fn watch(shared: &Shared, target: &Target, query: &str) -> Response {
                 "Expired",
                 format!("too old resource version: {from} ({})", store.oldest),
             );
+            if store.gone_as_http {
+                return gone.into_response();
+            }
             return Response::new(Body::from(event_line("ERROR", &gone.status())));
         }
         for change in store.history.iter().filter(|c| c.version > from) {

@@ -51,8 +51,8 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// `--kubernetes` settings.
 #[derive(Debug, Clone)]
 pub struct KubernetesSettings {
-    /// A kubeconfig file; None for in-cluster config, then `KUBECONFIG` and
-    /// `~/.kube/config` (kube's inference).
+    /// A kubeconfig file; None for kube's inference (`KUBECONFIG` or
+    /// `~/.kube/config`, then the in-cluster service account).
     pub kubeconfig: Option<PathBuf>,
     pub lease: leader::LeaseSettings,
 }

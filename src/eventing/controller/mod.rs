@@ -59,6 +59,9 @@ pub struct EventingSettings {
     pub rabbitmq_uri: Option<String>,
     /// Bootstrap servers of Kafka brokers without `spec.config`.
     pub kafka_bootstrap_servers: Option<String>,
+    /// The API server of ApiServerSources (`--kubeconfig`); None for kube's
+    /// inference.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// The objects of one apply that this controller reconciles.
@@ -451,7 +454,8 @@ impl EventingController {
             }
             Resource::ApiServerSource(a) => {
                 let source = a.clone();
-                let build = Box::new(move || source.into_source());
+                let kubeconfig = self.settings.kubeconfig.clone();
+                let build = Box::new(move || source.into_source(kubeconfig.as_deref()));
                 (
                     &a.api_version,
                     &a.metadata,

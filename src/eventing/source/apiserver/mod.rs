@@ -5,23 +5,30 @@
 //! object yields an `add`), then watched from the list's resourceVersion; a
 //! dropped watch resumes from the last resourceVersion seen (bookmarks
 //! included), and a `410 Gone` relists and sends only the differences with
-//! what was already seen. See [`watch`] for the details and [`events`] for the
-//! CloudEvents built.
+//! what was already seen. See [`watch`] for the list and watch (kube-runtime's
+//! watcher), [`known`] for what a list or a change sends, and [`events`] for
+//! the CloudEvents built.
 //!
 //! Scope: without `spec.namespaceSelector` the source watches its own
 //! namespace (cluster-scoped kinds are watched cluster-wide). With it, kinds
 //! are watched in all namespaces and objects outside the namespaces that match
 //! the selector are dropped; the set of matching namespaces is read at every
-//! (re)list and every watch reconnection (at most every 5 minutes).
+//! (re)list, and again when it is more than 5 minutes old.
+//!
+//! The connection: pilotlight's `--kubeconfig` when given, else kube's
+//! inference (`KUBECONFIG` or `~/.kube/config`, else the in-cluster service
+//! account).
 
 pub mod events;
+mod health;
+pub mod known;
 mod source;
 pub mod watch;
 
 #[cfg(test)]
-mod fake;
-#[cfg(test)]
 mod tests;
+
+use std::path::Path;
 
 use super::Source;
 use crate::api::sources::apiserver::ApiServerSource;
@@ -29,9 +36,14 @@ use crate::api::sources::apiserver::ApiServerSource;
 pub use source::ApiServerSourceRunner;
 
 impl ApiServerSource {
-    /// The running source; call [`ApiServerSource::validate`] first (an
-    /// invalid mode falls back to `Reference`).
-    pub fn into_source(&self) -> Box<dyn Source> {
-        Box::new(ApiServerSourceRunner::new(self))
+    /// The running source, connecting with `kubeconfig` (`--kubeconfig`) or,
+    /// without one, kube's inference; call [`ApiServerSource::validate`]
+    /// first (an invalid mode falls back to `Reference`).
+    pub fn into_source(&self, kubeconfig: Option<&Path>) -> Box<dyn Source> {
+        let runner = ApiServerSourceRunner::new(self);
+        Box::new(match kubeconfig {
+            Some(path) => runner.with_kubeconfig(path),
+            None => runner,
+        })
     }
 }

@@ -1,13 +1,15 @@
-//! The [`Source`] implementation: connects to the API server (kubeconfig or
-//! in-cluster), then runs one list-and-watch per `spec.resources` entry.
+//! The [`Source`] implementation: connects to the API server (pilotlight's
+//! `--kubeconfig`, else kube's inference), then runs one list-and-watch per
+//! `spec.resources` entry.
 
-use crate::kubeconfig::load_config;
 use std::path::PathBuf;
 
-use super::watch::{KindWatch, Reporter, Settings, Target, sleep_or_stop};
+use super::health::{Reporter, missing_kubeconfig};
+use super::watch::{KindWatch, Settings, Target, sleep_or_stop};
 use crate::api::sources::apiserver::{ApiServerSource, EventMode};
 use crate::backoff::Backoff;
-use crate::eventing::source::{Source, SourceContext, SourceHealth};
+use crate::eventing::source::{Source, SourceContext};
+use crate::kubeconfig::load_config;
 
 /// A running `ApiServerSource`.
 pub struct ApiServerSourceRunner {
@@ -20,7 +22,8 @@ pub struct ApiServerSourceRunner {
 /// that a missing one shows in status and is retried.
 #[derive(Clone)]
 enum Connect {
-    /// `KUBECONFIG`, `~/.kube/config`, or the in-cluster service account.
+    /// kube's inference: `KUBECONFIG` or `~/.kube/config`, else the
+    /// in-cluster service account.
     Infer,
     /// This kubeconfig file (its current context).
     Kubeconfig(PathBuf),
@@ -38,7 +41,7 @@ impl Connect {
 }
 
 impl ApiServerSourceRunner {
-    /// Connects with the user's kubeconfig or the in-cluster service account.
+    /// Connects with kube's inference (see [`Connect::Infer`]).
     pub fn new(manifest: &ApiServerSource) -> Self {
         ApiServerSourceRunner {
             targets: manifest
@@ -73,20 +76,12 @@ impl ApiServerSourceRunner {
         self
     }
 
-    /// Reads this kubeconfig file (when `run` starts, and again while it is
-    /// missing or unreadable) instead of inferring the configuration.
+    /// Reads this kubeconfig file (`--kubeconfig`; when `run` starts, and
+    /// again while it is missing or unreadable) instead of inferring the
+    /// configuration.
     pub fn with_kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
         self.connect = Connect::Kubeconfig(path.into());
         self
-    }
-}
-
-fn missing_kubeconfig(error: &dyn std::fmt::Display) -> SourceHealth {
-    SourceHealth::NotReady {
-        reason: "KubeconfigMissing".to_string(),
-        message: format!(
-            "no Kubernetes configuration found ({error}): set KUBECONFIG or write ~/.kube/config, or run pilotlight inside a cluster; retrying"
-        ),
     }
 }
 

@@ -1,42 +1,47 @@
-//! List then watch one kind, the way a client-go informer feeds Knative's
-//! adapter, written by hand on `Api::list` and `Api::watch` so that resuming
-//! and relisting are explicit:
+//! One kind's list and watch, on kube-runtime's [`watcher`] (as Kubernetes
+//! mode watches its objects), the way a client-go informer feeds Knative's
+//! adapter:
 //!
 //! 1. discovery resolves the kind to its resource (plural, scope);
-//! 2. a list gives every object (each one not seen before is an `add`) and a
-//!    resourceVersion; the source is Ready;
-//! 3. the watch starts from that resourceVersion, with bookmarks; every
-//!    ADDED/MODIFIED/DELETED/BOOKMARK moves the resourceVersion on;
-//! 4. when the watch ends or breaks, it restarts from the last resourceVersion
-//!    (nothing is sent twice: an object whose resourceVersion is already known
-//!    is skipped);
-//! 5. on `410 Gone` (an ERROR event or an HTTP 410) it relists and compares with
-//!    what it knows: new objects are `add`, changed ones `update`, vanished
-//!    ones `delete`, unchanged ones nothing.
+//! 2. the watcher lists (`Init`, an `InitApply` per object, `InitDone`): the
+//!    list is compared with what was seen ([`Known::relisted`]), so the first
+//!    list sends an `add` per object and a relist only the differences; the
+//!    kind is Ready;
+//! 3. it watches from the list's resourceVersion, with bookmarks, and resumes
+//!    from the last resourceVersion when a watch ends or breaks; a change
+//!    already seen is not sent again ([`Known::applied`]);
+//! 4. on `410 Gone` it relists: kube's watcher does for an ERROR event, and
+//!    for an HTTP 410 when the watch opens (which kube's watcher would retry
+//!    from the same expired resourceVersion forever) a new watcher starts;
+//! 5. a watch that cannot open, or an ERROR event, makes the kind NotReady and
+//!    starts a new watcher after a delay (1 s doubling to 60 s); it is Ready
+//!    again once its list succeeds. A failed list is NotReady too, and the
+//!    watcher lists again after `default_backoff`'s delay.
 //!
-//! Errors make the source NotReady and are retried with backoff (1 s doubling
-//! to 60 s).
+//! With `spec.namespaceSelector` (and a namespaced kind) the matching
+//! namespaces are read before every list, and again before an event when
+//! they were read more than [`NAMESPACES_EVERY`] ago.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, TypeMeta, WatchEvent, WatchParams};
+use futures::{Stream, StreamExt};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::core::GroupVersionKind;
-use kube::discovery::{ApiCapabilities, Scope};
+use kube::discovery::{ApiCapabilities, Scope as ResourceScope};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
+use tokio::time::Instant;
 
 use super::events::{Action, make_event};
+use super::health::{Reporter, not_ready};
+use super::known::{Known, Scope, key_of};
 use crate::api::sources::apiserver::{ApiVersionKind, EventMode};
 use crate::backoff::Backoff;
 use crate::eventing::source::{CeOverrides, SendError, SourceContext, SourceHealth};
 
-/// How long the API server keeps one watch request open.
-const WATCH_TIMEOUT_SECS: u32 = 290;
-
-/// A watch that lasted this long without events ended normally (timeout).
-const QUIET_WATCH: Duration = Duration::from_secs(5);
+/// How old the set of matching namespaces may be when an event comes.
+pub const NAMESPACES_EVERY: Duration = Duration::from_secs(300);
 
 /// Sleeps, or returns `true` early when the source stops.
 pub(crate) async fn sleep_or_stop(ctx: &SourceContext, delay: Duration) -> bool {
@@ -60,100 +65,6 @@ pub struct Settings {
     pub cluster_url: String,
 }
 
-/// The status of several watches folded into one.
-pub(crate) struct Reporter {
-    ctx: SourceContext,
-    states: Mutex<Vec<SourceHealth>>,
-    pub failed_sends: AtomicU64,
-}
-
-impl Reporter {
-    pub fn new(ctx: SourceContext, watches: usize) -> Self {
-        Reporter {
-            ctx,
-            states: Mutex::new(vec![SourceHealth::Unknown; watches]),
-            failed_sends: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one watch's health; the source is Ready when all are, and
-    /// NotReady as soon as one is.
-    pub fn set(&self, index: usize, health: SourceHealth) {
-        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = states.get_mut(index) {
-            *slot = health;
-        }
-        let folded = states
-            .iter()
-            .find(|h| matches!(h, SourceHealth::NotReady { .. }))
-            .cloned()
-            .unwrap_or_else(|| {
-                if states.iter().all(|h| *h == SourceHealth::Ready) {
-                    SourceHealth::Ready
-                } else {
-                    SourceHealth::Unknown
-                }
-            });
-        self.ctx.set_status(folded);
-    }
-
-    /// Sets every watch's health (client creation failing concerns all).
-    pub fn set_all(&self, health: SourceHealth) {
-        let len = self.states.lock().unwrap_or_else(|e| e.into_inner()).len();
-        for i in 0..len.max(1) {
-            self.set(i, health.clone());
-        }
-    }
-}
-
-/// A NotReady health for a kube error, with what to do about it.
-pub(crate) fn not_ready(error: &kube::Error, what: &str, cluster_url: &str) -> SourceHealth {
-    let (reason, message) = match error {
-        kube::Error::Api(status) if status.code == 401 => (
-            "Unauthorized",
-            format!(
-                "the API server at {cluster_url} did not accept the credentials while {what}: {}; refresh the kubeconfig",
-                status.message
-            ),
-        ),
-        kube::Error::Api(status) if status.code == 403 => (
-            "Forbidden",
-            format!(
-                "the API server at {cluster_url} refused {what}: {}; grant get, list and watch on it",
-                status.message
-            ),
-        ),
-        kube::Error::Api(status) if status.code == 404 => (
-            "KindNotFound",
-            format!(
-                "the API server at {cluster_url} does not serve it ({what}): {}; check spec.resources",
-                status.message
-            ),
-        ),
-        kube::Error::Discovery(e) => (
-            "KindNotFound",
-            format!("{what} at {cluster_url}: {e}; check spec.resources apiVersion and kind"),
-        ),
-        kube::Error::Api(status) => (
-            "ApiServerError",
-            format!(
-                "the API server at {cluster_url} failed {what}: {} (code {}); retrying",
-                status.message, status.code
-            ),
-        ),
-        other => (
-            "ApiServerUnreachable",
-            format!(
-                "cannot reach the API server at {cluster_url} ({what}): {other}; check that it is up and that the kubeconfig points at it; retrying"
-            ),
-        ),
-    };
-    SourceHealth::NotReady {
-        reason: reason.to_string(),
-        message,
-    }
-}
-
 /// The kind a watch follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -162,24 +73,58 @@ pub struct Target {
     pub label_selector: Option<String>,
 }
 
-type Key = (String, String);
+impl Target {
+    fn gvk(&self) -> GroupVersionKind {
+        match self.api_version.split_once('/') {
+            Some((group, version)) => GroupVersionKind::gvk(group, version, &self.kind),
+            None => GroupVersionKind::gvk("", &self.api_version, &self.kind),
+        }
+    }
 
-/// Why a watch ended.
-enum Stop {
-    Stopping,
+    /// The watcher's list and watch parameters: `spec.resources[].selector`;
+    /// kube's defaults otherwise (bookmarks, 290 s watches, pages of 500).
+    fn watcher_config(&self) -> watcher::Config {
+        let config = watcher::Config::default();
+        match &self.label_selector {
+            Some(selector) => config.labels(selector),
+            None => config,
+        }
+    }
+}
+
+/// Why following one watcher ended.
+enum Ended {
+    /// The source stops.
+    Stopped,
+    /// The watch could not resume from its resourceVersion: relist.
+    Gone,
+    /// A failure: NotReady, then a new watcher after a delay.
+    Failed(kube::Error, &'static str),
+}
+
+/// The resolved kind.
+struct Resolved {
+    resource: ApiResource,
+    api: Api<DynamicObject>,
+    /// Namespaced, and the source has a namespace selector.
+    selects_namespaces: bool,
 }
 
 /// One kind's list and watch.
 pub(crate) struct KindWatch<'a> {
-    pub index: usize,
-    pub client: kube::Client,
-    pub target: Target,
-    pub settings: &'a Settings,
-    pub ctx: &'a SourceContext,
-    pub reporter: &'a Reporter,
-    pub backoff: Backoff,
-    cache: HashMap<Key, DynamicObject>,
-    namespaces: Option<HashSet<String>>,
+    index: usize,
+    client: kube::Client,
+    target: Target,
+    settings: &'a Settings,
+    ctx: &'a SourceContext,
+    reporter: &'a Reporter,
+    backoff: Backoff,
+    known: Known,
+    scope: Scope,
+    /// When the matching namespaces were read.
+    namespaces_read: Option<Instant>,
+    /// Relists for `410 Gone` with no watch event between them.
+    gone_streak: u32,
 }
 
 impl<'a> KindWatch<'a> {
@@ -199,17 +144,191 @@ impl<'a> KindWatch<'a> {
             ctx,
             reporter,
             backoff: Backoff::default(),
-            cache: HashMap::new(),
-            namespaces: None,
+            known: Known::default(),
+            scope: Scope {
+                namespaces: None,
+                owner: settings.owner.clone(),
+            },
+            namespaces_read: None,
+            gone_streak: 0,
         }
     }
 
-    fn what(&self) -> String {
-        format!("watching {} {}", self.target.api_version, self.target.kind)
+    /// Runs until the source stops.
+    pub async fn run(mut self) {
+        let Some(resolved) = self.discover().await else {
+            return;
+        };
+        loop {
+            let events = watcher(resolved.api.clone(), self.target.watcher_config());
+            let ended = self.follow(events.default_backoff(), &resolved).await;
+            if self.stops_after(ended).await {
+                return;
+            }
+        }
     }
 
+    /// Resolves the kind, retrying until it is served; None when the source
+    /// stops first.
+    async fn discover(&mut self) -> Option<Resolved> {
+        let gvk = self.target.gvk();
+        loop {
+            if self.ctx.is_stopped() {
+                return None;
+            }
+            match kube::discovery::pinned_kind(&self.client, &gvk).await {
+                Ok((resource, caps)) => return Some(self.resolved(resource, &caps)),
+                Err(e) => {
+                    if self.fail(&e, "discovering").await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Without a namespace selector a namespaced kind is watched in the
+    /// source's namespace; otherwise in all namespaces.
+    fn resolved(&self, resource: ApiResource, caps: &ApiCapabilities) -> Resolved {
+        let namespaced = matches!(caps.scope, ResourceScope::Namespaced);
+        let selector = self.settings.namespace_selector.is_some();
+        let api = if namespaced && !selector {
+            Api::namespaced_with(self.client.clone(), &self.settings.namespace, &resource)
+        } else {
+            Api::all_with(self.client.clone(), &resource)
+        };
+        Resolved {
+            resource,
+            api,
+            selects_namespaces: namespaced && selector,
+        }
+    }
+
+    /// Handles one watcher's events until it must be replaced.
+    async fn follow(
+        &mut self,
+        events: impl Stream<Item = Result<Event<DynamicObject>, watcher::Error>>,
+        resolved: &Resolved,
+    ) -> Ended {
+        let ctx = self.ctx;
+        let mut events = std::pin::pin!(events);
+        let mut listed = Vec::new();
+        loop {
+            let item = tokio::select! {
+                item = events.next() => item,
+                _ = ctx.stopped() => return Ended::Stopped,
+            };
+            let result = match item {
+                // A watcher does not end.
+                None => return Ended::Stopped,
+                Some(Err(error)) => self.on_error(error),
+                Some(Ok(event)) => self.on_event(event, &mut listed, resolved).await,
+            };
+            if let Err(ended) = result {
+                return ended;
+            }
+        }
+    }
+
+    async fn on_event(
+        &mut self,
+        event: Event<DynamicObject>,
+        listed: &mut Vec<DynamicObject>,
+        resolved: &Resolved,
+    ) -> Result<(), Ended> {
+        let resource = &resolved.resource;
+        match event {
+            Event::Init => {
+                listed.clear();
+                if resolved.selects_namespaces {
+                    self.read_namespaces().await?;
+                }
+            }
+            Event::InitApply(object) => listed.push(object),
+            Event::InitDone => {
+                self.backoff.reset();
+                self.reporter.set(self.index, SourceHealth::Ready);
+                let changes = self
+                    .known
+                    .relisted(std::mem::take(listed), &self.scope, resource);
+                for change in changes {
+                    self.emit(change, resource).await?;
+                }
+            }
+            Event::Apply(object) => {
+                self.gone_streak = 0;
+                self.refresh_namespaces(resolved).await?;
+                if let Some(change) = self.known.applied(object, &self.scope, resource) {
+                    self.emit(change, resource).await?;
+                }
+            }
+            Event::Delete(object) => {
+                self.gone_streak = 0;
+                if let Some(change) = self.known.deleted(object, resource) {
+                    self.emit(change, resource).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What an error of the watcher means: most it recovers from itself.
+    fn on_error(&mut self, error: watcher::Error) -> Result<(), Ended> {
+        let key = &self.ctx.key;
+        match error {
+            watcher::Error::InitialListFailed(e) => {
+                let what = self.what("listing");
+                tracing::warn!(source = %key, error = %e, "{what} failed");
+                let health = not_ready(&e, &what, &self.settings.cluster_url);
+                self.reporter.set(self.index, health);
+                Ok(())
+            }
+            watcher::Error::WatchStartFailed(kube::Error::Api(status)) if status.code == 410 => {
+                Err(Ended::Gone)
+            }
+            watcher::Error::WatchStartFailed(e) => Err(Ended::Failed(e, "watching")),
+            watcher::Error::WatchError(status) if status.code == 410 => {
+                let what = self.what("watching");
+                tracing::info!(source = %key, "{what}: resourceVersion expired, relisting");
+                Ok(())
+            }
+            watcher::Error::WatchError(status) => {
+                Err(Ended::Failed(kube::Error::Api(status), "watching"))
+            }
+            watcher::Error::WatchFailed(e) => {
+                let what = self.what("watching");
+                tracing::debug!(source = %key, error = %e, "{what}: watch broke, resuming");
+                Ok(())
+            }
+            watcher::Error::NoResourceVersion => {
+                let what = self.what("watching");
+                tracing::warn!(source = %key, "{what}: no resourceVersion, relisting");
+                Ok(())
+            }
+        }
+    }
+
+    /// After a watcher ended: reports and waits as needed; true when the
+    /// source stops.
+    async fn stops_after(&mut self, ended: Ended) -> bool {
+        match ended {
+            Ended::Stopped => true,
+            Ended::Gone => {
+                self.gone_streak += 1;
+                let what = self.what("watching");
+                tracing::info!(source = %self.ctx.key, "{what}: resourceVersion expired, relisting");
+                // Relist at once, but do not spin on a server that keeps
+                // answering 410.
+                self.gone_streak > 1 && sleep_or_stop(self.ctx, self.backoff.next_delay()).await
+            }
+            Ended::Failed(error, doing) => self.fail(&error, doing).await,
+        }
+    }
+
+    /// NotReady for `error`, then the backoff's delay; true when the source
+    /// stops meanwhile.
     async fn fail(&mut self, error: &kube::Error, doing: &str) -> bool {
-        let what = format!("{doing} {} {}", self.target.api_version, self.target.kind);
+        let what = self.what(doing);
         tracing::warn!(source = %self.ctx.key, error = %error, "{what} failed");
         self.reporter.set(
             self.index,
@@ -219,309 +338,63 @@ impl<'a> KindWatch<'a> {
         sleep_or_stop(self.ctx, delay).await
     }
 
-    /// Runs until the source stops.
-    pub async fn run(mut self) {
-        let gvk = match self.target.api_version.split_once('/') {
-            Some((group, version)) => GroupVersionKind::gvk(group, version, &self.target.kind),
-            None => GroupVersionKind::gvk("", &self.target.api_version, &self.target.kind),
-        };
-        let mut resolved: Option<(ApiResource, ApiCapabilities)> = None;
-        // 410s in a row with no watch event between them: back off.
-        let mut gone_streak = 0u32;
-        'relist: loop {
-            if self.ctx.is_stopped() {
-                return;
-            }
-            if gone_streak > 1 && sleep_or_stop(self.ctx, self.backoff.next_delay()).await {
-                return;
-            }
-            let (resource, caps) = match &resolved {
-                Some(r) => r.clone(),
-                None => match kube::discovery::pinned_kind(&self.client, &gvk).await {
-                    Ok(r) => {
-                        resolved = Some(r.clone());
-                        r
-                    }
-                    Err(e) => {
-                        if self.fail(&e, "discovering").await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-            };
-            let api: Api<DynamicObject> = match (&caps.scope, &self.settings.namespace_selector) {
-                (Scope::Namespaced, None) => {
-                    Api::namespaced_with(self.client.clone(), &self.settings.namespace, &resource)
-                }
-                _ => Api::all_with(self.client.clone(), &resource),
-            };
-            let namespaced_selector = matches!(caps.scope, Scope::Namespaced)
-                && self.settings.namespace_selector.is_some();
-            if namespaced_selector && let Err(e) = self.refresh_namespaces().await {
-                if self.fail(&e, "listing namespaces for").await {
-                    return;
-                }
-                continue;
-            }
-            let lp = ListParams {
-                label_selector: self.target.label_selector.clone(),
-                ..ListParams::default()
-            };
-            let list = match api.list(&lp).await {
-                Ok(list) => list,
-                Err(e) => {
-                    if self.fail(&e, "listing").await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            self.backoff.reset();
-            self.reporter.set(self.index, SourceHealth::Ready);
-            let mut version = list.metadata.resource_version.clone().unwrap_or_default();
-            if let Err(Stop::Stopping) = self.resync(list.items, &resource).await {
-                return;
-            }
-
-            // Watch, resuming from `version` until a 410 asks for a relist.
-            loop {
-                if namespaced_selector && let Err(e) = self.refresh_namespaces().await {
-                    if self.fail(&e, "listing namespaces for").await {
-                        return;
-                    }
-                    continue;
-                }
-                let wp = WatchParams {
-                    label_selector: self.target.label_selector.clone(),
-                    timeout: Some(WATCH_TIMEOUT_SECS),
-                    bookmarks: true,
-                    ..WatchParams::default()
-                };
-                let stream = match api.watch(&wp, &version).await {
-                    Ok(stream) => stream,
-                    Err(kube::Error::Api(status)) if status.code == 410 => {
-                        gone_streak += 1;
-                        tracing::info!(source = %self.ctx.key, "{}: resourceVersion {version} expired, relisting", self.what());
-                        continue 'relist;
-                    }
-                    Err(e) => {
-                        if self.fail(&e, "watching").await {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                self.reporter.set(self.index, SourceHealth::Ready);
-                let mut stream = std::pin::pin!(stream);
-                let opened = tokio::time::Instant::now();
-                let mut received = false;
-                let mut failed = false;
-                loop {
-                    let item = tokio::select! {
-                        item = stream.next() => item,
-                        _ = self.ctx.stopped() => return,
-                    };
-                    let event = match item {
-                        None => break,
-                        Some(Err(e)) => {
-                            tracing::debug!(source = %self.ctx.key, error = %e, "{}: watch broke, resuming", self.what());
-                            break;
-                        }
-                        Some(Ok(event)) => event,
-                    };
-                    if !matches!(event, WatchEvent::Error(_)) {
-                        received = true;
-                        gone_streak = 0;
-                    }
-                    let outcome = match event {
-                        WatchEvent::Added(object) | WatchEvent::Modified(object) => {
-                            if let Some(v) = &object.metadata.resource_version {
-                                version = v.clone();
-                            }
-                            self.observe(object, &resource).await
-                        }
-                        WatchEvent::Deleted(object) => {
-                            if let Some(v) = &object.metadata.resource_version {
-                                version = v.clone();
-                            }
-                            self.forget(object, &resource).await
-                        }
-                        WatchEvent::Bookmark(bookmark) => {
-                            version = bookmark.metadata.resource_version;
-                            Ok(())
-                        }
-                        WatchEvent::Error(status) if status.code == 410 => {
-                            gone_streak += 1;
-                            tracing::info!(source = %self.ctx.key, "{}: resourceVersion {version} expired, relisting", self.what());
-                            continue 'relist;
-                        }
-                        WatchEvent::Error(status) => {
-                            let error = kube::Error::Api(status);
-                            if self.fail(&error, "watching").await {
-                                return;
-                            }
-                            failed = true;
-                            break;
-                        }
-                    };
-                    if let Err(Stop::Stopping) = outcome {
-                        return;
-                    }
-                }
-                if failed {
-                    // fail() has waited already.
-                } else if received || opened.elapsed() >= QUIET_WATCH {
-                    // Events came, or a quiet watch ran until the server's
-                    // timeout: reconnect at once.
-                    self.backoff.reset();
-                } else {
-                    // A watch that ends at once with nothing: do not spin.
-                    let delay = self.backoff.next_delay();
-                    if sleep_or_stop(self.ctx, delay).await {
-                        return;
-                    }
-                }
-            }
-        }
+    fn what(&self, doing: &str) -> String {
+        format!("{doing} {} {}", self.target.api_version, self.target.kind)
     }
 
-    async fn refresh_namespaces(&mut self) -> Result<(), kube::Error> {
-        let api: Api<DynamicObject> = Api::all_with(
+    /// Reads the namespaces again when the last read is too old.
+    async fn refresh_namespaces(&mut self, resolved: &Resolved) -> Result<(), Ended> {
+        let stale = self
+            .namespaces_read
+            .is_none_or(|read| read.elapsed() >= NAMESPACES_EVERY);
+        if resolved.selects_namespaces && stale {
+            self.read_namespaces().await?;
+        }
+        Ok(())
+    }
+
+    /// The namespaces that match `spec.namespaceSelector`.
+    async fn read_namespaces(&mut self) -> Result<(), Ended> {
+        let namespaces: Api<DynamicObject> = Api::all_with(
             self.client.clone(),
             &ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk("", "v1", "Namespace"),
                 "namespaces",
             ),
         );
-        let lp = ListParams {
+        let params = ListParams {
             label_selector: self.settings.namespace_selector.clone(),
             ..ListParams::default()
         };
-        let list = api.list(&lp).await?;
-        self.namespaces = Some(
-            list.items
-                .into_iter()
-                .filter_map(|ns| ns.metadata.name)
-                .collect(),
-        );
+        let list = namespaces
+            .list(&params)
+            .await
+            .map_err(|e| Ended::Failed(e, "listing namespaces for"))?;
+        let names = list.items.into_iter().filter_map(|ns| ns.metadata.name);
+        self.scope.namespaces = Some(names.collect());
+        self.namespaces_read = Some(Instant::now());
         Ok(())
     }
 
-    /// Whether the source follows this object: namespace selector and owner.
-    fn wanted(&self, object: &DynamicObject) -> bool {
-        if let (Some(namespaces), Some(ns)) = (&self.namespaces, &object.metadata.namespace)
-            && !namespaces.contains(ns)
-        {
-            return false;
-        }
-        if let Some(owner) = &self.settings.owner {
-            let controller = object
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.controller == Some(true));
-            return match controller {
-                None => false,
-                Some(c) => {
-                    (owner.api_version.is_empty() || owner.api_version == c.api_version)
-                        && (owner.kind.is_empty() || owner.kind == c.kind)
-                }
-            };
-        }
-        true
-    }
-
-    /// A list: sends the differences with what is known and replaces it.
-    async fn resync(
-        &mut self,
-        items: Vec<DynamicObject>,
-        resource: &ApiResource,
-    ) -> Result<(), Stop> {
-        let mut fresh = HashMap::with_capacity(items.len());
-        let mut changes = Vec::new();
-        for mut object in items {
-            fill_types(&mut object, resource);
-            if !self.wanted(&object) {
-                continue;
-            }
-            let key = key_of(&object);
-            match self.cache.remove(&key) {
-                None => changes.push((Action::Add, object.clone())),
-                Some(old) if old.metadata.resource_version != object.metadata.resource_version => {
-                    changes.push((Action::Update, object.clone()))
-                }
-                Some(_) => {}
-            }
-            fresh.insert(key, object);
-        }
-        let gone = std::mem::replace(&mut self.cache, fresh);
-        let mut gone: Vec<_> = gone.into_values().collect();
-        gone.sort_by_key(key_of);
-        changes.extend(gone.into_iter().map(|o| (Action::Delete, o)));
-        for (action, object) in changes {
-            self.emit(action, &object, resource).await?;
-        }
-        Ok(())
-    }
-
-    /// ADDED or MODIFIED from the watch.
-    async fn observe(
-        &mut self,
-        mut object: DynamicObject,
-        resource: &ApiResource,
-    ) -> Result<(), Stop> {
-        fill_types(&mut object, resource);
-        let key = key_of(&object);
-        if !self.wanted(&object) {
-            // Left the scope (labels or owner changed): as gone.
-            if let Some(old) = self.cache.remove(&key) {
-                return self.emit(Action::Delete, &old, resource).await;
-            }
-            return Ok(());
-        }
-        let action = match self.cache.get(&key) {
-            None => Action::Add,
-            Some(old) if old.metadata.resource_version == object.metadata.resource_version => {
-                return Ok(());
-            }
-            Some(_) => Action::Update,
-        };
-        self.cache.insert(key, object.clone());
-        self.emit(action, &object, resource).await
-    }
-
-    /// DELETED from the watch.
-    async fn forget(
-        &mut self,
-        mut object: DynamicObject,
-        resource: &ApiResource,
-    ) -> Result<(), Stop> {
-        fill_types(&mut object, resource);
-        if self.cache.remove(&key_of(&object)).is_none() {
-            return Ok(());
-        }
-        self.emit(Action::Delete, &object, resource).await
-    }
-
+    /// Sends the event of one change; an event the sink refuses is dropped
+    /// (and counted), so that the watch goes on.
     async fn emit(
         &self,
-        action: Action,
-        object: &DynamicObject,
+        (action, object): (Action, DynamicObject),
         resource: &ApiResource,
-    ) -> Result<(), Stop> {
-        let mut event = match make_event(
+    ) -> Result<(), Ended> {
+        let built = make_event(
             self.settings.mode,
             action,
             &self.settings.cluster_url,
             &resource.plural,
-            object,
+            &object,
             self.settings.owner.is_some(),
-        ) {
+        );
+        let mut event = match built {
             Ok(event) => event,
             Err(e) => {
-                tracing::warn!(source = %self.ctx.key, error = %e, "cannot build the event for {:?}", key_of(object));
+                tracing::warn!(source = %self.ctx.key, error = %e, "cannot build the event for {:?}", key_of(&object));
                 return Ok(());
             }
         };
@@ -530,33 +403,12 @@ impl<'a> KindWatch<'a> {
         }
         match self.ctx.send(&event).await {
             Ok(()) => Ok(()),
-            Err(SendError::Stopping) => Err(Stop::Stopping),
+            Err(SendError::Stopping) => Err(Ended::Stopped),
             Err(e @ SendError::Refused { .. }) => {
                 let failed = self.reporter.failed_sends.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(source = %self.ctx.key, error = %e, failed_sends = failed, "event {} for {} dropped", event.ty(), event.attribute("subject").unwrap_or(""));
                 Ok(())
             }
         }
-    }
-}
-
-fn key_of(object: &DynamicObject) -> Key {
-    (
-        object.metadata.namespace.clone().unwrap_or_default(),
-        object.metadata.name.clone().unwrap_or_default(),
-    )
-}
-
-/// List items of built-in kinds come without apiVersion and kind.
-fn fill_types(object: &mut DynamicObject, resource: &ApiResource) {
-    let missing = object
-        .types
-        .as_ref()
-        .is_none_or(|t| t.api_version.is_empty() || t.kind.is_empty());
-    if missing {
-        object.types = Some(TypeMeta {
-            api_version: resource.api_version.clone(),
-            kind: resource.kind.clone(),
-        });
     }
 }
