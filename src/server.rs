@@ -114,10 +114,7 @@ impl ServerConfig {
             max_in_flight: self.max_in_flight,
             rabbitmq_uri: self.rabbitmq_uri.clone(),
             kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
-            kubeconfig: self
-                .kubernetes
-                .as_ref()
-                .and_then(|k| k.kubeconfig.clone()),
+            kubeconfig: self.kubernetes.as_ref().and_then(|k| k.kubeconfig.clone()),
         }
     }
 

@@ -374,9 +374,18 @@ async fn an_event_over_kafkas_message_size_is_413_not_503() {
     headers.push(("content-type", "text/plain".into()));
     let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let refused = request(Method::POST, &url, &headers, "x".repeat(1_200_000)).await;
-    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", refused.body);
+    assert_eq!(
+        refused.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        refused.body
+    );
     assert!(refused.headers.get("retry-after").is_none());
-    assert!(refused.body.contains("message.max.bytes"), "{}", refused.body);
+    assert!(
+        refused.body.contains("message.max.bytes"),
+        "{}",
+        refused.body
+    );
     assert_eq!(
         post(&url, &binary_headers("small", "t"), "{}").await,
         StatusCode::ACCEPTED

@@ -497,7 +497,12 @@ async fn attributes_over_the_amqp_frame_are_413_and_the_broker_goes_on() {
         big.to_string(),
     )
     .await;
-    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", refused.body);
+    assert_eq!(
+        refused.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        refused.body
+    );
     assert!(refused.body.contains("frame_max"), "{}", refused.body);
     assert_eq!(post(&url, "small", "t").await, StatusCode::ACCEPTED);
     let got = subscriber.wait_for(1, WAIT).await;

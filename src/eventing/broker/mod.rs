@@ -193,7 +193,12 @@ mod tests {
         let refused = broker.publish(vec![small.clone(), big]).await.unwrap_err();
         assert!(refused.is_permanent());
         let message = refused.to_string();
-        for part in ["event big", "limit of 200 bytes", "shop/orders", "--max-event-size"] {
+        for part in [
+            "event big",
+            "limit of 200 bytes",
+            "shop/orders",
+            "--max-event-size",
+        ] {
             assert!(message.contains(part), "{part}: {message}");
         }
         assert!(backend.0.lock().unwrap().is_empty(), "all or none");
