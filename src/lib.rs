@@ -12,16 +12,18 @@
 //!   halves, status, the admin API.
 //! - [`server`] and [`cli`]: `pilotlight run` assembled, and the commands.
 
+#![warn(unreachable_pub)]
+
 pub mod api;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod cesql;
 pub mod cli;
 pub mod cloudevent;
 pub mod control;
-pub mod desired;
+pub(crate) mod desired;
 pub mod eventing;
-pub mod http_util;
-pub mod kubeconfig;
+pub(crate) mod http_util;
+pub(crate) mod kubeconfig;
 pub mod server;
 pub mod serving;
 pub mod telemetry;

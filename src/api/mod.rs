@@ -5,22 +5,22 @@
 //! This is the bottom layer: `eventing` and `serving` build on it, `control`
 //! on all three, and nothing here depends on them (a test checks).
 
-pub mod autoscaling;
+pub(crate) mod autoscaling;
 pub mod broker;
-pub mod config;
+pub(crate) mod config;
 pub mod duck;
 pub mod filter;
-pub mod index;
+pub(crate) mod index;
 pub mod kinds;
-pub mod manifest;
-pub mod meta;
+pub(crate) mod manifest;
+pub(crate) mod meta;
 pub mod pod;
-pub mod quantity;
-pub mod rabbitmq;
+pub(crate) mod quantity;
+pub(crate) mod rabbitmq;
 pub mod service;
 pub mod sources;
-pub mod status;
-pub mod trigger;
+pub(crate) mod status;
+pub(crate) mod trigger;
 
 use std::fmt;
 

@@ -8,7 +8,7 @@
 //! - `program`: what a Trigger holds; common filters compiled to a small
 //!   tree of typed tests (an enum), the rest interpreted.
 
-pub mod ast;
-pub mod eval;
+pub(crate) mod ast;
+pub(crate) mod eval;
 pub mod parser;
 pub mod program;

@@ -1,14 +1,14 @@
 //! The `pilotlight` command line.
 
-pub mod cesql;
-pub mod event_display;
-pub mod get;
-pub mod hello;
-pub mod http;
+pub(crate) mod cesql;
+pub(crate) mod event_display;
+pub(crate) mod get;
+pub(crate) mod hello;
+pub(crate) mod http;
 pub mod images;
-pub mod ready;
+pub(crate) mod ready;
 pub mod run;
-pub mod send;
+pub(crate) mod send;
 
 use clap::{Parser, Subcommand};
 

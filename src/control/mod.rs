@@ -1,9 +1,9 @@
 //! The control plane: Knative manifests in, running brokers and triggers out,
 //! with status conditions for each object.
 
-pub mod admin;
-pub mod board;
+pub(crate) mod admin;
+pub(crate) mod board;
 pub mod kubernetes;
 pub mod manifest;
-pub mod reconcile;
-pub mod watch;
+pub(crate) mod reconcile;
+pub(crate) mod watch;

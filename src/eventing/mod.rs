@@ -2,8 +2,8 @@
 //! filtered by triggers and delivered to subscribers.
 
 pub mod backend;
-pub mod broker;
-pub mod controller;
+pub(crate) mod broker;
+pub(crate) mod controller;
 pub mod delivery;
 pub mod source;
-pub mod trigger;
+pub(crate) mod trigger;

@@ -8,10 +8,10 @@
 //! - [`autoscaler`]: Knative's KPA, deciding how many instances each revision needs
 //!   from the load the proxy counts.
 
-pub mod autoscaler;
-pub mod controller;
-pub mod history;
-pub mod proxy;
-pub mod revision;
-pub mod router;
+pub(crate) mod autoscaler;
+pub(crate) mod controller;
+pub(crate) mod history;
+pub(crate) mod proxy;
+pub(crate) mod revision;
+pub(crate) mod router;
 pub mod runtime;

@@ -4,6 +4,6 @@
 
 pub mod apiserver;
 pub mod kafka;
-pub mod ping;
-pub mod rabbitmq;
-pub mod schedule;
+pub(crate) mod ping;
+pub(crate) mod rabbitmq;
+pub(crate) mod schedule;

@@ -15,10 +15,10 @@
 //! - A Lease elects the leader ([`leader`]); every replica applies, so every
 //!   replica serves the ingress, dispatches and proxies.
 
-pub mod desired;
-pub mod kinds;
+pub(crate) mod desired;
+pub(crate) mod kinds;
 pub mod leader;
-pub mod report;
+pub(crate) mod report;
 
 use std::path::PathBuf;
 use std::sync::Arc;

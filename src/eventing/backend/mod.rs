@@ -13,10 +13,10 @@
 //! Lanes model Kafka partitions: ordered delivery means one event in flight per
 //! lane. Backends without partitions use a single lane 0.
 
-pub mod kafka;
-pub mod local;
-pub mod log;
-pub mod memory;
+pub(crate) mod kafka;
+pub(crate) mod local;
+pub(crate) mod log;
+pub(crate) mod memory;
 pub mod rabbitmq;
 
 use std::sync::Arc;

@@ -10,10 +10,10 @@
 //! [`SourceContext::state_dir`] keeps what must survive a restart.
 
 pub mod apiserver;
-pub mod controller;
-pub mod kafka;
-pub mod ping;
-pub mod rabbitmq;
+pub(crate) mod controller;
+pub(crate) mod kafka;
+pub(crate) mod ping;
+pub(crate) mod rabbitmq;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

@@ -17,11 +17,11 @@ use crate::api::ObjectKey;
 pub use crate::api::pod::{ContainerSpec, PodSpec, Probe};
 use crate::api::service::RevisionTemplate;
 
-pub mod config;
+pub(crate) mod config;
 pub mod container;
 pub mod kubernetes;
-pub mod local;
-pub mod process;
+pub(crate) mod local;
+pub(crate) mod process;
 mod select;
 
 pub use select::LocalRuntimes;

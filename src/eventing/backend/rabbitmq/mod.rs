@@ -24,9 +24,9 @@
 //! dead-letter sink itself, as for every backend.
 
 pub mod binding;
-pub mod config;
+pub(crate) mod config;
 pub mod connection;
-pub mod settle;
+pub(crate) mod settle;
 mod subscription;
 
 #[cfg(test)]

@@ -19,11 +19,11 @@
 //! inference (`KUBECONFIG` or `~/.kube/config`, else the in-cluster service
 //! account).
 
-pub mod events;
+pub(crate) mod events;
 mod health;
-pub mod known;
+pub(crate) mod known;
 mod source;
-pub mod watch;
+pub(crate) mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -9,9 +9,9 @@
 //! shared machinery ([`super::local`]).
 
 pub mod engine;
-pub mod image;
+pub(crate) mod image;
 mod launcher;
-pub mod spec;
+pub(crate) mod spec;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
