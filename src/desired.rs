@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 /// Takes every entry whose key is no longer `desired` out of `running`, in
 /// key order, so that the caller can stop what each one ran.
-pub fn take_gone<K: Ord, V>(
+pub(crate) fn take_gone<K: Ord, V>(
     running: &mut BTreeMap<K, V>,
     desired: impl Fn(&K) -> bool,
 ) -> Vec<(K, V)> {

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
 /// A plain-text answer from pilotlight itself, `body` as given.
-pub fn text<B: From<String>>(status: StatusCode, body: String) -> Response<B> {
+pub(crate) fn text<B: From<String>>(status: StatusCode, body: String) -> Response<B> {
     let mut response = Response::new(B::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -25,12 +25,12 @@ pub fn text<B: From<String>>(status: StatusCode, body: String) -> Response<B> {
 }
 
 /// A plain-text answer of one line: `message` and a newline.
-pub fn line<B: From<String>>(status: StatusCode, message: String) -> Response<B> {
+pub(crate) fn line<B: From<String>>(status: StatusCode, message: String) -> Response<B> {
     text(status, format!("{message}\n"))
 }
 
 /// Tells the client when to try again (`Retry-After`, in seconds).
-pub fn with_retry_after<B>(mut response: Response<B>, seconds: u64) -> Response<B> {
+pub(crate) fn with_retry_after<B>(mut response: Response<B>, seconds: u64) -> Response<B> {
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -39,7 +39,7 @@ pub fn with_retry_after<B>(mut response: Response<B>, seconds: u64) -> Response<
 
 /// How a pooled client connects and how long it keeps idle connections.
 #[derive(Debug, Clone, Copy)]
-pub struct ClientSettings {
+pub(crate) struct ClientSettings {
     /// `TCP_NODELAY` on new connections: small requests go out at once.
     pub nodelay: bool,
     /// Gives up connecting after this; None waits as long as the OS does.
@@ -69,7 +69,7 @@ impl Default for ClientSettings {
 /// A pooled HTTP/1 client resolving names with `resolver` (a
 /// [`GaiResolver`](hyper_util::client::legacy::connect::dns::GaiResolver)
 /// for the system's).
-pub fn client<R, B>(resolver: R, settings: ClientSettings) -> Client<HttpConnector<R>, B>
+pub(crate) fn client<R, B>(resolver: R, settings: ClientSettings) -> Client<HttpConnector<R>, B>
 where
     HttpConnector<R>: Connect + Clone,
     B: Body + Send,

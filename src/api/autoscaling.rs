@@ -13,7 +13,7 @@ use crate::api::Invalid;
 
 const PREFIX: &str = "autoscaling.knative.dev/";
 /// The only class pilotlight implements.
-pub const KPA_CLASS: &str = "kpa.autoscaling.knative.dev";
+pub(crate) const KPA_CLASS: &str = "kpa.autoscaling.knative.dev";
 /// Knative's `TargetMin`: a target of zero would divide by zero.
 const TARGET_MIN: f64 = 0.01;
 /// Knative's `WindowMin` and `WindowMax`.
@@ -92,7 +92,7 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
 
 /// Parses a duration as Knative writes them (Go's `time.ParseDuration`
 /// subset): `60s`, `1m30s`, `500ms`, `1.5h`, `0`.
-pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("'{text}' is not a duration such as 60s, 1m30s or 500ms");
     if text == "0" {
         return Ok(Duration::ZERO);
@@ -128,14 +128,14 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
 
 /// What the KPA scales on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
+pub(crate) enum Metric {
     Concurrency,
     Rps,
 }
 
 /// One revision's resolved autoscaling settings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RevisionScaling {
+pub(crate) struct RevisionScaling {
     pub metric: Metric,
     /// What one instance should carry (concurrency or requests per second),
     /// utilization already applied.
@@ -288,7 +288,7 @@ impl RevisionScaling {
     /// The parts are checked one after another in a fixed order (class,
     /// metric, scale bounds, target, windows), so a manifest with several
     /// mistakes always gets the same first one named.
-    pub fn resolve(
+    pub(crate) fn resolve(
         annotations: &BTreeMap<String, String>,
         defaults: &AutoscalerDefaults,
         container_concurrency: u32,

@@ -89,7 +89,7 @@ fn refuse(
 }
 
 /// Parses one YAML document into a known resource; `Ok(None)` for an empty one.
-pub fn parse_document(
+pub(crate) fn parse_document(
     doc: &str,
     default_class: BrokerClass,
 ) -> Result<Option<Resource>, ManifestError> {
@@ -103,7 +103,7 @@ pub fn parse_document(
 
 /// Parses one object (a YAML document, or an object read from the API
 /// server) into a known resource, with the same checks for both.
-pub fn parse_value(
+pub(crate) fn parse_value(
     value: serde_json::Value,
     default_class: BrokerClass,
 ) -> Result<Resource, ManifestError> {
@@ -175,7 +175,7 @@ fn known_kinds() -> String {
 }
 
 /// Splits a multi-document YAML text at `---` lines: (first line, text).
-pub fn documents(text: &str) -> Vec<(usize, String)> {
+pub(crate) fn documents(text: &str) -> Vec<(usize, String)> {
     let mut documents = vec![(1, String::new())];
     for (i, line) in text.lines().enumerate() {
         if line.starts_with("---") && line[3..].trim().is_empty() {
@@ -193,7 +193,7 @@ pub fn documents(text: &str) -> Vec<(usize, String)> {
 /// Parses every document of `text` (read from `file`) into `manifests`;
 /// `seen` holds the objects already loaded, so a second definition of one
 /// is refused.
-pub fn load_text(
+pub(crate) fn load_text(
     file: &Path,
     text: &str,
     default_class: BrokerClass,

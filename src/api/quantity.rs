@@ -3,7 +3,7 @@
 
 /// What a quantity is counted in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
+pub(crate) enum Unit {
     /// Thousandths (CPU: `500m` is 500, `1` is 1000).
     Millis,
     /// Whole units (memory in bytes).
@@ -12,7 +12,7 @@ pub enum Unit {
 
 /// A Kubernetes quantity (`500m`, `1.5`, `128Mi`, `1G`, `2e3`), in `unit`,
 /// rounded up as Kubernetes rounds resource amounts.
-pub fn parse_quantity(text: &str, unit: Unit) -> Result<u64, String> {
+pub(crate) fn parse_quantity(text: &str, unit: Unit) -> Result<u64, String> {
     let text = text.trim();
     let bad = || format!("'{text}' is not a quantity (such as 500m, 1.5, 128Mi or 1G)");
     let split = text

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Invalid, ObjectKey, ObjectMeta};
 
-pub const API_VERSION: &str = "eventing.knative.dev/v1alpha1";
-pub const KIND: &str = "RabbitmqBrokerConfig";
+pub(crate) const API_VERSION: &str = "eventing.knative.dev/v1alpha1";
+pub(crate) const KIND: &str = "RabbitmqBrokerConfig";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

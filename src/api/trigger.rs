@@ -10,12 +10,12 @@ use crate::api::filter::Filter;
 use crate::cloudevent::ValidationError;
 
 /// Delivery order annotation (Knative's Kafka broker name, used for every backend).
-pub const DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
+pub(crate) const DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
 /// Deliveries a trigger keeps in flight at most (unordered triggers).
-pub const MAX_IN_FLIGHT_ANNOTATION: &str = "pilotlight.dev/max-in-flight";
+pub(crate) const MAX_IN_FLIGHT_ANNOTATION: &str = "pilotlight.dev/max-in-flight";
 /// Concurrent deliveries (and prefetch) of a trigger on a RabbitMQBroker, as
 /// in eventing-rabbitmq: 1 (the default) delivers in order.
-pub const RABBITMQ_PARALLELISM_ANNOTATION: &str = "rabbitmq.eventing.knative.dev/parallelism";
+pub(crate) const RABBITMQ_PARALLELISM_ANNOTATION: &str = "rabbitmq.eventing.knative.dev/parallelism";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -42,7 +42,7 @@ impl ErrorKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EvalError {
+pub(crate) struct EvalError {
     pub kind: ErrorKind,
     pub message: String,
 }
@@ -50,13 +50,13 @@ pub struct EvalError {
 /// The result of evaluating an expression: always a value, plus the first
 /// error raised while computing it, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Evaluation {
+pub(crate) struct Evaluation {
     pub value: Value,
     pub error: Option<EvalError>,
 }
 
 /// Evaluates `expr` against `event`, in the spec's complete evaluation mode.
-pub fn evaluate(expr: &Expr, event: &Event) -> Evaluation {
+pub(crate) fn evaluate(expr: &Expr, event: &Event) -> Evaluation {
     let mut cx = Ctx { event, error: None };
     let value = match cx.eval(expr) {
         V::Bool(b) => Value::Boolean(b),
@@ -73,7 +73,7 @@ pub fn evaluate(expr: &Expr, event: &Event) -> Evaluation {
 
 /// Whether `event` passes the filter `expr`: the result, cast to Boolean, is
 /// `true` and no error was raised anywhere in the evaluation.
-pub fn matches(expr: &Expr, event: &Event) -> bool {
+pub(crate) fn matches(expr: &Expr, event: &Event) -> bool {
     let mut cx = Ctx { event, error: None };
     let value = cx.eval(expr);
     let result = match value {

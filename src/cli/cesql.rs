@@ -29,7 +29,7 @@ pub struct CesqlArgs {
 /// Exit code for an expression that does not parse.
 const PARSE_ERROR_EXIT: u8 = 2;
 
-pub fn run(args: CesqlArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: CesqlArgs) -> anyhow::Result<()> {
     let event = load_event(args.event.as_deref())?;
     let expression = match parser::parse(&args.expression) {
         Ok(expression) => expression,

@@ -18,7 +18,7 @@ pub struct EventDisplayArgs {
     pub listen: Option<SocketAddr>,
 }
 
-pub async fn run(args: EventDisplayArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: EventDisplayArgs) -> anyhow::Result<()> {
     let address = match args.listen {
         Some(address) => address,
         None => {
@@ -54,7 +54,7 @@ async fn receive(headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
 }
 
 /// Knative's event_display output for one event.
-pub fn render(event: &cloudevents::Event) -> String {
+pub(crate) fn render(event: &cloudevents::Event) -> String {
     let mut out = String::from("☁️  cloudevents.Event\nContext Attributes,\n");
     for (name, value) in event.iter_attributes() {
         let _ = writeln!(out, "  {name}: {value}");

@@ -47,7 +47,7 @@ pub struct GetArgs {
     pub admin: String,
 }
 
-pub async fn get(args: GetArgs) -> anyhow::Result<()> {
+pub(crate) async fn get(args: GetArgs) -> anyhow::Result<()> {
     let list = fetch(&args).await?;
     for error in &list.errors {
         eprintln!("warning: manifest refused: {error}");
@@ -86,7 +86,7 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
 }
 
 /// Renders a kubectl-like table, then the messages of what is not ready.
-pub fn table(kind: Kind, items: &[ObjectView]) -> String {
+pub(crate) fn table(kind: Kind, items: &[ObjectView]) -> String {
     let mut rows = vec![header(columns(kind))];
     rows.extend(items.iter().map(|item| row(kind, item)));
     let mut out = aligned(&rows);

@@ -38,7 +38,7 @@ pub struct HelloArgs {
     pub host: std::net::IpAddr,
 }
 
-pub async fn run(args: HelloArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: HelloArgs) -> anyhow::Result<()> {
     let address = args.listen.unwrap_or_else(|| default_address(args.host));
     let listener = TcpListener::bind(address)
         .await

@@ -12,14 +12,13 @@ use hyper_util::client::legacy::connect::dns::GaiResolver;
 use crate::http_util::{self, ClientSettings};
 
 /// A response, read whole.
-pub struct Response {
+pub(crate) struct Response {
     pub status: StatusCode,
-    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 /// Sends one request and reads the whole response (30 s at most).
-pub async fn request(
+pub(crate) async fn request(
     method: Method,
     uri: &Uri,
     headers: HeaderMap,
@@ -36,7 +35,6 @@ pub async fn request(
         let body = body.collect().await?.to_bytes();
         anyhow::Ok(Response {
             status: parts.status,
-            headers: parts.headers,
             body,
         })
     };
@@ -48,7 +46,7 @@ pub async fn request(
 
 /// GETs `path` from a running pilotlight's admin listener (`--admin`) and
 /// fails unless it answers 2xx; the error says which address was tried.
-pub async fn admin_get(admin: &str, path: &str) -> anyhow::Result<Response> {
+pub(crate) async fn admin_get(admin: &str, path: &str) -> anyhow::Result<Response> {
     let uri: Uri = format!("http://{admin}{path}")
         .parse()
         .with_context(|| format!("'{admin}' is not an address (--admin / PILOTLIGHT_ADMIN)"))?;

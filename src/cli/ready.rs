@@ -14,7 +14,7 @@ pub struct ReadyArgs {
     pub admin: String,
 }
 
-pub async fn ready(args: ReadyArgs) -> anyhow::Result<()> {
+pub(crate) async fn ready(args: ReadyArgs) -> anyhow::Result<()> {
     admin_get(&args.admin, "/readyz")
         .await
         .context("not ready")?;

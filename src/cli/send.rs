@@ -49,7 +49,7 @@ pub struct SendArgs {
     pub mode: SendMode,
 }
 
-pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
     let uri = target(&args)?;
     let event = build_event(&args)?;
     let mut headers = HeaderMap::new();
@@ -91,7 +91,7 @@ fn target(args: &SendArgs) -> anyhow::Result<Uri> {
 }
 
 /// The event the flags describe, validated like any event the ingress takes.
-pub fn build_event(args: &SendArgs) -> anyhow::Result<Event> {
+pub(crate) fn build_event(args: &SendArgs) -> anyhow::Result<Event> {
     let mut attributes = vec![
         ("specversion".to_owned(), "1.0".to_owned()),
         (

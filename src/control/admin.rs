@@ -16,14 +16,14 @@ use super::board::Collection;
 use super::reconcile::ControlPlane;
 
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub control: Arc<ControlPlane>,
     pub metrics: PrometheusHandle,
     /// Set once the manifests were first applied.
     pub ready: Arc<AtomicBool>,
 }
 
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

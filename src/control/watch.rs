@@ -16,7 +16,7 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// Watches `paths` and applies the manifests on every change, until the
 /// returned watcher is dropped.
-pub fn watch(
+pub(crate) fn watch(
     paths: Vec<PathBuf>,
     control: Arc<ControlPlane>,
 ) -> notify::Result<notify::RecommendedWatcher> {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ObjectKey;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RecordedRevision {
+pub(crate) struct RecordedRevision {
     pub name: String,
     /// The template the revision was made from (`spec.template`, as JSON).
     pub template: serde_json::Value,
@@ -32,7 +32,7 @@ struct ServiceHistory {
 }
 
 /// The revisions of every Service, persisted as one JSON file.
-pub struct RevisionHistory {
+pub(crate) struct RevisionHistory {
     path: PathBuf,
     saved: Saved,
 }
@@ -42,14 +42,14 @@ pub struct RevisionHistory {
 #[error(
     "revision {name} already exists with a different template; give spec.template.metadata.name a new name (or remove it to have names generated)"
 )]
-pub struct NameTaken {
+pub(crate) struct NameTaken {
     pub name: String,
 }
 
 impl RevisionHistory {
     /// Loads the history; a missing or unreadable file starts empty (with a
     /// warning for the latter: revision numbers then restart).
-    pub fn load(dir: &Path) -> Self {
+    pub(crate) fn load(dir: &Path) -> Self {
         let path = dir.join("revisions.json");
         let saved = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -68,7 +68,7 @@ impl RevisionHistory {
     /// server keeps it (Kubernetes mode): a new revision is numbered by it,
     /// so that every replica, however long it has been running, gives the
     /// same template the same name.
-    pub fn revision_for(
+    pub(crate) fn revision_for(
         &mut self,
         service: &ObjectKey,
         template: &serde_json::Value,
@@ -112,7 +112,7 @@ impl RevisionHistory {
     }
 
     /// A service's revisions, oldest first.
-    pub fn revisions(&self, service: &ObjectKey) -> &[RecordedRevision] {
+    pub(crate) fn revisions(&self, service: &ObjectKey) -> &[RecordedRevision] {
         self.saved
             .services
             .get(&service.to_string())
@@ -120,18 +120,18 @@ impl RevisionHistory {
     }
 
     /// Forgets revisions (retention) or a whole service (deleted).
-    pub fn retain(&mut self, service: &ObjectKey, keep: impl Fn(&RecordedRevision) -> bool) {
+    pub(crate) fn retain(&mut self, service: &ObjectKey, keep: impl Fn(&RecordedRevision) -> bool) {
         if let Some(history) = self.saved.services.get_mut(&service.to_string()) {
             history.revisions.retain(|r| keep(r));
         }
     }
 
-    pub fn forget_service(&mut self, service: &ObjectKey) {
+    pub(crate) fn forget_service(&mut self, service: &ObjectKey) {
         self.saved.services.remove(&service.to_string());
     }
 
     /// Writes the file atomically (temp file, then rename).
-    pub fn save(&self) -> std::io::Result<()> {
+    pub(crate) fn save(&self) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }

@@ -28,7 +28,7 @@ use crate::http_util::{self, ClientSettings, text, with_retry_after};
 
 /// Forwards requests to revision instances.
 #[derive(Clone)]
-pub struct Proxy {
+pub(crate) struct Proxy {
     client: Client<HttpConnector, Body>,
 }
 
@@ -56,7 +56,7 @@ impl Drop for Counted {
 }
 
 impl Proxy {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let settings = ClientSettings {
             nodelay: true,
             connect_timeout: Some(Duration::from_secs(5)),
@@ -70,7 +70,7 @@ impl Proxy {
     }
 
     /// Serves one request for a service host.
-    pub async fn serve(
+    pub(crate) async fn serve(
         &self,
         route: &HostRoute,
         request: Request<Incoming>,

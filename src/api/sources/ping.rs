@@ -9,7 +9,7 @@ use crate::api::duck::{CeOverrides, Destination};
 use crate::api::{Invalid, ObjectMeta};
 
 /// The CloudEvents type of every ping.
-pub const PING_EVENT_TYPE: &str = "dev.knative.sources.ping";
+pub(crate) const PING_EVENT_TYPE: &str = "dev.knative.sources.ping";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

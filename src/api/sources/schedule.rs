@@ -20,14 +20,14 @@ use croner::parser::{CronParser, Seconds, Year};
 
 /// A parsed schedule. Build it with [`Schedule::parse`].
 #[derive(Debug, Clone)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     cron: Cron,
     zone: Tz,
 }
 
 /// Why a schedule or time zone is rejected: the manifest field and a reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScheduleError {
+pub(crate) struct ScheduleError {
     /// `spec.schedule` or `spec.timezone`.
     pub field: &'static str,
     pub reason: String,
@@ -58,7 +58,7 @@ const MACROS: [(&str, &str); 7] = [
 
 impl Schedule {
     /// Parses `expression` in `timezone` (UTC when `None`).
-    pub fn parse(expression: &str, timezone: Option<&str>) -> Result<Schedule, ScheduleError> {
+    pub(crate) fn parse(expression: &str, timezone: Option<&str>) -> Result<Schedule, ScheduleError> {
         let cron = parse_expression(expression).map_err(|reason| ScheduleError {
             field: "spec.schedule",
             reason,
@@ -75,7 +75,7 @@ impl Schedule {
 
     /// The first tick strictly after `after`, or `None` if the expression
     /// never matches again (e.g. `0 0 30 2 *`).
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = after.with_timezone(&self.zone);
         self.cron
             .find_next_occurrence(&local, false)
@@ -84,7 +84,7 @@ impl Schedule {
     }
 
     /// The latest tick at or before `at`, if any.
-    pub fn latest_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn latest_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = at.with_timezone(&self.zone);
         let candidate = self
             .cron
@@ -105,7 +105,7 @@ impl Schedule {
 }
 
 /// Parses an IANA time zone name such as `Asia/Tokyo`.
-pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+pub(crate) fn parse_timezone(name: &str) -> Result<Tz, String> {
     name.parse::<Tz>().map_err(|_| {
         format!("'{name}' is not an IANA time zone name such as Asia/Tokyo, Europe/London or UTC")
     })

@@ -22,7 +22,7 @@ use crate::api::manifest::{self, Loaded, ManifestError, Manifests, Origin};
 use crate::control::reconcile::ControlPlane;
 
 /// One watched kind's objects, kept by a reflector.
-pub struct Cache {
+pub(crate) struct Cache {
     pub kind: WatchedKind,
     pub store: Store<DynamicObject>,
     /// True once the reflector has the kind's first full list. (Not the
@@ -34,20 +34,20 @@ pub struct Cache {
 /// Events of every cache: counted, so that a sync with none since the last
 /// reads nothing, and notified, to wake the sync loop.
 #[derive(Default)]
-pub struct CacheEvents {
+pub(crate) struct CacheEvents {
     count: AtomicU64,
     pub notify: Notify,
 }
 
 impl CacheEvents {
-    pub fn record(&self) {
+    pub(crate) fn record(&self) {
         self.count.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_one();
     }
 }
 
 /// The watched kinds with their caches, and what was last applied.
-pub struct DesiredState {
+pub(crate) struct DesiredState {
     control: Arc<ControlPlane>,
     caches: Vec<Cache>,
     events: Arc<CacheEvents>,
@@ -63,7 +63,7 @@ struct Applied {
 }
 
 impl DesiredState {
-    pub fn new(control: Arc<ControlPlane>, caches: Vec<Cache>, events: Arc<CacheEvents>) -> Self {
+    pub(crate) fn new(control: Arc<ControlPlane>, caches: Vec<Cache>, events: Arc<CacheEvents>) -> Self {
         DesiredState {
             control,
             caches,
@@ -72,13 +72,13 @@ impl DesiredState {
         }
     }
 
-    pub fn control(&self) -> &Arc<ControlPlane> {
+    pub(crate) fn control(&self) -> &Arc<ControlPlane> {
         &self.control
     }
 
     /// Waits until every cache holds its first full list: applying before
     /// that would see, say, a Trigger without its Broker.
-    pub async fn wait_until_listed(&self) {
+    pub(crate) async fn wait_until_listed(&self) {
         for cache in &self.caches {
             let mut listed = cache.listed.clone();
             if listed.wait_for(|l| *l).await.is_err() {
@@ -89,7 +89,7 @@ impl DesiredState {
 
     /// Applies the caches' objects if they changed since the last apply.
     /// Returns whether it applied.
-    pub async fn sync(&self) -> bool {
+    pub(crate) async fn sync(&self) -> bool {
         self.wait_until_listed().await;
         let mut applied = self.applied.lock().await;
         // Read before the caches, so that an event during the read counts
@@ -119,7 +119,7 @@ impl DesiredState {
 
     /// Whether the last apply left the object out: after its deletion
     /// reached the cache, and the apply removed what pilotlight made for it.
-    pub async fn applied_without(&self, kind: &WatchedKind, key: &ObjectKey) -> bool {
+    pub(crate) async fn applied_without(&self, kind: &WatchedKind, key: &ObjectKey) -> bool {
         let origin = origin(kind, key);
         let applied = self.applied.lock().await;
         applied.as_ref().is_some_and(|a| {
@@ -129,7 +129,7 @@ impl DesiredState {
     }
 
     /// Why the object was refused at the last apply, if it was.
-    pub async fn refusal(&self, kind: &WatchedKind, key: &ObjectKey) -> Option<ManifestError> {
+    pub(crate) async fn refusal(&self, kind: &WatchedKind, key: &ObjectKey) -> Option<ManifestError> {
         let origin = origin(kind, key);
         let applied = self.applied.lock().await;
         applied
@@ -170,7 +170,7 @@ impl DesiredState {
 }
 
 /// An object's key, as the loader makes it (no namespace: `default`).
-pub fn object_key(object: &DynamicObject) -> ObjectKey {
+pub(crate) fn object_key(object: &DynamicObject) -> ObjectKey {
     ObjectKey::new(
         object.metadata.namespace.as_deref().unwrap_or("default"),
         object.metadata.name.as_deref().unwrap_or_default(),

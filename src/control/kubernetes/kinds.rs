@@ -8,7 +8,7 @@ use crate::api::kinds::KINDS;
 
 /// One kind pilotlight watches.
 #[derive(Debug, Clone)]
-pub struct WatchedKind {
+pub(crate) struct WatchedKind {
     pub resource: ApiResource,
     /// Knative kinds that pilotlight reconciles: it writes their status and
     /// holds a finalizer on them. The others (the registry's `Referenced`
@@ -19,12 +19,12 @@ pub struct WatchedKind {
 impl WatchedKind {
     /// The finalizer pilotlight puts on objects of this kind, named as
     /// Knative names its own (`brokers.eventing.knative.dev`).
-    pub fn finalizer(&self) -> String {
+    pub(crate) fn finalizer(&self) -> String {
         format!("{}.{}", self.resource.plural, self.resource.group)
     }
 
     /// The API path of one object, as errors and status messages name it.
-    pub fn object_path(&self, namespace: &str, name: &str) -> String {
+    pub(crate) fn object_path(&self, namespace: &str, name: &str) -> String {
         let collection = DynamicObject::url_path(&self.resource, Some(namespace));
         format!("{collection}/{name}")
     }
@@ -33,7 +33,7 @@ impl WatchedKind {
 /// Every registered kind, once each: a kind known in several versions
 /// (KafkaSource v1beta1 and v1) is watched in the last one listed, which the
 /// API server converts the others to.
-pub fn watched_kinds() -> Vec<WatchedKind> {
+pub(crate) fn watched_kinds() -> Vec<WatchedKind> {
     KINDS
         .iter()
         .filter_map(|info| {

@@ -14,7 +14,7 @@ use crate::api::status::Status;
 /// it describes. Live figures (a trigger's backlog) are left out: writing
 /// them would make every change of the figure a write, and every write a
 /// watch event.
-pub fn status_block(mut status: Status, object: &DynamicObject) -> Value {
+pub(crate) fn status_block(mut status: Status, object: &DynamicObject) -> Value {
     status.backlog = None;
     status.lost_to_retention = None;
     let previous = object
@@ -33,7 +33,7 @@ pub fn status_block(mut status: Status, object: &DynamicObject) -> Value {
 /// Replaces the object's status with `block` unless it already has it. On a
 /// conflict (the object changed since it was read) reads it again and
 /// retries once; a second conflict is left to the next reconcile.
-pub async fn write_status(
+pub(crate) async fn write_status(
     api: &Api<DynamicObject>,
     kind: &WatchedKind,
     object: &DynamicObject,

@@ -25,17 +25,17 @@ use crate::eventing::backend::AppendError;
 use crate::http_util::{line, with_retry_after};
 
 /// Default largest request body accepted (1 MiB).
-pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// What the ingress needs: the brokers, each with its own limit.
 #[derive(Clone)]
-pub struct IngressState {
+pub(crate) struct IngressState {
     pub brokers: Arc<BrokerRegistry>,
 }
 
 /// Serves one request to the ingress. The path is matched here rather than
 /// by a router: it has one shape, and this is the hot path of every event.
-pub async fn serve<B>(state: &IngressState, request: Request<B>) -> Response
+pub(crate) async fn serve<B>(state: &IngressState, request: Request<B>) -> Response
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

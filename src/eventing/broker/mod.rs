@@ -1,7 +1,7 @@
 //! Brokers: the handle of a running broker, the registry the ingress looks
 //! brokers up in, and the HTTP ingress.
 
-pub mod ingress;
+pub(crate) mod ingress;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -91,7 +91,7 @@ fn rejection_reason(error: &AppendError) -> &'static str {
 }
 
 /// Counts an event the broker turned away, by reason.
-pub fn reject_metric(broker: &str, reason: &'static str) {
+pub(crate) fn reject_metric(broker: &str, reason: &'static str) {
     metrics::counter!("pilotlight_broker_events_rejected_total", "broker" => broker.to_owned(), "reason" => reason)
         .increment(1);
 }

@@ -7,7 +7,7 @@
 //! Idempotent: an object whose resolved plan did not change keeps running
 //! untouched, so a reload loses nothing and restarts nothing it need not.
 
-pub mod plan;
+pub(crate) mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -35,7 +35,7 @@ use plan::{
 };
 
 /// The reason of a broker whose backend did not start: tried again later.
-pub const BACKEND_FAILED: &str = "BackendFailed";
+pub(crate) const BACKEND_FAILED: &str = "BackendFailed";
 /// How long shutdown lets in-flight deliveries finish, so that a clean stop
 /// does not deliver them twice.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -26,7 +26,7 @@ use crate::eventing::trigger::dispatcher::TriggerPlan;
 /// `spec.config` and pilotlight's settings. A broker whose plan did not change
 /// keeps its backend across a reload.
 #[derive(Debug, Clone, PartialEq)]
-pub enum BackendPlan {
+pub(crate) enum BackendPlan {
     Log {
         dir: PathBuf,
     },
@@ -40,7 +40,7 @@ pub enum BackendPlan {
 
 /// Resolves the broker's backend settings; an error names the field or
 /// reference that is wrong.
-pub fn backend_plan(
+pub(crate) fn backend_plan(
     settings: &EventingSettings,
     key: &ObjectKey,
     broker: &Broker,
@@ -105,14 +105,14 @@ fn rabbitmq_connection(
 
 /// A broker's backend as it runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RunningBackend<'a> {
+pub(crate) struct RunningBackend<'a> {
     pub plan: &'a BackendPlan,
     pub class: BrokerClass,
 }
 
 /// What to do about one broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BrokerAction {
+pub(crate) enum BrokerAction {
     /// It runs as planned: only its object is updated.
     Keep,
     /// Start its backend (nothing runs).
@@ -130,7 +130,7 @@ pub enum BrokerAction {
     Refuse(String),
 }
 
-pub fn broker_action(
+pub(crate) fn broker_action(
     plan: Result<(&BackendPlan, BrokerClass), &str>,
     running: Option<RunningBackend<'_>>,
 ) -> BrokerAction {
@@ -146,7 +146,7 @@ pub fn broker_action(
 
 /// Resolves destinations (`uri`, or a reference to a Broker or a Service
 /// with `uri` appended as a path, Knative's rule).
-pub struct Destinations<'a> {
+pub(crate) struct Destinations<'a> {
     /// Base URL of the ingress (`http://127.0.0.1:8080`).
     pub ingress_url: &'a str,
     /// The brokers loaded (running or not).
@@ -156,11 +156,11 @@ pub struct Destinations<'a> {
 }
 
 impl Destinations<'_> {
-    pub fn broker_url(&self, key: &ObjectKey) -> String {
+    pub(crate) fn broker_url(&self, key: &ObjectKey) -> String {
         broker_url(self.ingress_url, key)
     }
 
-    pub fn resolve(&self, destination: &Destination, namespace: &str) -> Result<Uri, String> {
+    pub(crate) fn resolve(&self, destination: &Destination, namespace: &str) -> Result<Uri, String> {
         let Some(reference) = &destination.reference else {
             let uri = destination.uri.as_deref().unwrap_or_default();
             return uri
@@ -199,12 +199,12 @@ impl Destinations<'_> {
 }
 
 /// A broker's address: `{ingress}/{namespace}/{name}`.
-pub fn broker_url(ingress_url: &str, key: &ObjectKey) -> String {
+pub(crate) fn broker_url(ingress_url: &str, key: &ObjectKey) -> String {
     format!("{ingress_url}/{}/{}", key.namespace, key.name)
 }
 
 /// The broker a trigger delivers from, as it runs.
-pub struct TriggerBroker<'a> {
+pub(crate) struct TriggerBroker<'a> {
     pub broker: &'a Broker,
     pub class: BrokerClass,
 }
@@ -212,7 +212,7 @@ pub struct TriggerBroker<'a> {
 /// A trigger's delivery plan, or the status that says why it cannot run.
 /// `broker` is its broker when that runs; `broker_loaded` whether one of
 /// that name is loaded at all.
-pub fn trigger_plan(
+pub(crate) fn trigger_plan(
     settings: &EventingSettings,
     key: &ObjectKey,
     trigger: &Trigger,
@@ -287,7 +287,7 @@ pub fn trigger_plan(
 
 /// What to do about one trigger.
 #[derive(Debug, Clone, PartialEq)]
-pub enum TriggerAction {
+pub(crate) enum TriggerAction {
     /// Its dispatcher runs this plan on this broker: nothing to do.
     Keep,
     /// Subscribe and start a dispatcher (stopping one that runs first: its
@@ -299,7 +299,7 @@ pub enum TriggerAction {
 }
 
 /// A trigger's dispatcher as it runs.
-pub struct RunningDispatcher<'a> {
+pub(crate) struct RunningDispatcher<'a> {
     pub plan: &'a TriggerPlan,
     /// Whether it still delivers from the broker the plan names (a broker
     /// restarted since is another broker).
@@ -307,7 +307,7 @@ pub struct RunningDispatcher<'a> {
     pub finished: bool,
 }
 
-pub fn trigger_action(
+pub(crate) fn trigger_action(
     plan: &Result<TriggerPlan, Box<Status>>,
     running: Option<RunningDispatcher<'_>>,
 ) -> TriggerAction {

@@ -19,7 +19,7 @@ use crate::cloudevent::{Event, carries_event, encode_binary_headers, parse_http}
 use crate::http_util::{self, ClientSettings};
 
 /// Knative keeps at most this much of a failed response in `knativeerrordata`.
-pub const ERROR_DATA_MAX: usize = 1024;
+pub(super) const ERROR_DATA_MAX: usize = 1024;
 /// Largest reply event read from a subscriber.
 const REPLY_MAX: usize = 4 << 20;
 
@@ -43,7 +43,7 @@ pub struct Failure {
 /// listener and every other name with the system resolver. glibc does not
 /// resolve `*.localhost`, and a custom `--domain` has no DNS at all.
 #[derive(Clone)]
-pub struct LocalDomainResolver {
+pub(super) struct LocalDomainResolver {
     /// `.localhost`; None resolves everything with the system.
     suffix: Option<Arc<str>>,
     ip: IpAddr,
@@ -244,7 +244,7 @@ fn network_failure(uri: &Uri, error: &hyper_util::client::legacy::Error) -> Atte
 }
 
 /// Knative retries on 404, 409, 429 and 5xx, and never on other 4xx.
-pub fn is_retryable(status: StatusCode) -> bool {
+pub(super) fn is_retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 404 | 409 | 429) || status.is_server_error()
 }
 

@@ -23,7 +23,7 @@ type SourceId = (&'static str, ObjectKey);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A source object as loaded, with its sink resolved (or why not).
-pub struct DesiredSource {
+pub(crate) struct DesiredSource {
     pub kind: &'static str,
     pub api_version: String,
     pub key: ObjectKey,
@@ -53,14 +53,14 @@ struct Entry {
 }
 
 /// Runs the loaded sources.
-pub struct SourceController {
+pub(crate) struct SourceController {
     sender: EventSender,
     data_dir: PathBuf,
     entries: tokio::sync::Mutex<BTreeMap<SourceId, Entry>>,
 }
 
 impl SourceController {
-    pub fn new(sender: EventSender, data_dir: PathBuf) -> Self {
+    pub(crate) fn new(sender: EventSender, data_dir: PathBuf) -> Self {
         SourceController {
             sender,
             data_dir,
@@ -77,7 +77,7 @@ impl SourceController {
     }
 
     /// Brings running sources to the desired ones.
-    pub async fn apply(&self, desired: Vec<DesiredSource>) {
+    pub(crate) async fn apply(&self, desired: Vec<DesiredSource>) {
         let mut entries = self.entries.lock().await;
         let wanted: Vec<SourceId> = desired.iter().map(|d| (d.kind, d.key.clone())).collect();
         for (id, entry) in take_gone(&mut entries, |id| wanted.contains(id)) {
@@ -142,7 +142,7 @@ impl SourceController {
     }
 
     /// Every source with its status, for the admin API.
-    pub async fn views(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+    pub(crate) async fn views(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         let entries = self.entries.lock().await;
         entries
             .iter()
@@ -162,7 +162,7 @@ impl SourceController {
             .collect()
     }
 
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let mut entries = self.entries.lock().await;
         let running: Vec<_> = entries
             .values_mut()

@@ -38,7 +38,7 @@ const DEAD_LETTER_PAUSE_MAX: Duration = Duration::from_secs(60);
 /// that compare equal run the same way, so an unchanged trigger keeps running
 /// across a reload.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TriggerPlan {
+pub(crate) struct TriggerPlan {
     pub key: ObjectKey,
     pub broker: ObjectKey,
     /// Where replies go: the broker's ingress, named in a dead letter when
@@ -53,19 +53,19 @@ pub struct TriggerPlan {
 
 /// A running dispatcher. Dropping it aborts the dispatcher at once: in-flight
 /// deliveries stop and come again through the next subscription.
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
 }
 
 impl Dispatcher {
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
 
     /// Stops taking events and lets in-flight deliveries finish (and be
     /// acknowledged) for up to `grace`, then aborts what is left.
-    pub async fn drain(mut self, grace: Duration) {
+    pub(crate) async fn drain(mut self, grace: Duration) {
         self.stop.send_replace(true);
         if tokio::time::timeout(grace, &mut self.task).await.is_err() {
             self.task.abort();
@@ -80,7 +80,7 @@ impl Drop for Dispatcher {
 }
 
 /// Starts the dispatcher.
-pub fn spawn(
+pub(crate) fn spawn(
     plan: Arc<TriggerPlan>,
     subscription: Box<dyn Subscription>,
     broker: Arc<BrokerHandle>,

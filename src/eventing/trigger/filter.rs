@@ -65,13 +65,13 @@ fn cesql_matches(program: &crate::cesql::program::Program, event: &Event) -> boo
 /// The set of trigger slots an event matched, computed once per event against
 /// one version of the index.
 #[derive(Debug, Clone, Default)]
-pub struct MatchSet {
+pub(crate) struct MatchSet {
     pub index_version: u64,
     bits: Vec<u64>,
 }
 
 impl MatchSet {
-    pub fn contains(&self, slot: usize) -> bool {
+    pub(crate) fn contains(&self, slot: usize) -> bool {
         self.bits
             .get(slot / 64)
             .is_some_and(|word| word & (1 << (slot % 64)) != 0)
@@ -91,7 +91,7 @@ impl MatchSet {
 /// look-up per indexed attribute plus a full test of the few candidates, not a
 /// test of every trigger. Filters without one are tested for every event.
 #[derive(Debug, Default)]
-pub struct FilterIndex {
+pub(crate) struct FilterIndex {
     version: u64,
     filters: Vec<Option<Arc<Filter>>>,
     by_attribute: HashMap<String, HashMap<String, Vec<usize>>>,
@@ -100,7 +100,7 @@ pub struct FilterIndex {
 
 impl FilterIndex {
     /// Builds the index over `filters[slot]`; empty slots hold `None`.
-    pub fn new(version: u64, filters: Vec<Option<Arc<Filter>>>) -> Self {
+    pub(crate) fn new(version: u64, filters: Vec<Option<Arc<Filter>>>) -> Self {
         let mut index = FilterIndex {
             version,
             ..Default::default()
@@ -122,12 +122,12 @@ impl FilterIndex {
         index
     }
 
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.version
     }
 
     /// The slots whose filter matches the event.
-    pub fn matches(&self, event: &Event) -> MatchSet {
+    pub(crate) fn matches(&self, event: &Event) -> MatchSet {
         let mut set = MatchSet {
             index_version: self.version,
             bits: Vec::new(),

@@ -1,4 +1,4 @@
 //! Triggers: filters, delivery and the per-trigger dispatcher.
 
-pub mod dispatcher;
-pub mod filter;
+pub(crate) mod dispatcher;
+pub(crate) mod filter;

@@ -23,7 +23,7 @@ const BUCKET: Duration = Duration::from_secs(1);
 
 /// One decision of the KPA.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Instances the revision should have.
     pub desired: u32,
     /// True while in panic mode.
@@ -141,7 +141,7 @@ impl Window {
 
 /// The KPA state for one revision.
 #[derive(Debug)]
-pub struct Kpa {
+pub(crate) struct Kpa {
     scaling: RevisionScaling,
     origin: Instant,
     stable: Window,
@@ -163,7 +163,7 @@ pub struct Kpa {
 }
 
 impl Kpa {
-    pub fn new(scaling: RevisionScaling, now: Instant) -> Self {
+    pub(crate) fn new(scaling: RevisionScaling, now: Instant) -> Self {
         // Knative creates a revision with max(min-scale, initial-scale).
         let mut desired = scaling.initial_scale.max(scaling.min_scale);
         if scaling.max_scale > 0 {
@@ -192,17 +192,13 @@ impl Kpa {
         }
     }
 
-    pub fn scaling(&self) -> &RevisionScaling {
-        &self.scaling
-    }
-
     /// The instance count last decided (or poked to).
-    pub fn desired(&self) -> u32 {
+    pub(crate) fn desired(&self) -> u32 {
         self.desired
     }
 
     /// The last decision.
-    pub fn last_decision(&self) -> &Decision {
+    pub(crate) fn last_decision(&self) -> &Decision {
         &self.last
     }
 
@@ -211,7 +207,7 @@ impl Kpa {
     }
 
     /// Adds one (per-second) sample of the revision's load.
-    pub fn record(&mut self, now: Instant, sample: Sample) {
+    pub(crate) fn record(&mut self, now: Instant, sample: Sample) {
         let value = match self.scaling.metric {
             Metric::Concurrency => sample.average_concurrency,
             Metric::Rps => sample.requests_per_second,
@@ -227,7 +223,7 @@ impl Kpa {
     /// A request is waiting and there are no instances: the count to scale to
     /// now, without waiting for the next tick (Knative's activator pokes the
     /// autoscaler the same way).
-    pub fn poke(&mut self, now: Instant) -> u32 {
+    pub(crate) fn poke(&mut self, now: Instant) -> u32 {
         if self.desired > 0 {
             return self.desired;
         }
@@ -255,7 +251,7 @@ impl Kpa {
     /// Knative's rules apply in turn, each able to override the one before:
     /// what the windows ask for, panic mode, the scale-down delay, the
     /// min/max/initial bounds, and last the way to and from zero.
-    pub fn decide(&mut self, now: Instant, ready: u32, reachable: bool) -> Decision {
+    pub(crate) fn decide(&mut self, now: Instant, ready: u32, reachable: bool) -> Decision {
         let index = self.index(now);
         let stable = self.stable.average(index);
         let panicky = self.panic.average(index);

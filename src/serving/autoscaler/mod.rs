@@ -15,10 +15,9 @@
 //! `autoscaling.knative.dev/*` annotations) are Knative's API, in
 //! `api::autoscaling`.
 
-pub mod kpa;
-pub mod scaler;
-pub mod stats;
+pub(crate) mod kpa;
+pub(crate) mod scaler;
+pub(crate) mod stats;
 
-pub use kpa::{Decision, Kpa};
-pub use scaler::{Scaler, ScalerHandle, ScalerSnapshot};
-pub use stats::{RevisionStats, Sample};
+pub(crate) use scaler::{Scaler, ScalerHandle};
+pub(crate) use stats::RevisionStats;

@@ -29,14 +29,14 @@ pub struct ScalerSnapshot {
 }
 
 /// Starts a revision's autoscaling loop.
-pub struct Scaler;
+pub(crate) struct Scaler;
 
 impl Scaler {
     /// Spawns the loop on the current tokio runtime and scales `deployment`
     /// to the initial scale at once. `revision` is `namespace/name`, for
     /// metric labels and logs. `reachable` says whether traffic is routed to
     /// the revision (min-scale applies only then).
-    pub fn spawn(
+    pub(crate) fn spawn(
         revision: impl Into<Arc<str>>,
         scaling: RevisionScaling,
         stats: Arc<RevisionStats>,

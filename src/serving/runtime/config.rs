@@ -100,7 +100,7 @@ fn keys(data: &ConfigData) -> String {
 /// `env` in order (later entries win), each `env` value with `$(NAME)`
 /// references to earlier variables expanded. Errors name the field, the
 /// object and the key.
-pub fn environment(
+pub(crate) fn environment(
     container: &ContainerSpec,
     objects: &ConfigObjects,
     namespace: &str,
@@ -158,7 +158,7 @@ pub fn environment(
 /// Secrets and ConfigMaps is there: the environment of each container and
 /// the files of each mounted volume. The error is what an instance would
 /// fail with (Kubernetes' `CreateContainerConfigError`).
-pub fn check(pod: &PodSpec, objects: &ConfigObjects, namespace: &str) -> Result<(), String> {
+pub(crate) fn check(pod: &PodSpec, objects: &ConfigObjects, namespace: &str) -> Result<(), String> {
     for container in &pod.containers {
         environment(container, objects, namespace, "check")?;
     }
@@ -200,7 +200,7 @@ pub fn check(pod: &PodSpec, objects: &ConfigObjects, namespace: &str) -> Result<
 }
 
 /// `command` and `args` with `$(NAME)` expanded from the environment.
-pub fn command_line(
+pub(crate) fn command_line(
     container: &ContainerSpec,
     env: &[(String, String)],
 ) -> (Vec<String>, Vec<String>) {
@@ -221,7 +221,7 @@ fn text(value: &[u8]) -> String {
 
 /// Writes a files volume into `dir` (which exists and is empty): each key
 /// as a file named by its `items` path, or by the key, with its mode.
-pub fn write_files(
+pub(crate) fn write_files(
     dir: &Path,
     field: &str,
     sources: &[FileSource],
@@ -280,7 +280,7 @@ fn write_file(path: &Path, value: &[u8], mode: u32) -> std::io::Result<()> {
 /// `kubernetes.io/dockerconfigjson` (key `.dockerconfigjson`) or
 /// `kubernetes.io/dockercfg` (key `.dockercfg`), in order. Returns the
 /// first entry for `registry`.
-pub fn registry_credentials(
+pub(crate) fn registry_credentials(
     secrets: &[String],
     objects: &ConfigObjects,
     namespace: &str,
@@ -307,7 +307,7 @@ pub fn registry_credentials(
 
 /// Credentials for one registry.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RegistryAuth {
+pub(crate) struct RegistryAuth {
     pub username: Option<String>,
     pub password: Option<String>,
     /// `base64(user:password)`, as Docker's config files keep it.

@@ -20,20 +20,20 @@ use crate::cloudevent::{
 };
 
 /// The extension whose value becomes the record key.
-pub const PARTITION_KEY: &str = "partitionkey";
+pub(crate) const PARTITION_KEY: &str = "partitionkey";
 const HEADER_PREFIX: &str = "ce_";
 const CONTENT_TYPE_HEADER: &str = "content-type";
 
 /// A record as the binding writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutRecord {
+pub(crate) struct OutRecord {
     pub key: Option<String>,
     pub headers: Vec<(String, String)>,
     pub value: Option<Bytes>,
 }
 
 /// Encodes an event in binary mode.
-pub fn encode(event: &Event) -> OutRecord {
+pub(crate) fn encode(event: &Event) -> OutRecord {
     let mut headers = Vec::with_capacity(8);
     for (name, value) in event.attributes() {
         if name == "datacontenttype" {
@@ -51,7 +51,7 @@ pub fn encode(event: &Event) -> OutRecord {
 
 /// What a record turned out to be.
 #[derive(Debug)]
-pub enum Decoded {
+pub(crate) enum Decoded {
     Event(Event),
     /// Neither binary nor structured mode: a plain record.
     NotAnEvent,
@@ -59,7 +59,7 @@ pub enum Decoded {
 
 /// Why a record that claims to be a CloudEvent is not a valid one.
 #[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("header {0} is not UTF-8")]
     NotUtf8(String),
     #[error("invalid binary-mode CloudEvent: {0}")]
@@ -69,7 +69,7 @@ pub enum DecodeError {
 }
 
 /// Decodes a record's headers and value as a CloudEvent, if it is one.
-pub fn decode<'a>(
+pub(crate) fn decode<'a>(
     headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
     value: Option<&[u8]>,
 ) -> Result<Decoded, DecodeError> {

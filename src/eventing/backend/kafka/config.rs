@@ -14,26 +14,26 @@ use crate::api::{Broker, Secret};
 
 /// Broker annotation naming a topic that exists already (Knative's
 /// eventing-kafka-broker): the broker uses it, never creates nor deletes it.
-pub const EXTERNAL_TOPIC_ANNOTATION: &str = "kafka.eventing.knative.dev/external.topic";
+pub(crate) const EXTERNAL_TOPIC_ANNOTATION: &str = "kafka.eventing.knative.dev/external.topic";
 /// pilotlight's broker annotation: `"true"` keeps the broker's topic (and
 /// its events) when the Broker is deleted. Without it the topic is deleted,
 /// as Knative does.
-pub const KEEP_TOPIC_ANNOTATION: &str = "pilotlight.dev/kafka-keep-topic";
+pub(crate) const KEEP_TOPIC_ANNOTATION: &str = "pilotlight.dev/kafka-keep-topic";
 
 /// ConfigMap keys, as Knative's `kafka-broker-config`.
-pub const BOOTSTRAP_SERVERS: &str = "bootstrap.servers";
-pub const PARTITIONS: &str = "default.topic.partitions";
-pub const REPLICATION_FACTOR: &str = "default.topic.replication.factor";
-pub const AUTH_SECRET: &str = "auth.secret.ref.name";
+pub(crate) const BOOTSTRAP_SERVERS: &str = "bootstrap.servers";
+pub(crate) const PARTITIONS: &str = "default.topic.partitions";
+pub(crate) const REPLICATION_FACTOR: &str = "default.topic.replication.factor";
+pub(crate) const AUTH_SECRET: &str = "auth.secret.ref.name";
 
 /// Topic settings when the ConfigMap has none (or there is no ConfigMap).
-pub const DEFAULT_PARTITIONS: i32 = 10;
-pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
+pub(crate) const DEFAULT_PARTITIONS: i32 = 10;
+pub(crate) const DEFAULT_REPLICATION_FACTOR: i32 = 1;
 
 /// A resolved Kafka broker. Compared whole by the control plane: any change
 /// restarts the broker's backend.
 #[derive(Clone, PartialEq, Eq)]
-pub struct KafkaConfig {
+pub(crate) struct KafkaConfig {
     pub bootstrap_servers: String,
     pub topic: String,
     pub partitions: i32,
@@ -62,7 +62,7 @@ impl fmt::Debug for KafkaConfig {
 impl KafkaConfig {
     /// The client settings every producer, consumer and admin client of this
     /// broker starts from.
-    pub fn client(&self) -> ClientConfig {
+    pub(crate) fn client(&self) -> ClientConfig {
         self.auth.client(&self.bootstrap_servers)
     }
 }
@@ -70,7 +70,7 @@ impl KafkaConfig {
 /// librdkafka security properties from a Knative auth Secret. Debug output
 /// never shows their values.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct KafkaAuth {
+pub(crate) struct KafkaAuth {
     properties: BTreeMap<&'static str, String>,
 }
 
@@ -85,7 +85,7 @@ impl KafkaAuth {
     /// SASL_PLAINTEXT, SASL_SSL), `sasl.mechanism` (PLAIN, SCRAM-SHA-256,
     /// SCRAM-SHA-512), `user`, `password`, `ca.crt`, `user.crt`, `user.key`.
     /// Errors name the Secret and key.
-    pub fn from_secret(secret: &Secret) -> Result<KafkaAuth, String> {
+    pub(crate) fn from_secret(secret: &Secret) -> Result<KafkaAuth, String> {
         let name = secret.metadata.key();
         let protocol = secret
             .value("protocol")
@@ -157,7 +157,7 @@ impl KafkaAuth {
         Ok(KafkaAuth { properties })
     }
 
-    pub fn client(&self, bootstrap_servers: &str) -> ClientConfig {
+    pub(crate) fn client(&self, bootstrap_servers: &str) -> ClientConfig {
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", bootstrap_servers);
         for (key, value) in &self.properties {
@@ -168,13 +168,13 @@ impl KafkaAuth {
 }
 
 /// The topic of a broker, as Knative names it.
-pub fn topic_name(broker: &ObjectKey) -> String {
+pub(crate) fn topic_name(broker: &ObjectKey) -> String {
     format!("knative-broker-{}-{}", broker.namespace, broker.name)
 }
 
 /// Resolves a Kafka broker. `default_bootstrap` is pilotlight's
 /// `--kafka-bootstrap-servers`, used when the broker has no `spec.config`.
-pub fn resolve(
+pub(crate) fn resolve(
     key: &ObjectKey,
     broker: &Broker,
     index: &ObjectIndex<'_>,

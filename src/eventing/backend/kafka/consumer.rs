@@ -28,16 +28,16 @@ use tokio::sync::watch;
 use super::offsets::{OffsetToken, OffsetTracker};
 
 /// How often done offsets are committed while running.
-pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// Timeout of the metadata and offset requests made when starting.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub use crate::api::sources::kafka::InitialOffset;
+pub(crate) use crate::api::sources::kafka::InitialOffset;
 
 /// Why a consumer could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("Kafka consumer group {group}: {reason}")]
-pub struct ConsumerError {
+pub(crate) struct ConsumerError {
     pub group: String,
     pub reason: String,
 }
@@ -45,7 +45,7 @@ pub struct ConsumerError {
 /// State shared by the consumer, its rebalance callbacks, the committer and
 /// the acknowledgements.
 #[derive(Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     tracker: Mutex<OffsetTracker>,
     backlog: AtomicU64,
 }
@@ -56,19 +56,19 @@ impl Shared {
     }
 
     /// A handed-out record is done (delivered, dead-lettered or dropped).
-    pub fn done(&self, token: OffsetToken) {
+    pub(crate) fn done(&self, token: OffsetToken) {
         self.tracker().done(&token);
     }
 
     /// Records stored after the commit positions of the assigned partitions.
-    pub fn backlog(&self) -> u64 {
+    pub(crate) fn backlog(&self) -> u64 {
         self.backlog.load(Ordering::Relaxed)
     }
 }
 
 /// Rebalance callbacks: commit what is done of revoked partitions, then
 /// forget them; start assigned ones fresh.
-pub struct GroupContext {
+pub(crate) struct GroupContext {
     shared: Arc<Shared>,
     group: String,
 }
@@ -152,14 +152,14 @@ fn commit_list(
 }
 
 /// A running group member.
-pub struct GroupConsumer {
+pub(crate) struct GroupConsumer {
     consumer: Arc<StreamConsumer<GroupContext>>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 }
 
 /// Stops a [`GroupConsumer`]'s committer (with a final commit).
-pub struct GroupHandle {
+pub(crate) struct GroupHandle {
     stop: watch::Sender<bool>,
     committer: tokio::task::JoinHandle<()>,
     pub shared: Arc<Shared>,
@@ -167,7 +167,7 @@ pub struct GroupHandle {
 
 impl GroupHandle {
     /// Stops handing out records, commits what is done, and waits for that.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.send_replace(true);
         let _ = self.committer.await;
     }
@@ -176,7 +176,7 @@ impl GroupHandle {
 impl GroupConsumer {
     /// Joins `group` on `topics`. `client` carries bootstrap servers and
     /// credentials; `extra` more consumer settings.
-    pub async fn start(
+    pub(crate) async fn start(
         client: &ClientConfig,
         group: &str,
         topics: &[String],
@@ -246,7 +246,7 @@ impl GroupConsumer {
         ))
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
@@ -254,7 +254,7 @@ impl GroupConsumer {
     /// acknowledgement brings back; `keep` decides (after decoding) whether
     /// it is handed out at all: a record it refuses counts as done at once.
     /// `None` once stopped.
-    pub async fn next<T>(
+    pub(crate) async fn next<T>(
         &mut self,
         mut keep: impl FnMut(&OwnedMessage) -> Option<T>,
     ) -> Option<(T, OffsetToken, OwnedMessage)> {

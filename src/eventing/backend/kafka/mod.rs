@@ -12,10 +12,10 @@
 //!   ([`offsets`], [`consumer`]): a crash redelivers, never skips. Rebalances
 //!   split partitions between pilotlight processes sharing the Kafka.
 
-pub mod binding;
-pub mod config;
-pub mod consumer;
-pub mod offsets;
+pub(crate) mod binding;
+pub(crate) mod config;
+pub(crate) mod consumer;
+pub(crate) mod offsets;
 
 #[cfg(test)]
 mod tests;
@@ -31,7 +31,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-pub use config::KafkaConfig;
+pub(crate) use config::KafkaConfig;
 use consumer::{GroupConsumer, GroupHandle, InitialOffset, Shared};
 
 use super::{
@@ -50,7 +50,7 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// A Kafka broker's backend.
-pub struct KafkaBackend {
+pub(crate) struct KafkaBackend {
     config: KafkaConfig,
     producer: FutureProducer,
     subscriptions: tokio::sync::Mutex<HashMap<ObjectKey, GroupHandle>>,
@@ -58,12 +58,12 @@ pub struct KafkaBackend {
 }
 
 /// The consumer group of a trigger, as Knative names it.
-pub fn trigger_group(trigger: &ObjectKey) -> String {
+pub(crate) fn trigger_group(trigger: &ObjectKey) -> String {
     format!("knative-trigger-{}-{}", trigger.namespace, trigger.name)
 }
 
 /// Connects to Kafka and creates the broker's topic if missing.
-pub async fn start(config: &KafkaConfig) -> Result<KafkaBackend, BackendError> {
+pub(crate) async fn start(config: &KafkaConfig) -> Result<KafkaBackend, BackendError> {
     if !config.external_topic {
         create_topic(config).await?;
     }
@@ -131,10 +131,6 @@ async fn create_topic(config: &KafkaConfig) -> Result<(), BackendError> {
 }
 
 impl KafkaBackend {
-    pub fn config(&self) -> &KafkaConfig {
-        &self.config
-    }
-
     fn record<'a>(&'a self, record: &'a binding::OutRecord) -> FutureRecord<'a, str, [u8]> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {

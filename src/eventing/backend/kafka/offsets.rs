@@ -14,11 +14,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A topic's partition.
-pub type TopicPartition = (String, i32);
+pub(crate) type TopicPartition = (String, i32);
 
 /// Identifies one handed-out record, for its acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OffsetToken {
+pub(crate) struct OffsetToken {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
@@ -47,14 +47,14 @@ impl Partition {
 
 /// Per-partition commit positions of one consumer.
 #[derive(Debug, Default)]
-pub struct OffsetTracker {
+pub(crate) struct OffsetTracker {
     partitions: BTreeMap<TopicPartition, Partition>,
     generations: u64,
 }
 
 impl OffsetTracker {
     /// The partition is ours (again): start fresh, with a new generation.
-    pub fn assign(&mut self, topic: &str, partition: i32) {
+    pub(crate) fn assign(&mut self, topic: &str, partition: i32) {
         self.generations += 1;
         self.partitions.insert(
             (topic.to_owned(), partition),
@@ -68,7 +68,7 @@ impl OffsetTracker {
     }
 
     /// The partition is no longer ours: later acks for it are ignored.
-    pub fn revoke(&mut self, topic: &str, partition: i32) {
+    pub(crate) fn revoke(&mut self, topic: &str, partition: i32) {
         self.partitions.remove(&(topic.to_owned(), partition));
     }
 
@@ -79,7 +79,7 @@ impl OffsetTracker {
     /// A record handed out for delivery; its ack must bring back the token.
     /// `None` when the partition is not assigned (a record fetched just
     /// before a revoke): it must not be delivered, its new owner will.
-    pub fn start(&mut self, topic: &str, partition: i32, offset: i64) -> Option<OffsetToken> {
+    pub(crate) fn start(&mut self, topic: &str, partition: i32, offset: i64) -> Option<OffsetToken> {
         let p = self.get_mut(topic, partition)?;
         p.in_flight.insert(offset);
         p.seen(offset);
@@ -92,7 +92,7 @@ impl OffsetTracker {
     }
 
     /// A record that needs no delivery (filtered out, undecodable): done at once.
-    pub fn skip(&mut self, topic: &str, partition: i32, offset: i64) {
+    pub(crate) fn skip(&mut self, topic: &str, partition: i32, offset: i64) {
         if let Some(p) = self.get_mut(topic, partition) {
             p.seen(offset);
         }
@@ -100,7 +100,7 @@ impl OffsetTracker {
 
     /// A delivery finished. Acks of a revoked (or re-assigned) partition are
     /// ignored.
-    pub fn done(&mut self, token: &OffsetToken) {
+    pub(crate) fn done(&mut self, token: &OffsetToken) {
         if let Some(p) = self.get_mut(&token.topic, token.partition)
             && p.generation == token.generation
         {
@@ -109,7 +109,7 @@ impl OffsetTracker {
     }
 
     /// The commit position of a partition: everything before it is done.
-    pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
+    pub(crate) fn position(&self, topic: &str, partition: i32) -> Option<i64> {
         self.partitions
             .get(&(topic.to_owned(), partition))?
             .position()
@@ -118,7 +118,7 @@ impl OffsetTracker {
     /// Positions that moved since the last call, to commit now. They are
     /// recorded as committed; after a failed commit, hand them to
     /// [`OffsetTracker::commit_failed`] so the next call offers them again.
-    pub fn take_commits(&mut self) -> Vec<(String, i32, i64)> {
+    pub(crate) fn take_commits(&mut self) -> Vec<(String, i32, i64)> {
         let mut commits = Vec::new();
         for ((topic, partition), p) in &mut self.partitions {
             if let Some(position) = p.position()
@@ -132,7 +132,7 @@ impl OffsetTracker {
     }
 
     /// The commit of these positions failed: offer them again next time.
-    pub fn commit_failed(&mut self, commits: &[(String, i32, i64)]) {
+    pub(crate) fn commit_failed(&mut self, commits: &[(String, i32, i64)]) {
         for (topic, partition, _) in commits {
             if let Some(p) = self.get_mut(topic, *partition) {
                 p.committed = None;
@@ -141,7 +141,7 @@ impl OffsetTracker {
     }
 
     /// The commit positions of the given partitions (for the commit on revoke).
-    pub fn positions_of_topic(&self, partitions: &[TopicPartition]) -> Vec<(String, i32, i64)> {
+    pub(crate) fn positions_of_topic(&self, partitions: &[TopicPartition]) -> Vec<(String, i32, i64)> {
         partitions
             .iter()
             .filter_map(|(t, p)| Some((t.clone(), *p, self.position(t, *p)?)))
@@ -149,7 +149,7 @@ impl OffsetTracker {
     }
 
     /// Every assigned partition with its position (for the backlog).
-    pub fn all_positions(&self) -> Vec<(String, i32, Option<i64>)> {
+    pub(crate) fn all_positions(&self) -> Vec<(String, i32, Option<i64>)> {
         self.partitions
             .iter()
             .map(|((t, p), part)| (t.clone(), *p, part.position()))
@@ -157,7 +157,8 @@ impl OffsetTracker {
     }
 
     /// Deliveries handed out and not yet acknowledged.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.in_flight.len()).sum()
     }
 }

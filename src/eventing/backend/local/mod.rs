@@ -33,7 +33,7 @@ use subscription::LocalSubscription;
 
 /// A failure of the store under a local backend.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -44,7 +44,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StoreError::Io {
             context: context.into(),
             source,
@@ -56,7 +56,7 @@ impl StoreError {
 ///
 /// `append` and `sync` are called from one writer thread only; `read` from any
 /// thread (through `spawn_blocking`); all calls may block on I/O.
-pub trait Store: Send + Sync + 'static {
+pub(crate) trait Store: Send + Sync + 'static {
     /// Whether appends survive a crash. Non-durable stores skip the writer thread.
     const DURABLE: bool;
 
@@ -89,7 +89,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// Sizing of the in-memory tail and the append queue.
 #[derive(Debug, Clone)]
-pub struct LocalConfig {
+pub(crate) struct LocalConfig {
     /// The tail keeps at most this many bytes of events. For `memory` this is
     /// the whole store (its retention by size).
     pub tail_bytes: usize,
@@ -113,7 +113,7 @@ impl Default for LocalConfig {
 }
 
 /// A backend over a [`Store`]: see the module documentation.
-pub struct LocalBackend<S: Store> {
+pub(crate) struct LocalBackend<S: Store> {
     shared: Arc<Shared<S>>,
     writer: Option<GroupCommit>,
     background: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -219,7 +219,7 @@ impl State {
 
 impl<S: Store> LocalBackend<S> {
     /// Starts a backend over an opened store.
-    pub fn start(store: S, config: LocalConfig) -> Result<Self, StoreError> {
+    pub(crate) fn start(store: S, config: LocalConfig) -> Result<Self, StoreError> {
         let store = Arc::new(store);
         let saved_cursors = store.load_cursors()?;
         let (_, next) = store.bounds();

@@ -67,7 +67,7 @@ impl Default for LogConfig {
 
 /// What opening the log found, for the startup log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecoveryReport {
+pub(crate) struct RecoveryReport {
     /// Segment files in the log.
     pub segments: usize,
     /// The offset the next event will get.
@@ -79,7 +79,7 @@ pub struct RecoveryReport {
 
 /// Opens the log in `dir` and starts a local backend over it. Must be called
 /// within a tokio runtime.
-pub fn start(dir: &Path, config: &LogConfig) -> Result<LocalBackend<LogStore>, StoreError> {
+pub(crate) fn start(dir: &Path, config: &LogConfig) -> Result<LocalBackend<LogStore>, StoreError> {
     let (store, report) = LogStore::open(dir, config.clone())?;
     tracing::info!(
         dir = %dir.display(),
@@ -98,7 +98,7 @@ pub fn start(dir: &Path, config: &LogConfig) -> Result<LocalBackend<LogStore>, S
 /// go through the writer mutex; `read`, `bounds` and retention run on other
 /// threads and only take the segment list's lock (and each segment's) briefly,
 /// never across I/O.
-pub struct LogStore {
+pub(crate) struct LogStore {
     dir: PathBuf,
     config: LogConfig,
     /// Oldest first; the last one is the active segment. Never empty.
@@ -122,7 +122,7 @@ impl LogStore {
     /// (a second opener gets an error naming the directory), lists the
     /// segments, verifies the last one record by record and truncates a torn or
     /// corrupt tail.
-    pub fn open(dir: &Path, config: LogConfig) -> Result<(LogStore, RecoveryReport), StoreError> {
+    pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<(LogStore, RecoveryReport), StoreError> {
         let recovered = recovery::recover(dir, config.segment_bytes)?;
         let store = LogStore {
             dir: dir.to_path_buf(),
@@ -136,11 +136,6 @@ impl LogStore {
             _lock: recovered.lock,
         };
         Ok((store, recovered.report))
-    }
-
-    /// The log's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn now_ms(&self) -> i64 {

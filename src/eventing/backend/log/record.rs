@@ -43,7 +43,7 @@ impl Header {
     }
 
     /// Header plus payload.
-    pub fn record_len(&self) -> u64 {
+    pub(super) fn record_len(&self) -> u64 {
         HEADER_LEN as u64 + u64::from(self.payload_len)
     }
 }
@@ -126,7 +126,7 @@ pub(super) struct RecordReader<'f> {
 
 impl<'f> RecordReader<'f> {
     /// A reader of `file` from `pos` up to `end`, reading `chunk` bytes at a time.
-    pub fn new(file: &'f File, pos: u64, end: u64, chunk: usize) -> Self {
+    pub(super) fn new(file: &'f File, pos: u64, end: u64, chunk: usize) -> Self {
         RecordReader {
             file,
             end,
@@ -138,12 +138,12 @@ impl<'f> RecordReader<'f> {
     }
 
     /// The position of the next record.
-    pub fn pos(&self) -> u64 {
+    pub(super) fn pos(&self) -> u64 {
         self.pos
     }
 
     /// The next record (with its payload when `with_payload`), advancing past it.
-    pub fn next(&mut self, with_payload: bool) -> io::Result<Next<'_>> {
+    pub(super) fn next(&mut self, with_payload: bool) -> io::Result<Next<'_>> {
         let pos = self.pos;
         if pos >= self.end {
             return Ok(Next::End);

@@ -70,7 +70,7 @@ struct Start {
 impl Segment {
     /// A segment with its file open and its view known (the active one, or a
     /// closed one whose index was built while writing it).
-    pub fn open_with(base: u64, path: PathBuf, file: Arc<File>, view: View) -> Self {
+    pub(super) fn open_with(base: u64, path: PathBuf, file: Arc<File>, view: View) -> Self {
         Segment {
             base,
             path,
@@ -82,7 +82,7 @@ impl Segment {
 
     /// A closed segment found at open: trusted to hold `base..end_offset` in
     /// `len` bytes; its file is opened and indexed when first read.
-    pub fn closed(
+    pub(super) fn closed(
         base: u64,
         path: PathBuf,
         len: u64,
@@ -108,12 +108,12 @@ impl Segment {
     }
 
     /// The file name of the segment starting at `base`.
-    pub fn file_name(base: u64) -> String {
+    pub(super) fn file_name(base: u64) -> String {
         format!("{base:020}.log")
     }
 
     /// The base offset a segment file name stands for, if it is one.
-    pub fn parse_name(name: &str) -> Option<u64> {
+    pub(super) fn parse_name(name: &str) -> Option<u64> {
         let digits = name.strip_suffix(".log")?;
         if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
@@ -121,20 +121,20 @@ impl Segment {
         digits.parse().ok()
     }
 
-    pub fn view(&self) -> RwLockReadGuard<'_, View> {
+    pub(super) fn view(&self) -> RwLockReadGuard<'_, View> {
         self.view.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn view_mut(&self) -> RwLockWriteGuard<'_, View> {
+    pub(super) fn view_mut(&self) -> RwLockWriteGuard<'_, View> {
         self.view.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Durable bytes: what retention counts.
-    pub fn size(&self) -> u64 {
+    pub(super) fn size(&self) -> u64 {
         self.view().durable_len
     }
 
-    pub fn newest_ms(&self) -> Option<i64> {
+    pub(super) fn newest_ms(&self) -> Option<i64> {
         self.view().newest_ms
     }
 
@@ -159,7 +159,7 @@ impl Segment {
     /// Appends events from `from` on (until `out` holds `max`), stopping at the
     /// durable end. Every record read must be intact and in sequence: anything
     /// else below the durable end is damage, reported as [`StoreError::Corrupt`].
-    pub fn read_into(
+    pub(super) fn read_into(
         &self,
         from: u64,
         max: usize,

@@ -73,7 +73,7 @@ pub(super) struct SegmentWriter {
 impl SegmentWriter {
     /// A writer continuing the recovered active segment, whose whole content
     /// (`synced.len` bytes) is durable.
-    pub fn new(
+    pub(super) fn new(
         dir: PathBuf,
         segment_bytes: u64,
         active: Arc<Segment>,
@@ -101,7 +101,7 @@ impl SegmentWriter {
 
     /// Makes the next operation of that kind fail.
     #[cfg(test)]
-    pub fn inject(&mut self, fault: Fault) {
+    pub(crate) fn inject(&mut self, fault: Fault) {
         self.faults.push(fault);
     }
 
@@ -122,19 +122,19 @@ impl SegmentWriter {
     }
 
     /// The next offset to be given.
-    pub fn next_offset(&self) -> u64 {
+    pub(super) fn next_offset(&self) -> u64 {
         self.next_offset
     }
 
     /// Refuses all further writes (the directory was destroyed).
-    pub fn poison(&mut self, reason: String) {
+    pub(super) fn poison(&mut self, reason: String) {
         self.poisoned = Some(reason);
     }
 
     /// Writes the events' records with one `write_all`, rolling first if due.
     /// Returns the first event's offset. On error everything since the last
     /// sync is undone (the local backend fails that whole group).
-    pub fn append(
+    pub(super) fn append(
         &mut self,
         events: &[Arc<Event>],
         now_ms: i64,
@@ -158,7 +158,7 @@ impl SegmentWriter {
     }
 
     /// Makes everything appended durable, then shows it to readers.
-    pub fn sync(&mut self) -> Result<(), StoreError> {
+    pub(super) fn sync(&mut self) -> Result<(), StoreError> {
         self.check_usable()?;
         if self.pos > self.synced.len
             && let Err(e) = self

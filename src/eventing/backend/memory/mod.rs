@@ -27,7 +27,7 @@ impl Default for MemoryConfig {
 }
 
 /// Starts a memory backend.
-pub fn start(config: &MemoryConfig) -> Result<LocalBackend<MemoryStore>, StoreError> {
+pub(crate) fn start(config: &MemoryConfig) -> Result<LocalBackend<MemoryStore>, StoreError> {
     LocalBackend::start(
         MemoryStore,
         LocalConfig {
@@ -39,7 +39,7 @@ pub fn start(config: &MemoryConfig) -> Result<LocalBackend<MemoryStore>, StoreEr
 }
 
 /// The memory backend keeps events only in the local backend's tail.
-pub struct MemoryStore;
+pub(crate) struct MemoryStore;
 
 impl Store for MemoryStore {
     const DURABLE: bool = false;

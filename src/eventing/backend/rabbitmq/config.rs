@@ -66,7 +66,7 @@ impl fmt::Debug for RabbitConnectionConfig {
 }
 
 /// The URI for logs and messages: the password replaced.
-pub fn redacted(uri: &AMQPUri) -> String {
+pub(crate) fn redacted(uri: &AMQPUri) -> String {
     let mut shown = uri.clone();
     if shown.authority.userinfo.password.is_empty() {
         return shown.to_string();
@@ -77,7 +77,7 @@ pub fn redacted(uri: &AMQPUri) -> String {
 
 /// Resolves a cluster reference (or `default_uri`) to a URI, applying the
 /// Secret's username and password and `vhost`.
-pub fn resolve_uri(
+pub(crate) fn resolve_uri(
     reference: Option<&RabbitmqClusterReference>,
     namespace: &str,
     vhost: Option<&str>,
@@ -114,7 +114,7 @@ pub fn resolve_uri(
 }
 
 /// Parses an `amqp://` or `amqps://` URI.
-pub fn parse_uri(text: &str) -> Result<AMQPUri, String> {
+pub(crate) fn parse_uri(text: &str) -> Result<AMQPUri, String> {
     let scheme = text.split_once("://").map(|(s, _)| s);
     if !matches!(scheme, Some("amqp" | "amqps")) {
         return Err(format!(

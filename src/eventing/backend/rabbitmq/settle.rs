@@ -34,16 +34,16 @@ use tokio::time::Instant;
 
 /// Longest time a settled delivery waits for the unsettled ones before it
 /// to be acked together with them.
-pub const HOLD: Duration = Duration::from_millis(10);
+pub(crate) const HOLD: Duration = Duration::from_millis(10);
 
 /// The settling task of one consumer channel.
-pub struct Settler {
+pub(crate) struct Settler {
     commands: mpsc::UnboundedSender<Command>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// One delivery's verdict, to be given once.
-pub struct Settlement {
+pub(crate) struct Settlement {
     tag: DeliveryTag,
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -65,7 +65,7 @@ enum Command {
 impl Settler {
     /// Starts settling `channel`'s deliveries; the settler closes the channel
     /// when it is closed.
-    pub fn start(channel: Channel) -> Settler {
+    pub(crate) fn start(channel: Channel) -> Settler {
         let (commands, queue) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(channel, queue));
         Settler { commands, task }
@@ -73,7 +73,7 @@ impl Settler {
 
     /// Takes on a delivery. Call it in the order the consumer delivers, and
     /// before the delivery can be settled.
-    pub fn track(&self, tag: DeliveryTag) -> Settlement {
+    pub(crate) fn track(&self, tag: DeliveryTag) -> Settlement {
         let _ = self.commands.send(Command::Tracked(tag));
         Settlement {
             tag,
@@ -82,19 +82,19 @@ impl Settler {
     }
 
     /// Acks what is settled, closes the channel, and waits until both are done.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.commands.send(Command::Close);
         let _ = self.task.await;
     }
 }
 
 impl Settlement {
-    pub fn ack(self) {
+    pub(crate) fn ack(self) {
         self.settle(Verdict::Ack);
     }
 
     /// Rejects the delivery without requeueing it.
-    pub fn reject(self) {
+    pub(crate) fn reject(self) {
         self.settle(Verdict::Reject);
     }
 

@@ -26,7 +26,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often an idle consumer checks that its channel is still open.
 const CHANNEL_CHECK: Duration = Duration::from_millis(500);
 
-pub struct RabbitSubscription {
+pub(super) struct RabbitSubscription {
     pub(super) link: Arc<Link>,
     pub(super) trigger: ObjectKey,
     pub(super) queue: String,

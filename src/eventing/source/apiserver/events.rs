@@ -19,7 +19,7 @@ use crate::cloudevent::Event;
 
 /// What happened to the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     Add,
     Update,
     Delete,
@@ -36,7 +36,7 @@ impl Action {
 }
 
 /// The CloudEvent type for a mode and an action.
-pub fn event_type(mode: EventMode, action: Action) -> String {
+pub(crate) fn event_type(mode: EventMode, action: Action) -> String {
     let family = match mode {
         EventMode::Reference => "ref",
         EventMode::Resource => "resource",
@@ -45,14 +45,14 @@ pub fn event_type(mode: EventMode, action: Action) -> String {
 }
 
 /// Knative's subject for an object.
-pub fn self_link(api_version: &str, namespace: &str, plural: &str, name: &str) -> String {
+pub(crate) fn self_link(api_version: &str, namespace: &str, plural: &str, name: &str) -> String {
     format!("/apis/{api_version}/namespaces/{namespace}/{plural}/{name}")
 }
 
 /// Builds the event for `object`, whose `apiVersion` and `kind` are set.
 /// `as_controller`: in `Reference` mode, refer to the object's controller
 /// when it has one.
-pub fn make_event(
+pub(crate) fn make_event(
     mode: EventMode,
     action: Action,
     source: &str,

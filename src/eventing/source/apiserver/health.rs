@@ -14,7 +14,7 @@ pub(crate) struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(ctx: SourceContext, watches: usize) -> Self {
+    pub(crate) fn new(ctx: SourceContext, watches: usize) -> Self {
         Reporter {
             ctx,
             states: Mutex::new(vec![SourceHealth::Unknown; watches]),
@@ -24,7 +24,7 @@ impl Reporter {
 
     /// Records one watch's health; the source is Ready when all are, and
     /// NotReady as soon as one is.
-    pub fn set(&self, index: usize, health: SourceHealth) {
+    pub(crate) fn set(&self, index: usize, health: SourceHealth) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = states.get_mut(index) {
             *slot = health;
@@ -44,7 +44,7 @@ impl Reporter {
     }
 
     /// Sets every watch's health (client creation failing concerns all).
-    pub fn set_all(&self, health: SourceHealth) {
+    pub(crate) fn set_all(&self, health: SourceHealth) {
         let len = self.states.lock().unwrap_or_else(|e| e.into_inner()).len();
         for i in 0..len.max(1) {
             self.set(i, health.clone());

@@ -22,7 +22,7 @@ type Key = (String, String);
 
 /// Which objects the source follows, beyond the API server's own selection.
 #[derive(Debug, Clone, Default)]
-pub struct Scope {
+pub(crate) struct Scope {
     /// With `spec.namespaceSelector`: the namespaces that match it now.
     pub namespaces: Option<HashSet<String>>,
     /// `spec.owner`: only objects whose controller is of this kind.
@@ -31,7 +31,7 @@ pub struct Scope {
 
 impl Scope {
     /// Whether the source follows this object.
-    pub fn contains(&self, object: &DynamicObject) -> bool {
+    pub(crate) fn contains(&self, object: &DynamicObject) -> bool {
         if let (Some(namespaces), Some(ns)) = (&self.namespaces, &object.metadata.namespace)
             && !namespaces.contains(ns)
         {
@@ -55,14 +55,14 @@ impl Scope {
 
 /// The objects in scope, by key, as last seen.
 #[derive(Debug, Default)]
-pub struct Known {
+pub(crate) struct Known {
     objects: HashMap<Key, DynamicObject>,
 }
 
 impl Known {
     /// A complete list replaces what is known; returns the differences, in
     /// the list's order, then the deletions by key.
-    pub fn relisted(
+    pub(crate) fn relisted(
         &mut self,
         items: Vec<DynamicObject>,
         scope: &Scope,
@@ -93,7 +93,7 @@ impl Known {
     }
 
     /// An object added or modified.
-    pub fn applied(
+    pub(crate) fn applied(
         &mut self,
         mut object: DynamicObject,
         scope: &Scope,
@@ -117,7 +117,7 @@ impl Known {
     }
 
     /// An object deleted.
-    pub fn deleted(
+    pub(crate) fn deleted(
         &mut self,
         mut object: DynamicObject,
         resource: &ApiResource,
@@ -130,7 +130,7 @@ impl Known {
 }
 
 /// The object's (namespace, name), for logs and ordering.
-pub fn key_of(object: &DynamicObject) -> Key {
+pub(crate) fn key_of(object: &DynamicObject) -> Key {
     (
         object.metadata.namespace.clone().unwrap_or_default(),
         object.metadata.name.clone().unwrap_or_default(),
@@ -138,7 +138,7 @@ pub fn key_of(object: &DynamicObject) -> Key {
 }
 
 /// List items of built-in kinds come without apiVersion and kind.
-pub fn fill_types(object: &mut DynamicObject, resource: &ApiResource) {
+pub(crate) fn fill_types(object: &mut DynamicObject, resource: &ApiResource) {
     let missing = object
         .types
         .as_ref()

@@ -41,7 +41,7 @@ use crate::backoff::Backoff;
 use crate::eventing::source::{CeOverrides, SendError, SourceContext, SourceHealth};
 
 /// How old the set of matching namespaces may be when an event comes.
-pub const NAMESPACES_EVERY: Duration = Duration::from_secs(300);
+pub(crate) const NAMESPACES_EVERY: Duration = Duration::from_secs(300);
 
 /// Sleeps, or returns `true` early when the source stops.
 pub(crate) async fn sleep_or_stop(ctx: &SourceContext, delay: Duration) -> bool {
@@ -53,7 +53,7 @@ pub(crate) async fn sleep_or_stop(ctx: &SourceContext, delay: Duration) -> bool 
 
 /// Settings shared by the watches of one source.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub mode: EventMode,
     pub owner: Option<ApiVersionKind>,
     pub overrides: Option<CeOverrides>,
@@ -67,7 +67,7 @@ pub struct Settings {
 
 /// The kind a watch follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     pub api_version: String,
     pub kind: String,
     pub label_selector: Option<String>,
@@ -128,7 +128,7 @@ pub(crate) struct KindWatch<'a> {
 }
 
 impl<'a> KindWatch<'a> {
-    pub fn new(
+    pub(crate) fn new(
         index: usize,
         client: kube::Client,
         target: Target,
@@ -155,7 +155,7 @@ impl<'a> KindWatch<'a> {
     }
 
     /// Runs until the source stops.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let Some(resolved) = self.discover().await else {
             return;
         };

@@ -26,7 +26,7 @@ use crate::cloudevent::{Event, is_valid_attribute_name};
 use crate::eventing::backend::kafka::binding::{self, Decoded};
 
 /// The type of mapped records.
-pub const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
+pub(crate) const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
 
 impl KeyType {
     /// The key as text, or why it cannot be read as this type.
@@ -51,7 +51,7 @@ impl KeyType {
 }
 
 /// The event for a record; `Err` says why the record cannot be sent.
-pub fn to_event(
+pub(crate) fn to_event(
     source: &ObjectKey,
     key_type: KeyType,
     message: &OwnedMessage,
@@ -124,7 +124,7 @@ pub fn to_event(
 }
 
 /// `kafkaheader` + the header name lower-cased with other characters dropped.
-pub fn header_extension(name: &str) -> String {
+pub(crate) fn header_extension(name: &str) -> String {
     let cleaned: String = name
         .chars()
         .filter(char::is_ascii_alphanumeric)

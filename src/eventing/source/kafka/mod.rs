@@ -19,8 +19,8 @@
 //! Not supported: `spec.net` (TLS/SASL for sources): such a manifest is
 //! refused by name, not run without its credentials.
 
-pub mod mapping;
-pub mod source;
+pub(crate) mod mapping;
+pub(crate) mod source;
 
 #[cfg(test)]
 mod tests;
@@ -29,7 +29,7 @@ use crate::api::sources::kafka::KafkaSource;
 use crate::eventing::source::Source;
 
 /// Records in flight per consumer of an unordered source.
-pub const UNORDERED_IN_FLIGHT: usize = 100;
+pub(crate) const UNORDERED_IN_FLIGHT: usize = 100;
 
 impl KafkaSource {
     /// The running source. Call after [`KafkaSource::validate`]; a source

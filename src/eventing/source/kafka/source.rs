@@ -30,7 +30,7 @@ const RETRY_PAUSE: Duration = Duration::from_secs(5);
 const LANE_QUEUE: usize = 64;
 
 /// Everything resolved from the manifest.
-pub struct KafkaRunner {
+pub(crate) struct KafkaRunner {
     client: ClientConfig,
     group: String,
     topics: Vec<String>,
@@ -44,7 +44,7 @@ pub struct KafkaRunner {
 }
 
 impl KafkaRunner {
-    pub fn new(source: &KafkaSource) -> Result<KafkaRunner, Invalid> {
+    pub(crate) fn new(source: &KafkaSource) -> Result<KafkaRunner, Invalid> {
         source.validate()?;
         let dead_letter_sink = source.dead_letter_sink()?;
         let mut client = ClientConfig::new();

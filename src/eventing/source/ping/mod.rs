@@ -24,14 +24,14 @@
 //! See `api::sources::schedule` for the cron syntax, time zones and daylight
 //! saving.
 
-pub mod source;
+pub(crate) mod source;
 
 use crate::api::Invalid;
 use crate::api::sources::ping::PingSource;
 use crate::api::sources::schedule::Schedule;
 use crate::eventing::source::Source;
 
-pub use source::{Clock, PingRunner, SystemClock};
+pub(crate) use source::{Clock, PingRunner, SystemClock};
 
 impl PingSource {
     /// The running source. Call after [`PingSource::validate`]; a source that

@@ -24,7 +24,7 @@ pub trait Clock: Send + Sync + 'static {
 
 /// The system clock.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_utc(&self) -> DateTime<Utc> {
@@ -42,7 +42,7 @@ const LAST_TICK_FILE: &str = "last-tick";
 /// What the loop does next, given the last tick it fired (or the start time
 /// on a first run) and the current time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Send the event for this tick now: the latest tick that has passed.
     Fire(DateTime<Utc>),
     /// Nothing due: sleep until this tick.
@@ -54,7 +54,7 @@ pub enum Decision {
 /// Decides what to fire: only ticks strictly after `after`; of those that
 /// are due (at or before `now`) only the latest, so missed ticks give one
 /// event, not a burst.
-pub fn decide(schedule: &Schedule, after: DateTime<Utc>, now: DateTime<Utc>) -> Decision {
+pub(crate) fn decide(schedule: &Schedule, after: DateTime<Utc>, now: DateTime<Utc>) -> Decision {
     match schedule.next_after(after) {
         None => Decision::Never,
         Some(next) if next > now => Decision::WaitUntil(next),
@@ -121,7 +121,7 @@ impl EventTemplate {
 }
 
 /// Reads the last fired tick; a missing or unreadable file is a first run.
-pub fn read_last_tick(dir: &Path) -> Option<DateTime<Utc>> {
+pub(crate) fn read_last_tick(dir: &Path) -> Option<DateTime<Utc>> {
     let text = std::fs::read_to_string(dir.join(LAST_TICK_FILE)).ok()?;
     match DateTime::parse_from_rfc3339(text.trim()) {
         Ok(t) => Some(t.with_timezone(&Utc)),
@@ -134,7 +134,7 @@ pub fn read_last_tick(dir: &Path) -> Option<DateTime<Utc>> {
 
 /// Records a tick: write a temporary file, then rename it over `last-tick`,
 /// so a crash leaves the old tick or the new one, never half of one.
-pub fn write_last_tick(dir: &Path, tick: DateTime<Utc>) -> std::io::Result<()> {
+pub(crate) fn write_last_tick(dir: &Path, tick: DateTime<Utc>) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let temp: PathBuf = dir.join(format!("{LAST_TICK_FILE}.tmp"));
     {
@@ -147,7 +147,7 @@ pub fn write_last_tick(dir: &Path, tick: DateTime<Utc>) -> std::io::Result<()> {
 }
 
 /// The PingSource's [`Source`].
-pub struct PingRunner {
+pub(crate) struct PingRunner {
     schedule: Schedule,
     template: EventTemplate,
     clock: Arc<dyn Clock>,

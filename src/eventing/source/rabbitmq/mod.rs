@@ -27,8 +27,6 @@ use crate::eventing::backend::rabbitmq::config::redacted;
 use crate::eventing::delivery::DeliveryPolicy;
 use crate::eventing::source::{Source, source_delivery_policy};
 
-pub use source::{RABBITMQ_EVENT_TYPE, message_event};
-
 impl RabbitmqSource {
     /// How each message is sent to the sink: `spec.delivery`, or the
     /// sources' default retries when it is not set.

@@ -28,7 +28,7 @@ use crate::eventing::delivery::DeliveryPolicy;
 use crate::eventing::source::{CeOverrides, SendError, Source, SourceContext, SourceHealth};
 
 /// The type of events made from messages that are not CloudEvents.
-pub const RABBITMQ_EVENT_TYPE: &str = "dev.knative.rabbitmq.event";
+pub(crate) const RABBITMQ_EVENT_TYPE: &str = "dev.knative.rabbitmq.event";
 
 const RETRY_START: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -36,7 +36,7 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// The event a message stands for: the CloudEvent it carries, or a
 /// `dev.knative.rabbitmq.event` wrapping its body. `Err` for a message that
 /// claims to be a CloudEvent but is not a valid one.
-pub fn message_event(
+pub(crate) fn message_event(
     properties: &BasicProperties,
     body: Bytes,
     event_source: &str,
@@ -85,7 +85,7 @@ fn wrap_message(
 }
 
 /// The event source of a RabbitmqSource's plain messages.
-pub fn event_source(key: &ObjectKey, queue: &str) -> String {
+pub(super) fn event_source(key: &ObjectKey, queue: &str) -> String {
     format!(
         "/apis/v1/namespaces/{}/rabbitmqsources/{}#{queue}",
         key.namespace, key.name

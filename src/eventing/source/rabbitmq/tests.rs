@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use lapin::BasicProperties;
 
-use super::source::event_source;
+use super::source::{RABBITMQ_EVENT_TYPE, event_source, message_event};
 use super::*;
 use crate::api::ObjectKey;
 use crate::api::Resource;

@@ -28,7 +28,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// An image reference, split as a registry reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRef {
+pub(crate) struct ImageRef {
     /// As written: `nginx`, `ghcr.io/knative/helloworld-go:latest`.
     pub written: String,
     /// The registry's host: `docker.io` when the reference names none.
@@ -39,7 +39,7 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
-    pub fn parse(image: &str) -> ImageRef {
+    pub(crate) fn parse(image: &str) -> ImageRef {
         let first = image.split('/').next().unwrap_or_default();
         let has_registry = image.contains('/')
             && (first.contains('.') || first.contains(':') || first == "localhost");
@@ -60,7 +60,7 @@ impl ImageRef {
 
 /// The image a revision's container runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreparedImage {
+pub(crate) struct PreparedImage {
     /// The engine's id (`sha256:...`): what instances are created from.
     pub id: String,
     /// `repository@sha256:...` when the image came from a registry, else the
@@ -72,7 +72,7 @@ pub struct PreparedImage {
 
 /// Makes the image present as its pull policy asks. Errors are the
 /// revision's `ImagePullFailed` condition, with the engine's message.
-pub async fn prepare(
+pub(crate) async fn prepare(
     engine: &Engine,
     image: &ImageRef,
     policy: PullPolicy,
@@ -199,7 +199,7 @@ async fn pull(
 }
 
 /// The engine's own words for an error, without bollard's wrapping.
-pub fn engine_message(error: &bollard::errors::Error) -> String {
+pub(crate) fn engine_message(error: &bollard::errors::Error) -> String {
     use bollard::errors::Error;
     match error {
         Error::DockerResponseServerError { message, .. } => message.clone(),

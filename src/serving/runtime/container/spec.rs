@@ -14,8 +14,8 @@ use crate::serving::runtime::local::LocalWorkload;
 
 /// Labels: Knative's, so that `docker ps --filter label=...` reads like
 /// `kubectl get pods -l ...`, plus pilotlight's own.
-pub const INSTANCE_LABEL: &str = "dev.pilotlight.instance";
-pub const CONTAINER_LABEL: &str = "dev.pilotlight.container";
+pub(crate) const INSTANCE_LABEL: &str = "dev.pilotlight.instance";
+pub(crate) const CONTAINER_LABEL: &str = "dev.pilotlight.container";
 
 /// Where one instance's containers meet the host.
 pub(super) struct InstancePlan<'a> {

@@ -62,7 +62,7 @@ pub(super) struct ObjectWriter {
 
 impl ObjectWriter {
     /// Runs until the revision retires or its deployment is dropped.
-    pub async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         let mut term = Term::default();
         let mut woken_from: Option<String> = None;
         let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);

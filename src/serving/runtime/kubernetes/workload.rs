@@ -37,11 +37,11 @@ pub(super) struct Objects {
 }
 
 impl Objects {
-    pub fn deployment_name(&self) -> String {
+    pub(super) fn deployment_name(&self) -> String {
         deployment_name(&self.revision)
     }
 
-    pub fn private_service_name(&self) -> String {
+    pub(super) fn private_service_name(&self) -> String {
         private_service_name(&self.revision)
     }
 }

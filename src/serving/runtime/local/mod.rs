@@ -17,9 +17,9 @@
 //! - [`output`] prints what instances write, a line at a time, with a short
 //!   prefix that names the instance.
 
-pub mod instance;
-pub mod output;
-pub mod readiness;
+pub(crate) mod instance;
+pub(crate) mod output;
+pub(crate) mod readiness;
 mod reconciler;
 
 use std::net::SocketAddr;
@@ -38,7 +38,7 @@ use crate::api::ObjectKey;
 /// A workload as the local runtimes run it: its template converted to a
 /// [`PodSpec`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct LocalWorkload {
+pub(crate) struct LocalWorkload {
     pub service: ObjectKey,
     pub revision: String,
     pub pod: PodSpec,
@@ -48,7 +48,7 @@ pub struct LocalWorkload {
 impl LocalWorkload {
     /// Converts; a template that cannot run on one machine is refused with
     /// its field.
-    pub fn of(workload: &Workload) -> Result<LocalWorkload, CannotRun> {
+    pub(crate) fn of(workload: &Workload) -> Result<LocalWorkload, CannotRun> {
         let pod =
             PodSpec::from_template(&workload.template).map_err(|e| CannotRun(e.to_string()))?;
         Ok(LocalWorkload {
@@ -62,7 +62,7 @@ impl LocalWorkload {
 
 /// The reason of a revision whose environment or volumes name a Secret,
 /// ConfigMap or key that is not loaded (Kubernetes' word for it).
-pub const CONFIG_ERROR: &str = "CreateContainerConfigError";
+pub(crate) const CONFIG_ERROR: &str = "CreateContainerConfigError";
 
 /// How the local runtimes stop and restart instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl Default for LocalConfig {
 /// back, shows in status, and is tried again with backoff (and at once when
 /// the loaded Secrets and ConfigMaps change).
 #[async_trait::async_trait]
-pub trait Launcher: Send + Sync + 'static {
+pub(crate) trait Launcher: Send + Sync + 'static {
     /// What can be checked at once, such as the Secrets and ConfigMaps the
     /// pod reads being loaded.
     fn check(&self) -> Result<(), RuntimeCondition> {
@@ -119,7 +119,7 @@ pub trait Launcher: Send + Sync + 'static {
 
 /// A running instance.
 #[async_trait::async_trait]
-pub trait Launched: Send + Sync {
+pub(crate) trait Launched: Send + Sync {
     /// Where pilotlight reaches one of the instance's ports: `None` for the
     /// serving port.
     fn address(&self, port: Option<u16>) -> SocketAddr;
@@ -135,17 +135,17 @@ pub trait Launched: Send + Sync {
 
 /// Where [`Launcher::prepare`] reports progress and notes for status.
 #[derive(Debug, Clone)]
-pub struct ConditionReport {
+pub(crate) struct ConditionReport {
     status: Arc<Mutex<DeploymentStatus>>,
 }
 
 impl ConditionReport {
-    pub fn set(&self, condition: Option<RuntimeCondition>) {
+    pub(crate) fn set(&self, condition: Option<RuntimeCondition>) {
         self.lock().condition = condition;
     }
 
     /// The images the containers run, for status.
-    pub fn set_images(&self, images: Vec<super::ContainerImage>) {
+    pub(crate) fn set_images(&self, images: Vec<super::ContainerImage>) {
         self.lock().images = images;
     }
 
@@ -163,7 +163,7 @@ struct Target {
 
 /// A revision's instances on this machine. Dropping it stops them in the
 /// background, as [`Deployment::shutdown`] does.
-pub struct LocalDeployment {
+pub(crate) struct LocalDeployment {
     target: watch::Sender<Target>,
     endpoints: watch::Receiver<Arc<[Endpoint]>>,
     /// Written by the reconciler after every change, so `status` never waits.
@@ -178,7 +178,7 @@ impl LocalDeployment {
     /// `runtime` names the runtime in errors.
     /// A failed [`Launcher::prepare`] is tried again at once when
     /// `objects` changes (a missing Secret was added), else after a backoff.
-    pub fn start(
+    pub(crate) fn start(
         runtime: &'static str,
         workload: Arc<LocalWorkload>,
         launcher: Arc<dyn Launcher>,
@@ -264,7 +264,7 @@ impl Deployment for LocalDeployment {
 /// Checks that every Secret, ConfigMap and key the pod reads is loaded
 /// (Kubernetes' `CreateContainerConfigError` otherwise): both local
 /// runtimes' [`Launcher::check`].
-pub fn check_config(
+pub(crate) fn check_config(
     workload: &LocalWorkload,
     objects: &watch::Receiver<Arc<ConfigObjects>>,
 ) -> Result<(), RuntimeCondition> {
@@ -276,7 +276,7 @@ pub fn check_config(
 /// A port that was free a moment ago: bind port 0 and let it go. Another
 /// process could take it in between; the instance then fails and restarts
 /// on a new port.
-pub fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }

@@ -16,18 +16,18 @@ use crate::telemetry::{AppOutput, app_output};
 const TAIL_LINES: usize = 20;
 /// Longer lines are cut, so an instance that never prints a newline cannot
 /// make pilotlight buffer without bound.
-pub const MAX_LINE_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// Which of a container's streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     Stdout,
     Stderr,
 }
 
 /// One container's output within an instance.
 #[derive(Clone)]
-pub struct Output {
+pub(crate) struct Output {
     source: Arc<Source>,
     tail: Arc<Mutex<VecDeque<String>>>,
 }
@@ -49,7 +49,7 @@ const COLORS: [&str; 6] = ["36", "33", "32", "35", "34", "96"];
 
 impl Output {
     /// `sidecar` names the container when it is not the serving one.
-    pub fn new(workload: &LocalWorkload, instance: &Arc<str>, sidecar: Option<&str>) -> Self {
+    pub(crate) fn new(workload: &LocalWorkload, instance: &Arc<str>, sidecar: Option<&str>) -> Self {
         let prefix = match sidecar {
             Some(container) => format!("{instance}/{container}"),
             None => instance.to_string(),
@@ -70,7 +70,7 @@ impl Output {
     }
 
     /// Splits one of its streams into lines.
-    pub fn lines(&self, stream: Stream) -> Lines {
+    pub(crate) fn lines(&self, stream: Stream) -> Lines {
         Lines {
             output: self.clone(),
             stream,
@@ -80,7 +80,7 @@ impl Output {
     }
 
     /// The last lines written, oldest first.
-    pub fn tail(&self) -> Vec<String> {
+    pub(crate) fn tail(&self) -> Vec<String> {
         let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
         tail.iter().cloned().collect()
     }
@@ -136,7 +136,7 @@ fn print_line(source: &Source, stream: Stream, text: &str) {
 
 /// Turns chunks of one stream into lines: complete lines are written as they
 /// arrive, a last line without newline by [`Lines::finish`].
-pub struct Lines {
+pub(crate) struct Lines {
     output: Output,
     stream: Stream,
     pending: Vec<u8>,
@@ -145,7 +145,7 @@ pub struct Lines {
 }
 
 impl Lines {
-    pub fn push(&mut self, mut chunk: &[u8]) {
+    pub(crate) fn push(&mut self, mut chunk: &[u8]) {
         while let Some(newline) = chunk.iter().position(|&b| b == b'\n') {
             self.take(&chunk[..newline]);
             self.emit();
@@ -155,7 +155,7 @@ impl Lines {
     }
 
     /// Writes what is left of a last line without a newline.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if !self.pending.is_empty() || self.cut {
             self.emit();
         }
@@ -182,7 +182,7 @@ impl Lines {
 }
 
 /// Reads a pipe to its end, line by line.
-pub async fn forward(mut pipe: impl AsyncRead + Unpin, mut lines: Lines) {
+pub(crate) async fn forward(mut pipe: impl AsyncRead + Unpin, mut lines: Lines) {
     let mut buffer = vec![0u8; 8 * 1024];
     while let Ok(n) = pipe.read(&mut buffer).await {
         if n == 0 {
