@@ -14,7 +14,7 @@ pub enum LogFormat {
 
 /// How the output of instances (processes and containers) is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppOutput {
+pub(crate) enum AppOutput {
     /// As log records with service, revision and instance fields: for JSON
     /// logs, and where no log format was chosen (tests, embedding).
     Log,
@@ -26,7 +26,7 @@ pub enum AppOutput {
 static APP_OUTPUT: std::sync::OnceLock<AppOutput> = std::sync::OnceLock::new();
 
 /// How instances' output is shown; set by [`init_logging`].
-pub fn app_output() -> AppOutput {
+pub(crate) fn app_output() -> AppOutput {
     APP_OUTPUT.get().copied().unwrap_or(AppOutput::Log)
 }
 
@@ -58,7 +58,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// The handle that renders `/metrics`. The first call installs the global
 /// recorder; later calls (several servers in one test process) share it.
-pub fn metrics_handle() -> PrometheusHandle {
+pub(crate) fn metrics_handle() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {

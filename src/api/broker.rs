@@ -6,7 +6,7 @@ use super::duck::{DeliverySpec, KReference};
 use super::{Invalid, ObjectMeta};
 
 /// The annotation that picks a broker's backend.
-pub const CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
+pub(crate) const CLASS_ANNOTATION: &str = "eventing.knative.dev/broker.class";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -13,7 +13,7 @@ use super::broker::BrokerClass;
 use super::{Invalid, ObjectMeta};
 
 /// What the registry asks of each kind's type, beyond its serde shape.
-pub trait Kind: DeserializeOwned {
+pub(crate) trait Kind: DeserializeOwned {
     /// The checks serde cannot express (names, ranges, references between
     /// fields), naming the field that is wrong.
     fn check(&self, context: &LoadContext) -> Result<(), Invalid>;
@@ -52,7 +52,7 @@ impl Role {
 }
 
 /// A refusal while parsing: the field (when known) and why.
-pub type Refusal = (Option<String>, String);
+pub(crate) type Refusal = (Option<String>, String);
 
 /// One registered kind.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +77,7 @@ impl KindInfo {
 }
 
 /// The kind named `kind`, if pilotlight knows it.
-pub fn find(kind: &str) -> Option<&'static KindInfo> {
+pub(crate) fn find(kind: &str) -> Option<&'static KindInfo> {
     KINDS.iter().find(|k| k.kind == kind)
 }
 

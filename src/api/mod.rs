@@ -26,17 +26,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use broker::Broker;
-pub use config::{ConfigMap, Secret};
+pub(crate) use broker::Broker;
+pub(crate) use config::{ConfigMap, Secret};
 pub use kinds::Resource;
-pub use meta::ObjectMeta;
-pub use rabbitmq::RabbitmqBrokerConfig;
-pub use service::Service;
-pub use sources::apiserver::ApiServerSource;
-pub use sources::kafka::KafkaSource;
-pub use sources::ping::PingSource;
-pub use sources::rabbitmq::RabbitmqSource;
-pub use trigger::Trigger;
+pub(crate) use meta::ObjectMeta;
+pub(crate) use rabbitmq::RabbitmqBrokerConfig;
+pub(crate) use trigger::Trigger;
 
 /// The identity of a namespaced object of one kind: `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -28,14 +28,14 @@ use super::quantity::{Unit, parse_quantity};
 use super::service::{Container, Probe as ProbeSpec, RevisionTemplate};
 
 /// Knative's default `containerPort`.
-pub const DEFAULT_PORT: u16 = 8080;
+pub(crate) const DEFAULT_PORT: u16 = 8080;
 /// Knative's name for the only container, and the stem of its default names
 /// for several (`user-container-0`, `user-container-1`, ...).
-pub const DEFAULT_CONTAINER_NAME: &str = "user-container";
+pub(crate) const DEFAULT_CONTAINER_NAME: &str = "user-container";
 /// The template annotation that picks the local runtime.
-pub const RUNTIME_ANNOTATION: &str = "pilotlight.dev/runtime";
+pub(crate) const RUNTIME_ANNOTATION: &str = "pilotlight.dev/runtime";
 /// The template annotation that picks the container network.
-pub const NETWORK_ANNOTATION: &str = "pilotlight.dev/container-network";
+pub(crate) const NETWORK_ANNOTATION: &str = "pilotlight.dev/container-network";
 
 /// Where a revision runs on one machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -939,7 +939,7 @@ fn check_relative_path(at: &str, path: &str) -> Result<(), Invalid> {
 
 /// The index of the container that receives requests: the one with
 /// `ports`, else the first.
-pub fn serving_index(containers: &[Container]) -> usize {
+pub(crate) fn serving_index(containers: &[Container]) -> usize {
     containers
         .iter()
         .position(|c| !c.ports.is_empty())
@@ -947,7 +947,7 @@ pub fn serving_index(containers: &[Container]) -> usize {
 }
 
 /// Names, with Knative's defaults for those not given.
-pub fn container_names(containers: &[Container]) -> Vec<String> {
+pub(crate) fn container_names(containers: &[Container]) -> Vec<String> {
     let given: BTreeSet<&str> = containers
         .iter()
         .filter_map(|c| c.name.as_deref())
@@ -972,7 +972,7 @@ pub fn container_names(containers: &[Container]) -> Vec<String> {
 }
 
 /// Knative's rules for a revision's containers, for every runtime.
-pub fn check(template: &RevisionTemplate) -> Result<(), Invalid> {
+pub(crate) fn check(template: &RevisionTemplate) -> Result<(), Invalid> {
     let spec = &template.spec;
     let containers = &spec.containers;
     if containers.is_empty() {
@@ -1080,7 +1080,7 @@ fn check_mounts(
 /// Expands `$(NAME)` from `vars` as Kubernetes does in `env` values,
 /// `command` and `args`: `$$` is a literal `$`, and a reference to an
 /// unknown name stays as written.
-pub fn expand(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
+pub(crate) fn expand(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {

@@ -12,7 +12,7 @@ use crate::api::autoscaling::{AutoscalerDefaults, RevisionScaling};
 /// Knative's `max-revision-timeout-seconds` default.
 pub const MAX_TIMEOUT_SECONDS: u64 = 600;
 /// Knative's `revision-timeout-seconds` default.
-pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
+pub(crate) const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
 /// Knative's upper bound for `containerConcurrency`.
 pub const MAX_CONTAINER_CONCURRENCY: u32 = 1000;
 

@@ -251,7 +251,7 @@ impl RunArgs {
     }
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     let server = Server::start(args.server_config()?).await?;
     tracing::info!(listen = %server.listen, admin = %server.admin, "pilotlight is running; Ctrl-C stops it");
     shutdown_signal().await;

@@ -8,21 +8,22 @@
 mod http_binding;
 mod validate;
 
-pub use http_binding::{
-    BindingError, CONTENT_TYPE_BATCH, CONTENT_TYPE_STRUCTURED, Mode, carries_event,
-    encode_binary_headers, encode_structured, is_json_media_type, parse_http,
+pub use http_binding::parse_http;
+pub(crate) use http_binding::{
+    BindingError, CONTENT_TYPE_STRUCTURED, carries_event,
+    encode_binary_headers, encode_structured, is_json_media_type,
 };
-pub use validate::{ValidationError, is_valid_name as is_valid_attribute_name};
+pub(crate) use validate::{ValidationError, is_valid_name as is_valid_attribute_name};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The spec versions pilotlight accepts.
-pub const SPEC_VERSIONS: [&str; 2] = ["1.0", "0.3"];
+pub(crate) const SPEC_VERSIONS: [&str; 2] = ["1.0", "0.3"];
 
 /// Attribute names the spec defines for v1.0 and v0.3; everything else is an
 /// extension and must match `[a-z0-9]{1,20}`.
-pub const CONTEXT_ATTRIBUTES: [&str; 10] = [
+pub(crate) const CONTEXT_ATTRIBUTES: [&str; 10] = [
     "specversion",
     "id",
     "source",

@@ -59,7 +59,7 @@ pub struct KubernetesSettings {
 
 /// Builds the API client of `--kubernetes` from `--kubeconfig`, or by
 /// kube's inference.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+pub(crate) async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
     let config = crate::kubeconfig::load_config(kubeconfig).await.map_err(|e| match kubeconfig {
         Some(_) => anyhow::anyhow!("{e} (--kubeconfig)"),
         None => anyhow::anyhow!(
@@ -88,7 +88,7 @@ enum ReconcileError {
 }
 
 /// The running watches and controllers; dropping it stops them.
-pub struct KubernetesControl {
+pub(crate) struct KubernetesControl {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 

@@ -7,6 +7,7 @@ mod policy;
 mod retry;
 mod sender;
 
-pub use policy::{DEFAULT_TIMEOUT, DeliveryPolicy};
-pub use retry::{Outcome, dead_letter_event, deliver_with_retries};
-pub use sender::{Attempt, EventSender, Failure};
+pub(crate) use policy::DeliveryPolicy;
+pub(crate) use retry::{Outcome, dead_letter_event, deliver_with_retries};
+pub use sender::EventSender;
+pub(crate) use sender::Failure;

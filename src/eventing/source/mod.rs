@@ -30,7 +30,7 @@ use crate::eventing::delivery::{DeliveryPolicy, EventSender, Outcome, deliver_wi
 /// How sources deliver: Knative's sources retry a failed send; here 10
 /// retries, exponential from 0.2 s (about 3.5 minutes in all), honouring
 /// Retry-After.
-pub fn source_delivery_policy() -> DeliveryPolicy {
+pub(crate) fn source_delivery_policy() -> DeliveryPolicy {
     DeliveryPolicy {
         retry: 10,
         backoff_policy: crate::api::duck::BackoffPolicy::Exponential,
@@ -71,7 +71,7 @@ pub enum SourceHealth {
 
 /// What a source reports, read by the control plane for status.
 #[derive(Debug, Default)]
-pub struct StatusBoard {
+pub(crate) struct StatusBoard {
     health: RwLock<Option<SourceHealth>>,
 }
 

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::{Notify, watch};
 
 use crate::api::ObjectKey;
-pub use crate::api::pod::{ContainerSpec, PodSpec, Probe};
+pub(crate) use crate::api::pod::{ContainerSpec, PodSpec, Probe};
 use crate::api::service::RevisionTemplate;
 
 pub(crate) mod config;
@@ -24,7 +24,7 @@ pub(crate) mod local;
 pub(crate) mod process;
 mod select;
 
-pub use select::LocalRuntimes;
+pub(crate) use select::LocalRuntimes;
 
 /// One revision's workload, as a runtime needs it.
 #[derive(Debug, Clone, PartialEq)]

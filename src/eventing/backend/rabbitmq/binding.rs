@@ -19,14 +19,14 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use crate::cloudevent::{BindingError, CONTENT_TYPE_STRUCTURED, Event, parse_http};
 
 /// The header prefix of a CloudEvents attribute.
-pub const HEADER_PREFIX: &str = "cloudEvents:";
+pub(crate) const HEADER_PREFIX: &str = "cloudEvents:";
 /// The prefix of earlier drafts of the AMQP binding, accepted on input.
 const LEGACY_HEADER_PREFIX: &str = "cloudEvents_";
 /// AMQP delivery mode 2: the message is written to disk by a durable queue.
 const PERSISTENT: u8 = 2;
 
 /// The header an attribute travels in.
-pub fn header_name(attribute: &str) -> String {
+pub(crate) fn header_name(attribute: &str) -> String {
     format!("{HEADER_PREFIX}{attribute}")
 }
 
@@ -56,7 +56,7 @@ pub fn encode(event: &Event) -> (BasicProperties, &[u8]) {
 /// a frame over the connection's `frame_max` makes RabbitMQ close the whole
 /// connection, so an event whose attributes do not fit must be refused
 /// before it is published.
-pub fn header_frame_bytes(event: &Event) -> usize {
+pub(crate) fn header_frame_bytes(event: &Event) -> usize {
     // Frame header and end (8), class, weight, body size and flags (14),
     // delivery mode (1), the table's length (4).
     const FIXED: usize = 8 + 14 + 1 + 4;
@@ -76,7 +76,7 @@ pub fn header_frame_bytes(event: &Event) -> usize {
 
 /// Why a message is not a CloudEvent this binding can read.
 #[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// No `cloudEvents:specversion` header and not structured: a plain message.
     #[error("the message is not a CloudEvent")]
     NotAnEvent,
@@ -89,7 +89,7 @@ pub enum DecodeError {
 /// Reads a CloudEvent from an AMQP message (binary or structured mode).
 /// `body` is the message's own (lapin hands it over owned), kept as the
 /// event's data without a copy.
-pub fn decode(properties: &BasicProperties, body: Bytes) -> Result<Event, DecodeError> {
+pub(crate) fn decode(properties: &BasicProperties, body: Bytes) -> Result<Event, DecodeError> {
     let content_type = properties.content_type().as_ref().map(|c| c.as_str());
     let structured = content_type.is_some_and(|ct| {
         ct.split(';')

@@ -34,7 +34,7 @@ const HEALTH_CHECK: Duration = Duration::from_millis(250);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A live connection with its publishing channel (publisher confirms on).
-pub struct Session {
+pub(crate) struct Session {
     pub connection: Connection,
     pub publisher: Channel,
 }
@@ -47,14 +47,14 @@ impl Session {
 
 /// What the broker owns in RabbitMQ, redeclared on every connection.
 #[derive(Debug, Clone, Default)]
-pub struct Topology {
+pub(crate) struct Topology {
     pub exchange: String,
     /// Trigger queue name → its binding arguments.
     pub queues: BTreeMap<String, FieldTable>,
 }
 
 /// The shared connection of one broker.
-pub struct Link {
+pub(crate) struct Link {
     config: RabbitConnectionConfig,
     /// Connection name shown in RabbitMQ's management UI.
     name: String,
@@ -309,7 +309,7 @@ pub async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), S
 }
 
 /// A trigger queue of the given type, bound to the exchange with `binding`.
-pub async fn declare_queue(
+pub(crate) async fn declare_queue(
     channel: &Channel,
     exchange: &str,
     queue: &str,
@@ -348,6 +348,6 @@ pub async fn declare_queue(
 
 /// An AMQP short string (names are at most 255 bytes; pilotlight's names are
 /// shortened to fit, see `super::fit`).
-pub fn short(text: &str) -> Result<ShortString, String> {
+pub(crate) fn short(text: &str) -> Result<ShortString, String> {
     ShortString::try_new(text).map_err(|e| format!("name '{text}': {e}"))
 }

@@ -89,7 +89,7 @@ fn fit(name: String) -> String {
 /// The exact attribute matches every event passing `filter` satisfies: the
 /// conjunction RabbitMQ can evaluate with a headers binding. `datacontenttype`
 /// is left to pilotlight (it travels as the content-type property).
-pub fn exact_conjunction(filter: &Filter) -> Vec<(String, String)> {
+pub(crate) fn exact_conjunction(filter: &Filter) -> Vec<(String, String)> {
     match filter {
         Filter::Exact { attribute, value } if attribute != "datacontenttype" => {
             vec![(attribute.clone(), value.clone())]
@@ -100,7 +100,7 @@ pub fn exact_conjunction(filter: &Filter) -> Vec<(String, String)> {
 }
 
 /// A broker stored in RabbitMQ.
-pub struct RabbitMqBackend {
+pub(crate) struct RabbitMqBackend {
     broker: ObjectKey,
     link: Arc<Link>,
     exchange: ShortString,
@@ -111,7 +111,7 @@ pub struct RabbitMqBackend {
 /// Starts the broker's connection; waits for the first attempt (a few
 /// seconds at most), then serves anyway (appends answer 503 until RabbitMQ
 /// is reachable).
-pub async fn start(
+pub(crate) async fn start(
     broker: &ObjectKey,
     config: RabbitConnectionConfig,
 ) -> Result<RabbitMqBackend, String> {

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 
 /// The label every container pilotlight makes carries: its data folder, so
 /// that two pilotlights on one engine never touch each other's containers.
-pub const OWNER_LABEL: &str = "dev.pilotlight.data-dir";
+pub(crate) const OWNER_LABEL: &str = "dev.pilotlight.data-dir";
 /// The newest Docker API version this client knows (bollard's).
 const NEWEST_API: (usize, usize) = (1, 53);
 /// How long one socket may take to answer `/version`.
@@ -180,7 +180,7 @@ impl EngineConnector {
 
 /// `unix:///path`, `unix:/path` or a plain path. Only unix sockets: the
 /// runtime publishes ports on 127.0.0.1, so the engine must be local.
-pub fn socket_path(address: &str) -> Result<PathBuf, String> {
+pub(crate) fn socket_path(address: &str) -> Result<PathBuf, String> {
     if let Some(path) = address
         .strip_prefix("unix://")
         .or_else(|| address.strip_prefix("unix:"))

@@ -47,7 +47,7 @@ pub struct ContainerConfig {
 }
 
 /// Runs workloads as containers.
-pub struct ContainerRuntime {
+pub(crate) struct ContainerRuntime {
     connector: Arc<EngineConnector>,
     objects: watch::Receiver<Arc<ConfigObjects>>,
     network: ContainerNetwork,

@@ -74,7 +74,7 @@ impl Runtime for KubernetesRuntime {
 
 /// A revision's Deployment as the autoscaler and the activator see it.
 /// Dropping it stops its tasks and leaves the cluster's objects as they are.
-pub struct KubernetesDeployment {
+pub(crate) struct KubernetesDeployment {
     wanted: watch::Sender<Wanted>,
     endpoints: watch::Receiver<Arc<[Endpoint]>>,
     observed: watch::Receiver<Observed>,
