@@ -4,7 +4,9 @@
 /// The API server configuration: this kubeconfig file (its current
 /// context), or kube's inference (`KUBECONFIG` or `~/.kube/config`, else the
 /// in-cluster service account). The error names the file.
-pub(crate) async fn load_config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, String> {
+pub(crate) async fn load_config(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<kube::Config, String> {
     let Some(path) = kubeconfig else {
         return kube::Config::infer().await.map_err(|e| e.to_string());
     };

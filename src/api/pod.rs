@@ -1114,7 +1114,7 @@ pub(crate) fn expand(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Service;
+    use crate::api::service::Service;
 
     fn template(containers: &str) -> RevisionTemplate {
         let yaml = format!(

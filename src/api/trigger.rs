@@ -15,7 +15,8 @@ pub(crate) const DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/d
 pub(crate) const MAX_IN_FLIGHT_ANNOTATION: &str = "pilotlight.dev/max-in-flight";
 /// Concurrent deliveries (and prefetch) of a trigger on a RabbitMQBroker, as
 /// in eventing-rabbitmq: 1 (the default) delivers in order.
-pub(crate) const RABBITMQ_PARALLELISM_ANNOTATION: &str = "rabbitmq.eventing.knative.dev/parallelism";
+pub(crate) const RABBITMQ_PARALLELISM_ANNOTATION: &str =
+    "rabbitmq.eventing.knative.dev/parallelism";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

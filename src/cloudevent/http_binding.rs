@@ -16,8 +16,8 @@ use serde_json::value::RawValue;
 
 use super::{Event, ValidationError};
 
-pub const CONTENT_TYPE_STRUCTURED: &str = "application/cloudevents+json";
-pub const CONTENT_TYPE_BATCH: &str = "application/cloudevents-batch+json";
+pub(crate) const CONTENT_TYPE_STRUCTURED: &str = "application/cloudevents+json";
+pub(super) const CONTENT_TYPE_BATCH: &str = "application/cloudevents-batch+json";
 
 /// Characters the HTTP binding percent-encodes in `ce-` header values (besides
 /// every non-ASCII byte, which the crate always encodes).
@@ -104,7 +104,7 @@ pub fn parse_http(headers: &HeaderMap, body: Bytes) -> Result<(Mode, Vec<Event>)
 
 /// True when an HTTP message looks like it carries a CloudEvent at all (used to
 /// tell a reply event from a plain 200 response).
-pub fn carries_event(headers: &HeaderMap) -> bool {
+pub(crate) fn carries_event(headers: &HeaderMap) -> bool {
     headers.contains_key("ce-specversion")
         || headers
             .get(CONTENT_TYPE)
@@ -261,7 +261,7 @@ fn json_data_bytes(attributes: &[(String, String)], data: &RawValue) -> Bytes {
 }
 
 /// `application/json`, `text/json` and any `+json` suffix type.
-pub fn is_json_media_type(content_type: &str) -> bool {
+pub(crate) fn is_json_media_type(content_type: &str) -> bool {
     let media = content_type.split(';').next().unwrap_or("").trim();
     media.eq_ignore_ascii_case("application/json")
         || media.eq_ignore_ascii_case("text/json")
@@ -270,7 +270,7 @@ pub fn is_json_media_type(content_type: &str) -> bool {
 
 /// Writes the event's attributes as `ce-` headers (and `content-type`), as the
 /// binary mode of the HTTP binding sends them. The body is [`Event::data`].
-pub fn encode_binary_headers(event: &Event, headers: &mut HeaderMap) {
+pub(crate) fn encode_binary_headers(event: &Event, headers: &mut HeaderMap) {
     for (name, value) in event.attributes() {
         if name == "datacontenttype" {
             if let Ok(v) = HeaderValue::from_str(value) {
@@ -313,7 +313,7 @@ fn header_value(value: &str) -> Option<HeaderValue> {
 }
 
 /// Encodes the event as one structured-mode JSON document.
-pub fn encode_structured(event: &Event) -> Vec<u8> {
+pub(crate) fn encode_structured(event: &Event) -> Vec<u8> {
     let mut object = serde_json::Map::new();
     for (name, value) in event.attributes() {
         object.insert(name.to_owned(), serde_json::Value::String(value.to_owned()));

@@ -57,7 +57,7 @@ pub(super) fn validate(event: &Event) -> Result<(), ValidationError> {
 }
 
 /// Attribute names: lower-case ASCII letters and digits, at most 20 of them.
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     (1..=20).contains(&name.len())
         && name
             .bytes()

@@ -9,7 +9,8 @@ use crate::api::{Invalid, ObjectMeta};
 
 /// The API versions of KafkaSource pilotlight reads (the same schema).
 #[cfg(test)]
-pub(crate) const API_VERSIONS: [&str; 2] = ["sources.knative.dev/v1beta1", "sources.knative.dev/v1"];
+pub(crate) const API_VERSIONS: [&str; 2] =
+    ["sources.knative.dev/v1beta1", "sources.knative.dev/v1"];
 /// The label that says how to read record keys.
 pub(crate) const KEY_TYPE_LABEL: &str = "kafkasources.sources.knative.dev/key-type";
 /// Most consumers one source may ask for.

@@ -58,7 +58,10 @@ const MACROS: [(&str, &str); 7] = [
 
 impl Schedule {
     /// Parses `expression` in `timezone` (UTC when `None`).
-    pub(crate) fn parse(expression: &str, timezone: Option<&str>) -> Result<Schedule, ScheduleError> {
+    pub(crate) fn parse(
+        expression: &str,
+        timezone: Option<&str>,
+    ) -> Result<Schedule, ScheduleError> {
         let cron = parse_expression(expression).map_err(|reason| ScheduleError {
             field: "spec.schedule",
             reason,

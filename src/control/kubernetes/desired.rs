@@ -63,7 +63,11 @@ struct Applied {
 }
 
 impl DesiredState {
-    pub(crate) fn new(control: Arc<ControlPlane>, caches: Vec<Cache>, events: Arc<CacheEvents>) -> Self {
+    pub(crate) fn new(
+        control: Arc<ControlPlane>,
+        caches: Vec<Cache>,
+        events: Arc<CacheEvents>,
+    ) -> Self {
         DesiredState {
             control,
             caches,
@@ -129,7 +133,11 @@ impl DesiredState {
     }
 
     /// Why the object was refused at the last apply, if it was.
-    pub(crate) async fn refusal(&self, kind: &WatchedKind, key: &ObjectKey) -> Option<ManifestError> {
+    pub(crate) async fn refusal(
+        &self,
+        kind: &WatchedKind,
+        key: &ObjectKey,
+    ) -> Option<ManifestError> {
         let origin = origin(kind, key);
         let applied = self.applied.lock().await;
         applied

@@ -103,7 +103,7 @@ impl Drop for KubernetesControl {
 impl KubernetesControl {
     /// Starts watching every kind the API server has, and returns once the
     /// first state has been applied.
-    pub async fn start(
+    pub(crate) async fn start(
         client: kube::Client,
         control: Arc<ControlPlane>,
         leader: watch::Receiver<bool>,

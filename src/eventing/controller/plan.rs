@@ -160,7 +160,11 @@ impl Destinations<'_> {
         broker_url(self.ingress_url, key)
     }
 
-    pub(crate) fn resolve(&self, destination: &Destination, namespace: &str) -> Result<Uri, String> {
+    pub(crate) fn resolve(
+        &self,
+        destination: &Destination,
+        namespace: &str,
+    ) -> Result<Uri, String> {
         let Some(reference) = &destination.reference else {
             let uri = destination.uri.as_deref().unwrap_or_default();
             return uri

@@ -7,7 +7,7 @@ use http::Uri;
 use crate::api::duck::{BackoffPolicy, DeliverySpec, parse_duration};
 
 /// Per-attempt timeout when `spec.delivery.timeout` is not set.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Knative's backoff delay when `retry` is set without `backoffDelay`.
 const DEFAULT_BACKOFF_DELAY: Duration = Duration::from_millis(200);
 

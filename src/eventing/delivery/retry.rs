@@ -25,7 +25,7 @@ pub enum Outcome {
 /// `retryAfterMax` when set).
 ///
 /// `observe` sees every attempt's HTTP status (`None`: no response) and duration.
-pub async fn deliver_with_retries(
+pub(crate) async fn deliver_with_retries(
     sender: &EventSender,
     uri: &Uri,
     event: &Event,
@@ -63,7 +63,7 @@ fn wait_before(policy: &DeliveryPolicy, retry: u32, retry_after: Option<Duration
 
 /// The event as it goes to a dead-letter sink: Knative's error extensions
 /// added (the response body base64-encoded and truncated, as Knative does).
-pub fn dead_letter_event(
+pub(crate) fn dead_letter_event(
     event: &Event,
     destination: &impl std::fmt::Display,
     failure: &Failure,

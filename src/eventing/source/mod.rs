@@ -76,7 +76,7 @@ pub(crate) struct StatusBoard {
 }
 
 impl StatusBoard {
-    pub fn health(&self) -> SourceHealth {
+    pub(crate) fn health(&self) -> SourceHealth {
         self.health
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -11,7 +11,7 @@ use super::process::ProcessRuntime;
 use super::{CannotRun, Deployment, Runtime, Workload};
 use crate::api::pod::LocalRuntime;
 
-pub struct LocalRuntimes {
+pub(crate) struct LocalRuntimes {
     pub process: ProcessRuntime,
     pub container: ContainerRuntime,
 }

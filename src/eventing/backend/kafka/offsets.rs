@@ -79,7 +79,12 @@ impl OffsetTracker {
     /// A record handed out for delivery; its ack must bring back the token.
     /// `None` when the partition is not assigned (a record fetched just
     /// before a revoke): it must not be delivered, its new owner will.
-    pub(crate) fn start(&mut self, topic: &str, partition: i32, offset: i64) -> Option<OffsetToken> {
+    pub(crate) fn start(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Option<OffsetToken> {
         let p = self.get_mut(topic, partition)?;
         p.in_flight.insert(offset);
         p.seen(offset);
@@ -141,7 +146,10 @@ impl OffsetTracker {
     }
 
     /// The commit positions of the given partitions (for the commit on revoke).
-    pub(crate) fn positions_of_topic(&self, partitions: &[TopicPartition]) -> Vec<(String, i32, i64)> {
+    pub(crate) fn positions_of_topic(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Vec<(String, i32, i64)> {
         partitions
             .iter()
             .filter_map(|(t, p)| Some((t.clone(), *p, self.position(t, *p)?)))

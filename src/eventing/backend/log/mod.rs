@@ -122,7 +122,10 @@ impl LogStore {
     /// (a second opener gets an error naming the directory), lists the
     /// segments, verifies the last one record by record and truncates a torn or
     /// corrupt tail.
-    pub(crate) fn open(dir: &Path, config: LogConfig) -> Result<(LogStore, RecoveryReport), StoreError> {
+    pub(crate) fn open(
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<(LogStore, RecoveryReport), StoreError> {
         let recovered = recovery::recover(dir, config.segment_bytes)?;
         let store = LogStore {
             dir: dir.to_path_buf(),

@@ -71,7 +71,11 @@ pub(crate) struct Link {
 
 impl Link {
     /// Starts the connection task.
-    pub fn start(config: RabbitConnectionConfig, name: String, topology: Topology) -> Arc<Link> {
+    pub(crate) fn start(
+        config: RabbitConnectionConfig,
+        name: String,
+        topology: Topology,
+    ) -> Arc<Link> {
         let link = Arc::new(Link {
             config,
             name,
@@ -87,12 +91,12 @@ impl Link {
     }
 
     /// The live session, if connected.
-    pub fn current(&self) -> Option<Arc<Session>> {
+    pub(crate) fn current(&self) -> Option<Arc<Session>> {
         self.session.borrow().clone()
     }
 
     /// Waits for a live session; `None` once the link is stopped.
-    pub async fn next_session(&self) -> Option<Arc<Session>> {
+    pub(crate) async fn next_session(&self) -> Option<Arc<Session>> {
         let mut sessions = self.session.subscribe();
         let mut stop = self.stop.subscribe();
         loop {
@@ -112,29 +116,29 @@ impl Link {
     /// Waits up to `timeout` for the first connection attempt to end;
     /// whether it connected. A refused connection ends it at once, so a
     /// broker whose RabbitMQ is down does not hold up the others' start.
-    pub async fn wait_first_attempt(&self, timeout: Duration) -> bool {
+    pub(crate) async fn wait_first_attempt(&self, timeout: Duration) -> bool {
         let mut attempted = self.attempted.subscribe();
         let _ = tokio::time::timeout(timeout, attempted.wait_for(|a| *a)).await;
         self.current().is_some()
     }
 
     /// Why the link is not connected (the last connection error).
-    pub fn last_error(&self) -> String {
+    pub(crate) fn last_error(&self) -> String {
         self.last_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn queue_type(&self) -> QueueType {
+    pub(crate) fn queue_type(&self) -> QueueType {
         self.config.queue_type
     }
 
-    pub fn exchange(&self) -> String {
+    pub(crate) fn exchange(&self) -> String {
         self.topology().exchange
     }
 
-    pub fn topology(&self) -> Topology {
+    pub(crate) fn topology(&self) -> Topology {
         self.topology
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -142,7 +146,7 @@ impl Link {
     }
 
     /// Records a trigger queue so that every later connection redeclares it.
-    pub fn own_queue(&self, queue: &str, binding: FieldTable) {
+    pub(crate) fn own_queue(&self, queue: &str, binding: FieldTable) {
         self.topology
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -151,7 +155,7 @@ impl Link {
     }
 
     /// Forgets a trigger queue (deleted).
-    pub fn disown_queue(&self, queue: &str) -> Option<FieldTable> {
+    pub(crate) fn disown_queue(&self, queue: &str) -> Option<FieldTable> {
         self.topology
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -159,12 +163,12 @@ impl Link {
             .remove(queue)
     }
 
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         *self.stop.borrow()
     }
 
     /// Runs a consumer channel's close, which [`Link::stop`] then waits for.
-    pub fn closing(&self, close: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub(crate) fn closing(&self, close: impl std::future::Future<Output = ()> + Send + 'static) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -175,7 +179,7 @@ impl Link {
 
     /// Stops reconnecting, lets the consumer channels being closed flush
     /// their acks, and closes the connection.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         self.stop.send_replace(true);
         let closing = std::mem::take(&mut *self.closing.lock().unwrap_or_else(|e| e.into_inner()));
         let closed = futures::future::join_all(closing);

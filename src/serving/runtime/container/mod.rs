@@ -59,7 +59,7 @@ pub(crate) struct ContainerRuntime {
 impl ContainerRuntime {
     /// The containers it makes are labelled with `data_dir`, so that the next
     /// run with the same folder can remove what a killed run left behind.
-    pub fn new(
+    pub(crate) fn new(
         config: ContainerConfig,
         local: LocalConfig,
         data_dir: &Path,
@@ -87,7 +87,7 @@ impl ContainerRuntime {
     /// ran containers before: the containers of a killed run go at start, not
     /// when the first image revision needs the engine. No engine is no error
     /// here.
-    pub fn connect_in_background(&self) {
+    pub(crate) fn connect_in_background(&self) {
         if !self.connector.used_before() {
             return;
         }

@@ -210,8 +210,8 @@ pub(super) fn claim_volume(namespace: &str, claim: &str) -> String {
 mod tests {
     use super::*;
     use crate::api::ObjectKey;
-    use crate::api::Service;
     use crate::api::pod::PodSpec;
+    use crate::api::service::Service;
 
     fn workload(containers: &str) -> LocalWorkload {
         let yaml = format!(

@@ -49,7 +49,11 @@ const COLORS: [&str; 6] = ["36", "33", "32", "35", "34", "96"];
 
 impl Output {
     /// `sidecar` names the container when it is not the serving one.
-    pub(crate) fn new(workload: &LocalWorkload, instance: &Arc<str>, sidecar: Option<&str>) -> Self {
+    pub(crate) fn new(
+        workload: &LocalWorkload,
+        instance: &Arc<str>,
+        sidecar: Option<&str>,
+    ) -> Self {
         let prefix = match sidecar {
             Some(container) => format!("{instance}/{container}"),
             None => instance.to_string(),

@@ -21,14 +21,14 @@ use crate::api::pod::RUNTIME_ANNOTATION;
 /// Runs workloads as local processes: `command` plus `args`, with `PORT` and
 /// Knative's `K_*` variables set.
 #[derive(Debug, Clone)]
-pub struct ProcessRuntime {
+pub(crate) struct ProcessRuntime {
     config: LocalConfig,
     /// The loaded Secrets and ConfigMaps, read when an instance starts.
     objects: watch::Receiver<Arc<ConfigObjects>>,
 }
 
 impl ProcessRuntime {
-    pub fn new(config: LocalConfig, objects: watch::Receiver<Arc<ConfigObjects>>) -> Self {
+    pub(crate) fn new(config: LocalConfig, objects: watch::Receiver<Arc<ConfigObjects>>) -> Self {
         ProcessRuntime { config, objects }
     }
 }
