@@ -50,7 +50,7 @@ pub enum BrokerClass {
 
 impl BrokerClass {
     /// The class a broker asks for; `default` when it has no annotation.
-    pub fn of(broker: &Broker, default: BrokerClass) -> Result<BrokerClass, Invalid> {
+    pub(crate) fn of(broker: &Broker, default: BrokerClass) -> Result<BrokerClass, Invalid> {
         let Some(class) = broker.metadata.annotations.get(CLASS_ANNOTATION) else {
             return Ok(default);
         };
@@ -70,7 +70,7 @@ impl BrokerClass {
 }
 
 impl Broker {
-    pub fn validate(&self, default_class: BrokerClass) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self, default_class: BrokerClass) -> Result<(), Invalid> {
         self.metadata.validate()?;
         BrokerClass::of(self, default_class)?;
         if let Some(delivery) = &self.spec.delivery {

@@ -25,7 +25,7 @@ pub struct ConfigMap {
 }
 
 impl ConfigMap {
-    pub fn validate(&self) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         self.metadata.validate()?;
         for (key, value) in &self.binary_data {
             decode_bytes(value)
@@ -35,7 +35,7 @@ impl ConfigMap {
     }
 
     /// Every key's value: `data` as text, `binaryData` decoded.
-    pub fn entries(&self) -> BTreeMap<String, Vec<u8>> {
+    pub(crate) fn entries(&self) -> BTreeMap<String, Vec<u8>> {
         let mut entries: BTreeMap<String, Vec<u8>> = self
             .binary_data
             .iter()
@@ -72,7 +72,7 @@ pub struct Secret {
 impl Secret {
     /// Checks that every `data` value is base64 text, so that a bad value is
     /// reported where it was written rather than when a broker connects.
-    pub fn validate(&self) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         self.metadata.validate()?;
         for (key, value) in &self.data {
             // Binary values are fine (a keystore mounted as a file); only
@@ -83,7 +83,7 @@ impl Secret {
     }
 
     /// Every key's value, as bytes: `data` decoded, then `stringData`.
-    pub fn entries(&self) -> BTreeMap<String, Vec<u8>> {
+    pub(crate) fn entries(&self) -> BTreeMap<String, Vec<u8>> {
         let mut entries: BTreeMap<String, Vec<u8>> = self
             .data
             .iter()
@@ -98,7 +98,7 @@ impl Secret {
     }
 
     /// The value under `key`, from `stringData` or decoded from `data`.
-    pub fn value(&self, key: &str) -> Option<String> {
+    pub(crate) fn value(&self, key: &str) -> Option<String> {
         if let Some(value) = self.string_data.get(key) {
             return Some(value.clone());
         }

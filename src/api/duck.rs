@@ -37,7 +37,7 @@ pub struct Destination {
 
 impl Destination {
     /// Checks the destination's shape (not whether its reference resolves).
-    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), Invalid> {
         match (&self.reference, &self.uri) {
             (None, None) => Err(Invalid::new(field, "set 'ref' or 'uri'")),
             (None, Some(uri)) => {
@@ -102,7 +102,7 @@ pub struct DeliverySpec {
 }
 
 impl DeliverySpec {
-    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), Invalid> {
         if let Some(sink) = &self.dead_letter_sink {
             sink.validate(&format!("{field}.deadLetterSink"))?;
         }
@@ -157,7 +157,7 @@ pub struct CeOverrides {
 impl CeOverrides {
     /// Extension names must be CloudEvents attribute names, and not the
     /// required attributes a source sets itself.
-    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), Invalid> {
         for name in self.extensions.keys() {
             if !crate::cloudevent::is_valid_attribute_name(name) {
                 return Err(Invalid::new(

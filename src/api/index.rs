@@ -14,7 +14,7 @@ pub struct ObjectIndex<'a> {
 }
 
 impl<'a> ObjectIndex<'a> {
-    pub fn new(manifests: &'a Manifests) -> Self {
+    pub(crate) fn new(manifests: &'a Manifests) -> Self {
         let objects = manifests
             .objects
             .iter()
@@ -27,28 +27,28 @@ impl<'a> ObjectIndex<'a> {
     }
 
     /// The object of `kind` at `key`, or an error that names what is missing.
-    pub fn get(&self, kind: &'static str, key: &ObjectKey) -> Result<&'a Resource, String> {
+    pub(crate) fn get(&self, kind: &'static str, key: &ObjectKey) -> Result<&'a Resource, String> {
         self.objects
             .get(&(kind, key.clone()))
             .map(|loaded| &loaded.resource)
             .ok_or_else(|| format!("{kind} {key} does not exist: create it, or fix the reference"))
     }
 
-    pub fn config_map(&self, key: &ObjectKey) -> Result<&'a ConfigMap, String> {
+    pub(crate) fn config_map(&self, key: &ObjectKey) -> Result<&'a ConfigMap, String> {
         match self.get("ConfigMap", key)? {
             Resource::ConfigMap(c) => Ok(c),
             _ => unreachable!("indexed by kind"),
         }
     }
 
-    pub fn secret(&self, key: &ObjectKey) -> Result<&'a Secret, String> {
+    pub(crate) fn secret(&self, key: &ObjectKey) -> Result<&'a Secret, String> {
         match self.get("Secret", key)? {
             Resource::Secret(s) => Ok(s),
             _ => unreachable!("indexed by kind"),
         }
     }
 
-    pub fn rabbitmq_broker_config(
+    pub(crate) fn rabbitmq_broker_config(
         &self,
         key: &ObjectKey,
     ) -> Result<&'a RabbitmqBrokerConfig, String> {

@@ -46,7 +46,7 @@ pub enum Role {
 impl Role {
     /// Whether pilotlight reconciles objects of this role (writes their
     /// status, holds a finalizer on them in Kubernetes mode).
-    pub fn is_reconciled(self) -> bool {
+    pub(crate) fn is_reconciled(self) -> bool {
         self != Role::Referenced
     }
 }
@@ -67,7 +67,7 @@ pub struct KindInfo {
 
 impl KindInfo {
     /// Parses and checks an object of this kind.
-    pub fn parse(
+    pub(crate) fn parse(
         &self,
         value: serde_json::Value,
         context: &LoadContext,
@@ -92,34 +92,34 @@ macro_rules! kinds {
         }
 
         impl Resource {
-            pub fn kind(&self) -> &'static str {
+            pub(crate) fn kind(&self) -> &'static str {
                 match self {
                     $( Resource::$name(_) => stringify!($name), )*
                 }
             }
 
-            pub fn metadata(&self) -> &ObjectMeta {
+            pub(crate) fn metadata(&self) -> &ObjectMeta {
                 match self {
                     $( Resource::$name(object) => &object.metadata, )*
                 }
             }
 
             /// The apiVersion it was written in.
-            pub fn api_version(&self) -> &str {
+            pub(crate) fn api_version(&self) -> &str {
                 match self {
                     $( Resource::$name(object) => &object.api_version, )*
                 }
             }
 
             /// The object as JSON, as it was loaded.
-            pub fn to_json(&self) -> serde_json::Value {
+            pub(crate) fn to_json(&self) -> serde_json::Value {
                 let json = match self {
                     $( Resource::$name(object) => serde_json::to_value(object), )*
                 };
                 json.unwrap_or_default()
             }
 
-            pub fn role(&self) -> Role {
+            pub(crate) fn role(&self) -> Role {
                 match self {
                     $( Resource::$name(_) => Role::$role, )*
                 }

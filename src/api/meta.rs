@@ -46,16 +46,16 @@ pub struct ObjectMeta {
 }
 
 impl ObjectMeta {
-    pub fn namespace(&self) -> &str {
+    pub(crate) fn namespace(&self) -> &str {
         self.namespace.as_deref().unwrap_or("default")
     }
 
-    pub fn key(&self) -> ObjectKey {
+    pub(crate) fn key(&self) -> ObjectKey {
         ObjectKey::new(self.namespace(), self.name.clone())
     }
 
     /// Names and namespaces are DNS-1123 labels, as Kubernetes requires.
-    pub fn validate(&self) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         check_dns_label("metadata.name", &self.name)?;
         if let Some(ns) = &self.namespace {
             check_dns_label("metadata.namespace", ns)?;

@@ -64,7 +64,7 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Invalid {
             field: field.into(),
             reason: reason.into(),

@@ -49,7 +49,7 @@ pub enum LocalRuntime {
 impl LocalRuntime {
     /// The runtime rule for a template, before it is converted: see
     /// [`PodSpec::local_runtime`].
-    pub fn of(template: &RevisionTemplate) -> Result<LocalRuntime, Invalid> {
+    pub(crate) fn of(template: &RevisionTemplate) -> Result<LocalRuntime, Invalid> {
         match runtime_annotation(template)? {
             Some(runtime) => Ok(runtime),
             None => Ok(LocalRuntime::by_images(
@@ -66,7 +66,7 @@ impl LocalRuntime {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             LocalRuntime::Process => "process",
             LocalRuntime::Container => "container",
@@ -87,7 +87,7 @@ pub enum ContainerNetwork {
 }
 
 impl ContainerNetwork {
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         match text {
             "bridge" => Some(ContainerNetwork::Bridge),
             "host" => Some(ContainerNetwork::Host),
@@ -117,7 +117,7 @@ pub struct PodSpec {
 
 impl PodSpec {
     /// The container that receives requests.
-    pub fn serving_container(&self) -> &ContainerSpec {
+    pub(crate) fn serving_container(&self) -> &ContainerSpec {
         &self.containers[self.serving]
     }
 
@@ -335,7 +335,7 @@ impl PullPolicy {
     }
 
     /// Kubernetes' default for an image reference.
-    pub fn default_for(image: &str) -> PullPolicy {
+    pub(crate) fn default_for(image: &str) -> PullPolicy {
         if image.contains('@') {
             return PullPolicy::IfNotPresent;
         }
@@ -478,7 +478,7 @@ pub enum ConfigKind {
 }
 
 impl ConfigKind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             ConfigKind::Secret => "Secret",
             ConfigKind::ConfigMap => "ConfigMap",

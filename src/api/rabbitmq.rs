@@ -57,7 +57,7 @@ pub struct SecretReference {
 
 impl RabbitmqClusterReference {
     /// A reference pilotlight can follow names a connection Secret.
-    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), Invalid> {
         match &self.connection_secret {
             Some(secret) if !secret.name.is_empty() => Ok(()),
             Some(_) => Err(Invalid::new(
@@ -72,7 +72,7 @@ impl RabbitmqClusterReference {
     }
 
     /// The Secret's key, in the reference's namespace or else `namespace`.
-    pub fn secret_key(&self, namespace: &str) -> Option<ObjectKey> {
+    pub(crate) fn secret_key(&self, namespace: &str) -> Option<ObjectKey> {
         let secret = self.connection_secret.as_ref()?;
         Some(ObjectKey::new(
             self.namespace.as_deref().unwrap_or(namespace),
@@ -92,7 +92,7 @@ pub enum QueueType {
 }
 
 impl QueueType {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             QueueType::Quorum => "quorum",
             QueueType::Classic => "classic",
@@ -101,7 +101,7 @@ impl QueueType {
 }
 
 impl RabbitmqBrokerConfig {
-    pub fn validate(&self) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         self.metadata.validate()?;
         if let Some(reference) = &self.spec.rabbitmq_cluster_reference {
             reference.validate("spec.rabbitmqClusterReference")?;

@@ -370,13 +370,13 @@ impl Service {
     }
 
     /// `spec.template.metadata.name`, when the user names revisions.
-    pub fn template_name(&self) -> Option<&str> {
+    pub(crate) fn template_name(&self) -> Option<&str> {
         let name = self.spec.template.metadata.name.as_str();
         (!name.is_empty()).then_some(name)
     }
 
     /// The traffic block, or Knative's default: all to the latest ready revision.
-    pub fn traffic(&self) -> Vec<(TrafficRevision, u32, Option<String>)> {
+    pub(crate) fn traffic(&self) -> Vec<(TrafficRevision, u32, Option<String>)> {
         if self.spec.traffic.is_empty() {
             return vec![(TrafficRevision::Latest, 100, None)];
         }

@@ -108,7 +108,7 @@ pub struct Address {
 }
 
 impl Status {
-    pub fn ready() -> Self {
+    pub(crate) fn ready() -> Self {
         Status {
             conditions: vec![condition("True", None, None)],
             ..Default::default()
@@ -116,12 +116,12 @@ impl Status {
     }
 
     /// Whether the Ready condition gives `reason`.
-    pub fn has_reason(&self, reason: &str) -> bool {
+    pub(crate) fn has_reason(&self, reason: &str) -> bool {
         self.ready_condition()
             .is_some_and(|c| c.reason.as_deref() == Some(reason))
     }
 
-    pub fn not_ready(reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn not_ready(reason: &str, message: impl Into<String>) -> Self {
         Status {
             conditions: vec![condition("False", Some(reason), Some(message.into()))],
             ..Default::default()
@@ -129,23 +129,23 @@ impl Status {
     }
 
     /// Not decided yet (a revision waiting for its first instance).
-    pub fn unknown(reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn unknown(reason: &str, message: impl Into<String>) -> Self {
         Status {
             conditions: vec![condition("Unknown", Some(reason), Some(message.into()))],
             ..Default::default()
         }
     }
 
-    pub fn ready_condition(&self) -> Option<&Condition> {
+    pub(crate) fn ready_condition(&self) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.kind == "Ready")
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready_condition().is_some_and(|c| c.status == "True")
     }
 
     /// Keeps the transition time of an unchanged condition, as Kubernetes does.
-    pub fn carry_transition_times(&mut self, previous: Option<&Status>) {
+    pub(crate) fn carry_transition_times(&mut self, previous: Option<&Status>) {
         let Some(previous) = previous else { return };
         for condition in &mut self.conditions {
             if let Some(old) = previous
@@ -162,7 +162,7 @@ impl Status {
 
 impl Condition {
     /// A condition of the given type, timestamped now.
-    pub fn new(kind: &str, status: &str, reason: Option<&str>, message: Option<String>) -> Self {
+    pub(crate) fn new(kind: &str, status: &str, reason: Option<&str>, message: Option<String>) -> Self {
         Condition {
             kind: kind.into(),
             ..condition(status, reason, message)
@@ -195,7 +195,7 @@ pub struct ObjectView {
 impl ObjectView {
     /// A loaded object with its status. `spec` is the object's `spec` (a
     /// Secret has none, so its values are never shown).
-    pub fn of(loaded: &super::manifest::Loaded, status: Status) -> ObjectView {
+    pub(crate) fn of(loaded: &super::manifest::Loaded, status: Status) -> ObjectView {
         let resource = &loaded.resource;
         let metadata = resource.metadata();
         ObjectView {
@@ -235,7 +235,7 @@ pub struct ObjectList {
 }
 
 impl ObjectList {
-    pub fn new(items: Vec<ObjectView>, errors: &[ManifestError]) -> Self {
+    pub(crate) fn new(items: Vec<ObjectView>, errors: &[ManifestError]) -> Self {
         ObjectList {
             items,
             errors: errors.iter().map(ToString::to_string).collect(),

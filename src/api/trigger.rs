@@ -79,7 +79,7 @@ pub enum DeliveryOrder {
 }
 
 impl Trigger {
-    pub fn validate(&self) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         self.metadata.validate()?;
         if self.spec.broker.is_empty() {
             return Err(Invalid::new("spec.broker", "is required"));
@@ -96,7 +96,7 @@ impl Trigger {
     }
 
     /// The trigger's parallelism on a RabbitMQBroker: 1 to 1000, default 1.
-    pub fn rabbitmq_parallelism(&self) -> Result<usize, Invalid> {
+    pub(crate) fn rabbitmq_parallelism(&self) -> Result<usize, Invalid> {
         match self
             .metadata
             .annotations
@@ -115,7 +115,7 @@ impl Trigger {
 
     /// The trigger's filter: `spec.filters` when set (then `spec.filter` is
     /// ignored, as in Knative), else `spec.filter.attributes`.
-    pub fn compile_filter(&self) -> Result<Filter, Invalid> {
+    pub(crate) fn compile_filter(&self) -> Result<Filter, Invalid> {
         if !self.spec.filters.is_empty() {
             let filters = compile_list(&self.spec.filters, "spec.filters")?;
             return Ok(match filters.len() {
@@ -135,7 +135,7 @@ impl Trigger {
         ))
     }
 
-    pub fn delivery_order(&self) -> Result<DeliveryOrder, Invalid> {
+    pub(crate) fn delivery_order(&self) -> Result<DeliveryOrder, Invalid> {
         match self
             .metadata
             .annotations
@@ -152,7 +152,7 @@ impl Trigger {
     }
 
     /// Deliveries in flight at most: 1 when ordered, else the annotation or `default`.
-    pub fn max_in_flight(&self, default: usize) -> Result<usize, Invalid> {
+    pub(crate) fn max_in_flight(&self, default: usize) -> Result<usize, Invalid> {
         if self.delivery_order()? == DeliveryOrder::Ordered {
             return Ok(1);
         }

@@ -13,7 +13,7 @@ pub enum Value {
 }
 
 impl Value {
-    pub fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Value::Boolean(_) => "Boolean",
             Value::Integer(_) => "Integer",

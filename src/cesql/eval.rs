@@ -28,7 +28,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The name the CESQL conformance tests use for this kind.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Parse => "parse",
             ErrorKind::Math => "math",

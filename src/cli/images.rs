@@ -127,7 +127,7 @@ impl ImageBuilder {
     }
 
     /// A `docker save` archive of the image.
-    pub fn archive(&self) -> anyhow::Result<Vec<u8>> {
+    pub(crate) fn archive(&self) -> anyhow::Result<Vec<u8>> {
         let layer = self.layer()?;
         let diff_id = format!("{:x}", sha2::Sha256::digest(&layer));
         let config = serde_json::json!({

@@ -138,7 +138,7 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+    pub(crate) fn server_config(&self) -> anyhow::Result<ServerConfig> {
         let serving = ServingConfig {
             domain: self.domain.trim_matches('.').to_ascii_lowercase(),
             autoscaler: self.autoscaler_defaults()?,

@@ -64,7 +64,7 @@ impl Event {
     }
 
     #[inline]
-    pub fn attributes(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn attributes(&self) -> impl Iterator<Item = (&str, &str)> {
         self.attributes
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -82,7 +82,7 @@ impl Event {
         self.attribute("type").unwrap_or_default()
     }
 
-    pub fn specversion(&self) -> &str {
+    pub(crate) fn specversion(&self) -> &str {
         self.attribute("specversion").unwrap_or_default()
     }
 
@@ -97,7 +97,7 @@ impl Event {
     /// Sets (or replaces) an attribute. Used for the attributes pilotlight adds
     /// itself (`knativearrivaltime`, `knativeerror*`), whose names and values are
     /// known to be valid.
-    pub fn set_attribute(&mut self, name: &str, value: impl Into<String>) {
+    pub(crate) fn set_attribute(&mut self, name: &str, value: impl Into<String>) {
         let value = value.into();
         match self.attributes.iter_mut().find(|(n, _)| n == name) {
             Some((_, v)) => *v = value,
@@ -106,7 +106,7 @@ impl Event {
     }
 
     /// Approximate size in memory and on disk, used for size limits and retention.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.attributes
             .iter()
             .map(|(n, v)| n.len() + v.len() + 8)
@@ -115,14 +115,14 @@ impl Event {
     }
 
     /// Encodes the event for storage (postcard: compact, schema-checked by serde).
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         // Serialising owned strings and bytes into a Vec cannot fail.
         postcard::to_allocvec(self).unwrap_or_default()
     }
 
     /// Decodes a stored event; stored events were validated before they were
     /// written, and records are checksummed, so this only fails on a format change.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes)
     }
 }

@@ -32,7 +32,7 @@ pub struct StatusBoard {
 }
 
 impl StatusBoard {
-    pub fn new(eventing: Arc<EventingController>, serving: Arc<ServingController>) -> Self {
+    pub(crate) fn new(eventing: Arc<EventingController>, serving: Arc<ServingController>) -> Self {
         StatusBoard {
             eventing,
             serving,
@@ -40,13 +40,13 @@ impl StatusBoard {
         }
     }
 
-    pub fn set_errors(&self, errors: Vec<ManifestError>) {
+    pub(crate) fn set_errors(&self, errors: Vec<ManifestError>) {
         *self.errors.write().unwrap_or_else(|e| e.into_inner()) = errors;
     }
 
     /// A collection with status (and live figures), with the refused
     /// manifests.
-    pub async fn list(&self, collection: Collection, namespace: Option<&str>) -> ObjectList {
+    pub(crate) async fn list(&self, collection: Collection, namespace: Option<&str>) -> ObjectList {
         let items = self.views(collection, namespace).await;
         let errors = self.errors.read().unwrap_or_else(|e| e.into_inner());
         ObjectList::new(items, &errors)
@@ -67,7 +67,7 @@ impl StatusBoard {
     /// the last apply left it, others from their namespace's views only (a
     /// reconcile runs per object; listing every namespace for each would be
     /// quadratic in the objects).
-    pub async fn status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
+    pub(crate) async fn status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
         let namespace = Some(key.namespace.as_str());
         let views = match kind {
             "Broker" | "Trigger" => return self.eventing.applied_status(kind, key),
@@ -82,7 +82,7 @@ impl StatusBoard {
 
     /// Publishes the figures `/metrics` shows besides the counters (each
     /// trigger's backlog).
-    pub async fn record_metrics(&self) {
+    pub(crate) async fn record_metrics(&self) {
         self.eventing.record_backlog().await;
     }
 }

@@ -48,7 +48,7 @@ struct Applying {
 }
 
 impl ControlPlane {
-    pub fn new(eventing: EventingController, serving: Arc<ServingController>) -> Self {
+    pub(crate) fn new(eventing: EventingController, serving: Arc<ServingController>) -> Self {
         let eventing = Arc::new(eventing);
         ControlPlane {
             board: StatusBoard::new(eventing.clone(), serving.clone()),
@@ -60,17 +60,17 @@ impl ControlPlane {
     }
 
     /// The class of Brokers without the class annotation.
-    pub fn default_class(&self) -> crate::api::broker::BrokerClass {
+    pub(crate) fn default_class(&self) -> crate::api::broker::BrokerClass {
         self.eventing.settings().default_class
     }
 
-    pub fn serving(&self) -> &Arc<ServingController> {
+    pub(crate) fn serving(&self) -> &Arc<ServingController> {
         &self.serving
     }
 
     /// Every object's status, for `get`, the admin API and Kubernetes
     /// status writes.
-    pub fn board(&self) -> &StatusBoard {
+    pub(crate) fn board(&self) -> &StatusBoard {
         &self.board
     }
 
@@ -83,7 +83,7 @@ impl ControlPlane {
     /// start (a Kafka that comes up after pilotlight, say), with backoff,
     /// until they all started or the control plane stops. Neither the
     /// files nor the API server change then, so nothing else would.
-    pub fn retry_failed_backends(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn retry_failed_backends(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let control = Arc::downgrade(self);
         let mut failed = self.backends_failed.subscribe();
         tokio::spawn(async move {
@@ -159,7 +159,7 @@ impl ControlPlane {
 
     /// Stops sources, dispatchers, backends and instances, saving cursors.
     /// No apply runs after it.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.applying.lock().await.stopped = true;
         self.eventing.shutdown().await;
         self.serving.shutdown().await;

@@ -80,7 +80,7 @@ pub struct RevisionParts {
 }
 
 impl Revision {
-    pub fn new(parts: RevisionParts) -> Self {
+    pub(crate) fn new(parts: RevisionParts) -> Self {
         let endpoints = parts.deployment.endpoints();
         Revision {
             key: parts.key,
@@ -100,30 +100,30 @@ impl Revision {
     }
 
     /// Ready instances now.
-    pub fn endpoints(&self) -> Arc<[Endpoint]> {
+    pub(crate) fn endpoints(&self) -> Arc<[Endpoint]> {
         self.endpoints.borrow().clone()
     }
 
     /// A receiver that sees every change of the ready instances.
-    pub fn watch_endpoints(&self) -> watch::Receiver<Arc<[Endpoint]>> {
+    pub(crate) fn watch_endpoints(&self) -> watch::Receiver<Arc<[Endpoint]>> {
         self.endpoints.clone()
     }
 
-    pub fn has_been_ready(&self) -> bool {
+    pub(crate) fn has_been_ready(&self) -> bool {
         self.has_been_ready.load(Ordering::Acquire)
     }
 
-    pub fn mark_ready(&self) {
+    pub(crate) fn mark_ready(&self) {
         self.has_been_ready.store(true, Ordering::Release);
     }
 
     /// Requests waiting in the activator.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::SeqCst)
     }
 
     /// Waits until an instance has room, or gives up at `deadline`.
-    pub async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, Unavailable> {
+    pub(crate) async fn acquire(self: &Arc<Self>, deadline: Instant) -> Result<Lease, Unavailable> {
         if let Some(lease) = self.try_acquire() {
             return Ok(lease);
         }

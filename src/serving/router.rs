@@ -24,7 +24,7 @@ pub struct HostRoute {
 
 impl HostRoute {
     /// `weighted`: revisions with their percent; those with 0 get nothing.
-    pub fn new(
+    pub(crate) fn new(
         service: ObjectKey,
         tag: Option<String>,
         weighted: Vec<(Arc<Revision>, u32)>,
@@ -40,7 +40,7 @@ impl HostRoute {
     }
 
     /// The revision for the next request.
-    pub fn pick(&self) -> Option<&Arc<Revision>> {
+    pub(crate) fn pick(&self) -> Option<&Arc<Revision>> {
         if self.slots.is_empty() {
             return None;
         }
@@ -88,7 +88,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn insert(&mut self, host: String, route: HostRoute) {
+    pub(crate) fn insert(&mut self, host: String, route: HostRoute) {
         self.hosts.insert(host, Arc::new(route));
     }
 }
@@ -100,19 +100,19 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(domain: &str) -> Self {
+    pub(crate) fn new(domain: &str) -> Self {
         Router {
             domain: domain.to_ascii_lowercase(),
             table: RwLock::new(Arc::new(RouteTable::default())),
         }
     }
 
-    pub fn domain(&self) -> &str {
+    pub(crate) fn domain(&self) -> &str {
         &self.domain
     }
 
     /// The host of a service (`tag` None) or of one of its tags.
-    pub fn host(&self, service: &ObjectKey, tag: Option<&str>) -> String {
+    pub(crate) fn host(&self, service: &ObjectKey, tag: Option<&str>) -> String {
         match tag {
             None => format!("{}.{}.{}", service.name, service.namespace, self.domain),
             Some(tag) => format!(
@@ -122,12 +122,12 @@ impl Router {
         }
     }
 
-    pub fn replace(&self, table: RouteTable) {
+    pub(crate) fn replace(&self, table: RouteTable) {
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
 
     /// Matches a Host header (port and case ignored).
-    pub fn lookup(&self, host: &str) -> HostMatch {
+    pub(crate) fn lookup(&self, host: &str) -> HostMatch {
         let host = strip_port(host);
         let Some(_name) = host
             .len()
@@ -152,7 +152,7 @@ impl Router {
     }
 
     /// The 404 text for a host under the domain that matches nothing.
-    pub fn unknown_host_message(&self, host: &str) -> String {
+    pub(crate) fn unknown_host_message(&self, host: &str) -> String {
         let domain = &self.domain;
         format!(
             "no service answers to host '{}'. Service hosts are {{service}}.{{namespace}}.{domain}, and {{tag}}-{{service}}.{{namespace}}.{domain} for a traffic tag; `pilotlight get ksvc` lists them.\n",

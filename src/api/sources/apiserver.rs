@@ -91,7 +91,7 @@ pub enum EventMode {
 }
 
 impl LabelSelector {
-    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), Invalid> {
         for (key, value) in &self.match_labels {
             if key.is_empty() || !key.chars().all(label_char) {
                 return Err(Invalid::new(
@@ -148,7 +148,7 @@ impl LabelSelector {
     }
 
     /// The `labelSelector` query parameter; `None` when it selects everything.
-    pub fn to_query(&self) -> Option<String> {
+    pub(crate) fn to_query(&self) -> Option<String> {
         let mut parts: Vec<String> = self
             .match_labels
             .iter()
@@ -214,7 +214,7 @@ impl ApiServerSource {
     }
 
     /// `spec.mode`: `Reference` when not set.
-    pub fn mode(&self) -> Result<EventMode, Invalid> {
+    pub(crate) fn mode(&self) -> Result<EventMode, Invalid> {
         match self.spec.mode.as_deref() {
             None | Some("Reference") => Ok(EventMode::Reference),
             Some("Resource") => Ok(EventMode::Resource),

@@ -69,7 +69,7 @@ pub enum KeyType {
 }
 
 impl KeyType {
-    pub fn parse(text: &str) -> Option<KeyType> {
+    pub(crate) fn parse(text: &str) -> Option<KeyType> {
         match text {
             "string" => Some(KeyType::String),
             "int" => Some(KeyType::Int),
@@ -81,7 +81,7 @@ impl KeyType {
 }
 
 impl KafkaSource {
-    pub fn validate(&self) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         self.metadata.validate()?;
         let spec = &self.spec;
         if spec.bootstrap_servers.iter().all(|s| s.trim().is_empty()) {
@@ -133,7 +133,7 @@ impl KafkaSource {
         Ok(())
     }
 
-    pub fn initial_offset(&self) -> Result<InitialOffset, Invalid> {
+    pub(crate) fn initial_offset(&self) -> Result<InitialOffset, Invalid> {
         match self.spec.initial_offset.as_deref() {
             None | Some("latest") => Ok(InitialOffset::Latest),
             Some("earliest") => Ok(InitialOffset::Earliest),
@@ -145,7 +145,7 @@ impl KafkaSource {
     }
 
     /// True for `ordered` (the default).
-    pub fn ordered(&self) -> Result<bool, Invalid> {
+    pub(crate) fn ordered(&self) -> Result<bool, Invalid> {
         match self.spec.ordering.as_deref() {
             None | Some("ordered") => Ok(true),
             Some("unordered") => Ok(false),
@@ -156,7 +156,7 @@ impl KafkaSource {
         }
     }
 
-    pub fn key_type(&self) -> Result<KeyType, Invalid> {
+    pub(crate) fn key_type(&self) -> Result<KeyType, Invalid> {
         match self.metadata.labels.get(KEY_TYPE_LABEL) {
             None => Ok(KeyType::String),
             Some(text) => KeyType::parse(text).ok_or_else(|| {
@@ -168,7 +168,7 @@ impl KafkaSource {
         }
     }
 
-    pub fn consumer_group(&self) -> String {
+    pub(crate) fn consumer_group(&self) -> String {
         self.spec.consumer_group.clone().unwrap_or_else(|| {
             format!(
                 "knative-kafka-source-{}-{}",
@@ -179,7 +179,7 @@ impl KafkaSource {
     }
 
     /// `spec.delivery.deadLetterSink` as a URI.
-    pub fn dead_letter_sink(&self) -> Result<Option<http::Uri>, Invalid> {
+    pub(crate) fn dead_letter_sink(&self) -> Result<Option<http::Uri>, Invalid> {
         let Some(sink) = self
             .spec
             .delivery

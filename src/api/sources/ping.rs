@@ -40,7 +40,7 @@ pub struct PingSourceSpec {
 }
 
 impl PingSource {
-    pub fn validate(&self) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         self.metadata.validate()?;
         Schedule::parse(&self.spec.schedule, self.spec.timezone.as_deref())
             .map_err(|e| Invalid::new(e.field, e.reason))?;
@@ -66,7 +66,7 @@ impl PingSource {
     }
 
     /// The event data: `spec.data` as bytes, or `spec.dataBase64` decoded.
-    pub fn data(&self) -> Result<Option<bytes::Bytes>, Invalid> {
+    pub(crate) fn data(&self) -> Result<Option<bytes::Bytes>, Invalid> {
         match (&self.spec.data, &self.spec.data_base64) {
             (Some(_), Some(_)) => Err(Invalid::new(
                 "spec.dataBase64",

@@ -58,7 +58,7 @@ pub struct RabbitmqResourcesConfig {
 const MAX_NAME: usize = 255;
 
 impl RabbitmqSource {
-    pub fn validate(&self) -> Result<(), Invalid> {
+    pub(crate) fn validate(&self) -> Result<(), Invalid> {
         self.metadata.validate()?;
         let resources = &self.spec.rabbitmq_resources_config;
         let field = "spec.rabbitmqResourcesConfig";
@@ -103,7 +103,7 @@ impl RabbitmqSource {
     }
 
     /// Messages sent at once (and the prefetch): 1 to 1000, default 1.
-    pub fn parallelism(&self) -> Result<u16, Invalid> {
+    pub(crate) fn parallelism(&self) -> Result<u16, Invalid> {
         match self.spec.rabbitmq_resources_config.parallelism {
             None => Ok(1),
             Some(n) if (1..=1000).contains(&n) => Ok(n as u16),

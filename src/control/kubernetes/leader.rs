@@ -72,7 +72,7 @@ impl LeaderElector {
     /// replica leads; on stop, a leader gives the Lease up so that another
     /// replica takes over at once rather than after the lease duration. The
     /// task ends once the Lease is given up: await it before exiting.
-    pub fn spawn(
+    pub(crate) fn spawn(
         mut self,
         mut stop: watch::Receiver<bool>,
     ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {

@@ -75,7 +75,7 @@ pub enum AppendError {
 }
 
 impl AppendError {
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         match self {
             AppendError::Overloaded(_) => Duration::from_secs(1),
             AppendError::Unavailable { retry_after, .. } => *retry_after,
@@ -84,13 +84,13 @@ impl AppendError {
     }
 
     /// Whether sending the same events again can never succeed.
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, AppendError::TooLarge(_) | AppendError::Refused(_))
     }
 
     /// The status the broker's ingress answers with, also what a refused
     /// reply's `knativeerrorcode` says.
-    pub fn status(&self) -> http::StatusCode {
+    pub(crate) fn status(&self) -> http::StatusCode {
         match self {
             AppendError::Overloaded(_) => http::StatusCode::TOO_MANY_REQUESTS,
             AppendError::Unavailable { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -150,12 +150,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(event: Arc<Event>, lane: u32, ack: Box<dyn Acknowledge>) -> Self {
+    pub(crate) fn new(event: Arc<Event>, lane: u32, ack: Box<dyn Acknowledge>) -> Self {
         Delivery { event, lane, ack }
     }
 
     /// Marks the event done for this trigger (delivered or dead-lettered).
-    pub async fn ack(self) {
+    pub(crate) async fn ack(self) {
         self.ack.ack().await
     }
 }

@@ -28,7 +28,7 @@ pub struct BrokerHandle {
 }
 
 impl BrokerHandle {
-    pub fn new(key: ObjectKey, backend: Arc<dyn Backend>, max_event_bytes: usize) -> Self {
+    pub(crate) fn new(key: ObjectKey, backend: Arc<dyn Backend>, max_event_bytes: usize) -> Self {
         let label = key.to_string();
         BrokerHandle {
             received: metrics::counter!("pilotlight_broker_events_received_total", "broker" => label.clone()),
@@ -41,14 +41,14 @@ impl BrokerHandle {
 
     /// The largest event this broker takes, and so the largest request body
     /// its ingress reads.
-    pub fn max_event_bytes(&self) -> usize {
+    pub(crate) fn max_event_bytes(&self) -> usize {
         self.max_event_bytes
     }
 
     /// Stamps `knativearrivaltime` and stores the events, all or none; used
     /// by the ingress and by replies re-entering the broker. An event over
     /// the limit refuses the whole batch, before anything is stored.
-    pub async fn publish(&self, mut events: Vec<Event>) -> Result<(), AppendError> {
+    pub(crate) async fn publish(&self, mut events: Vec<Event>) -> Result<(), AppendError> {
         let count = events.len() as u64;
         self.received.increment(count);
         if let Err(e) = self.check_sizes(&events) {
@@ -114,19 +114,19 @@ pub struct BrokerRegistry {
 }
 
 impl BrokerRegistry {
-    pub fn get(&self, namespace: &str, name: &str) -> Option<BrokerEntry> {
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<BrokerEntry> {
         let brokers = self.brokers.read().unwrap_or_else(|e| e.into_inner());
         brokers.get(namespace)?.get(name).cloned()
     }
 
-    pub fn ready(&self, key: &ObjectKey) -> Option<Arc<BrokerHandle>> {
+    pub(crate) fn ready(&self, key: &ObjectKey) -> Option<Arc<BrokerHandle>> {
         match self.get(&key.namespace, &key.name)? {
             BrokerEntry::Ready(handle) => Some(handle),
             BrokerEntry::NotReady { .. } => None,
         }
     }
 
-    pub fn insert(&self, key: &ObjectKey, entry: BrokerEntry) {
+    pub(crate) fn insert(&self, key: &ObjectKey, entry: BrokerEntry) {
         let mut brokers = self.brokers.write().unwrap_or_else(|e| e.into_inner());
         brokers
             .entry(key.namespace.clone())
@@ -134,7 +134,7 @@ impl BrokerRegistry {
             .insert(key.name.clone(), entry);
     }
 
-    pub fn remove(&self, key: &ObjectKey) -> Option<BrokerEntry> {
+    pub(crate) fn remove(&self, key: &ObjectKey) -> Option<BrokerEntry> {
         let mut brokers = self.brokers.write().unwrap_or_else(|e| e.into_inner());
         let namespace = brokers.get_mut(&key.namespace)?;
         let removed = namespace.remove(&key.name);

@@ -110,7 +110,7 @@ pub struct EventingController {
 }
 
 impl EventingController {
-    pub fn new(
+    pub(crate) fn new(
         settings: EventingSettings,
         registry: Arc<BrokerRegistry>,
         sender: EventSender,
@@ -125,14 +125,14 @@ impl EventingController {
         }
     }
 
-    pub fn settings(&self) -> &EventingSettings {
+    pub(crate) fn settings(&self) -> &EventingSettings {
         &self.settings
     }
 
     /// Brings brokers, triggers and sources to `objects`; `services` gives a
     /// loaded Service's URL, for destinations that refer to one. Returns
     /// whether a broker's backend failed to start (to be tried again).
-    pub async fn apply(
+    pub(crate) async fn apply(
         &self,
         objects: &EventingObjects<'_>,
         index: &ObjectIndex<'_>,
@@ -509,13 +509,13 @@ impl EventingController {
     }
 
     /// Brokers as the last apply left them.
-    pub fn brokers(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+    pub(crate) fn brokers(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         let views = self.views.read().unwrap_or_else(|e| e.into_inner());
         in_namespace(&views.brokers, namespace).cloned().collect()
     }
 
     /// Triggers as the last apply left them, with their live backlog.
-    pub async fn triggers(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+    pub(crate) async fn triggers(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         let lags: BTreeMap<ObjectKey, _> = {
             let running = self.running.lock().await;
             running
@@ -540,14 +540,14 @@ impl EventingController {
     }
 
     /// Sources with their live status.
-    pub async fn sources(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+    pub(crate) async fn sources(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         self.sources.views(namespace).await
     }
 
     /// The status the last apply gave one Broker or Trigger, without live
     /// figures (no backlog, so no lock on the running state). None for
     /// other kinds.
-    pub fn applied_status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
+    pub(crate) fn applied_status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
         let views = self.views.read().unwrap_or_else(|e| e.into_inner());
         let views = match kind {
             "Broker" => &views.brokers,
@@ -558,7 +558,7 @@ impl EventingController {
     }
 
     /// Publishes each trigger's backlog as a gauge.
-    pub async fn record_backlog(&self) {
+    pub(crate) async fn record_backlog(&self) {
         let running = self.running.lock().await;
         for (key, trigger) in &running.triggers {
             if let Some(lag) = trigger.broker.backend.lag(key) {
@@ -570,7 +570,7 @@ impl EventingController {
 
     /// Stops the sources, then every dispatcher (letting in-flight
     /// deliveries finish for a few seconds) and backend, saving cursors.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         // Sources first: they send to brokers that stop below.
         self.sources.shutdown().await;
         let mut running = self.running.lock().await;

@@ -40,7 +40,7 @@ impl Default for DeliveryPolicy {
 impl DeliveryPolicy {
     /// Resolves a spec whose durations were validated at load; the dead-letter
     /// sink's URI is resolved by the caller (it may be a reference).
-    pub fn from_spec(spec: Option<&DeliverySpec>, dead_letter_sink: Option<Uri>) -> Self {
+    pub(crate) fn from_spec(spec: Option<&DeliverySpec>, dead_letter_sink: Option<Uri>) -> Self {
         let Some(spec) = spec else {
             return DeliveryPolicy::default();
         };
@@ -57,7 +57,7 @@ impl DeliveryPolicy {
 
     /// The wait before retry number `retry` (1-based), as Knative computes it:
     /// linear `delay × n`, exponential `delay × 2^n`.
-    pub fn backoff(&self, retry: u32) -> Duration {
+    pub(crate) fn backoff(&self, retry: u32) -> Duration {
         match self.backoff_policy {
             BackoffPolicy::Linear => self.backoff_delay.saturating_mul(retry),
             BackoffPolicy::Exponential => self

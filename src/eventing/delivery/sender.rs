@@ -118,7 +118,7 @@ impl EventSender {
 
     /// A sender that reaches `*.{domain}` (service hosts) on the main
     /// listener's address, whatever the system resolver says of them.
-    pub fn with_local_domain(domain: &str, listen: SocketAddr) -> Self {
+    pub(crate) fn with_local_domain(domain: &str, listen: SocketAddr) -> Self {
         let ip = match listen.ip() {
             ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             ip => ip,
@@ -144,7 +144,7 @@ impl EventSender {
     }
 
     /// Sends the event once, waiting at most `timeout` for the whole exchange.
-    pub async fn send(&self, uri: &Uri, event: &Event, timeout: Duration) -> Attempt {
+    pub(crate) async fn send(&self, uri: &Uri, event: &Event, timeout: Duration) -> Attempt {
         match tokio::time::timeout(timeout, self.exchange(uri, event)).await {
             Ok(attempt) => attempt,
             Err(_) => Attempt::Failed(Failure {

@@ -42,7 +42,7 @@ pub(crate) fn source_delivery_policy() -> DeliveryPolicy {
 impl CeOverrides {
     /// Sets the extensions on an event; [`CeOverrides::validate`] checked
     /// the names when the manifest loaded.
-    pub fn apply(&self, event: &mut Event) {
+    pub(crate) fn apply(&self, event: &mut Event) {
         for (name, value) in &self.extensions {
             event.set_attribute(name, value.clone());
         }
@@ -137,13 +137,13 @@ impl SourceContext {
 
     /// Delivers one event to the sink, with retries; gives up early when the
     /// source is stopping.
-    pub async fn send(&self, event: &Event) -> Result<(), SendError> {
+    pub(crate) async fn send(&self, event: &Event) -> Result<(), SendError> {
         self.send_with(event, &self.policy).await
     }
 
     /// [`SourceContext::send`] with the source's own delivery policy (a
     /// source whose manifest has `spec.delivery`).
-    pub async fn send_with(&self, event: &Event, policy: &DeliveryPolicy) -> Result<(), SendError> {
+    pub(crate) async fn send_with(&self, event: &Event, policy: &DeliveryPolicy) -> Result<(), SendError> {
         match self.deliver(&self.sink, event, policy).await? {
             Outcome::Delivered { .. } => Ok(()),
             Outcome::Failed(failure) => Err(SendError::Refused {
@@ -156,7 +156,7 @@ impl SourceContext {
     /// Delivers one event to `sink` with `policy` (a source's own
     /// `spec.delivery`, a dead-letter sink), counting it; gives up early
     /// (with [`SendError::Stopping`]) when the source is stopping.
-    pub async fn deliver(
+    pub(crate) async fn deliver(
         &self,
         sink: &Uri,
         event: &Event,
@@ -176,23 +176,23 @@ impl SourceContext {
         Ok(outcome)
     }
 
-    pub fn set_status(&self, health: SourceHealth) {
+    pub(crate) fn set_status(&self, health: SourceHealth) {
         *self.board.health.write().unwrap_or_else(|e| e.into_inner()) = Some(health);
     }
 
     /// Resolves when the source must stop (deleted, changed, or pilotlight exits).
-    pub async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         let mut stop = self.stop.clone();
         let _ = stop.wait_for(|s| *s).await;
     }
 
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         *self.stop.borrow()
     }
 
     /// A folder for this source's state that must survive restarts (created
     /// on first use by the source).
-    pub fn state_dir(&self) -> &std::path::Path {
+    pub(crate) fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
     }
 }

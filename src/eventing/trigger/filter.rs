@@ -29,7 +29,7 @@ impl Filter {
 
     /// An exact condition every matching event satisfies, if the filter has one:
     /// the key under which the index files this filter.
-    pub fn required_exact(&self) -> Option<(&str, &str)> {
+    pub(crate) fn required_exact(&self) -> Option<(&str, &str)> {
         match self {
             Filter::Exact { attribute, value } => Some((attribute, value)),
             Filter::All(filters) => {

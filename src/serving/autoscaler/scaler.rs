@@ -72,7 +72,7 @@ impl ScalerHandle {
     /// A request is waiting for an instance. If the deployment has none (none
     /// desired, none ready), scales it up right here, synchronously, so the
     /// cold start begins without waiting for the next tick.
-    pub fn poke(&self) {
+    pub(crate) fn poke(&self) {
         let mut state = self.shared.lock();
         // Read under the lock so concurrent pokes cannot both start instances:
         // the second sees the first one's scale.
@@ -86,7 +86,7 @@ impl ScalerHandle {
         self.shared.publish(&state);
     }
 
-    pub fn snapshot(&self) -> ScalerSnapshot {
+    pub(crate) fn snapshot(&self) -> ScalerSnapshot {
         let state = self.shared.lock();
         let last = state.kpa.last_decision();
         ScalerSnapshot {
@@ -99,7 +99,7 @@ impl ScalerHandle {
     /// Ends the loop; the deployment is not scaled again. Pokes after this
     /// still scale (a request already waiting at zero), so callers stop the
     /// scaler together with the deployment.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.task.abort();
     }
 }

@@ -23,7 +23,7 @@ pub struct Sample {
 
 impl Sample {
     /// True if any request was in flight or started during the sample.
-    pub fn saw_load(&self) -> bool {
+    pub(crate) fn saw_load(&self) -> bool {
         self.average_concurrency > 0.0 || self.requests_per_second > 0.0
     }
 }
@@ -63,7 +63,7 @@ impl Default for RevisionStats {
 }
 
 impl RevisionStats {
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         RevisionStats {
             inner: Mutex::new(Integral {
                 in_flight: 0,
@@ -83,7 +83,7 @@ impl RevisionStats {
     }
 
     /// A request to the revision began (or began waiting for an instance).
-    pub fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         let now = Instant::now();
         let mut s = self.lock();
         s.advance(now);
@@ -93,7 +93,7 @@ impl RevisionStats {
     }
 
     /// A request counted by [`RevisionStats::request_started`] is done.
-    pub fn request_finished(&self) {
+    pub(crate) fn request_finished(&self) {
         let now = Instant::now();
         let mut s = self.lock();
         s.advance(now);
@@ -101,17 +101,17 @@ impl RevisionStats {
         s.last_request_at = Some(now);
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.lock().in_flight
     }
 
     /// When a request last started or finished; None if none ever did.
-    pub fn last_request_at(&self) -> Option<Instant> {
+    pub(crate) fn last_request_at(&self) -> Option<Instant> {
         self.lock().last_request_at
     }
 
     /// The load since the previous sample, and starts a new one.
-    pub fn take_sample(&self, now: Instant) -> Sample {
+    pub(crate) fn take_sample(&self, now: Instant) -> Sample {
         let mut s = self.lock();
         s.advance(now);
         let elapsed = now.saturating_duration_since(s.previous_sample);

@@ -48,7 +48,7 @@ impl PublicAddress {
     /// `ingress_url`'s scheme and port (the scheme's default when it names
     /// none), else plain HTTP on the listener's port. The URL was checked
     /// at start.
-    pub fn of(ingress_url: Option<&str>, listen: std::net::SocketAddr) -> Self {
+    pub(crate) fn of(ingress_url: Option<&str>, listen: std::net::SocketAddr) -> Self {
         let Some(uri) = ingress_url.and_then(|url| url.parse::<http::Uri>().ok()) else {
             return PublicAddress {
                 https: false,
@@ -131,7 +131,7 @@ pub struct ServingController {
 impl ServingController {
     /// `config_objects` feeds the runtimes the Secrets and ConfigMaps of each
     /// apply.
-    pub fn new(
+    pub(crate) fn new(
         settings: ServingSettings,
         runtime: Arc<dyn Runtime>,
         config_objects: watch::Sender<Arc<ConfigObjects>>,
@@ -154,12 +154,12 @@ impl ServingController {
         control
     }
 
-    pub fn router(&self) -> Arc<Router> {
+    pub(crate) fn router(&self) -> Arc<Router> {
         self.router.clone()
     }
 
     /// The URL of a service (`http://hello.default.localhost:8080`).
-    pub fn url(&self, service: &ObjectKey, tag: Option<&str>) -> String {
+    pub(crate) fn url(&self, service: &ObjectKey, tag: Option<&str>) -> String {
         let host = self.router.host(service, tag);
         let PublicAddress { https, port } = self.settings.public;
         let scheme = if https { "https" } else { "http" };
@@ -170,7 +170,7 @@ impl ServingController {
     }
 
     /// The URL of a loaded service, for Trigger subscribers and sinks.
-    pub fn service_url(&self, service: &ObjectKey) -> Option<String> {
+    pub(crate) fn service_url(&self, service: &ObjectKey) -> Option<String> {
         self.urls
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -180,7 +180,7 @@ impl ServingController {
 
     /// Brings running services to the loaded ones; `objects` are the loaded
     /// Secrets and ConfigMaps, which instances read when they start.
-    pub async fn apply(&self, services: &[&Loaded], objects: ConfigObjects) {
+    pub(crate) async fn apply(&self, services: &[&Loaded], objects: ConfigObjects) {
         self.config_objects.send_if_modified(|current| {
             let changed = **current != objects;
             if changed {
@@ -439,7 +439,7 @@ impl ServingController {
     }
 
     /// Stops every instance of every revision.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let mut state = self.state.lock().await;
         let all: Vec<RunningRevision> = std::mem::take(&mut state.services)
             .into_values()

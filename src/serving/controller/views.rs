@@ -13,7 +13,7 @@ use crate::serving::runtime::ConditionState;
 
 impl ServingController {
     /// Services, with URL, traffic and readiness.
-    pub async fn services(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+    pub(crate) async fn services(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         let state = self.state.lock().await;
         state
             .services
@@ -87,7 +87,7 @@ impl ServingController {
     }
 
     /// Revisions, with desired and actual instances.
-    pub async fn revisions(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+    pub(crate) async fn revisions(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         let state = self.state.lock().await;
         let mut views = Vec::new();
         for (key, entry) in &state.services {
@@ -120,7 +120,7 @@ impl ServingController {
     }
 
     /// Routes: each service's hosts and traffic.
-    pub async fn routes(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+    pub(crate) async fn routes(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         self.services(namespace)
             .await
             .into_iter()

@@ -39,11 +39,11 @@ pub struct ConfigObjects {
 }
 
 impl ConfigObjects {
-    pub fn insert(&mut self, kind: ConfigKind, key: ObjectKey, data: ConfigData) {
+    pub(crate) fn insert(&mut self, kind: ConfigKind, key: ObjectKey, data: ConfigData) {
         self.objects.insert((kind, key), data);
     }
 
-    pub fn get(&self, kind: ConfigKind, namespace: &str, name: &str) -> Option<&ConfigData> {
+    pub(crate) fn get(&self, kind: ConfigKind, namespace: &str, name: &str) -> Option<&ConfigData> {
         self.objects.get(&(kind, ObjectKey::new(namespace, name)))
     }
 

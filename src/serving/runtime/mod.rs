@@ -168,7 +168,7 @@ pub enum ConditionState {
 }
 
 impl RuntimeCondition {
-    pub fn pending(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn pending(reason: &'static str, message: impl Into<String>) -> Self {
         RuntimeCondition {
             state: ConditionState::Pending,
             reason,
@@ -176,7 +176,7 @@ impl RuntimeCondition {
         }
     }
 
-    pub fn failed(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn failed(reason: &'static str, message: impl Into<String>) -> Self {
         RuntimeCondition {
             state: ConditionState::Failed,
             reason,
@@ -184,7 +184,7 @@ impl RuntimeCondition {
         }
     }
 
-    pub fn note(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn note(reason: &'static str, message: impl Into<String>) -> Self {
         RuntimeCondition {
             state: ConditionState::Note,
             reason,
@@ -233,22 +233,22 @@ impl InstanceLoad {
     }
 
     /// Ends a request counted by a successful [`InstanceLoad::try_begin`].
-    pub fn end(&self) {
+    pub(crate) fn end(&self) {
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.idle.notify_waiters();
         }
     }
 
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
     /// Resolves once no request is in flight.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);

@@ -16,7 +16,7 @@ use crate::api::rabbitmq::{KIND, QueueType, RabbitmqBrokerConfig, RabbitmqCluste
 impl RabbitmqBrokerConfig {
     /// The connection settings, reading the connection Secret from `index`;
     /// `default_uri` (pilotlight's `--rabbitmq-uri`) when there is no reference.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         index: &ObjectIndex<'_>,
         default_uri: Option<&str>,
@@ -47,7 +47,7 @@ pub struct RabbitConnectionConfig {
 
 impl RabbitConnectionConfig {
     /// The settings for a URI given on the command line or in a test.
-    pub fn from_uri(uri: &str, queue_type: QueueType) -> Result<Self, String> {
+    pub(crate) fn from_uri(uri: &str, queue_type: QueueType) -> Result<Self, String> {
         Ok(RabbitConnectionConfig {
             uri: parse_uri(uri)?,
             queue_type,

@@ -30,7 +30,7 @@ pub(crate) const KAFKA_EVENT_TYPE: &str = "dev.knative.kafka.event";
 
 impl KeyType {
     /// The key as text, or why it cannot be read as this type.
-    pub fn read(self, key: &[u8]) -> Result<String, String> {
+    pub(crate) fn read(self, key: &[u8]) -> Result<String, String> {
         match self {
             KeyType::String => std::str::from_utf8(key)
                 .map(str::to_owned)

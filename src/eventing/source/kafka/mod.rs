@@ -34,7 +34,7 @@ pub(crate) const UNORDERED_IN_FLIGHT: usize = 100;
 impl KafkaSource {
     /// The running source. Call after [`KafkaSource::validate`]; a source
     /// that does not validate runs as one that only reports NotReady.
-    pub fn into_source(&self) -> Box<dyn Source> {
+    pub(crate) fn into_source(&self) -> Box<dyn Source> {
         match source::KafkaRunner::new(self) {
             Ok(runner) => Box::new(runner),
             Err(invalid) => Box::new(crate::eventing::source::InvalidSource {

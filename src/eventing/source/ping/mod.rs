@@ -36,12 +36,12 @@ pub(crate) use source::{Clock, PingRunner, SystemClock};
 impl PingSource {
     /// The running source. Call after [`PingSource::validate`]; a source that
     /// does not validate runs as one that only reports NotReady.
-    pub fn into_source(&self) -> Box<dyn Source> {
+    pub(crate) fn into_source(&self) -> Box<dyn Source> {
         self.into_source_with_clock(std::sync::Arc::new(SystemClock))
     }
 
     /// [`PingSource::into_source`] with a given clock (tests).
-    pub fn into_source_with_clock(&self, clock: std::sync::Arc<dyn Clock>) -> Box<dyn Source> {
+    pub(crate) fn into_source_with_clock(&self, clock: std::sync::Arc<dyn Clock>) -> Box<dyn Source> {
         let built = self.validate().and_then(|()| {
             let schedule = Schedule::parse(&self.spec.schedule, self.spec.timezone.as_deref())
                 .map_err(|e| Invalid::new(e.field, e.reason))?;

@@ -30,7 +30,7 @@ use crate::eventing::source::{Source, source_delivery_policy};
 impl RabbitmqSource {
     /// How each message is sent to the sink: `spec.delivery`, or the
     /// sources' default retries when it is not set.
-    pub fn delivery_policy(&self) -> DeliveryPolicy {
+    pub(crate) fn delivery_policy(&self) -> DeliveryPolicy {
         match &self.spec.delivery {
             Some(spec) => DeliveryPolicy::from_spec(Some(spec), None),
             None => source_delivery_policy(),
@@ -40,7 +40,7 @@ impl RabbitmqSource {
     /// The running source, given the connection URI the control plane
     /// resolved (or why it could not). A source that does not validate or
     /// has no URI runs as one that only reports NotReady.
-    pub fn into_source(&self, uri: Result<lapin::uri::AMQPUri, String>) -> Box<dyn Source> {
+    pub(crate) fn into_source(&self, uri: Result<lapin::uri::AMQPUri, String>) -> Box<dyn Source> {
         let vhost = self.spec.rabbitmq_resources_config.vhost.clone();
         let built = self
             .validate()

@@ -51,7 +51,7 @@ impl Engine {
     /// `GET path` as plain JSON: for what runs while pilotlight idles
     /// (listing its containers, inspecting images), so that an idle
     /// pilotlight does not page in bollard's models for a field or two.
-    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+    pub(crate) async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
         get_json(&self.socket, path).await
     }
 }
@@ -79,18 +79,18 @@ impl EngineConnector {
     }
 
     /// Writes `marker` on the first connection (see [`EngineConnector::used_before`]).
-    pub fn with_marker(mut self, marker: PathBuf) -> Self {
+    pub(crate) fn with_marker(mut self, marker: PathBuf) -> Self {
         self.marker = Some(marker);
         self
     }
 
     /// Whether an engine was connected with this marker before: then
     /// containers of a killed run may be left over.
-    pub fn used_before(&self) -> bool {
+    pub(crate) fn used_before(&self) -> bool {
         self.marker.as_ref().is_some_and(|m| m.exists())
     }
 
-    pub fn owner(&self) -> &str {
+    pub(crate) fn owner(&self) -> &str {
         &self.owner
     }
 
@@ -127,7 +127,7 @@ impl EngineConnector {
 
     /// Removes every container of this pilotlight, if an engine is
     /// connected.
-    pub async fn remove_all(&self) {
+    pub(crate) async fn remove_all(&self) {
         let engine = self.engine.lock().await.clone();
         if let Some(engine) = engine {
             remove_owned(
