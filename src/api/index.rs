@@ -9,7 +9,7 @@ use super::manifest::{Loaded, Manifests};
 use super::{ConfigMap, RabbitmqBrokerConfig, Resource, Secret};
 
 /// Every loaded object, by kind and `namespace/name`.
-pub struct ObjectIndex<'a> {
+pub(crate) struct ObjectIndex<'a> {
     objects: BTreeMap<(&'static str, ObjectKey), &'a Loaded>,
 }
 

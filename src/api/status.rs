@@ -9,7 +9,7 @@ use super::manifest::ManifestError;
 /// One condition (`Ready` here).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Condition {
+pub(crate) struct Condition {
     #[serde(rename = "type")]
     pub kind: String,
     /// "True", "False" or "Unknown".
@@ -24,7 +24,7 @@ pub struct Condition {
 /// An object's status block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct Status {
+pub(crate) struct Status {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Address>,
@@ -49,7 +49,7 @@ pub struct Status {
 /// stays small.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct ServingStatus {
+pub(crate) struct ServingStatus {
     /// Service, Route: where it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -84,7 +84,7 @@ pub struct ServingStatus {
 /// One entry of a Revision's `status.containerStatuses`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ContainerStatus {
+pub(crate) struct ContainerStatus {
     pub name: String,
     pub image_digest: String,
 }
@@ -92,7 +92,7 @@ pub struct ContainerStatus {
 /// One resolved traffic target, as Knative's status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TrafficStatus {
+pub(crate) struct TrafficStatus {
     pub revision_name: String,
     pub latest_revision: bool,
     pub percent: u32,
@@ -103,7 +103,7 @@ pub struct TrafficStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Address {
+pub(crate) struct Address {
     pub url: String,
 }
 
@@ -183,7 +183,7 @@ fn condition(status: &str, reason: Option<&str>, message: Option<String>) -> Con
 /// An object as the admin API returns it: the manifest as loaded, with status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ObjectView {
+pub(crate) struct ObjectView {
     pub api_version: String,
     pub kind: String,
     pub metadata: ViewMeta,
@@ -215,7 +215,7 @@ impl ObjectView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ViewMeta {
+pub(crate) struct ViewMeta {
     pub name: String,
     pub namespace: String,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -227,7 +227,7 @@ pub struct ViewMeta {
 
 /// The answer of `GET /api/v1/{brokers,triggers}`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct ObjectList {
+pub(crate) struct ObjectList {
     pub items: Vec<ObjectView>,
     /// Manifests that were refused, so `pilotlight get` can say so.
     #[serde(default)]

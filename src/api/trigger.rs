@@ -73,7 +73,7 @@ pub struct SubscriptionsApiFilter {
 /// How a trigger's events are delivered relative to each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum DeliveryOrder {
+pub(crate) enum DeliveryOrder {
     Ordered,
     Unordered,
 }

@@ -16,7 +16,7 @@ use crate::cloudevent::Event;
 
 /// The spec's error types (§3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     Parse,
     Math,
     Cast,

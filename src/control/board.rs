@@ -15,7 +15,7 @@ use crate::serving::controller::ServingController;
 
 /// What the admin API lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Collection {
+pub(crate) enum Collection {
     Brokers,
     Triggers,
     Services,
@@ -24,7 +24,7 @@ pub enum Collection {
     Sources,
 }
 
-pub struct StatusBoard {
+pub(crate) struct StatusBoard {
     eventing: Arc<EventingController>,
     serving: Arc<ServingController>,
     /// The documents the last apply refused, listed with every collection.

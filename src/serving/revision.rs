@@ -14,7 +14,7 @@ use super::runtime::{Deployment, Endpoint, StartState};
 use crate::api::ObjectKey;
 
 /// A revision that can take requests.
-pub struct Revision {
+pub(crate) struct Revision {
     /// Namespace and revision name (`default/hello-00001`).
     pub key: ObjectKey,
     /// Namespace and service name.
@@ -41,7 +41,7 @@ pub struct Revision {
 
 /// Why the activator gave up on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unavailable {
+pub(crate) enum Unavailable {
     /// More requests wait than the queue holds (503 + Retry-After).
     QueueFull,
     /// No instance had room within `timeoutSeconds` (504).
@@ -54,7 +54,7 @@ pub enum Unavailable {
 }
 
 /// A request's hold on one instance; dropping it frees the slot.
-pub struct Lease {
+pub(crate) struct Lease {
     pub endpoint: Endpoint,
     revision: Arc<Revision>,
 }
@@ -68,7 +68,7 @@ impl Drop for Lease {
     }
 }
 
-pub struct RevisionParts {
+pub(crate) struct RevisionParts {
     pub key: ObjectKey,
     pub service: ObjectKey,
     pub container_concurrency: u32,

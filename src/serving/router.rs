@@ -11,7 +11,7 @@ use super::revision::Revision;
 use crate::api::ObjectKey;
 
 /// Where one host's requests go.
-pub struct HostRoute {
+pub(crate) struct HostRoute {
     pub service: ObjectKey,
     /// `Some` for a tag's own host.
     pub tag: Option<String>,
@@ -73,7 +73,7 @@ fn smooth_slots(weights: &[u32]) -> Box<[u8]> {
 }
 
 /// What a Host header means.
-pub enum HostMatch {
+pub(crate) enum HostMatch {
     Route(Arc<HostRoute>),
     /// Under the serving domain but no such service or tag.
     Unknown,
@@ -83,7 +83,7 @@ pub enum HostMatch {
 
 /// All hosts, rebuilt on every change.
 #[derive(Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     hosts: HashMap<String, Arc<HostRoute>>,
 }
 
@@ -94,7 +94,7 @@ impl RouteTable {
 }
 
 /// The table in use, swapped whole by the control plane.
-pub struct Router {
+pub(crate) struct Router {
     domain: String,
     table: RwLock<Arc<RouteTable>>,
 }

@@ -18,7 +18,7 @@ use crate::eventing::backend::{AppendError, Backend};
 /// [`BrokerHandle::publish`] is the one way into a broker: the ingress and
 /// replies both come through it, so both meet the same limit and the same
 /// answers.
-pub struct BrokerHandle {
+pub(crate) struct BrokerHandle {
     pub key: ObjectKey,
     pub backend: Arc<dyn Backend>,
     /// The largest event stored, data and attributes (`--max-event-size`).
@@ -98,7 +98,7 @@ pub(crate) fn reject_metric(broker: &str, reason: &'static str) {
 
 /// A broker as the ingress sees it.
 #[derive(Clone)]
-pub enum BrokerEntry {
+pub(crate) enum BrokerEntry {
     Ready(Arc<BrokerHandle>),
     /// Declared but not serving (backend starting or failed): 503.
     NotReady {
@@ -109,7 +109,7 @@ pub enum BrokerEntry {
 /// The brokers the ingress serves, by namespace then name (looked up without
 /// allocating on every request).
 #[derive(Default)]
-pub struct BrokerRegistry {
+pub(crate) struct BrokerRegistry {
     brokers: RwLock<HashMap<String, HashMap<String, BrokerEntry>>>,
 }
 

@@ -42,7 +42,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Settings of the eventing half.
 #[derive(Debug, Clone)]
-pub struct EventingSettings {
+pub(crate) struct EventingSettings {
     pub data_dir: PathBuf,
     /// Base URL of the ingress, for broker addresses (`http://127.0.0.1:8080`).
     pub ingress_url: String,
@@ -66,7 +66,7 @@ pub struct EventingSettings {
 
 /// The objects of one apply that this controller reconciles.
 #[derive(Default)]
-pub struct EventingObjects<'a> {
+pub(crate) struct EventingObjects<'a> {
     pub brokers: BTreeMap<ObjectKey, &'a Loaded>,
     pub triggers: BTreeMap<ObjectKey, &'a Loaded>,
     pub sources: Vec<&'a Loaded>,
@@ -100,7 +100,7 @@ struct Views {
 }
 
 /// The eventing half of the control plane.
-pub struct EventingController {
+pub(crate) struct EventingController {
     settings: EventingSettings,
     registry: Arc<BrokerRegistry>,
     sender: EventSender,

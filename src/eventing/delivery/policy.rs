@@ -13,7 +13,7 @@ const DEFAULT_BACKOFF_DELAY: Duration = Duration::from_millis(200);
 
 /// How to deliver: resolved, validated and ready to use.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DeliveryPolicy {
+pub(crate) struct DeliveryPolicy {
     /// Retries after the first attempt.
     pub retry: u32,
     pub backoff_policy: BackoffPolicy,

@@ -11,7 +11,7 @@ use crate::cloudevent::Event;
 
 /// The end of a delivery with retries.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Delivered {
         reply: Option<Event>,
     },

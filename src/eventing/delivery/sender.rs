@@ -25,7 +25,7 @@ const REPLY_MAX: usize = 4 << 20;
 
 /// Why an attempt failed.
 #[derive(Debug, Clone)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The HTTP status, when the subscriber answered at all.
     pub status: Option<StatusCode>,
     /// Whether Knative's rules call for another attempt: 404, 409, 429, 5xx,
@@ -90,7 +90,7 @@ impl tower::Service<Name> for LocalDomainResolver {
 
 /// The result of one attempt.
 #[derive(Debug)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// 2xx; with the reply event when the response carried one.
     Delivered {
         status: StatusCode,

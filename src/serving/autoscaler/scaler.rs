@@ -21,7 +21,7 @@ const PANIC_GAUGE: &str = "pilotlight_revision_panic";
 
 /// What the scaler last decided, for the revision's status.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ScalerSnapshot {
+pub(crate) struct ScalerSnapshot {
     pub desired: u32,
     pub panic: bool,
     /// The scaling metric averaged over the stable window.
@@ -63,7 +63,7 @@ impl Scaler {
 }
 
 /// Owns a running scaler; dropping it (or [`ScalerHandle::stop`]) ends the loop.
-pub struct ScalerHandle {
+pub(crate) struct ScalerHandle {
     shared: Arc<Shared>,
     task: JoinHandle<()>,
 }

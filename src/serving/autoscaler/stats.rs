@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 /// One sample of a revision's load since the previous sample.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Time-weighted average of requests in flight.
     pub average_concurrency: f64,
     /// Requests started per second.
@@ -30,7 +30,7 @@ impl Sample {
 
 /// Request counts for one revision, shared (`Arc`) by the proxy and the scaler.
 #[derive(Debug)]
-pub struct RevisionStats {
+pub(crate) struct RevisionStats {
     // An uncontended mutex costs about as much as a couple of atomics, and
     // keeps the integral exact; it is never held across an await.
     inner: Mutex<Integral>,

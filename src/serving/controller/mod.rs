@@ -39,7 +39,7 @@ const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// when they come through something else (a cluster Service on port 80, a
 /// TLS-terminating load balancer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublicAddress {
+pub(crate) struct PublicAddress {
     pub https: bool,
     pub port: u16,
 }
@@ -65,7 +65,7 @@ impl PublicAddress {
 
 /// Settings of the serving half.
 #[derive(Debug, Clone)]
-pub struct ServingSettings {
+pub(crate) struct ServingSettings {
     /// Services answer to `{service}.{namespace}.{domain}`.
     pub domain: String,
     /// The scheme and port of service URLs.
@@ -114,7 +114,7 @@ struct State {
 }
 
 /// The serving half of the control plane.
-pub struct ServingController {
+pub(crate) struct ServingController {
     settings: ServingSettings,
     runtime: Arc<dyn Runtime>,
     router: Arc<Router>,

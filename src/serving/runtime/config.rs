@@ -17,7 +17,7 @@ use crate::api::pod::{
 
 /// One Secret's or ConfigMap's entries.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct ConfigData {
+pub(crate) struct ConfigData {
     pub entries: BTreeMap<String, Vec<u8>>,
     /// A Secret's `type`, such as `kubernetes.io/dockerconfigjson`.
     pub secret_type: Option<String>,
@@ -34,7 +34,7 @@ impl fmt::Debug for ConfigData {
 
 /// Every loaded Secret and ConfigMap, by kind, namespace and name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConfigObjects {
+pub(crate) struct ConfigObjects {
     objects: BTreeMap<(ConfigKind, ObjectKey), ConfigData>,
 }
 

@@ -39,7 +39,7 @@ impl RabbitmqBrokerConfig {
 
 /// Where a RabbitMQ broker connects and what queues it declares.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RabbitConnectionConfig {
+pub(crate) struct RabbitConnectionConfig {
     /// With the Secret's username, password and the configured vhost applied.
     pub uri: AMQPUri,
     pub queue_type: QueueType,

@@ -18,7 +18,7 @@ use crate::eventing::source::{SendError, Source, SourceContext, SourceHealth};
 /// Where the wall clock comes from. Ticks are wall-clock instants; sleeping
 /// uses tokio time, so a test clock derived from `tokio::time::Instant`
 /// makes the loop run on paused time.
-pub trait Clock: Send + Sync + 'static {
+pub(crate) trait Clock: Send + Sync + 'static {
     fn now_utc(&self) -> DateTime<Utc>;
 }
 
