@@ -31,7 +31,9 @@ pub enum Filter {
 impl Filter {
     /// Knative's legacy `spec.filter.attributes`: every pair must match exactly;
     /// an empty value matches any value (Knative's `TriggerAnyFilter`).
-    pub(crate) fn from_attributes<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Filter {
+    pub(crate) fn from_attributes<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Filter {
         let exact: Vec<Filter> = pairs
             .into_iter()
             .filter(|(_, v)| !v.is_empty())

@@ -231,6 +231,7 @@ pub(crate) fn load_text(
 impl Manifests {
     /// The objects of one multi-document YAML text, as if read from a file
     /// named `<text>` (tests, and objects given inline).
+    #[cfg(test)]
     pub(crate) fn from_text(text: &str, default_class: BrokerClass) -> Manifests {
         let mut manifests = Manifests::default();
         load_text(

@@ -162,7 +162,12 @@ impl Status {
 
 impl Condition {
     /// A condition of the given type, timestamped now.
-    pub(crate) fn new(kind: &str, status: &str, reason: Option<&str>, message: Option<String>) -> Self {
+    pub(crate) fn new(
+        kind: &str,
+        status: &str,
+        reason: Option<&str>,
+        message: Option<String>,
+    ) -> Self {
         Condition {
             kind: kind.into(),
             ..condition(status, reason, message)

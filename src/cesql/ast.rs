@@ -12,16 +12,6 @@ pub enum Value {
     String(Arc<str>),
 }
 
-impl Value {
-    pub(crate) fn type_name(&self) -> &'static str {
-        match self {
-            Value::Boolean(_) => "Boolean",
-            Value::Integer(_) => "Integer",
-            Value::String(_) => "String",
-        }
-    }
-}
-
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -17,26 +17,22 @@ use crate::cloudevent::Event;
 /// The spec's error types (§3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ErrorKind {
-    Parse,
     Math,
     Cast,
     MissingFunction,
     FunctionEvaluation,
     MissingAttribute,
-    Generic,
 }
 
 impl ErrorKind {
     /// The name the CESQL conformance tests use for this kind.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            ErrorKind::Parse => "parse",
             ErrorKind::Math => "math",
             ErrorKind::Cast => "cast",
             ErrorKind::MissingFunction => "missingFunction",
             ErrorKind::FunctionEvaluation => "functionEvaluation",
             ErrorKind::MissingAttribute => "missingAttribute",
-            ErrorKind::Generic => "generic",
         }
     }
 }

@@ -223,11 +223,13 @@ impl Program {
         Program { expr, fast }
     }
 
+    #[cfg(test)]
     pub(crate) fn expr(&self) -> &Expr {
         &self.expr
     }
 
     /// Whether the compiled tests (not the interpreter) test events.
+    #[cfg(test)]
     pub(crate) fn is_compiled(&self) -> bool {
         self.fast.is_some()
     }
@@ -235,7 +237,11 @@ impl Program {
     /// The filter's answer: true only when the result is true and nothing
     /// failed. `on_error` sees the interpreter's error, for reporting (the
     /// fast path reports a missing attribute as `missingAttribute`).
-    pub(crate) fn matches(&self, event: &Event, on_error: impl FnOnce(eval::ErrorKind, &str)) -> bool {
+    pub(crate) fn matches(
+        &self,
+        event: &Event,
+        on_error: impl FnOnce(eval::ErrorKind, &str),
+    ) -> bool {
         if let Some(fast) = &self.fast {
             return match fast.run(event) {
                 Ok(result) => result,

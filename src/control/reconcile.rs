@@ -64,10 +64,6 @@ impl ControlPlane {
         self.eventing.settings().default_class
     }
 
-    pub(crate) fn serving(&self) -> &Arc<ServingController> {
-        &self.serving
-    }
-
     /// Every object's status, for `get`, the admin API and Kubernetes
     /// status writes.
     pub(crate) fn board(&self) -> &StatusBoard {

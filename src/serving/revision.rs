@@ -17,8 +17,6 @@ use crate::api::ObjectKey;
 pub(crate) struct Revision {
     /// Namespace and revision name (`default/hello-00001`).
     pub key: ObjectKey,
-    /// Namespace and service name.
-    pub service: ObjectKey,
     /// Requests one instance takes at once; 0 is unlimited.
     pub container_concurrency: u32,
     /// `timeoutSeconds`: the longest a request may wait for its response to start.
@@ -70,7 +68,6 @@ impl Drop for Lease {
 
 pub(crate) struct RevisionParts {
     pub key: ObjectKey,
-    pub service: ObjectKey,
     pub container_concurrency: u32,
     pub timeout: Duration,
     pub queue_limit: usize,
@@ -84,7 +81,6 @@ impl Revision {
         let endpoints = parts.deployment.endpoints();
         Revision {
             key: parts.key,
-            service: parts.service,
             container_concurrency: parts.container_concurrency,
             timeout: parts.timeout,
             stats: parts.stats,

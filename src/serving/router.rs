@@ -13,8 +13,6 @@ use crate::api::ObjectKey;
 /// Where one host's requests go.
 pub(crate) struct HostRoute {
     pub service: ObjectKey,
-    /// `Some` for a tag's own host.
-    pub tag: Option<String>,
     targets: Vec<Arc<Revision>>,
     /// 100 slots, each an index into `targets`, interleaved so that any run of
     /// requests is split close to the percentages (smooth weighted round robin).
@@ -24,15 +22,10 @@ pub(crate) struct HostRoute {
 
 impl HostRoute {
     /// `weighted`: revisions with their percent; those with 0 get nothing.
-    pub(crate) fn new(
-        service: ObjectKey,
-        tag: Option<String>,
-        weighted: Vec<(Arc<Revision>, u32)>,
-    ) -> Self {
+    pub(crate) fn new(service: ObjectKey, weighted: Vec<(Arc<Revision>, u32)>) -> Self {
         let weights: Vec<u32> = weighted.iter().map(|(_, p)| *p).collect();
         HostRoute {
             service,
-            tag,
             slots: smooth_slots(&weights),
             targets: weighted.into_iter().map(|(r, _)| r).collect(),
             next: AtomicUsize::new(0),
@@ -105,10 +98,6 @@ impl Router {
             domain: domain.to_ascii_lowercase(),
             table: RwLock::new(Arc::new(RouteTable::default())),
         }
-    }
-
-    pub(crate) fn domain(&self) -> &str {
-        &self.domain
     }
 
     /// The host of a service (`tag` None) or of one of its tags.

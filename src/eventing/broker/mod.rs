@@ -119,13 +119,6 @@ impl BrokerRegistry {
         brokers.get(namespace)?.get(name).cloned()
     }
 
-    pub(crate) fn ready(&self, key: &ObjectKey) -> Option<Arc<BrokerHandle>> {
-        match self.get(&key.namespace, &key.name)? {
-            BrokerEntry::Ready(handle) => Some(handle),
-            BrokerEntry::NotReady { .. } => None,
-        }
-    }
-
     pub(crate) fn insert(&self, key: &ObjectKey, entry: BrokerEntry) {
         let mut brokers = self.brokers.write().unwrap_or_else(|e| e.into_inner());
         brokers

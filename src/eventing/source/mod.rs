@@ -143,7 +143,11 @@ impl SourceContext {
 
     /// [`SourceContext::send`] with the source's own delivery policy (a
     /// source whose manifest has `spec.delivery`).
-    pub(crate) async fn send_with(&self, event: &Event, policy: &DeliveryPolicy) -> Result<(), SendError> {
+    pub(crate) async fn send_with(
+        &self,
+        event: &Event,
+        policy: &DeliveryPolicy,
+    ) -> Result<(), SendError> {
         match self.deliver(&self.sink, event, policy).await? {
             Outcome::Delivered { .. } => Ok(()),
             Outcome::Failed(failure) => Err(SendError::Refused {

@@ -21,13 +21,6 @@ pub(crate) struct Sample {
     pub requests_per_second: f64,
 }
 
-impl Sample {
-    /// True if any request was in flight or started during the sample.
-    pub(crate) fn saw_load(&self) -> bool {
-        self.average_concurrency > 0.0 || self.requests_per_second > 0.0
-    }
-}
-
 /// Request counts for one revision, shared (`Arc`) by the proxy and the scaler.
 #[derive(Debug)]
 pub(crate) struct RevisionStats {
@@ -45,6 +38,8 @@ struct Integral {
     area: f64,
     started: u64,
     previous_sample: Instant,
+    /// Kept for the unit tests only.
+    #[cfg(test)]
     last_request_at: Option<Instant>,
 }
 
@@ -71,6 +66,7 @@ impl RevisionStats {
                 area: 0.0,
                 started: 0,
                 previous_sample: now,
+                #[cfg(test)]
                 last_request_at: None,
             }),
         }
@@ -89,7 +85,10 @@ impl RevisionStats {
         s.advance(now);
         s.in_flight += 1;
         s.started += 1;
-        s.last_request_at = Some(now);
+        #[cfg(test)]
+        {
+            s.last_request_at = Some(now);
+        }
     }
 
     /// A request counted by [`RevisionStats::request_started`] is done.
@@ -98,14 +97,19 @@ impl RevisionStats {
         let mut s = self.lock();
         s.advance(now);
         s.in_flight = s.in_flight.saturating_sub(1);
-        s.last_request_at = Some(now);
+        #[cfg(test)]
+        {
+            s.last_request_at = Some(now);
+        }
     }
 
+    #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
         self.lock().in_flight
     }
 
     /// When a request last started or finished; None if none ever did.
+    #[cfg(test)]
     pub(crate) fn last_request_at(&self) -> Option<Instant> {
         self.lock().last_request_at
     }

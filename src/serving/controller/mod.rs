@@ -373,7 +373,6 @@ impl ServingController {
         );
         let revision = Arc::new(Revision::new(RevisionParts {
             key,
-            service: service.clone(),
             container_concurrency,
             timeout: spec.timeout(),
             queue_limit: self.settings.queue_limit,
@@ -407,17 +406,13 @@ impl ServingController {
                 if let Some(tag) = &target.tag {
                     table.insert(
                         self.router.host(key, Some(tag)),
-                        HostRoute::new(
-                            key.clone(),
-                            Some(tag.clone()),
-                            vec![(target.revision.clone(), 100)],
-                        ),
+                        HostRoute::new(key.clone(), vec![(target.revision.clone(), 100)]),
                     );
                 }
             }
             table.insert(
                 self.router.host(key, None),
-                HostRoute::new(key.clone(), None, main),
+                HostRoute::new(key.clone(), main),
             );
         }
         self.router.replace(table);

@@ -41,7 +41,10 @@ impl PingSource {
     }
 
     /// [`PingSource::into_source`] with a given clock (tests).
-    pub(crate) fn into_source_with_clock(&self, clock: std::sync::Arc<dyn Clock>) -> Box<dyn Source> {
+    pub(crate) fn into_source_with_clock(
+        &self,
+        clock: std::sync::Arc<dyn Clock>,
+    ) -> Box<dyn Source> {
         let built = self.validate().and_then(|()| {
             let schedule = Schedule::parse(&self.spec.schedule, self.spec.timezone.as_deref())
                 .map_err(|e| Invalid::new(e.field, e.reason))?;
