@@ -15,15 +15,15 @@
 #![warn(unreachable_pub)]
 
 pub mod api;
-pub(crate) mod backoff;
+mod backoff;
 pub mod cesql;
 pub mod cli;
 pub mod cloudevent;
 pub mod control;
-pub(crate) mod desired;
+mod desired;
 pub mod eventing;
-pub(crate) mod http_util;
-pub(crate) mod kubeconfig;
+mod http_util;
+mod kubeconfig;
 pub mod server;
 pub mod serving;
 pub mod telemetry;

@@ -7,15 +7,15 @@
 
 pub(crate) mod autoscaling;
 pub mod broker;
-pub(crate) mod config;
+mod config;
 pub mod duck;
 pub mod filter;
 pub(crate) mod index;
 pub mod kinds;
 pub(crate) mod manifest;
-pub(crate) mod meta;
+mod meta;
 pub mod pod;
-pub(crate) mod quantity;
+mod quantity;
 pub(crate) mod rabbitmq;
 pub mod service;
 pub mod sources;

@@ -1,14 +1,14 @@
 //! The `pilotlight` command line.
 
-pub(crate) mod cesql;
-pub(crate) mod event_display;
-pub(crate) mod get;
-pub(crate) mod hello;
-pub(crate) mod http;
+mod cesql;
+mod event_display;
+mod get;
+mod hello;
+mod http;
 pub mod images;
-pub(crate) mod ready;
+mod ready;
 pub mod run;
-pub(crate) mod send;
+mod send;
 
 use clap::{Parser, Subcommand};
 

@@ -2,7 +2,7 @@
 //! with status conditions for each object.
 
 pub(crate) mod admin;
-pub(crate) mod board;
+mod board;
 pub mod kubernetes;
 pub mod manifest;
 pub(crate) mod reconcile;

@@ -6,4 +6,4 @@ pub(crate) mod broker;
 pub(crate) mod controller;
 pub mod delivery;
 pub mod source;
-pub(crate) mod trigger;
+mod trigger;

@@ -8,10 +8,10 @@
 //! - [`autoscaler`]: Knative's KPA, deciding how many instances each revision needs
 //!   from the load the proxy counts.
 
-pub(crate) mod autoscaler;
+mod autoscaler;
 pub(crate) mod controller;
-pub(crate) mod history;
+mod history;
 pub(crate) mod proxy;
-pub(crate) mod revision;
+mod revision;
 pub(crate) mod router;
 pub mod runtime;

@@ -15,10 +15,10 @@
 //! - A Lease elects the leader ([`leader`]); every replica applies, so every
 //!   replica serves the ingress, dispatches and proxies.
 
-pub(crate) mod desired;
-pub(crate) mod kinds;
+mod desired;
+mod kinds;
 pub mod leader;
-pub(crate) mod report;
+mod report;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -14,7 +14,7 @@
 //! lane. Backends without partitions use a single lane 0.
 
 pub(crate) mod kafka;
-pub(crate) mod local;
+mod local;
 pub(crate) mod log;
 pub(crate) mod memory;
 pub mod rabbitmq;

@@ -11,9 +11,9 @@
 
 pub mod apiserver;
 pub(crate) mod controller;
-pub(crate) mod kafka;
-pub(crate) mod ping;
-pub(crate) mod rabbitmq;
+mod kafka;
+mod ping;
+mod rabbitmq;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

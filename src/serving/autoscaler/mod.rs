@@ -15,9 +15,9 @@
 //! `autoscaling.knative.dev/*` annotations) are Knative's API, in
 //! `api::autoscaling`.
 
-pub(crate) mod kpa;
-pub(crate) mod scaler;
-pub(crate) mod stats;
+mod kpa;
+mod scaler;
+mod stats;
 
 pub(crate) use scaler::{Scaler, ScalerHandle};
 pub(crate) use stats::RevisionStats;

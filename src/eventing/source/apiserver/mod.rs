@@ -19,11 +19,11 @@
 //! inference (`KUBECONFIG` or `~/.kube/config`, else the in-cluster service
 //! account).
 
-pub(crate) mod events;
+mod events;
 mod health;
-pub(crate) mod known;
+mod known;
 mod source;
-pub(crate) mod watch;
+mod watch;
 
 #[cfg(test)]
 mod tests;

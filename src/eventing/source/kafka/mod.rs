@@ -19,8 +19,8 @@
 //! Not supported: `spec.net` (TLS/SASL for sources): such a manifest is
 //! refused by name, not run without its credentials.
 
-pub(crate) mod mapping;
-pub(crate) mod source;
+mod mapping;
+mod source;
 
 #[cfg(test)]
 mod tests;

@@ -24,7 +24,7 @@
 //! See `api::sources::schedule` for the cron syntax, time zones and daylight
 //! saving.
 
-pub(crate) mod source;
+mod source;
 
 use crate::api::Invalid;
 use crate::api::sources::ping::PingSource;

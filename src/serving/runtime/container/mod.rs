@@ -9,9 +9,9 @@
 //! shared machinery ([`super::local`]).
 
 pub mod engine;
-pub(crate) mod image;
+mod image;
 mod launcher;
-pub(crate) mod spec;
+mod spec;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

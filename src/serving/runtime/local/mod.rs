@@ -17,9 +17,9 @@
 //! - [`output`] prints what instances write, a line at a time, with a short
 //!   prefix that names the instance.
 
-pub(crate) mod instance;
+mod instance;
 pub(crate) mod output;
-pub(crate) mod readiness;
+mod readiness;
 mod reconciler;
 
 use std::net::SocketAddr;
