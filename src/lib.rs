@@ -12,7 +12,12 @@
 //!   halves, status, the admin API.
 //! - [`server`] and [`cli`]: `pilotlight run` assembled, and the commands.
 
+// The public surface is what main.rs, tests/ and benches/ use; everything
+// else is crate-private, and this keeps a `pub` from claiming otherwise.
 #![warn(unreachable_pub)]
+// The module docs describe the crate for those who work on it, linking
+// crate-private items; read them with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod api;
 mod backoff;
