@@ -25,15 +25,15 @@ use crate::api::pod::{ContainerNetwork, RUNTIME_ANNOTATION};
 use engine::EngineConnector;
 
 /// The reasons of a revision's Ready condition that this runtime gives.
-pub mod reason {
+mod reason {
     /// No engine answers (False).
-    pub const ENGINE_UNAVAILABLE: &str = "ContainerEngineUnavailable";
+    pub(crate) const ENGINE_UNAVAILABLE: &str = "ContainerEngineUnavailable";
     /// An image is being pulled (Unknown).
-    pub const IMAGE_PULLING: &str = "ImagePulling";
+    pub(crate) const IMAGE_PULLING: &str = "ImagePulling";
     /// An image cannot be pulled, nor is it on this machine (False).
-    pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+    pub(crate) const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
     /// An image could not be pulled and the local copy runs (True, a note).
-    pub const IMAGE_NOT_PULLED: &str = "ImageNotPulled";
+    pub(crate) const IMAGE_NOT_PULLED: &str = "ImageNotPulled";
 }
 
 /// How the container runtime finds its engine and networks its instances.
