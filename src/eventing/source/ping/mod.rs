@@ -27,9 +27,10 @@
 pub mod source;
 
 use crate::api::Invalid;
+use crate::api::duck::Destination;
 use crate::api::sources::ping::PingSource;
 use crate::api::sources::schedule::Schedule;
-use crate::eventing::source::Source;
+use crate::eventing::source::{BuildContext, BuildSource, Source, SourceConfig};
 
 pub use source::{Clock, PingRunner, SystemClock};
 
@@ -53,6 +54,17 @@ impl PingSource {
                 message: invalid.to_string(),
             }),
         }
+    }
+}
+
+impl SourceConfig for PingSource {
+    fn sink(&self) -> &Destination {
+        &self.spec.sink
+    }
+
+    fn builder(&self, _context: &BuildContext<'_>) -> BuildSource {
+        let source = self.clone();
+        Box::new(move || source.into_source())
     }
 }
 
