@@ -206,28 +206,7 @@ async fn retry_after_is_honoured_up_to_retry_after_max() {
 
 #[tokio::test]
 async fn replies_re_enter_the_broker() {
-    let replier = Subscriber::start(
-        |received, _| {
-            let id = received
-                .event
-                .as_ref()
-                .map(|e| e.id().to_owned())
-                .unwrap_or_default();
-            (
-                StatusCode::OK,
-                vec![
-                    ("ce-specversion", "1.0".into()),
-                    ("ce-id", format!("reply-{id}")),
-                    ("ce-source", "/replier".into()),
-                    ("ce-type", "reply".into()),
-                    ("content-type", "text/plain".into()),
-                ],
-                Bytes::from("thanks"),
-            )
-        },
-        Duration::ZERO,
-    )
-    .await;
+    let replier = Subscriber::replying(|_| Bytes::from("thanks")).await;
     let replies = Subscriber::accepting().await;
     let s = TestServer::start(&[
         ("broker.yaml", &broker("default", "")),
@@ -299,29 +278,9 @@ async fn a_malformed_reply_counts_as_a_failure() {
 /// and the broker as the destination, and the ordered trigger moves on.
 #[tokio::test]
 async fn an_oversized_reply_is_dead_lettered_and_does_not_stall_an_ordered_trigger() {
-    let replier = Subscriber::start(
-        |received, _| {
-            let id = received
-                .event
-                .as_ref()
-                .map(|e| e.id().to_owned())
-                .unwrap_or_default();
-            let size = if id == "e1" { 4096 } else { 10 };
-            (
-                StatusCode::OK,
-                vec![
-                    ("ce-specversion", "1.0".into()),
-                    ("ce-id", format!("reply-{id}")),
-                    ("ce-source", "/replier".into()),
-                    ("ce-type", "reply".into()),
-                    ("content-type", "text/plain".into()),
-                ],
-                Bytes::from(vec![b'x'; size]),
-            )
-        },
-        Duration::ZERO,
-    )
-    .await;
+    let replier =
+        Subscriber::replying(|id| Bytes::from(vec![b'x'; if id == "e1" { 4096 } else { 10 }]))
+            .await;
     let replies = Subscriber::accepting().await;
     let dls = Subscriber::accepting().await;
     let ordered = "  annotations:\n    kafka.eventing.knative.dev/delivery.order: ordered\n";

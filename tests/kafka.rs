@@ -287,28 +287,7 @@ async fn replies_re_enter_the_kafka_broker() {
         return;
     };
     let name = unique("rep");
-    let replier = Subscriber::start(
-        |received, _| {
-            let id = received
-                .event
-                .as_ref()
-                .map(|e| e.id().to_owned())
-                .unwrap_or_default();
-            (
-                StatusCode::OK,
-                vec![
-                    ("ce-specversion", "1.0".into()),
-                    ("ce-id", format!("reply-{id}")),
-                    ("ce-source", "/replier".into()),
-                    ("ce-type", "reply".into()),
-                    ("content-type", "text/plain".into()),
-                ],
-                Bytes::from("thanks"),
-            )
-        },
-        Duration::ZERO,
-    )
-    .await;
+    let replier = Subscriber::replying(|_| Bytes::from("thanks")).await;
     let replies = Subscriber::accepting().await;
     let s = start(
         &[

@@ -403,24 +403,7 @@ async fn replies_re_enter_the_broker() {
     let _shared = RABBIT.read().await;
     let ns = unique("reply");
     let key = ObjectKey::new(ns.clone(), "b");
-    let replier = Subscriber::start(
-        |received, _| {
-            let id = received.event.as_ref().map(|e| e.id().to_owned());
-            (
-                StatusCode::OK,
-                vec![
-                    ("ce-specversion", "1.0".into()),
-                    ("ce-id", format!("reply-{}", id.unwrap_or_default())),
-                    ("ce-source", "/replier".into()),
-                    ("ce-type", "reply".into()),
-                    ("content-type", "text/plain".into()),
-                ],
-                Bytes::from("answer"),
-            )
-        },
-        Duration::ZERO,
-    )
-    .await;
+    let replier = Subscriber::replying(|_| Bytes::from("answer")).await;
     let replies = Subscriber::accepting().await;
     let files = [
         ("broker.yaml", rabbit_broker(&ns, "b", "")),

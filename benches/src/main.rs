@@ -68,17 +68,7 @@ enum Suite {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     pilotlight::telemetry::init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    pilotlight::cli::run_to_exit(async {
         match cli.suite {
             Suite::Eventing(args) => eventing::run(args).await,
             Suite::Serving(args) => serving::run(args).await,
@@ -86,12 +76,5 @@ fn main() -> std::process::ExitCode {
             Suite::Rabbitmq(args) => rabbitmq::run(args).await,
             Suite::Kafka(args) => kafka::run(args).await,
         }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -200,6 +200,29 @@ impl Subscriber {
         .await
     }
 
+    /// Answers each event with a reply in binary mode: id `reply-{its id}`,
+    /// source `/replier`, type `reply`, text/plain data from `data(its id)`.
+    pub async fn replying(data: impl Fn(&str) -> Bytes + Send + Sync + 'static) -> Subscriber {
+        Self::start(
+            move |received, _| {
+                let id = received.event.as_ref().map_or("", |e| e.id());
+                (
+                    StatusCode::OK,
+                    vec![
+                        ("ce-specversion", "1.0".into()),
+                        ("ce-id", format!("reply-{id}")),
+                        ("ce-source", "/replier".into()),
+                        ("ce-type", "reply".into()),
+                        ("content-type", "text/plain".into()),
+                    ],
+                    data(id),
+                )
+            },
+            Duration::ZERO,
+        )
+        .await
+    }
+
     pub async fn start(
         behaviour: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static,
         delay: Duration,

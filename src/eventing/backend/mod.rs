@@ -19,14 +19,86 @@ pub(crate) mod log;
 pub(crate) mod memory;
 pub mod rabbitmq;
 
+use std::any::Any;
+use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::api::ObjectKey;
+use crate::api::broker::BrokerClass;
 use crate::api::filter::Filter;
+use crate::api::index::ObjectIndex;
+use crate::api::{Broker, ObjectKey, Trigger};
 use crate::cloudevent::Event;
+
+/// A broker's backend resolved from the Broker, the objects it refers to
+/// and pilotlight's settings: what the broker controller starts, and keeps
+/// across a reload while the plan stays the same. Each backend implements
+/// it in its folder, for its own settings type; [`plan`] lists them.
+#[async_trait]
+pub trait BackendPlan: fmt::Debug + Send + Sync + 'static {
+    fn class(&self) -> BrokerClass;
+
+    async fn start(&self) -> Result<Arc<dyn Backend>, String>;
+
+    /// Whether `other` is this same plan (same class, same settings).
+    fn same_as(&self, other: &dyn BackendPlan) -> bool;
+
+    fn as_any(&self) -> &dyn Any;
+
+    /// How many of a trigger's deliveries are in flight at once, and whether
+    /// in order, when the broker class decides that rather than the
+    /// trigger's own annotations (eventing-rabbitmq's parallelism).
+    fn trigger_concurrency(&self, _trigger: &Trigger) -> Option<Concurrency> {
+        None
+    }
+}
+
+/// A trigger's deliveries in flight at most, and whether one at a time in
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    pub ordered: bool,
+    pub max_in_flight: usize,
+}
+
+/// [`BackendPlan::same_as`] for a plan type compared whole.
+pub fn same_plan<T: PartialEq + 'static>(plan: &T, other: &dyn BackendPlan) -> bool {
+    other.as_any().downcast_ref::<T>() == Some(plan)
+}
+
+/// What resolving a broker's plan may read.
+pub(crate) struct PlanContext<'a> {
+    pub key: &'a ObjectKey,
+    pub broker: &'a Broker,
+    /// The loaded objects, for `spec.config` and the Secrets it names.
+    pub index: &'a ObjectIndex<'a>,
+    /// pilotlight's data folder (`--data-dir`).
+    pub data_dir: &'a Path,
+    pub log: &'a log::LogConfig,
+    pub memory: &'a memory::MemoryConfig,
+    /// `--rabbitmq-uri`, for RabbitMQBrokers without `spec.config`.
+    pub rabbitmq_uri: Option<&'a str>,
+    /// `--kafka-bootstrap-servers`, for Kafka brokers without `spec.config`.
+    pub kafka_bootstrap_servers: Option<&'a str>,
+}
+
+/// The broker classes, each with how it resolves its plan: adding a backend
+/// is its folder and one line here (and its class in `api::broker`). An
+/// error names the field or reference that is wrong.
+pub(crate) fn plan(
+    class: BrokerClass,
+    context: &PlanContext<'_>,
+) -> Result<Box<dyn BackendPlan>, String> {
+    match class {
+        BrokerClass::Log => log::plan(context),
+        BrokerClass::Memory => memory::plan(context),
+        BrokerClass::RabbitMq => rabbitmq::plan(context),
+        BrokerClass::Kafka => kafka::plan(context),
+    }
+}
 
 /// What a trigger asks of its backend when it subscribes.
 #[derive(Clone)]

@@ -20,19 +20,15 @@ use crate::api::manifest::Loaded;
 use crate::api::status::{Address, ObjectView, Status};
 use crate::api::{Broker, ObjectKey, Resource, Trigger};
 use crate::desired::take_gone;
-use crate::eventing::backend::log::{self as log_backend, LogConfig};
-use crate::eventing::backend::memory::{self as memory_backend, MemoryConfig};
-use crate::eventing::backend::rabbitmq::config as rabbitmq_config;
-use crate::eventing::backend::{Backend, SubscriptionSpec, kafka, rabbitmq};
+use crate::eventing::backend::log::LogConfig;
+use crate::eventing::backend::memory::MemoryConfig;
+use crate::eventing::backend::{self, BackendPlan, PlanContext, SubscriptionSpec};
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::EventSender;
-use crate::eventing::source::Source;
 use crate::eventing::source::controller::{DesiredSource, SourceController};
+use crate::eventing::source::{self, BuildContext};
 use crate::eventing::trigger::dispatcher::{self, Dispatcher, TriggerPlan};
-use plan::{
-    BackendPlan, BrokerAction, Destinations, RunningBackend, RunningDispatcher, TriggerAction,
-    TriggerBroker,
-};
+use plan::{BrokerAction, Destinations, RunningDispatcher, TriggerAction, TriggerBroker};
 
 /// The reason of a broker whose backend did not start: tried again later.
 pub(crate) const BACKEND_FAILED: &str = "BackendFailed";
@@ -74,8 +70,7 @@ pub(crate) struct EventingObjects<'a> {
 
 struct RunningBroker {
     broker: Broker,
-    class: BrokerClass,
-    plan: BackendPlan,
+    plan: Box<dyn BackendPlan>,
     handle: Arc<BrokerHandle>,
 }
 
@@ -207,14 +202,10 @@ impl EventingController {
         // Classes were validated at load.
         let class = BrokerClass::of(broker, self.settings.default_class)
             .unwrap_or(self.settings.default_class);
-        let plan = plan::backend_plan(&self.settings, key, broker, class, index);
-        let current = running.brokers.get(key).map(|r| RunningBackend {
-            plan: &r.plan,
-            class: r.class,
-        });
+        let plan = backend::plan(class, &self.plan_context(key, broker, index));
         let action = plan::broker_action(
-            plan.as_ref().map(|p| (p, class)).map_err(String::as_str),
-            current,
+            plan.as_deref().map_err(String::as_str),
+            running.brokers.get(key).map(|r| &*r.plan),
         );
         match (action, plan) {
             (BrokerAction::Keep, _) => {
@@ -247,7 +238,7 @@ impl EventingController {
                     self.stop_broker(running, key, action == BrokerAction::Replace)
                         .await;
                 }
-                self.start_broker(running, key, broker, class, plan).await
+                self.start_broker(running, key, broker, plan).await
             }
         }
     }
@@ -273,10 +264,9 @@ impl EventingController {
         running: &mut Running,
         key: &ObjectKey,
         broker: &Broker,
-        class: BrokerClass,
-        plan: BackendPlan,
+        plan: Box<dyn BackendPlan>,
     ) -> Status {
-        match self.start_backend(&plan).await {
+        match plan.start().await {
             Ok(backend) => {
                 let handle = Arc::new(BrokerHandle::new(
                     key.clone(),
@@ -285,11 +275,11 @@ impl EventingController {
                 ));
                 self.registry
                     .insert(key, BrokerEntry::Ready(handle.clone()));
+                let class = plan.class();
                 running.brokers.insert(
                     key.clone(),
                     RunningBroker {
                         broker: broker.clone(),
-                        class,
                         plan,
                         handle,
                     },
@@ -310,23 +300,22 @@ impl EventingController {
         }
     }
 
-    async fn start_backend(&self, plan: &BackendPlan) -> Result<Arc<dyn Backend>, String> {
-        match plan {
-            BackendPlan::Log { dir } => log_backend::start(dir, &self.settings.log)
-                .map(|b| Arc::new(b) as Arc<dyn Backend>)
-                .map_err(|e| e.to_string()),
-            BackendPlan::Memory => memory_backend::start(&self.settings.memory)
-                .map(|b| Arc::new(b) as Arc<dyn Backend>)
-                .map_err(|e| e.to_string()),
-            BackendPlan::RabbitMq { broker, connection } => {
-                rabbitmq::start(broker, connection.clone())
-                    .await
-                    .map(|b| Arc::new(b) as Arc<dyn Backend>)
-            }
-            BackendPlan::Kafka(config) => kafka::start(config)
-                .await
-                .map(|b| Arc::new(b) as Arc<dyn Backend>)
-                .map_err(|e| e.to_string()),
+    /// What a broker's backend plan is resolved from.
+    fn plan_context<'a>(
+        &'a self,
+        key: &'a ObjectKey,
+        broker: &'a Broker,
+        index: &'a ObjectIndex<'a>,
+    ) -> PlanContext<'a> {
+        PlanContext {
+            key,
+            broker,
+            index,
+            data_dir: &self.settings.data_dir,
+            log: &self.settings.log,
+            memory: &self.settings.memory,
+            rabbitmq_uri: self.settings.rabbitmq_uri.as_deref(),
+            kafka_bootstrap_servers: self.settings.kafka_bootstrap_servers.as_deref(),
         }
     }
 
@@ -362,7 +351,7 @@ impl EventingController {
             trigger,
             broker.map(|b| TriggerBroker {
                 broker: &b.broker,
-                class: b.class,
+                plan: &*b.plan,
             }),
             destinations.brokers.contains(&broker_key),
             destinations,
@@ -438,73 +427,24 @@ impl EventingController {
         destinations: &Destinations<'_>,
         index: &ObjectIndex<'_>,
     ) -> Option<DesiredSource> {
-        type Build = Box<dyn FnOnce() -> Box<dyn Source> + Send>;
-        let (api_version, metadata, sink, spec, build): (_, _, _, _, Build) = match &loaded.resource
-        {
-            Resource::PingSource(p) => {
-                let source = p.clone();
-                let build = Box::new(move || source.into_source());
-                (
-                    &p.api_version,
-                    &p.metadata,
-                    &p.spec.sink,
-                    serde_json::to_value(&p.spec),
-                    build,
-                )
-            }
-            Resource::ApiServerSource(a) => {
-                let source = a.clone();
-                let kubeconfig = self.settings.kubeconfig.clone();
-                let build = Box::new(move || source.into_source(kubeconfig.as_deref()));
-                (
-                    &a.api_version,
-                    &a.metadata,
-                    &a.spec.sink,
-                    serde_json::to_value(&a.spec),
-                    build,
-                )
-            }
-            Resource::RabbitmqSource(r) => {
-                let source = r.clone();
-                let uri = rabbitmq_config::resolve_uri(
-                    r.spec.rabbitmq_cluster_reference.as_ref(),
-                    r.metadata.namespace(),
-                    None,
-                    index,
-                    self.settings.rabbitmq_uri.as_deref(),
-                );
-                let build = Box::new(move || source.into_source(uri));
-                (
-                    &r.api_version,
-                    &r.metadata,
-                    &r.spec.sink,
-                    serde_json::to_value(&r.spec),
-                    build,
-                )
-            }
-            Resource::KafkaSource(k) => {
-                let source = k.clone();
-                let build = Box::new(move || source.into_source());
-                (
-                    &k.api_version,
-                    &k.metadata,
-                    &k.spec.sink,
-                    serde_json::to_value(&k.spec),
-                    build,
-                )
-            }
-            _ => return None,
+        let resource = &loaded.resource;
+        let source = source::config_of(resource)?;
+        let context = BuildContext {
+            index,
+            kubeconfig: self.settings.kubeconfig.as_deref(),
+            rabbitmq_uri: self.settings.rabbitmq_uri.as_deref(),
         };
+        let metadata = resource.metadata();
         let key = metadata.key();
         Some(DesiredSource {
-            kind: loaded.resource.kind(),
-            api_version: api_version.clone(),
+            kind: resource.kind(),
+            api_version: resource.api_version().to_owned(),
             annotations: metadata.annotations.clone(),
             origin: loaded.origin.to_string(),
-            spec: spec.unwrap_or_default(),
-            sink: destinations.resolve(sink, &key.namespace),
+            spec: resource.to_json()["spec"].clone(),
+            sink: destinations.resolve(source.sink(), &key.namespace),
+            build: source.builder(&context),
             key,
-            build,
         })
     }
 

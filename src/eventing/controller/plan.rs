@@ -1,114 +1,22 @@
 //! What brokers and triggers should run, resolved from their objects and
-//! pilotlight's settings as plain functions: a broker's backend settings, a
+//! pilotlight's settings as plain functions: what to do about a broker given
+//! its backend plan (each backend resolves its own, `backend::plan`), a
 //! trigger's delivery plan, a destination's URI, and what to do about each
 //! given what runs. The controller carries the actions out.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::Uri;
 
 use super::EventingSettings;
-use crate::api::broker::BrokerClass;
 use crate::api::duck::Destination;
-use crate::api::index::ObjectIndex;
-use crate::api::rabbitmq::{self, QueueType};
 use crate::api::status::Status;
 use crate::api::trigger::DeliveryOrder;
 use crate::api::{Broker, ObjectKey, Trigger};
-use crate::eventing::backend::kafka::{self as kafka_backend, KafkaConfig};
-use crate::eventing::backend::rabbitmq::config::RabbitConnectionConfig;
+use crate::eventing::backend::BackendPlan;
 use crate::eventing::delivery::DeliveryPolicy;
 use crate::eventing::trigger::dispatcher::TriggerPlan;
-
-/// Where and how a broker's backend runs, resolved from its class, its
-/// `spec.config` and pilotlight's settings. A broker whose plan did not change
-/// keeps its backend across a reload.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum BackendPlan {
-    Log {
-        dir: PathBuf,
-    },
-    Memory,
-    RabbitMq {
-        broker: ObjectKey,
-        connection: RabbitConnectionConfig,
-    },
-    Kafka(KafkaConfig),
-}
-
-/// Resolves the broker's backend settings; an error names the field or
-/// reference that is wrong.
-pub(crate) fn backend_plan(
-    settings: &EventingSettings,
-    key: &ObjectKey,
-    broker: &Broker,
-    class: BrokerClass,
-    index: &ObjectIndex<'_>,
-) -> Result<BackendPlan, String> {
-    Ok(match class {
-        BrokerClass::Log => BackendPlan::Log {
-            dir: settings
-                .data_dir
-                .join("brokers")
-                .join(&key.namespace)
-                .join(&key.name),
-        },
-        BrokerClass::Memory => BackendPlan::Memory,
-        BrokerClass::RabbitMq => BackendPlan::RabbitMq {
-            broker: key.clone(),
-            connection: rabbitmq_connection(settings, broker, index)?,
-        },
-        BrokerClass::Kafka => BackendPlan::Kafka(kafka_backend::config::resolve(
-            key,
-            broker,
-            index,
-            settings.kafka_bootstrap_servers.as_deref(),
-        )?),
-    })
-}
-
-/// A RabbitMQBroker's connection: its `spec.config` RabbitmqBrokerConfig,
-/// or pilotlight's `--rabbitmq-uri`.
-fn rabbitmq_connection(
-    settings: &EventingSettings,
-    broker: &Broker,
-    index: &ObjectIndex<'_>,
-) -> Result<RabbitConnectionConfig, String> {
-    let default_uri = settings.rabbitmq_uri.as_deref();
-    let Some(reference) = &broker.spec.config else {
-        let uri = default_uri.ok_or(
-            "a RabbitMQBroker needs a RabbitMQ: set spec.config to a RabbitmqBrokerConfig (eventing.knative.dev/v1alpha1), or start pilotlight with --rabbitmq-uri (PILOTLIGHT_RABBITMQ_URI)",
-        )?;
-        return RabbitConnectionConfig::from_uri(uri, QueueType::default())
-            .map_err(|e| format!("--rabbitmq-uri: {e}"));
-    };
-    if reference.kind != rabbitmq::KIND || reference.api_version != rabbitmq::API_VERSION {
-        return Err(format!(
-            "spec.config: a RabbitMQBroker's config is a {} ({}), not {} ({})",
-            rabbitmq::KIND,
-            rabbitmq::API_VERSION,
-            reference.kind,
-            reference.api_version
-        ));
-    }
-    let namespace = reference
-        .namespace
-        .clone()
-        .unwrap_or_else(|| broker.metadata.namespace().to_owned());
-    let config = index
-        .rabbitmq_broker_config(&ObjectKey::new(namespace, reference.name.clone()))
-        .map_err(|e| format!("spec.config: {e}"))?;
-    config.resolve(index, default_uri)
-}
-
-/// A broker's backend as it runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct RunningBackend<'a> {
-    pub plan: &'a BackendPlan,
-    pub class: BrokerClass,
-}
 
 /// What to do about one broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,16 +38,18 @@ pub(crate) enum BrokerAction {
     Refuse(String),
 }
 
+/// What to do about a broker, given its plan (or why it has none) and the
+/// plan its backend runs with.
 pub(crate) fn broker_action(
-    plan: Result<(&BackendPlan, BrokerClass), &str>,
-    running: Option<RunningBackend<'_>>,
+    plan: Result<&dyn BackendPlan, &str>,
+    running: Option<&dyn BackendPlan>,
 ) -> BrokerAction {
     match (plan, running) {
         (Err(reason), Some(_)) => BrokerAction::KeepPrevious(reason.to_owned()),
         (Err(reason), None) => BrokerAction::Refuse(reason.to_owned()),
         (Ok(_), None) => BrokerAction::Start,
-        (Ok((plan, _)), Some(current)) if current.plan == plan => BrokerAction::Keep,
-        (Ok((_, class)), Some(current)) if current.class == class => BrokerAction::Restart,
+        (Ok(plan), Some(current)) if current.same_as(plan) => BrokerAction::Keep,
+        (Ok(plan), Some(current)) if current.class() == plan.class() => BrokerAction::Restart,
         (Ok(_), Some(_)) => BrokerAction::Replace,
     }
 }
@@ -210,7 +120,7 @@ pub(crate) fn broker_url(ingress_url: &str, key: &ObjectKey) -> String {
 /// The broker a trigger delivers from, as it runs.
 pub(crate) struct TriggerBroker<'a> {
     pub broker: &'a Broker,
-    pub class: BrokerClass,
+    pub plan: &'a dyn BackendPlan,
 }
 
 /// A trigger's delivery plan, or the status that says why it cannot run.
@@ -270,12 +180,9 @@ pub(crate) fn trigger_plan(
     let mut max_in_flight = trigger
         .max_in_flight(settings.max_in_flight)
         .unwrap_or(settings.max_in_flight);
-    if broker.class == BrokerClass::RabbitMq {
-        // eventing-rabbitmq's parallelism: prefetch and concurrent
-        // deliveries; 1 (the default) delivers in order.
-        let parallelism = trigger.rabbitmq_parallelism().unwrap_or(1);
-        ordered = parallelism == 1;
-        max_in_flight = parallelism;
+    if let Some(class_decides) = broker.plan.trigger_concurrency(trigger) {
+        ordered = class_decides.ordered;
+        max_in_flight = class_decides.max_in_flight;
     }
     Ok(TriggerPlan {
         key: key.clone(),
@@ -328,10 +235,15 @@ pub(crate) fn trigger_action(
 mod tests {
     use super::*;
     use crate::api::filter::Filter;
+    use std::path::PathBuf;
 
-    fn log(name: &str) -> BackendPlan {
-        BackendPlan::Log {
+    use crate::eventing::backend::log::{LogConfig, LogPlan};
+    use crate::eventing::backend::memory::MemoryConfig;
+
+    fn log(name: &str) -> LogPlan {
+        LogPlan {
             dir: PathBuf::from(name),
+            config: LogConfig::default(),
         }
     }
 
@@ -339,29 +251,15 @@ mod tests {
     fn a_broker_is_kept_restarted_or_replaced_by_what_changed() {
         let a = log("a");
         let b = log("b");
-        let running = |plan, class| Some(RunningBackend { plan, class });
+        let memory = MemoryConfig::default();
+        assert_eq!(broker_action(Ok(&a), None), BrokerAction::Start);
+        assert_eq!(broker_action(Ok(&a), Some(&a)), BrokerAction::Keep);
+        assert_eq!(broker_action(Ok(&log("a")), Some(&a)), BrokerAction::Keep);
+        assert_eq!(broker_action(Ok(&b), Some(&a)), BrokerAction::Restart);
+        assert_eq!(broker_action(Ok(&memory), Some(&a)), BrokerAction::Replace);
+        assert_eq!(broker_action(Ok(&a), Some(&memory)), BrokerAction::Replace);
         assert_eq!(
-            broker_action(Ok((&a, BrokerClass::Log)), None),
-            BrokerAction::Start
-        );
-        assert_eq!(
-            broker_action(Ok((&a, BrokerClass::Log)), running(&a, BrokerClass::Log)),
-            BrokerAction::Keep
-        );
-        assert_eq!(
-            broker_action(Ok((&b, BrokerClass::Log)), running(&a, BrokerClass::Log)),
-            BrokerAction::Restart
-        );
-        let memory = BackendPlan::Memory;
-        assert_eq!(
-            broker_action(
-                Ok((&memory, BrokerClass::Memory)),
-                running(&a, BrokerClass::Log)
-            ),
-            BrokerAction::Replace
-        );
-        assert_eq!(
-            broker_action(Err("bad config"), running(&a, BrokerClass::Log)),
+            broker_action(Err("bad config"), Some(&a)),
             BrokerAction::KeepPrevious("bad config".into())
         );
         assert_eq!(

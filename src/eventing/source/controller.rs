@@ -14,7 +14,7 @@ use crate::api::ObjectKey;
 use crate::api::status::{Condition, ObjectView, Status, ViewMeta};
 use crate::desired::take_gone;
 use crate::eventing::delivery::EventSender;
-use crate::eventing::source::{Source, SourceContext, SourceHandle, SourceHealth};
+use crate::eventing::source::{BuildSource, SourceContext, SourceHandle, SourceHealth};
 
 /// One source kind's entries are keyed by kind and object.
 type SourceId = (&'static str, ObjectKey);
@@ -33,7 +33,7 @@ pub(crate) struct DesiredSource {
     /// The spec as JSON: a change restarts the source.
     pub spec: serde_json::Value,
     pub sink: Result<Uri, String>,
-    pub build: Box<dyn FnOnce() -> Box<dyn Source> + Send>,
+    pub build: BuildSource,
 }
 
 struct RunningSource {

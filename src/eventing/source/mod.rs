@@ -15,15 +15,16 @@ mod kafka;
 mod ping;
 mod rabbitmq;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::Uri;
 use tokio::sync::watch;
 
-use crate::api::ObjectKey;
-use crate::api::duck::CeOverrides;
+use crate::api::duck::{CeOverrides, Destination};
+use crate::api::index::ObjectIndex;
+use crate::api::{ObjectKey, Resource};
 use crate::cloudevent::Event;
 use crate::eventing::delivery::{DeliveryPolicy, EventSender, Outcome, deliver_with_retries};
 
@@ -47,6 +48,43 @@ impl CeOverrides {
             event.set_attribute(name, value.clone());
         }
     }
+}
+
+/// What a source kind's object gives the source controller: where its
+/// events go and how to build the running source. Each kind implements it
+/// in its folder; [`config_of`] is the one list of source kinds.
+pub(crate) trait SourceConfig {
+    fn sink(&self) -> &Destination;
+
+    /// The builder of the running source, called on the source's own task
+    /// when the controller starts it, with what pilotlight's settings and
+    /// the other objects give it.
+    fn builder(&self, context: &BuildContext<'_>) -> BuildSource;
+}
+
+/// Builds a running source.
+pub(crate) type BuildSource = Box<dyn FnOnce() -> Box<dyn Source> + Send>;
+
+/// What a source may need beyond its own object when it is built.
+pub(crate) struct BuildContext<'a> {
+    /// The loaded objects, for references (a RabbitmqCluster's Secret).
+    pub index: &'a ObjectIndex<'a>,
+    /// `--kubeconfig`, for sources that talk to the API server.
+    pub kubeconfig: Option<&'a Path>,
+    /// `--rabbitmq-uri`, for RabbitMQ sources without a cluster reference.
+    pub rabbitmq_uri: Option<&'a str>,
+}
+
+/// The object as a source, if its kind is one: adding a source kind is its
+/// folder and one line here.
+pub(crate) fn config_of(resource: &Resource) -> Option<&dyn SourceConfig> {
+    Some(match resource {
+        Resource::PingSource(source) => &**source,
+        Resource::ApiServerSource(source) => &**source,
+        Resource::RabbitmqSource(source) => &**source,
+        Resource::KafkaSource(source) => &**source,
+        _ => return None,
+    })
 }
 
 /// A running source.

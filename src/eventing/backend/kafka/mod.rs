@@ -35,10 +35,11 @@ pub(crate) use config::KafkaConfig;
 use consumer::{GroupConsumer, GroupHandle, InitialOffset, Shared};
 
 use super::{
-    Acknowledge, AppendError, Backend, BackendError, Delivery, Subscription, SubscriptionLag,
-    SubscriptionSpec,
+    Acknowledge, AppendError, Backend, BackendError, BackendPlan, Delivery, PlanContext,
+    Subscription, SubscriptionLag, SubscriptionSpec, same_plan,
 };
 use crate::api::ObjectKey;
+use crate::api::broker::BrokerClass;
 use crate::api::filter::Filter;
 use crate::cloudevent::Event;
 
@@ -60,6 +61,35 @@ pub(crate) struct KafkaBackend {
 /// The consumer group of a trigger, as Knative names it.
 pub(crate) fn trigger_group(trigger: &ObjectKey) -> String {
     format!("knative-trigger-{}-{}", trigger.namespace, trigger.name)
+}
+
+pub(crate) fn plan(context: &PlanContext<'_>) -> Result<Box<dyn BackendPlan>, String> {
+    Ok(Box::new(config::resolve(
+        context.key,
+        context.broker,
+        context.index,
+        context.kafka_bootstrap_servers,
+    )?))
+}
+
+/// A Kafka broker's plan is its resolved settings (topic, servers, auth).
+#[async_trait]
+impl BackendPlan for KafkaConfig {
+    fn class(&self) -> BrokerClass {
+        BrokerClass::Kafka
+    }
+
+    async fn start(&self) -> Result<Arc<dyn Backend>, String> {
+        Ok(Arc::new(start(self).await.map_err(|e| e.to_string())?))
+    }
+
+    fn same_as(&self, other: &dyn BackendPlan) -> bool {
+        same_plan(self, other)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 /// Connects to Kafka and creates the broker's topic if missing.

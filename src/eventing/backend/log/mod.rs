@@ -37,13 +37,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::local::{LocalBackend, LocalConfig, Store, StoreError};
+use super::{Backend, BackendPlan, PlanContext, same_plan};
+use crate::api::broker::BrokerClass;
 use crate::cloudevent::Event;
 use segment::{Segment, io_error, lock};
 use writer::{SegmentWriter, sync_dir};
 
 /// Retention and segment sizing of a broker's log (Kafka-style: whole segments
 /// are removed).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// A new segment is started once the active one is past this size (between
     /// sync groups, so a segment may exceed it by one group's records).
@@ -62,6 +64,44 @@ impl Default for LogConfig {
             retention_bytes: Some(1 << 30),
             retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
         }
+    }
+}
+
+/// A log broker: its folder under `--data-dir` and the log settings.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LogPlan {
+    pub dir: PathBuf,
+    pub config: LogConfig,
+}
+
+pub(crate) fn plan(context: &PlanContext<'_>) -> Result<Box<dyn BackendPlan>, String> {
+    Ok(Box::new(LogPlan {
+        dir: context
+            .data_dir
+            .join("brokers")
+            .join(&context.key.namespace)
+            .join(&context.key.name),
+        config: context.log.clone(),
+    }))
+}
+
+#[async_trait::async_trait]
+impl BackendPlan for LogPlan {
+    fn class(&self) -> BrokerClass {
+        BrokerClass::Log
+    }
+
+    async fn start(&self) -> Result<Arc<dyn Backend>, String> {
+        let backend = start(&self.dir, &self.config).map_err(|e| e.to_string())?;
+        Ok(Arc::new(backend))
+    }
+
+    fn same_as(&self, other: &dyn BackendPlan) -> bool {
+        same_plan(self, other)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

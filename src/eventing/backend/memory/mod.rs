@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::local::{LocalBackend, LocalConfig, Store, StoreError};
+use super::{Backend, BackendPlan, PlanContext, same_plan};
+use crate::api::broker::BrokerClass;
 use crate::cloudevent::Event;
 
 /// Retention of the memory backend: events every trigger is done with are
 /// dropped at once; undelivered ones are kept up to these limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MemoryConfig {
     pub max_bytes: usize,
     pub max_age: Option<Duration>,
@@ -23,6 +25,30 @@ impl Default for MemoryConfig {
             max_bytes: 256 << 20,
             max_age: None,
         }
+    }
+}
+
+pub(crate) fn plan(context: &PlanContext<'_>) -> Result<Box<dyn BackendPlan>, String> {
+    Ok(Box::new(context.memory.clone()))
+}
+
+/// A memory broker's plan is its retention.
+#[async_trait::async_trait]
+impl BackendPlan for MemoryConfig {
+    fn class(&self) -> BrokerClass {
+        BrokerClass::Memory
+    }
+
+    async fn start(&self) -> Result<Arc<dyn Backend>, String> {
+        Ok(Arc::new(start(self).map_err(|e| e.to_string())?))
+    }
+
+    fn same_as(&self, other: &dyn BackendPlan) -> bool {
+        same_plan(self, other)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

@@ -11,7 +11,40 @@ use std::fmt;
 use lapin::uri::{AMQPScheme, AMQPUri};
 
 use crate::api::index::ObjectIndex;
-use crate::api::rabbitmq::{KIND, QueueType, RabbitmqBrokerConfig, RabbitmqClusterReference};
+use crate::api::rabbitmq::{
+    API_VERSION, KIND, QueueType, RabbitmqBrokerConfig, RabbitmqClusterReference,
+};
+use crate::api::{Broker, ObjectKey};
+
+/// A RabbitMQBroker's connection: its `spec.config` RabbitmqBrokerConfig,
+/// or pilotlight's `--rabbitmq-uri`.
+pub(crate) fn broker_connection(
+    broker: &Broker,
+    index: &ObjectIndex<'_>,
+    default_uri: Option<&str>,
+) -> Result<RabbitConnectionConfig, String> {
+    let Some(reference) = &broker.spec.config else {
+        let uri = default_uri.ok_or(
+            "a RabbitMQBroker needs a RabbitMQ: set spec.config to a RabbitmqBrokerConfig (eventing.knative.dev/v1alpha1), or start pilotlight with --rabbitmq-uri (PILOTLIGHT_RABBITMQ_URI)",
+        )?;
+        return RabbitConnectionConfig::from_uri(uri, QueueType::default())
+            .map_err(|e| format!("--rabbitmq-uri: {e}"));
+    };
+    if reference.kind != KIND || reference.api_version != API_VERSION {
+        return Err(format!(
+            "spec.config: a RabbitMQBroker's config is a {KIND} ({API_VERSION}), not {} ({})",
+            reference.kind, reference.api_version
+        ));
+    }
+    let namespace = reference
+        .namespace
+        .clone()
+        .unwrap_or_else(|| broker.metadata.namespace().to_owned());
+    let config = index
+        .rabbitmq_broker_config(&ObjectKey::new(namespace, reference.name.clone()))
+        .map_err(|e| format!("spec.config: {e}"))?;
+    config.resolve(index, default_uri)
+}
 
 impl RabbitmqBrokerConfig {
     /// The connection settings, reading the connection Secret from `index`;

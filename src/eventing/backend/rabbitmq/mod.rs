@@ -45,9 +45,13 @@ use tokio::sync::watch;
 use self::config::RabbitConnectionConfig;
 use self::connection::{Link, Topology, declare_queue, short};
 use self::subscription::RabbitSubscription;
-use super::{AppendError, Backend, BackendError, Subscription, SubscriptionLag, SubscriptionSpec};
-use crate::api::ObjectKey;
+use super::{
+    AppendError, Backend, BackendError, BackendPlan, Concurrency, PlanContext, Subscription,
+    SubscriptionLag, SubscriptionSpec, same_plan,
+};
+use crate::api::broker::BrokerClass;
 use crate::api::filter::Filter;
+use crate::api::{ObjectKey, Trigger};
 use crate::cloudevent::Event;
 
 /// How long a client should wait while RabbitMQ is unreachable.
@@ -96,6 +100,51 @@ pub(crate) fn exact_conjunction(filter: &Filter) -> Vec<(String, String)> {
         }
         Filter::All(filters) => filters.iter().flat_map(exact_conjunction).collect(),
         _ => Vec::new(),
+    }
+}
+
+/// A RabbitMQBroker: its name (for the exchange) and its connection.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RabbitMqPlan {
+    pub broker: ObjectKey,
+    pub connection: RabbitConnectionConfig,
+}
+
+pub(crate) fn plan(context: &PlanContext<'_>) -> Result<Box<dyn BackendPlan>, String> {
+    Ok(Box::new(RabbitMqPlan {
+        broker: context.key.clone(),
+        connection: config::broker_connection(context.broker, context.index, context.rabbitmq_uri)?,
+    }))
+}
+
+#[async_trait]
+impl BackendPlan for RabbitMqPlan {
+    fn class(&self) -> BrokerClass {
+        BrokerClass::RabbitMq
+    }
+
+    async fn start(&self) -> Result<Arc<dyn Backend>, String> {
+        Ok(Arc::new(
+            start(&self.broker, self.connection.clone()).await?,
+        ))
+    }
+
+    fn same_as(&self, other: &dyn BackendPlan) -> bool {
+        same_plan(self, other)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    /// eventing-rabbitmq's parallelism: the prefetch and the deliveries in
+    /// flight; 1 (the default) delivers in order.
+    fn trigger_concurrency(&self, trigger: &Trigger) -> Option<Concurrency> {
+        let parallelism = trigger.rabbitmq_parallelism().unwrap_or(1);
+        Some(Concurrency {
+            ordered: parallelism == 1,
+            max_in_flight: parallelism,
+        })
     }
 }
 

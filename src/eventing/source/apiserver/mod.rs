@@ -30,10 +30,23 @@ mod tests;
 
 use std::path::Path;
 
-use super::Source;
+use super::{BuildContext, BuildSource, Source, SourceConfig};
+use crate::api::duck::Destination;
 use crate::api::sources::apiserver::ApiServerSource;
 
 pub use source::ApiServerSourceRunner;
+
+impl SourceConfig for ApiServerSource {
+    fn sink(&self) -> &Destination {
+        &self.spec.sink
+    }
+
+    fn builder(&self, context: &BuildContext<'_>) -> BuildSource {
+        let source = self.clone();
+        let kubeconfig = context.kubeconfig.map(Path::to_path_buf);
+        Box::new(move || source.into_source(kubeconfig.as_deref()))
+    }
+}
 
 impl ApiServerSource {
     /// The running source, connecting with `kubeconfig` (`--kubeconfig`) or,

@@ -25,11 +25,23 @@ mod source;
 #[cfg(test)]
 mod tests;
 
+use crate::api::duck::Destination;
 use crate::api::sources::kafka::KafkaSource;
-use crate::eventing::source::Source;
+use crate::eventing::source::{BuildContext, BuildSource, Source, SourceConfig};
 
 /// Records in flight per consumer of an unordered source.
 pub(crate) const UNORDERED_IN_FLIGHT: usize = 100;
+
+impl SourceConfig for KafkaSource {
+    fn sink(&self) -> &Destination {
+        &self.spec.sink
+    }
+
+    fn builder(&self, _context: &BuildContext<'_>) -> BuildSource {
+        let source = self.clone();
+        Box::new(move || source.into_source())
+    }
+}
 
 impl KafkaSource {
     /// The running source. Call after [`KafkaSource::validate`]; a source

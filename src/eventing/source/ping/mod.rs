@@ -27,9 +27,10 @@
 mod source;
 
 use crate::api::Invalid;
+use crate::api::duck::Destination;
 use crate::api::sources::ping::PingSource;
 use crate::api::sources::schedule::Schedule;
-use crate::eventing::source::Source;
+use crate::eventing::source::{BuildContext, BuildSource, Source, SourceConfig};
 
 pub(crate) use source::{Clock, PingRunner, SystemClock};
 
@@ -64,6 +65,17 @@ impl PingSource {
                 message: invalid.to_string(),
             }),
         }
+    }
+}
+
+impl SourceConfig for PingSource {
+    fn sink(&self) -> &Destination {
+        &self.spec.sink
+    }
+
+    fn builder(&self, _context: &BuildContext<'_>) -> BuildSource {
+        let source = self.clone();
+        Box::new(move || source.into_source())
     }
 }
 

@@ -22,10 +22,34 @@ mod source;
 #[cfg(test)]
 mod tests;
 
+use crate::api::duck::Destination;
 use crate::api::sources::rabbitmq::RabbitmqSource;
 use crate::eventing::backend::rabbitmq::config::redacted;
+use crate::eventing::backend::rabbitmq::config::resolve_uri;
 use crate::eventing::delivery::DeliveryPolicy;
-use crate::eventing::source::{Source, source_delivery_policy};
+use crate::eventing::source::{
+    BuildContext, BuildSource, Source, SourceConfig, source_delivery_policy,
+};
+
+impl SourceConfig for RabbitmqSource {
+    fn sink(&self) -> &Destination {
+        &self.spec.sink
+    }
+
+    /// Resolves the connection now (the cluster reference's Secret is in
+    /// the index), connects when the source starts.
+    fn builder(&self, context: &BuildContext<'_>) -> BuildSource {
+        let uri = resolve_uri(
+            self.spec.rabbitmq_cluster_reference.as_ref(),
+            self.metadata.namespace(),
+            None,
+            context.index,
+            context.rabbitmq_uri,
+        );
+        let source = self.clone();
+        Box::new(move || source.into_source(uri))
+    }
+}
 
 impl RabbitmqSource {
     /// How each message is sent to the sink: `spec.delivery`, or the
