@@ -534,14 +534,14 @@ fn without_inference() {
 }
 
 #[tokio::test]
-async fn into_source_connects_with_the_kubeconfig_it_is_given() {
+async fn build_source_connects_with_the_kubeconfig_it_is_given() {
     without_inference();
     let fake = FakeApiServer::start().await;
     put(&fake, "default", "a", json!({}));
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = fake.kubeconfig(dir.path());
-    let source = configmaps("Reference").into_source(Some(&kubeconfig));
+    let source = configmaps("Reference").build_source(Some(&kubeconfig));
     let (handle, _state) = run_with(source, &sink).await;
     let events = sink.expect(1).await;
     assert_eq!(events[0].source(), fake.url);

@@ -44,7 +44,7 @@ impl SourceConfig for ApiServerSource {
     fn builder(&self, context: &BuildContext<'_>) -> BuildSource {
         let source = self.clone();
         let kubeconfig = context.kubeconfig.map(Path::to_path_buf);
-        Box::new(move || source.into_source(kubeconfig.as_deref()))
+        Box::new(move || source.build_source(kubeconfig.as_deref()))
     }
 }
 
@@ -52,7 +52,7 @@ impl ApiServerSource {
     /// The running source, connecting with `kubeconfig` (`--kubeconfig`) or,
     /// without one, kube's inference; call [`ApiServerSource::validate`]
     /// first (an invalid mode falls back to `Reference`).
-    pub fn into_source(&self, kubeconfig: Option<&Path>) -> Box<dyn Source> {
+    pub fn build_source(&self, kubeconfig: Option<&Path>) -> Box<dyn Source> {
         let runner = ApiServerSourceRunner::new(self);
         Box::new(match kubeconfig {
             Some(path) => runner.with_kubeconfig(path),

@@ -39,18 +39,14 @@ impl SourceConfig for KafkaSource {
 
     fn builder(&self, _context: &BuildContext<'_>) -> BuildSource {
         let source = self.clone();
-        Box::new(move || source.into_source())
+        Box::new(move || source.build_source())
     }
 }
 
 impl KafkaSource {
     /// The running source. Call after [`KafkaSource::validate`]; a source
     /// that does not validate runs as one that only reports NotReady.
-    // Named as every source kind's `into_source` is, the public
-    // `ApiServerSource::into_source` among them (clippy lets exported
-    // methods keep the name, and flags this one only for being crate-private).
-    #[allow(clippy::wrong_self_convention)]
-    pub(crate) fn into_source(&self) -> Box<dyn Source> {
+    pub(crate) fn build_source(&self) -> Box<dyn Source> {
         match source::KafkaRunner::new(self) {
             Ok(runner) => Box::new(runner),
             Err(invalid) => Box::new(crate::eventing::source::InvalidSource {

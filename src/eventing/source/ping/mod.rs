@@ -37,20 +37,12 @@ pub(crate) use source::{Clock, PingRunner, SystemClock};
 impl PingSource {
     /// The running source. Call after [`PingSource::validate`]; a source that
     /// does not validate runs as one that only reports NotReady.
-    // Named as every source kind's `into_source` is, the public
-    // `ApiServerSource::into_source` among them (clippy lets exported
-    // methods keep the name, and flags this one only for being crate-private).
-    #[allow(clippy::wrong_self_convention)]
-    pub(crate) fn into_source(&self) -> Box<dyn Source> {
-        self.into_source_with_clock(std::sync::Arc::new(SystemClock))
+    pub(crate) fn build_source(&self) -> Box<dyn Source> {
+        self.build_source_with_clock(std::sync::Arc::new(SystemClock))
     }
 
-    /// [`PingSource::into_source`] with a given clock (tests).
-    // Named as every source kind's `into_source` is, the public
-    // `ApiServerSource::into_source` among them (clippy lets exported
-    // methods keep the name, and flags this one only for being crate-private).
-    #[allow(clippy::wrong_self_convention)]
-    pub(crate) fn into_source_with_clock(
+    /// [`PingSource::build_source`] with a given clock (tests).
+    pub(crate) fn build_source_with_clock(
         &self,
         clock: std::sync::Arc<dyn Clock>,
     ) -> Box<dyn Source> {
@@ -75,7 +67,7 @@ impl SourceConfig for PingSource {
 
     fn builder(&self, _context: &BuildContext<'_>) -> BuildSource {
         let source = self.clone();
-        Box::new(move || source.into_source())
+        Box::new(move || source.build_source())
     }
 }
 

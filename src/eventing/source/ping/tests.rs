@@ -142,7 +142,7 @@ async fn an_invalid_manifest_runs_as_not_ready() {
         EventSender::new(),
         dir.path().join("state"),
     );
-    let task = tokio::spawn(ping.into_source().run(context));
+    let task = tokio::spawn(ping.build_source().run(context));
     wait_for(|| matches!(handle.health(), SourceHealth::NotReady { .. })).await;
     match handle.health() {
         SourceHealth::NotReady { reason, message } => {
@@ -314,7 +314,7 @@ fn start(ping: &PingSource, sink: &str, state: &std::path::Path, clock: Arc<dyn 
         EventSender::new(),
         state.to_path_buf(),
     );
-    let task = tokio::spawn(ping.into_source_with_clock(clock).run(context));
+    let task = tokio::spawn(ping.build_source_with_clock(clock).run(context));
     Running { handle, task }
 }
 

@@ -47,7 +47,7 @@ impl SourceConfig for RabbitmqSource {
             context.rabbitmq_uri,
         );
         let source = self.clone();
-        Box::new(move || source.into_source(uri))
+        Box::new(move || source.build_source(uri))
     }
 }
 
@@ -64,11 +64,7 @@ impl RabbitmqSource {
     /// The running source, given the connection URI the control plane
     /// resolved (or why it could not). A source that does not validate or
     /// has no URI runs as one that only reports NotReady.
-    // Named as every source kind's `into_source` is, the public
-    // `ApiServerSource::into_source` among them (clippy lets exported
-    // methods keep the name, and flags this one only for being crate-private).
-    #[allow(clippy::wrong_self_convention)]
-    pub(crate) fn into_source(&self, uri: Result<lapin::uri::AMQPUri, String>) -> Box<dyn Source> {
+    pub(crate) fn build_source(&self, uri: Result<lapin::uri::AMQPUri, String>) -> Box<dyn Source> {
         let vhost = self.spec.rabbitmq_resources_config.vhost.clone();
         let built = self
             .validate()
