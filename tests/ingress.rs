@@ -232,3 +232,18 @@ async fn metrics_count_accepted_and_rejected_events() {
     );
     s.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_admin_api_names_its_collections_for_an_unknown_one() {
+    let s = server().await;
+    let r = request(Method::GET, &s.admin_url("/api/v1/brokerz"), &[], "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(
+        r.body.contains("'brokerz'") && r.body.contains("brokers, triggers"),
+        "{}",
+        r.body
+    );
+    let known = request(Method::GET, &s.admin_url("/api/v1/sources"), &[], "").await;
+    assert_eq!(known.status, StatusCode::OK);
+    s.server.shutdown().await;
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,12 +28,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/brokers", get(brokers))
-        .route("/api/v1/triggers", get(triggers))
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/revisions", get(revisions))
-        .route("/api/v1/routes", get(routes))
-        .route("/api/v1/sources", get(sources))
+        .route("/api/v1/{collection}", get(list))
         .with_state(state)
 }
 
@@ -62,35 +57,21 @@ struct NamespaceQuery {
     namespace: Option<String>,
 }
 
-async fn brokers(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
-    list(state, q, Collection::Brokers).await
-}
-
-async fn triggers(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
-    list(state, q, Collection::Triggers).await
-}
-
-async fn services(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
-    list(state, q, Collection::Services).await
-}
-
-async fn revisions(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
-    list(state, q, Collection::Revisions).await
-}
-
-async fn routes(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
-    list(state, q, Collection::Routes).await
-}
-
-async fn sources(state: State<AdminState>, q: Query<NamespaceQuery>) -> Response {
-    list(state, q, Collection::Sources).await
-}
-
 async fn list(
     State(state): State<AdminState>,
+    Path(name): Path<String>,
     Query(q): Query<NamespaceQuery>,
-    collection: Collection,
 ) -> Response {
+    let Some(collection) = Collection::named(&name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no collection '{name}' in /api/v1/: it lists {}\n",
+                Collection::names()
+            ),
+        )
+            .into_response();
+    };
     let board = state.control.board();
     Json(board.list(collection, q.namespace.as_deref()).await).into_response()
 }

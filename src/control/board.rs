@@ -24,6 +24,38 @@ pub(crate) enum Collection {
     Sources,
 }
 
+impl Collection {
+    const ALL: [Collection; 6] = [
+        Collection::Brokers,
+        Collection::Triggers,
+        Collection::Services,
+        Collection::Revisions,
+        Collection::Routes,
+        Collection::Sources,
+    ];
+
+    /// Its name in the admin API's path, `/api/v1/{name}`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Collection::Brokers => "brokers",
+            Collection::Triggers => "triggers",
+            Collection::Services => "services",
+            Collection::Revisions => "revisions",
+            Collection::Routes => "routes",
+            Collection::Sources => "sources",
+        }
+    }
+
+    pub(crate) fn named(name: &str) -> Option<Collection> {
+        Collection::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The names, for an error that lists what exists.
+    pub(crate) fn names() -> String {
+        Collection::ALL.map(Collection::name).join(", ")
+    }
+}
+
 pub(crate) struct StatusBoard {
     eventing: Arc<EventingController>,
     serving: Arc<ServingController>,
