@@ -160,6 +160,16 @@ impl AppendError {
         matches!(self, AppendError::TooLarge(_) | AppendError::Refused(_))
     }
 
+    /// The `reason` label of `pilotlight_broker_events_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AppendError::Overloaded(_) => "overloaded",
+            AppendError::Unavailable { .. } => "unavailable",
+            AppendError::TooLarge(_) => "too_large",
+            AppendError::Refused(_) => "refused",
+        }
+    }
+
     /// The status the broker's ingress answers with, also what a refused
     /// reply's `knativeerrorcode` says.
     pub(crate) fn status(&self) -> http::StatusCode {

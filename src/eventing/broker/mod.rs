@@ -52,7 +52,7 @@ impl BrokerHandle {
         let count = events.len() as u64;
         self.received.increment(count);
         if let Err(e) = self.check_sizes(&events) {
-            reject_metric(&self.key.to_string(), rejection_reason(&e));
+            reject_metric(&self.key.to_string(), e.reason());
             return Err(e);
         }
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
@@ -62,7 +62,7 @@ impl BrokerHandle {
         let stored = self.backend.append(events).await;
         match &stored {
             Ok(()) => self.accepted.increment(count),
-            Err(e) => reject_metric(&self.key.to_string(), rejection_reason(e)),
+            Err(e) => reject_metric(&self.key.to_string(), e.reason()),
         }
         stored
     }
@@ -78,15 +78,6 @@ impl BrokerHandle {
             ))),
             None => Ok(()),
         }
-    }
-}
-
-fn rejection_reason(error: &AppendError) -> &'static str {
-    match error {
-        AppendError::Overloaded(_) => "overloaded",
-        AppendError::Unavailable { .. } => "unavailable",
-        AppendError::TooLarge(_) => "too_large",
-        AppendError::Refused(_) => "refused",
     }
 }
 

@@ -234,15 +234,17 @@ impl Backend for RabbitMqBackend {
             ))
         })?;
         let frame_max = session.connection.configuration().frame_max() as usize;
-        if let Some(event) = events
+        if let Some((event, bytes)) = events
             .iter()
-            .find(|e| binding::header_frame_bytes(e) > frame_max)
+            .map(|e| (e, binding::header_frame_bytes(e)))
+            .find(|(_, bytes)| *bytes > frame_max)
         {
             return Err(AppendError::TooLarge(format!(
-                "the attributes of event {} take {} bytes in AMQP's header frame, over the \
-                 {frame_max} bytes RabbitMQ's frame_max allows (the data has no such limit)",
+                "the attributes of event {} take {bytes} bytes in AMQP's header frame, over the \
+                 {frame_max} bytes RabbitMQ's frame_max allows: move large values into the \
+                 event's data, which has no such limit, or raise frame_max in RabbitMQ's \
+                 configuration",
                 event.id(),
-                binding::header_frame_bytes(event)
             )));
         }
         let mut confirms = Vec::with_capacity(events.len());
