@@ -8,7 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use support::{Subscriber, TestServer, broker, request, send, trigger};
+use support::{
+    Subscriber, TYPED_EXTENSION_FILTER, TestServer, broker, request, send, trigger,
+    typed_extensions_reach_the_filter,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pilotlight");
 
@@ -50,6 +53,33 @@ async fn a_cesql_filter_delivers_only_matching_events() {
     let ids: Vec<String> = sub.events().iter().map(|e| e.id().to_owned()).collect();
     assert_eq!(ids, vec!["1".to_owned()], "{events:?}");
     s.server.shutdown().await;
+}
+
+/// A Boolean and an Integer extension from a structured-mode ingress keep
+/// their types through the broker to the filter, for the durable log (the
+/// default class) and the memory class; tests/kafka.rs and tests/rabbitmq.rs
+/// do the same through a topic and an exchange.
+#[tokio::test]
+async fn typed_extensions_keep_their_types_through_the_log_and_memory_brokers() {
+    for (name, class) in [
+        ("log", ""),
+        (
+            "mem",
+            "  annotations:\n    eventing.knative.dev/broker.class: Memory\n",
+        ),
+    ] {
+        let sub = Subscriber::accepting().await;
+        let s = TestServer::start(&[
+            ("broker.yaml", &broker(name, class)),
+            (
+                "trigger.yaml",
+                &trigger("typed", name, &sub.url("/"), TYPED_EXTENSION_FILTER),
+            ),
+        ])
+        .await;
+        typed_extensions_reach_the_filter(&s.broker_url("default", name), &sub).await;
+        s.server.shutdown().await;
+    }
 }
 
 #[tokio::test]
@@ -118,4 +148,84 @@ fn the_cesql_command_prints_results_and_errors_as_json() {
     let (code, out) = cesql(&["subject = 42", "--event", event.to_str().expect("utf-8")]);
     assert_eq!(code, 0);
     assert_eq!(out, serde_json::json!({"result": true, "error": null}));
+}
+
+#[test]
+fn the_cesql_command_takes_an_expression_that_starts_with_a_minus() {
+    for (args, result) in [
+        (&["-10"][..], serde_json::json!(-10)),
+        (&["-5 < 0"][..], serde_json::json!(true)),
+        (&["--", "--5"][..], serde_json::json!(5)),
+        (&["--", "-missing"][..], serde_json::json!(0)),
+    ] {
+        let (code, out) = cesql(args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert_eq!(out["result"], result, "{args:?}");
+    }
+}
+
+#[test]
+fn the_cesql_command_sees_the_types_of_a_structured_events_extensions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        r#"{"specversion":"1.0","id":"7","source":"/shop","type":"order","urgent":true,"retries":3}"#,
+    )
+    .expect("write");
+    let path = event.to_str().expect("utf-8");
+    let (_, out) = cesql(&["--event", path, "--", "urgent"]);
+    assert_eq!(out["result"], true);
+    let (_, out) = cesql(&["--event", path, "--", "retries + 1"]);
+    assert_eq!(out["result"], 4);
+}
+
+/// The Python CloudEvents SDK as the producer: it writes `urgent=True` and
+/// `retries=3` as a JSON boolean and number in structured mode, and a
+/// filter that needs the Boolean and the Integer sees them.
+#[tokio::test]
+async fn typed_extensions_from_the_python_sdk_reach_the_filter() {
+    if !support::python_has("cloudevents.http", "cloudevents==1.13.0") {
+        return;
+    }
+    let sub = Subscriber::accepting().await;
+    let s = TestServer::start(&[
+        ("broker.yaml", &broker("default", "")),
+        (
+            "trigger.yaml",
+            &trigger("typed", "default", &sub.url("/"), TYPED_EXTENSION_FILTER),
+        ),
+    ])
+    .await;
+    let script = r#"
+import sys, urllib.request
+from cloudevents.conversion import to_structured
+from cloudevents.http import CloudEvent
+for id, urgent, retries in (("typed", True, 3), ("other", False, 3)):
+    event = CloudEvent({"id": id, "type": "t", "source": "/python", "urgent": urgent, "retries": retries}, {"n": 1})
+    headers, body = to_structured(event)
+    request = urllib.request.Request(sys.argv[1], data=body, headers=headers, method="POST")
+    print(urllib.request.urlopen(request).status)
+"#;
+    // Blocking, so off the runtime the server answers on.
+    let url = s.broker_url("default", "default");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(["-c", script, &url])
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .expect("joins");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "202\n202\n");
+    let events = sub.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = sub.events().iter().map(|e| e.id().to_owned()).collect();
+    assert_eq!(ids, ["typed"], "{events:?}");
+    s.server.shutdown().await;
 }

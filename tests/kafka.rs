@@ -206,6 +206,36 @@ async fn events_round_trip_through_a_topic_to_filtered_triggers() {
     s.server.shutdown().await;
 }
 
+/// A Boolean and an Integer extension keep their types through the topic,
+/// whose headers carry text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_extensions_keep_their_types_through_a_topic() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("typed");
+    let subscriber = Subscriber::accepting().await;
+    let s = start(
+        &[
+            ("broker.yaml", &kafka_broker(&name)),
+            (
+                "t.yaml",
+                &trigger(
+                    &format!("{name}-t"),
+                    &name,
+                    &subscriber.url("/"),
+                    support::TYPED_EXTENSION_FILTER,
+                ),
+            ),
+        ],
+        &kafka,
+    )
+    .await;
+    broker_ready(&s, &name).await;
+    support::typed_extensions_reach_the_filter(&s.broker_url("default", &name), &subscriber).await;
+    s.server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ordered_trigger_delivers_a_partition_one_event_at_a_time_in_order() {
     let Some(kafka) = KAFKA.address().await else {

@@ -357,6 +357,36 @@ async fn deliveries_finishing_out_of_order_are_each_acked_once() {
     cleanup(&addr, &key, &["t"]).await;
 }
 
+/// A Boolean and an Integer extension keep their types through the
+/// exchange (whose bindings match on the attribute's text: the exact filter
+/// `urgent: "true"` routes both events, the CESQL filter tells them apart).
+#[tokio::test]
+async fn typed_extensions_keep_their_types_through_the_exchange() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("typed");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let subscriber = Subscriber::accepting().await;
+    let filters = format!(
+        "  filter:\n    attributes:\n      urgent: \"true\"\n{}",
+        support::TYPED_EXTENSION_FILTER
+    );
+    let files = [
+        ("broker.yaml", rabbit_broker(&ns, "b", "")),
+        (
+            "t.yaml",
+            rabbit_trigger_spec(&ns, "t", "b", &subscriber.url("/"), "", &filters),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = server(&addr, &files).await;
+    support::typed_extensions_reach_the_filter(&s.broker_url(&ns, "b"), &subscriber).await;
+    stop_and_expect_drained(s, &addr, &queue_name(&key, "t")).await;
+    cleanup(&addr, &key, &["t"]).await;
+}
+
 #[tokio::test]
 async fn failed_events_go_to_the_dead_letter_sink_and_are_acked() {
     let Some(addr) = support::RABBITMQ.address().await else {

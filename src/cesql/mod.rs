@@ -12,3 +12,6 @@ pub(crate) mod ast;
 pub(crate) mod eval;
 pub mod parser;
 pub mod program;
+
+#[cfg(test)]
+mod spec_rules;

@@ -18,10 +18,17 @@ use std::fmt;
 
 use super::ast::{BinaryOp, Expr, LikePart, UnaryOp, Value};
 use super::eval;
-use crate::cloudevent::Event;
+use crate::cloudevent::{AttributeValue, Event};
 
-/// A missing attribute met while testing: the filter does not match.
-struct Missing;
+/// Why the compiled tests stopped short of an answer.
+enum Stop {
+    /// A missing attribute: the spec's evaluation error, so no match.
+    Missing,
+    /// A Boolean or Integer attribute where the spec casts a string literal
+    /// to the attribute's type (`IN`, `'TRUE' = flag`): the interpreter
+    /// answers, since text comparison would not.
+    Typed,
+}
 
 /// An attribute a test reads, by the name the expression gave.
 #[derive(Debug)]
@@ -49,8 +56,19 @@ impl Attribute {
     }
 
     #[inline(always)]
-    fn value<'e>(&self, event: &'e Event) -> Result<&'e str, Missing> {
-        self.get(event).ok_or(Missing)
+    fn value<'e>(&self, event: &'e Event) -> Result<&'e str, Stop> {
+        self.get(event).ok_or(Stop::Missing)
+    }
+
+    /// The value, for a test that compares it with string literals cast to
+    /// the attribute's type: only a String attribute can be tested as text.
+    #[inline(always)]
+    fn string_value<'e>(&self, event: &'e Event) -> Result<&'e str, Stop> {
+        let value = self.value(event)?;
+        match event.attribute_value(&self.name) {
+            Some(AttributeValue::String(_)) => Ok(value),
+            _ => Err(Stop::Typed),
+        }
     }
 }
 
@@ -83,11 +101,14 @@ enum Test {
         strings: Vec<Box<str>>,
         negated: bool,
     },
-    /// `=` (`equal`) or `!=` against a string literal.
+    /// `=` (`equal`) or `!=` against a string literal; `literal_left` when
+    /// the literal is the left operand, which `=` casts to the attribute's
+    /// type.
     Equals {
         attribute: Attribute,
         literal: Box<str>,
         equal: bool,
+        literal_left: bool,
     },
     All(Vec<Test>),
     Any(Vec<Test>),
@@ -99,7 +120,7 @@ impl Test {
     /// Leaves are tested here, inlined into the caller's loop; combinators
     /// go through [`Test::combine`] (a recursive call cannot be inlined).
     #[inline(always)]
-    fn run(&self, event: &Event) -> Result<bool, Missing> {
+    fn run(&self, event: &Event) -> Result<bool, Stop> {
         Ok(match self {
             Test::Constant(b) => *b,
             Test::Exists(attribute) => attribute.get(event).is_some(),
@@ -134,20 +155,28 @@ impl Test {
                 strings,
                 negated,
             } => {
-                let value = attribute.value(event)?.as_bytes();
+                let value = attribute.string_value(event)?.as_bytes();
                 strings.iter().any(|s| same_text(s.as_bytes(), value)) != *negated
             }
             Test::Equals {
                 attribute,
                 literal,
                 equal,
-            } => same_text(attribute.value(event)?.as_bytes(), literal.as_bytes()) == *equal,
+                literal_left,
+            } => {
+                let value = if *literal_left {
+                    attribute.string_value(event)?
+                } else {
+                    attribute.value(event)?
+                };
+                same_text(value.as_bytes(), literal.as_bytes()) == *equal
+            }
             Test::All(_) | Test::Any(_) | Test::Xor(..) | Test::Not(_) => self.combine(event)?,
         })
     }
 
     #[inline(never)]
-    fn combine(&self, event: &Event) -> Result<bool, Missing> {
+    fn combine(&self, event: &Event) -> Result<bool, Stop> {
         Ok(match self {
             // Stop where the interpreter's short-circuit would.
             Test::All(terms) => {
@@ -243,13 +272,14 @@ impl Program {
         on_error: impl FnOnce(eval::ErrorKind, &str),
     ) -> bool {
         if let Some(fast) = &self.fast {
-            return match fast.run(event) {
-                Ok(result) => result,
-                Err(Missing) => {
+            match fast.run(event) {
+                Ok(result) => return result,
+                Err(Stop::Missing) => {
                     on_error(eval::ErrorKind::MissingAttribute, "missing attribute");
-                    false
+                    return false;
                 }
-            };
+                Err(Stop::Typed) => {}
+            }
         }
         let evaluation = eval::evaluate(&self.expr, event);
         if let Some(error) = &evaluation.error {
@@ -337,15 +367,16 @@ fn compile(expr: &Expr) -> Option<Test> {
             })
         }
         Expr::Binary(op @ (BinaryOp::Equal | BinaryOp::NotEqual), left, right) => {
-            let (name, literal) = match (left.as_ref(), right.as_ref()) {
-                (Expr::Attribute(n), Expr::Literal(Value::String(s)))
-                | (Expr::Literal(Value::String(s)), Expr::Attribute(n)) => (n, s),
+            let (name, literal, literal_left) = match (left.as_ref(), right.as_ref()) {
+                (Expr::Attribute(n), Expr::Literal(Value::String(s))) => (n, s, false),
+                (Expr::Literal(Value::String(s)), Expr::Attribute(n)) => (n, s, true),
                 _ => return None,
             };
             Some(Test::Equals {
                 attribute: Attribute::new(name),
                 literal: Box::<str>::from(literal.as_ref()),
                 equal: *op == BinaryOp::Equal,
+                literal_left,
             })
         }
         // A chain of ANDs (or of ORs) becomes one loop over its terms, in

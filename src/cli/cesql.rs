@@ -1,4 +1,4 @@
-//! `pilotlight cesql 'EXPR' [--event FILE|-]`: evaluates a CESQL expression
+//! `pilotlight cesql [--event FILE|-] [--] 'EXPR'`: evaluates a CESQL expression
 //! against an event, with the same parser and evaluator Triggers use, and
 //! prints `{"result": ..., "error": null | {"kind": ..., "message": ...}}`.
 //! Exit 0 when the expression evaluated (even with an evaluation error), 2
@@ -19,6 +19,9 @@ use crate::cloudevent::{Event, parse_http};
 #[derive(Debug, Args)]
 pub struct CesqlArgs {
     /// The expression, e.g. "type LIKE 'com.example.%' AND EXISTS subject".
+    /// One that starts with '-' (such as "-5 < 0") is taken as is; after
+    /// `--` anything is, even "--5".
+    #[arg(allow_hyphen_values = true)]
     pub expression: String,
     /// The event as CloudEvents JSON (structured mode), from a file or `-`
     /// for standard input. Default: a minimal valid event.

@@ -14,7 +14,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{Event, ValidationError};
+use super::{AttributeType, AttributeValue, CONTEXT_ATTRIBUTES, Event, ValidationError};
 
 pub(crate) const CONTENT_TYPE_STRUCTURED: &str = "application/cloudevents+json";
 pub(super) const CONTENT_TYPE_BATCH: &str = "application/cloudevents-batch+json";
@@ -36,8 +36,12 @@ pub enum BindingError {
     Invalid(ValidationError),
     #[error("body is not a structured CloudEvent: {0}")]
     BadJson(String),
-    #[error("attribute '{0}' must be a string, number or boolean")]
-    BadAttributeType(String),
+    #[error("attribute '{attribute}' must be {expected}, not {found}")]
+    BadAttributeType {
+        attribute: String,
+        expected: &'static str,
+        found: String,
+    },
     #[error("event has both 'data' and 'data_base64': set only one")]
     DataAndBase64,
     #[error("attribute 'data_base64': not valid base64 ({0})")]
@@ -208,8 +212,8 @@ fn event_from_object(object: OrderedObject) -> Result<Event, BindingError> {
             "data" => data = Some(value),
             "data_base64" => data_base64 = Some(value),
             _ => {
-                if let Some(text) = attribute_text(&key, &value)? {
-                    attributes.push((key, text));
+                if let Some((text, ty)) = json_attribute(&key, &value)? {
+                    attributes.push((key, text, ty));
                 }
             }
         }
@@ -222,17 +226,56 @@ fn event_from_object(object: OrderedObject) -> Result<Event, BindingError> {
         (Some(d), _) if d.get() != "null" => Some(json_data_bytes(&attributes, &d)),
         _ => None,
     };
-    Ok(Event::new(attributes, data)?)
+    Ok(Event::typed(attributes, data)?)
 }
 
-/// The string form of an attribute value; `None` for JSON null (an unset attribute).
-fn attribute_text(key: &str, value: &RawValue) -> Result<Option<String>, BindingError> {
-    match serde_json::from_str::<serde_json::Value>(value.get()) {
-        Ok(serde_json::Value::String(s)) => Ok(Some(s)),
-        Ok(serde_json::Value::Bool(b)) => Ok(Some(b.to_string())),
-        Ok(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
-        Ok(serde_json::Value::Null) => Ok(None),
-        _ => Err(BindingError::BadAttributeType(key.to_owned())),
+/// An attribute of the JSON format with its CloudEvents type; `None` for
+/// JSON null (an unset attribute). The spec's context attributes are JSON
+/// strings (`time` one in RFC 3339, which validation checks); an extension is
+/// a string, a boolean or an integer, since CloudEvents has no other types
+/// (no floats, objects or arrays).
+fn json_attribute(
+    key: &str,
+    value: &RawValue,
+) -> Result<Option<(String, AttributeType)>, BindingError> {
+    use serde_json::Value;
+    let parsed: Value =
+        serde_json::from_str(value.get()).map_err(|e| BindingError::BadJson(e.to_string()))?;
+    let wrong = |expected| BindingError::BadAttributeType {
+        attribute: key.to_owned(),
+        expected,
+        found: json_kind(&parsed),
+    };
+    if CONTEXT_ATTRIBUTES.contains(&key) {
+        return match parsed {
+            Value::String(s) => Ok(Some((s, AttributeType::String))),
+            Value::Null => Ok(None),
+            _ => Err(wrong("a JSON string")),
+        };
+    }
+    const EXTENSION: &str = "a string, a boolean or an integer from -2147483648 to 2147483647";
+    match &parsed {
+        Value::String(s) => Ok(Some((s.clone(), AttributeType::String))),
+        Value::Bool(b) => Ok(Some((b.to_string(), AttributeType::Boolean))),
+        Value::Number(n) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
+            Some(i) => Ok(Some((i.to_string(), AttributeType::Integer))),
+            None => Err(wrong(EXTENSION)),
+        },
+        Value::Null => Ok(None),
+        _ => Err(wrong(EXTENSION)),
+    }
+}
+
+/// How an error message names a JSON value that has the wrong type.
+fn json_kind(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
     }
 }
 
@@ -247,11 +290,11 @@ fn decode_base64(value: &RawValue) -> Result<Bytes, BindingError> {
 
 /// The data of a structured event: JSON data keeps its exact bytes; a JSON
 /// string under a non-JSON content type is that string's text.
-fn json_data_bytes(attributes: &[(String, String)], data: &RawValue) -> Bytes {
+fn json_data_bytes(attributes: &[(String, String, AttributeType)], data: &RawValue) -> Bytes {
     let content_type = attributes
         .iter()
-        .find(|(n, _)| n == "datacontenttype")
-        .map(|(_, v)| v.as_str());
+        .find(|(n, _, _)| n == "datacontenttype")
+        .map(|(_, v, _)| v.as_str());
     if !content_type.is_none_or(is_json_media_type)
         && let Ok(text) = serde_json::from_str::<String>(data.get())
     {
@@ -312,28 +355,51 @@ fn header_value(value: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&utf8_percent_encode(value, HEADER_VALUE_ESCAPES).to_string()).ok()
 }
 
-/// Encodes the event as one structured-mode JSON document.
+/// Encodes the event as one structured-mode JSON document: attributes in
+/// arrival order, Boolean and Integer attributes as JSON booleans and
+/// numbers, JSON data as the bytes it arrived as (not re-encoded, so a
+/// signature over it still holds).
 pub(crate) fn encode_structured(event: &Event) -> Vec<u8> {
-    let mut object = serde_json::Map::new();
-    for (name, value) in event.attributes() {
-        object.insert(name.to_owned(), serde_json::Value::String(value.to_owned()));
+    let mut document = Vec::with_capacity(256 + event.data().map_or(0, |d| d.len()));
+    let member = |document: &mut Vec<u8>, name: &str, value: &[u8]| {
+        document.push(if document.is_empty() { b'{' } else { b',' });
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *document, name);
+        document.push(b':');
+        document.extend_from_slice(value);
+    };
+    for (name, value) in event.typed_attributes() {
+        let json = match value {
+            AttributeValue::String(s) => serde_json::to_vec(s).unwrap_or_default(),
+            AttributeValue::Boolean(b) => b.to_string().into_bytes(),
+            AttributeValue::Integer(i) => i.to_string().into_bytes(),
+        };
+        member(&mut document, name, &json);
     }
     if let Some(data) = event.data() {
-        let json_type = event.datacontenttype().is_none_or(is_json_media_type);
-        let as_json = json_type
-            .then(|| serde_json::from_slice::<serde_json::Value>(data).ok())
-            .flatten();
-        let (key, value) = match (as_json, std::str::from_utf8(data)) {
-            (Some(json), _) => ("data", json),
-            (None, Ok(text)) if !json_type => ("data", serde_json::Value::String(text.to_owned())),
-            _ => (
-                "data_base64",
-                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
-            ),
-        };
-        object.insert(key.to_owned(), value);
+        let (key, value) = structured_data(event, data);
+        member(&mut document, key, &value);
     }
-    serde_json::to_vec(&object).unwrap_or_default()
+    document.push(b'}');
+    document
+}
+
+/// The member that carries the data in structured mode, and its JSON text:
+/// JSON data itself, text under a non-JSON type as a string, anything else
+/// as base64.
+fn structured_data(event: &Event, data: &[u8]) -> (&'static str, Vec<u8>) {
+    let json_type = event.datacontenttype().is_none_or(is_json_media_type);
+    if json_type && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+        return ("data", data.to_vec());
+    }
+    match std::str::from_utf8(data) {
+        Ok(text) if !json_type => ("data", serde_json::to_vec(text).unwrap_or_default()),
+        _ => (
+            "data_base64",
+            serde_json::to_vec(&base64::engine::general_purpose::STANDARD.encode(data))
+                .unwrap_or_default(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -406,16 +472,112 @@ mod tests {
     }
 
     #[test]
-    fn structured_mode_keeps_json_data_bytes_and_stringifies_extensions() {
+    fn structured_mode_keeps_json_data_bytes_and_extension_types() {
         let (mode, events) = structured(
-            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","count":3,"flag":true,"data":{"b" : [1, 2]}}"#,
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","count":3,"flag":true,"name":"x","data":{"b" : [1, 2]}}"#,
         )
         .expect("ok");
         assert_eq!(mode, Mode::Structured);
         let e = &events[0];
         assert_eq!(e.attribute("count"), Some("3"));
-        assert_eq!(e.attribute("flag"), Some("true"));
+        assert_eq!(e.attribute_value("count"), Some(AttributeValue::Integer(3)));
+        assert_eq!(
+            e.attribute_value("flag"),
+            Some(AttributeValue::Boolean(true))
+        );
+        assert_eq!(e.attribute_value("name"), Some(AttributeValue::String("x")));
         assert_eq!(&e.data().expect("data")[..], br#"{"b" : [1, 2]}"#);
+    }
+
+    #[test]
+    fn binary_mode_attributes_are_strings_whatever_they_look_like() {
+        let mut h = base_headers();
+        h.push(("ce-flag", "true"));
+        h.push(("ce-count", "3"));
+        let (_, events) = parse_http(&binary_headers(&h), Bytes::new()).expect("ok");
+        assert_eq!(
+            events[0].attribute_value("flag"),
+            Some(AttributeValue::String("true"))
+        );
+        assert_eq!(
+            events[0].attribute_value("count"),
+            Some(AttributeValue::String("3"))
+        );
+    }
+
+    #[test]
+    fn structured_mode_refuses_context_attributes_that_are_not_json_strings() {
+        for (attribute, value, found) in [
+            ("id", "42", "the number 42"),
+            ("source", "true", "the boolean true"),
+            ("type", "[\"t\"]", "an array"),
+            ("specversion", "1.0", "the number 1.0"),
+            ("datacontenttype", "{}", "an object"),
+            ("dataschema", "7", "the number 7"),
+            ("subject", "false", "the boolean false"),
+            ("time", "1700000000", "the number 1700000000"),
+        ] {
+            let mut object = serde_json::json!({
+                "specversion": "1.0", "id": "1", "source": "/s", "type": "t"
+            });
+            object[attribute] = serde_json::from_str(value).expect("json");
+            let err = structured(&object.to_string()).expect_err(attribute);
+            assert_eq!(
+                err.to_string(),
+                format!("attribute '{attribute}' must be a JSON string, not {found}")
+            );
+        }
+    }
+
+    #[test]
+    fn structured_mode_refuses_extensions_that_are_not_strings_booleans_or_integers() {
+        for (value, found) in [
+            ("1.5", "the number 1.5"),
+            ("2147483648", "the number 2147483648"),
+            ("{}", "an object"),
+            ("[1]", "an array"),
+        ] {
+            let body = format!(
+                r#"{{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":{value}}}"#
+            );
+            let err = structured(&body).expect_err(value);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "attribute 'ext' must be a string, a boolean or an integer from -2147483648 to 2147483647, not {found}"
+                )
+            );
+        }
+        // null is an unset attribute, as the JSON format says.
+        let (_, events) =
+            structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","ext":null}"#)
+                .expect("ok");
+        assert_eq!(events[0].attribute("ext"), None);
+    }
+
+    #[test]
+    fn a_batch_names_the_event_whose_attribute_has_the_wrong_type() {
+        let h = binary_headers(&[("content-type", CONTENT_TYPE_BATCH)]);
+        let bad = r#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"},{"specversion":"1.0","id":2,"source":"/s","type":"t"}]"#;
+        let err = parse_http(&h, Bytes::from_static(bad.as_bytes())).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "batch event 1: attribute 'id' must be a JSON string, not the number 2"
+        );
+    }
+
+    #[test]
+    fn structured_encoding_keeps_types_and_json_data_bytes() {
+        let body = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","count":3,"flag":false,"data":{"b" : [1, 2]}}"#;
+        let (_, events) = structured(body).expect("ok");
+        let encoded = encode_structured(&events[0]);
+        let text = std::str::from_utf8(&encoded).expect("utf8");
+        assert!(text.ends_with(r#""data":{"b" : [1, 2]}}"#), "{text}");
+        let json: serde_json::Value = serde_json::from_str(text).expect("json");
+        assert_eq!(json["count"], serde_json::json!(3));
+        assert_eq!(json["flag"], serde_json::json!(false));
+        let (_, back) = structured(text).expect("ok");
+        assert_eq!(back[0], events[0]);
     }
 
     #[test]
@@ -448,9 +610,10 @@ mod tests {
     fn structured_mode_rejects_object_attribute_and_bad_json() {
         let err = structured(r#"{"specversion":"1.0","id":"1","source":"/s","type":"t","x":{}}"#)
             .expect_err("object");
-        assert_eq!(
-            err.to_string(),
-            "attribute 'x' must be a string, number or boolean"
+        assert!(
+            err.to_string()
+                .starts_with("attribute 'x' must be a string, a boolean or an integer"),
+            "{err}"
         );
         let err = structured("{").expect_err("json");
         assert!(

@@ -1,6 +1,6 @@
 //! The CloudEvents v1.0 (and v0.3) rules an event must satisfy to be accepted.
 
-use super::{CONTEXT_ATTRIBUTES, Event, SPEC_VERSIONS};
+use super::{AttributeType, CONTEXT_ATTRIBUTES, Event, SPEC_VERSIONS};
 
 /// Why an event is not a valid CloudEvent. The message names the attribute.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +19,14 @@ pub enum ValidationError {
     BadName(String),
     #[error("attribute '{0}' is set twice")]
     Duplicate(String),
+    #[error("attribute '{0}' must be a String (in JSON, a string)")]
+    NotAString(String),
+    #[error("attribute '{name}': '{value}' is not {expected}")]
+    BadTypedValue {
+        name: String,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 const REQUIRED: [&str; 4] = ["specversion", "id", "source", "type"];
@@ -35,17 +43,20 @@ pub(super) fn validate(event: &Event) -> Result<(), ValidationError> {
     if !SPEC_VERSIONS.contains(&version) {
         return Err(ValidationError::UnknownSpecVersion(version.to_owned()));
     }
-    for (i, (name, value)) in event.attributes.iter().enumerate() {
+    for (i, attribute) in event.attributes.iter().enumerate() {
+        let name = &attribute.name;
         if !is_valid_name(name) {
             return Err(ValidationError::BadName(name.clone()));
         }
-        if event.attributes[..i].iter().any(|(n, _)| n == name) {
+        if event.attributes[..i].iter().any(|a| a.name == *name) {
             return Err(ValidationError::Duplicate(name.clone()));
         }
+        let context = CONTEXT_ATTRIBUTES.contains(&name.as_str());
         // Optional context attributes, when present, must be non-empty (spec 1.0).
-        if value.is_empty() && CONTEXT_ATTRIBUTES.contains(&name.as_str()) {
+        if attribute.value.is_empty() && context {
             return Err(ValidationError::Empty(name.clone()));
         }
+        check_type(name, &attribute.value, attribute.ty, context)?;
     }
     if let Some(time) = event.attribute("time") {
         chrono::DateTime::parse_from_rfc3339(time).map_err(|e| ValidationError::BadTime {
@@ -54,6 +65,32 @@ pub(super) fn validate(event: &Event) -> Result<(), ValidationError> {
         })?;
     }
     Ok(())
+}
+
+/// A typed value's text must be the type's canonical form, which is what
+/// binary mode sends and CESQL reads; the context attributes the spec defines
+/// are all Strings (or URIs and Timestamps, which formats carry as strings).
+fn check_type(
+    name: &str,
+    value: &str,
+    ty: AttributeType,
+    context: bool,
+) -> Result<(), ValidationError> {
+    let bad = |expected| ValidationError::BadTypedValue {
+        name: name.to_owned(),
+        value: value.to_owned(),
+        expected,
+    };
+    match ty {
+        AttributeType::String => Ok(()),
+        _ if context => Err(ValidationError::NotAString(name.to_owned())),
+        AttributeType::Boolean if value == "true" || value == "false" => Ok(()),
+        AttributeType::Boolean => Err(bad("a Boolean (true or false)")),
+        AttributeType::Integer if value.parse::<i32>().is_ok() && !value.starts_with('+') => Ok(()),
+        AttributeType::Integer => Err(bad(
+            "an Integer (a whole number from -2147483648 to 2147483647)",
+        )),
+    }
 }
 
 /// Attribute names: lower-case ASCII letters and digits, at most 20 of them.

@@ -492,3 +492,73 @@ pub async fn wait_all_delivered(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The filter of [`typed_extensions_reach_the_filter`]: `'TRUE' = urgent`
+/// casts the string to the attribute's type, so it holds for a Boolean
+/// `urgent` and not for the text "true"; `retries IN ('+3')` likewise for an
+/// Integer.
+pub const TYPED_EXTENSION_FILTER: &str =
+    "  filters:\n    - cesql: \"'TRUE' = urgent AND retries IN ('+3')\"\n";
+
+/// Sends the same extensions twice to `broker_url`: typed, in structured
+/// mode (`"urgent": true, "retries": 3`), and as text, in binary mode; a
+/// trigger with [`TYPED_EXTENSION_FILTER`] must get only the typed one, with
+/// the extensions as the subscriber's binary mode carries them.
+pub async fn typed_extensions_reach_the_filter(broker_url: &str, subscriber: &Subscriber) {
+    let typed = r#"{"specversion":"1.0","id":"typed","source":"/test","type":"t","urgent":true,"retries":3}"#;
+    let reply = request(
+        Method::POST,
+        broker_url,
+        &[("content-type", "application/cloudevents+json")],
+        typed,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let text = request(
+        Method::POST,
+        broker_url,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "text"),
+            ("ce-source", "/test"),
+            ("ce-type", "t"),
+            ("ce-urgent", "true"),
+            ("ce-retries", "3"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(text.status, StatusCode::ACCEPTED, "{}", text.body);
+    let events = subscriber.wait_for(1, Duration::from_secs(20)).await;
+    // Give the text event the time to arrive if it wrongly passes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<String> = subscriber
+        .events()
+        .iter()
+        .map(|e| e.id().to_owned())
+        .collect();
+    assert_eq!(ids, ["typed"], "{events:?}");
+    assert_eq!(events[0].attribute("urgent"), Some("true"));
+    assert_eq!(events[0].attribute("retries"), Some("3"));
+}
+
+/// Whether `python3` can import `module` (a real client used as a peer).
+/// Under `CI=true` a missing one fails the test; elsewhere the test is
+/// skipped after saying how to install it (`pip` is the `pip install`
+/// argument, as .ci/run gives it).
+pub fn python_has(module: &str, pip: &str) -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if found {
+        return true;
+    }
+    let message =
+        format!("python3 cannot import {module}: install it with `python3 -m pip install '{pip}'`");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("skipping: {message}");
+    false
+}

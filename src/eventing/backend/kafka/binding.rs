@@ -5,7 +5,9 @@
 //! header with its value as UTF-8 bytes, `datacontenttype` is the
 //! `content-type` header, the data is the record value, and the
 //! `partitionkey` extension is the record key (so one key stays in one
-//! partition, in order).
+//! partition, in order). Header values are text, so the types of Boolean and
+//! Integer extensions (from a structured-mode ingress) travel in one more
+//! header, `pilotlight-types`, which other consumers ignore.
 //!
 //! In: binary mode (a `ce_specversion` header) or structured mode
 //! (`content-type: application/cloudevents+json`, the event as JSON in the
@@ -16,7 +18,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 
 use crate::cloudevent::{
-    BindingError, CONTENT_TYPE_STRUCTURED, Event, ValidationError, parse_http,
+    BindingError, CONTENT_TYPE_STRUCTURED, Event, TYPES_HEADER, ValidationError, parse_http,
 };
 
 /// The extension whose value becomes the record key.
@@ -41,6 +43,9 @@ pub(crate) fn encode(event: &Event) -> OutRecord {
         } else {
             headers.push((format!("{HEADER_PREFIX}{name}"), value.to_owned()));
         }
+    }
+    if let Some(types) = event.types_header() {
+        headers.push((TYPES_HEADER.to_owned(), types));
     }
     OutRecord {
         key: event.attribute(PARTITION_KEY).map(str::to_owned),
@@ -75,6 +80,7 @@ pub(crate) fn decode<'a>(
 ) -> Result<Decoded, DecodeError> {
     let mut attributes = Vec::with_capacity(8);
     let mut content_type = None;
+    let mut types = None;
     let mut binary = false;
     for (name, raw) in headers {
         let text = || {
@@ -84,6 +90,8 @@ pub(crate) fn decode<'a>(
         };
         if name.eq_ignore_ascii_case(CONTENT_TYPE_HEADER) {
             content_type = Some(text()?);
+        } else if name == TYPES_HEADER {
+            types = Some(text()?);
         } else if let Some(attribute) = name.strip_prefix(HEADER_PREFIX) {
             binary |= attribute == "specversion";
             attributes.push((attribute.to_owned(), text()?));
@@ -94,7 +102,8 @@ pub(crate) fn decode<'a>(
             attributes.push(("datacontenttype".to_owned(), content_type));
         }
         let data = value.filter(|v| !v.is_empty()).map(Bytes::copy_from_slice);
-        return Ok(Decoded::Event(Event::new(attributes, data)?));
+        let attributes = Event::apply_types_header(attributes, types.as_deref());
+        return Ok(Decoded::Event(Event::typed(attributes, data)?));
     }
     let structured = content_type.as_deref().is_some_and(|ct| {
         ct.split(';')
@@ -152,6 +161,21 @@ mod tests {
         for (name, value) in event.attributes() {
             assert_eq!(back.attribute(name), Some(value), "{name}");
         }
+    }
+
+    #[test]
+    fn binary_mode_keeps_the_types_of_boolean_and_integer_extensions() {
+        let event = crate::cloudevent::test_typed_event("1");
+        let record = encode(&event);
+        assert!(record.headers.contains(&("ce_flag".into(), "true".into())));
+        assert!(record.headers.contains(&(
+            "pilotlight-types".into(),
+            "flag=boolean,count=integer".into()
+        )));
+        let Decoded::Event(back) = decode(headers(&record), None).expect("decodes") else {
+            panic!("binary mode is an event");
+        };
+        assert_eq!(back, event);
     }
 
     #[test]

@@ -16,7 +16,10 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::cloudevent::{BindingError, CONTENT_TYPE_STRUCTURED, Event, parse_http};
+use crate::cloudevent::{
+    AttributeType, BindingError, CONTENT_TYPE_STRUCTURED, CONTEXT_ATTRIBUTES, Event, TYPES_HEADER,
+    parse_http,
+};
 
 /// The header prefix of a CloudEvents attribute.
 pub(crate) const HEADER_PREFIX: &str = "cloudEvents:";
@@ -47,6 +50,14 @@ pub fn encode(event: &Event) -> (BasicProperties, &[u8]) {
             headers.insert(key, AMQPValue::LongString(LongString::from(value)));
         }
     }
+    // Values stay text, which the exchange's bindings match on; the types of
+    // Boolean and Integer extensions go beside them.
+    if let Some(types) = event.types_header() {
+        headers.insert(
+            ShortString::from(TYPES_HEADER),
+            AMQPValue::LongString(LongString::from(types)),
+        );
+    }
     let body = event.data().map_or(&[][..], |d| &d[..]);
     (properties.with_headers(headers), body)
 }
@@ -71,6 +82,9 @@ pub(crate) fn header_frame_bytes(event: &Event) -> usize {
             }
         })
         .sum::<usize>()
+        + event
+            .types_header()
+            .map_or(0, |types| 1 + TYPES_HEADER.len() + 1 + 4 + types.len())
         + FIXED
 }
 
@@ -117,48 +131,81 @@ fn decode_binary(
         return Err(DecodeError::NotAnEvent);
     };
     let mut attributes = Vec::with_capacity(headers.inner().len() + 1);
+    let mut types = None;
     for (key, value) in headers {
         let key = key.as_str();
+        if key == TYPES_HEADER {
+            types = header_text(value).map(|(text, _)| text);
+            continue;
+        }
         let Some(name) = key
             .strip_prefix(HEADER_PREFIX)
             .or_else(|| key.strip_prefix(LEGACY_HEADER_PREFIX))
         else {
             continue;
         };
-        let text = header_text(value).ok_or_else(|| DecodeError::BadHeader {
+        let (text, ty) = header_text(value).ok_or_else(|| DecodeError::BadHeader {
             header: key.to_owned(),
             reason: "a CloudEvents attribute must be a string, number or boolean".into(),
         })?;
-        attributes.push((name.to_owned(), text));
+        // The spec's context attributes are Strings whatever AMQP type a
+        // client gave them.
+        let ty = if CONTEXT_ATTRIBUTES.contains(&name) {
+            AttributeType::String
+        } else {
+            ty
+        };
+        attributes.push((name.to_owned(), text, ty));
     }
-    if !attributes.iter().any(|(n, _)| n == "specversion") {
+    if !attributes.iter().any(|(n, _, _)| n == "specversion") {
         return Err(DecodeError::NotAnEvent);
     }
     if let Some(content_type) = content_type
-        && !attributes.iter().any(|(n, _)| n == "datacontenttype")
+        && !attributes.iter().any(|(n, _, _)| n == "datacontenttype")
     {
-        attributes.push(("datacontenttype".to_owned(), content_type.to_owned()));
+        attributes.push((
+            "datacontenttype".to_owned(),
+            content_type.to_owned(),
+            AttributeType::String,
+        ));
+    }
+    // pilotlight's own messages carry text and name the typed ones apart.
+    if let Some(types) = types {
+        let text = attributes.into_iter().map(|(n, v, _)| (n, v)).collect();
+        attributes = Event::apply_types_header(text, Some(&types));
     }
     let data = (!body.is_empty()).then_some(body);
-    Event::new(attributes, data).map_err(|e| DecodeError::Invalid(BindingError::Invalid(e)))
+    Event::typed(attributes, data).map_err(|e| DecodeError::Invalid(BindingError::Invalid(e)))
 }
 
-/// An AMQP header value as attribute text, for the types other clients use
-/// for CloudEvents attributes.
-fn header_text(value: &AMQPValue) -> Option<String> {
+/// An AMQP header value as attribute text with its CloudEvents type, for the
+/// types other clients use for CloudEvents attributes: the AMQP binding maps
+/// Boolean to boolean and Integer to long, and an integer outside 32 bits can
+/// only be a String.
+fn header_text(value: &AMQPValue) -> Option<(String, AttributeType)> {
+    let integer = |n: i64| match i32::try_from(n) {
+        Ok(i) => (i.to_string(), AttributeType::Integer),
+        Err(_) => (n.to_string(), AttributeType::String),
+    };
     Some(match value {
-        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok()?,
-        AMQPValue::ShortString(s) => s.as_str().to_owned(),
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Timestamp(t) => chrono::DateTime::from_timestamp(*t as i64, 0)?
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        AMQPValue::LongString(s) => (
+            String::from_utf8(s.as_bytes().to_vec()).ok()?,
+            AttributeType::String,
+        ),
+        AMQPValue::ShortString(s) => (s.as_str().to_owned(), AttributeType::String),
+        AMQPValue::Boolean(b) => (b.to_string(), AttributeType::Boolean),
+        AMQPValue::ShortShortInt(n) => integer(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => integer(i64::from(*n)),
+        AMQPValue::ShortInt(n) => integer(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => integer(i64::from(*n)),
+        AMQPValue::LongInt(n) => integer(i64::from(*n)),
+        AMQPValue::LongUInt(n) => integer(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => integer(*n),
+        AMQPValue::Timestamp(t) => (
+            chrono::DateTime::from_timestamp(*t as i64, 0)?
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            AttributeType::String,
+        ),
         _ => return None,
     })
 }

@@ -104,6 +104,67 @@ fn only_the_exact_conjunction_is_pushed_down() {
 }
 
 #[test]
+fn binary_mode_keeps_the_types_of_boolean_and_integer_extensions() {
+    let event = crate::cloudevent::test_typed_event("1");
+    let (properties, body) = binding::encode(&event);
+    let headers = properties.headers().clone().unwrap_or_default();
+    // Text in the attribute's header, for the exchange's bindings to match.
+    assert_eq!(
+        headers.inner().get("cloudEvents:flag"),
+        Some(&AMQPValue::LongString("true".into()))
+    );
+    let back = binding::decode(&properties, Bytes::copy_from_slice(body)).expect("decodes");
+    // An AMQP table is ordered by key, so compare attribute by attribute.
+    for (name, value) in event.typed_attributes() {
+        assert_eq!(back.attribute_value(name), Some(value), "{name}");
+    }
+    assert_eq!(
+        back.typed_attributes().count(),
+        event.typed_attributes().count()
+    );
+    assert!(
+        binding::header_frame_bytes(&event)
+            > binding::header_frame_bytes(&crate::cloudevent::test_event("1", "t", None))
+    );
+}
+
+#[test]
+fn amqp_booleans_and_integers_from_other_clients_are_typed_as_the_amqp_binding_maps_them() {
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("specversion", AMQPValue::LongString("1.0".into())),
+        // A client that sends the id as a number still gives a String id.
+        ("id", AMQPValue::LongLongInt(7)),
+        ("source", AMQPValue::LongString("/s".into())),
+        ("type", AMQPValue::LongString("t".into())),
+        ("flag", AMQPValue::Boolean(false)),
+        ("count", AMQPValue::LongInt(-3)),
+        ("big", AMQPValue::LongLongInt(1 << 40)),
+    ] {
+        headers.insert(ShortString::from(format!("cloudEvents:{name}")), value);
+    }
+    let properties = BasicProperties::default().with_headers(headers);
+    let event = binding::decode(&properties, Bytes::new()).expect("decodes");
+    use crate::cloudevent::AttributeValue;
+    assert_eq!(
+        event.attribute_value("id"),
+        Some(AttributeValue::String("7"))
+    );
+    assert_eq!(
+        event.attribute_value("flag"),
+        Some(AttributeValue::Boolean(false))
+    );
+    assert_eq!(
+        event.attribute_value("count"),
+        Some(AttributeValue::Integer(-3))
+    );
+    assert_eq!(
+        event.attribute_value("big"),
+        Some(AttributeValue::String("1099511627776"))
+    );
+}
+
+#[test]
 fn binary_mode_round_trips_attributes_and_data_bytes() {
     let mut event = test_event("1", "order", Some(Bytes::from_static(b"{ \"a\" : 1 }")));
     event.set_attribute("datacontenttype", "application/json");
