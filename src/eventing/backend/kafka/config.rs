@@ -409,4 +409,42 @@ mod tests {
         assert_eq!(config.topic, "existing");
         assert!(config.external_topic && config.keep_topic);
     }
+
+    /// Knative's per-namespace class is the Kafka backend here: the same
+    /// ConfigMap keys, the same plan.
+    #[test]
+    fn a_kafka_namespaced_broker_is_planned_as_the_kafka_backend() {
+        use crate::api::broker::BrokerClass;
+        use crate::eventing::backend::{PlanContext, log::LogConfig, memory::MemoryConfig, plan};
+        let yaml = format!(
+            "{}spec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: kafka-broker-config\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kafka-broker-config\n  namespace: shop\ndata:\n  bootstrap.servers: a:9092\n",
+            BROKER.replace("broker.class: Kafka", "broker.class: KafkaNamespaced")
+        );
+        let manifests = load(&yaml);
+        assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+        let index = ObjectIndex::new(&manifests);
+        let (key, broker) = broker_of(&manifests);
+        let class = BrokerClass::of(&broker, BrokerClass::Log).expect("a known class");
+        assert_eq!(class, BrokerClass::Kafka);
+        let dir = std::path::Path::new("/nonexistent");
+        let (log, memory) = (LogConfig::default(), MemoryConfig::default());
+        let context = PlanContext {
+            key: &key,
+            broker: &broker,
+            index: &index,
+            data_dir: dir,
+            log: &log,
+            memory: &memory,
+            rabbitmq_uri: None,
+            kafka_bootstrap_servers: None,
+        };
+        let planned = plan(class, &context).expect("planned");
+        assert_eq!(planned.class(), BrokerClass::Kafka);
+        let kafka = planned
+            .as_any()
+            .downcast_ref::<KafkaConfig>()
+            .expect("the Kafka backend's plan");
+        assert_eq!(kafka.bootstrap_servers, "a:9092");
+        assert_eq!(kafka.topic, "knative-broker-shop-orders");
+    }
 }
