@@ -50,9 +50,14 @@ impl SourceConfig for ApiServerSource {
 
 impl ApiServerSource {
     /// The running source, connecting with `kubeconfig` (`--kubeconfig`) or,
-    /// without one, kube's inference; call [`ApiServerSource::validate`]
-    /// first (an invalid mode falls back to `Reference`).
+    /// without one, kube's inference. A source that does not validate runs
+    /// as one that only reports NotReady.
     pub fn build_source(&self, kubeconfig: Option<&Path>) -> Box<dyn Source> {
+        if let Err(invalid) = self.validate() {
+            return Box::new(super::InvalidSource {
+                message: invalid.to_string(),
+            });
+        }
         let runner = ApiServerSourceRunner::new(self);
         Box::new(match kubeconfig {
             Some(path) => runner.with_kubeconfig(path),
