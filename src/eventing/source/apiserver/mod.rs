@@ -30,7 +30,7 @@ mod tests;
 
 use std::path::Path;
 
-use super::{BuildContext, BuildSource, Source, SourceConfig};
+use super::{BuildContext, Source, SourceBuild, SourceConfig};
 use crate::api::duck::Destination;
 use crate::api::sources::apiserver::ApiServerSource;
 
@@ -41,10 +41,10 @@ impl SourceConfig for ApiServerSource {
         &self.spec.sink
     }
 
-    fn builder(&self, context: &BuildContext<'_>) -> BuildSource {
+    fn builder(&self, context: &BuildContext<'_>) -> SourceBuild {
         let source = self.clone();
         let kubeconfig = context.kubeconfig.map(Path::to_path_buf);
-        Box::new(move || source.build_source(kubeconfig.as_deref()))
+        SourceBuild::new(Box::new(move || source.build_source(kubeconfig.as_deref())))
     }
 }
 

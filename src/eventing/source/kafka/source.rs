@@ -17,6 +17,7 @@ use super::{KafkaSource, UNORDERED_IN_FLIGHT};
 use crate::api::Invalid;
 use crate::api::sources::kafka::KeyType;
 use crate::cloudevent::Event;
+use crate::eventing::backend::kafka::config::KafkaAuth;
 use crate::eventing::backend::kafka::consumer::{
     GroupConsumer, GroupHandle, InitialOffset, Shared,
 };
@@ -44,11 +45,11 @@ pub(crate) struct KafkaRunner {
 }
 
 impl KafkaRunner {
-    pub(crate) fn new(source: &KafkaSource) -> Result<KafkaRunner, Invalid> {
+    /// The runner of a source, connecting with `auth` (its `spec.net`).
+    pub(crate) fn new(source: &KafkaSource, auth: &KafkaAuth) -> Result<KafkaRunner, Invalid> {
         source.validate()?;
         let dead_letter_sink = source.dead_letter_sink()?;
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", source.spec.bootstrap_servers.join(","));
+        let client = auth.client(&source.spec.bootstrap_servers.join(","));
         let policy = match &source.spec.delivery {
             Some(spec) => DeliveryPolicy::from_spec(Some(spec), dead_letter_sink.clone()),
             None => crate::eventing::source::source_delivery_policy(),
