@@ -524,6 +524,64 @@ async fn stop_ends_the_source() {
         .expect("no panic");
 }
 
+/// `spec.filters` (Knative's new-apiserversource-filters): only events that
+/// pass every filter are sent, and the filters see the event before
+/// ceOverrides, as in Knative's adapter.
+#[tokio::test]
+async fn filters_leave_out_the_events_that_do_not_pass() {
+    let fake = FakeApiServer::start().await;
+    put(&fake, "default", "keep-a", json!({}));
+    put(&fake, "default", "drop-b", json!({}));
+    let sink = Sink::start().await;
+    let source = manifest(json!({
+        "mode": "Reference",
+        "resources": [{"apiVersion": "v1", "kind": "ConfigMap"}],
+        "ceOverrides": {"extensions": {"team": "blue"}},
+        "filters": [
+            {"prefix": {"name": "keep-"}},
+            {"not": {"exact": {"type": "dev.knative.apiserver.ref.update"}}},
+            {"cesql": "namespace = 'default'"},
+            {"not": {"exact": {"team": "blue"}}},
+        ],
+    }));
+    let (_handle, _dir) = run(config_for(&fake.url), &source, &sink).await;
+    sink.expect(1).await;
+    nth_watch_version(&fake, 1).await;
+
+    put(&fake, "default", "keep-a", json!({"k": "2"}));
+    put(&fake, "default", "drop-c", json!({}));
+    delete(&fake, "default", "keep-a");
+    let events = sink.expect(2).await;
+    assert_eq!(
+        summary(&events),
+        [
+            "dev.knative.apiserver.ref.add /apis/v1/namespaces/default/configmaps/keep-a",
+            "dev.knative.apiserver.ref.delete /apis/v1/namespaces/default/configmaps/keep-a",
+        ]
+    );
+    assert_eq!(events[1].attribute("team"), Some("blue"));
+}
+
+#[tokio::test]
+async fn a_source_with_an_invalid_filter_is_not_ready_and_sends_nothing() {
+    let sink = Sink::start().await;
+    let mut source = configmaps("Reference");
+    source.spec.filters =
+        serde_json::from_value(json!([{"exact": {"type": "a"}, "prefix": {"type": "b"}}]))
+            .expect("filters parse");
+    let (handle, _dir) = run_with(source.build_source(None), &sink).await;
+    let health = wait_health(&handle, |h| matches!(h, SourceHealth::NotReady { .. })).await;
+    let SourceHealth::NotReady { reason, message } = health else {
+        panic!("not ready: {health:?}");
+    };
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.starts_with("spec.filters[0]: multiple dialects found"),
+        "{message}"
+    );
+    assert!(sink.events().is_empty());
+}
+
 /// KUBECONFIG points nowhere (and no in-cluster account exists), so kube's
 /// inference fails: a source that connects used the kubeconfig it was given.
 fn without_inference() {

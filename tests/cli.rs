@@ -43,11 +43,16 @@ async fn get_lists_objects_with_status_and_refused_manifests() {
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("NAMESPACE") && lines[0].contains("URL") && lines[0].contains("READY"),
+        lines[0].starts_with("NAMESPACE")
+            && lines[0].contains("CLASS")
+            && lines[0].contains("URL")
+            && lines[0].contains("READY"),
         "{out}"
     );
     assert!(
-        lines[1].contains(&s.broker_url("default", "default")) && lines[1].contains("True"),
+        lines[1].contains(&s.broker_url("default", "default"))
+            && lines[1].contains("True")
+            && lines[1].contains("MTChannelBasedBroker"),
         "{out}"
     );
     assert!(

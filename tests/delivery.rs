@@ -397,3 +397,82 @@ async fn a_subscriber_ref_to_a_broker_resolves_to_its_ingress() {
     assert_eq!(got[0].id(), "hop");
     s.server.shutdown().await;
 }
+
+/// `spec.delivery.format`: `json` sends structured mode, `binary` (and no
+/// format) binary mode; a trigger without `delivery` takes its broker's.
+#[tokio::test]
+async fn delivery_format_picks_structured_or_binary_mode() {
+    let json = Subscriber::accepting().await;
+    let binary = Subscriber::accepting().await;
+    let inherited = Subscriber::accepting().await;
+    let s = TestServer::start(&[
+        (
+            "broker.yaml",
+            &broker("default", "spec:\n  delivery:\n    format: json\n"),
+        ),
+        (
+            "json.yaml",
+            &trigger(
+                "json",
+                "default",
+                &json.url("/"),
+                "  delivery:\n    format: json\n",
+            ),
+        ),
+        (
+            "binary.yaml",
+            &trigger(
+                "binary",
+                "default",
+                &binary.url("/"),
+                "  delivery:\n    format: binary\n",
+            ),
+        ),
+        (
+            "inherited.yaml",
+            &trigger("inherited", "default", &inherited.url("/"), ""),
+        ),
+    ])
+    .await;
+    let url = s.broker_url("default", "default");
+    assert_eq!(send(&url, "f1", "t.x").await.status, StatusCode::ACCEPTED);
+    for (subscriber, structured) in [(&json, true), (&binary, false), (&inherited, true)] {
+        let got = subscriber.wait_for(1, WAIT).await;
+        assert_eq!(got[0].id(), "f1");
+        assert_eq!(got[0].data().map(|d| &d[..]), Some(&b"{\"id\":\"f1\"}"[..]));
+        let headers = subscriber.received.lock().expect("lock")[0].headers.clone();
+        let content_type = headers["content-type"].to_str().expect("ascii");
+        if structured {
+            assert_eq!(content_type, "application/cloudevents+json");
+            assert!(headers.get("ce-id").is_none(), "{headers:?}");
+        } else {
+            assert_eq!(content_type, "application/json");
+            assert_eq!(headers["ce-id"], "f1");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_delivery_format_is_refused_with_its_field() {
+    let sub = Subscriber::accepting().await;
+    let s = TestServer::start(&[
+        ("broker.yaml", &broker("default", "")),
+        (
+            "xml.yaml",
+            &trigger(
+                "xml",
+                "default",
+                &sub.url("/"),
+                "  delivery:\n    format: xml\n",
+            ),
+        ),
+    ])
+    .await;
+    let reply =
+        support::request(http::Method::GET, &s.admin_url("/api/v1/triggers"), &[], "").await;
+    assert!(
+        reply.body.contains("xml.yaml:1: Trigger default/xml: field spec.delivery.format: 'xml' is not one of json, binary"),
+        "{}",
+        reply.body
+    );
+}

@@ -494,6 +494,17 @@ fn typos_and_values_out_of_range_are_refused_with_their_path() {
         vec!["spec.template.metadata.anotations: unknown field"]
     );
 
+    // A KafkaSource with Knative's spec.net (as its docs write it) and an
+    // ApiServerSource with filters pass; a typo in spec.net does not.
+    let kafka_net = "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata:\n  name: k\nspec:\n  bootstrapServers: [kafka:9093]\n  topics: [t]\n  net:\n    sasl:\n      enable: true\n      user:\n        secretKeyRef: {name: creds, key: user}\n      password:\n        secretKeyRef: {name: creds, key: password}\n      type:\n        secretKeyRef: {name: creds, key: saslType}\n    tls:\n      enable: true\n      caCert:\n        secretKeyRef: {name: creds, key: ca.crt}\n  sink:\n    uri: http://x/\n";
+    assert_eq!(refused(&schemas, kafka_net), Vec::<String>::new());
+    assert_eq!(
+        refused(&schemas, &kafka_net.replace("caCert:", "caCerts:")),
+        vec!["spec.net.tls.caCerts: unknown field"]
+    );
+    let filtered = "apiVersion: sources.knative.dev/v1\nkind: ApiServerSource\nmetadata:\n  name: a\nspec:\n  resources:\n    - {apiVersion: v1, kind: Event}\n  filters:\n    - any:\n        - prefix: {type: dev.knative.apiserver.resource.}\n        - cesql: \"type LIKE '%.add'\"\n  sink:\n    uri: http://x/\n";
+    assert_eq!(refused(&schemas, filtered), Vec::<String>::new());
+
     // int-or-string: a port by number or by name.
     let by_name = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  template:\n    spec:\n      containers:\n        - image: app\n          ports:\n            - {containerPort: 8080, name: http1}\n          readinessProbe:\n            tcpSocket:\n              port: http1\n";
     assert_eq!(refused(&schemas, by_name), Vec::<String>::new());

@@ -743,3 +743,51 @@ async fn kafka_source_maps_plain_records_and_passes_cloudevents_through() {
     assert_eq!(got[2].data().map(|d| &d[..]), Some(&b"{\"x\":1}"[..]));
     s.server.shutdown().await;
 }
+
+/// Knative's per-namespace class runs as the Kafka class, its ConfigMap in
+/// the broker's namespace, and keeps its name in `get brokers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_namespaced_broker_runs_as_the_kafka_class() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("ns");
+    let sub = Subscriber::accepting().await;
+    let broker = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: {name}\n  namespace: team\n  annotations:\n    eventing.knative.dev/broker.class: KafkaNamespaced\nspec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: kafka-broker-config\n    namespace: team\n"
+    );
+    let config = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kafka-broker-config\n  namespace: team\ndata:\n  bootstrap.servers: {kafka}\n  default.topic.partitions: \"1\"\n"
+    );
+    let trigger = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: {name}-all\n  namespace: team\nspec:\n  broker: {name}\n  subscriber:\n    uri: {}\n",
+        sub.url("/")
+    );
+    let s = TestServer::start(&[
+        ("broker.yaml", &broker),
+        ("config.yaml", &config),
+        ("trigger.yaml", &trigger),
+    ])
+    .await;
+    broker_ready(&s, &name).await;
+    let list = request(Method::GET, &s.admin_url("/api/v1/brokers"), &[], "").await;
+    assert!(
+        list.body
+            .contains("\"eventing.knative.dev/broker.class\":\"KafkaNamespaced\""),
+        "{}",
+        list.body
+    );
+    let url = s.broker_url("team", &name);
+    assert_eq!(
+        post(&url, &binary_headers("n1", "t"), "{}").await,
+        StatusCode::ACCEPTED
+    );
+    let got = sub.wait_for(1, WAIT).await;
+    assert_eq!(got[0].id(), "n1");
+    // The same topic name as a Kafka broker's.
+    let topic = format!("knative-broker-team-{name}");
+    let records = tokio::task::spawn_blocking(move || read_topic(&kafka, &topic, 1))
+        .await
+        .expect("reader");
+    assert_eq!(records.len(), 1);
+}

@@ -139,3 +139,72 @@ async fn an_invalid_schedule_is_refused_with_the_field_in_error() {
     );
     s.server.shutdown().await;
 }
+
+fn ready_condition(body: &serde_json::Value, name: &str) -> serde_json::Value {
+    body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["metadata"]["name"] == name)
+        .and_then(|i| i["status"]["conditions"].as_array())
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A KafkaSource whose `spec.net` names a Secret that is not there is
+/// NotReady with the field and the Secret; each change of the Secret
+/// restarts it on reload (no Kafka needed: the reason says how far it got).
+#[tokio::test]
+async fn a_kafka_source_waits_for_its_secret_and_restarts_when_it_appears() {
+    let source = "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata:\n  name: secure\nspec:\n  bootstrapServers: [127.0.0.1:1]\n  topics: [t]\n  net:\n    tls:\n      enable: true\n      caCert:\n        secretKeyRef:\n          name: kafka-ca\n          key: ca.crt\n  sink:\n    uri: http://127.0.0.1:1/\n";
+    let s = TestServer::start(&[("source.yaml", source)]).await;
+    let mut ready = serde_json::Value::Null;
+    support::wait_until("the source is NotReady", WAIT, async || {
+        ready = ready_condition(&sources(&s).await, "secure");
+        ready["reason"] == "InvalidSpec"
+    })
+    .await;
+    assert_eq!(ready["status"], "False");
+    assert_eq!(
+        ready["message"],
+        "spec.net.tls.caCert.secretKeyRef: Secret default/kafka-ca does not exist: create it, or fix the reference"
+    );
+
+    // A value librdkafka cannot read: the source says so, naming the
+    // setting, instead of waiting for a Kafka.
+    let secret = |ca: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: kafka-ca\nstringData:\n  ca.crt: {ca:?}\n"
+        )
+    };
+    let secret_file = s.manifests.join("secret.yaml");
+    std::fs::write(&secret_file, secret("not a certificate")).expect("write the Secret");
+    s.reapply().await;
+    support::wait_until("the source refuses the CA", WAIT, async || {
+        ready = ready_condition(&sources(&s).await, "secure");
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ssl.ca.pem"))
+    })
+    .await;
+    assert_eq!(ready["reason"], "InvalidSpec", "{ready}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("check spec.net and the values of the Secrets it names")),
+        "{ready}"
+    );
+
+    // A CA that reads: the source starts again and goes on to Kafka (there
+    // is none at 127.0.0.1:1, so it is not Ready, for that reason).
+    let ca = include_str!("../src/eventing/source/kafka/testdata/ca.pem");
+    std::fs::write(&secret_file, secret(ca)).expect("write the Secret");
+    s.reapply().await;
+    support::wait_until("the source restarted with its Secret", WAIT, async || {
+        ready = ready_condition(&sources(&s).await, "secure");
+        ready["reason"] != "InvalidSpec"
+    })
+    .await;
+    s.server.shutdown().await;
+}

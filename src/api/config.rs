@@ -99,10 +99,17 @@ impl Secret {
 
     /// The value under `key`, from `stringData` or decoded from `data`.
     pub(crate) fn value(&self, key: &str) -> Option<String> {
+        self.text(key).and_then(Result::ok)
+    }
+
+    /// The value under `key` as text: `None` when the Secret has no such
+    /// key, an error when its value is not UTF-8 (so that a caller can say
+    /// which of the two it is).
+    pub(crate) fn text(&self, key: &str) -> Option<Result<String, String>> {
         if let Some(value) = self.string_data.get(key) {
-            return Some(value.clone());
+            return Some(Ok(value.clone()));
         }
-        self.data.get(key).and_then(|v| decode(v).ok())
+        self.data.get(key).map(|v| decode(v))
     }
 }
 
@@ -162,6 +169,13 @@ mod tests {
         assert_eq!(s.value("user").as_deref(), Some("bob"));
         assert_eq!(s.value("password").as_deref(), Some("secret"));
         assert_eq!(s.value("missing"), None);
+        let binary = secret(&[("key", "/w==")], &[]);
+        assert_eq!(binary.value("key"), None);
+        assert_eq!(
+            binary.text("key"),
+            Some(Err("does not decode to UTF-8 text".to_owned()))
+        );
+        assert_eq!(binary.text("missing"), None);
     }
 
     #[test]

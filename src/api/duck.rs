@@ -96,9 +96,32 @@ pub struct DeliverySpec {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_max: Option<String>,
-    /// Knative's event format for delivery (`json` or `binary`).
+    /// The HTTP mode events are sent in (`json` or `binary`); read it with
+    /// [`DeliverySpec::format`]. Text, not an enum, so that a wrong value is
+    /// refused with the values there are rather than serde's variant list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+}
+
+/// Knative's `DeliverySpec.format`: how an event is put in an HTTP request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryFormat {
+    /// Attributes as `ce-` headers, data as the body (the default).
+    #[default]
+    Binary,
+    /// The whole event as one `application/cloudevents+json` document
+    /// (structured mode).
+    Json,
+}
+
+impl DeliveryFormat {
+    fn parse(text: &str) -> Option<DeliveryFormat> {
+        match text {
+            "binary" => Some(DeliveryFormat::Binary),
+            "json" => Some(DeliveryFormat::Json),
+            _ => None,
+        }
+    }
 }
 
 impl DeliverySpec {
@@ -124,16 +147,18 @@ impl DeliverySpec {
                     .map_err(|reason| Invalid::new(format!("{field}.{name}"), reason))?;
             }
         }
-        if let Some(format) = &self.format
-            && format != "json"
-            && format != "binary"
-        {
-            return Err(Invalid::new(
-                format!("{field}.format"),
-                format!("'{format}' is not a format: use 'json' or 'binary'"),
-            ));
-        }
+        self.format()
+            .map_err(|reason| Invalid::new(format!("{field}.format"), reason))?;
         Ok(())
+    }
+
+    /// `format`: binary when not set, as Knative sends by default.
+    pub(crate) fn format(&self) -> Result<DeliveryFormat, String> {
+        match self.format.as_deref() {
+            None => Ok(DeliveryFormat::default()),
+            Some(text) => DeliveryFormat::parse(text)
+                .ok_or_else(|| format!("'{text}' is not one of json, binary")),
+        }
     }
 }
 
@@ -238,6 +263,24 @@ mod tests {
                 .expect_err("dur")
                 .to_string()
                 .starts_with("spec.delivery.timeout: '10s'")
+        );
+    }
+
+    #[test]
+    fn format_is_json_or_binary_and_binary_by_default() {
+        let spec = |format: Option<&str>| DeliverySpec {
+            format: format.map(str::to_owned),
+            ..Default::default()
+        };
+        assert_eq!(spec(None).format(), Ok(DeliveryFormat::Binary));
+        assert_eq!(spec(Some("binary")).format(), Ok(DeliveryFormat::Binary));
+        assert_eq!(spec(Some("json")).format(), Ok(DeliveryFormat::Json));
+        assert_eq!(
+            spec(Some("xml"))
+                .validate("spec.delivery")
+                .expect_err("xml")
+                .to_string(),
+            "spec.delivery.format: 'xml' is not one of json, binary"
         );
     }
 }

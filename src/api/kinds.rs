@@ -170,7 +170,9 @@ fn deserialize<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Refus
         if let Some(rest) = message.strip_prefix("unknown field `")
             && let Some((_, expected)) = rest.split_once('`')
         {
-            return (Some(path), format!("unknown field{expected}"));
+            let reason = super::hint::unknown_field(&path, &super::hint::expected_fields(expected))
+                .unwrap_or_else(|| format!("unknown field{expected}"));
+            return (Some(path), reason);
         }
         if let Some(field) = message
             .strip_prefix("missing field `")

@@ -10,6 +10,7 @@ pub mod broker;
 mod config;
 pub mod duck;
 pub mod filter;
+mod hint;
 pub(crate) mod index;
 pub mod kinds;
 pub(crate) mod manifest;

@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duck::{DeliverySpec, Destination};
 use super::{Invalid, ObjectMeta};
-use crate::api::filter::Filter;
-use crate::cloudevent::ValidationError;
+use crate::api::filter::{Filter, SubscriptionsApiFilter, check_attribute_name};
 
 /// Delivery order annotation (Knative's Kafka broker name, used for every backend).
 pub(crate) const DELIVERY_ORDER_ANNOTATION: &str = "kafka.eventing.knative.dev/delivery.order";
@@ -48,26 +47,6 @@ pub struct TriggerSpec {
 pub struct AttributesFilter {
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
-}
-
-/// One entry of `spec.filters`: exactly one dialect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SubscriptionsApiFilter {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub all: Vec<SubscriptionsApiFilter>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub any: Vec<SubscriptionsApiFilter>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not: Option<Box<SubscriptionsApiFilter>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub exact: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub prefix: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub suffix: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cesql: Option<String>,
 }
 
 /// How a trigger's events are delivered relative to each other.
@@ -117,11 +96,7 @@ impl Trigger {
     /// ignored, as in Knative), else `spec.filter.attributes`.
     pub(crate) fn compile_filter(&self) -> Result<Filter, Invalid> {
         if !self.spec.filters.is_empty() {
-            let filters = compile_list(&self.spec.filters, "spec.filters")?;
-            return Ok(match filters.len() {
-                1 => filters.into_iter().next().unwrap_or(Filter::Everything),
-                _ => Filter::All(filters),
-            });
+            return Filter::compile_all(&self.spec.filters, "spec.filters");
         }
         let attributes = self.spec.filter.as_ref().map(|f| &f.attributes);
         for name in attributes.into_iter().flatten().map(|(n, _)| n) {
@@ -166,111 +141,6 @@ impl Trigger {
                 )),
             },
         }
-    }
-}
-
-fn compile_list(filters: &[SubscriptionsApiFilter], field: &str) -> Result<Vec<Filter>, Invalid> {
-    filters
-        .iter()
-        .enumerate()
-        .map(|(i, f)| compile(f, &format!("{field}[{i}]")))
-        .collect()
-}
-
-fn compile(filter: &SubscriptionsApiFilter, field: &str) -> Result<Filter, Invalid> {
-    let dialects = [
-        !filter.all.is_empty(),
-        !filter.any.is_empty(),
-        filter.not.is_some(),
-        !filter.exact.is_empty(),
-        !filter.prefix.is_empty(),
-        !filter.suffix.is_empty(),
-        filter.cesql.is_some(),
-    ];
-    match dialects.iter().filter(|set| **set).count() {
-        0 => {
-            return Err(Invalid::new(
-                field,
-                "set one dialect: exact, prefix, suffix, all, any, not or cesql",
-            ));
-        }
-        1 => {}
-        _ => {
-            return Err(Invalid::new(
-                field,
-                "multiple dialects found: a filter has exactly one of exact, prefix, suffix, all, any, not, cesql",
-            ));
-        }
-    }
-    if !filter.all.is_empty() {
-        return Ok(Filter::All(compile_list(
-            &filter.all,
-            &format!("{field}.all"),
-        )?));
-    }
-    if !filter.any.is_empty() {
-        return Ok(Filter::Any(compile_list(
-            &filter.any,
-            &format!("{field}.any"),
-        )?));
-    }
-    if let Some(not) = &filter.not {
-        return Ok(Filter::Not(Box::new(compile(
-            not,
-            &format!("{field}.not"),
-        )?)));
-    }
-    if let Some(expression) = &filter.cesql {
-        return crate::cesql::parser::parse(expression)
-            .map(|parsed| {
-                Filter::Cesql(std::sync::Arc::new(crate::cesql::program::Program::new(
-                    parsed,
-                )))
-            })
-            .map_err(|e| Invalid::new(format!("{field}.cesql"), e.to_string()));
-    }
-    let (dialect, map) = [
-        ("exact", &filter.exact),
-        ("prefix", &filter.prefix),
-        ("suffix", &filter.suffix),
-    ]
-    .into_iter()
-    .find(|(_, m)| !m.is_empty())
-    .ok_or_else(|| Invalid::new(field, "empty filter"))?;
-    let field = format!("{field}.{dialect}");
-    let mut pairs = map.iter();
-    let (Some((attribute, value)), None) = (pairs.next(), pairs.next()) else {
-        return Err(Invalid::new(field, "must have exactly one attribute"));
-    };
-    check_attribute_name(&format!("{field}.{attribute}"), attribute)?;
-    if value.is_empty() {
-        return Err(Invalid::new(
-            format!("{field}.{attribute}"),
-            "value must not be empty",
-        ));
-    }
-    let (attribute, value) = (attribute.clone(), value.clone());
-    Ok(match dialect {
-        "exact" => Filter::Exact { attribute, value },
-        "prefix" => Filter::Prefix {
-            attribute,
-            prefix: value,
-        },
-        _ => Filter::Suffix {
-            attribute,
-            suffix: value,
-        },
-    })
-}
-
-fn check_attribute_name(field: &str, name: &str) -> Result<(), Invalid> {
-    if crate::cloudevent::is_valid_attribute_name(name) {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            field,
-            ValidationError::BadName(name.to_owned()).to_string(),
-        ))
     }
 }
 

@@ -119,7 +119,7 @@ fn columns(kind: Kind) -> &'static [&'static str] {
         ],
         Kind::Routes => &["NAMESPACE", "NAME", "URL", "TRAFFIC", "READY", "REASON"],
         Kind::Sources => &["NAMESPACE", "NAME", "KIND", "SINK", "READY", "REASON"],
-        Kind::Brokers => &["NAMESPACE", "NAME", "URL", "READY", "REASON"],
+        Kind::Brokers => &["NAMESPACE", "NAME", "CLASS", "URL", "READY", "REASON"],
         Kind::Triggers => &[
             "NAMESPACE",
             "NAME",
@@ -158,6 +158,12 @@ fn details(kind: Kind, item: &ObjectView) -> Vec<String> {
     let serving = || item.status.serving.as_deref().cloned().unwrap_or_default();
     match kind {
         Kind::Brokers => vec![
+            // The server fills the annotation in for brokers without one.
+            item.metadata
+                .annotations
+                .get(crate::api::broker::CLASS_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
             item.status
                 .address
                 .as_ref()
@@ -271,4 +277,37 @@ fn traffic(status: &crate::api::status::ServingStatus) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::status::Status;
+
+    #[test]
+    fn brokers_show_their_class() {
+        let view = ObjectView {
+            api_version: "eventing.knative.dev/v1".into(),
+            kind: "Broker".into(),
+            metadata: ViewMeta {
+                name: "orders".into(),
+                namespace: "shop".into(),
+                annotations: [(
+                    crate::api::broker::CLASS_ANNOTATION.to_owned(),
+                    "KafkaNamespaced".to_owned(),
+                )]
+                .into(),
+                source: String::new(),
+            },
+            spec: serde_json::Value::Null,
+            status: Status::not_ready("BackendFailed", "no Kafka"),
+        };
+        let text = table(Kind::Brokers, &[view]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("NAMESPACE   NAME     CLASS"), "{text}");
+        assert!(
+            lines[1].starts_with("shop        orders   KafkaNamespaced"),
+            "{text}"
+        );
+    }
 }

@@ -112,4 +112,38 @@ mod tests {
         );
         assert!(m.errors.iter().any(|e| e.reason.contains("nope")));
     }
+
+    /// Two mistakes of Knative's docs examples: refused, with where the
+    /// field belongs, the file, the object and the field.
+    #[test]
+    fn docs_mistakes_are_refused_with_what_was_meant() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let source = dir.path().join("ping.yaml");
+        std::fs::write(
+            &source,
+            "apiVersion: sources.knative.dev/v1\nkind: PingSource\nmetadata:\n  name: beat\nspec:\n  schedule: \"* * * * *\"\n  sink:\n    apiVersion: serving.knative.dev/v1\n    kind: Service\n    name: event-display\n",
+        )
+        .expect("write");
+        let service = dir.path().join("service.yaml");
+        std::fs::write(
+            &service,
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  namespace: shop\nspec:\n  template:\n    containers:\n      - image: ghcr.io/knative/helloworld-go:latest\n",
+        )
+        .expect("write");
+        let m = load(&[dir.path().to_owned()], BrokerClass::Log);
+        let errors: Vec<String> = m.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                format!(
+                    "{}:1: PingSource default/beat: field spec.sink.apiVersion: not a field of a Destination; did you mean spec.sink.ref.apiVersion?",
+                    source.display()
+                ),
+                format!(
+                    "{}:1: Service shop/hello: field spec.template.containers: not a field of a revision template; did you mean spec.template.spec.containers?",
+                    service.display()
+                ),
+            ]
+        );
+    }
 }

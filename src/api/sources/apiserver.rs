@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::api::duck::{CeOverrides, Destination};
+use crate::api::filter::{Filter, SubscriptionsApiFilter};
 use crate::api::{Invalid, ObjectMeta};
 
 /// The manifest.
@@ -36,6 +37,10 @@ pub struct ApiServerSourceSpec {
     pub service_account_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// Knative's `new-apiserversource-filters`: the events that pass every
+    /// entry are sent, the others are not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<SubscriptionsApiFilter>,
     pub sink: Destination,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ce_overrides: Option<CeOverrides>,
@@ -206,11 +211,18 @@ impl ApiServerSource {
         if let Some(selector) = &self.spec.namespace_selector {
             selector.validate("spec.namespaceSelector")?;
         }
+        self.filter()?;
         self.spec.sink.validate("spec.sink")?;
         if let Some(overrides) = &self.spec.ce_overrides {
             overrides.validate("spec.ceOverrides")?;
         }
         Ok(())
+    }
+
+    /// `spec.filters`, compiled as a Trigger's are; everything passes
+    /// without them.
+    pub(crate) fn filter(&self) -> Result<Filter, Invalid> {
+        Filter::compile_all(&self.spec.filters, "spec.filters")
     }
 
     /// `spec.mode`: `Reference` when not set.

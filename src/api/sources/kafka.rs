@@ -42,9 +42,154 @@ pub struct KafkaSourceSpec {
     pub ordering: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
+    /// TLS and SASL, with values from Secrets in the source's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<KafkaNetSpec>,
     pub sink: Destination,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ce_overrides: Option<CeOverrides>,
+}
+
+/// `spec.net`, as Knative's `KafkaNetSpec`: a section is used only when it
+/// is enabled (`enable: true`), and each value is a key of a Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaNetSpec {
+    #[serde(default)]
+    pub sasl: KafkaSaslSpec,
+    #[serde(default)]
+    pub tls: KafkaTlsSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSaslSpec {
+    #[serde(default)]
+    pub enable: bool,
+    #[serde(default)]
+    pub user: SecretValueFromSource,
+    #[serde(default)]
+    pub password: SecretValueFromSource,
+    /// The mechanism's name (`PLAIN`, the default, `SCRAM-SHA-256`,
+    /// `SCRAM-SHA-512`), itself read from a Secret as in Knative.
+    #[serde(default, rename = "type")]
+    pub mechanism: SecretValueFromSource,
+    /// Knative's Amazon MSK IAM token fields (OAUTHBEARER): accepted empty,
+    /// as the API server returns them, and refused when set.
+    #[serde(default, rename = "roleARN")]
+    pub role_arn: SecretValueFromSource,
+    #[serde(default)]
+    pub token_provider: SecretValueFromSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaTlsSpec {
+    #[serde(default)]
+    pub enable: bool,
+    /// The client certificate (PEM), with `key`.
+    #[serde(default)]
+    pub cert: SecretValueFromSource,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key: SecretValueFromSource,
+    /// The CA that signed Kafka's certificate (PEM); without it, the
+    /// system's CAs.
+    #[serde(default)]
+    pub ca_cert: SecretValueFromSource,
+}
+
+/// A value read from a Secret; empty (`{}`) means not set, as the API
+/// server writes unset values back.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretValueFromSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeySelector>,
+}
+
+/// A key of a Secret in the referring object's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeySelector {
+    #[serde(default)]
+    pub name: String,
+    pub key: String,
+}
+
+impl KafkaNetSpec {
+    /// The shape Knative needs before any Secret is read: names and keys
+    /// given, SASL with a user and password, a certificate with its key.
+    pub(crate) fn validate(&self, field: &str) -> Result<(), Invalid> {
+        let sasl = &self.sasl;
+        let tls = &self.tls;
+        for (name, value) in [
+            ("sasl.user", &sasl.user),
+            ("sasl.password", &sasl.password),
+            ("sasl.type", &sasl.mechanism),
+            ("tls.cert", &tls.cert),
+            ("tls.key", &tls.key),
+            ("tls.caCert", &tls.ca_cert),
+        ] {
+            value.validate(&format!("{field}.{name}"))?;
+        }
+        for (name, value) in [
+            ("roleARN", &sasl.role_arn),
+            ("tokenProvider", &sasl.token_provider),
+        ] {
+            if value.secret_key_ref.is_some() {
+                return Err(Invalid::new(
+                    format!("{field}.sasl.{name}"),
+                    "is for Amazon MSK IAM (OAUTHBEARER), which pilotlight does not support: use PLAIN or SCRAM with user and password",
+                ));
+            }
+        }
+        if sasl.enable {
+            for (name, value) in [("user", &sasl.user), ("password", &sasl.password)] {
+                if value.secret_key_ref.is_none() {
+                    return Err(Invalid::new(
+                        format!("{field}.sasl.{name}"),
+                        format!(
+                            "is required when {field}.sasl.enable is true: a secretKeyRef with name and key"
+                        ),
+                    ));
+                }
+            }
+        }
+        if tls.enable && tls.cert.secret_key_ref.is_some() != tls.key.secret_key_ref.is_some() {
+            let missing = if tls.cert.secret_key_ref.is_none() {
+                "cert"
+            } else {
+                "key"
+            };
+            return Err(Invalid::new(
+                format!("{field}.tls.{missing}"),
+                "is required with the other: a client certificate is a cert and its key",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SecretValueFromSource {
+    fn validate(&self, field: &str) -> Result<(), Invalid> {
+        let Some(selector) = &self.secret_key_ref else {
+            return Ok(());
+        };
+        if selector.name.is_empty() {
+            return Err(Invalid::new(
+                format!("{field}.secretKeyRef.name"),
+                "is required: the Secret's name",
+            ));
+        }
+        if selector.key.is_empty() {
+            return Err(Invalid::new(
+                format!("{field}.secretKeyRef.key"),
+                "is required: the key in the Secret",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where a consumer group with no committed offsets starts
@@ -124,6 +269,9 @@ impl KafkaSource {
         if let Some(delivery) = &spec.delivery {
             delivery.validate("spec.delivery")?;
             self.dead_letter_sink()?;
+        }
+        if let Some(net) = &spec.net {
+            net.validate("spec.net")?;
         }
         spec.sink.validate("spec.sink")?;
         if let Some(overrides) = &spec.ce_overrides {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::api::broker::BrokerClass;
+use crate::api::broker::{BrokerClass, CLASS_ANNOTATION};
 use crate::api::index::ObjectIndex;
 use crate::api::manifest::Loaded;
 use crate::api::status::{Address, ObjectView, Status};
@@ -29,6 +29,24 @@ use crate::eventing::source::controller::{DesiredSource, SourceController};
 use crate::eventing::source::{self, BuildContext};
 use crate::eventing::trigger::dispatcher::{self, Dispatcher, TriggerPlan};
 use plan::{BrokerAction, Destinations, RunningDispatcher, TriggerAction, TriggerBroker};
+
+/// A Broker as `get brokers` shows it: with its class annotation filled in
+/// when it has none, as Knative's webhook defaults it, so the class is
+/// always visible (and `KafkaNamespaced` stays itself, though it runs as
+/// `Kafka`).
+fn broker_view(
+    loaded: &Loaded,
+    broker: &Broker,
+    status: Status,
+    default_class: BrokerClass,
+) -> ObjectView {
+    let mut view = ObjectView::of(loaded, status);
+    view.metadata.annotations.insert(
+        CLASS_ANNOTATION.to_owned(),
+        BrokerClass::name_of(broker, default_class),
+    );
+    view
+}
 
 /// The reason of a broker whose backend did not start: tried again later.
 pub(crate) const BACKEND_FAILED: &str = "BackendFailed";
@@ -151,7 +169,8 @@ impl EventingController {
                 .reconcile_broker(&mut running, key, broker, index)
                 .await;
             backends_failed |= status.has_reason(BACKEND_FAILED);
-            broker_views.insert(key.clone(), ObjectView::of(loaded, status));
+            let view = broker_view(loaded, broker, status, self.settings.default_class);
+            broker_views.insert(key.clone(), view);
         }
         self.remove_triggers(&mut running, &objects.triggers).await;
         let mut trigger_views = BTreeMap::new();
@@ -545,5 +564,31 @@ fn carry_times(new: &mut BTreeMap<ObjectKey, ObjectView>, old: &BTreeMap<ObjectK
     for (key, view) in new.iter_mut() {
         view.status
             .carry_transition_times(old.get(key).map(|v| &v.status));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::manifest::Manifests;
+
+    #[test]
+    fn broker_views_show_the_class_as_written_or_defaulted() {
+        let manifests = Manifests::from_text(
+            "apiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: k\n  annotations:\n    eventing.knative.dev/broker.class: KafkaNamespaced\n---\napiVersion: eventing.knative.dev/v1\nkind: Broker\nmetadata:\n  name: plain\n",
+            BrokerClass::Log,
+        );
+        let classes: Vec<String> = manifests
+            .objects
+            .iter()
+            .map(|loaded| {
+                let Resource::Broker(broker) = &loaded.resource else {
+                    panic!("a broker");
+                };
+                let view = broker_view(loaded, broker, Status::ready(), BrokerClass::Memory);
+                view.metadata.annotations[CLASS_ANNOTATION].clone()
+            })
+            .collect();
+        assert_eq!(classes, ["KafkaNamespaced", "Memory"]);
     }
 }

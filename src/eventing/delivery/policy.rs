@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use crate::api::duck::{BackoffPolicy, DeliverySpec, parse_duration};
+use crate::api::duck::{BackoffPolicy, DeliveryFormat, DeliverySpec, parse_duration};
 
 /// Per-attempt timeout when `spec.delivery.timeout` is not set.
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,6 +22,9 @@ pub(crate) struct DeliveryPolicy {
     /// Caps a subscriber's Retry-After; `None`: honoured as sent.
     pub retry_after_max: Option<Duration>,
     pub dead_letter_sink: Option<Uri>,
+    /// The HTTP mode of every attempt, to the destination and to the
+    /// dead-letter sink alike (Knative forces it for both).
+    pub format: DeliveryFormat,
 }
 
 impl Default for DeliveryPolicy {
@@ -33,12 +36,13 @@ impl Default for DeliveryPolicy {
             timeout: DEFAULT_TIMEOUT,
             retry_after_max: None,
             dead_letter_sink: None,
+            format: DeliveryFormat::Binary,
         }
     }
 }
 
 impl DeliveryPolicy {
-    /// Resolves a spec whose durations were validated at load; the dead-letter
+    /// Resolves a spec whose durations and format were validated at load; the dead-letter
     /// sink's URI is resolved by the caller (it may be a reference).
     pub(crate) fn from_spec(spec: Option<&DeliverySpec>, dead_letter_sink: Option<Uri>) -> Self {
         let Some(spec) = spec else {
@@ -52,6 +56,7 @@ impl DeliveryPolicy {
             timeout: duration(&spec.timeout).unwrap_or(DEFAULT_TIMEOUT),
             retry_after_max: duration(&spec.retry_after_max),
             dead_letter_sink,
+            format: spec.format().unwrap_or_default(),
         }
     }
 
@@ -113,5 +118,12 @@ mod tests {
             )
         );
         assert_eq!(DeliveryPolicy::from_spec(None, None).retry, 0);
+        assert_eq!(p.format, DeliveryFormat::Binary);
+        let spec = DeliverySpec {
+            format: Some("json".into()),
+            ..Default::default()
+        };
+        let p = DeliveryPolicy::from_spec(Some(&spec), None);
+        assert_eq!(p.format, DeliveryFormat::Json);
     }
 }

@@ -1,5 +1,6 @@
-//! One HTTP attempt: send an event in binary mode with `Prefer: reply`, and
-//! classify the answer.
+//! One HTTP attempt: send an event in binary mode (or structured, when the
+//! delivery's `format` is `json`) with `Prefer: reply`, and classify the
+//! answer.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,7 +16,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 
-use crate::cloudevent::{Event, carries_event, encode_binary_headers, parse_http};
+use crate::api::duck::DeliveryFormat;
+use crate::cloudevent::{
+    CONTENT_TYPE_STRUCTURED, Event, carries_event, encode_binary_headers, encode_structured,
+    parse_http,
+};
 use crate::http_util::{self, ClientSettings};
 
 /// Knative keeps at most this much of a failed response in `knativeerrordata`.
@@ -143,9 +148,16 @@ impl EventSender {
         }
     }
 
-    /// Sends the event once, waiting at most `timeout` for the whole exchange.
-    pub(crate) async fn send(&self, uri: &Uri, event: &Event, timeout: Duration) -> Attempt {
-        match tokio::time::timeout(timeout, self.exchange(uri, event)).await {
+    /// Sends the event once in `format`, waiting at most `timeout` for the
+    /// whole exchange.
+    pub(crate) async fn send(
+        &self,
+        uri: &Uri,
+        event: &Event,
+        format: DeliveryFormat,
+        timeout: Duration,
+    ) -> Attempt {
+        match tokio::time::timeout(timeout, self.exchange(uri, event, format)).await {
             Ok(attempt) => attempt,
             Err(_) => Attempt::Failed(Failure {
                 status: None,
@@ -157,13 +169,13 @@ impl EventSender {
         }
     }
 
-    async fn exchange(&self, uri: &Uri, event: &Event) -> Attempt {
-        let mut request = Request::new(Full::new(event.data().cloned().unwrap_or_default()));
+    async fn exchange(&self, uri: &Uri, event: &Event, format: DeliveryFormat) -> Attempt {
+        let mut request = encode(event, format);
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri.clone();
-        let headers = request.headers_mut();
-        encode_binary_headers(event, headers);
-        headers.insert("prefer", HeaderValue::from_static("reply"));
+        request
+            .headers_mut()
+            .insert("prefer", HeaderValue::from_static("reply"));
         let response = match self.client.request(request).await {
             Ok(response) => response,
             Err(e) => return network_failure(uri, &e),
@@ -180,6 +192,25 @@ impl EventSender {
             message: format!("{uri} answered {}", parts.status),
             data,
         })
+    }
+}
+
+/// The request's headers and body for the event in `format`.
+fn encode(event: &Event, format: DeliveryFormat) -> Request<Full<Bytes>> {
+    match format {
+        DeliveryFormat::Binary => {
+            let mut request = Request::new(Full::new(event.data().cloned().unwrap_or_default()));
+            encode_binary_headers(event, request.headers_mut());
+            request
+        }
+        DeliveryFormat::Json => {
+            let mut request = Request::new(Full::new(Bytes::from(encode_structured(event))));
+            request.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(CONTENT_TYPE_STRUCTURED),
+            );
+            request
+        }
     }
 }
 
@@ -296,6 +327,19 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn format_picks_the_http_mode() {
+        let event = crate::cloudevent::test_event("7", "t.x", Some(Bytes::from_static(b"hi")));
+        let binary = encode(&event, DeliveryFormat::Binary);
+        assert_eq!(binary.headers()["ce-id"], "7");
+        let json = encode(&event, DeliveryFormat::Json);
+        assert_eq!(
+            json.headers()[http::header::CONTENT_TYPE],
+            CONTENT_TYPE_STRUCTURED
+        );
+        assert!(json.headers().get("ce-id").is_none());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Running sources: each source object becomes a task with its resolved
-//! sink. A source whose spec and sink are unchanged keeps running across a
-//! reload; a changed one is stopped and started again with the same state
+//! sink. A source whose spec, sink and referenced values (the Secrets it
+//! reads) are unchanged keeps running across a reload; a changed one is stopped and started again with the same state
 //! folder, so it resumes where it was (a PingSource does not fire a tick
 //! twice).
 
@@ -14,7 +14,7 @@ use crate::api::ObjectKey;
 use crate::api::status::{Condition, ObjectView, Status, ViewMeta};
 use crate::desired::take_gone;
 use crate::eventing::delivery::EventSender;
-use crate::eventing::source::{BuildSource, SourceContext, SourceHandle, SourceHealth};
+use crate::eventing::source::{SourceBuild, SourceContext, SourceHandle, SourceHealth};
 
 /// One source kind's entries are keyed by kind and object.
 type SourceId = (&'static str, ObjectKey);
@@ -33,11 +33,13 @@ pub(crate) struct DesiredSource {
     /// The spec as JSON: a change restarts the source.
     pub spec: serde_json::Value,
     pub sink: Result<Uri, String>,
-    pub build: BuildSource,
+    pub build: SourceBuild,
 }
 
 struct RunningSource {
     spec: serde_json::Value,
+    /// [`SourceBuild::inputs`] of the build that runs.
+    inputs: u64,
     sink: Uri,
     handle: SourceHandle,
     task: tokio::task::JoinHandle<()>,
@@ -111,7 +113,10 @@ impl SourceController {
         } = source;
         let mut running = previous.and_then(|p| p.running);
         let unchanged = running.as_ref().is_some_and(|r| {
-            r.spec == spec && sink.as_ref().is_ok_and(|s| *s == r.sink) && !r.task.is_finished()
+            r.spec == spec
+                && r.inputs == build.inputs
+                && sink.as_ref().is_ok_and(|s| *s == r.sink)
+                && !r.task.is_finished()
         });
         if !unchanged {
             stop(running.take()).await;
@@ -125,9 +130,10 @@ impl SourceController {
                 tracing::info!(kind, source = %key, sink = %uri, "source started");
                 running = Some(RunningSource {
                     spec: spec.clone(),
+                    inputs: build.inputs,
                     sink: uri.clone(),
                     handle,
-                    task: tokio::spawn(build().run(context)),
+                    task: tokio::spawn((build.build)().run(context)),
                 });
             }
         }

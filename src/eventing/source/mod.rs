@@ -59,11 +59,40 @@ pub(crate) trait SourceConfig {
     /// The builder of the running source, called on the source's own task
     /// when the controller starts it, with what pilotlight's settings and
     /// the other objects give it.
-    fn builder(&self, context: &BuildContext<'_>) -> BuildSource;
+    fn builder(&self, context: &BuildContext<'_>) -> SourceBuild;
 }
 
 /// Builds a running source.
 pub(crate) type BuildSource = Box<dyn FnOnce() -> Box<dyn Source> + Send>;
+
+/// A source's builder, with a digest of what it read from other objects
+/// (the values of the Secrets it names). A source whose digest changed on a
+/// reload starts again, as one whose spec changed does, so that a Secret
+/// created or fixed after the source is picked up.
+pub(crate) struct SourceBuild {
+    pub build: BuildSource,
+    pub inputs: u64,
+}
+
+impl SourceBuild {
+    /// A source that reads nothing but its own object.
+    pub(crate) fn new(build: BuildSource) -> Self {
+        SourceBuild { build, inputs: 0 }
+    }
+
+    /// A source that read `inputs` from other objects (hashed, so that
+    /// credentials are compared without being kept; `DefaultHasher::new`
+    /// hashes alike on every apply).
+    pub(crate) fn reading(build: BuildSource, inputs: &impl std::hash::Hash) -> Self {
+        use std::hash::{DefaultHasher, Hasher};
+        let mut hasher = DefaultHasher::new();
+        inputs.hash(&mut hasher);
+        SourceBuild {
+            build,
+            inputs: hasher.finish(),
+        }
+    }
+}
 
 /// What a source may need beyond its own object when it is built.
 pub(crate) struct BuildContext<'a> {

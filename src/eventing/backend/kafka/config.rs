@@ -67,9 +67,9 @@ impl KafkaConfig {
     }
 }
 
-/// librdkafka security properties from a Knative auth Secret. Debug output
-/// never shows their values.
-#[derive(Clone, PartialEq, Eq, Default)]
+/// librdkafka security properties, from a Knative auth Secret (brokers) or
+/// a KafkaSource's `spec.net`. Debug output never shows their values.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub(crate) struct KafkaAuth {
     properties: BTreeMap<&'static str, String>,
 }
@@ -78,6 +78,43 @@ impl fmt::Debug for KafkaAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.properties.keys()).finish()
     }
+}
+
+/// How a Kafka client authenticates, whichever way it was written: SASL,
+/// TLS, both (SASL_SSL) or neither (PLAINTEXT).
+#[derive(Default)]
+pub(crate) struct Security {
+    pub sasl: Option<Sasl>,
+    pub tls: Option<Tls>,
+}
+
+pub(crate) struct Sasl {
+    /// One of [`SASL_MECHANISMS`].
+    pub mechanism: &'static str,
+    pub user: String,
+    pub password: String,
+}
+
+/// PEM text. Without a CA, the system's CAs; a client certificate comes
+/// with its key or not at all (checked where they are read, to name the
+/// field).
+#[derive(Default)]
+pub(crate) struct Tls {
+    pub ca: Option<String>,
+    pub certificate: Option<String>,
+    pub key: Option<String>,
+}
+
+/// The SASL mechanisms Knative names and librdkafka has built in (Kerberos
+/// needs the `gssapi` feature and is not one of Knative's).
+pub(crate) const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// A SASL mechanism's name as librdkafka takes it, or why not.
+pub(crate) fn sasl_mechanism(text: &str) -> Result<&'static str, String> {
+    SASL_MECHANISMS
+        .into_iter()
+        .find(|m| *m == text)
+        .ok_or_else(|| format!("'{text}' is not one of {}", SASL_MECHANISMS.join(", ")))
 }
 
 impl KafkaAuth {
@@ -102,59 +139,73 @@ impl KafkaAuth {
                 ));
             }
         };
-        let mut properties = BTreeMap::new();
-        properties.insert("security.protocol", protocol.clone());
+        let mut security = Security::default();
         if sasl {
             let mechanism = secret
                 .value("sasl.mechanism")
                 .unwrap_or_else(|| "PLAIN".into());
-            if !matches!(
-                mechanism.as_str(),
-                "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512"
-            ) {
-                return Err(format!(
-                    "Secret {name}: sasl.mechanism '{mechanism}' is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
-                ));
-            }
-            for key in ["user", "password"] {
-                if secret.value(key).is_none() {
-                    return Err(format!(
-                        "Secret {name}: protocol {protocol} needs the key '{key}'"
-                    ));
-                }
-            }
-            properties.insert("sasl.mechanisms", mechanism);
-            properties.insert("sasl.username", secret.value("user").unwrap_or_default());
-            properties.insert(
-                "sasl.password",
-                secret.value("password").unwrap_or_default(),
-            );
+            let mechanism = sasl_mechanism(&mechanism)
+                .map_err(|e| format!("Secret {name}: sasl.mechanism {e}"))?;
+            let required = |key: &str| {
+                secret.value(key).ok_or_else(|| {
+                    format!("Secret {name}: protocol {protocol} needs the key '{key}'")
+                })
+            };
+            security.sasl = Some(Sasl {
+                mechanism,
+                user: required("user")?,
+                password: required("password")?,
+            });
         }
         if tls {
-            for (key, property) in [
-                ("ca.crt", "ssl.ca.pem"),
-                ("user.crt", "ssl.certificate.pem"),
-                ("user.key", "ssl.key.pem"),
-            ] {
-                if let Some(value) = secret.value(key) {
-                    properties.insert(property, value);
-                }
-            }
-            // OpenSSL is built in (ssl-vendored), so its compiled-in
-            // certificate folder is not the system's: without a CA in the
-            // Secret, librdkafka looks in the usual system locations.
-            if !properties.contains_key("ssl.ca.pem") {
-                properties.insert("ssl.ca.location", "probe".into());
-            }
-            if properties.contains_key("ssl.certificate.pem")
-                != properties.contains_key("ssl.key.pem")
-            {
+            let tls = Tls {
+                ca: secret.value("ca.crt"),
+                certificate: secret.value("user.crt"),
+                key: secret.value("user.key"),
+            };
+            if tls.certificate.is_some() != tls.key.is_some() {
                 return Err(format!(
                     "Secret {name}: set both user.crt and user.key for a client certificate, or neither"
                 ));
             }
+            security.tls = Some(tls);
         }
-        Ok(KafkaAuth { properties })
+        Ok(KafkaAuth::new(security))
+    }
+
+    /// librdkafka's properties for `security`.
+    pub(crate) fn new(security: Security) -> KafkaAuth {
+        let protocol = match (&security.sasl, &security.tls) {
+            (None, None) => "PLAINTEXT",
+            (None, Some(_)) => "SSL",
+            (Some(_), None) => "SASL_PLAINTEXT",
+            (Some(_), Some(_)) => "SASL_SSL",
+        };
+        let mut properties = BTreeMap::new();
+        properties.insert("security.protocol", protocol.to_owned());
+        if let Some(sasl) = security.sasl {
+            properties.insert("sasl.mechanisms", sasl.mechanism.to_owned());
+            properties.insert("sasl.username", sasl.user);
+            properties.insert("sasl.password", sasl.password);
+        }
+        if let Some(tls) = security.tls {
+            for (property, value) in [
+                ("ssl.ca.pem", tls.ca),
+                ("ssl.certificate.pem", tls.certificate),
+                ("ssl.key.pem", tls.key),
+            ] {
+                if let Some(value) = value {
+                    properties.insert(property, value);
+                }
+            }
+            // OpenSSL is built in (ssl-vendored), so its compiled-in
+            // certificate folder is not the system's: without a CA given,
+            // librdkafka looks in the usual system locations.
+            if !properties.contains_key("ssl.ca.pem") {
+                properties.insert("ssl.ca.location", "probe".into());
+            }
+        }
+        KafkaAuth { properties }
     }
 
     pub(crate) fn client(&self, bootstrap_servers: &str) -> ClientConfig {
@@ -408,5 +459,43 @@ mod tests {
         let config = resolve(&key, &broker, &index, Some("k:1")).unwrap();
         assert_eq!(config.topic, "existing");
         assert!(config.external_topic && config.keep_topic);
+    }
+
+    /// Knative's per-namespace class is the Kafka backend here: the same
+    /// ConfigMap keys, the same plan.
+    #[test]
+    fn a_kafka_namespaced_broker_is_planned_as_the_kafka_backend() {
+        use crate::api::broker::BrokerClass;
+        use crate::eventing::backend::{PlanContext, log::LogConfig, memory::MemoryConfig, plan};
+        let yaml = format!(
+            "{}spec:\n  config:\n    apiVersion: v1\n    kind: ConfigMap\n    name: kafka-broker-config\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kafka-broker-config\n  namespace: shop\ndata:\n  bootstrap.servers: a:9092\n",
+            BROKER.replace("broker.class: Kafka", "broker.class: KafkaNamespaced")
+        );
+        let manifests = load(&yaml);
+        assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+        let index = ObjectIndex::new(&manifests);
+        let (key, broker) = broker_of(&manifests);
+        let class = BrokerClass::of(&broker, BrokerClass::Log).expect("a known class");
+        assert_eq!(class, BrokerClass::Kafka);
+        let dir = std::path::Path::new("/nonexistent");
+        let (log, memory) = (LogConfig::default(), MemoryConfig::default());
+        let context = PlanContext {
+            key: &key,
+            broker: &broker,
+            index: &index,
+            data_dir: dir,
+            log: &log,
+            memory: &memory,
+            rabbitmq_uri: None,
+            kafka_bootstrap_servers: None,
+        };
+        let planned = plan(class, &context).expect("planned");
+        assert_eq!(planned.class(), BrokerClass::Kafka);
+        let kafka = planned
+            .as_any()
+            .downcast_ref::<KafkaConfig>()
+            .expect("the Kafka backend's plan");
+        assert_eq!(kafka.bootstrap_servers, "a:9092");
+        assert_eq!(kafka.topic, "knative-broker-shop-orders");
     }
 }

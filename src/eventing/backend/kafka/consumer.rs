@@ -40,6 +40,9 @@ pub(crate) use crate::api::sources::kafka::InitialOffset;
 pub(crate) struct ConsumerError {
     pub group: String,
     pub reason: String,
+    /// librdkafka refused the settings themselves (a PEM that does not
+    /// parse, say) when making the client: trying again will not help.
+    pub settings_refused: bool,
 }
 
 /// State shared by the consumer, its rebalance callbacks, the committer and
@@ -185,6 +188,7 @@ impl GroupConsumer {
         let error = |reason: String| ConsumerError {
             group: group.to_owned(),
             reason,
+            settings_refused: false,
         };
         let shared = Arc::new(Shared::default());
         let mut config = client.clone();
@@ -212,7 +216,10 @@ impl GroupConsumer {
                 shared: shared.clone(),
                 group: group.to_owned(),
             })
-            .map_err(|e| error(format!("cannot create a consumer: {e}")))?;
+            .map_err(|e| ConsumerError {
+                settings_refused: true,
+                ..error(format!("cannot create a consumer: {e}"))
+            })?;
         let consumer = Arc::new(consumer);
         if initial == InitialOffset::Latest {
             let (c, t) = (consumer.clone(), topics.to_vec());

@@ -30,7 +30,7 @@ mod tests;
 
 use std::path::Path;
 
-use super::{BuildContext, BuildSource, Source, SourceConfig};
+use super::{BuildContext, Source, SourceBuild, SourceConfig};
 use crate::api::duck::Destination;
 use crate::api::sources::apiserver::ApiServerSource;
 
@@ -41,18 +41,23 @@ impl SourceConfig for ApiServerSource {
         &self.spec.sink
     }
 
-    fn builder(&self, context: &BuildContext<'_>) -> BuildSource {
+    fn builder(&self, context: &BuildContext<'_>) -> SourceBuild {
         let source = self.clone();
         let kubeconfig = context.kubeconfig.map(Path::to_path_buf);
-        Box::new(move || source.build_source(kubeconfig.as_deref()))
+        SourceBuild::new(Box::new(move || source.build_source(kubeconfig.as_deref())))
     }
 }
 
 impl ApiServerSource {
     /// The running source, connecting with `kubeconfig` (`--kubeconfig`) or,
-    /// without one, kube's inference; call [`ApiServerSource::validate`]
-    /// first (an invalid mode falls back to `Reference`).
+    /// without one, kube's inference. A source that does not validate runs
+    /// as one that only reports NotReady.
     pub fn build_source(&self, kubeconfig: Option<&Path>) -> Box<dyn Source> {
+        if let Err(invalid) = self.validate() {
+            return Box::new(super::InvalidSource {
+                message: invalid.to_string(),
+            });
+        }
         let runner = ApiServerSourceRunner::new(self);
         Box::new(match kubeconfig {
             Some(path) => runner.with_kubeconfig(path),

@@ -3,9 +3,11 @@
 //! `spec.resources` entry.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::health::{Reporter, missing_kubeconfig};
 use super::watch::{KindWatch, Settings, Target, sleep_or_stop};
+use crate::api::filter::Filter;
 use crate::api::sources::apiserver::{ApiServerSource, EventMode};
 use crate::backoff::Backoff;
 use crate::eventing::source::{Source, SourceContext};
@@ -58,6 +60,9 @@ impl ApiServerSourceRunner {
                 mode: manifest.mode().unwrap_or(EventMode::Reference),
                 owner: manifest.spec.owner.clone(),
                 overrides: manifest.spec.ce_overrides.clone(),
+                // Checked at load; were it not valid, nothing passes rather
+                // than everything (any of no filters is false).
+                filter: Arc::new(manifest.filter().unwrap_or(Filter::Any(Vec::new()))),
                 namespace: manifest.metadata.namespace().to_string(),
                 namespace_selector: manifest
                     .spec

@@ -107,6 +107,19 @@ fn validation_reports_field_paths() {
         "spec.ceOverrides.extensions.type"
     );
     assert_eq!(field(json!({"resources": cm, "owner": {}})), "spec.owner");
+    // spec.filters: the Trigger's dialects and checks, with their paths.
+    assert_eq!(
+        field(json!({"resources": cm, "filters": [{"exact": {"type": "a"}}, {}]})),
+        "spec.filters[1]"
+    );
+    assert_eq!(
+        field(json!({"resources": cm, "filters": [{"not": {"cesql": "type ="}}]})),
+        "spec.filters[0].not.cesql"
+    );
+    assert_eq!(
+        field(json!({"resources": cm, "filters": [{"any": [{"prefix": {"Bad-Name": "x"}}]}]})),
+        "spec.filters[0].any[0].prefix.Bad-Name"
+    );
     let ok = parse(
         json!({"resources": cm, "mode": "Resource", "serviceAccountName": "sa",
         "owner": {"apiVersion": "apps/v1", "kind": "Deployment"}}),

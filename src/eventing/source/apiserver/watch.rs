@@ -22,6 +22,7 @@
 //! namespaces are read before every list, and again before an event when
 //! they were read more than [`NAMESPACES_EVERY`] ago.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use tokio::time::Instant;
 use super::events::{Action, make_event};
 use super::health::{Reporter, not_ready};
 use super::known::{Known, Scope, key_of};
+use crate::api::filter::Filter;
 use crate::api::sources::apiserver::{ApiVersionKind, EventMode};
 use crate::backoff::Backoff;
 use crate::eventing::source::{CeOverrides, SendError, SourceContext, SourceHealth};
@@ -57,6 +59,8 @@ pub(crate) struct Settings {
     pub mode: EventMode,
     pub owner: Option<ApiVersionKind>,
     pub overrides: Option<CeOverrides>,
+    /// `spec.filters`: only the events that pass are sent.
+    pub filter: Arc<Filter>,
     /// The source's namespace: the scope without a namespace selector.
     pub namespace: String,
     /// `spec.namespaceSelector` as a label selector query.
@@ -398,6 +402,12 @@ impl<'a> KindWatch<'a> {
                 return Ok(());
             }
         };
+        // As Knative's adapter: the filters see the event as the source made
+        // it, before ceOverrides.
+        if !self.settings.filter.matches(&event) {
+            tracing::debug!(source = %self.ctx.key, "event {} for {} left out by spec.filters", event.ty(), event.attribute("subject").unwrap_or(""));
+            return Ok(());
+        }
         if let Some(overrides) = &self.settings.overrides {
             overrides.apply(&mut event);
         }

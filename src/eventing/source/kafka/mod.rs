@@ -15,11 +15,12 @@
 //!   they are; others are mapped (see [`mapping`]).
 //! - `spec.delivery`: retries and backoff as on triggers; the dead-letter
 //!   sink must be a `uri` (references are resolved only for `spec.sink`).
-//!
-//! Not supported: `spec.net` (TLS/SASL for sources): such a manifest is
-//! refused by name, not run without its credentials.
+//! - `spec.net`: TLS and SASL with values from Secrets ([`net`]). A Secret
+//!   or key that is missing makes the source NotReady with the field, the
+//!   Secret and the key; a change of the values restarts the source.
 
 mod mapping;
+mod net;
 mod source;
 
 #[cfg(test)]
@@ -27,7 +28,8 @@ mod tests;
 
 use crate::api::duck::Destination;
 use crate::api::sources::kafka::KafkaSource;
-use crate::eventing::source::{BuildContext, BuildSource, Source, SourceConfig};
+use crate::eventing::backend::kafka::config::KafkaAuth;
+use crate::eventing::source::{BuildContext, Source, SourceBuild, SourceConfig};
 
 /// Records in flight per consumer of an unordered source.
 pub(crate) const UNORDERED_IN_FLIGHT: usize = 100;
@@ -37,21 +39,32 @@ impl SourceConfig for KafkaSource {
         &self.spec.sink
     }
 
-    fn builder(&self, _context: &BuildContext<'_>) -> BuildSource {
+    /// Reads `spec.net`'s Secrets now (they are in the index); connects
+    /// when the source starts.
+    fn builder(&self, context: &BuildContext<'_>) -> SourceBuild {
+        let auth = net::resolve(
+            self.spec.net.as_ref(),
+            self.metadata.namespace(),
+            context.index,
+        );
         let source = self.clone();
-        Box::new(move || source.build_source())
+        let inputs = auth.clone();
+        SourceBuild::reading(Box::new(move || source.build_source(auth)), &inputs)
     }
 }
 
 impl KafkaSource {
-    /// The running source. Call after [`KafkaSource::validate`]; a source
-    /// that does not validate runs as one that only reports NotReady.
-    pub(crate) fn build_source(&self) -> Box<dyn Source> {
-        match source::KafkaRunner::new(self) {
+    /// The running source, with the security settings resolved from
+    /// `spec.net` (or why they could not be). A source that does not
+    /// validate or whose Secrets do not resolve runs as one that only
+    /// reports NotReady.
+    pub(crate) fn build_source(&self, auth: Result<KafkaAuth, String>) -> Box<dyn Source> {
+        let runner = auth.and_then(|auth| {
+            source::KafkaRunner::new(self, &auth).map_err(|invalid| invalid.to_string())
+        });
+        match runner {
             Ok(runner) => Box::new(runner),
-            Err(invalid) => Box::new(crate::eventing::source::InvalidSource {
-                message: invalid.to_string(),
-            }),
+            Err(message) => Box::new(crate::eventing::source::InvalidSource { message }),
         }
     }
 }

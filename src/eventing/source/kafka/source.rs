@@ -17,8 +17,9 @@ use super::{KafkaSource, UNORDERED_IN_FLIGHT};
 use crate::api::Invalid;
 use crate::api::sources::kafka::KeyType;
 use crate::cloudevent::Event;
+use crate::eventing::backend::kafka::config::KafkaAuth;
 use crate::eventing::backend::kafka::consumer::{
-    GroupConsumer, GroupHandle, InitialOffset, Shared,
+    ConsumerError, GroupConsumer, GroupHandle, InitialOffset, Shared,
 };
 use crate::eventing::backend::kafka::offsets::OffsetToken;
 use crate::eventing::delivery::{DeliveryPolicy, Outcome, dead_letter_event};
@@ -44,11 +45,11 @@ pub(crate) struct KafkaRunner {
 }
 
 impl KafkaRunner {
-    pub(crate) fn new(source: &KafkaSource) -> Result<KafkaRunner, Invalid> {
+    /// The runner of a source, connecting with `auth` (its `spec.net`).
+    pub(crate) fn new(source: &KafkaSource, auth: &KafkaAuth) -> Result<KafkaRunner, Invalid> {
         source.validate()?;
         let dead_letter_sink = source.dead_letter_sink()?;
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", source.spec.bootstrap_servers.join(","));
+        let client = auth.client(&source.spec.bootstrap_servers.join(","));
         let policy = match &source.spec.delivery {
             Some(spec) => DeliveryPolicy::from_spec(Some(spec), dead_letter_sink.clone()),
             None => crate::eventing::source::source_delivery_policy(),
@@ -68,7 +69,7 @@ impl KafkaRunner {
     }
 
     /// Joins the group with every consumer, or says why not.
-    async fn join(&self) -> Result<Vec<(GroupConsumer, GroupHandle)>, String> {
+    async fn join(&self) -> Result<Vec<(GroupConsumer, GroupHandle)>, ConsumerError> {
         let mut members = Vec::with_capacity(self.consumers);
         for _ in 0..self.consumers {
             match GroupConsumer::start(&self.client, &self.group, &self.topics, self.initial).await
@@ -78,7 +79,7 @@ impl KafkaRunner {
                     for (_, handle) in members {
                         handle.stop().await;
                     }
-                    return Err(e.to_string());
+                    return Err(e);
                 }
             }
         }
@@ -91,9 +92,29 @@ impl Source for KafkaRunner {
     async fn run(self: Box<Self>, context: SourceContext) {
         let runner = Arc::new(*self);
         let members = loop {
-            match runner.join().await {
+            // Joining waits for Kafka (up to librdkafka's timeouts): a
+            // source told to stop meanwhile ends now; members that joined
+            // have consumed nothing, so there is nothing to commit.
+            let joined = tokio::select! {
+                joined = runner.join() => joined,
+                _ = context.stopped() => return,
+            };
+            match joined {
                 Ok(members) => break members,
-                Err(message) => {
+                Err(e) if e.settings_refused => {
+                    // The same settings fail the same way: wait for new
+                    // ones (a fixed Secret restarts the source).
+                    context.set_status(SourceHealth::NotReady {
+                        reason: "InvalidSpec".into(),
+                        message: format!(
+                            "{e}; check spec.net and the values of the Secrets it names"
+                        ),
+                    });
+                    context.stopped().await;
+                    return;
+                }
+                Err(e) => {
+                    let message = e.to_string();
                     tracing::warn!(source = %context.key, error = %message, "KafkaSource cannot join Kafka; retrying in {RETRY_PAUSE:?}");
                     context.set_status(SourceHealth::NotReady {
                         reason: "KafkaUnavailable".into(),

@@ -30,7 +30,7 @@ use crate::api::Invalid;
 use crate::api::duck::Destination;
 use crate::api::sources::ping::PingSource;
 use crate::api::sources::schedule::Schedule;
-use crate::eventing::source::{BuildContext, BuildSource, Source, SourceConfig};
+use crate::eventing::source::{BuildContext, Source, SourceBuild, SourceConfig};
 
 pub(crate) use source::{Clock, PingRunner, SystemClock};
 
@@ -65,9 +65,9 @@ impl SourceConfig for PingSource {
         &self.spec.sink
     }
 
-    fn builder(&self, _context: &BuildContext<'_>) -> BuildSource {
+    fn builder(&self, _context: &BuildContext<'_>) -> SourceBuild {
         let source = self.clone();
-        Box::new(move || source.build_source())
+        SourceBuild::new(Box::new(move || source.build_source()))
     }
 }
 

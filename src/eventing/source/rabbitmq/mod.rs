@@ -28,7 +28,7 @@ use crate::eventing::backend::rabbitmq::config::redacted;
 use crate::eventing::backend::rabbitmq::config::resolve_uri;
 use crate::eventing::delivery::DeliveryPolicy;
 use crate::eventing::source::{
-    BuildContext, BuildSource, Source, SourceConfig, source_delivery_policy,
+    BuildContext, Source, SourceBuild, SourceConfig, source_delivery_policy,
 };
 
 impl SourceConfig for RabbitmqSource {
@@ -38,7 +38,7 @@ impl SourceConfig for RabbitmqSource {
 
     /// Resolves the connection now (the cluster reference's Secret is in
     /// the index), connects when the source starts.
-    fn builder(&self, context: &BuildContext<'_>) -> BuildSource {
+    fn builder(&self, context: &BuildContext<'_>) -> SourceBuild {
         let uri = resolve_uri(
             self.spec.rabbitmq_cluster_reference.as_ref(),
             self.metadata.namespace(),
@@ -46,8 +46,10 @@ impl SourceConfig for RabbitmqSource {
             context.index,
             context.rabbitmq_uri,
         );
+        // The connection Secret's values: a fixed Secret restarts the source.
+        let inputs = uri.as_ref().map(ToString::to_string).map_err(String::clone);
         let source = self.clone();
-        Box::new(move || source.build_source(uri))
+        SourceBuild::reading(Box::new(move || source.build_source(uri)), &inputs)
     }
 }
 
