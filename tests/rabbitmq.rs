@@ -711,14 +711,15 @@ async fn the_source_leaves_a_message_queued_until_the_sink_accepts_it() {
     let _ = connection.close(200, "done".into()).await;
 }
 
-/// Runs `rabbitmqctl` with the given arguments; `Err` when it cannot.
-fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+/// Runs `rabbitmqctl` with the given arguments; its output, or `Err` when
+/// it cannot.
+fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
     let output = std::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
         .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
             "rabbitmqctl {} failed: {}",
@@ -1205,5 +1206,45 @@ async fn a_source_whose_vhost_does_not_exist_is_not_ready_with_rabbitmqs_reason_
         .expect("publish");
     assert_eq!(ids(&sink.wait_for(1, WAIT).await), ["in-vhost"]);
     let _ = connection.close(200, "done".into()).await;
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_that_comes_back_at_once_does_not_flap_the_broker_status() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    if !rabbitmqctl_works(&addr, "closing a vhost's connections") {
+        return;
+    }
+    // A vhost of its own, so that closing its connections touches no other test.
+    let vhost = unique("pilotlight-flap");
+    let _vhost = Vhost::create(&vhost, &user_of(&addr));
+    let ns = unique("flap");
+    let s = server(
+        &with_path(&addr, &format!("/{vhost}")),
+        &[("broker.yaml", &rabbit_broker(&ns, "b", ""))],
+    )
+    .await;
+    s.wait_ready_condition("brokers", "b", "True", &[], WAIT)
+        .await;
+    let closed = rabbitmqctl(&[
+        "close_all_connections",
+        "--vhost",
+        &vhost,
+        "pilotlight test",
+    ])
+    .expect("close_all_connections");
+    assert!(!closed.contains("Closed 0"), "nothing was closed: {closed}");
+    // The broker reconnects within a fraction of a second: its status never
+    // leaves Ready meanwhile.
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(3) {
+        let condition = s.ready_condition("brokers", "b").await;
+        assert_eq!(condition["status"], "True", "flapped: {condition}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    support::wait_accepted(&s.broker_url(&ns, "b"), "after", WAIT).await;
     s.server.shutdown().await;
 }
