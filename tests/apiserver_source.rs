@@ -17,8 +17,9 @@ use pilotlight::api::ObjectKey;
 use pilotlight::api::sources::apiserver::ApiServerSource;
 use pilotlight::cloudevent::{Event, parse_http};
 use pilotlight::eventing::delivery::EventSender;
+use pilotlight::eventing::health::Health;
 use pilotlight::eventing::source::apiserver::ApiServerSourceRunner;
-use pilotlight::eventing::source::{Source, SourceContext, SourceHandle, SourceHealth};
+use pilotlight::eventing::source::{Source, SourceContext, SourceHandle};
 use serde_json::{Value, json};
 use support::apiserver::FakeApiServer;
 
@@ -169,7 +170,7 @@ async fn run_with(runner: Box<dyn Source>, sink: &Sink) -> (SourceHandle, tempfi
     (handle, dir)
 }
 
-async fn wait_health(handle: &SourceHandle, want: impl Fn(&SourceHealth) -> bool) -> SourceHealth {
+async fn wait_health(handle: &SourceHandle, want: impl Fn(&Health) -> bool) -> Health {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let health = handle.health();
@@ -235,7 +236,7 @@ async fn resource_mode_sends_an_add_per_existing_object() {
     assert_eq!(object["metadata"]["name"], "a");
     assert_eq!(object["data"]["k"], "1");
     assert_ne!(a.id(), by_subject(&events, "b").id());
-    assert_eq!(handle.health(), SourceHealth::Ready);
+    assert_eq!(handle.health(), Health::Ready);
 }
 
 #[tokio::test]
@@ -376,9 +377,9 @@ async fn unreachable_api_server_is_not_ready_then_ready() {
     let sink = Sink::start().await;
     let (handle, _dir) = run(config, &configmaps("Resource"), &sink).await;
 
-    let health = wait_health(&handle, |h| matches!(h, SourceHealth::NotReady { .. })).await;
+    let health = wait_health(&handle, |h| matches!(h, Health::NotReady { .. })).await;
     match health {
-        SourceHealth::NotReady { reason, message } => {
+        Health::NotReady { reason, message } => {
             assert_eq!(reason, "ApiServerUnreachable");
             assert!(message.contains(&addr.to_string()), "{message}");
             assert!(message.contains("kubeconfig"), "{message}");
@@ -390,8 +391,8 @@ async fn unreachable_api_server_is_not_ready_then_ready() {
     let fake = FakeApiServer::serve(listener);
     put(&fake, "default", "a", json!({}));
     assert_eq!(
-        wait_health(&handle, |h| *h == SourceHealth::Ready).await,
-        SourceHealth::Ready
+        wait_health(&handle, |h| *h == Health::Ready).await,
+        Health::Ready
     );
     sink.expect(1).await;
 }
@@ -402,9 +403,9 @@ async fn unknown_kind_is_not_ready_with_kind_not_found() {
     let sink = Sink::start().await;
     let source = manifest(json!({"resources": [{"apiVersion": "v1", "kind": "Gadget"}]}));
     let (handle, _dir) = run(config_for(&fake.url), &source, &sink).await;
-    let health = wait_health(&handle, |h| matches!(h, SourceHealth::NotReady { .. })).await;
+    let health = wait_health(&handle, |h| matches!(h, Health::NotReady { .. })).await;
     assert!(
-        matches!(&health, SourceHealth::NotReady { reason, .. } if reason == "KindNotFound"),
+        matches!(&health, Health::NotReady { reason, .. } if reason == "KindNotFound"),
         "{health:?}"
     );
 }
@@ -465,9 +466,9 @@ async fn missing_kubeconfig_is_not_ready_until_it_appears() {
     let runner = ApiServerSourceRunner::new(&configmaps("Reference")).with_kubeconfig(&path);
     let (handle, _state) = run_with(Box::new(runner), &sink).await;
 
-    let health = wait_health(&handle, |h| matches!(h, SourceHealth::NotReady { .. })).await;
+    let health = wait_health(&handle, |h| matches!(h, Health::NotReady { .. })).await;
     match health {
-        SourceHealth::NotReady { reason, message } => {
+        Health::NotReady { reason, message } => {
             assert_eq!(reason, "KubeconfigMissing");
             assert!(message.contains("KUBECONFIG"), "{message}");
             assert!(message.contains("kubeconfig"), "{message}");
@@ -478,8 +479,8 @@ async fn missing_kubeconfig_is_not_ready_until_it_appears() {
     // Writes dir/kubeconfig, pointing at the fake.
     assert_eq!(fake.kubeconfig(dir.path()), path);
     assert_eq!(
-        wait_health(&handle, |h| *h == SourceHealth::Ready).await,
-        SourceHealth::Ready
+        wait_health(&handle, |h| *h == Health::Ready).await,
+        Health::Ready
     );
     let events = sink.expect(1).await;
     assert_eq!(events[0].source(), fake.url);
@@ -498,7 +499,7 @@ async fn a_refused_event_is_dropped_and_the_watch_goes_on() {
     put(&fake, "default", "later", json!({}));
     let events = sink.expect(2).await;
     assert_eq!(events[1].attribute("name"), Some("later"));
-    assert_eq!(handle.health(), SourceHealth::Ready);
+    assert_eq!(handle.health(), Health::Ready);
 }
 
 #[tokio::test]
@@ -570,8 +571,8 @@ async fn a_source_with_an_invalid_filter_is_not_ready_and_sends_nothing() {
         serde_json::from_value(json!([{"exact": {"type": "a"}, "prefix": {"type": "b"}}]))
             .expect("filters parse");
     let (handle, _dir) = run_with(source.build_source(None), &sink).await;
-    let health = wait_health(&handle, |h| matches!(h, SourceHealth::NotReady { .. })).await;
-    let SourceHealth::NotReady { reason, message } = health else {
+    let health = wait_health(&handle, |h| matches!(h, Health::NotReady { .. })).await;
+    let Health::NotReady { reason, message } = health else {
         panic!("not ready: {health:?}");
     };
     assert_eq!(reason, "InvalidSpec");
@@ -603,7 +604,7 @@ async fn build_source_connects_with_the_kubeconfig_it_is_given() {
     let (handle, _state) = run_with(source, &sink).await;
     let events = sink.expect(1).await;
     assert_eq!(events[0].source(), fake.url);
-    assert_eq!(handle.health(), SourceHealth::Ready);
+    assert_eq!(handle.health(), Health::Ready);
 }
 
 #[tokio::test]

@@ -452,6 +452,58 @@ async fn delivery_format_picks_structured_or_binary_mode() {
     }
 }
 
+/// Structured delivery sends a Boolean or Integer extension as the JSON
+/// boolean or number it arrived as; binary mode can only send its text.
+#[tokio::test]
+async fn structured_delivery_sends_typed_extensions_as_they_came() {
+    let json = Subscriber::accepting().await;
+    let binary = Subscriber::accepting().await;
+    let s = TestServer::start(&[
+        ("broker.yaml", &broker("default", "")),
+        (
+            "json.yaml",
+            &trigger(
+                "json",
+                "default",
+                &json.url("/"),
+                "  delivery:\n    format: json\n",
+            ),
+        ),
+        (
+            "binary.yaml",
+            &trigger("binary", "default", &binary.url("/"), ""),
+        ),
+    ])
+    .await;
+    let event = r#"{"specversion":"1.0","id":"typed","source":"/s","type":"t","urgent":true,"retries":3,"data":{"n" : 1}}"#;
+    let reply = support::request(
+        http::Method::POST,
+        &s.broker_url("default", "default"),
+        &[("content-type", "application/cloudevents+json")],
+        event,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    use pilotlight::cloudevent::AttributeValue;
+    let got = json.wait_for(1, WAIT).await;
+    assert_eq!(
+        got[0].attribute_value("urgent"),
+        Some(AttributeValue::Boolean(true))
+    );
+    assert_eq!(
+        got[0].attribute_value("retries"),
+        Some(AttributeValue::Integer(3))
+    );
+    // The JSON data is sent as the bytes that arrived.
+    assert_eq!(got[0].data().map(|d| &d[..]), Some(&b"{\"n\" : 1}"[..]));
+    let got = binary.wait_for(1, WAIT).await;
+    assert_eq!(
+        got[0].attribute_value("urgent"),
+        Some(AttributeValue::String("true"))
+    );
+    s.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn an_unknown_delivery_format_is_refused_with_its_field() {
     let sub = Subscriber::accepting().await;

@@ -790,4 +790,185 @@ async fn a_kafka_namespaced_broker_runs_as_the_kafka_class() {
         .await
         .expect("reader");
     assert_eq!(records.len(), 1);
+    s.server.shutdown().await;
+}
+
+// --- Status that tells the truth: a Kafka that is not there shows in the
+// Ready condition with librdkafka's reason, and the object is Ready once
+// Kafka answers. librdkafka's MockCluster stands in for Kafka where a test
+// needs one it can take down and bring back.
+
+/// A local port where nothing listens until [`LatePort::open`] makes it
+/// forward every connection to a Kafka: a Kafka that comes up late at the
+/// address pilotlight was given.
+struct LatePort {
+    port: u16,
+    forwarding: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LatePort {
+    fn reserve() -> LatePort {
+        LatePort {
+            port: free_port(),
+            forwarding: None,
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Forwards connections to `target` (`host:port`) from now on.
+    async fn open(&mut self, target: &str) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("the reserved port is still free");
+        let target = target.to_owned();
+        self.forwarding = Some(tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for LatePort {
+    fn drop(&mut self) {
+        if let Some(forwarding) = &self.forwarding {
+            forwarding.abort();
+        }
+    }
+}
+
+/// A MockCluster with one broker (id 1) and `topic` on it.
+fn mock_cluster(
+    topic: &str,
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(topic, 1, 1).expect("mock topic");
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_broker_is_not_ready_while_its_kafka_is_away_and_ready_when_it_answers() {
+    let topic = unique("ext");
+    let cluster = mock_cluster(&topic);
+    let mut port = LatePort::reserve();
+    let broker = support::broker(
+        "b",
+        &format!(
+            "  annotations:\n    eventing.knative.dev/broker.class: Kafka\n    kafka.eventing.knative.dev/external.topic: {topic}\n"
+        ),
+    );
+    let s = start(&[("broker.yaml", &broker)], &port.address()).await;
+    // Nothing listens: starting fails at once, in librdkafka's words.
+    s.wait_ready_condition(
+        "brokers",
+        "b",
+        "False",
+        &["BackendUnavailable", &port.address(), "Connection refused"],
+        WAIT,
+    )
+    .await;
+    let url = s.broker_url("default", "b");
+    assert_eq!(
+        post(&url, &binary_headers("early", "t"), "{}").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // Kafka comes up at that address: the broker starts by itself.
+    port.open(&cluster.bootstrap_servers()).await;
+    s.wait_ready_condition("brokers", "b", "True", &[], WAIT)
+        .await;
+    assert_eq!(
+        post(&url, &binary_headers("1", "t"), "{}").await,
+        StatusCode::ACCEPTED
+    );
+
+    // Kafka goes away while the broker runs, and comes back.
+    cluster.broker_down(1).expect("broker down");
+    s.wait_ready_condition(
+        "brokers",
+        "b",
+        "False",
+        &["BackendUnavailable", "cannot read the metadata", &topic],
+        WAIT,
+    )
+    .await;
+    cluster.broker_up(1).expect("broker up");
+    s.wait_ready_condition("brokers", "b", "True", &[], WAIT)
+        .await;
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_source_is_not_ready_while_its_kafka_is_away_and_ready_when_it_answers() {
+    let topic = unique("srcmock");
+    let cluster = mock_cluster(&topic);
+    let mut port = LatePort::reserve();
+    let sink = Subscriber::accepting().await;
+    let source = format!(
+        "apiVersion: sources.knative.dev/v1beta1\nkind: KafkaSource\nmetadata:\n  name: late\nspec:\n  bootstrapServers: [\"{}\"]\n  topics: [{topic}]\n  consumerGroup: {topic}-group\n  initialOffset: earliest\n  sink:\n    uri: {}\n",
+        port.address(),
+        sink.url("/")
+    );
+    let s = TestServer::start(&[("source.yaml", &source)]).await;
+    s.wait_ready_condition(
+        "sources",
+        "late",
+        "False",
+        &["KafkaUnavailable", &port.address(), "Connection refused"],
+        WAIT,
+    )
+    .await;
+    port.open(&cluster.bootstrap_servers()).await;
+    s.wait_ready_condition("sources", "late", "True", &[], WAIT)
+        .await;
+    cluster.broker_down(1).expect("broker down");
+    s.wait_ready_condition(
+        "sources",
+        "late",
+        "False",
+        &["KafkaUnavailable", "cannot read the metadata"],
+        WAIT,
+    )
+    .await;
+    cluster.broker_up(1).expect("broker up");
+    s.wait_ready_condition("sources", "late", "True", &[], WAIT)
+        .await;
+    s.server.shutdown().await;
+}
+
+/// The same with a real Kafka (which creates the broker's topic): it
+/// needs one, as the other tests here do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_broker_whose_kafka_comes_up_late_creates_its_topic_and_is_ready() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("late");
+    let mut port = LatePort::reserve();
+    let s = start(&[("broker.yaml", &kafka_broker(&name))], &port.address()).await;
+    s.wait_ready_condition(
+        "brokers",
+        &name,
+        "False",
+        &["BackendUnavailable", &port.address(), "Connection refused"],
+        WAIT,
+    )
+    .await;
+    port.open(kafka.split(',').next().unwrap_or(&kafka)).await;
+    s.wait_ready_condition("brokers", &name, "True", &[], WAIT)
+        .await;
+    let url = s.broker_url("default", &name);
+    assert_eq!(
+        post(&url, &binary_headers("1", "t"), "{}").await,
+        StatusCode::ACCEPTED
+    );
+    s.server.shutdown().await;
 }

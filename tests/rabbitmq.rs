@@ -741,14 +741,15 @@ async fn the_source_leaves_a_message_queued_until_the_sink_accepts_it() {
     let _ = connection.close(200, "done".into()).await;
 }
 
-/// Runs `rabbitmqctl` with the given arguments; `Err` when it cannot.
-fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+/// Runs `rabbitmqctl` with the given arguments; its output, or `Err` when
+/// it cannot.
+fn rabbitmqctl(args: &[&str]) -> Result<String, String> {
     let output = std::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
         .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
             "rabbitmqctl {} failed: {}",
@@ -756,6 +757,21 @@ fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&output.stderr)
         ))
     }
+}
+
+/// Whether rabbitmqctl manages the RabbitMQ at `addr`, which a test needs
+/// for `what`. Under `CI=true` it must; elsewhere the test is skipped after
+/// saying why.
+fn rabbitmqctl_works(addr: &str, what: &str) -> bool {
+    let Err(e) = rabbitmqctl(&["await_startup"]) else {
+        return true;
+    };
+    let message = format!("{what} needs rabbitmqctl for the RabbitMQ at {addr}: {e}");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("skipping: {message}");
+    false
 }
 
 /// Starts RabbitMQ's app again however the test ends.
@@ -775,12 +791,7 @@ async fn a_rabbitmq_restart_under_load_loses_no_accepted_event() {
         return;
     };
     let _alone = RABBIT.write().await;
-    if let Err(e) = rabbitmqctl(&["await_startup"]) {
-        let message = format!("the restart test needs rabbitmqctl for the RabbitMQ at {addr}: {e}");
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{message}");
-        }
-        eprintln!("skipping: {message}");
+    if !rabbitmqctl_works(&addr, "the restart test") {
         return;
     }
     let ns = unique("restart");
@@ -974,4 +985,296 @@ async fn deleting_a_trigger_deletes_its_queue_and_deleting_the_broker_its_exchan
     wait_until_gone(&addr, &keep_queue, false).await;
     s.server.shutdown().await;
     cleanup(&addr, &key, &["keep", "gone"]).await;
+}
+
+// --- Status that tells the truth: RabbitMQ's refusals show in the Ready
+// condition, and the object is Ready once RabbitMQ lets it in.
+
+/// `addr` with its path (the vhost) replaced by `path`.
+fn with_path(addr: &str, path: &str) -> String {
+    let (scheme, rest) = addr.split_once("://").expect("an AMQP URI");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}{path}")
+}
+
+/// The user of `addr` (guest for the default).
+fn user_of(addr: &str) -> String {
+    let rest = addr.split_once("://").map_or(addr, |(_, rest)| rest);
+    match rest.split('/').next().unwrap_or(rest).rsplit_once('@') {
+        Some((userinfo, _)) => userinfo.split(':').next().unwrap_or("guest").to_owned(),
+        None => "guest".to_owned(),
+    }
+}
+
+/// `addr` with `password` for its user, and no path (the default vhost).
+fn with_password(addr: &str, password: &str) -> String {
+    let (scheme, rest) = addr.split_once("://").expect("an AMQP URI");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{}:{password}@{host}", user_of(addr))
+}
+
+/// A vhost the test creates for `user`, deleted (with everything in it)
+/// however the test ends.
+struct Vhost(String);
+
+impl Vhost {
+    fn create(name: &str, user: &str) -> Vhost {
+        let vhost = Vhost(name.to_owned());
+        rabbitmqctl(&["add_vhost", name]).expect("add_vhost");
+        rabbitmqctl(&["set_permissions", "-p", name, user, ".*", ".*", ".*"])
+            .expect("set_permissions");
+        vhost
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        if let Err(e) = rabbitmqctl(&["delete_vhost", &self.0]) {
+            eprintln!("could not delete vhost {}: {e}", self.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_broker_whose_vhost_does_not_exist_is_not_ready_with_rabbitmqs_reason_until_it_does() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    if !rabbitmqctl_works(&addr, "creating a vhost") {
+        return;
+    }
+    let ns = unique("novhost");
+    let vhost = unique("pilotlight-test");
+    let s = server(
+        &with_path(&addr, &format!("/{vhost}")),
+        &[("broker.yaml", &rabbit_broker(&ns, "b", ""))],
+    )
+    .await;
+    // RabbitMQ's own words: "NOT_ALLOWED - vhost pilotlight-test-… not found".
+    let refused = s
+        .wait_ready_condition(
+            "brokers",
+            "b",
+            "False",
+            &[
+                "BackendUnavailable",
+                "NOT_ALLOWED",
+                &vhost,
+                "rabbitmqctl add_vhost",
+            ],
+            WAIT,
+        )
+        .await;
+    assert!(
+        !refused["message"].to_string().contains(":guest@"),
+        "password hidden: {refused}"
+    );
+    let url = s.broker_url(&ns, "b");
+    assert_eq!(
+        post(&url, "early", "t").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // Neither a restart nor an apply: the broker reconnects by itself.
+    let _vhost = Vhost::create(&vhost, &user_of(&addr));
+    s.wait_ready_condition("brokers", "b", "True", &[], WAIT)
+        .await;
+    support::wait_accepted(&url, "late", WAIT).await;
+    s.server.shutdown().await;
+}
+
+/// A RabbitmqBrokerConfig whose Secret holds `uri`.
+fn broker_config(ns: &str, uri: &str) -> String {
+    format!(
+        "apiVersion: eventing.knative.dev/v1alpha1\nkind: RabbitmqBrokerConfig\nmetadata:\n  name: rabbit\n  namespace: {ns}\nspec:\n  queueType: classic\n  rabbitmqClusterReference:\n    connectionSecret:\n      name: rabbit-creds\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: rabbit-creds\n  namespace: {ns}\nstringData:\n  uri: {uri}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_broker_refused_for_its_credentials_says_so_and_is_ready_once_the_secret_is_fixed() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let ns = unique("badcreds");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let spec_config = "spec:\n  config:\n    apiVersion: eventing.knative.dev/v1alpha1\n    kind: RabbitmqBrokerConfig\n    name: rabbit\n";
+    let files = [
+        (
+            "config.yaml",
+            broker_config(&ns, &with_password(&addr, "not-the-password")),
+        ),
+        ("broker.yaml", rabbit_broker(&ns, "b", spec_config)),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = TestServer::start(&files).await;
+    let refused = s
+        .wait_ready_condition(
+            "brokers",
+            "b",
+            "False",
+            &[
+                "BackendUnavailable",
+                "ACCESS_REFUSED",
+                "username and password",
+            ],
+            WAIT,
+        )
+        .await;
+    assert!(
+        !refused["message"].to_string().contains("not-the-password"),
+        "password hidden: {refused}"
+    );
+
+    // Fixed, in the form RabbitMQ's tutorials write: a trailing slash for
+    // the default vhost.
+    let fixed = with_path(&addr, "/");
+    assert!(fixed.ends_with(":5672/") || fixed.ends_with('/'), "{fixed}");
+    std::fs::write(s.manifests.join("config.yaml"), broker_config(&ns, &fixed))
+        .expect("write config");
+    s.reapply().await;
+    s.wait_ready_condition("brokers", "b", "True", &[], WAIT)
+        .await;
+    support::wait_accepted(&s.broker_url(&ns, "b"), "1", WAIT).await;
+    s.server.shutdown().await;
+    cleanup(&addr, &key, &[]).await;
+}
+
+#[tokio::test]
+async fn a_trailing_slash_uri_is_the_default_vhost_for_broker_and_source() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    let trailing = with_path(&addr, "/");
+    let ns = unique("slash");
+    let key = ObjectKey::new(ns.clone(), "b");
+    let queue = format!("{ns}-queue");
+    let sub = Subscriber::accepting().await;
+    let sink = Subscriber::accepting().await;
+    // The broker reads --rabbitmq-uri; the source its Secret.
+    let source = format!(
+        "apiVersion: sources.knative.dev/v1alpha1\nkind: RabbitmqSource\nmetadata:\n  name: slash\n  namespace: {ns}\nspec:\n  rabbitmqClusterReference:\n    connectionSecret:\n      name: creds\n  rabbitmqResourcesConfig:\n    queueName: {queue}\n  sink:\n    uri: {}\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\n  namespace: {ns}\nstringData:\n  uri: {trailing}\n",
+        sink.url("/")
+    );
+    let files = [
+        ("broker.yaml", rabbit_broker(&ns, "b", "")),
+        ("t.yaml", rabbit_trigger(&ns, "t", "b", &sub.url("/"), "")),
+        ("source.yaml", source),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let s = server(&trailing, &files).await;
+    s.wait_ready_condition("brokers", "b", "True", &[], WAIT)
+        .await;
+    s.wait_ready_condition("sources", "slash", "True", &[], WAIT)
+        .await;
+    support::wait_accepted(&s.broker_url(&ns, "b"), "via-broker", WAIT).await;
+    assert_eq!(ids(&sub.wait_for(1, WAIT).await), ["via-broker"]);
+    // The source's queue is in the default vhost, where `addr` publishes.
+    let (connection, channel) = connect(&addr).await;
+    channel
+        .basic_publish(
+            ShortString::default(),
+            ShortString::from(queue.as_str()),
+            BasicPublishOptions::default(),
+            b"hello",
+            BasicProperties::default().with_message_id("via-source".into()),
+        )
+        .await
+        .expect("publish");
+    assert_eq!(ids(&sink.wait_for(1, WAIT).await), ["via-source"]);
+    s.server.shutdown().await;
+    cleanup(&addr, &key, &["t"]).await;
+    delete(&addr, &[queue], &[]).await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn a_source_whose_vhost_does_not_exist_is_not_ready_with_rabbitmqs_reason_until_it_does() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    if !rabbitmqctl_works(&addr, "creating a vhost") {
+        return;
+    }
+    let ns = unique("srcvhost");
+    let vhost = unique("pilotlight-test");
+    let queue = format!("{ns}-queue");
+    let sink = Subscriber::accepting().await;
+    let source = format!(
+        "apiVersion: sources.knative.dev/v1alpha1\nkind: RabbitmqSource\nmetadata:\n  name: orders\n  namespace: {ns}\nspec:\n  rabbitmqResourcesConfig:\n    queueName: {queue}\n    vhost: {vhost}\n  sink:\n    uri: {}\n",
+        sink.url("/")
+    );
+    let s = server(&addr, &[("source.yaml", &source)]).await;
+    s.wait_ready_condition(
+        "sources",
+        "orders",
+        "False",
+        &["RabbitmqUnavailable", "NOT_ALLOWED", &vhost],
+        WAIT,
+    )
+    .await;
+
+    let _vhost = Vhost::create(&vhost, &user_of(&addr));
+    s.wait_ready_condition("sources", "orders", "True", &[], WAIT)
+        .await;
+    let (connection, channel) = connect(&with_path(&addr, &format!("/{vhost}"))).await;
+    channel
+        .basic_publish(
+            ShortString::default(),
+            ShortString::from(queue.as_str()),
+            BasicPublishOptions::default(),
+            b"hello",
+            BasicProperties::default().with_message_id("in-vhost".into()),
+        )
+        .await
+        .expect("publish");
+    assert_eq!(ids(&sink.wait_for(1, WAIT).await), ["in-vhost"]);
+    let _ = connection.close(200, "done".into()).await;
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_that_comes_back_at_once_does_not_flap_the_broker_status() {
+    let Some(addr) = support::RABBITMQ.address().await else {
+        return;
+    };
+    let _shared = RABBIT.read().await;
+    if !rabbitmqctl_works(&addr, "closing a vhost's connections") {
+        return;
+    }
+    // A vhost of its own, so that closing its connections touches no other test.
+    let vhost = unique("pilotlight-flap");
+    let _vhost = Vhost::create(&vhost, &user_of(&addr));
+    let ns = unique("flap");
+    let s = server(
+        &with_path(&addr, &format!("/{vhost}")),
+        &[("broker.yaml", &rabbit_broker(&ns, "b", ""))],
+    )
+    .await;
+    s.wait_ready_condition("brokers", "b", "True", &[], WAIT)
+        .await;
+    let closed = rabbitmqctl(&[
+        "close_all_connections",
+        "--vhost",
+        &vhost,
+        "pilotlight test",
+    ])
+    .expect("close_all_connections");
+    assert!(!closed.contains("Closed 0"), "nothing was closed: {closed}");
+    // The broker reconnects within a fraction of a second: its status never
+    // leaves Ready meanwhile.
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(3) {
+        let condition = s.ready_condition("brokers", "b").await;
+        assert_eq!(condition["status"], "True", "flapped: {condition}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    support::wait_accepted(&s.broker_url(&ns, "b"), "after", WAIT).await;
+    s.server.shutdown().await;
 }

@@ -1,9 +1,10 @@
 //! One status board for every object pilotlight reconciles: what `get`
 //! and the admin API list, and what Kubernetes mode writes into each
-//! object's `status`. Brokers and triggers are as the last apply left them
-//! (with a trigger's live backlog when listed); Services, Revisions, Routes
-//! and sources are read live, since instances and sources change state
-//! between applies.
+//! object's `status`. Brokers and triggers are as the last apply left them,
+//! with what changes between applies read live: a broker's backend health
+//! (its RabbitMQ or Kafka connection), a trigger's backlog when listed.
+//! Services, Revisions, Routes and sources are read live, since instances
+//! and sources change state between applies.
 
 use std::sync::{Arc, RwLock};
 
@@ -96,9 +97,10 @@ impl StatusBoard {
     }
 
     /// One object's status, for a status write: a Broker's or Trigger's as
-    /// the last apply left it, others from their namespace's views only (a
-    /// reconcile runs per object; listing every namespace for each would be
-    /// quadratic in the objects).
+    /// the last apply left it (a Broker's with its backend's health),
+    /// others from their namespace's views only (a reconcile runs per
+    /// object; listing every namespace for each would be quadratic in the
+    /// objects).
     pub(crate) async fn status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
         let namespace = Some(key.namespace.as_str());
         let views = match kind {

@@ -5,5 +5,6 @@ pub mod backend;
 pub(crate) mod broker;
 pub(crate) mod controller;
 pub mod delivery;
+pub mod health;
 pub mod source;
 mod trigger;

@@ -89,6 +89,52 @@ impl TestServer {
             .collect()
     }
 
+    /// The Ready condition of object `name` in an admin API collection
+    /// (`brokers`, `sources`); Null while it is not listed.
+    pub async fn ready_condition(&self, collection: &str, name: &str) -> serde_json::Value {
+        let list = request(
+            Method::GET,
+            &self.admin_url(&format!("/api/v1/{collection}")),
+            &[],
+            "",
+        )
+        .await;
+        let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
+        body["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["metadata"]["name"] == name))
+            .and_then(|item| item["status"]["conditions"].as_array())
+            .and_then(|conditions| conditions.iter().find(|c| c["type"] == "Ready"))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `name`'s Ready condition has `status` ("True", "False")
+    /// and its reason and message together contain every one of `words`;
+    /// returns it. Panics with the last condition seen after `within`.
+    pub async fn wait_ready_condition(
+        &self,
+        collection: &str,
+        name: &str,
+        status: &str,
+        words: &[&str],
+        within: Duration,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let condition = self.ready_condition(collection, name).await;
+            let text = format!("{} {}", condition["reason"], condition["message"]);
+            if condition["status"] == status && words.iter().all(|w| text.contains(w)) {
+                return condition;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{collection}/{name} is not {status} with {words:?} after {within:?}: {condition}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Loads the manifests folder again and applies it, as hot reload does.
     pub async fn reapply(&self) {
         let manifests = pilotlight::control::manifest::load(

@@ -32,6 +32,35 @@ use crate::api::filter::Filter;
 use crate::api::index::ObjectIndex;
 use crate::api::{Broker, ObjectKey, Trigger};
 use crate::cloudevent::Event;
+use crate::eventing::health::Health;
+
+/// The reason of a broker whose backend cannot reach its server (its
+/// RabbitMQ or Kafka refuses or does not answer), at start or since; the
+/// message has the server's own words.
+pub(crate) const BACKEND_UNAVAILABLE: &str = "BackendUnavailable";
+/// The reason of a broker whose backend did not start for another cause (a
+/// folder that cannot be made, a setting the client refuses).
+pub(crate) const BACKEND_FAILED: &str = "BackendFailed";
+
+/// Why a backend did not start. The control plane tries it again either way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// Its server did not answer or refused the connection.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StartError {
+    /// The reason of the broker's Ready condition.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            StartError::Unavailable(_) => BACKEND_UNAVAILABLE,
+            StartError::Failed(_) => BACKEND_FAILED,
+        }
+    }
+}
 
 /// A broker's backend resolved from the Broker, the objects it refers to
 /// and pilotlight's settings: what the broker controller starts, and keeps
@@ -41,7 +70,7 @@ use crate::cloudevent::Event;
 pub trait BackendPlan: fmt::Debug + Send + Sync + 'static {
     fn class(&self) -> BrokerClass;
 
-    async fn start(&self) -> Result<Arc<dyn Backend>, String>;
+    async fn start(&self) -> Result<Arc<dyn Backend>, StartError>;
 
     /// Whether `other` is this same plan (same class, same settings).
     fn same_as(&self, other: &dyn BackendPlan) -> bool;
@@ -206,6 +235,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Where the trigger stands, if it is subscribed.
     fn lag(&self, trigger: &ObjectKey) -> Option<SubscriptionLag>;
+
+    /// Whether the backend can store and deliver now, or why not: a backend
+    /// that talks to a server (RabbitMQ, Kafka) reports its connection,
+    /// NotReady with [`BACKEND_UNAVAILABLE`]. The broker's status shows it
+    /// between applies. Local backends are Ready while they run.
+    fn health(&self) -> Health {
+        Health::Ready
+    }
 
     /// Persists what must survive a restart (cursors) and stops background work.
     async fn shutdown(&self);

@@ -22,7 +22,9 @@ use crate::api::{Broker, ObjectKey, Resource, Trigger};
 use crate::desired::take_gone;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
-use crate::eventing::backend::{self, BackendPlan, PlanContext, SubscriptionSpec};
+use crate::eventing::backend::{
+    self, BACKEND_FAILED, BACKEND_UNAVAILABLE, Backend, BackendPlan, PlanContext, SubscriptionSpec,
+};
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::EventSender;
 use crate::eventing::source::controller::{DesiredSource, SourceController};
@@ -48,8 +50,10 @@ fn broker_view(
     view
 }
 
-/// The reason of a broker whose backend did not start: tried again later.
-pub(crate) const BACKEND_FAILED: &str = "BackendFailed";
+/// The reasons of an apply's broker whose backend did not start: it is
+/// tried again later. (A started backend that loses its server shows
+/// BackendUnavailable live, and is not started again: it reconnects.)
+const START_FAILED: [&str; 2] = [BACKEND_FAILED, BACKEND_UNAVAILABLE];
 /// How long shutdown lets in-flight deliveries finish, so that a clean stop
 /// does not deliver them twice.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -105,11 +109,25 @@ struct Running {
     triggers: BTreeMap<ObjectKey, RunningTrigger>,
 }
 
-/// What the last apply said of each broker and trigger.
+/// What the last apply said of each broker and trigger, and the backends
+/// it left running, whose live health a broker's status shows.
 #[derive(Default)]
 struct Views {
     brokers: BTreeMap<ObjectKey, ObjectView>,
     triggers: BTreeMap<ObjectKey, ObjectView>,
+    backends: BTreeMap<ObjectKey, Arc<dyn Backend>>,
+}
+
+impl Views {
+    /// A broker's status as the apply left it, with the live health of its
+    /// backend: a broker whose RabbitMQ or Kafka went away since is not
+    /// Ready, and is again once it is back.
+    fn broker_status(&self, key: &ObjectKey, applied: &Status) -> Status {
+        match self.backends.get(key) {
+            Some(backend) => backend.health().overlay(applied.clone(), "broker"),
+            None => applied.clone(),
+        }
+    }
 }
 
 /// The eventing half of the control plane.
@@ -168,7 +186,7 @@ impl EventingController {
             let status = self
                 .reconcile_broker(&mut running, key, broker, index)
                 .await;
-            backends_failed |= status.has_reason(BACKEND_FAILED);
+            backends_failed |= START_FAILED.iter().any(|r| status.has_reason(r));
             let view = broker_view(loaded, broker, status, self.settings.default_class);
             broker_views.insert(key.clone(), view);
         }
@@ -183,6 +201,11 @@ impl EventingController {
                 .await;
             trigger_views.insert(key.clone(), ObjectView::of(loaded, status));
         }
+        let backends = running
+            .brokers
+            .iter()
+            .map(|(key, broker)| (key.clone(), broker.handle.backend.clone()))
+            .collect();
         drop(running);
         let desired = objects
             .sources
@@ -196,6 +219,7 @@ impl EventingController {
         *views = Views {
             brokers: broker_views,
             triggers: trigger_views,
+            backends,
         };
         backends_failed
     }
@@ -306,15 +330,15 @@ impl EventingController {
                 tracing::info!(broker = %key, class = ?class, "broker ready");
                 self.broker_status(key)
             }
-            Err(reason) => {
-                tracing::error!(broker = %key, error = %reason, "broker failed to start");
+            Err(error) => {
+                tracing::error!(broker = %key, %error, "broker failed to start; trying again later");
                 self.registry.insert(
                     key,
                     BrokerEntry::NotReady {
-                        reason: reason.clone(),
+                        reason: error.to_string(),
                     },
                 );
-                Status::not_ready(BACKEND_FAILED, reason)
+                Status::not_ready(error.reason(), error.to_string())
             }
         }
     }
@@ -467,10 +491,20 @@ impl EventingController {
         })
     }
 
-    /// Brokers as the last apply left them.
+    /// Brokers as the last apply left them, with their backends' live
+    /// health.
     pub(crate) fn brokers(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         let views = self.views.read().unwrap_or_else(|e| e.into_inner());
-        in_namespace(&views.brokers, namespace).cloned().collect()
+        in_namespace(&views.brokers, namespace)
+            .map(|view| {
+                let key =
+                    ObjectKey::new(view.metadata.namespace.clone(), view.metadata.name.clone());
+                ObjectView {
+                    status: views.broker_status(&key, &view.status),
+                    ..view.clone()
+                }
+            })
+            .collect()
     }
 
     /// Triggers as the last apply left them, with their live backlog.
@@ -503,17 +537,19 @@ impl EventingController {
         self.sources.views(namespace).await
     }
 
-    /// The status the last apply gave one Broker or Trigger, without live
-    /// figures (no backlog, so no lock on the running state). None for
-    /// other kinds.
+    /// The status the last apply gave one Broker (with its backend's live
+    /// health) or Trigger (without its backlog, so no lock on the running
+    /// state). None for other kinds.
     pub(crate) fn applied_status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
         let views = self.views.read().unwrap_or_else(|e| e.into_inner());
-        let views = match kind {
-            "Broker" => &views.brokers,
-            "Trigger" => &views.triggers,
-            _ => return None,
-        };
-        views.get(key).map(|view| view.status.clone())
+        match kind {
+            "Broker" => views
+                .brokers
+                .get(key)
+                .map(|view| views.broker_status(key, &view.status)),
+            "Trigger" => views.triggers.get(key).map(|view| view.status.clone()),
+            _ => None,
+        }
     }
 
     /// Publishes each trigger's backlog as a gauge.

@@ -14,7 +14,7 @@ use crate::api::ObjectKey;
 use crate::api::status::{Condition, ObjectView, Status, ViewMeta};
 use crate::desired::take_gone;
 use crate::eventing::delivery::EventSender;
-use crate::eventing::source::{SourceBuild, SourceContext, SourceHandle, SourceHealth};
+use crate::eventing::source::{SourceBuild, SourceContext, SourceHandle};
 
 /// One source kind's entries are keyed by kind and object.
 type SourceId = (&'static str, ObjectKey);
@@ -198,19 +198,10 @@ fn status(entry: &Entry) -> Status {
             Some(message.clone()),
         ),
     };
-    let mut status = match (
-        &entry.sink,
-        entry.running.as_ref().map(|r| r.handle.health()),
-    ) {
+    let mut status = match (&entry.sink, &entry.running) {
         (Err(message), _) => Status::not_ready("SinkNotFound", format!("spec.sink: {message}")),
         (Ok(_), None) => Status::not_ready("NotRunning", "the source is not running"),
-        (Ok(_), Some(SourceHealth::Ready)) => Status::ready(),
-        (Ok(_), Some(SourceHealth::Unknown)) => {
-            Status::unknown("Starting", "the source is starting")
-        }
-        (Ok(_), Some(SourceHealth::NotReady { reason, message })) => {
-            Status::not_ready(&reason, message)
-        }
+        (Ok(_), Some(running)) => running.handle.health().status("source"),
     };
     status.sink_uri = entry.sink.as_ref().ok().map(ToString::to_string);
     status.conditions.push(sink_condition);

@@ -6,7 +6,7 @@
 //! URI and runs the source with a [`SourceContext`], which is all a source
 //! sees of pilotlight: [`SourceContext::send`] delivers with the same client
 //! and retry loop as triggers, [`SourceContext::set_status`] reports
-//! conditions, [`SourceContext::stopped`] says when to end, and
+//! its [`Health`], [`SourceContext::stopped`] says when to end, and
 //! [`SourceContext::state_dir`] keeps what must survive a restart.
 
 pub mod apiserver;
@@ -16,7 +16,7 @@ mod ping;
 mod rabbitmq;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
@@ -27,6 +27,7 @@ use crate::api::index::ObjectIndex;
 use crate::api::{ObjectKey, Resource};
 use crate::cloudevent::Event;
 use crate::eventing::delivery::{DeliveryPolicy, EventSender, Outcome, deliver_with_retries};
+use crate::eventing::health::{Health, HealthCell};
 
 /// How sources deliver: Knative's sources retry a failed send; here 10
 /// retries, exponential from 0.2 s (about 3.5 minutes in all), honouring
@@ -123,35 +124,6 @@ pub trait Source: Send + 'static {
     async fn run(self: Box<Self>, context: SourceContext);
 }
 
-/// A source's health, shown in its status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceHealth {
-    /// Starting: nothing to say yet.
-    Unknown,
-    Ready,
-    /// `reason` is CamelCase (`ApiServerUnreachable`), `message` says what to do.
-    NotReady {
-        reason: String,
-        message: String,
-    },
-}
-
-/// What a source reports, read by the control plane for status.
-#[derive(Debug, Default)]
-pub(crate) struct StatusBoard {
-    health: RwLock<Option<SourceHealth>>,
-}
-
-impl StatusBoard {
-    pub(crate) fn health(&self) -> SourceHealth {
-        self.health
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or(SourceHealth::Unknown)
-    }
-}
-
 /// Why a send gave up.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SendError {
@@ -170,7 +142,7 @@ pub struct SourceContext {
     pub sink: Uri,
     sender: EventSender,
     policy: Arc<DeliveryPolicy>,
-    board: Arc<StatusBoard>,
+    health: Arc<HealthCell>,
     stop: watch::Receiver<bool>,
     state_dir: PathBuf,
 }
@@ -183,13 +155,13 @@ impl SourceContext {
         state_dir: PathBuf,
     ) -> (SourceContext, SourceHandle) {
         let (stop_tx, stop) = watch::channel(false);
-        let board = Arc::new(StatusBoard::default());
+        let health = Arc::new(HealthCell::default());
         let context = SourceContext {
             key,
             sink,
             sender,
             policy: Arc::new(source_delivery_policy()),
-            board: board.clone(),
+            health: health.clone(),
             stop,
             state_dir,
         };
@@ -197,7 +169,7 @@ impl SourceContext {
             context,
             SourceHandle {
                 stop: stop_tx,
-                board,
+                health,
             },
         )
     }
@@ -247,8 +219,22 @@ impl SourceContext {
         Ok(outcome)
     }
 
-    pub(crate) fn set_status(&self, health: SourceHealth) {
-        *self.board.health.write().unwrap_or_else(|e| e.into_inner()) = Some(health);
+    /// Sets the source's health, shown at once.
+    pub(crate) fn set_status(&self, health: Health) {
+        self.health.set(health);
+    }
+
+    /// Reports a failure that may pass by itself (a dropped connection,
+    /// one failed attempt to reconnect): a Ready source shows it only if it
+    /// lasts (see [`HealthCell::failing`]).
+    pub(crate) fn set_failing(&self, reason: &str, message: impl Into<String>) {
+        self.health.failing(reason, message);
+    }
+
+    /// The source's health cell, for a task of the source that reports on
+    /// its own.
+    pub(crate) fn health(&self) -> &Arc<HealthCell> {
+        &self.health
     }
 
     /// Resolves when the source must stop (deleted, changed, or pilotlight exits).
@@ -271,12 +257,12 @@ impl SourceContext {
 /// The control plane's side of a running source.
 pub struct SourceHandle {
     stop: watch::Sender<bool>,
-    board: Arc<StatusBoard>,
+    health: Arc<HealthCell>,
 }
 
 impl SourceHandle {
-    pub fn health(&self) -> SourceHealth {
-        self.board.health()
+    pub fn health(&self) -> Health {
+        self.health.get()
     }
 
     pub fn stop(&self) {
@@ -300,10 +286,7 @@ pub(crate) struct InvalidSource {
 #[async_trait::async_trait]
 impl Source for InvalidSource {
     async fn run(self: Box<Self>, context: SourceContext) {
-        context.set_status(SourceHealth::NotReady {
-            reason: "InvalidSpec".to_owned(),
-            message: self.message,
-        });
+        context.set_status(Health::not_ready("InvalidSpec", self.message));
         context.stopped().await;
     }
 }

@@ -25,6 +25,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use super::health::{self, ClientErrors, Prober, TopicCheck};
 use super::offsets::{OffsetToken, OffsetTracker};
 
 /// How often done offsets are committed while running.
@@ -70,13 +71,23 @@ impl Shared {
 }
 
 /// Rebalance callbacks: commit what is done of revoked partitions, then
-/// forget them; start assigned ones fresh.
+/// forget them; start assigned ones fresh. Keeps librdkafka's errors for
+/// the member's health.
 pub(crate) struct GroupContext {
     shared: Arc<Shared>,
     group: String,
+    errors: Arc<ClientErrors>,
 }
 
 impl ClientContext for GroupContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.errors.log(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.errors.error(&error, reason);
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`) carry each
     /// assigned partition's lag behind its end offset: the backlog.
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -211,10 +222,12 @@ impl GroupConsumer {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("statistics.interval.ms", "5000");
+        let errors = Arc::new(ClientErrors::default());
         let consumer: StreamConsumer<GroupContext> = config
             .create_with_context(GroupContext {
                 shared: shared.clone(),
                 group: group.to_owned(),
+                errors: errors.clone(),
             })
             .map_err(|e| ConsumerError {
                 settings_refused: true,
@@ -226,7 +239,7 @@ impl GroupConsumer {
             tokio::task::spawn_blocking(move || commit_end_offsets_if_new(&c, &t))
                 .await
                 .map_err(|e| error(e.to_string()))?
-                .map_err(error)?;
+                .map_err(|e| error(errors.explain(e)))?;
         }
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -255,6 +268,19 @@ impl GroupConsumer {
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// A prober of `topics` through this member's connections, for the
+    /// health of what consumes them; `kafka` and `check` as in [`Prober`].
+    pub(crate) fn prober(&self, topics: &[String], kafka: String, check: &'static str) -> Prober {
+        let consumer = self.consumer.clone();
+        let topics = topics.to_vec();
+        Prober {
+            errors: consumer.context().errors.clone(),
+            probe: Arc::new(move || health::probe(consumer.client(), &topics, TopicCheck::Exists)),
+            kafka,
+            check,
+        }
     }
 
     /// The next record of an assigned partition, with the token its

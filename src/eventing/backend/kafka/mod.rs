@@ -11,10 +11,14 @@
 //! - Offsets are committed up to the contiguous done prefix per partition
 //!   ([`offsets`], [`consumer`]): a crash redelivers, never skips. Rebalances
 //!   split partitions between pilotlight processes sharing the Kafka.
+//! - Starting fails (and is tried again) until Kafka answers; a started
+//!   backend probes Kafka through its producer, and the broker is not Ready
+//!   while the probe fails, with librdkafka's words for why ([`health`]).
 
 pub(crate) mod binding;
 pub(crate) mod config;
 pub(crate) mod consumer;
+pub(crate) mod health;
 pub(crate) mod offsets;
 
 #[cfg(test)]
@@ -33,15 +37,17 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 pub(crate) use config::KafkaConfig;
 use consumer::{GroupConsumer, GroupHandle, InitialOffset, Shared};
+use health::{ClientErrors, ErrorsContext, Prober, TopicCheck};
 
 use super::{
-    Acknowledge, AppendError, Backend, BackendError, BackendPlan, Delivery, PlanContext,
-    Subscription, SubscriptionLag, SubscriptionSpec, same_plan,
+    Acknowledge, AppendError, BACKEND_UNAVAILABLE, Backend, BackendError, BackendPlan, Delivery,
+    PlanContext, StartError, Subscription, SubscriptionLag, SubscriptionSpec, same_plan,
 };
 use crate::api::ObjectKey;
 use crate::api::broker::BrokerClass;
 use crate::api::filter::Filter;
 use crate::cloudevent::Event;
+use crate::eventing::health::{Health, HealthCell};
 
 /// How long a record may wait to be acknowledged before the append fails.
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -53,9 +59,19 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// A Kafka broker's backend.
 pub(crate) struct KafkaBackend {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<ErrorsContext>,
     subscriptions: tokio::sync::Mutex<HashMap<ObjectKey, GroupHandle>>,
     lags: Mutex<HashMap<ObjectKey, Arc<Shared>>>,
+    /// Whether the producer reaches Kafka, kept by `prober`.
+    health: Arc<HealthCell>,
+    prober: tokio::task::JoinHandle<()>,
+}
+
+/// The probe task holds a clone of the producer: it ends with the backend.
+impl Drop for KafkaBackend {
+    fn drop(&mut self) {
+        self.prober.abort();
+    }
 }
 
 /// The consumer group of a trigger, as Knative names it.
@@ -79,8 +95,8 @@ impl BackendPlan for KafkaConfig {
         BrokerClass::Kafka
     }
 
-    async fn start(&self) -> Result<Arc<dyn Backend>, String> {
-        Ok(Arc::new(start(self).await.map_err(|e| e.to_string())?))
+    async fn start(&self) -> Result<Arc<dyn Backend>, StartError> {
+        Ok(Arc::new(start(self).await?))
     }
 
     fn same_as(&self, other: &dyn BackendPlan) -> bool {
@@ -92,12 +108,13 @@ impl BackendPlan for KafkaConfig {
     }
 }
 
-/// Connects to Kafka and creates the broker's topic if missing.
-pub(crate) async fn start(config: &KafkaConfig) -> Result<KafkaBackend, BackendError> {
-    if !config.external_topic {
-        create_topic(config).await?;
-    }
-    let producer: FutureProducer = config
+/// Connects to Kafka, creates the broker's topic if missing, and starts
+/// probing. [`StartError::Unavailable`], with librdkafka's reason, while
+/// Kafka does not answer.
+pub(crate) async fn start(config: &KafkaConfig) -> Result<KafkaBackend, StartError> {
+    let context = ErrorsContext::default();
+    let errors = context.errors.clone();
+    let producer: FutureProducer<ErrorsContext> = config
         .client()
         .set("acks", "all")
         .set("enable.idempotence", "true")
@@ -107,13 +124,79 @@ pub(crate) async fn start(config: &KafkaConfig) -> Result<KafkaBackend, BackendE
             "message.timeout.ms",
             PRODUCE_TIMEOUT.as_millis().to_string(),
         )
-        .create()
-        .map_err(|e| BackendError(format!("cannot create a Kafka producer: {e}")))?;
+        // Probing the topic's metadata must not create it with the
+        // cluster's defaults before `create_topic` sets its partitions.
+        .set("allow.auto.create.topics", "false")
+        .create_with_context(context)
+        .map_err(|e| StartError::Failed(format!("cannot create a Kafka producer: {e}")))?;
+    first_contact(config, &producer, &errors).await?;
+    if !config.external_topic {
+        // Kafka answered just now: a failure here is about the topic.
+        create_topic(config)
+            .await
+            .map_err(|e| StartError::Failed(e.to_string()))?;
+    }
+    let health = Arc::new(HealthCell::default());
+    let prober = Prober {
+        probe: producer_probe(&producer, &config.topic, TopicCheck::Exists),
+        errors,
+        kafka: format!("Kafka at {}", config.bootstrap_servers),
+        check: "spec.config's bootstrap.servers and auth Secret (or --kafka-bootstrap-servers), and that the broker's topic exists",
+    };
+    let prober = tokio::spawn(health::keep_health(
+        prober,
+        health.clone(),
+        BACKEND_UNAVAILABLE,
+        std::future::pending(),
+    ));
     Ok(KafkaBackend {
         config: config.clone(),
         producer,
         subscriptions: tokio::sync::Mutex::default(),
         lags: Mutex::default(),
+        health,
+        prober,
+    })
+}
+
+/// A probe of `topic` through the producer's connections.
+fn producer_probe(
+    producer: &FutureProducer<ErrorsContext>,
+    topic: &str,
+    check: TopicCheck,
+) -> Arc<dyn Fn() -> Result<(), String> + Send + Sync> {
+    let producer = producer.clone();
+    let topics = vec![topic.to_owned()];
+    Arc::new(move || health::probe(producer.client(), &topics, check))
+}
+
+/// Waits until Kafka answers the producer: at once when it does, failing
+/// at once when librdkafka reports every bootstrap server down, and after
+/// [`health::PROBE_TIMEOUT`] when nothing answers. An external topic must
+/// exist; the broker's own is created next.
+async fn first_contact(
+    config: &KafkaConfig,
+    producer: &FutureProducer<ErrorsContext>,
+    errors: &ClientErrors,
+) -> Result<(), StartError> {
+    let check = if config.external_topic {
+        TopicCheck::Exists
+    } else {
+        TopicCheck::Contact
+    };
+    let probe = producer_probe(producer, &config.topic, check);
+    let answered = tokio::select! {
+        result = tokio::task::spawn_blocking(move || probe()) => {
+            result.unwrap_or_else(|e| Err(format!("the probe failed: {e}")))
+        }
+        _ = errors.all_down() => Err("every bootstrap server is down".to_owned()),
+    };
+    answered.map_err(|e| {
+        StartError::Unavailable(format!(
+            "Kafka at {}: {}; check spec.config's bootstrap.servers and auth Secret (or --kafka-bootstrap-servers), and that Kafka is running there",
+            config.bootstrap_servers,
+            errors.explain(e)
+        ))
     })
 }
 
@@ -309,7 +392,12 @@ impl Backend for KafkaBackend {
         })
     }
 
+    fn health(&self) -> Health {
+        self.health.get()
+    }
+
     async fn shutdown(&self) {
+        self.prober.abort();
         let handles: Vec<GroupHandle> = self
             .subscriptions
             .lock()

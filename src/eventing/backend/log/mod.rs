@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::local::{LocalBackend, LocalConfig, Store, StoreError};
-use super::{Backend, BackendPlan, PlanContext, same_plan};
+use super::{Backend, BackendPlan, PlanContext, StartError, same_plan};
 use crate::api::broker::BrokerClass;
 use crate::cloudevent::Event;
 use segment::{Segment, io_error, lock};
@@ -91,8 +91,9 @@ impl BackendPlan for LogPlan {
         BrokerClass::Log
     }
 
-    async fn start(&self) -> Result<Arc<dyn Backend>, String> {
-        let backend = start(&self.dir, &self.config).map_err(|e| e.to_string())?;
+    async fn start(&self) -> Result<Arc<dyn Backend>, StartError> {
+        let backend =
+            start(&self.dir, &self.config).map_err(|e| StartError::Failed(e.to_string()))?;
         Ok(Arc::new(backend))
     }
 

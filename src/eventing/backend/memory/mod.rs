@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::local::{LocalBackend, LocalConfig, Store, StoreError};
-use super::{Backend, BackendPlan, PlanContext, same_plan};
+use super::{Backend, BackendPlan, PlanContext, StartError, same_plan};
 use crate::api::broker::BrokerClass;
 use crate::cloudevent::Event;
 
@@ -39,8 +39,10 @@ impl BackendPlan for MemoryConfig {
         BrokerClass::Memory
     }
 
-    async fn start(&self) -> Result<Arc<dyn Backend>, String> {
-        Ok(Arc::new(start(self).map_err(|e| e.to_string())?))
+    async fn start(&self) -> Result<Arc<dyn Backend>, StartError> {
+        Ok(Arc::new(
+            start(self).map_err(|e| StartError::Failed(e.to_string()))?,
+        ))
     }
 
     fn same_as(&self, other: &dyn BackendPlan) -> bool {

@@ -5,10 +5,16 @@
 //! `rabbitmqClusterReference.connectionSecret.name`, with keys `uri` and
 //! optionally `username`, `password` (and `port`, used when `uri` is the
 //! management URL the messaging-topology-operator writes).
+//!
+//! Every RabbitMQ URI pilotlight reads (`--rabbitmq-uri`, a connection
+//! Secret's `uri`, a RabbitmqSource's) goes through [`parse_uri`], whose
+//! vhost is [`uri_vhost`]'s: `amqp://host` and `amqp://host/` are the
+//! default vhost `/`.
 
 use std::fmt;
 
 use lapin::uri::{AMQPScheme, AMQPUri};
+use percent_encoding::percent_decode_str;
 
 use crate::api::index::ObjectIndex;
 use crate::api::rabbitmq::{
@@ -80,7 +86,7 @@ pub(crate) struct RabbitConnectionConfig {
 
 impl RabbitConnectionConfig {
     /// The settings for a URI given on the command line or in a test.
-    pub(crate) fn from_uri(uri: &str, queue_type: QueueType) -> Result<Self, String> {
+    pub(crate) fn from_uri(uri: &str, queue_type: QueueType) -> Result<Self, UriError> {
         Ok(RabbitConnectionConfig {
             uri: parse_uri(uri)?,
             queue_type,
@@ -124,7 +130,7 @@ pub(crate) fn resolve_uri(
                 format!("Secret {secret_key} has no key 'uri' (in stringData or data)")
             })?;
             let mut uri = parse_connection_secret_uri(&text, secret.value("port").as_deref())
-                .map_err(|e| format!("Secret {secret_key} key 'uri': {e}"))?;
+                .map_err(|e| format!("Secret {secret_key}: {e}"))?;
             if let Some(username) = secret.value("username") {
                 uri.authority.userinfo.username = username;
             }
@@ -146,18 +152,32 @@ pub(crate) fn resolve_uri(
     Ok(uri)
 }
 
-/// Parses an `amqp://` or `amqps://` URI.
-pub(crate) fn parse_uri(text: &str) -> Result<AMQPUri, String> {
+/// Why a RabbitMQ URI was refused; the URI shows with its password hidden.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UriError {
+    #[error("'{uri}' is not an AMQP URI: use amqp://user:password@host:5672/vhost")]
+    NotAmqp { uri: String },
+    #[error("'{uri}' is not an AMQP URI: {reason}")]
+    Invalid { uri: String, reason: String },
+    #[error("'{uri}': the vhost in its path is not valid percent-encoded UTF-8")]
+    BadVhost { uri: String },
+}
+
+/// Parses an `amqp://` or `amqps://` URI; its vhost is [`uri_vhost`]'s.
+pub(crate) fn parse_uri(text: &str) -> Result<AMQPUri, UriError> {
     let scheme = text.split_once("://").map(|(s, _)| s);
     if !matches!(scheme, Some("amqp" | "amqps")) {
-        return Err(format!(
-            "'{}' is not an AMQP URI: use amqp://user:password@host:5672/vhost",
-            redact_text(text)
-        ));
+        return Err(UriError::NotAmqp {
+            uri: redact_text(text),
+        });
     }
-    let mut uri: AMQPUri = text
-        .parse()
-        .map_err(|e| format!("'{}' is not an AMQP URI: {e}", redact_text(text)))?;
+    // First, so that a bad vhost is refused as that.
+    let vhost = uri_vhost(text)?;
+    let mut uri: AMQPUri = text.parse().map_err(|reason| UriError::Invalid {
+        uri: redact_text(text),
+        reason,
+    })?;
+    uri.vhost = vhost;
     // amq-protocol-uri takes the host from `Url::domain`, which is empty for
     // IP addresses (it would then connect to localhost): take it from http.
     let host = text
@@ -170,16 +190,46 @@ pub(crate) fn parse_uri(text: &str) -> Result<AMQPUri, String> {
     Ok(uri)
 }
 
+/// The vhost an AMQP URI names: the one rule for every RabbitMQ URI
+/// pilotlight reads.
+///
+/// - no path, `amqp://host`: the default vhost `/` (the AMQP URI spec);
+/// - a bare slash, `amqp://host/`: also `/`. By the letter of the spec it is
+///   the empty vhost, which RabbitMQ refuses (`NOT_ALLOWED - vhost  not
+///   found`); RabbitMQ's tutorials and most Go and Python clients write it
+///   meaning the default vhost, and so does everyone who copies them;
+/// - otherwise the rest of the path, percent-decoded: `amqp://host/%2f` is
+///   `/`, `amqp://host/orders` is `orders`, `amqp://host/a%2Fb` is `a/b`.
+pub(crate) fn uri_vhost(text: &str) -> Result<String, UriError> {
+    let after_scheme = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let before_query = after_scheme
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(after_scheme);
+    let path = before_query
+        .find('/')
+        .map_or("", |slash| &before_query[slash + 1..]);
+    if path.is_empty() {
+        return Ok("/".to_owned());
+    }
+    percent_decode_str(path)
+        .decode_utf8()
+        .map(|vhost| vhost.into_owned())
+        .map_err(|_| UriError::BadVhost {
+            uri: redact_text(text),
+        })
+}
+
 /// The Secret's `uri`: an AMQP URI, or (as the messaging-topology-operator
 /// writes it) the management URL, whose host is used with the AMQP port
-/// (`port`, else the scheme's default).
+/// (`port`, else the scheme's default) and the default vhost.
 fn parse_connection_secret_uri(text: &str, port: Option<&str>) -> Result<AMQPUri, String> {
     let management = text
         .strip_prefix("http://")
         .map(|rest| ("amqp", rest))
         .or_else(|| text.strip_prefix("https://").map(|rest| ("amqps", rest)));
     let Some((scheme, rest)) = management else {
-        return parse_uri(text);
+        return parse_uri(text).map_err(|e| format!("key 'uri': {e}"));
     };
     let authority = rest.split('/').next().unwrap_or_default();
     let host = authority
@@ -187,8 +237,8 @@ fn parse_connection_secret_uri(text: &str, port: Option<&str>) -> Result<AMQPUri
         .map_or(authority, |(_, h)| h)
         .rsplit_once(':')
         .map_or(authority, |(h, _)| h);
-    let mut uri = parse_uri(&format!("{scheme}://{host}/"))?;
-    uri.vhost = "/".into();
+    let mut uri =
+        parse_uri(&format!("{scheme}://{host}")).map_err(|e| format!("key 'uri': {e}"))?;
     uri.authority.port = match port {
         Some(p) => p
             .trim()

@@ -7,6 +7,14 @@
 //! appends fail fast with 503 + Retry-After), and reconnects with exponential
 //! backoff. Messages that were delivered but not acked come back through
 //! RabbitMQ's redelivery once the subscriptions consume again.
+//!
+//! The link's [`Health`] is the broker's live readiness: Ready while a
+//! session is up, NotReady with RabbitMQ's own reason (`NOT_ALLOWED - vhost
+//! orders not found`, `ACCESS_REFUSED - Login was refused`) while it cannot
+//! connect. A session lost and re-established within [`GRACE`] does not
+//! show.
+//!
+//! [`GRACE`]: crate::eventing::health::GRACE
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,13 +24,17 @@ use futures::StreamExt;
 use lapin::options::{
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 use tokio::sync::watch;
 
 use super::config::{RabbitConnectionConfig, redacted};
 use crate::api::rabbitmq::QueueType;
 use crate::backoff::Backoff;
+use crate::eventing::backend::BACKEND_UNAVAILABLE;
+use crate::eventing::health::{Health, HealthCell};
 
 /// First and longest pause between connection attempts.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -61,6 +73,8 @@ pub(crate) struct Link {
     session: watch::Sender<Option<Arc<Session>>>,
     topology: Mutex<Topology>,
     last_error: Mutex<String>,
+    /// Ready while connected; why not otherwise.
+    health: HealthCell,
     /// Set once the first connection attempt ended, either way.
     attempted: watch::Sender<bool>,
     stop: watch::Sender<bool>,
@@ -82,6 +96,7 @@ impl Link {
             session: watch::channel(None).0,
             topology: Mutex::new(topology),
             last_error: Mutex::new("not connected yet".into()),
+            health: HealthCell::default(),
             attempted: watch::channel(false).0,
             stop: watch::channel(false).0,
             closing: Mutex::default(),
@@ -128,6 +143,11 @@ impl Link {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Whether the link is connected, or why not (see the module doc).
+    pub(crate) fn health(&self) -> Health {
+        self.health.get()
     }
 
     pub(crate) fn queue_type(&self) -> QueueType {
@@ -194,8 +214,17 @@ impl Link {
         }
     }
 
+    /// Records why the link is not connected: appends say so at once; the
+    /// health shows it unless the link is back within the grace.
     fn set_error(&self, error: String) {
+        self.health.failing(BACKEND_UNAVAILABLE, error.clone());
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    fn set_connected(&self, session: Arc<Session>) {
+        self.session.send_replace(Some(session));
+        self.health.set(Health::Ready);
+        self.attempted.send_replace(true);
     }
 }
 
@@ -212,26 +241,25 @@ async fn run(link: Arc<Link>) {
             Ok(session) => {
                 tracing::info!(connection = %link.name, uri = %redacted(&link.config.uri), "connected to RabbitMQ");
                 let session = Arc::new(session);
-                link.session.send_replace(Some(session.clone()));
-                link.attempted.send_replace(true);
+                link.set_connected(session.clone());
                 let lost = tokio::select! {
                     lost = wait_for_loss(&session) => lost,
                     _ = stop.wait_for(|s| *s) => break,
                 };
                 link.session.send_replace(None);
                 tracing::warn!(connection = %link.name, reason = %lost, "lost the RabbitMQ connection; reconnecting");
-                link.set_error(format!("lost the connection to RabbitMQ: {lost}"));
+                link.set_error(format!(
+                    "lost the connection to RabbitMQ at {}: {lost}; reconnecting",
+                    redacted(&link.config.uri)
+                ));
                 let _ = session.connection.close(200, "reconnecting".into()).await;
                 backoff.reset();
                 backoff.next_delay()
             }
             Err(e) => {
                 let pause = backoff.next_delay();
-                tracing::warn!(connection = %link.name, uri = %redacted(&link.config.uri), error = %e, "cannot connect to RabbitMQ; retrying in {pause:?}");
-                link.set_error(format!(
-                    "cannot connect to RabbitMQ at {}: {e}",
-                    redacted(&link.config.uri)
-                ));
+                tracing::warn!(connection = %link.name, error = %e, "RabbitMQ is not usable; retrying in {pause:?}");
+                link.set_error(e);
                 link.attempted.send_replace(true);
                 pause
             }
@@ -244,36 +272,80 @@ async fn run(link: Arc<Link>) {
     link.session.send_replace(None);
 }
 
-/// Connects, declares the topology and opens the publishing channel.
+/// Connects, declares the topology and opens the publishing channel. The
+/// error names the RabbitMQ and the step that failed.
 async fn connect(link: &Link) -> Result<Session, String> {
+    let uri = &link.config.uri;
     let properties = ConnectionProperties::default().with_connection_name(link.name.clone().into());
-    let connection = Connection::connect_uri(link.config.uri.clone(), properties)
+    let connection = Connection::connect_uri(uri.clone(), properties)
         .await
-        .map_err(|e| e.to_string())?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| e.to_string())?;
-    let topology = link.topology();
-    declare_exchange(&channel, &topology.exchange).await?;
-    for (queue, binding) in &topology.queues {
-        declare_queue(
-            &channel,
-            &topology.exchange,
-            queue,
-            link.config.queue_type,
-            binding.clone(),
-        )
-        .await?;
+        .map_err(|e| connect_failure(uri, &e))?;
+    let set_up = async {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| format!("cannot open a channel: {e}"))?;
+        let topology = link.topology();
+        declare_exchange(&channel, &topology.exchange).await?;
+        for (queue, binding) in &topology.queues {
+            declare_queue(
+                &channel,
+                &topology.exchange,
+                queue,
+                link.config.queue_type,
+                binding.clone(),
+            )
+            .await?;
+        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| format!("cannot enable publisher confirms: {e}"))?;
+        Ok::<_, String>(channel)
+    };
+    match set_up.await {
+        Ok(publisher) => Ok(Session {
+            connection,
+            publisher,
+        }),
+        Err(e) => {
+            let _ = connection.close(200, "set-up failed".into()).await;
+            Err(format!(
+                "connected to RabbitMQ at {}, but {e}",
+                redacted(uri)
+            ))
+        }
     }
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| format!("cannot enable publisher confirms: {e}"))?;
-    Ok(Session {
-        connection,
-        publisher: channel,
-    })
+}
+
+/// Why RabbitMQ at `uri` refused a connection, with RabbitMQ's own reason
+/// (lapin's error carries it: `NOT_ALLOWED - vhost orders not found`) and
+/// what to do about the usual causes. Shared by the broker and the
+/// RabbitmqSource.
+pub(crate) fn connect_failure(uri: &AMQPUri, error: &lapin::Error) -> String {
+    let hint = match error.kind() {
+        ErrorKind::ProtocolError(e) => match e.kind() {
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => format!(
+                "; the vhost '{}' does not exist or the user may not use it: create it \
+                 (rabbitmqctl add_vhost) and grant the user access, or fix the URI's path \
+                 (amqp://host and amqp://host/ are the default vhost /, amqp://host/name is 'name')",
+                uri.vhost
+            ),
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => format!(
+                "; RabbitMQ refused user '{}': check the username and password",
+                uri.authority.userinfo.username
+            ),
+            _ => String::new(),
+        },
+        ErrorKind::IOError(_) => {
+            "; check that RabbitMQ is running and listens at that host and port".to_owned()
+        }
+        _ => String::new(),
+    };
+    format!(
+        "cannot connect to RabbitMQ at {}: {error}{hint}",
+        redacted(uri)
+    )
 }
 
 /// Resolves when the session's connection or publishing channel is gone.

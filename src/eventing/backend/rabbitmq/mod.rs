@@ -46,13 +46,14 @@ use self::config::RabbitConnectionConfig;
 use self::connection::{Link, Topology, declare_queue, short};
 use self::subscription::RabbitSubscription;
 use super::{
-    AppendError, Backend, BackendError, BackendPlan, Concurrency, PlanContext, Subscription,
-    SubscriptionLag, SubscriptionSpec, same_plan,
+    AppendError, Backend, BackendError, BackendPlan, Concurrency, PlanContext, StartError,
+    Subscription, SubscriptionLag, SubscriptionSpec, same_plan,
 };
 use crate::api::broker::BrokerClass;
 use crate::api::filter::Filter;
 use crate::api::{ObjectKey, Trigger};
 use crate::cloudevent::Event;
+use crate::eventing::health::Health;
 
 /// How long a client should wait while RabbitMQ is unreachable.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -123,9 +124,13 @@ impl BackendPlan for RabbitMqPlan {
         BrokerClass::RabbitMq
     }
 
-    async fn start(&self) -> Result<Arc<dyn Backend>, String> {
+    /// Never Unavailable: a broker whose RabbitMQ is away starts, answers
+    /// 503 and shows the link's health until it connects.
+    async fn start(&self) -> Result<Arc<dyn Backend>, StartError> {
         Ok(Arc::new(
-            start(&self.broker, self.connection.clone()).await?,
+            start(&self.broker, self.connection.clone())
+                .await
+                .map_err(StartError::Failed)?,
         ))
     }
 
@@ -352,6 +357,10 @@ impl Backend for RabbitMqBackend {
         // The backlog lives in RabbitMQ (see its management UI); reading it
         // would take a round trip per status request.
         None
+    }
+
+    fn health(&self) -> Health {
+        self.link.health()
     }
 
     async fn shutdown(&self) {

@@ -322,8 +322,69 @@ fn bad_configs_are_refused_with_the_field() {
     assert!(
         RabbitConnectionConfig::from_uri("http://x", QueueType::Quorum)
             .unwrap_err()
+            .to_string()
             .contains("not an AMQP URI")
     );
     let err = parse_uri("amqp://u:pw@host:notaport/").unwrap_err();
-    assert!(!err.contains("pw@"), "password hidden: {err}");
+    assert!(!err.to_string().contains("pw@"), "password hidden: {err}");
+}
+
+/// The vhost of each URI form, by [`super::config::uri_vhost`]'s rule.
+fn vhost(uri: &str) -> String {
+    parse_uri(uri).expect("parses").vhost
+}
+
+#[test]
+fn a_uri_without_a_path_names_the_default_vhost() {
+    assert_eq!(vhost("amqp://guest:guest@127.0.0.1:5672"), "/");
+    assert_eq!(vhost("amqp://rabbit?heartbeat=10"), "/");
+}
+
+#[test]
+fn a_uri_ending_in_a_bare_slash_names_the_default_vhost_not_the_empty_one() {
+    // As RabbitMQ's tutorials and Go and Python clients write it; the empty
+    // vhost the spec's letter gives would be refused by RabbitMQ.
+    assert_eq!(vhost("amqp://guest:guest@127.0.0.1:5672/"), "/");
+    assert_eq!(vhost("amqps://rabbit.example/"), "/");
+    assert_eq!(vhost("amqp://rabbit/?heartbeat=10"), "/");
+    assert_eq!(vhost("amqp://[::1]:5672/"), "/");
+}
+
+#[test]
+fn a_uri_path_is_the_percent_decoded_vhost() {
+    assert_eq!(vhost("amqp://rabbit/%2f"), "/");
+    assert_eq!(vhost("amqp://rabbit/%2F"), "/");
+    assert_eq!(vhost("amqp://rabbit/orders"), "orders");
+    assert_eq!(vhost("amqp://rabbit/a%2Fb?frame_max=8192"), "a/b");
+    assert_eq!(vhost("amqp://u:p@rabbit:5673/team%20a"), "team a");
+    let err = parse_uri("amqp://u:secret@rabbit/%ff")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("vhost") && !err.contains("secret"), "{err}");
+}
+
+#[test]
+fn every_place_that_reads_a_rabbitmq_uri_follows_the_vhost_rule() {
+    let trailing = "amqp://guest:guest@127.0.0.1:5672/";
+    // --rabbitmq-uri, for a RabbitMQBroker without spec.config.
+    let flag = RabbitConnectionConfig::from_uri(trailing, QueueType::Quorum).expect("flag");
+    assert_eq!(flag.uri.vhost, "/");
+    // A connection Secret's `uri`, for a RabbitmqBrokerConfig (no vhost of
+    // its own) and for a RabbitmqSource's cluster reference.
+    let config = "apiVersion: eventing.knative.dev/v1alpha1\nkind: RabbitmqBrokerConfig\nmetadata:\n  name: rabbit\nspec:\n  rabbitmqClusterReference:\n    connectionSecret:\n      name: creds\n";
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\nstringData:\n  uri: {trailing}\n"
+    );
+    let m = manifests(&[config, &secret]);
+    let index = crate::api::index::ObjectIndex::new(&m);
+    let broker = config_of(&m).resolve(&index, None).expect("secret");
+    assert_eq!(broker.uri.vhost, "/");
+    let reference = config_of(&m).spec.rabbitmq_cluster_reference.clone();
+    let source = super::config::resolve_uri(reference.as_ref(), "default", None, &index, None)
+        .expect("source's secret");
+    assert_eq!(source.vhost, "/");
+    // A RabbitmqSource without a reference reads --rabbitmq-uri.
+    let source = super::config::resolve_uri(None, "default", None, &index, Some(trailing))
+        .expect("source's default");
+    assert_eq!(source.vhost, "/");
 }

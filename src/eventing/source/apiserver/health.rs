@@ -4,12 +4,13 @@
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-use crate::eventing::source::{SourceContext, SourceHealth};
+use crate::eventing::health::Health;
+use crate::eventing::source::SourceContext;
 
 /// The status of several watches folded into one.
 pub(crate) struct Reporter {
     ctx: SourceContext,
-    states: Mutex<Vec<SourceHealth>>,
+    states: Mutex<Vec<Health>>,
     pub failed_sends: AtomicU64,
 }
 
@@ -17,34 +18,34 @@ impl Reporter {
     pub(crate) fn new(ctx: SourceContext, watches: usize) -> Self {
         Reporter {
             ctx,
-            states: Mutex::new(vec![SourceHealth::Unknown; watches]),
+            states: Mutex::new(vec![Health::Unknown; watches]),
             failed_sends: AtomicU64::new(0),
         }
     }
 
     /// Records one watch's health; the source is Ready when all are, and
     /// NotReady as soon as one is.
-    pub(crate) fn set(&self, index: usize, health: SourceHealth) {
+    pub(crate) fn set(&self, index: usize, health: Health) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slot) = states.get_mut(index) {
             *slot = health;
         }
         let folded = states
             .iter()
-            .find(|h| matches!(h, SourceHealth::NotReady { .. }))
+            .find(|h| matches!(h, Health::NotReady { .. }))
             .cloned()
             .unwrap_or_else(|| {
-                if states.iter().all(|h| *h == SourceHealth::Ready) {
-                    SourceHealth::Ready
+                if states.iter().all(|h| *h == Health::Ready) {
+                    Health::Ready
                 } else {
-                    SourceHealth::Unknown
+                    Health::Unknown
                 }
             });
         self.ctx.set_status(folded);
     }
 
     /// Sets every watch's health (client creation failing concerns all).
-    pub(crate) fn set_all(&self, health: SourceHealth) {
+    pub(crate) fn set_all(&self, health: Health) {
         let len = self.states.lock().unwrap_or_else(|e| e.into_inner()).len();
         for i in 0..len.max(1) {
             self.set(i, health.clone());
@@ -53,7 +54,7 @@ impl Reporter {
 }
 
 /// A NotReady health for a kube error, with what to do about it.
-pub(crate) fn not_ready(error: &kube::Error, what: &str, cluster_url: &str) -> SourceHealth {
+pub(crate) fn not_ready(error: &kube::Error, what: &str, cluster_url: &str) -> Health {
     let (reason, message) = match error {
         kube::Error::Api(status) if status.code == 401 => (
             "Unauthorized",
@@ -94,15 +95,15 @@ pub(crate) fn not_ready(error: &kube::Error, what: &str, cluster_url: &str) -> S
             ),
         ),
     };
-    SourceHealth::NotReady {
+    Health::NotReady {
         reason: reason.to_string(),
         message,
     }
 }
 
 /// NotReady while no client configuration can be read.
-pub(crate) fn missing_kubeconfig(error: &dyn std::fmt::Display) -> SourceHealth {
-    SourceHealth::NotReady {
+pub(crate) fn missing_kubeconfig(error: &dyn std::fmt::Display) -> Health {
+    Health::NotReady {
         reason: "KubeconfigMissing".to_string(),
         message: format!(
             "no Kubernetes configuration found ({error}): set KUBECONFIG or write ~/.kube/config, or run pilotlight inside a cluster; retrying"

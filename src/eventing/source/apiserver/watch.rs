@@ -40,7 +40,8 @@ use super::known::{Known, Scope, key_of};
 use crate::api::filter::Filter;
 use crate::api::sources::apiserver::{ApiVersionKind, EventMode};
 use crate::backoff::Backoff;
-use crate::eventing::source::{CeOverrides, SendError, SourceContext, SourceHealth};
+use crate::eventing::health::Health;
+use crate::eventing::source::{CeOverrides, SendError, SourceContext};
 
 /// How old the set of matching namespaces may be when an event comes.
 pub(crate) const NAMESPACES_EVERY: Duration = Duration::from_secs(300);
@@ -251,7 +252,7 @@ impl<'a> KindWatch<'a> {
             Event::InitApply(object) => listed.push(object),
             Event::InitDone => {
                 self.backoff.reset();
-                self.reporter.set(self.index, SourceHealth::Ready);
+                self.reporter.set(self.index, Health::Ready);
                 let changes = self
                     .known
                     .relisted(std::mem::take(listed), &self.scope, resource);

@@ -21,10 +21,14 @@ use crate::eventing::backend::kafka::config::KafkaAuth;
 use crate::eventing::backend::kafka::consumer::{
     ConsumerError, GroupConsumer, GroupHandle, InitialOffset, Shared,
 };
+use crate::eventing::backend::kafka::health::keep_health;
 use crate::eventing::backend::kafka::offsets::OffsetToken;
 use crate::eventing::delivery::{DeliveryPolicy, Outcome, dead_letter_event};
-use crate::eventing::source::{CeOverrides, Source, SourceContext, SourceHealth};
+use crate::eventing::health::Health;
+use crate::eventing::source::{CeOverrides, Source, SourceContext};
 
+/// The reason of a KafkaSource whose Kafka does not answer.
+const KAFKA_UNAVAILABLE: &str = "KafkaUnavailable";
 /// Pause before trying again to join Kafka after a failure.
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// Records queued per partition of an ordered source before reading pauses.
@@ -68,6 +72,10 @@ impl KafkaRunner {
         })
     }
 
+    fn bootstrap_servers(&self) -> &str {
+        self.client.get("bootstrap.servers").unwrap_or_default()
+    }
+
     /// Joins the group with every consumer, or says why not.
     async fn join(&self) -> Result<Vec<(GroupConsumer, GroupHandle)>, ConsumerError> {
         let mut members = Vec::with_capacity(self.consumers);
@@ -104,7 +112,7 @@ impl Source for KafkaRunner {
                 Err(e) if e.settings_refused => {
                     // The same settings fail the same way: wait for new
                     // ones (a fixed Secret restarts the source).
-                    context.set_status(SourceHealth::NotReady {
+                    context.set_status(Health::NotReady {
                         reason: "InvalidSpec".into(),
                         message: format!(
                             "{e}; check spec.net and the values of the Secrets it names"
@@ -116,10 +124,10 @@ impl Source for KafkaRunner {
                 Err(e) => {
                     let message = e.to_string();
                     tracing::warn!(source = %context.key, error = %message, "KafkaSource cannot join Kafka; retrying in {RETRY_PAUSE:?}");
-                    context.set_status(SourceHealth::NotReady {
-                        reason: "KafkaUnavailable".into(),
-                        message: format!("{message}; check spec.bootstrapServers and spec.topics (pilotlight retries every {RETRY_PAUSE:?})"),
-                    });
+                    context.set_status(Health::not_ready(
+                        KAFKA_UNAVAILABLE,
+                        format!("{message}; check spec.bootstrapServers and spec.topics (pilotlight retries every {RETRY_PAUSE:?})"),
+                    ));
                     tokio::select! {
                         _ = tokio::time::sleep(RETRY_PAUSE) => continue,
                         _ = context.stopped() => return,
@@ -127,7 +135,23 @@ impl Source for KafkaRunner {
                 }
             }
         };
-        context.set_status(SourceHealth::Ready);
+        // Joining need not have reached Kafka (a group reading from the
+        // earliest offset asks nothing of it first): the probe says whether
+        // the source is Ready, and keeps saying it while the source runs.
+        if let Some((first, _)) = members.first() {
+            let prober = first.prober(
+                &runner.topics,
+                format!("Kafka at {}", runner.bootstrap_servers()),
+                "spec.bootstrapServers and spec.topics, and that Kafka is running there",
+            );
+            let stopped = context.clone();
+            tokio::spawn(keep_health(
+                prober,
+                context.health().clone(),
+                KAFKA_UNAVAILABLE,
+                async move { stopped.stopped().await },
+            ));
+        }
         let mut consumers = JoinSet::new();
         let mut handles = Vec::new();
         for (consumer, handle) in members {

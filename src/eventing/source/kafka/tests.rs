@@ -380,7 +380,8 @@ fn missing_secrets_keys_and_values_name_the_field_secret_and_key() {
 /// the Secret, the build reads differently, so a reload restarts it.
 #[tokio::test]
 async fn a_source_without_its_secret_is_not_ready_and_restarts_when_it_appears() {
-    use crate::eventing::source::{BuildContext, SourceConfig, SourceContext, SourceHealth};
+    use crate::eventing::health::Health;
+    use crate::eventing::source::{BuildContext, SourceConfig, SourceContext};
     let tls = format!(
         "    tls:\n      enable: true\n{}",
         reference("caCert", "cacert", "ca.crt")
@@ -416,12 +417,12 @@ async fn a_source_without_its_secret_is_not_ready_and_restarts_when_it_appears()
     );
     let task = tokio::spawn((without.build)().run(context));
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while handle.health() == SourceHealth::Unknown && tokio::time::Instant::now() < deadline {
+    while handle.health() == Health::Unknown && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(
         handle.health(),
-        SourceHealth::NotReady {
+        Health::NotReady {
             reason: "InvalidSpec".into(),
             message: "spec.net.tls.caCert.secretKeyRef: Secret shop/cacert does not exist: create it, or fix the reference".into(),
         }

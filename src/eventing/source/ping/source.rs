@@ -13,7 +13,8 @@ use crate::api::duck::CeOverrides;
 use crate::api::sources::ping::{PING_EVENT_TYPE, PingSource};
 use crate::api::sources::schedule::Schedule;
 use crate::cloudevent::{Event, ValidationError};
-use crate::eventing::source::{SendError, Source, SourceContext, SourceHealth};
+use crate::eventing::health::Health;
+use crate::eventing::source::{SendError, Source, SourceContext};
 
 /// Where the wall clock comes from. Ticks are wall-clock instants; sleeping
 /// uses tokio time, so a test clock derived from `tokio::time::Instant`
@@ -169,7 +170,7 @@ impl PingRunner {
             // Without the record a restart could send this tick again:
             // skip it rather than risk a duplicate.
             tracing::error!(source = %context.key, error = %e, "cannot record the tick; not sending it");
-            context.set_status(SourceHealth::NotReady {
+            context.set_status(Health::NotReady {
                 reason: "StateNotWritable".to_owned(),
                 message: format!(
                     "cannot write {}: {e}; fix the state folder's permissions or disk space",
@@ -181,7 +182,7 @@ impl PingRunner {
         let event = match self.template.build(tick) {
             Ok(event) => event,
             Err(e) => {
-                context.set_status(SourceHealth::NotReady {
+                context.set_status(Health::NotReady {
                     reason: "InvalidEvent".to_owned(),
                     message: e.to_string(),
                 });
@@ -191,13 +192,13 @@ impl PingRunner {
         match context.send(&event).await {
             Ok(()) => {
                 tracing::debug!(source = %context.key, tick = %tick, "ping sent");
-                context.set_status(SourceHealth::Ready);
+                context.set_status(Health::Ready);
                 true
             }
             Err(SendError::Stopping) => false,
             Err(e @ SendError::Refused { .. }) => {
                 tracing::warn!(source = %context.key, tick = %tick, error = %e, "ping not delivered");
-                context.set_status(SourceHealth::NotReady {
+                context.set_status(Health::NotReady {
                     reason: "SinkUnreachable".to_owned(),
                     message: e.to_string(),
                 });
@@ -210,7 +211,7 @@ impl PingRunner {
 #[async_trait::async_trait]
 impl Source for PingRunner {
     async fn run(self: Box<Self>, context: SourceContext) {
-        context.set_status(SourceHealth::Ready);
+        context.set_status(Health::Ready);
         let mut after = read_last_tick(context.state_dir()).unwrap_or_else(|| self.clock.now_utc());
         while !context.is_stopped() {
             match decide(&self.schedule, after, self.clock.now_utc()) {
@@ -228,7 +229,7 @@ impl Source for PingRunner {
                     }
                 }
                 Decision::Never => {
-                    context.set_status(SourceHealth::NotReady {
+                    context.set_status(Health::NotReady {
                         reason: "NoFutureTicks".to_owned(),
                         message: "the schedule never matches again (e.g. 30 February)".to_owned(),
                     });

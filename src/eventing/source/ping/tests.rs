@@ -11,7 +11,8 @@ use super::source::{Decision, decide, read_last_tick, write_last_tick};
 use super::*;
 use crate::api::ObjectKey;
 use crate::eventing::delivery::EventSender;
-use crate::eventing::source::{SourceContext, SourceHandle, SourceHealth};
+use crate::eventing::health::Health;
+use crate::eventing::source::{SourceContext, SourceHandle};
 
 fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
@@ -143,9 +144,9 @@ async fn an_invalid_manifest_runs_as_not_ready() {
         dir.path().join("state"),
     );
     let task = tokio::spawn(ping.build_source().run(context));
-    wait_for(|| matches!(handle.health(), SourceHealth::NotReady { .. })).await;
+    wait_for(|| matches!(handle.health(), Health::NotReady { .. })).await;
     match handle.health() {
-        SourceHealth::NotReady { reason, message } => {
+        Health::NotReady { reason, message } => {
             assert_eq!(reason, "InvalidSpec");
             assert!(message.contains("'@sometimes' is not a macro"), "{message}");
         }
@@ -338,7 +339,7 @@ async fn first_run_sends_the_next_tick_with_its_attributes() {
     let clock = TestClock::at(utc(2026, 1, 5, 12, 0, 0) - chrono::Duration::milliseconds(200));
     let running = start(&ping, &sink, &state, clock);
     wait_for(|| count(&received) == 1).await;
-    assert_eq!(running.handle.health(), SourceHealth::Ready);
+    assert_eq!(running.handle.health(), Health::Ready);
     running.stop().await;
 
     assert_eq!(
@@ -493,13 +494,13 @@ async fn an_unreachable_sink_is_reported_not_ready() {
         TestClock::at(utc(2026, 1, 5, 12, 59, 59)),
     );
     for _ in 0..2_000 {
-        if matches!(running.handle.health(), SourceHealth::NotReady { .. }) {
+        if matches!(running.handle.health(), Health::NotReady { .. }) {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     match running.handle.health() {
-        SourceHealth::NotReady { reason, .. } => assert_eq!(reason, "SinkUnreachable"),
+        Health::NotReady { reason, .. } => assert_eq!(reason, "SinkUnreachable"),
         other => panic!("unexpected health {other:?}"),
     }
     // The tick was recorded before sending: a restart will not resend it.

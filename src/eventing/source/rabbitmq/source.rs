@@ -21,11 +21,11 @@ use crate::api::ObjectKey;
 use crate::backoff::Backoff;
 use crate::cloudevent::{Event, ValidationError};
 use crate::eventing::backend::rabbitmq::binding::{self, DecodeError};
-use crate::eventing::backend::rabbitmq::config::redacted;
-use crate::eventing::backend::rabbitmq::connection::short;
+use crate::eventing::backend::rabbitmq::connection::{connect_failure, short};
 use crate::eventing::backend::rabbitmq::settle::{Settlement, Settler};
 use crate::eventing::delivery::DeliveryPolicy;
-use crate::eventing::source::{CeOverrides, SendError, Source, SourceContext, SourceHealth};
+use crate::eventing::health::Health;
+use crate::eventing::source::{CeOverrides, SendError, Source, SourceContext};
 
 /// The type of events made from messages that are not CloudEvents.
 pub(crate) const RABBITMQ_EVENT_TYPE: &str = "dev.knative.rabbitmq.event";
@@ -125,8 +125,8 @@ impl RabbitmqRunner {
             .await
             .map_err(|e| {
                 format!(
-                    "cannot connect to RabbitMQ at {}: {e}; check the Secret of spec.rabbitmqClusterReference (or --rabbitmq-uri); retrying",
-                    redacted(&self.uri)
+                    "{}; the URI comes from the Secret of spec.rabbitmqClusterReference (or --rabbitmq-uri), the vhost from spec.rabbitmqResourcesConfig.vhost if set; retrying",
+                    connect_failure(&self.uri, &e)
                 )
             })?;
         let result = self.consume_on(&connection, context).await;
@@ -164,7 +164,7 @@ impl RabbitmqRunner {
                     self.queue
                 )
             })?;
-        context.set_status(SourceHealth::Ready);
+        context.set_status(Health::Ready);
         let settler = Settler::start(channel.clone());
         let event_source = Arc::new(event_source(&context.key, &self.queue));
         let slots = Arc::new(Semaphore::new(self.parallelism.into()));
@@ -300,10 +300,8 @@ impl Source for RabbitmqRunner {
             }
             let pause = backoff.next_delay();
             tracing::warn!(source = %context.key, error = %message, "RabbitmqSource is not consuming; retrying in {pause:?}");
-            context.set_status(SourceHealth::NotReady {
-                reason: "RabbitmqUnavailable".to_owned(),
-                message,
-            });
+            // A consumer that was running and drops may be back at once.
+            context.set_failing("RabbitmqUnavailable", message);
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = context.stopped() => return,
