@@ -18,8 +18,9 @@ use tokio::sync::watch;
 
 use crate::api::autoscaling::AutoscalerDefaults;
 use crate::api::broker::BrokerClass;
-use crate::control::admin::{self, AdminState};
+use crate::control::admin::{self, AdminState, Peers};
 use crate::control::kubernetes::leader::LeaderElector;
+use crate::control::kubernetes::peers::{self, PeerToken};
 use crate::control::kubernetes::{self, KubernetesControl, KubernetesSettings};
 use crate::control::manifest;
 use crate::control::reconcile::ControlPlane;
@@ -30,6 +31,7 @@ use crate::eventing::broker::ingress::{self, IngressState};
 use crate::eventing::controller::{EventingController, EventingSettings};
 use crate::eventing::delivery::EventSender;
 use crate::http_util::text;
+use crate::serving::autoscaler::ClusterStats;
 use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
 use crate::serving::proxy::Proxy;
 use crate::serving::router::{HostMatch, Router};
@@ -119,8 +121,9 @@ impl ServerConfig {
     }
 
     /// The serving half's part of the configuration.
-    fn serving_settings(&self, listen: SocketAddr) -> ServingSettings {
+    fn serving_settings(&self, listen: SocketAddr, cluster: Arc<ClusterStats>) -> ServingSettings {
         ServingSettings {
+            cluster,
             domain: self.serving.domain.clone(),
             public: PublicAddress::of(self.ingress_url.as_deref(), listen),
             data_dir: self.data_dir.clone(),
@@ -191,7 +194,7 @@ impl Server {
 
         let (stop, stopped) = watch::channel(false);
         let cluster = match &config.kubernetes {
-            Some(settings) => Some(Cluster::connect(settings, stopped.clone()).await?),
+            Some(settings) => Some(Cluster::connect(settings, admin, stopped.clone()).await?),
             None => None,
         };
         let registry = Arc::new(BrokerRegistry::default());
@@ -207,6 +210,7 @@ impl Server {
             control: control.clone(),
             metrics: crate::telemetry::metrics_handle(),
             ready: ready.clone(),
+            peers: cluster.as_ref().map(Cluster::peers),
         });
         let tasks = vec![
             tokio::spawn(serve_main(listener, main, stopped.clone())),
@@ -271,7 +275,12 @@ fn control_plane(
         Some(cluster) => cluster.runtime(),
         None => local_runtimes(config, objects),
     };
-    let serving = ServingController::new(config.serving_settings(listen), runtime, config_objects);
+    let stats = cluster.map_or_else(ClusterStats::alone, |cluster| cluster.stats.clone());
+    let serving = ServingController::new(
+        config.serving_settings(listen, stats),
+        runtime,
+        config_objects,
+    );
     let router = serving.router();
     let eventing = EventingController::new(
         config.eventing_settings(listen),
@@ -382,21 +391,56 @@ struct Cluster {
     client: kube::Client,
     leader: watch::Receiver<bool>,
     election: tokio::task::JoinHandle<()>,
+    /// Every replica's autoscaling samples, summed on the leader.
+    stats: Arc<ClusterStats>,
+    token: PeerToken,
 }
 
 impl Cluster {
+    /// Connects, joins the election (writing where this replica's admin
+    /// listener is, `admin` unless `--peer-url` says otherwise) and starts
+    /// the exchange of autoscaling samples with the other replicas.
     async fn connect(
         settings: &KubernetesSettings,
+        admin: SocketAddr,
         stopped: watch::Receiver<bool>,
     ) -> anyhow::Result<Cluster> {
         let client = kubernetes::client(settings.kubeconfig.as_deref()).await?;
-        let (leader, election) =
-            LeaderElector::new(client.clone(), settings.lease.clone()).spawn(stopped);
+        let mut lease = settings.lease.clone();
+        lease.peer_url = lease.peer_url.or_else(|| peers::default_peer_url(admin));
+        if lease.peer_url.is_none() {
+            tracing::warn!(
+                "no address for the other replicas to reach this one: set --peer-url (or POD_IP); while this replica leads, it autoscales on its own traffic only"
+            );
+        }
+        let token = peers::peer_token(client.clone(), &lease.namespace).await?;
+        let identity = lease.identity.clone();
+        let elector = LeaderElector::new(client.clone(), lease);
+        let leader_url = elector.leader_url();
+        let (leader, election) = elector.spawn(stopped.clone());
+        let stats = ClusterStats::replicated();
+        tokio::spawn(peers::exchange(
+            stats.clone(),
+            identity,
+            leader.clone(),
+            leader_url,
+            token.clone(),
+            stopped,
+        ));
         Ok(Cluster {
             client,
             leader,
             election,
+            stats,
+            token,
         })
+    }
+
+    fn peers(&self) -> Peers {
+        Peers {
+            cluster: self.stats.clone(),
+            token: self.token.clone(),
+        }
     }
 
     /// Revisions run as Deployments, scaled by the leader.

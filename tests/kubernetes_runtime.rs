@@ -516,12 +516,13 @@ async fn a_follower_only_wakes_a_deployment_from_zero() {
     let fake = FakeApiServer::start().await;
     let (leader, _) = watch::channel(false);
     let deployment = deploy(&fake, &leader, workload(HELLO, "hello-00001"));
-    deployment.scale(1);
+    // A request waits here before the Deployment is even seen.
+    deployment.wake(1);
     fake.wait_for("the runtime's watches", PATIENCE, |f| {
         (f.open_watches() == 2).then_some(())
     })
     .await;
-    // The leader creates it, at zero.
+    // The leader creates it, at zero: the waiting request wakes it.
     let mut at_zero = workload_deployment(0);
     fake.put(at_zero.clone());
     deployment_where(&fake, "hello-00001-deployment", "woken to one", |d| {
@@ -534,15 +535,24 @@ async fn a_follower_only_wakes_a_deployment_from_zero() {
         "a follower creates nothing"
     );
 
-    // The leader scales it to 3: the follower neither lowers nor raises it.
+    // The leader scales it to 3: the follower's own decisions write nothing.
     fake.put(workload_deployment(3));
     deployment.scale(0);
     deployment.scale(5);
-    // The leader scales it to zero while the follower still wants 5.
+    // The leader scales it to zero while this follower's autoscaler still
+    // wants 5: the leader decides (it sees this replica's load), so no
+    // wake without a request.
     at_zero["metadata"]["labels"] = json!({"scaled": "to zero"});
     fake.put(at_zero);
-    deployment_where(&fake, "hello-00001-deployment", "woken to five", |d| {
-        replicas(d) == Some(5)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deployment_now = fake
+        .get("apps/v1", "Deployment", "default", "hello-00001-deployment")
+        .expect("deployment");
+    assert_eq!(replicas(&deployment_now), Some(0));
+    // A new request at zero wakes it again.
+    deployment.wake(2);
+    deployment_where(&fake, "hello-00001-deployment", "woken to two", |d| {
+        replicas(d) == Some(2)
     })
     .await;
     let writes: Vec<_> = fake

@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load Knative manifests and serve them (default: brokers/ and triggers/).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List brokers or triggers of a running pilotlight, with status.
     Get(get::GetArgs),
     /// Exit 0 when a running pilotlight is ready (its /readyz answers 200): a health check.
@@ -74,7 +74,7 @@ pub fn run_to_exit(command: impl Future<Output = anyhow::Result<()>>) -> std::pr
 
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::Get(args) => get::get(args).await,
         Command::Ready(args) => ready::ready(args).await,
         Command::Send(args) => send::send(args).await,

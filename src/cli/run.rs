@@ -135,6 +135,25 @@ pub struct RunArgs {
     /// suffix keeps a restarted replica distinct.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Where the other replicas of --kubernetes reach this one's admin
+    /// listener: while it leads, they send it their autoscaling samples
+    /// there. Default: http://$POD_IP with the --admin port, or the --admin
+    /// address when it is a specific one.
+    #[arg(long, env = "PILOTLIGHT_PEER_URL", requires = "kubernetes")]
+    pub peer_url: Option<String>,
+}
+
+/// `--peer-url`: an http URL with a host (the admin listener speaks plain
+/// HTTP).
+fn peer_url(url: &str) -> anyhow::Result<String> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("--peer-url '{url}' is not a URL"))?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http") && uri.host().is_some(),
+        "--peer-url '{url}': give an http URL with a host and the admin port, such as http://10.0.0.7:9090"
+    );
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 impl RunArgs {
@@ -169,7 +188,10 @@ impl RunArgs {
             watch: !self.no_watch,
             serving,
             ingress_url: self.ingress_url()?,
-            kubernetes: self.kubernetes.then(|| self.kubernetes_settings()),
+            kubernetes: self
+                .kubernetes
+                .then(|| self.kubernetes_settings())
+                .transpose()?,
         })
     }
 
@@ -203,17 +225,20 @@ impl RunArgs {
         Ok(Some(url.clone()))
     }
 
-    fn kubernetes_settings(&self) -> KubernetesSettings {
+    fn kubernetes_settings(&self) -> anyhow::Result<KubernetesSettings> {
         let name = self
             .identity
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "pilotlight".into());
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        KubernetesSettings {
+        let mut lease =
+            LeaseSettings::new(&self.lease_namespace, format!("{name}_{}", &suffix[..8]));
+        lease.peer_url = self.peer_url.as_deref().map(peer_url).transpose()?;
+        Ok(KubernetesSettings {
             kubeconfig: self.kubeconfig.clone(),
-            lease: LeaseSettings::new(&self.lease_namespace, format!("{name}_{}", &suffix[..8])),
-        }
+            lease,
+        })
     }
 
     /// The defaults (Knative's, see `AutoscalerDefaults`), then the file,

@@ -7,13 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
+use http::HeaderMap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 
 use super::board::Collection;
+use super::kubernetes::peers::PeerToken;
 use super::reconcile::ControlPlane;
+use crate::serving::autoscaler::ClusterStats;
+use crate::serving::autoscaler::peers::{STATS_PATH, StatsReport};
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -21,6 +26,16 @@ pub(crate) struct AdminState {
     pub metrics: PrometheusHandle,
     /// Set once the manifests were first applied.
     pub ready: Arc<AtomicBool>,
+    /// Kubernetes mode: where the other replicas' autoscaling samples go
+    /// while this replica leads.
+    pub peers: Option<Peers>,
+}
+
+/// What the leader needs to take the other replicas' samples.
+#[derive(Clone)]
+pub(crate) struct Peers {
+    pub cluster: Arc<ClusterStats>,
+    pub token: PeerToken,
 }
 
 pub(crate) fn router(state: AdminState) -> Router {
@@ -29,6 +44,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/{collection}", get(list))
+        .route(STATS_PATH, post(receive_stats))
         .with_state(state)
 }
 
@@ -50,6 +66,44 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// A follower's autoscaling samples ([`StatsReport`]): 204 when taken, 401
+/// without the replicas' token, 409 when this replica does not lead (the
+/// sender looks the leader up again), 404 with one replica.
+async fn receive_stats(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(peers) = &state.peers else {
+        return (StatusCode::NOT_FOUND, "one replica: no samples to take\n").into_response();
+    };
+    let authorization = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !peers.token.admits(authorization) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "header 'authorization': the replicas' bearer token is required\n",
+        )
+            .into_response();
+    }
+    let report: StatsReport = match serde_json::from_slice(&body) {
+        Ok(report) => report,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("body: not a stats report: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    if peers.cluster.receive(report, tokio::time::Instant::now()) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (StatusCode::CONFLICT, "this replica does not lead\n").into_response()
+    }
 }
 
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@
 //! - [`autoscaler`]: Knative's KPA, deciding how many instances each revision needs
 //!   from the load the proxy counts.
 
-mod autoscaler;
+pub(crate) mod autoscaler;
 pub(crate) mod controller;
 mod history;
 pub(crate) mod proxy;

@@ -27,7 +27,14 @@ pub struct LeaseSettings {
     pub duration: Duration,
     /// How often the holder renews, and others look.
     pub retry_period: Duration,
+    /// Where the other replicas reach this one's admin listener, which the
+    /// holder writes on the Lease so that followers find where to send
+    /// their autoscaling samples. None: followers keep theirs.
+    pub peer_url: Option<String>,
 }
+
+/// The Lease annotation that holds the leader's [`LeaseSettings::peer_url`].
+pub const PEER_URL_ANNOTATION: &str = "pilotlight.dev/peer-url";
 
 impl LeaseSettings {
     /// client-go's defaults: a 15 s lease, looked at every 2 s.
@@ -38,6 +45,7 @@ impl LeaseSettings {
             identity: identity.into(),
             duration: Duration::from_secs(15),
             retry_period: Duration::from_secs(2),
+            peer_url: None,
         }
     }
 }
@@ -56,6 +64,8 @@ pub struct LeaderElector {
     observed: Option<Observed>,
     /// When this replica last renewed successfully.
     renewed: Option<Instant>,
+    /// The current leader's peer URL, as the Lease says.
+    leader_url: watch::Sender<Option<String>>,
 }
 
 impl LeaderElector {
@@ -65,6 +75,45 @@ impl LeaderElector {
             settings,
             observed: None,
             renewed: None,
+            leader_url: watch::channel(None).0,
+        }
+    }
+
+    /// The leader's peer URL as each round reads it from the Lease: None
+    /// while nobody holds it (or the holder gave none).
+    pub fn leader_url(&self) -> watch::Receiver<Option<String>> {
+        self.leader_url.subscribe()
+    }
+
+    /// Publishes the holder's peer URL when it changed.
+    fn publish_leader_url(&self, lease: &Lease, holder_alive: bool) {
+        let url = holder_alive
+            .then(|| {
+                lease
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(PEER_URL_ANNOTATION).cloned())
+            })
+            .flatten();
+        self.leader_url.send_if_modified(|was| {
+            let changed = *was != url;
+            *was = url;
+            changed
+        });
+    }
+
+    /// Sets (or, without one, removes) this replica's peer URL on a Lease it
+    /// is about to write as holder.
+    fn annotate(&self, metadata: &mut ObjectMeta) {
+        let annotations = metadata.annotations.get_or_insert_with(Default::default);
+        match &self.settings.peer_url {
+            Some(url) => {
+                annotations.insert(PEER_URL_ANNOTATION.to_owned(), url.clone());
+            }
+            None => {
+                annotations.remove(PEER_URL_ANNOTATION);
+            }
         }
     }
 
@@ -128,6 +177,7 @@ impl LeaderElector {
         let mine = spec.holder_identity.as_deref() == Some(self.settings.identity.as_str());
         if !mine && !self.expired(spec) {
             self.renewed = None;
+            self.publish_leader_url(&lease, true);
             return Ok(false);
         }
         let now = now();
@@ -138,10 +188,25 @@ impl LeaderElector {
         spec.holder_identity = Some(self.settings.identity.clone());
         spec.lease_duration_seconds = Some(self.duration_seconds());
         spec.renew_time = Some(now);
-        self.write(
-            |api, name| async move { api.replace(&name, &PostParams::default(), &lease).await },
-        )
-        .await
+        self.annotate(&mut lease.metadata);
+        let leads = self
+            .write(
+                |api, name| async move { api.replace(&name, &PostParams::default(), &lease).await },
+            )
+            .await?;
+        self.publish_own_url(leads);
+        Ok(leads)
+    }
+
+    /// After a write: this replica's URL when it holds the Lease, else
+    /// unknown until the next round reads who does.
+    fn publish_own_url(&self, leads: bool) {
+        let url = leads.then(|| self.settings.peer_url.clone()).flatten();
+        self.leader_url.send_if_modified(|was| {
+            let changed = *was != url;
+            *was = url;
+            changed
+        });
     }
 
     /// Gives the Lease up, keeping the record, as client-go's ReleaseOnCancel.
@@ -156,6 +221,9 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(now());
+        if let Some(annotations) = lease.metadata.annotations.as_mut() {
+            annotations.remove(PEER_URL_ANNOTATION);
+        }
         self.api
             .replace(&self.settings.name, &PostParams::default(), &lease)
             .await?;
@@ -165,12 +233,14 @@ impl LeaderElector {
 
     async fn create(&mut self) -> Result<bool, kube::Error> {
         let now = now();
+        let mut metadata = ObjectMeta {
+            name: Some(self.settings.name.clone()),
+            namespace: Some(self.settings.namespace.clone()),
+            ..ObjectMeta::default()
+        };
+        self.annotate(&mut metadata);
         let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(self.settings.name.clone()),
-                namespace: Some(self.settings.namespace.clone()),
-                ..ObjectMeta::default()
-            },
+            metadata,
             spec: Some(LeaseSpec {
                 holder_identity: Some(self.settings.identity.clone()),
                 lease_duration_seconds: Some(self.duration_seconds()),
@@ -180,8 +250,11 @@ impl LeaderElector {
                 ..LeaseSpec::default()
             }),
         };
-        self.write(|api, _| async move { api.create(&PostParams::default(), &lease).await })
-            .await
+        let leads = self
+            .write(|api, _| async move { api.create(&PostParams::default(), &lease).await })
+            .await?;
+        self.publish_own_url(leads);
+        Ok(leads)
     }
 
     /// Runs a write of the Lease: 409 means another replica wrote first.

@@ -18,6 +18,7 @@
 mod desired;
 mod kinds;
 pub mod leader;
+pub mod peers;
 mod report;
 
 use std::path::PathBuf;

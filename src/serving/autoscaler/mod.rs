@@ -10,14 +10,18 @@
 //! - [`scaler`]: the per-revision loop that samples every second, decides
 //!   every tick and scales the [`Deployment`](crate::serving::runtime::Deployment);
 //!   the activator pokes it to leave zero at once.
+//! - [`peers`]: with several pilotlight replicas, the followers' samples go
+//!   to the leader, whose KPA decides on the sum.
 //!
 //! The settings it runs with (`config-autoscaler` defaults and the
 //! `autoscaling.knative.dev/*` annotations) are Knative's API, in
 //! `api::autoscaling`.
 
 mod kpa;
+pub(crate) mod peers;
 mod scaler;
 mod stats;
 
+pub(crate) use peers::ClusterStats;
 pub(crate) use scaler::{Scaler, ScalerHandle};
 pub(crate) use stats::RevisionStats;

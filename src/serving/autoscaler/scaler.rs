@@ -11,9 +11,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval_at};
 
 use super::kpa::{Decision, Kpa};
+use super::peers::ClusterStats;
 use super::stats::RevisionStats;
 use crate::api::autoscaling::RevisionScaling;
-use crate::serving::runtime::Deployment;
+use crate::serving::runtime::{Deployment, DeploymentStatus};
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const DESIRED_GAUGE: &str = "pilotlight_revision_desired_instances";
@@ -35,22 +36,31 @@ impl Scaler {
     /// Spawns the loop on the current tokio runtime and scales `deployment`
     /// to the initial scale at once. `revision` is `namespace/name`, for
     /// metric labels and logs. `reachable` says whether traffic is routed to
-    /// the revision (min-scale applies only then).
+    /// the revision (min-scale applies only then). `cluster` adds the load
+    /// other pilotlight replicas count, where there are several.
     pub(crate) fn spawn(
         revision: impl Into<Arc<str>>,
         scaling: RevisionScaling,
         stats: Arc<RevisionStats>,
         deployment: Arc<dyn Deployment>,
         reachable: watch::Receiver<bool>,
+        cluster: Arc<ClusterStats>,
     ) -> ScalerHandle {
         let now = Instant::now();
         let tick = scaling.tick_interval;
+        let stable_window = scaling.stable_window;
         let kpa = Kpa::new(scaling, now);
         let initial = kpa.desired();
         let shared = Arc::new(Shared {
             revision: revision.into(),
             deployment,
-            state: Mutex::new(State { kpa, applied: 0 }),
+            cluster,
+            stable_window,
+            state: Mutex::new(State {
+                kpa,
+                applied: 0,
+                last_spec: None,
+            }),
         });
         {
             let mut state = shared.lock();
@@ -77,12 +87,15 @@ impl ScalerHandle {
         // Read under the lock so concurrent pokes cannot both start instances:
         // the second sees the first one's scale.
         let status = self.shared.deployment.status();
-        if status.desired > 0 || status.ready > 0 {
+        // Where others scale the deployment too, its own count says whether
+        // it is at zero, not what this scaler last asked.
+        if status.spec_replicas.unwrap_or(status.desired) > 0 || status.ready > 0 {
             return;
         }
         // The deployment says zero whatever we last asked, so ask again.
         let n = state.kpa.poke(Instant::now());
-        self.shared.apply(&mut state, n, "request waiting at zero");
+        self.shared.deployment.wake(n);
+        state.applied = n;
         self.shared.publish(&state);
     }
 
@@ -114,6 +127,8 @@ impl Drop for ScalerHandle {
 struct Shared {
     revision: Arc<str>,
     deployment: Arc<dyn Deployment>,
+    cluster: Arc<ClusterStats>,
+    stable_window: Duration,
     state: Mutex<State>,
 }
 
@@ -121,6 +136,9 @@ struct State {
     kpa: Kpa,
     /// The replica count last given to the deployment.
     applied: u32,
+    /// The deployment's own count at the previous tick, where others can
+    /// change it ([`DeploymentStatus::spec_replicas`]).
+    last_spec: Option<u32>,
 }
 
 impl Shared {
@@ -160,12 +178,34 @@ impl Shared {
         metrics::gauge!(PANIC_GAUGE, &labels).set(panic);
     }
 
-    fn tick(&self, now: Instant, ready: u32, reachable: bool) {
+    fn tick(&self, now: Instant, status: &DeploymentStatus, reachable: bool) {
         let mut state = self.lock();
+        let spec = status.spec_replicas;
+        let moved = spec.is_some() && spec != state.last_spec;
+        // Another replica woke the deployment from zero for a request it
+        // holds: that is a poke, as if the request had come here (Knative's
+        // activators tell the autoscaler the same), so the decision starts
+        // from it instead of scaling straight back to zero.
+        if moved && state.last_spec == Some(0) && state.applied == 0 {
+            let n = state.kpa.poke(now);
+            state.applied = n;
+            tracing::debug!(revision = %self.revision, to = n, "another replica woke the revision");
+        }
+        state.last_spec = spec;
         let Decision {
-            desired, reason, ..
-        } = state.kpa.decide(now, ready, reachable);
-        if desired != state.applied {
+            mut desired,
+            mut reason,
+            ..
+        } = state.kpa.decide(now, status.ready, reachable);
+        let running = state.applied.max(spec.unwrap_or(0));
+        if desired < running && self.cluster.gathering(self.stable_window, now) {
+            desired = running;
+            reason = "new leader: gathering every replica's load for one stable window";
+        }
+        // Scale on a new decision, and also when someone else moved the
+        // deployment off it (a `kubectl scale`, a wake the decision
+        // outlived).
+        if desired != state.applied || (moved && spec != Some(desired)) {
             self.apply(&mut state, desired, reason);
         }
         self.publish(&state);
@@ -193,15 +233,16 @@ async fn run(
             _ = sampling.tick() => {
                 let now = Instant::now();
                 let sample = stats.take_sample(now);
+                let sample = shared.cluster.sample(&shared.revision, sample, now);
                 shared.lock().kpa.record(now, sample);
             }
             _ = ticks.tick() => {
                 let now = Instant::now();
-                let ready = shared.deployment.status().ready;
+                let status = shared.deployment.status();
                 // A dropped sender leaves the last value, which is still the
                 // best knowledge of reachability.
                 let reachable = *reachable.borrow();
-                shared.tick(now, ready, reachable);
+                shared.tick(now, &status, reachable);
             }
         }
     }
@@ -265,6 +306,7 @@ mod tests {
             stats.clone(),
             deployment.clone(),
             watch::channel(true).1,
+            ClusterStats::alone(),
         );
         (handle, stats, deployment)
     }

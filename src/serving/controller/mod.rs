@@ -20,7 +20,7 @@ use crate::api::service::RevisionTemplate;
 use crate::api::service::{Service, TrafficRevision};
 use crate::api::status::Status;
 use crate::desired::take_gone;
-use crate::serving::autoscaler::{RevisionStats, Scaler};
+use crate::serving::autoscaler::{ClusterStats, RevisionStats, Scaler};
 use crate::serving::history::{RecordedRevision, RevisionHistory};
 use crate::serving::revision::{Revision, RevisionParts};
 use crate::serving::router::{HostRoute, RouteTable, Router};
@@ -76,6 +76,8 @@ pub(crate) struct ServingSettings {
     pub queue_limit: usize,
     /// Revisions without traffic kept per service (the oldest go first).
     pub retained_revisions: usize,
+    /// The load of every pilotlight replica, where there are several.
+    pub cluster: Arc<ClusterStats>,
 }
 
 /// A revision as the control plane tracks it.
@@ -370,6 +372,7 @@ impl ServingController {
             stats.clone(),
             deployment.clone(),
             reachable,
+            self.settings.cluster.clone(),
         );
         let revision = Arc::new(Revision::new(RevisionParts {
             key,

@@ -73,6 +73,14 @@ pub trait Deployment: Send + Sync + 'static {
     /// finish ([`InstanceLoad::wait_idle`]), then stops them.
     fn scale(&self, replicas: u32);
 
+    /// Like [`Deployment::scale`], for a request that waits here with no
+    /// instance to go to: where several pilotlight replicas share the
+    /// deployment, a replica that does not decide its scale may still wake
+    /// it from zero for such a request (and only then).
+    fn wake(&self, replicas: u32) {
+        self.scale(replicas);
+    }
+
     /// The instances that are ready for requests. Changes whenever one becomes
     /// ready or goes away.
     fn endpoints(&self) -> watch::Receiver<Arc<[Endpoint]>>;
@@ -115,6 +123,11 @@ pub struct Endpoint {
 pub struct DeploymentStatus {
     /// The replica count last asked for.
     pub desired: u32,
+    /// The count the platform holds for the deployment, where others can
+    /// change it: a Kubernetes Deployment's `spec.replicas`, which another
+    /// pilotlight replica raises from zero for a request it holds. None
+    /// where only this process scales (the local runtimes: `desired`).
+    pub spec_replicas: Option<u32>,
     /// Instances that exist (starting, ready or stopping).
     pub actual: u32,
     /// Instances that are ready.

@@ -164,6 +164,13 @@ impl Deployment for KubernetesDeployment {
         });
     }
 
+    fn wake(&self, replicas: u32) {
+        self.wanted.send_modify(|wanted| {
+            wanted.replicas = Some(replicas);
+            wanted.wakes += 1;
+        });
+    }
+
     fn endpoints(&self) -> watch::Receiver<Arc<[Endpoint]>> {
         self.endpoints.clone()
     }
@@ -172,6 +179,7 @@ impl Deployment for KubernetesDeployment {
         let observed = self.observed.borrow();
         DeploymentStatus {
             desired: self.wanted.borrow().replicas.unwrap_or(0),
+            spec_replicas: observed.spec_replicas,
             actual: observed.replicas,
             ready: observed.ready,
             // Restarts are counted per pod by the kubelet; the Deployment's

@@ -38,6 +38,10 @@ pub(super) struct Wanted {
     pub replicas: Option<u32>,
     /// The revision is gone for good: delete its objects and stop.
     pub retiring: bool,
+    /// How many times a request here found no instance
+    /// ([`Deployment::wake`](crate::serving::runtime::Deployment::wake)):
+    /// the only reason a follower writes.
+    pub wakes: u64,
 }
 
 /// What the writer has done while leading; forgotten when leadership goes,
@@ -45,7 +49,6 @@ pub(super) struct Wanted {
 #[derive(Debug, Default)]
 struct Term {
     created: bool,
-    written: Option<u32>,
 }
 
 /// Writes one revision's Deployment and Service to the cluster (create,
@@ -64,7 +67,7 @@ impl ObjectWriter {
     /// Runs until the revision retires or its deployment is dropped.
     pub(super) async fn run(mut self) {
         let mut term = Term::default();
-        let mut woken_from: Option<String> = None;
+        let mut wakes_handled = 0;
         let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
         loop {
             let wanted = *self.wanted.borrow_and_update();
@@ -80,10 +83,10 @@ impl ObjectWriter {
                 return;
             }
             let result = if leading {
-                self.lead(&mut term, wanted.replicas).await
+                wakes_handled = wanted.wakes;
+                self.lead(&mut term, wanted.replicas, &current).await
             } else {
-                self.follow(&mut woken_from, wanted.replicas.unwrap_or(0), &current)
-                    .await
+                self.follow(&mut wakes_handled, wanted, &current).await
             };
             let retry = match result {
                 Ok(()) => {
@@ -115,18 +118,25 @@ impl ObjectWriter {
         }
     }
 
-    /// As leader: makes sure the objects exist, then writes the count.
-    async fn lead(&self, term: &mut Term, replicas: Option<u32>) -> Result<(), kube::Error> {
+    /// As leader: makes sure the objects exist, then writes the count
+    /// unless the Deployment already has it. What counts is the Deployment
+    /// as the watch shows it, not what this writer last wrote: a follower
+    /// may have raised it from zero since, and the leader must bring it back
+    /// down when its autoscaler says so.
+    async fn lead(
+        &self,
+        term: &mut Term,
+        replicas: Option<u32>,
+        current: &Observed,
+    ) -> Result<(), kube::Error> {
         if !term.created {
-            let initial = replicas.unwrap_or(0);
-            let created = self.create(initial).await?;
+            self.create(replicas.unwrap_or(0)).await?;
             term.created = true;
-            term.written = created.then_some(initial);
         }
         let Some(replicas) = replicas else {
             return Ok(());
         };
-        if term.written == Some(replicas) {
+        if current.spec_replicas == Some(replicas) {
             return Ok(());
         }
         match self
@@ -135,7 +145,6 @@ impl ObjectWriter {
         {
             Ok(_) => {
                 tracing::debug!(revision = %self.objects.revision, replicas, "scaled");
-                term.written = Some(replicas);
                 Ok(())
             }
             Err(error) => {
@@ -148,20 +157,33 @@ impl ObjectWriter {
         }
     }
 
-    /// As follower: wakes the Deployment once per zero the watch shows.
-    /// `woken_from` is the resourceVersion last raised from: until the watch
-    /// shows the raise, the zero it still shows is no reason to raise again.
+    /// As follower: wakes the Deployment from zero for each request that
+    /// found no instance here ([`Wanted::wakes`]), and writes nothing else;
+    /// the leader decides every other count. A wake that finds the
+    /// Deployment above zero (the watch shows it) is done.
     async fn follow(
         &self,
-        woken_from: &mut Option<String>,
-        replicas: u32,
+        wakes_handled: &mut u64,
+        wanted: Wanted,
         current: &Observed,
     ) -> Result<(), kube::Error> {
-        if current.resource_version.is_some() && current.resource_version == *woken_from {
+        if wanted.wakes == *wakes_handled {
             return Ok(());
         }
-        if self.wake(replicas, current).await? {
-            woken_from.clone_from(&current.resource_version);
+        if current.spec_replicas != Some(0) {
+            // Already raised (by us or anyone), or not seen yet: nothing to
+            // wake; a wake while the watch has not shown the Deployment
+            // waits for it (the observed change runs this again).
+            if current.spec_replicas.is_some() {
+                *wakes_handled = wanted.wakes;
+            }
+            return Ok(());
+        }
+        if self
+            .wake(wanted.replicas.unwrap_or(1).max(1), current)
+            .await?
+        {
+            *wakes_handled = wanted.wakes;
         }
         Ok(())
     }
@@ -175,7 +197,7 @@ impl ObjectWriter {
         let Some(resource_version) = &current.resource_version else {
             return Ok(false);
         };
-        if replicas == 0 || current.spec_replicas != Some(0) {
+        if current.spec_replicas != Some(0) {
             return Ok(false);
         }
         let patch = json!({
