@@ -18,7 +18,7 @@ use std::fmt;
 
 use super::ast::{BinaryOp, Expr, LikePart, UnaryOp, Value};
 use super::eval;
-use crate::cloudevent::{AttributeValue, Event};
+use crate::cloudevent::{AttributeType, Event};
 
 /// Why the compiled tests stopped short of an answer.
 enum Stop {
@@ -45,11 +45,11 @@ impl Attribute {
     /// library's `find` plus `==` ended up as two calls (one of them to
     /// `memcmp`) per attribute looked at.
     #[inline(always)]
-    fn get<'e>(&self, event: &'e Event) -> Option<&'e str> {
+    fn get<'e>(&self, event: &'e Event) -> Option<(&'e str, AttributeType)> {
         let name = self.name.as_bytes();
-        for (n, v) in event.attributes() {
+        for (n, v, ty) in event.attributes_with_types() {
             if same_text(n.as_bytes(), name) {
-                return Some(v);
+                return Some((v, ty));
             }
         }
         None
@@ -57,17 +57,17 @@ impl Attribute {
 
     #[inline(always)]
     fn value<'e>(&self, event: &'e Event) -> Result<&'e str, Stop> {
-        self.get(event).ok_or(Stop::Missing)
+        self.get(event).map(|(v, _)| v).ok_or(Stop::Missing)
     }
 
     /// The value, for a test that compares it with string literals cast to
     /// the attribute's type: only a String attribute can be tested as text.
     #[inline(always)]
     fn string_value<'e>(&self, event: &'e Event) -> Result<&'e str, Stop> {
-        let value = self.value(event)?;
-        match event.attribute_value(&self.name) {
-            Some(AttributeValue::String(_)) => Ok(value),
-            _ => Err(Stop::Typed),
+        match self.get(event) {
+            Some((value, AttributeType::String)) => Ok(value),
+            Some(_) => Err(Stop::Typed),
+            None => Err(Stop::Missing),
         }
     }
 }
