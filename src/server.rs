@@ -29,6 +29,8 @@ use crate::eventing::broker::BrokerRegistry;
 use crate::eventing::broker::ingress::{self, IngressState};
 use crate::eventing::controller::{EventingController, EventingSettings};
 use crate::eventing::delivery::EventSender;
+use crate::eventing::source::cluster_state::ClusterState;
+use crate::eventing::source::{PingClock, Replication};
 use crate::http_util::text;
 use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
 use crate::serving::proxy::Proxy;
@@ -65,6 +67,8 @@ pub struct ServerConfig {
     /// Read the objects from the API server instead of `paths`, and run
     /// revisions as Deployments.
     pub kubernetes: Option<KubernetesSettings>,
+    /// The clock PingSources tick on: the system's, but for tests.
+    pub ping_clock: PingClock,
 }
 
 impl ServerConfig {
@@ -88,6 +92,7 @@ impl ServerConfig {
             serving: ServingConfig::default(),
             ingress_url: None,
             kubernetes: None,
+            ping_clock: PingClock::default(),
         }
     }
 }
@@ -115,6 +120,7 @@ impl ServerConfig {
             rabbitmq_uri: self.rabbitmq_uri.clone(),
             kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
             kubeconfig: self.kubernetes.as_ref().and_then(|k| k.kubeconfig.clone()),
+            ping_clock: self.ping_clock.clone(),
         }
     }
 
@@ -212,6 +218,7 @@ impl Server {
             tokio::spawn(serve_main(listener, main, stopped.clone())),
             tokio::spawn(serve(admin_listener, admin_router, stopped)),
             control.retry_failed_backends(),
+            control.follow_leadership(),
         ];
 
         let objects = feed_objects(&config, &control, cluster, listen, admin).await?;
@@ -277,6 +284,7 @@ fn control_plane(
         config.eventing_settings(listen),
         registry,
         EventSender::with_local_domain(&config.serving.domain, listen),
+        cluster.map_or_else(Replication::single, Cluster::replication),
     );
     (Arc::new(ControlPlane::new(eventing, serving)), router)
 }
@@ -376,12 +384,13 @@ async fn load_and_watch(
         .ok())
 }
 
-/// The API server connection of Kubernetes mode, and this replica's part in
-/// the leader election.
+/// The API server connection of Kubernetes mode, this replica's part in
+/// the leader election, and the state sources keep for the next leader.
 struct Cluster {
     client: kube::Client,
     leader: watch::Receiver<bool>,
     election: tokio::task::JoinHandle<()>,
+    source_state: Arc<ClusterState>,
 }
 
 impl Cluster {
@@ -392,11 +401,22 @@ impl Cluster {
         let client = kubernetes::client(settings.kubeconfig.as_deref()).await?;
         let (leader, election) =
             LeaderElector::new(client.clone(), settings.lease.clone()).spawn(stopped);
+        let source_state = Arc::new(ClusterState::new(client.clone(), &settings.lease.namespace));
         Ok(Cluster {
             client,
             leader,
             election,
+            source_state,
         })
+    }
+
+    /// Sources run on the leader only follow the election, and keep their
+    /// state in the Lease's namespace.
+    fn replication(&self) -> Replication {
+        Replication {
+            leading: self.leader.clone(),
+            state: Some(self.source_state.clone()),
+        }
     }
 
     /// Revisions run as Deployments, scaled by the leader.

@@ -170,6 +170,7 @@ impl RunArgs {
             serving,
             ingress_url: self.ingress_url()?,
             kubernetes: self.kubernetes.then(|| self.kubernetes_settings()),
+            ping_clock: crate::eventing::source::PingClock::default(),
         })
     }
 
