@@ -30,6 +30,8 @@ use crate::eventing::broker::BrokerRegistry;
 use crate::eventing::broker::ingress::{self, IngressState};
 use crate::eventing::controller::{EventingController, EventingSettings};
 use crate::eventing::delivery::EventSender;
+use crate::eventing::source::cluster_state::ClusterState;
+use crate::eventing::source::{PingClock, Replication};
 use crate::http_util::text;
 use crate::serving::autoscaler::ClusterStats;
 use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
@@ -67,6 +69,8 @@ pub struct ServerConfig {
     /// Read the objects from the API server instead of `paths`, and run
     /// revisions as Deployments.
     pub kubernetes: Option<KubernetesSettings>,
+    /// The clock PingSources tick on: the system's, but for tests.
+    pub ping_clock: PingClock,
 }
 
 impl ServerConfig {
@@ -90,6 +94,7 @@ impl ServerConfig {
             serving: ServingConfig::default(),
             ingress_url: None,
             kubernetes: None,
+            ping_clock: PingClock::default(),
         }
     }
 }
@@ -117,6 +122,7 @@ impl ServerConfig {
             rabbitmq_uri: self.rabbitmq_uri.clone(),
             kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
             kubeconfig: self.kubernetes.as_ref().and_then(|k| k.kubeconfig.clone()),
+            ping_clock: self.ping_clock.clone(),
         }
     }
 
@@ -216,6 +222,7 @@ impl Server {
             tokio::spawn(serve_main(listener, main, stopped.clone())),
             tokio::spawn(serve(admin_listener, admin_router, stopped)),
             control.retry_failed_backends(),
+            control.follow_leadership(),
         ];
 
         let objects = feed_objects(&config, &control, cluster, listen, admin).await?;
@@ -286,6 +293,7 @@ fn control_plane(
         config.eventing_settings(listen),
         registry,
         EventSender::with_local_domain(&config.serving.domain, listen),
+        cluster.map_or_else(Replication::single, Cluster::replication),
     );
     (Arc::new(ControlPlane::new(eventing, serving)), router)
 }
@@ -385,8 +393,8 @@ async fn load_and_watch(
         .ok())
 }
 
-/// The API server connection of Kubernetes mode, and this replica's part in
-/// the leader election.
+/// The API server connection of Kubernetes mode, this replica's part in
+/// the leader election, and the state sources keep for the next leader.
 struct Cluster {
     client: kube::Client,
     leader: watch::Receiver<bool>,
@@ -394,6 +402,7 @@ struct Cluster {
     /// Every replica's autoscaling samples, summed on the leader.
     stats: Arc<ClusterStats>,
     token: PeerToken,
+    source_state: Arc<ClusterState>,
 }
 
 impl Cluster {
@@ -419,6 +428,7 @@ impl Cluster {
         let leader_url = elector.leader_url();
         let (leader, election) = elector.spawn(stopped.clone());
         let stats = ClusterStats::replicated();
+        let source_state = Arc::new(ClusterState::new(client.clone(), &settings.lease.namespace));
         tokio::spawn(peers::exchange(
             stats.clone(),
             identity,
@@ -433,6 +443,7 @@ impl Cluster {
             election,
             stats,
             token,
+            source_state,
         })
     }
 
@@ -440,6 +451,15 @@ impl Cluster {
         Peers {
             cluster: self.stats.clone(),
             token: self.token.clone(),
+        }
+    }
+
+    /// Sources run on the leader only follow the election, and keep their
+    /// state in the Lease's namespace.
+    fn replication(&self) -> Replication {
+        Replication {
+            leading: self.leader.clone(),
+            state: Some(self.source_state.clone()),
         }
     }
 

@@ -639,6 +639,67 @@ fn kustomization_lists_every_manifest_of_deploy_and_each_reads_as_its_type() {
     );
 }
 
+/// Whether a Role's rules allow `verb` on `resource` (of `group`) named
+/// `name`.
+fn allows(role: &Value, group: &str, resource: &str, name: &str, verb: &str) -> bool {
+    let has = |rule: &Value, field: &str, value: &str| {
+        rule[field]
+            .as_array()
+            .is_some_and(|values| values.iter().any(|v| v == value))
+    };
+    role["rules"].as_array().into_iter().flatten().any(|rule| {
+        has(rule, "apiGroups", group)
+            && has(rule, "resources", resource)
+            && has(rule, "verbs", verb)
+            && (rule.get("resourceNames").is_none() || has(rule, "resourceNames", name))
+    })
+}
+
+/// What Kubernetes mode writes in its own namespace, the Role there grants:
+/// the leader Lease, and the ConfigMap where the leader keeps the sources'
+/// state for the next one (and nothing else of that namespace's ConfigMaps
+/// but creating).
+#[test]
+fn the_namespaced_role_grants_the_lease_and_the_source_state() {
+    let rbac = documents(&repo().join("deploy/rbac.yaml"));
+    let role = rbac
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == "pilotlight")
+        .expect("a Role in the pilotlight namespace");
+    for verb in ["get", "create", "update"] {
+        assert!(
+            allows(
+                role,
+                "coordination.k8s.io",
+                "leases",
+                "pilotlight-controller",
+                verb
+            ),
+            "leases {verb}"
+        );
+    }
+    for verb in ["get", "create", "update"] {
+        assert!(
+            allows(role, "", "configmaps", "pilotlight-source-state", verb),
+            "configmaps {verb}"
+        );
+    }
+    assert!(!allows(
+        role,
+        "",
+        "configmaps",
+        "kafka-broker-config",
+        "update"
+    ));
+    assert!(!allows(
+        role,
+        "",
+        "configmaps",
+        "pilotlight-source-state",
+        "delete"
+    ));
+}
+
 #[test]
 fn docker_compose_names_files_that_exist_and_waits_for_healthy_brokers() {
     let root = repo();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use pilotlight::control::kubernetes::KubernetesSettings;
 use pilotlight::control::kubernetes::leader::{LeaderElector, LeaseSettings};
+use pilotlight::eventing::source::PingClock;
 use pilotlight::server::{Server, ServerConfig};
 use serde_json::{Value, json};
 use support::apiserver::FakeApiServer;
@@ -39,6 +40,12 @@ fn trigger(namespace: &str, name: &str, broker: &str, subscriber: &str) -> Value
 /// A pilotlight replica in Kubernetes mode, pointed at the fake by a
 /// kubeconfig, with a short lease so that tests of the election are quick.
 async fn replica(fake: &FakeApiServer, dir: &Path, identity: &str) -> Server {
+    replica_on(fake, dir, identity, PingClock::default()).await
+}
+
+/// [`replica`] whose PingSources tick on `clock` (give every replica of a
+/// test the same one).
+async fn replica_on(fake: &FakeApiServer, dir: &Path, identity: &str, clock: PingClock) -> Server {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -56,7 +63,19 @@ async fn replica(fake: &FakeApiServer, dir: &Path, identity: &str) -> Server {
             ..LeaseSettings::new("pilotlight", identity)
         },
     });
+    config.ping_clock = clock;
     Server::start(config).await.expect("pilotlight starts")
+}
+
+/// Who holds the leader Lease.
+fn lease_holder(fake: &FakeApiServer) -> Option<String> {
+    fake.get(
+        "coordination.k8s.io/v1",
+        "Lease",
+        "pilotlight",
+        "pilotlight-controller",
+    )
+    .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
 }
 
 fn ready_condition(object: &Value) -> Option<&Value> {
@@ -274,15 +293,7 @@ async fn one_replica_leads_and_a_stopped_leader_hands_over() {
     let fake = FakeApiServer::start().await;
     let dir = tempfile::tempdir().expect("dir");
     let first = replica(&fake, dir.path(), "first").await;
-    let holder = |fake: &FakeApiServer| {
-        fake.get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            "pilotlight",
-            "pilotlight-controller",
-        )
-        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
-    };
+    let holder = lease_holder;
     let leader = fake.wait_for("a leader", PATIENCE, holder).await;
     assert!(leader.starts_with("first"), "{leader}");
     let second = replica(&fake, dir.path(), "second").await;
@@ -423,4 +434,212 @@ async fn a_knative_service_scales_its_deployment_from_zero_on_the_first_request(
     })
     .await;
     server.shutdown().await;
+}
+
+// ---- sources with several replicas ----
+
+/// A minute of PingSource time in a second: a per-minute schedule ticks
+/// every second (the schedule's finest step is a minute).
+const PING_SPEEDUP: u32 = 60;
+
+fn every_minute_ping(namespace: &str, name: &str, sink: &str) -> Value {
+    json!({
+        "apiVersion": "sources.knative.dev/v1", "kind": "PingSource",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"schedule": "* * * * *", "data": "tick", "sink": {"uri": sink}},
+    })
+}
+
+/// The ticks a subscriber received: (time, id) in the order they came.
+fn ticks(subscriber: &Subscriber) -> Vec<(chrono::DateTime<chrono::Utc>, String)> {
+    subscriber
+        .events()
+        .iter()
+        .map(|e| {
+            let time = e.attribute("time").expect("a ping has a time");
+            let time = chrono::DateTime::parse_from_rfc3339(time).expect("RFC 3339");
+            (time.with_timezone(&chrono::Utc), e.id().to_owned())
+        })
+        .collect()
+}
+
+/// Every tick once: no time twice, no id twice, and no minute missing
+/// between the first tick received and the last.
+fn assert_each_tick_once(ticks: &[(chrono::DateTime<chrono::Utc>, String)]) {
+    let mut times: Vec<_> = ticks.iter().map(|(t, _)| *t).collect();
+    times.sort();
+    let mut distinct = times.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), times.len(), "a tick came twice: {times:?}");
+    let ids: std::collections::BTreeSet<_> = ticks.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), ticks.len(), "an id came twice: {ticks:?}");
+    for pair in times.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::Duration::minutes(1),
+            "a tick is missing between {} and {}: {times:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+/// The Ready condition of a source as a replica's admin API shows it.
+async fn source_ready_on(server: &Server, name: &str) -> Value {
+    let list = support::request(
+        http::Method::GET,
+        &format!("http://{}/api/v1/sources", server.admin),
+        &[],
+        "",
+    )
+    .await;
+    let list: Value = serde_json::from_str(&list.body).expect("a JSON list");
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let item = items
+        .iter()
+        .find(|i| i["metadata"]["name"] == name)
+        .expect("the source is listed");
+    ready_condition(item).cloned().expect("a Ready condition")
+}
+
+#[tokio::test]
+async fn with_two_replicas_each_ping_tick_arrives_once() {
+    let fake = FakeApiServer::start().await;
+    let subscriber = Subscriber::accepting().await;
+    fake.create(every_minute_ping("team", "tick", &subscriber.url("/")));
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = PingClock::accelerated(PING_SPEEDUP);
+    let first = replica_on(&fake, dir.path(), "first", clock.clone()).await;
+    let second = replica_on(&fake, dir.path(), "second", clock).await;
+
+    subscriber.wait_for(5, PATIENCE).await;
+    let received = ticks(&subscriber);
+    assert_each_tick_once(&received);
+    // The last tick fired is in the API server, for the next leader.
+    let state = fake
+        .get("v1", "ConfigMap", "pilotlight", "pilotlight-source-state")
+        .expect("the source state ConfigMap");
+    assert_eq!(
+        state["metadata"]["labels"]["pilotlight.dev/source-state"],
+        "true"
+    );
+    let entry: Value = serde_json::from_str(
+        state["data"]["pingsource.team.tick"]
+            .as_str()
+            .expect("the entry"),
+    )
+    .expect("JSON");
+    let recorded =
+        chrono::DateTime::parse_from_rfc3339(entry["lastTick"].as_str().expect("lastTick"))
+            .expect("RFC 3339");
+    assert!(
+        received.iter().any(|(t, _)| *t == recorded),
+        "{entry} among {received:?}"
+    );
+
+    // The follower stands by without claiming the source failed; the
+    // leader's status, Ready, is the object's.
+    let leader = lease_holder(&fake).expect("a leader");
+    let follower = if leader.starts_with("first") {
+        &second
+    } else {
+        &first
+    };
+    let standby = source_ready_on(follower, "tick").await;
+    assert_eq!(standby["status"], "Unknown", "{standby}");
+    assert_eq!(standby["reason"], "NotLeader", "{standby}");
+    fake.wait_for("the PingSource Ready", PATIENCE, |fake| {
+        let ping = fake.get("sources.knative.dev/v1", "PingSource", "team", "tick")?;
+        (ready_condition(&ping)?["status"] == "True").then_some(())
+    })
+    .await;
+    first.shutdown().await;
+    second.shutdown().await;
+    assert_each_tick_once(&ticks(&subscriber));
+}
+
+#[tokio::test]
+async fn a_stopped_leader_hands_its_ping_schedule_over_without_missing_or_doubling_a_tick() {
+    let fake = FakeApiServer::start().await;
+    let subscriber = Subscriber::accepting().await;
+    fake.create(every_minute_ping("team", "tick", &subscriber.url("/")));
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = PingClock::accelerated(PING_SPEEDUP);
+    let first = replica_on(&fake, dir.path(), "first", clock.clone()).await;
+    fake.wait_for("the first replica to lead", PATIENCE, |fake| {
+        lease_holder(fake).filter(|h| h.starts_with("first"))
+    })
+    .await;
+    let second = replica_on(&fake, dir.path(), "second", clock.clone()).await;
+    subscriber.wait_for(3, PATIENCE).await;
+
+    // A clean stop gives the Lease up; the second replica takes over and
+    // resumes after the last tick the first recorded.
+    first.shutdown().await;
+    let handed_over = subscriber.count();
+    fake.wait_for("the second replica to lead", PATIENCE, |fake| {
+        lease_holder(fake).filter(|h| h.starts_with("second"))
+    })
+    .await;
+    subscriber.wait_for(handed_over + 3, PATIENCE).await;
+
+    // No replica for two ticks or so, as when a killed leader's Lease runs
+    // out: the next one (with a data folder of its own) fires the missed
+    // ticks from the state in the API server, then goes on.
+    second.shutdown().await;
+    let stopped = ticks(&subscriber);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let third = replica_on(&fake, dir.path(), "third", clock).await;
+    subscriber.wait_for(stopped.len() + 4, PATIENCE).await;
+    third.shutdown().await;
+
+    let received = ticks(&subscriber);
+    assert_each_tick_once(&received);
+    let last_before_the_gap = stopped.iter().map(|(t, _)| *t).max().expect("ticks");
+    let caught_up = received
+        .iter()
+        .filter(|(t, _)| *t > last_before_the_gap)
+        .count();
+    assert!(caught_up >= 4, "{received:?}");
+}
+
+#[tokio::test]
+async fn with_two_replicas_each_api_server_change_arrives_once() {
+    let fake = FakeApiServer::start().await;
+    let subscriber = Subscriber::accepting().await;
+    let configmap = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "watched"}, "data": {"k": "v"}})
+    };
+    fake.create(configmap("before"));
+    fake.create(json!({
+        "apiVersion": "sources.knative.dev/v1", "kind": "ApiServerSource",
+        "metadata": {"name": "changes", "namespace": "watched"},
+        "spec": {"mode": "Reference",
+                 "resources": [{"apiVersion": "v1", "kind": "ConfigMap"}],
+                 "sink": {"uri": subscriber.url("/")}},
+    }));
+    let dir = tempfile::tempdir().expect("dir");
+    let first = replica(&fake, dir.path(), "first").await;
+    let second = replica(&fake, dir.path(), "second").await;
+
+    subscriber.wait_for(1, PATIENCE).await;
+    fake.create(configmap("after"));
+    subscriber.wait_for(2, PATIENCE).await;
+    // Time for a second replica's copy to arrive, were there one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let subjects: Vec<String> = subscriber
+        .events()
+        .iter()
+        .map(|e| format!("{} {}", e.ty(), e.attribute("subject").unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "dev.knative.apiserver.ref.add /apis/v1/namespaces/watched/configmaps/before",
+            "dev.knative.apiserver.ref.add /apis/v1/namespaces/watched/configmaps/after",
+        ]
+    );
+    first.shutdown().await;
+    second.shutdown().await;
 }

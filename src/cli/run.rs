@@ -192,6 +192,7 @@ impl RunArgs {
                 .kubernetes
                 .then(|| self.kubernetes_settings())
                 .transpose()?,
+            ping_clock: crate::eventing::source::PingClock::default(),
         })
     }
 

@@ -109,6 +109,37 @@ impl ControlPlane {
         })
     }
 
+    /// Applies the latest manifests again whenever this replica starts or
+    /// stops leading, so that the sources that run on the leader only start
+    /// or stop (see the source controller). Under the apply lock, so it
+    /// never interleaves with an apply and never runs after shutdown. Ends
+    /// with the election: at once in file mode, where the replica always
+    /// leads.
+    pub(crate) fn follow_leadership(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let control = Arc::downgrade(self);
+        let mut leading = self.eventing.leading();
+        tokio::spawn(async move {
+            while leading.changed().await.is_ok() {
+                let leads = *leading.borrow_and_update();
+                let Some(control) = control.upgrade() else {
+                    return;
+                };
+                let mut applying = control.applying.lock().await;
+                if applying.stopped {
+                    return;
+                }
+                // None before the first apply, which reads the election itself.
+                if let Some(latest) = applying.latest.clone() {
+                    tracing::info!(
+                        leads,
+                        "leadership changed; starting or stopping the sources that run on the leader only"
+                    );
+                    control.apply_locked(&mut applying, latest).await;
+                }
+            }
+        })
+    }
+
     /// Brings the running state to the manifests.
     pub async fn apply(&self, manifests: Arc<Manifests>) {
         for error in &manifests.errors {

@@ -3,8 +3,10 @@
 
 use kube::Resource as _;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher;
 
 use crate::api::kinds::KINDS;
+use crate::eventing::source::cluster_state::STATE_LABEL;
 
 /// One kind pilotlight watches.
 #[derive(Debug, Clone)]
@@ -21,6 +23,17 @@ impl WatchedKind {
     /// Knative names its own (`brokers.eventing.knative.dev`).
     pub(crate) fn finalizer(&self) -> String {
         format!("{}.{}", self.resource.plural, self.resource.group)
+    }
+
+    /// How the kind's cache watches it: every object, except for ConfigMaps
+    /// the sources' state (which the leader rewrites at every PingSource
+    /// tick, and which no object refers to).
+    pub(crate) fn watcher_config(&self) -> watcher::Config {
+        let config = watcher::Config::default();
+        if self.resource.group.is_empty() && self.resource.kind == "ConfigMap" {
+            return config.labels(&format!("!{STATE_LABEL}"));
+        }
+        config
     }
 
     /// The API path of one object, as errors and status messages name it.
@@ -81,5 +94,21 @@ mod tests {
             secret.object_path("ns", "s"),
             "/api/v1/namespaces/ns/secrets/s"
         );
+    }
+
+    #[test]
+    fn the_configmap_watch_leaves_out_the_sources_state() {
+        let kinds = watched_kinds();
+        let selector = |kind: &str| {
+            kinds
+                .iter()
+                .find(|k| k.resource.kind == kind)
+                .and_then(|k| k.watcher_config().label_selector)
+        };
+        assert_eq!(
+            selector("ConfigMap").as_deref(),
+            Some("!pilotlight.dev/source-state")
+        );
+        assert_eq!(selector("Secret"), None);
     }
 }

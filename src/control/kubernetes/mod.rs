@@ -13,7 +13,9 @@
 //!   state, so the apply removes what pilotlight made for it, and then the
 //!   finalizer is released.
 //! - A Lease elects the leader ([`leader`]); every replica applies, so every
-//!   replica serves the ingress, dispatches and proxies.
+//!   replica serves the ingress, dispatches and proxies. Sources that must
+//!   run once per cluster (PingSource, ApiServerSource) run on the leader
+//!   only (see `eventing::source`).
 
 mod desired;
 mod kinds;
@@ -205,7 +207,8 @@ fn cache_of(
     let store = writer.as_reader();
     let (listed_tx, listed) = watch::channel(false);
     let name = kind.resource.kind.clone();
-    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+    let config = kind.watcher_config();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config))
         .default_backoff()
         .for_each(move |event| {
             match event {

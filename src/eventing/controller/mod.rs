@@ -28,7 +28,7 @@ use crate::eventing::backend::{
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::EventSender;
 use crate::eventing::source::controller::{DesiredSource, SourceController};
-use crate::eventing::source::{self, BuildContext};
+use crate::eventing::source::{self, BuildContext, PingClock, Replication};
 use crate::eventing::trigger::dispatcher::{self, Dispatcher, TriggerPlan};
 use plan::{BrokerAction, Destinations, RunningDispatcher, TriggerAction, TriggerBroker};
 
@@ -80,6 +80,8 @@ pub(crate) struct EventingSettings {
     /// The API server of ApiServerSources (`--kubeconfig`); None for kube's
     /// inference.
     pub kubeconfig: Option<PathBuf>,
+    /// The clock PingSources tick on.
+    pub ping_clock: PingClock,
 }
 
 /// The objects of one apply that this controller reconciles.
@@ -136,18 +138,24 @@ pub(crate) struct EventingController {
     registry: Arc<BrokerRegistry>,
     sender: EventSender,
     sources: SourceController,
+    /// Kubernetes mode: the cluster's source state, for PingSources.
+    cluster_state: Option<Arc<source::cluster_state::ClusterState>>,
     running: tokio::sync::Mutex<Running>,
     views: RwLock<Views>,
 }
 
 impl EventingController {
+    /// `replication` says whether this replica leads, for the sources that
+    /// run on the leader only.
     pub(crate) fn new(
         settings: EventingSettings,
         registry: Arc<BrokerRegistry>,
         sender: EventSender,
+        replication: Replication,
     ) -> Self {
         EventingController {
-            sources: SourceController::new(sender.clone(), settings.data_dir.clone()),
+            cluster_state: replication.state.clone(),
+            sources: SourceController::new(sender.clone(), settings.data_dir.clone(), replication),
             settings,
             registry,
             sender,
@@ -158,6 +166,11 @@ impl EventingController {
 
     pub(crate) fn settings(&self) -> &EventingSettings {
         &self.settings
+    }
+
+    /// Whether this replica leads (always true in file mode).
+    pub(crate) fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.sources.leading()
     }
 
     /// Brings brokers, triggers and sources to `objects`; `services` gives a
@@ -476,6 +489,8 @@ impl EventingController {
             index,
             kubeconfig: self.settings.kubeconfig.as_deref(),
             rabbitmq_uri: self.settings.rabbitmq_uri.as_deref(),
+            ping_clock: &self.settings.ping_clock,
+            cluster_state: self.cluster_state.as_ref(),
         };
         let metadata = resource.metadata();
         let key = metadata.key();
@@ -486,6 +501,7 @@ impl EventingController {
             origin: loaded.origin.to_string(),
             spec: resource.to_json()["spec"].clone(),
             sink: destinations.resolve(source.sink(), &key.namespace),
+            placement: source.placement(),
             build: source.builder(&context),
             key,
         })

@@ -8,12 +8,21 @@
 //! and retry loop as triggers, [`SourceContext::set_status`] reports
 //! its [`Health`], [`SourceContext::stopped`] says when to end, and
 //! [`SourceContext::state_dir`] keeps what must survive a restart.
+//!
+//! With several replicas (Kubernetes mode), a source kind says where it runs
+//! ([`SourceConfig::placement`]): PingSource and ApiServerSource on the
+//! leader only, so that each tick and each API change becomes one event;
+//! KafkaSource and RabbitmqSource on every replica, since their consumer
+//! group or shared queue already gives each message to one of them.
 
 pub mod apiserver;
+pub(crate) mod cluster_state;
 pub(crate) mod controller;
 mod kafka;
 mod ping;
 mod rabbitmq;
+
+pub use ping::PingClock;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +37,7 @@ use crate::api::{ObjectKey, Resource};
 use crate::cloudevent::Event;
 use crate::eventing::delivery::{DeliveryPolicy, EventSender, Outcome, deliver_with_retries};
 use crate::eventing::health::{Health, HealthCell};
+use cluster_state::ClusterState;
 
 /// How sources deliver: Knative's sources retry a failed send; here 10
 /// retries, exponential from 0.2 s (about 3.5 minutes in all), honouring
@@ -57,10 +67,48 @@ impl CeOverrides {
 pub(crate) trait SourceConfig {
     fn sink(&self) -> &Destination;
 
+    /// Which replicas run the source; every one unless the kind says so.
+    fn placement(&self) -> Placement {
+        Placement::EveryReplica
+    }
+
     /// The builder of the running source, called on the source's own task
     /// when the controller starts it, with what pilotlight's settings and
     /// the other objects give it.
     fn builder(&self, context: &BuildContext<'_>) -> SourceBuild;
+}
+
+/// Which replicas run a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Every replica: the source's server shares the work out (a Kafka
+    /// consumer group, a RabbitMQ queue's competing consumers).
+    EveryReplica,
+    /// The leader only: on every replica, each event would be sent once
+    /// per replica (a PingSource's tick, an ApiServerSource's change).
+    Leader,
+}
+
+/// How this replica's sources share the work with other replicas: what the
+/// server gives the eventing controller.
+#[derive(Clone)]
+pub(crate) struct Replication {
+    /// Whether this replica leads. Sources placed on the leader run only
+    /// while it does. Always true in file mode.
+    pub leading: watch::Receiver<bool>,
+    /// Kubernetes mode: where sources keep what the next leader resumes
+    /// from. None in file mode: the data folder.
+    pub state: Option<Arc<ClusterState>>,
+}
+
+impl Replication {
+    /// One replica, always leading (file mode).
+    pub(crate) fn single() -> Self {
+        Replication {
+            leading: watch::channel(true).1,
+            state: None,
+        }
+    }
 }
 
 /// Builds a running source.
@@ -103,6 +151,11 @@ pub(crate) struct BuildContext<'a> {
     pub kubeconfig: Option<&'a Path>,
     /// `--rabbitmq-uri`, for RabbitMQ sources without a cluster reference.
     pub rabbitmq_uri: Option<&'a str>,
+    /// The clock PingSources tick on.
+    pub ping_clock: &'a PingClock,
+    /// Kubernetes mode: the cluster's source state, where PingSources record
+    /// their ticks for the next leader.
+    pub cluster_state: Option<&'a Arc<ClusterState>>,
 }
 
 /// The object as a source, if its kind is one: adding a source kind is its
@@ -196,6 +249,26 @@ impl SourceContext {
         }
     }
 
+    /// [`SourceContext::send`] for an event that must not be lost to a
+    /// stop (a PingSource's tick, already recorded as fired): once the
+    /// source is stopping, the delivery still has `grace` to finish.
+    pub(crate) async fn send_finishing(
+        &self,
+        event: &Event,
+        grace: Duration,
+    ) -> Result<(), SendError> {
+        match self
+            .deliver_within(&self.sink, event, &self.policy, grace)
+            .await?
+        {
+            Outcome::Delivered { .. } => Ok(()),
+            Outcome::Failed(failure) => Err(SendError::Refused {
+                sink: self.sink.to_string(),
+                message: failure.message,
+            }),
+        }
+    }
+
     /// Delivers one event to `sink` with `policy` (a source's own
     /// `spec.delivery`, a dead-letter sink), counting it; gives up early
     /// (with [`SendError::Stopping`]) when the source is stopping.
@@ -205,11 +278,31 @@ impl SourceContext {
         event: &Event,
         policy: &DeliveryPolicy,
     ) -> Result<Outcome, SendError> {
-        let mut stopped = self.stop.clone();
+        self.deliver_within(sink, event, policy, Duration::ZERO)
+            .await
+    }
+
+    /// [`SourceContext::deliver`], whose delivery goes on for `grace` once
+    /// the source is stopping.
+    async fn deliver_within(
+        &self,
+        sink: &Uri,
+        event: &Event,
+        policy: &DeliveryPolicy,
+        grace: Duration,
+    ) -> Result<Outcome, SendError> {
         let delivery = deliver_with_retries(&self.sender, sink, event, policy, |_, _| {});
-        let outcome = tokio::select! {
-            outcome = delivery => outcome,
-            _ = stopped.wait_for(|s| *s) => return Err(SendError::Stopping),
+        tokio::pin!(delivery);
+        let finished = tokio::select! {
+            outcome = &mut delivery => Some(outcome),
+            () = self.stopped() => None,
+        };
+        let outcome = match finished {
+            Some(outcome) => outcome,
+            None if grace.is_zero() => return Err(SendError::Stopping),
+            None => tokio::time::timeout(grace, delivery)
+                .await
+                .map_err(|_| SendError::Stopping)?,
         };
         let counter = match &outcome {
             Outcome::Delivered { .. } => "pilotlight_source_sent_total",

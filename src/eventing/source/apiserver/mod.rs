@@ -30,7 +30,7 @@ mod tests;
 
 use std::path::Path;
 
-use super::{BuildContext, Source, SourceBuild, SourceConfig};
+use super::{BuildContext, Placement, Source, SourceBuild, SourceConfig};
 use crate::api::duck::Destination;
 use crate::api::sources::apiserver::ApiServerSource;
 
@@ -39,6 +39,13 @@ pub use source::ApiServerSourceRunner;
 impl SourceConfig for ApiServerSource {
     fn sink(&self) -> &Destination {
         &self.spec.sink
+    }
+
+    /// Once per cluster: on every replica, each change would be sent once
+    /// per replica. A new leader starts its watches afresh, and so sends an
+    /// add for every existing object, as Knative's adapter does on start.
+    fn placement(&self) -> Placement {
+        Placement::Leader
     }
 
     fn builder(&self, context: &BuildContext<'_>) -> SourceBuild {

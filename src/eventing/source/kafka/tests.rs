@@ -393,6 +393,8 @@ async fn a_source_without_its_secret_is_not_ready_and_restarts_when_it_appears()
             index: &index,
             kubeconfig: None,
             rabbitmq_uri: None,
+            ping_clock: &crate::eventing::source::PingClock::default(),
+            cluster_state: None,
         };
         source_of(&manifests).builder(&context)
     };

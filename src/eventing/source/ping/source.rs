@@ -1,44 +1,42 @@
 //! The running PingSource: wait for the next tick, record it, send the event.
-//! The rules for restarts and missed ticks are in the [module doc](super).
+//! The rules for restarts, hand-overs and missed ticks are in the
+//! [module doc](super).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use super::clock::Clock;
+use super::record::{RecordError, TickLog};
 use crate::api::Invalid;
 use crate::api::duck::CeOverrides;
 use crate::api::sources::ping::{PING_EVENT_TYPE, PingSource};
 use crate::api::sources::schedule::Schedule;
+use crate::backoff::Backoff;
 use crate::cloudevent::{Event, ValidationError};
 use crate::eventing::health::Health;
 use crate::eventing::source::{SendError, Source, SourceContext};
-
-/// Where the wall clock comes from. Ticks are wall-clock instants; sleeping
-/// uses tokio time, so a test clock derived from `tokio::time::Instant`
-/// makes the loop run on paused time.
-pub(crate) trait Clock: Send + Sync + 'static {
-    fn now_utc(&self) -> DateTime<Utc>;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_utc(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
 
 /// The longest single sleep: the loop re-reads the wall clock at least this
 /// often, so a clock step or a suspended machine delays a tick by at most this.
 const MAX_SLEEP: Duration = Duration::from_secs(300);
 
-/// The state file holding the last fired tick (RFC 3339).
-const LAST_TICK_FILE: &str = "last-tick";
+/// How long a tick already recorded as fired may still be sent once the
+/// source is told to stop (less than the controller's 5 s stop grace): a
+/// leader stepping down mid-send finishes the tick rather than lose it,
+/// since the next leader will not fire a recorded tick.
+const SEND_GRACE: Duration = Duration::from_secs(4);
+
+/// Retrying the API server when the state cannot be read or written.
+const STATE_RETRY_START: Duration = Duration::from_millis(200);
+const STATE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The namespace of tick ids (UUID v5): pilotlight's own, so that no other
+/// producer's v5 ids collide with them.
+const TICK_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5817_b768_3e09_4051_96eb_c6e3_75f2_c903);
 
 /// What the loop does next, given the last tick it fired (or the start time
 /// on a first run) and the current time.
@@ -68,17 +66,71 @@ pub(crate) fn decide(schedule: &Schedule, after: DateTime<Utc>, now: DateTime<Ut
     }
 }
 
+/// The missed ticks a start fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CatchUp {
+    /// Oldest first.
+    pub ticks: Vec<DateTime<Utc>>,
+    /// Whether older missed ticks were left out, past the limit.
+    pub skipped_older: bool,
+}
+
+/// The ticks missed between `after` (the last fired) and `now`: those
+/// strictly after `after` and at or before `now`, only the newest `limit`
+/// of them (at least one), oldest first. Walks back from `now`, so a long
+/// outage costs `limit` steps, not one per missed tick.
+pub(crate) fn catch_up(
+    schedule: &Schedule,
+    after: DateTime<Utc>,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> CatchUp {
+    let mut ticks = Vec::new();
+    let mut latest = schedule.latest_at_or_before(now);
+    while let Some(tick) = latest.filter(|t| *t > after) {
+        if ticks.len() == limit.max(1) {
+            ticks.reverse();
+            return CatchUp {
+                ticks,
+                skipped_older: true,
+            };
+        }
+        ticks.push(tick);
+        // Ticks are whole minutes: the one before is at or before this
+        // tick less a second.
+        latest = schedule.latest_at_or_before(tick - chrono::Duration::seconds(1));
+    }
+    ticks.reverse();
+    CatchUp {
+        ticks,
+        skipped_older: false,
+    }
+}
+
+/// A tick's event id: a UUID v5 of the source (its CloudEvents source, and
+/// in Kubernetes mode its uid) and the scheduled time. Every replica gives
+/// a tick the same id, so a sink can drop one delivered twice.
+pub(crate) fn tick_id(source: &str, uid: &str, tick: DateTime<Utc>) -> String {
+    let name = format!(
+        "{source}#{uid}@{}",
+        tick.to_rfc3339_opts(SecondsFormat::Secs, true)
+    );
+    uuid::Uuid::new_v5(&TICK_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
 /// The tokio deadline for a wall-clock instant: the one place wall-clock
 /// time is turned into tokio time.
 fn deadline(clock: &dyn Clock, at: DateTime<Utc>) -> tokio::time::Instant {
     let wait = (at - clock.now_utc()).to_std().unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + wait.min(MAX_SLEEP)
+    tokio::time::Instant::now() + clock.sleep_for(wait).min(MAX_SLEEP)
 }
 
 /// Everything of the event that does not change between ticks.
 #[derive(Debug, Clone)]
 pub(crate) struct EventTemplate {
     source: String,
+    /// The object's uid (Kubernetes mode), part of each tick's id.
+    uid: String,
     content_type: Option<String>,
     data: Option<Bytes>,
     overrides: Option<CeOverrides>,
@@ -92,6 +144,7 @@ impl EventTemplate {
                 "/apis/v1/namespaces/{}/pingsources/{}",
                 key.namespace, key.name
             ),
+            uid: uid_of(ping),
             content_type: ping.spec.content_type.clone(),
             data: ping.data()?,
             overrides: ping.spec.ce_overrides.clone(),
@@ -102,7 +155,7 @@ impl EventTemplate {
     pub(crate) fn build(&self, tick: DateTime<Utc>) -> Result<Event, ValidationError> {
         let mut attributes = vec![
             ("specversion".to_owned(), "1.0".to_owned()),
-            ("id".to_owned(), uuid::Uuid::new_v4().to_string()),
+            ("id".to_owned(), tick_id(&self.source, &self.uid, tick)),
             ("source".to_owned(), self.source.clone()),
             ("type".to_owned(), PING_EVENT_TYPE.to_owned()),
             (
@@ -121,30 +174,25 @@ impl EventTemplate {
     }
 }
 
-/// Reads the last fired tick; a missing or unreadable file is a first run.
-pub(crate) fn read_last_tick(dir: &Path) -> Option<DateTime<Utc>> {
-    let text = std::fs::read_to_string(dir.join(LAST_TICK_FILE)).ok()?;
-    match DateTime::parse_from_rfc3339(text.trim()) {
-        Ok(t) => Some(t.with_timezone(&Utc)),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "ignoring an unreadable last-tick file");
-            None
-        }
-    }
+/// The object's uid as the API server gave it; empty from a file.
+pub(crate) fn uid_of(ping: &PingSource) -> String {
+    ping.metadata
+        .uid
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
-/// Records a tick: write a temporary file, then rename it over `last-tick`,
-/// so a crash leaves the old tick or the new one, never half of one.
-pub(crate) fn write_last_tick(dir: &Path, tick: DateTime<Utc>) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let temp: PathBuf = dir.join(format!("{LAST_TICK_FILE}.tmp"));
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(tick.to_rfc3339_opts(SecondsFormat::Secs, true).as_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temp, dir.join(LAST_TICK_FILE))
+/// What became of a tick's record.
+enum Recorded {
+    /// Recorded by this source: send it.
+    Claimed,
+    /// Recorded already (by another replica): do not send it.
+    Elsewhere,
+    /// Not recorded: do not send it (at most once).
+    Failed,
+    Stopping,
 }
 
 /// The PingSource's [`Source`].
@@ -152,67 +200,149 @@ pub(crate) struct PingRunner {
     schedule: Schedule,
     template: EventTemplate,
     clock: Arc<dyn Clock>,
+    log: TickLog,
 }
 
 impl PingRunner {
-    pub(crate) fn new(schedule: Schedule, template: EventTemplate, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(
+        schedule: Schedule,
+        template: EventTemplate,
+        clock: Arc<dyn Clock>,
+        log: TickLog,
+    ) -> Self {
         PingRunner {
             schedule,
             template,
             clock,
+            log,
         }
+    }
+
+    /// Where to resume, from the tick log; retried while the API server
+    /// does not answer. None when the source is stopping meanwhile.
+    async fn resume(&self, context: &SourceContext) -> Option<DateTime<Utc>> {
+        let mut backoff = Backoff::new(STATE_RETRY_START, STATE_RETRY_MAX);
+        loop {
+            let now = self.clock.now_utc();
+            match self.log.resume(context.state_dir(), now).await {
+                Ok(after) => return Some(after.unwrap_or(now)),
+                Err(e) => {
+                    tracing::warn!(source = %context.key, error = %e, "cannot read where the source stopped; retrying");
+                    context.set_status(Health::not_ready(e.reason(), e.to_string()));
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = context.stopped() => return None,
+            }
+        }
+    }
+
+    /// Records `tick` before it is sent. An API server that does not answer
+    /// is tried again until the next tick is due; then this tick is skipped
+    /// rather than risk sending it twice.
+    async fn record(&self, context: &SourceContext, tick: DateTime<Utc>) -> Recorded {
+        let give_up = self.schedule.next_after(tick);
+        let mut backoff = Backoff::new(STATE_RETRY_START, STATE_RETRY_MAX);
+        loop {
+            let error = match self.log.claim(context.state_dir(), tick).await {
+                Ok(true) => return Recorded::Claimed,
+                Ok(false) => return Recorded::Elsewhere,
+                Err(error) => error,
+            };
+            let retry = error.transient() && give_up.is_none_or(|next| self.clock.now_utc() < next);
+            if !retry {
+                self.not_recorded(context, tick, &error);
+                return Recorded::Failed;
+            }
+            tracing::warn!(source = %context.key, tick = %tick, error = %error, "cannot record the tick; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = context.stopped() => return Recorded::Stopping,
+            }
+        }
+    }
+
+    fn not_recorded(&self, context: &SourceContext, tick: DateTime<Utc>, error: &RecordError) {
+        tracing::error!(source = %context.key, tick = %tick, error = %error, "cannot record the tick; not sending it");
+        context.set_status(Health::not_ready(error.reason(), error.to_string()));
     }
 
     /// Records the tick, then sends its event. Returns false when the source
     /// is stopping.
     async fn fire(&self, context: &SourceContext, tick: DateTime<Utc>) -> bool {
-        if let Err(e) = write_last_tick(context.state_dir(), tick) {
-            // Without the record a restart could send this tick again:
-            // skip it rather than risk a duplicate.
-            tracing::error!(source = %context.key, error = %e, "cannot record the tick; not sending it");
-            context.set_status(Health::NotReady {
-                reason: "StateNotWritable".to_owned(),
-                message: format!(
-                    "cannot write {}: {e}; fix the state folder's permissions or disk space",
-                    context.state_dir().join(LAST_TICK_FILE).display()
-                ),
-            });
-            return true;
+        match self.record(context, tick).await {
+            Recorded::Claimed => {}
+            Recorded::Elsewhere => {
+                tracing::debug!(source = %context.key, tick = %tick, "tick fired by another replica");
+                return true;
+            }
+            Recorded::Failed => return true,
+            Recorded::Stopping => return false,
         }
         let event = match self.template.build(tick) {
             Ok(event) => event,
             Err(e) => {
-                context.set_status(Health::NotReady {
-                    reason: "InvalidEvent".to_owned(),
-                    message: e.to_string(),
-                });
+                context.set_status(Health::not_ready("InvalidEvent", e.to_string()));
                 return true;
             }
         };
-        match context.send(&event).await {
+        match context.send_finishing(&event, SEND_GRACE).await {
             Ok(()) => {
                 tracing::debug!(source = %context.key, tick = %tick, "ping sent");
                 context.set_status(Health::Ready);
                 true
             }
-            Err(SendError::Stopping) => false,
+            Err(SendError::Stopping) => {
+                tracing::warn!(source = %context.key, tick = %tick, "stopped before the tick's event was delivered");
+                false
+            }
             Err(e @ SendError::Refused { .. }) => {
                 tracing::warn!(source = %context.key, tick = %tick, error = %e, "ping not delivered");
-                context.set_status(Health::NotReady {
-                    reason: "SinkUnreachable".to_owned(),
-                    message: e.to_string(),
-                });
+                context.set_status(Health::not_ready("SinkUnreachable", e.to_string()));
                 true
             }
         }
+    }
+
+    /// Fires the ticks missed since `after`, as many as the tick log's
+    /// rule allows. Returns the last tick fired (or `after`), None when the
+    /// source is stopping.
+    async fn catch_up(
+        &self,
+        context: &SourceContext,
+        after: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let missed = catch_up(
+            &self.schedule,
+            after,
+            self.clock.now_utc(),
+            self.log.catch_up_limit(),
+        );
+        if missed.skipped_older {
+            tracing::warn!(source = %context.key, since = %after, sent = missed.ticks.len(), "ticks were missed; sending only the latest of them");
+        }
+        let mut last = after;
+        for tick in missed.ticks {
+            last = tick;
+            if !self.fire(context, tick).await {
+                return None;
+            }
+        }
+        Some(last)
     }
 }
 
 #[async_trait::async_trait]
 impl Source for PingRunner {
     async fn run(self: Box<Self>, context: SourceContext) {
+        let Some(resumed) = self.resume(&context).await else {
+            return;
+        };
         context.set_status(Health::Ready);
-        let mut after = read_last_tick(context.state_dir()).unwrap_or_else(|| self.clock.now_utc());
+        let Some(mut after) = self.catch_up(&context, resumed).await else {
+            return;
+        };
         while !context.is_stopped() {
             match decide(&self.schedule, after, self.clock.now_utc()) {
                 Decision::Fire(tick) => {
@@ -229,10 +359,10 @@ impl Source for PingRunner {
                     }
                 }
                 Decision::Never => {
-                    context.set_status(Health::NotReady {
-                        reason: "NoFutureTicks".to_owned(),
-                        message: "the schedule never matches again (e.g. 30 February)".to_owned(),
-                    });
+                    context.set_status(Health::not_ready(
+                        "NoFutureTicks",
+                        "the schedule never matches again (e.g. 30 February)",
+                    ));
                     context.stopped().await;
                     return;
                 }

@@ -7,11 +7,15 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use http::HeaderMap;
 
-use super::source::{Decision, decide, read_last_tick, write_last_tick};
+use super::record::{
+    Binding, claim_change, read_last_tick, recorded_tick, start_change, write_last_tick,
+};
+use super::source::{CatchUp, Decision, catch_up, decide, tick_id};
 use super::*;
 use crate::api::ObjectKey;
 use crate::eventing::delivery::EventSender;
 use crate::eventing::health::Health;
+use crate::eventing::source::cluster_state::Change;
 use crate::eventing::source::{SourceContext, SourceHandle};
 
 fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
@@ -200,6 +204,137 @@ fn decide_fires_only_the_latest_missed_tick() {
 }
 
 #[test]
+fn catch_up_fires_the_missed_ticks_oldest_first_up_to_the_limit() {
+    let schedule = Schedule::parse("* * * * *", None).expect("valid");
+    let minute = |m| utc(2026, 1, 5, 12, m, 0);
+    // A hand-over from 12:00 to 12:02:30: 12:01 and 12:02 were missed.
+    assert_eq!(
+        catch_up(&schedule, minute(0), utc(2026, 1, 5, 12, 2, 30), 5),
+        CatchUp {
+            ticks: vec![minute(1), minute(2)],
+            skipped_older: false,
+        }
+    );
+    // A tick due exactly now is missed too; the last fired one is not.
+    assert_eq!(
+        catch_up(&schedule, minute(1), minute(2), 5).ticks,
+        [minute(2)]
+    );
+    // Nothing missed.
+    assert_eq!(
+        catch_up(&schedule, minute(2), utc(2026, 1, 5, 12, 2, 59), 5),
+        CatchUp {
+            ticks: vec![],
+            skipped_older: false,
+        }
+    );
+    // Down from 12:00 to 12:20:10: only the newest five, and the rest said.
+    assert_eq!(
+        catch_up(&schedule, minute(0), utc(2026, 1, 5, 12, 20, 10), 5),
+        CatchUp {
+            ticks: (16..=20).map(minute).collect(),
+            skipped_older: true,
+        }
+    );
+    // File mode's limit of one is the latest missed tick, as `decide` says.
+    let one = catch_up(&schedule, minute(0), utc(2026, 1, 5, 12, 20, 10), 1);
+    assert_eq!(one.ticks, [minute(20)]);
+    assert_eq!(
+        decide(&schedule, minute(0), utc(2026, 1, 5, 12, 20, 10)),
+        Decision::Fire(minute(20))
+    );
+}
+
+#[test]
+fn catch_up_follows_the_schedule_and_its_time_zone() {
+    // 09:00 Tokyo on weekdays: Friday's and Monday's were missed over a
+    // long weekend, Saturday and Sunday have none.
+    let schedule = Schedule::parse("0 9 * * MON-FRI", Some("Asia/Tokyo")).expect("valid");
+    let missed = catch_up(
+        &schedule,
+        utc(2026, 1, 8, 0, 0, 0),
+        utc(2026, 1, 12, 1, 0, 0),
+        5,
+    );
+    assert_eq!(
+        missed.ticks,
+        [utc(2026, 1, 9, 0, 0, 0), utc(2026, 1, 12, 0, 0, 0)]
+    );
+}
+
+#[test]
+fn tick_ids_are_the_same_for_a_tick_and_differ_between_ticks_and_sources() {
+    let source = "/apis/v1/namespaces/team/pingsources/ping";
+    let noon = utc(2026, 1, 5, 12, 0, 0);
+    let id = tick_id(source, "uid-1", noon);
+    assert_eq!(id, tick_id(source, "uid-1", noon), "deterministic");
+    let parsed = uuid::Uuid::parse_str(&id).expect("a UUID");
+    assert_eq!(parsed.get_version_num(), 5);
+    let others = [
+        tick_id(source, "uid-1", utc(2026, 1, 5, 12, 1, 0)),
+        tick_id(source, "uid-2", noon),
+        tick_id("/apis/v1/namespaces/team/pingsources/other", "uid-1", noon),
+    ];
+    assert!(others.iter().all(|other| *other != id), "{others:?}");
+}
+
+#[test]
+fn a_tick_is_claimed_once_and_never_before_a_later_one() {
+    let binding = Binding {
+        uid: "uid-1".into(),
+        schedule: "* * * * *".into(),
+        timezone: String::new(),
+    };
+    let noon = utc(2026, 1, 5, 12, 0, 0);
+    let Change::Set(recorded) = claim_change(None, &binding, noon) else {
+        panic!("a first claim records the tick");
+    };
+    assert_eq!(recorded_tick(Some(&recorded), &binding), Some(noon));
+    // Claimed already, by this replica or another: not again, nor earlier.
+    assert_eq!(claim_change(Some(&recorded), &binding, noon), Change::Keep);
+    let before = noon - chrono::Duration::minutes(1);
+    assert_eq!(
+        claim_change(Some(&recorded), &binding, before),
+        Change::Keep
+    );
+    let next = noon + chrono::Duration::minutes(1);
+    assert!(matches!(
+        claim_change(Some(&recorded), &binding, next),
+        Change::Set(_)
+    ));
+    // A record of another schedule or object (deleted, created again) is
+    // not this source's: claims go through, and a start begins afresh.
+    let other = Binding {
+        schedule: "@hourly".into(),
+        ..binding.clone()
+    };
+    assert_eq!(recorded_tick(Some(&recorded), &other), None);
+    assert!(matches!(
+        claim_change(Some(&recorded), &other, before),
+        Change::Set(_)
+    ));
+    let Change::Set(started) = start_change(Some(&recorded), &other, next) else {
+        panic!("a start records where it began");
+    };
+    assert_eq!(recorded_tick(Some(&started), &other), Some(next));
+    assert_eq!(start_change(Some(&recorded), &binding, next), Change::Keep);
+    assert_eq!(recorded_tick(Some("garbage"), &binding), None);
+}
+
+#[tokio::test]
+async fn an_accelerated_clock_runs_a_minute_a_second() {
+    let clock = PingClock::accelerated(60).clock();
+    let start = clock.now_utc();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let elapsed = clock.now_utc() - start;
+    assert!(elapsed >= chrono::Duration::seconds(6), "{elapsed}");
+    assert_eq!(
+        clock.sleep_for(Duration::from_secs(60)),
+        Duration::from_secs(1)
+    );
+}
+
+#[test]
 fn decide_never_for_an_impossible_date() {
     let schedule = Schedule::parse("0 0 30 2 *", None).expect("parses");
     assert_eq!(
@@ -364,7 +499,15 @@ async fn first_run_sends_the_next_tick_with_its_attributes() {
         Some("application/json")
     );
     let id = header(&received, 0, "ce-id").expect("id");
-    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    // The tick's own id: a file's PingSource has no uid.
+    assert_eq!(
+        id,
+        tick_id(
+            "/apis/v1/namespaces/team/pingsources/ping",
+            "",
+            utc(2026, 1, 5, 12, 0, 0)
+        )
+    );
     assert_eq!(
         &received.lock().unwrap_or_else(|e| e.into_inner())[0].1[..],
         b"{\"hello\":\"world\"}"
