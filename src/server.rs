@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// Read the objects from the API server instead of `paths`, and run
     /// revisions as Deployments.
     pub kubernetes: Option<KubernetesSettings>,
+    /// `--kubeconfig` in file mode: the API server ApiServerSources watch.
+    /// In Kubernetes mode the kubeconfig of [`KubernetesSettings`] serves
+    /// them when this is None.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -88,6 +92,7 @@ impl ServerConfig {
             serving: ServingConfig::default(),
             ingress_url: None,
             kubernetes: None,
+            kubeconfig: None,
         }
     }
 }
@@ -114,8 +119,17 @@ impl ServerConfig {
             max_in_flight: self.max_in_flight,
             rabbitmq_uri: self.rabbitmq_uri.clone(),
             kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
-            kubeconfig: self.kubernetes.as_ref().and_then(|k| k.kubeconfig.clone()),
+            kubeconfig: self.source_kubeconfig(),
         }
+    }
+
+    /// The kubeconfig ApiServerSources connect with: `--kubeconfig` in
+    /// either mode, the one of `--kubernetes` otherwise; None for kube's
+    /// inference.
+    fn source_kubeconfig(&self) -> Option<PathBuf> {
+        self.kubeconfig
+            .clone()
+            .or_else(|| self.kubernetes.as_ref()?.kubeconfig.clone())
     }
 
     /// The serving half's part of the configuration.

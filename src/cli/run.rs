@@ -123,10 +123,10 @@ pub struct RunArgs {
     /// status there, and run revisions as Deployments.
     #[arg(long, env = "PILOTLIGHT_KUBERNETES")]
     pub kubernetes: bool,
-    /// The kubeconfig of --kubernetes, which ApiServerSources use too;
-    /// without it: KUBECONFIG (or ~/.kube/config), then the in-cluster
-    /// service account.
-    #[arg(long, requires = "kubernetes")]
+    /// The kubeconfig of --kubernetes and of ApiServerSources (in file mode
+    /// too, for sources that watch a cluster); without it: KUBECONFIG (or
+    /// ~/.kube/config), then the in-cluster service account.
+    #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Namespace of the leader-election Lease of --kubernetes (the pod's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -170,6 +170,7 @@ impl RunArgs {
             serving,
             ingress_url: self.ingress_url()?,
             kubernetes: self.kubernetes.then(|| self.kubernetes_settings()),
+            kubeconfig: self.kubeconfig.clone(),
         })
     }
 
@@ -203,12 +204,18 @@ impl RunArgs {
         Ok(Some(url.clone()))
     }
 
-    fn kubernetes_settings(&self) -> KubernetesSettings {
-        let name = self
-            .identity
+    /// This replica's name in a cluster: `--identity` (POD_NAME), else the
+    /// host name, which is the pod's.
+    fn pod_name(&self) -> String {
+        self.identity
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "pilotlight".into());
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "pilotlight".into())
+    }
+
+    fn kubernetes_settings(&self) -> KubernetesSettings {
+        let name = self.pod_name();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         KubernetesSettings {
             kubeconfig: self.kubeconfig.clone(),
