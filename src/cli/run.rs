@@ -131,8 +131,9 @@ pub struct RunArgs {
     /// Namespace of the leader-election Lease of --kubernetes (the pod's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
-    /// This replica's name in the leader election (the pod's name); a random
-    /// suffix keeps a restarted replica distinct.
+    /// This replica's name (the pod's name): in the leader election, with a
+    /// random suffix that keeps a restarted replica distinct, and as its
+    /// Kafka static member id (group.instance.id), without one.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 }
@@ -171,6 +172,7 @@ impl RunArgs {
             ingress_url: self.ingress_url()?,
             kubernetes: self.kubernetes.then(|| self.kubernetes_settings()),
             kubeconfig: self.kubeconfig.clone(),
+            replica: self.kubernetes.then(|| self.pod_name()),
         })
     }
 

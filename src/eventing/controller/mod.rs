@@ -80,6 +80,9 @@ pub(crate) struct EventingSettings {
     /// The API server of ApiServerSources (`--kubeconfig`); None for kube's
     /// inference.
     pub kubeconfig: Option<PathBuf>,
+    /// This replica's stable name (the pod's, or one kept in the data
+    /// folder), for Kafka's static group membership.
+    pub replica: String,
 }
 
 /// The objects of one apply that this controller reconciles.
@@ -359,6 +362,7 @@ impl EventingController {
             memory: &self.settings.memory,
             rabbitmq_uri: self.settings.rabbitmq_uri.as_deref(),
             kafka_bootstrap_servers: self.settings.kafka_bootstrap_servers.as_deref(),
+            replica: &self.settings.replica,
         }
     }
 
