@@ -71,6 +71,14 @@ pub struct ServerConfig {
     pub kubernetes: Option<KubernetesSettings>,
     /// The clock PingSources tick on: the system's, but for tests.
     pub ping_clock: PingClock,
+    /// `--kubeconfig` in file mode: the API server ApiServerSources watch.
+    /// In Kubernetes mode the kubeconfig of [`KubernetesSettings`] serves
+    /// them when this is None.
+    pub kubeconfig: Option<PathBuf>,
+    /// This replica's stable name (the pod's name in Kubernetes mode), for
+    /// Kafka's static group membership; None for an id kept in the data
+    /// folder.
+    pub replica: Option<String>,
 }
 
 impl ServerConfig {
@@ -95,6 +103,8 @@ impl ServerConfig {
             ingress_url: None,
             kubernetes: None,
             ping_clock: PingClock::default(),
+            kubeconfig: None,
+            replica: None,
         }
     }
 }
@@ -121,9 +131,19 @@ impl ServerConfig {
             max_in_flight: self.max_in_flight,
             rabbitmq_uri: self.rabbitmq_uri.clone(),
             kafka_bootstrap_servers: self.kafka_bootstrap_servers.clone(),
-            kubeconfig: self.kubernetes.as_ref().and_then(|k| k.kubeconfig.clone()),
+            kubeconfig: self.source_kubeconfig(),
             ping_clock: self.ping_clock.clone(),
+            replica: self.replica.clone().unwrap_or_default(),
         }
+    }
+
+    /// The kubeconfig ApiServerSources connect with: `--kubeconfig` in
+    /// either mode, the one of `--kubernetes` otherwise; None for kube's
+    /// inference.
+    fn source_kubeconfig(&self) -> Option<PathBuf> {
+        self.kubeconfig
+            .clone()
+            .or_else(|| self.kubernetes.as_ref()?.kubeconfig.clone())
     }
 
     /// The serving half's part of the configuration.
@@ -185,6 +205,32 @@ pub struct Server {
     election: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Where a replica without a name of its own (one-machine mode) keeps the
+/// one it made up, so that it keeps it across restarts.
+const REPLICA_FILE: &str = "replica-id";
+
+/// This replica's stable name: the one configured (the pod's), else the one
+/// kept in the data folder, made up at the first start.
+fn replica_name(config: &ServerConfig) -> anyhow::Result<String> {
+    if let Some(name) = config.replica.as_ref().filter(|n| !n.trim().is_empty()) {
+        return Ok(name.trim().to_owned());
+    }
+    let path = config.data_dir.join(REPLICA_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(kept) if !kept.trim().is_empty() => return Ok(kept.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot read {}: {e} (--data-dir)", path.display()),
+    }
+    let made = format!(
+        "pilotlight-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    std::fs::write(&path, format!("{made}\n"))
+        .with_context(|| format!("cannot write {} (--data-dir)", path.display()))?;
+    Ok(made)
+}
+
 impl Server {
     /// Binds both listeners, applies the manifests and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
@@ -197,6 +243,8 @@ impl Server {
                 config.data_dir.display()
             )
         })?;
+        let mut config = config;
+        config.replica = Some(replica_name(&config)?);
 
         let (stop, stopped) = watch::channel(false);
         let cluster = match &config.kubernetes {

@@ -1,5 +1,6 @@
 //! The ApiServerSource against the fake API server (tests/support/apiserver.rs):
-//! events for the initial list and for changes, resuming a dropped watch,
+//! nothing for what exists at the start (as Knative's adapter), events for
+//! changes with the same id on every replica, resuming a dropped watch,
 //! relisting after 410 Gone, selectors, status, and the connection
 //! (`--kubeconfig`, a kubeconfig that appears later, an API server that
 //! comes up later). Pure unit tests (events, what a list or a change sends)
@@ -191,6 +192,12 @@ async fn nth_watch_version(fake: &FakeApiServer, n: usize) -> String {
     .await
 }
 
+/// Waits until the source listed and watches (the first watch request):
+/// from then on a change is sent.
+async fn watching(fake: &FakeApiServer) {
+    nth_watch_version(fake, 1).await;
+}
+
 /// The list and watch requests of configmaps.
 fn configmap_requests(fake: &FakeApiServer) -> Vec<support::apiserver::RecordedRequest> {
     fake.requests()
@@ -211,15 +218,20 @@ fn by_subject<'a>(events: &'a [Event], name: &str) -> &'a Event {
         .unwrap_or_else(|| panic!("no event for {subject}: {:?}", summary(events)))
 }
 
+/// Knative's adapter sends nothing for the objects that exist when it starts
+/// (its reflector's store ignores the list): only what happens after.
 #[tokio::test]
-async fn resource_mode_sends_an_add_per_existing_object() {
+async fn existing_objects_send_nothing_and_resource_mode_sends_new_ones_whole() {
     let fake = FakeApiServer::start().await;
+    put(&fake, "default", "old", json!({"k": "0"}));
+    let sink = Sink::start().await;
+    let (handle, _dir) = run(config_for(&fake.url), &configmaps("Resource"), &sink).await;
+    watching(&fake).await;
+    sink.expect(0).await;
+
     put(&fake, "default", "a", json!({"k": "1"}));
     put(&fake, "default", "b", json!({"k": "2"}));
     put(&fake, "elsewhere", "c", json!({}));
-    let sink = Sink::start().await;
-    let (handle, _dir) = run(config_for(&fake.url), &configmaps("Resource"), &sink).await;
-
     let events = sink.expect(2).await;
     let a = by_subject(&events, "a");
     assert_eq!(a.ty(), "dev.knative.apiserver.resource.add");
@@ -230,7 +242,6 @@ async fn resource_mode_sends_an_add_per_existing_object() {
     assert_eq!(a.attribute("namespace"), Some("default"));
     assert!(uuid::Uuid::parse_str(a.id()).is_ok());
     let object = data(a);
-    // List items come without apiVersion and kind: the event has them.
     assert_eq!(object["apiVersion"], "v1");
     assert_eq!(object["kind"], "ConfigMap");
     assert_eq!(object["metadata"]["name"], "a");
@@ -242,7 +253,6 @@ async fn resource_mode_sends_an_add_per_existing_object() {
 #[tokio::test]
 async fn reference_mode_sends_references_with_overrides() {
     let fake = FakeApiServer::start().await;
-    put(&fake, "default", "a", json!({}));
     let sink = Sink::start().await;
     let mut source = configmaps("Reference");
     source.spec.mode = None; // the default
@@ -250,6 +260,8 @@ async fn reference_mode_sends_references_with_overrides() {
         extensions: [("team".to_string(), "blue".to_string())].into(),
     });
     let (_handle, _dir) = run(config_for(&fake.url), &source, &sink).await;
+    watching(&fake).await;
+    put(&fake, "default", "a", json!({}));
 
     let events = sink.expect(1).await;
     let a = &events[0];
@@ -271,23 +283,22 @@ async fn watch_changes_become_update_delete_and_add() {
     put(&fake, "default", "a", json!({"k": "1"}));
     let sink = Sink::start().await;
     let (_handle, _dir) = run(config_for(&fake.url), &configmaps("Resource"), &sink).await;
-    sink.expect(1).await;
-    nth_watch_version(&fake, 1).await;
+    watching(&fake).await;
 
     put(&fake, "default", "a", json!({"k": "2"}));
     delete(&fake, "default", "a");
     put(&fake, "default", "n", json!({}));
     put(&fake, "elsewhere", "x", json!({}));
-    let events = sink.expect(4).await;
+    let events = sink.expect(3).await;
     assert_eq!(
-        summary(&events[1..]),
+        summary(&events),
         [
             "dev.knative.apiserver.resource.update /apis/v1/namespaces/default/configmaps/a",
             "dev.knative.apiserver.resource.delete /apis/v1/namespaces/default/configmaps/a",
             "dev.knative.apiserver.resource.add /apis/v1/namespaces/default/configmaps/n",
         ]
     );
-    assert_eq!(data(&events[1])["data"]["k"], "2");
+    assert_eq!(data(&events[0])["data"]["k"], "2");
 }
 
 #[tokio::test]
@@ -296,11 +307,10 @@ async fn a_dropped_watch_resumes_from_the_last_resource_version() {
     let listed = put(&fake, "default", "a", json!({}));
     let sink = Sink::start().await;
     let (_handle, _dir) = run(config_for(&fake.url), &configmaps("Resource"), &sink).await;
-    sink.expect(1).await;
     assert_eq!(nth_watch_version(&fake, 1).await, listed.to_string());
 
     let b = put(&fake, "default", "b", json!({}));
-    sink.expect(2).await;
+    sink.expect(1).await;
     fake.drop_watches();
     assert_eq!(nth_watch_version(&fake, 2).await, b.to_string());
 
@@ -312,8 +322,8 @@ async fn a_dropped_watch_resumes_from_the_last_resource_version() {
     assert_eq!(nth_watch_version(&fake, 3).await, bookmark.to_string());
 
     put(&fake, "default", "c", json!({}));
-    let events = sink.expect(3).await;
-    assert_eq!(events[2].attribute("name"), Some("c"));
+    let events = sink.expect(2).await;
+    assert_eq!(events[1].attribute("name"), Some("c"));
     // Only the first connection listed.
     let lists = configmap_requests(&fake)
         .iter()
@@ -329,8 +339,8 @@ async fn relist_after_gone(gone_as_http: bool) {
     put(&fake, "default", "removed", json!({}));
     let sink = Sink::start().await;
     let (_handle, _dir) = run(config_for(&fake.url), &configmaps("Resource"), &sink).await;
-    sink.expect(3).await;
-    nth_watch_version(&fake, 1).await;
+    watching(&fake).await;
+    sink.expect(0).await;
 
     fake.expire_with(
         gone_as_http,
@@ -340,8 +350,10 @@ async fn relist_after_gone(gone_as_http: bool) {
         ],
         &[("v1", "ConfigMap", "default", "removed")],
     );
-    let events = sink.expect(6).await;
-    let mut differences = summary(&events[3..]);
+    // Unlike Knative's adapter, which would lose them: the changes made
+    // while the watch could not resume.
+    let events = sink.expect(3).await;
+    let mut differences = summary(&events);
     differences.sort();
     assert_eq!(
         differences,
@@ -354,8 +366,8 @@ async fn relist_after_gone(gone_as_http: bool) {
     // And the watch goes on from the new list.
     nth_watch_version(&fake, 3).await;
     put(&fake, "default", "later", json!({}));
-    let events = sink.expect(7).await;
-    assert_eq!(events[6].attribute("name"), Some("later"));
+    let events = sink.expect(4).await;
+    assert_eq!(events[3].attribute("name"), Some("later"));
 }
 
 #[tokio::test]
@@ -389,11 +401,11 @@ async fn unreachable_api_server_is_not_ready_then_ready() {
 
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let fake = FakeApiServer::serve(listener);
-    put(&fake, "default", "a", json!({}));
     assert_eq!(
         wait_health(&handle, |h| *h == Health::Ready).await,
         Health::Ready
     );
+    put(&fake, "default", "a", json!({}));
     sink.expect(1).await;
 }
 
@@ -444,16 +456,14 @@ async fn namespace_selector_watches_matching_namespaces() {
         "resources": [{"apiVersion": "v1", "kind": "ConfigMap"}],
         "namespaceSelector": {"matchLabels": {"team": "a"}}}));
     let (_handle, _dir) = run(config_for(&fake.url), &source, &sink).await;
+    watching(&fake).await;
+    put(&fake, "team-b", "out2", json!({}));
+    put(&fake, "team-a", "in2", json!({}));
     let events = sink.expect(1).await;
     assert_eq!(
         events[0].attribute("subject"),
-        Some("/apis/v1/namespaces/team-a/configmaps/in")
+        Some("/apis/v1/namespaces/team-a/configmaps/in2")
     );
-    nth_watch_version(&fake, 1).await;
-    put(&fake, "team-b", "out2", json!({}));
-    put(&fake, "team-a", "in2", json!({}));
-    let events = sink.expect(2).await;
-    assert_eq!(events[1].attribute("name"), Some("in2"));
 }
 
 #[tokio::test]
@@ -470,8 +480,8 @@ async fn missing_kubeconfig_is_not_ready_until_it_appears() {
     match health {
         Health::NotReady { reason, message } => {
             assert_eq!(reason, "KubeconfigMissing");
-            assert!(message.contains("KUBECONFIG"), "{message}");
-            assert!(message.contains("kubeconfig"), "{message}");
+            assert!(message.contains("--kubeconfig"), "{message}");
+            assert!(message.contains(&path.display().to_string()), "{message}");
         }
         other => panic!("expected NotReady, got {other:?}"),
     }
@@ -482,6 +492,7 @@ async fn missing_kubeconfig_is_not_ready_until_it_appears() {
         wait_health(&handle, |h| *h == Health::Ready).await,
         Health::Ready
     );
+    put(&fake, "default", "b", json!({}));
     let events = sink.expect(1).await;
     assert_eq!(events[0].source(), fake.url);
 }
@@ -489,13 +500,13 @@ async fn missing_kubeconfig_is_not_ready_until_it_appears() {
 #[tokio::test]
 async fn a_refused_event_is_dropped_and_the_watch_goes_on() {
     let fake = FakeApiServer::start().await;
-    put(&fake, "default", "bad", json!({}));
-    put(&fake, "default", "good", json!({}));
     let sink = Sink::refusing("bad").await;
     let (handle, _dir) = run(config_for(&fake.url), &configmaps("Reference"), &sink).await;
+    watching(&fake).await;
+    put(&fake, "default", "bad", json!({}));
+    put(&fake, "default", "good", json!({}));
     let events = sink.expect(1).await;
     assert_eq!(events[0].attribute("name"), Some("good"));
-    nth_watch_version(&fake, 1).await;
     put(&fake, "default", "later", json!({}));
     let events = sink.expect(2).await;
     assert_eq!(events[1].attribute("name"), Some("later"));
@@ -531,8 +542,6 @@ async fn stop_ends_the_source() {
 #[tokio::test]
 async fn filters_leave_out_the_events_that_do_not_pass() {
     let fake = FakeApiServer::start().await;
-    put(&fake, "default", "keep-a", json!({}));
-    put(&fake, "default", "drop-b", json!({}));
     let sink = Sink::start().await;
     let source = manifest(json!({
         "mode": "Reference",
@@ -546,9 +555,10 @@ async fn filters_leave_out_the_events_that_do_not_pass() {
         ],
     }));
     let (_handle, _dir) = run(config_for(&fake.url), &source, &sink).await;
-    sink.expect(1).await;
-    nth_watch_version(&fake, 1).await;
+    watching(&fake).await;
 
+    put(&fake, "default", "keep-a", json!({}));
+    put(&fake, "default", "drop-b", json!({}));
     put(&fake, "default", "keep-a", json!({"k": "2"}));
     put(&fake, "default", "drop-c", json!({}));
     delete(&fake, "default", "keep-a");
@@ -596,12 +606,13 @@ fn without_inference() {
 async fn build_source_connects_with_the_kubeconfig_it_is_given() {
     without_inference();
     let fake = FakeApiServer::start().await;
-    put(&fake, "default", "a", json!({}));
     let sink = Sink::start().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = fake.kubeconfig(dir.path());
     let source = configmaps("Reference").build_source(Some(&kubeconfig));
     let (handle, _state) = run_with(source, &sink).await;
+    watching(&fake).await;
+    put(&fake, "default", "a", json!({}));
     let events = sink.expect(1).await;
     assert_eq!(events[0].source(), fake.url);
     assert_eq!(handle.health(), Health::Ready);
@@ -612,7 +623,6 @@ async fn in_kubernetes_mode_the_source_watches_the_api_server_of_kubeconfig() {
     without_inference();
     let fake = FakeApiServer::start().await;
     let subscriber = support::Subscriber::accepting().await;
-    put(&fake, "default", "a", json!({}));
     fake.create(json!({
         "apiVersion": "sources.knative.dev/v1", "kind": "ApiServerSource",
         "metadata": {"name": "watch", "namespace": "default"},
@@ -632,11 +642,156 @@ async fn in_kubernetes_mode_the_source_watches_the_api_server_of_kubeconfig() {
     let _server = pilotlight::server::Server::start(config)
         .await
         .expect("pilotlight starts");
-    let events = subscriber.wait_for(1, Duration::from_secs(20)).await;
+    let events = put_until_received(&fake, &subscriber).await;
     assert_eq!(events[0].ty(), "dev.knative.apiserver.ref.add");
     assert_eq!(events[0].source(), fake.url);
-    assert_eq!(
-        events[0].attribute("subject"),
-        Some("/apis/v1/namespaces/default/configmaps/a")
+    let subject = events[0].attribute("subject").unwrap_or_default();
+    assert!(
+        subject.starts_with("/apis/v1/namespaces/default/configmaps/probe-"),
+        "{subject}"
     );
+}
+
+/// Creates a configmap every 200 ms until `subscriber` got an event (the
+/// source sends only what changes after it started, and a server's source
+/// starts in its own time); gives up after 20 s.
+async fn put_until_received(fake: &FakeApiServer, subscriber: &support::Subscriber) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for n in 0.. {
+        if subscriber.count() > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event reached the subscriber"
+        );
+        put(fake, "default", &format!("probe-{n}"), json!({}));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    subscriber.events()
+}
+
+/// A source started again (a restart, a leader hand-over) sends nothing for
+/// the objects that exist, as Knative's adapter; two replicas that both run
+/// it give the same change the same `ce-id`, so that a sink can drop one.
+#[tokio::test]
+async fn a_restart_resends_nothing_and_replicas_give_a_change_the_same_id() {
+    let fake = FakeApiServer::start().await;
+    let sink = Sink::start().await;
+    let source = configmaps("Reference");
+    let (first, _dir) = run(config_for(&fake.url), &source, &sink).await;
+    watching(&fake).await;
+    put(&fake, "default", "a", json!({}));
+    let before = sink.expect(1).await;
+
+    first.stop();
+    let (_second, _dir2) = run(config_for(&fake.url), &source, &sink).await;
+    let (_replica, _dir3) = run(config_for(&fake.url), &source, &sink).await;
+    nth_watch_version(&fake, 3).await;
+    // The restarted source and the other replica both listed `a`: no event.
+    assert_eq!(sink.expect(1).await[0].id(), before[0].id());
+
+    put(&fake, "default", "a", json!({"k": "2"}));
+    let events = sink.expect(3).await;
+    let (second, replica) = (&events[1], &events[2]);
+    assert_eq!(second.ty(), "dev.knative.apiserver.ref.update");
+    assert_eq!(second.id(), replica.id(), "the same change, the same id");
+    assert_ne!(second.id(), before[0].id(), "another change, another id");
+}
+
+/// `pilotlight run` as a user starts it: the binary, with neither KUBECONFIG
+/// nor a ~/.kube/config, so that only `--kubeconfig` can lead it to the
+/// fake. Killed when dropped.
+struct Binary(std::process::Child);
+
+impl Binary {
+    fn run(args: &[&std::ffi::OsStr], home: &std::path::Path) -> Binary {
+        let free = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").to_string()
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pilotlight"))
+            .arg("run")
+            .args(args)
+            .args(["--listen", &free(), "--admin", &free()])
+            .env_remove("KUBECONFIG")
+            .env_remove("POD_NAME")
+            .env("HOME", home)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("pilotlight starts");
+        Binary(child)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn watch_source(sink: &str) -> Value {
+    json!({
+        "apiVersion": "sources.knative.dev/v1", "kind": "ApiServerSource",
+        "metadata": {"name": "watch", "namespace": "default"},
+        "spec": {"mode": "Reference",
+                 "resources": [{"apiVersion": "v1", "kind": "ConfigMap"}],
+                 "sink": {"uri": sink}},
+    })
+}
+
+/// Issue 18: `run --kubernetes --kubeconfig FILE` without KUBECONFIG left
+/// every ApiServerSource KubeconfigMissing.
+#[tokio::test]
+async fn run_kubernetes_with_kubeconfig_and_no_kubeconfig_env_runs_apiserver_sources() {
+    let fake = FakeApiServer::start().await;
+    let subscriber = support::Subscriber::accepting().await;
+    fake.create(watch_source(&subscriber.url("/")));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let data = dir.path().join("data");
+    let _pilotlight = Binary::run(
+        &[
+            "--kubernetes".as_ref(),
+            "--kubeconfig".as_ref(),
+            kubeconfig.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+        dir.path(),
+    );
+    let events = put_until_received(&fake, &subscriber).await;
+    assert_eq!(events[0].source(), fake.url);
+}
+
+/// File mode takes `--kubeconfig` too: its ApiServerSources watch that
+/// cluster.
+#[tokio::test]
+async fn run_in_file_mode_with_kubeconfig_runs_apiserver_sources_against_it() {
+    let fake = FakeApiServer::start().await;
+    let subscriber = support::Subscriber::accepting().await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let yaml = serde_json::to_string(&watch_source(&subscriber.url("/"))).unwrap();
+    std::fs::write(manifests.join("source.yaml"), yaml).unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let data = dir.path().join("data");
+    let _pilotlight = Binary::run(
+        &[
+            "--no-watch".as_ref(),
+            "-f".as_ref(),
+            manifests.as_os_str(),
+            "--kubeconfig".as_ref(),
+            kubeconfig.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+        ],
+        dir.path(),
+    );
+    let events = put_until_received(&fake, &subscriber).await;
+    assert_eq!(events[0].source(), fake.url);
 }

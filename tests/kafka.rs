@@ -602,6 +602,95 @@ async fn every_accepted_event_is_delivered_after_a_kill_9() {
     );
 }
 
+/// The session timeout of pilotlight's trigger consumers
+/// (`consumer::SESSION_TIMEOUT`).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends `id` to `url` until the broker accepts it (a restarted process
+/// takes its time to start its broker).
+async fn send_until_accepted(url: &str, id: &str) {
+    let deadline = Instant::now() + WAIT;
+    while post(url, &binary_headers(id, "t"), "{}").await != StatusCode::ACCEPTED {
+        assert!(Instant::now() < deadline, "{id} was never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the subscriber got the event `id`; returns when.
+async fn received(subscriber: &Subscriber, id: &str, within: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if subscriber.events().iter().any(|e| e.id() == id) {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Kafka's static membership: a process killed and started again on the
+/// same data folder rejoins its triggers' groups under the same
+/// `group.instance.id` (the id kept in the data folder), so its trigger
+/// delivers again as soon as after a first start, instead of after the
+/// killed member's session timeout (10 s) and a rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_process_takes_its_partitions_back_within_the_session_timeout() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("static");
+    let subscriber = Subscriber::accepting().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifests = dir.path().join("manifests");
+    write_manifests(
+        &manifests,
+        &name,
+        &format!("{name}-t"),
+        &subscriber.url("/"),
+    );
+    let data = dir.path().join("data");
+
+    let started_at = Instant::now();
+    let process = Process::start(&manifests, &data, &kafka).await;
+    send_until_accepted(&process.url(&name), "before").await;
+    let first = received(&subscriber, "before", WAIT)
+        .await
+        .map(|at| at - started_at);
+    eprintln!("first start to delivery: {first:?}");
+    let first = first.expect("the trigger delivered before the restart");
+    let member = std::fs::read_to_string(data.join("replica-id")).expect("the kept id");
+    // Offsets are committed every 0.5 s: let the delivery's be.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(process); // SIGKILL: no goodbye to the group
+
+    let restarted_at = Instant::now();
+    let process = Process::start(&manifests, &data, &kafka).await;
+    let ready = restarted_at.elapsed();
+    assert_eq!(
+        std::fs::read_to_string(data.join("replica-id")).expect("the kept id"),
+        member,
+        "the same member after the restart"
+    );
+    send_until_accepted(&process.url(&name), "after").await;
+    eprintln!(
+        "restart: ready after {ready:?}, the event accepted after {:?}",
+        restarted_at.elapsed()
+    );
+    let delivered = received(&subscriber, "after", WAIT)
+        .await
+        .map(|at| at - restarted_at);
+    eprintln!("restart to delivery: {delivered:?} (session timeout {SESSION_TIMEOUT:?})");
+    let delivered = delivered.expect("the restarted process delivered");
+    // A rejoin as fast as the first join (tansu takes about 6 s for one):
+    // no wait for the killed member's session, which a dynamic member has
+    // (on tansu, 12.5 to 13 s from the kill; on Kafka, the session timeout
+    // and a rebalance).
+    assert!(
+        delivered < first + SESSION_TIMEOUT / 3,
+        "the restarted member delivered after {delivered:?}, the first start after {first:?}: it waited for the old session ({SESSION_TIMEOUT:?})"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_split_the_partitions_of_a_trigger_group() {
     let Some(kafka) = KAFKA.address().await else {

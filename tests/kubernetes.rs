@@ -180,6 +180,57 @@ async fn a_refused_object_names_its_field_in_its_status_and_the_rest_runs() {
     server.shutdown().await;
 }
 
+/// Names as a real cluster has them: a Trigger named `orders.v1` (the API
+/// server takes dotted names) runs, and the cluster's own ConfigMaps and
+/// Secrets, even ones pilotlight cannot read, are neither refusals shown to
+/// users nor errors.
+#[tokio::test]
+async fn dotted_names_run_and_the_clusters_own_config_maps_are_not_refusals() {
+    let fake = FakeApiServer::start().await;
+    let subscriber = Subscriber::accepting().await;
+    fake.create(broker("default", "default"));
+    fake.create(trigger(
+        "default",
+        "orders.v1",
+        "default",
+        &subscriber.url("/"),
+    ));
+    for (kind, name, extra) in [
+        (
+            "ConfigMap",
+            "kube-root-ca.crt",
+            json!({"data": {"ca.crt": "pem"}}),
+        ),
+        (
+            "Secret",
+            "sh.helm.release.v1.x.v1",
+            json!({"data": {"release": "aGVsbQ=="}}),
+        ),
+        // Unreadable for pilotlight: a name no API server takes, a value
+        // that is not base64.
+        ("ConfigMap", "Not_A_Name", json!({})),
+        ("Secret", "garbled", json!({"data": {"k": "not base64!"}})),
+    ] {
+        let mut object = json!({
+            "apiVersion": "v1", "kind": kind,
+            "metadata": {"name": name, "namespace": "default"},
+        });
+        if let (Some(object), Some(extra)) = (object.as_object_mut(), extra.as_object()) {
+            object.extend(extra.clone());
+        }
+        fake.create(object);
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let server = replica(&fake, dir.path(), "one").await;
+
+    wait_ready(&fake, "Trigger", "default", "orders.v1", "True").await;
+    let url = format!("http://{}/api/v1/triggers", server.admin);
+    let reply = support::request(http::Method::GET, &url, &[], "").await;
+    let list: Value = serde_json::from_str(&reply.body).expect("a JSON list");
+    assert_eq!(list["errors"], json!([]), "{list}");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_spec_change_is_applied_and_its_generation_observed() {
     let fake = FakeApiServer::start().await;

@@ -34,7 +34,7 @@ async fn an_invalid_trigger_is_refused_and_the_others_load() {
     let errors = body["errors"].as_array().expect("errors");
     assert_eq!(errors.len(), 1, "{errors:?}");
     let error = errors[0].as_str().expect("text");
-    assert!(error.contains("bad.yaml:1: Trigger default/bad: field spec.delivery.timeout: '10s' is not an ISO-8601 duration"), "{error}");
+    assert!(error.contains("bad.yaml:1: Trigger default/bad: field spec.delivery.timeout: '10s' does not start with P; write an ISO-8601 duration such as PT0.5S"), "{error}");
     let items = body["items"].as_array().expect("items");
     let status = |name: &str| {
         items

@@ -99,7 +99,6 @@ impl BrokerClass {
 
 impl Broker {
     pub(crate) fn validate(&self, default_class: BrokerClass) -> Result<(), Invalid> {
-        self.metadata.validate()?;
         BrokerClass::of(self, default_class)?;
         self.check_namespaced_config()?;
         if let Some(delivery) = &self.spec.delivery {

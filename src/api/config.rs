@@ -26,7 +26,6 @@ pub struct ConfigMap {
 
 impl ConfigMap {
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()?;
         for (key, value) in &self.binary_data {
             decode_bytes(value)
                 .map_err(|reason| Invalid::new(format!("binaryData.{key}"), reason))?;
@@ -73,7 +72,6 @@ impl Secret {
     /// Checks that every `data` value is base64 text, so that a bad value is
     /// reported where it was written rather than when a broker connects.
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()?;
         for (key, value) in &self.data {
             // Binary values are fine (a keystore mounted as a file); only
             // readers that need text check for UTF-8.

@@ -1,8 +1,6 @@
 //! Knative's duck types shared by many kinds: object references, destinations
 //! and the delivery spec.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 use super::Invalid;
@@ -143,8 +141,16 @@ impl DeliverySpec {
             ("retryAfterMax", &self.retry_after_max),
         ] {
             if let Some(text) = value {
-                parse_duration(text)
+                let duration = parse_duration(text)
                     .map_err(|reason| Invalid::new(format!("{field}.{name}"), reason))?;
+                // Knative refuses a zero timeout (period.IsZero): no request
+                // could ever be answered in it.
+                if name == "timeout" && duration.is_zero() {
+                    return Err(Invalid::new(
+                        format!("{field}.timeout"),
+                        format!("'{text}' is zero: a request needs some time, such as PT10S"),
+                    ));
+                }
             }
         }
         self.format()
@@ -162,14 +168,7 @@ impl DeliverySpec {
     }
 }
 
-/// Parses an ISO-8601 duration (`PT0.2S`, `PT1M30S`, `P1D`), as Knative's
-/// delivery fields take them.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let parsed = iso8601::duration(text)
-        .map_err(|_| format!("'{text}' is not an ISO-8601 duration such as PT0.5S or PT1M"))?;
-    let duration: Duration = parsed.into();
-    Ok(duration)
-}
+pub use super::duration::parse_duration;
 
 /// `spec.ceOverrides`: extension attributes set on every event a source sends.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -216,18 +215,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_as_iso8601() {
-        assert_eq!(parse_duration("PT0.2S"), Ok(Duration::from_millis(200)));
-        assert_eq!(parse_duration("PT1M30S"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("PT2S"), Ok(Duration::from_secs(2)));
-        assert!(
-            parse_duration("2s")
-                .expect_err("not iso")
-                .contains("'2s' is not an ISO-8601 duration")
-        );
-    }
-
-    #[test]
     fn destination_needs_ref_or_absolute_uri() {
         let err = Destination::default()
             .validate("spec.subscriber")
@@ -264,6 +251,45 @@ mod tests {
                 .to_string()
                 .starts_with("spec.delivery.timeout: '10s'")
         );
+    }
+
+    /// Each duration field, with what Knative accepts and refuses (see
+    /// `api::duration`): the error names the field and the value.
+    #[test]
+    fn delivery_durations_are_checked_per_field() {
+        let spec = |field: &str, text: &str| {
+            let mut spec = DeliverySpec::default();
+            let value = Some(text.to_owned());
+            match field {
+                "backoffDelay" => spec.backoff_delay = value,
+                "timeout" => spec.timeout = value,
+                _ => spec.retry_after_max = value,
+            }
+            spec.validate("spec.delivery").map_err(|e| e.to_string())
+        };
+        for field in ["backoffDelay", "timeout", "retryAfterMax"] {
+            for text in ["PT0.2S", "PT1M", "P1D", "P1Y", "P1M", "P1W"] {
+                assert_eq!(spec(field, text), Ok(()), "{field} {text}");
+            }
+            for (text, why) in [
+                ("PT", "has a T with no hours, minutes or seconds"),
+                ("P", "has no value"),
+                ("-PT1S", "has a sign"),
+                ("2s", "does not start with P"),
+            ] {
+                let error = spec(field, text).expect_err(text);
+                let prefix = format!("spec.delivery.{field}: '{text}' {why}");
+                assert!(error.starts_with(&prefix), "{error}");
+            }
+        }
+        // As Knative: a zero timeout is refused, a zero delay or
+        // retryAfterMax (opting out of Retry-After) is not.
+        assert_eq!(
+            spec("timeout", "PT0S").expect_err("zero"),
+            "spec.delivery.timeout: 'PT0S' is zero: a request needs some time, such as PT10S"
+        );
+        assert_eq!(spec("backoffDelay", "PT0S"), Ok(()));
+        assert_eq!(spec("retryAfterMax", "PT0S"), Ok(()));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use serde::de::DeserializeOwned;
 
 use super::broker::BrokerClass;
+use super::meta::{NameRule, check_names};
 use super::{Invalid, ObjectMeta};
 
 /// What the registry asks of each kind's type, beyond its serde shape.
@@ -62,6 +63,8 @@ pub struct KindInfo {
     /// Kubernetes mode watches the last one.
     pub api_versions: &'static [&'static str],
     pub role: Role,
+    /// What the names of its objects must look like.
+    pub names: NameRule,
     parse: fn(serde_json::Value, &LoadContext) -> Result<Resource, Refusal>,
 }
 
@@ -82,9 +85,9 @@ pub(crate) fn find(kind: &str) -> Option<&'static KindInfo> {
 }
 
 /// Defines [`Resource`] and [`KINDS`] from one line per kind:
-/// `Variant(type) in [apiVersions] as Role;`.
+/// `Variant(type) in [apiVersions] as Role, named NameRule;`.
 macro_rules! kinds {
-    ($( $(#[$doc:meta])* $name:ident($ty:ty) in [$($version:literal),+] as $role:ident; )*) => {
+    ($( $(#[$doc:meta])* $name:ident($ty:ty) in [$($version:literal),+] as $role:ident, named $names:ident; )*) => {
         /// One accepted object of a known kind.
         #[derive(Debug, Clone, PartialEq)]
         pub enum Resource {
@@ -132,7 +135,10 @@ macro_rules! kinds {
                 kind: stringify!($name),
                 api_versions: &[$($version),+],
                 role: Role::$role,
+                names: NameRule::$names,
                 parse: |value, context| {
+                    check_names(&value, NameRule::$names)
+                        .map_err(|e| (Some(e.field), e.reason))?;
                     let object: $ty = deserialize(value)?;
                     object
                         .check(context)
@@ -144,21 +150,24 @@ macro_rules! kinds {
     };
 }
 
+// Names: the API server's DNS-1123 subdomain unless Knative's webhook asks
+// for more; only Knative Serving does (its names become host labels).
 kinds! {
-    Broker(super::broker::Broker) in ["eventing.knative.dev/v1"] as Broker;
-    Trigger(super::trigger::Trigger) in ["eventing.knative.dev/v1"] as Trigger;
-    Service(super::service::Service) in ["serving.knative.dev/v1"] as Service;
-    PingSource(super::sources::ping::PingSource) in ["sources.knative.dev/v1"] as Source;
-    ApiServerSource(super::sources::apiserver::ApiServerSource) in ["sources.knative.dev/v1"] as Source;
+    Broker(super::broker::Broker) in ["eventing.knative.dev/v1"] as Broker, named Subdomain;
+    Trigger(super::trigger::Trigger) in ["eventing.knative.dev/v1"] as Trigger, named Subdomain;
+    Service(super::service::Service) in ["serving.knative.dev/v1"] as Service, named Dns1035Label;
+    PingSource(super::sources::ping::PingSource) in ["sources.knative.dev/v1"] as Source, named Subdomain;
+    ApiServerSource(super::sources::apiserver::ApiServerSource)
+        in ["sources.knative.dev/v1"] as Source, named Subdomain;
     /// Both versions have the same schema.
     KafkaSource(super::sources::kafka::KafkaSource)
-        in ["sources.knative.dev/v1beta1", "sources.knative.dev/v1"] as Source;
-    ConfigMap(super::config::ConfigMap) in ["v1"] as Referenced;
-    Secret(super::config::Secret) in ["v1"] as Referenced;
+        in ["sources.knative.dev/v1beta1", "sources.knative.dev/v1"] as Source, named Subdomain;
+    ConfigMap(super::config::ConfigMap) in ["v1"] as Referenced, named Subdomain;
+    Secret(super::config::Secret) in ["v1"] as Referenced, named Subdomain;
     RabbitmqBrokerConfig(super::rabbitmq::RabbitmqBrokerConfig)
-        in ["eventing.knative.dev/v1alpha1"] as Referenced;
+        in ["eventing.knative.dev/v1alpha1"] as Referenced, named Subdomain;
     RabbitmqSource(super::sources::rabbitmq::RabbitmqSource)
-        in ["sources.knative.dev/v1alpha1"] as Source;
+        in ["sources.knative.dev/v1alpha1"] as Source, named Subdomain;
 }
 
 /// Deserialises with the path of the failing field.
@@ -203,5 +212,108 @@ mod tests {
         assert_eq!(kafka.api_versions.last(), Some(&"sources.knative.dev/v1"));
         assert!(!find("Secret").expect("registered").role.is_reconciled());
         assert!(find("Pod").is_none());
+    }
+
+    /// A minimal object of `kind` named `name`: enough to reach the name
+    /// check, which runs before the kind's own.
+    fn object(kind: &KindInfo, name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": kind.api_versions[0],
+            "kind": kind.kind,
+            "metadata": {"name": name, "namespace": "default"},
+        })
+    }
+
+    /// Whether `kind` refuses `name` for its name (other refusals, of the
+    /// minimal object's empty spec, do not count).
+    fn refuses_name(kind: &KindInfo, name: &str) -> Option<String> {
+        let context = LoadContext {
+            default_class: BrokerClass::Memory,
+        };
+        match kind.parse(object(kind, name), &context) {
+            Err((Some(field), reason)) if field == "metadata.name" => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn each_kind_checks_names_by_its_rule() {
+        let label_only = ["Service"];
+        for kind in KINDS {
+            let want = if label_only.contains(&kind.kind) {
+                NameRule::Dns1035Label
+            } else {
+                NameRule::Subdomain
+            };
+            assert_eq!(kind.names, want, "{}", kind.kind);
+            for name in ["orders", "a-1", "x9"] {
+                assert_eq!(refuses_name(kind, name), None, "{} {name}", kind.kind);
+            }
+            for name in ["Orders", "-a", "a-", "a_b", "a..b", ".a", &"a".repeat(254)] {
+                assert!(refuses_name(kind, name).is_some(), "{} {name}", kind.kind);
+            }
+            // Dots: the API server's names for ConfigMaps, Secrets and
+            // custom resources; not a host label.
+            for name in ["orders.v1", "kube-root-ca.crt", "sh.helm.release.v1.x.v1"] {
+                let refused = refuses_name(kind, name);
+                assert_eq!(
+                    refused.is_some(),
+                    want == NameRule::Dns1035Label,
+                    "{} {name}",
+                    kind.kind
+                );
+            }
+            // Longer than a label, within a subdomain.
+            let long = format!("{}.{}", "a".repeat(70), "b".repeat(70));
+            let refused = refuses_name(kind, &long);
+            assert_eq!(
+                refused.is_some(),
+                want == NameRule::Dns1035Label,
+                "{} long",
+                kind.kind
+            );
+            // A label must start with a letter for Knative Serving only.
+            let refused = refuses_name(kind, "1st");
+            assert_eq!(
+                refused.is_some(),
+                want == NameRule::Dns1035Label,
+                "{} 1st",
+                kind.kind
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_name_says_the_rule() {
+        let service = find("Service").expect("registered");
+        let reason = refuses_name(service, "orders.v1").expect("refused");
+        assert!(
+            reason.starts_with("'orders.v1' must be a DNS-1035 label, as Knative requires"),
+            "{reason}"
+        );
+        let trigger = find("Trigger").expect("registered");
+        let reason = refuses_name(trigger, "Orders").expect("refused");
+        assert!(
+            reason.starts_with("'Orders' must be a DNS-1123 subdomain: at most 253 characters"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn namespaces_are_labels_for_every_kind() {
+        let context = LoadContext {
+            default_class: BrokerClass::Memory,
+        };
+        for kind in KINDS {
+            let mut value = object(kind, "ok");
+            value["metadata"]["namespace"] = "team.a".into();
+            let refused = kind.parse(value, &context).expect_err("a dotted namespace");
+            assert_eq!(
+                refused.0.as_deref(),
+                Some("metadata.namespace"),
+                "{}",
+                kind.kind
+            );
+        }
     }
 }

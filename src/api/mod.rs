@@ -9,6 +9,7 @@ pub(crate) mod autoscaling;
 pub mod broker;
 mod config;
 pub mod duck;
+mod duration;
 pub mod filter;
 mod hint;
 pub(crate) mod index;

@@ -102,7 +102,6 @@ impl QueueType {
 
 impl RabbitmqBrokerConfig {
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()?;
         if let Some(reference) = &self.spec.rabbitmq_cluster_reference {
             reference.validate("spec.rabbitmqClusterReference")?;
         }

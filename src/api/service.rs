@@ -245,14 +245,8 @@ pub enum TrafficRevision {
 
 impl Service {
     pub fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()?;
-        // The name is the first label of the service's host.
-        if self.metadata.name.len() > 63 {
-            return Err(Invalid::new(
-                "metadata.name",
-                "must be at most 63 characters: it is the first label of the service's host name",
-            ));
-        }
+        // The name, the first label of the service's host, is a DNS-1035
+        // label: the registry checks it (api::kinds).
         self.validate_template()?;
         self.validate_traffic()?;
         Ok(())

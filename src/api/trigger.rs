@@ -59,7 +59,6 @@ pub(crate) enum DeliveryOrder {
 
 impl Trigger {
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()?;
         if self.spec.broker.is_empty() {
             return Err(Invalid::new("spec.broker", "is required"));
         }

@@ -123,16 +123,17 @@ pub struct RunArgs {
     /// status there, and run revisions as Deployments.
     #[arg(long, env = "PILOTLIGHT_KUBERNETES")]
     pub kubernetes: bool,
-    /// The kubeconfig of --kubernetes, which ApiServerSources use too;
-    /// without it: KUBECONFIG (or ~/.kube/config), then the in-cluster
-    /// service account.
-    #[arg(long, requires = "kubernetes")]
+    /// The kubeconfig of --kubernetes and of ApiServerSources (in file mode
+    /// too, for sources that watch a cluster); without it: KUBECONFIG (or
+    /// ~/.kube/config), then the in-cluster service account.
+    #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Namespace of the leader-election Lease of --kubernetes (the pod's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
-    /// This replica's name in the leader election (the pod's name); a random
-    /// suffix keeps a restarted replica distinct.
+    /// This replica's name (the pod's name): in the leader election, with a
+    /// random suffix that keeps a restarted replica distinct, and as its
+    /// Kafka static member id (group.instance.id), without one.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// Where the other replicas of --kubernetes reach this one's admin
@@ -193,6 +194,8 @@ impl RunArgs {
                 .then(|| self.kubernetes_settings())
                 .transpose()?,
             ping_clock: crate::eventing::source::PingClock::default(),
+            kubeconfig: self.kubeconfig.clone(),
+            replica: self.kubernetes.then(|| self.pod_name()),
         })
     }
 
@@ -226,12 +229,18 @@ impl RunArgs {
         Ok(Some(url.clone()))
     }
 
-    fn kubernetes_settings(&self) -> anyhow::Result<KubernetesSettings> {
-        let name = self
-            .identity
+    /// This replica's name in a cluster: `--identity` (POD_NAME), else the
+    /// host name, which is the pod's.
+    fn pod_name(&self) -> String {
+        self.identity
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "pilotlight".into());
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "pilotlight".into())
+    }
+
+    fn kubernetes_settings(&self) -> anyhow::Result<KubernetesSettings> {
+        let name = self.pod_name();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let mut lease =
             LeaseSettings::new(&self.lease_namespace, format!("{name}_{}", &suffix[..8]));

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::board::StatusBoard;
 use crate::api::index::ObjectIndex;
 use crate::api::kinds::Role;
-use crate::api::manifest::Manifests;
+use crate::api::manifest::{ManifestError, Manifests};
 use crate::api::pod::ConfigKind;
 use crate::api::{ObjectKey, Resource};
 use crate::backoff::Backoff;
@@ -142,10 +142,8 @@ impl ControlPlane {
 
     /// Brings the running state to the manifests.
     pub async fn apply(&self, manifests: Arc<Manifests>) {
-        for error in &manifests.errors {
-            tracing::error!("manifest refused: {error}");
-        }
         let mut applying = self.applying.lock().await;
+        log_new_refusals(applying.latest.as_deref(), &manifests);
         if applying.stopped {
             return;
         }
@@ -217,4 +215,14 @@ fn config_objects(manifests: &Manifests) -> ConfigObjects {
         objects.insert(kind, loaded.resource.metadata().key(), data);
     }
     objects
+}
+
+/// Logs the refusals that the previous apply did not have: in Kubernetes mode
+/// every change of any watched object applies again, and an unchanged
+/// refusal said once is enough (`get` lists it for as long as it lasts).
+fn log_new_refusals(previous: Option<&Manifests>, manifests: &Manifests) {
+    let known = |error: &ManifestError| previous.is_some_and(|p| p.errors.contains(error));
+    for error in manifests.errors.iter().filter(|e| !known(e)) {
+        tracing::error!("manifest refused: {error}");
+    }
 }

@@ -178,7 +178,6 @@ fn label_char(c: char) -> bool {
 
 impl ApiServerSource {
     pub fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()?;
         if self.spec.resources.is_empty() {
             return Err(Invalid::new(
                 "spec.resources",

@@ -227,7 +227,6 @@ impl KeyType {
 
 impl KafkaSource {
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()?;
         let spec = &self.spec;
         if spec.bootstrap_servers.iter().all(|s| s.trim().is_empty()) {
             return Err(Invalid::new(

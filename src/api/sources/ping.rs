@@ -41,7 +41,6 @@ pub struct PingSourceSpec {
 
 impl PingSource {
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()?;
         Schedule::parse(&self.spec.schedule, self.spec.timezone.as_deref())
             .map_err(|e| Invalid::new(e.field, e.reason))?;
         self.data()?;

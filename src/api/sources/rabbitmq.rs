@@ -59,7 +59,6 @@ const MAX_NAME: usize = 255;
 
 impl RabbitmqSource {
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
-        self.metadata.validate()?;
         let resources = &self.spec.rabbitmq_resources_config;
         let field = "spec.rabbitmqResourcesConfig";
         if resources.queue_name.is_empty() {

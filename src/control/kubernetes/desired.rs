@@ -168,12 +168,25 @@ impl DesiredState {
                     Ok(resource) => manifests.objects.push(Loaded { origin, resource }),
                     Err(mut error) => {
                         error.origin = origin;
-                        manifests.errors.push(error);
+                        refused(kind, error, &mut manifests);
                     }
                 }
             }
         }
         manifests
+    }
+}
+
+/// Records a refused object. The cluster's ConfigMaps and Secrets (the
+/// kinds pilotlight only reads where something refers to them) are mostly
+/// not pilotlight's: one it cannot read is a debug line, not an error shown
+/// with every `get` and logged on every apply; what refers to it says that
+/// it cannot find it.
+fn refused(kind: &WatchedKind, error: ManifestError, manifests: &mut Manifests) {
+    if kind.reconciled {
+        manifests.errors.push(error);
+    } else {
+        tracing::debug!(%error, "ignoring an object pilotlight cannot read");
     }
 }
 

@@ -112,6 +112,8 @@ pub(crate) struct PlanContext<'a> {
     pub rabbitmq_uri: Option<&'a str>,
     /// `--kafka-bootstrap-servers`, for Kafka brokers without `spec.config`.
     pub kafka_bootstrap_servers: Option<&'a str>,
+    /// This replica's stable name, for Kafka's static group membership.
+    pub replica: &'a str,
 }
 
 /// The broker classes, each with how it resolves its plan: adding a backend

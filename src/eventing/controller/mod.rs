@@ -82,6 +82,9 @@ pub(crate) struct EventingSettings {
     pub kubeconfig: Option<PathBuf>,
     /// The clock PingSources tick on.
     pub ping_clock: PingClock,
+    /// This replica's stable name (the pod's, or one kept in the data
+    /// folder), for Kafka's static group membership.
+    pub replica: String,
 }
 
 /// The objects of one apply that this controller reconciles.
@@ -372,6 +375,7 @@ impl EventingController {
             memory: &self.settings.memory,
             rabbitmq_uri: self.settings.rabbitmq_uri.as_deref(),
             kafka_bootstrap_servers: self.settings.kafka_bootstrap_servers.as_deref(),
+            replica: &self.settings.replica,
         }
     }
 

@@ -43,6 +43,9 @@ pub(crate) struct KafkaConfig {
     /// Keep the topic when the Broker is deleted.
     pub keep_topic: bool,
     pub auth: KafkaAuth,
+    /// This replica's `group.instance.id` in its triggers' consumer groups
+    /// (Kafka's static membership, KIP-345); None for dynamic members.
+    pub member: Option<String>,
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -55,6 +58,7 @@ impl fmt::Debug for KafkaConfig {
             .field("external_topic", &self.external_topic)
             .field("keep_topic", &self.keep_topic)
             .field("auth", &self.auth)
+            .field("member", &self.member)
             .finish()
     }
 }
@@ -251,6 +255,7 @@ pub(crate) fn resolve(
             }
         },
         auth: KafkaAuth::default(),
+        member: None,
     };
     let Some(reference) = &broker.spec.config else {
         config.bootstrap_servers = default_bootstrap
@@ -488,6 +493,7 @@ mod tests {
             memory: &memory,
             rabbitmq_uri: None,
             kafka_bootstrap_servers: None,
+            replica: "pod-0",
         };
         let planned = plan(class, &context).expect("planned");
         assert_eq!(planned.class(), BrokerClass::Kafka);
@@ -497,5 +503,7 @@ mod tests {
             .expect("the Kafka backend's plan");
         assert_eq!(kafka.bootstrap_servers, "a:9092");
         assert_eq!(kafka.topic, "knative-broker-shop-orders");
+        // The replica's static member id in its triggers' groups.
+        assert_eq!(kafka.member.as_deref(), Some("pod-0"));
     }
 }

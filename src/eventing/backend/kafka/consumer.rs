@@ -187,12 +187,19 @@ impl GroupHandle {
     }
 }
 
+/// How long a member that stopped answering keeps its partitions: a killed
+/// dynamic member's partitions move to the others after it, and a static
+/// member restarted within it takes its own back at once.
+pub(crate) const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl GroupConsumer {
-    /// Joins `group` on `topics`. `client` carries bootstrap servers and
-    /// credentials; `extra` more consumer settings.
+    /// Joins `group` on `topics`, as the static member `member` when given
+    /// (`group.instance.id`). `client` carries bootstrap servers and
+    /// credentials.
     pub(crate) async fn start(
         client: &ClientConfig,
         group: &str,
+        member: Option<&str>,
         topics: &[String],
         initial: InitialOffset,
     ) -> Result<(GroupConsumer, GroupHandle), ConsumerError> {
@@ -219,9 +226,17 @@ impl GroupConsumer {
                 },
             )
             // A killed member's partitions move to the others within seconds.
-            .set("session.timeout.ms", "10000")
+            .set(
+                "session.timeout.ms",
+                SESSION_TIMEOUT.as_millis().to_string(),
+            )
             .set("heartbeat.interval.ms", "1000")
             .set("statistics.interval.ms", "5000");
+        if let Some(member) = member {
+            // A static member: its partitions wait for it through a restart
+            // within the session timeout, and it leaves no group on close.
+            config.set("group.instance.id", member);
+        }
         let errors = Arc::new(ClientErrors::default());
         let consumer: StreamConsumer<GroupContext> = config
             .create_with_context(GroupContext {

@@ -80,12 +80,32 @@ pub(crate) fn trigger_group(trigger: &ObjectKey) -> String {
 }
 
 pub(crate) fn plan(context: &PlanContext<'_>) -> Result<Box<dyn BackendPlan>, String> {
-    Ok(Box::new(config::resolve(
+    let mut config = config::resolve(
         context.key,
         context.broker,
         context.index,
         context.kafka_bootstrap_servers,
-    )?))
+    )?;
+    config.member = static_member(context.replica);
+    Ok(Box::new(config))
+}
+
+/// The `group.instance.id` of this replica in its triggers' groups, one
+/// member per group: with it a restarted replica takes its partitions back
+/// at once (Kafka's static membership, KIP-345) instead of after the old
+/// member's session times out. Kafka takes at most 249 characters of
+/// a-z, A-Z, 0-9, '.', '_' and '-'; None without a name.
+pub(crate) fn static_member(replica: &str) -> Option<String> {
+    let name: String = replica
+        .trim()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '-',
+        })
+        .take(249)
+        .collect();
+    (!name.is_empty()).then_some(name)
 }
 
 /// A Kafka broker's plan is its resolved settings (topic, servers, auth).
@@ -105,6 +125,66 @@ impl BackendPlan for KafkaConfig {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+/// Why a consumer group was not deleted.
+enum GroupDeletion {
+    /// A member is still in it (`NON_EMPTY_GROUP`).
+    StillHasMembers,
+    Failed(String),
+}
+
+/// Deletes `group` and its committed offsets; a group that does not exist
+/// (never joined, or deleted already) is as good as deleted.
+async fn delete_group(config: &KafkaConfig, group: &str) -> Result<(), GroupDeletion> {
+    let admin = admin(config).map_err(|e| GroupDeletion::Failed(e.to_string()))?;
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let results = tokio::time::timeout(ADMIN_TIMEOUT, admin.delete_groups(&[group], &options))
+        .await
+        .map_err(|_| {
+            GroupDeletion::Failed(format!(
+                "deleting consumer group {group}: Kafka did not answer within {ADMIN_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|e| {
+            GroupDeletion::Failed(format!("deleting consumer group {group} failed: {e}"))
+        })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::GroupIdNotFound)) => {}
+            Err((_, RDKafkaErrorCode::NonEmptyGroup)) => {
+                return Err(GroupDeletion::StillHasMembers);
+            }
+            Err((_, code)) => {
+                return Err(GroupDeletion::Failed(format!(
+                    "deleting consumer group {group} failed: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the group of a removed trigger once this replica's static member
+/// has timed out of it, trying every 2 s for a little longer than a session.
+async fn delete_group_once_empty(config: KafkaConfig, group: String) {
+    let deadline =
+        tokio::time::Instant::now() + consumer::SESSION_TIMEOUT + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match delete_group(&config, &group).await {
+            Ok(()) => return,
+            Err(GroupDeletion::StillHasMembers) if tokio::time::Instant::now() < deadline => {}
+            Err(GroupDeletion::StillHasMembers) => {
+                tracing::warn!(group = %group, "the deleted trigger's consumer group still has members (another pilotlight process runs it?); its offsets stay in Kafka");
+                return;
+            }
+            Err(GroupDeletion::Failed(reason)) => {
+                tracing::warn!(group = %group, error = %reason, "cannot delete the deleted trigger's consumer group; its offsets stay in Kafka");
+                return;
+            }
+        }
     }
 }
 
@@ -347,6 +427,7 @@ impl Backend for KafkaBackend {
         let (consumer, handle) = GroupConsumer::start(
             &self.config.client(),
             &group,
+            self.config.member.as_deref(),
             std::slice::from_ref(&self.config.topic),
             InitialOffset::Latest,
         )
@@ -370,17 +451,19 @@ impl Backend for KafkaBackend {
     async fn unsubscribe(&self, trigger: &ObjectKey) -> Result<(), BackendError> {
         self.stop_subscription(trigger).await;
         // The group's committed offsets go with the trigger, as in Knative.
-        let admin = admin(&self.config)?;
         let group = trigger_group(trigger);
-        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
-        match tokio::time::timeout(ADMIN_TIMEOUT, admin.delete_groups(&[&group], &options)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(BackendError(format!(
-                "deleting consumer group {group} failed: {e}"
+        match delete_group(&self.config, &group).await {
+            Err(GroupDeletion::StillHasMembers) if self.config.member.is_some() => {
+                // A static member does not leave its group when it closes:
+                // the group empties when its session times out.
+                tokio::spawn(delete_group_once_empty(self.config.clone(), group));
+                Ok(())
+            }
+            Err(GroupDeletion::StillHasMembers) => Err(BackendError(format!(
+                "deleting consumer group {group}: it still has members (another pilotlight process runs the trigger)"
             ))),
-            Err(_) => Err(BackendError(format!(
-                "deleting consumer group {group}: Kafka did not answer within {ADMIN_TIMEOUT:?}"
-            ))),
+            Err(GroupDeletion::Failed(reason)) => Err(BackendError(reason)),
+            Ok(()) => Ok(()),
         }
     }
 

@@ -23,6 +23,7 @@ fn config(cluster: &MockCluster<'_, DefaultProducerContext>, topic: &str) -> Kaf
         external_topic: true,
         keep_topic: true,
         auth: KafkaAuth::default(),
+        member: None,
     }
 }
 
@@ -145,4 +146,16 @@ async fn a_new_trigger_starts_at_the_newest_event() {
         .expect("appended");
     assert_eq!(next(&mut sub).await.event.id(), "new");
     backend.shutdown().await;
+}
+
+#[test]
+fn the_static_member_id_is_the_replica_name_as_kafka_takes_it() {
+    use super::static_member;
+    assert_eq!(
+        static_member("pilotlight-7d9f-x2"),
+        Some("pilotlight-7d9f-x2".into())
+    );
+    assert_eq!(static_member(" a b/c:d "), Some("a-b-c-d".into()));
+    assert_eq!(static_member(&"x".repeat(300)).map(|m| m.len()), Some(249));
+    assert_eq!(static_member("  "), None);
 }

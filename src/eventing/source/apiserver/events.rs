@@ -9,7 +9,11 @@
 //! - subject: Knative's self link, `/apis/{apiVersion}/namespaces/{ns}/{plural}/{name}`
 //!   (Knative writes `/apis/v1/...` for core kinds too, and so does this);
 //! - extensions `kind`, `name`, `namespace` (for trigger filters);
-//! - datacontenttype `application/json`, id a fresh UUID v4.
+//! - datacontenttype `application/json`;
+//! - id: a UUID v5 of the source, the object (uid, or namespace and name),
+//!   its resourceVersion and the event type, where Knative draws a random
+//!   one: the same change gives the same id on every replica and after a
+//!   restart, so that a sink can drop repeats.
 
 use bytes::Bytes;
 use kube::api::DynamicObject;
@@ -49,17 +53,52 @@ pub(crate) fn self_link(api_version: &str, namespace: &str, plural: &str, name: 
     format!("/apis/{api_version}/namespaces/{namespace}/{plural}/{name}")
 }
 
+/// The UUID namespace of event ids (a fixed random UUID, pilotlight's own).
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_2b7e_93a4_4d0b_8e55_0c3f_a2d1_7b49);
+
+/// The id of the event of type `ty` for `object` as `origin` (the
+/// ApiServerSource, `namespace/name`) sends it: see the module's comment.
+pub(crate) fn event_id(origin: &str, object: &DynamicObject, ty: &str) -> String {
+    let meta = &object.metadata;
+    let field = |value: &Option<String>| value.clone().unwrap_or_default();
+    // Newlines cannot occur in any part, so parts cannot run into each other.
+    let name = [
+        origin.to_owned(),
+        field(&meta.namespace),
+        field(&meta.name),
+        field(&meta.uid),
+        field(&meta.resource_version),
+        ty.to_owned(),
+    ]
+    .join("\n");
+    uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// What an event is built from besides the object.
+pub(crate) struct EventContext<'a> {
+    pub mode: EventMode,
+    /// The ApiServerSource sending it (`namespace/name`), for the id.
+    pub origin: &'a str,
+    /// The API server URL: the event's source.
+    pub source: &'a str,
+    pub plural: &'a str,
+    /// In `Reference` mode, refer to the object's controller when it has one.
+    pub as_controller: bool,
+}
+
 /// Builds the event for `object`, whose `apiVersion` and `kind` are set.
-/// `as_controller`: in `Reference` mode, refer to the object's controller
-/// when it has one.
 pub(crate) fn make_event(
-    mode: EventMode,
+    context: &EventContext<'_>,
     action: Action,
-    source: &str,
-    plural: &str,
     object: &DynamicObject,
-    as_controller: bool,
 ) -> Result<Event, String> {
+    let EventContext {
+        mode,
+        origin,
+        source,
+        plural,
+        as_controller,
+    } = *context;
     let (api_version, kind) = object
         .types
         .as_ref()
@@ -99,11 +138,12 @@ pub(crate) fn make_event(
     }
     .map_err(|e| format!("cannot encode the object as JSON: {e}"))?;
 
+    let ty = event_type(mode, action);
     let mut attributes = vec![
         ("specversion".to_string(), "1.0".to_string()),
-        ("id".to_string(), uuid::Uuid::new_v4().to_string()),
+        ("id".to_string(), event_id(origin, object, &ty)),
         ("source".to_string(), source.to_string()),
-        ("type".to_string(), event_type(mode, action)),
+        ("type".to_string(), ty),
         (
             "subject".to_string(),
             self_link(api_version, namespace, plural, name),

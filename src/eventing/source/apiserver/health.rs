@@ -101,12 +101,18 @@ pub(crate) fn not_ready(error: &kube::Error, what: &str, cluster_url: &str) -> H
     }
 }
 
-/// NotReady while no client configuration can be read.
-pub(crate) fn missing_kubeconfig(error: &dyn std::fmt::Display) -> Health {
+/// NotReady while no client configuration can be read: from pilotlight's
+/// `--kubeconfig` when it was `given`, else by kube's inference.
+pub(crate) fn missing_kubeconfig(error: &dyn std::fmt::Display, given: bool) -> Health {
+    let message = if given {
+        format!("cannot read pilotlight's --kubeconfig ({error}); retrying")
+    } else {
+        format!(
+            "no Kubernetes configuration found ({error}): pass pilotlight --kubeconfig, set KUBECONFIG or write ~/.kube/config, or run pilotlight inside a cluster; retrying"
+        )
+    };
     Health::NotReady {
         reason: "KubeconfigMissing".to_string(),
-        message: format!(
-            "no Kubernetes configuration found ({error}): set KUBECONFIG or write ~/.kube/config, or run pilotlight inside a cluster; retrying"
-        ),
+        message,
     }
 }

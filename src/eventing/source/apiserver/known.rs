@@ -1,10 +1,13 @@
 //! What one kind's watch has seen, and what a list or a change means against
 //! it: pure bookkeeping, so that the watch only moves events.
 //!
-//! - a list (the first, or a relist after `410 Gone`) yields the differences
-//!   with what is known: new objects `add`, changed ones (another
-//!   resourceVersion) `update`, vanished ones `delete`, unchanged ones
-//!   nothing; so the first list yields an `add` per object;
+//! - the first list yields nothing: it is what exists when the source
+//!   starts, and Knative's adapter sends nothing for it either (its
+//!   reflector's store ignores `Replace`); only changes after it are sent;
+//! - a relist after `410 Gone` yields the differences with what is known:
+//!   new objects `add`, changed ones (another resourceVersion) `update`,
+//!   vanished ones `delete`, unchanged ones nothing (Knative's adapter would
+//!   lose those changes);
 //! - a change yields `add` or `update`, nothing when its resourceVersion is
 //!   known already (a resumed watch that replays), and `delete` when the
 //!   object left the scope (labels, namespace or owner);
@@ -57,12 +60,27 @@ impl Scope {
 #[derive(Debug, Default)]
 pub(crate) struct Known {
     objects: HashMap<Key, DynamicObject>,
+    /// Whether a first list was taken: before it, a list only records.
+    listed: bool,
 }
 
 impl Known {
     /// A complete list replaces what is known; returns the differences, in
-    /// the list's order, then the deletions by key.
+    /// the list's order, then the deletions by key. The first list returns
+    /// nothing: see the module's comment.
     pub(crate) fn relisted(
+        &mut self,
+        items: Vec<DynamicObject>,
+        scope: &Scope,
+        resource: &ApiResource,
+    ) -> Vec<(Action, DynamicObject)> {
+        let changes = self.differences(items, scope, resource);
+        let first = !std::mem::replace(&mut self.listed, true);
+        if first { Vec::new() } else { changes }
+    }
+
+    /// What `items` change against what is known, which they replace.
+    fn differences(
         &mut self,
         items: Vec<DynamicObject>,
         scope: &Scope,

@@ -1,11 +1,13 @@
 //! `ApiServerSource` (sources.knative.dev/v1): Kubernetes objects' lifecycle
 //! (add, update, delete) as CloudEvents.
 //!
-//! Like Knative's adapter, each watched kind is listed first (every existing
-//! object yields an `add`), then watched from the list's resourceVersion; a
-//! dropped watch resumes from the last resourceVersion seen (bookmarks
-//! included), and a `410 Gone` relists and sends only the differences with
-//! what was already seen. See [`watch`] for the list and watch (kube-runtime's
+//! Like Knative's adapter, each watched kind is listed first (existing
+//! objects send nothing: only what changes after the source starts does),
+//! then watched from the list's resourceVersion; a dropped watch resumes
+//! from the last resourceVersion seen (bookmarks included), and a `410 Gone`
+//! relists and sends only the differences with what was already seen. An
+//! event's id is derived from the source, the object, its resourceVersion
+//! and the event type, so the same change has the same id everywhere. See [`watch`] for the list and watch (kube-runtime's
 //! watcher), [`known`] for what a list or a change sends, and [`events`] for
 //! the CloudEvents built.
 //!

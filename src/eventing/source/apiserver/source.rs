@@ -114,7 +114,8 @@ impl Source for ApiServerSourceRunner {
                 Ok(connected) => break connected,
                 Err(e) => {
                     tracing::warn!(source = %ctx.key, error = %e, "no Kubernetes client");
-                    reporter.set_all(missing_kubeconfig(&e));
+                    let given = matches!(connect, Connect::Kubeconfig(_));
+                    reporter.set_all(missing_kubeconfig(&e, given));
                     if sleep_or_stop(&ctx, backoff.next_delay()).await {
                         return;
                     }

@@ -7,7 +7,7 @@ use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 
 use super::ApiServerSource;
-use super::events::{Action, make_event};
+use super::events::{Action, EventContext, event_id, make_event};
 use super::known::{Known, Scope, fill_types};
 use crate::api::sources::apiserver::{ApiVersionKind, EventMode};
 use crate::cloudevent::Event;
@@ -45,15 +45,14 @@ async fn owner_filter_and_controller_reference() {
                                  "uid": "u", "controller": true}]}
     }))
     .unwrap();
-    let event = make_event(
-        EventMode::Reference,
-        Action::Update,
-        "https://10.0.0.1:443",
-        "pods",
-        &object,
-        true,
-    )
-    .unwrap();
+    let context = EventContext {
+        mode: EventMode::Reference,
+        origin: "default/pods",
+        source: "https://10.0.0.1:443",
+        plural: "pods",
+        as_controller: true,
+    };
+    let event = make_event(&context, Action::Update, &object).unwrap();
     assert_eq!(event.ty(), "dev.knative.apiserver.ref.update");
     assert_eq!(event.source(), "https://10.0.0.1:443");
     assert_eq!(
@@ -157,7 +156,7 @@ fn a_list_item_gets_the_apiversion_and_kind_of_its_resource() {
 }
 
 #[test]
-fn the_first_list_adds_everything_and_a_relist_sends_only_differences() {
+fn the_first_list_sends_nothing_and_a_relist_sends_only_differences() {
     let (mut known, scope, resource) = (Known::default(), Scope::default(), configmaps());
     let first = known.relisted(
         vec![
@@ -168,11 +167,8 @@ fn the_first_list_adds_everything_and_a_relist_sends_only_differences() {
         &scope,
         &resource,
     );
-    assert_eq!(summary(&first), ["Add same", "Add changed", "Add removed"]);
-    assert_eq!(
-        first[0].1.types.as_ref().map(|t| t.kind.as_str()),
-        Some("ConfigMap")
-    );
+    // As Knative's adapter: what exists at the start is not news.
+    assert_eq!(summary(&first), Vec::<String>::new());
     let second = known.relisted(
         vec![
             item("default", "same", "1"),
@@ -185,6 +181,10 @@ fn the_first_list_adds_everything_and_a_relist_sends_only_differences() {
     assert_eq!(
         summary(&second),
         ["Update changed", "Add new", "Delete removed"]
+    );
+    assert_eq!(
+        second[0].1.types.as_ref().map(|t| t.kind.as_str()),
+        Some("ConfigMap")
     );
     let unchanged = vec![
         item("default", "same", "1"),
@@ -259,4 +259,33 @@ fn scope_keeps_matching_namespaces_and_owned_objects_and_leaving_it_is_a_delete(
     assert!(!scope.contains(&owned("ReplicaSet", false)));
     assert!(!scope.contains(&owned("StatefulSet", true)));
     assert!(!scope.contains(&item("default", "p", "1")));
+}
+
+#[test]
+fn an_event_id_is_the_same_for_the_same_change_and_differs_otherwise() {
+    let object = |version: &str| {
+        let mut object = item("default", "a", version);
+        object.metadata.uid = Some("u-1".into());
+        object
+    };
+    let id = |origin: &str, version: &str, ty: &str| event_id(origin, &object(version), ty);
+    let add = "dev.knative.apiserver.ref.add";
+    let first = id("default/watch", "7", add);
+    assert_eq!(
+        first,
+        id("default/watch", "7", add),
+        "a restart or another replica"
+    );
+    assert_eq!(
+        uuid::Uuid::parse_str(&first).map(|u| u.get_version_num()),
+        Ok(5)
+    );
+    for other in [
+        id("default/watch", "8", add),
+        id("default/other", "7", add),
+        id("default/watch", "7", "dev.knative.apiserver.ref.update"),
+        id("default/watch", "7", "dev.knative.apiserver.resource.add"),
+    ] {
+        assert_ne!(first, other);
+    }
 }

@@ -5,8 +5,9 @@
 //! 1. discovery resolves the kind to its resource (plural, scope);
 //! 2. the watcher lists (`Init`, an `InitApply` per object, `InitDone`): the
 //!    list is compared with what was seen ([`Known::relisted`]), so the first
-//!    list sends an `add` per object and a relist only the differences; the
-//!    kind is Ready;
+//!    list sends nothing (as Knative's adapter: what exists when the source
+//!    starts is not news) and a relist only the differences; the kind is
+//!    Ready;
 //! 3. it watches from the list's resourceVersion, with bookmarks, and resumes
 //!    from the last resourceVersion when a watch ends or breaks; a change
 //!    already seen is not sent again ([`Known::applied`]);
@@ -34,7 +35,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use tokio::time::Instant;
 
-use super::events::{Action, make_event};
+use super::events::{Action, EventContext, make_event};
 use super::health::{Reporter, not_ready};
 use super::known::{Known, Scope, key_of};
 use crate::api::filter::Filter;
@@ -388,14 +389,15 @@ impl<'a> KindWatch<'a> {
         (action, object): (Action, DynamicObject),
         resource: &ApiResource,
     ) -> Result<(), Ended> {
-        let built = make_event(
-            self.settings.mode,
-            action,
-            &self.settings.cluster_url,
-            &resource.plural,
-            &object,
-            self.settings.owner.is_some(),
-        );
+        let origin = self.ctx.key.to_string();
+        let context = EventContext {
+            mode: self.settings.mode,
+            origin: &origin,
+            source: &self.settings.cluster_url,
+            plural: &resource.plural,
+            as_controller: self.settings.owner.is_some(),
+        };
+        let built = make_event(&context, action, &object);
         let mut event = match built {
             Ok(event) => event,
             Err(e) => {

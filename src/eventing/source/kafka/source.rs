@@ -80,7 +80,8 @@ impl KafkaRunner {
     async fn join(&self) -> Result<Vec<(GroupConsumer, GroupHandle)>, ConsumerError> {
         let mut members = Vec::with_capacity(self.consumers);
         for _ in 0..self.consumers {
-            match GroupConsumer::start(&self.client, &self.group, &self.topics, self.initial).await
+            match GroupConsumer::start(&self.client, &self.group, None, &self.topics, self.initial)
+                .await
             {
                 Ok(member) => members.push(member),
                 Err(e) => {

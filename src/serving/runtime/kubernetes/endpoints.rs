@@ -41,7 +41,12 @@ pub(super) async fn publish(
                 slices.remove(&slice_name(&slice));
             }
             Err(error) => {
-                tracing::warn!(service = %service, error = %error, "cannot watch the revision's EndpointSlices, so it gets no endpoints; check that pilotlight's role may get, list and watch discovery.k8s.io endpointslices in this namespace");
+                super::watch_error::log(
+                    &error,
+                    "the revision's EndpointSlices (it gets no new endpoints meanwhile)",
+                    "get, list and watch discovery.k8s.io endpointslices in this namespace",
+                    &service,
+                );
                 continue;
             }
         }

@@ -17,6 +17,7 @@
 mod endpoints;
 mod object_writer;
 mod observed;
+mod watch_error;
 mod workload;
 
 use std::sync::{Arc, Mutex, PoisonError};

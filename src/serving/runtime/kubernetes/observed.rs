@@ -78,7 +78,12 @@ pub(super) async fn observe(api: Api<Deployment>, name: String, observed: watch:
             Ok(watcher::Event::Apply(deployment)) => current = Some(deployment),
             Ok(watcher::Event::Delete(_)) => current = None,
             Err(error) => {
-                tracing::warn!(deployment = %name, error = %error, "cannot watch the revision's Deployment; check that pilotlight's role may list and watch apps deployments in this namespace");
+                super::watch_error::log(
+                    &error,
+                    "the revision's Deployment",
+                    "list and watch apps deployments in this namespace",
+                    &name,
+                );
                 continue;
             }
         }
