@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use pilotlight::control::kubernetes::KubernetesSettings;
-use pilotlight::control::kubernetes::leader::LeaseSettings;
-use pilotlight::server::{Server, ServerConfig};
+use pilotlight::server::Server;
 use serde_json::json;
 use support::Subscriber;
 use support::apiserver::FakeApiServer;
@@ -27,32 +25,12 @@ const DEPLOYMENT: &str = "hello-00001-deployment";
 /// A replica with a short lease and a quick autoscaler: a 6 s stable window
 /// (Knative's least), 1 s ticks, 1 s of grace before zero.
 async fn replica(fake: &FakeApiServer, dir: &Path, identity: &str) -> Server {
-    let dir = dir.join(identity);
-    std::fs::create_dir_all(&dir).expect("replica dir");
-    let mut config = ServerConfig::on_free_ports(dir.join("manifests"), dir.join("data"));
+    let mut config = fake.replica_config(dir, identity);
     let autoscaler = &mut config.serving.autoscaler;
     autoscaler.stable_window = Duration::from_secs(6);
     autoscaler.tick_interval = Duration::from_secs(1);
     autoscaler.scale_to_zero_grace_period = Duration::from_secs(1);
-    config.kubernetes = Some(KubernetesSettings {
-        kubeconfig: Some(fake.kubeconfig(&dir)),
-        lease: LeaseSettings {
-            duration: Duration::from_secs(2),
-            retry_period: Duration::from_millis(100),
-            ..LeaseSettings::new("pilotlight", identity)
-        },
-    });
     Server::start(config).await.expect("pilotlight starts")
-}
-
-fn holder(fake: &FakeApiServer) -> Option<String> {
-    fake.get(
-        "coordination.k8s.io/v1",
-        "Lease",
-        "pilotlight",
-        "pilotlight-controller",
-    )
-    .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
 }
 
 /// Two replicas, `leader` holding the Lease, and a Knative Service at zero.
@@ -67,7 +45,7 @@ async fn two_replicas(fake: &FakeApiServer, dir: &Path) -> (Server, Server) {
     }));
     let leader = replica(fake, dir, "leader").await;
     fake.wait_for("the first replica to lead", PATIENCE, |fake| {
-        holder(fake).filter(|h| h.starts_with("leader"))
+        fake.lease_holder().filter(|h| h.starts_with("leader"))
     })
     .await;
     let follower = replica(fake, dir, "follower").await;

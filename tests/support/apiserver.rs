@@ -39,6 +39,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use pilotlight::control::kubernetes::KubernetesSettings;
+use pilotlight::control::kubernetes::leader::LeaseSettings;
+use pilotlight::server::ServerConfig;
+
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -330,6 +334,36 @@ impl FakeApiServer {
         );
         std::fs::write(&path, text).expect("write the kubeconfig");
         path
+    }
+
+    /// The configuration of a pilotlight replica in Kubernetes mode against
+    /// this fake, its folders under `dir/{identity}`: a kubeconfig pointing
+    /// here and a short lease (2 s, looked at every 100 ms) so that tests of
+    /// the election are quick.
+    pub fn replica_config(&self, dir: &Path, identity: &str) -> ServerConfig {
+        let dir = dir.join(identity);
+        std::fs::create_dir_all(&dir).expect("replica dir");
+        let mut config = ServerConfig::on_free_ports(dir.join("manifests"), dir.join("data"));
+        config.kubernetes = Some(KubernetesSettings {
+            kubeconfig: Some(self.kubeconfig(&dir)),
+            lease: LeaseSettings {
+                duration: Duration::from_secs(2),
+                retry_period: Duration::from_millis(100),
+                ..LeaseSettings::new("pilotlight", identity)
+            },
+        });
+        config
+    }
+
+    /// Who holds the leader Lease of the replicas of [`Self::replica_config`].
+    pub fn lease_holder(&self) -> Option<String> {
+        self.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "pilotlight",
+            "pilotlight-controller",
+        )
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
     }
 
     /// Creates an object (apiVersion and kind pick the resource) as a POST
