@@ -151,7 +151,12 @@ pub(crate) async fn exchange(
     loop {
         tokio::select! {
             _ = every.tick() => {}
-            _ = leading.changed() => {}
+            changed = leading.changed() => {
+                // The election has ended: pilotlight is stopping.
+                if changed.is_err() {
+                    return;
+                }
+            }
             _ = stopped.wait_for(|s| *s) => return,
         }
         let now = Instant::now();
