@@ -49,6 +49,10 @@ pub(super) struct Wanted {
 #[derive(Debug, Default)]
 struct Term {
     created: bool,
+    /// The count this writer last wrote, and the Deployment's
+    /// resourceVersion as the watch showed it then: until the watch moves,
+    /// the count it still shows is not news, and the write is not repeated.
+    written: Option<(u32, Option<String>)>,
 }
 
 /// Writes one revision's Deployment and Service to the cluster (create,
@@ -130,13 +134,17 @@ impl ObjectWriter {
         current: &Observed,
     ) -> Result<(), kube::Error> {
         if !term.created {
-            self.create(replicas.unwrap_or(0)).await?;
+            let initial = replicas.unwrap_or(0);
+            if self.create(initial).await? {
+                term.written = Some((initial, current.resource_version.clone()));
+            }
             term.created = true;
         }
         let Some(replicas) = replicas else {
             return Ok(());
         };
-        if current.spec_replicas == Some(replicas) {
+        let unseen = term.written.as_ref() == Some(&(replicas, current.resource_version.clone()));
+        if current.spec_replicas == Some(replicas) || unseen {
             return Ok(());
         }
         match self
@@ -145,6 +153,7 @@ impl ObjectWriter {
         {
             Ok(_) => {
                 tracing::debug!(revision = %self.objects.revision, replicas, "scaled");
+                term.written = Some((replicas, current.resource_version.clone()));
                 Ok(())
             }
             Err(error) => {
