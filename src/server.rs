@@ -264,7 +264,7 @@ impl Server {
             control: control.clone(),
             metrics: crate::telemetry::metrics_handle(),
             ready: ready.clone(),
-            peers: cluster.as_ref().map(Cluster::peers),
+            peers: cluster.as_ref().and_then(Cluster::peers),
         });
         let tasks = vec![
             tokio::spawn(serve_main(listener, main, stopped.clone())),
@@ -449,7 +449,8 @@ struct Cluster {
     election: tokio::task::JoinHandle<()>,
     /// Every replica's autoscaling samples, summed on the leader.
     stats: Arc<ClusterStats>,
-    token: PeerToken,
+    /// None when the token's Secret cannot be had: no exchange then.
+    token: Option<PeerToken>,
     source_state: Arc<ClusterState>,
 }
 
@@ -470,21 +471,29 @@ impl Cluster {
                 "no address for the other replicas to reach this one: set --peer-url (or POD_IP); while this replica leads, it autoscales on its own traffic only"
             );
         }
-        let token = peers::peer_token(client.clone(), &lease.namespace).await?;
+        // Without the token the replicas cannot trust each other's samples:
+        // each then autoscales on its own traffic, as before there was an
+        // exchange, rather than not starting for an RBAC rule.
+        let token = peers::peer_token(client.clone(), &lease.namespace)
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "the replicas do not exchange autoscaling samples; the leader autoscales on its own traffic only"))
+            .ok();
         let identity = lease.identity.clone();
         let elector = LeaderElector::new(client.clone(), lease);
         let leader_url = elector.leader_url();
         let (leader, election) = elector.spawn(stopped.clone());
         let stats = ClusterStats::replicated();
         let source_state = Arc::new(ClusterState::new(client.clone(), &settings.lease.namespace));
-        tokio::spawn(peers::exchange(
-            stats.clone(),
-            identity,
-            leader.clone(),
-            leader_url,
-            token.clone(),
-            stopped,
-        ));
+        if let Some(token) = &token {
+            tokio::spawn(peers::exchange(
+                stats.clone(),
+                identity,
+                leader.clone(),
+                leader_url,
+                token.clone(),
+                stopped,
+            ));
+        }
         Ok(Cluster {
             client,
             leader,
@@ -495,11 +504,11 @@ impl Cluster {
         })
     }
 
-    fn peers(&self) -> Peers {
-        Peers {
+    fn peers(&self) -> Option<Peers> {
+        Some(Peers {
             cluster: self.stats.clone(),
-            token: self.token.clone(),
-        }
+            token: self.token.clone()?,
+        })
     }
 
     /// Sources run on the leader only follow the election, and keep their
