@@ -1049,9 +1049,13 @@ async fn a_broker_whose_vhost_does_not_exist_is_not_ready_with_rabbitmqs_reason_
     }
     let ns = unique("novhost");
     let vhost = unique("pilotlight-test");
+    let trigger = rabbit_trigger(&ns, "t", "b", "http://127.0.0.1:1/", "");
     let s = server(
         &with_path(&addr, &format!("/{vhost}")),
-        &[("broker.yaml", &rabbit_broker(&ns, "b", ""))],
+        &[
+            ("broker.yaml", &rabbit_broker(&ns, "b", "")),
+            ("trigger.yaml", &trigger),
+        ],
     )
     .await;
     // RabbitMQ's own words: "NOT_ALLOWED - vhost pilotlight-test-… not found".
@@ -1073,6 +1077,15 @@ async fn a_broker_whose_vhost_does_not_exist_is_not_ready_with_rabbitmqs_reason_
         !refused["message"].to_string().contains(":guest@"),
         "password hidden: {refused}"
     );
+    // Its trigger delivers nothing meanwhile, and says why (as Knative's).
+    s.wait_ready_condition(
+        "triggers",
+        "t",
+        "False",
+        &["BrokerNotReady", "NOT_ALLOWED"],
+        WAIT,
+    )
+    .await;
     let url = s.broker_url(&ns, "b");
     assert_eq!(
         post(&url, "early", "t").await,
@@ -1082,6 +1095,8 @@ async fn a_broker_whose_vhost_does_not_exist_is_not_ready_with_rabbitmqs_reason_
     // Neither a restart nor an apply: the broker reconnects by itself.
     let _vhost = Vhost::create(&vhost, &user_of(&addr));
     s.wait_ready_condition("brokers", "b", "True", &[], WAIT)
+        .await;
+    s.wait_ready_condition("triggers", "t", "True", &[], WAIT)
         .await;
     support::wait_accepted(&url, "late", WAIT).await;
     s.server.shutdown().await;

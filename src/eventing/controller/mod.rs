@@ -27,6 +27,7 @@ use crate::eventing::backend::{
 };
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::EventSender;
+use crate::eventing::health::Health;
 use crate::eventing::source::controller::{DesiredSource, SourceController};
 use crate::eventing::source::{self, BuildContext, PingClock, Replication};
 use crate::eventing::trigger::dispatcher::{self, Dispatcher, TriggerPlan};
@@ -121,6 +122,8 @@ struct Views {
     brokers: BTreeMap<ObjectKey, ObjectView>,
     triggers: BTreeMap<ObjectKey, ObjectView>,
     backends: BTreeMap<ObjectKey, Arc<dyn Backend>>,
+    /// Each trigger's broker, whose live health its status shows too.
+    trigger_brokers: BTreeMap<ObjectKey, ObjectKey>,
 }
 
 impl Views {
@@ -131,6 +134,24 @@ impl Views {
         match self.backends.get(key) {
             Some(backend) => backend.health().overlay(applied.clone(), "broker"),
             None => applied.clone(),
+        }
+    }
+
+    /// A trigger's status as the apply left it, not Ready while its broker's
+    /// backend is not (Knative's trigger shows its broker's readiness): a
+    /// trigger whose RabbitMQ or Kafka went away delivers nothing.
+    fn trigger_status(&self, key: &ObjectKey, applied: &Status) -> Status {
+        let health = self
+            .trigger_brokers
+            .get(key)
+            .and_then(|broker| Some((broker, self.backends.get(broker)?.health())));
+        match health {
+            Some((broker, Health::NotReady { message, .. })) => Health::not_ready(
+                "BrokerNotReady",
+                format!("broker {broker} is not ready: {message}"),
+            )
+            .overlay(applied.clone(), "trigger"),
+            _ => applied.clone(),
         }
     }
 }
@@ -208,6 +229,7 @@ impl EventingController {
         }
         self.remove_triggers(&mut running, &objects.triggers).await;
         let mut trigger_views = BTreeMap::new();
+        let mut trigger_brokers = BTreeMap::new();
         for (key, loaded) in &objects.triggers {
             let Resource::Trigger(trigger) = &loaded.resource else {
                 continue;
@@ -216,6 +238,8 @@ impl EventingController {
                 .reconcile_trigger(&mut running, key, trigger, &destinations)
                 .await;
             trigger_views.insert(key.clone(), ObjectView::of(loaded, status));
+            let broker = ObjectKey::new(key.namespace.clone(), trigger.spec.broker.clone());
+            trigger_brokers.insert(key.clone(), broker);
         }
         let backends = running
             .brokers
@@ -236,6 +260,7 @@ impl EventingController {
             brokers: broker_views,
             triggers: trigger_views,
             backends,
+            trigger_brokers,
         };
         backends_failed
     }
@@ -543,6 +568,7 @@ impl EventingController {
                 let mut view = view.clone();
                 let key =
                     ObjectKey::new(view.metadata.namespace.clone(), view.metadata.name.clone());
+                view.status = views.trigger_status(&key, &view.status);
                 if let Some(lag) = lags.get(&key) {
                     view.status.backlog = Some(lag.backlog);
                     view.status.lost_to_retention = Some(lag.lost_to_retention);
@@ -567,7 +593,10 @@ impl EventingController {
                 .brokers
                 .get(key)
                 .map(|view| views.broker_status(key, &view.status)),
-            "Trigger" => views.triggers.get(key).map(|view| view.status.clone()),
+            "Trigger" => views
+                .triggers
+                .get(key)
+                .map(|view| views.trigger_status(key, &view.status)),
             _ => None,
         }
     }
