@@ -988,6 +988,14 @@ async fn a_kafka_broker_is_not_ready_while_its_kafka_is_away_and_ready_when_it_a
         WAIT,
     )
     .await;
+    // Not Ready: the ingress says so at once, not after the producer's
+    // delivery timeout.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        post(&url, &binary_headers("away", "t"), "{}"),
+    )
+    .await;
+    assert_eq!(answer, Ok(StatusCode::SERVICE_UNAVAILABLE));
     cluster.broker_up(1).expect("broker up");
     s.wait_ready_condition("brokers", "b", "True", &[], WAIT)
         .await;

@@ -391,6 +391,12 @@ fn unavailable(reason: String) -> AppendError {
 #[async_trait]
 impl Backend for KafkaBackend {
     async fn append(&self, events: Vec<Event>) -> Result<(), AppendError> {
+        // Kafka has been away past the health's grace: say so at once rather
+        // than after librdkafka's delivery timeout (15 s), and keep nothing
+        // in the producer's memory that a 202 would have promised.
+        if let Health::NotReady { message, .. } = self.health.get() {
+            return Err(unavailable(message));
+        }
         let records: Vec<binding::OutRecord> = events.iter().map(binding::encode).collect();
         // Enqueue all first (in order: the idempotent producer keeps it per
         // partition), then wait for every acknowledgement.
