@@ -420,15 +420,7 @@ async fn a_knative_service_scales_its_deployment_from_zero_on_the_first_request(
     })
     .await;
     let pod = Subscriber::accepting().await;
-    fake.create(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "hello-00001-private-a1", "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "hello-00001-private"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": pod.addr.port(), "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
-            "targetRef": {"kind": "Pod", "namespace": "default", "name": "hello-00001-deployment-a1"}}],
-    }));
+    fake.create(FakeApiServer::ready_slice("hello-00001", pod.addr.port()));
     let reply = tokio::time::timeout(PATIENCE, first_request)
         .await
         .expect("the held request is answered")

@@ -71,15 +71,7 @@ struct FakePods {
 fn fake_pods(fake: &FakeApiServer, pod: &Subscriber) -> FakePods {
     let stop = Arc::new(AtomicBool::new(false));
     let zeros = Arc::new(AtomicU32::new(0));
-    let slice = json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "hello-00001-private-a1", "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "hello-00001-private"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": pod.addr.port(), "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
-            "targetRef": {"kind": "Pod", "namespace": "default", "name": "hello-00001-deployment-a1"}}],
-    });
+    let slice = FakeApiServer::ready_slice("hello-00001", pod.addr.port());
     let fake = fake.clone();
     let (stopping, counting) = (stop.clone(), zeros.clone());
     tokio::spawn(async move {

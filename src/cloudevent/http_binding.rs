@@ -14,7 +14,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_enco
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{AttributeType, AttributeValue, CONTEXT_ATTRIBUTES, Event, ValidationError};
+use super::{AttributeType, CONTEXT_ATTRIBUTES, Event, ValidationError};
 
 pub(crate) const CONTENT_TYPE_STRUCTURED: &str = "application/cloudevents+json";
 pub(super) const CONTENT_TYPE_BATCH: &str = "application/cloudevents-batch+json";
@@ -368,13 +368,18 @@ pub(crate) fn encode_structured(event: &Event) -> Vec<u8> {
         document.push(b':');
         document.extend_from_slice(value);
     };
-    for (name, value) in event.typed_attributes() {
-        let json = match value {
-            AttributeValue::String(s) => serde_json::to_vec(s).unwrap_or_default(),
-            AttributeValue::Boolean(b) => b.to_string().into_bytes(),
-            AttributeValue::Integer(i) => i.to_string().into_bytes(),
-        };
-        member(&mut document, name, &json);
+    for (name, text, ty) in event.attributes_with_types() {
+        // A Boolean's or an Integer's canonical text is its JSON already.
+        match ty {
+            AttributeType::String => member(
+                &mut document,
+                name,
+                &serde_json::to_vec(text).unwrap_or_default(),
+            ),
+            AttributeType::Boolean | AttributeType::Integer => {
+                member(&mut document, name, text.as_bytes())
+            }
+        }
     }
     if let Some(data) = event.data() {
         let (key, value) = structured_data(event, data);
@@ -405,6 +410,7 @@ fn structured_data(event: &Event, data: &[u8]) -> (&'static str, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloudevent::AttributeValue;
 
     fn binary_headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

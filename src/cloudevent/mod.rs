@@ -169,9 +169,9 @@ impl Event {
             .map(|a| (a.name.as_str(), a.value.as_str()))
     }
 
-    /// Every attribute as (name, text, type), in arrival order: for the
-    /// compiled filters, which test text and need the type only to know
-    /// whether text is what the spec compares.
+    /// Every attribute as (name, canonical text, type), in arrival order:
+    /// for the compiled filters (which test text and need the type only to
+    /// know whether text is what the spec compares) and structured mode.
     #[inline]
     pub(crate) fn attributes_with_types(
         &self,
@@ -179,13 +179,6 @@ impl Event {
         self.attributes
             .iter()
             .map(|a| (a.name.as_str(), a.value.as_str(), a.ty))
-    }
-
-    /// Every attribute with its typed value, in arrival order.
-    pub(crate) fn typed_attributes(&self) -> impl Iterator<Item = (&str, AttributeValue<'_>)> {
-        self.attributes
-            .iter()
-            .map(|a| (a.name.as_str(), a.typed_value()))
     }
 
     pub fn id(&self) -> &str {

@@ -355,6 +355,21 @@ impl FakeApiServer {
         config
     }
 
+    /// What the EndpointSlice controller publishes for one ready pod of
+    /// `revision` (in `default`) listening on 127.0.0.1:`port`.
+    pub fn ready_slice(revision: &str, port: u16) -> Value {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{revision}-private-a1"), "namespace": "default",
+                "labels": {"kubernetes.io/service-name": format!("{revision}-private")}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "namespace": "default",
+                    "name": format!("{revision}-deployment-a1")}}],
+        })
+    }
+
     /// Who holds the leader Lease of the replicas of [`Self::replica_config`].
     pub fn lease_holder(&self) -> Option<String> {
         self.get(

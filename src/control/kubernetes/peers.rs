@@ -23,6 +23,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -47,9 +48,8 @@ impl PeerToken {
         let Some(given) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else {
             return false;
         };
-        let (a, b) = (given.as_bytes(), self.0.as_bytes());
-        // Constant time in the token's content: the length is not secret.
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        // Constant time in the token's content (the length is not secret).
+        bool::from(given.as_bytes().ct_eq(self.0.as_bytes()))
     }
 
     fn bearer(&self) -> String {
@@ -68,7 +68,7 @@ pub enum TokenError {
         source: kube::Error,
     },
     #[error(
-        "the Secret {namespace}/{TOKEN_SECRET} has no key '{TOKEN_KEY}' of at least 32 characters"
+        "the Secret {namespace}/{TOKEN_SECRET} has no key '{TOKEN_KEY}' of at least 32 characters: delete the Secret and a replica makes a new one"
     )]
     Empty { namespace: String },
 }

@@ -44,8 +44,8 @@ impl SourceConfig for ApiServerSource {
     }
 
     /// Once per cluster: on every replica, each change would be sent once
-    /// per replica. A new leader starts its watches afresh, and so sends an
-    /// add for every existing object, as Knative's adapter does on start.
+    /// per replica. A new leader starts its watches afresh and, as Knative's
+    /// adapter on start, sends nothing for the objects that already exist.
     fn placement(&self) -> Placement {
         Placement::Leader
     }
