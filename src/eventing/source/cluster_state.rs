@@ -31,14 +31,16 @@ const MAX_CONFLICTS: usize = 5;
 /// Why the state could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StateError {
-    #[error("cannot read or write ConfigMap {namespace}/{STATE_CONFIGMAP}: {source}")]
+    #[error(
+        "cannot read or write ConfigMap {namespace}/{STATE_CONFIGMAP}: {source} (deploy/rbac.yaml's Role grants create, and get, update and patch of it, in pilotlight's namespace)"
+    )]
     Api {
         namespace: String,
         #[source]
         source: kube::Error,
     },
     #[error(
-        "ConfigMap {namespace}/{STATE_CONFIGMAP} changed under every one of {MAX_CONFLICTS} writes in a row"
+        "ConfigMap {namespace}/{STATE_CONFIGMAP} changed under every one of {MAX_CONFLICTS} writes in a row: does something besides pilotlight's leader write it?"
     )]
     Contended { namespace: String },
 }
