@@ -100,6 +100,16 @@ impl BrokerClass {
 impl Broker {
     pub(crate) fn validate(&self, default_class: BrokerClass) -> Result<(), Invalid> {
         BrokerClass::of(self, default_class)?;
+        if self.metadata.name.ends_with(super::channel::STORE_SUFFIX) {
+            return Err(Invalid::new(
+                "metadata.name",
+                format!(
+                    "'{}' ends with '{}', which pilotlight keeps for the addresses of channels: rename the broker",
+                    self.metadata.name,
+                    super::channel::STORE_SUFFIX
+                ),
+            ));
+        }
         self.check_namespaced_config()?;
         if let Some(delivery) = &self.spec.delivery {
             delivery.validate("spec.delivery")?;

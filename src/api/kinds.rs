@@ -39,6 +39,13 @@ pub enum Role {
     Service,
     /// Runs it as a source of events.
     Source,
+    /// Runs it as a channel: an address whose events go to every
+    /// subscription of it.
+    Channel,
+    /// Delivers a channel's events by it.
+    Subscription,
+    /// Wires channels and subscriptions from it (Sequence, Parallel).
+    Flow,
     /// Only reads it where another object refers to it (a Broker's
     /// `spec.config`, a Secret with credentials): no status, no finalizer.
     Referenced,
@@ -168,6 +175,15 @@ kinds! {
         in ["eventing.knative.dev/v1alpha1"] as Referenced, named Subdomain;
     RabbitmqSource(super::sources::rabbitmq::RabbitmqSource)
         in ["sources.knative.dev/v1alpha1"] as Source, named Subdomain;
+    InMemoryChannel(super::channel::InMemoryChannel)
+        in ["messaging.knative.dev/v1"] as Channel, named Subdomain;
+    KafkaChannel(super::channel::KafkaChannel)
+        in ["messaging.knative.dev/v1beta1"] as Channel, named Subdomain;
+    Channel(super::channel::Channel) in ["messaging.knative.dev/v1"] as Channel, named Subdomain;
+    Subscription(super::subscription::Subscription)
+        in ["messaging.knative.dev/v1"] as Subscription, named Subdomain;
+    Sequence(super::flows::Sequence) in ["flows.knative.dev/v1"] as Flow, named Subdomain;
+    Parallel(super::flows::Parallel) in ["flows.knative.dev/v1"] as Flow, named Subdomain;
 }
 
 /// Deserialises with the path of the failing field.

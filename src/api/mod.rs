@@ -7,10 +7,12 @@
 
 pub(crate) mod autoscaling;
 pub mod broker;
+pub(crate) mod channel;
 mod config;
 pub mod duck;
 mod duration;
 pub mod filter;
+pub(crate) mod flows;
 mod hint;
 pub(crate) mod index;
 pub mod kinds;
@@ -22,6 +24,7 @@ pub(crate) mod rabbitmq;
 pub mod service;
 pub mod sources;
 pub(crate) mod status;
+pub(crate) mod subscription;
 pub(crate) mod trigger;
 
 use std::fmt;

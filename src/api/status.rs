@@ -43,6 +43,90 @@ pub(crate) struct Status {
     /// Services, routes and revisions only.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<Box<ServingStatus>>,
+    /// Channels, Subscriptions, Sequences and Parallels only.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub messaging: Option<Box<MessagingStatus>>,
+}
+
+/// The status fields of channels, subscriptions and flows, as Knative
+/// names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct MessagingStatus {
+    /// Channel: each Subscription of it and whether it delivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribers: Option<Vec<SubscriberStatus>>,
+    /// Subscription: its destinations, resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_subscription: Option<PhysicalSubscription>,
+    /// Sequence: the channel in front of each step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_statuses: Option<Vec<ChannelStatusRef>>,
+    /// Sequence: the subscription of each step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_statuses: Option<Vec<SubscriptionStatusRef>>,
+    /// Parallel: the channel every event enters by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_channel_status: Option<ChannelStatusRef>,
+    /// Parallel: each branch's filter subscription, channel and
+    /// subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch_statuses: Option<Vec<BranchStatus>>,
+}
+
+/// One entry of a channel's `status.subscribers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SubscriberStatus {
+    /// The Subscription (Knative gives its uid; files have none).
+    pub name: String,
+    /// "True" or "False".
+    pub ready: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A Subscription's `status.physicalSubscription`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PhysicalSubscription {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriber_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink_uri: Option<String>,
+}
+
+/// An object a flow made, by reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ChannelStatusRef {
+    pub channel: ObjectRef,
+    pub ready: Condition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SubscriptionStatusRef {
+    pub subscription: ObjectRef,
+    pub ready: Condition,
+}
+
+/// One branch of a Parallel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BranchStatus {
+    pub filter_subscription_status: SubscriptionStatusRef,
+    pub filter_channel_status: ChannelStatusRef,
+    pub subscription_status: SubscriptionStatusRef,
 }
 
 /// The status fields of serving objects, boxed so that every other status
@@ -211,6 +295,11 @@ impl ObjectView {
                 namespace: metadata.namespace().to_owned(),
                 annotations: metadata.annotations.clone(),
                 source: loaded.origin.to_string(),
+                owner_references: metadata
+                    .owner_references
+                    .clone()
+                    .and_then(|refs| serde_json::from_value(refs).ok())
+                    .unwrap_or_default(),
             },
             spec: resource.to_json()["spec"].clone(),
             status,
@@ -228,6 +317,21 @@ pub(crate) struct ViewMeta {
     /// `file:line` the object was loaded from.
     #[serde(default)]
     pub source: String,
+    /// The object that made this one (a Sequence's channels), as
+    /// Kubernetes records it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+/// `metadata.ownerReferences[]`, as far as `get` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct OwnerReference {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub controller: bool,
 }
 
 /// The answer of `GET /api/v1/{brokers,triggers}`.

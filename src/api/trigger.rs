@@ -130,16 +130,25 @@ impl Trigger {
         if self.delivery_order()? == DeliveryOrder::Ordered {
             return Ok(1);
         }
-        match self.metadata.annotations.get(MAX_IN_FLIGHT_ANNOTATION) {
-            None => Ok(default),
-            Some(text) => match text.parse::<usize>() {
-                Ok(n) if (1..=10_000).contains(&n) => Ok(n),
-                _ => Err(Invalid::new(
-                    format!("metadata.annotations.{MAX_IN_FLIGHT_ANNOTATION}"),
-                    format!("'{text}' must be a whole number from 1 to 10000"),
-                )),
-            },
-        }
+        annotated_max_in_flight(&self.metadata, default)
+    }
+}
+
+/// The deliveries in flight at most that `pilotlight.dev/max-in-flight`
+/// asks of a trigger or subscription, else `default`.
+pub(crate) fn annotated_max_in_flight(
+    metadata: &ObjectMeta,
+    default: usize,
+) -> Result<usize, Invalid> {
+    match metadata.annotations.get(MAX_IN_FLIGHT_ANNOTATION) {
+        None => Ok(default),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+            _ => Err(Invalid::new(
+                format!("metadata.annotations.{MAX_IN_FLIGHT_ANNOTATION}"),
+                format!("'{text}' must be a whole number from 1 to 10000"),
+            )),
+        },
     }
 }
 

@@ -23,6 +23,15 @@ pub enum Kind {
     /// Every source kind (PingSource, ApiServerSource, ...).
     #[value(alias = "source")]
     Sources,
+    /// Every channel kind (InMemoryChannel, KafkaChannel, Channel).
+    #[value(alias = "channel", alias = "ch")]
+    Channels,
+    #[value(alias = "subscription", alias = "sub")]
+    Subscriptions,
+    #[value(alias = "sequence")]
+    Sequences,
+    #[value(alias = "parallel")]
+    Parallels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,6 +78,10 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
         Kind::Revisions => "revisions",
         Kind::Routes => "routes",
         Kind::Sources => "sources",
+        Kind::Channels => "channels",
+        Kind::Subscriptions => "subscriptions",
+        Kind::Sequences => "sequences",
+        Kind::Parallels => "parallels",
     };
     let query = args
         .namespace
@@ -119,6 +132,17 @@ fn columns(kind: Kind) -> &'static [&'static str] {
         ],
         Kind::Routes => &["NAMESPACE", "NAME", "URL", "TRAFFIC", "READY", "REASON"],
         Kind::Sources => &["NAMESPACE", "NAME", "KIND", "SINK", "READY", "REASON"],
+        Kind::Channels => &["NAMESPACE", "NAME", "KIND", "URL", "READY", "REASON"],
+        Kind::Subscriptions => &[
+            "NAMESPACE",
+            "NAME",
+            "CHANNEL",
+            "SUBSCRIBER_URI",
+            "REPLY_URI",
+            "READY",
+            "REASON",
+        ],
+        Kind::Sequences | Kind::Parallels => &["NAMESPACE", "NAME", "URL", "READY", "REASON"],
         Kind::Brokers => &["NAMESPACE", "NAME", "CLASS", "URL", "READY", "REASON"],
         Kind::Triggers => &[
             "NAMESPACE",
@@ -156,6 +180,13 @@ fn row(kind: Kind, item: &ObjectView) -> Vec<String> {
 /// The cells of a kind between NAME and READY.
 fn details(kind: Kind, item: &ObjectView) -> Vec<String> {
     let serving = || item.status.serving.as_deref().cloned().unwrap_or_default();
+    let address = || {
+        item.status
+            .address
+            .as_ref()
+            .map(|a| a.url.clone())
+            .unwrap_or_default()
+    };
     match kind {
         Kind::Brokers => vec![
             // The server fills the annotation in for brokers without one.
@@ -164,11 +195,7 @@ fn details(kind: Kind, item: &ObjectView) -> Vec<String> {
                 .get(crate::api::broker::CLASS_ANNOTATION)
                 .cloned()
                 .unwrap_or_default(),
-            item.status
-                .address
-                .as_ref()
-                .map(|a| a.url.clone())
-                .unwrap_or_default(),
+            address(),
         ],
         Kind::Services => {
             let s = serving();
@@ -201,6 +228,25 @@ fn details(kind: Kind, item: &ObjectView) -> Vec<String> {
             item.kind.clone(),
             item.status.sink_uri.clone().unwrap_or_default(),
         ],
+        Kind::Channels => vec![item.kind.clone(), address()],
+        Kind::Subscriptions => {
+            let physical = item
+                .status
+                .messaging
+                .as_ref()
+                .and_then(|m| m.physical_subscription.clone())
+                .unwrap_or_default();
+            vec![
+                item.spec
+                    .pointer("/channel/name")
+                    .and_then(|b| b.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                physical.subscriber_uri.unwrap_or_default(),
+                physical.reply_uri.unwrap_or_default(),
+            ]
+        }
+        Kind::Sequences | Kind::Parallels => vec![address()],
         Kind::Triggers => vec![
             item.spec
                 .get("broker")
@@ -298,6 +344,7 @@ mod tests {
                 )]
                 .into(),
                 source: String::new(),
+                owner_references: Vec::new(),
             },
             spec: serde_json::Value::Null,
             status: Status::not_ready("BackendFailed", "no Kafka"),

@@ -23,16 +23,24 @@ pub(crate) enum Collection {
     Revisions,
     Routes,
     Sources,
+    Channels,
+    Subscriptions,
+    Sequences,
+    Parallels,
 }
 
 impl Collection {
-    const ALL: [Collection; 6] = [
+    const ALL: [Collection; 10] = [
         Collection::Brokers,
         Collection::Triggers,
         Collection::Services,
         Collection::Revisions,
         Collection::Routes,
         Collection::Sources,
+        Collection::Channels,
+        Collection::Subscriptions,
+        Collection::Sequences,
+        Collection::Parallels,
     ];
 
     /// Its name in the admin API's path, `/api/v1/{name}`.
@@ -44,6 +52,10 @@ impl Collection {
             Collection::Revisions => "revisions",
             Collection::Routes => "routes",
             Collection::Sources => "sources",
+            Collection::Channels => "channels",
+            Collection::Subscriptions => "subscriptions",
+            Collection::Sequences => "sequences",
+            Collection::Parallels => "parallels",
         }
     }
 
@@ -93,6 +105,10 @@ impl StatusBoard {
             Collection::Services => self.serving.services(namespace).await,
             Collection::Revisions => self.serving.revisions(namespace).await,
             Collection::Routes => self.serving.routes(namespace).await,
+            Collection::Channels => self.eventing.channels(namespace),
+            Collection::Subscriptions => self.eventing.subscriptions(namespace),
+            Collection::Sequences => self.eventing.flows("Sequence", namespace),
+            Collection::Parallels => self.eventing.flows("Parallel", namespace),
         }
     }
 
@@ -104,7 +120,10 @@ impl StatusBoard {
     pub(crate) async fn status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
         let namespace = Some(key.namespace.as_str());
         let views = match kind {
-            "Broker" | "Trigger" => return self.eventing.applied_status(kind, key),
+            "Broker" | "Trigger" | "InMemoryChannel" | "KafkaChannel" | "Channel"
+            | "Subscription" | "Sequence" | "Parallel" => {
+                return self.eventing.applied_status(kind, key);
+            }
             "Service" => self.serving.services(namespace).await,
             _ => self.eventing.sources(namespace).await,
         };

@@ -1,6 +1,6 @@
 //! The control plane of `pilotlight run`: each set of manifests (from files
-//! or the API server) is sorted by the registry's roles and handed to the
-//! two halves: Services first (so that triggers and sources can resolve
+//! or the API server), with the channels and subscriptions its flows own,
+//! is sorted by the registry's roles and handed to the two halves: Services first (so that triggers and sources can resolve
 //! references to them), then brokers, triggers and sources. Applies never
 //! interleave and none runs after shutdown; a broker whose backend failed to
 //! start is tried again with backoff.
@@ -18,6 +18,7 @@ use crate::api::pod::ConfigKind;
 use crate::api::{ObjectKey, Resource};
 use crate::backoff::Backoff;
 use crate::eventing::controller::{EventingController, EventingObjects};
+use crate::eventing::flows;
 use crate::serving::controller::ServingController;
 use crate::serving::runtime::config::{ConfigData, ConfigObjects};
 
@@ -154,9 +155,11 @@ impl ControlPlane {
     /// backends comes here too, without logging the refusals again.
     async fn apply_locked(&self, applying: &mut Applying, manifests: Arc<Manifests>) {
         applying.latest = Some(manifests.clone());
+        // The channels and subscriptions that flows own run as any other.
+        let owned: Vec<_> = manifests.objects.iter().flat_map(flows::expand).collect();
         let mut services = Vec::new();
         let mut eventing = EventingObjects::default();
-        for loaded in &manifests.objects {
+        for loaded in manifests.objects.iter().chain(&owned) {
             let key = loaded.resource.metadata().key();
             match loaded.resource.role() {
                 Role::Service => services.push(loaded),
@@ -167,6 +170,11 @@ impl ControlPlane {
                     eventing.triggers.insert(key, loaded);
                 }
                 Role::Source => eventing.sources.push(loaded),
+                Role::Channel => eventing.channels.push(loaded),
+                Role::Subscription => {
+                    eventing.subscriptions.insert(key, loaded);
+                }
+                Role::Flow => eventing.flows.push(loaded),
                 // Read through the object index by whatever refers to them.
                 Role::Referenced => {}
             }

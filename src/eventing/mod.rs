@@ -3,8 +3,10 @@
 
 pub mod backend;
 pub(crate) mod broker;
+pub(crate) mod channel;
 pub(crate) mod controller;
 pub mod delivery;
+pub(crate) mod flows;
 pub mod health;
 pub mod source;
 mod trigger;

@@ -114,6 +114,18 @@ pub(crate) struct PlanContext<'a> {
     pub kafka_bootstrap_servers: Option<&'a str>,
     /// This replica's stable name, for Kafka's static group membership.
     pub replica: &'a str,
+    /// A KafkaChannel's topic, in place of the broker's.
+    pub channel_topic: Option<&'a ChannelTopic>,
+}
+
+/// A KafkaChannel's topic as Knative names it (`knative-messaging-kafka.
+/// {namespace}.{name}`), with the partitions and replication factor of its
+/// spec rather than a broker ConfigMap's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChannelTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
 }
 
 /// The broker classes, each with how it resolves its plan: adding a backend

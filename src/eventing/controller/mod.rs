@@ -17,21 +17,28 @@ use std::time::Duration;
 use crate::api::broker::{BrokerClass, CLASS_ANNOTATION};
 use crate::api::index::ObjectIndex;
 use crate::api::manifest::Loaded;
-use crate::api::status::{Address, ObjectView, Status};
+use crate::api::status::{
+    Address, MessagingStatus, ObjectView, PhysicalSubscription, Status, SubscriberStatus,
+};
+use crate::api::subscription::Subscription;
 use crate::api::{Broker, ObjectKey, Resource, Trigger};
 use crate::desired::take_gone;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::backend::{
-    self, BACKEND_FAILED, BACKEND_UNAVAILABLE, Backend, BackendPlan, PlanContext, SubscriptionSpec,
+    self, BACKEND_FAILED, BACKEND_UNAVAILABLE, Backend, BackendPlan, ChannelTopic, PlanContext,
+    SubscriptionSpec,
 };
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::EventSender;
 use crate::eventing::health::Health;
 use crate::eventing::source::controller::{DesiredSource, SourceController};
 use crate::eventing::source::{self, BuildContext, PingClock, Replication};
-use crate::eventing::trigger::dispatcher::{self, Dispatcher, TriggerPlan};
-use plan::{BrokerAction, Destinations, RunningDispatcher, TriggerAction, TriggerBroker};
+use crate::eventing::trigger::dispatcher::{self, Dispatcher, ReplyTo, TriggerPlan};
+use crate::eventing::{channel, flows};
+use plan::{
+    Addresses, BrokerAction, Destinations, RunningDispatcher, TriggerAction, TriggerBroker,
+};
 
 /// A Broker as `get brokers` shows it: with its class annotation filled in
 /// when it has none, as Knative's webhook defaults it, so the class is
@@ -94,6 +101,10 @@ pub(crate) struct EventingObjects<'a> {
     pub brokers: BTreeMap<ObjectKey, &'a Loaded>,
     pub triggers: BTreeMap<ObjectKey, &'a Loaded>,
     pub sources: Vec<&'a Loaded>,
+    /// Every channel kind, with the channels flows made.
+    pub channels: Vec<&'a Loaded>,
+    pub subscriptions: BTreeMap<ObjectKey, &'a Loaded>,
+    pub flows: Vec<&'a Loaded>,
 }
 
 struct RunningBroker {
@@ -111,8 +122,11 @@ struct RunningTrigger {
 
 #[derive(Default)]
 struct Running {
+    /// Brokers, and channels under their store keys
+    /// ([`channel::store_key`]).
     brokers: BTreeMap<ObjectKey, RunningBroker>,
     triggers: BTreeMap<ObjectKey, RunningTrigger>,
+    subscriptions: BTreeMap<ObjectKey, RunningTrigger>,
 }
 
 /// What the last apply said of each broker and trigger, and the backends
@@ -124,6 +138,14 @@ struct Views {
     backends: BTreeMap<ObjectKey, Arc<dyn Backend>>,
     /// Each trigger's broker, whose live health its status shows too.
     trigger_brokers: BTreeMap<ObjectKey, ObjectKey>,
+    /// Channels by kind and key, subscriptions by key; their live health
+    /// is their store's, under [`channel::store_key`].
+    channels: BTreeMap<(String, ObjectKey), ObjectView>,
+    subscriptions: BTreeMap<ObjectKey, ObjectView>,
+    /// Each subscription's channel's store.
+    subscription_stores: BTreeMap<ObjectKey, ObjectKey>,
+    /// Flows with their addresses; their status is read from their parts'.
+    flows: Vec<(Resource, ObjectView)>,
 }
 
 impl Views {
@@ -141,18 +163,67 @@ impl Views {
     /// backend is not (Knative's trigger shows its broker's readiness): a
     /// trigger whose RabbitMQ or Kafka went away delivers nothing.
     fn trigger_status(&self, key: &ObjectKey, applied: &Status) -> Status {
-        let health = self
-            .trigger_brokers
-            .get(key)
-            .and_then(|broker| Some((broker, self.backends.get(broker)?.health())));
+        self.delivery_status(self.trigger_brokers.get(key), applied, "trigger")
+    }
+
+    fn subscription_status(&self, key: &ObjectKey, applied: &Status) -> Status {
+        let store = self.subscription_stores.get(key);
+        self.delivery_status(store, applied, "subscription")
+    }
+
+    /// A trigger's or subscription's status, not Ready while the backend of
+    /// the store it delivers from is not.
+    fn delivery_status(&self, store: Option<&ObjectKey>, applied: &Status, what: &str) -> Status {
+        let health = store.and_then(|store| Some((store, self.backends.get(store)?.health())));
         match health {
-            Some((broker, Health::NotReady { message, .. })) => Health::not_ready(
-                "BrokerNotReady",
-                format!("broker {broker} is not ready: {message}"),
-            )
-            .overlay(applied.clone(), "trigger"),
+            Some((store, Health::NotReady { message, .. })) => {
+                let (reason, name) = match store.name.strip_suffix(channel::STORE_SUFFIX) {
+                    Some(channel) => (
+                        "ChannelNotReady",
+                        format!("channel {}/{channel}", store.namespace),
+                    ),
+                    None => ("BrokerNotReady", format!("broker {store}")),
+                };
+                Health::not_ready(reason, format!("{name} is not ready: {message}"))
+                    .overlay(applied.clone(), what)
+            }
             _ => applied.clone(),
         }
+    }
+
+    /// A channel's status: its store's, with each Subscription of it.
+    fn channel_status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
+        let view = self.channels.get(&(kind.to_owned(), key.clone()))?;
+        let mut status = self.broker_status(&channel::store_key(key), &view.status);
+        status.messaging = view.status.messaging.clone();
+        Some(status)
+    }
+
+    /// A flow's status from its parts' as they are now.
+    fn flow_status(&self, resource: &Resource, view: &ObjectView) -> Status {
+        let address = view
+            .status
+            .address
+            .as_ref()
+            .map(|a| a.url.clone())
+            .unwrap_or_default();
+        flows::status(resource, address, &FlowParts(self))
+    }
+}
+
+/// A flow's parts as [`Views`] has them.
+struct FlowParts<'a>(&'a Views);
+
+impl flows::PartStatuses for FlowParts<'_> {
+    fn channel(&self, key: &ObjectKey) -> Option<Status> {
+        let views = self.0;
+        let (kind, _) = views.channels.keys().find(|(_, channel)| channel == key)?;
+        views.channel_status(kind, key)
+    }
+
+    fn subscription(&self, key: &ObjectKey) -> Option<Status> {
+        let view = self.0.subscriptions.get(key)?;
+        Some(self.0.subscription_status(key, &view.status))
     }
 }
 
@@ -207,27 +278,46 @@ impl EventingController {
         services: &(dyn Fn(&ObjectKey) -> Option<String> + Sync),
     ) -> bool {
         let loaded_brokers: BTreeSet<ObjectKey> = objects.brokers.keys().cloned().collect();
+        let addresses = self.addresses(objects);
         let destinations = Destinations {
             ingress_url: &self.settings.ingress_url,
             brokers: &loaded_brokers,
             services,
+            addresses: &addresses,
         };
+        let (stores, mut channel_views) = self.stores(objects);
         let mut running = self.running.lock().await;
-        self.remove_brokers(&mut running, &objects.brokers).await;
+        self.remove_brokers(&mut running, &stores).await;
         let mut broker_views = BTreeMap::new();
         let mut backends_failed = false;
-        for (key, loaded) in &objects.brokers {
-            let Resource::Broker(broker) = &loaded.resource else {
-                continue;
-            };
+        for (key, store) in &stores {
             let status = self
-                .reconcile_broker(&mut running, key, broker, index)
+                .reconcile_broker(
+                    &mut running,
+                    key,
+                    &store.broker,
+                    store.topic.as_ref(),
+                    index,
+                )
                 .await;
             backends_failed |= START_FAILED.iter().any(|r| status.has_reason(r));
-            let view = broker_view(loaded, broker, status, self.settings.default_class);
-            broker_views.insert(key.clone(), view);
+            match store.channel {
+                None => {
+                    let view = broker_view(
+                        store.loaded,
+                        &store.broker,
+                        status,
+                        self.settings.default_class,
+                    );
+                    broker_views.insert(key.clone(), view);
+                }
+                Some(ref channel) => {
+                    channel_views.insert(channel.clone(), ObjectView::of(store.loaded, status));
+                }
+            }
         }
-        self.remove_triggers(&mut running, &objects.triggers).await;
+        self.remove_deliveries(&mut running.triggers, &objects.triggers)
+            .await;
         let mut trigger_views = BTreeMap::new();
         let mut trigger_brokers = BTreeMap::new();
         for (key, loaded) in &objects.triggers {
@@ -241,6 +331,33 @@ impl EventingController {
             let broker = ObjectKey::new(key.namespace.clone(), trigger.spec.broker.clone());
             trigger_brokers.insert(key.clone(), broker);
         }
+        self.remove_deliveries(&mut running.subscriptions, &objects.subscriptions)
+            .await;
+        let mut subscription_views = BTreeMap::new();
+        let mut subscription_stores = BTreeMap::new();
+        for (key, loaded) in &objects.subscriptions {
+            let Resource::Subscription(subscription) = &loaded.resource else {
+                continue;
+            };
+            let channel = ObjectKey::new(
+                key.namespace.clone(),
+                subscription.spec.channel.name.clone(),
+            );
+            let loaded_channel = channel_views
+                .contains_key(&(subscription.spec.channel.kind.clone(), channel.clone()));
+            let status = self
+                .reconcile_subscription(
+                    &mut running,
+                    key,
+                    subscription,
+                    loaded_channel,
+                    &destinations,
+                )
+                .await;
+            subscription_views.insert(key.clone(), ObjectView::of(loaded, status));
+            subscription_stores.insert(key.clone(), channel::store_key(&channel));
+        }
+        list_subscribers(&mut channel_views, &subscription_views, objects);
         let backends = running
             .brokers
             .iter()
@@ -253,21 +370,115 @@ impl EventingController {
             .filter_map(|loaded| self.desired_source(loaded, &destinations, index))
             .collect();
         self.sources.apply(desired).await;
+        let flows = objects
+            .flows
+            .iter()
+            .map(|loaded| {
+                let status = Status {
+                    address: flows::entry_channel(&loaded.resource).map(|entry| Address {
+                        url: channel::channel_url(&self.settings.ingress_url, &entry),
+                    }),
+                    ..Status::default()
+                };
+                (loaded.resource.clone(), ObjectView::of(loaded, status))
+            })
+            .collect();
         let mut views = self.views.write().unwrap_or_else(|e| e.into_inner());
         carry_times(&mut broker_views, &views.brokers);
         carry_times(&mut trigger_views, &views.triggers);
+        carry_times(&mut channel_views, &views.channels);
+        carry_times(&mut subscription_views, &views.subscriptions);
         *views = Views {
             brokers: broker_views,
             triggers: trigger_views,
             backends,
             trigger_brokers,
+            channels: channel_views,
+            subscriptions: subscription_views,
+            subscription_stores,
+            flows,
         };
         backends_failed
     }
 
-    async fn remove_brokers(&self, running: &mut Running, desired: &BTreeMap<ObjectKey, &Loaded>) {
+    /// The addresses of the loaded channels and flows, for destinations
+    /// that refer to them.
+    fn addresses(&self, objects: &EventingObjects<'_>) -> Addresses {
+        let ingress = &self.settings.ingress_url;
+        let channels = objects.channels.iter().map(|loaded| {
+            let key = loaded.resource.metadata().key();
+            let url = channel::channel_url(ingress, &key);
+            ((loaded.resource.kind().to_owned(), key), url)
+        });
+        let flows = objects.flows.iter().filter_map(|loaded| {
+            let entry = flows::entry_channel(&loaded.resource)?;
+            let key = loaded.resource.metadata().key();
+            let url = channel::channel_url(ingress, &entry);
+            Some(((loaded.resource.kind().to_owned(), key), url))
+        });
+        channels.chain(flows).collect()
+    }
+
+    /// What runs on a broker backend: each Broker under its key and each
+    /// channel under its store key. A channel whose name another channel
+    /// kind took first (they share an address, as in Knative) gets a view
+    /// that says so, and does not run.
+    fn stores<'a>(
+        &self,
+        objects: &EventingObjects<'a>,
+    ) -> (
+        BTreeMap<ObjectKey, Store<'a>>,
+        BTreeMap<(String, ObjectKey), ObjectView>,
+    ) {
+        let mut stores = BTreeMap::new();
+        for (key, loaded) in &objects.brokers {
+            if let Resource::Broker(broker) = &loaded.resource {
+                let store = Store {
+                    loaded,
+                    broker: (**broker).clone(),
+                    topic: None,
+                    channel: None,
+                };
+                stores.insert(key.clone(), store);
+            }
+        }
+        let mut refused = BTreeMap::new();
+        for loaded in &objects.channels {
+            let Some(store) = channel::store_of(&loaded.resource) else {
+                continue;
+            };
+            let kind = loaded.resource.kind().to_owned();
+            let key = loaded.resource.metadata().key();
+            if let Some(taken) = stores.get(&store.key) {
+                let by = taken.loaded.resource.kind();
+                let status = Status::not_ready(
+                    "ChannelNameTaken",
+                    format!(
+                        "{by} {key} has this name, and so this channel's address: rename one of them"
+                    ),
+                );
+                refused.insert((kind, key), ObjectView::of(loaded, status));
+                continue;
+            }
+            let entry = Store {
+                loaded,
+                broker: store.broker,
+                topic: store.topic,
+                channel: Some((kind, key)),
+            };
+            stores.insert(store.key, entry);
+        }
+        (stores, refused)
+    }
+
+    async fn remove_brokers(
+        &self,
+        running: &mut Running,
+        desired: &BTreeMap<ObjectKey, Store<'_>>,
+    ) {
         for (key, old) in take_gone(&mut running.brokers, |key| desired.contains_key(key)) {
             running.triggers.retain(|_, t| t.plan.broker != key);
+            running.subscriptions.retain(|_, t| t.plan.broker != key);
             self.registry.remove(&key);
             tracing::info!(broker = %key, "broker deleted; removing its events");
             if let Err(e) = old.handle.backend.destroy().await {
@@ -281,12 +492,15 @@ impl EventingController {
         running: &mut Running,
         key: &ObjectKey,
         broker: &Broker,
+        topic: Option<&ChannelTopic>,
         index: &ObjectIndex<'_>,
     ) -> Status {
         // Classes were validated at load.
         let class = BrokerClass::of(broker, self.settings.default_class)
             .unwrap_or(self.settings.default_class);
-        let plan = backend::plan(class, &self.plan_context(key, broker, index));
+        let mut context = self.plan_context(key, broker, index);
+        context.channel_topic = topic;
+        let plan = backend::plan(class, &context);
         let action = plan::broker_action(
             plan.as_deref().map_err(String::as_str),
             running.brokers.get(key).map(|r| &*r.plan),
@@ -331,6 +545,7 @@ impl EventingController {
     /// class change, whose old events the new backend cannot read.
     async fn stop_broker(&self, running: &mut Running, key: &ObjectKey, remove_events: bool) {
         running.triggers.retain(|_, t| t.plan.broker != *key);
+        running.subscriptions.retain(|_, t| t.plan.broker != *key);
         let Some(old) = running.brokers.remove(key) else {
             return;
         };
@@ -401,6 +616,7 @@ impl EventingController {
             rabbitmq_uri: self.settings.rabbitmq_uri.as_deref(),
             kafka_bootstrap_servers: self.settings.kafka_bootstrap_servers.as_deref(),
             replica: &self.settings.replica,
+            channel_topic: None,
         }
     }
 
@@ -412,11 +628,17 @@ impl EventingController {
         status
     }
 
-    async fn remove_triggers(&self, running: &mut Running, desired: &BTreeMap<ObjectKey, &Loaded>) {
-        for (key, old) in take_gone(&mut running.triggers, |key| desired.contains_key(key)) {
-            tracing::info!(trigger = %key, "trigger deleted");
+    /// Stops the dispatchers of triggers or subscriptions no longer loaded
+    /// and removes their subscriptions (cursors, queues, groups).
+    async fn remove_deliveries(
+        &self,
+        running: &mut BTreeMap<ObjectKey, RunningTrigger>,
+        desired: &BTreeMap<ObjectKey, &Loaded>,
+    ) {
+        for (key, old) in take_gone(running, |key| desired.contains_key(key)) {
+            tracing::info!(key = %key, store = %old.plan.broker, "trigger or subscription deleted");
             if let Err(e) = old.broker.backend.unsubscribe(&key).await {
-                tracing::error!(trigger = %key, error = %e, "removing the trigger's subscription failed");
+                tracing::error!(key = %key, error = %e, "removing the subscription to the store failed");
             }
         }
     }
@@ -429,7 +651,9 @@ impl EventingController {
         destinations: &Destinations<'_>,
     ) -> Status {
         let broker_key = ObjectKey::new(key.namespace.clone(), trigger.spec.broker.clone());
-        let broker = running.brokers.get(&broker_key);
+        let loaded = destinations.brokers.contains(&broker_key);
+        // Only a loaded Broker: a channel's store is no trigger's broker.
+        let broker = running.brokers.get(&broker_key).filter(|_| loaded);
         let plan = plan::trigger_plan(
             &self.settings,
             key,
@@ -438,38 +662,96 @@ impl EventingController {
                 broker: &b.broker,
                 plan: &*b.plan,
             }),
-            destinations.brokers.contains(&broker_key),
+            loaded,
             destinations,
         );
         let handle = broker.map(|b| b.handle.clone());
-        let current = running.triggers.get(key).map(|t| RunningDispatcher {
+        let not_ready = || {
+            Status::not_ready(
+                "BrokerNotReady",
+                format!("broker {broker_key} is not ready"),
+            )
+        };
+        let started = self
+            .reconcile_delivery(&mut running.triggers, key, plan, handle)
+            .await;
+        match started {
+            Ok(Some(plan)) => trigger_status(&plan),
+            Ok(None) => not_ready(),
+            Err(status) => status,
+        }
+    }
+
+    async fn reconcile_subscription(
+        &self,
+        running: &mut Running,
+        key: &ObjectKey,
+        subscription: &Subscription,
+        channel_loaded: bool,
+        destinations: &Destinations<'_>,
+    ) -> Status {
+        let reference = &subscription.spec.channel;
+        let channel = ObjectKey::new(key.namespace.clone(), reference.name.clone());
+        let store = running
+            .brokers
+            .get(&channel::store_key(&channel))
+            .filter(|_| channel_loaded);
+        let plan = plan::subscription_plan(
+            &self.settings,
+            key,
+            subscription,
+            store.map(|b| TriggerBroker {
+                broker: &b.broker,
+                plan: &*b.plan,
+            }),
+            channel_loaded,
+            destinations,
+        );
+        let handle = store.map(|b| b.handle.clone());
+        let started = self
+            .reconcile_delivery(&mut running.subscriptions, key, plan, handle)
+            .await;
+        match started {
+            Ok(Some(plan)) => subscription_status(&plan),
+            Ok(None) => Status::not_ready(
+                "ChannelNotReady",
+                format!("{} {channel} is not ready", reference.kind),
+            ),
+            Err(status) => status,
+        }
+    }
+
+    /// Keeps, starts or stops the dispatcher of a trigger or subscription
+    /// by its plan: the plan it runs with, None when its store is not
+    /// ready, or the status that says why it cannot run.
+    async fn reconcile_delivery(
+        &self,
+        running: &mut BTreeMap<ObjectKey, RunningTrigger>,
+        key: &ObjectKey,
+        plan: Result<TriggerPlan, Box<Status>>,
+        store: Option<Arc<BrokerHandle>>,
+    ) -> Result<Option<TriggerPlan>, Status> {
+        let current = running.get(key).map(|t| RunningDispatcher {
             plan: &t.plan,
-            same_broker: handle.as_ref().is_some_and(|h| Arc::ptr_eq(&t.broker, h)),
+            same_broker: store.as_ref().is_some_and(|h| Arc::ptr_eq(&t.broker, h)),
             finished: t.dispatcher.is_finished(),
         });
-        match (plan::trigger_action(&plan, current), plan, handle) {
+        match (plan::trigger_action(&plan, current), plan, store) {
             (TriggerAction::Stop(status), _, _) => {
-                running.triggers.remove(key);
-                *status
+                running.remove(key);
+                Err(*status)
             }
-            (TriggerAction::Keep, Ok(plan), _) => trigger_status(&plan),
-            (TriggerAction::Start, Ok(plan), Some(broker)) => {
+            (TriggerAction::Keep, Ok(plan), _) => Ok(Some(plan)),
+            (TriggerAction::Start, Ok(plan), Some(store)) => {
                 // Stop the old dispatcher before resubscribing: its
                 // unacknowledged deliveries come again through the new
                 // subscription.
-                running.triggers.remove(key);
-                match self.start_trigger(key, plan.clone(), broker).await {
-                    Ok(trigger) => {
-                        running.triggers.insert(key.clone(), trigger);
-                        trigger_status(&plan)
-                    }
-                    Err(status) => status,
-                }
+                running.remove(key);
+                let started = self.start_trigger(key, plan.clone(), store).await?;
+                running.insert(key.clone(), started);
+                Ok(Some(plan))
             }
-            (_, _, _) => Status::not_ready(
-                "BrokerNotReady",
-                format!("broker {broker_key} is not ready"),
-            ),
+            (_, _, _) => Ok(None),
         }
     }
 
@@ -496,7 +778,8 @@ impl EventingController {
             broker.clone(),
             self.sender.clone(),
         );
-        tracing::info!(trigger = %key, subscriber = %plan.subscriber, "trigger ready");
+        let subscriber = plan.subscriber.as_ref().map(ToString::to_string);
+        tracing::info!(key = %key, store = %plan.broker, subscriber = subscriber.as_deref().unwrap_or("none"), "delivering");
         Ok(RunningTrigger {
             plan,
             broker,
@@ -578,14 +861,61 @@ impl EventingController {
             .collect()
     }
 
+    /// Channels of every kind, with their stores' live health.
+    pub(crate) fn channels(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        views
+            .channels
+            .iter()
+            .filter(|((_, key), _)| namespace.is_none_or(|ns| key.namespace == ns))
+            .filter_map(|((kind, key), view)| {
+                let status = views.channel_status(kind, key)?;
+                Some(ObjectView {
+                    status,
+                    ..view.clone()
+                })
+            })
+            .collect()
+    }
+
+    /// Subscriptions, not Ready while their channel's store is not.
+    pub(crate) fn subscriptions(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        in_namespace(&views.subscriptions, namespace)
+            .map(|view| {
+                let key =
+                    ObjectKey::new(view.metadata.namespace.clone(), view.metadata.name.clone());
+                ObjectView {
+                    status: views.subscription_status(&key, &view.status),
+                    ..view.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// Sequences or Parallels (`kind`), with status read from their parts'.
+    pub(crate) fn flows(&self, kind: &str, namespace: Option<&str>) -> Vec<ObjectView> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        views
+            .flows
+            .iter()
+            .filter(|(resource, _)| resource.kind() == kind)
+            .filter(|(_, view)| namespace.is_none_or(|ns| view.metadata.namespace == ns))
+            .map(|(resource, view)| ObjectView {
+                status: views.flow_status(resource, view),
+                ..view.clone()
+            })
+            .collect()
+    }
+
     /// Sources with their live status.
     pub(crate) async fn sources(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         self.sources.views(namespace).await
     }
 
     /// The status the last apply gave one Broker (with its backend's live
-    /// health) or Trigger (without its backlog, so no lock on the running
-    /// state). None for other kinds.
+    /// health), Trigger (without its backlog, so no lock on the running
+    /// state), channel, Subscription or flow. None for other kinds.
     pub(crate) fn applied_status(&self, kind: &str, key: &ObjectKey) -> Option<Status> {
         let views = self.views.read().unwrap_or_else(|e| e.into_inner());
         match kind {
@@ -597,6 +927,16 @@ impl EventingController {
                 .triggers
                 .get(key)
                 .map(|view| views.trigger_status(key, &view.status)),
+            "InMemoryChannel" | "KafkaChannel" | "Channel" => views.channel_status(kind, key),
+            "Subscription" => views
+                .subscriptions
+                .get(key)
+                .map(|view| views.subscription_status(key, &view.status)),
+            "Sequence" | "Parallel" => views
+                .flows
+                .iter()
+                .find(|(resource, _)| resource.kind() == kind && resource.metadata().key() == *key)
+                .map(|(resource, view)| views.flow_status(resource, view)),
             _ => None,
         }
     }
@@ -618,8 +958,11 @@ impl EventingController {
         // Sources first: they send to brokers that stop below.
         self.sources.shutdown().await;
         let mut running = self.running.lock().await;
-        let draining = std::mem::take(&mut running.triggers)
+        let triggers = std::mem::take(&mut running.triggers);
+        let subscriptions = std::mem::take(&mut running.subscriptions);
+        let draining = triggers
             .into_values()
+            .chain(subscriptions.into_values())
             .map(|t| t.dispatcher.drain(SHUTDOWN_GRACE));
         futures::future::join_all(draining).await;
         for (key, broker) in std::mem::take(&mut running.brokers) {
@@ -631,8 +974,73 @@ impl EventingController {
 
 fn trigger_status(plan: &TriggerPlan) -> Status {
     let mut status = Status::ready();
-    status.subscriber_uri = Some(plan.subscriber.to_string());
+    status.subscriber_uri = plan.subscriber.as_ref().map(ToString::to_string);
     status
+}
+
+/// A running subscription's status: its destinations, resolved.
+fn subscription_status(plan: &TriggerPlan) -> Status {
+    let mut status = Status::ready();
+    let reply_uri = match &plan.reply {
+        ReplyTo::Destination(uri) => Some(uri.to_string()),
+        ReplyTo::Store | ReplyTo::Drop => None,
+    };
+    status.messaging = Some(Box::new(MessagingStatus {
+        physical_subscription: Some(PhysicalSubscription {
+            subscriber_uri: plan.subscriber.as_ref().map(ToString::to_string),
+            reply_uri,
+            dead_letter_sink_uri: plan
+                .delivery
+                .dead_letter_sink
+                .as_ref()
+                .map(ToString::to_string),
+        }),
+        ..Default::default()
+    }));
+    status
+}
+
+/// A broker or a channel, as the broker machinery runs it.
+struct Store<'a> {
+    loaded: &'a Loaded,
+    broker: Broker,
+    topic: Option<ChannelTopic>,
+    /// A channel's kind and key; None for a Broker.
+    channel: Option<(String, ObjectKey)>,
+}
+
+/// Fills each channel's `status.subscribers` with the Subscriptions of it.
+fn list_subscribers(
+    channels: &mut BTreeMap<(String, ObjectKey), ObjectView>,
+    subscriptions: &BTreeMap<ObjectKey, ObjectView>,
+    objects: &EventingObjects<'_>,
+) {
+    for (key, loaded) in &objects.subscriptions {
+        let Resource::Subscription(subscription) = &loaded.resource else {
+            continue;
+        };
+        let reference = &subscription.spec.channel;
+        let channel = (
+            reference.kind.clone(),
+            ObjectKey::new(key.namespace.clone(), reference.name.clone()),
+        );
+        let (Some(view), Some(subscribed)) = (channels.get_mut(&channel), subscriptions.get(key))
+        else {
+            continue;
+        };
+        let ready = subscribed.status.ready_condition();
+        let entry = SubscriberStatus {
+            name: key.name.clone(),
+            ready: ready.map_or("Unknown", |c| c.status.as_str()).to_owned(),
+            message: ready.and_then(|c| c.message.clone()),
+        };
+        view.status
+            .messaging
+            .get_or_insert_default()
+            .subscribers
+            .get_or_insert_default()
+            .push(entry);
+    }
 }
 
 fn in_namespace<'a>(
@@ -645,7 +1053,7 @@ fn in_namespace<'a>(
         .map(|(_, view)| view)
 }
 
-fn carry_times(new: &mut BTreeMap<ObjectKey, ObjectView>, old: &BTreeMap<ObjectKey, ObjectView>) {
+fn carry_times<K: Ord>(new: &mut BTreeMap<K, ObjectView>, old: &BTreeMap<K, ObjectView>) {
     for (key, view) in new.iter_mut() {
         view.status
             .carry_transition_times(old.get(key).map(|v| &v.status));

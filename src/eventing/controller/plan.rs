@@ -4,19 +4,21 @@
 //! trigger's delivery plan, a destination's URI, and what to do about each
 //! given what runs. The controller carries the actions out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use http::Uri;
 
 use super::EventingSettings;
-use crate::api::duck::Destination;
+use crate::api::duck::{DeliverySpec, Destination};
+use crate::api::filter::Filter;
 use crate::api::status::Status;
+use crate::api::subscription::Subscription;
 use crate::api::trigger::DeliveryOrder;
 use crate::api::{Broker, ObjectKey, Trigger};
 use crate::eventing::backend::BackendPlan;
 use crate::eventing::delivery::DeliveryPolicy;
-use crate::eventing::trigger::dispatcher::TriggerPlan;
+use crate::eventing::trigger::dispatcher::{ReplyTo, TriggerPlan};
 
 /// What to do about one broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +56,22 @@ pub(crate) fn broker_action(
     }
 }
 
-/// Resolves destinations (`uri`, or a reference to a Broker or a Service
-/// with `uri` appended as a path, Knative's rule).
+/// The addressable kinds besides Brokers and Services that a destination
+/// may refer to: each loaded object of them has an address in
+/// [`Destinations::addresses`].
+pub(crate) const ADDRESSABLE_KINDS: [(&str, &str); 5] = [
+    ("messaging.knative.dev/v1", "InMemoryChannel"),
+    ("messaging.knative.dev/v1beta1", "KafkaChannel"),
+    ("messaging.knative.dev/v1", "Channel"),
+    ("flows.knative.dev/v1", "Sequence"),
+    ("flows.knative.dev/v1", "Parallel"),
+];
+
+/// The addresses of loaded objects of [`ADDRESSABLE_KINDS`], by kind and key.
+pub(crate) type Addresses = BTreeMap<(String, ObjectKey), String>;
+
+/// Resolves destinations (`uri`, or a reference to a Broker, a Service, a
+/// channel or a flow with `uri` appended as a path, Knative's rule).
 pub(crate) struct Destinations<'a> {
     /// Base URL of the ingress (`http://127.0.0.1:8080`).
     pub ingress_url: &'a str,
@@ -63,6 +79,8 @@ pub(crate) struct Destinations<'a> {
     pub brokers: &'a BTreeSet<ObjectKey>,
     /// A Service's URL, when one of that name is loaded.
     pub services: &'a (dyn Fn(&ObjectKey) -> Option<String> + Sync),
+    /// Channels and flows loaded (running or not).
+    pub addresses: &'a Addresses,
 }
 
 impl Destinations<'_> {
@@ -94,9 +112,20 @@ impl Destinations<'_> {
                 Some(url) => url,
                 None => return Err(format!("service {key} does not exist")),
             },
+            (api_version, kind) if ADDRESSABLE_KINDS.contains(&(api_version, kind)) => {
+                match self.addresses.get(&(kind.to_owned(), key.clone())) {
+                    Some(url) => url.clone(),
+                    None => return Err(format!("{kind} {key} does not exist")),
+                }
+            }
             (api_version, kind) => {
+                let kinds: Vec<String> = ADDRESSABLE_KINDS
+                    .iter()
+                    .map(|(version, kind)| format!("{kind}s ({version})"))
+                    .collect();
                 return Err(format!(
-                    "cannot resolve a reference to {kind} ({api_version}) {key}: pilotlight resolves references to Brokers (eventing.knative.dev/v1) and Services (serving.knative.dev/v1); use 'uri' for other destinations"
+                    "cannot resolve a reference to {kind} ({api_version}) {key}: pilotlight resolves references to Brokers (eventing.knative.dev/v1), Services (serving.knative.dev/v1), {}; use 'uri' for other destinations",
+                    kinds.join(", ")
                 ));
             }
         };
@@ -156,20 +185,12 @@ pub(crate) fn trigger_plan(
                 format!("spec.subscriber: {m}"),
             ))
         })?;
-    let delivery_spec = trigger
-        .spec
-        .delivery
-        .as_ref()
-        .or(broker.broker.spec.delivery.as_ref());
-    let dead_letter_sink = match delivery_spec.and_then(|d| d.dead_letter_sink.as_ref()) {
-        None => None,
-        Some(sink) => Some(destinations.resolve(sink, &key.namespace).map_err(|m| {
-            Box::new(Status::not_ready(
-                "DeadLetterSinkResolveFailed",
-                format!("deadLetterSink: {m}"),
-            ))
-        })?),
-    };
+    let delivery = delivery_policy(
+        trigger.spec.delivery.as_ref(),
+        broker.broker,
+        destinations,
+        &key.namespace,
+    )?;
     // Validated at load, so these cannot fail here.
     let filter = trigger
         .compile_filter()
@@ -189,10 +210,98 @@ pub(crate) fn trigger_plan(
         broker_url: broker_url(&settings.ingress_url, &broker_key),
         broker: broker_key,
         filter: Arc::new(filter),
-        subscriber,
-        delivery: DeliveryPolicy::from_spec(delivery_spec, dead_letter_sink),
+        subscriber: Some(subscriber),
+        reply: ReplyTo::Store,
+        delivery,
         ordered,
         max_in_flight,
+    })
+}
+
+/// The delivery policy of a trigger or subscription: its own `delivery`,
+/// else its broker's or channel's, with the dead-letter sink resolved.
+fn delivery_policy(
+    own: Option<&DeliverySpec>,
+    store: &Broker,
+    destinations: &Destinations<'_>,
+    namespace: &str,
+) -> Result<DeliveryPolicy, Box<Status>> {
+    let spec = own.or(store.spec.delivery.as_ref());
+    let dead_letter_sink = match spec.and_then(|d| d.dead_letter_sink.as_ref()) {
+        None => None,
+        Some(sink) => Some(destinations.resolve(sink, namespace).map_err(|m| {
+            Box::new(Status::not_ready(
+                "DeadLetterSinkResolveFailed",
+                format!("deadLetterSink: {m}"),
+            ))
+        })?),
+    };
+    Ok(DeliveryPolicy::from_spec(spec, dead_letter_sink))
+}
+
+/// A Subscription's delivery plan on its channel's store, or the status
+/// that says why it cannot run. `channel` is the store when it runs;
+/// `channel_loaded` whether a channel of that name is loaded at all.
+pub(crate) fn subscription_plan(
+    settings: &EventingSettings,
+    key: &ObjectKey,
+    subscription: &Subscription,
+    channel: Option<TriggerBroker<'_>>,
+    channel_loaded: bool,
+    destinations: &Destinations<'_>,
+) -> Result<TriggerPlan, Box<Status>> {
+    let reference = &subscription.spec.channel;
+    let channel_key = ObjectKey::new(key.namespace.clone(), reference.name.clone());
+    let Some(channel) = channel else {
+        return Err(Box::new(if channel_loaded {
+            Status::not_ready(
+                "ChannelNotReady",
+                format!("{} {channel_key} is not ready", reference.kind),
+            )
+        } else {
+            Status::not_ready(
+                "ChannelDoesNotExist",
+                format!(
+                    "{} {channel_key} does not exist: create it, or fix spec.channel",
+                    reference.kind
+                ),
+            )
+        }));
+    };
+    let resolve = |destination: Option<&Destination>, field: &str, reason: &str| {
+        destination
+            .map(|d| destinations.resolve(d, &key.namespace))
+            .transpose()
+            .map_err(|m| Box::new(Status::not_ready(reason, format!("{field}: {m}"))))
+    };
+    let subscriber = resolve(
+        subscription.spec.subscriber.as_ref(),
+        "spec.subscriber",
+        "SubscriberResolveFailed",
+    )?;
+    let reply = resolve(
+        subscription.spec.reply.as_ref(),
+        "spec.reply",
+        "ReplyResolveFailed",
+    )?;
+    let delivery = delivery_policy(
+        subscription.spec.delivery.as_ref(),
+        channel.broker,
+        destinations,
+        &key.namespace,
+    )?;
+    Ok(TriggerPlan {
+        key: key.clone(),
+        broker_url: broker_url(&settings.ingress_url, &channel.broker.metadata.key()),
+        broker: channel.broker.metadata.key(),
+        filter: Arc::new(Filter::Everything),
+        subscriber,
+        reply: reply.map_or(ReplyTo::Drop, ReplyTo::Destination),
+        delivery,
+        ordered: false,
+        max_in_flight: subscription
+            .max_in_flight(settings.max_in_flight)
+            .unwrap_or(settings.max_in_flight),
     })
 }
 
@@ -234,7 +343,6 @@ pub(crate) fn trigger_action(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::filter::Filter;
     use std::path::PathBuf;
 
     use crate::eventing::backend::log::{LogConfig, LogPlan};
@@ -274,7 +382,8 @@ mod tests {
             broker: ObjectKey::new("ns", "b"),
             broker_url: "http://127.0.0.1:8080/ns/b".into(),
             filter: Arc::new(Filter::Everything),
-            subscriber: subscriber.parse().expect("uri"),
+            subscriber: Some(subscriber.parse().expect("uri")),
+            reply: ReplyTo::Store,
             delivery: DeliveryPolicy::from_spec(None, None),
             ordered: false,
             max_in_flight: 1,
@@ -324,10 +433,15 @@ mod tests {
         let services = |key: &ObjectKey| {
             (key.name == "hello").then(|| "http://hello.ns.localhost:8080".to_owned())
         };
+        let addresses = Addresses::from([(
+            ("InMemoryChannel".to_owned(), ObjectKey::new("ns", "c")),
+            "http://127.0.0.1:8080/ns/c-kn-channel".to_owned(),
+        )]);
         let destinations = Destinations {
             ingress_url: "http://127.0.0.1:8080",
             brokers: &brokers,
             services: &services,
+            addresses: &addresses,
         };
         let destination =
             |yaml: &str| -> Destination { serde_saphyr::from_str(yaml).expect("a destination") };
@@ -357,5 +471,24 @@ mod tests {
             )
             .expect_err("no such service");
         assert_eq!(missing, "service ns/nope does not exist");
+        let channel = destinations
+            .resolve(
+                &destination(
+                    "ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: c}",
+                ),
+                "ns",
+            )
+            .map(|u| u.to_string());
+        assert_eq!(
+            channel,
+            Ok("http://127.0.0.1:8080/ns/c-kn-channel".to_owned())
+        );
+        let missing = destinations
+            .resolve(
+                &destination("ref: {apiVersion: flows.knative.dev/v1, kind: Sequence, name: s}"),
+                "ns",
+            )
+            .expect_err("no such sequence");
+        assert_eq!(missing, "Sequence ns/s does not exist");
     }
 }

@@ -207,6 +207,7 @@ impl SourceController {
                     namespace: key.namespace.clone(),
                     annotations: entry.annotations.clone(),
                     source: entry.origin.clone(),
+                    owner_references: Vec::new(),
                 },
                 spec: entry.spec.clone(),
                 status: status(entry, leads),

@@ -1,5 +1,8 @@
 //! A trigger's dispatcher: takes events from the trigger's subscription and
-//! delivers each to the subscriber, with the trigger's delivery policy.
+//! delivers each to the subscriber, with the trigger's delivery policy. A
+//! channel's Subscription runs on the same dispatcher: its replies go to
+//! its `reply` rather than back into the store, and without a subscriber
+//! every event goes straight to `reply`.
 //!
 //! - Unordered (default): up to `max_in_flight` deliveries at once.
 //! - Ordered: one delivery at a time per lane (the whole log for the embedded
@@ -45,10 +48,24 @@ pub(crate) struct TriggerPlan {
     /// the broker refuses one.
     pub broker_url: String,
     pub filter: Arc<Filter>,
-    pub subscriber: Uri,
+    /// None: a Subscription without one, whose events go to `reply` as
+    /// they are.
+    pub subscriber: Option<Uri>,
+    pub reply: ReplyTo,
     pub delivery: DeliveryPolicy,
     pub ordered: bool,
     pub max_in_flight: usize,
+}
+
+/// Where a subscriber's replies go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReplyTo {
+    /// Into the store the event came from (a Trigger's broker).
+    Store,
+    /// To a destination (a Subscription's `reply`), with the delivery policy.
+    Destination(Uri),
+    /// Nowhere: a Subscription without `reply` drops them, as Knative does.
+    Drop,
 }
 
 /// A running dispatcher. Dropping it aborts the dispatcher at once: in-flight
@@ -217,27 +234,57 @@ async fn run_ordered(
 /// Delivers one event to the end: subscriber, reply, dead-letter sink.
 async fn process(context: &Context, delivery: Delivery) {
     let plan = &context.plan;
-    let outcome = deliver_with_retries(
-        &context.sender,
-        &plan.subscriber,
-        &delivery.event,
-        &plan.delivery,
-        |status, took| context.observe(status, took),
-    )
-    .await;
-    match outcome {
-        Outcome::Delivered { reply: None } => {}
-        Outcome::Delivered { reply: Some(reply) } => {
+    let outcome = match &plan.subscriber {
+        Some(subscriber) => {
+            deliver_with_retries(
+                &context.sender,
+                subscriber,
+                &delivery.event,
+                &plan.delivery,
+                |status, took| context.observe(status, took),
+            )
+            .await
+        }
+        None => Outcome::Delivered {
+            reply: Some((*delivery.event).clone()),
+        },
+    };
+    match (outcome, &plan.reply) {
+        (Outcome::Delivered { reply: None }, _) | (Outcome::Delivered { .. }, ReplyTo::Drop) => {}
+        (Outcome::Delivered { reply: Some(reply) }, ReplyTo::Store) => {
             if let Err(refused) = store_reply(context, reply).await {
                 let broker = &context.plan.broker_url;
                 dead_letter(context, &delivery.event, broker, &refused).await;
             }
         }
-        Outcome::Failed(failure) => {
-            dead_letter(context, &delivery.event, &context.plan.subscriber, &failure).await
+        (Outcome::Delivered { reply: Some(reply) }, ReplyTo::Destination(to)) => {
+            if let Err(failed) = forward_reply(context, to, &reply).await {
+                dead_letter(context, &delivery.event, to, &failed).await;
+            }
+        }
+        (Outcome::Failed(failure), _) => {
+            let subscriber = plan.subscriber.as_ref().map(ToString::to_string);
+            let subscriber = subscriber.unwrap_or_default();
+            dead_letter(context, &delivery.event, &subscriber, &failure).await
         }
     }
     delivery.ack().await;
+}
+
+/// Sends a reply on to a Subscription's `reply`, with its delivery policy;
+/// what that destination answers is not read. A reply it fails to take
+/// sends the original event to the dead-letter sink, as Knative's channel
+/// dispatcher does.
+async fn forward_reply(context: &Context, to: &Uri, reply: &Event) -> Result<(), Failure> {
+    let plan = &context.plan;
+    let outcome = deliver_with_retries(&context.sender, to, reply, &plan.delivery, |s, t| {
+        context.observe(s, t)
+    })
+    .await;
+    match outcome {
+        Outcome::Delivered { .. } => Ok(()),
+        Outcome::Failed(failure) => Err(failure),
+    }
 }
 
 /// A reply enters the trigger's broker as a new event. The subscriber has

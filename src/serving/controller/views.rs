@@ -80,6 +80,7 @@ impl ServingController {
                 namespace: key.namespace.clone(),
                 annotations: entry.service.metadata.annotations.clone(),
                 source: entry.origin.clone(),
+                owner_references: Vec::new(),
             },
             spec: serde_json::to_value(&entry.service.spec).unwrap_or_default(),
             status,
@@ -105,6 +106,7 @@ impl ServingController {
                         namespace: key.namespace.clone(),
                         annotations,
                         source: entry.origin.clone(),
+                        owner_references: Vec::new(),
                     },
                     spec: running
                         .record

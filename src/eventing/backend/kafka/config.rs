@@ -46,6 +46,9 @@ pub(crate) struct KafkaConfig {
     /// This replica's `group.instance.id` in its triggers' consumer groups
     /// (Kafka's static membership, KIP-345); None for dynamic members.
     pub member: Option<String>,
+    /// A KafkaChannel's store: its subscriptions' groups are named after
+    /// its topic.
+    pub channel: bool,
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -59,6 +62,7 @@ impl fmt::Debug for KafkaConfig {
             .field("keep_topic", &self.keep_topic)
             .field("auth", &self.auth)
             .field("member", &self.member)
+            .field("channel", &self.channel)
             .finish()
     }
 }
@@ -256,6 +260,7 @@ pub(crate) fn resolve(
         },
         auth: KafkaAuth::default(),
         member: None,
+        channel: false,
     };
     let Some(reference) = &broker.spec.config else {
         config.bootstrap_servers = default_bootstrap
@@ -494,6 +499,7 @@ mod tests {
             rabbitmq_uri: None,
             kafka_bootstrap_servers: None,
             replica: "pod-0",
+            channel_topic: None,
         };
         let planned = plan(class, &context).expect("planned");
         assert_eq!(planned.class(), BrokerClass::Kafka);

@@ -79,6 +79,20 @@ pub(crate) fn trigger_group(trigger: &ObjectKey) -> String {
     format!("knative-trigger-{}-{}", trigger.namespace, trigger.name)
 }
 
+impl KafkaConfig {
+    /// The consumer group of one of this store's subscriptions: a
+    /// trigger's, or on a KafkaChannel's topic `{topic}.{subscription}`
+    /// (so that a Subscription and a Trigger of one name never share a
+    /// group).
+    fn group(&self, subscription: &ObjectKey) -> String {
+        if self.channel {
+            format!("{}.{}", self.topic, subscription.name)
+        } else {
+            trigger_group(subscription)
+        }
+    }
+}
+
 pub(crate) fn plan(context: &PlanContext<'_>) -> Result<Box<dyn BackendPlan>, String> {
     let mut config = config::resolve(
         context.key,
@@ -87,6 +101,12 @@ pub(crate) fn plan(context: &PlanContext<'_>) -> Result<Box<dyn BackendPlan>, St
         context.kafka_bootstrap_servers,
     )?;
     config.member = static_member(context.replica);
+    if let Some(topic) = context.channel_topic {
+        config.topic = topic.name.clone();
+        config.partitions = topic.partitions;
+        config.replication_factor = topic.replication_factor;
+        config.channel = true;
+    }
     Ok(Box::new(config))
 }
 
@@ -429,7 +449,7 @@ impl Backend for KafkaBackend {
         spec: SubscriptionSpec,
     ) -> Result<Box<dyn Subscription>, BackendError> {
         self.stop_subscription(&spec.trigger).await;
-        let group = trigger_group(&spec.trigger);
+        let group = self.config.group(&spec.trigger);
         let (consumer, handle) = GroupConsumer::start(
             &self.config.client(),
             &group,
@@ -457,7 +477,7 @@ impl Backend for KafkaBackend {
     async fn unsubscribe(&self, trigger: &ObjectKey) -> Result<(), BackendError> {
         self.stop_subscription(trigger).await;
         // The group's committed offsets go with the trigger, as in Knative.
-        let group = trigger_group(trigger);
+        let group = self.config.group(trigger);
         match delete_group(&self.config, &group).await {
             Err(GroupDeletion::StillHasMembers) if self.config.member.is_some() => {
                 // A static member does not leave its group when it closes:

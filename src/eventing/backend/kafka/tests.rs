@@ -24,6 +24,7 @@ fn config(cluster: &MockCluster<'_, DefaultProducerContext>, topic: &str) -> Kaf
         keep_topic: true,
         auth: KafkaAuth::default(),
         member: None,
+        channel: false,
     }
 }
 
