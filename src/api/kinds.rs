@@ -39,6 +39,9 @@ pub enum Role {
     Service,
     /// Runs it as a source of events.
     Source,
+    /// Binds a sink into the pods of another object (SinkBinding): changes
+    /// what that object runs, so it is applied before everything else.
+    Binding,
     /// Only reads it where another object refers to it (a Broker's
     /// `spec.config`, a Secret with credentials): no status, no finalizer.
     Referenced,
@@ -168,6 +171,10 @@ kinds! {
         in ["eventing.knative.dev/v1alpha1"] as Referenced, named Subdomain;
     RabbitmqSource(super::sources::rabbitmq::RabbitmqSource)
         in ["sources.knative.dev/v1alpha1"] as Source, named Subdomain;
+    ContainerSource(super::sources::container::ContainerSource)
+        in ["sources.knative.dev/v1"] as Source, named Subdomain;
+    SinkBinding(super::sources::sinkbinding::SinkBinding)
+        in ["sources.knative.dev/v1"] as Binding, named Subdomain;
 }
 
 /// Deserialises with the path of the failing field.

@@ -7,7 +7,7 @@
 //! Idempotent: an object whose resolved plan did not change keeps running
 //! untouched, so a reload loses nothing and restarts nothing it need not.
 
-mod plan;
+pub(crate) mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
