@@ -15,7 +15,7 @@ use kube::runtime::{finalizer, watcher};
 use pilotlight::api::ObjectKey;
 use pilotlight::api::service::Service;
 use pilotlight::serving::runtime::kubernetes::KubernetesRuntime;
-use pilotlight::serving::runtime::{self, Runtime, Workload};
+use pilotlight::serving::runtime::{self, Runtime, Workload, WorkloadKind};
 use serde_json::{Value, json};
 use support::apiserver::FakeApiServer;
 use support::{Subscriber, request};
@@ -354,6 +354,7 @@ fn workload(yaml: &str, revision: &str) -> Workload {
         revision: revision.into(),
         drain_timeout: service.spec.template.spec.timeout(),
         template: service.spec.template,
+        kind: WorkloadKind::Revision,
     }
 }
 

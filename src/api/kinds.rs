@@ -46,6 +46,9 @@ pub enum Role {
     Subscription,
     /// Wires channels and subscriptions from it (Sequence, Parallel).
     Flow,
+    /// Binds a sink into the pods of another object (SinkBinding): changes
+    /// what that object runs, so it is applied before everything else.
+    Binding,
     /// Only reads it where another object refers to it (a Broker's
     /// `spec.config`, a Secret with credentials): no status, no finalizer.
     Referenced,
@@ -184,6 +187,10 @@ kinds! {
         in ["messaging.knative.dev/v1"] as Subscription, named Subdomain;
     Sequence(super::flows::Sequence) in ["flows.knative.dev/v1"] as Flow, named Subdomain;
     Parallel(super::flows::Parallel) in ["flows.knative.dev/v1"] as Flow, named Subdomain;
+    ContainerSource(super::sources::container::ContainerSource)
+        in ["sources.knative.dev/v1"] as Source, named Subdomain;
+    SinkBinding(super::sources::sinkbinding::SinkBinding)
+        in ["sources.knative.dev/v1"] as Binding, named Subdomain;
 }
 
 /// Deserialises with the path of the failing field.

@@ -8,6 +8,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use super::sinks::SinkViews;
 use crate::api::ObjectKey;
 use crate::api::manifest::ManifestError;
 use crate::api::status::{ObjectList, ObjectView, Status};
@@ -72,15 +73,22 @@ impl Collection {
 pub(crate) struct StatusBoard {
     eventing: Arc<EventingController>,
     serving: Arc<ServingController>,
+    /// ContainerSources and SinkBindings, listed with the sources.
+    sinks: Arc<SinkViews>,
     /// The documents the last apply refused, listed with every collection.
     errors: RwLock<Vec<ManifestError>>,
 }
 
 impl StatusBoard {
-    pub(crate) fn new(eventing: Arc<EventingController>, serving: Arc<ServingController>) -> Self {
+    pub(crate) fn new(
+        eventing: Arc<EventingController>,
+        serving: Arc<ServingController>,
+        sinks: Arc<SinkViews>,
+    ) -> Self {
         StatusBoard {
             eventing,
             serving,
+            sinks,
             errors: RwLock::default(),
         }
     }
@@ -101,7 +109,7 @@ impl StatusBoard {
         match collection {
             Collection::Brokers => self.eventing.brokers(namespace),
             Collection::Triggers => self.eventing.triggers(namespace).await,
-            Collection::Sources => self.eventing.sources(namespace).await,
+            Collection::Sources => self.sources(namespace).await,
             Collection::Services => self.serving.services(namespace).await,
             Collection::Revisions => self.serving.revisions(namespace).await,
             Collection::Routes => self.serving.routes(namespace).await,
@@ -125,12 +133,21 @@ impl StatusBoard {
                 return self.eventing.applied_status(kind, key);
             }
             "Service" => self.serving.services(namespace).await,
+            "ContainerSource" | "SinkBinding" => self.sinks.list(namespace, &self.serving).await,
             _ => self.eventing.sources(namespace).await,
         };
         views
             .into_iter()
             .find(|v| v.kind == kind && v.metadata.name == key.name)
             .map(|v| v.status)
+    }
+
+    /// Every source: eventing's, then ContainerSources and SinkBindings
+    /// (Knative lists them with the sources too).
+    async fn sources(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let mut views = self.eventing.sources(namespace).await;
+        views.extend(self.sinks.list(namespace, &self.serving).await);
+        views
     }
 
     /// Publishes the figures `/metrics` shows besides the counters (each

@@ -6,4 +6,5 @@ mod board;
 pub mod kubernetes;
 pub mod manifest;
 pub(crate) mod reconcile;
+mod sinks;
 pub(crate) mod watch;

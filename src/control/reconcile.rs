@@ -1,22 +1,28 @@
 //! The control plane of `pilotlight run`: each set of manifests (from files
 //! or the API server), with the channels and subscriptions its flows own,
-//! is sorted by the registry's roles and handed to the two halves: Services first (so that triggers and sources can resolve
+//! is sorted by the registry's roles and handed to the two halves: the
+//! sinks of ContainerSources and SinkBindings are planned first (a binding
+//! changes a Service's template), then Services and ContainerSources' pods
+//! (so that triggers and sources can resolve
 //! references to them), then brokers, triggers and sources. Applies never
 //! interleave and none runs after shutdown; a broker whose backend failed to
 //! start is tried again with backoff.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::board::StatusBoard;
+use super::sinks::{self, SinkPlan, SinkViews};
 use crate::api::index::ObjectIndex;
 use crate::api::kinds::Role;
-use crate::api::manifest::{ManifestError, Manifests};
+use crate::api::manifest::{Loaded, ManifestError, Manifests};
 use crate::api::pod::ConfigKind;
 use crate::api::{ObjectKey, Resource};
 use crate::backoff::Backoff;
+use crate::eventing::controller::plan::Destinations;
 use crate::eventing::controller::{EventingController, EventingObjects};
 use crate::eventing::flows;
 use crate::serving::controller::ServingController;
@@ -38,6 +44,8 @@ pub struct ControlPlane {
     /// Held through each apply, so that applies never interleave and none
     /// starts after shutdown.
     applying: tokio::sync::Mutex<Applying>,
+    /// ContainerSources and SinkBindings as the last apply planned them.
+    sinks: Arc<SinkViews>,
 }
 
 /// What the apply lock guards.
@@ -51,12 +59,14 @@ struct Applying {
 impl ControlPlane {
     pub(crate) fn new(eventing: EventingController, serving: Arc<ServingController>) -> Self {
         let eventing = Arc::new(eventing);
+        let sinks = Arc::new(SinkViews::default());
         ControlPlane {
-            board: StatusBoard::new(eventing.clone(), serving.clone()),
+            board: StatusBoard::new(eventing.clone(), serving.clone(), sinks.clone()),
             eventing,
             serving,
             backends_failed: watch::channel(false).0,
             applying: tokio::sync::Mutex::default(),
+            sinks,
         }
     }
 
@@ -169,25 +179,68 @@ impl ControlPlane {
                 Role::Trigger => {
                     eventing.triggers.insert(key, loaded);
                 }
+                // A ContainerSource's pod runs on serving's runtimes.
+                Role::Source if matches!(loaded.resource, Resource::ContainerSource(_)) => {}
                 Role::Source => eventing.sources.push(loaded),
                 Role::Channel => eventing.channels.push(loaded),
                 Role::Subscription => {
                     eventing.subscriptions.insert(key, loaded);
                 }
                 Role::Flow => eventing.flows.push(loaded),
+                // Planned below, before serving sees the Services.
+                Role::Binding => {}
                 // Read through the object index by whatever refers to them.
                 Role::Referenced => {}
             }
         }
+        let sinks = self.plan_sinks(&manifests, &services, &eventing);
+        // A bound Service runs with the sink in its template.
+        let services: Vec<&Loaded> = services
+            .into_iter()
+            .map(|l| {
+                sinks
+                    .bound_services
+                    .get(&l.resource.metadata().key())
+                    .unwrap_or(l)
+            })
+            .collect();
         self.serving
             .apply(&services, config_objects(&manifests))
             .await;
+        self.serving.daemons().apply(sinks.daemons).await;
+        self.sinks.set(sinks.views);
         let index = ObjectIndex::new(&manifests);
         let serving = self.serving.clone();
         let service_url = move |key: &ObjectKey| serving.service_url(key);
         let backends_failed = self.eventing.apply(&eventing, &index, &service_url).await;
         self.backends_failed.send_replace(backends_failed);
         self.board.set_errors(manifests.errors.clone());
+    }
+
+    /// Resolves the sinks of ContainerSources and SinkBindings against the
+    /// loaded Brokers, Services, channels and flows, before serving runs anything: a bound
+    /// Service's template carries its sink.
+    fn plan_sinks(
+        &self,
+        manifests: &Manifests,
+        services: &[&Loaded],
+        eventing: &EventingObjects<'_>,
+    ) -> SinkPlan {
+        let brokers: BTreeSet<ObjectKey> = eventing.brokers.keys().cloned().collect();
+        let loaded: BTreeSet<ObjectKey> = services
+            .iter()
+            .map(|l| l.resource.metadata().key())
+            .collect();
+        let serving = &self.serving;
+        let service_url = |key: &ObjectKey| loaded.contains(key).then(|| serving.url(key, None));
+        let addresses = self.eventing.addresses(eventing);
+        let destinations = Destinations {
+            ingress_url: &self.eventing.settings().ingress_url,
+            brokers: &brokers,
+            services: &service_url,
+            addresses: &addresses,
+        };
+        sinks::plan(&manifests.objects, services, &destinations)
     }
 
     /// Stops sources, dispatchers, backends and instances, saving cursors.

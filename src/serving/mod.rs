@@ -5,11 +5,14 @@
 //! - [`runtime`]: runs a revision's instances (local processes, containers in
 //!   Docker or Podman, or Kubernetes Deployments) and publishes the ready ones
 //!   as endpoints.
+//! - [`daemon`]: workloads with no port that run for as long as their
+//!   object exists (a ContainerSource's pod), on the same runtimes.
 //! - [`autoscaler`]: Knative's KPA, deciding how many instances each revision needs
 //!   from the load the proxy counts.
 
 pub(crate) mod autoscaler;
 pub(crate) mod controller;
+pub(crate) mod daemon;
 mod history;
 pub(crate) mod proxy;
 mod revision;

@@ -93,6 +93,8 @@ pub const RESOURCES: &[ResourceType] = &[
     resource("sources.knative.dev", "v1", "kafkasources", "KafkaSource", true, true),
     resource("sources.knative.dev", "v1beta1", "kafkasources", "KafkaSource", true, true),
     resource("sources.knative.dev", "v1alpha1", "rabbitmqsources", "RabbitmqSource", true, true),
+    resource("sources.knative.dev", "v1", "containersources", "ContainerSource", true, true),
+    resource("sources.knative.dev", "v1", "sinkbindings", "SinkBinding", true, true),
     resource("apps", "v1", "deployments", "Deployment", true, true),
     resource("", "v1", "services", "Service", true, false),
     resource("", "v1", "configmaps", "ConfigMap", true, false),

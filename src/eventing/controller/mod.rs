@@ -7,7 +7,7 @@
 //! Idempotent: an object whose resolved plan did not change keeps running
 //! untouched, so a reload loses nothing and restarts nothing it need not.
 
-mod plan;
+pub(crate) mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -403,7 +403,7 @@ impl EventingController {
 
     /// The addresses of the loaded channels and flows, for destinations
     /// that refer to them.
-    fn addresses(&self, objects: &EventingObjects<'_>) -> Addresses {
+    pub(crate) fn addresses(&self, objects: &EventingObjects<'_>) -> Addresses {
         let ingress = &self.settings.ingress_url;
         let channels = objects.channels.iter().map(|loaded| {
             let key = loaded.resource.metadata().key();

@@ -21,11 +21,12 @@ use crate::api::service::{Service, TrafficRevision};
 use crate::api::status::Status;
 use crate::desired::take_gone;
 use crate::serving::autoscaler::{ClusterStats, RevisionStats, Scaler};
+use crate::serving::daemon::Daemons;
 use crate::serving::history::{RecordedRevision, RevisionHistory};
 use crate::serving::revision::{Revision, RevisionParts};
 use crate::serving::router::{HostRoute, RouteTable, Router};
 use crate::serving::runtime::config::ConfigObjects;
-use crate::serving::runtime::{Runtime, StartState, Workload};
+use crate::serving::runtime::{Runtime, StartState, Workload, WorkloadKind};
 
 mod plan;
 mod views;
@@ -128,6 +129,8 @@ pub(crate) struct ServingController {
     refresh: Arc<Notify>,
     /// The loaded Secrets and ConfigMaps, published for the local runtimes.
     config_objects: watch::Sender<Arc<ConfigObjects>>,
+    /// ContainerSources' pods, on the same runtime.
+    daemons: Daemons,
 }
 
 impl ServingController {
@@ -139,6 +142,7 @@ impl ServingController {
         config_objects: watch::Sender<Arc<ConfigObjects>>,
     ) -> Arc<Self> {
         let history = RevisionHistory::load(&settings.data_dir.join("serving"));
+        let daemons = Daemons::new(runtime.clone());
         let control = Arc::new(ServingController {
             router: Arc::new(Router::new(&settings.domain)),
             settings,
@@ -148,12 +152,18 @@ impl ServingController {
             urls: RwLock::new(BTreeMap::new()),
             refresh: Arc::new(Notify::new()),
             config_objects,
+            daemons,
         });
         tokio::spawn(refresh_loop(
             Arc::downgrade(&control),
             control.refresh.clone(),
         ));
         control
+    }
+
+    /// The daemons (ContainerSources' pods) this controller runs.
+    pub(crate) fn daemons(&self) -> &Daemons {
+        &self.daemons
     }
 
     pub(crate) fn router(&self) -> Arc<Router> {
@@ -361,6 +371,7 @@ impl ServingController {
             revision: record.name.clone(),
             drain_timeout: spec.timeout(),
             template: template.clone(),
+            kind: WorkloadKind::Revision,
         };
         *runtime = self.runtime.name_for(&workload);
         let deployment = self.runtime.deploy(workload).map_err(|e| e.to_string())?;
@@ -455,6 +466,7 @@ impl ServingController {
                 "instances still busy after {SHUTDOWN_DRAIN:?}; they are killed as pilotlight exits"
             );
         }
+        self.daemons.shutdown().await;
         // Processes die with pilotlight (parent-death signal); what else is
         // left, such as containers, the runtime removes now.
         self.runtime.exit().await;

@@ -39,6 +39,22 @@ pub struct Workload {
     /// How long a stopping instance may take to finish its in-flight requests
     /// before it is sent SIGTERM (the revision's `timeoutSeconds`).
     pub drain_timeout: std::time::Duration,
+    /// Whether its instances serve requests.
+    pub kind: WorkloadKind,
+}
+
+/// What a workload's instances are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkloadKind {
+    /// A revision: instances serve requests on a port (`PORT`, the `K_*`
+    /// variables) and are ready once their readiness probes pass.
+    #[default]
+    Revision,
+    /// A long-running program with no port (a ContainerSource's pod): no
+    /// `PORT`, no probes, ready while it runs; in Kubernetes a Deployment
+    /// with no Service. `service` is then the owning object, `revision`
+    /// the name of this version of its pod template.
+    Daemon,
 }
 
 /// The runtime refused a workload it cannot run; the message goes to the

@@ -176,13 +176,15 @@ impl ContainerLauncher {
 
         let network = pod.network.unwrap_or(self.network);
         let serving = pod.serving_container();
-        let container_port = serving.port.unwrap_or(crate::api::pod::DEFAULT_PORT);
+        // None for a daemon's pod: nothing to publish or to send to.
+        let serving_port = serving.port;
+        let container_port = serving_port.unwrap_or(crate::api::pod::DEFAULT_PORT);
         let (port, published) = match network {
             ContainerNetwork::Host => (
                 free_port().map_err(|e| format!("no free port: {e}"))?,
                 BTreeMap::new(),
             ),
-            ContainerNetwork::Bridge => (container_port, publish(workload, container_port)?),
+            ContainerNetwork::Bridge => (container_port, publish(workload, serving_port)?),
         };
         let owner = self.connector.owner().to_owned();
         let mut plan = InstancePlan {
@@ -310,9 +312,13 @@ impl ContainerLauncher {
     }
 }
 
-/// Host ports for the serving port and every other probed port.
-fn publish(workload: &LocalWorkload, container_port: u16) -> Result<BTreeMap<u16, u16>, String> {
-    let mut ports = vec![container_port];
+/// Host ports for the serving port (when there is one) and every other
+/// probed port.
+fn publish(
+    workload: &LocalWorkload,
+    container_port: Option<u16>,
+) -> Result<BTreeMap<u16, u16>, String> {
+    let mut ports: Vec<u16> = container_port.into_iter().collect();
     ports.extend(
         workload
             .pod

@@ -61,7 +61,8 @@ pub(super) fn create_body(
         .filter(|(name, _)| !(serving && RESERVED.contains(&name.as_str())))
         .map(|(name, value)| format!("{name}={value}"))
         .collect();
-    if serving {
+    // A daemon's pod (no serving port) gets none of the serving variables.
+    if serving && container.port.is_some() {
         env.extend([
             format!("PORT={}", plan.port),
             format!("K_SERVICE={}", workload.service.name),

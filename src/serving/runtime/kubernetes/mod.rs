@@ -81,7 +81,7 @@ pub(crate) struct KubernetesDeployment {
     observed: watch::Receiver<Observed>,
     /// Taken by `retire`, which waits for it to delete the objects.
     writer: Mutex<Option<JoinHandle<()>>>,
-    watchers: [JoinHandle<()>; 2],
+    watchers: Vec<JoinHandle<()>>,
 }
 
 impl KubernetesDeployment {
@@ -96,30 +96,32 @@ impl KubernetesDeployment {
         let (observed_tx, observed) = watch::channel(Observed::default());
         let (endpoints_tx, endpoints) = watch::channel(Arc::from(Vec::new()));
         let deployments: Api<KubeDeployment> = Api::namespaced(client.clone(), &namespace);
-        let watchers = [
-            runtime.spawn(observed::observe(
-                deployments.clone(),
-                objects.deployment_name(),
-                observed_tx,
-            )),
-            runtime.spawn(endpoints::publish(
+        let mut watchers = vec![runtime.spawn(observed::observe(
+            deployments.clone(),
+            objects.deployment_name(),
+            observed_tx,
+        ))];
+        // A daemon has no Service, so no endpoints: nothing is sent to it.
+        if objects.service.is_some() {
+            watchers.push(runtime.spawn(endpoints::publish(
                 Api::<EndpointSlice>::namespaced(client.clone(), &namespace),
                 objects.private_service_name(),
                 endpoints_tx,
-            )),
-        ];
-        let knative_services: Api<DynamicObject> = Api::namespaced_with(
+            )));
+        }
+        let owner = objects.owner;
+        let owners: Api<DynamicObject> = Api::namespaced_with(
             client.clone(),
             &namespace,
             &ApiResource::from_gvk_with_plural(
-                &GroupVersionKind::gvk("serving.knative.dev", "v1", "Service"),
-                "services",
+                &GroupVersionKind::gvk(owner.group, owner.version, owner.kind),
+                owner.plural,
             ),
         );
         let writer = ObjectWriter {
             deployments,
             services: Api::<KubeService>::namespaced(client, &namespace),
-            knative_services,
+            owners,
             objects,
             leader,
             wanted: wanted_rx,

@@ -60,7 +60,8 @@ struct Term {
 pub(super) struct ObjectWriter {
     pub deployments: Api<Deployment>,
     pub services: Api<Service>,
-    pub knative_services: Api<DynamicObject>,
+    /// The owning objects' kind (Knative Services, or ContainerSources).
+    pub owners: Api<DynamicObject>,
     pub objects: Objects,
     pub leader: watch::Receiver<bool>,
     pub wanted: watch::Receiver<Wanted>,
@@ -239,12 +240,14 @@ impl ObjectWriter {
     /// exists (made by an earlier leader) is kept as it is.
     async fn create(&self, replicas: u32) -> Result<bool, kube::Error> {
         let owner = self.owner_reference().await;
-        let mut service = self.objects.service.clone();
-        service.metadata.owner_references = owner.clone().map(|o| vec![o]);
-        match self.services.create(&PostParams::default(), &service).await {
-            Ok(_) => {}
-            Err(error) if is_status(&error, 409) => {}
-            Err(error) => return Err(error),
+        if let Some(service) = &self.objects.service {
+            let mut service = service.clone();
+            service.metadata.owner_references = owner.clone().map(|o| vec![o]);
+            match self.services.create(&PostParams::default(), &service).await {
+                Ok(_) => {}
+                Err(error) if is_status(&error, 409) => {}
+                Err(error) => return Err(error),
+            }
         }
         let mut deployment = self.objects.deployment.clone();
         deployment.metadata.owner_references = owner.map(|o| vec![o]);
@@ -263,14 +266,15 @@ impl ObjectWriter {
         }
     }
 
-    /// The Knative Service as owner, so that deleting it deletes the
-    /// revision's objects; None (and a warning) if it cannot be read.
+    /// The Knative Service (or ContainerSource) as owner, so that deleting
+    /// it deletes the objects; None (and a warning) if it cannot be read.
     async fn owner_reference(&self) -> Option<OwnerReference> {
         let name = &self.objects.service_name;
-        match self.knative_services.get(name).await {
+        let owner = self.objects.owner;
+        match self.owners.get(name).await {
             Ok(service) => service.metadata.uid.map(|uid| OwnerReference {
-                api_version: "serving.knative.dev/v1".into(),
-                kind: "Service".into(),
+                api_version: owner.api_version(),
+                kind: owner.kind.into(),
                 name: name.clone(),
                 uid,
                 controller: Some(true),
@@ -279,7 +283,7 @@ impl ObjectWriter {
                 block_owner_deletion: Some(true),
             }),
             Err(error) => {
-                tracing::warn!(revision = %self.objects.revision, service = %name, error = %error, "cannot read the Knative Service; creating the revision's objects without an owner reference");
+                tracing::warn!(revision = %self.objects.revision, owner = %name, kind = owner.kind, error = %error, "cannot read the owner; creating the objects without an owner reference");
                 None
             }
         }
@@ -294,11 +298,15 @@ impl ObjectWriter {
                 .deployments
                 .delete(&self.objects.deployment_name(), &params)
                 .await;
-            let service = self
-                .services
-                .delete(&self.objects.private_service_name(), &params)
-                .await;
-            let failed = [deployment.err(), service.err()]
+            let service = match &self.objects.service {
+                Some(_) => self
+                    .services
+                    .delete(&self.objects.private_service_name(), &params)
+                    .await
+                    .err(),
+                None => None,
+            };
+            let failed = [deployment.err(), service]
                 .into_iter()
                 .flatten()
                 .find(|e| !is_status(e, 404));

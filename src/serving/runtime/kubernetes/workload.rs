@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use serde_json::{Map, Value, json};
 
 use crate::api::pod::{self, DEFAULT_PORT};
-use crate::serving::runtime::{CannotRun, Workload};
+use crate::serving::runtime::{CannotRun, Workload, WorkloadKind};
 
 /// Revision fields Knative reads itself; the rest of `spec.template.spec` is
 /// a pod spec.
@@ -25,15 +25,49 @@ const REVISION_ONLY_FIELDS: [&str; 4] = [
 /// names go.
 const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
 
-/// What a revision's runtime creates, named and labelled.
+/// What a workload's runtime creates, named and labelled.
 #[derive(Debug, Clone)]
 pub(super) struct Objects {
     pub namespace: String,
+    /// The owning object's name: the Knative Service, or a daemon's
+    /// ContainerSource.
     pub service_name: String,
     pub revision: String,
+    /// The owning object's kind, which deleting deletes these objects.
+    pub owner: Owner,
     /// `spec.replicas` is set when it is created.
     pub deployment: Deployment,
-    pub service: Service,
+    /// The headless Service whose EndpointSlices publish a revision's pods;
+    /// None for a daemon, which is never sent to.
+    pub service: Option<Service>,
+}
+
+/// The kind of the object that owns a workload's objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Owner {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+}
+
+impl Owner {
+    const KNATIVE_SERVICE: Owner = Owner {
+        group: "serving.knative.dev",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+    };
+    const CONTAINER_SOURCE: Owner = Owner {
+        group: "sources.knative.dev",
+        version: "v1",
+        kind: "ContainerSource",
+        plural: "containersources",
+    };
+
+    pub(super) fn api_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
 }
 
 impl Objects {
@@ -74,9 +108,63 @@ pub(super) fn labels(workload: &Workload) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// The labels of a daemon's pods: Knative's for a ContainerSource's, and
+/// one that selects this version of its template.
+fn daemon_labels(workload: &Workload) -> BTreeMap<String, String> {
+    [
+        (
+            "sources.knative.dev/containerSource",
+            workload.service.name.as_str(),
+        ),
+        (DAEMON_LABEL, workload.revision.as_str()),
+        ("app.kubernetes.io/managed-by", "pilotlight"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Selects the pods of one version of a daemon's template.
+const DAEMON_LABEL: &str = "pilotlight.dev/daemon";
+
 /// Builds the Deployment and Service, or says why the workload cannot run on
 /// Kubernetes, naming the field as it is in the Knative Service.
 pub(super) fn build(workload: &Workload) -> Result<Objects, CannotRun> {
+    check_images(workload)?;
+    match workload.kind {
+        WorkloadKind::Revision => build_revision(workload),
+        WorkloadKind::Daemon => build_daemon(workload),
+    }
+}
+
+/// A daemon is a Deployment alone: it has no port, so no Service, and its
+/// pod template is the user's with no probe added.
+fn build_daemon(workload: &Workload) -> Result<Objects, CannotRun> {
+    let labels = daemon_labels(workload);
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(&workload.revision),
+            "namespace": workload.service.namespace,
+            "labels": labels,
+        },
+        "spec": {
+            "selector": {"matchLabels": {DAEMON_LABEL: workload.revision}},
+            "template": pod_template(workload, None, &labels)?,
+        },
+    });
+    Ok(Objects {
+        namespace: workload.service.namespace.clone(),
+        service_name: workload.service.name.clone(),
+        revision: workload.revision.clone(),
+        owner: Owner::CONTAINER_SOURCE,
+        deployment: from_json(deployment)?,
+        service: None,
+    })
+}
+
+fn check_images(workload: &Workload) -> Result<(), CannotRun> {
     let containers = &workload.template.spec.containers;
     if let Some(i) = containers
         .iter()
@@ -87,6 +175,11 @@ pub(super) fn build(workload: &Workload) -> Result<Objects, CannotRun> {
              container images (a command alone runs only with the process runtime)"
         )));
     }
+    Ok(())
+}
+
+fn build_revision(workload: &Workload) -> Result<Objects, CannotRun> {
+    let containers = &workload.template.spec.containers;
     let serving = pod::serving_index(containers);
     let port = containers
         .get(serving)
@@ -104,7 +197,7 @@ pub(super) fn build(workload: &Workload) -> Result<Objects, CannotRun> {
         },
         "spec": {
             "selector": {"matchLabels": selector},
-            "template": pod_template(workload, serving, port, &labels)?,
+            "template": pod_template(workload, Some((serving, port)), &labels)?,
         },
     });
     let deployment: Deployment = from_json(deployment)?;
@@ -128,8 +221,9 @@ pub(super) fn build(workload: &Workload) -> Result<Objects, CannotRun> {
         namespace: workload.service.namespace.clone(),
         service_name: workload.service.name.clone(),
         revision: workload.revision.clone(),
+        owner: Owner::KNATIVE_SERVICE,
         deployment,
-        service: from_json(service)?,
+        service: Some(from_json(service)?),
     })
 }
 
@@ -145,10 +239,11 @@ fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, CannotRu
     })
 }
 
+/// The pod template: the user's, with our labels; `serving` is the serving
+/// container and its port (None for a daemon, which serves nothing).
 fn pod_template(
     workload: &Workload,
-    serving: usize,
-    port: u16,
+    serving: Option<(usize, u16)>,
     labels: &BTreeMap<String, String>,
 ) -> Result<Value, CannotRun> {
     let user = serde_json::to_value(&workload.template)
@@ -192,7 +287,9 @@ fn pod_template(
             continue;
         };
         container.entry("name").or_insert(json!(names[i]));
-        if i == serving {
+        if let Some((index, port)) = serving
+            && i == index
+        {
             complete_container(container, workload, port);
         }
     }
@@ -256,11 +353,37 @@ mod tests {
             revision: "cart-00002".into(),
             template: serde_json::from_value(template).expect("a template"),
             drain_timeout: Duration::from_secs(300),
+            kind: WorkloadKind::Revision,
         }
     }
 
     fn pod(objects: &Objects) -> Value {
         serde_json::to_value(&objects.deployment).expect("serializes")["spec"]["template"].clone()
+    }
+
+    #[test]
+    fn a_daemon_is_a_deployment_alone_with_no_port_and_no_probe() {
+        let mut daemon = workload(json!({"spec": {"containers": [
+            {"image": "heartbeats", "env": [{"name": "K_SINK", "value": "http://broker"}]}
+        ]}}));
+        daemon.kind = WorkloadKind::Daemon;
+        daemon.revision = "beats-0a1b2c3d".into();
+        let objects = build(&daemon).expect("builds");
+        assert!(objects.service.is_none());
+        assert_eq!(objects.owner, Owner::CONTAINER_SOURCE);
+        assert_eq!(objects.deployment_name(), "beats-0a1b2c3d-deployment");
+        let pod = pod(&objects);
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(
+            container["env"],
+            json!([{"name": "K_SINK", "value": "http://broker"}])
+        );
+        assert!(container.get("ports").is_none(), "{container}");
+        assert!(container.get("readinessProbe").is_none(), "{container}");
+        assert_eq!(
+            pod["metadata"]["labels"][DAEMON_LABEL],
+            json!("beats-0a1b2c3d")
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use super::config::ConfigObjects;
 use super::{
     CannotRun, Deployment, DeploymentStatus, Endpoint, PodSpec, RuntimeCondition, StartState,
-    Workload,
+    Workload, WorkloadKind,
 };
 use crate::api::ObjectKey;
 
@@ -49,8 +49,16 @@ impl LocalWorkload {
     /// Converts; a template that cannot run on one machine is refused with
     /// its field.
     pub(crate) fn of(workload: &Workload) -> Result<LocalWorkload, CannotRun> {
-        let pod =
+        let mut pod =
             PodSpec::from_template(&workload.template).map_err(|e| CannotRun(e.to_string()))?;
+        if workload.kind == WorkloadKind::Daemon {
+            // Nothing listens: no port to give it, none to probe; it is
+            // ready while it runs.
+            for container in &mut pod.containers {
+                container.port = None;
+                container.readiness = None;
+            }
+        }
         Ok(LocalWorkload {
             service: workload.service.clone(),
             revision: workload.revision.clone(),

@@ -41,8 +41,14 @@ impl Launcher for ProcessLauncher {
     }
 
     async fn launch(&self, instance: &Arc<str>) -> Result<Box<dyn Launched>, String> {
-        let port =
-            free_port().map_err(|e| format!("instance {instance} cannot get a free port: {e}"))?;
+        // A daemon's pod has no serving port: it gets no PORT.
+        let port = match self.workload.pod.serving_container().port {
+            Some(_) => Some(
+                free_port()
+                    .map_err(|e| format!("instance {instance} cannot get a free port: {e}"))?,
+            ),
+            None => None,
+        };
         let objects = self.objects.borrow().clone();
         let pod = &self.workload.pod;
         let mut processes = Vec::with_capacity(pod.containers.len());
@@ -73,12 +79,12 @@ impl Launcher for ProcessLauncher {
 
 impl ProcessLauncher {
     /// Spawns the process of `containers[index]`; `port` is the serving
-    /// container's.
+    /// container's, when it has one.
     async fn spawn_container(
         &self,
         instance: &Arc<str>,
         index: usize,
-        port: u16,
+        port: Option<u16>,
         objects: &ConfigObjects,
     ) -> Result<Process, String> {
         let workload = &self.workload;
@@ -86,7 +92,7 @@ impl ProcessLauncher {
         let serving = index == workload.pod.serving;
         let env = config::environment(container, objects, &workload.service.namespace, instance)
             .map_err(|e| format!("instance {instance} cannot start: {e}"))?;
-        let command = command(workload, container, env, serving.then_some(port))
+        let command = command(workload, container, env, port.filter(|_| serving))
             .map_err(|e| format!("instance {instance} cannot start: {e}"))?;
         let program = command
             .as_std()
@@ -130,7 +136,8 @@ impl Process {
 
 struct LaunchedProcesses {
     instance: Arc<str>,
-    port: u16,
+    /// The serving port; None for a daemon, which is never sent to.
+    port: Option<u16>,
     /// The serving container's process first.
     processes: Vec<Process>,
 }
@@ -138,7 +145,7 @@ struct LaunchedProcesses {
 #[async_trait::async_trait]
 impl Launched for LaunchedProcesses {
     fn address(&self, port: Option<u16>) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, port.unwrap_or(self.port)))
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port.or(self.port).unwrap_or(0)))
     }
 
     async fn exited(&mut self) -> String {

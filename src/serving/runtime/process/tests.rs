@@ -15,7 +15,7 @@ use crate::api::service::{
     Container, EnvVar, HttpGetAction, Probe, RevisionSpec, RevisionTemplate,
 };
 use crate::serving::runtime::config::ConfigData;
-use crate::serving::runtime::{DeploymentStatus, Endpoint};
+use crate::serving::runtime::{DeploymentStatus, Endpoint, WorkloadKind};
 
 /// Generous: the machine is shared, and a slow pass beats a flaky one.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -70,6 +70,7 @@ fn workload_of(containers: Vec<Container>) -> Workload {
             ..RevisionTemplate::default()
         },
         drain_timeout: Duration::from_secs(60),
+        kind: WorkloadKind::Revision,
     }
 }
 
