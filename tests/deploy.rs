@@ -413,6 +413,7 @@ fn the_example_manifests_pass_their_crds() {
         "KafkaSource",
         "RabbitmqSource",
         "RabbitmqBrokerConfig",
+        "JobSink",
     ];
     assert_eq!(
         checked,

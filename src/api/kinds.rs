@@ -39,6 +39,8 @@ pub enum Role {
     Service,
     /// Runs it as a source of events.
     Source,
+    /// Receives events and acts on each (a JobSink runs a job per event).
+    Sink,
     /// Only reads it where another object refers to it (a Broker's
     /// `spec.config`, a Secret with credentials): no status, no finalizer.
     Referenced,
@@ -168,6 +170,7 @@ kinds! {
         in ["eventing.knative.dev/v1alpha1"] as Referenced, named Subdomain;
     RabbitmqSource(super::sources::rabbitmq::RabbitmqSource)
         in ["sources.knative.dev/v1alpha1"] as Source, named Subdomain;
+    JobSink(super::jobsink::JobSink) in ["sinks.knative.dev/v1alpha1"] as Sink, named Subdomain;
 }
 
 /// Deserialises with the path of the failing field.

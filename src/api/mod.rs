@@ -13,6 +13,7 @@ mod duration;
 pub mod filter;
 mod hint;
 pub(crate) mod index;
+pub mod jobsink;
 pub mod kinds;
 pub(crate) mod manifest;
 mod meta;

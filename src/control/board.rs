@@ -3,8 +3,9 @@
 //! object's `status`. Brokers and triggers are as the last apply left them,
 //! with what changes between applies read live: a broker's backend health
 //! (its RabbitMQ or Kafka connection), a trigger's backlog when listed.
-//! Services, Revisions, Routes and sources are read live, since instances
-//! and sources change state between applies.
+//! Services, Revisions, Routes, sources and JobSinks (with their jobs) are
+//! read live, since instances, sources and jobs change state between
+//! applies.
 
 use std::sync::{Arc, RwLock};
 
@@ -23,16 +24,18 @@ pub(crate) enum Collection {
     Revisions,
     Routes,
     Sources,
+    JobSinks,
 }
 
 impl Collection {
-    const ALL: [Collection; 6] = [
+    const ALL: [Collection; 7] = [
         Collection::Brokers,
         Collection::Triggers,
         Collection::Services,
         Collection::Revisions,
         Collection::Routes,
         Collection::Sources,
+        Collection::JobSinks,
     ];
 
     /// Its name in the admin API's path, `/api/v1/{name}`.
@@ -44,6 +47,7 @@ impl Collection {
             Collection::Revisions => "revisions",
             Collection::Routes => "routes",
             Collection::Sources => "sources",
+            Collection::JobSinks => "jobsinks",
         }
     }
 
@@ -93,6 +97,7 @@ impl StatusBoard {
             Collection::Services => self.serving.services(namespace).await,
             Collection::Revisions => self.serving.revisions(namespace).await,
             Collection::Routes => self.serving.routes(namespace).await,
+            Collection::JobSinks => self.jobsinks(namespace),
         }
     }
 
@@ -106,12 +111,27 @@ impl StatusBoard {
         let views = match kind {
             "Broker" | "Trigger" => return self.eventing.applied_status(kind, key),
             "Service" => self.serving.services(namespace).await,
+            "JobSink" => self.jobsinks(namespace),
             _ => self.eventing.sources(namespace).await,
         };
         views
             .into_iter()
             .find(|v| v.kind == kind && v.metadata.name == key.name)
             .map(|v| v.status)
+    }
+
+    /// JobSinks with their jobs, each annotated with its job endpoint
+    /// (`pilotlight.dev/job-endpoint`), where its events are delivered.
+    fn jobsinks(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let mut views = self.serving.jobsinks(namespace);
+        for view in &mut views {
+            let key = ObjectKey::new(&view.metadata.namespace, &view.metadata.name);
+            let url = super::admin::jobsink_url(self.serving.jobs(), &key);
+            view.metadata
+                .annotations
+                .insert("pilotlight.dev/job-endpoint".into(), url);
+        }
+        views
     }
 
     /// Publishes the figures `/metrics` shows besides the counters (each

@@ -155,6 +155,7 @@ impl ControlPlane {
     async fn apply_locked(&self, applying: &mut Applying, manifests: Arc<Manifests>) {
         applying.latest = Some(manifests.clone());
         let mut services = Vec::new();
+        let mut jobsinks = Vec::new();
         let mut eventing = EventingObjects::default();
         for loaded in &manifests.objects {
             let key = loaded.resource.metadata().key();
@@ -167,6 +168,7 @@ impl ControlPlane {
                     eventing.triggers.insert(key, loaded);
                 }
                 Role::Source => eventing.sources.push(loaded),
+                Role::Sink => jobsinks.push(loaded),
                 // Read through the object index by whatever refers to them.
                 Role::Referenced => {}
             }
@@ -174,12 +176,40 @@ impl ControlPlane {
         self.serving
             .apply(&services, config_objects(&manifests))
             .await;
+        self.serving.apply_jobsinks(&jobsinks);
         let index = ObjectIndex::new(&manifests);
         let serving = self.serving.clone();
         let service_url = move |key: &ObjectKey| serving.service_url(key);
         let backends_failed = self.eventing.apply(&eventing, &index, &service_url).await;
         self.backends_failed.send_replace(backends_failed);
         self.board.set_errors(manifests.errors.clone());
+    }
+
+    /// Where the eventing half delivers a JobSink's events: the job endpoint
+    /// of the admin listener (see `serving::jobs` for its contract), such as
+    /// `http://127.0.0.1:9090/internal/v1/jobsinks/default/logger`.
+    #[allow(
+        dead_code,
+        reason = "the eventing wiring of JobSinks (issue 19) calls it"
+    )]
+    pub(crate) fn jobsink_url(&self, key: &ObjectKey) -> String {
+        super::admin::jobsink_url(self.serving.jobs(), key)
+    }
+
+    /// Jobs of a JobSink at once: its `pilotlight.dev/max-running-jobs`
+    /// annotation, else `--max-running-jobs`; the in-flight limit of the
+    /// subscription that delivers to [`ControlPlane::jobsink_url`].
+    #[allow(
+        dead_code,
+        reason = "the eventing wiring of JobSinks (issue 19) calls it"
+    )]
+    pub(crate) fn max_running_jobs(&self, sink: &crate::api::jobsink::JobSink) -> usize {
+        self.serving.jobs().max_running_jobs(sink)
+    }
+
+    /// The job runner, for the job endpoint.
+    pub(crate) fn jobs(&self) -> &Arc<crate::serving::jobs::JobSinks> {
+        self.serving.jobs()
     }
 
     /// Stops sources, dispatchers, backends and instances, saving cursors.

@@ -7,10 +7,12 @@
 //!   as endpoints.
 //! - [`autoscaler`]: Knative's KPA, deciding how many instances each revision needs
 //!   from the load the proxy counts.
+//! - [`jobs`]: JobSinks' jobs, one per event, run to completion.
 
 pub(crate) mod autoscaler;
 pub(crate) mod controller;
 mod history;
+pub mod jobs;
 pub(crate) mod proxy;
 mod revision;
 pub(crate) mod router;

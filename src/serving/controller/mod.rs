@@ -22,6 +22,7 @@ use crate::api::status::Status;
 use crate::desired::take_gone;
 use crate::serving::autoscaler::{ClusterStats, RevisionStats, Scaler};
 use crate::serving::history::{RecordedRevision, RevisionHistory};
+use crate::serving::jobs::JobSinks;
 use crate::serving::revision::{Revision, RevisionParts};
 use crate::serving::router::{HostRoute, RouteTable, Router};
 use crate::serving::runtime::config::ConfigObjects;
@@ -128,6 +129,8 @@ pub(crate) struct ServingController {
     refresh: Arc<Notify>,
     /// The loaded Secrets and ConfigMaps, published for the local runtimes.
     config_objects: watch::Sender<Arc<ConfigObjects>>,
+    /// JobSinks and their jobs.
+    jobs: Arc<JobSinks>,
 }
 
 impl ServingController {
@@ -137,6 +140,7 @@ impl ServingController {
         settings: ServingSettings,
         runtime: Arc<dyn Runtime>,
         config_objects: watch::Sender<Arc<ConfigObjects>>,
+        jobs: Arc<JobSinks>,
     ) -> Arc<Self> {
         let history = RevisionHistory::load(&settings.data_dir.join("serving"));
         let control = Arc::new(ServingController {
@@ -148,12 +152,28 @@ impl ServingController {
             urls: RwLock::new(BTreeMap::new()),
             refresh: Arc::new(Notify::new()),
             config_objects,
+            jobs,
         });
         tokio::spawn(refresh_loop(
             Arc::downgrade(&control),
             control.refresh.clone(),
         ));
         control
+    }
+
+    /// JobSinks and their jobs: the job endpoint's runner.
+    pub(crate) fn jobs(&self) -> &Arc<JobSinks> {
+        &self.jobs
+    }
+
+    /// Brings the JobSinks to the loaded ones.
+    pub(crate) fn apply_jobsinks(&self, sinks: &[&Loaded]) {
+        self.jobs.apply(sinks);
+    }
+
+    /// Every JobSink with its jobs, for `get` and status writes.
+    pub(crate) fn jobsinks(&self, namespace: Option<&str>) -> Vec<crate::api::status::ObjectView> {
+        self.jobs.views(namespace)
     }
 
     pub(crate) fn router(&self) -> Arc<Router> {
@@ -438,6 +458,8 @@ impl ServingController {
 
     /// Stops every instance of every revision.
     pub(crate) async fn shutdown(&self) {
+        // Running jobs stop; their events are delivered again after a restart.
+        self.jobs.shutdown().await;
         let mut state = self.state.lock().await;
         let all: Vec<RunningRevision> = std::mem::take(&mut state.services)
             .into_values()
