@@ -352,3 +352,91 @@ async fn a_container_job_reads_the_event_mounted_as_knative_mounts_it() {
     }
     assert_eq!(left, 0, "a job's containers outlived it");
 }
+
+/// Kubernetes mode: the job is a batch/v1 Job with the event in a Secret
+/// mounted where Knative mounts it, both owned by the JobSink; the endpoint
+/// answers once the Job's condition says it ended, and the Secret goes.
+#[tokio::test]
+async fn in_kubernetes_mode_a_job_is_a_job_with_the_event_in_a_secret() {
+    use support::apiserver::FakeApiServer;
+    let fake = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = "apiVersion: sinks.knative.dev/v1alpha1\nkind: JobSink\nmetadata:\n  name: logger\n  namespace: default\nspec:\n  job:\n    spec:\n      backoffLimit: 1\n      template:\n        spec:\n          containers:\n            - name: main\n              image: docker.io/library/bash:5\n              command: [cat]\n              args: [/etc/jobsink-event/event]\n";
+    let object: serde_json::Value = serde_saphyr::from_str(manifest).expect("yaml");
+    fake.create(object);
+    let server = pilotlight::server::Server::start(fake.replica_config(dir.path(), "r1"))
+        .await
+        .expect("starts");
+    let url = format!(
+        "http://{}/internal/v1/jobsinks/default/logger",
+        server.admin
+    );
+    let post = tokio::spawn(async move {
+        request(
+            Method::POST,
+            &url,
+            &[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "123"),
+                ("ce-source", "my/curl/command"),
+                ("ce-type", "my.demo.event"),
+            ],
+            "hello",
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let jobs = fake.list("batch/v1", "Job", Some("default"));
+        if let Some(job) = jobs.into_iter().next() {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "no Job was made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let name = job["metadata"]["name"].as_str().expect("name").to_owned();
+    assert!(name.starts_with("logger-"), "{name}");
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "JobSink");
+    assert_eq!(
+        job["metadata"]["labels"]["sinks.knative.dev/job-sink-name"],
+        "logger"
+    );
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], name.as_str());
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/etc/jobsink-event"
+    );
+    let secret = fake
+        .get("v1", "Secret", "default", &name)
+        .expect("the event's Secret");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "JobSink");
+    let encoded = secret["data"]["event"].as_str().expect("event");
+    let event = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+        .expect("base64");
+    let event: serde_json::Value = serde_json::from_slice(&event).expect("json");
+    assert_eq!(event["id"], "123");
+    assert_eq!(event["source"], "my/curl/command");
+
+    // Kubernetes runs it: the Job completes.
+    let mut done = job.clone();
+    done["status"] = serde_json::json!({
+        "succeeded": 1,
+        "conditions": [{"type": "Complete", "status": "True"}],
+    });
+    fake.put(done);
+    let reply = tokio::time::timeout(Duration::from_secs(30), post)
+        .await
+        .expect("answered once the Job completed")
+        .expect("no panic");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let record: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+    assert_eq!(record["state"], "Succeeded", "{record}");
+    assert_eq!(record["name"], name.as_str());
+    assert!(
+        fake.get("v1", "Secret", "default", &name).is_none(),
+        "the event's Secret is deleted once the Job ended"
+    );
+    server.shutdown().await;
+}
