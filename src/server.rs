@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::api::autoscaling::AutoscalerDefaults;
 use crate::api::broker::BrokerClass;
+use crate::api::pod::ContainerNetwork;
 use crate::control::admin::{self, AdminState, Peers};
 use crate::control::kubernetes::leader::LeaderElector;
 use crate::control::kubernetes::peers::{self, PeerToken};
@@ -35,9 +36,11 @@ use crate::eventing::source::{PingClock, Replication};
 use crate::http_util::text;
 use crate::serving::autoscaler::ClusterStats;
 use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
+use crate::serving::jobs::{JobRuntime, JobSettings, JobSinks, KubernetesJobs, LocalJobs};
 use crate::serving::proxy::Proxy;
 use crate::serving::router::{HostMatch, Router};
 use crate::serving::runtime::config::ConfigObjects;
+use crate::serving::runtime::container::engine::EngineConnector;
 use crate::serving::runtime::container::{ContainerConfig, ContainerRuntime};
 use crate::serving::runtime::kubernetes::KubernetesRuntime;
 use crate::serving::runtime::local::LocalConfig;
@@ -174,6 +177,9 @@ pub struct ServingConfig {
     pub local: LocalConfig,
     /// Where the container engine is and how instances are networked.
     pub container: ContainerConfig,
+    /// JobSinks' jobs: the default concurrency limit (`--max-running-jobs`)
+    /// and the retry backoff (`data_dir` is the server's).
+    pub jobs: JobSettings,
 }
 
 impl Default for ServingConfig {
@@ -185,6 +191,7 @@ impl Default for ServingConfig {
             retained_revisions: 20,
             local: LocalConfig::default(),
             container: ContainerConfig::default(),
+            jobs: JobSettings::default(),
         }
     }
 }
@@ -252,7 +259,8 @@ impl Server {
             None => None,
         };
         let registry = Arc::new(BrokerRegistry::default());
-        let (control, router) = control_plane(&config, listen, cluster.as_ref(), registry.clone());
+        let (control, router) =
+            control_plane(&config, listen, admin, cluster.as_ref(), registry.clone());
         let ready = Arc::new(AtomicBool::new(false));
 
         let main = MainService {
@@ -322,19 +330,33 @@ async fn bind(config: &ServerConfig) -> anyhow::Result<(TcpListener, TcpListener
 fn control_plane(
     config: &ServerConfig,
     listen: SocketAddr,
+    admin: SocketAddr,
     cluster: Option<&Cluster>,
     registry: Arc<BrokerRegistry>,
 ) -> (Arc<ControlPlane>, Arc<Router>) {
     let (config_objects, objects) = watch::channel(Arc::new(ConfigObjects::default()));
-    let runtime = match cluster {
-        Some(cluster) => cluster.runtime(),
-        None => local_runtimes(config, objects),
+    let job_settings = JobSettings {
+        data_dir: config.data_dir.clone(),
+        ..config.serving.jobs.clone()
     };
+    let (runtime, job_runtime): (Arc<dyn Runtime>, Arc<dyn JobRuntime>) = match cluster {
+        Some(cluster) => (
+            cluster.runtime(),
+            Arc::new(KubernetesJobs::new(cluster.client.clone())),
+        ),
+        None => {
+            let (runtime, connector, network) = local_runtimes(config, objects.clone());
+            let jobs = LocalJobs::new(job_settings.clone(), objects, connector, network);
+            (runtime, Arc::new(jobs))
+        }
+    };
+    let jobs = JobSinks::new(job_settings, job_runtime, local_url(admin));
     let stats = cluster.map_or_else(ClusterStats::alone, |cluster| cluster.stats.clone());
     let serving = ServingController::new(
         config.serving_settings(listen, stats),
         runtime,
         config_objects,
+        jobs,
     );
     let router = serving.router();
     let eventing = EventingController::new(
@@ -397,13 +419,29 @@ async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::
     }
 }
 
+/// How this process reaches one of its own listeners: the bound address,
+/// or loopback when it listens on every address.
+fn local_url(address: SocketAddr) -> String {
+    let ip = match address.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, address.port()))
+}
+
 /// One machine's runtimes: processes, and containers in an engine (which is
 /// connected at start when this data folder ran containers before, so that
-/// what a killed run left goes at once).
+/// what a killed run left goes at once). Also returns the engine
+/// connection and the default container network, which jobs share.
 fn local_runtimes(
     config: &ServerConfig,
     objects: watch::Receiver<Arc<ConfigObjects>>,
-) -> Arc<dyn Runtime> {
+) -> (Arc<dyn Runtime>, Arc<EngineConnector>, ContainerNetwork) {
     let serving = &config.serving;
     let container = ContainerRuntime::new(
         serving.container.clone(),
@@ -412,10 +450,13 @@ fn local_runtimes(
         objects.clone(),
     );
     container.connect_in_background();
-    Arc::new(LocalRuntimes {
+    let connector = container.connector();
+    let network = container.network();
+    let runtime = Arc::new(LocalRuntimes {
         process: ProcessRuntime::new(serving.local, objects),
         container,
-    })
+    });
+    (runtime, connector, network)
 }
 
 /// File mode: applies the manifests, then (with `watch`) re-applies them

@@ -414,6 +414,7 @@ fn the_example_manifests_pass_their_crds() {
         "RabbitmqSource",
         "RabbitmqBrokerConfig",
         "ContainerSource",
+        "JobSink",
     ];
     assert_eq!(
         checked,

@@ -49,6 +49,8 @@ pub enum Role {
     /// Binds a sink into the pods of another object (SinkBinding): changes
     /// what that object runs, so it is applied before everything else.
     Binding,
+    /// Receives events and acts on each (a JobSink runs a job per event).
+    Sink,
     /// Only reads it where another object refers to it (a Broker's
     /// `spec.config`, a Secret with credentials): no status, no finalizer.
     Referenced,
@@ -191,6 +193,7 @@ kinds! {
         in ["sources.knative.dev/v1"] as Source, named Subdomain;
     SinkBinding(super::sources::sinkbinding::SinkBinding)
         in ["sources.knative.dev/v1"] as Binding, named Subdomain;
+    JobSink(super::jobsink::JobSink) in ["sinks.knative.dev/v1alpha1"] as Sink, named Subdomain;
 }
 
 /// Deserialises with the path of the failing field.

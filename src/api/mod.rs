@@ -15,6 +15,7 @@ pub mod filter;
 pub(crate) mod flows;
 mod hint;
 pub(crate) mod index;
+pub mod jobsink;
 pub mod kinds;
 pub(crate) mod manifest;
 mod meta;

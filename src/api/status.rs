@@ -40,6 +40,9 @@ pub(crate) struct Status {
     /// Trigger: events removed by retention before it read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_to_retention: Option<u64>,
+    /// JobSink: its jobs, newest first (pilotlight's own field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<Vec<super::jobsink::JobRecord>>,
     /// Services, routes and revisions only.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<Box<ServingStatus>>,

@@ -1,5 +1,5 @@
-//! `pilotlight get brokers|triggers|ksvc|revisions|routes`: a kubectl-style
-//! view of a running server.
+//! `pilotlight get brokers|triggers|ksvc|revisions|routes|sources|jobsinks`:
+//! a kubectl-style view of a running server.
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -32,6 +32,10 @@ pub enum Kind {
     Sequences,
     #[value(alias = "parallel")]
     Parallels,
+    /// JobSinks, with a count of their jobs and the last one's outcome (`-o
+    /// yaml` lists each job with its exit code and last output lines).
+    #[value(alias = "jobsink")]
+    Jobsinks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,6 +86,7 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
         Kind::Subscriptions => "subscriptions",
         Kind::Sequences => "sequences",
         Kind::Parallels => "parallels",
+        Kind::Jobsinks => "jobsinks",
     };
     let query = args
         .namespace
@@ -143,6 +148,16 @@ fn columns(kind: Kind) -> &'static [&'static str] {
             "REASON",
         ],
         Kind::Sequences | Kind::Parallels => &["NAMESPACE", "NAME", "URL", "READY", "REASON"],
+        Kind::Jobsinks => &[
+            "NAMESPACE",
+            "NAME",
+            "URL",
+            "RUNTIME",
+            "JOBS",
+            "LAST",
+            "READY",
+            "REASON",
+        ],
         Kind::Brokers => &["NAMESPACE", "NAME", "CLASS", "URL", "READY", "REASON"],
         Kind::Triggers => &[
             "NAMESPACE",
@@ -247,6 +262,26 @@ fn details(kind: Kind, item: &ObjectView) -> Vec<String> {
             ]
         }
         Kind::Sequences | Kind::Parallels => vec![address()],
+        Kind::Jobsinks => {
+            let jobs = item.status.jobs.as_deref().unwrap_or_default();
+            vec![
+                item.status
+                    .address
+                    .as_ref()
+                    .map(|a| a.url.clone())
+                    .unwrap_or_default(),
+                item.metadata
+                    .annotations
+                    .get("pilotlight.dev/runtime")
+                    .cloned()
+                    .unwrap_or_default(),
+                job_counts(jobs),
+                jobs.iter()
+                    .find(|j| !j.is_running())
+                    .map(last_job)
+                    .unwrap_or_default(),
+            ]
+        }
         Kind::Triggers => vec![
             item.spec
                 .get("broker")
@@ -301,6 +336,30 @@ fn messages(items: &[ObjectView]) -> String {
         out.push_str(&format!("{namespace}/{name}: {message}\n"));
     }
     out
+}
+
+/// `2 running, 5 succeeded, 1 failed`, leaving out what is zero.
+fn job_counts(jobs: &[crate::api::jobsink::JobRecord]) -> String {
+    use crate::api::jobsink::JobRecord;
+    let count = |state: &str| jobs.iter().filter(|j| j.state == state).count();
+    [
+        (count(JobRecord::RUNNING), "running"),
+        (count(JobRecord::SUCCEEDED), "succeeded"),
+        (count(JobRecord::FAILED), "failed"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
+/// The last finished job: `Succeeded` or `Failed (exit 3)`.
+fn last_job(job: &crate::api::jobsink::JobRecord) -> String {
+    match (job.state.as_str(), job.exit_code) {
+        ("Failed", Some(code)) => format!("Failed (exit {code})"),
+        (state, _) => state.to_owned(),
+    }
 }
 
 fn header(names: &[&str]) -> Vec<String> {

@@ -16,6 +16,7 @@ use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES;
 use crate::server::{Server, ServerConfig, ServingConfig};
+use crate::serving::jobs::JobSettings;
 use crate::serving::runtime::container::ContainerConfig;
 use crate::serving::runtime::container::engine::socket_path;
 
@@ -95,6 +96,10 @@ pub struct RunArgs {
     /// Requests one revision holds while no instance has room; more get 503.
     #[arg(long, env = "PILOTLIGHT_MAX_QUEUED_REQUESTS", default_value_t = 1000)]
     pub max_queued_requests: usize,
+    /// Jobs of one JobSink that run at once; more events wait, stored (the
+    /// annotation pilotlight.dev/max-running-jobs overrides).
+    #[arg(long, env = "PILOTLIGHT_MAX_RUNNING_JOBS", default_value_t = 4)]
+    pub max_running_jobs: usize,
     /// Revisions without traffic kept per service; older ones are removed.
     #[arg(long, env = "PILOTLIGHT_REVISION_RETENTION", default_value_t = 20)]
     pub revision_retention: usize,
@@ -165,6 +170,10 @@ impl RunArgs {
             queue_limit: self.max_queued_requests.max(1),
             retained_revisions: self.revision_retention,
             container: self.container_config()?,
+            jobs: JobSettings {
+                max_running_jobs: self.max_running_jobs.max(1),
+                ..JobSettings::default()
+            },
             ..ServingConfig::default()
         };
         Ok(ServerConfig {

@@ -8,11 +8,11 @@
 mod http_binding;
 mod validate;
 
-pub use http_binding::parse_http;
 pub(crate) use http_binding::{
     BindingError, CONTENT_TYPE_STRUCTURED, carries_event, encode_binary_headers, encode_structured,
     is_json_media_type,
 };
+pub use http_binding::{Mode, parse_http};
 pub(crate) use validate::{ValidationError, is_valid_name as is_valid_attribute_name};
 
 use bytes::Bytes;

@@ -1,5 +1,8 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the API that
-//! `pilotlight get` reads (`/api/v1/{brokers,triggers,services,revisions,routes,sources}`).
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, the API that
+//! `pilotlight get` reads (`/api/v1/{brokers,triggers,services,revisions,routes,sources,jobsinks}`),
+//! and the job endpoint JobSinks' events are delivered to
+//! (`POST /internal/v1/jobsinks/{namespace}/{name}`; its contract is in
+//! `serving::jobs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +20,11 @@ use serde::Deserialize;
 use super::board::Collection;
 use super::kubernetes::peers::PeerToken;
 use super::reconcile::ControlPlane;
+use crate::api::ObjectKey;
+use crate::cloudevent::{Mode, parse_http};
 use crate::serving::autoscaler::ClusterStats;
 use crate::serving::autoscaler::peers::{STATS_PATH, StatsReport};
+use crate::serving::jobs::{JobError, JobSinks};
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -45,6 +51,10 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/{collection}", get(list))
         .route(STATS_PATH, post(receive_stats))
+        .route(
+            &format!("{JOBSINKS_PATH}/{{namespace}}/{{name}}"),
+            post(run_job),
+        )
         .with_state(state)
 }
 
@@ -103,6 +113,56 @@ async fn receive_stats(
         StatusCode::NO_CONTENT.into_response()
     } else {
         (StatusCode::CONFLICT, "this replica does not lead\n").into_response()
+    }
+}
+
+/// Where the job endpoint is: `{JOBSINKS_PATH}/{namespace}/{name}`.
+const JOBSINKS_PATH: &str = "/internal/v1/jobsinks";
+
+/// The path of a JobSink's job endpoint on the admin listener.
+pub(crate) fn jobsink_path(key: &ObjectKey) -> String {
+    format!("{JOBSINKS_PATH}/{}/{}", key.namespace, key.name)
+}
+
+/// The URL of a JobSink's job endpoint, as this process reaches its own
+/// admin listener.
+pub(crate) fn jobsink_url(jobs: &JobSinks, key: &ObjectKey) -> String {
+    format!("{}{}", jobs.endpoint_base(), jobsink_path(key))
+}
+
+/// Runs the job of the one CloudEvent in the request and answers once it
+/// ended: 200 with its record (succeeded or failed), 400 for no valid
+/// event, 404 for an unknown JobSink, 503 when jobs cannot start (see
+/// `serving::jobs`).
+async fn run_job(
+    State(state): State<AdminState>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = ObjectKey::new(namespace, name);
+    let event = match parse_http(&headers, body) {
+        Ok((Mode::Batch, _)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "a batch of events: send one event per request\n",
+            )
+                .into_response();
+        }
+        Ok((_, mut events)) if events.len() == 1 => events.remove(0),
+        Ok(_) => {
+            return (StatusCode::BAD_REQUEST, "send exactly one event\n").into_response();
+        }
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match state.control.jobs().run(&key, event).await {
+        Ok(record) => Json(record).into_response(),
+        Err(e @ JobError::UnknownSink(_)) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Err(e @ (JobError::CannotStart { .. } | JobError::Stopping)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+        }
     }
 }
 

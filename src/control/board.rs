@@ -3,8 +3,9 @@
 //! object's `status`. Brokers and triggers are as the last apply left them,
 //! with what changes between applies read live: a broker's backend health
 //! (its RabbitMQ or Kafka connection), a trigger's backlog when listed.
-//! Services, Revisions, Routes and sources are read live, since instances
-//! and sources change state between applies.
+//! Services, Revisions, Routes, sources and JobSinks (with their jobs) are
+//! read live, since instances, sources and jobs change state between
+//! applies.
 
 use std::sync::{Arc, RwLock};
 
@@ -28,10 +29,11 @@ pub(crate) enum Collection {
     Subscriptions,
     Sequences,
     Parallels,
+    JobSinks,
 }
 
 impl Collection {
-    const ALL: [Collection; 10] = [
+    const ALL: [Collection; 11] = [
         Collection::Brokers,
         Collection::Triggers,
         Collection::Services,
@@ -42,6 +44,7 @@ impl Collection {
         Collection::Subscriptions,
         Collection::Sequences,
         Collection::Parallels,
+        Collection::JobSinks,
     ];
 
     /// Its name in the admin API's path, `/api/v1/{name}`.
@@ -57,6 +60,7 @@ impl Collection {
             Collection::Subscriptions => "subscriptions",
             Collection::Sequences => "sequences",
             Collection::Parallels => "parallels",
+            Collection::JobSinks => "jobsinks",
         }
     }
 
@@ -117,6 +121,7 @@ impl StatusBoard {
             Collection::Subscriptions => self.eventing.subscriptions(namespace),
             Collection::Sequences => self.eventing.flows("Sequence", namespace),
             Collection::Parallels => self.eventing.flows("Parallel", namespace),
+            Collection::JobSinks => self.jobsinks(namespace),
         }
     }
 
@@ -134,6 +139,7 @@ impl StatusBoard {
             }
             "Service" => self.serving.services(namespace).await,
             "ContainerSource" | "SinkBinding" => self.sinks.list(namespace, &self.serving).await,
+            "JobSink" => self.jobsinks(namespace),
             _ => self.eventing.sources(namespace).await,
         };
         views
@@ -147,6 +153,20 @@ impl StatusBoard {
     async fn sources(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         let mut views = self.eventing.sources(namespace).await;
         views.extend(self.sinks.list(namespace, &self.serving).await);
+        views
+    }
+
+    /// JobSinks with their jobs, each annotated with its job endpoint
+    /// (`pilotlight.dev/job-endpoint`), where its events are delivered.
+    fn jobsinks(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let mut views = self.serving.jobsinks(namespace);
+        for view in &mut views {
+            let key = ObjectKey::new(&view.metadata.namespace, &view.metadata.name);
+            let url = super::admin::jobsink_url(self.serving.jobs(), &key);
+            view.metadata
+                .annotations
+                .insert("pilotlight.dev/job-endpoint".into(), url);
+        }
         views
     }
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 mod board;
+mod jobsink_intake;
 pub mod kubernetes;
 pub mod manifest;
 pub(crate) mod reconcile;

@@ -8,13 +8,14 @@
 //! interleave and none runs after shutdown; a broker whose backend failed to
 //! start is tried again with backoff.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::board::StatusBoard;
+use super::jobsink_intake;
 use super::sinks::{self, SinkPlan, SinkViews};
 use crate::api::index::ObjectIndex;
 use crate::api::kinds::Role;
@@ -165,9 +166,21 @@ impl ControlPlane {
     /// backends comes here too, without logging the refusals again.
     async fn apply_locked(&self, applying: &mut Applying, manifests: Arc<Manifests>) {
         applying.latest = Some(manifests.clone());
-        // The channels and subscriptions that flows own run as any other.
-        let owned: Vec<_> = manifests.objects.iter().flat_map(flows::expand).collect();
+        // The channels and subscriptions that flows and JobSinks own run as
+        // any other.
+        let owned: Vec<_> = manifests
+            .objects
+            .iter()
+            .flat_map(|loaded| match &loaded.resource {
+                Resource::JobSink(sink) => {
+                    let endpoint = self.jobsink_url(&loaded.resource.metadata().key());
+                    jobsink_intake::intake(loaded, endpoint, self.max_running_jobs(sink))
+                }
+                _ => flows::expand(loaded),
+            })
+            .collect();
         let mut services = Vec::new();
+        let mut jobsinks = Vec::new();
         let mut eventing = EventingObjects::default();
         for loaded in manifests.objects.iter().chain(&owned) {
             let key = loaded.resource.metadata().key();
@@ -189,6 +202,14 @@ impl ControlPlane {
                 Role::Flow => eventing.flows.push(loaded),
                 // Planned below, before serving sees the Services.
                 Role::Binding => {}
+                Role::Sink => {
+                    let channel = ObjectKey::new(
+                        key.namespace.clone(),
+                        jobsink_intake::intake_channel(&key.name),
+                    );
+                    eventing.addressed.push((loaded, channel));
+                    jobsinks.push(loaded);
+                }
                 // Read through the object index by whatever refers to them.
                 Role::Referenced => {}
             }
@@ -209,12 +230,26 @@ impl ControlPlane {
             .await;
         self.serving.daemons().apply(sinks.daemons).await;
         self.sinks.set(sinks.views);
+        self.serving.apply_jobsinks(&jobsinks);
         let index = ObjectIndex::new(&manifests);
         let serving = self.serving.clone();
         let service_url = move |key: &ObjectKey| serving.service_url(key);
         let backends_failed = self.eventing.apply(&eventing, &index, &service_url).await;
+        self.serving
+            .jobs()
+            .set_addresses(self.jobsink_addresses(&eventing));
         self.backends_failed.send_replace(backends_failed);
         self.board.set_errors(manifests.errors.clone());
+    }
+
+    /// Each JobSink's address: its intake channel's.
+    fn jobsink_addresses(&self, eventing: &EventingObjects<'_>) -> BTreeMap<ObjectKey, String> {
+        self.eventing
+            .addresses(eventing)
+            .into_iter()
+            .filter(|((kind, _), _)| kind == "JobSink")
+            .map(|((_, key), url)| (key, url))
+            .collect()
     }
 
     /// Resolves the sinks of ContainerSources and SinkBindings against the
@@ -241,6 +276,25 @@ impl ControlPlane {
             addresses: &addresses,
         };
         sinks::plan(&manifests.objects, services, &destinations)
+    }
+
+    /// Where the eventing half delivers a JobSink's events: the job endpoint
+    /// of the admin listener (see `serving::jobs` for its contract), such as
+    /// `http://127.0.0.1:9090/internal/v1/jobsinks/default/logger`.
+    pub(crate) fn jobsink_url(&self, key: &ObjectKey) -> String {
+        super::admin::jobsink_url(self.serving.jobs(), key)
+    }
+
+    /// Jobs of a JobSink at once: its `pilotlight.dev/max-running-jobs`
+    /// annotation, else `--max-running-jobs`; the in-flight limit of the
+    /// subscription that delivers to [`ControlPlane::jobsink_url`].
+    pub(crate) fn max_running_jobs(&self, sink: &crate::api::jobsink::JobSink) -> usize {
+        self.serving.jobs().max_running_jobs(sink)
+    }
+
+    /// The job runner, for the job endpoint.
+    pub(crate) fn jobs(&self) -> &Arc<crate::serving::jobs::JobSinks> {
+        self.serving.jobs()
     }
 
     /// Stops sources, dispatchers, backends and instances, saving cursors.

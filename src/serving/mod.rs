@@ -9,11 +9,13 @@
 //!   object exists (a ContainerSource's pod), on the same runtimes.
 //! - [`autoscaler`]: Knative's KPA, deciding how many instances each revision needs
 //!   from the load the proxy counts.
+//! - [`jobs`]: JobSinks' jobs, one per event, run to completion.
 
 pub(crate) mod autoscaler;
 pub(crate) mod controller;
 pub(crate) mod daemon;
 mod history;
+pub mod jobs;
 pub(crate) mod proxy;
 mod revision;
 pub(crate) mod router;

@@ -105,6 +105,9 @@ pub(crate) struct EventingObjects<'a> {
     pub channels: Vec<&'a Loaded>,
     pub subscriptions: BTreeMap<ObjectKey, &'a Loaded>,
     pub flows: Vec<&'a Loaded>,
+    /// Objects addressed by a channel they own (JobSinks), with that
+    /// channel.
+    pub addressed: Vec<(&'a Loaded, ObjectKey)>,
 }
 
 struct RunningBroker {
@@ -416,7 +419,12 @@ impl EventingController {
             let url = channel::channel_url(ingress, &entry);
             Some(((loaded.resource.kind().to_owned(), key), url))
         });
-        channels.chain(flows).collect()
+        let addressed = objects.addressed.iter().map(|(loaded, entry)| {
+            let key = loaded.resource.metadata().key();
+            let url = channel::channel_url(ingress, entry);
+            ((loaded.resource.kind().to_owned(), key), url)
+        });
+        channels.chain(flows).chain(addressed).collect()
     }
 
     /// What runs on a broker backend: each Broker under its key and each

@@ -59,12 +59,13 @@ pub(crate) fn broker_action(
 /// The addressable kinds besides Brokers and Services that a destination
 /// may refer to: each loaded object of them has an address in
 /// [`Destinations::addresses`].
-pub(crate) const ADDRESSABLE_KINDS: [(&str, &str); 5] = [
+pub(crate) const ADDRESSABLE_KINDS: [(&str, &str); 6] = [
     ("messaging.knative.dev/v1", "InMemoryChannel"),
     ("messaging.knative.dev/v1beta1", "KafkaChannel"),
     ("messaging.knative.dev/v1", "Channel"),
     ("flows.knative.dev/v1", "Sequence"),
     ("flows.knative.dev/v1", "Parallel"),
+    ("sinks.knative.dev/v1alpha1", "JobSink"),
 ];
 
 /// The addresses of loaded objects of [`ADDRESSABLE_KINDS`], by kind and key.

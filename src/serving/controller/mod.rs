@@ -23,6 +23,7 @@ use crate::desired::take_gone;
 use crate::serving::autoscaler::{ClusterStats, RevisionStats, Scaler};
 use crate::serving::daemon::Daemons;
 use crate::serving::history::{RecordedRevision, RevisionHistory};
+use crate::serving::jobs::JobSinks;
 use crate::serving::revision::{Revision, RevisionParts};
 use crate::serving::router::{HostRoute, RouteTable, Router};
 use crate::serving::runtime::config::ConfigObjects;
@@ -131,6 +132,8 @@ pub(crate) struct ServingController {
     config_objects: watch::Sender<Arc<ConfigObjects>>,
     /// ContainerSources' pods, on the same runtime.
     daemons: Daemons,
+    /// JobSinks and their jobs.
+    jobs: Arc<JobSinks>,
 }
 
 impl ServingController {
@@ -140,6 +143,7 @@ impl ServingController {
         settings: ServingSettings,
         runtime: Arc<dyn Runtime>,
         config_objects: watch::Sender<Arc<ConfigObjects>>,
+        jobs: Arc<JobSinks>,
     ) -> Arc<Self> {
         let history = RevisionHistory::load(&settings.data_dir.join("serving"));
         let daemons = Daemons::new(runtime.clone());
@@ -153,6 +157,7 @@ impl ServingController {
             refresh: Arc::new(Notify::new()),
             config_objects,
             daemons,
+            jobs,
         });
         tokio::spawn(refresh_loop(
             Arc::downgrade(&control),
@@ -164,6 +169,21 @@ impl ServingController {
     /// The daemons (ContainerSources' pods) this controller runs.
     pub(crate) fn daemons(&self) -> &Daemons {
         &self.daemons
+    }
+
+    /// JobSinks and their jobs: the job endpoint's runner.
+    pub(crate) fn jobs(&self) -> &Arc<JobSinks> {
+        &self.jobs
+    }
+
+    /// Brings the JobSinks to the loaded ones.
+    pub(crate) fn apply_jobsinks(&self, sinks: &[&Loaded]) {
+        self.jobs.apply(sinks);
+    }
+
+    /// Every JobSink with its jobs, for `get` and status writes.
+    pub(crate) fn jobsinks(&self, namespace: Option<&str>) -> Vec<crate::api::status::ObjectView> {
+        self.jobs.views(namespace)
     }
 
     pub(crate) fn router(&self) -> Arc<Router> {
@@ -449,6 +469,8 @@ impl ServingController {
 
     /// Stops every instance of every revision.
     pub(crate) async fn shutdown(&self) {
+        // Running jobs stop; their events are delivered again after a restart.
+        self.jobs.shutdown().await;
         let mut state = self.state.lock().await;
         let all: Vec<RunningRevision> = std::mem::take(&mut state.services)
             .into_values()

@@ -347,7 +347,7 @@ async fn container_ip(docker: &Docker, id: &str) -> Option<IpAddr> {
 
 /// Writes the instance's volume folders: files from Secrets and ConfigMaps,
 /// and empty folders for `emptyDir`.
-fn write_volumes(
+pub(crate) fn write_volumes(
     workload: &LocalWorkload,
     dir: &Path,
     objects: &ConfigObjects,
@@ -463,7 +463,7 @@ impl RunningContainer {
     }
 }
 
-async fn follow_logs(docker: Docker, id: String, output: Output) {
+pub(crate) async fn follow_logs(docker: Docker, id: String, output: Output) {
     let options = LogsOptions {
         follow: true,
         stdout: true,

@@ -9,9 +9,9 @@
 //! shared machinery ([`super::local`]).
 
 pub mod engine;
-mod image;
-mod launcher;
-mod spec;
+pub(crate) mod image;
+pub(crate) mod launcher;
+pub(crate) mod spec;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,6 +81,17 @@ impl ContainerRuntime {
             volumes_dir,
             local,
         }
+    }
+
+    /// The engine connection, shared with the job runner: one connection,
+    /// and one cleanup of what a killed run left behind.
+    pub(crate) fn connector(&self) -> Arc<EngineConnector> {
+        self.connector.clone()
+    }
+
+    /// The network of instances whose template does not choose one.
+    pub(crate) fn network(&self) -> ContainerNetwork {
+        self.network
     }
 
     /// Connects to the engine now, in the background, when this data folder

@@ -18,7 +18,7 @@ pub(crate) const INSTANCE_LABEL: &str = "dev.pilotlight.instance";
 pub(crate) const CONTAINER_LABEL: &str = "dev.pilotlight.container";
 
 /// Where one instance's containers meet the host.
-pub(super) struct InstancePlan<'a> {
+pub(crate) struct InstancePlan<'a> {
     pub instance: &'a str,
     pub owner: &'a str,
     pub network: ContainerNetwork,
@@ -39,7 +39,7 @@ pub(super) struct InstancePlan<'a> {
 
 /// The create request of `containers[index]`. `env` is its resolved
 /// environment (without `PORT` and `K_*`, which are added here).
-pub(super) fn create_body(
+pub(crate) fn create_body(
     workload: &LocalWorkload,
     index: usize,
     image_id: &str,

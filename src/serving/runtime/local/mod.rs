@@ -148,6 +148,14 @@ pub(crate) struct ConditionReport {
 }
 
 impl ConditionReport {
+    /// A report that no deployment reads: for a job's image pull, whose
+    /// progress only the log shows.
+    pub(crate) fn detached() -> Self {
+        ConditionReport {
+            status: Arc::default(),
+        }
+    }
+
     pub(crate) fn set(&self, condition: Option<RuntimeCondition>) {
         self.lock().condition = condition;
     }

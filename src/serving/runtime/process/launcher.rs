@@ -217,7 +217,7 @@ fn pipe(child: &mut Child, output: &Output) -> Vec<JoinHandle<()>> {
 
 /// Sends `signal` to the process group led by `pid` (each child leads its
 /// own). ESRCH (already gone) is expected and ignored.
-fn signal_group(pid: u32, signal: libc::c_int) {
+pub(crate) fn signal_group(pid: u32, signal: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;
     };
@@ -227,7 +227,7 @@ fn signal_group(pid: u32, signal: libc::c_int) {
     }
 }
 
-fn describe_exit(status: ExitStatus) -> String {
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt as _;
     if let Some(code) = status.code() {
         return format!("exited with code {code}");
@@ -251,7 +251,7 @@ fn signal_name(signal: libc::c_int) -> &'static str {
 
 /// The command line, environment and safety nets of one child. `port` is
 /// set for the serving container.
-fn command(
+pub(crate) fn command(
     workload: &LocalWorkload,
     container: &ContainerSpec,
     env: Vec<(String, String)>,
@@ -337,7 +337,7 @@ fn die_with_parent(_command: &mut Command) {}
 /// runtime threads end with the test, so children are forked from one thread
 /// that lives as long as the process. Forking takes well under a millisecond,
 /// so one thread does not hold back concurrent starts.
-async fn spawn(command: Command) -> io::Result<Child> {
+pub(crate) async fn spawn(command: Command) -> io::Result<Child> {
     let spawner = spawner().map_err(|e| io::Error::other(e.clone()))?;
     let (reply, answer) = oneshot::channel();
     let request = SpawnRequest {

@@ -7,7 +7,7 @@
 //! killed when pilotlight dies (`PR_SET_PDEATHSIG`), when its handle is dropped
 //! (`kill_on_drop`), and by [`Deployment::shutdown`].
 
-mod launcher;
+pub(crate) mod launcher;
 
 use std::sync::Arc;
 
