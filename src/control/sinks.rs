@@ -315,10 +315,12 @@ spec:
         assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
         let brokers: BTreeSet<ObjectKey> = [ObjectKey::new("ns", "default")].into();
         let services = |_: &ObjectKey| None;
+        let addresses = Default::default();
         let destinations = Destinations {
             ingress_url: "http://127.0.0.1:8080",
             brokers: &brokers,
             services: &services,
+            addresses: &addresses,
         };
         let loaded_services: Vec<&Loaded> = manifests
             .objects
