@@ -415,6 +415,8 @@ fn the_example_manifests_pass_their_crds() {
         "RabbitmqBrokerConfig",
         "ContainerSource",
         "JobSink",
+        "Sequence",
+        "Parallel",
     ];
     assert_eq!(
         checked,
@@ -764,7 +766,7 @@ fn docker_compose_names_files_that_exist_and_waits_for_healthy_brokers() {
         .filter(|w| w[0] == "-f")
         .map(|w| w[1])
         .collect();
-    assert_eq!(paths.len(), 3, "{command:?}");
+    assert_eq!(paths.len(), 4, "{command:?}");
     for path in paths {
         assert!(
             mounts.iter().any(|m| path.starts_with(m)),

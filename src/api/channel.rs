@@ -268,16 +268,7 @@ impl crate::api::kinds::Kind for Channel {
 #[cfg(test)]
 mod tests {
     use crate::api::Resource;
-    use crate::api::broker::BrokerClass;
-    use crate::api::manifest::Manifests;
-
-    fn load(yaml: &str) -> Result<Resource, String> {
-        let mut manifests = Manifests::from_text(yaml, BrokerClass::Memory);
-        match manifests.errors.pop() {
-            Some(error) => Err(error.to_string()),
-            None => Ok(manifests.objects.remove(0).resource),
-        }
-    }
+    use crate::api::kinds::parse_yaml as load;
 
     #[test]
     fn knatives_documented_channels_load() {

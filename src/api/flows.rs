@@ -154,16 +154,7 @@ impl crate::api::kinds::Kind for Parallel {
 #[cfg(test)]
 mod tests {
     use crate::api::Resource;
-    use crate::api::broker::BrokerClass;
-    use crate::api::manifest::Manifests;
-
-    fn load(yaml: &str) -> Result<Resource, String> {
-        let mut manifests = Manifests::from_text(yaml, BrokerClass::Memory);
-        match manifests.errors.pop() {
-            Some(error) => Err(error.to_string()),
-            None => Ok(manifests.objects.remove(0).resource),
-        }
-    }
+    use crate::api::kinds::parse_yaml as load;
 
     /// Knative's docs: "Sequence wired to another Sequence" and "Parallel
     /// with two branches" samples, unchanged.

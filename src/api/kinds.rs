@@ -196,6 +196,21 @@ kinds! {
     JobSink(super::jobsink::JobSink) in ["sinks.knative.dev/v1alpha1"] as Sink, named Subdomain;
 }
 
+/// Parses one object of a known kind from YAML, as the loader does, with
+/// a refusal as `field: reason` (for the kinds' tests).
+#[cfg(test)]
+pub(crate) fn parse_yaml(yaml: &str) -> Result<Resource, String> {
+    let value: serde_json::Value = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+    let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+    let context = LoadContext {
+        default_class: BrokerClass::Memory,
+    };
+    find(&kind)
+        .ok_or_else(|| format!("unknown kind {kind}"))?
+        .parse(value, &context)
+        .map_err(|(field, reason)| format!("{}: {reason}", field.unwrap_or_default()))
+}
+
 /// Deserialises with the path of the failing field.
 fn deserialize<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Refusal> {
     serde_path_to_error::deserialize(value).map_err(|e| {

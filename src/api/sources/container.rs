@@ -68,19 +68,8 @@ fn revision_only_field(template: &RevisionTemplate) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use crate::api::broker::BrokerClass;
-    use crate::api::kinds::LoadContext;
-
     fn load(yaml: &str) -> Result<(), String> {
-        let value: serde_json::Value = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
-        let context = LoadContext {
-            default_class: BrokerClass::Memory,
-        };
-        crate::api::kinds::find("ContainerSource")
-            .expect("registered")
-            .parse(value, &context)
-            .map(|_| ())
-            .map_err(|(field, reason)| format!("{}: {reason}", field.unwrap_or_default()))
+        crate::api::kinds::parse_yaml(yaml).map(|_| ())
     }
 
     /// Knative's "heartbeats" sample, as its docs give it.

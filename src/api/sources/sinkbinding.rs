@@ -151,19 +151,8 @@ impl crate::api::kinds::Kind for SinkBinding {
 
 #[cfg(test)]
 mod tests {
-    use crate::api::broker::BrokerClass;
-    use crate::api::kinds::LoadContext;
-
     fn load(yaml: &str) -> Result<(), String> {
-        let value: serde_json::Value = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
-        let context = LoadContext {
-            default_class: BrokerClass::Memory,
-        };
-        crate::api::kinds::find("SinkBinding")
-            .expect("registered")
-            .parse(value, &context)
-            .map(|_| ())
-            .map_err(|(field, reason)| format!("{}: {reason}", field.unwrap_or_default()))
+        crate::api::kinds::parse_yaml(yaml).map(|_| ())
     }
 
     /// Knative's docs: a Job selected by label, bound to a Service.
