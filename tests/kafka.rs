@@ -1068,3 +1068,64 @@ async fn a_kafka_broker_whose_kafka_comes_up_late_creates_its_topic_and_is_ready
     );
     s.server.shutdown().await;
 }
+
+/// A KafkaChannel keeps its events in a topic of its own, named and sized
+/// as Knative's KafkaChannel does, and each Subscription of it reads the
+/// topic in a consumer group of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_channel_stores_in_its_own_topic_and_feeds_every_subscription() {
+    let Some(kafka) = KAFKA.address().await else {
+        return;
+    };
+    let name = unique("kc");
+    let (first, second) = (Subscriber::accepting().await, Subscriber::accepting().await);
+    let channel = format!(
+        "apiVersion: messaging.knative.dev/v1beta1\nkind: KafkaChannel\nmetadata:\n  name: {name}\nspec:\n  numPartitions: 2\n  replicationFactor: 1\n"
+    );
+    let subscription = |sub: &str, url: String| {
+        format!(
+            "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: {sub}\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1beta1\n    kind: KafkaChannel\n    name: {name}\n  subscriber:\n    uri: {url}\n"
+        )
+    };
+    let s = start(
+        &[
+            ("channel.yaml", &channel),
+            ("a.yaml", &subscription("a", first.url("/"))),
+            ("b.yaml", &subscription("b", second.url("/"))),
+        ],
+        &kafka,
+    )
+    .await;
+    s.wait_ready_condition("subscriptions", "a", "True", &[], WAIT)
+        .await;
+    s.wait_ready_condition("subscriptions", "b", "True", &[], WAIT)
+        .await;
+    let url = s.broker_url("default", &format!("{name}-kn-channel"));
+    for n in 0..6 {
+        let headers = binary_headers(&format!("e{n}"), "t");
+        assert_eq!(post(&url, &headers, "{}").await, StatusCode::ACCEPTED);
+    }
+    first.wait_for(6, WAIT).await;
+    second.wait_for(6, WAIT).await;
+    let topic = format!("knative-messaging-kafka.default.{name}");
+    let metadata = tokio::task::spawn_blocking({
+        let (kafka, topic) = (kafka.clone(), topic.clone());
+        move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &kafka)
+                .create()
+                .expect("consumer");
+            consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .expect("metadata")
+                .topics()
+                .iter()
+                .map(|t| t.partitions().len())
+                .collect::<Vec<_>>()
+        }
+    })
+    .await
+    .expect("metadata reader");
+    assert_eq!(metadata, [2], "the topic {topic} has numPartitions");
+    s.server.shutdown().await;
+}
