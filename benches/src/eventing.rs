@@ -91,6 +91,9 @@ pub enum Target {
     Memory,
     /// A broker on the durable log backend.
     Log,
+    /// An InMemoryChannel with one Subscription: what each step of a
+    /// Sequence costs, next to the memory broker's trigger.
+    Channel,
 }
 
 impl Target {
@@ -99,6 +102,7 @@ impl Target {
             Target::Raw => "raw",
             Target::Memory => "memory",
             Target::Log => "log",
+            Target::Channel => "channel",
         }
     }
 
@@ -106,20 +110,20 @@ impl Target {
     fn class_annotation(self) -> &'static str {
         match self {
             Target::Raw | Target::Log => "MTChannelBasedBroker",
-            Target::Memory => "Memory",
+            Target::Memory | Target::Channel => "Memory",
         }
     }
 
     fn min_ratio(self) -> f64 {
         match self {
-            Target::Raw | Target::Memory => MEMORY_MIN_RATIO,
+            Target::Raw | Target::Memory | Target::Channel => MEMORY_MIN_RATIO,
             Target::Log => LOG_MIN_RATIO,
         }
     }
 
     fn max_e2e_p99_ms(self) -> f64 {
         match self {
-            Target::Raw | Target::Memory => MEMORY_MAX_E2E_P99_MS,
+            Target::Raw | Target::Memory | Target::Channel => MEMORY_MAX_E2E_P99_MS,
             Target::Log => LOG_MAX_E2E_P99_MS,
         }
     }
@@ -128,7 +132,7 @@ impl Target {
 pub async fn run(args: EventingArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
     let raw = HttpServer::start(raw_service, true, "the raw baseline").await?;
-    let backends: Vec<Target> = [Target::Memory, Target::Log]
+    let backends: Vec<Target> = [Target::Memory, Target::Log, Target::Channel]
         .into_iter()
         .filter(|t| args.only.is_empty() || args.only.contains(t))
         .collect();
@@ -369,17 +373,21 @@ impl Deployment {
         }
     }
 
-    fn path() -> String {
-        format!("/{NAMESPACE}/{BROKER}")
+    /// The broker's address, or the channel's (`{name}-kn-channel`).
+    fn path(&self) -> String {
+        match self.backend {
+            Target::Channel => format!("/{NAMESPACE}/{BROKER}-kn-channel"),
+            _ => format!("/{NAMESPACE}/{BROKER}"),
+        }
     }
 
     async fn probe(&mut self, settings: &Settings) -> anyhow::Result<()> {
-        self.accepted += probe(settings, self.backend, self.server.listen, &Self::path()).await?;
+        self.accepted += probe(settings, self.backend, self.server.listen, &self.path()).await?;
         self.drain().await
     }
 
     async fn closed_loop(&mut self, settings: &Settings) -> anyhow::Result<Phase> {
-        let phase = closed_loop(settings, self.backend, self.server.listen, &Self::path()).await?;
+        let phase = closed_loop(settings, self.backend, self.server.listen, &self.path()).await?;
         self.accepted += phase.tally.sent_accepted;
         self.drain().await?;
         Ok(phase)
@@ -389,7 +397,7 @@ impl Deployment {
     /// latency of events sent inside the measured window; without one, only
     /// the ingress latency is measured.
     async fn paced(&mut self, settings: &Settings, rate: f64) -> anyhow::Result<Phase> {
-        let load = settings.load(self.backend, self.server.listen, &Self::path(), Some(rate));
+        let load = settings.load(self.backend, self.server.listen, &self.path(), Some(rate));
         let window = Window::starting_now(settings.duration);
         if let Some(subscriber) = &self.subscriber {
             subscriber.record_between(
@@ -467,8 +475,12 @@ async fn probe(
     Ok(1)
 }
 
-/// One broker of the backend's class and, with a subscriber, one trigger to it.
+/// One broker of the backend's class and, with a subscriber, one trigger to
+/// it; or one InMemoryChannel and a Subscription.
 fn manifest(backend: Target, subscriber: Option<SocketAddr>) -> String {
+    if backend == Target::Channel {
+        return channel_manifest(subscriber);
+    }
     let class = backend.class_annotation();
     let mut yaml = format!(
         "apiVersion: eventing.knative.dev/v1
@@ -491,6 +503,37 @@ metadata:
   namespace: {NAMESPACE}
 spec:
   broker: {BROKER}
+  subscriber:
+    uri: http://{subscriber}/
+"
+        );
+    }
+    yaml
+}
+
+fn channel_manifest(subscriber: Option<SocketAddr>) -> String {
+    let mut yaml = format!(
+        "apiVersion: messaging.knative.dev/v1
+kind: InMemoryChannel
+metadata:
+  name: {BROKER}
+  namespace: {NAMESPACE}
+"
+    );
+    if let Some(subscriber) = subscriber {
+        let _ = write!(
+            yaml,
+            "---
+apiVersion: messaging.knative.dev/v1
+kind: Subscription
+metadata:
+  name: bench
+  namespace: {NAMESPACE}
+spec:
+  channel:
+    apiVersion: messaging.knative.dev/v1
+    kind: InMemoryChannel
+    name: {BROKER}
   subscriber:
     uri: http://{subscriber}/
 "
