@@ -321,3 +321,43 @@ async fn a_flow_with_a_missing_step_is_not_ready_and_names_it() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn two_channel_kinds_of_one_name_share_an_address_so_the_second_is_refused() {
+    let plain = Subscriber::accepting().await;
+    let generic =
+        "apiVersion: messaging.knative.dev/v1\nkind: Channel\nmetadata:\n  name: orders\n";
+    let to_generic = "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: to-generic\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: Channel\n    name: orders\n  subscriber:\n    uri: http://127.0.0.1:9/\n";
+    let s = TestServer::start(&[
+        ("a.yaml", &channel("orders")),
+        ("b.yaml", generic),
+        (
+            "c.yaml",
+            &subscription(
+                "to-memory",
+                "orders",
+                &format!("  subscriber:\n    uri: {}\n", plain.url("/")),
+            ),
+        ),
+        ("d.yaml", to_generic),
+    ])
+    .await;
+    s.wait_ready_condition("subscriptions", "to-memory", "True", &[], WAIT)
+        .await;
+    // The generic Channel is refused, and its subscription does not
+    // deliver from the InMemoryChannel's store.
+    s.wait_ready_condition(
+        "subscriptions",
+        "to-generic",
+        "False",
+        &["ChannelNotReady", "Channel default/orders is not ready"],
+        WAIT,
+    )
+    .await;
+    let channels = request(Method::GET, &s.admin_url("/api/v1/channels"), &[], "").await;
+    assert!(
+        channels.body.contains("ChannelNameTaken"),
+        "{}",
+        channels.body
+    );
+}

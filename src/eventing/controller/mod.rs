@@ -289,6 +289,9 @@ impl EventingController {
             addresses: &addresses,
         };
         let (stores, mut channel_views) = self.stores(objects);
+        // The channels that run (not refused for a name another kind took).
+        let running_channels: BTreeSet<(String, ObjectKey)> =
+            stores.values().filter_map(|s| s.channel.clone()).collect();
         let mut running = self.running.lock().await;
         self.remove_brokers(&mut running, &stores).await;
         let mut broker_views = BTreeMap::new();
@@ -342,20 +345,15 @@ impl EventingController {
             let Resource::Subscription(subscription) = &loaded.resource else {
                 continue;
             };
-            let channel = ObjectKey::new(
-                key.namespace.clone(),
-                subscription.spec.channel.name.clone(),
-            );
-            let loaded_channel = channel_views
-                .contains_key(&(subscription.spec.channel.kind.clone(), channel.clone()));
+            let reference = &subscription.spec.channel;
+            let channel = ObjectKey::new(key.namespace.clone(), reference.name.clone());
+            let of_kind = (reference.kind.clone(), channel.clone());
+            let state = ChannelState {
+                loaded: channel_views.contains_key(&of_kind),
+                runs: running_channels.contains(&of_kind),
+            };
             let status = self
-                .reconcile_subscription(
-                    &mut running,
-                    key,
-                    subscription,
-                    loaded_channel,
-                    &destinations,
-                )
+                .reconcile_subscription(&mut running, key, subscription, state, &destinations)
                 .await;
             subscription_views.insert(key.clone(), ObjectView::of(loaded, status));
             subscription_stores.insert(key.clone(), channel::store_key(&channel));
@@ -695,15 +693,17 @@ impl EventingController {
         running: &mut Running,
         key: &ObjectKey,
         subscription: &Subscription,
-        channel_loaded: bool,
+        state: ChannelState,
         destinations: &Destinations<'_>,
     ) -> Status {
         let reference = &subscription.spec.channel;
         let channel = ObjectKey::new(key.namespace.clone(), reference.name.clone());
+        // Only the store of this very channel: another kind's of the same
+        // name is not this subscription's.
         let store = running
             .brokers
             .get(&channel::store_key(&channel))
-            .filter(|_| channel_loaded);
+            .filter(|_| state.runs);
         let plan = plan::subscription_plan(
             &self.settings,
             key,
@@ -712,7 +712,7 @@ impl EventingController {
                 broker: &b.broker,
                 plan: &*b.plan,
             }),
-            channel_loaded,
+            state.loaded,
             destinations,
         );
         let handle = store.map(|b| b.handle.clone());
@@ -1006,6 +1006,13 @@ fn subscription_status(plan: &TriggerPlan) -> Status {
         ..Default::default()
     }));
     status
+}
+
+/// Whether a subscription's channel is loaded, and whether it runs.
+#[derive(Clone, Copy)]
+struct ChannelState {
+    loaded: bool,
+    runs: bool,
 }
 
 /// A broker or a channel, as the broker machinery runs it.
