@@ -1,5 +1,6 @@
-//! `pilotlight get brokers|triggers|ksvc|revisions|routes|sources|jobsinks`:
-//! a kubectl-style view of a running server.
+//! `pilotlight get brokers|triggers|ksvc|revisions|routes|sources|channels|
+//! subscriptions|sequences|parallels|jobsinks`: a kubectl-style view of a
+//! running server.
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
