@@ -47,6 +47,9 @@ pub struct ControlPlane {
     applying: tokio::sync::Mutex<Applying>,
     /// ContainerSources and SinkBindings as the last apply planned them.
     sinks: Arc<SinkViews>,
+    /// Kubernetes mode: SinkBindings may bind Deployments, which the leader
+    /// patches (`control::kubernetes::binding`).
+    binds_workloads: std::sync::atomic::AtomicBool,
 }
 
 /// What the apply lock guards.
@@ -68,7 +71,20 @@ impl ControlPlane {
             backends_failed: watch::channel(false).0,
             applying: tokio::sync::Mutex::default(),
             sinks,
+            binds_workloads: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Lets SinkBindings bind Deployments from the next apply on: Kubernetes
+    /// mode, whose leader patches them.
+    pub(crate) fn bind_workloads(&self) {
+        self.binds_workloads
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// ContainerSources and SinkBindings as the last apply planned them.
+    pub(crate) fn sinks(&self) -> &SinkViews {
+        &self.sinks
     }
 
     /// The class of Brokers without the class annotation.
@@ -229,7 +245,7 @@ impl ControlPlane {
             .apply(&services, config_objects(&manifests))
             .await;
         self.serving.daemons().apply(sinks.daemons).await;
-        self.sinks.set(sinks.views);
+        self.sinks.set(sinks.views, sinks.workloads);
         self.serving.apply_jobsinks(&jobsinks);
         let index = ObjectIndex::new(&manifests);
         let serving = self.serving.clone();
@@ -275,7 +291,10 @@ impl ControlPlane {
             services: &service_url,
             addresses: &addresses,
         };
-        sinks::plan(&manifests.objects, services, &destinations)
+        let workloads = self
+            .binds_workloads
+            .load(std::sync::atomic::Ordering::Acquire);
+        sinks::plan(&manifests.objects, services, &destinations, workloads)
     }
 
     /// Where the eventing half delivers a JobSink's events: the job endpoint

@@ -7,6 +7,12 @@
 //! - A SinkBinding whose subject is a Knative Service changes the Service's
 //!   revision template before serving sees it: the variables are part of
 //!   the template, so a changed sink rolls a new revision, as in Knative.
+//! - In Kubernetes mode, a binding whose subject is a Deployment (by name
+//!   or selector) becomes a [`WorkloadBinding`]: the leader patches the
+//!   Deployments' pod templates (`control::kubernetes::binding`) and
+//!   records the outcome here ([`SinkViews::set_bound`]). A Job cannot be
+//!   bound: its pod template is immutable, and Knative binds Jobs at
+//!   creation with a mutating webhook, which pilotlight does not have.
 //! - A ContainerSource becomes a daemon of the serving half
 //!   (`serving::daemon`), its template carrying the variables.
 //!
@@ -17,9 +23,9 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use crate::api::manifest::Loaded;
-use crate::api::sources::bind_sink;
 use crate::api::sources::container::ContainerSource;
-use crate::api::sources::sinkbinding::{SinkBinding, SubjectKind};
+use crate::api::sources::sinkbinding::{SinkBinding, Subject, SubjectKind};
+use crate::api::sources::{bind_sink, ce_overrides_env};
 use crate::api::status::{ObjectView, Status};
 use crate::api::{ObjectKey, Resource};
 use crate::eventing::controller::plan::Destinations;
@@ -34,7 +40,23 @@ pub(crate) struct SinkPlan {
     pub bound_services: BTreeMap<ObjectKey, Loaded>,
     /// The ContainerSources whose sink resolved.
     pub daemons: Vec<DesiredDaemon>,
+    /// The SinkBindings whose subjects are Deployments, with their sinks
+    /// resolved: the leader patches them (Kubernetes mode only).
+    pub workloads: BTreeMap<ObjectKey, WorkloadBinding>,
     pub views: Vec<SinkView>,
+}
+
+/// A SinkBinding whose subject is a Deployment, its sink resolved: what the
+/// leader puts into the subjects' pod templates.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WorkloadBinding {
+    /// The SinkBinding's; its subjects are in the same namespace.
+    pub key: ObjectKey,
+    pub subject: Subject,
+    /// The value of `K_SINK`.
+    pub sink: String,
+    /// The value of `K_CE_OVERRIDES`.
+    pub overrides: String,
 }
 
 /// A ContainerSource or SinkBinding as `get` lists it.
@@ -48,11 +70,13 @@ pub(crate) struct SinkView {
 }
 
 /// Plans every ContainerSource and SinkBinding of `objects`; `services`
-/// are the loaded Knative Services, which bindings may bind.
+/// are the loaded Knative Services, which bindings may bind; `workloads`:
+/// whether Deployments can be bound (Kubernetes mode).
 pub(crate) fn plan(
     objects: &[Loaded],
     services: &[&Loaded],
     destinations: &Destinations<'_>,
+    workloads: bool,
 ) -> SinkPlan {
     let mut plan = SinkPlan::default();
     for loaded in objects {
@@ -61,7 +85,14 @@ pub(crate) fn plan(
                 plan_source(&mut plan, loaded, source, destinations)
             }
             Resource::SinkBinding(binding) => {
-                plan_binding(&mut plan, loaded, binding, services, destinations);
+                plan_binding(
+                    &mut plan,
+                    loaded,
+                    binding,
+                    services,
+                    destinations,
+                    workloads,
+                );
             }
             _ => {}
         }
@@ -108,8 +139,27 @@ fn plan_binding(
     binding: &SinkBinding,
     services: &[&Loaded],
     destinations: &Destinations<'_>,
+    workloads: bool,
 ) {
-    let status = match bind(plan, binding, services, destinations) {
+    let kind = binding.spec.subject.subject_kind();
+    let status = match kind {
+        Some(SubjectKind::KnativeService) => bind(plan, binding, services, destinations),
+        Some(SubjectKind::Deployment) if workloads => bind_workload(plan, binding, destinations),
+        Some(SubjectKind::Job) if workloads => Err(Box::new(Status::not_ready(
+            "SubjectNotBindable",
+            JOB_NOT_BINDABLE,
+        ))),
+        _ => {
+            let kind = kind.map(SubjectKind::describe).unwrap_or_default();
+            Err(Box::new(Status::not_ready(
+                "SubjectKindUnsupported",
+                format!(
+                    "spec.subject: outside Kubernetes mode pilotlight binds Knative Services (serving.knative.dev/v1), not {kind}; run the program as a Knative Service or a ContainerSource, or run pilotlight with --kubernetes"
+                ),
+            )))
+        }
+    };
+    let status = match status {
         Ok(sink) => {
             let mut status = Status::ready();
             status.sink_uri = Some(sink);
@@ -123,6 +173,39 @@ fn plan_binding(
     });
 }
 
+/// Why a Job subject is never bound.
+const JOB_NOT_BINDABLE: &str = "spec.subject: pilotlight cannot bind Jobs (batch/v1): a Job's pod template cannot change once the Job exists, and Knative binds a Job as it is created, through a mutating admission webhook, which pilotlight does not have; set K_SINK in the Job's template yourself, or run the program as a Deployment, a Knative Service or a ContainerSource";
+
+/// Resolves the sink of a binding whose subject is a Deployment: the
+/// leader patches the Deployments, and its outcome replaces the Unknown
+/// status given here.
+fn bind_workload(
+    plan: &mut SinkPlan,
+    binding: &SinkBinding,
+    destinations: &Destinations<'_>,
+) -> Result<String, Box<Status>> {
+    let key = binding.metadata.key();
+    let sink = destinations
+        .resolve(&binding.spec.sink, &key.namespace)
+        .map_err(|m| Box::new(Status::not_ready("SinkNotFound", format!("spec.sink: {m}"))))?
+        .to_string();
+    plan.workloads.insert(
+        key.clone(),
+        WorkloadBinding {
+            key,
+            subject: binding.spec.subject.clone(),
+            sink: sink.clone(),
+            overrides: ce_overrides_env(binding.spec.ce_overrides.as_ref()),
+        },
+    );
+    let mut status = Status::unknown(
+        "Binding",
+        "the leader replica has not bound the Deployments yet",
+    );
+    status.sink_uri = Some(sink);
+    Err(Box::new(status))
+}
+
 /// Binds the sink into the subject's template; the sink URI, or the status
 /// that says why not.
 fn bind(
@@ -133,16 +216,6 @@ fn bind(
 ) -> Result<String, Box<Status>> {
     let key = binding.metadata.key();
     let subject = &binding.spec.subject;
-    let kind = subject.subject_kind();
-    if kind != Some(SubjectKind::KnativeService) {
-        let kind = kind.map(SubjectKind::describe).unwrap_or_default();
-        return Err(Box::new(Status::not_ready(
-            "SubjectKindUnsupported",
-            format!(
-                "spec.subject: pilotlight binds Knative Services (serving.knative.dev/v1) so far, not {kind}; run the program as a Knative Service or a ContainerSource"
-            ),
-        )));
-    }
     let name = subject.name.clone().unwrap_or_default();
     let subject_key = ObjectKey::new(key.namespace.clone(), name);
     let Some(service) = services
@@ -193,11 +266,64 @@ fn bind(
 #[derive(Default)]
 pub(crate) struct SinkViews {
     views: RwLock<Vec<SinkView>>,
+    /// The bindings of Deployments the last apply planned.
+    workloads: RwLock<BTreeMap<ObjectKey, WorkloadBinding>>,
+    /// How the leader's last binding of each went: it replaces the planned
+    /// (Unknown) status while the sink is the one it bound.
+    bound: RwLock<BTreeMap<ObjectKey, Status>>,
 }
 
 impl SinkViews {
-    pub(crate) fn set(&self, views: Vec<SinkView>) {
+    pub(crate) fn set(
+        &self,
+        views: Vec<SinkView>,
+        workloads: BTreeMap<ObjectKey, WorkloadBinding>,
+    ) {
         *self.views.write().unwrap_or_else(|e| e.into_inner()) = views;
+        let mut bound = self.bound.write().unwrap_or_else(|e| e.into_inner());
+        bound.retain(|key, _| workloads.contains_key(key));
+        *self.workloads.write().unwrap_or_else(|e| e.into_inner()) = workloads;
+    }
+
+    /// The binding of Deployments that the last apply planned for this
+    /// SinkBinding, if its subject is a Deployment and its sink resolved.
+    pub(crate) fn workload(&self, key: &ObjectKey) -> Option<WorkloadBinding> {
+        self.workloads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// The planned bindings of Deployments in `key`'s namespace that come
+    /// before it by name.
+    pub(crate) fn workloads_before(&self, key: &ObjectKey) -> Vec<WorkloadBinding> {
+        self.workloads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .range(ObjectKey::new(key.namespace.clone(), "")..key.clone())
+            .map(|(_, binding)| binding.clone())
+            .collect()
+    }
+
+    /// The planned bindings of Deployments in `namespace`.
+    pub(crate) fn workloads_in(&self, namespace: &str) -> Vec<WorkloadBinding> {
+        self.workloads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|binding| binding.key.namespace == namespace)
+            .cloned()
+            .collect()
+    }
+
+    /// Records how binding the SinkBinding's Deployments went; its
+    /// `sink_uri` says which sink it bound.
+    pub(crate) fn set_bound(&self, key: ObjectKey, status: Status) {
+        self.bound
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, status);
     }
 
     /// The views of `namespace` (every one when None), a running
@@ -215,8 +341,18 @@ impl SinkViews {
             .filter(|v| namespace.is_none_or(|ns| v.view.metadata.namespace == ns))
             .cloned()
             .collect();
+        let bound = self.bound.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut out = Vec::with_capacity(views.len());
         for SinkView { mut view, daemon } in views {
+            if view.kind == "SinkBinding"
+                && let Some(status) = bound.get(&ObjectKey::new(
+                    view.metadata.namespace.clone(),
+                    view.metadata.name.clone(),
+                ))
+                && status.sink_uri == view.status.sink_uri
+            {
+                view.status = status.clone();
+            }
             if let Some(key) = daemon
                 && let Some(mut live) = serving.daemons().status(&key).await
             {
@@ -327,7 +463,7 @@ spec:
             .iter()
             .filter(|l| matches!(l.resource, Resource::Service(_)))
             .collect();
-        let plan = plan(&manifests.objects, &loaded_services, &destinations);
+        let plan = plan(&manifests.objects, &loaded_services, &destinations, false);
 
         let Some(Loaded {
             resource: Resource::Service(bound),
@@ -372,5 +508,51 @@ spec:
             message.as_deref(),
             Some("spec.sink: broker ns/nope does not exist")
         );
+    }
+
+    const WORKLOADS: &str = r#"
+apiVersion: sources.knative.dev/v1
+kind: SinkBinding
+metadata: {name: deploy, namespace: ns}
+spec:
+  subject: {apiVersion: apps/v1, kind: Deployment, selector: {matchLabels: {app: x}}}
+  sink: {uri: "http://sink.example/"}
+  ceOverrides: {extensions: {sink: bound}}
+---
+apiVersion: sources.knative.dev/v1
+kind: SinkBinding
+metadata: {name: job, namespace: ns}
+spec:
+  subject: {apiVersion: batch/v1, kind: Job, name: once}
+  sink: {uri: "http://sink.example/"}
+"#;
+
+    #[test]
+    fn deployments_are_left_to_the_leader_in_kubernetes_mode_and_jobs_never_bound() {
+        let manifests = load(WORKLOADS);
+        assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
+        let brokers = BTreeSet::new();
+        let services = |_: &ObjectKey| None;
+        let addresses = Default::default();
+        let destinations = Destinations {
+            ingress_url: "http://127.0.0.1:8080",
+            brokers: &brokers,
+            services: &services,
+            addresses: &addresses,
+        };
+        let files = plan(&manifests.objects, &[], &destinations, false);
+        assert!(files.workloads.is_empty());
+        assert_eq!(reason(&files, "deploy").0, "SubjectKindUnsupported");
+        assert_eq!(reason(&files, "job").0, "SubjectKindUnsupported");
+
+        let cluster = plan(&manifests.objects, &[], &destinations, true);
+        let key = ObjectKey::new("ns", "deploy");
+        let planned = cluster.workloads.get(&key).expect("planned");
+        assert_eq!(planned.sink, "http://sink.example/");
+        assert_eq!(planned.overrides, r#"{"extensions":{"sink":"bound"}}"#);
+        assert_eq!(reason(&cluster, "deploy").0, "Binding");
+        let (why, message) = reason(&cluster, "job");
+        assert_eq!(why, "SubjectNotBindable");
+        assert!(message.is_some_and(|m| m.contains("mutating admission webhook")));
     }
 }

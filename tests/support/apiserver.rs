@@ -4,8 +4,8 @@
 //! server.
 //!
 //! What it does, per resource of [`RESOURCES`]:
-//! - create, get, list, replace (PUT), patch (merge and JSON patch, what
-//!   pilotlight sends; other patch types get 415), delete; `/status` get, replace and patch for kinds with a status
+//! - create, get, list, replace (PUT), patch (merge, JSON and strategic
+//!   merge patch, what pilotlight sends; other patch types get 415), delete; `/status` get, replace and patch for kinds with a status
 //!   subresource (writes to the main resource then keep the stored status,
 //!   and status writes change only status);
 //! - one global resourceVersion; `metadata.uid`, `creationTimestamp` and
@@ -135,6 +135,9 @@ pub struct RecordedRequest {
     pub path: String,
     pub query: String,
     pub content_type: Option<String>,
+    /// The `Host` the client addressed: which of the fake's addresses
+    /// ([`FakeApiServer::another_address`]) the request came through.
+    pub host: Option<String>,
 }
 
 impl RecordedRequest {
@@ -320,6 +323,32 @@ impl FakeApiServer {
 
     fn lock(&self) -> MutexGuard<'_, Store> {
         self.shared.lock()
+    }
+
+    /// The same fake on another port, so that requests say which client
+    /// sent them ([`RecordedRequest::host`]): give each replica its own.
+    pub async fn another_address(&self) -> FakeApiServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake API server");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(self.shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeApiServer {
+            url,
+            shared: self.shared.clone(),
+            task: Arc::new(task),
+        }
+    }
+
+    /// Where this handle's clients connect: `host:port`, as requests
+    /// through it record [`RecordedRequest::host`].
+    pub fn host(&self) -> &str {
+        self.url.trim_start_matches("http://")
     }
 
     /// A client for the fake, with `default` as its namespace.
@@ -1142,6 +1171,10 @@ async fn handle(
         path: path.clone(),
         query: query.clone(),
         content_type: content_type.clone(),
+        host: headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
     if method == Method::GET
         && let Some(document) = discovery(&path)
@@ -1362,6 +1395,10 @@ fn apply_patch(
             json_patch::merge(&mut current, &patch);
             Ok(current)
         }
+        Some("application/strategic-merge-patch+json") => {
+            strategic_merge(&mut current, patch);
+            Ok(current)
+        }
         Some("application/json-patch+json") => {
             let operations: json_patch::Patch = serde_json::from_value(patch)
                 .map_err(|e| ApiError::new(400, "BadRequest", format!("not a JSON patch: {e}")))?;
@@ -1376,6 +1413,67 @@ fn apply_patch(
             "UnsupportedMediaType",
             format!("the patch content type {other:?} is not supported"),
         )),
+    }
+}
+
+/// A strategic-merge patch, as far as pilotlight sends them: a merge patch
+/// whose lists of objects with a `name` (containers, env) merge by name,
+/// where `$patch: delete` removes an entry. (The real server knows each
+/// list's merge key from the schema; for the lists pilotlight patches it is
+/// `name`.)
+fn strategic_merge(current: &mut Value, patch: Value) {
+    let Value::Object(patch) = patch else {
+        *current = patch;
+        return;
+    };
+    if !current.is_object() {
+        *current = Value::Object(Default::default());
+    }
+    let Some(target) = current.as_object_mut() else {
+        return;
+    };
+    for (key, value) in patch {
+        if key.starts_with('$') {
+            continue;
+        }
+        match value {
+            Value::Null => {
+                target.remove(&key);
+            }
+            Value::Array(entries) if entries.iter().all(|e| e.get("name").is_some()) => {
+                let list = target
+                    .entry(key)
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if !list.is_array() {
+                    *list = Value::Array(Vec::new());
+                }
+                let Some(list) = list.as_array_mut() else {
+                    continue;
+                };
+                for entry in entries {
+                    let position = list.iter().position(|e| e.get("name") == entry.get("name"));
+                    let delete = entry.get("$patch").and_then(Value::as_str) == Some("delete");
+                    match (position, delete) {
+                        (Some(i), true) => {
+                            list.remove(i);
+                        }
+                        (None, true) => {}
+                        (Some(i), false) => strategic_merge(&mut list[i], entry),
+                        (None, false) => {
+                            let mut new = Value::Object(Default::default());
+                            strategic_merge(&mut new, entry);
+                            list.push(new);
+                        }
+                    }
+                }
+            }
+            value @ Value::Object(_) => {
+                strategic_merge(target.entry(key).or_insert(Value::Null), value)
+            }
+            value => {
+                target.insert(key, value);
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! sources.knative.dev group, and eventing-rabbitmq's RabbitmqSource). The
 //! running sources are in `eventing::source`, but for ContainerSource,
 //! whose pod the serving half runs (`serving::daemon`), and SinkBinding,
-//! which the control plane binds into its subject (`control::binding`).
+//! which the control plane binds into its subject (`control::sinks`).
 
 pub mod apiserver;
 pub(crate) mod container;
@@ -46,7 +46,7 @@ pub(crate) fn bind_sink(
 
 /// `K_CE_OVERRIDES` as Knative sets it: `spec.ceOverrides` as JSON
 /// (`{"extensions":{...}}`), empty when there are none.
-fn ce_overrides_env(overrides: Option<&CeOverrides>) -> String {
+pub(crate) fn ce_overrides_env(overrides: Option<&CeOverrides>) -> String {
     overrides
         .and_then(|o| serde_json::to_string(o).ok())
         .unwrap_or_default()

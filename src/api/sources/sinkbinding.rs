@@ -1,8 +1,10 @@
 //! `SinkBinding` (sources.knative.dev/v1): puts `K_SINK` and
 //! `K_CE_OVERRIDES` into the pods of another object, its subject. The
-//! control plane binds (`control::binding`): a Knative Service's revision
+//! control plane binds (`control::sinks`): a Knative Service's revision
 //! template gets the variables, so a changed sink rolls a new revision; in
-//! Kubernetes mode a Deployment's or Job's pod template is patched.
+//! Kubernetes mode the leader patches a Deployment's pod template
+//! (`control::kubernetes::binding`). Jobs load but are not bound: their
+//! template is immutable, and pilotlight has no admission webhook.
 
 use serde::{Deserialize, Serialize};
 

@@ -12,11 +12,16 @@
 //!   status subresource. An object being deleted is left out of the desired
 //!   state, so the apply removes what pilotlight made for it, and then the
 //!   finalizer is released.
+//! - A SinkBinding whose subject is a Deployment is bound by its reconcile,
+//!   on the leader: the Deployments' pod templates are patched, and
+//!   unpatched when the finalizer is released ([`binding`]). A change to
+//!   any Deployment reconciles the SinkBindings of its namespace.
 //! - A Lease elects the leader ([`leader`]); every replica applies, so every
 //!   replica serves the ingress, dispatches and proxies. Sources that must
 //!   run once per cluster (PingSource, ApiServerSource) run on the leader
 //!   only (see `eventing::source`).
 
+mod binding;
 mod desired;
 mod kinds;
 pub mod leader;
@@ -88,6 +93,8 @@ enum ReconcileError {
     Finalizer(Box<kube::runtime::finalizer::Error<ReconcileError>>),
     #[error("{0}: the deletion has not reached pilotlight's cache yet")]
     NotYetRemoved(ObjectKey),
+    #[error("{0}")]
+    Unbind(#[from] binding::BindError),
 }
 
 /// The running watches and controllers; dropping it stops them.
@@ -111,6 +118,8 @@ impl KubernetesControl {
         control: Arc<ControlPlane>,
         leader: watch::Receiver<bool>,
     ) -> KubernetesControl {
+        // Before the first apply, which plans the bindings of Deployments.
+        control.bind_workloads();
         let mut tasks = Vec::new();
         let mut caches = Vec::new();
         let mut controllers = Vec::new();
@@ -121,11 +130,15 @@ impl KubernetesControl {
                 continue;
             }
             if kind.reconciled {
-                let controller = Controller::new_with(
+                let mut controller = Controller::new_with(
                     api.clone(),
                     watcher::Config::default(),
                     kind.resource.clone(),
                 );
+                if binding::is_sink_binding(&kind) {
+                    controller =
+                        binding::watch_subjects(controller, client.clone(), kind.resource.clone());
+                }
                 controllers.push((kind.clone(), controller));
             }
             let (cache, task) = cache_of(api, kind, events.clone());
@@ -266,21 +279,47 @@ async fn reconcile(
     let finalizer_name = kind.finalizer();
     finalizer(&api, &finalizer_name, object, |event| async {
         match event {
-            Finalizer::Apply(object) => Ok(report(&api, &kind, &object, &context).await?),
+            Finalizer::Apply(object) => {
+                if binding::is_sink_binding(&kind) {
+                    bind(&context, &object).await;
+                }
+                Ok(report(&api, &kind, &object, &context).await?)
+            }
             // Once the desired state has left the object out, the apply has
-            // removed what pilotlight made for it.
+            // removed what pilotlight made for it; a SinkBinding's
+            // Deployments are unbound here.
             Finalizer::Cleanup(object) => {
                 let key = object_key(&object);
-                if context.desired.applied_without(&kind, &key).await {
-                    Ok(Action::await_change())
-                } else {
-                    Err(ReconcileError::NotYetRemoved(key))
+                if !context.desired.applied_without(&kind, &key).await {
+                    return Err(ReconcileError::NotYetRemoved(key));
                 }
+                if binding::is_sink_binding(&kind) {
+                    let others = context
+                        .desired
+                        .control()
+                        .sinks()
+                        .workloads_in(&key.namespace);
+                    binding::unbind(&context.client, &object, &others).await?;
+                }
+                Ok(Action::await_change())
             }
         }
     })
     .await
     .map_err(|e| ReconcileError::Finalizer(Box::new(e)))
+}
+
+/// Binds a SinkBinding's Deployments as the last apply planned (nothing for
+/// other subjects, or a sink that did not resolve), and records the outcome
+/// for its status.
+async fn bind(context: &Context, object: &DynamicObject) {
+    let key = object_key(object);
+    let sinks = context.desired.control().sinks();
+    if let Some(planned) = sinks.workload(&key) {
+        let earlier = sinks.workloads_before(&key);
+        let status = binding::bind(&context.client, &planned, &earlier).await;
+        sinks.set_bound(key, status);
+    }
 }
 
 /// Writes the object's status, and says when to look again.
