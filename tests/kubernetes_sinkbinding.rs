@@ -321,14 +321,13 @@ async fn a_missing_subject_or_a_job_is_not_ready_and_says_why() {
 #[tokio::test]
 async fn with_two_replicas_only_the_leader_binds() {
     let fake = FakeApiServer::start().await;
-    let follower_door = fake.another_address().await;
     let dir = tempfile::tempdir().expect("dir");
     let leader = replica(&fake, dir.path(), "leader").await;
     fake.wait_for("the first replica to lead", PATIENCE, |fake| {
         fake.lease_holder().filter(|h| h.starts_with("leader"))
     })
     .await;
-    let follower = replica(&follower_door, dir.path(), "follower").await;
+    let follower = replica(&fake, dir.path(), "follower").await;
 
     fake.create(deployment("heartbeat", json!({})));
     fake.create(binding(
@@ -349,20 +348,20 @@ async fn with_two_replicas_only_the_leader_binds() {
     let requests = fake.requests();
     let follower_reads = requests
         .iter()
-        .filter(|r| r.host.as_deref() == Some(follower_door.host()))
+        .filter(|r| r.user.as_deref() == Some("follower"))
         .filter(|r| r.path.contains("/deployments"))
         .count();
     assert!(follower_reads > 0, "the follower watches Deployments too");
     let follower_writes: Vec<_> = requests
         .iter()
-        .filter(|r| r.host.as_deref() == Some(follower_door.host()))
+        .filter(|r| r.user.as_deref() == Some("follower"))
         .filter(|r| r.method != "GET")
         .filter(|r| r.path.contains("/deployments") || r.path.contains("/sinkbindings"))
         .collect();
     assert!(follower_writes.is_empty(), "{follower_writes:?}");
     let leader_patches = requests
         .iter()
-        .filter(|r| r.host.as_deref() == Some(fake.host()))
+        .filter(|r| r.user.as_deref() == Some("leader"))
         .filter(|r| r.method == "PATCH" && r.path.ends_with("/deployments/heartbeat"))
         .count();
     assert_eq!(leader_patches, 2, "one patch per sink");

@@ -31,7 +31,8 @@
 //! failures ([`FakeApiServer::conflict_next`], [`FakeApiServer::fail_next`],
 //! optionally for one path only),
 //! expired history (optionally with changes no watch sees, and 410 Gone as
-//! an HTTP status), bookmarks, dropped watches, a request log, and clients.
+//! an HTTP status), bookmarks, dropped watches, a request log (that says
+//! which replica sent each request), and clients.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -96,6 +97,12 @@ pub const RESOURCES: &[ResourceType] = &[
     resource("sources.knative.dev", "v1", "containersources", "ContainerSource", true, true),
     resource("sources.knative.dev", "v1", "sinkbindings", "SinkBinding", true, true),
     resource("sinks.knative.dev", "v1alpha1", "jobsinks", "JobSink", true, true),
+    resource("messaging.knative.dev", "v1", "inmemorychannels", "InMemoryChannel", true, true),
+    resource("messaging.knative.dev", "v1beta1", "kafkachannels", "KafkaChannel", true, true),
+    resource("messaging.knative.dev", "v1", "channels", "Channel", true, true),
+    resource("messaging.knative.dev", "v1", "subscriptions", "Subscription", true, true),
+    resource("flows.knative.dev", "v1", "sequences", "Sequence", true, true),
+    resource("flows.knative.dev", "v1", "parallels", "Parallel", true, true),
     resource("apps", "v1", "deployments", "Deployment", true, true),
     resource("batch", "v1", "jobs", "Job", true, true),
     resource("", "v1", "pods", "Pod", true, true),
@@ -135,9 +142,9 @@ pub struct RecordedRequest {
     pub path: String,
     pub query: String,
     pub content_type: Option<String>,
-    /// The `Host` the client addressed: which of the fake's addresses
-    /// ([`FakeApiServer::another_address`]) the request came through.
-    pub host: Option<String>,
+    /// Who sent it: the `Impersonate-User` header, which the kubeconfig of
+    /// [`FakeApiServer::replica_config`] sets to the replica's identity.
+    pub user: Option<String>,
 }
 
 impl RecordedRequest {
@@ -325,32 +332,6 @@ impl FakeApiServer {
         self.shared.lock()
     }
 
-    /// The same fake on another port, so that requests say which client
-    /// sent them ([`RecordedRequest::host`]): give each replica its own.
-    pub async fn another_address(&self) -> FakeApiServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake API server");
-        let url = format!("http://{}", listener.local_addr().expect("local address"));
-        let app = axum::Router::new()
-            .fallback(handle)
-            .with_state(self.shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        FakeApiServer {
-            url,
-            shared: self.shared.clone(),
-            task: Arc::new(task),
-        }
-    }
-
-    /// Where this handle's clients connect: `host:port`, as requests
-    /// through it record [`RecordedRequest::host`].
-    pub fn host(&self) -> &str {
-        self.url.trim_start_matches("http://")
-    }
-
     /// A client for the fake, with `default` as its namespace.
     pub fn client(&self) -> kube::Client {
         let mut config = kube::Config::new(self.url.parse().expect("the fake's URL"));
@@ -361,9 +342,20 @@ impl FakeApiServer {
     /// Writes a kubeconfig whose current context points at the fake, for
     /// code that reads `KUBECONFIG`; returns its path.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        self.kubeconfig_as(dir, None)
+    }
+
+    /// [`Self::kubeconfig`] whose requests name `user` (`as:`, sent as the
+    /// `Impersonate-User` header), so that [`RecordedRequest::user`] tells
+    /// which replica sent each.
+    fn kubeconfig_as(&self, dir: &Path, user: Option<&str>) -> PathBuf {
         let path = dir.join("kubeconfig");
+        let user = match user {
+            Some(name) => format!("{{as: {name}}}"),
+            None => "{}".to_owned(),
+        };
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n  - name: fake\n    cluster:\n      server: {}\nusers:\n  - name: fake\n    user: {{}}\ncontexts:\n  - name: fake\n    context:\n      cluster: fake\n      user: fake\n      namespace: default\ncurrent-context: fake\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n  - name: fake\n    cluster:\n      server: {}\nusers:\n  - name: fake\n    user: {user}\ncontexts:\n  - name: fake\n    context:\n      cluster: fake\n      user: fake\n      namespace: default\ncurrent-context: fake\n",
             self.url
         );
         std::fs::write(&path, text).expect("write the kubeconfig");
@@ -372,14 +364,15 @@ impl FakeApiServer {
 
     /// The configuration of a pilotlight replica in Kubernetes mode against
     /// this fake, its folders under `dir/{identity}`: a kubeconfig pointing
-    /// here and a short lease (2 s, looked at every 100 ms) so that tests of
-    /// the election are quick.
+    /// here, whose requests the log attributes to `identity`
+    /// ([`RecordedRequest::user`]), and a short lease (2 s, looked at every
+    /// 100 ms) so that tests of the election are quick.
     pub fn replica_config(&self, dir: &Path, identity: &str) -> ServerConfig {
         let dir = dir.join(identity);
         std::fs::create_dir_all(&dir).expect("replica dir");
         let mut config = ServerConfig::on_free_ports(dir.join("manifests"), dir.join("data"));
         config.kubernetes = Some(KubernetesSettings {
-            kubeconfig: Some(self.kubeconfig(&dir)),
+            kubeconfig: Some(self.kubeconfig_as(&dir, Some(identity))),
             lease: LeaseSettings {
                 duration: Duration::from_secs(2),
                 retry_period: Duration::from_millis(100),
@@ -1171,8 +1164,8 @@ async fn handle(
         path: path.clone(),
         query: query.clone(),
         content_type: content_type.clone(),
-        host: headers
-            .get(http::header::HOST)
+        user: headers
+            .get("impersonate-user")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     });
