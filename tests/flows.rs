@@ -361,3 +361,18 @@ async fn two_channel_kinds_of_one_name_share_an_address_so_the_second_is_refused
         channels.body
     );
 }
+
+#[tokio::test]
+async fn a_kafka_channel_without_a_kafka_says_which_setting_it_needs() {
+    let channel =
+        "apiVersion: messaging.knative.dev/v1beta1\nkind: KafkaChannel\nmetadata:\n  name: k\n";
+    let s = TestServer::start(&[("k.yaml", channel)]).await;
+    s.wait_ready_condition(
+        "channels",
+        "k",
+        "False",
+        &["BrokerConfigInvalid", "--kafka-bootstrap-servers"],
+        WAIT,
+    )
+    .await;
+}

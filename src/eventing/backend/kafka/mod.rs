@@ -94,6 +94,13 @@ impl KafkaConfig {
 }
 
 pub(crate) fn plan(context: &PlanContext<'_>) -> Result<Box<dyn BackendPlan>, String> {
+    if context.channel_topic.is_some() && context.kafka_bootstrap_servers.is_none() {
+        // A KafkaChannel has no spec.config to name its Kafka.
+        return Err(
+            "a KafkaChannel keeps its events on pilotlight's Kafka: start pilotlight with --kafka-bootstrap-servers (PILOTLIGHT_KAFKA_BOOTSTRAP_SERVERS)"
+                .to_owned(),
+        );
+    }
     let mut config = config::resolve(
         context.key,
         context.broker,
