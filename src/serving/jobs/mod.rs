@@ -5,8 +5,10 @@
 //!
 //! # The contract with the event intake
 //!
-//! The eventing half owns a JobSink's ingress: it stores each event (202
-//! once stored), and delivers it to the job endpoint of the admin listener,
+//! The eventing half owns a JobSink's ingress (`control::jobsink_intake`
+//! wires a channel on the log and a subscription for it): it stores each
+//! event (202 once stored), and delivers it to the job endpoint of the
+//! admin listener,
 //! `POST /internal/v1/jobsinks/{namespace}/{name}` (see
 //! `control::admin::jobsink_path`), with at most
 //! [`JobSink::max_running_jobs`] deliveries in flight. The endpoint takes
