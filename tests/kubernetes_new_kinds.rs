@@ -542,3 +542,55 @@ async fn one_event_to_a_jobsink_makes_one_job_with_two_replicas() {
     leader.shutdown().await;
     follower.shutdown().await;
 }
+
+/// A template changed while no replica ran: the Deployment of the old
+/// version is in the cluster, and no replica knows it. The leader that
+/// deploys the current version deletes it, so the source does not send
+/// twice.
+#[tokio::test]
+async fn a_leader_deletes_the_deployment_of_a_version_it_never_ran() {
+    let fake = FakeApiServer::start().await;
+    fake.create(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "heartbeats-00000000-deployment", "namespace": "default",
+            "labels": {"sources.knative.dev/containerSource": "heartbeats",
+                "pilotlight.dev/daemon": "heartbeats-00000000",
+                "app.kubernetes.io/managed-by": "pilotlight"}},
+        "spec": {"replicas": 1,
+            "selector": {"matchLabels": {"pilotlight.dev/daemon": "heartbeats-00000000"}},
+            "template": {"metadata": {"labels": {"pilotlight.dev/daemon": "heartbeats-00000000"}},
+                "spec": {"containers": [{"name": "beats", "image": "ghcr.io/example/heartbeats:0"}]}}},
+    }));
+    // Someone else's Deployment with the same Knative label stays.
+    fake.create(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "not-ours", "namespace": "default",
+            "labels": {"sources.knative.dev/containerSource": "heartbeats"}},
+        "spec": {"selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "x"}},
+                "spec": {"containers": [{"name": "x", "image": "x"}]}}},
+    }));
+    fake.create(container_source("http://sink.default.svc/"));
+    let dir = tempfile::tempdir().expect("dir");
+    let leader = replica(&fake, dir.path(), "leader").await;
+    let current = fake
+        .wait_for("only the current version's Deployment", PATIENCE, |fake| {
+            let ours: Vec<String> = source_deployments(fake)
+                .iter()
+                .filter(|d| d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pilotlight")
+                .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned))
+                .collect();
+            match ours.as_slice() {
+                [one] if one != "heartbeats-00000000-deployment" => Some(one.clone()),
+                _ => None,
+            }
+        })
+        .await;
+    assert!(current.starts_with("heartbeats-"), "{current}");
+    assert!(
+        fake.get("apps/v1", "Deployment", "default", "not-ours")
+            .is_some(),
+        "a Deployment pilotlight did not make stays"
+    );
+    leader.shutdown().await;
+}

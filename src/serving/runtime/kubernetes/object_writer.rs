@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -139,6 +139,7 @@ impl ObjectWriter {
             if self.create(initial).await? {
                 term.written = Some((initial, current.resource_version.clone()));
             }
+            self.delete_other_versions().await?;
             term.created = true;
         }
         let Some(replicas) = replicas else {
@@ -264,6 +265,37 @@ impl ObjectWriter {
             Err(error) if is_status(&error, 409) => Ok(false),
             Err(error) => Err(error),
         }
+    }
+
+    /// A daemon's Deployments of other versions of its template: deleted,
+    /// once per term, so that exactly one version runs whoever deployed
+    /// the others.
+    async fn delete_other_versions(&self) -> Result<(), kube::Error> {
+        let Some(selector) = &self.objects.versions else {
+            return Ok(());
+        };
+        let current = self.objects.deployment_name();
+        let listed = self
+            .deployments
+            .list(&ListParams::default().labels(selector))
+            .await?;
+        for name in listed.items.into_iter().filter_map(|d| d.metadata.name) {
+            if name == current {
+                continue;
+            }
+            match self
+                .deployments
+                .delete(&name, &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(revision = %self.objects.revision, stale = %name, "deleted the Deployment of another version of the template")
+                }
+                Err(error) if is_status(&error, 404) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     /// The Knative Service (or ContainerSource) as owner, so that deleting

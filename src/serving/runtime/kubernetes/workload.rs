@@ -40,6 +40,12 @@ pub(super) struct Objects {
     /// The headless Service whose EndpointSlices publish a revision's pods;
     /// None for a daemon, which is never sent to.
     pub service: Option<Service>,
+    /// A daemon's: the label selector of every version's Deployment, so
+    /// that a leader deploying one version removes the others (a template
+    /// changed while no replica ran the old one leaves it behind
+    /// otherwise, still sending events). None for a revision, whose
+    /// versions the revision history retires.
+    pub versions: Option<String>,
 }
 
 /// The kind of the object that owns a workload's objects.
@@ -112,10 +118,7 @@ pub(super) fn labels(workload: &Workload) -> BTreeMap<String, String> {
 /// one that selects this version of its template.
 fn daemon_labels(workload: &Workload) -> BTreeMap<String, String> {
     [
-        (
-            "sources.knative.dev/containerSource",
-            workload.service.name.as_str(),
-        ),
+        (CONTAINER_SOURCE_LABEL, workload.service.name.as_str()),
         (DAEMON_LABEL, workload.revision.as_str()),
         ("app.kubernetes.io/managed-by", "pilotlight"),
     ]
@@ -126,6 +129,8 @@ fn daemon_labels(workload: &Workload) -> BTreeMap<String, String> {
 
 /// Selects the pods of one version of a daemon's template.
 const DAEMON_LABEL: &str = "pilotlight.dev/daemon";
+/// Knative's label of a ContainerSource's pods: every version's.
+const CONTAINER_SOURCE_LABEL: &str = "sources.knative.dev/containerSource";
 
 /// Builds the Deployment and Service, or says why the workload cannot run on
 /// Kubernetes, naming the field as it is in the Knative Service.
@@ -161,6 +166,10 @@ fn build_daemon(workload: &Workload) -> Result<Objects, CannotRun> {
         owner: Owner::CONTAINER_SOURCE,
         deployment: from_json(deployment)?,
         service: None,
+        versions: Some(format!(
+            "{CONTAINER_SOURCE_LABEL}={},app.kubernetes.io/managed-by=pilotlight",
+            workload.service.name
+        )),
     })
 }
 
@@ -224,6 +233,7 @@ fn build_revision(workload: &Workload) -> Result<Objects, CannotRun> {
         owner: Owner::KNATIVE_SERVICE,
         deployment,
         service: Some(from_json(service)?),
+        versions: None,
     })
 }
 
