@@ -74,19 +74,11 @@ fn data(received: &[pilotlight::cloudevent::Event]) -> Vec<String> {
 
 /// The admin API's view of one object.
 async fn view(s: &TestServer, collection: &str, name: &str) -> serde_json::Value {
-    let list = request(
-        Method::GET,
-        &s.admin_url(&format!("/api/v1/{collection}")),
-        &[],
-        "",
-    )
-    .await;
-    let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
-    body["items"]
-        .as_array()
-        .and_then(|items| items.iter().find(|i| i["metadata"]["name"] == name))
-        .cloned()
-        .unwrap_or_else(|| panic!("{collection}/{name} is not listed: {body}"))
+    let items = support::admin_list(s.server.admin, collection).await;
+    items
+        .into_iter()
+        .find(|i| i["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{collection}/{name} is not listed"))
 }
 
 #[tokio::test]

@@ -507,15 +507,7 @@ fn assert_each_tick_once(ticks: &[(chrono::DateTime<chrono::Utc>, String)]) {
 
 /// The Ready condition of a source as a replica's admin API shows it.
 async fn source_ready_on(server: &Server, name: &str) -> Value {
-    let list = support::request(
-        http::Method::GET,
-        &format!("http://{}/api/v1/sources", server.admin),
-        &[],
-        "",
-    )
-    .await;
-    let list: Value = serde_json::from_str(&list.body).expect("a JSON list");
-    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let items = support::admin_list(server.admin, "sources").await;
     let item = items
         .iter()
         .find(|i| i["metadata"]["name"] == name)

@@ -223,15 +223,7 @@ async fn channels_subscriptions_and_flows_get_their_status_from_the_leader_only(
     );
     // Yet both replicas run them: the follower's admin API lists the
     // sequence's channels.
-    let listed = support::request(
-        http::Method::GET,
-        &format!("http://{}/api/v1/channels", follower.admin),
-        &[],
-        "",
-    )
-    .await;
-    let listed: Value = serde_json::from_str(&listed.body).expect("a JSON list");
-    let listed = listed["items"].as_array().cloned().unwrap_or_default();
+    let listed = support::admin_list(follower.admin, "channels").await;
     assert!(names(&listed).contains(&"seq-kn-sequence-0"), "{listed:?}");
     leader.shutdown().await;
     follower.shutdown().await;

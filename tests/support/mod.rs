@@ -431,6 +431,15 @@ pub async fn request(
     }
 }
 
+/// The items of an admin API collection (`channels`, `sources`) of the
+/// pilotlight whose admin listener is `admin`.
+pub async fn admin_list(admin: SocketAddr, collection: &str) -> Vec<serde_json::Value> {
+    let url = format!("http://{admin}/api/v1/{collection}");
+    let list = request(Method::GET, &url, &[], "").await;
+    let list: serde_json::Value = serde_json::from_str(&list.body).expect("a JSON list");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
 /// Posts a binary-mode event with the given id and type.
 pub async fn send(url: &str, id: &str, ty: &str) -> Reply {
     request(
