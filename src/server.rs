@@ -82,6 +82,9 @@ pub struct ServerConfig {
     /// Kafka's static group membership; None for an id kept in the data
     /// folder.
     pub replica: Option<String>,
+    /// `--admin-token`: lets requests that carry it replay through an
+    /// admin listener that is not on loopback.
+    pub admin_token: Option<String>,
 }
 
 impl ServerConfig {
@@ -108,6 +111,7 @@ impl ServerConfig {
             ping_clock: PingClock::default(),
             kubeconfig: None,
             replica: None,
+            admin_token: None,
         }
     }
 }
@@ -273,6 +277,10 @@ impl Server {
             metrics: crate::telemetry::metrics_handle(),
             ready: ready.clone(),
             peers: cluster.as_ref().and_then(Cluster::peers),
+            replay: crate::control::replay::ReplayAccess {
+                loopback: admin.ip().is_loopback(),
+                token: config.admin_token.as_deref().map(Arc::from),
+            },
         });
         let tasks = vec![
             tokio::spawn(serve_main(listener, main, stopped.clone())),

@@ -97,6 +97,7 @@ async fn help_lists_the_product_commands_without_the_benchmarks() {
         "run",
         "get",
         "ready",
+        "replay",
         "send",
         "event-display",
         "cesql",

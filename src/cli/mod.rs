@@ -7,6 +7,7 @@ mod hello;
 mod http;
 pub mod images;
 mod ready;
+mod replay;
 pub mod run;
 mod send;
 
@@ -39,6 +40,8 @@ pub enum Command {
     Get(get::GetArgs),
     /// Exit 0 when a running pilotlight is ready (its /readyz answers 200): a health check.
     Ready(ready::ReadyArgs),
+    /// Deliver a trigger's events again from a time or an offset (asks first unless --yes).
+    Replay(replay::ReplayArgs),
     /// Send a CloudEvent to a broker or URL (like `kn event send`).
     Send(send::SendArgs),
     /// A sink that prints every CloudEvent it receives (Knative's event_display).
@@ -77,6 +80,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(*args).await,
         Command::Get(args) => get::get(args).await,
         Command::Ready(args) => ready::ready(args).await,
+        Command::Replay(args) => replay::replay(args).await,
         Command::Send(args) => send::send(args).await,
         Command::EventDisplay(args) => event_display::run(args).await,
         Command::Hello(args) => hello::run(args).await,

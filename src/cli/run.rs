@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// Address of the admin listener (/metrics, /healthz, /readyz, the API of `pilotlight get`).
     #[arg(long, env = "PILOTLIGHT_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
+    /// A secret that lets `pilotlight replay` (the admin API's replay) move a
+    /// trigger back when --admin is not a loopback address; without it, replay
+    /// is refused there. Send it as `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "PILOTLIGHT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Where the log backend keeps events and trigger cursors.
     #[arg(long, env = "PILOTLIGHT_DATA_DIR", default_value = ".pilotlight")]
     pub data_dir: PathBuf,
@@ -205,6 +210,11 @@ impl RunArgs {
             ping_clock: crate::eventing::source::PingClock::default(),
             kubeconfig: self.kubeconfig.clone(),
             replica: self.kubernetes.then(|| self.pod_name()),
+            admin_token: self
+                .admin_token
+                .as_ref()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
         })
     }
 

@@ -1,6 +1,11 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, the API that
 //! `pilotlight get` reads (`/api/v1/{brokers,triggers,services,revisions,routes,sources,jobsinks}`),
-//! and the job endpoint JobSinks' events are delivered to
+//! replay (`POST /api/v1/triggers/{namespace}/{name}/replay` and
+//! `POST /api/v1/subscriptions/{namespace}/{name}/replay`, which `pilotlight
+//! replay` calls; the body, answer and refusals are in the `replay` module:
+//! refused with 403 unless this listener is on loopback or the request
+//! carries `Authorization: Bearer` with `--admin-token`), and the job
+//! endpoint JobSinks' events are delivered to
 //! (`POST /internal/v1/jobsinks/{namespace}/{name}`; its contract is in
 //! `serving::jobs`).
 
@@ -20,8 +25,10 @@ use serde::Deserialize;
 use super::board::Collection;
 use super::kubernetes::peers::PeerToken;
 use super::reconcile::ControlPlane;
+use super::replay::{self, ReplayAccess};
 use crate::api::ObjectKey;
 use crate::cloudevent::{Mode, parse_http};
+use crate::eventing::controller::Delivering;
 use crate::serving::autoscaler::ClusterStats;
 use crate::serving::autoscaler::peers::{STATS_PATH, StatsReport};
 use crate::serving::jobs::{JobError, JobSinks};
@@ -35,6 +42,8 @@ pub(crate) struct AdminState {
     /// Kubernetes mode: where the other replicas' autoscaling samples go
     /// while this replica leads.
     pub peers: Option<Peers>,
+    /// Who may replay.
+    pub replay: ReplayAccess,
 }
 
 /// What the leader needs to take the other replicas' samples.
@@ -50,6 +59,14 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/{collection}", get(list))
+        .route(
+            "/api/v1/triggers/{namespace}/{name}/replay",
+            post(replay_trigger),
+        )
+        .route(
+            "/api/v1/subscriptions/{namespace}/{name}/replay",
+            post(replay_subscription),
+        )
         .route(STATS_PATH, post(receive_stats))
         .route(
             &format!("{JOBSINKS_PATH}/{{namespace}}/{{name}}"),
@@ -114,6 +131,42 @@ async fn receive_stats(
     } else {
         (StatusCode::CONFLICT, "this replica does not lead\n").into_response()
     }
+}
+
+async fn replay_trigger(
+    State(state): State<AdminState>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = ObjectKey::new(namespace, name);
+    replay::replay(
+        &state.control,
+        &state.replay,
+        Delivering::Trigger,
+        key,
+        &headers,
+        body,
+    )
+    .await
+}
+
+async fn replay_subscription(
+    State(state): State<AdminState>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = ObjectKey::new(namespace, name);
+    replay::replay(
+        &state.control,
+        &state.replay,
+        Delivering::Subscription,
+        key,
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// Where the job endpoint is: `{JOBSINKS_PATH}/{namespace}/{name}`.

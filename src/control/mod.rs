@@ -7,5 +7,6 @@ mod jobsink_intake;
 pub mod kubernetes;
 pub mod manifest;
 pub(crate) mod reconcile;
+pub(crate) mod replay;
 mod sinks;
 pub(crate) mod watch;

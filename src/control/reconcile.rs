@@ -92,6 +92,11 @@ impl ControlPlane {
         self.eventing.settings().default_class
     }
 
+    /// The eventing controller, for replays through the admin API.
+    pub(crate) fn eventing(&self) -> &EventingController {
+        &self.eventing
+    }
+
     /// Every object's status, for `get`, the admin API and Kubernetes
     /// status writes.
     pub(crate) fn board(&self) -> &StatusBoard {

@@ -225,6 +225,57 @@ impl AppendError {
     }
 }
 
+/// Where a replay moves a subscription back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewindTo {
+    /// The first event stored at or after this time, in ms since the epoch
+    /// (the log's append time, Kafka's record timestamp).
+    Time(i64),
+    /// This offset of the log (lane 0); for Kafka, of every partition.
+    Offset(u64),
+}
+
+/// What a replay does (or would do, on a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rewound {
+    /// Events between the new position and the old one: delivered again.
+    /// An upper bound, like [`SubscriptionLag::backlog`]: it also counts
+    /// events the trigger's filter skips.
+    pub events: u64,
+    /// The new position of each lane (Kafka: partition).
+    pub positions: Vec<LanePosition>,
+    /// What the backend could not take back, in words (a memory broker
+    /// holds only what some trigger still needs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A lane's (partition's) offset before and after a replay.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LanePosition {
+    pub lane: u32,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Why a subscription was not moved back.
+#[derive(Debug, thiserror::Error)]
+pub enum RewindError {
+    /// The backend cannot deliver again what was acknowledged.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The position asked for is not in what the backend holds.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The trigger has no subscription on this backend (yet).
+    #[error("{0}")]
+    NotSubscribed(String),
+    /// The backend failed (I/O, Kafka did not answer).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// A backend failure outside the append path (subscribe, delete).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -246,6 +297,18 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Forgets a deleted trigger and everything kept for it.
     async fn unsubscribe(&self, trigger: &ObjectKey) -> Result<(), BackendError>;
+
+    /// Moves the subscription's position back to `to`, so that the events
+    /// from there are delivered again (through the trigger's filter); with
+    /// `dry_run`, only says how many that is. The caller stops the
+    /// subscription's dispatcher first and subscribes again after: the new
+    /// subscription starts at the new position.
+    async fn rewind(
+        &self,
+        subscription: &ObjectKey,
+        to: RewindTo,
+        dry_run: bool,
+    ) -> Result<Rewound, RewindError>;
 
     /// Where the trigger stands, if it is subscribed.
     fn lag(&self, trigger: &ObjectKey) -> Option<SubscriptionLag>;

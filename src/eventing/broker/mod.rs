@@ -159,6 +159,17 @@ mod tests {
         async fn unsubscribe(&self, _: &ObjectKey) -> Result<(), BackendError> {
             Ok(())
         }
+        async fn rewind(
+            &self,
+            _: &ObjectKey,
+            _: crate::eventing::backend::RewindTo,
+            _: bool,
+        ) -> Result<crate::eventing::backend::Rewound, crate::eventing::backend::RewindError>
+        {
+            Err(crate::eventing::backend::RewindError::Unsupported(
+                "not in this test".into(),
+            ))
+        }
         fn lag(&self, _: &ObjectKey) -> Option<SubscriptionLag> {
             None
         }

@@ -27,7 +27,7 @@ use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::backend::{
     self, BACKEND_FAILED, BACKEND_UNAVAILABLE, Backend, BackendPlan, ChannelTopic, PlanContext,
-    SubscriptionSpec,
+    RewindError, RewindTo, Rewound, SubscriptionSpec,
 };
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::EventSender;
@@ -65,6 +65,36 @@ const START_FAILED: [&str; 2] = [BACKEND_FAILED, BACKEND_UNAVAILABLE];
 /// How long shutdown lets in-flight deliveries finish, so that a clean stop
 /// does not deliver them twice.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a replay lets the deliveries in flight finish before it moves
+/// the position back (what is still in flight then comes again anyway).
+const REPLAY_GRACE: Duration = Duration::from_secs(2);
+
+/// What a replay moves back: a Trigger, or a channel's Subscription (both
+/// run on the same dispatchers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivering {
+    Trigger,
+    Subscription,
+}
+
+impl Delivering {
+    fn noun(self) -> &'static str {
+        match self {
+            Delivering::Trigger => "trigger",
+            Delivering::Subscription => "subscription",
+        }
+    }
+}
+
+/// Why a replay did not happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReplayError {
+    /// No such trigger or subscription runs.
+    #[error("{0}")]
+    Unknown(String),
+    #[error(transparent)]
+    Rewind(#[from] RewindError),
+}
 
 /// Settings of the eventing half.
 #[derive(Debug, Clone)]
@@ -947,6 +977,55 @@ impl EventingController {
                 .map(|(resource, view)| views.flow_status(resource, view)),
             _ => None,
         }
+    }
+
+    /// Delivers a trigger's (or subscription's) events again from `to`:
+    /// its dispatcher stops (in-flight deliveries get [`REPLAY_GRACE`] to
+    /// finish), the backend moves its position back, and the dispatcher
+    /// starts again with the same plan, subscribing at the new position,
+    /// as a plan change restarts it. A dry run only counts. Holds the
+    /// running set's lock throughout, so no apply interleaves.
+    pub(crate) async fn replay(
+        &self,
+        which: Delivering,
+        key: &ObjectKey,
+        to: RewindTo,
+        dry_run: bool,
+    ) -> Result<Rewound, ReplayError> {
+        let mut running = self.running.lock().await;
+        let map = match which {
+            Delivering::Trigger => &mut running.triggers,
+            Delivering::Subscription => &mut running.subscriptions,
+        };
+        let unknown = || {
+            ReplayError::Unknown(format!(
+                "no {} {key} is delivering: is it loaded, and its broker or channel Ready? (pilotlight get {}s)",
+                which.noun(),
+                which.noun()
+            ))
+        };
+        if dry_run {
+            let current = map.get(key).ok_or_else(unknown)?;
+            return Ok(current.broker.backend.rewind(key, to, true).await?);
+        }
+        let current = map.remove(key).ok_or_else(unknown)?;
+        let RunningTrigger {
+            plan,
+            broker,
+            dispatcher,
+        } = current;
+        dispatcher.drain(REPLAY_GRACE).await;
+        let rewound = broker.backend.rewind(key, to, false).await;
+        match self.start_trigger(key, (*plan).clone(), broker).await {
+            Ok(started) => {
+                map.insert(key.clone(), started);
+            }
+            // The next apply starts it (nothing runs for the key now).
+            Err(status) => {
+                tracing::error!(key = %key, reason = ?status.conditions.first().map(|c| &c.message), "resubscribing after a replay failed")
+            }
+        }
+        Ok(rewound?)
     }
 
     /// Publishes each trigger's backlog as a gauge.

@@ -20,6 +20,7 @@ pub(crate) mod config;
 pub(crate) mod consumer;
 pub(crate) mod health;
 pub(crate) mod offsets;
+pub(crate) mod reset;
 
 #[cfg(test)]
 mod tests;
@@ -41,7 +42,8 @@ use health::{ClientErrors, ErrorsContext, Prober, TopicCheck};
 
 use super::{
     Acknowledge, AppendError, BACKEND_UNAVAILABLE, Backend, BackendError, BackendPlan, Delivery,
-    PlanContext, StartError, Subscription, SubscriptionLag, SubscriptionSpec, same_plan,
+    PlanContext, RewindError, RewindTo, Rewound, StartError, Subscription, SubscriptionLag,
+    SubscriptionSpec, same_plan,
 };
 use crate::api::ObjectKey;
 use crate::api::broker::BrokerClass;
@@ -498,6 +500,23 @@ impl Backend for KafkaBackend {
             Err(GroupDeletion::Failed(reason)) => Err(BackendError(reason)),
             Ok(()) => Ok(()),
         }
+    }
+
+    /// As `kafka-consumer-groups --reset-offsets` (`--to-datetime`, or
+    /// `--to-offset` on every partition): the group's member here stops
+    /// first, with a last commit of what is done, then the new offsets are
+    /// committed for the group; see [`reset`].
+    async fn rewind(
+        &self,
+        subscription: &ObjectKey,
+        to: RewindTo,
+        dry_run: bool,
+    ) -> Result<Rewound, RewindError> {
+        if !dry_run {
+            self.stop_subscription(subscription).await;
+        }
+        let group = self.config.group(subscription);
+        reset::reset(&self.config, &group, to, dry_run).await
     }
 
     fn lag(&self, trigger: &ObjectKey) -> Option<SubscriptionLag> {

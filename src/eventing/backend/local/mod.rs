@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{AppendError, Backend, BackendError, Subscription, SubscriptionLag, SubscriptionSpec};
+use super::{
+    AppendError, Backend, BackendError, LanePosition, RewindError, RewindTo, Rewound, Subscription,
+    SubscriptionLag, SubscriptionSpec,
+};
 use crate::api::ObjectKey;
 use crate::api::filter::Filter;
 use crate::cloudevent::Event;
@@ -73,6 +76,10 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// The oldest offset kept and the next offset to be given.
     fn bounds(&self) -> (u64, u64);
+
+    /// The first offset kept that was stored at or after `time_ms` (ms since
+    /// the epoch), or the next offset to be given when none was.
+    fn offset_at(&self, time_ms: i64) -> Result<u64, StoreError>;
 
     /// Drops what retention no longer keeps.
     fn enforce_retention(&self) -> Result<(), StoreError>;
@@ -317,6 +324,21 @@ impl<S: Store> Shared<S> {
         })
     }
 
+    /// For `memory`: the first offset of the tail stored at or after
+    /// `time_ms`, or the head when none was.
+    fn tail_offset_at(&self, time_ms: i64) -> u64 {
+        let state = self.lock();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let ago = Duration::from_millis(u64::try_from(now.saturating_sub(time_ms)).unwrap_or(0));
+        let Some(since) = Instant::now().checked_sub(ago) else {
+            return state.tail_start;
+        };
+        let first = state.tail.partition_point(|e| e.stored_at < since);
+        state.tail_start + first as u64
+    }
+
     /// For `memory`: drop what every trigger is done with, and what is too old.
     /// Entries are taken out under the lock and freed after it, so ingress and
     /// acks do not wait for the deallocation.
@@ -479,6 +501,100 @@ impl<S: Store> Backend for LocalBackend<S> {
         Ok(())
     }
 
+    async fn rewind(
+        &self,
+        subscription: &ObjectKey,
+        to: RewindTo,
+        dry_run: bool,
+    ) -> Result<Rewound, RewindError> {
+        let key = subscription.to_string();
+        let by_time = match to {
+            RewindTo::Time(ms) if S::DURABLE => {
+                let store = self.shared.store.clone();
+                let found = tokio::task::spawn_blocking(move || store.offset_at(ms))
+                    .await
+                    .map_err(|e| RewindError::Failed(format!("searching the log by time: {e}")))?
+                    .map_err(|e| RewindError::Failed(format!("searching the log by time: {e}")))?;
+                Some(found)
+            }
+            RewindTo::Time(ms) => Some(self.shared.tail_offset_at(ms)),
+            RewindTo::Offset(_) => None,
+        };
+        let mut state = self.shared.lock();
+        let head = state.head();
+        // What can be read again: the log keeps what retention keeps; memory
+        // only its tail (events every trigger was done with are dropped).
+        let oldest = if S::DURABLE {
+            self.shared.store.bounds().0.min(head)
+        } else {
+            state.tail_start
+        };
+        let Some(sub) = state.subscriptions.get_mut(&key) else {
+            return Err(RewindError::NotSubscribed(format!(
+                "{key} is not subscribed to its broker (is its broker ready?)"
+            )));
+        };
+        let cursor = sub.cursor();
+        let mut note = None;
+        let target = match (to, by_time) {
+            (RewindTo::Offset(offset), _) => {
+                if offset > head {
+                    return Err(RewindError::OutOfRange(format!(
+                        "offset {offset} is beyond the log: its next offset is {head}"
+                    )));
+                }
+                if offset < oldest {
+                    return Err(RewindError::OutOfRange(if S::DURABLE {
+                        format!(
+                            "offset {offset} is gone: retention removed it; the oldest offset kept is {oldest}"
+                        )
+                    } else {
+                        format!(
+                            "offset {offset} is gone: a memory broker keeps an event only until every trigger is done with it; the oldest it holds is {oldest}"
+                        )
+                    }));
+                }
+                if offset > cursor {
+                    return Err(RewindError::OutOfRange(format!(
+                        "offset {offset} is after {key}'s position {cursor}: replay delivers events again, it does not skip any"
+                    )));
+                }
+                offset
+            }
+            (RewindTo::Time(_), found) => {
+                let found = found.unwrap_or(head);
+                if !S::DURABLE && oldest > 0 && found <= oldest {
+                    note = Some(format!(
+                        "a memory broker keeps an event only until every trigger is done with it: it holds offsets {oldest} to {head}, so earlier events cannot come again"
+                    ));
+                }
+                found.clamp(oldest, cursor.max(oldest))
+            }
+        };
+        let target = target.min(cursor);
+        if !dry_run {
+            // The subscription (whose dispatcher the caller stopped) is
+            // replaced: its reader and acks are stale, and the next
+            // subscribe starts at `target`.
+            sub.generation += 1;
+            sub.pending.clear();
+            sub.read_up_to = target;
+            state.cursors_dirty = true;
+            drop(state);
+            self.shared.head.send_modify(|_| {});
+            tracing::info!(trigger = %key, from = cursor, to = target, "replay: moved the trigger's position back");
+        }
+        Ok(Rewound {
+            events: cursor - target,
+            positions: vec![LanePosition {
+                lane: 0,
+                from: cursor,
+                to: target,
+            }],
+            note,
+        })
+    }
+
     fn lag(&self, trigger: &ObjectKey) -> Option<SubscriptionLag> {
         let state = self.shared.lock();
         let sub = state.subscriptions.get(&trigger.to_string())?;
@@ -576,6 +692,9 @@ mod tests {
         }
         fn bounds(&self) -> (u64, u64) {
             (0, *self.next.lock().unwrap_or_else(|e| e.into_inner()))
+        }
+        fn offset_at(&self, _: i64) -> Result<u64, StoreError> {
+            Ok(self.bounds().1)
         }
         fn enforce_retention(&self) -> Result<(), StoreError> {
             Ok(())

@@ -274,6 +274,22 @@ impl Store for LogStore {
         (oldest, next)
     }
 
+    /// Segments are in append order and a segment's newest time bounds all
+    /// of its records, so whole segments older than `time_ms` are skipped
+    /// without reading them; only one segment's headers are read.
+    fn offset_at(&self, time_ms: i64) -> Result<u64, StoreError> {
+        let segments: Vec<Arc<Segment>> = self.segments().clone();
+        for segment in segments {
+            if segment.newest_ms().is_some_and(|newest| newest < time_ms) {
+                continue;
+            }
+            if let Some(offset) = segment.first_at_or_after(time_ms)? {
+                return Ok(offset);
+            }
+        }
+        Ok(self.next_offset.load(Ordering::Acquire))
+    }
+
     fn enforce_retention(&self) -> Result<(), StoreError> {
         if self.destroyed.load(Ordering::Acquire) {
             return Ok(());

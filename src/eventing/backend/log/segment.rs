@@ -203,6 +203,29 @@ impl Segment {
         Ok(())
     }
 
+    /// The offset of the first durable record appended at or after
+    /// `time_ms`, reading only record headers; `None` when there is none.
+    pub(super) fn first_at_or_after(&self, time_ms: i64) -> Result<Option<u64>, StoreError> {
+        let Some(file) = self.file()? else {
+            return Ok(None);
+        };
+        let durable_len = self.view().durable_len;
+        let mut reader = RecordReader::new(&file, 0, durable_len, SCAN_CHUNK);
+        loop {
+            match reader
+                .next(false)
+                .map_err(|e| io_error("searching", &self.path, e))?
+            {
+                Next::End => return Ok(None),
+                Next::Broken { pos, reason } => return Err(self.corrupt(pos, reason)),
+                Next::Record { header, .. } if header.timestamp_ms >= time_ms => {
+                    return Ok(Some(header.offset));
+                }
+                Next::Record { .. } => {}
+            }
+        }
+    }
+
     /// Checks a record's checksum and decodes its event.
     fn decode(
         &self,

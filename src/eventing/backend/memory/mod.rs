@@ -88,6 +88,12 @@ impl Store for MemoryStore {
         (0, 0)
     }
 
+    /// Never asked: the local backend searches its tail, which is all a
+    /// memory broker holds.
+    fn offset_at(&self, _time_ms: i64) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     fn enforce_retention(&self) -> Result<(), StoreError> {
         Ok(())
     }

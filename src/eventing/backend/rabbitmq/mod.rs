@@ -46,8 +46,8 @@ use self::config::RabbitConnectionConfig;
 use self::connection::{Link, Topology, declare_queue, short};
 use self::subscription::RabbitSubscription;
 use super::{
-    AppendError, Backend, BackendError, BackendPlan, Concurrency, PlanContext, StartError,
-    Subscription, SubscriptionLag, SubscriptionSpec, same_plan,
+    AppendError, Backend, BackendError, BackendPlan, Concurrency, PlanContext, RewindError,
+    RewindTo, Rewound, StartError, Subscription, SubscriptionLag, SubscriptionSpec, same_plan,
 };
 use crate::api::broker::BrokerClass;
 use crate::api::filter::Filter;
@@ -231,6 +231,22 @@ impl RabbitMqBackend {
 
 #[async_trait]
 impl Backend for RabbitMqBackend {
+    /// Refused: a queue hands a message to one consumer and forgets it once
+    /// acknowledged, so there is nothing left to deliver again.
+    async fn rewind(
+        &self,
+        subscription: &ObjectKey,
+        _to: RewindTo,
+        _dry_run: bool,
+    ) -> Result<Rewound, RewindError> {
+        Err(RewindError::Unsupported(format!(
+            "{subscription} runs on a RabbitMQ broker: its queue {} removed each event once \
+             the subscriber acknowledged it, so there is nothing to deliver again (replay needs \
+             a broker class that keeps events: the log, or Kafka)",
+            queue_name(&self.broker, &subscription.name)
+        )))
+    }
+
     async fn append(&self, events: Vec<Event>) -> Result<(), AppendError> {
         let session = self.link.current().ok_or_else(|| {
             self.unavailable(format!(
