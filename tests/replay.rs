@@ -400,3 +400,32 @@ async fn a_rabbitmq_trigger_refuses_replay_and_says_why() {
     subscriber.wait_for(1, WAIT).await;
     assert_eq!(subscriber.count(), 1);
 }
+
+/// A channel's Subscription runs on the same dispatcher as a trigger, so
+/// it replays the same way, through `/api/v1/subscriptions/...`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_subscription_on_the_log_gets_its_events_again() {
+    let subscriber = Subscriber::accepting().await;
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let channel = "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: c\n  annotations:\n    pilotlight.dev/channel.class: Log\n";
+    let subscription = format!(
+        "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: sub\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    name: c\n  subscriber:\n    uri: {}\n",
+        subscriber.url("/")
+    );
+    let s = TestServer::start(&[("c.yaml", channel), ("sub.yaml", &subscription)]).await;
+    let url = s.broker_url("default", "c-kn-channel");
+    wait_accepted(&url, "a", WAIT).await;
+    assert_eq!(send(&url, "b", "t").await.status, StatusCode::ACCEPTED);
+    subscriber.wait_for(2, WAIT).await;
+    let endpoint = format!(
+        "http://{}/api/v1/subscriptions/default/sub/replay",
+        s.server.admin
+    );
+    let body = serde_json::json!({ "since": since.to_rfc3339() }).to_string();
+    let headers = [("content-type", "application/json")];
+    let reply = request(Method::POST, &endpoint, &headers, body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let got = subscriber.wait_for(4, WAIT).await;
+    let ids: Vec<&str> = got.iter().map(|e| e.id()).collect();
+    assert_eq!(ids.iter().filter(|id| **id == "b").count(), 2, "{ids:?}");
+}
