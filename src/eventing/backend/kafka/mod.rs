@@ -20,6 +20,7 @@ pub(crate) mod config;
 pub(crate) mod consumer;
 pub(crate) mod health;
 pub(crate) mod offsets;
+mod tail;
 
 #[cfg(test)]
 mod tests;
@@ -41,7 +42,8 @@ use health::{ClientErrors, ErrorsContext, Prober, TopicCheck};
 
 use super::{
     Acknowledge, AppendError, BACKEND_UNAVAILABLE, Backend, BackendError, BackendPlan, Delivery,
-    PlanContext, StartError, Subscription, SubscriptionLag, SubscriptionSpec, same_plan,
+    PlanContext, StartError, Subscription, SubscriptionLag, SubscriptionSpec, TailError, TailStart,
+    TailStream, same_plan,
 };
 use crate::api::ObjectKey;
 use crate::api::broker::BrokerClass;
@@ -65,12 +67,15 @@ pub(crate) struct KafkaBackend {
     /// Whether the producer reaches Kafka, kept by `prober`.
     health: Arc<HealthCell>,
     prober: tokio::task::JoinHandle<()>,
+    /// Set at shutdown: the tails end.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// The probe task holds a clone of the producer: it ends with the backend.
 impl Drop for KafkaBackend {
     fn drop(&mut self) {
         self.prober.abort();
+        self.stopping.send_replace(true);
     }
 }
 
@@ -263,6 +268,7 @@ pub(crate) async fn start(config: &KafkaConfig) -> Result<KafkaBackend, StartErr
         lags: Mutex::default(),
         health,
         prober,
+        stopping: tokio::sync::watch::channel(false).0,
     })
 }
 
@@ -514,6 +520,7 @@ impl Backend for KafkaBackend {
 
     async fn shutdown(&self) {
         self.prober.abort();
+        self.stopping.send_replace(true);
         let handles: Vec<GroupHandle> = self
             .subscriptions
             .lock()
@@ -555,6 +562,10 @@ impl Backend for KafkaBackend {
             }
         }
         Ok(())
+    }
+    async fn tail(&self, from: TailStart) -> Result<Box<dyn TailStream>, TailError> {
+        let tail = tail::KafkaTail::open(&self.config, from, self.stopping.subscribe()).await?;
+        Ok(Box::new(tail))
     }
 }
 

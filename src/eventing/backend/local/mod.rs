@@ -15,6 +15,7 @@
 
 mod group_commit;
 mod subscription;
+mod tail;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,7 +24,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{AppendError, Backend, BackendError, Subscription, SubscriptionLag, SubscriptionSpec};
+use super::{
+    AppendError, Backend, BackendError, Subscription, SubscriptionLag, SubscriptionSpec, TailError,
+    TailStart, TailStream,
+};
 use crate::api::ObjectKey;
 use crate::api::filter::Filter;
 use crate::cloudevent::Event;
@@ -73,6 +77,13 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// The oldest offset kept and the next offset to be given.
     fn bounds(&self) -> (u64, u64);
+
+    /// The first offset appended at or after `since_ms` (Unix milliseconds),
+    /// or the next offset if none was; `None` when the store keeps no append
+    /// times (then the in-memory tail's are used).
+    fn offset_at(&self, _since_ms: i64) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 
     /// Drops what retention no longer keeps.
     fn enforce_retention(&self) -> Result<(), StoreError>;
@@ -519,6 +530,12 @@ impl<S: Store> Backend for LocalBackend<S> {
         }
     }
 
+    async fn tail(&self, from: TailStart) -> Result<Box<dyn TailStream>, TailError> {
+        Ok(Box::new(
+            tail::LocalTail::open(self.shared.clone(), from).await?,
+        ))
+    }
+
     async fn destroy(&self) -> Result<(), BackendError> {
         self.shutdown().await;
         let store = self.shared.store.clone();
@@ -532,6 +549,8 @@ impl<S: Store> Backend for LocalBackend<S> {
 impl<S: Store> Drop for LocalBackend<S> {
     fn drop(&mut self) {
         self.shared.stopping.send_replace(true);
+        // Tails wait on the head: wake them, so they end and let go of the store.
+        self.shared.head.send_modify(|_| {});
     }
 }
 

@@ -268,6 +268,22 @@ impl Store for LogStore {
         Ok(out)
     }
 
+    fn offset_at(&self, since_ms: i64) -> Result<Option<u64>, StoreError> {
+        // Append times only grow along the log (a clock stepping back aside):
+        // skip the segments whose newest record is older, scan the first
+        // other one.
+        let segments = self.segments().clone();
+        for segment in segments {
+            if segment.newest_ms().is_some_and(|newest| newest < since_ms) {
+                continue;
+            }
+            if let Some(offset) = segment.first_offset_at(since_ms)? {
+                return Ok(Some(offset));
+            }
+        }
+        Ok(Some(self.next_offset.load(Ordering::Acquire)))
+    }
+
     fn bounds(&self) -> (u64, u64) {
         let next = self.next_offset.load(Ordering::Acquire);
         let oldest = self.segments().first().map_or(next, |s| s.base);

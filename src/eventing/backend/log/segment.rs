@@ -203,6 +203,29 @@ impl Segment {
         Ok(())
     }
 
+    /// The first offset of this segment appended at or after `since_ms`
+    /// (walking record headers only), or `None` if every record is older.
+    pub(super) fn first_offset_at(&self, since_ms: i64) -> Result<Option<u64>, StoreError> {
+        let Some(file) = self.file()? else {
+            return Ok(None);
+        };
+        let len = self.view().durable_len;
+        let mut reader = RecordReader::new(&file, 0, len, SCAN_CHUNK);
+        loop {
+            match reader
+                .next(false)
+                .map_err(|e| io_error("scanning", &self.path, e))?
+            {
+                Next::End => return Ok(None),
+                Next::Broken { pos, reason } => return Err(self.corrupt(pos, reason)),
+                Next::Record { header, .. } if header.timestamp_ms >= since_ms => {
+                    return Ok(Some(header.offset));
+                }
+                Next::Record { .. } => {}
+            }
+        }
+    }
+
     /// Checks a record's checksum and decodes its event.
     fn decode(
         &self,
