@@ -50,6 +50,14 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/{collection}", get(list))
+        .route(
+            "/api/v1/brokers/{namespace}/{name}/events",
+            get(super::tail::broker_events),
+        )
+        .route(
+            "/api/v1/channels/{namespace}/{name}/events",
+            get(super::tail::channel_events),
+        )
         .route(STATS_PATH, post(receive_stats))
         .route(
             &format!("{JOBSINKS_PATH}/{{namespace}}/{{name}}"),

@@ -8,4 +8,5 @@ pub mod kubernetes;
 pub mod manifest;
 pub(crate) mod reconcile;
 mod sinks;
+mod tail;
 pub(crate) mod watch;
