@@ -98,6 +98,7 @@ async fn help_lists_the_product_commands_without_the_benchmarks() {
         "get",
         "ready",
         "send",
+        "tail",
         "event-display",
         "cesql",
         "hello",

@@ -9,6 +9,7 @@ pub mod images;
 mod ready;
 pub mod run;
 mod send;
+mod tail;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +42,9 @@ pub enum Command {
     Ready(ready::ReadyArgs),
     /// Send a CloudEvent to a broker or URL (like `kn event send`).
     Send(send::SendArgs),
+    /// Follow a broker's events as they are stored (like `kubectl logs -f`);
+    /// --since starts in the past, --filter takes a CESQL expression.
+    Tail(tail::TailArgs),
     /// A sink that prints every CloudEvent it receives (Knative's event_display).
     EventDisplay(event_display::EventDisplayArgs),
     /// Evaluate a CESQL expression against an event (as Triggers do) and print the result as JSON
@@ -78,6 +82,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => get::get(args).await,
         Command::Ready(args) => ready::ready(args).await,
         Command::Send(args) => send::send(args).await,
+        Command::Tail(args) => tail::run(args).await,
         Command::EventDisplay(args) => event_display::run(args).await,
         Command::Hello(args) => hello::run(args).await,
         Command::Cesql(args) => cesql::run(args),
