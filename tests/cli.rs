@@ -99,6 +99,7 @@ async fn help_lists_the_product_commands_without_the_benchmarks() {
         "ready",
         "replay",
         "send",
+        "tail",
         "event-display",
         "cesql",
         "hello",

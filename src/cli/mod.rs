@@ -10,6 +10,7 @@ mod ready;
 mod replay;
 pub mod run;
 mod send;
+mod tail;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,9 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Send a CloudEvent to a broker or URL (like `kn event send`).
     Send(send::SendArgs),
+    /// Follow a broker's events as they are stored (like `kubectl logs -f`);
+    /// --since starts in the past, --filter takes a CESQL expression.
+    Tail(tail::TailArgs),
     /// A sink that prints every CloudEvent it receives (Knative's event_display).
     EventDisplay(event_display::EventDisplayArgs),
     /// Evaluate a CESQL expression against an event (as Triggers do) and print the result as JSON
@@ -82,6 +86,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Ready(args) => ready::ready(args).await,
         Command::Replay(args) => replay::replay(args).await,
         Command::Send(args) => send::send(args).await,
+        Command::Tail(args) => tail::run(args).await,
         Command::EventDisplay(args) => event_display::run(args).await,
         Command::Hello(args) => hello::run(args).await,
         Command::Cesql(args) => cesql::run(args),

@@ -67,6 +67,14 @@ pub(crate) fn router(state: AdminState) -> Router {
             "/api/v1/subscriptions/{namespace}/{name}/replay",
             post(replay_subscription),
         )
+        .route(
+            "/api/v1/brokers/{namespace}/{name}/events",
+            get(super::tail::broker_events),
+        )
+        .route(
+            "/api/v1/channels/{namespace}/{name}/events",
+            get(super::tail::channel_events),
+        )
         .route(STATS_PATH, post(receive_stats))
         .route(
             &format!("{JOBSINKS_PATH}/{{namespace}}/{{name}}"),

@@ -9,4 +9,5 @@ pub mod manifest;
 pub(crate) mod reconcile;
 pub(crate) mod replay;
 mod sinks;
+mod tail;
 pub(crate) mod watch;

@@ -99,6 +99,15 @@ impl ControlPlane {
 
     /// Every object's status, for `get`, the admin API and Kubernetes
     /// status writes.
+    /// The running broker `namespace/name` (a channel's is `{name}-kn-channel`).
+    pub(crate) fn broker(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<crate::eventing::broker::BrokerEntry> {
+        self.eventing.broker(namespace, name)
+    }
+
     pub(crate) fn board(&self) -> &StatusBoard {
         &self.board
     }

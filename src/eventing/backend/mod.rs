@@ -326,6 +326,52 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Removes everything the backend stored for this broker (Broker deleted).
     async fn destroy(&self) -> Result<(), BackendError>;
+
+    /// Follows the broker's events as they are stored, from `from`, for
+    /// `pilotlight tail` and the console: a reader of its own that
+    /// acknowledges and commits nothing, so it changes no trigger's position
+    /// and never makes an append wait. A backend that cannot be read this
+    /// way says why with [`TailError::Unsupported`].
+    async fn tail(&self, from: TailStart) -> Result<Box<dyn TailStream>, TailError>;
+}
+
+/// Where a tail starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailStart {
+    /// With the next event stored after the tail opened.
+    Now,
+    /// With the oldest event the backend still holds that was stored at or
+    /// after this time (its append time, not the event's `time`).
+    Since(chrono::DateTime<chrono::Utc>),
+}
+
+/// What a tail reads next.
+#[derive(Debug, Clone)]
+pub enum TailItem {
+    Event(Arc<Event>),
+    /// This many events were stored but are gone before the tail read them
+    /// (retention, or the memory backend dropped them once delivered).
+    Skipped(u64),
+}
+
+/// A broker's events as they are stored; see [`Backend::tail`].
+#[async_trait]
+pub trait TailStream: Send {
+    /// The next item, waiting until there is one. `None` once the backend
+    /// stopped (the broker was deleted or changed backend). Cancel-safe: a
+    /// call dropped before it returned loses nothing.
+    async fn next(&mut self) -> Option<TailItem>;
+}
+
+/// Why a tail could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// This backend cannot be followed this way; the message says why.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The backend could not open a reader now (its server, its disk).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The stream of events for one trigger.

@@ -177,6 +177,17 @@ mod tests {
         async fn destroy(&self) -> Result<(), BackendError> {
             Ok(())
         }
+        async fn tail(
+            &self,
+            _: crate::eventing::backend::TailStart,
+        ) -> Result<
+            Box<dyn crate::eventing::backend::TailStream>,
+            crate::eventing::backend::TailError,
+        > {
+            Err(crate::eventing::backend::TailError::Unsupported(
+                "not in this test".into(),
+            ))
+        }
     }
 
     #[tokio::test]

@@ -296,6 +296,11 @@ impl EventingController {
         &self.settings
     }
 
+    /// The running broker `namespace/name`, as its ingress sees it.
+    pub(crate) fn broker(&self, namespace: &str, name: &str) -> Option<BrokerEntry> {
+        self.registry.get(namespace, name)
+    }
+
     /// Whether this replica leads (always true in file mode).
     pub(crate) fn leading(&self) -> tokio::sync::watch::Receiver<bool> {
         self.sources.leading()

@@ -21,6 +21,7 @@ pub(crate) mod consumer;
 pub(crate) mod health;
 pub(crate) mod offsets;
 pub(crate) mod reset;
+mod tail;
 
 #[cfg(test)]
 mod tests;
@@ -43,7 +44,7 @@ use health::{ClientErrors, ErrorsContext, Prober, TopicCheck};
 use super::{
     Acknowledge, AppendError, BACKEND_UNAVAILABLE, Backend, BackendError, BackendPlan, Delivery,
     PlanContext, RewindError, RewindTo, Rewound, StartError, Subscription, SubscriptionLag,
-    SubscriptionSpec, same_plan,
+    SubscriptionSpec, TailError, TailStart, TailStream, same_plan,
 };
 use crate::api::ObjectKey;
 use crate::api::broker::BrokerClass;
@@ -67,12 +68,15 @@ pub(crate) struct KafkaBackend {
     /// Whether the producer reaches Kafka, kept by `prober`.
     health: Arc<HealthCell>,
     prober: tokio::task::JoinHandle<()>,
+    /// Set at shutdown: the tails end.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// The probe task holds a clone of the producer: it ends with the backend.
 impl Drop for KafkaBackend {
     fn drop(&mut self) {
         self.prober.abort();
+        self.stopping.send_replace(true);
     }
 }
 
@@ -265,6 +269,7 @@ pub(crate) async fn start(config: &KafkaConfig) -> Result<KafkaBackend, StartErr
         lags: Mutex::default(),
         health,
         prober,
+        stopping: tokio::sync::watch::channel(false).0,
     })
 }
 
@@ -533,6 +538,7 @@ impl Backend for KafkaBackend {
 
     async fn shutdown(&self) {
         self.prober.abort();
+        self.stopping.send_replace(true);
         let handles: Vec<GroupHandle> = self
             .subscriptions
             .lock()
@@ -574,6 +580,10 @@ impl Backend for KafkaBackend {
             }
         }
         Ok(())
+    }
+    async fn tail(&self, from: TailStart) -> Result<Box<dyn TailStream>, TailError> {
+        let tail = tail::KafkaTail::open(&self.config, from, self.stopping.subscribe()).await?;
+        Ok(Box::new(tail))
     }
 }
 

@@ -15,6 +15,7 @@
 
 mod group_commit;
 mod subscription;
+mod tail;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 
 use super::{
     AppendError, Backend, BackendError, LanePosition, RewindError, RewindTo, Rewound, Subscription,
-    SubscriptionLag, SubscriptionSpec,
+    SubscriptionLag, SubscriptionSpec, TailError, TailStart, TailStream,
 };
 use crate::api::ObjectKey;
 use crate::api::filter::Filter;
@@ -326,7 +327,7 @@ impl<S: Store> Shared<S> {
 
     /// For `memory`: the first offset of the tail stored at or after
     /// `time_ms`, or the head when none was.
-    fn tail_offset_at(&self, time_ms: i64) -> u64 {
+    pub(super) fn tail_offset_at(&self, time_ms: i64) -> u64 {
         let state = self.lock();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -635,6 +636,12 @@ impl<S: Store> Backend for LocalBackend<S> {
         }
     }
 
+    async fn tail(&self, from: TailStart) -> Result<Box<dyn TailStream>, TailError> {
+        Ok(Box::new(
+            tail::LocalTail::open(self.shared.clone(), from).await?,
+        ))
+    }
+
     async fn destroy(&self) -> Result<(), BackendError> {
         self.shutdown().await;
         let store = self.shared.store.clone();
@@ -648,6 +655,8 @@ impl<S: Store> Backend for LocalBackend<S> {
 impl<S: Store> Drop for LocalBackend<S> {
     fn drop(&mut self) {
         self.shared.stopping.send_replace(true);
+        // Tails wait on the head: wake them, so they end and let go of the store.
+        self.shared.head.send_modify(|_| {});
     }
 }
 

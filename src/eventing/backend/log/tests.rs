@@ -949,3 +949,22 @@ fn kill_9_keeps_every_synced_record() {
         "the child rolled segments"
     );
 }
+
+#[test]
+fn offset_at_finds_the_first_record_appended_since_a_time_across_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path(), small());
+    store.set_clock_skew(Duration::from_secs(2 * 3600), true);
+    append_each_synced(&store, 0..9);
+    store.set_clock_skew(Duration::from_secs(3600), true);
+    append_each_synced(&store, 9..14);
+    store.set_clock_skew(Duration::ZERO, false);
+    append_each_synced(&store, 14..20);
+    assert!(store.segments().len() > 2, "the records span segments");
+    let now_ms = store.now_ms();
+    let at = |ago_ms: i64| store.offset_at(now_ms - ago_ms).expect("scans");
+    assert_eq!(at(3 * 3600 * 1000), 0, "everything");
+    assert_eq!(at(90 * 60 * 1000), 9, "the last hour and a half");
+    assert_eq!(at(30 * 60 * 1000), 14, "the last half hour");
+    assert_eq!(at(-60 * 1000), 20, "a time to come: the next offset");
+}

@@ -47,7 +47,8 @@ use self::connection::{Link, Topology, declare_queue, short};
 use self::subscription::RabbitSubscription;
 use super::{
     AppendError, Backend, BackendError, BackendPlan, Concurrency, PlanContext, RewindError,
-    RewindTo, Rewound, StartError, Subscription, SubscriptionLag, SubscriptionSpec, same_plan,
+    RewindTo, Rewound, StartError, Subscription, SubscriptionLag, SubscriptionSpec, TailError,
+    TailStart, TailStream, same_plan,
 };
 use crate::api::broker::BrokerClass;
 use crate::api::filter::Filter;
@@ -410,5 +411,20 @@ impl Backend for RabbitMqBackend {
         .await;
         self.link.stop().await;
         result
+    }
+
+    /// Refused: a RabbitMQ broker keeps its events in its triggers' queues,
+    /// and a message read from a queue is gone for its trigger; a queue of
+    /// the tail's own would hold only what arrives after it is bound, and
+    /// RabbitMQ keeps no history to start `--since` from.
+    async fn tail(&self, _from: TailStart) -> Result<Box<dyn TailStream>, TailError> {
+        Err(TailError::Unsupported(format!(
+            "broker class RabbitMQBroker cannot be tailed: its events live in its triggers' \
+             queues (exchange '{}'), and a queue cannot be read twice without taking the \
+             events from the trigger; RabbitMQ keeps no history to start from either. Tail \
+             the trigger's subscriber instead (pilotlight event-display), or use a log, \
+             memory or Kafka broker",
+            self.exchange
+        )))
     }
 }

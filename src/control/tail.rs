@@ -1,0 +1,343 @@
+//! Following a broker's events over the admin API, for `pilotlight tail`
+//! and the console:
+//!
+//! `GET /api/v1/brokers/{namespace}/{name}/events` (a channel's store:
+//! `GET /api/v1/channels/{namespace}/{name}/events`), with the query
+//! parameters
+//! - `since`: start in the past, with the oldest event the backend still
+//!   holds that was stored at or after it: a duration back from now (`90s`,
+//!   `10m`, `2h`, `1d`) or an RFC 3339 time. Without it, the tail starts with
+//!   the next event stored.
+//! - `filter`: a CESQL expression; only events it is true for are sent.
+//! - `buffer`: how many events are held for a client that reads slower
+//!   than they come (1 to 65536, default 1024).
+//!
+//! It answers `200` with `text/event-stream` (Server-Sent Events):
+//! - first a comment `: tailing {namespace}/{name}`: the tail is open, every
+//!   event stored from now on will come;
+//! - each event as one `data:` line, the event in structured-mode JSON
+//!   (`application/cloudevents+json`);
+//! - `event: skipped` with `data: {"skipped": N}`: N events were not sent,
+//!   because the client read too slowly and the buffer was full, or because
+//!   the backend no longer had them (retention; the memory backend drops
+//!   events every trigger is done with);
+//! - `event: end` with `data: {"reason": "..."}` when the broker stopped
+//!   (deleted, or its backend changed); the response then ends;
+//! - a `: keep-alive` comment every 15 s.
+//!
+//! Refusals are text: `400` for a `since`, `filter` or `buffer` that does
+//! not parse (a CESQL error names its line and column), `404` for an unknown
+//! broker, `409` for a backend that cannot be tailed (RabbitMQ, with why),
+//! `503` for a broker that is not ready or a backend that cannot open a
+//! reader now.
+//!
+//! A tail never slows the broker: the backend's reader is its own (see
+//! `Backend::tail`) and a task moves what it reads into a bounded buffer
+//! without ever waiting for the client: what does not fit is counted and
+//! reported as skipped. Tails are independent: each request has its own
+//! reader, buffer and task, which end when the client goes away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::admin::AdminState;
+use crate::cesql::{parser, program::Program};
+use crate::cloudevent::{Event, encode_structured};
+use crate::eventing::backend::{TailError, TailItem, TailStart, TailStream};
+use crate::eventing::broker::BrokerEntry;
+
+/// Events held for a slow client when the request does not say.
+const DEFAULT_BUFFER: usize = 1024;
+const MAX_BUFFER: usize = 65536;
+/// How often an idle stream sends a comment, so proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// The suffix of a channel's store (see `eventing::channel`).
+const CHANNEL_STORE_SUFFIX: &str = "-kn-channel";
+
+#[derive(Deserialize)]
+pub(crate) struct TailQuery {
+    since: Option<String>,
+    filter: Option<String>,
+    buffer: Option<String>,
+}
+
+/// `GET /api/v1/brokers/{namespace}/{name}/events`.
+pub(crate) async fn broker_events(
+    State(state): State<AdminState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<TailQuery>,
+) -> Response {
+    tail(&state, &namespace, &name, "broker", query).await
+}
+
+/// `GET /api/v1/channels/{namespace}/{name}/events`: the channel's store.
+pub(crate) async fn channel_events(
+    State(state): State<AdminState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<TailQuery>,
+) -> Response {
+    let store = format!("{name}{CHANNEL_STORE_SUFFIX}");
+    tail(&state, &namespace, &store, "channel", query).await
+}
+
+async fn tail(
+    state: &AdminState,
+    namespace: &str,
+    name: &str,
+    what: &str,
+    query: TailQuery,
+) -> Response {
+    let from = match query.since.as_deref().map(|s| parse_since(s, Utc::now())) {
+        None => TailStart::Now,
+        Some(Ok(since)) => TailStart::Since(since),
+        Some(Err(e)) => return refuse(StatusCode::BAD_REQUEST, format!("since: {e}")),
+    };
+    let filter = match query.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+        None => None,
+        Some(text) => match parser::parse(text) {
+            Ok(expr) => Some(Program::new(expr)),
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("filter: not a CESQL expression: {e}"),
+                );
+            }
+        },
+    };
+    let buffer = match query.buffer.as_deref().map(str::parse::<usize>) {
+        None => DEFAULT_BUFFER,
+        Some(Ok(n)) if (1..=MAX_BUFFER).contains(&n) => n,
+        Some(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("buffer: a number of events from 1 to {MAX_BUFFER}"),
+            );
+        }
+    };
+    let broker = match state.control.broker(namespace, name) {
+        Some(BrokerEntry::Ready(broker)) => broker,
+        Some(BrokerEntry::NotReady { reason }) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what} {namespace}/{name} is not ready: {reason}"),
+            );
+        }
+        None => {
+            let shown = name.strip_suffix(CHANNEL_STORE_SUFFIX).unwrap_or(name);
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("no {what} {namespace}/{shown} is running"),
+            );
+        }
+    };
+    let stream = match broker.backend.tail(from).await {
+        Ok(stream) => stream,
+        Err(e @ TailError::Unsupported(_)) => return refuse(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ TailError::Unavailable(_)) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what} {namespace}/{name}: cannot open a tail: {e}"),
+            );
+        }
+    };
+    let (tx, rx) = mpsc::channel(buffer);
+    tokio::spawn(pump(stream, filter, tx));
+    let opened = Bytes::from(format!(": tailing {namespace}/{name}\n\n"));
+    let body = futures::stream::unfold((Some(opened), rx), |(first, mut rx)| async move {
+        if let Some(first) = first {
+            return Some((Ok::<_, std::convert::Infallible>(first), (None, rx)));
+        }
+        let frame = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return None,
+            Err(_) => Frame::KeepAlive,
+        };
+        Some((Ok(frame.encode()), (None, rx)))
+    });
+    (
+        [
+            (http::header::CONTENT_TYPE, "text/event-stream"),
+            (http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    (status, format!("{message}\n")).into_response()
+}
+
+/// What goes to the client.
+enum Frame {
+    Event(Arc<Event>),
+    Skipped(u64),
+    End(&'static str),
+    KeepAlive,
+}
+
+impl Frame {
+    fn encode(&self) -> Bytes {
+        match self {
+            Frame::Event(event) => {
+                let mut json = encode_structured(event);
+                if json.iter().any(|b| *b == b'\n' || *b == b'\r') {
+                    // JSON data embedded as sent, with its line breaks: one
+                    // line per event, as the contract says.
+                    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json)
+                        && let Ok(compact) = serde_json::to_vec(&value)
+                    {
+                        json = compact;
+                    }
+                }
+                let mut out = Vec::with_capacity(json.len() + 8);
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&json);
+                out.extend_from_slice(b"\n\n");
+                Bytes::from(out)
+            }
+            Frame::Skipped(n) => {
+                Bytes::from(format!("event: skipped\ndata: {{\"skipped\":{n}}}\n\n"))
+            }
+            Frame::End(reason) => Bytes::from(format!(
+                "event: end\ndata: {}\n\n",
+                serde_json::json!({ "reason": reason })
+            )),
+            Frame::KeepAlive => Bytes::from_static(b": keep-alive\n\n"),
+        }
+    }
+}
+
+/// Moves what the backend reads into the client's buffer, never waiting for
+/// the client: an event that does not fit is counted, and the count is sent
+/// as soon as there is room. Ends when the client goes away or the backend
+/// stops.
+async fn pump(mut stream: Box<dyn TailStream>, filter: Option<Program>, tx: mpsc::Sender<Frame>) {
+    let mut skipped: u64 = 0;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            permit = tx.reserve(), if skipped > 0 => {
+                match permit {
+                    Ok(permit) => {
+                        permit.send(Frame::Skipped(skipped));
+                        skipped = 0;
+                        continue;
+                    }
+                    Err(_) => return,
+                }
+            }
+            _ = tx.closed() => return,
+        };
+        let event = match item {
+            None => {
+                if skipped > 0 && tx.send(Frame::Skipped(skipped)).await.is_err() {
+                    return;
+                }
+                let _ = tx.send(Frame::End("the broker stopped")).await;
+                return;
+            }
+            Some(TailItem::Skipped(n)) => {
+                skipped += n;
+                continue;
+            }
+            Some(TailItem::Event(event)) => event,
+        };
+        if let Some(filter) = &filter
+            && !filter.matches(&event, |_, _| {})
+        {
+            continue;
+        }
+        if skipped > 0 {
+            match tx.try_send(Frame::Skipped(skipped)) {
+                Ok(()) => skipped = 0,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    skipped += 1;
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        match tx.try_send(Frame::Event(event)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => skipped += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+/// Why a `since` was not understood.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SinceError {
+    #[error(
+        "'{0}' is neither a duration back from now (90s, 10m, 2h, 1d) nor an RFC 3339 time (2024-05-01T10:00:00Z)"
+    )]
+    Unrecognized(String),
+    #[error("'{0}' is too far back")]
+    TooFar(String),
+}
+
+/// A `since`: a duration back from `now` (`90s`, `10m`, `2h`, `1d`) or an
+/// RFC 3339 time.
+pub(crate) fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, SinceError> {
+    let text = text.trim();
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let unrecognized = || SinceError::Unrecognized(text.to_owned());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(unrecognized)?;
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().map_err(|_| unrecognized())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(unrecognized()),
+    };
+    number
+        .checked_mul(seconds)
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|delta| now.checked_sub_signed(delta))
+        .ok_or_else(|| SinceError::TooFar(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_durations_and_rfc3339_times_and_names_what_it_refuses() {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let at = |s: &str| parse_since(s, now).map(|t| t.to_rfc3339());
+        assert_eq!(at("10m").as_deref(), Ok("2024-05-01T11:50:00+00:00"));
+        assert_eq!(at("2h").as_deref(), Ok("2024-05-01T10:00:00+00:00"));
+        assert_eq!(at("1d").as_deref(), Ok("2024-04-30T12:00:00+00:00"));
+        assert_eq!(at("90s").as_deref(), Ok("2024-05-01T11:58:30+00:00"));
+        assert_eq!(
+            at("2024-05-01T13:00:00+01:00").as_deref(),
+            Ok("2024-05-01T12:00:00+00:00")
+        );
+        for bad in ["", "10", "m", "10 minutes", "-5m", "yesterday"] {
+            let e = parse_since(bad, now).expect_err(bad);
+            assert!(e.to_string().contains("RFC 3339"), "{bad}: {e}");
+        }
+        assert!(matches!(
+            parse_since("99999999999999d", now),
+            Err(SinceError::TooFar(_))
+        ));
+    }
+}
