@@ -47,6 +47,11 @@ use crate::serving::runtime::process::launcher::{command, describe_exit, signal_
 
 /// How long an ended pod's last lines may take to arrive.
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
+/// The same for a container's, which come through the engine's logs
+/// stream: it ends by itself once the container has exited, so this only
+/// bounds a stream that hangs; a short bound lost a quick job's whole
+/// output on a busy machine.
+const CONTAINER_LOGS_WAIT: Duration = Duration::from_secs(10);
 /// The label of a job's containers (besides the data folder's owner label).
 const JOB_LABEL: &str = "dev.pilotlight.job";
 /// Knative's label naming the JobSink of a job.
@@ -767,7 +772,7 @@ impl ContainerPods {
             .collect();
         let waits = watched.iter().map(|(id, _, _)| wait_exit(docker, id));
         let exits = futures::future::join_all(waits).await;
-        let _ = tokio::time::timeout(DRAIN_WAIT, futures::future::join_all(logs)).await;
+        let _ = tokio::time::timeout(CONTAINER_LOGS_WAIT, futures::future::join_all(logs)).await;
         let mut result = PodResult::default();
         for ((_, name, output), (code, how)) in watched.into_iter().zip(exits) {
             if result.how.is_empty() || (result.exit_code == Some(0) && code != Some(0)) {
