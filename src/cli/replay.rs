@@ -19,7 +19,7 @@ pub struct ReplayArgs {
     /// The trigger: NAMESPACE/NAME (NAME alone: namespace default).
     pub trigger: String,
     /// Deliver again the events stored since this time: RFC 3339
-    /// (2025-01-31T10:00:00Z) or a duration back from now (90s, 10m, 1h30m, 2d).
+    /// (2025-01-31T10:00:00Z) or a duration back from now (90s, 10m, 1h30m, 2d, PT10M).
     #[arg(long)]
     pub since: Option<String>,
     /// Deliver again from this offset of the broker's log (Kafka: of every

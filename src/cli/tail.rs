@@ -34,7 +34,7 @@ pub struct TailArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub filter: Option<String>,
     /// Start in the past, with what the broker still holds: a duration back
-    /// from now (90s, 10m, 2h, 1d) or an RFC 3339 time. Default: new events only.
+    /// from now (90s, 10m, 1h30m, 2d, PT10M) or an RFC 3339 time. Default: new events only.
     #[arg(long)]
     pub since: Option<String>,
     /// Output format (default: pretty on a terminal, json otherwise).

@@ -8,6 +8,7 @@ pub mod kubernetes;
 pub mod manifest;
 pub(crate) mod reconcile;
 pub(crate) mod replay;
+mod since;
 mod sinks;
 mod tail;
 pub(crate) mod watch;

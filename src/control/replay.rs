@@ -22,7 +22,6 @@
 //! cannot deliver again (RabbitMQ), 502 when the backend failed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -33,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
 use super::reconcile::ControlPlane;
+use super::since::parse_since;
 use crate::api::ObjectKey;
 use crate::eventing::backend::{LanePosition, RewindError, RewindTo};
 use crate::eventing::controller::{Delivering, ReplayError};
@@ -120,7 +120,7 @@ pub(crate) async fn replay(
     };
     let to = match (&request.since, request.from_offset) {
         (Some(since), None) => match parse_since(since, chrono::Utc::now()) {
-            Ok(ms) => RewindTo::Time(ms),
+            Ok(time) => RewindTo::Time(time.timestamp_millis()),
             Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("since: {e}")),
         },
         (None, Some(offset)) => RewindTo::Offset(offset),
@@ -159,91 +159,9 @@ pub(crate) async fn replay(
     }
 }
 
-/// `since`: an RFC 3339 time, or a duration back from `now` (`90s`, `10m`,
-/// `1h30m`, `2d`, `500ms`, or ISO-8601 such as `PT10M`), as ms since the
-/// epoch.
-pub(crate) fn parse_since(text: &str, now: chrono::DateTime<chrono::Utc>) -> Result<i64, String> {
-    let text = text.trim();
-    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(time.timestamp_millis());
-    }
-    let ago = if text.starts_with('P') {
-        crate::api::duck::parse_duration(text)?
-    } else {
-        short_duration(text).ok_or_else(|| {
-            format!(
-                "'{text}' is neither an RFC 3339 time (2025-01-31T10:00:00Z) nor a duration back from now (90s, 10m, 1h30m, 2d, PT10M)"
-            )
-        })?
-    };
-    let ago = i64::try_from(ago.as_millis()).map_err(|_| format!("'{text}' is too long"))?;
-    Ok(now.timestamp_millis().saturating_sub(ago))
-}
-
-/// `1h30m`, `10m`, `90s`, `500ms`, `2d`: numbers each with a unit.
-fn short_duration(text: &str) -> Option<Duration> {
-    let mut rest = text;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        if digits == 0 {
-            return None;
-        }
-        let value: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let millis = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return None,
-        };
-        total = total.checked_add(Duration::from_millis(value.checked_mul(millis)?))?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn now() -> chrono::DateTime<chrono::Utc> {
-        chrono::DateTime::parse_from_rfc3339("2025-01-31T10:00:00Z")
-            .expect("time")
-            .with_timezone(&chrono::Utc)
-    }
-
-    #[test]
-    fn since_takes_times_and_durations_back_from_now() {
-        let base = now().timestamp_millis();
-        assert_eq!(
-            parse_since("2025-01-31T09:00:00Z", now()),
-            Ok(base - 3_600_000)
-        );
-        assert_eq!(parse_since("10m", now()), Ok(base - 600_000));
-        assert_eq!(parse_since("1h30m", now()), Ok(base - 5_400_000));
-        assert_eq!(parse_since("500ms", now()), Ok(base - 500));
-        assert_eq!(parse_since("PT10M", now()), Ok(base - 600_000));
-    }
-
-    #[test]
-    fn since_refuses_what_is_neither_and_says_what_it_takes() {
-        for bad in ["", "yesterday", "10", "m10", "10x", "2025-13-01T00:00:00Z"] {
-            let error = parse_since(bad, now()).expect_err(bad);
-            assert!(
-                error.contains("RFC 3339") || error.contains("ISO"),
-                "{bad}: {error}"
-            );
-        }
-    }
 
     #[test]
     fn the_token_is_needed_off_loopback_only() {

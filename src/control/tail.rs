@@ -5,8 +5,8 @@
 //! `GET /api/v1/channels/{namespace}/{name}/events`), with the query
 //! parameters
 //! - `since`: start in the past, with the oldest event the backend still
-//!   holds that was stored at or after it: a duration back from now (`90s`,
-//!   `10m`, `2h`, `1d`) or an RFC 3339 time. Without it, the tail starts with
+//!   holds that was stored at or after it: a duration back from now or an
+//!   RFC 3339 time, as replay takes it (`super::since`). Without it, the tail starts with
 //!   the next event stored.
 //! - `filter`: a CESQL expression; only events it is true for are sent.
 //! - `buffer`: how many events are held for a client that reads slower
@@ -45,11 +45,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::admin::AdminState;
+use super::since::parse_since;
 use crate::cesql::{parser, program::Program};
 use crate::cloudevent::{Event, encode_structured};
 use crate::eventing::backend::{TailError, TailItem, TailStart, TailStream};
@@ -272,72 +273,5 @@ async fn pump(mut stream: Box<dyn TailStream>, filter: Option<Program>, tx: mpsc
             Err(mpsc::error::TrySendError::Full(_)) => skipped += 1,
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
-    }
-}
-
-/// Why a `since` was not understood.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum SinceError {
-    #[error(
-        "'{0}' is neither a duration back from now (90s, 10m, 2h, 1d) nor an RFC 3339 time (2024-05-01T10:00:00Z)"
-    )]
-    Unrecognized(String),
-    #[error("'{0}' is too far back")]
-    TooFar(String),
-}
-
-/// A `since`: a duration back from `now` (`90s`, `10m`, `2h`, `1d`) or an
-/// RFC 3339 time.
-pub(crate) fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, SinceError> {
-    let text = text.trim();
-    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
-        return Ok(time.with_timezone(&Utc));
-    }
-    let unrecognized = || SinceError::Unrecognized(text.to_owned());
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(unrecognized)?;
-    let (number, unit) = text.split_at(split);
-    let number: i64 = number.parse().map_err(|_| unrecognized())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(unrecognized()),
-    };
-    number
-        .checked_mul(seconds)
-        .and_then(chrono::TimeDelta::try_seconds)
-        .and_then(|delta| now.checked_sub_signed(delta))
-        .ok_or_else(|| SinceError::TooFar(text.to_owned()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn since_takes_durations_and_rfc3339_times_and_names_what_it_refuses() {
-        let now = DateTime::parse_from_rfc3339("2024-05-01T12:00:00Z")
-            .expect("time")
-            .with_timezone(&Utc);
-        let at = |s: &str| parse_since(s, now).map(|t| t.to_rfc3339());
-        assert_eq!(at("10m").as_deref(), Ok("2024-05-01T11:50:00+00:00"));
-        assert_eq!(at("2h").as_deref(), Ok("2024-05-01T10:00:00+00:00"));
-        assert_eq!(at("1d").as_deref(), Ok("2024-04-30T12:00:00+00:00"));
-        assert_eq!(at("90s").as_deref(), Ok("2024-05-01T11:58:30+00:00"));
-        assert_eq!(
-            at("2024-05-01T13:00:00+01:00").as_deref(),
-            Ok("2024-05-01T12:00:00+00:00")
-        );
-        for bad in ["", "10", "m", "10 minutes", "-5m", "yesterday"] {
-            let e = parse_since(bad, now).expect_err(bad);
-            assert!(e.to_string().contains("RFC 3339"), "{bad}: {e}");
-        }
-        assert!(matches!(
-            parse_since("99999999999999d", now),
-            Err(SinceError::TooFar(_))
-        ));
     }
 }
