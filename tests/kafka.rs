@@ -1080,7 +1080,7 @@ async fn a_kafka_channel_stores_in_its_own_topic_and_feeds_every_subscription() 
     let name = unique("kc");
     let (first, second) = (Subscriber::accepting().await, Subscriber::accepting().await);
     let channel = format!(
-        "apiVersion: messaging.knative.dev/v1beta1\nkind: KafkaChannel\nmetadata:\n  name: {name}\nspec:\n  numPartitions: 2\n  replicationFactor: 1\n"
+        "apiVersion: messaging.knative.dev/v1beta1\nkind: KafkaChannel\nmetadata:\n  name: {name}\nspec:\n  numPartitions: 2\n  replicationFactor: 1\n  retentionDuration: PT2H\n"
     );
     let subscription = |sub: &str, url: String| {
         format!(
@@ -1127,5 +1127,20 @@ async fn a_kafka_channel_stores_in_its_own_topic_and_feeds_every_subscription() 
     .await
     .expect("metadata reader");
     assert_eq!(metadata, [2], "the topic {topic} has numPartitions");
+    // retentionDuration is the topic's retention.ms.
+    let described = admin(&kafka)
+        .describe_configs(
+            [&rdkafka::admin::ResourceSpecifier::Topic(&topic)],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("describe configs");
+    let retention = described
+        .into_iter()
+        .flatten()
+        .flat_map(|resource| resource.entries)
+        .find(|entry| entry.name == "retention.ms")
+        .and_then(|entry| entry.value);
+    assert_eq!(retention.as_deref(), Some("7200000"), "{topic}");
     s.server.shutdown().await;
 }

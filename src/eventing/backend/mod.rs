@@ -119,13 +119,15 @@ pub(crate) struct PlanContext<'a> {
 }
 
 /// A KafkaChannel's topic as Knative names it (`knative-messaging-kafka.
-/// {namespace}.{name}`), with the partitions and replication factor of its
-/// spec rather than a broker ConfigMap's.
+/// {namespace}.{name}`), with the partitions, replication factor and
+/// retention of its spec rather than a broker ConfigMap's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChannelTopic {
     pub name: String,
     pub partitions: i32,
     pub replication_factor: i32,
+    /// `retentionDuration`, as the topic's `retention.ms`.
+    pub retention_ms: i64,
 }
 
 /// The broker classes, each with how it resolves its plan: adding a backend

@@ -107,9 +107,17 @@ pub(crate) fn store_of(resource: &Resource) -> Option<ChannelStore> {
 }
 
 /// A KafkaChannel's topic, named as Knative's KafkaChannel names it, with
-/// its partitions and replication factor (1 each unless set).
+/// its partitions and replication factor (1 each unless set) and its
+/// retention (Knative's default a week; checked at load).
 fn kafka_topic(channel: &ObjectKey, kafka: &KafkaChannel) -> ChannelTopic {
+    let retention = kafka
+        .spec
+        .retention_duration
+        .as_deref()
+        .and_then(|text| crate::api::duck::parse_duration(text).ok())
+        .unwrap_or(DEFAULT_RETENTION);
     ChannelTopic {
+        retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
         name: format!(
             "knative-messaging-kafka.{}.{}",
             channel.namespace, channel.name
@@ -118,6 +126,9 @@ fn kafka_topic(channel: &ObjectKey, kafka: &KafkaChannel) -> ChannelTopic {
         replication_factor: kafka.spec.replication_factor.map_or(1, i32::from),
     }
 }
+
+/// Knative's KafkaChannel `retentionDuration` when it is not set: PT168H.
+const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// A channel's address.
 pub(crate) fn channel_url(ingress_url: &str, channel: &ObjectKey) -> String {
@@ -161,6 +172,7 @@ mod tests {
                 name: "knative-messaging-kafka.ns.k".into(),
                 partitions: 3,
                 replication_factor: 1,
+                retention_ms: 7 * 24 * 3600 * 1000,
             })
         );
         let generic = store(

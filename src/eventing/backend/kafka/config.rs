@@ -49,6 +49,9 @@ pub(crate) struct KafkaConfig {
     /// A KafkaChannel's store: its subscriptions' groups are named after
     /// its topic.
     pub channel: bool,
+    /// The topic's `retention.ms` when pilotlight creates it; None for the
+    /// Kafka's default (brokers).
+    pub retention_ms: Option<i64>,
 }
 
 impl fmt::Debug for KafkaConfig {
@@ -63,6 +66,7 @@ impl fmt::Debug for KafkaConfig {
             .field("auth", &self.auth)
             .field("member", &self.member)
             .field("channel", &self.channel)
+            .field("retention_ms", &self.retention_ms)
             .finish()
     }
 }
@@ -261,6 +265,7 @@ pub(crate) fn resolve(
         auth: KafkaAuth::default(),
         member: None,
         channel: false,
+        retention_ms: None,
     };
     let Some(reference) = &broker.spec.config else {
         config.bootstrap_servers = default_bootstrap

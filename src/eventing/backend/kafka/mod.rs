@@ -118,6 +118,7 @@ pub(crate) fn plan(context: &PlanContext<'_>) -> Result<Box<dyn BackendPlan>, St
         config.topic = topic.name.clone();
         config.partitions = topic.partitions;
         config.replication_factor = topic.replication_factor;
+        config.retention_ms = Some(topic.retention_ms);
         config.channel = true;
     }
     Ok(Box::new(config))
@@ -323,11 +324,15 @@ fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, Back
 
 async fn create_topic(config: &KafkaConfig) -> Result<(), BackendError> {
     let admin = admin(config)?;
-    let topic = NewTopic::new(
+    let retention = config.retention_ms.map(|ms| ms.to_string());
+    let mut topic = NewTopic::new(
         &config.topic,
         config.partitions,
         TopicReplication::Fixed(config.replication_factor),
     );
+    if let Some(retention) = &retention {
+        topic = topic.set("retention.ms", retention);
+    }
     let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     let created = tokio::time::timeout(ADMIN_TIMEOUT, admin.create_topics([&topic], &options))
         .await

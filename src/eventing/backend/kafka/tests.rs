@@ -25,6 +25,7 @@ fn config(cluster: &MockCluster<'_, DefaultProducerContext>, topic: &str) -> Kaf
         auth: KafkaAuth::default(),
         member: None,
         channel: false,
+        retention_ms: None,
     }
 }
 
