@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::query_parameters::{
-    CreateContainerOptions, RemoveContainerOptions, WaitContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, RemoveContainerOptions,
 };
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
@@ -39,19 +39,22 @@ use crate::backoff::Backoff;
 use crate::serving::runtime::config::{self, ConfigObjects};
 use crate::serving::runtime::container::engine::{Engine, EngineConnector, OWNER_LABEL};
 use crate::serving::runtime::container::image::{self, ImageRef, engine_message};
-use crate::serving::runtime::container::launcher::{follow_logs, write_volumes};
+use crate::serving::runtime::container::launcher::{
+    describe_exit as container_exit, forward_output, wait_stopped, write_volumes,
+};
 use crate::serving::runtime::container::spec::{InstancePlan, create_body};
-use crate::serving::runtime::local::output::{self, Output, Stream};
+use crate::serving::runtime::local::output::Output;
 use crate::serving::runtime::local::{ConditionReport, LocalWorkload};
-use crate::serving::runtime::process::launcher::{command, describe_exit, signal_group, spawn};
+use crate::serving::runtime::process::launcher::{
+    command, describe_exit, pipe, signal_group, spawn,
+};
 
 /// How long an ended pod's last lines may take to arrive.
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
-/// The same for a container's, which come through the engine's logs
+/// The same for a container's, which come through the engine's attach
 /// stream: it ends by itself once the container has exited, so this only
-/// bounds a stream that hangs; a short bound lost a quick job's whole
-/// output on a busy machine.
-const CONTAINER_LOGS_WAIT: Duration = Duration::from_secs(10);
+/// bounds a stream that hangs.
+const CONTAINER_OUTPUT_WAIT: Duration = Duration::from_secs(10);
 /// The label of a job's containers (besides the data folder's owner label).
 const JOB_LABEL: &str = "dev.pilotlight.job";
 /// Knative's label naming the JobSink of a job.
@@ -540,19 +543,7 @@ impl ProcessPods {
             };
             groups.0.extend(child.id());
             let output = Output::new(workload, pod, several.then_some(container.name.as_str()));
-            let mut readers = Vec::new();
-            if let Some(stdout) = child.stdout.take() {
-                readers.push(tokio::spawn(output::forward(
-                    stdout,
-                    output.lines(Stream::Stdout),
-                )));
-            }
-            if let Some(stderr) = child.stderr.take() {
-                readers.push(tokio::spawn(output::forward(
-                    stderr,
-                    output.lines(Stream::Stderr),
-                )));
-            }
+            let readers = pipe(&mut child, &output);
             children.push((container.name.clone(), child, output, readers));
         }
         let waits = children.iter_mut().map(|(_, child, _, _)| child.wait());
@@ -661,7 +652,7 @@ impl ContainerPods {
         &self,
         pod: &Arc<str>,
         containers: &mut Containers,
-    ) -> Result<Vec<(String, String, Output)>, PodResult> {
+    ) -> Result<Vec<Watched>, PodResult> {
         let workload = &self.workload;
         let spec = &workload.pod;
         let first = spec
@@ -739,12 +730,31 @@ impl ContainerPods {
                     )
                 })?;
             containers.ids.push(created.id.clone());
-            // Output is followed from the start, so no line is missed.
             let output = Output::new(
                 workload,
                 pod,
                 (spec.containers.len() > 1).then_some(name.as_str()),
             );
+            // Attached before it starts, as `docker run` does, so that every
+            // line is read however quickly the job exits: following its logs
+            // once it ran raced with the engine writing them, and a quick
+            // job's output was lost.
+            let attach = AttachContainerOptions {
+                stdout: true,
+                stderr: true,
+                stream: true,
+                ..Default::default()
+            };
+            let attached = docker
+                .attach_container(&created.id, Some(attach))
+                .await
+                .map_err(|e| {
+                    failure(
+                        name,
+                        format!("attaching to container {name}: {}", engine_message(&e)),
+                    )
+                })?;
+            let reader = tokio::spawn(forward_output(attached.output, output.clone()));
             docker
                 .start_container(&created.id, None)
                 .await
@@ -755,32 +765,33 @@ impl ContainerPods {
                     )
                 })?;
             join.get_or_insert_with(|| created.id.clone());
-            watched.push((created.id, name.clone(), output));
+            watched.push(Watched {
+                id: created.id,
+                name: name.clone(),
+                output,
+                reader,
+            });
         }
         Ok(watched)
     }
 
     /// Waits for every container to exit; the first failing one speaks for
     /// the pod.
-    async fn wait(&self, watched: Vec<(String, String, Output)>) -> PodResult {
+    async fn wait(&self, watched: Vec<Watched>) -> PodResult {
         let docker = &self.engine.docker;
-        let logs: Vec<_> = watched
-            .iter()
-            .map(|(id, _, output)| {
-                tokio::spawn(follow_logs(docker.clone(), id.clone(), output.clone()))
-            })
-            .collect();
-        let waits = watched.iter().map(|(id, _, _)| wait_exit(docker, id));
+        let waits = watched.iter().map(|w| wait_exit(docker, &w.id));
         let exits = futures::future::join_all(waits).await;
-        let _ = tokio::time::timeout(CONTAINER_LOGS_WAIT, futures::future::join_all(logs)).await;
         let mut result = PodResult::default();
-        for ((_, name, output), (code, how)) in watched.into_iter().zip(exits) {
+        for (w, (code, how)) in watched.into_iter().zip(exits) {
+            // The attach stream ends with the container; the bound only
+            // guards against an engine that never closes it.
+            let _ = tokio::time::timeout(CONTAINER_OUTPUT_WAIT, w.reader).await;
             if result.how.is_empty() || (result.exit_code == Some(0) && code != Some(0)) {
                 result = PodResult {
                     exit_code: code,
-                    how: format!("container {name} {how}"),
-                    container: name,
-                    output: output.tail(),
+                    how: format!("container {} {how}", w.name),
+                    container: w.name,
+                    output: w.output.tail(),
                 };
             }
         }
@@ -788,42 +799,23 @@ impl ContainerPods {
     }
 }
 
-/// Waits until the container stops, then reads its exit code.
+/// A started container of a pod, with the task reading its output.
+struct Watched {
+    id: String,
+    name: String,
+    output: Output,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// Waits until the container stops, then reads its exit code and how it
+/// ended.
 async fn wait_exit(docker: &bollard::Docker, id: &str) -> (Option<i64>, String) {
-    loop {
-        let options = WaitContainerOptions {
-            condition: "not-running".into(),
-        };
-        let mut wait = docker.wait_container(id, Some(options));
-        match wait.next().await {
-            Some(Ok(_) | Err(bollard::errors::Error::DockerContainerWaitError { .. })) => break,
-            _ => {
-                let running = docker
-                    .inspect_container(id, None)
-                    .await
-                    .ok()
-                    .and_then(|c| c.state?.running);
-                if running != Some(true) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    match docker.inspect_container(id, None).await {
-        Ok(inspected) => {
-            let state = inspected.state.unwrap_or_default();
-            let code = state.exit_code;
-            let mut how = match code {
-                Some(code) => format!("exited with code {code}"),
-                None => "exited".to_owned(),
-            };
-            if state.oom_killed == Some(true) {
-                how.push_str(" (OOMKilled: over its memory limit)");
-            }
-            (code, how)
-        }
-        Err(e) => (None, format!("is gone ({})", engine_message(&e))),
+    match wait_stopped(docker, id).await {
+        Ok(state) => (
+            state.as_ref().and_then(|s| s.exit_code),
+            container_exit(state.as_ref()),
+        ),
+        Err(gone) => (None, gone),
     }
 }
 

@@ -463,6 +463,7 @@ impl RunningContainer {
     }
 }
 
+/// Follows a running container's logs into `output` until it stops.
 pub(crate) async fn follow_logs(docker: Docker, id: String, output: Output) {
     let options = LogsOptions {
         follow: true,
@@ -471,10 +472,18 @@ pub(crate) async fn follow_logs(docker: Docker, id: String, output: Output) {
         tail: "all".into(),
         ..Default::default()
     };
+    forward_output(docker.logs(&id, Some(options)), output).await;
+}
+
+/// Copies a container's output (its logs, or an attach stream) into
+/// `output`, line by line, until the stream ends.
+pub(crate) async fn forward_output(
+    mut stream: impl futures::Stream<Item = Result<LogOutput, bollard::errors::Error>> + Unpin,
+    output: Output,
+) {
     let mut stdout = output.lines(Stream::Stdout);
     let mut stderr = output.lines(Stream::Stderr);
-    let mut logs = docker.logs(&id, Some(options));
-    while let Some(Ok(chunk)) = logs.next().await {
+    while let Some(Ok(chunk)) = stream.next().await {
         match chunk {
             LogOutput::StdErr { message } => stderr.push(&message),
             LogOutput::StdOut { message } | LogOutput::Console { message } => {
@@ -491,17 +500,31 @@ pub(crate) async fn follow_logs(docker: Docker, id: String, output: Output) {
 /// wait request that fails while the container still runs (a timeout of
 /// the connection) is made again.
 async fn wait_exit(docker: Docker, id: String, exit: watch::Sender<Option<String>>) {
+    let how = match wait_stopped(&docker, &id).await {
+        Ok(state) => describe_exit(state.as_ref()),
+        Err(gone) => gone,
+    };
+    let _ = exit.send(Some(how));
+}
+
+/// Waits until the container stops running (a wait request that fails
+/// while it still runs is made again), then returns its final state; or
+/// why it cannot be read ("is gone (...)").
+pub(crate) async fn wait_stopped(
+    docker: &Docker,
+    id: &str,
+) -> Result<Option<bollard::models::ContainerState>, String> {
     use bollard::errors::Error;
     loop {
         let options = WaitContainerOptions {
             condition: "not-running".into(),
         };
-        let mut wait = docker.wait_container(&id, Some(options));
+        let mut wait = docker.wait_container(id, Some(options));
         match wait.next().await {
             Some(Ok(_) | Err(Error::DockerContainerWaitError { .. })) => break,
             _ => {
                 let running = docker
-                    .inspect_container(&id, None)
+                    .inspect_container(id, None)
                     .await
                     .ok()
                     .and_then(|c| c.state?.running);
@@ -512,15 +535,14 @@ async fn wait_exit(docker: Docker, id: String, exit: watch::Sender<Option<String
             }
         }
     }
-    let how = match docker.inspect_container(&id, None).await {
-        Ok(inspected) => describe_exit(inspected.state.as_ref()),
-        Err(e) => format!("is gone ({})", engine_message(&e)),
-    };
-    let _ = exit.send(Some(how));
+    match docker.inspect_container(id, None).await {
+        Ok(inspected) => Ok(inspected.state),
+        Err(e) => Err(format!("is gone ({})", engine_message(&e))),
+    }
 }
 
-/// "exited with code 137 (out of memory)".
-fn describe_exit(state: Option<&bollard::models::ContainerState>) -> String {
+/// "exited with code 137 (OOMKilled: over its memory limit)".
+pub(crate) fn describe_exit(state: Option<&bollard::models::ContainerState>) -> String {
     let Some(state) = state else {
         return "exited".into();
     };

@@ -198,7 +198,7 @@ impl Launched for LaunchedProcesses {
 }
 
 /// Starts reading the child's stdout and stderr (both must be piped).
-fn pipe(child: &mut Child, output: &Output) -> Vec<JoinHandle<()>> {
+pub(crate) fn pipe(child: &mut Child, output: &Output) -> Vec<JoinHandle<()>> {
     let mut readers = Vec::with_capacity(2);
     if let Some(stdout) = child.stdout.take() {
         readers.push(tokio::spawn(output::forward(
