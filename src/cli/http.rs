@@ -44,12 +44,17 @@ pub(crate) async fn request(
         .with_context(|| format!("{method} {uri} failed"))
 }
 
+/// The URI of `path` on a running pilotlight's admin listener (`--admin`).
+pub(crate) fn admin_uri(admin: &str, path: &str) -> anyhow::Result<Uri> {
+    format!("http://{admin}{path}")
+        .parse()
+        .with_context(|| format!("'{admin}' is not an address (--admin / PILOTLIGHT_ADMIN)"))
+}
+
 /// GETs `path` from a running pilotlight's admin listener (`--admin`) and
 /// fails unless it answers 2xx; the error says which address was tried.
 pub(crate) async fn admin_get(admin: &str, path: &str) -> anyhow::Result<Response> {
-    let uri: Uri = format!("http://{admin}{path}")
-        .parse()
-        .with_context(|| format!("'{admin}' is not an address (--admin / PILOTLIGHT_ADMIN)"))?;
+    let uri = admin_uri(admin, path)?;
     let response = request(Method::GET, &uri, HeaderMap::new(), Bytes::new())
         .await
         .with_context(|| format!("is pilotlight running with --admin {admin}?"))?;

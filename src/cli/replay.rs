@@ -61,17 +61,10 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     } else {
         "trigger"
     };
-    let uri: Uri = format!(
-        "http://{}/api/v1/{collection}/{namespace}/{name}/replay",
-        args.admin
-    )
-    .parse()
-    .with_context(|| {
-        format!(
-            "'{}' is not an address (--admin / PILOTLIGHT_ADMIN)",
-            args.admin
-        )
-    })?;
+    let uri = super::http::admin_uri(
+        &args.admin,
+        &format!("/api/v1/{collection}/{namespace}/{name}/replay"),
+    )?;
     let dry = call(&uri, &args, true).await?;
     let events = dry["events"].as_u64().unwrap_or(0);
     if let Some(note) = dry["note"].as_str() {

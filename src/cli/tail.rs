@@ -9,7 +9,7 @@ use std::io::{IsTerminal as _, Write as _};
 use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
 use clap::{Args, ValueEnum};
-use http::{HeaderMap, HeaderValue, Method, Request, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::dns::GaiResolver;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -91,14 +91,7 @@ pub(crate) async fn run(args: TailArgs) -> anyhow::Result<()> {
     } else {
         TailOutput::Json
     });
-    let uri: Uri = format!("http://{}{path}", args.admin)
-        .parse()
-        .with_context(|| {
-            format!(
-                "'{}' is not an address (--admin / PILOTLIGHT_ADMIN)",
-                args.admin
-            )
-        })?;
+    let uri = super::http::admin_uri(&args.admin, &path)?;
     let client =
         http_util::client::<_, Empty<Bytes>>(GaiResolver::new(), ClientSettings::default());
     let mut request = Request::new(Empty::new());

@@ -60,12 +60,8 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/{collection}", get(list))
         .route(
-            "/api/v1/triggers/{namespace}/{name}/replay",
-            post(replay_trigger),
-        )
-        .route(
-            "/api/v1/subscriptions/{namespace}/{name}/replay",
-            post(replay_subscription),
+            "/api/v1/{collection}/{namespace}/{name}/replay",
+            post(replay_delivering),
         )
         .route(
             "/api/v1/brokers/{namespace}/{name}/events",
@@ -141,35 +137,28 @@ async fn receive_stats(
     }
 }
 
-async fn replay_trigger(
+/// `POST /api/v1/{triggers,subscriptions}/{namespace}/{name}/replay`.
+async fn replay_delivering(
     State(state): State<AdminState>,
-    Path((namespace, name)): Path<(String, String)>,
+    Path((collection, namespace, name)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let delivering = match collection.as_str() {
+        "triggers" => Delivering::Trigger,
+        "subscriptions" => Delivering::Subscription,
+        other => {
+            let message = format!(
+                "no replay for {other}: POST /api/v1/triggers/{{namespace}}/{{name}}/replay or /api/v1/subscriptions/...\n"
+            );
+            return (StatusCode::NOT_FOUND, message).into_response();
+        }
+    };
     let key = ObjectKey::new(namespace, name);
     replay::replay(
         &state.control,
         &state.replay,
-        Delivering::Trigger,
-        key,
-        &headers,
-        body,
-    )
-    .await
-}
-
-async fn replay_subscription(
-    State(state): State<AdminState>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let key = ObjectKey::new(namespace, name);
-    replay::replay(
-        &state.control,
-        &state.replay,
-        Delivering::Subscription,
+        delivering,
         key,
         &headers,
         body,

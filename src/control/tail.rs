@@ -51,18 +51,18 @@ use tokio::sync::mpsc;
 
 use super::admin::AdminState;
 use super::since::parse_since;
+use crate::api::ObjectKey;
 use crate::cesql::{parser, program::Program};
 use crate::cloudevent::{Event, encode_structured};
 use crate::eventing::backend::{TailError, TailItem, TailStart, TailStream};
 use crate::eventing::broker::BrokerEntry;
+use crate::eventing::channel;
 
 /// Events held for a slow client when the request does not say.
 const DEFAULT_BUFFER: usize = 1024;
 const MAX_BUFFER: usize = 65536;
 /// How often an idle stream sends a comment, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// The suffix of a channel's store (see `eventing::channel`).
-const CHANNEL_STORE_SUFFIX: &str = "-kn-channel";
 
 #[derive(Deserialize)]
 pub(crate) struct TailQuery {
@@ -86,8 +86,8 @@ pub(crate) async fn channel_events(
     Path((namespace, name)): Path<(String, String)>,
     Query(query): Query<TailQuery>,
 ) -> Response {
-    let store = format!("{name}{CHANNEL_STORE_SUFFIX}");
-    tail(&state, &namespace, &store, "channel", query).await
+    let store = channel::store_key(&ObjectKey::new(namespace, name));
+    tail(&state, &store.namespace, &store.name, "channel", query).await
 }
 
 async fn tail(
@@ -133,7 +133,7 @@ async fn tail(
             );
         }
         None => {
-            let shown = name.strip_suffix(CHANNEL_STORE_SUFFIX).unwrap_or(name);
+            let shown = name.strip_suffix(channel::STORE_SUFFIX).unwrap_or(name);
             return refuse(
                 StatusCode::NOT_FOUND,
                 format!("no {what} {namespace}/{shown} is running"),

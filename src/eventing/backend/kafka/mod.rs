@@ -621,8 +621,12 @@ impl Subscription for KafkaSubscription {
 }
 
 /// The CloudEvent a broker record holds; a record that is not one (written
-/// to the topic by something else) is logged and skipped.
-fn decode_event(message: &rdkafka::message::OwnedMessage, trigger: &ObjectKey) -> Option<Event> {
+/// to the topic by something else) is logged, for `reader` (a trigger, a
+/// tail), and skipped.
+pub(super) fn decode_event(
+    message: &rdkafka::message::OwnedMessage,
+    reader: &dyn std::fmt::Display,
+) -> Option<Event> {
     use rdkafka::Message;
     use rdkafka::message::Headers;
     let headers: Vec<(&str, Option<&[u8]>)> = message
@@ -632,11 +636,11 @@ fn decode_event(message: &rdkafka::message::OwnedMessage, trigger: &ObjectKey) -
     match binding::decode(headers, message.payload()) {
         Ok(binding::Decoded::Event(event)) => Some(event),
         Ok(binding::Decoded::NotAnEvent) => {
-            tracing::warn!(trigger = %trigger, partition = message.partition(), offset = message.offset(), "skipping a record that is not a CloudEvent");
+            tracing::warn!(reader = %reader, partition = message.partition(), offset = message.offset(), "skipping a record that is not a CloudEvent");
             None
         }
         Err(e) => {
-            tracing::warn!(trigger = %trigger, partition = message.partition(), offset = message.offset(), error = %e, "skipping an invalid CloudEvent record");
+            tracing::warn!(reader = %reader, partition = message.partition(), offset = message.offset(), error = %e, "skipping an invalid CloudEvent record");
             None
         }
     }

@@ -18,12 +18,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
-use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::KafkaConfig;
-use super::binding;
 use crate::eventing::backend::{TailError, TailItem, TailStart, TailStream};
 
 /// Timeout of the metadata and offset requests made when opening.
@@ -163,7 +161,9 @@ impl TailStream for KafkaTail {
             };
             match received {
                 Ok(message) => {
-                    if let Some(event) = decode(&message, &self.topic) {
+                    if let Some(event) =
+                        super::decode_event(&message, &format_args!("the tail of {}", self.topic))
+                    {
                         return Some(TailItem::Event(std::sync::Arc::new(event)));
                     }
                 }
@@ -172,31 +172,6 @@ impl TailStream for KafkaTail {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-        }
-    }
-}
-
-/// The CloudEvent a record holds; one that is not (written to the topic by
-/// something else) is logged and passed over.
-fn decode(message: &OwnedMessage, topic: &str) -> Option<crate::cloudevent::Event> {
-    let headers: Vec<(&str, Option<&[u8]>)> = message
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-        .unwrap_or_default();
-    match binding::decode(headers, message.payload()) {
-        Ok(binding::Decoded::Event(event)) => Some(event),
-        Ok(binding::Decoded::NotAnEvent) => {
-            tracing::debug!(
-                topic,
-                partition = message.partition(),
-                offset = message.offset(),
-                "tail: a record that is not a CloudEvent"
-            );
-            None
-        }
-        Err(e) => {
-            tracing::debug!(topic, partition = message.partition(), offset = message.offset(), error = %e, "tail: an invalid CloudEvent record");
-            None
         }
     }
 }
