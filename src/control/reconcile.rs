@@ -23,7 +23,7 @@ use crate::api::manifest::{Loaded, ManifestError, Manifests};
 use crate::api::pod::ConfigKind;
 use crate::api::{ObjectKey, Resource};
 use crate::backoff::Backoff;
-use crate::eventing::controller::plan::Destinations;
+use crate::eventing::controller::plan::{Addresses, Destinations};
 use crate::eventing::controller::{EventingController, EventingObjects};
 use crate::eventing::flows;
 use crate::serving::controller::ServingController;
@@ -244,7 +244,10 @@ impl ControlPlane {
                 Role::Referenced => {}
             }
         }
-        let sinks = self.plan_sinks(&manifests, &services, &eventing);
+        // Where each loaded channel, flow and JobSink is: every destination
+        // resolved in this apply (sinks, triggers, sources) reads it.
+        let addresses = self.eventing.addresses(&eventing);
+        let sinks = self.plan_sinks(&manifests, &services, &eventing, &addresses);
         // A bound Service runs with the sink in its template.
         let services: Vec<&Loaded> = services
             .into_iter()
@@ -264,22 +267,15 @@ impl ControlPlane {
         let index = ObjectIndex::new(&manifests);
         let serving = self.serving.clone();
         let service_url = move |key: &ObjectKey| serving.service_url(key);
-        let backends_failed = self.eventing.apply(&eventing, &index, &service_url).await;
+        let backends_failed = self
+            .eventing
+            .apply(&eventing, &addresses, &index, &service_url)
+            .await;
         self.serving
             .jobs()
-            .set_addresses(self.jobsink_addresses(&eventing));
+            .set_addresses(jobsink_addresses(addresses));
         self.backends_failed.send_replace(backends_failed);
         self.board.set_errors(manifests.errors.clone());
-    }
-
-    /// Each JobSink's address: its intake channel's.
-    fn jobsink_addresses(&self, eventing: &EventingObjects<'_>) -> BTreeMap<ObjectKey, String> {
-        self.eventing
-            .addresses(eventing)
-            .into_iter()
-            .filter(|((kind, _), _)| kind == "JobSink")
-            .map(|((_, key), url)| (key, url))
-            .collect()
     }
 
     /// Resolves the sinks of ContainerSources and SinkBindings against the
@@ -290,6 +286,7 @@ impl ControlPlane {
         manifests: &Manifests,
         services: &[&Loaded],
         eventing: &EventingObjects<'_>,
+        addresses: &Addresses,
     ) -> SinkPlan {
         let brokers: BTreeSet<ObjectKey> = eventing.brokers.keys().cloned().collect();
         let loaded: BTreeSet<ObjectKey> = services
@@ -298,12 +295,11 @@ impl ControlPlane {
             .collect();
         let serving = &self.serving;
         let service_url = |key: &ObjectKey| loaded.contains(key).then(|| serving.url(key, None));
-        let addresses = self.eventing.addresses(eventing);
         let destinations = Destinations {
             ingress_url: &self.eventing.settings().ingress_url,
             brokers: &brokers,
             services: &service_url,
-            addresses: &addresses,
+            addresses,
         };
         let workloads = self
             .binds_workloads
@@ -337,6 +333,15 @@ impl ControlPlane {
         self.eventing.shutdown().await;
         self.serving.shutdown().await;
     }
+}
+
+/// Each JobSink's address: its intake channel's.
+fn jobsink_addresses(addresses: Addresses) -> BTreeMap<ObjectKey, String> {
+    addresses
+        .into_iter()
+        .filter(|((kind, _), _)| kind == "JobSink")
+        .map(|((_, key), url)| (key, url))
+        .collect()
 }
 
 /// The loaded Secrets and ConfigMaps, as the local runtimes read them.

@@ -36,9 +36,8 @@ use crate::eventing::source::controller::{DesiredSource, SourceController};
 use crate::eventing::source::{self, BuildContext, PingClock, Replication};
 use crate::eventing::trigger::dispatcher::{self, Dispatcher, ReplyTo, TriggerPlan};
 use crate::eventing::{channel, flows};
-use plan::{
-    Addresses, BrokerAction, Destinations, RunningDispatcher, TriggerAction, TriggerBroker,
-};
+use plan::Addresses;
+use plan::{BrokerAction, Destinations, RunningDispatcher, TriggerAction, TriggerBroker};
 
 /// A Broker as `get brokers` shows it: with its class annotation filled in
 /// when it has none, as Knative's webhook defaults it, so the class is
@@ -306,22 +305,23 @@ impl EventingController {
         self.sources.leading()
     }
 
-    /// Brings brokers, triggers and sources to `objects`; `services` gives a
+    /// Brings brokers, triggers and sources to `objects`; `addresses` are
+    /// theirs ([`EventingController::addresses`]) and `services` gives a
     /// loaded Service's URL, for destinations that refer to one. Returns
     /// whether a broker's backend failed to start (to be tried again).
     pub(crate) async fn apply(
         &self,
         objects: &EventingObjects<'_>,
+        addresses: &Addresses,
         index: &ObjectIndex<'_>,
         services: &(dyn Fn(&ObjectKey) -> Option<String> + Sync),
     ) -> bool {
         let loaded_brokers: BTreeSet<ObjectKey> = objects.brokers.keys().cloned().collect();
-        let addresses = self.addresses(objects);
         let destinations = Destinations {
             ingress_url: &self.settings.ingress_url,
             brokers: &loaded_brokers,
             services,
-            addresses: &addresses,
+            addresses,
         };
         let (stores, mut channel_views) = self.stores(objects);
         // The channels that run (not refused for a name another kind took).
