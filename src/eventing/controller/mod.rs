@@ -174,8 +174,8 @@ struct Views {
     /// is their store's, under [`channel::store_key`].
     channels: BTreeMap<(String, ObjectKey), ObjectView>,
     subscriptions: BTreeMap<ObjectKey, ObjectView>,
-    /// Each subscription's channel's store.
-    subscription_stores: BTreeMap<ObjectKey, ObjectKey>,
+    /// Each subscription's channel.
+    subscription_channels: BTreeMap<ObjectKey, ObjectKey>,
     /// Flows with their addresses; their status is read from their parts'.
     flows: Vec<(Resource, ObjectView)>,
 }
@@ -195,29 +195,36 @@ impl Views {
     /// backend is not (Knative's trigger shows its broker's readiness): a
     /// trigger whose RabbitMQ or Kafka went away delivers nothing.
     fn trigger_status(&self, key: &ObjectKey, applied: &Status) -> Status {
-        self.delivery_status(self.trigger_brokers.get(key), applied, "trigger")
+        let Some(broker) = self.trigger_brokers.get(key) else {
+            return applied.clone();
+        };
+        let what = format!("broker {broker}");
+        self.delivery_status(broker, &what, "BrokerNotReady", applied, "trigger")
     }
 
     fn subscription_status(&self, key: &ObjectKey, applied: &Status) -> Status {
-        let store = self.subscription_stores.get(key);
-        self.delivery_status(store, applied, "subscription")
+        let Some(channel) = self.subscription_channels.get(key) else {
+            return applied.clone();
+        };
+        let what = format!("channel {channel}");
+        let store = channel::store_key(channel);
+        self.delivery_status(&store, &what, "ChannelNotReady", applied, "subscription")
     }
 
-    /// A trigger's or subscription's status, not Ready while the backend of
-    /// the store it delivers from is not.
-    fn delivery_status(&self, store: Option<&ObjectKey>, applied: &Status, what: &str) -> Status {
-        let health = store.and_then(|store| Some((store, self.backends.get(store)?.health())));
-        match health {
-            Some((store, Health::NotReady { message, .. })) => {
-                let (reason, name) = match store.name.strip_suffix(channel::STORE_SUFFIX) {
-                    Some(channel) => (
-                        "ChannelNotReady",
-                        format!("channel {}/{channel}", store.namespace),
-                    ),
-                    None => ("BrokerNotReady", format!("broker {store}")),
-                };
-                Health::not_ready(reason, format!("{name} is not ready: {message}"))
-                    .overlay(applied.clone(), what)
+    /// A trigger's or subscription's status, not Ready (`reason`, naming
+    /// `what` it delivers from) while the backend of that store is not.
+    fn delivery_status(
+        &self,
+        store: &ObjectKey,
+        what: &str,
+        reason: &str,
+        applied: &Status,
+        kind: &str,
+    ) -> Status {
+        match self.backends.get(store).map(|backend| backend.health()) {
+            Some(Health::NotReady { message, .. }) => {
+                Health::not_ready(reason, format!("{what} is not ready: {message}"))
+                    .overlay(applied.clone(), kind)
             }
             _ => applied.clone(),
         }
@@ -375,7 +382,7 @@ impl EventingController {
         self.remove_deliveries(&mut running.subscriptions, &objects.subscriptions)
             .await;
         let mut subscription_views = BTreeMap::new();
-        let mut subscription_stores = BTreeMap::new();
+        let mut subscription_channels = BTreeMap::new();
         for (key, loaded) in &objects.subscriptions {
             let Resource::Subscription(subscription) = &loaded.resource else {
                 continue;
@@ -391,7 +398,7 @@ impl EventingController {
                 .reconcile_subscription(&mut running, key, subscription, state, &destinations)
                 .await;
             subscription_views.insert(key.clone(), ObjectView::of(loaded, status));
-            subscription_stores.insert(key.clone(), channel::store_key(&channel));
+            subscription_channels.insert(key.clone(), channel);
         }
         list_subscribers(&mut channel_views, &subscription_views, objects);
         let backends = running
@@ -431,7 +438,7 @@ impl EventingController {
             trigger_brokers,
             channels: channel_views,
             subscriptions: subscription_views,
-            subscription_stores,
+            subscription_channels,
             flows,
         };
         backends_failed
