@@ -9,6 +9,7 @@
 
 mod app;
 mod cesql;
+mod console;
 mod eventing;
 mod http_server;
 mod kafka;
@@ -63,6 +64,9 @@ enum Suite {
     /// Kafka: events/s through a Kafka broker (ingress to subscriber)
     /// against a raw rdkafka producer and consumer on the same Kafka.
     Kafka(kafka::KafkaBenchArgs),
+    /// Console: pilotlight's CPU with 1,000 events/s flowing, with and
+    /// without a browser watching the console.
+    Console(console::ConsoleArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +79,7 @@ fn main() -> std::process::ExitCode {
             Suite::Cesql(args) => cesql::run(args),
             Suite::Rabbitmq(args) => rabbitmq::run(args).await,
             Suite::Kafka(args) => kafka::run(args).await,
+            Suite::Console(args) => console::run(args).await,
         }
     })
 }

@@ -210,7 +210,7 @@ pub async fn run(args: ServingArgs) -> anyhow::Result<()> {
 /// idle RSS are figures of `pilotlight` itself, not of this benchmark's
 /// executable. Cargo builds both into one folder, but builds `pilotlight`
 /// only when asked (`cargo build`), so an older one is pointed out.
-fn pilotlight_exe(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn pilotlight_exe(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     let bench = std::env::current_exe().context("cannot find this executable")?;
     let exe = match given {
         Some(path) => path.to_owned(),
@@ -628,7 +628,10 @@ async fn run_idle(
 }
 
 /// Polls `/readyz` until it answers 200.
-async fn wait_ready(child: &mut tokio::process::Child, admin: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(
+    child: &mut tokio::process::Child,
+    admin: SocketAddr,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         if readyz(admin).await {

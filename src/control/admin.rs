@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, the API that
+//! The admin listener: the browser console at `/` (see `console`),
+//! `/metrics`, `/healthz`, `/readyz`, the API that
 //! `pilotlight get` reads (`/api/v1/{brokers,triggers,services,revisions,routes,sources,jobsinks}`),
 //! replay (`POST /api/v1/triggers/{namespace}/{name}/replay` and
 //! `POST /api/v1/subscriptions/{namespace}/{name}/replay`, which `pilotlight
@@ -76,6 +77,7 @@ pub(crate) fn router(state: AdminState) -> Router {
             &format!("{JOBSINKS_PATH}/{{namespace}}/{{name}}"),
             post(run_job),
         )
+        .merge(super::console::router())
         .with_state(state)
 }
 

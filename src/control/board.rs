@@ -101,6 +101,14 @@ impl StatusBoard {
         *self.errors.write().unwrap_or_else(|e| e.into_inner()) = errors;
     }
 
+    /// The documents the last apply refused.
+    pub(crate) fn refused(&self) -> Vec<ManifestError> {
+        self.errors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// A collection with status (and live figures), with the refused
     /// manifests.
     pub(crate) async fn list(&self, collection: Collection, namespace: Option<&str>) -> ObjectList {

@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 mod board;
+mod console;
 mod jobsink_intake;
 pub mod kubernetes;
 pub mod manifest;

@@ -11,6 +11,10 @@
 //! - `filter`: a CESQL expression; only events it is true for are sent.
 //! - `buffer`: how many events are held for a client that reads slower
 //!   than they come (1 to 65536, default 1024).
+//! - `rate`: at most this many events a second (1 to 100000); the others
+//!   are reported as skipped, at most once a second. The console asks
+//!   for a few dozen: a browser shows a sample of a busy broker, not all of
+//!   it.
 //!
 //! It answers `200` with `text/event-stream` (Server-Sent Events):
 //! - first a comment `: tailing {namespace}/{name}`: the tail is open, every
@@ -18,9 +22,10 @@
 //! - each event as one `data:` line, the event in structured-mode JSON
 //!   (`application/cloudevents+json`);
 //! - `event: skipped` with `data: {"skipped": N}`: N events were not sent,
-//!   because the client read too slowly and the buffer was full, or because
-//!   the backend no longer had them (retention; the memory backend drops
-//!   events every trigger is done with);
+//!   because the client read too slowly and the buffer was full, because
+//!   they were over the `rate`, or because the backend no longer had them
+//!   (retention; the memory backend drops events every trigger is done
+//!   with);
 //! - `event: end` with `data: {"reason": "..."}` when the broker stopped
 //!   (deleted, or its backend changed); the response then ends;
 //! - a `: keep-alive` comment every 15 s.
@@ -38,7 +43,7 @@
 //! reader, buffer and task, which end when the client goes away.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -61,6 +66,7 @@ use crate::eventing::channel;
 /// Events held for a slow client when the request does not say.
 const DEFAULT_BUFFER: usize = 1024;
 const MAX_BUFFER: usize = 65536;
+const MAX_RATE: u32 = 100_000;
 /// How often an idle stream sends a comment, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -69,6 +75,7 @@ pub(crate) struct TailQuery {
     since: Option<String>,
     filter: Option<String>,
     buffer: Option<String>,
+    rate: Option<String>,
 }
 
 /// `GET /api/v1/brokers/{namespace}/{name}/events`.
@@ -124,6 +131,16 @@ async fn tail(
             );
         }
     };
+    let sampler = match query.rate.as_deref().map(str::parse::<u32>) {
+        None => None,
+        Some(Ok(n)) if (1..=MAX_RATE).contains(&n) => Some(Sampler::new(n)),
+        Some(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("rate: a number of events a second from 1 to {MAX_RATE}"),
+            );
+        }
+    };
     let broker = match state.control.broker(namespace, name) {
         Some(BrokerEntry::Ready(broker)) => broker,
         Some(BrokerEntry::NotReady { reason }) => {
@@ -151,7 +168,7 @@ async fn tail(
         }
     };
     let (tx, rx) = mpsc::channel(buffer);
-    tokio::spawn(pump(stream, filter, tx));
+    tokio::spawn(pump(stream, filter, sampler, tx));
     let opened = Bytes::from(format!(": tailing {namespace}/{name}\n\n"));
     let body = futures::stream::unfold((Some(opened), rx), |(first, mut rx)| async move {
         if let Some(first) = first {
@@ -218,13 +235,62 @@ impl Frame {
     }
 }
 
+/// Lets through at most `per_second` events in each second.
+struct Sampler {
+    per_second: u32,
+    window: Instant,
+    sent: u32,
+    /// Events held back in this window, reported once it ends.
+    held: u64,
+}
+
+impl Sampler {
+    fn new(per_second: u32) -> Self {
+        Sampler {
+            per_second,
+            window: Instant::now(),
+            sent: 0,
+            held: 0,
+        }
+    }
+
+    fn window_end(&self) -> Instant {
+        self.window + Duration::from_secs(1)
+    }
+
+    /// Whether the event now may go; if not, it is held.
+    fn admits(&mut self, now: Instant) -> bool {
+        if now >= self.window_end() {
+            self.window = now;
+            self.sent = 0;
+        }
+        if self.sent < self.per_second {
+            self.sent += 1;
+            true
+        } else {
+            self.held += 1;
+            false
+        }
+    }
+}
+
 /// Moves what the backend reads into the client's buffer, never waiting for
 /// the client: an event that does not fit is counted, and the count is sent
-/// as soon as there is room. Ends when the client goes away or the backend
-/// stops.
-async fn pump(mut stream: Box<dyn TailStream>, filter: Option<Program>, tx: mpsc::Sender<Frame>) {
+/// as soon as there is room; with a `rate`, events over it are counted and
+/// the count sent when their second ends. Ends when the client goes away
+/// or the backend stops.
+async fn pump(
+    mut stream: Box<dyn TailStream>,
+    filter: Option<Program>,
+    mut sampler: Option<Sampler>,
+    tx: mpsc::Sender<Frame>,
+) {
     let mut skipped: u64 = 0;
     loop {
+        let held = sampler
+            .as_ref()
+            .filter(|s| s.held > 0)
+            .map(Sampler::window_end);
         let item = tokio::select! {
             item = stream.next() => item,
             permit = tx.reserve(), if skipped > 0 => {
@@ -237,10 +303,17 @@ async fn pump(mut stream: Box<dyn TailStream>, filter: Option<Program>, tx: mpsc
                     Err(_) => return,
                 }
             }
+            () = tokio::time::sleep_until(held.unwrap_or_else(Instant::now).into()), if held.is_some() => {
+                if let Some(sampler) = sampler.as_mut() {
+                    skipped += std::mem::take(&mut sampler.held);
+                }
+                continue;
+            }
             _ = tx.closed() => return,
         };
         let event = match item {
             None => {
+                skipped += sampler.as_mut().map_or(0, |s| std::mem::take(&mut s.held));
                 if skipped > 0 && tx.send(Frame::Skipped(skipped)).await.is_err() {
                     return;
                 }
@@ -258,6 +331,13 @@ async fn pump(mut stream: Box<dyn TailStream>, filter: Option<Program>, tx: mpsc
         {
             continue;
         }
+        if let Some(sampler) = sampler.as_mut() {
+            if !sampler.admits(Instant::now()) {
+                continue;
+            }
+            // A new second: what the last one held back is reported first.
+            skipped += std::mem::take(&mut sampler.held);
+        }
         if skipped > 0 {
             match tx.try_send(Frame::Skipped(skipped)) {
                 Ok(()) => skipped = 0,
@@ -273,5 +353,23 @@ async fn pump(mut stream: Box<dyn TailStream>, filter: Option<Program>, tx: mpsc
             Err(mpsc::error::TrySendError::Full(_)) => skipped += 1,
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sampler_lets_through_its_rate_each_second_and_holds_the_rest() {
+        let start = Instant::now();
+        let mut sampler = Sampler::new(2);
+        sampler.window = start;
+        let admitted: Vec<bool> = (0..4).map(|_| sampler.admits(start)).collect();
+        assert_eq!(admitted, [true, true, false, false]);
+        assert_eq!(sampler.held, 2);
+        assert!(sampler.admits(start + Duration::from_millis(1000)));
+        assert!(sampler.admits(start + Duration::from_millis(1500)));
+        assert!(!sampler.admits(start + Duration::from_millis(1900)));
     }
 }

@@ -10,3 +10,5 @@ pub(crate) mod flows;
 pub mod health;
 pub mod source;
 mod trigger;
+
+pub(crate) use trigger::journal::EventDeliveries;

@@ -20,3 +20,6 @@ pub(crate) mod proxy;
 mod revision;
 pub(crate) mod router;
 pub mod runtime;
+
+/// The histogram of each revision's request times, which the console reads.
+pub(crate) use revision::REQUEST_SECONDS;

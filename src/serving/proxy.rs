@@ -38,20 +38,29 @@ impl Default for Proxy {
     }
 }
 
-/// Counts a request for the autoscaler from arrival until its response body
-/// ends (or the request is dropped).
-struct Counted(Arc<RevisionStats>);
+/// Counts a request for the autoscaler, and times it, from arrival until
+/// its response body ends (or the request is dropped).
+struct Counted {
+    stats: Arc<RevisionStats>,
+    seconds: metrics::Histogram,
+    arrived: std::time::Instant,
+}
 
 impl Counted {
-    fn start(stats: &Arc<RevisionStats>) -> Self {
-        stats.request_started();
-        Counted(stats.clone())
+    fn start(revision: &Revision) -> Self {
+        revision.stats.request_started();
+        Counted {
+            stats: revision.stats.clone(),
+            seconds: revision.request_seconds.clone(),
+            arrived: std::time::Instant::now(),
+        }
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.request_finished();
+        self.stats.request_finished();
+        self.seconds.record(self.arrived.elapsed());
     }
 }
 
@@ -88,7 +97,7 @@ impl Proxy {
                 5,
             );
         };
-        let counted = Counted::start(&revision.stats);
+        let counted = Counted::start(&revision);
         let deadline = Instant::now() + revision.timeout;
         let lease = match revision.acquire(deadline).await {
             Ok(lease) => lease,

@@ -23,6 +23,9 @@ pub(crate) struct Revision {
     pub timeout: Duration,
     /// Every request to the revision, counted for the autoscaler.
     pub stats: Arc<RevisionStats>,
+    /// Each request's time from arrival to the end of its response body,
+    /// waiting for an instance included (`pilotlight_revision_request_seconds`).
+    pub request_seconds: metrics::Histogram,
     pub deployment: Arc<dyn Deployment>,
     pub scaler: ScalerHandle,
     endpoints: watch::Receiver<Arc<[Endpoint]>>,
@@ -36,6 +39,9 @@ pub(crate) struct Revision {
     /// Rotates which of equally loaded instances gets the next request.
     rotation: AtomicUsize,
 }
+
+/// The histogram of a revision's request times.
+pub(crate) const REQUEST_SECONDS: &str = "pilotlight_revision_request_seconds";
 
 /// Why the activator gave up on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +86,7 @@ impl Revision {
     pub(crate) fn new(parts: RevisionParts) -> Self {
         let endpoints = parts.deployment.endpoints();
         Revision {
+            request_seconds: metrics::histogram!(REQUEST_SECONDS, "revision" => parts.key.to_string()),
             key: parts.key,
             container_concurrency: parts.container_concurrency,
             timeout: parts.timeout,

@@ -22,6 +22,7 @@ use crate::api::status::{
 };
 use crate::api::subscription::Subscription;
 use crate::api::{Broker, ObjectKey, Resource, Trigger};
+use crate::cloudevent::Event;
 use crate::desired::take_gone;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
@@ -35,6 +36,7 @@ use crate::eventing::health::Health;
 use crate::eventing::source::controller::{DesiredSource, SourceController};
 use crate::eventing::source::{self, BuildContext, PingClock, Replication};
 use crate::eventing::trigger::dispatcher::{self, Dispatcher, ReplyTo, TriggerPlan};
+use crate::eventing::trigger::journal::{DeliveryJournal, EventDeliveries};
 use crate::eventing::{channel, flows};
 use plan::Addresses;
 use plan::{BrokerAction, Destinations, RunningDispatcher, TriggerAction, TriggerBroker};
@@ -276,6 +278,8 @@ pub(crate) struct EventingController {
     cluster_state: Option<Arc<source::cluster_state::ClusterState>>,
     running: tokio::sync::Mutex<Running>,
     views: RwLock<Views>,
+    /// How the last deliveries went, for the console.
+    journal: Arc<DeliveryJournal>,
 }
 
 impl EventingController {
@@ -295,6 +299,7 @@ impl EventingController {
             sender,
             running: tokio::sync::Mutex::new(Running::default()),
             views: RwLock::new(Views::default()),
+            journal: Arc::default(),
         }
     }
 
@@ -827,6 +832,7 @@ impl EventingController {
             subscription,
             broker.clone(),
             self.sender.clone(),
+            self.journal.clone(),
         );
         let subscriber = plan.subscriber.as_ref().map(ToString::to_string);
         tracing::info!(key = %key, store = %plan.broker, subscriber = subscriber.as_deref().unwrap_or("none"), "delivering");
@@ -1038,6 +1044,52 @@ impl EventingController {
             }
         }
         Ok(rewound?)
+    }
+
+    /// For each trigger delivering from the store `store` (a broker's, or
+    /// each subscription of the channel whose store it is): whether its
+    /// filter lets `event` through, and how its deliveries of it went, as
+    /// far as the journal still remembers.
+    pub(crate) async fn deliveries_of(
+        &self,
+        store: &ObjectKey,
+        event: &Event,
+    ) -> Vec<EventDeliveries> {
+        let running = self.running.lock().await;
+        let delivering = running
+            .triggers
+            .values()
+            .chain(running.subscriptions.values());
+        let mut answer: Vec<EventDeliveries> = delivering
+            .filter(|trigger| trigger.plan.broker == *store)
+            .map(|trigger| {
+                let name = trigger.plan.key.to_string();
+                let deliveries = self.journal.deliveries(store, event);
+                EventDeliveries {
+                    matched: trigger.plan.filter.matches(event),
+                    deliveries: deliveries
+                        .into_iter()
+                        .filter(|d| d.trigger == name)
+                        .collect(),
+                    trigger: name,
+                }
+            })
+            .collect();
+        answer.sort_by(|a, b| a.trigger.cmp(&b.trigger));
+        answer
+    }
+
+    /// Each trigger's and subscription's backlog, where its backend knows
+    /// it (keyed `namespace/name`; a trigger and a subscription of one
+    /// name share a key, as in the metrics).
+    pub(crate) async fn backlogs(&self) -> BTreeMap<String, u64> {
+        let running = self.running.lock().await;
+        let delivering = running.triggers.iter().chain(running.subscriptions.iter());
+        delivering
+            .filter_map(|(key, trigger)| {
+                Some((key.to_string(), trigger.broker.backend.lag(key)?.backlog))
+            })
+            .collect()
     }
 
     /// Publishes each trigger's backlog as a gauge.

@@ -32,6 +32,8 @@ use crate::eventing::delivery::{
     DeliveryPolicy, EventSender, Failure, Outcome, dead_letter_event, deliver_with_retries,
 };
 
+use super::journal::{AttemptRecord, DeliveryJournal, DeliveryOutcome, DeliveryRecord};
+
 /// Deliveries queued per lane of an ordered trigger before reading pauses.
 const LANE_QUEUE: usize = 64;
 /// Longest pause between tries when the dead-letter sink itself fails.
@@ -102,8 +104,9 @@ pub(crate) fn spawn(
     subscription: Box<dyn Subscription>,
     broker: Arc<BrokerHandle>,
     sender: EventSender,
+    journal: Arc<DeliveryJournal>,
 ) -> Dispatcher {
-    let context = Arc::new(Context::new(plan, broker, sender));
+    let context = Arc::new(Context::new(plan, broker, sender, journal));
     let (stop, stopping) = watch::channel(false);
     let task = tokio::spawn(async move {
         if context.plan.ordered {
@@ -133,6 +136,7 @@ struct Context {
     plan: Arc<TriggerPlan>,
     broker: Arc<BrokerHandle>,
     sender: EventSender,
+    journal: Arc<DeliveryJournal>,
     attempt_seconds: Histogram,
     dead_lettered: Counter,
     dropped: Counter,
@@ -141,7 +145,12 @@ struct Context {
 }
 
 impl Context {
-    fn new(plan: Arc<TriggerPlan>, broker: Arc<BrokerHandle>, sender: EventSender) -> Self {
+    fn new(
+        plan: Arc<TriggerPlan>,
+        broker: Arc<BrokerHandle>,
+        sender: EventSender,
+        journal: Arc<DeliveryJournal>,
+    ) -> Self {
         let trigger = plan.key.to_string();
         Context {
             attempt_seconds: metrics::histogram!("pilotlight_trigger_delivery_seconds", "trigger" => trigger.clone()),
@@ -151,6 +160,7 @@ impl Context {
             plan,
             broker,
             sender,
+            journal,
         }
     }
 
@@ -231,9 +241,11 @@ async fn run_ordered(
     while workers.join_next().await.is_some() {}
 }
 
-/// Delivers one event to the end: subscriber, reply, dead-letter sink.
+/// Delivers one event to the end: subscriber, reply, dead-letter sink;
+/// then records how it went in the journal.
 async fn process(context: &Context, delivery: Delivery) {
     let plan = &context.plan;
+    let mut attempts = Vec::new();
     let outcome = match &plan.subscriber {
         Some(subscriber) => {
             deliver_with_retries(
@@ -241,7 +253,12 @@ async fn process(context: &Context, delivery: Delivery) {
                 subscriber,
                 &delivery.event,
                 &plan.delivery,
-                |status, took| context.observe(status, took),
+                |status, took| {
+                    attempts.push(AttemptRecord {
+                        code: status.map(|s| s.as_u16()),
+                    });
+                    context.observe(status, took)
+                },
             )
             .await
         }
@@ -249,17 +266,23 @@ async fn process(context: &Context, delivery: Delivery) {
             reply: Some((*delivery.event).clone()),
         },
     };
-    match (outcome, &plan.reply) {
-        (Outcome::Delivered { reply: None }, _) | (Outcome::Delivered { .. }, ReplyTo::Drop) => {}
+    let ended = match (outcome, &plan.reply) {
+        (Outcome::Delivered { reply: None }, _) | (Outcome::Delivered { .. }, ReplyTo::Drop) => {
+            DeliveryOutcome::Delivered
+        }
         (Outcome::Delivered { reply: Some(reply) }, ReplyTo::Store) => {
-            if let Err(refused) = store_reply(context, reply).await {
-                let broker = &context.plan.broker_url;
-                dead_letter(context, &delivery.event, broker, &refused).await;
+            match store_reply(context, reply).await {
+                Ok(()) => DeliveryOutcome::Replied,
+                Err(refused) => {
+                    let broker = &context.plan.broker_url;
+                    dead_letter(context, &delivery.event, broker, &refused).await
+                }
             }
         }
         (Outcome::Delivered { reply: Some(reply) }, ReplyTo::Destination(to)) => {
-            if let Err(failed) = forward_reply(context, to, &reply).await {
-                dead_letter(context, &delivery.event, to, &failed).await;
+            match forward_reply(context, to, &reply).await {
+                Ok(()) => DeliveryOutcome::Replied,
+                Err(failed) => dead_letter(context, &delivery.event, to, &failed).await,
             }
         }
         (Outcome::Failed(failure), _) => {
@@ -267,7 +290,16 @@ async fn process(context: &Context, delivery: Delivery) {
             let subscriber = subscriber.unwrap_or_default();
             dead_letter(context, &delivery.event, &subscriber, &failure).await
         }
-    }
+    };
+    let record = DeliveryRecord {
+        trigger: plan.key.to_string(),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        attempts,
+        outcome: ended,
+    };
+    context
+        .journal
+        .record(&plan.broker, &delivery.event, record);
     delivery.ack().await;
 }
 
@@ -321,18 +353,18 @@ async fn store_reply(context: &Context, reply: Event) -> Result<(), Failure> {
 
 /// Sends the event to the trigger's dead-letter sink, with the failure at
 /// `destination` in Knative's error extensions; drops it (counted) when the
-/// trigger has none.
+/// trigger has none. Says which of the two it did.
 async fn dead_letter(
     context: &Context,
     event: &Event,
     destination: &impl std::fmt::Display,
     failure: &Failure,
-) {
+) -> DeliveryOutcome {
     let plan = &context.plan;
     let Some(sink) = &plan.delivery.dead_letter_sink else {
         tracing::warn!(trigger = %plan.key, id = event.id(), error = %failure.message, "delivery failed and the trigger has no dead-letter sink, so the event is dropped; set spec.delivery.deadLetterSink (trigger or broker) to keep such events");
         context.dropped.increment(1);
-        return;
+        return DeliveryOutcome::Dropped;
     };
     let dead = dead_letter_event(event, destination, failure);
     let mut backoff = Backoff::new(Duration::from_secs(1), DEAD_LETTER_PAUSE_MAX);
@@ -344,7 +376,7 @@ async fn dead_letter(
         match outcome {
             Outcome::Delivered { .. } => {
                 context.dead_lettered.increment(1);
-                return;
+                return DeliveryOutcome::DeadLettered;
             }
             Outcome::Failed(f) => {
                 let pause = backoff.next_delay();

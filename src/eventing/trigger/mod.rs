@@ -2,3 +2,4 @@
 
 pub(crate) mod dispatcher;
 pub(crate) mod filter;
+pub(crate) mod journal;

@@ -91,7 +91,8 @@ struct RunningRevision {
     revision: Option<Arc<Revision>>,
     failure: Option<String>,
     reachable: watch::Sender<bool>,
-    /// Marks the revision ready once an instance is; ends then.
+    /// Marks the revision ready once an instance is, and publishes its
+    /// ready instances as they change.
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -100,8 +101,14 @@ impl Drop for RunningRevision {
         if let Some(watcher) = self.watcher.take() {
             watcher.abort();
         }
+        if let Some(revision) = &self.revision {
+            metrics::gauge!(READY_INSTANCES_GAUGE, "revision" => revision.key.to_string()).set(0.0);
+        }
     }
 }
+
+/// A revision's ready instances: the console draws it over time.
+pub(crate) const READY_INSTANCES_GAUGE: &str = "pilotlight_revision_ready_instances";
 
 struct RunningService {
     service: Service,
@@ -348,11 +355,11 @@ impl ServingController {
         };
         match self.build_revision(service, record, reachable_rx, &mut running.runtime) {
             Ok((revision, ready_at_zero)) => {
-                running.watcher = Some(tokio::spawn(watch_ready(
-                    revision.clone(),
-                    ready_at_zero,
-                    self.refresh.clone(),
-                )));
+                let ready = watch_ready(revision.clone(), ready_at_zero, self.refresh.clone());
+                let instances = publish_instances(&revision);
+                running.watcher = Some(tokio::spawn(async move {
+                    tokio::join!(ready, instances);
+                }));
                 running.revision = Some(revision);
             }
             Err(message) => {
@@ -576,6 +583,22 @@ async fn watch_ready(revision: Arc<Revision>, ready_at_zero: bool, refresh: Arc<
         revision.mark_ready();
         tracing::info!(revision = %revision.key, "revision ready");
         refresh.notify_one();
+    }
+}
+
+/// Sets the revision's ready-instances gauge on every change, until the
+/// runtime lets go of its instances.
+fn publish_instances(revision: &Revision) -> impl Future<Output = ()> + use<> {
+    let mut endpoints = revision.watch_endpoints();
+    let gauge = metrics::gauge!(READY_INSTANCES_GAUGE, "revision" => revision.key.to_string());
+    async move {
+        loop {
+            let ready = endpoints.borrow_and_update().len();
+            gauge.set(ready as f64);
+            if endpoints.changed().await.is_err() {
+                return;
+            }
+        }
     }
 }
 

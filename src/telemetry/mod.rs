@@ -1,6 +1,13 @@
-//! Logs (tracing) and metrics (Prometheus) set-up.
+//! Logs (tracing) and metrics (Prometheus, and the readings the console
+//! shows) set-up.
+
+pub(crate) mod readings;
+
+use std::sync::{Arc, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::layers::FanoutBuilder;
+use readings::{Readings, ReadingsRecorder};
 use tracing_subscriber::EnvFilter;
 
 /// Log output format.
@@ -56,22 +63,45 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
-/// The handle that renders `/metrics`. The first call installs the global
-/// recorder; later calls (several servers in one test process) share it.
+/// What the process's recorder feeds: Prometheus's text for `/metrics`,
+/// and the readings for the console.
+struct Installed {
+    prometheus: PrometheusHandle,
+    readings: Arc<Readings>,
+}
+
+/// Installs the global recorder on first use; later calls (several servers
+/// in one test process) share it.
+fn installed() -> &'static Installed {
+    static INSTALLED: OnceLock<Installed> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let prometheus = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let handle = prometheus.handle();
+        let readings = Arc::new(Readings::default());
+        let both = FanoutBuilder::default()
+            .add_recorder(prometheus)
+            .add_recorder(ReadingsRecorder(readings.clone()))
+            .build();
+        // Fails only if another recorder is installed; /metrics and the
+        // console's numbers are then empty.
+        if metrics::set_global_recorder(both).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics and the console will not show pilotlight's metrics");
+        }
+        Installed {
+            prometheus: handle,
+            readings,
+        }
+    })
+}
+
+/// The handle that renders `/metrics`.
 pub(crate) fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .unwrap_or_else(|_| PrometheusBuilder::new())
-                .build_recorder();
-            let handle = recorder.handle();
-            // Fails only if another recorder is installed; /metrics is then empty.
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("another metrics recorder is installed; /metrics will not show pilotlight's metrics");
-            }
-            handle
-        })
-        .clone()
+    installed().prometheus.clone()
+}
+
+fn installed_readings() -> Arc<Readings> {
+    installed().readings.clone()
 }
