@@ -24,6 +24,8 @@ use support::{Subscriber, TestServer, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pilotlight");
 const WAIT: Duration = Duration::from_secs(30);
+/// The default broker's tail, as the page lists it.
+const BROKER_TAIL: &str = "/api/v1/brokers/default/default/events";
 
 /// Chromium and its driver, if installed.
 fn browser() -> Option<(PathBuf, PathBuf)> {
@@ -137,6 +139,16 @@ async fn click(browser: &Client, css: &str) {
         .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
 }
 
+async fn select(browser: &Client, css: &str, value: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .select_by_value(value)
+        .await
+        .unwrap_or_else(|e| panic!("choosing {value} in {css}: {e}"));
+}
+
 async fn type_into(browser: &Client, css: &str, text: &str) {
     let input = browser
         .find(Locator::Css(css))
@@ -223,20 +235,14 @@ async fn the_console_shows_the_mesh_tails_events_scales_and_replays() {
     wait_for(&browser, "#tail-source", WAIT).await;
     wait_until("the broker is in the tail's list", WAIT, async || {
         browser
-            .find(Locator::Css(
-                "#tail-source option[value=\"/api/v1/brokers/default/default/events\"]",
-            ))
+            .find(Locator::Css(&format!(
+                "#tail-source option[value=\"{BROKER_TAIL}\"]"
+            )))
             .await
             .is_ok()
     })
     .await;
-    browser
-        .find(Locator::Css("#tail-source"))
-        .await
-        .expect("source select")
-        .select_by_value("/api/v1/brokers/default/default/events")
-        .await
-        .expect("select the broker");
+    select(&browser, "#tail-source", BROKER_TAIL).await;
     type_into(&browser, "#tail-filter", "type LIKE 'com.example.%' AND (").await;
     wait_until("the filter's error shows", WAIT, async || {
         text_of(&browser, "#tail-filter-error")
@@ -328,20 +334,8 @@ async fn the_console_shows_the_mesh_tails_events_scales_and_replays() {
     assert_eq!(audit["matched"], false, "{answer}");
     // The tail reopened with the tab: the event comes again with --since.
     wait_for(&browser, "#tail-since", WAIT).await;
-    browser
-        .find(Locator::Css("#tail-since"))
-        .await
-        .expect("since select")
-        .select_by_value("5m")
-        .await
-        .expect("since 5m");
-    browser
-        .find(Locator::Css("#tail-source"))
-        .await
-        .expect("source select")
-        .select_by_value("/api/v1/brokers/default/default/events")
-        .await
-        .expect("select the broker");
+    select(&browser, "#tail-since", "5m").await;
+    select(&browser, "#tail-source", BROKER_TAIL).await;
     wait_for(&browser, row, WAIT).await;
     click(&browser, row).await;
     wait_until("the detail shows the delivery", WAIT, async || {

@@ -41,6 +41,10 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "kubeconfig.rs",
         &["api", "eventing", "serving", "control", "server", "cli"],
     ),
+    (
+        "telemetry",
+        &["api", "eventing", "serving", "control", "server", "cli"],
+    ),
 ];
 
 fn rust_files(path: &Path, files: &mut Vec<PathBuf>) {

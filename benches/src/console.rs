@@ -37,7 +37,7 @@ use crate::app::{free_port, loopback};
 use crate::http_server::HttpServer;
 use crate::load::{Load, Shape, WARMUP, Window, run_load_in};
 use crate::report::median;
-use crate::serving::{pilotlight_exe, wait_ready};
+use crate::serving::{pilotlight_exe, run_command, wait_ready};
 use crate::workdir::{NAMESPACE, WorkDir};
 
 /// Triggers of the manifest; one matches the load's events.
@@ -98,20 +98,7 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
         .context("cannot write the bench's manifest")?;
     let listen = loopback(free_port()?);
     let admin = loopback(free_port()?);
-    let mut child = tokio::process::Command::new(&exe)
-        .arg("run")
-        .arg("-f")
-        .arg(dir.manifests())
-        .arg("--data-dir")
-        .arg(dir.path.join("data"))
-        .arg("--listen")
-        .arg(listen.to_string())
-        .arg("--admin")
-        .arg(admin.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+    let mut child = run_command(&exe, &dir, listen, admin)
         .spawn()
         .with_context(|| format!("cannot start {} run", exe.display()))?;
     let pid = child.id().context("pilotlight run exited at once")?;

@@ -585,21 +585,9 @@ async fn run_idle(
     what: &'static str,
 ) -> anyhow::Result<Rss> {
     let admin = loopback(free_port()?);
-    let mut child = tokio::process::Command::new(exe)
-        .arg("run")
-        .arg("-f")
-        .arg(dir.manifests())
-        .arg("--data-dir")
-        .arg(dir.path.join("data"))
-        .arg("--listen")
-        .arg(loopback(free_port()?).to_string())
-        .arg("--admin")
-        .arg(admin.to_string())
+    let mut child = run_command(exe, dir, loopback(free_port()?), admin)
         .args(app.run_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {} run", exe.display()))?;
     let pid = child.id().context("pilotlight run exited at once")?;
@@ -625,6 +613,32 @@ async fn run_idle(
         }
         _ => e,
     })
+}
+
+/// `pilotlight run` on a work folder's manifests and data, listening on
+/// `listen` and `admin`, killed when dropped; no input, output discarded.
+pub(crate) fn run_command(
+    exe: &Path,
+    dir: &WorkDir,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("run")
+        .arg("-f")
+        .arg(dir.manifests())
+        .arg("--data-dir")
+        .arg(dir.path.join("data"))
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--admin")
+        .arg(admin.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
 }
 
 /// Polls `/readyz` until it answers 200.

@@ -28,7 +28,7 @@ use super::kubernetes::peers::PeerToken;
 use super::reconcile::ControlPlane;
 use super::replay::{self, ReplayAccess};
 use crate::api::ObjectKey;
-use crate::cloudevent::{Mode, parse_http};
+use crate::cloudevent::{Event, Mode, parse_http};
 use crate::eventing::controller::Delivering;
 use crate::serving::autoscaler::ClusterStats;
 use crate::serving::autoscaler::peers::{STATS_PATH, StatsReport};
@@ -193,19 +193,9 @@ async fn run_job(
     body: Bytes,
 ) -> Response {
     let key = ObjectKey::new(namespace, name);
-    let event = match parse_http(&headers, body) {
-        Ok((Mode::Batch, _)) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                "a batch of events: send one event per request\n",
-            )
-                .into_response();
-        }
-        Ok((_, mut events)) if events.len() == 1 => events.remove(0),
-        Ok(_) => {
-            return (StatusCode::BAD_REQUEST, "send exactly one event\n").into_response();
-        }
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    let event = match one_event(&headers, body) {
+        Ok(event) => event,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
     match state.control.jobs().run(&key, event).await {
         Ok(record) => Json(record).into_response(),
@@ -215,6 +205,17 @@ async fn run_job(
         Err(e @ (JobError::CannotStart { .. } | JobError::Stopping)) => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
         }
+    }
+}
+
+/// The one CloudEvent of a request (binary or structured mode), or why
+/// there is not exactly one (the message of a 400).
+pub(crate) fn one_event(headers: &HeaderMap, body: Bytes) -> Result<Event, String> {
+    match parse_http(headers, body) {
+        Ok((Mode::Batch, _)) => Err("a batch of events: send one event per request\n".into()),
+        Ok((_, mut events)) if events.len() == 1 => Ok(events.remove(0)),
+        Ok(_) => Err("send exactly one event\n".into()),
+        Err(e) => Err(format!("{e}\n")),
     }
 }
 

@@ -36,11 +36,10 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::admin::AdminState;
+use super::admin::{AdminState, one_event};
 use super::board::Collection;
 use crate::api::ObjectKey;
 use crate::cesql::parser;
-use crate::cloudevent::{Mode, parse_http};
 use crate::eventing::EventDeliveries;
 use crate::eventing::channel;
 use mesh::{Mesh, MeshViews};
@@ -175,17 +174,9 @@ async fn deliveries(
             return (StatusCode::NOT_FOUND, message).into_response();
         }
     };
-    let event = match parse_http(&headers, body) {
-        Ok((Mode::Batch, _)) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                "a batch: send the one event to look up\n",
-            )
-                .into_response();
-        }
-        Ok((_, mut events)) if events.len() == 1 => events.remove(0),
-        Ok(_) => return (StatusCode::BAD_REQUEST, "send exactly one event\n").into_response(),
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    let event = match one_event(&headers, body) {
+        Ok(event) => event,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
     let triggers = state.control.eventing().deliveries_of(&store, &event).await;
     Json(DeliveriesAnswer { triggers }).into_response()

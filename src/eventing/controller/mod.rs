@@ -1055,6 +1055,7 @@ impl EventingController {
         store: &ObjectKey,
         event: &Event,
     ) -> Vec<EventDeliveries> {
+        let journalled = self.journal.deliveries(store, event);
         let running = self.running.lock().await;
         let delivering = running
             .triggers
@@ -1064,12 +1065,12 @@ impl EventingController {
             .filter(|trigger| trigger.plan.broker == *store)
             .map(|trigger| {
                 let name = trigger.plan.key.to_string();
-                let deliveries = self.journal.deliveries(store, event);
                 EventDeliveries {
                     matched: trigger.plan.filter.matches(event),
-                    deliveries: deliveries
-                        .into_iter()
+                    deliveries: journalled
+                        .iter()
                         .filter(|d| d.trigger == name)
+                        .cloned()
                         .collect(),
                     trigger: name,
                 }
