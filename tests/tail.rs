@@ -244,6 +244,37 @@ async fn a_filter_applies_and_bad_requests_are_refused_with_why() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_rate_sends_that_many_a_second_and_counts_the_rest_once() {
+    let s = TestServer::start(&[("b.yaml", &support::broker("default", ""))]).await;
+    let url = s.broker_url("default", "default");
+    wait_accepted(&url, "warmup", WAIT).await;
+    let mut tail = open(&s, "/api/v1/brokers/default/default/events?since=1h&rate=2")
+        .await
+        .expect("tail opens");
+    let ids: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    send_all(&url, &ids, "demo").await;
+    // Eleven events stored (the warm-up one too), read at once: two in the
+    // first second, the other nine counted in one notice when it ends.
+    let first = tail.next().await;
+    let second = tail.next().await;
+    assert_eq!(
+        (first.kind.as_str(), second.kind.as_str()),
+        ("message", "message")
+    );
+    let skipped = tail.next().await;
+    assert_eq!(skipped.kind, "skipped", "{skipped:?}");
+    assert_eq!(skipped.data, r#"{"skipped":9}"#);
+
+    let Err((status, body)) = open(&s, "/api/v1/brokers/default/default/events?rate=0").await
+    else {
+        panic!("rate=0 was not refused");
+    };
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("rate"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_channel_is_tailed_by_its_own_name() {
     let s = TestServer::start(&[(
         "c.yaml",
