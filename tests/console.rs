@@ -375,5 +375,18 @@ async fn the_console_shows_the_mesh_tails_events_scales_and_replays() {
     })
     .await;
 
+    // A link to one broker's tail opens it.
+    browser
+        .goto(&format!("{console}#tail={BROKER_TAIL}"))
+        .await
+        .expect("a linked tail");
+    wait_until("the linked tail is chosen", WAIT, async || {
+        let Ok(source) = browser.find(Locator::Css("#tail-source")).await else {
+            return false;
+        };
+        source.prop("value").await.ok().flatten().as_deref() == Some(BROKER_TAIL)
+    })
+    .await;
+
     browser.close().await.expect("close the browser");
 }
