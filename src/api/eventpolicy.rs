@@ -293,11 +293,11 @@ mod tests {
             ),
             ("  from:\n    - {}\n", "spec.from[0]: set one of 'ref' or 'sub'"),
             (
-                "  from:\n    - sub: x\n      ref: {apiVersion: v1, kind: K, name: n}\n",
+                "  from:\n    - sub: x\n      ref: {apiVersion: v1, kind: K, name: src}\n",
                 "spec.from[0]: set one of 'ref' or 'sub', not both",
             ),
             (
-                "  from:\n    - ref: {apiVersion: sources.knative.dev/v1, name: n}\n",
+                "  from:\n    - ref: {apiVersion: sources.knative.dev/v1, name: src}\n",
                 "spec.from[0].ref.kind: is required",
             ),
             (

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod oidc;
 pub mod images;
 
 use std::net::SocketAddr;

@@ -298,7 +298,6 @@ mod tests {
             origin: "ping.yaml:1".into(),
             spec: serde_json::json!({}),
             sink: Ok("http://127.0.0.1:1/".parse().expect("uri")),
-            identity: None,
             placement,
             running: None,
         }
