@@ -14,14 +14,21 @@ use std::path::{Path, PathBuf};
 
 /// What each top module may not name, by `crate::<module>`.
 const FORBIDDEN: &[(&str, &[&str])] = &[
-    ("api", &["auth", "eventing", "serving", "control", "server", "cli"]),
+    (
+        "api",
+        &["auth", "eventing", "serving", "control", "server", "cli"],
+    ),
     (
         "cloudevent",
-        &["api", "auth", "eventing", "serving", "control", "server", "cli"],
+        &[
+            "api", "auth", "eventing", "serving", "control", "server", "cli",
+        ],
     ),
     (
         "cesql",
-        &["api", "auth", "eventing", "serving", "control", "server", "cli"],
+        &[
+            "api", "auth", "eventing", "serving", "control", "server", "cli",
+        ],
     ),
     // OIDC and EventPolicies: under eventing (its ingress and senders
     // use it), over api and cloudevent.
@@ -31,23 +38,33 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("control", &["server", "cli"]),
     (
         "backoff.rs",
-        &["api", "auth", "eventing", "serving", "control", "server", "cli"],
+        &[
+            "api", "auth", "eventing", "serving", "control", "server", "cli",
+        ],
     ),
     (
         "desired.rs",
-        &["api", "auth", "eventing", "serving", "control", "server", "cli"],
+        &[
+            "api", "auth", "eventing", "serving", "control", "server", "cli",
+        ],
     ),
     (
         "http_util.rs",
-        &["api", "auth", "eventing", "serving", "control", "server", "cli"],
+        &[
+            "api", "auth", "eventing", "serving", "control", "server", "cli",
+        ],
     ),
     (
         "kubeconfig.rs",
-        &["api", "auth", "eventing", "serving", "control", "server", "cli"],
+        &[
+            "api", "auth", "eventing", "serving", "control", "server", "cli",
+        ],
     ),
     (
         "telemetry",
-        &["api", "auth", "eventing", "serving", "control", "server", "cli"],
+        &[
+            "api", "auth", "eventing", "serving", "control", "server", "cli",
+        ],
     ),
 ];
 

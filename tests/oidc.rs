@@ -70,7 +70,10 @@ async fn each_bad_token_gets_401_with_its_reason() {
     assert_eq!(missing.status, StatusCode::UNAUTHORIZED, "{}", missing.body);
     assert!(missing.body.contains("no bearer token"), "{}", missing.body);
     assert!(missing.body.contains(AUDIENCE), "{}", missing.body);
-    assert_eq!(missing.headers["www-authenticate"], "Bearer realm=\"pilotlight\"");
+    assert_eq!(
+        missing.headers["www-authenticate"],
+        "Bearer realm=\"pilotlight\""
+    );
 
     let sub = "system:serviceaccount:default:app";
     let cases = [
@@ -111,11 +114,18 @@ async fn each_bad_token_gets_401_with_its_reason() {
     ];
     for (what, token, reason) in cases {
         let reply = post(&url, "1", "t", Some(&token)).await;
-        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}: {}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "{what}: {}",
+            reply.body
+        );
         assert!(reply.body.contains(&reason), "{what}: {}", reply.body);
         let challenge = reply.headers["www-authenticate"].to_str().expect("ascii");
         assert!(
-            challenge.starts_with("Bearer realm=\"pilotlight\", error=\"invalid_token\", error_description=\""),
+            challenge.starts_with(
+                "Bearer realm=\"pilotlight\", error=\"invalid_token\", error_description=\""
+            ),
             "{what}: {challenge}"
         );
     }
@@ -134,7 +144,10 @@ async fn each_bad_token_gets_401_with_its_reason() {
         .and_then(|c| c.iter().find(|c| c["type"] == "EventPoliciesReady"))
         .cloned()
         .unwrap_or_default();
-    assert_eq!(condition["reason"], "DefaultAuthorizationMode", "{condition}");
+    assert_eq!(
+        condition["reason"], "DefaultAuthorizationMode",
+        "{condition}"
+    );
     s.server.shutdown().await;
 }
 
@@ -162,7 +175,9 @@ async fn policies_allow_subjects_by_wildcard_and_filter_events_at_the_ingress() 
     let reply = post(&url, "2", "org.other.thing", Some(&app)).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
     assert!(
-        reply.body.contains("event 2 does not pass the filters of EventPolicy orders"),
+        reply
+            .body
+            .contains("event 2 does not pass the filters of EventPolicy orders"),
         "{}",
         reply.body
     );
@@ -171,7 +186,9 @@ async fn policies_allow_subjects_by_wildcard_and_filter_events_at_the_ingress() 
     let reply = post(&url, "3", "com.example.order", Some(&stranger)).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
     assert!(
-        reply.body.contains("system:serviceaccount:default:intruder may not send to Broker default/default"),
+        reply.body.contains(
+            "system:serviceaccount:default:intruder may not send to Broker default/default"
+        ),
         "{}",
         reply.body
     );
@@ -181,16 +198,31 @@ async fn policies_allow_subjects_by_wildcard_and_filter_events_at_the_ingress() 
         "system:serviceaccount:default:app-7",
         "eventing.knative.dev/broker/default/closed",
     );
-    let reply = post(&s.broker_url("default", "closed"), "4", "com.example.order", Some(&closed)).await;
+    let reply = post(
+        &s.broker_url("default", "closed"),
+        "4",
+        "com.example.order",
+        Some(&closed),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
     assert!(reply.body.contains("deny-all"), "{}", reply.body);
 
     // Status: the policy's subjects and target, the broker's policies.
     let policies = admin_list(s.server.admin, "eventpolicies").await;
-    assert_eq!(policies[0]["status"]["from"], json!(["system:serviceaccount:default:app-*"]));
-    assert_eq!(policies[0]["metadata"]["annotations"]["pilotlight.dev/applies-to"], "Broker default");
+    assert_eq!(
+        policies[0]["status"]["from"],
+        json!(["system:serviceaccount:default:app-*"])
+    );
+    assert_eq!(
+        policies[0]["metadata"]["annotations"]["pilotlight.dev/applies-to"],
+        "Broker default"
+    );
     let brokers = admin_list(s.server.admin, "brokers").await;
-    let default = brokers.iter().find(|b| b["metadata"]["name"] == "default").expect("listed");
+    let default = brokers
+        .iter()
+        .find(|b| b["metadata"]["name"] == "default")
+        .expect("listed");
     assert_eq!(
         default["status"]["policies"],
         json!([{"apiVersion": "eventing.knative.dev/v1alpha1", "name": "orders"}])
@@ -208,11 +240,20 @@ async fn allow_same_namespace_admits_the_namespaces_service_accounts_only() {
     .await;
     let url = s.broker_url("default", "default");
     let mine = issuer.token("system:serviceaccount:default:anyone", AUDIENCE);
-    assert_eq!(post(&url, "1", "t", Some(&mine)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        post(&url, "1", "t", Some(&mine)).await.status,
+        StatusCode::ACCEPTED
+    );
     let theirs = issuer.token("system:serviceaccount:team-b:anyone", AUDIENCE);
     let reply = post(&url, "2", "t", Some(&theirs)).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
-    assert!(reply.body.contains("not a service account of namespace default"), "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .contains("not a service account of namespace default"),
+        "{}",
+        reply.body
+    );
     s.server.shutdown().await;
 }
 
@@ -227,7 +268,10 @@ async fn a_pingsources_events_pass_a_policy_that_refers_to_it_and_a_strangers_do
     );
     let files = [
         ("b.yaml", broker("default", "")),
-        ("t.yaml", trigger("all", "default", &subscriber.url("/"), "")),
+        (
+            "t.yaml",
+            trigger("all", "default", &subscriber.url("/"), ""),
+        ),
         ("ping.yaml", ping.to_owned()),
         ("p.yaml", from_ping),
     ];
@@ -247,7 +291,13 @@ async fn a_pingsources_events_pass_a_policy_that_refers_to_it_and_a_strangers_do
         json!(["system:serviceaccount:default:beat-oidc-sources.knative.dev-pingsource"])
     );
     let stranger = issuer.token("system:serviceaccount:default:someone", AUDIENCE);
-    let reply = post(&s.broker_url("default", "default"), "x", "t", Some(&stranger)).await;
+    let reply = post(
+        &s.broker_url("default", "default"),
+        "x",
+        "t",
+        Some(&stranger),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
     // The same subject as the PingSource's, from a token of another issuer
     // the broker trusts: allowed, as in Knative (the subject is the identity).
@@ -263,7 +313,10 @@ async fn a_subscriber_verifies_pilotlights_delivery_token_with_its_jwks() {
         subscriber.url("/")
     );
     let s = TestServer::start_with(
-        &[("b.yaml", &broker("default", "")), ("t.yaml", &to_subscriber)],
+        &[
+            ("b.yaml", &broker("default", "")),
+            ("t.yaml", &to_subscriber),
+        ],
         on(&issuer, AuthorizationMode::AllowSameNamespace),
     )
     .await;
@@ -277,14 +330,23 @@ async fn a_subscriber_verifies_pilotlights_delivery_token_with_its_jwks() {
 
     // As a subscriber would: discovery, then the JWKS, then the token.
     let discovery: Value = serde_json::from_str(
-        &request(Method::GET, &s.admin_url("/.well-known/openid-configuration"), &[], "").await.body,
+        &request(
+            Method::GET,
+            &s.admin_url("/.well-known/openid-configuration"),
+            &[],
+            "",
+        )
+        .await
+        .body,
     )
     .expect("discovery JSON");
     let jwks_url = discovery["jwks_uri"].as_str().expect("jwks_uri");
     let jwks: jsonwebtoken::jwk::JwkSet =
         serde_json::from_str(&request(Method::GET, jwks_url, &[], "").await.body).expect("JWKS");
     let header = jsonwebtoken::decode_header(delivered).expect("a JWT");
-    let jwk = jwks.find(header.kid.as_deref().expect("kid")).expect("the key is published");
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("the key is published");
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("a key");
     let mut validation = jsonwebtoken::Validation::new(header.alg);
     validation.set_audience(&["https://subscriber.example"]);
@@ -332,7 +394,13 @@ async fn a_dead_letter_into_another_broker_carries_the_triggers_token() {
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let s = TestServer::start_with(&files, on(&issuer, AuthorizationMode::DenyAll)).await;
     let token = issuer.token("anyone", AUDIENCE);
-    let reply = post(&s.broker_url("default", "default"), "dead-1", "t", Some(&token)).await;
+    let reply = post(
+        &s.broker_url("default", "default"),
+        "dead-1",
+        "t",
+        Some(&token),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     let dead = kept.wait_for(1, PATIENCE).await;
     assert_eq!(dead[0].id(), "dead-1");
@@ -390,17 +458,26 @@ async fn pilotlight_send_takes_the_token_from_a_file_or_stdin() {
         command.output()
     };
     let sent = send(file.to_str().expect("utf-8")).await.expect("runs");
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
     std::fs::write(&file, "").expect("write");
     let empty = send(file.to_str().expect("utf-8")).await.expect("runs");
     assert!(!empty.status.success());
     assert!(String::from_utf8_lossy(&empty.stderr).contains("it is empty"));
-    let stale = issuer.key.sign(&json!({"iss": issuer.url, "sub": "s", "aud": AUDIENCE, "exp": now() - 3600}));
+    let stale = issuer
+        .key
+        .sign(&json!({"iss": issuer.url, "sub": "s", "aud": AUDIENCE, "exp": now() - 3600}));
     std::fs::write(&file, stale).expect("write");
     let refused = send(file.to_str().expect("utf-8")).await.expect("runs");
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("401") && stderr.contains("expired"), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("expired"),
+        "{stderr}"
+    );
     s.server.shutdown().await;
 }
 

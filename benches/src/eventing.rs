@@ -132,9 +132,7 @@ impl Target {
 
     fn min_ratio(self) -> f64 {
         match self {
-            Target::Raw | Target::Memory | Target::MemoryOidc | Target::Channel => {
-                MEMORY_MIN_RATIO
-            }
+            Target::Raw | Target::Memory | Target::MemoryOidc | Target::Channel => MEMORY_MIN_RATIO,
             Target::Log => LOG_MIN_RATIO,
         }
     }
@@ -158,9 +156,9 @@ pub async fn run(args: EventingArgs) -> anyhow::Result<()> {
         Target::Log,
         Target::Channel,
     ]
-        .into_iter()
-        .filter(|t| args.only.is_empty() || args.only.contains(t))
-        .collect();
+    .into_iter()
+    .filter(|t| args.only.is_empty() || args.only.contains(t))
+    .collect();
     let mut report = Report::default();
     if backends.is_empty() {
         report

@@ -40,8 +40,9 @@ impl BenchIssuer {
         let random = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &random)
             .map_err(|e| anyhow::anyhow!("cannot make a P-256 key: {e}"))?;
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &random)
-            .map_err(|e| anyhow::anyhow!("cannot read the P-256 key: {e}"))?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &random)
+                .map_err(|e| anyhow::anyhow!("cannot read the P-256 key: {e}"))?;
         let point = pair.public_key().as_ref().to_vec();
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
@@ -70,9 +71,8 @@ impl BenchIssuer {
                         _ => None,
                     };
                     async move {
-                        let mut response = Response::new(Full::new(Bytes::from(
-                            body.clone().unwrap_or_default(),
-                        )));
+                        let mut response =
+                            Response::new(Full::new(Bytes::from(body.clone().unwrap_or_default())));
                         if body.is_none() {
                             *response.status_mut() = StatusCode::NOT_FOUND;
                         }

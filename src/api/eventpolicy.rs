@@ -291,7 +291,10 @@ mod tests {
                 "  from:\n    - sub: \"a*b\"\n",
                 "spec.from[0].sub: 'a*b': '*' is only allowed as the last character",
             ),
-            ("  from:\n    - {}\n", "spec.from[0]: set one of 'ref' or 'sub'"),
+            (
+                "  from:\n    - {}\n",
+                "spec.from[0]: set one of 'ref' or 'sub'",
+            ),
             (
                 "  from:\n    - sub: x\n      ref: {apiVersion: v1, kind: K, name: src}\n",
                 "spec.from[0]: set one of 'ref' or 'sub', not both",
@@ -312,7 +315,10 @@ mod tests {
                 "  filters:\n    - cesql: \"type = \"\n",
                 "spec.filters[0].cesql:",
             ),
-            ("  from:\n    - sub: ''\n", "spec.from[0].sub: must not be empty"),
+            (
+                "  from:\n    - sub: ''\n",
+                "spec.from[0].sub: must not be empty",
+            ),
         ] {
             let refused = policy(spec).expect_err(spec);
             assert!(refused.starts_with(want), "{spec}: {refused}");
@@ -336,10 +342,6 @@ mod tests {
         assert!(selector.matches(&labels(&[("team", "a"), ("tier", "gold")])));
         assert!(!selector.matches(&labels(&[("team", "b"), ("tier", "gold")])));
         assert!(!selector.matches(&labels(&[("team", "a"), ("tier", "bronze")])));
-        assert!(!selector.matches(&labels(&[
-            ("team", "a"),
-            ("tier", "gold"),
-            ("legacy", "y")
-        ])));
+        assert!(!selector.matches(&labels(&[("team", "a"), ("tier", "gold"), ("legacy", "y")])));
     }
 }

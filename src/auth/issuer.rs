@@ -59,9 +59,11 @@ pub(crate) struct Issuer {
     decoding: DecodingKey,
     /// The public key as a JWK.
     jwk: serde_json::Value,
-    /// (subject, audience) → (token, expiry in unix seconds).
-    minted: RwLock<HashMap<(String, String), (Arc<str>, u64)>>,
+    minted: RwLock<Minted>,
 }
+
+/// (subject, audience) → (token, expiry in unix seconds).
+type Minted = HashMap<(String, String), (Arc<str>, u64)>;
 
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -83,7 +85,11 @@ impl Issuer {
     /// The issuer at `url` (its `iss`), signing with the key at `key` (a
     /// file given by the user), else the one kept in `data_dir`, made at
     /// the first start.
-    pub(crate) fn load(url: &str, key: Option<&Path>, data_dir: &Path) -> Result<Issuer, IssuerError> {
+    pub(crate) fn load(
+        url: &str,
+        key: Option<&Path>,
+        data_dir: &Path,
+    ) -> Result<Issuer, IssuerError> {
         let pkcs8 = match key {
             Some(path) => read_key(path)?,
             None => kept_key(&data_dir.join(KEY_FILE))?,
@@ -100,8 +106,12 @@ impl Issuer {
     }
 
     fn from_pkcs8(url: &str, pkcs8: &[u8]) -> Result<Issuer, String> {
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &SystemRandom::new())
-            .map_err(|e| e.to_string())?;
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8,
+            &SystemRandom::new(),
+        )
+        .map_err(|e| e.to_string())?;
         let point = pair.public_key().as_ref();
         // Uncompressed: 0x04, then X and Y of 32 bytes each.
         if point.len() != 65 {
@@ -311,8 +321,11 @@ mod tests {
     fn a_wrong_key_file_says_what_it_must_be() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("key.pem");
-        std::fs::write(&path, "-----BEGIN EC PRIVATE KEY-----\nabc\n-----END EC PRIVATE KEY-----\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "-----BEGIN EC PRIVATE KEY-----\nabc\n-----END EC PRIVATE KEY-----\n",
+        )
+        .expect("write");
         let error = Issuer::load("http://x", Some(&path), dir.path())
             .err()
             .expect("refused")

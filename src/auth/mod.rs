@@ -358,7 +358,10 @@ mod tests {
             broker_audience("default", "My-Broker"),
             "eventing.knative.dev/broker/default/my-broker"
         );
-        assert_eq!(service_account("group", "kind", "name"), "name-oidc-group-kind");
+        assert_eq!(
+            service_account("group", "kind", "name"),
+            "name-oidc-group-kind"
+        );
         assert_eq!(
             service_account("eventing.knative.dev", "Broker", "my-Broker"),
             "my-broker-oidc-eventing.knative.dev-broker"

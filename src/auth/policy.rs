@@ -39,10 +39,12 @@ pub(crate) struct CompiledPolicy {
 
 impl CompiledPolicy {
     fn admits(&self, subject: &str) -> bool {
-        self.subjects.iter().any(|allowed| match allowed.strip_suffix('*') {
-            Some(prefix) => subject.starts_with(prefix),
-            None => allowed.eq_ignore_ascii_case(subject),
-        })
+        self.subjects
+            .iter()
+            .any(|allowed| match allowed.strip_suffix('*') {
+                Some(prefix) => subject.starts_with(prefix),
+                None => allowed.eq_ignore_ascii_case(subject),
+            })
     }
 }
 
@@ -119,7 +121,9 @@ pub(crate) fn resolve(
                     let of = ObjectKey::new(namespace, reference.name.clone());
                     match identity(&reference.api_version, &reference.kind, &of) {
                         Ok(subject) => outcome.from.push(subject),
-                        Err(why) => outcome.unresolved.push(format!("spec.from[{i}].ref: {why}")),
+                        Err(why) => outcome
+                            .unresolved
+                            .push(format!("spec.from[{i}].ref: {why}")),
                     }
                 }
                 (None, None) => {}
@@ -213,7 +217,9 @@ pub(crate) enum Forbidden {
         subject: String,
         namespace: String,
     },
-    #[error("{subject} may not send to {target}: no EventPolicy of it allows that subject ({policies})")]
+    #[error(
+        "{subject} may not send to {target}: no EventPolicy of it allows that subject ({policies})"
+    )]
     NotAllowed {
         target: String,
         subject: String,
@@ -244,12 +250,7 @@ pub(crate) fn decide(
     passes: &dyn Fn(&Filter, usize) -> bool,
     id: &dyn Fn(usize) -> String,
 ) -> Result<(), Forbidden> {
-    let display = || {
-        target.map_or_else(
-            || format!("{namespace}/{name}"),
-            |t| t.display.clone(),
-        )
-    };
+    let display = || target.map_or_else(|| format!("{namespace}/{name}"), |t| t.display.clone());
     let policies = target.map_or(&[][..], |t| &t.policies[..]);
     if policies.is_empty() {
         return match mode {
@@ -342,7 +343,10 @@ mod tests {
     fn policies_resolve_subjects_and_targets() {
         let none = BTreeMap::new();
         let gold: BTreeMap<String, String> = [("tier".to_owned(), "gold".to_owned())].into();
-        let all = policy("all", "  from:\n    - sub: \"system:serviceaccount:ns:*\"\n");
+        let all = policy(
+            "all",
+            "  from:\n    - sub: \"system:serviceaccount:ns:*\"\n",
+        );
         let refs = policy(
             "refs",
             "  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: a}\n    - selector: {apiVersion: eventing.knative.dev/v1, kind: Broker, matchLabels: {tier: gold}}\n  from:\n    - ref: {apiVersion: sources.knative.dev/v1, kind: PingSource, name: beat}\n    - ref: {apiVersion: sources.knative.dev/v1, kind: PingSource, name: gone}\n",
@@ -381,7 +385,16 @@ mod tests {
         let type_ok = |_: &Filter, i: usize| i == 0;
         let id = |i: usize| format!("e{i}");
         let decide_a = |subject: &str, events: usize| {
-            decide(a, AuthorizationMode::AllowAll, "ns", "a", subject, events, &type_ok, &id)
+            decide(
+                a,
+                AuthorizationMode::AllowAll,
+                "ns",
+                "a",
+                subject,
+                events,
+                &type_ok,
+                &id,
+            )
         };
         assert_eq!(decide_a("system:serviceaccount:ns:app-1", 1), Ok(()));
         let error = decide_a("system:serviceaccount:ns:other", 1).expect_err("subject");
@@ -396,11 +409,17 @@ mod tests {
         assert_eq!(mode(AuthorizationMode::AllowAll, "anyone"), Ok(()));
         assert!(mode(AuthorizationMode::DenyAll, "system:serviceaccount:ns:x").is_err());
         assert_eq!(
-            mode(AuthorizationMode::AllowSameNamespace, "system:serviceaccount:ns:x"),
+            mode(
+                AuthorizationMode::AllowSameNamespace,
+                "system:serviceaccount:ns:x"
+            ),
             Ok(())
         );
-        let error = mode(AuthorizationMode::AllowSameNamespace, "system:serviceaccount:other:x")
-            .expect_err("other namespace");
+        let error = mode(
+            AuthorizationMode::AllowSameNamespace,
+            "system:serviceaccount:other:x",
+        )
+        .expect_err("other namespace");
         assert!(matches!(error, Forbidden::OtherNamespace { .. }), "{error}");
     }
 }

@@ -45,7 +45,9 @@ pub(crate) enum TokenError {
     Missing { audience: String },
     #[error("the bearer token is not a JWT: {0}")]
     Malformed(String),
-    #[error("the token's issuer '{issuer}' is not trusted (trusted: {trusted}; add it with --oidc-issuer)")]
+    #[error(
+        "the token's issuer '{issuer}' is not trusted (trusted: {trusted}; add it with --oidc-issuer)"
+    )]
     UnknownIssuer { issuer: String, trusted: String },
     #[error("issuer {issuer} has no key '{kid}' in its JWKS")]
     UnknownKey { issuer: String, kid: String },
@@ -292,8 +294,8 @@ impl Verifier {
     }
 
     async fn verify_anew(&self, token: &str, audience: &str) -> Result<Verified, TokenError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         let peek = peek(token)?;
         let issuer = peek
             .iss
@@ -394,12 +396,13 @@ impl Verifier {
             return Ok(());
         }
         *fetched = Some(Instant::now());
-        let keys = self.fetch(&trusted.source).await.map_err(|reason| {
-            TokenError::Unavailable {
+        let keys = self
+            .fetch(&trusted.source)
+            .await
+            .map_err(|reason| TokenError::Unavailable {
                 issuer: format!("{:?}", trusted.source),
                 reason,
-            }
-        })?;
+            })?;
         tracing::debug!(issuer = %keys.issuer, keys = keys.keys.len(), "read an OIDC issuer's keys");
         *trusted.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
         Ok(())
@@ -445,7 +448,9 @@ impl Verifier {
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
         let client = &self.client;
-        let uri: Uri = url.parse().map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("'{url}' is not a URL: {e}"))?;
         let request = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::new())
@@ -501,8 +506,9 @@ fn peek(token: &str) -> Result<Peek, TokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|e| TokenError::Malformed(format!("its payload is not base64url: {e}")))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| TokenError::Malformed(format!("its payload is not a JSON object of claims: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        TokenError::Malformed(format!("its payload is not a JSON object of claims: {e}"))
+    })
 }
 
 fn classify(
@@ -518,9 +524,7 @@ fn classify(
                 issuer: issuer.to_owned(),
             }
         }
-        ErrorKind::ExpiredSignature => TokenError::Expired {
-            at: peek_exp(peek),
-        },
+        ErrorKind::ExpiredSignature => TokenError::Expired { at: peek_exp(peek) },
         ErrorKind::ImmatureSignature => TokenError::NotYetValid,
         ErrorKind::InvalidAudience => TokenError::WrongAudience {
             expected: audience.to_owned(),
@@ -542,7 +546,8 @@ fn classify(
 
 /// The token's expiry, for a message.
 fn peek_exp(peek: &Peek) -> String {
-    peek.exp.map_or_else(|| "a time in the past".to_owned(), unix_time)
+    peek.exp
+        .map_or_else(|| "a time in the past".to_owned(), unix_time)
 }
 
 fn unix_time(seconds: u64) -> String {
@@ -562,31 +567,49 @@ mod tests {
     async fn own_tokens_verify_and_each_failure_has_its_reason() {
         let issuer = own();
         let verifier = Verifier::new(Vec::new(), Some(issuer.clone()));
-        let token = issuer.token("system:serviceaccount:ns:a", "aud-1").expect("token");
+        let token = issuer
+            .token("system:serviceaccount:ns:a", "aud-1")
+            .expect("token");
         let verified = verifier.verify(&token, "aud-1").await.expect("verified");
         assert_eq!(verified.subject, "system:serviceaccount:ns:a");
         // From the cache, for another audience.
-        let wrong = verifier.verify(&token, "aud-2").await.expect_err("audience");
+        let wrong = verifier
+            .verify(&token, "aud-2")
+            .await
+            .expect_err("audience");
         assert_eq!(
             wrong.to_string(),
             "the token's audience is aud-1, not aud-2"
         );
         let now = now_secs();
-        let expired = issuer.sign("s", "aud-1", now - 7200, now - 3600).expect("sign");
-        let error = verifier.verify(&expired, "aud-1").await.expect_err("expired");
+        let expired = issuer
+            .sign("s", "aud-1", now - 7200, now - 3600)
+            .expect("sign");
+        let error = verifier
+            .verify(&expired, "aud-1")
+            .await
+            .expect_err("expired");
         assert!(matches!(error, TokenError::Expired { .. }), "{error}");
         let stranger = Issuer::ephemeral("http://pilotlight.test").expect("issuer");
         let forged = stranger.sign("s", "aud-1", now, now + 60).expect("sign");
         let error = verifier.verify(&forged, "aud-1").await.expect_err("forged");
         assert!(
-            matches!(error, TokenError::UnknownKey { .. } | TokenError::BadSignature { .. }),
+            matches!(
+                error,
+                TokenError::UnknownKey { .. } | TokenError::BadSignature { .. }
+            ),
             "{error}"
         );
         let elsewhere = Issuer::ephemeral("http://elsewhere").expect("issuer");
         let unknown = elsewhere.sign("s", "aud-1", now, now + 60).expect("sign");
-        let error = verifier.verify(&unknown, "aud-1").await.expect_err("issuer");
+        let error = verifier
+            .verify(&unknown, "aud-1")
+            .await
+            .expect_err("issuer");
         assert!(
-            error.to_string().starts_with("the token's issuer 'http://elsewhere' is not trusted"),
+            error
+                .to_string()
+                .starts_with("the token's issuer 'http://elsewhere' is not trusted"),
             "{error}"
         );
         let error = verifier.verify("abc", "aud-1").await.expect_err("garbage");

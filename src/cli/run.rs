@@ -163,7 +163,13 @@ pub struct RunArgs {
     /// URL/.well-known/openid-configuration). Repeatable, or
     /// comma-separated. pilotlight's own issuer is always trusted, and in
     /// Kubernetes mode the API server's service-account issuer too.
-    #[arg(long = "oidc-issuer", env = "PILOTLIGHT_OIDC_ISSUER", value_delimiter = ',', value_name = "URL", requires = "authentication_oidc")]
+    #[arg(
+        long = "oidc-issuer",
+        env = "PILOTLIGHT_OIDC_ISSUER",
+        value_delimiter = ',',
+        value_name = "URL",
+        requires = "authentication_oidc"
+    )]
     pub oidc_issuers: Vec<String>,
     /// Who may send to a broker or channel that no EventPolicy applies to:
     /// allow-all, allow-same-namespace (service accounts of its namespace;
@@ -173,20 +179,29 @@ pub struct RunArgs {
     /// The issuer URL (`iss`) of the tokens pilotlight signs for its own
     /// senders, where subscribers find its discovery document and JWKS.
     /// Default: the admin listener's address.
-    #[arg(long, env = "PILOTLIGHT_OIDC_ISSUER_URL", value_name = "URL", requires = "authentication_oidc")]
+    #[arg(
+        long,
+        env = "PILOTLIGHT_OIDC_ISSUER_URL",
+        value_name = "URL",
+        requires = "authentication_oidc"
+    )]
     pub oidc_issuer_url: Option<String>,
     /// pilotlight's token signing key: a P-256 private key, PKCS#8 PEM or
     /// DER (the same on every replica). Default: one made once and kept in
     /// the data folder (oidc/signing-key.p8).
-    #[arg(long, env = "PILOTLIGHT_OIDC_SIGNING_KEY", value_name = "FILE", requires = "authentication_oidc")]
+    #[arg(
+        long,
+        env = "PILOTLIGHT_OIDC_SIGNING_KEY",
+        value_name = "FILE",
+        requires = "authentication_oidc"
+    )]
     pub oidc_signing_key: Option<PathBuf>,
 }
 
 /// `--default-authorization-mode`, in Knative's spellings.
 fn parse_mode(text: &str) -> Result<AuthorizationMode, String> {
-    AuthorizationMode::parse(text).ok_or_else(|| {
-        format!("'{text}' is not one of allow-all, allow-same-namespace, deny-all")
-    })
+    AuthorizationMode::parse(text)
+        .ok_or_else(|| format!("'{text}' is not one of allow-all, allow-same-namespace, deny-all"))
 }
 
 /// An issuer URL: http(s) with a host.

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
-pub mod oidc;
 pub mod images;
+pub mod oidc;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -22,9 +22,9 @@ use http_body_util::{BodyExt, Limited};
 use percent_encoding::percent_decode_str;
 
 use super::{BrokerEntry, BrokerRegistry, reject_metric};
+use crate::auth::{Gate, TokenError};
 use crate::cloudevent::parse_http;
 use crate::eventing::backend::AppendError;
-use crate::auth::{Gate, TokenError};
 use crate::http_util::{line, with_retry_after};
 
 /// Default largest request body accepted (1 MiB).

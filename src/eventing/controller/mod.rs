@@ -364,8 +364,7 @@ impl EventingController {
             })
             .collect();
         drop(targets);
-        self.gate
-            .set_targets(std::mem::take(&mut resolved.targets));
+        self.gate.set_targets(std::mem::take(&mut resolved.targets));
         let policy_views: BTreeMap<ObjectKey, ObjectView> = objects
             .policies
             .iter()
@@ -773,7 +772,11 @@ impl EventingController {
             destinations,
         );
         let plan = plan.map(|mut plan| {
-            let dead_letter = trigger.spec.delivery.as_ref().or(broker.and_then(|b| b.broker.spec.delivery.as_ref()));
+            let dead_letter = trigger
+                .spec
+                .delivery
+                .as_ref()
+                .or(broker.and_then(|b| b.broker.spec.delivery.as_ref()));
             let dead_letter_audience = dead_letter
                 .and_then(|d| d.dead_letter_sink.as_ref())
                 .and_then(|d| d.audience.as_deref());
@@ -783,8 +786,14 @@ impl EventingController {
                 "Trigger",
                 key,
                 &[
-                    (plan.subscriber.as_ref(), trigger.spec.subscriber.audience.as_deref()),
-                    (plan.delivery.dead_letter_sink.as_ref(), dead_letter_audience),
+                    (
+                        plan.subscriber.as_ref(),
+                        trigger.spec.subscriber.audience.as_deref(),
+                    ),
+                    (
+                        plan.delivery.dead_letter_sink.as_ref(),
+                        dead_letter_audience,
+                    ),
                 ],
             );
             plan

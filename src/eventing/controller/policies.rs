@@ -159,9 +159,12 @@ pub(super) fn policy_view(loaded: &Loaded, outcome: &PolicyOutcome, enabled: boo
                 Some(outcome.unresolved.join("; ")),
             )
         };
-        status
-            .conditions
-            .push(Condition::new("SubjectsResolved", resolved, reason, message));
+        status.conditions.push(Condition::new(
+            "SubjectsResolved",
+            resolved,
+            reason,
+            message,
+        ));
         status.from = Some(outcome.from.clone());
     }
     let mut view = ObjectView::of(loaded, status);

@@ -17,8 +17,8 @@ use http::Uri;
 use tokio::sync::watch;
 
 use crate::api::ObjectKey;
-use crate::auth::SenderIdentity;
 use crate::api::status::{Condition, ObjectView, Status, ViewMeta};
+use crate::auth::SenderIdentity;
 use crate::desired::take_gone;
 use crate::eventing::delivery::EventSender;
 use crate::eventing::source::cluster_state::{Change, ClusterState};

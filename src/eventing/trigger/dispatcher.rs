@@ -381,7 +381,10 @@ fn authorize_reply(context: &Context, reply: &Event) -> Result<(), Failure> {
         &|_| reply.id().to_owned(),
     );
     decided.map_err(|forbidden| {
-        let message = format!("the reply {} was refused by broker {broker}: {forbidden}", reply.id());
+        let message = format!(
+            "the reply {} was refused by broker {broker}: {forbidden}",
+            reply.id()
+        );
         Failure {
             status: Some(StatusCode::FORBIDDEN),
             retryable: false,
