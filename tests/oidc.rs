@@ -463,6 +463,36 @@ async fn pilotlight_send_takes_the_token_from_a_file_or_stdin() {
         "{}",
         String::from_utf8_lossy(&sent.stderr)
     );
+    // From standard input.
+    let mut piped = tokio::process::Command::new(env!("CARGO_BIN_EXE_pilotlight"))
+        .args([
+            "send",
+            "--broker",
+            "default/default",
+            "--listen",
+            &s.server.listen.to_string(),
+            "--type",
+            "t",
+            "--source",
+            "/cli",
+            "--token",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mut stdin = piped.stdin.take().expect("stdin");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, issuer.token("someone", AUDIENCE).as_bytes())
+        .await
+        .expect("write the token");
+    drop(stdin);
+    let from_stdin = piped.wait_with_output().await.expect("ends");
+    assert!(
+        from_stdin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_stdin.stderr)
+    );
     std::fs::write(&file, "").expect("write");
     let empty = send(file.to_str().expect("utf-8")).await.expect("runs");
     assert!(!empty.status.success());
@@ -502,6 +532,19 @@ async fn in_kubernetes_mode_the_api_servers_service_account_tokens_are_trusted()
         (broker["status"]["address"]["audience"] == AUDIENCE).then_some(())
     })
     .await;
+    fake.create(json!({
+        "apiVersion": "eventing.knative.dev/v1alpha1", "kind": "EventPolicy",
+        "metadata": {"name": "namespace-only", "namespace": "default"},
+        "spec": {"from": [{"sub": "system:serviceaccount:default:*"}]},
+    }));
+    fake.wait_for("the policy's status and the broker's", PATIENCE, |fake| {
+        let policy = fake.get("eventing.knative.dev/v1alpha1", "EventPolicy", "default", "namespace-only")?;
+        let broker = fake.get("eventing.knative.dev/v1", "Broker", "default", "default")?;
+        (policy["status"]["from"] == json!(["system:serviceaccount:default:*"])
+            && broker["status"]["policies"][0]["name"] == "namespace-only")
+            .then_some(())
+    })
+    .await;
     let url = format!("http://{}/default/default", server.listen);
     let token = fake.service_account_token("default", "app", AUDIENCE);
     let reply = post(&url, "1", "t", Some(&token)).await;
@@ -510,4 +553,66 @@ async fn in_kubernetes_mode_the_api_servers_service_account_tokens_are_trusted()
     let reply = post(&url, "2", "t", Some(&other)).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_channel_has_its_own_audience_and_policies() {
+    let issuer = TestIssuer::start().await;
+    let subscriber = Subscriber::accepting().await;
+    let channel = "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: audit\n";
+    let subscription = format!(
+        "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: to-sub\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    name: audit\n  subscriber:\n    uri: {}\n",
+        subscriber.url("/")
+    );
+    let only_auditors = policy(
+        "auditors",
+        "  to:\n    - ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: audit}\n  from:\n    - sub: system:serviceaccount:default:auditor\n",
+    );
+    let s = TestServer::start_with(
+        &[("c.yaml", channel), ("s.yaml", &subscription), ("p.yaml", &only_auditors)],
+        on(&issuer, AuthorizationMode::AllowAll),
+    )
+    .await;
+    let url = s.broker_url("default", "audit-kn-channel");
+    let audience = "messaging.knative.dev/inmemorychannel/default/audit";
+    let as_broker = issuer.token("system:serviceaccount:default:auditor", AUDIENCE);
+    let reply = post(&url, "1", "t", Some(&as_broker)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+    assert!(reply.body.contains(audience), "{}", reply.body);
+    let auditor = issuer.token("system:serviceaccount:default:auditor", audience);
+    let reply = post(&url, "2", "t", Some(&auditor)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let other = issuer.token("system:serviceaccount:default:other", audience);
+    let reply = post(&url, "3", "t", Some(&other)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    assert_eq!(subscriber.wait_for(1, PATIENCE).await[0].id(), "2");
+    let channels = admin_list(s.server.admin, "channels").await;
+    assert_eq!(channels[0]["status"]["address"]["audience"], audience);
+    assert_eq!(channels[0]["status"]["policies"][0]["name"], "auditors");
+    s.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reply_the_brokers_policies_refuse_goes_to_the_dead_letter_sink() {
+    let issuer = TestIssuer::start().await;
+    let replier = Subscriber::replying(|_| bytes::Bytes::from_static(b"hi")).await;
+    let dead = Subscriber::accepting().await;
+    let replying = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: replies\nspec:\n  broker: default\n  filter:\n    attributes:\n      type: order\n  subscriber:\n    uri: {}\n  delivery:\n    deadLetterSink:\n      uri: {}\n",
+        replier.url("/"),
+        dead.url("/")
+    );
+    let apps_only = policy("apps", "  from:\n    - sub: \"system:serviceaccount:default:app-*\"\n");
+    let s = TestServer::start_with(
+        &[("b.yaml", &broker("default", "")), ("t.yaml", &replying), ("p.yaml", &apps_only)],
+        on(&issuer, AuthorizationMode::AllowAll),
+    )
+    .await;
+    let token = issuer.token("system:serviceaccount:default:app-1", AUDIENCE);
+    let reply = post(&s.broker_url("default", "default"), "o-1", "order", Some(&token)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let dead_lettered = dead.wait_for(1, PATIENCE).await;
+    assert_eq!(dead_lettered[0].id(), "o-1");
+    assert_eq!(dead_lettered[0].attribute("knativeerrorcode"), Some("403"));
+    s.server.shutdown().await;
 }

@@ -260,14 +260,20 @@ impl Gate {
             return Ok(None);
         };
         let targets = self.targets();
+        let unknown;
         let audience = match targets.get(namespace, name) {
-            Some(target) => target.audience.clone(),
-            None => broker_audience(namespace, name),
+            Some(target) => target.audience.as_str(),
+            None => {
+                unknown = broker_audience(namespace, name);
+                unknown.as_str()
+            }
         };
         let Some(token) = bearer(headers) else {
-            return Err(TokenError::Missing { audience });
+            return Err(TokenError::Missing {
+                audience: audience.to_owned(),
+            });
         };
-        verifier.verify(token, &audience).await.map(Some)
+        verifier.verify(token, audience).await.map(Some)
     }
 
     /// Whether `subject` may send each of `events` to `/{namespace}/{name}`

@@ -123,7 +123,28 @@ pub(crate) struct Verified {
 struct KeySet {
     /// The `iss` its discovery document gives.
     issuer: String,
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    /// Key id, the key's `alg` (None: the token's, within the key's
+    /// family), the key.
+    keys: Vec<(Option<String>, Option<Algorithm>, KeyFamily, DecodingKey)>,
+}
+
+/// What a key can check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyFamily {
+    Rsa,
+    Ec,
+    Other,
+}
+
+impl KeyFamily {
+    fn admits(self, algorithm: Algorithm) -> bool {
+        use Algorithm::*;
+        match self {
+            KeyFamily::Rsa => matches!(algorithm, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            KeyFamily::Ec => matches!(algorithm, ES256 | ES384),
+            KeyFamily::Other => false,
+        }
+    }
 }
 
 struct Trusted {
@@ -312,7 +333,7 @@ impl Verifier {
                 }
                 (Algorithm::ES256, own.decoding_key().clone())
             }
-            _ => self.key_of(&issuer, kid.as_deref()).await?,
+            _ => self.key_of(&issuer, kid.as_deref(), header.alg).await?,
         };
         let mut validation = Validation::new(algorithm);
         validation.set_audience(&[audience]);
@@ -337,6 +358,7 @@ impl Verifier {
         &self,
         issuer: &str,
         kid: Option<&str>,
+        signed_with: Algorithm,
     ) -> Result<(Algorithm, DecodingKey), TokenError> {
         let find = |trusted: &Trusted| {
             trusted
@@ -374,14 +396,14 @@ impl Verifier {
         let Some((trusted, keys)) = owner else {
             unreachable!("checked above");
         };
-        if let Some(found) = pick(&keys, kid) {
+        if let Some(found) = pick(&keys, kid, signed_with) {
             return Ok(found);
         }
         // A key it did not have: rotated since, perhaps.
         let _ = self.refresh(trusted, false).await;
         let keys = find(trusted);
         keys.as_deref()
-            .and_then(|keys| pick(keys, kid))
+            .and_then(|keys| pick(keys, kid, signed_with))
             .ok_or_else(|| TokenError::UnknownKey {
                 issuer: issuer.to_owned(),
                 kid: kid.unwrap_or("(none)").to_owned(),
@@ -428,19 +450,25 @@ impl Verifier {
         let keys = jwks
             .keys
             .iter()
+            // Encryption keys are not for checking signatures.
+            .filter(|jwk| {
+                !matches!(
+                    jwk.common.public_key_use,
+                    Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+                )
+            })
             .filter_map(|jwk| {
                 let key = DecodingKey::from_jwk(jwk).ok()?;
                 let algorithm = jwk
                     .common
                     .key_algorithm
-                    .and_then(|a| a.to_string().parse().ok())
-                    .unwrap_or(match &jwk.algorithm {
-                        jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => {
-                            Algorithm::ES256
-                        }
-                        _ => Algorithm::RS256,
-                    });
-                Some((jwk.common.key_id.clone(), algorithm, key))
+                    .and_then(|a| a.to_string().parse().ok());
+                let family = match &jwk.algorithm {
+                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => KeyFamily::Ec,
+                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
+                    _ => KeyFamily::Other,
+                };
+                Some((jwk.common.key_id.clone(), algorithm, family, key))
             })
             .collect();
         Ok(KeySet { issuer, keys })
@@ -487,14 +515,33 @@ async fn kube_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| format!("GET {path} from the API server: not the expected JSON: {e}"))
 }
 
-/// The key for `kid`, or the only key of a set when the token names none.
-fn pick(keys: &KeySet, kid: Option<&str>) -> Option<(Algorithm, DecodingKey)> {
+/// The key for `kid`, or the only key of a set when the token names none,
+/// with the algorithm to check: the key's `alg`, else the token's when the
+/// key can check it (else the key's family's usual one, which fails as a
+/// bad signature).
+fn pick(
+    keys: &KeySet,
+    kid: Option<&str>,
+    signed_with: Algorithm,
+) -> Option<(Algorithm, DecodingKey)> {
     let found = match kid {
-        Some(kid) => keys.keys.iter().find(|(k, _, _)| k.as_deref() == Some(kid)),
+        Some(kid) => keys
+            .keys
+            .iter()
+            .find(|(k, _, _, _)| k.as_deref() == Some(kid)),
         None if keys.keys.len() == 1 => keys.keys.first(),
         None => None,
     };
-    found.map(|(_, algorithm, key)| (*algorithm, key.clone()))
+    found.map(|(_, algorithm, family, key)| {
+        let algorithm = algorithm.unwrap_or(if family.admits(signed_with) {
+            signed_with
+        } else if *family == KeyFamily::Ec {
+            Algorithm::ES256
+        } else {
+            Algorithm::RS256
+        });
+        (algorithm, key.clone())
+    })
 }
 
 /// The claims of a token read without checking it, to find its issuer.
