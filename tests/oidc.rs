@@ -538,7 +538,12 @@ async fn in_kubernetes_mode_the_api_servers_service_account_tokens_are_trusted()
         "spec": {"from": [{"sub": "system:serviceaccount:default:*"}]},
     }));
     fake.wait_for("the policy's status and the broker's", PATIENCE, |fake| {
-        let policy = fake.get("eventing.knative.dev/v1alpha1", "EventPolicy", "default", "namespace-only")?;
+        let policy = fake.get(
+            "eventing.knative.dev/v1alpha1",
+            "EventPolicy",
+            "default",
+            "namespace-only",
+        )?;
         let broker = fake.get("eventing.knative.dev/v1", "Broker", "default", "default")?;
         (policy["status"]["from"] == json!(["system:serviceaccount:default:*"])
             && broker["status"]["policies"][0]["name"] == "namespace-only")
@@ -559,7 +564,8 @@ async fn in_kubernetes_mode_the_api_servers_service_account_tokens_are_trusted()
 async fn a_channel_has_its_own_audience_and_policies() {
     let issuer = TestIssuer::start().await;
     let subscriber = Subscriber::accepting().await;
-    let channel = "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: audit\n";
+    let channel =
+        "apiVersion: messaging.knative.dev/v1\nkind: InMemoryChannel\nmetadata:\n  name: audit\n";
     let subscription = format!(
         "apiVersion: messaging.knative.dev/v1\nkind: Subscription\nmetadata:\n  name: to-sub\nspec:\n  channel:\n    apiVersion: messaging.knative.dev/v1\n    kind: InMemoryChannel\n    name: audit\n  subscriber:\n    uri: {}\n",
         subscriber.url("/")
@@ -569,7 +575,11 @@ async fn a_channel_has_its_own_audience_and_policies() {
         "  to:\n    - ref: {apiVersion: messaging.knative.dev/v1, kind: InMemoryChannel, name: audit}\n  from:\n    - sub: system:serviceaccount:default:auditor\n",
     );
     let s = TestServer::start_with(
-        &[("c.yaml", channel), ("s.yaml", &subscription), ("p.yaml", &only_auditors)],
+        &[
+            ("c.yaml", channel),
+            ("s.yaml", &subscription),
+            ("p.yaml", &only_auditors),
+        ],
         on(&issuer, AuthorizationMode::AllowAll),
     )
     .await;
@@ -602,14 +612,27 @@ async fn a_reply_the_brokers_policies_refuse_goes_to_the_dead_letter_sink() {
         replier.url("/"),
         dead.url("/")
     );
-    let apps_only = policy("apps", "  from:\n    - sub: \"system:serviceaccount:default:app-*\"\n");
+    let apps_only = policy(
+        "apps",
+        "  from:\n    - sub: \"system:serviceaccount:default:app-*\"\n",
+    );
     let s = TestServer::start_with(
-        &[("b.yaml", &broker("default", "")), ("t.yaml", &replying), ("p.yaml", &apps_only)],
+        &[
+            ("b.yaml", &broker("default", "")),
+            ("t.yaml", &replying),
+            ("p.yaml", &apps_only),
+        ],
         on(&issuer, AuthorizationMode::AllowAll),
     )
     .await;
     let token = issuer.token("system:serviceaccount:default:app-1", AUDIENCE);
-    let reply = post(&s.broker_url("default", "default"), "o-1", "order", Some(&token)).await;
+    let reply = post(
+        &s.broker_url("default", "default"),
+        "o-1",
+        "order",
+        Some(&token),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     let dead_lettered = dead.wait_for(1, PATIENCE).await;
     assert_eq!(dead_lettered[0].id(), "o-1");
