@@ -299,8 +299,6 @@ async fn a_pingsources_events_pass_a_policy_that_refers_to_it_and_a_strangers_do
     )
     .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
-    // The same subject as the PingSource's, from a token of another issuer
-    // the broker trusts: allowed, as in Knative (the subject is the identity).
     s.server.shutdown().await;
 }
 
