@@ -5,6 +5,8 @@
 //! - [`api`]: Knative's API: every kind, its checks, one registry of kinds.
 //!   Beside it, small shared pieces: [`backoff`], [`desired`], [`http_util`].
 //! - [`cloudevent`], [`cesql`]: the CloudEvent and its filter language.
+//! - [`auth`]: OIDC tokens (verified, and pilotlight's own, signed) and
+//!   EventPolicies; used by eventing's ingress and senders.
 //! - [`eventing`]: brokers, backends, triggers, delivery and sources;
 //!   [`serving`]: Services from zero (router, activator, autoscaler,
 //!   runtimes). Neither knows the other.
@@ -20,6 +22,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod api;
+pub mod auth;
 mod backoff;
 pub mod cesql;
 pub mod cli;

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::api::autoscaling::AutoscalerDefaults;
 use crate::api::broker::BrokerClass;
 use crate::api::pod::ContainerNetwork;
+use crate::auth::{AuthConfig, Gate, Issuer, IssuerSource};
 use crate::control::admin::{self, AdminState, Peers};
 use crate::control::kubernetes::leader::LeaderElector;
 use crate::control::kubernetes::peers::{self, PeerToken};
@@ -85,6 +86,8 @@ pub struct ServerConfig {
     /// `--admin-token`: lets requests that carry it replay through an
     /// admin listener that is not on loopback.
     pub admin_token: Option<String>,
+    /// OIDC authentication and EventPolicies (`--authentication-oidc`).
+    pub auth: AuthConfig,
 }
 
 impl ServerConfig {
@@ -112,6 +115,7 @@ impl ServerConfig {
             kubeconfig: None,
             replica: None,
             admin_token: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -262,13 +266,23 @@ impl Server {
             Some(settings) => Some(Cluster::connect(settings, admin, stopped.clone()).await?),
             None => None,
         };
+        let gate = gate(&config, admin, cluster.as_ref())?;
         let registry = Arc::new(BrokerRegistry::default());
-        let (control, router) =
-            control_plane(&config, listen, admin, cluster.as_ref(), registry.clone());
+        let (control, router) = control_plane(
+            &config,
+            listen,
+            admin,
+            cluster.as_ref(),
+            registry.clone(),
+            gate.clone(),
+        );
         let ready = Arc::new(AtomicBool::new(false));
 
         let main = MainService {
-            ingress: IngressState { brokers: registry },
+            ingress: IngressState {
+                brokers: registry,
+                gate: gate.clone(),
+            },
             router,
             proxy: Proxy::new(),
         };
@@ -281,6 +295,7 @@ impl Server {
                 loopback: admin.ip().is_loopback(),
                 token: config.admin_token.as_deref().map(Arc::from),
             },
+            issuer: gate.issuer().cloned(),
         });
         let tasks = vec![
             tokio::spawn(serve_main(listener, main, stopped.clone())),
@@ -319,6 +334,45 @@ impl Server {
     }
 }
 
+/// Authentication and EventPolicies as configured: off, or on with
+/// pilotlight's own issuer (its URL `--oidc-issuer-url`, else the admin
+/// listener's), the `--oidc-issuer`s and, in Kubernetes mode, the API
+/// server's service-account issuer. The issuers' keys are read in the
+/// background from the start.
+fn gate(
+    config: &ServerConfig,
+    admin: SocketAddr,
+    cluster: Option<&Cluster>,
+) -> anyhow::Result<Arc<Gate>> {
+    let auth = &config.auth;
+    if !auth.enabled {
+        return Ok(Arc::new(Gate::off()));
+    }
+    let url = auth
+        .own_issuer_url
+        .clone()
+        .unwrap_or_else(|| local_url(admin));
+    let issuer = Issuer::load(&url, auth.signing_key.as_deref(), &config.data_dir)
+        .context("authentication (--authentication-oidc) cannot start")?;
+    let mut sources: Vec<IssuerSource> = auth
+        .issuers
+        .iter()
+        .map(|url| IssuerSource::Url(url.clone()))
+        .collect();
+    if let Some(cluster) = cluster {
+        sources.push(IssuerSource::Kubernetes(cluster.client.clone()));
+    }
+    tracing::info!(issuer = %issuer.url(), trusted = ?sources, mode = auth.default_mode.name(), "OIDC authentication is on");
+    let gate = Arc::new(Gate::on(auth.default_mode, Arc::new(issuer), sources));
+    let prefetching = gate.clone();
+    tokio::spawn(async move {
+        if let Some(verifier) = prefetching.verifier() {
+            verifier.prefetch().await;
+        }
+    });
+    Ok(gate)
+}
+
 /// Binds the main and admin listeners first, so that a port in use fails
 /// `run` before anything else starts.
 async fn bind(config: &ServerConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
@@ -341,6 +395,7 @@ fn control_plane(
     admin: SocketAddr,
     cluster: Option<&Cluster>,
     registry: Arc<BrokerRegistry>,
+    gate: Arc<Gate>,
 ) -> (Arc<ControlPlane>, Arc<Router>) {
     let (config_objects, objects) = watch::channel(Arc::new(ConfigObjects::default()));
     let job_settings = JobSettings {
@@ -372,6 +427,7 @@ fn control_plane(
         registry,
         EventSender::with_local_domain(&config.serving.domain, listen),
         cluster.map_or_else(Replication::single, Cluster::replication),
+        gate,
     );
     (Arc::new(ControlPlane::new(eventing, serving)), router)
 }

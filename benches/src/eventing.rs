@@ -17,6 +17,13 @@
 //! Between phases the bench waits until the subscriber has received every
 //! accepted event, so one phase's backlog does not slow the next.
 //!
+//! `memory-oidc` is the memory broker again with `--authentication-oidc`:
+//! an issuer in this process (discovery and JWKS over HTTP), and every
+//! event sent with a bearer token that pilotlight verifies (the same token
+//! each time, as a sender reuses its token until it expires). Its target
+//! is a ratio to the memory broker's, each measured against the raw phase
+//! just before it: (memory-oidc / its raw) / (memory / its raw).
+//!
 //! `pilotlight-bench serving` measures serving instead (cold start, proxy
 //! overhead, idle memory); see [`crate::serving`].
 
@@ -36,9 +43,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use pilotlight::auth::AuthConfig;
 use pilotlight::server::Server;
 
 use crate::http_server::HttpServer;
+use crate::issuer::BenchIssuer;
 use crate::load::{
     BENCH_TS, Load, Shape, Tally, WARMUP, Window, connect, nanos_since, new_histogram, record,
     run_load, run_load_in,
@@ -56,6 +65,8 @@ const MEMORY_MIN_RATIO: f64 = 0.85;
 const LOG_MIN_RATIO: f64 = 0.7;
 const MEMORY_MAX_E2E_P99_MS: f64 = 2.0;
 const LOG_MAX_E2E_P99_MS: f64 = 5.0;
+/// memory-oidc's throughput against memory's, each over its raw phase.
+const OIDC_MIN_RATIO: f64 = 0.9;
 
 #[derive(Debug, Args)]
 pub struct EventingArgs {
@@ -89,6 +100,10 @@ pub enum Target {
     Raw,
     /// A broker on the memory backend.
     Memory,
+    /// The memory broker with `--authentication-oidc`: every event carries
+    /// a bearer token the ingress verifies.
+    #[value(name = "memory-oidc")]
+    MemoryOidc,
     /// A broker on the durable log backend.
     Log,
     /// An InMemoryChannel with one Subscription: what each step of a
@@ -101,6 +116,7 @@ impl Target {
         match self {
             Target::Raw => "raw",
             Target::Memory => "memory",
+            Target::MemoryOidc => "memory-oidc",
             Target::Log => "log",
             Target::Channel => "channel",
         }
@@ -110,20 +126,22 @@ impl Target {
     fn class_annotation(self) -> &'static str {
         match self {
             Target::Raw | Target::Log => "MTChannelBasedBroker",
-            Target::Memory | Target::Channel => "Memory",
+            Target::Memory | Target::MemoryOidc | Target::Channel => "Memory",
         }
     }
 
     fn min_ratio(self) -> f64 {
         match self {
-            Target::Raw | Target::Memory | Target::Channel => MEMORY_MIN_RATIO,
+            Target::Raw | Target::Memory | Target::MemoryOidc | Target::Channel => MEMORY_MIN_RATIO,
             Target::Log => LOG_MIN_RATIO,
         }
     }
 
     fn max_e2e_p99_ms(self) -> f64 {
         match self {
-            Target::Raw | Target::Memory | Target::Channel => MEMORY_MAX_E2E_P99_MS,
+            Target::Raw | Target::Memory | Target::MemoryOidc | Target::Channel => {
+                MEMORY_MAX_E2E_P99_MS
+            }
             Target::Log => LOG_MAX_E2E_P99_MS,
         }
     }
@@ -132,10 +150,15 @@ impl Target {
 pub async fn run(args: EventingArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
     let raw = HttpServer::start(raw_service, true, "the raw baseline").await?;
-    let backends: Vec<Target> = [Target::Memory, Target::Log, Target::Channel]
-        .into_iter()
-        .filter(|t| args.only.is_empty() || args.only.contains(t))
-        .collect();
+    let backends: Vec<Target> = [
+        Target::Memory,
+        Target::MemoryOidc,
+        Target::Log,
+        Target::Channel,
+    ]
+    .into_iter()
+    .filter(|t| args.only.is_empty() || args.only.contains(t))
+    .collect();
     let mut report = Report::default();
     if backends.is_empty() {
         report
@@ -199,6 +222,18 @@ impl Settings {
     }
 
     fn load(&self, target: Target, addr: SocketAddr, path: &str, rate: Option<f64>) -> Load {
+        self.signed_load(target, addr, path, rate, None)
+    }
+
+    /// [`Settings::load`], each event with `authorization` when given.
+    fn signed_load(
+        &self,
+        target: Target,
+        addr: SocketAddr,
+        path: &str,
+        rate: Option<f64>,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Load {
         Load {
             addr,
             path: path.to_owned(),
@@ -208,7 +243,12 @@ impl Settings {
             rate,
             origin: self.origin,
             id_prefix: format!("{}-{}", target.name(), uuid::Uuid::new_v4().simple()),
-            shape: Shape::CloudEvent,
+            shape: match authorization {
+                Some(authorization) => Shape::SignedCloudEvent {
+                    authorization: authorization.clone(),
+                },
+                None => Shape::CloudEvent,
+            },
         }
     }
 }
@@ -334,6 +374,9 @@ struct Deployment {
     subscriber: Option<Subscriber>,
     /// Events the broker accepted so far, which the subscriber must receive.
     accepted: u64,
+    /// memory-oidc: the issuer pilotlight trusts, and the header every
+    /// event carries.
+    issuer: Option<(BenchIssuer, http::HeaderValue)>,
     /// Removed last, after the server let go of the log.
     dir: WorkDir,
 }
@@ -354,7 +397,26 @@ impl Deployment {
             manifest(backend, subscriber.as_ref().map(Subscriber::addr)),
         )
         .with_context(|| format!("cannot write the manifest in {}", dir.path.display()))?;
-        let server = Server::start(server_config(&dir))
+        let mut config = server_config(&dir);
+        let issuer = match backend {
+            Target::MemoryOidc => {
+                let issuer = BenchIssuer::start().await?;
+                config.auth = AuthConfig {
+                    enabled: true,
+                    issuers: vec![issuer.url.clone()],
+                    ..AuthConfig::default()
+                };
+                let token = issuer.token(
+                    &format!("system:serviceaccount:{NAMESPACE}:bench"),
+                    &format!("eventing.knative.dev/broker/{NAMESPACE}/{BROKER}"),
+                )?;
+                let header = http::HeaderValue::try_from(format!("Bearer {token}"))
+                    .context("the bench token as a header")?;
+                Some((issuer, header))
+            }
+            _ => None,
+        };
+        let server = Server::start(config)
             .await
             .with_context(|| format!("starting pilotlight with a {} broker", backend.name()))?;
         let mut deployment = Deployment {
@@ -362,6 +424,7 @@ impl Deployment {
             server,
             subscriber,
             accepted: 0,
+            issuer,
             dir,
         };
         match deployment.probe(settings).await {
@@ -381,13 +444,39 @@ impl Deployment {
         }
     }
 
+    /// The header memory-oidc's events carry.
+    fn authorization(&self) -> Option<&http::HeaderValue> {
+        self.issuer.as_ref().map(|(_, header)| header)
+    }
+
     async fn probe(&mut self, settings: &Settings) -> anyhow::Result<()> {
-        self.accepted += probe(settings, self.backend, self.server.listen, &self.path()).await?;
+        let load = settings.signed_load(
+            self.backend,
+            self.server.listen,
+            &self.path(),
+            None,
+            self.authorization(),
+        );
+        self.accepted += probe(&load).await?;
         self.drain().await
     }
 
     async fn closed_loop(&mut self, settings: &Settings) -> anyhow::Result<Phase> {
-        let phase = closed_loop(settings, self.backend, self.server.listen, &self.path()).await?;
+        let load = settings.signed_load(
+            self.backend,
+            self.server.listen,
+            &self.path(),
+            None,
+            self.authorization(),
+        );
+        let (tally, window) = run_load(load).await?;
+        let phase = Phase {
+            target: self.backend,
+            rate: None,
+            window,
+            tally,
+            e2e: None,
+        };
         self.accepted += phase.tally.sent_accepted;
         self.drain().await?;
         Ok(phase)
@@ -397,7 +486,13 @@ impl Deployment {
     /// latency of events sent inside the measured window; without one, only
     /// the ingress latency is measured.
     async fn paced(&mut self, settings: &Settings, rate: f64) -> anyhow::Result<Phase> {
-        let load = settings.load(self.backend, self.server.listen, &self.path(), Some(rate));
+        let load = settings.signed_load(
+            self.backend,
+            self.server.listen,
+            &self.path(),
+            Some(rate),
+            self.authorization(),
+        );
         let window = Window::starting_now(settings.duration);
         if let Some(subscriber) = &self.subscriber {
             subscriber.record_between(
@@ -432,25 +527,21 @@ impl Deployment {
         let Deployment {
             server,
             subscriber,
+            issuer,
             dir,
             ..
         } = self;
         server.shutdown().await;
         drop(subscriber);
+        drop(issuer);
         drop(dir);
     }
 }
 
 /// One event before the phases: fails early and clearly when the broker is
 /// not serving (a bad manifest, a backend that did not start).
-async fn probe(
-    settings: &Settings,
-    backend: Target,
-    addr: SocketAddr,
-    path: &str,
-) -> anyhow::Result<u64> {
-    let load = settings.load(backend, addr, path, None);
-    let mut sender = connect(addr).await?;
+async fn probe(load: &Load) -> anyhow::Result<u64> {
+    let mut sender = connect(load.addr).await?;
     sender
         .ready()
         .await
@@ -699,9 +790,30 @@ impl Report {
             .then(|| phase.events_per_second() / raw.events_per_second())
     }
 
+    /// memory-oidc's throughput as a ratio to memory's, each over the raw
+    /// phase run just before it.
+    fn oidc_ratio(&self) -> Option<f64> {
+        let of = |target: Target| {
+            let index = self.throughput.iter().position(|p| p.target == target)?;
+            self.ratio(index)
+        };
+        let (memory, oidc) = (of(Target::Memory)?, of(Target::MemoryOidc)?);
+        (memory > 0.0).then(|| oidc / memory)
+    }
+
     fn checks(&self) -> Vec<Check> {
         let mut checks = Vec::new();
+        if let Some(relative) = self.oidc_ratio() {
+            checks.push(Check {
+                name: format!("memory-oidc >= {OIDC_MIN_RATIO:.2}x memory"),
+                figure: format!("{relative:.2}x"),
+                met: relative >= OIDC_MIN_RATIO,
+            });
+        }
         for (index, phase) in self.throughput.iter().enumerate() {
+            if phase.target == Target::MemoryOidc {
+                continue;
+            }
             if let Some(ratio) = self.ratio(index) {
                 let min = phase.target.min_ratio();
                 checks.push(Check {
@@ -758,7 +870,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{:<8} {:>10} {:>7}  {:>22}  {:>8}",
+            "{:<11} {:>10} {:>7}  {:>22}  {:>8}",
             "target", "events/s", "ratio", "ingress p50/p99 (ms)", "errors"
         );
         for (index, phase) in self.throughput.iter().enumerate() {
@@ -767,7 +879,7 @@ impl Report {
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
             let _ = writeln!(
                 out,
-                "{:<8} {:>10.0} {:>7}  {:>22}  {:>8}",
+                "{:<11} {:>10.0} {:>7}  {:>22}  {:>8}",
                 phase.target.name(),
                 phase.events_per_second(),
                 ratio,
@@ -786,7 +898,7 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "{:<8} {:>9} {:>9}  {:>20}  {:>24}  {:>8} {:>6}  {:>12}",
+                "{:<11} {:>9} {:>9}  {:>20}  {:>24}  {:>8} {:>6}  {:>12}",
                 "target",
                 "rate/s",
                 "got/s",
@@ -811,7 +923,7 @@ impl Report {
                 );
                 let _ = writeln!(
                     out,
-                    "{:<8} {:>9.0} {:>9.0}  {:>20}  {:>24}  {:>8} {:>6}  {:>12.2}",
+                    "{:<11} {:>9.0} {:>9.0}  {:>20}  {:>24}  {:>8} {:>6}  {:>12.2}",
                     phase.target.name(),
                     phase.rate.unwrap_or_default(),
                     phase.events_per_second(),
@@ -829,9 +941,9 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\ntargets: memory >= {MEMORY_MIN_RATIO}x raw, log >= {LOG_MIN_RATIO}x raw, e2e p99 <= {MEMORY_MAX_E2E_P99_MS} ms (memory), <= {LOG_MAX_E2E_P99_MS} ms (log)"
+            "\ntargets: memory >= {MEMORY_MIN_RATIO}x raw, memory-oidc >= {OIDC_MIN_RATIO}x memory (token verification on), log >= {LOG_MIN_RATIO}x raw, e2e p99 <= {MEMORY_MAX_E2E_P99_MS} ms (memory), <= {LOG_MAX_E2E_P99_MS} ms (log)"
         );
-        write_checks(&mut out, &self.checks(), &self.failures, (24, 28));
+        write_checks(&mut out, &self.checks(), &self.failures, (30, 28));
         out
     }
 
@@ -868,6 +980,7 @@ impl Report {
             "warmup_secs": WARMUP.as_secs(),
             "throughput": self.throughput.iter().enumerate().map(|(i, p)| phase_json(Some(i), p)).collect::<Vec<_>>(),
             "latency": self.latency.iter().map(|p| phase_json(None, p)).collect::<Vec<_>>(),
+            "oidc_ratio_to_memory": self.oidc_ratio(),
             "targets": checks_json(&self.checks()),
             "failures": self.failures,
         })

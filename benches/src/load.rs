@@ -51,6 +51,9 @@ pub(crate) struct Load {
 pub(crate) enum Shape {
     /// Binary-mode CloudEvents POSTed with the payload; a 202 is success.
     CloudEvent,
+    /// The same, each with this `Authorization` header (an OIDC bearer
+    /// token, the same one every time, as a sender reuses its token).
+    SignedCloudEvent { authorization: http::HeaderValue },
     /// `GET {path}` with this Host header and no body (a Service, or an app
     /// directly); a 200 is success.
     Get { host: String },
@@ -60,7 +63,7 @@ impl Load {
     /// The answer that counts as success.
     fn expected(&self) -> StatusCode {
         match self.shape {
-            Shape::CloudEvent => StatusCode::ACCEPTED,
+            Shape::CloudEvent | Shape::SignedCloudEvent { .. } => StatusCode::ACCEPTED,
             Shape::Get { .. } => StatusCode::OK,
         }
     }
@@ -80,7 +83,11 @@ impl Load {
                 .body(Full::new(Bytes::new()))
                 .context("building a bench request");
         }
-        Request::builder()
+        let mut builder = Request::builder();
+        if let Shape::SignedCloudEvent { authorization } = &self.shape {
+            builder = builder.header(header::AUTHORIZATION, authorization.clone());
+        }
+        builder
             .method(Method::POST)
             .uri(self.path.as_str())
             .header(header::HOST, self.addr.to_string())

@@ -12,6 +12,7 @@ mod cesql;
 mod console;
 mod eventing;
 mod http_server;
+mod issuer;
 mod kafka;
 mod lean_http;
 mod load;

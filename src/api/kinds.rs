@@ -51,6 +51,8 @@ pub enum Role {
     Binding,
     /// Receives events and acts on each (a JobSink runs a job per event).
     Sink,
+    /// Decides who may send events to brokers and channels (EventPolicy).
+    Policy,
     /// Only reads it where another object refers to it (a Broker's
     /// `spec.config`, a Secret with credentials): no status, no finalizer.
     Referenced,
@@ -194,6 +196,8 @@ kinds! {
     SinkBinding(super::sources::sinkbinding::SinkBinding)
         in ["sources.knative.dev/v1"] as Binding, named Subdomain;
     JobSink(super::jobsink::JobSink) in ["sinks.knative.dev/v1alpha1"] as Sink, named Subdomain;
+    EventPolicy(super::eventpolicy::EventPolicy)
+        in ["eventing.knative.dev/v1alpha1"] as Policy, named Subdomain;
 }
 
 /// Parses one object of a known kind from YAML, as the loader does, with

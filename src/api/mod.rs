@@ -11,6 +11,7 @@ pub(crate) mod channel;
 mod config;
 pub mod duck;
 mod duration;
+pub mod eventpolicy;
 pub mod filter;
 pub(crate) mod flows;
 mod hint;

@@ -40,6 +40,16 @@ pub(crate) struct Status {
     /// Trigger: events removed by retention before it read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_to_retention: Option<u64>,
+    /// Broker, channel: the EventPolicies that apply to it (authentication
+    /// on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<AppliedPolicy>>,
+    /// EventPolicy: the subjects of `spec.from`, resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Vec<String>>,
+    /// Trigger, Subscription, source: its OIDC identity (authentication on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthStatus>,
     /// JobSink: its jobs, newest first (pilotlight's own field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<Vec<super::jobsink::JobRecord>>,
@@ -192,6 +202,27 @@ pub(crate) struct TrafficStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Address {
     pub url: String,
+    /// The OIDC audience a sender's token must have (with authentication
+    /// on), as Knative publishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+/// One entry of a broker's or channel's `status.policies`: an EventPolicy
+/// that applies to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AppliedPolicy {
+    pub api_version: String,
+    pub name: String,
+}
+
+/// `status.auth` of an object that sends (Knative's `AuthStatus`): the
+/// service account whose subject its tokens carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AuthStatus {
+    pub service_account_name: String,
 }
 
 impl Status {

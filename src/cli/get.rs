@@ -1,5 +1,5 @@
 //! `pilotlight get brokers|triggers|ksvc|revisions|routes|sources|channels|
-//! subscriptions|sequences|parallels|jobsinks`: a kubectl-style view of a
+//! subscriptions|sequences|parallels|jobsinks|eventpolicies`: a kubectl-style view of a
 //! running server.
 
 use anyhow::Context as _;
@@ -37,6 +37,10 @@ pub enum Kind {
     /// yaml` lists each job with its exit code and last output lines).
     #[value(alias = "jobsink")]
     Jobsinks,
+    /// EventPolicies, with the subjects they resolved to and what they
+    /// apply to.
+    #[value(alias = "eventpolicy", alias = "ep")]
+    Eventpolicies,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,6 +92,7 @@ async fn fetch(args: &GetArgs) -> anyhow::Result<ObjectList> {
         Kind::Sequences => "sequences",
         Kind::Parallels => "parallels",
         Kind::Jobsinks => "jobsinks",
+        Kind::Eventpolicies => "eventpolicies",
     };
     let query = args
         .namespace
@@ -159,6 +164,7 @@ fn columns(kind: Kind) -> &'static [&'static str] {
             "READY",
             "REASON",
         ],
+        Kind::Eventpolicies => &["NAMESPACE", "NAME", "FROM", "APPLIES_TO", "READY", "REASON"],
         Kind::Brokers => &["NAMESPACE", "NAME", "CLASS", "URL", "READY", "REASON"],
         Kind::Triggers => &[
             "NAMESPACE",
@@ -283,6 +289,14 @@ fn details(kind: Kind, item: &ObjectView) -> Vec<String> {
                     .unwrap_or_default(),
             ]
         }
+        Kind::Eventpolicies => vec![
+            item.status.from.as_deref().unwrap_or_default().join(","),
+            item.metadata
+                .annotations
+                .get("pilotlight.dev/applies-to")
+                .cloned()
+                .unwrap_or_default(),
+        ],
         Kind::Triggers => vec![
             item.spec
                 .get("broker")

@@ -10,6 +10,7 @@ use clap::Args;
 use crate::api::autoscaling::AutoscalerDefaults;
 use crate::api::broker::BrokerClass;
 use crate::api::pod::ContainerNetwork;
+use crate::auth::{AuthConfig, AuthorizationMode};
 use crate::control::kubernetes::KubernetesSettings;
 use crate::control::kubernetes::leader::LeaseSettings;
 use crate::eventing::backend::log::LogConfig;
@@ -152,6 +153,67 @@ pub struct RunArgs {
     /// address when it is a specific one.
     #[arg(long, env = "PILOTLIGHT_PEER_URL", requires = "kubernetes")]
     pub peer_url: Option<String>,
+    /// Senders must authenticate with an OIDC bearer token for the broker's
+    /// or channel's audience, and EventPolicies decide who may send
+    /// (Knative's config-features authentication-oidc: enabled).
+    /// pilotlight's own senders get tokens it signs.
+    #[arg(long, env = "PILOTLIGHT_AUTHENTICATION_OIDC")]
+    pub authentication_oidc: bool,
+    /// An OIDC issuer whose tokens are trusted (its discovery document is at
+    /// URL/.well-known/openid-configuration). Repeatable, or
+    /// comma-separated. pilotlight's own issuer is always trusted, and in
+    /// Kubernetes mode the API server's service-account issuer too.
+    #[arg(
+        long = "oidc-issuer",
+        env = "PILOTLIGHT_OIDC_ISSUER",
+        value_delimiter = ',',
+        value_name = "URL",
+        requires = "authentication_oidc"
+    )]
+    pub oidc_issuers: Vec<String>,
+    /// Who may send to a broker or channel that no EventPolicy applies to:
+    /// allow-all, allow-same-namespace (service accounts of its namespace;
+    /// Knative's default) or deny-all.
+    #[arg(long, env = "PILOTLIGHT_DEFAULT_AUTHORIZATION_MODE", default_value = "allow-same-namespace", value_parser = parse_mode)]
+    pub default_authorization_mode: AuthorizationMode,
+    /// The issuer URL (`iss`) of the tokens pilotlight signs for its own
+    /// senders, where subscribers find its discovery document and JWKS.
+    /// Default: the admin listener's address.
+    #[arg(
+        long,
+        env = "PILOTLIGHT_OIDC_ISSUER_URL",
+        value_name = "URL",
+        requires = "authentication_oidc"
+    )]
+    pub oidc_issuer_url: Option<String>,
+    /// pilotlight's token signing key: a P-256 private key, PKCS#8 PEM or
+    /// DER (the same on every replica). Default: one made once and kept in
+    /// the data folder (oidc/signing-key.p8).
+    #[arg(
+        long,
+        env = "PILOTLIGHT_OIDC_SIGNING_KEY",
+        value_name = "FILE",
+        requires = "authentication_oidc"
+    )]
+    pub oidc_signing_key: Option<PathBuf>,
+}
+
+/// `--default-authorization-mode`, in Knative's spellings.
+fn parse_mode(text: &str) -> Result<AuthorizationMode, String> {
+    AuthorizationMode::parse(text)
+        .ok_or_else(|| format!("'{text}' is not one of allow-all, allow-same-namespace, deny-all"))
+}
+
+/// An issuer URL: http(s) with a host.
+fn issuer_url(flag: &str, url: &str) -> anyhow::Result<String> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("{flag} '{url}' is not a URL"))?;
+    anyhow::ensure!(
+        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some(),
+        "{flag} '{url}': give an http or https URL with a host, such as https://issuer.example.com"
+    );
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 /// `--peer-url`: an http URL with a host (the admin listener speaks plain
@@ -215,6 +277,22 @@ impl RunArgs {
                 .as_ref()
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty()),
+            auth: AuthConfig {
+                enabled: self.authentication_oidc,
+                issuers: self
+                    .oidc_issuers
+                    .iter()
+                    .filter(|u| !u.trim().is_empty())
+                    .map(|u| issuer_url("--oidc-issuer", u.trim()))
+                    .collect::<anyhow::Result<_>>()?,
+                default_mode: self.default_authorization_mode,
+                own_issuer_url: self
+                    .oidc_issuer_url
+                    .as_deref()
+                    .map(|u| issuer_url("--oidc-issuer-url", u))
+                    .transpose()?,
+                signing_key: self.oidc_signing_key.clone(),
+            },
         })
     }
 

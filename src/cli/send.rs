@@ -47,12 +47,46 @@ pub struct SendArgs {
     /// HTTP binding mode.
     #[arg(long, value_enum, default_value = "binary")]
     pub mode: SendMode,
+    /// An OIDC token to send as `Authorization: Bearer` (for a pilotlight
+    /// run with --authentication-oidc): a file that holds it, or - for
+    /// standard input. Its audience must be the broker's
+    /// (`status.address.audience` in `pilotlight get brokers -o yaml`).
+    #[arg(long, value_name = "FILE|-")]
+    pub token: Option<String>,
+}
+
+/// The token of `--token`: the file's (or standard input's) text, trimmed.
+fn read_token(from: &str) -> anyhow::Result<String> {
+    let text = if from == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("--token -: cannot read standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(from).with_context(|| format!("--token: cannot read {from}"))?
+    };
+    let token = text.trim().to_owned();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "--token {from}: it is empty; put the OIDC token (a JWT) in it"
+    );
+    anyhow::ensure!(
+        token.split('.').count() == 3 && !token.contains(char::is_whitespace),
+        "--token {from}: not a JWT (three base64url parts separated by dots)"
+    );
+    Ok(token)
 }
 
 pub(crate) async fn send(args: SendArgs) -> anyhow::Result<()> {
     let uri = target(&args)?;
     let event = build_event(&args)?;
     let mut headers = HeaderMap::new();
+    if let Some(from) = &args.token {
+        let token = read_token(from)?;
+        let value = HeaderValue::try_from(format!("Bearer {token}"))
+            .with_context(|| format!("--token {from}: not a valid header value"))?;
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
     let body = match args.mode {
         SendMode::Binary => {
             encode_binary_headers(&event, &mut headers);

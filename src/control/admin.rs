@@ -45,6 +45,9 @@ pub(crate) struct AdminState {
     pub peers: Option<Peers>,
     /// Who may replay.
     pub replay: ReplayAccess,
+    /// With authentication on: pilotlight's own OIDC issuer, whose
+    /// discovery document and JWKS this listener serves.
+    pub issuer: Option<Arc<crate::auth::Issuer>>,
 }
 
 /// What the leader needs to take the other replicas' samples.
@@ -73,12 +76,39 @@ pub(crate) fn router(state: AdminState) -> Router {
             get(super::tail::channel_events),
         )
         .route(STATS_PATH, post(receive_stats))
+        .route(crate::auth::issuer::DISCOVERY_PATH, get(oidc_discovery))
+        .route(crate::auth::issuer::JWKS_PATH, get(oidc_jwks))
         .route(
             &format!("{JOBSINKS_PATH}/{{namespace}}/{{name}}"),
             post(run_job),
         )
         .merge(super::console::router())
         .with_state(state)
+}
+
+/// pilotlight's OIDC discovery document (authentication on), so that
+/// subscribers verify the tokens of its deliveries as any issuer's.
+async fn oidc_discovery(State(state): State<AdminState>) -> Response {
+    match &state.issuer {
+        Some(issuer) => axum::Json(issuer.discovery()).into_response(),
+        None => no_issuer(),
+    }
+}
+
+/// pilotlight's JWKS: the public key of its tokens.
+async fn oidc_jwks(State(state): State<AdminState>) -> Response {
+    match &state.issuer {
+        Some(issuer) => axum::Json(issuer.jwks()).into_response(),
+        None => no_issuer(),
+    }
+}
+
+fn no_issuer() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "authentication is off: pilotlight signs no tokens (start it with --authentication-oidc)\n",
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

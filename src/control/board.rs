@@ -30,10 +30,11 @@ pub(crate) enum Collection {
     Sequences,
     Parallels,
     JobSinks,
+    EventPolicies,
 }
 
 impl Collection {
-    const ALL: [Collection; 11] = [
+    const ALL: [Collection; 12] = [
         Collection::Brokers,
         Collection::Triggers,
         Collection::Services,
@@ -45,6 +46,7 @@ impl Collection {
         Collection::Sequences,
         Collection::Parallels,
         Collection::JobSinks,
+        Collection::EventPolicies,
     ];
 
     /// Its name in the admin API's path, `/api/v1/{name}`.
@@ -61,6 +63,7 @@ impl Collection {
             Collection::Sequences => "sequences",
             Collection::Parallels => "parallels",
             Collection::JobSinks => "jobsinks",
+            Collection::EventPolicies => "eventpolicies",
         }
     }
 
@@ -130,6 +133,7 @@ impl StatusBoard {
             Collection::Sequences => self.eventing.flows("Sequence", namespace),
             Collection::Parallels => self.eventing.flows("Parallel", namespace),
             Collection::JobSinks => self.jobsinks(namespace),
+            Collection::EventPolicies => self.eventing.event_policies(namespace),
         }
     }
 
@@ -142,7 +146,7 @@ impl StatusBoard {
         let namespace = Some(key.namespace.as_str());
         let views = match kind {
             "Broker" | "Trigger" | "InMemoryChannel" | "KafkaChannel" | "Channel"
-            | "Subscription" | "Sequence" | "Parallel" => {
+            | "Subscription" | "Sequence" | "Parallel" | "EventPolicy" => {
                 return self.eventing.applied_status(kind, key);
             }
             "Service" => self.serving.services(namespace).await,

@@ -240,6 +240,7 @@ impl ControlPlane {
                     eventing.addressed.push((loaded, channel));
                     jobsinks.push(loaded);
                 }
+                Role::Policy => eventing.policies.push(loaded),
                 // Read through the object index by whatever refers to them.
                 Role::Referenced => {}
             }

@@ -208,6 +208,7 @@ mod tests {
         let mut applied = Status::ready();
         applied.address = Some(crate::api::status::Address {
             url: "http://broker".into(),
+            audience: None,
         });
         let down = Health::not_ready("BackendUnavailable", "ACCESS_REFUSED");
         let shown = down.overlay(applied.clone(), "broker");

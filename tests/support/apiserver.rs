@@ -51,6 +51,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+/// The `iss` of the fake's service-account tokens (a real cluster's).
+pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
 /// One kind the fake serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResourceType {
@@ -97,6 +100,7 @@ pub const RESOURCES: &[ResourceType] = &[
     resource("sources.knative.dev", "v1", "containersources", "ContainerSource", true, true),
     resource("sources.knative.dev", "v1", "sinkbindings", "SinkBinding", true, true),
     resource("sinks.knative.dev", "v1alpha1", "jobsinks", "JobSink", true, true),
+    resource("eventing.knative.dev", "v1alpha1", "eventpolicies", "EventPolicy", true, true),
     resource("messaging.knative.dev", "v1", "inmemorychannels", "InMemoryChannel", true, true),
     resource("messaging.knative.dev", "v1beta1", "kafkachannels", "KafkaChannel", true, true),
     resource("messaging.knative.dev", "v1", "channels", "Channel", true, true),
@@ -262,6 +266,9 @@ pub struct FakeApiServer {
     /// `http://127.0.0.1:{port}`.
     pub url: String,
     shared: Shared,
+    /// The service-account issuer's key: its discovery document and JWKS
+    /// are served as the real server serves them.
+    service_accounts: Arc<super::oidc::SigningKey>,
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
@@ -312,7 +319,30 @@ impl FakeApiServer {
             })),
             changed: watch::channel(()).0,
         };
+        let service_accounts = Arc::new(super::oidc::SigningKey::new("sa-key"));
+        let discovery = json!({
+            "issuer": SERVICE_ACCOUNT_ISSUER,
+            "jwks_uri": format!("{SERVICE_ACCOUNT_ISSUER}/openid/v1/jwks"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        });
+        let jwks = service_accounts.jwks();
         let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || {
+                    let discovery = discovery.clone();
+                    async move { axum::Json(discovery) }
+                }),
+            )
+            .route(
+                "/openid/v1/jwks",
+                axum::routing::get(move || {
+                    let jwks = jwks.clone();
+                    async move { axum::Json(jwks) }
+                }),
+            )
             .fallback(handle)
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -321,6 +351,7 @@ impl FakeApiServer {
         let fake = FakeApiServer {
             url,
             shared,
+            service_accounts,
             task: Arc::new(task),
         };
         fake.create(json!({"apiVersion": "v1", "kind": "Namespace",
@@ -330,6 +361,17 @@ impl FakeApiServer {
 
     fn lock(&self) -> MutexGuard<'_, Store> {
         self.shared.lock()
+    }
+
+    /// A token of the service account `namespace/account` for `audience`,
+    /// as the API server's TokenRequest gives one.
+    pub fn service_account_token(&self, namespace: &str, account: &str, audience: &str) -> String {
+        let now = super::oidc::now();
+        self.service_accounts.sign(&json!({
+            "iss": SERVICE_ACCOUNT_ISSUER,
+            "sub": format!("system:serviceaccount:{namespace}:{account}"),
+            "aud": [audience], "iat": now, "nbf": now, "exp": now + 600,
+        }))
     }
 
     /// A client for the fake, with `default` as its namespace.

@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod images;
+pub mod oidc;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,8 @@
 //! |---|---|
 //! | 202 | stored durably |
 //! | 400 | not a valid CloudEvent (the body says which attribute and why) |
+//! | 401 | authentication on: no bearer token, or one that does not verify (why, in the body and `WWW-Authenticate`) |
+//! | 403 | authentication on: no EventPolicy lets the token's subject send this event (which, and why) |
 //! | 404 | no such broker |
 //! | 405 | a method other than POST or OPTIONS |
 //! | 413 | body or an event over the size limit, or over what the backend stores |
@@ -20,6 +22,7 @@ use http_body_util::{BodyExt, Limited};
 use percent_encoding::percent_decode_str;
 
 use super::{BrokerEntry, BrokerRegistry, reject_metric};
+use crate::auth::{Gate, TokenError};
 use crate::cloudevent::parse_http;
 use crate::eventing::backend::AppendError;
 use crate::http_util::{line, with_retry_after};
@@ -27,10 +30,12 @@ use crate::http_util::{line, with_retry_after};
 /// Default largest request body accepted (1 MiB).
 pub(crate) const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 
-/// What the ingress needs: the brokers, each with its own limit.
+/// What the ingress needs: the brokers, each with its own limit, and who
+/// may send to them.
 #[derive(Clone)]
 pub(crate) struct IngressState {
     pub brokers: Arc<BrokerRegistry>,
+    pub gate: Arc<Gate>,
 }
 
 /// Serves one request to the ingress. The path is matched here rather than
@@ -113,6 +118,11 @@ where
             return response;
         }
     }
+    // Who sends, before the body is read: a refused sender costs no more.
+    let sender = match state.gate.authenticate(namespace, name, headers).await {
+        Ok(sender) => sender,
+        Err(error) => return unauthenticated(&key(), &error),
+    };
     let limit = broker.max_event_bytes();
     if let Some(length) = content_length(headers)
         && length > limit
@@ -139,6 +149,20 @@ where
             return line(StatusCode::BAD_REQUEST, format!("invalid CloudEvent: {e}"));
         }
     };
+    if let Some(sender) = sender {
+        let decided = state.gate.authorize(
+            namespace,
+            name,
+            &sender.subject,
+            events.len(),
+            &|filter, i| filter.matches(&events[i]),
+            &|i| events[i].id().to_owned(),
+        );
+        if let Err(forbidden) = decided {
+            reject_metric(&key(), "forbidden");
+            return line(StatusCode::FORBIDDEN, forbidden.to_string());
+        }
+    }
     match broker.publish(events).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => refusal(&e),
@@ -157,6 +181,23 @@ fn refusal(error: &AppendError) -> Response {
         error.retry_after().as_secs().max(1),
         error.to_string(),
     )
+}
+
+/// 401 with why, in the body and in `WWW-Authenticate` (RFC 6750); 503
+/// with Retry-After when the token's issuer cannot be reached.
+fn unauthenticated(broker: &str, error: &TokenError) -> Response {
+    reject_metric(broker, error.reason());
+    let status = error.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        return retry_later(status, 5, error.to_string());
+    }
+    let mut response = line(status, error.to_string());
+    if let Ok(challenge) = HeaderValue::try_from(error.www_authenticate()) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {

@@ -8,6 +8,7 @@
 //! untouched, so a reload loses nothing and restarts nothing it need not.
 
 pub(crate) mod plan;
+pub(crate) mod policies;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use crate::api::status::{
 };
 use crate::api::subscription::Subscription;
 use crate::api::{Broker, ObjectKey, Resource, Trigger};
+use crate::auth::Gate;
 use crate::cloudevent::Event;
 use crate::desired::take_gone;
 use crate::eventing::backend::log::LogConfig;
@@ -139,6 +141,8 @@ pub(crate) struct EventingObjects<'a> {
     /// Objects addressed by a channel they own (JobSinks), with that
     /// channel.
     pub addressed: Vec<(&'a Loaded, ObjectKey)>,
+    /// EventPolicies.
+    pub policies: Vec<&'a Loaded>,
 }
 
 struct RunningBroker {
@@ -180,6 +184,8 @@ struct Views {
     subscription_channels: BTreeMap<ObjectKey, ObjectKey>,
     /// Flows with their addresses; their status is read from their parts'.
     flows: Vec<(Resource, ObjectView)>,
+    /// EventPolicies, with what they resolved to.
+    policies: BTreeMap<ObjectKey, ObjectView>,
 }
 
 impl Views {
@@ -280,6 +286,9 @@ pub(crate) struct EventingController {
     views: RwLock<Views>,
     /// How the last deliveries went, for the console.
     journal: Arc<DeliveryJournal>,
+    /// Authentication and EventPolicies: the ingress reads the targets
+    /// each apply resolves.
+    gate: Arc<Gate>,
 }
 
 impl EventingController {
@@ -290,7 +299,9 @@ impl EventingController {
         registry: Arc<BrokerRegistry>,
         sender: EventSender,
         replication: Replication,
+        gate: Arc<Gate>,
     ) -> Self {
+        let sender = sender.with_issuer(gate.issuer().cloned());
         EventingController {
             cluster_state: replication.state.clone(),
             sources: SourceController::new(sender.clone(), settings.data_dir.clone(), replication),
@@ -300,6 +311,7 @@ impl EventingController {
             running: tokio::sync::Mutex::new(Running::default()),
             views: RwLock::new(Views::default()),
             journal: Arc::default(),
+            gate,
         }
     }
 
@@ -336,6 +348,33 @@ impl EventingController {
             addresses,
         };
         let (stores, mut channel_views) = self.stores(objects);
+        // Policies first: the ingress and the senders' tokens read the
+        // targets' audiences and policies.
+        let targets = policies::targets(&stores, objects);
+        let mut resolved = policies::resolve(objects, &targets, index);
+        let target_auth: BTreeMap<ObjectKey, (String, Vec<String>)> = targets
+            .iter()
+            .map(|t| {
+                let applied = resolved
+                    .applied
+                    .get(&(t.kind.to_owned(), t.key.clone()))
+                    .cloned()
+                    .unwrap_or_default();
+                (t.path.clone(), (t.audience.clone(), applied))
+            })
+            .collect();
+        drop(targets);
+        self.gate.set_targets(std::mem::take(&mut resolved.targets));
+        let policy_views: BTreeMap<ObjectKey, ObjectView> = objects
+            .policies
+            .iter()
+            .map(|loaded| {
+                let key = loaded.resource.metadata().key();
+                let outcome = resolved.policies.get(&key).cloned().unwrap_or_default();
+                let view = policies::policy_view(loaded, &outcome, self.gate.enabled());
+                (key, view)
+            })
+            .collect();
         // The channels that run (not refused for a name another kind took).
         let running_channels: BTreeSet<(String, ObjectKey)> =
             stores.values().filter_map(|s| s.channel.clone()).collect();
@@ -354,6 +393,17 @@ impl EventingController {
                 )
                 .await;
             backends_failed |= START_FAILED.iter().any(|r| status.has_reason(r));
+            let mut status = status;
+            if let Some((audience, applied)) = target_auth.get(key) {
+                policies::decorate_target(
+                    &mut status,
+                    audience,
+                    applied,
+                    &resolved,
+                    &key.namespace,
+                    &self.gate,
+                );
+            }
             match store.channel {
                 None => {
                     let view = broker_view(
@@ -425,6 +475,7 @@ impl EventingController {
                 let status = Status {
                     address: flows::entry_channel(&loaded.resource).map(|entry| Address {
                         url: channel::channel_url(&self.settings.ingress_url, &entry),
+                        audience: None,
                     }),
                     ..Status::default()
                 };
@@ -445,6 +496,7 @@ impl EventingController {
             subscriptions: subscription_views,
             subscription_channels,
             flows,
+            policies: policy_views,
         };
         backends_failed
     }
@@ -677,6 +729,7 @@ impl EventingController {
         let mut status = Status::ready();
         status.address = Some(Address {
             url: plan::broker_url(&self.settings.ingress_url, key),
+            audience: None,
         });
         status
     }
@@ -718,6 +771,33 @@ impl EventingController {
             loaded,
             destinations,
         );
+        let plan = plan.map(|mut plan| {
+            let dead_letter = trigger
+                .spec
+                .delivery
+                .as_ref()
+                .or(broker.and_then(|b| b.broker.spec.delivery.as_ref()));
+            let dead_letter_audience = dead_letter
+                .and_then(|d| d.dead_letter_sink.as_ref())
+                .and_then(|d| d.audience.as_deref());
+            plan.identity = policies::sender_identity(
+                &self.gate,
+                &self.settings.ingress_url,
+                "Trigger",
+                key,
+                &[
+                    (
+                        plan.subscriber.as_ref(),
+                        trigger.spec.subscriber.audience.as_deref(),
+                    ),
+                    (
+                        plan.delivery.dead_letter_sink.as_ref(),
+                        dead_letter_audience,
+                    ),
+                ],
+            );
+            plan
+        });
         let handle = broker.map(|b| b.handle.clone());
         let not_ready = || {
             Status::not_ready(
@@ -729,7 +809,10 @@ impl EventingController {
             .reconcile_delivery(&mut running.triggers, key, plan, handle)
             .await;
         match started {
-            Ok(Some(plan)) => trigger_status(&plan),
+            Ok(Some(plan)) => Status {
+                auth: policies::auth_status("Trigger", key, &self.gate),
+                ..trigger_status(&plan)
+            },
             Ok(None) => not_ready(),
             Err(status) => status,
         }
@@ -762,12 +845,46 @@ impl EventingController {
             state.loaded,
             destinations,
         );
+        let plan = plan.map(|mut plan| {
+            let spec = &subscription.spec;
+            let dead_letter = spec
+                .delivery
+                .as_ref()
+                .or(store.and_then(|b| b.broker.spec.delivery.as_ref()))
+                .and_then(|d| d.dead_letter_sink.as_ref())
+                .and_then(|d| d.audience.as_deref());
+            let reply_uri = match &plan.reply {
+                ReplyTo::Destination(uri) => Some(uri.clone()),
+                _ => None,
+            };
+            plan.identity = policies::sender_identity(
+                &self.gate,
+                &self.settings.ingress_url,
+                "Subscription",
+                key,
+                &[
+                    (
+                        plan.subscriber.as_ref(),
+                        spec.subscriber.as_ref().and_then(|d| d.audience.as_deref()),
+                    ),
+                    (
+                        reply_uri.as_ref(),
+                        spec.reply.as_ref().and_then(|d| d.audience.as_deref()),
+                    ),
+                    (plan.delivery.dead_letter_sink.as_ref(), dead_letter),
+                ],
+            );
+            plan
+        });
         let handle = store.map(|b| b.handle.clone());
         let started = self
             .reconcile_delivery(&mut running.subscriptions, key, plan, handle)
             .await;
         match started {
-            Ok(Some(plan)) => subscription_status(&plan),
+            Ok(Some(plan)) => Status {
+                auth: policies::auth_status("Subscription", key, &self.gate),
+                ..subscription_status(&plan)
+            },
             Ok(None) => Status::not_ready(
                 "ChannelNotReady",
                 format!("{} {channel} is not ready", reference.kind),
@@ -831,8 +948,9 @@ impl EventingController {
             plan.clone(),
             subscription,
             broker.clone(),
-            self.sender.clone(),
+            self.sender.as_identity(plan.identity.clone()),
             self.journal.clone(),
+            self.gate.clone(),
         );
         let subscriber = plan.subscriber.as_ref().map(ToString::to_string);
         tracing::info!(key = %key, store = %plan.broker, subscriber = subscriber.as_deref().unwrap_or("none"), "delivering");
@@ -862,13 +980,22 @@ impl EventingController {
         };
         let metadata = resource.metadata();
         let key = metadata.key();
+        let sink = destinations.resolve(source.sink(), &key.namespace);
+        let identity = policies::sender_identity(
+            &self.gate,
+            &self.settings.ingress_url,
+            resource.kind(),
+            &key,
+            &[(sink.as_ref().ok(), source.sink().audience.as_deref())],
+        );
         Some(DesiredSource {
             kind: resource.kind(),
             api_version: resource.api_version().to_owned(),
             annotations: metadata.annotations.clone(),
             origin: loaded.origin.to_string(),
             spec: resource.to_json()["spec"].clone(),
-            sink: destinations.resolve(source.sink(), &key.namespace),
+            sink,
+            identity,
             placement: source.placement(),
             build: source.builder(&context),
             key,
@@ -964,6 +1091,12 @@ impl EventingController {
             .collect()
     }
 
+    /// EventPolicies with what they resolved to.
+    pub(crate) fn event_policies(&self, namespace: Option<&str>) -> Vec<ObjectView> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        in_namespace(&views.policies, namespace).cloned().collect()
+    }
+
     /// Sources with their live status.
     pub(crate) async fn sources(&self, namespace: Option<&str>) -> Vec<ObjectView> {
         self.sources.views(namespace).await
@@ -988,6 +1121,7 @@ impl EventingController {
                 .subscriptions
                 .get(key)
                 .map(|view| views.subscription_status(key, &view.status)),
+            "EventPolicy" => views.policies.get(key).map(|view| view.status.clone()),
             "Sequence" | "Parallel" => views
                 .flows
                 .iter()

@@ -216,6 +216,7 @@ pub(crate) fn trigger_plan(
         delivery,
         ordered,
         max_in_flight,
+        identity: None,
     })
 }
 
@@ -303,6 +304,7 @@ pub(crate) fn subscription_plan(
         max_in_flight: subscription
             .max_in_flight(settings.max_in_flight)
             .unwrap_or(settings.max_in_flight),
+        identity: None,
     })
 }
 
@@ -388,6 +390,7 @@ mod tests {
             delivery: DeliveryPolicy::from_spec(None, None),
             ordered: false,
             max_in_flight: 1,
+            identity: None,
         }
     }
 

@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 
 use crate::api::duck::DeliveryFormat;
+use crate::auth::{Issuer, SenderCredentials, SenderIdentity};
 use crate::cloudevent::{
     CONTENT_TYPE_STRUCTURED, Event, carries_event, encode_binary_headers, encode_structured,
     parse_http,
@@ -108,6 +109,12 @@ pub(crate) enum Attempt {
 #[derive(Clone)]
 pub struct EventSender {
     client: Client<HttpConnector<LocalDomainResolver>, Full<Bytes>>,
+    /// With authentication on: pilotlight's issuer, which signs the
+    /// tokens of [`EventSender::identity`].
+    issuer: Option<Arc<Issuer>>,
+    /// Who sends (a trigger, a subscription, a source) and the audiences of
+    /// its destinations: requests to those carry a token for them.
+    identity: Option<Arc<SenderIdentity>>,
 }
 
 impl Default for EventSender {
@@ -145,7 +152,35 @@ impl EventSender {
         };
         EventSender {
             client: http_util::client(resolver, settings),
+            issuer: None,
+            identity: None,
         }
+    }
+
+    /// This sender with pilotlight's issuer: its senders with an identity
+    /// sign tokens for their destinations' audiences.
+    pub(crate) fn with_issuer(mut self, issuer: Option<Arc<Issuer>>) -> Self {
+        self.issuer = issuer;
+        self
+    }
+
+    /// This sender (sharing its connections) sending as `identity`.
+    pub(crate) fn as_identity(&self, identity: Option<Arc<SenderIdentity>>) -> Self {
+        EventSender {
+            identity,
+            ..self.clone()
+        }
+    }
+
+    /// The `Authorization` header for a request to `uri`: a token for its
+    /// audience, when this sender has an identity and the destination an
+    /// audience.
+    fn authorization(&self, uri: &Uri) -> Option<HeaderValue> {
+        let credentials = SenderCredentials {
+            issuer: self.issuer.clone()?,
+            identity: self.identity.clone()?,
+        };
+        HeaderValue::try_from(credentials.authorization(uri)?).ok()
     }
 
     /// Sends the event once in `format`, waiting at most `timeout` for the
@@ -176,6 +211,11 @@ impl EventSender {
         request
             .headers_mut()
             .insert("prefer", HeaderValue::from_static("reply"));
+        if let Some(authorization) = self.authorization(uri) {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization);
+        }
         let response = match self.client.request(request).await {
             Ok(response) => response,
             Err(e) => return network_failure(uri, &e),

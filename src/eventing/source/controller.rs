@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::api::ObjectKey;
 use crate::api::status::{Condition, ObjectView, Status, ViewMeta};
+use crate::auth::SenderIdentity;
 use crate::desired::take_gone;
 use crate::eventing::delivery::EventSender;
 use crate::eventing::source::cluster_state::{Change, ClusterState};
@@ -40,6 +41,8 @@ pub(crate) struct DesiredSource {
     /// The spec as JSON: a change restarts the source.
     pub spec: serde_json::Value,
     pub sink: Result<Uri, String>,
+    /// With authentication on: who it sends as, and its sink's audience.
+    pub identity: Option<Arc<SenderIdentity>>,
     pub placement: Placement,
     pub build: SourceBuild,
 }
@@ -49,6 +52,7 @@ struct RunningSource {
     /// [`SourceBuild::inputs`] of the build that runs.
     inputs: u64,
     sink: Uri,
+    identity: Option<Arc<SenderIdentity>>,
     handle: SourceHandle,
     task: tokio::task::JoinHandle<()>,
 }
@@ -147,6 +151,7 @@ impl SourceController {
             origin,
             spec,
             sink,
+            identity,
             placement,
             build,
         } = source;
@@ -155,6 +160,7 @@ impl SourceController {
             r.spec == spec
                 && r.inputs == build.inputs
                 && sink.as_ref().is_ok_and(|s| *s == r.sink)
+                && r.identity == identity
                 && !r.task.is_finished()
         });
         if !self.runs_here(placement) {
@@ -168,7 +174,7 @@ impl SourceController {
                 let (context, handle) = SourceContext::new(
                     key.clone(),
                     uri.clone(),
-                    self.sender.clone(),
+                    self.sender.as_identity(identity.clone()),
                     self.state_dir(kind, &key),
                 );
                 tracing::info!(kind, source = %key, sink = %uri, "source started");
@@ -176,6 +182,7 @@ impl SourceController {
                     spec: spec.clone(),
                     inputs: build.inputs,
                     sink: uri.clone(),
+                    identity: identity.clone(),
                     handle,
                     task: tokio::spawn((build.build)().run(context)),
                 });
@@ -343,6 +350,7 @@ mod tests {
             origin: "ping.yaml:1".into(),
             spec: serde_json::json!({"schedule": "@yearly"}),
             sink: Ok("http://127.0.0.1:1/".parse().expect("uri")),
+            identity: None,
             placement,
             build: SourceBuild::new(Box::new(|| {
                 Box::new(crate::eventing::source::InvalidSource {

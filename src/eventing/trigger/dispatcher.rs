@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::api::ObjectKey;
 use crate::api::filter::Filter;
+use crate::auth::{Gate, SenderIdentity};
 use crate::backoff::Backoff;
 use crate::cloudevent::Event;
 use crate::eventing::backend::{Delivery, Subscription};
@@ -57,6 +58,10 @@ pub(crate) struct TriggerPlan {
     pub delivery: DeliveryPolicy,
     pub ordered: bool,
     pub max_in_flight: usize,
+    /// With authentication on: who it sends as, and the audiences of its
+    /// destinations (its requests carry tokens for them; its replies into
+    /// the broker are authorized as this subject).
+    pub identity: Option<Arc<SenderIdentity>>,
 }
 
 /// Where a subscriber's replies go.
@@ -105,8 +110,11 @@ pub(crate) fn spawn(
     broker: Arc<BrokerHandle>,
     sender: EventSender,
     journal: Arc<DeliveryJournal>,
+    gate: Arc<Gate>,
 ) -> Dispatcher {
-    let context = Arc::new(Context::new(plan, broker, sender, journal));
+    let mut context = Context::new(plan, broker, sender, journal);
+    context.gate = Some(gate);
+    let context = Arc::new(context);
     let (stop, stopping) = watch::channel(false);
     let task = tokio::spawn(async move {
         if context.plan.ordered {
@@ -137,6 +145,8 @@ struct Context {
     broker: Arc<BrokerHandle>,
     sender: EventSender,
     journal: Arc<DeliveryJournal>,
+    /// Authorizes replies into the broker as the trigger's identity.
+    gate: Option<Arc<Gate>>,
     attempt_seconds: Histogram,
     dead_lettered: Counter,
     dropped: Counter,
@@ -161,6 +171,7 @@ impl Context {
             broker,
             sender,
             journal,
+            gate: None,
         }
     }
 
@@ -326,6 +337,7 @@ async fn forward_reply(context: &Context, to: &Uri, reply: &Event) -> Result<(),
 /// dead-letter sink, as Knative does when forwarding a reply fails, and an
 /// ordered trigger moves on.
 async fn store_reply(context: &Context, reply: Event) -> Result<(), Failure> {
+    authorize_reply(context, &reply)?;
     let mut backoff = Backoff::new(Duration::from_millis(100), DEAD_LETTER_PAUSE_MAX);
     loop {
         let Err(e) = context.broker.publish(vec![reply.clone()]).await else {
@@ -349,6 +361,38 @@ async fn store_reply(context: &Context, reply: Event) -> Result<(), Failure> {
         let pause = backoff.next_delay();
         tokio::time::sleep(pause.max(e.retry_after().min(DEAD_LETTER_PAUSE_MAX))).await;
     }
+}
+
+/// A reply enters the broker as the trigger sends it: with authentication
+/// on, the broker's EventPolicies decide, as for a request to its ingress
+/// with the trigger's token (Knative sends replies to the broker's ingress
+/// with it). A refused reply fails the delivery for good (403).
+fn authorize_reply(context: &Context, reply: &Event) -> Result<(), Failure> {
+    let (Some(gate), Some(identity)) = (&context.gate, &context.plan.identity) else {
+        return Ok(());
+    };
+    let broker = &context.plan.broker;
+    let decided = gate.authorize(
+        &broker.namespace,
+        &broker.name,
+        &identity.subject,
+        1,
+        &|filter, _| filter.matches(reply),
+        &|_| reply.id().to_owned(),
+    );
+    decided.map_err(|forbidden| {
+        let message = format!(
+            "the reply {} was refused by broker {broker}: {forbidden}",
+            reply.id()
+        );
+        Failure {
+            status: Some(StatusCode::FORBIDDEN),
+            retryable: false,
+            retry_after: None,
+            data: message.clone().into(),
+            message,
+        }
+    })
 }
 
 /// Sends the event to the trigger's dead-letter sink, with the failure at

@@ -439,7 +439,10 @@ impl JobSinks {
                     Ok(()) => Status::ready(),
                     Err(reason) => Status::not_ready("CannotRunJobs", reason),
                 };
-                status.address = addresses.get(key).map(|url| Address { url: url.clone() });
+                status.address = addresses.get(key).map(|url| Address {
+                    url: url.clone(),
+                    audience: None,
+                });
                 status.jobs = Some(
                     state
                         .history
