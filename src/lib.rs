@@ -3,7 +3,8 @@
 //!
 //! The layers, each on those below it only:
 //! - [`api`]: Knative's API: every kind, its checks, one registry of kinds.
-//!   Beside it, small shared pieces: [`backoff`], [`desired`], [`http_util`].
+//!   Beside it, small shared pieces: [`backoff`], [`desired`], [`http_util`],
+//!   [`tls`] (certificates served and trusted).
 //! - [`cloudevent`], [`cesql`]: the CloudEvent and its filter language.
 //! - [`eventing`]: brokers, backends, triggers, delivery and sources;
 //!   [`serving`]: Services from zero (router, activator, autoscaler,
@@ -32,3 +33,4 @@ mod kubeconfig;
 pub mod server;
 pub mod serving;
 pub mod telemetry;
+pub mod tls;

@@ -46,6 +46,7 @@ use crate::serving::runtime::kubernetes::KubernetesRuntime;
 use crate::serving::runtime::local::LocalConfig;
 use crate::serving::runtime::process::ProcessRuntime;
 use crate::serving::runtime::{LocalRuntimes, Runtime};
+use crate::tls::{Accepted, CertFiles, CertStore, ClientTls, ListenerTls, TransportEncryption};
 
 /// Everything `pilotlight run` is configured with.
 #[derive(Debug, Clone)]
@@ -85,6 +86,44 @@ pub struct ServerConfig {
     /// `--admin-token`: lets requests that carry it replay through an
     /// admin listener that is not on loopback.
     pub admin_token: Option<String>,
+    /// HTTPS on the listeners: the transport-encryption level and the
+    /// certificates.
+    pub tls: TlsConfig,
+}
+
+/// HTTPS on the listeners.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// The main listener's level (`--transport-encryption`): disabled
+    /// serves plain HTTP, permissive both on the one port, strict HTTPS
+    /// only.
+    pub level: TransportEncryption,
+    /// The main listener's certificate (`--tls-cert/--tls-key`); needed
+    /// unless the level is disabled.
+    pub main: Option<CertFiles>,
+    /// The admin listener's (`--admin-tls-cert/--admin-tls-key`): with
+    /// one, the admin listener serves HTTPS and plain HTTP on its port
+    /// (its own clients, probes and replicas keep working); without, plain
+    /// HTTP.
+    pub admin: Option<CertFiles>,
+}
+
+impl TlsConfig {
+    /// Checks that a level other than disabled has a certificate.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.level.https() && self.main.is_none() {
+            anyhow::bail!(
+                "--transport-encryption {} needs the main listener's certificate: give --tls-cert FILE and --tls-key FILE (PEM)",
+                self.level
+            );
+        }
+        if !self.level.https() && self.main.is_some() {
+            anyhow::bail!(
+                "--tls-cert and --tls-key are given but --transport-encryption is disabled: set it to permissive (HTTPS and HTTP) or strict (HTTPS only), or leave the certificate out"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl ServerConfig {
@@ -112,18 +151,25 @@ impl ServerConfig {
             kubeconfig: None,
             replica: None,
             admin_token: None,
+            tls: TlsConfig::default(),
         }
     }
 }
 
 impl ServerConfig {
     /// Where clients reach the ingress: `--ingress-url` without a trailing
-    /// slash, else the main listener's own address.
+    /// slash, else the main listener's own address; in https when the
+    /// transport-encryption level serves it (the address destinations
+    /// resolve to prefers HTTPS, as Knative's resolver does).
     fn ingress_url(&self, listen: SocketAddr) -> String {
-        self.ingress_url.as_ref().map_or_else(
+        let url = self.ingress_url.as_ref().map_or_else(
             || format!("http://{listen}"),
             |url| url.trim_end_matches('/').to_owned(),
-        )
+        );
+        match url.strip_prefix("http://") {
+            Some(rest) if self.tls.level.https() => format!("https://{rest}"),
+            _ => url,
+        }
     }
 
     /// The eventing half's part of the configuration.
@@ -131,6 +177,7 @@ impl ServerConfig {
         EventingSettings {
             data_dir: self.data_dir.clone(),
             ingress_url: self.ingress_url(listen),
+            transport: self.tls.level,
             default_class: self.default_class,
             log: self.log.clone(),
             memory: self.memory.clone(),
@@ -158,7 +205,7 @@ impl ServerConfig {
         ServingSettings {
             cluster,
             domain: self.serving.domain.clone(),
-            public: PublicAddress::of(self.ingress_url.as_deref(), listen),
+            public: PublicAddress::of(Some(&self.ingress_url(listen)), listen),
             data_dir: self.data_dir.clone(),
             autoscaler: self.serving.autoscaler.clone(),
             queue_limit: self.serving.queue_limit,
@@ -245,6 +292,8 @@ fn replica_name(config: &ServerConfig) -> anyhow::Result<String> {
 impl Server {
     /// Binds both listeners, applies the manifests and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        config.tls.check()?;
+        let (main_tls, admin_tls) = listener_tls(&config.tls)?;
         let (listener, admin_listener) = bind(&config).await?;
         let listen = listener.local_addr()?;
         let admin = admin_listener.local_addr()?;
@@ -263,8 +312,18 @@ impl Server {
             None => None,
         };
         let registry = Arc::new(BrokerRegistry::default());
-        let (control, router) =
-            control_plane(&config, listen, admin, cluster.as_ref(), registry.clone());
+        let client_tls = ClientTls::default();
+        for store in [main_tls.store(), admin_tls.store()].into_iter().flatten() {
+            client_tls.trust_own(store.clone());
+        }
+        let (control, router) = control_plane(
+            &config,
+            listen,
+            admin,
+            cluster.as_ref(),
+            registry.clone(),
+            client_tls,
+        );
         let ready = Arc::new(AtomicBool::new(false));
 
         let main = MainService {
@@ -282,12 +341,36 @@ impl Server {
                 token: config.admin_token.as_deref().map(Arc::from),
             },
         });
-        let tasks = vec![
-            tokio::spawn(serve_main(listener, main, stopped.clone())),
-            tokio::spawn(serve(admin_listener, admin_router, stopped)),
+        let mut tasks = vec![
             control.retry_failed_backends(),
             control.follow_leadership(),
         ];
+        for tls in [&main_tls, &admin_tls] {
+            if let Some(store) = tls.store() {
+                tasks.push(CertStore::watch_files(store, stopped.clone()));
+            }
+        }
+        let main_service = move |peer| {
+            let main = main.clone();
+            hyper::service::service_fn(move |request| {
+                let main = main.clone();
+                async move { Ok::<_, std::convert::Infallible>(main.call(request, peer).await) }
+            })
+        };
+        let admin_service =
+            move |_| hyper_util::service::TowerToHyperService::new(admin_router.clone());
+        tasks.push(tokio::spawn(serve_listener(
+            listener,
+            main_tls,
+            main_service,
+            stopped.clone(),
+        )));
+        tasks.push(tokio::spawn(serve_listener(
+            admin_listener,
+            admin_tls,
+            admin_service,
+            stopped,
+        )));
 
         let objects = feed_objects(&config, &control, cluster, listen, admin).await?;
         ready.store(true, Ordering::Release);
@@ -319,6 +402,25 @@ impl Server {
     }
 }
 
+/// How each listener treats its connections, with the certificates loaded
+/// (a certificate that does not load stops `run` here, naming its flag).
+fn listener_tls(tls: &TlsConfig) -> anyhow::Result<(ListenerTls, ListenerTls)> {
+    let main = match &tls.main {
+        Some(files) if tls.level.https() => {
+            ListenerTls::new(tls.level, CertStore::from_files(files.clone())?)
+        }
+        _ => ListenerTls::plain(),
+    };
+    let admin = match &tls.admin {
+        Some(files) => ListenerTls::new(
+            TransportEncryption::Permissive,
+            CertStore::from_files(files.clone())?,
+        ),
+        None => ListenerTls::plain(),
+    };
+    Ok((main, admin))
+}
+
 /// Binds the main and admin listeners first, so that a port in use fails
 /// `run` before anything else starts.
 async fn bind(config: &ServerConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
@@ -341,6 +443,7 @@ fn control_plane(
     admin: SocketAddr,
     cluster: Option<&Cluster>,
     registry: Arc<BrokerRegistry>,
+    client_tls: ClientTls,
 ) -> (Arc<ControlPlane>, Arc<Router>) {
     let (config_objects, objects) = watch::channel(Arc::new(ConfigObjects::default()));
     let job_settings = JobSettings {
@@ -370,7 +473,7 @@ fn control_plane(
     let eventing = EventingController::new(
         config.eventing_settings(listen),
         registry,
-        EventSender::with_local_domain(&config.serving.domain, listen),
+        EventSender::with_local_domain(&config.serving.domain, listen).with_tls(client_tls),
         cluster.map_or_else(Replication::single, Cluster::replication),
     );
     (Arc::new(ControlPlane::new(eventing, serving)), router)
@@ -413,18 +516,6 @@ async fn feed_objects(
             election: None,
         },
     })
-}
-
-async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) {
-    let shutdown = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "listener failed");
-    }
 }
 
 /// How this process reaches one of its own listeners: the bound address,
@@ -606,13 +697,21 @@ impl MainService {
     }
 }
 
-/// Serves the main listener with HTTP/1 (with upgrades) and h2c, and on stop
-/// lets open connections finish for a few seconds.
-async fn serve_main(
+/// Serves a listener with HTTP/1 (with upgrades) and HTTP/2 (h2c, or h2
+/// through ALPN), over TLS, plain TCP or both as `tls` says, and on stop
+/// lets open connections finish for a few seconds. `service` makes each
+/// connection's service from the peer's address.
+async fn serve_listener<F, S>(
     listener: TcpListener,
-    service: MainService,
+    tls: ListenerTls,
+    service: F,
     mut stopped: watch::Receiver<bool>,
-) {
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stop = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
@@ -633,21 +732,74 @@ async fn serve_main(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let handler = hyper::service::service_fn(move |request| {
-            let service = service.clone();
-            async move { Ok::<_, std::convert::Infallible>(service.call(request, peer).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), handler)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let handler = service(peer);
+        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // Sorting (a peeked byte, a handshake) happens here, off the
+            // accept loop.
+            let served = match tls.accept(stream).await {
+                Ok(Accepted::Plain(stream)) => {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), handler)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+                Ok(Accepted::Tls { stream }) => {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), handler)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+                Ok(Accepted::Refused(stream)) => {
+                    let refusal = hyper::service::service_fn(|request| async move {
+                        Ok::<_, std::convert::Infallible>(https_required(&request))
+                    });
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), refusal)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+                Err(reason) => {
+                    tracing::debug!(%peer, %reason, "connection dropped before any request");
+                    return;
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+/// The answer to a plain HTTP request on a listener that takes HTTPS only
+/// (transport-encryption strict): 426, naming the https URL to use.
+fn https_required<B>(request: &Request<B>) -> Response<Body> {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .unwrap_or("HOST");
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str());
+    let mut response = text(
+        http::StatusCode::UPGRADE_REQUIRED,
+        format!(
+            "this listener takes HTTPS only (transport-encryption: strict): send to https://{host}{path}\n"
+        ),
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("TLS/1.3, HTTP/1.1"),
+    );
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }

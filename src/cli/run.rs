@@ -15,10 +15,11 @@ use crate::control::kubernetes::leader::LeaseSettings;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES;
-use crate::server::{Server, ServerConfig, ServingConfig};
+use crate::server::{Server, ServerConfig, ServingConfig, TlsConfig};
 use crate::serving::jobs::JobSettings;
 use crate::serving::runtime::container::ContainerConfig;
 use crate::serving::runtime::container::engine::socket_path;
+use crate::tls::{CertFiles, TransportEncryption};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClassArg {
@@ -34,6 +35,17 @@ pub enum NetworkArg {
     Bridge,
     /// The host's network.
     Host,
+}
+
+/// Knative's transport-encryption levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportArg {
+    /// Plain HTTP only.
+    Disabled,
+    /// HTTPS and plain HTTP on the same port; addresses list HTTPS first.
+    Permissive,
+    /// HTTPS only; plain HTTP is refused (426) with a message that says so.
+    Strict,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +164,35 @@ pub struct RunArgs {
     /// address when it is a specific one.
     #[arg(long, env = "PILOTLIGHT_PEER_URL", requires = "kubernetes")]
     pub peer_url: Option<String>,
+    /// Knative's transport-encryption level of the main listener: disabled
+    /// (plain HTTP), permissive (HTTPS and HTTP on the one port) or strict
+    /// (HTTPS only). Default: strict with --tls-cert, else disabled.
+    #[arg(long, env = "PILOTLIGHT_TRANSPORT_ENCRYPTION", value_enum)]
+    pub transport_encryption: Option<TransportArg>,
+    /// The main listener's certificate chain (PEM, leaf first); reloaded
+    /// when the file changes.
+    #[arg(long, env = "PILOTLIGHT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PILOTLIGHT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The admin listener's certificate chain (PEM): with it the admin
+    /// listener serves HTTPS beside plain HTTP on its port.
+    #[arg(
+        long,
+        env = "PILOTLIGHT_ADMIN_TLS_CERT",
+        value_name = "FILE",
+        requires = "admin_tls_key"
+    )]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(
+        long,
+        env = "PILOTLIGHT_ADMIN_TLS_KEY",
+        value_name = "FILE",
+        requires = "admin_tls_cert"
+    )]
+    pub admin_tls_key: Option<PathBuf>,
 }
 
 /// `--peer-url`: an http URL with a host (the admin listener speaks plain
@@ -215,7 +256,38 @@ impl RunArgs {
                 .as_ref()
                 .map(|t| t.trim().to_owned())
                 .filter(|t| !t.is_empty()),
+            tls: self.tls_config()?,
         })
+    }
+
+    /// `--transport-encryption` and the certificates, checked together.
+    fn tls_config(&self) -> anyhow::Result<TlsConfig> {
+        let pair = |cert: &Option<PathBuf>, key: &Option<PathBuf>, flags| {
+            Some(CertFiles {
+                cert: cert.clone()?,
+                key: key.clone()?,
+                flags,
+            })
+        };
+        let main = pair(&self.tls_cert, &self.tls_key, "--tls-cert/--tls-key");
+        let level = match (self.transport_encryption, &main) {
+            (Some(TransportArg::Disabled), _) => TransportEncryption::Disabled,
+            (Some(TransportArg::Permissive), _) => TransportEncryption::Permissive,
+            (Some(TransportArg::Strict), _) => TransportEncryption::Strict,
+            (None, Some(_)) => TransportEncryption::Strict,
+            (None, None) => TransportEncryption::Disabled,
+        };
+        let tls = TlsConfig {
+            level,
+            main,
+            admin: pair(
+                &self.admin_tls_cert,
+                &self.admin_tls_key,
+                "--admin-tls-cert/--admin-tls-key",
+            ),
+        };
+        tls.check()?;
+        Ok(tls)
     }
 
     /// `--container-engine` (checked: a unix socket) and `--container-network`.

@@ -18,7 +18,7 @@ use crate::api::broker::{BrokerClass, CLASS_ANNOTATION};
 use crate::api::index::ObjectIndex;
 use crate::api::manifest::Loaded;
 use crate::api::status::{
-    Address, MessagingStatus, ObjectView, PhysicalSubscription, Status, SubscriberStatus,
+    MessagingStatus, ObjectView, PhysicalSubscription, Status, SubscriberStatus,
 };
 use crate::api::subscription::Subscription;
 use crate::api::{Broker, ObjectKey, Resource, Trigger};
@@ -101,8 +101,12 @@ pub(crate) enum ReplayError {
 #[derive(Debug, Clone)]
 pub(crate) struct EventingSettings {
     pub data_dir: PathBuf,
-    /// Base URL of the ingress, for broker addresses (`http://127.0.0.1:8080`).
+    /// Base URL of the ingress, for broker addresses (`http://127.0.0.1:8080`),
+    /// in https when the transport-encryption level serves it.
     pub ingress_url: String,
+    /// The main listener's transport-encryption level: which of the
+    /// ingress's addresses status shows.
+    pub transport: crate::tls::TransportEncryption,
     pub default_class: BrokerClass,
     pub log: LogConfig,
     pub memory: MemoryConfig,
@@ -248,7 +252,12 @@ impl Views {
             .as_ref()
             .map(|a| a.url.clone())
             .unwrap_or_default();
-        flows::status(resource, address, &FlowParts(self))
+        let mut status = flows::status(resource, address, &FlowParts(self));
+        status.addresses = view.status.addresses.clone();
+        if view.status.addresses.is_some() {
+            status.address = view.status.address.clone();
+        }
+        status
     }
 }
 
@@ -328,6 +337,10 @@ impl EventingController {
         index: &ObjectIndex<'_>,
         services: &(dyn Fn(&ObjectKey) -> Option<String> + Sync),
     ) -> bool {
+        // Before any dispatcher starts: every delivery trusts the bundles.
+        if self.sender.tls().set_trust_bundles(index.trust_bundles()) {
+            tracing::info!("trust bundles changed: HTTPS deliveries verify with the new set");
+        }
         let loaded_brokers: BTreeSet<ObjectKey> = objects.brokers.keys().cloned().collect();
         let destinations = Destinations {
             ingress_url: &self.settings.ingress_url,
@@ -422,12 +435,11 @@ impl EventingController {
             .flows
             .iter()
             .map(|loaded| {
-                let status = Status {
-                    address: flows::entry_channel(&loaded.resource).map(|entry| Address {
-                        url: channel::channel_url(&self.settings.ingress_url, &entry),
-                    }),
-                    ..Status::default()
-                };
+                let mut status = Status::default();
+                if let Some(entry) = flows::entry_channel(&loaded.resource) {
+                    let url = channel::channel_url(&self.settings.ingress_url, &entry);
+                    status.set_addresses(&url, self.settings.transport);
+                }
                 (loaded.resource.clone(), ObjectView::of(loaded, status))
             })
             .collect();
@@ -675,9 +687,8 @@ impl EventingController {
 
     fn broker_status(&self, key: &ObjectKey) -> Status {
         let mut status = Status::ready();
-        status.address = Some(Address {
-            url: plan::broker_url(&self.settings.ingress_url, key),
-        });
+        let url = plan::broker_url(&self.settings.ingress_url, key);
+        status.set_addresses(&url, self.settings.transport);
         status
     }
 
@@ -868,7 +879,7 @@ impl EventingController {
             annotations: metadata.annotations.clone(),
             origin: loaded.origin.to_string(),
             spec: resource.to_json()["spec"].clone(),
-            sink: destinations.resolve(source.sink(), &key.namespace),
+            sink: destinations.target(source.sink(), &key.namespace),
             placement: source.placement(),
             build: source.builder(&context),
             key,

@@ -13,13 +13,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
 use tokio::sync::watch;
 
 use crate::api::ObjectKey;
 use crate::api::status::{Condition, ObjectView, Status, ViewMeta};
 use crate::desired::take_gone;
-use crate::eventing::delivery::EventSender;
+use crate::eventing::delivery::{EventSender, Target};
 use crate::eventing::source::cluster_state::{Change, ClusterState};
 use crate::eventing::source::{Placement, Replication, SourceBuild, SourceContext, SourceHandle};
 
@@ -39,7 +38,7 @@ pub(crate) struct DesiredSource {
     pub origin: String,
     /// The spec as JSON: a change restarts the source.
     pub spec: serde_json::Value,
-    pub sink: Result<Uri, String>,
+    pub sink: Result<Target, String>,
     pub placement: Placement,
     pub build: SourceBuild,
 }
@@ -48,7 +47,7 @@ struct RunningSource {
     spec: serde_json::Value,
     /// [`SourceBuild::inputs`] of the build that runs.
     inputs: u64,
-    sink: Uri,
+    sink: Target,
     handle: SourceHandle,
     task: tokio::task::JoinHandle<()>,
 }
@@ -58,7 +57,7 @@ struct Entry {
     annotations: BTreeMap<String, String>,
     origin: String,
     spec: serde_json::Value,
-    sink: Result<Uri, String>,
+    sink: Result<Target, String>,
     placement: Placement,
     running: Option<RunningSource>,
 }
