@@ -6,7 +6,7 @@
 //! control                     manifests, reconciling both halves, status, admin API
 //! eventing | serving          the two halves, never importing each other
 //! api, cloudevent, cesql      Knative's API; the CloudEvent and its filter language
-//! backoff, kubeconfig, telemetry
+//! backoff, kubeconfig, telemetry, tls, http_util, desired
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -44,6 +44,19 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "telemetry",
         &["api", "eventing", "serving", "control", "server", "cli"],
+    ),
+    (
+        "tls",
+        &[
+            "api",
+            "cloudevent",
+            "cesql",
+            "eventing",
+            "serving",
+            "control",
+            "server",
+            "cli",
+        ],
     ),
 ];
 

@@ -129,7 +129,8 @@ impl ClientTls {
             None => Vec::new(),
         };
         let verifier = Verifier::new(&bundles, &extra, self.shared.clone());
-        let mut config = ClientConfig::builder_with_provider(provider())
+        // ALPN is left to the connector (hyper-rustls offers what it speaks).
+        let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::BadAnchor {
                 origin: "the TLS client".into(),
@@ -138,7 +139,6 @@ impl ClientTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let config = Arc::new(config);
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.configs.len() >= MAX_CACHED {
@@ -264,18 +264,23 @@ impl ServerCertVerifier for Verifier {
 /// The certificate problem in an error chain, if that is why a connection
 /// failed, as a sentence that names it and says what to do.
 pub(crate) fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        let rustls_error = error.downcast_ref::<rustls::Error>().or_else(|| {
-            error
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(found) = rustls_error {
+    // io::Errors wrap their cause without giving it as their source (an
+    // io::Error in an io::Error, as the connectors make them): look
+    // inside them as well as along the sources.
+    let mut pending = vec![error];
+    while let Some(error) = pending.pop() {
+        if let Some(found) = error.downcast_ref::<rustls::Error>() {
             return Some(describe(found));
         }
-        next = error.source();
+        if let Some(inner) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            pending.push(inner);
+        }
+        if let Some(source) = error.source() {
+            pending.push(source);
+        }
     }
     None
 }
@@ -312,10 +317,10 @@ mod tests {
 
     #[test]
     fn an_unknown_issuer_is_named_with_what_to_do() {
-        let io = std::io::Error::new(
+        let io = std::io::Error::other(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
-        );
+        ));
         let message = certificate_problem(&io).expect("a certificate problem");
         assert!(
             message.starts_with("certificate verify failed: UnknownIssuer; "),

@@ -164,12 +164,13 @@ impl SourceController {
         } else if !unchanged {
             stop(running.take()).await;
             if let Ok(uri) = &sink {
-                let (context, handle) = SourceContext::new(
+                let (mut context, handle) = SourceContext::new(
                     key.clone(),
-                    uri.clone(),
+                    uri.uri.clone(),
                     self.sender.clone(),
                     self.state_dir(kind, &key),
                 );
+                context.sink = uri.clone();
                 tracing::info!(kind, source = %key, sink = %uri, "source started");
                 running = Some(RunningSource {
                     spec: spec.clone(),
@@ -289,7 +290,7 @@ mod tests {
             annotations: BTreeMap::new(),
             origin: "ping.yaml:1".into(),
             spec: serde_json::json!({}),
-            sink: Ok("http://127.0.0.1:1/".parse().expect("uri")),
+            sink: Ok(Target::from("http://127.0.0.1:1/".parse::<http::Uri>().expect("uri"))),
             placement,
             running: None,
         }
@@ -341,7 +342,7 @@ mod tests {
             annotations: BTreeMap::new(),
             origin: "ping.yaml:1".into(),
             spec: serde_json::json!({"schedule": "@yearly"}),
-            sink: Ok("http://127.0.0.1:1/".parse().expect("uri")),
+            sink: Ok(Target::from("http://127.0.0.1:1/".parse::<http::Uri>().expect("uri"))),
             placement,
             build: SourceBuild::new(Box::new(|| {
                 Box::new(crate::eventing::source::InvalidSource {

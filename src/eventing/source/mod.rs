@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Uri;
 use tokio::sync::watch;
 
 use crate::api::duck::{CeOverrides, Destination};
@@ -204,7 +205,7 @@ pub struct SourceContext {
 impl SourceContext {
     pub fn new(
         key: ObjectKey,
-        sink: impl Into<Target>,
+        sink: Uri,
         sender: EventSender,
         state_dir: PathBuf,
     ) -> (SourceContext, SourceHandle) {
@@ -212,7 +213,7 @@ impl SourceContext {
         let health = Arc::new(HealthCell::default());
         let context = SourceContext {
             key,
-            sink: sink.into(),
+            sink: Target::from(sink),
             sender,
             policy: Arc::new(source_delivery_policy()),
             health: health.clone(),
