@@ -22,6 +22,7 @@ use crate::api::pod::ContainerNetwork;
 use crate::control::admin::{self, AdminState, Peers};
 use crate::control::kubernetes::leader::LeaderElector;
 use crate::control::kubernetes::peers::{self, PeerToken};
+use crate::control::kubernetes::tls_secret::{self, TlsSecret};
 use crate::control::kubernetes::{self, KubernetesControl, KubernetesSettings};
 use crate::control::manifest;
 use crate::control::reconcile::ControlPlane;
@@ -98,9 +99,12 @@ pub struct TlsConfig {
     /// serves plain HTTP, permissive both on the one port, strict HTTPS
     /// only.
     pub level: TransportEncryption,
-    /// The main listener's certificate (`--tls-cert/--tls-key`); needed
-    /// unless the level is disabled.
+    /// The main listener's certificate (`--tls-cert/--tls-key`); it or
+    /// `main_secret` is needed unless the level is disabled.
     pub main: Option<CertFiles>,
+    /// Kubernetes mode: the main listener's certificate from a
+    /// `kubernetes.io/tls` Secret (`--tls-secret`), followed as it changes.
+    pub main_secret: Option<TlsSecret>,
     /// The admin listener's (`--admin-tls-cert/--admin-tls-key`): with
     /// one, the admin listener serves HTTPS and plain HTTP on its port
     /// (its own clients, probes and replicas keep working); without, plain
@@ -111,13 +115,17 @@ pub struct TlsConfig {
 impl TlsConfig {
     /// Checks that a level other than disabled has a certificate.
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.level.https() && self.main.is_none() {
+        let certificate = self.main.is_some() || self.main_secret.is_some();
+        if self.level.https() && !certificate {
             anyhow::bail!(
-                "--transport-encryption {} needs the main listener's certificate: give --tls-cert FILE and --tls-key FILE (PEM)",
+                "--transport-encryption {} needs the main listener's certificate: give --tls-cert FILE and --tls-key FILE (PEM), or --tls-secret NAMESPACE/NAME in Kubernetes mode",
                 self.level
             );
         }
-        if !self.level.https() && self.main.is_some() {
+        if self.main.is_some() && self.main_secret.is_some() {
+            anyhow::bail!("give --tls-cert/--tls-key or --tls-secret, not both");
+        }
+        if !self.level.https() && certificate {
             anyhow::bail!(
                 "--tls-cert and --tls-key are given but --transport-encryption is disabled: set it to permissive (HTTPS and HTTP) or strict (HTTPS only), or leave the certificate out"
             );
@@ -293,7 +301,12 @@ impl Server {
     /// Binds both listeners, applies the manifests and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         config.tls.check()?;
-        let (main_tls, admin_tls) = listener_tls(&config.tls)?;
+        if config.tls.main_secret.is_some() && config.kubernetes.is_none() {
+            anyhow::bail!(
+                "--tls-secret reads the certificate from the API server: it needs --kubernetes"
+            );
+        }
+        let (mut main_tls, admin_tls) = listener_tls(&config.tls)?;
         let (listener, admin_listener) = bind(&config).await?;
         let listen = listener.local_addr()?;
         let admin = admin_listener.local_addr()?;
@@ -311,6 +324,17 @@ impl Server {
             Some(settings) => Some(Cluster::connect(settings, admin, stopped.clone()).await?),
             None => None,
         };
+        let mut secret_follower = None;
+        if let (Some(at), Some(cluster)) = (&config.tls.main_secret, &cluster) {
+            let store = tls_secret::load(cluster.client.clone(), at).await?;
+            secret_follower = Some(tls_secret::follow(
+                cluster.client.clone(),
+                at.clone(),
+                store.clone(),
+                stopped.clone(),
+            ));
+            main_tls = ListenerTls::new(config.tls.level, store);
+        }
         let registry = Arc::new(BrokerRegistry::default());
         let client_tls = ClientTls::default();
         for store in [main_tls.store(), admin_tls.store()].into_iter().flatten() {
@@ -341,10 +365,8 @@ impl Server {
                 token: config.admin_token.as_deref().map(Arc::from),
             },
         });
-        let mut tasks = vec![
-            control.retry_failed_backends(),
-            control.follow_leadership(),
-        ];
+        let mut tasks = vec![control.retry_failed_backends(), control.follow_leadership()];
+        tasks.extend(secret_follower);
         for tls in [&main_tls, &admin_tls] {
             if let Some(store) = tls.store() {
                 tasks.push(CertStore::watch_files(store, stopped.clone()));
@@ -782,10 +804,7 @@ fn https_required<B>(request: &Request<B>) -> Response<Body> {
         .and_then(|h| h.to_str().ok())
         .or_else(|| request.uri().host())
         .unwrap_or("HOST");
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut response = text(
         http::StatusCode::UPGRADE_REQUIRED,
         format!(

@@ -19,8 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use pilotlight::cloudevent::{Event, parse_http};
 use pilotlight::server::TlsConfig;
 use pilotlight::tls::{CertFiles, TransportEncryption};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use support::{Subscriber, TestServer, admin_list, broker, send, wait_accepted};
 use tokio::net::TcpStream;
 
@@ -153,7 +153,12 @@ async fn http1(
 
 async fn body_text(response: http::Response<Incoming>) -> (StatusCode, String) {
     let status = response.status();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -170,7 +175,7 @@ async fn start_tls(
         config.tls = TlsConfig {
             level,
             main: Some(main),
-            admin: None,
+            ..TlsConfig::default()
         };
     })
     .await;
@@ -263,7 +268,9 @@ async fn https_ingress_speaks_http1_and_h2_and_strict_refuses_plain_http() {
     let reply = send(&format!("http://{listen}/default/a"), "plain", "demo").await;
     assert_eq!(reply.status, StatusCode::UPGRADE_REQUIRED);
     assert!(
-        reply.body.contains("HTTPS only (transport-encryption: strict)")
+        reply
+            .body
+            .contains("HTTPS only (transport-encryption: strict)")
             && reply.body.contains(&format!("https://{listen}/default/a")),
         "{}",
         reply.body
@@ -363,7 +370,11 @@ impl HttpsSubscriber {
                         let events = events.clone();
                         async move {
                             let (parts, body) = request.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             if let Ok((_, mut parsed)) = parse_http(&parts.headers, body)
                                 && let Some(event) = parsed.pop()
                             {
@@ -416,8 +427,8 @@ async fn https_deliveries_verify_the_subscriber_against_cacerts_and_trust_bundle
         https.url("/trusted"),
         yaml_block(&subscriber_ca.pem, 6),
     );
-    let server = TestServer::start(&[("untrusted.yaml", &untrusted), ("trusted.yaml", &trusted)])
-        .await;
+    let server =
+        TestServer::start(&[("untrusted.yaml", &untrusted), ("trusted.yaml", &trusted)]).await;
     let listen = server.server.listen;
     wait_accepted(
         &format!("http://{listen}/default/untrusted"),
@@ -446,9 +457,11 @@ async fn https_deliveries_verify_the_subscriber_against_cacerts_and_trust_bundle
         "{data}"
     );
     // With CACerts: delivered.
-    support::wait_until("the trusted delivery", Duration::from_secs(20), async || {
-        https.ids().contains(&"t-1".to_owned())
-    })
+    support::wait_until(
+        "the trusted delivery",
+        Duration::from_secs(20),
+        async || https.ids().contains(&"t-1".to_owned()),
+    )
     .await;
     assert!(!https.ids().contains(&"u-1".to_owned()));
 
@@ -465,9 +478,11 @@ async fn https_deliveries_verify_the_subscriber_against_cacerts_and_trust_bundle
         Duration::from_secs(10),
     )
     .await;
-    support::wait_until("delivery through the trust bundle", Duration::from_secs(20), async || {
-        https.ids().contains(&"u-2".to_owned())
-    })
+    support::wait_until(
+        "delivery through the trust bundle",
+        Duration::from_secs(20),
+        async || https.ids().contains(&"u-2".to_owned()),
+    )
     .await;
     server.server.shutdown().await;
 }
@@ -482,7 +497,13 @@ async fn bad_cacerts_and_trust_bundles_are_refused_where_they_are_written() {
         ("c.yaml", bad_bundle),
     ])
     .await;
-    let list = support::request(http::Method::GET, &server.admin_url("/api/v1/triggers"), &[], "").await;
+    let list = support::request(
+        http::Method::GET,
+        &server.admin_url("/api/v1/triggers"),
+        &[],
+        "",
+    )
+    .await;
     let body: serde_json::Value = serde_json::from_str(&list.body).expect("json");
     let text: Vec<String> = body["errors"]
         .as_array()
@@ -491,8 +512,9 @@ async fn bad_cacerts_and_trust_bundles_are_refused_where_they_are_written() {
         .map(|e| e.as_str().unwrap_or_default().to_owned())
         .collect();
     assert!(
-        text.iter().any(|e| e.contains("field spec.subscriber.CACerts")
-            && e.contains("no PEM certificate found")),
+        text.iter()
+            .any(|e| e.contains("field spec.subscriber.CACerts")
+                && e.contains("no PEM certificate found")),
         "{text:?}"
     );
     assert!(
@@ -550,21 +572,39 @@ async fn certificates_rotate_while_a_client_keeps_sending() {
     std::fs::write(&files.key, &other.key).expect("write key");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let peer = |stream: &tokio_rustls::client::TlsStream<TcpStream>| {
-        stream.get_ref().1.peer_certificates().expect("a peer certificate")[0].clone()
+        stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .expect("a peer certificate")[0]
+            .clone()
     };
     let stream = connect(listen, &both, &[b"http/1.1"]).await.expect("TLS");
-    assert_eq!(peer(&stream), first.der(), "the old certificate stays in service");
+    assert_eq!(
+        peer(&stream),
+        first.der(),
+        "the old certificate stays in service"
+    );
 
     // The whole new pair: new connections get it.
     let second = second_ca.leaf("second");
     second.replace(&files);
-    support::wait_until("new connections see the new certificate", Duration::from_secs(10), async || {
-        let stream = connect(listen, &both, &[b"http/1.1"]).await.expect("TLS");
-        peer(&stream) == second.der()
-    })
+    support::wait_until(
+        "new connections see the new certificate",
+        Duration::from_secs(10),
+        async || {
+            let stream = connect(listen, &both, &[b"http/1.1"]).await.expect("TLS");
+            peer(&stream) == second.der()
+        },
+    )
     .await;
     // A new connection trusting only the new CA works.
-    let mut fresh = http1(connect(listen, &[&second_ca], &[b"http/1.1"]).await.expect("TLS")).await;
+    let mut fresh = http1(
+        connect(listen, &[&second_ca], &[b"http/1.1"])
+            .await
+            .expect("TLS"),
+    )
+    .await;
     let (status, body) = body_text(
         fresh
             .send_request(event_request("/default/default", "after"))
@@ -579,7 +619,10 @@ async fn certificates_rotate_while_a_client_keeps_sending() {
         .iter()
         .filter(|s| !matches!(s, Ok(StatusCode::ACCEPTED)))
         .collect();
-    assert!(failed.is_empty(), "requests failed during the rotation: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the rotation: {failed:?}"
+    );
     server.server.shutdown().await;
 }
 
@@ -605,15 +648,91 @@ async fn a_level_other_than_disabled_needs_a_certificate() {
             key: dir.path().join("missing.key"),
             flags: "--tls-cert/--tls-key",
         }),
-        admin: None,
+        ..TlsConfig::default()
     };
     let err = pilotlight::server::Server::start(config)
         .await
         .err()
         .expect("refused");
     assert!(
-        err.to_string().starts_with("cannot read the certificate file")
-            && err.to_string().contains("missing.crt (--tls-cert/--tls-key)"),
+        err.to_string()
+            .starts_with("cannot read the certificate file")
+            && err
+                .to_string()
+                .contains("missing.crt (--tls-cert/--tls-key)"),
         "{err}"
+    );
+}
+
+/// A `kubernetes.io/tls` Secret holding `leaf`.
+fn tls_secret(leaf: &Leaf) -> serde_json::Value {
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "pilotlight-tls", "namespace": "pilotlight"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": b64(&leaf.cert), "tls.key": b64(&leaf.key)},
+    })
+}
+
+#[tokio::test]
+async fn kubernetes_mode_serves_the_tls_secret_and_follows_it() {
+    let fake = support::apiserver::FakeApiServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = TestCa::new("cluster CA");
+    let first = ca.leaf("first");
+    fake.create(tls_secret(&first));
+    let mut config = fake.replica_config(dir.path(), "tls-0");
+    config.tls = TlsConfig {
+        level: TransportEncryption::Strict,
+        main_secret: Some("pilotlight/pilotlight-tls".parse().expect("a secret")),
+        ..TlsConfig::default()
+    };
+    let server = pilotlight::server::Server::start(config)
+        .await
+        .expect("pilotlight starts");
+    let peer = |stream: &tokio_rustls::client::TlsStream<TcpStream>| {
+        stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .expect("a peer certificate")[0]
+            .clone()
+    };
+    let stream = connect(server.listen, &[&ca], &[b"http/1.1"])
+        .await
+        .expect("TLS");
+    assert_eq!(peer(&stream), first.der());
+
+    let second = ca.leaf("second");
+    fake.put(tls_secret(&second));
+    support::wait_until(
+        "the Secret's new certificate is served",
+        Duration::from_secs(10),
+        async || {
+            let stream = connect(server.listen, &[&ca], &[b"http/1.1"])
+                .await
+                .expect("TLS");
+            peer(&stream) == second.der()
+        },
+    )
+    .await;
+    server.shutdown().await;
+
+    // A missing Secret stops the start with what to do.
+    let mut config = fake.replica_config(dir.path(), "tls-1");
+    config.tls = TlsConfig {
+        level: TransportEncryption::Strict,
+        main_secret: Some("pilotlight/missing".parse().expect("a secret")),
+        ..TlsConfig::default()
+    };
+    let err = pilotlight::server::Server::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{err:#}").contains("cannot read the Secret pilotlight/missing (--tls-secret)"),
+        "{err:#}"
     );
 }

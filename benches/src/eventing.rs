@@ -431,7 +431,7 @@ fn bench_certificates(
     let server = pilotlight::server::TlsConfig {
         level: pilotlight::tls::TransportEncryption::Permissive,
         main: Some(files),
-        admin: None,
+        ..pilotlight::server::TlsConfig::default()
     };
     Ok((server, Arc::new(client)))
 }

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use super::ObjectKey;
-use super::manifest::{Loaded, Manifests};
-use super::{ConfigMap, RabbitmqBrokerConfig, Resource, Secret};
 #[cfg(doc)]
 use super::config::TRUST_BUNDLE_LABEL;
+use super::manifest::{Loaded, Manifests};
+use super::{ConfigMap, RabbitmqBrokerConfig, Resource, Secret};
 
 /// Every loaded object, by kind and `namespace/name`.
 pub(crate) struct ObjectIndex<'a> {

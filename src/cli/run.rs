@@ -12,6 +12,7 @@ use crate::api::broker::BrokerClass;
 use crate::api::pod::ContainerNetwork;
 use crate::control::kubernetes::KubernetesSettings;
 use crate::control::kubernetes::leader::LeaseSettings;
+use crate::control::kubernetes::tls_secret::TlsSecret;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES;
@@ -171,11 +172,32 @@ pub struct RunArgs {
     pub transport_encryption: Option<TransportArg>,
     /// The main listener's certificate chain (PEM, leaf first); reloaded
     /// when the file changes.
-    #[arg(long, env = "PILOTLIGHT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "PILOTLIGHT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_secret"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "PILOTLIGHT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "PILOTLIGHT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
     pub tls_key: Option<PathBuf>,
+    /// Kubernetes mode: the main listener's certificate from a
+    /// kubernetes.io/tls Secret (tls.crt, tls.key), as NAMESPACE/NAME;
+    /// followed as it changes.
+    #[arg(
+        long,
+        env = "PILOTLIGHT_TLS_SECRET",
+        value_name = "NAMESPACE/NAME",
+        requires = "kubernetes"
+    )]
+    pub tls_secret: Option<TlsSecret>,
     /// The admin listener's certificate chain (PEM): with it the admin
     /// listener serves HTTPS beside plain HTTP on its port.
     #[arg(
@@ -270,16 +292,18 @@ impl RunArgs {
             })
         };
         let main = pair(&self.tls_cert, &self.tls_key, "--tls-cert/--tls-key");
-        let level = match (self.transport_encryption, &main) {
-            (Some(TransportArg::Disabled), _) => TransportEncryption::Disabled,
-            (Some(TransportArg::Permissive), _) => TransportEncryption::Permissive,
-            (Some(TransportArg::Strict), _) => TransportEncryption::Strict,
-            (None, Some(_)) => TransportEncryption::Strict,
-            (None, None) => TransportEncryption::Disabled,
+        let certificate = main.is_some() || self.tls_secret.is_some();
+        let level = match self.transport_encryption {
+            Some(TransportArg::Disabled) => TransportEncryption::Disabled,
+            Some(TransportArg::Permissive) => TransportEncryption::Permissive,
+            Some(TransportArg::Strict) => TransportEncryption::Strict,
+            None if certificate => TransportEncryption::Strict,
+            None => TransportEncryption::Disabled,
         };
         let tls = TlsConfig {
             level,
             main,
+            main_secret: self.tls_secret.clone(),
             admin: pair(
                 &self.admin_tls_cert,
                 &self.admin_tls_key,

@@ -115,7 +115,10 @@ impl ClientTls {
     /// The client configuration that trusts the system, the bundles, this
     /// process's own certificates and `ca_certs` (a destination's PEM
     /// `CACerts`), built once per distinct `ca_certs`.
-    pub(crate) fn config(&self, ca_certs: Option<&Arc<str>>) -> Result<Arc<ClientConfig>, TlsError> {
+    pub(crate) fn config(
+        &self,
+        ca_certs: Option<&Arc<str>>,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         let key = ca_certs.cloned();
         let bundles = {
             let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -177,7 +177,9 @@ mod tests {
             "permissive".parse::<TransportEncryption>(),
             Ok(TransportEncryption::Permissive)
         );
-        let err = "on".parse::<TransportEncryption>().expect_err("not a level");
+        let err = "on"
+            .parse::<TransportEncryption>()
+            .expect_err("not a level");
         assert!(err.contains("disabled, permissive or strict"), "{err}");
         assert!(TransportEncryption::Permissive.http() && TransportEncryption::Permissive.https());
         assert!(!TransportEncryption::Strict.http());

@@ -160,12 +160,22 @@ impl CertStore {
         slot.previous = Some(previous);
     }
 
+    /// Whether `key` is the certificate in service already.
+    pub(crate) fn holds(&self, key: &CertifiedKey) -> bool {
+        let slot = self.slot.read().unwrap_or_else(|e| e.into_inner());
+        slot.current.cert == key.cert
+    }
+
     /// Whether `leaf` is the certificate in service or the one before it.
     pub(crate) fn serves(&self, leaf: &CertificateDer<'_>) -> bool {
         let slot = self.slot.read().unwrap_or_else(|e| e.into_inner());
         std::iter::once(&slot.current)
             .chain(&slot.previous)
-            .any(|key| key.cert.first().is_some_and(|c| c.as_ref() == leaf.as_ref()))
+            .any(|key| {
+                key.cert
+                    .first()
+                    .is_some_and(|c| c.as_ref() == leaf.as_ref())
+            })
     }
 
     /// Reloads from the files if they changed since the last look. Returns

@@ -35,7 +35,9 @@ pub(crate) async fn deliver_with_retries(
     let mut retry = 0;
     loop {
         let started = Instant::now();
-        let attempt = sender.send(target, event, policy.format, policy.timeout).await;
+        let attempt = sender
+            .send(target, event, policy.format, policy.timeout)
+            .await;
         let failure = match attempt {
             Attempt::Delivered { reply, status } => {
                 observe(Some(status), started.elapsed());

@@ -290,7 +290,9 @@ mod tests {
             annotations: BTreeMap::new(),
             origin: "ping.yaml:1".into(),
             spec: serde_json::json!({}),
-            sink: Ok(Target::from("http://127.0.0.1:1/".parse::<http::Uri>().expect("uri"))),
+            sink: Ok(Target::from(
+                "http://127.0.0.1:1/".parse::<http::Uri>().expect("uri"),
+            )),
             placement,
             running: None,
         }
@@ -342,7 +344,9 @@ mod tests {
             annotations: BTreeMap::new(),
             origin: "ping.yaml:1".into(),
             spec: serde_json::json!({"schedule": "@yearly"}),
-            sink: Ok(Target::from("http://127.0.0.1:1/".parse::<http::Uri>().expect("uri"))),
+            sink: Ok(Target::from(
+                "http://127.0.0.1:1/".parse::<http::Uri>().expect("uri"),
+            )),
             placement,
             build: SourceBuild::new(Box::new(|| {
                 Box::new(crate::eventing::source::InvalidSource {

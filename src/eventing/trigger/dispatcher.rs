@@ -29,8 +29,7 @@ use crate::cloudevent::Event;
 use crate::eventing::backend::{Delivery, Subscription};
 use crate::eventing::broker::BrokerHandle;
 use crate::eventing::delivery::{
-    DeliveryPolicy, EventSender, Failure, Outcome, Target, dead_letter_event,
-    deliver_with_retries,
+    DeliveryPolicy, EventSender, Failure, Outcome, Target, dead_letter_event, deliver_with_retries,
 };
 
 use super::journal::{AttemptRecord, DeliveryJournal, DeliveryOutcome, DeliveryRecord};
