@@ -141,6 +141,8 @@ pub(crate) enum Attempt {
 
 type HttpsClient =
     Client<hyper_rustls::HttpsConnector<HttpConnector<LocalDomainResolver>>, Full<Bytes>>;
+/// HTTPS clients by `CACerts`, each with the configuration it was built from.
+type HttpsClients = HashMap<Option<Arc<str>>, (Arc<rustls::ClientConfig>, HttpsClient)>;
 
 /// The HTTP client every delivery shares (connection pooling per host); for
 /// `https://` targets one client per distinct set of trusted CAs.
@@ -152,7 +154,7 @@ pub struct EventSender {
     /// HTTPS clients by the target's `CACerts`, each with the
     /// configuration it was built from (rebuilt when that changes: new
     /// trust bundles).
-    https: Arc<Mutex<HashMap<Option<Arc<str>>, (Arc<rustls::ClientConfig>, HttpsClient)>>>,
+    https: Arc<Mutex<HttpsClients>>,
 }
 
 /// How the sender connects (HTTP and HTTPS alike).
@@ -366,7 +368,12 @@ fn network_failure(uri: &Uri, error: &hyper_util::client::legacy::Error) -> Atte
     // A certificate the target's trust does not accept: named as such,
     // rather than as the connect error it surfaces as.
     if let Some(problem) = crate::tls::client::certificate_problem(error) {
-        return tls_failure(uri, format!("{problem} (for {uri})"));
+        let hint = if problem.contains("UnknownIssuer") {
+            ": give its CA in the destination's CACerts, or in a trust bundle (a ConfigMap labelled networking.knative.dev/trust-bundle: \"true\")"
+        } else {
+            ""
+        };
+        return tls_failure(uri, format!("{problem} (for {uri}){hint}"));
     }
     let mut message = error.to_string();
     let mut source = std::error::Error::source(error);
