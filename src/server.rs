@@ -175,7 +175,18 @@ impl ServerConfig {
             |url| url.trim_end_matches('/').to_owned(),
         );
         match url.strip_prefix("http://") {
-            Some(rest) if self.tls.level.https() => format!("https://{rest}"),
+            Some(rest) if self.tls.level.https() => {
+                // The same port: the listener (or the Service in front of
+                // it) serves both schemes there.
+                let has_port = url
+                    .parse::<http::Uri>()
+                    .is_ok_and(|uri| uri.port_u16().is_some());
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                match has_port {
+                    true => format!("https://{rest}"),
+                    false => format!("https://{authority}:80{path}"),
+                }
+            }
             _ => url,
         }
     }
@@ -821,4 +832,35 @@ fn https_required<B>(request: &Request<B>) -> Response<Body> {
         http::HeaderValue::from_static("close"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_tls_the_ingress_url_is_https_at_the_port_it_had() {
+        let mut config = ServerConfig::on_free_ports("m".into(), "d".into());
+        let listen: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        assert_eq!(config.ingress_url(listen), "http://127.0.0.1:8080");
+        config.tls.level = TransportEncryption::Permissive;
+        assert_eq!(config.ingress_url(listen), "https://127.0.0.1:8080");
+        config.ingress_url = Some("http://ingress.ns.svc/".into());
+        assert_eq!(config.ingress_url(listen), "https://ingress.ns.svc:80");
+        config.ingress_url = Some("http://ingress.ns.svc/base".into());
+        assert_eq!(config.ingress_url(listen), "https://ingress.ns.svc:80/base");
+        config.ingress_url = Some("https://events.example.com".into());
+        assert_eq!(config.ingress_url(listen), "https://events.example.com");
+    }
+
+    #[test]
+    fn a_plain_request_to_a_strict_listener_is_told_the_https_url() {
+        let request = Request::post("/default/orders")
+            .header(http::header::HOST, "127.0.0.1:8080")
+            .body(())
+            .expect("request");
+        let response = https_required(&request);
+        assert_eq!(response.status(), http::StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(response.headers()[http::header::CONNECTION], "close");
+    }
 }
