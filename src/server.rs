@@ -105,6 +105,11 @@ pub struct TlsConfig {
     /// Kubernetes mode: the main listener's certificate from a
     /// `kubernetes.io/tls` Secret (`--tls-secret`), followed as it changes.
     pub main_secret: Option<TlsSecret>,
+    /// The level was not given (no `--transport-encryption`): the
+    /// `transport-encryption` key of Knative's `config-features` ConfigMap
+    /// (`knative-eventing`), when the manifests or the cluster have one,
+    /// sets it at start.
+    pub level_from_features: bool,
     /// The admin listener's (`--admin-tls-cert/--admin-tls-key`): with
     /// one, the admin listener serves HTTPS and plain HTTP on its port
     /// (its own clients, probes and replicas keep working); without, plain
@@ -311,6 +316,13 @@ fn replica_name(config: &ServerConfig) -> anyhow::Result<String> {
 impl Server {
     /// Binds both listeners, applies the manifests and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        let mut config = config;
+        if config.tls.level_from_features
+            && let Some(level) = features_level(&config).await?
+        {
+            tracing::info!(%level, "transport-encryption from the config-features ConfigMap");
+            config.tls.level = level;
+        }
         config.tls.check()?;
         if config.tls.main_secret.is_some() && config.kubernetes.is_none() {
             anyhow::bail!(
@@ -432,6 +444,47 @@ impl Server {
         for task in self.tasks {
             task.abort();
         }
+    }
+}
+
+/// The `transport-encryption` of Knative's `config-features` ConfigMap: in
+/// the manifests (file mode) or the cluster (Kubernetes mode), read once at
+/// start; None when there is none.
+async fn features_level(config: &ServerConfig) -> anyhow::Result<Option<TransportEncryption>> {
+    use crate::api::{FEATURES_NAME, FEATURES_NAMESPACE};
+    if let Some(settings) = &config.kubernetes {
+        let client = kubernetes::client(settings.kubeconfig.as_deref()).await?;
+        return tls_secret::features_level(client).await;
+    }
+    let paths = config.paths.clone();
+    let class = config.default_class;
+    let manifests = tokio::task::spawn_blocking(move || manifest::load(&paths, class)).await?;
+    let found = manifests
+        .objects
+        .iter()
+        .find_map(|loaded| match &loaded.resource {
+            crate::api::Resource::ConfigMap(map) => map.transport_encryption(),
+            _ => None,
+        });
+    // A level Knative does not know is refused at load, with its file and
+    // line: it decides how the listener serves, so it stops the start too.
+    let object = format!("ConfigMap {FEATURES_NAMESPACE}/{FEATURES_NAME}:");
+    if let Some(refused) = manifests
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .find(|e| e.contains(&object) && e.contains(crate::api::TRANSPORT_ENCRYPTION_KEY))
+    {
+        anyhow::bail!("{refused} (or give --transport-encryption)");
+    }
+    match found {
+        Some(Ok(level)) => Ok(Some(level)),
+        // Refused at load with its file and line too; named here because
+        // it decides how the listener serves.
+        Some(Err(e)) => anyhow::bail!(
+            "ConfigMap {FEATURES_NAMESPACE}/{FEATURES_NAME}: {e} (or give --transport-encryption)"
+        ),
+        None => Ok(None),
     }
 }
 

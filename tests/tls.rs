@@ -736,3 +736,61 @@ async fn kubernetes_mode_serves_the_tls_secret_and_follows_it() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn knatives_config_features_sets_the_level_when_no_flag_does() {
+    let ca = TestCa::new("pilotlight test CA");
+    let (_keep, dir) = cert_dir();
+    let features = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-features\n  namespace: knative-eventing\ndata:\n  transport-encryption: permissive\n";
+    let cert_files = ca.leaf("pilotlight").write(&dir);
+    let main = cert_files.clone();
+    let server = TestServer::start_with(
+        &[
+            ("b.yaml", &broker("default", "")),
+            ("features.yaml", features),
+        ],
+        move |config| {
+            config.tls = TlsConfig {
+                // What `run --tls-cert` without --transport-encryption asks.
+                level: TransportEncryption::Strict,
+                main: Some(main),
+                level_from_features: true,
+                ..TlsConfig::default()
+            };
+        },
+    )
+    .await;
+    // Permissive, not strict: plain HTTP is served.
+    let listen = server.server.listen;
+    wait_accepted(
+        &format!("http://{listen}/default/default"),
+        "plain",
+        Duration::from_secs(10),
+    )
+    .await;
+    let status = broker_status(&server).await;
+    assert_eq!(
+        status["addresses"].as_array().map(Vec::len),
+        Some(2),
+        "{status}"
+    );
+    server.server.shutdown().await;
+
+    // A level Knative does not know stops the start, naming the ConfigMap.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("features.yaml"),
+        features.replace("permissive", "sometimes"),
+    )
+    .expect("write");
+    let mut config = support::config(dir.path(), &dir.path().join("data"));
+    config.tls.level_from_features = true;
+    let err = pilotlight::server::Server::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("ConfigMap knative-eventing/config-features: field data.transport-encryption: 'sometimes' is not a transport-encryption level: use disabled, permissive or strict"),
+        "{err}"
+    );
+}

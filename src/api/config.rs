@@ -28,8 +28,34 @@ pub struct ConfigMap {
 /// (PEM) that every HTTPS delivery trusts.
 pub(crate) const TRUST_BUNDLE_LABEL: &str = "networking.knative.dev/trust-bundle";
 
+/// Knative's feature flags: the ConfigMap (`knative-eventing/config-features`)
+/// and its key for the transport-encryption level.
+pub(crate) const FEATURES_NAMESPACE: &str = "knative-eventing";
+pub(crate) const FEATURES_NAME: &str = "config-features";
+pub(crate) const TRANSPORT_ENCRYPTION_KEY: &str = "transport-encryption";
+
 impl ConfigMap {
+    /// The `transport-encryption` level of Knative's `config-features`
+    /// ConfigMap: None for another ConfigMap or without the key.
+    pub(crate) fn transport_encryption(
+        &self,
+    ) -> Option<Result<crate::tls::TransportEncryption, Invalid>> {
+        let key = self.metadata.key();
+        if key.namespace != FEATURES_NAMESPACE || key.name != FEATURES_NAME {
+            return None;
+        }
+        let value = self.data.get(TRANSPORT_ENCRYPTION_KEY)?;
+        Some(
+            value
+                .parse()
+                .map_err(|reason| Invalid::new(format!("data.{TRANSPORT_ENCRYPTION_KEY}"), reason)),
+        )
+    }
+
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
+        if let Some(level) = self.transport_encryption() {
+            level?;
+        }
         for (key, value) in &self.binary_data {
             decode_bytes(value)
                 .map_err(|reason| Invalid::new(format!("binaryData.{key}"), reason))?;

@@ -167,7 +167,9 @@ pub struct RunArgs {
     pub peer_url: Option<String>,
     /// Knative's transport-encryption level of the main listener: disabled
     /// (plain HTTP), permissive (HTTPS and HTTP on the one port) or strict
-    /// (HTTPS only). Default: strict with --tls-cert, else disabled.
+    /// (HTTPS only). Default: the transport-encryption key of Knative's
+    /// config-features ConfigMap (knative-eventing) when there is one, else
+    /// strict with --tls-cert or --tls-secret, else disabled.
     #[arg(long, env = "PILOTLIGHT_TRANSPORT_ENCRYPTION", value_enum)]
     pub transport_encryption: Option<TransportArg>,
     /// The main listener's certificate chain (PEM, leaf first); reloaded
@@ -304,6 +306,7 @@ impl RunArgs {
             level,
             main,
             main_secret: self.tls_secret.clone(),
+            level_from_features: self.transport_encryption.is_none(),
             admin: pair(
                 &self.admin_tls_cert,
                 &self.admin_tls_key,

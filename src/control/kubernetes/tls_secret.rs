@@ -77,6 +77,35 @@ pub(crate) async fn load(client: kube::Client, at: &TlsSecret) -> anyhow::Result
     Ok(CertStore::with_key(key_of(&secret, at)?))
 }
 
+/// The `transport-encryption` of Knative's `config-features` ConfigMap in
+/// the cluster, read once at start. A ConfigMap pilotlight may not read is
+/// logged and taken as absent.
+pub(crate) async fn features_level(
+    client: kube::Client,
+) -> anyhow::Result<Option<crate::tls::TransportEncryption>> {
+    use crate::api::{FEATURES_NAME, FEATURES_NAMESPACE, TRANSPORT_ENCRYPTION_KEY};
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client, FEATURES_NAMESPACE);
+    let map = match api.get_opt(FEATURES_NAME).await {
+        Ok(map) => map,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the ConfigMap {FEATURES_NAMESPACE}/{FEATURES_NAME}; its transport-encryption is not used");
+            return Ok(None);
+        }
+    };
+    let Some(value) = map
+        .and_then(|m| m.data)
+        .and_then(|mut d| d.remove(TRANSPORT_ENCRYPTION_KEY))
+    else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|reason: String| {
+        anyhow::anyhow!(
+            "ConfigMap {FEATURES_NAMESPACE}/{FEATURES_NAME}: field data.{TRANSPORT_ENCRYPTION_KEY}: {reason} (or give --transport-encryption)"
+        )
+    })
+}
+
 /// Follows the Secret until `stopped`, swapping each new pair in.
 pub(crate) fn follow(
     client: kube::Client,
