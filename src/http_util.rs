@@ -1,6 +1,7 @@
 //! HTTP pieces every layer uses: pilotlight's own plain-text answers, and the
 //! pooled hyper client the delivery sender, the serving proxy and the CLI
-//! each build with their own connection settings.
+//! each build with their own connection settings (the sender's also in
+//! HTTPS, [`https_client`]).
 //!
 //! Named `http_util`, not `http`, so that `http::` keeps meaning the crate.
 
@@ -64,6 +65,34 @@ impl Default for ClientSettings {
             pool_max_idle_per_host: usize::MAX,
         }
     }
+}
+
+/// A pooled HTTP/1 client for both `http://` and `https://` URLs, the
+/// latter verified as `tls` says; otherwise as [`client`].
+pub(crate) fn https_client<R, B>(
+    resolver: R,
+    settings: ClientSettings,
+    tls: rustls::ClientConfig,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector<R>>, B>
+where
+    hyper_rustls::HttpsConnector<HttpConnector<R>>: Connect + Clone,
+    B: Body + Send,
+    B::Data: Send,
+{
+    let mut connector = HttpConnector::new_with_resolver(resolver);
+    connector.set_nodelay(settings.nodelay);
+    connector.set_connect_timeout(settings.connect_timeout);
+    connector.set_keepalive(settings.tcp_keepalive);
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .build(connector)
 }
 
 /// A pooled HTTP/1 client resolving names with `resolver` (a

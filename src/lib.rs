@@ -3,7 +3,8 @@
 //!
 //! The layers, each on those below it only:
 //! - [`api`]: Knative's API: every kind, its checks, one registry of kinds.
-//!   Beside it, small shared pieces: [`backoff`], [`desired`], [`http_util`].
+//!   Beside it, small shared pieces: [`backoff`], [`desired`], [`http_util`],
+//!   [`tls`] (certificates served and trusted).
 //! - [`cloudevent`], [`cesql`]: the CloudEvent and its filter language.
 //! - [`auth`]: OIDC tokens (verified, and pilotlight's own, signed) and
 //!   EventPolicies; used by eventing's ingress and senders.
@@ -35,3 +36,4 @@ mod kubeconfig;
 pub mod server;
 pub mod serving;
 pub mod telemetry;
+pub mod tls;

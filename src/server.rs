@@ -23,6 +23,7 @@ use crate::auth::{AuthConfig, Gate, Issuer, IssuerSource};
 use crate::control::admin::{self, AdminState, Peers};
 use crate::control::kubernetes::leader::LeaderElector;
 use crate::control::kubernetes::peers::{self, PeerToken};
+use crate::control::kubernetes::tls_secret::{self, TlsSecret};
 use crate::control::kubernetes::{self, KubernetesControl, KubernetesSettings};
 use crate::control::manifest;
 use crate::control::reconcile::ControlPlane;
@@ -47,6 +48,7 @@ use crate::serving::runtime::kubernetes::KubernetesRuntime;
 use crate::serving::runtime::local::LocalConfig;
 use crate::serving::runtime::process::ProcessRuntime;
 use crate::serving::runtime::{LocalRuntimes, Runtime};
+use crate::tls::{Accepted, CertFiles, CertStore, ClientTls, ListenerTls, TransportEncryption};
 
 /// Everything `pilotlight run` is configured with.
 #[derive(Debug, Clone)]
@@ -88,6 +90,56 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// OIDC authentication and EventPolicies (`--authentication-oidc`).
     pub auth: AuthConfig,
+    /// HTTPS on the listeners: the transport-encryption level and the
+    /// certificates.
+    pub tls: TlsConfig,
+}
+
+/// HTTPS on the listeners.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// The main listener's level (`--transport-encryption`): disabled
+    /// serves plain HTTP, permissive both on the one port, strict HTTPS
+    /// only.
+    pub level: TransportEncryption,
+    /// The main listener's certificate (`--tls-cert/--tls-key`); it or
+    /// `main_secret` is needed unless the level is disabled.
+    pub main: Option<CertFiles>,
+    /// Kubernetes mode: the main listener's certificate from a
+    /// `kubernetes.io/tls` Secret (`--tls-secret`), followed as it changes.
+    pub main_secret: Option<TlsSecret>,
+    /// The level was not given (no `--transport-encryption`): the
+    /// `transport-encryption` key of Knative's `config-features` ConfigMap
+    /// (`knative-eventing`), when the manifests or the cluster have one,
+    /// sets it at start.
+    pub level_from_features: bool,
+    /// The admin listener's (`--admin-tls-cert/--admin-tls-key`): with
+    /// one, the admin listener serves HTTPS and plain HTTP on its port
+    /// (its own clients, probes and replicas keep working); without, plain
+    /// HTTP.
+    pub admin: Option<CertFiles>,
+}
+
+impl TlsConfig {
+    /// Checks that a level other than disabled has a certificate.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let certificate = self.main.is_some() || self.main_secret.is_some();
+        if self.level.https() && !certificate {
+            anyhow::bail!(
+                "--transport-encryption {} needs the main listener's certificate: give --tls-cert FILE and --tls-key FILE (PEM), or --tls-secret NAMESPACE/NAME in Kubernetes mode",
+                self.level
+            );
+        }
+        if self.main.is_some() && self.main_secret.is_some() {
+            anyhow::bail!("give --tls-cert/--tls-key or --tls-secret, not both");
+        }
+        if !self.level.https() && certificate {
+            anyhow::bail!(
+                "--tls-cert and --tls-key are given but --transport-encryption is disabled: set it to permissive (HTTPS and HTTP) or strict (HTTPS only), or leave the certificate out"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl ServerConfig {
@@ -116,18 +168,36 @@ impl ServerConfig {
             replica: None,
             admin_token: None,
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
 
 impl ServerConfig {
     /// Where clients reach the ingress: `--ingress-url` without a trailing
-    /// slash, else the main listener's own address.
+    /// slash, else the main listener's own address; in https when the
+    /// transport-encryption level serves it (the address destinations
+    /// resolve to prefers HTTPS, as Knative's resolver does).
     fn ingress_url(&self, listen: SocketAddr) -> String {
-        self.ingress_url.as_ref().map_or_else(
+        let url = self.ingress_url.as_ref().map_or_else(
             || format!("http://{listen}"),
             |url| url.trim_end_matches('/').to_owned(),
-        )
+        );
+        match url.strip_prefix("http://") {
+            Some(rest) if self.tls.level.https() => {
+                // The same port: the listener (or the Service in front of
+                // it) serves both schemes there.
+                let has_port = url
+                    .parse::<http::Uri>()
+                    .is_ok_and(|uri| uri.port_u16().is_some());
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                match has_port {
+                    true => format!("https://{rest}"),
+                    false => format!("https://{authority}:80{path}"),
+                }
+            }
+            _ => url,
+        }
     }
 
     /// The eventing half's part of the configuration.
@@ -135,6 +205,7 @@ impl ServerConfig {
         EventingSettings {
             data_dir: self.data_dir.clone(),
             ingress_url: self.ingress_url(listen),
+            transport: self.tls.level,
             default_class: self.default_class,
             log: self.log.clone(),
             memory: self.memory.clone(),
@@ -162,7 +233,7 @@ impl ServerConfig {
         ServingSettings {
             cluster,
             domain: self.serving.domain.clone(),
-            public: PublicAddress::of(self.ingress_url.as_deref(), listen),
+            public: PublicAddress::of(Some(&self.ingress_url(listen)), listen),
             data_dir: self.data_dir.clone(),
             autoscaler: self.serving.autoscaler.clone(),
             queue_limit: self.serving.queue_limit,
@@ -249,6 +320,20 @@ fn replica_name(config: &ServerConfig) -> anyhow::Result<String> {
 impl Server {
     /// Binds both listeners, applies the manifests and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
+        let mut config = config;
+        if config.tls.level_from_features
+            && let Some(level) = features_level(&config).await?
+        {
+            tracing::info!(%level, "transport-encryption from the config-features ConfigMap");
+            config.tls.level = level;
+        }
+        config.tls.check()?;
+        if config.tls.main_secret.is_some() && config.kubernetes.is_none() {
+            anyhow::bail!(
+                "--tls-secret reads the certificate from the API server: it needs --kubernetes"
+            );
+        }
+        let (mut main_tls, admin_tls) = listener_tls(&config.tls)?;
         let (listener, admin_listener) = bind(&config).await?;
         let listen = listener.local_addr()?;
         let admin = admin_listener.local_addr()?;
@@ -266,8 +351,23 @@ impl Server {
             Some(settings) => Some(Cluster::connect(settings, admin, stopped.clone()).await?),
             None => None,
         };
+        let mut secret_follower = None;
+        if let (Some(at), Some(cluster)) = (&config.tls.main_secret, &cluster) {
+            let store = tls_secret::load(cluster.client.clone(), at).await?;
+            secret_follower = Some(tls_secret::follow(
+                cluster.client.clone(),
+                at.clone(),
+                store.clone(),
+                stopped.clone(),
+            ));
+            main_tls = ListenerTls::new(config.tls.level, store);
+        }
         let gate = gate(&config, admin, cluster.as_ref())?;
         let registry = Arc::new(BrokerRegistry::default());
+        let client_tls = ClientTls::default();
+        for store in [main_tls.store(), admin_tls.store()].into_iter().flatten() {
+            client_tls.trust_own(store.clone());
+        }
         let (control, router) = control_plane(
             &config,
             listen,
@@ -275,6 +375,7 @@ impl Server {
             cluster.as_ref(),
             registry.clone(),
             gate.clone(),
+            client_tls,
         );
         let ready = Arc::new(AtomicBool::new(false));
 
@@ -297,12 +398,34 @@ impl Server {
             },
             issuer: gate.issuer().cloned(),
         });
-        let tasks = vec![
-            tokio::spawn(serve_main(listener, main, stopped.clone())),
-            tokio::spawn(serve(admin_listener, admin_router, stopped)),
-            control.retry_failed_backends(),
-            control.follow_leadership(),
-        ];
+        let mut tasks = vec![control.retry_failed_backends(), control.follow_leadership()];
+        tasks.extend(secret_follower);
+        for tls in [&main_tls, &admin_tls] {
+            if let Some(store) = tls.store() {
+                tasks.push(CertStore::watch_files(store, stopped.clone()));
+            }
+        }
+        let main_service = move |peer| {
+            let main = main.clone();
+            hyper::service::service_fn(move |request| {
+                let main = main.clone();
+                async move { Ok::<_, std::convert::Infallible>(main.call(request, peer).await) }
+            })
+        };
+        let admin_service =
+            move |_| hyper_util::service::TowerToHyperService::new(admin_router.clone());
+        tasks.push(tokio::spawn(serve_listener(
+            listener,
+            main_tls,
+            main_service,
+            stopped.clone(),
+        )));
+        tasks.push(tokio::spawn(serve_listener(
+            admin_listener,
+            admin_tls,
+            admin_service,
+            stopped,
+        )));
 
         let objects = feed_objects(&config, &control, cluster, listen, admin).await?;
         ready.store(true, Ordering::Release);
@@ -373,6 +496,66 @@ fn gate(
     Ok(gate)
 }
 
+/// The `transport-encryption` of Knative's `config-features` ConfigMap: in
+/// the manifests (file mode) or the cluster (Kubernetes mode), read once at
+/// start; None when there is none.
+async fn features_level(config: &ServerConfig) -> anyhow::Result<Option<TransportEncryption>> {
+    use crate::api::{FEATURES_NAME, FEATURES_NAMESPACE};
+    if let Some(settings) = &config.kubernetes {
+        let client = kubernetes::client(settings.kubeconfig.as_deref()).await?;
+        return tls_secret::features_level(client).await;
+    }
+    let paths = config.paths.clone();
+    let class = config.default_class;
+    let manifests = tokio::task::spawn_blocking(move || manifest::load(&paths, class)).await?;
+    let found = manifests
+        .objects
+        .iter()
+        .find_map(|loaded| match &loaded.resource {
+            crate::api::Resource::ConfigMap(map) => map.transport_encryption(),
+            _ => None,
+        });
+    // A level Knative does not know is refused at load, with its file and
+    // line: it decides how the listener serves, so it stops the start too.
+    let object = format!("ConfigMap {FEATURES_NAMESPACE}/{FEATURES_NAME}:");
+    if let Some(refused) = manifests
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .find(|e| e.contains(&object) && e.contains(crate::api::TRANSPORT_ENCRYPTION_KEY))
+    {
+        anyhow::bail!("{refused} (or give --transport-encryption)");
+    }
+    match found {
+        Some(Ok(level)) => Ok(Some(level)),
+        // Refused at load with its file and line too; named here because
+        // it decides how the listener serves.
+        Some(Err(e)) => anyhow::bail!(
+            "ConfigMap {FEATURES_NAMESPACE}/{FEATURES_NAME}: {e} (or give --transport-encryption)"
+        ),
+        None => Ok(None),
+    }
+}
+
+/// How each listener treats its connections, with the certificates loaded
+/// (a certificate that does not load stops `run` here, naming its flag).
+fn listener_tls(tls: &TlsConfig) -> anyhow::Result<(ListenerTls, ListenerTls)> {
+    let main = match &tls.main {
+        Some(files) if tls.level.https() => {
+            ListenerTls::new(tls.level, CertStore::from_files(files.clone())?)
+        }
+        _ => ListenerTls::plain(),
+    };
+    let admin = match &tls.admin {
+        Some(files) => ListenerTls::new(
+            TransportEncryption::Permissive,
+            CertStore::from_files(files.clone())?,
+        ),
+        None => ListenerTls::plain(),
+    };
+    Ok((main, admin))
+}
+
 /// Binds the main and admin listeners first, so that a port in use fails
 /// `run` before anything else starts.
 async fn bind(config: &ServerConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
@@ -396,6 +579,7 @@ fn control_plane(
     cluster: Option<&Cluster>,
     registry: Arc<BrokerRegistry>,
     gate: Arc<Gate>,
+    client_tls: ClientTls,
 ) -> (Arc<ControlPlane>, Arc<Router>) {
     let (config_objects, objects) = watch::channel(Arc::new(ConfigObjects::default()));
     let job_settings = JobSettings {
@@ -425,7 +609,7 @@ fn control_plane(
     let eventing = EventingController::new(
         config.eventing_settings(listen),
         registry,
-        EventSender::with_local_domain(&config.serving.domain, listen),
+        EventSender::with_local_domain(&config.serving.domain, listen).with_tls(client_tls),
         cluster.map_or_else(Replication::single, Cluster::replication),
         gate,
     );
@@ -469,18 +653,6 @@ async fn feed_objects(
             election: None,
         },
     })
-}
-
-async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) {
-    let shutdown = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "listener failed");
-    }
 }
 
 /// How this process reaches one of its own listeners: the bound address,
@@ -662,13 +834,21 @@ impl MainService {
     }
 }
 
-/// Serves the main listener with HTTP/1 (with upgrades) and h2c, and on stop
-/// lets open connections finish for a few seconds.
-async fn serve_main(
+/// Serves a listener with HTTP/1 (with upgrades) and HTTP/2 (h2c, or h2
+/// through ALPN), over TLS, plain TCP or both as `tls` says, and on stop
+/// lets open connections finish for a few seconds. `service` makes each
+/// connection's service from the peer's address.
+async fn serve_listener<F, S>(
     listener: TcpListener,
-    service: MainService,
+    tls: ListenerTls,
+    service: F,
     mut stopped: watch::Receiver<bool>,
-) {
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stop = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
@@ -689,21 +869,102 @@ async fn serve_main(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let handler = hyper::service::service_fn(move |request| {
-            let service = service.clone();
-            async move { Ok::<_, std::convert::Infallible>(service.call(request, peer).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), handler)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let handler = service(peer);
+        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // Sorting (a peeked byte, a handshake) happens here, off the
+            // accept loop.
+            let served = match tls.accept(stream).await {
+                Ok(Accepted::Plain(stream)) => {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), handler)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+                Ok(Accepted::Tls { stream }) => {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), handler)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+                Ok(Accepted::Refused(stream)) => {
+                    let refusal = hyper::service::service_fn(|request| async move {
+                        Ok::<_, std::convert::Infallible>(https_required(&request))
+                    });
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), refusal)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+                Err(reason) => {
+                    tracing::debug!(%peer, %reason, "connection dropped before any request");
+                    return;
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+/// The answer to a plain HTTP request on a listener that takes HTTPS only
+/// (transport-encryption strict): 426, naming the https URL to use.
+fn https_required<B>(request: &Request<B>) -> Response<Body> {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .unwrap_or("HOST");
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut response = text(
+        http::StatusCode::UPGRADE_REQUIRED,
+        format!(
+            "this listener takes HTTPS only (transport-encryption: strict): send to https://{host}{path}\n"
+        ),
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("TLS/1.3, HTTP/1.1"),
+    );
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_tls_the_ingress_url_is_https_at_the_port_it_had() {
+        let mut config = ServerConfig::on_free_ports("m".into(), "d".into());
+        let listen: SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        assert_eq!(config.ingress_url(listen), "http://127.0.0.1:8080");
+        config.tls.level = TransportEncryption::Permissive;
+        assert_eq!(config.ingress_url(listen), "https://127.0.0.1:8080");
+        config.ingress_url = Some("http://ingress.ns.svc/".into());
+        assert_eq!(config.ingress_url(listen), "https://ingress.ns.svc:80");
+        config.ingress_url = Some("http://ingress.ns.svc/base".into());
+        assert_eq!(config.ingress_url(listen), "https://ingress.ns.svc:80/base");
+        config.ingress_url = Some("https://events.example.com".into());
+        assert_eq!(config.ingress_url(listen), "https://events.example.com");
+    }
+
+    #[test]
+    fn a_plain_request_to_a_strict_listener_is_told_the_https_url() {
+        let request = Request::post("/default/orders")
+            .header(http::header::HOST, "127.0.0.1:8080")
+            .body(())
+            .expect("request");
+        let response = https_required(&request);
+        assert_eq!(response.status(), http::StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(response.headers()[http::header::CONNECTION], "close");
+    }
 }

@@ -7,7 +7,7 @@
 //! eventing | serving          the two halves, never importing each other
 //! auth                        OIDC tokens and EventPolicies (eventing's senders and ingress)
 //! api, cloudevent, cesql      Knative's API; the CloudEvent and its filter language
-//! backoff, kubeconfig, telemetry
+//! backoff, kubeconfig, telemetry, tls, http_util, desired
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -64,6 +64,19 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "telemetry",
         &[
             "api", "auth", "eventing", "serving", "control", "server", "cli",
+        ],
+    ),
+    (
+        "tls",
+        &[
+            "api",
+            "cloudevent",
+            "cesql",
+            "eventing",
+            "serving",
+            "control",
+            "server",
+            "cli",
         ],
     ),
 ];

@@ -247,6 +247,7 @@ async fn measure(
         origin: Instant::now(),
         id_prefix: uuid::Uuid::new_v4().simple().to_string(),
         shape: Shape::CloudEvent,
+        tls: None,
     };
     let sampler = async {
         tokio::time::sleep_until(window.measure_from.into()).await;

@@ -8,6 +8,12 @@
 //! own throughput phase (raw, memory, raw, log). Whatever slows the machine
 //! during a pair slows both sides of its ratio alike.
 //!
+//! HTTPS ingress (`https`) is measured the same way against its own
+//! baseline: one memory broker on a pilotlight serving both schemes on one
+//! port (transport-encryption permissive, a certificate made in the run),
+//! sent to over plain HTTP (`http`) and then over TLS on keep-alive
+//! connections, by the same generator: the ratio is what TLS costs.
+//!
 //! Phases, each with a 1 s warm-up that is not counted:
 //! - throughput: N keep-alive connections sending back to back (closed loop);
 //! - latency: the same connections paced to half the backend's measured max
@@ -67,6 +73,8 @@ const MEMORY_MAX_E2E_P99_MS: f64 = 2.0;
 const LOG_MAX_E2E_P99_MS: f64 = 5.0;
 /// memory-oidc's throughput against memory's, each over its raw phase.
 const OIDC_MIN_RATIO: f64 = 0.9;
+/// HTTPS ingress throughput as a ratio to plain HTTP on the same broker.
+const HTTPS_MIN_RATIO: f64 = 0.8;
 
 #[derive(Debug, Args)]
 pub struct EventingArgs {
@@ -109,6 +117,12 @@ pub enum Target {
     /// An InMemoryChannel with one Subscription: what each step of a
     /// Sequence costs, next to the memory broker's trigger.
     Channel,
+    /// A memory broker over HTTPS (keep-alive TLS connections); its ratio
+    /// is to the same broker over plain HTTP, measured just before.
+    Https,
+    /// The HTTPS phase's baseline: the same broker over plain HTTP.
+    #[value(skip)]
+    Http,
 }
 
 impl Target {
@@ -119,29 +133,53 @@ impl Target {
             Target::MemoryOidc => "memory-oidc",
             Target::Log => "log",
             Target::Channel => "channel",
+            Target::Https => "https",
+            Target::Http => "http",
         }
+    }
+
+    /// The phase a target's ratio is to, run right before it.
+    fn baseline(self) -> Target {
+        match self {
+            Target::Https => Target::Http,
+            _ => Target::Raw,
+        }
+    }
+
+    fn is_baseline(self) -> bool {
+        matches!(self, Target::Raw | Target::Http)
     }
 
     /// The broker class annotation for the backends.
     fn class_annotation(self) -> &'static str {
         match self {
             Target::Raw | Target::Log => "MTChannelBasedBroker",
-            Target::Memory | Target::MemoryOidc | Target::Channel => "Memory",
+            Target::Memory
+            | Target::MemoryOidc
+            | Target::Channel
+            | Target::Https
+            | Target::Http => "Memory",
         }
     }
 
     fn min_ratio(self) -> f64 {
         match self {
-            Target::Raw | Target::Memory | Target::MemoryOidc | Target::Channel => MEMORY_MIN_RATIO,
+            Target::Raw | Target::Memory | Target::MemoryOidc | Target::Channel | Target::Http => {
+                MEMORY_MIN_RATIO
+            }
             Target::Log => LOG_MIN_RATIO,
+            Target::Https => HTTPS_MIN_RATIO,
         }
     }
 
     fn max_e2e_p99_ms(self) -> f64 {
         match self {
-            Target::Raw | Target::Memory | Target::MemoryOidc | Target::Channel => {
-                MEMORY_MAX_E2E_P99_MS
-            }
+            Target::Raw
+            | Target::Memory
+            | Target::MemoryOidc
+            | Target::Channel
+            | Target::Https
+            | Target::Http => MEMORY_MAX_E2E_P99_MS,
             Target::Log => LOG_MAX_E2E_P99_MS,
         }
     }
@@ -155,6 +193,7 @@ pub async fn run(args: EventingArgs) -> anyhow::Result<()> {
         Target::MemoryOidc,
         Target::Log,
         Target::Channel,
+        Target::Https,
     ]
     .into_iter()
     .filter(|t| args.only.is_empty() || args.only.contains(t))
@@ -166,6 +205,13 @@ pub async fn run(args: EventingArgs) -> anyhow::Result<()> {
             .push(closed_loop(&settings, Target::Raw, raw.addr, "/").await?);
     }
     for backend in backends {
+        if backend == Target::Https {
+            match bench_https(&settings).await {
+                Ok((http, https)) => report.throughput.extend([http, https]),
+                Err(e) => report.failures.push(format!("https: {e:#}")),
+            }
+            continue;
+        }
         let baseline = closed_loop(&settings, Target::Raw, raw.addr, "/").await?;
         report.throughput.push(baseline);
         match bench_backend(&settings, backend, raw.addr).await {
@@ -249,6 +295,7 @@ impl Settings {
                 },
                 None => Shape::CloudEvent,
             },
+            tls: None,
         }
     }
 }
@@ -326,7 +373,7 @@ async fn bench_backend(
     backend: Target,
     raw: SocketAddr,
 ) -> anyhow::Result<BackendRun> {
-    let mut first = Deployment::start(settings, backend, !settings.ingress_only).await?;
+    let mut first = Deployment::start(settings, backend, !settings.ingress_only, None).await?;
     let max = match first.closed_loop(settings).await {
         Ok(max) => max,
         Err(e) => {
@@ -366,6 +413,77 @@ async fn latency_phases(
     Ok((raw_latency, latency))
 }
 
+/// The HTTPS phase and its baseline: one memory broker on a pilotlight
+/// serving HTTP and HTTPS on one port, sent to over plain HTTP, then over
+/// TLS, with the same connections and payload.
+async fn bench_https(settings: &Settings) -> anyhow::Result<(Phase, Phase)> {
+    let certs = WorkDir::create("https-certs")?;
+    let (server_tls, client_tls) = bench_certificates(&certs)?;
+    let mut deployment = Deployment::start(
+        settings,
+        Target::Https,
+        !settings.ingress_only,
+        Some(server_tls),
+    )
+    .await?;
+    let http = deployment
+        .closed_loop_over(settings, Target::Http, None)
+        .await;
+    let https = match &http {
+        Ok(_) => {
+            deployment
+                .closed_loop_over(settings, Target::Https, Some(client_tls))
+                .await
+        }
+        Err(_) => Err(anyhow::anyhow!("the HTTP baseline failed")),
+    };
+    deployment.stop().await;
+    drop(certs);
+    Ok((http?, https?))
+}
+
+/// A CA and a `localhost` certificate it signs, written to `dir`: the
+/// server's TLS settings (permissive), and a client that trusts the CA.
+fn bench_certificates(
+    dir: &WorkDir,
+) -> anyhow::Result<(pilotlight::server::TlsConfig, Arc<rustls::ClientConfig>)> {
+    let ca_key = rcgen::KeyPair::generate().context("a CA key")?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).context("CA params")?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "pilotlight-bench CA");
+    let ca_cert = ca.self_signed(&ca_key).context("the CA certificate")?;
+    let key = rcgen::KeyPair::generate().context("a key")?;
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .context("params")?
+        .signed_by(&key, &rcgen::Issuer::from_params(&ca, &ca_key))
+        .context("the server certificate")?;
+    let files = pilotlight::tls::CertFiles {
+        cert: dir.path.join("tls.crt"),
+        key: dir.path.join("tls.key"),
+        flags: "--tls-cert/--tls-key",
+    };
+    std::fs::write(&files.cert, leaf.pem()).context("writing the certificate")?;
+    std::fs::write(&files.key, key.serialize_pem()).context("writing the key")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca_cert.der().clone())
+        .context("trusting the bench CA")?;
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS versions")?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let server = pilotlight::server::TlsConfig {
+        level: pilotlight::tls::TransportEncryption::Permissive,
+        main: Some(files),
+        ..pilotlight::server::TlsConfig::default()
+    };
+    Ok((server, Arc::new(client)))
+}
+
 /// A running pilotlight with one broker of the backend (`default/bench`) and,
 /// optionally, a trigger delivering to an in-process subscriber.
 struct Deployment {
@@ -386,6 +504,7 @@ impl Deployment {
         settings: &Settings,
         backend: Target,
         with_trigger: bool,
+        tls: Option<pilotlight::server::TlsConfig>,
     ) -> anyhow::Result<Self> {
         let dir = WorkDir::create(backend.name())?;
         let subscriber = match with_trigger {
@@ -416,6 +535,9 @@ impl Deployment {
             }
             _ => None,
         };
+        if let Some(tls) = tls {
+            config.tls = tls;
+        }
         let server = Server::start(config)
             .await
             .with_context(|| format!("starting pilotlight with a {} broker", backend.name()))?;
@@ -480,6 +602,27 @@ impl Deployment {
         self.accepted += phase.tally.sent_accepted;
         self.drain().await?;
         Ok(phase)
+    }
+
+    /// A closed-loop phase reported as `target`, over TLS with `tls`.
+    async fn closed_loop_over(
+        &mut self,
+        settings: &Settings,
+        target: Target,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<Phase> {
+        let mut load = settings.load(target, self.server.listen, &self.path(), None);
+        load.tls = tls;
+        let (tally, window) = run_load(load).await?;
+        self.accepted += tally.sent_accepted;
+        self.drain().await?;
+        Ok(Phase {
+            target,
+            rate: None,
+            window,
+            tally,
+            e2e: None,
+        })
     }
 
     /// Paced phase. With a trigger, the subscriber records the end-to-end
@@ -782,12 +925,12 @@ impl Report {
     /// The raw phase run right before a backend's phase, for its ratio.
     fn ratio(&self, index: usize) -> Option<f64> {
         let phase = &self.throughput[index];
-        if phase.target == Target::Raw || index == 0 {
+        if phase.target.is_baseline() || index == 0 {
             return None;
         }
-        let raw = &self.throughput[index - 1];
-        (raw.target == Target::Raw && raw.events_per_second() > 0.0)
-            .then(|| phase.events_per_second() / raw.events_per_second())
+        let baseline = &self.throughput[index - 1];
+        (baseline.target == phase.target.baseline() && baseline.events_per_second() > 0.0)
+            .then(|| phase.events_per_second() / baseline.events_per_second())
     }
 
     /// memory-oidc's throughput as a ratio to memory's, each over the raw
@@ -817,7 +960,11 @@ impl Report {
             if let Some(ratio) = self.ratio(index) {
                 let min = phase.target.min_ratio();
                 checks.push(Check {
-                    name: format!("{} >= {min:.2}x raw", phase.target.name()),
+                    name: format!(
+                        "{} >= {min:.2}x {}",
+                        phase.target.name(),
+                        phase.target.baseline().name()
+                    ),
                     figure: format!("{ratio:.2}x"),
                     met: ratio >= min,
                 });
@@ -866,7 +1013,7 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "throughput (closed loop; {fanout}; each raw row ran just before the backend below it)"
+            "throughput (closed loop; {fanout}; each raw row ran just before the backend below it,\nthe http row just before https: the same memory broker over plain HTTP, then TLS)"
         );
         let _ = writeln!(
             out,
@@ -941,7 +1088,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\ntargets: memory >= {MEMORY_MIN_RATIO}x raw, memory-oidc >= {OIDC_MIN_RATIO}x memory (token verification on), log >= {LOG_MIN_RATIO}x raw, e2e p99 <= {MEMORY_MAX_E2E_P99_MS} ms (memory), <= {LOG_MAX_E2E_P99_MS} ms (log)"
+            "\ntargets: memory >= {MEMORY_MIN_RATIO}x raw, memory-oidc >= {OIDC_MIN_RATIO}x memory (token verification on), log >= {LOG_MIN_RATIO}x raw, https >= {HTTPS_MIN_RATIO}x http, e2e p99 <= {MEMORY_MAX_E2E_P99_MS} ms (memory), <= {LOG_MAX_E2E_P99_MS} ms (log)"
         );
         write_checks(&mut out, &self.checks(), &self.failures, (30, 28));
         out

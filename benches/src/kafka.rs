@@ -276,6 +276,7 @@ spec:
         origin: Instant::now(),
         id_prefix: unique("kafka"),
         shape: Shape::CloudEvent,
+        tls: None,
     };
     // A probe: once it is delivered, the trigger's consumer has its partitions.
     let (probe, _) = run_load(load(Duration::from_millis(1), 1)).await?;

@@ -1,7 +1,7 @@
 //! The load generator of the HTTP suites (one implementation for every
-//! target): N keep-alive HTTP/1.1 connections posting binary-mode
-//! CloudEvents or sending `GET`s, closed loop or paced, over a window with a
-//! warm-up that is not counted.
+//! target): N keep-alive HTTP/1.1 connections (plain or TLS) posting
+//! binary-mode CloudEvents or sending `GET`s, closed loop or paced, over a
+//! window with a warm-up that is not counted.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,6 +45,9 @@ pub(crate) struct Load {
     /// Makes every `ce-id` of the run unique.
     pub(crate) id_prefix: String,
     pub(crate) shape: Shape,
+    /// HTTPS with this client configuration (the server named
+    /// `localhost`); None for plain HTTP.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The requests of a load.
@@ -271,7 +274,7 @@ async fn connection(load: Arc<Load>, window: Window, index: usize) -> anyhow::Re
 }
 
 async fn drive(load: &Load, window: Window, index: usize, tally: &mut Tally) -> anyhow::Result<()> {
-    let mut sender = connect(load.addr).await?;
+    let mut sender = connect_with(load.addr, load.tls.as_ref()).await?;
     tokio::time::sleep_until(window.start.into()).await;
     let interval = load.interval();
     // Spread the connections over one interval so paced sends do not come
@@ -319,11 +322,34 @@ async fn drive(load: &Load, window: Window, index: usize, tally: &mut Tally) -> 
 
 /// A bare HTTP/1.1 connection (no pool: one in flight, kept alive).
 pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    connect_with(addr, None).await
+}
+
+/// [`connect`], over TLS when `tls` is given (the server named `localhost`).
+pub(crate) async fn connect_with(
+    addr: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true).context("cannot set TCP_NODELAY")?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let Some(tls) = tls else {
+        return handshake(addr, stream).await;
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").context("a server name")?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+        .with_context(|| format!("TLS handshake with {addr}"))?;
+    handshake(addr, stream).await
+}
+
+async fn handshake<IO>(addr: SocketAddr, io: IO) -> anyhow::Result<SendRequest<Full<Bytes>>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .with_context(|| format!("HTTP/1.1 handshake with {addr}"))?;
     // Ends when the sender is dropped; its errors surface through the sender.

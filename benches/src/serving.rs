@@ -466,6 +466,7 @@ async fn warm_phases(
             origin: Instant::now(),
             id_prefix: String::new(),
             shape: Shape::Get { host },
+            tls: None,
         };
         let (tally, window) = run_load(load(app.addr, app.addr.to_string())).await?;
         let direct = WarmPhase { tally, window };

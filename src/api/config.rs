@@ -24,13 +24,64 @@ pub struct ConfigMap {
     pub immutable: Option<bool>,
 }
 
+/// The label of Knative's trust bundles: ConfigMaps of CA certificates
+/// (PEM) that every HTTPS delivery trusts.
+pub(crate) const TRUST_BUNDLE_LABEL: &str = "networking.knative.dev/trust-bundle";
+
+/// Knative's feature flags: the ConfigMap (`knative-eventing/config-features`)
+/// and its key for the transport-encryption level.
+pub(crate) const FEATURES_NAMESPACE: &str = "knative-eventing";
+pub(crate) const FEATURES_NAME: &str = "config-features";
+pub(crate) const TRANSPORT_ENCRYPTION_KEY: &str = "transport-encryption";
+
 impl ConfigMap {
+    /// The `transport-encryption` level of Knative's `config-features`
+    /// ConfigMap: None for another ConfigMap or without the key.
+    pub(crate) fn transport_encryption(
+        &self,
+    ) -> Option<Result<crate::tls::TransportEncryption, Invalid>> {
+        let key = self.metadata.key();
+        if key.namespace != FEATURES_NAMESPACE || key.name != FEATURES_NAME {
+            return None;
+        }
+        let value = self.data.get(TRANSPORT_ENCRYPTION_KEY)?;
+        Some(
+            value
+                .parse()
+                .map_err(|reason| Invalid::new(format!("data.{TRANSPORT_ENCRYPTION_KEY}"), reason)),
+        )
+    }
+
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
+        if let Some(level) = self.transport_encryption() {
+            level?;
+        }
         for (key, value) in &self.binary_data {
             decode_bytes(value)
                 .map_err(|reason| Invalid::new(format!("binaryData.{key}"), reason))?;
         }
+        if self.is_trust_bundle() {
+            for (key, value) in &self.entries() {
+                let field = if self.data.contains_key(key) {
+                    format!("data.{key}")
+                } else {
+                    format!("binaryData.{key}")
+                };
+                let text = String::from_utf8_lossy(value);
+                crate::tls::check_ca_pem(&text, "a trust bundle's value").map_err(|e| {
+                    Invalid::new(field, format!("{e} (this ConfigMap is labelled {TRUST_BUNDLE_LABEL}: \"true\", so each value must be PEM CA certificates)"))
+                })?;
+            }
+        }
         Ok(())
+    }
+
+    /// Whether it is labelled as a trust bundle.
+    pub(crate) fn is_trust_bundle(&self) -> bool {
+        self.metadata
+            .labels
+            .get(TRUST_BUNDLE_LABEL)
+            .is_some_and(|v| v == "true")
     }
 
     /// Every key's value: `data` as text, `binaryData` decoded.

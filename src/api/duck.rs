@@ -36,6 +36,10 @@ pub struct Destination {
 impl Destination {
     /// Checks the destination's shape (not whether its reference resolves).
     pub(crate) fn validate(&self, field: &str) -> Result<(), Invalid> {
+        if let Some(pem) = self.ca_certs.as_deref().filter(|p| !p.trim().is_empty()) {
+            crate::tls::check_ca_pem(pem, "the PEM text")
+                .map_err(|e| Invalid::new(format!("{field}.CACerts"), e.to_string()))?;
+        }
         match (&self.reference, &self.uri) {
             (None, None) => Err(Invalid::new(field, "set 'ref' or 'uri'")),
             (None, Some(uri)) => {

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::ObjectKey;
+#[cfg(doc)]
+use super::config::TRUST_BUNDLE_LABEL;
 use super::manifest::{Loaded, Manifests};
 use super::{ConfigMap, RabbitmqBrokerConfig, Resource, Secret};
 
@@ -32,6 +34,28 @@ impl<'a> ObjectIndex<'a> {
             .get(&(kind, key.clone()))
             .map(|loaded| &loaded.resource)
             .ok_or_else(|| format!("{kind} {key} does not exist: create it, or fix the reference"))
+    }
+
+    /// The PEM texts of the trust bundles: every value of every ConfigMap
+    /// labelled [`TRUST_BUNDLE_LABEL`]` = "true"`, each with where it came
+    /// from (`ConfigMap ns/name key`).
+    pub(crate) fn trust_bundles(&self) -> Vec<(String, String)> {
+        self.objects
+            .values()
+            .filter_map(|loaded| match &loaded.resource {
+                Resource::ConfigMap(map) if map.is_trust_bundle() => Some(map),
+                _ => None,
+            })
+            .flat_map(|map| {
+                let key = map.metadata.key();
+                map.entries().into_iter().map(move |(name, value)| {
+                    (
+                        format!("ConfigMap {key} {name}"),
+                        String::from_utf8_lossy(&value).into_owned(),
+                    )
+                })
+            })
+            .collect()
     }
 
     pub(crate) fn config_map(&self, key: &ObjectKey) -> Result<&'a ConfigMap, String> {

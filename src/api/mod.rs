@@ -34,7 +34,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use broker::Broker;
-pub(crate) use config::{ConfigMap, Secret};
+pub(crate) use config::{
+    ConfigMap, FEATURES_NAME, FEATURES_NAMESPACE, Secret, TRANSPORT_ENCRYPTION_KEY,
+};
 pub use kinds::Resource;
 pub(crate) use meta::ObjectMeta;
 pub(crate) use rabbitmq::RabbitmqBrokerConfig;

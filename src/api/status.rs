@@ -28,6 +28,10 @@ pub(crate) struct Status {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Address>,
+    /// Every address, HTTPS first, when the transport-encryption level
+    /// is permissive or strict (Knative's `status.addresses`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<Address>>,
     /// Trigger: the resolved subscriber.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_uri: Option<String>,
@@ -199,8 +203,12 @@ pub(crate) struct TrafficStatus {
     pub url: Option<String>,
 }
 
+/// Knative's `Addressable`: a URL, named `http` or `https` when there are
+/// several.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Address {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub url: String,
     /// The OIDC audience a sender's token must have (with authentication
     /// on), as Knative publishes it.
@@ -225,7 +233,60 @@ pub(crate) struct AuthStatus {
     pub service_account_name: String,
 }
 
+impl Address {
+    /// An address without a name.
+    pub(crate) fn url(url: impl Into<String>) -> Self {
+        Address {
+            name: None,
+            url: url.into(),
+            audience: None,
+        }
+    }
+
+    fn named(name: &str, url: String) -> Self {
+        Address {
+            name: Some(name.to_owned()),
+            url,
+            audience: None,
+        }
+    }
+}
+
 impl Status {
+    /// Sets `address` and `addresses` as Knative's brokers and channels
+    /// do for the transport-encryption level, from the preferred URL
+    /// (https when the level serves HTTPS): disabled, the one address;
+    /// permissive, `address` http and `addresses` https then http; strict,
+    /// https only.
+    pub(crate) fn set_addresses(&mut self, url: &str, level: crate::tls::TransportEncryption) {
+        use crate::tls::TransportEncryption::{Disabled, Permissive, Strict};
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        let (https, http) = match rest {
+            Some(rest) => (format!("https://{rest}"), format!("http://{rest}")),
+            None => (url.to_owned(), url.to_owned()),
+        };
+        match level {
+            Disabled => {
+                self.address = Some(Address::url(url));
+                self.addresses = None;
+            }
+            Permissive => {
+                self.address = Some(Address::named("http", http.clone()));
+                self.addresses = Some(vec![
+                    Address::named("https", https),
+                    Address::named("http", http),
+                ]);
+            }
+            Strict => {
+                let address = Address::named("https", https);
+                self.address = Some(address.clone());
+                self.addresses = Some(vec![address]);
+            }
+        }
+    }
+
     pub(crate) fn ready() -> Self {
         Status {
             conditions: vec![condition("True", None, None)],

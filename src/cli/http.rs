@@ -24,13 +24,33 @@ pub(crate) async fn request(
     headers: HeaderMap,
     body: Bytes,
 ) -> anyhow::Result<Response> {
-    let client = http_util::client::<_, Full<Bytes>>(GaiResolver::new(), ClientSettings::default());
     let mut request = Request::new(Full::new(body));
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri.clone();
     *request.headers_mut() = headers;
+    let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
     let exchange = async {
-        let response = client.request(request).await?;
+        let response = if https {
+            // The system's CAs (SSL_CERT_FILE and SSL_CERT_DIR are honoured).
+            let tls = crate::tls::ClientTls::default().config(None)?;
+            http_util::https_client::<_, Full<Bytes>>(
+                GaiResolver::new(),
+                ClientSettings::default(),
+                (*tls).clone(),
+            )
+            .request(request)
+            .await
+        } else {
+            http_util::client::<_, Full<Bytes>>(GaiResolver::new(), ClientSettings::default())
+                .request(request)
+                .await
+        };
+        let response = response.map_err(|e| match crate::tls::client::certificate_problem(&e) {
+            Some(problem) => anyhow::anyhow!(
+                "{problem} (set SSL_CERT_FILE to a PEM file with the CA that signed pilotlight's certificate)"
+            ),
+            None => anyhow::Error::new(e),
+        })?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await?.to_bytes();
         anyhow::Ok(Response {

@@ -13,13 +13,15 @@ use crate::api::pod::ContainerNetwork;
 use crate::auth::{AuthConfig, AuthorizationMode};
 use crate::control::kubernetes::KubernetesSettings;
 use crate::control::kubernetes::leader::LeaseSettings;
+use crate::control::kubernetes::tls_secret::TlsSecret;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES;
-use crate::server::{Server, ServerConfig, ServingConfig};
+use crate::server::{Server, ServerConfig, ServingConfig, TlsConfig};
 use crate::serving::jobs::JobSettings;
 use crate::serving::runtime::container::ContainerConfig;
 use crate::serving::runtime::container::engine::socket_path;
+use crate::tls::{CertFiles, TransportEncryption};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClassArg {
@@ -35,6 +37,17 @@ pub enum NetworkArg {
     Bridge,
     /// The host's network.
     Host,
+}
+
+/// Knative's transport-encryption levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportArg {
+    /// Plain HTTP only.
+    Disabled,
+    /// HTTPS and plain HTTP on the same port; addresses list HTTPS first.
+    Permissive,
+    /// HTTPS only; plain HTTP is refused (426) with a message that says so.
+    Strict,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +209,58 @@ pub struct RunArgs {
         requires = "authentication_oidc"
     )]
     pub oidc_signing_key: Option<PathBuf>,
+    /// Knative's transport-encryption level of the main listener: disabled
+    /// (plain HTTP), permissive (HTTPS and HTTP on the one port) or strict
+    /// (HTTPS only). Default: the transport-encryption key of Knative's
+    /// config-features ConfigMap (knative-eventing) when there is one, else
+    /// strict with --tls-cert or --tls-secret, else disabled.
+    #[arg(long, env = "PILOTLIGHT_TRANSPORT_ENCRYPTION", value_enum)]
+    pub transport_encryption: Option<TransportArg>,
+    /// The main listener's certificate chain (PEM, leaf first); reloaded
+    /// when the file changes.
+    #[arg(
+        long,
+        env = "PILOTLIGHT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "tls_secret"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "PILOTLIGHT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Kubernetes mode: the main listener's certificate from a
+    /// kubernetes.io/tls Secret (tls.crt, tls.key), as NAMESPACE/NAME;
+    /// followed as it changes.
+    #[arg(
+        long,
+        env = "PILOTLIGHT_TLS_SECRET",
+        value_name = "NAMESPACE/NAME",
+        requires = "kubernetes"
+    )]
+    pub tls_secret: Option<TlsSecret>,
+    /// The admin listener's certificate chain (PEM): with it the admin
+    /// listener serves HTTPS beside plain HTTP on its port.
+    #[arg(
+        long,
+        env = "PILOTLIGHT_ADMIN_TLS_CERT",
+        value_name = "FILE",
+        requires = "admin_tls_key"
+    )]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(
+        long,
+        env = "PILOTLIGHT_ADMIN_TLS_KEY",
+        value_name = "FILE",
+        requires = "admin_tls_cert"
+    )]
+    pub admin_tls_key: Option<PathBuf>,
 }
 
 /// `--default-authorization-mode`, in Knative's spellings.
@@ -293,7 +358,41 @@ impl RunArgs {
                     .transpose()?,
                 signing_key: self.oidc_signing_key.clone(),
             },
+            tls: self.tls_config()?,
         })
+    }
+
+    /// `--transport-encryption` and the certificates, checked together.
+    fn tls_config(&self) -> anyhow::Result<TlsConfig> {
+        let pair = |cert: &Option<PathBuf>, key: &Option<PathBuf>, flags| {
+            Some(CertFiles {
+                cert: cert.clone()?,
+                key: key.clone()?,
+                flags,
+            })
+        };
+        let main = pair(&self.tls_cert, &self.tls_key, "--tls-cert/--tls-key");
+        let certificate = main.is_some() || self.tls_secret.is_some();
+        let level = match self.transport_encryption {
+            Some(TransportArg::Disabled) => TransportEncryption::Disabled,
+            Some(TransportArg::Permissive) => TransportEncryption::Permissive,
+            Some(TransportArg::Strict) => TransportEncryption::Strict,
+            None if certificate => TransportEncryption::Strict,
+            None => TransportEncryption::Disabled,
+        };
+        let tls = TlsConfig {
+            level,
+            main,
+            main_secret: self.tls_secret.clone(),
+            level_from_features: self.transport_encryption.is_none(),
+            admin: pair(
+                &self.admin_tls_cert,
+                &self.admin_tls_key,
+                "--admin-tls-cert/--admin-tls-key",
+            ),
+        };
+        tls.check()?;
+        Ok(tls)
     }
 
     /// `--container-engine` (checked: a unix socket) and `--container-network`.

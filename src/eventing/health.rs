@@ -206,10 +206,7 @@ mod tests {
     #[test]
     fn the_overlay_only_takes_readiness_away() {
         let mut applied = Status::ready();
-        applied.address = Some(crate::api::status::Address {
-            url: "http://broker".into(),
-            audience: None,
-        });
+        applied.address = Some(crate::api::status::Address::url("http://broker"));
         let down = Health::not_ready("BackendUnavailable", "ACCESS_REFUSED");
         let shown = down.overlay(applied.clone(), "broker");
         assert!(shown.has_reason("BackendUnavailable"));

@@ -27,6 +27,7 @@ mod kinds;
 pub mod leader;
 pub mod peers;
 mod report;
+pub mod tls_secret;
 
 use std::path::PathBuf;
 use std::sync::Arc;

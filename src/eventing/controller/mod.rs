@@ -19,7 +19,7 @@ use crate::api::broker::{BrokerClass, CLASS_ANNOTATION};
 use crate::api::index::ObjectIndex;
 use crate::api::manifest::Loaded;
 use crate::api::status::{
-    Address, MessagingStatus, ObjectView, PhysicalSubscription, Status, SubscriberStatus,
+    MessagingStatus, ObjectView, PhysicalSubscription, Status, SubscriberStatus,
 };
 use crate::api::subscription::Subscription;
 use crate::api::{Broker, ObjectKey, Resource, Trigger};
@@ -103,8 +103,12 @@ pub(crate) enum ReplayError {
 #[derive(Debug, Clone)]
 pub(crate) struct EventingSettings {
     pub data_dir: PathBuf,
-    /// Base URL of the ingress, for broker addresses (`http://127.0.0.1:8080`).
+    /// Base URL of the ingress, for broker addresses (`http://127.0.0.1:8080`),
+    /// in https when the transport-encryption level serves it.
     pub ingress_url: String,
+    /// The main listener's transport-encryption level: which of the
+    /// ingress's addresses status shows.
+    pub transport: crate::tls::TransportEncryption,
     pub default_class: BrokerClass,
     pub log: LogConfig,
     pub memory: MemoryConfig,
@@ -254,7 +258,12 @@ impl Views {
             .as_ref()
             .map(|a| a.url.clone())
             .unwrap_or_default();
-        flows::status(resource, address, &FlowParts(self))
+        let mut status = flows::status(resource, address, &FlowParts(self));
+        status.addresses = view.status.addresses.clone();
+        if view.status.addresses.is_some() {
+            status.address = view.status.address.clone();
+        }
+        status
     }
 }
 
@@ -340,6 +349,10 @@ impl EventingController {
         index: &ObjectIndex<'_>,
         services: &(dyn Fn(&ObjectKey) -> Option<String> + Sync),
     ) -> bool {
+        // Before any dispatcher starts: every delivery trusts the bundles.
+        if self.sender.tls().set_trust_bundles(index.trust_bundles()) {
+            tracing::info!("trust bundles changed: HTTPS deliveries verify with the new set");
+        }
         let loaded_brokers: BTreeSet<ObjectKey> = objects.brokers.keys().cloned().collect();
         let destinations = Destinations {
             ingress_url: &self.settings.ingress_url,
@@ -472,13 +485,11 @@ impl EventingController {
             .flows
             .iter()
             .map(|loaded| {
-                let status = Status {
-                    address: flows::entry_channel(&loaded.resource).map(|entry| Address {
-                        url: channel::channel_url(&self.settings.ingress_url, &entry),
-                        audience: None,
-                    }),
-                    ..Status::default()
-                };
+                let mut status = Status::default();
+                if let Some(entry) = flows::entry_channel(&loaded.resource) {
+                    let url = channel::channel_url(&self.settings.ingress_url, &entry);
+                    status.set_addresses(&url, self.settings.transport);
+                }
                 (loaded.resource.clone(), ObjectView::of(loaded, status))
             })
             .collect();
@@ -727,10 +738,8 @@ impl EventingController {
 
     fn broker_status(&self, key: &ObjectKey) -> Status {
         let mut status = Status::ready();
-        status.address = Some(Address {
-            url: plan::broker_url(&self.settings.ingress_url, key),
-            audience: None,
-        });
+        let url = plan::broker_url(&self.settings.ingress_url, key);
+        status.set_addresses(&url, self.settings.transport);
         status
     }
 
@@ -787,11 +796,11 @@ impl EventingController {
                 key,
                 &[
                     (
-                        plan.subscriber.as_ref(),
+                        plan.subscriber.as_ref().map(|t| &t.uri),
                         trigger.spec.subscriber.audience.as_deref(),
                     ),
                     (
-                        plan.delivery.dead_letter_sink.as_ref(),
+                        plan.delivery.dead_letter_sink.as_ref().map(|t| &t.uri),
                         dead_letter_audience,
                     ),
                 ],
@@ -864,14 +873,17 @@ impl EventingController {
                 key,
                 &[
                     (
-                        plan.subscriber.as_ref(),
+                        plan.subscriber.as_ref().map(|t| &t.uri),
                         spec.subscriber.as_ref().and_then(|d| d.audience.as_deref()),
                     ),
                     (
-                        reply_uri.as_ref(),
+                        reply_uri.as_ref().map(|t| &t.uri),
                         spec.reply.as_ref().and_then(|d| d.audience.as_deref()),
                     ),
-                    (plan.delivery.dead_letter_sink.as_ref(), dead_letter),
+                    (
+                        plan.delivery.dead_letter_sink.as_ref().map(|t| &t.uri),
+                        dead_letter,
+                    ),
                 ],
             );
             plan
@@ -980,13 +992,16 @@ impl EventingController {
         };
         let metadata = resource.metadata();
         let key = metadata.key();
-        let sink = destinations.resolve(source.sink(), &key.namespace);
+        let sink = destinations.target(source.sink(), &key.namespace);
         let identity = policies::sender_identity(
             &self.gate,
             &self.settings.ingress_url,
             resource.kind(),
             &key,
-            &[(sink.as_ref().ok(), source.sink().audience.as_deref())],
+            &[(
+                sink.as_ref().ok().map(|t| &t.uri),
+                source.sink().audience.as_deref(),
+            )],
         );
         Some(DesiredSource {
             kind: resource.kind(),

@@ -17,7 +17,7 @@ use crate::api::subscription::Subscription;
 use crate::api::trigger::DeliveryOrder;
 use crate::api::{Broker, ObjectKey, Trigger};
 use crate::eventing::backend::BackendPlan;
-use crate::eventing::delivery::DeliveryPolicy;
+use crate::eventing::delivery::{DeliveryPolicy, Target};
 use crate::eventing::trigger::dispatcher::{ReplyTo, TriggerPlan};
 
 /// What to do about one broker.
@@ -87,6 +87,17 @@ pub(crate) struct Destinations<'a> {
 impl Destinations<'_> {
     pub(crate) fn broker_url(&self, key: &ObjectKey) -> String {
         broker_url(self.ingress_url, key)
+    }
+
+    /// Where a delivery to `destination` goes: its URI (see
+    /// [`Destinations::resolve`]) with its `CACerts`.
+    pub(crate) fn target(
+        &self,
+        destination: &Destination,
+        namespace: &str,
+    ) -> Result<Target, String> {
+        let uri = self.resolve(destination, namespace)?;
+        Ok(Target::new(uri, destination.ca_certs.as_deref()))
     }
 
     pub(crate) fn resolve(
@@ -179,7 +190,7 @@ pub(crate) fn trigger_plan(
         }));
     };
     let subscriber = destinations
-        .resolve(&trigger.spec.subscriber, &key.namespace)
+        .target(&trigger.spec.subscriber, &key.namespace)
         .map_err(|m| {
             Box::new(Status::not_ready(
                 "SubscriberResolveFailed",
@@ -231,7 +242,7 @@ fn delivery_policy(
     let spec = own.or(store.spec.delivery.as_ref());
     let dead_letter_sink = match spec.and_then(|d| d.dead_letter_sink.as_ref()) {
         None => None,
-        Some(sink) => Some(destinations.resolve(sink, namespace).map_err(|m| {
+        Some(sink) => Some(destinations.target(sink, namespace).map_err(|m| {
             Box::new(Status::not_ready(
                 "DeadLetterSinkResolveFailed",
                 format!("deadLetterSink: {m}"),
@@ -272,7 +283,7 @@ pub(crate) fn subscription_plan(
     };
     let resolve = |destination: Option<&Destination>, field: &str, reason: &str| {
         destination
-            .map(|d| destinations.resolve(d, &key.namespace))
+            .map(|d| destinations.target(d, &key.namespace))
             .transpose()
             .map_err(|m| Box::new(Status::not_ready(reason, format!("{field}: {m}"))))
     };
@@ -385,7 +396,7 @@ mod tests {
             broker: ObjectKey::new("ns", "b"),
             broker_url: "http://127.0.0.1:8080/ns/b".into(),
             filter: Arc::new(Filter::Everything),
-            subscriber: Some(subscriber.parse().expect("uri")),
+            subscriber: Some(Target::from(subscriber.parse::<Uri>().expect("uri"))),
             reply: ReplyTo::Store,
             delivery: DeliveryPolicy::from_spec(None, None),
             ordered: false,

@@ -192,7 +192,10 @@ pub(super) fn decorate_target(
     if !gate.enabled() {
         return;
     }
-    if let Some(address) = &mut status.address {
+    // Every address of the target takes the audience: with TLS there are
+    // an https and an http one.
+    let addresses = status.addresses.iter_mut().flatten();
+    for address in status.address.iter_mut().chain(addresses) {
         address.audience = Some(audience.to_owned());
     }
     status.policies = Some(

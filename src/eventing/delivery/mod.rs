@@ -11,3 +11,4 @@ pub(crate) use policy::DeliveryPolicy;
 pub(crate) use retry::{Outcome, dead_letter_event, deliver_with_retries};
 pub use sender::EventSender;
 pub(crate) use sender::Failure;
+pub use sender::Target;

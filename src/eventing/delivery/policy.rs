@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use http::Uri;
+use super::Target;
 
 use crate::api::duck::{BackoffPolicy, DeliveryFormat, DeliverySpec, parse_duration};
 
@@ -21,7 +21,7 @@ pub(crate) struct DeliveryPolicy {
     pub timeout: Duration,
     /// Caps a subscriber's Retry-After; `None`: honoured as sent.
     pub retry_after_max: Option<Duration>,
-    pub dead_letter_sink: Option<Uri>,
+    pub dead_letter_sink: Option<Target>,
     /// The HTTP mode of every attempt, to the destination and to the
     /// dead-letter sink alike (Knative forces it for both).
     pub format: DeliveryFormat,
@@ -44,7 +44,7 @@ impl Default for DeliveryPolicy {
 impl DeliveryPolicy {
     /// Resolves a spec whose durations and format were validated at load; the dead-letter
     /// sink's URI is resolved by the caller (it may be a reference).
-    pub(crate) fn from_spec(spec: Option<&DeliverySpec>, dead_letter_sink: Option<Uri>) -> Self {
+    pub(crate) fn from_spec(spec: Option<&DeliverySpec>, dead_letter_sink: Option<Target>) -> Self {
         let Some(spec) = spec else {
             return DeliveryPolicy::default();
         };

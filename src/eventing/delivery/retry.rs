@@ -3,10 +3,10 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use http::{StatusCode, Uri};
+use http::StatusCode;
 
 use super::DeliveryPolicy;
-use super::sender::{Attempt, ERROR_DATA_MAX, EventSender, Failure};
+use super::sender::{Attempt, ERROR_DATA_MAX, EventSender, Failure, Target};
 use crate::cloudevent::Event;
 
 /// The end of a delivery with retries.
@@ -27,7 +27,7 @@ pub(crate) enum Outcome {
 /// `observe` sees every attempt's HTTP status (`None`: no response) and duration.
 pub(crate) async fn deliver_with_retries(
     sender: &EventSender,
-    uri: &Uri,
+    target: &Target,
     event: &Event,
     policy: &DeliveryPolicy,
     mut observe: impl FnMut(Option<StatusCode>, Duration),
@@ -35,7 +35,9 @@ pub(crate) async fn deliver_with_retries(
     let mut retry = 0;
     loop {
         let started = Instant::now();
-        let attempt = sender.send(uri, event, policy.format, policy.timeout).await;
+        let attempt = sender
+            .send(target, event, policy.format, policy.timeout)
+            .await;
         let failure = match attempt {
             Attempt::Delivered { reply, status } => {
                 observe(Some(status), started.elapsed());
@@ -118,7 +120,7 @@ mod tests {
             data: bytes::Bytes::from(vec![b'x'; 5000]),
             message: String::new(),
         };
-        let uri: Uri = "http://sub.example/x".parse().expect("uri");
+        let uri: http::Uri = "http://sub.example/x".parse().expect("uri");
         let dead = dead_letter_event(&event, &uri, &failure);
         assert_eq!(
             dead.attribute("knativeerrordest"),

@@ -2,10 +2,11 @@
 //! delivery's `format` is `json`) with `Prefer: reply`, and classify the
 //! answer.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use crate::cloudevent::{
     parse_http,
 };
 use crate::http_util::{self, ClientSettings};
+use crate::tls::ClientTls;
 
 /// Knative keeps at most this much of a failed response in `knativeerrordata`.
 pub(super) const ERROR_DATA_MAX: usize = 1024;
@@ -94,6 +96,39 @@ impl tower::Service<Name> for LocalDomainResolver {
     }
 }
 
+/// Where one delivery goes: the URL, and for an `https://` one the CA
+/// certificates (PEM) its server's certificate may chain to besides the
+/// system's and the trust bundles (a Destination's `CACerts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub uri: Uri,
+    pub ca_certs: Option<Arc<str>>,
+}
+
+impl Target {
+    pub fn new(uri: Uri, ca_certs: Option<&str>) -> Self {
+        Target {
+            uri,
+            ca_certs: ca_certs.filter(|pem| !pem.trim().is_empty()).map(Arc::from),
+        }
+    }
+}
+
+impl From<Uri> for Target {
+    fn from(uri: Uri) -> Self {
+        Target {
+            uri,
+            ca_certs: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.uri.fmt(f)
+    }
+}
+
 /// The result of one attempt.
 #[derive(Debug)]
 pub(crate) enum Attempt {
@@ -105,10 +140,22 @@ pub(crate) enum Attempt {
     Failed(Failure),
 }
 
-/// The HTTP client every delivery shares (connection pooling per host).
+type HttpsClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector<LocalDomainResolver>>, Full<Bytes>>;
+/// HTTPS clients by `CACerts`, each with the configuration it was built from.
+type HttpsClients = HashMap<Option<Arc<str>>, (Arc<rustls::ClientConfig>, HttpsClient)>;
+
+/// The HTTP client every delivery shares (connection pooling per host); for
+/// `https://` targets one client per distinct set of trusted CAs.
 #[derive(Clone)]
 pub struct EventSender {
     client: Client<HttpConnector<LocalDomainResolver>, Full<Bytes>>,
+    resolver: LocalDomainResolver,
+    tls: ClientTls,
+    /// HTTPS clients by the target's `CACerts`, each with the
+    /// configuration it was built from (rebuilt when that changes: new
+    /// trust bundles).
+    https: Arc<Mutex<HttpsClients>>,
     /// With authentication on: pilotlight's issuer, which signs the
     /// tokens of [`EventSender::identity`].
     issuer: Option<Arc<Issuer>>,
@@ -116,6 +163,15 @@ pub struct EventSender {
     /// its destinations: requests to those carry a token for them.
     identity: Option<Arc<SenderIdentity>>,
 }
+
+/// How the sender connects (HTTP and HTTPS alike).
+const SETTINGS: ClientSettings = ClientSettings {
+    nodelay: true,
+    connect_timeout: Some(Duration::from_secs(5)),
+    tcp_keepalive: None,
+    pool_idle_timeout: Some(Duration::from_secs(60)),
+    pool_max_idle_per_host: 512,
+};
 
 impl Default for EventSender {
     fn default() -> Self {
@@ -143,15 +199,11 @@ impl EventSender {
     }
 
     fn with_resolver(resolver: LocalDomainResolver) -> Self {
-        let settings = ClientSettings {
-            nodelay: true,
-            connect_timeout: Some(Duration::from_secs(5)),
-            tcp_keepalive: None,
-            pool_idle_timeout: Some(Duration::from_secs(60)),
-            pool_max_idle_per_host: 512,
-        };
         EventSender {
-            client: http_util::client(resolver, settings),
+            client: http_util::client(resolver.clone(), SETTINGS),
+            resolver,
+            tls: ClientTls::default(),
+            https: Arc::default(),
             issuer: None,
             identity: None,
         }
@@ -183,16 +235,49 @@ impl EventSender {
         HeaderValue::try_from(credentials.authorization(uri)?).ok()
     }
 
+    /// The same sender verifying `https://` targets with `tls` (which
+    /// trusts this process's own certificates and the trust bundles).
+    pub(crate) fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = tls;
+        self.https = Arc::default();
+        self
+    }
+
+    /// What `https://` targets are verified against; the trust bundles are
+    /// set through it.
+    pub(crate) fn tls(&self) -> &ClientTls {
+        &self.tls
+    }
+
+    /// The HTTPS client that trusts what `target` needs, built on first
+    /// use; an error names what in its `CACerts` is wrong.
+    fn https_client(&self, target: &Target) -> Result<HttpsClient, String> {
+        let config = self
+            .tls
+            .config(target.ca_certs.as_ref())
+            .map_err(|e| e.to_string())?;
+        let mut clients = self.https.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((built_from, client)) = clients.get(&target.ca_certs)
+            && Arc::ptr_eq(built_from, &config)
+        {
+            return Ok(client.clone());
+        }
+        let client = http_util::https_client(self.resolver.clone(), SETTINGS, (*config).clone());
+        clients.insert(target.ca_certs.clone(), (config, client.clone()));
+        Ok(client)
+    }
+
     /// Sends the event once in `format`, waiting at most `timeout` for the
     /// whole exchange.
     pub(crate) async fn send(
         &self,
-        uri: &Uri,
+        target: &Target,
         event: &Event,
         format: DeliveryFormat,
         timeout: Duration,
     ) -> Attempt {
-        match tokio::time::timeout(timeout, self.exchange(uri, event, format)).await {
+        let uri = &target.uri;
+        match tokio::time::timeout(timeout, self.exchange(target, event, format)).await {
             Ok(attempt) => attempt,
             Err(_) => Attempt::Failed(Failure {
                 status: None,
@@ -204,7 +289,8 @@ impl EventSender {
         }
     }
 
-    async fn exchange(&self, uri: &Uri, event: &Event, format: DeliveryFormat) -> Attempt {
+    async fn exchange(&self, target: &Target, event: &Event, format: DeliveryFormat) -> Attempt {
+        let uri = &target.uri;
         let mut request = encode(event, format);
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri.clone();
@@ -216,7 +302,15 @@ impl EventSender {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, authorization);
         }
-        let response = match self.client.request(request).await {
+        let sent = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+            match self.https_client(target) {
+                Ok(client) => client.request(request).await,
+                Err(message) => return tls_failure(uri, message),
+            }
+        } else {
+            self.client.request(request).await
+        };
+        let response = match sent {
             Ok(response) => response,
             Err(e) => return network_failure(uri, &e),
         };
@@ -298,7 +392,29 @@ fn malformed_reply(status: StatusCode, message: String) -> Attempt {
     })
 }
 
+/// A failure before anything was sent: the target's TLS settings (its
+/// CACerts) are wrong. Retried like a network error: they may be fixed.
+fn tls_failure(uri: &Uri, message: String) -> Attempt {
+    Attempt::Failed(Failure {
+        status: None,
+        retryable: true,
+        retry_after: None,
+        data: Bytes::from(format!("dispatch error: POST {uri}: {message}")),
+        message: format!("POST {uri} failed: {message}"),
+    })
+}
+
 fn network_failure(uri: &Uri, error: &hyper_util::client::legacy::Error) -> Attempt {
+    // A certificate the target's trust does not accept: named as such,
+    // rather than as the connect error it surfaces as.
+    if let Some(problem) = crate::tls::client::certificate_problem(error) {
+        let hint = if problem.contains("UnknownIssuer") {
+            ": give its CA in the destination's CACerts, or in a trust bundle (a ConfigMap labelled networking.knative.dev/trust-bundle: \"true\")"
+        } else {
+            ""
+        };
+        return tls_failure(uri, format!("{problem} (for {uri}){hint}"));
+    }
     let mut message = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

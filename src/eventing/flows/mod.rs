@@ -310,10 +310,7 @@ pub(crate) fn status(resource: &Resource, address: String, parts: &dyn PartStatu
             ),
         ),
     };
-    status.address = Some(crate::api::status::Address {
-        url: address,
-        audience: None,
-    });
+    status.address = Some(crate::api::status::Address::url(address));
     status.messaging = Some(Box::new(messaging));
     status
 }

@@ -13,14 +13,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
 use tokio::sync::watch;
 
 use crate::api::ObjectKey;
 use crate::api::status::{Condition, ObjectView, Status, ViewMeta};
 use crate::auth::SenderIdentity;
 use crate::desired::take_gone;
-use crate::eventing::delivery::EventSender;
+use crate::eventing::delivery::{EventSender, Target};
 use crate::eventing::source::cluster_state::{Change, ClusterState};
 use crate::eventing::source::{Placement, Replication, SourceBuild, SourceContext, SourceHandle};
 
@@ -40,7 +39,7 @@ pub(crate) struct DesiredSource {
     pub origin: String,
     /// The spec as JSON: a change restarts the source.
     pub spec: serde_json::Value,
-    pub sink: Result<Uri, String>,
+    pub sink: Result<Target, String>,
     /// With authentication on: who it sends as, and its sink's audience.
     pub identity: Option<Arc<SenderIdentity>>,
     pub placement: Placement,
@@ -51,7 +50,7 @@ struct RunningSource {
     spec: serde_json::Value,
     /// [`SourceBuild::inputs`] of the build that runs.
     inputs: u64,
-    sink: Uri,
+    sink: Target,
     identity: Option<Arc<SenderIdentity>>,
     handle: SourceHandle,
     task: tokio::task::JoinHandle<()>,
@@ -62,7 +61,7 @@ struct Entry {
     annotations: BTreeMap<String, String>,
     origin: String,
     spec: serde_json::Value,
-    sink: Result<Uri, String>,
+    sink: Result<Target, String>,
     placement: Placement,
     running: Option<RunningSource>,
 }
@@ -171,12 +170,13 @@ impl SourceController {
         } else if !unchanged {
             stop(running.take()).await;
             if let Ok(uri) = &sink {
-                let (context, handle) = SourceContext::new(
+                let (mut context, handle) = SourceContext::new(
                     key.clone(),
-                    uri.clone(),
+                    uri.uri.clone(),
                     self.sender.as_identity(identity.clone()),
                     self.state_dir(kind, &key),
                 );
+                context.sink = uri.clone();
                 tracing::info!(kind, source = %key, sink = %uri, "source started");
                 running = Some(RunningSource {
                     spec: spec.clone(),
@@ -297,7 +297,9 @@ mod tests {
             annotations: BTreeMap::new(),
             origin: "ping.yaml:1".into(),
             spec: serde_json::json!({}),
-            sink: Ok("http://127.0.0.1:1/".parse().expect("uri")),
+            sink: Ok(Target::from(
+                "http://127.0.0.1:1/".parse::<http::Uri>().expect("uri"),
+            )),
             placement,
             running: None,
         }
@@ -349,7 +351,9 @@ mod tests {
             annotations: BTreeMap::new(),
             origin: "ping.yaml:1".into(),
             spec: serde_json::json!({"schedule": "@yearly"}),
-            sink: Ok("http://127.0.0.1:1/".parse().expect("uri")),
+            sink: Ok(Target::from(
+                "http://127.0.0.1:1/".parse::<http::Uri>().expect("uri"),
+            )),
             identity: None,
             placement,
             build: SourceBuild::new(Box::new(|| {

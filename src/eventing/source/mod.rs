@@ -35,7 +35,9 @@ use crate::api::duck::{CeOverrides, Destination};
 use crate::api::index::ObjectIndex;
 use crate::api::{ObjectKey, Resource};
 use crate::cloudevent::Event;
-use crate::eventing::delivery::{DeliveryPolicy, EventSender, Outcome, deliver_with_retries};
+use crate::eventing::delivery::{
+    DeliveryPolicy, EventSender, Outcome, Target, deliver_with_retries,
+};
 use crate::eventing::health::{Health, HealthCell};
 use cluster_state::ClusterState;
 
@@ -191,8 +193,8 @@ pub enum SendError {
 pub struct SourceContext {
     /// The source object: `namespace/name`.
     pub key: ObjectKey,
-    /// The resolved `spec.sink`.
-    pub sink: Uri,
+    /// The resolved `spec.sink` (with its `CACerts`).
+    pub sink: Target,
     sender: EventSender,
     policy: Arc<DeliveryPolicy>,
     health: Arc<HealthCell>,
@@ -211,7 +213,7 @@ impl SourceContext {
         let health = Arc::new(HealthCell::default());
         let context = SourceContext {
             key,
-            sink,
+            sink: Target::from(sink),
             sender,
             policy: Arc::new(source_delivery_policy()),
             health: health.clone(),
@@ -274,7 +276,7 @@ impl SourceContext {
     /// (with [`SendError::Stopping`]) when the source is stopping.
     pub(crate) async fn deliver(
         &self,
-        sink: &Uri,
+        sink: &Target,
         event: &Event,
         policy: &DeliveryPolicy,
     ) -> Result<Outcome, SendError> {
@@ -286,7 +288,7 @@ impl SourceContext {
     /// the source is stopping.
     async fn deliver_within(
         &self,
-        sink: &Uri,
+        sink: &Target,
         event: &Event,
         policy: &DeliveryPolicy,
         grace: Duration,

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http::{StatusCode, Uri};
+use http::StatusCode;
 use metrics::{Counter, Histogram};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -30,7 +30,7 @@ use crate::cloudevent::Event;
 use crate::eventing::backend::{Delivery, Subscription};
 use crate::eventing::broker::BrokerHandle;
 use crate::eventing::delivery::{
-    DeliveryPolicy, EventSender, Failure, Outcome, dead_letter_event, deliver_with_retries,
+    DeliveryPolicy, EventSender, Failure, Outcome, Target, dead_letter_event, deliver_with_retries,
 };
 
 use super::journal::{AttemptRecord, DeliveryJournal, DeliveryOutcome, DeliveryRecord};
@@ -53,7 +53,7 @@ pub(crate) struct TriggerPlan {
     pub filter: Arc<Filter>,
     /// None: a Subscription without one, whose events go to `reply` as
     /// they are.
-    pub subscriber: Option<Uri>,
+    pub subscriber: Option<Target>,
     pub reply: ReplyTo,
     pub delivery: DeliveryPolicy,
     pub ordered: bool,
@@ -70,7 +70,7 @@ pub(crate) enum ReplyTo {
     /// Into the store the event came from (a Trigger's broker).
     Store,
     /// To a destination (a Subscription's `reply`), with the delivery policy.
-    Destination(Uri),
+    Destination(Target),
     /// Nowhere: a Subscription without `reply` drops them, as Knative does.
     Drop,
 }
@@ -318,7 +318,7 @@ async fn process(context: &Context, delivery: Delivery) {
 /// what that destination answers is not read. A reply it fails to take
 /// sends the original event to the dead-letter sink, as Knative's channel
 /// dispatcher does.
-async fn forward_reply(context: &Context, to: &Uri, reply: &Event) -> Result<(), Failure> {
+async fn forward_reply(context: &Context, to: &Target, reply: &Event) -> Result<(), Failure> {
     let plan = &context.plan;
     let outcome = deliver_with_retries(&context.sender, to, reply, &plan.delivery, |s, t| {
         context.observe(s, t)

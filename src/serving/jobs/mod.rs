@@ -439,10 +439,7 @@ impl JobSinks {
                     Ok(()) => Status::ready(),
                     Err(reason) => Status::not_ready("CannotRunJobs", reason),
                 };
-                status.address = addresses.get(key).map(|url| Address {
-                    url: url.clone(),
-                    audience: None,
-                });
+                status.address = addresses.get(key).map(|url| Address::url(url.clone()));
                 status.jobs = Some(
                     state
                         .history

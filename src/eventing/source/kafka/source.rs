@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Uri;
 use rdkafka::ClientConfig;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -23,7 +22,7 @@ use crate::eventing::backend::kafka::consumer::{
 };
 use crate::eventing::backend::kafka::health::keep_health;
 use crate::eventing::backend::kafka::offsets::OffsetToken;
-use crate::eventing::delivery::{DeliveryPolicy, Outcome, dead_letter_event};
+use crate::eventing::delivery::{DeliveryPolicy, Outcome, Target, dead_letter_event};
 use crate::eventing::health::Health;
 use crate::eventing::source::{CeOverrides, Source, SourceContext};
 
@@ -44,7 +43,7 @@ pub(crate) struct KafkaRunner {
     ordered: bool,
     key_type: KeyType,
     policy: DeliveryPolicy,
-    dead_letter_sink: Option<Uri>,
+    dead_letter_sink: Option<Target>,
     overrides: CeOverrides,
 }
 
@@ -52,7 +51,15 @@ impl KafkaRunner {
     /// The runner of a source, connecting with `auth` (its `spec.net`).
     pub(crate) fn new(source: &KafkaSource, auth: &KafkaAuth) -> Result<KafkaRunner, Invalid> {
         source.validate()?;
-        let dead_letter_sink = source.dead_letter_sink()?;
+        let ca_certs = source
+            .spec
+            .delivery
+            .as_ref()
+            .and_then(|d| d.dead_letter_sink.as_ref())
+            .and_then(|d| d.ca_certs.as_deref());
+        let dead_letter_sink = source
+            .dead_letter_sink()?
+            .map(|uri| Target::new(uri, ca_certs));
         let client = auth.client(&source.spec.bootstrap_servers.join(","));
         let policy = match &source.spec.delivery {
             Some(spec) => DeliveryPolicy::from_spec(Some(spec), dead_letter_sink.clone()),
