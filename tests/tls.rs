@@ -794,3 +794,117 @@ async fn knatives_config_features_sets_the_level_when_no_flag_does() {
         "{err}"
     );
 }
+
+/// TLS and OIDC together: a trigger's dead letter goes to another broker of
+/// the same pilotlight over its https address (permissive prefers https),
+/// carrying the trigger's token for that broker's audience, which a policy
+/// demands; and each of a broker's addresses names its audience.
+#[tokio::test]
+async fn with_authentication_an_https_dead_letter_carries_the_triggers_token() {
+    use pilotlight::auth::{AuthConfig, AuthorizationMode};
+    use support::oidc::TestIssuer;
+
+    let issuer = TestIssuer::start().await;
+    let failing = Subscriber::failing().await;
+    let kept = Subscriber::accepting().await;
+    let to_dlq = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: fails\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: eventing.knative.dev/v1\n        kind: Broker\n        name: dlq\n",
+        failing.url("/")
+    );
+    let policy = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: {name}\nspec:\n{spec}"
+        )
+    };
+    let files = [
+        ("b.yaml", broker("default", "")),
+        ("dlq.yaml", broker("dlq", "")),
+        ("t.yaml", to_dlq),
+        (
+            "k.yaml",
+            support::trigger("kept", "dlq", &kept.url("/"), ""),
+        ),
+        (
+            "p.yaml",
+            policy(
+                "dlq-from-trigger",
+                "  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: dlq}\n  from:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Trigger, name: fails}\n",
+            ),
+        ),
+        (
+            "o.yaml",
+            policy(
+                "default-open",
+                "  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}\n  from:\n    - sub: \"*\"\n",
+            ),
+        ),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let ca = TestCa::new("pilotlight test CA");
+    let (_keep, dir) = cert_dir();
+    let main = ca.leaf("pilotlight").write(&dir);
+    let issuer_url = issuer.url.clone();
+    let server = TestServer::start_with(&files, move |config| {
+        config.tls = TlsConfig {
+            level: TransportEncryption::Permissive,
+            main: Some(main),
+            ..TlsConfig::default()
+        };
+        config.auth = AuthConfig {
+            enabled: true,
+            issuers: vec![issuer_url],
+            default_mode: AuthorizationMode::DenyAll,
+            ..AuthConfig::default()
+        };
+    })
+    .await;
+    let listen = server.server.listen;
+
+    let dlq = admin_list(server.server.admin, "brokers")
+        .await
+        .into_iter()
+        .find(|b| b["metadata"]["name"] == "dlq")
+        .expect("the dlq broker")["status"]
+        .clone();
+    let audience = "eventing.knative.dev/broker/default/dlq";
+    assert_eq!(dlq["address"]["audience"], audience, "{dlq}");
+    let addresses = dlq["addresses"].as_array().expect("addresses");
+    assert_eq!(addresses.len(), 2, "{dlq}");
+    assert!(addresses.iter().all(|a| a["audience"] == audience), "{dlq}");
+
+    // The dead letter goes to the dlq broker's https address.
+    let triggers = admin_list(server.server.admin, "triggers").await;
+    let fails = triggers
+        .iter()
+        .find(|t| t["metadata"]["name"] == "fails")
+        .expect("the failing trigger")["status"]
+        .clone();
+    assert_eq!(
+        fails["deadLetterSinkUri"],
+        format!("https://{listen}/default/dlq").as_str(),
+        "{fails}"
+    );
+
+    let token = issuer.token("anyone", "eventing.knative.dev/broker/default/default");
+    let bearer = format!("Bearer {token}");
+    let url = format!("http://{listen}/default/default");
+    let reply = support::request(
+        http::Method::POST,
+        &url,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "dead-1"),
+            ("ce-source", "/test"),
+            ("ce-type", "t"),
+            ("content-type", "application/json"),
+            ("authorization", &bearer),
+        ],
+        "{}",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let dead = kept.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(dead[0].id(), "dead-1");
+    assert!(dead[0].attribute("knativeerrorcode").is_some());
+    server.server.shutdown().await;
+}

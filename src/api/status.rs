@@ -35,6 +35,9 @@ pub(crate) struct Status {
     /// Trigger: the resolved subscriber.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriber_uri: Option<String>,
+    /// Trigger: the resolved dead-letter sink (Knative's DeliveryStatus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink_uri: Option<String>,
     /// Source: the resolved sink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink_uri: Option<String>,

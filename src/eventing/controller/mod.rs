@@ -1276,6 +1276,11 @@ impl EventingController {
 fn trigger_status(plan: &TriggerPlan) -> Status {
     let mut status = Status::ready();
     status.subscriber_uri = plan.subscriber.as_ref().map(ToString::to_string);
+    status.dead_letter_sink_uri = plan
+        .delivery
+        .dead_letter_sink
+        .as_ref()
+        .map(ToString::to_string);
     status
 }
 
