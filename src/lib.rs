@@ -4,7 +4,8 @@
 //! The layers, each on those below it only:
 //! - [`api`]: Knative's API: every kind, its checks, one registry of kinds.
 //!   Beside it, small shared pieces: [`backoff`], [`desired`], [`http_util`],
-//!   [`tls`] (certificates served and trusted).
+//!   [`tls`] (certificates served and trusted), [`listener`] (HTTP
+//!   connections served within their limits).
 //! - [`cloudevent`], [`cesql`]: the CloudEvent and its filter language.
 //! - [`auth`]: OIDC tokens (verified, and pilotlight's own, signed) and
 //!   EventPolicies; used by eventing's ingress and senders.
@@ -33,6 +34,7 @@ mod desired;
 pub mod eventing;
 mod http_util;
 mod kubeconfig;
+pub mod listener;
 pub mod server;
 pub mod serving;
 pub mod telemetry;

@@ -12,7 +12,6 @@ use anyhow::Context as _;
 use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -30,12 +29,15 @@ use crate::control::reconcile::ControlPlane;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
 use crate::eventing::broker::BrokerRegistry;
+pub use crate::eventing::broker::ingress::IngressLimits;
 use crate::eventing::broker::ingress::{self, IngressState};
 use crate::eventing::controller::{EventingController, EventingSettings};
 use crate::eventing::delivery::EventSender;
 use crate::eventing::source::cluster_state::ClusterState;
 use crate::eventing::source::{PingClock, Replication};
 use crate::http_util::text;
+pub use crate::listener::ListenerLimits;
+use crate::listener::serve_listener;
 use crate::serving::autoscaler::ClusterStats;
 use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
 use crate::serving::jobs::{JobRuntime, JobSettings, JobSinks, KubernetesJobs, LocalJobs};
@@ -48,7 +50,7 @@ use crate::serving::runtime::kubernetes::KubernetesRuntime;
 use crate::serving::runtime::local::LocalConfig;
 use crate::serving::runtime::process::ProcessRuntime;
 use crate::serving::runtime::{LocalRuntimes, Runtime};
-use crate::tls::{Accepted, CertFiles, CertStore, ClientTls, ListenerTls, TransportEncryption};
+use crate::tls::{CertFiles, CertStore, ClientTls, ListenerTls, TransportEncryption};
 
 /// Everything `pilotlight run` is configured with.
 #[derive(Debug, Clone)]
@@ -93,6 +95,11 @@ pub struct ServerConfig {
     /// HTTPS on the listeners: the transport-encryption level and the
     /// certificates.
     pub tls: TlsConfig,
+    /// What the main listener allows each client (the admin listener the
+    /// same, without the connection limit).
+    pub listener: ListenerLimits,
+    /// What the broker ingress allows each request.
+    pub ingress: IngressLimits,
 }
 
 /// HTTPS on the listeners.
@@ -169,6 +176,8 @@ impl ServerConfig {
             admin_token: None,
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            listener: ListenerLimits::default(),
+            ingress: IngressLimits::default(),
         }
     }
 }
@@ -383,6 +392,7 @@ impl Server {
             ingress: IngressState {
                 brokers: registry,
                 gate: gate.clone(),
+                limits: config.ingress,
             },
             router,
             proxy: Proxy::new(),
@@ -415,14 +425,18 @@ impl Server {
         let admin_service =
             move |_| hyper_util::service::TowerToHyperService::new(admin_router.clone());
         tasks.push(tokio::spawn(serve_listener(
+            "main",
             listener,
             main_tls,
+            config.listener,
             main_service,
             stopped.clone(),
         )));
         tasks.push(tokio::spawn(serve_listener(
+            "admin",
             admin_listener,
             admin_tls,
+            config.listener.unbounded_connections(),
             admin_service,
             stopped,
         )));
@@ -834,110 +848,6 @@ impl MainService {
     }
 }
 
-/// Serves a listener with HTTP/1 (with upgrades) and HTTP/2 (h2c, or h2
-/// through ALPN), over TLS, plain TCP or both as `tls` says, and on stop
-/// lets open connections finish for a few seconds. `service` makes each
-/// connection's service from the peer's address.
-async fn serve_listener<F, S>(
-    listener: TcpListener,
-    tls: ListenerTls,
-    service: F,
-    mut stopped: watch::Receiver<bool>,
-) where
-    F: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stop = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    tokio::pin!(stop);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, do not spin.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut stop => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = service(peer);
-        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            // Sorting (a peeked byte, a handshake) happens here, off the
-            // accept loop.
-            let served = match tls.accept(stream).await {
-                Ok(Accepted::Plain(stream)) => {
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), handler)
-                        .into_owned();
-                    watcher.watch(connection).await
-                }
-                Ok(Accepted::Tls { stream }) => {
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), handler)
-                        .into_owned();
-                    watcher.watch(connection).await
-                }
-                Ok(Accepted::Refused(stream)) => {
-                    let refusal = hyper::service::service_fn(|request| async move {
-                        Ok::<_, std::convert::Infallible>(https_required(&request))
-                    });
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), refusal)
-                        .into_owned();
-                    watcher.watch(connection).await
-                }
-                Err(reason) => {
-                    tracing::debug!(%peer, %reason, "connection dropped before any request");
-                    return;
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
-}
-
-/// The answer to a plain HTTP request on a listener that takes HTTPS only
-/// (transport-encryption strict): 426, naming the https URL to use.
-fn https_required<B>(request: &Request<B>) -> Response<Body> {
-    let host = request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().host())
-        .unwrap_or("HOST");
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut response = text(
-        http::StatusCode::UPGRADE_REQUIRED,
-        format!(
-            "this listener takes HTTPS only (transport-encryption: strict): send to https://{host}{path}\n"
-        ),
-    );
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::UPGRADE,
-        http::HeaderValue::from_static("TLS/1.3, HTTP/1.1"),
-    );
-    headers.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -955,16 +865,5 @@ mod tests {
         assert_eq!(config.ingress_url(listen), "https://ingress.ns.svc:80/base");
         config.ingress_url = Some("https://events.example.com".into());
         assert_eq!(config.ingress_url(listen), "https://events.example.com");
-    }
-
-    #[test]
-    fn a_plain_request_to_a_strict_listener_is_told_the_https_url() {
-        let request = Request::post("/default/orders")
-            .header(http::header::HOST, "127.0.0.1:8080")
-            .body(())
-            .expect("request");
-        let response = https_required(&request);
-        assert_eq!(response.status(), http::StatusCode::UPGRADE_REQUIRED);
-        assert_eq!(response.headers()[http::header::CONNECTION], "close");
     }
 }

@@ -64,7 +64,7 @@ pub(crate) enum Shape {
 
 impl Load {
     /// The answer that counts as success.
-    fn expected(&self) -> StatusCode {
+    pub(crate) fn expected(&self) -> StatusCode {
         match self.shape {
             Shape::CloudEvent | Shape::SignedCloudEvent { .. } => StatusCode::ACCEPTED,
             Shape::Get { .. } => StatusCode::OK,
@@ -114,7 +114,7 @@ impl Load {
 /// When a phase starts, starts counting, and ends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Window {
-    start: Instant,
+    pub(crate) start: Instant,
     pub(crate) measure_from: Instant,
     pub(crate) end: Instant,
 }
@@ -133,7 +133,7 @@ impl Window {
         self.end.duration_since(self.measure_from)
     }
 
-    fn counts(&self, at: Instant) -> bool {
+    pub(crate) fn counts(&self, at: Instant) -> bool {
         at >= self.measure_from && at <= self.end
     }
 }
@@ -160,7 +160,7 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    fn new(expected: StatusCode) -> anyhow::Result<Self> {
+    pub(crate) fn new(expected: StatusCode) -> anyhow::Result<Self> {
         Ok(Tally {
             expected,
             sent_accepted: 0,
@@ -173,7 +173,7 @@ impl Tally {
         })
     }
 
-    fn record(&mut self, status: StatusCode, took: Duration, counted: bool) {
+    pub(crate) fn record(&mut self, status: StatusCode, took: Duration, counted: bool) {
         if status != self.expected {
             *self.rejected.entry(status.as_u16()).or_default() += 1;
             return;
@@ -188,12 +188,12 @@ impl Tally {
         }
     }
 
-    fn transport_error(&mut self, error: String) {
+    pub(crate) fn transport_error(&mut self, error: String) {
         self.transport_errors += 1;
         self.first_error.get_or_insert(error);
     }
 
-    fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
+    pub(crate) fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
         self.sent_accepted += other.sent_accepted;
         self.accepted += other.accepted;
         for (status, n) in other.rejected {

@@ -16,6 +16,7 @@ mod issuer;
 mod kafka;
 mod lean_http;
 mod load;
+mod overload;
 mod rabbitmq;
 mod report;
 mod serving;
@@ -68,6 +69,10 @@ enum Suite {
     /// Console: pilotlight's CPU with 1,000 events/s flowing, with and
     /// without a browser watching the console.
     Console(console::ConsoleArgs),
+    /// Overload: the pilotlight executable under a flood of clients that
+    /// never back off, with a stalled subscriber: goodput against the
+    /// capacity measured first, RSS, probes, no crash.
+    Overload(overload::OverloadArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +83,7 @@ fn main() -> std::process::ExitCode {
             Suite::Eventing(args) => eventing::run(args).await,
             Suite::Serving(args) => serving::run(args).await,
             Suite::Cesql(args) => cesql::run(args),
+            Suite::Overload(args) => overload::run(args).await,
             Suite::Rabbitmq(args) => rabbitmq::run(args).await,
             Suite::Kafka(args) => kafka::run(args).await,
             Suite::Console(args) => console::run(args).await,

@@ -487,22 +487,22 @@ async fn warm_phases(
 // Idle RSS
 // ---------------------------------------------------------------------------
 
-/// Resident memory of one idle process, KiB.
-struct Rss {
+/// Resident memory of one process, KiB.
+pub(crate) struct Rss {
     what: &'static str,
-    rss_kib: u64,
+    pub(crate) rss_kib: u64,
     /// Heap, stacks and other private memory: what the process allocated.
     anon_kib: u64,
     /// Pages of mapped files, mostly the executable's own code and data,
     /// which every pilotlight process on the machine shares.
     file_kib: u64,
-    peak_kib: u64,
+    pub(crate) peak_kib: u64,
     /// The run with services and triggers, which the target is about.
     loaded: bool,
 }
 
 impl Rss {
-    fn mib(kib: u64) -> f64 {
+    pub(crate) fn mib(kib: u64) -> f64 {
         kib as f64 / 1024.0
     }
 }
@@ -679,7 +679,7 @@ async fn readyz(admin: SocketAddr) -> bool {
     )
 }
 
-fn read_rss(what: &'static str, pid: u32) -> anyhow::Result<Rss> {
+pub(crate) fn read_rss(what: &'static str, pid: u32) -> anyhow::Result<Rss> {
     let path = PathBuf::from(format!("/proc/{pid}/status"));
     let status = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;

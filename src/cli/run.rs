@@ -16,7 +16,12 @@ use crate::control::kubernetes::leader::LeaseSettings;
 use crate::control::kubernetes::tls_secret::TlsSecret;
 use crate::eventing::backend::log::LogConfig;
 use crate::eventing::backend::memory::MemoryConfig;
-use crate::eventing::broker::ingress::DEFAULT_MAX_EVENT_BYTES;
+use crate::eventing::broker::ingress::{
+    DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_REQUESTS_PER_BROKER, IngressLimits,
+};
+use crate::listener::{
+    DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, ListenerLimits,
+};
 use crate::server::{Server, ServerConfig, ServingConfig, TlsConfig};
 use crate::serving::jobs::JobSettings;
 use crate::serving::runtime::container::ContainerConfig;
@@ -87,6 +92,28 @@ pub struct RunArgs {
     /// Log backend: keep events at most this many hours.
     #[arg(long, env = "PILOTLIGHT_RETENTION_HOURS", default_value_t = 168)]
     pub retention_hours: u64,
+    /// Open connections the main listener serves at once; one more is
+    /// answered 503 with Retry-After and closed.
+    #[arg(long, env = "PILOTLIGHT_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Largest request head (request line and headers) in bytes, on both
+    /// listeners: 431 past it. At least 8192 (hyper's smallest HTTP/1
+    /// read buffer).
+    #[arg(long, env = "PILOTLIGHT_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES as u64, value_parser = clap::value_parser!(u64).range(8192..))]
+    pub max_header_bytes: u64,
+    /// Seconds a client has to send a request's head (the line and the
+    /// headers), counted on a kept-alive connection from the previous
+    /// response: past it the connection is closed (slow clients, idle
+    /// connections). Keep it above clients' pool idle timeouts.
+    #[arg(long, env = "PILOTLIGHT_HEADER_TIMEOUT", default_value_t = DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+    /// Seconds a request to a broker has for its whole body: 408 past it.
+    #[arg(long, env = "PILOTLIGHT_REQUEST_BODY_TIMEOUT", default_value_t = DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_body_timeout: u64,
+    /// Requests a broker's ingress handles at once (each holds its body
+    /// until stored): 429 with Retry-After past it.
+    #[arg(long, env = "PILOTLIGHT_MAX_REQUESTS_PER_BROKER", default_value_t = DEFAULT_MAX_REQUESTS_PER_BROKER as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_requests_per_broker: u64,
     /// Deliveries in flight per unordered trigger (annotation pilotlight.dev/max-in-flight overrides).
     #[arg(long, env = "PILOTLIGHT_MAX_IN_FLIGHT", default_value_t = 100)]
     pub max_in_flight: usize,
@@ -309,6 +336,16 @@ impl RunArgs {
             ..ServingConfig::default()
         };
         Ok(ServerConfig {
+            listener: ListenerLimits {
+                max_connections: Some(usize::try_from(self.max_connections).unwrap_or(usize::MAX)),
+                max_header_bytes: usize::try_from(self.max_header_bytes).unwrap_or(usize::MAX),
+                header_timeout: Duration::from_secs(self.header_timeout),
+            },
+            ingress: IngressLimits {
+                max_requests_per_broker: usize::try_from(self.max_requests_per_broker)
+                    .unwrap_or(usize::MAX),
+                body_timeout: Duration::from_secs(self.request_body_timeout),
+            },
             paths: self.paths.clone(),
             listen: self.listen,
             admin: self.admin,

@@ -9,11 +9,14 @@
 //! | 403 | authentication on: no EventPolicy lets the token's subject send this event (which, and why) |
 //! | 404 | no such broker |
 //! | 405 | a method other than POST or OPTIONS |
+//! | 408 | the body did not arrive within the body timeout (`--request-body-timeout`) |
 //! | 413 | body or an event over the size limit, or over what the backend stores |
-//! | 429 / 503 + Retry-After | the backend pushes back / the broker is not ready |
+//! | 429 + Retry-After | the backend pushes back, or the broker has its limit of requests in flight (`--max-requests-per-broker`) |
+//! | 503 + Retry-After | the broker is not ready, or its backend is unavailable |
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -30,12 +33,38 @@ use crate::http_util::{line, with_retry_after};
 /// Default largest request body accepted (1 MiB).
 pub(crate) const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 
-/// What the ingress needs: the brokers, each with its own limit, and who
-/// may send to them.
+/// Default ingress requests in flight per broker.
+pub(crate) const DEFAULT_MAX_REQUESTS_PER_BROKER: usize = 1024;
+/// Default time a request's body has to arrive.
+pub(crate) const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the ingress allows each request, beyond each broker's size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngressLimits {
+    /// Requests in flight per broker (reading, checking, storing): with the
+    /// size limit, what bounds the memory one broker's ingress holds.
+    pub max_requests_per_broker: usize,
+    /// How long the whole body may take to arrive: a client that trickles
+    /// it is answered 408 rather than holding its slot.
+    pub body_timeout: Duration,
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        IngressLimits {
+            max_requests_per_broker: DEFAULT_MAX_REQUESTS_PER_BROKER,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
+}
+
+/// What the ingress needs: the brokers, each with its own limit, who may
+/// send to them, and the limits of every request.
 #[derive(Clone)]
 pub(crate) struct IngressState {
     pub brokers: Arc<BrokerRegistry>,
     pub gate: Arc<Gate>,
+    pub limits: IngressLimits,
 }
 
 /// Serves one request to the ingress. The path is matched here rather than
@@ -118,6 +147,18 @@ where
             return response;
         }
     }
+    let max_requests = state.limits.max_requests_per_broker;
+    let Some(_slot) = broker.request_slot(max_requests) else {
+        reject_metric(&key(), "overloaded");
+        return retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            1,
+            format!(
+                "broker {} has {max_requests} requests in flight, its limit (set with --max-requests-per-broker): try again later",
+                key()
+            ),
+        );
+    };
     // Who sends, before the body is read: a refused sender costs no more.
     let sender = match state.gate.authenticate(namespace, name, headers).await {
         Ok(sender) => sender,
@@ -129,7 +170,21 @@ where
     {
         return too_large(&key(), limit);
     }
-    let body = match Limited::new(body, limit).collect().await {
+    let timeout = state.limits.body_timeout;
+    let Ok(read) = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await else {
+        reject_metric(&key(), "body_timeout");
+        let mut response = line(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {timeout:?} (set with --request-body-timeout)"
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    };
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return too_large(&key(), limit);

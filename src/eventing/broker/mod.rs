@@ -4,6 +4,7 @@
 pub(crate) mod ingress;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::{SecondsFormat, Utc};
@@ -25,6 +26,17 @@ pub(crate) struct BrokerHandle {
     max_event_bytes: usize,
     received: Counter,
     accepted: Counter,
+    /// Ingress requests being read, checked or stored right now.
+    requests: AtomicUsize,
+}
+
+/// One ingress request counted against its broker's limit, until dropped.
+pub(crate) struct RequestSlot<'a>(&'a AtomicUsize);
+
+impl Drop for RequestSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl BrokerHandle {
@@ -36,7 +48,17 @@ impl BrokerHandle {
             key,
             backend,
             max_event_bytes,
+            requests: AtomicUsize::new(0),
         }
+    }
+
+    /// A slot for one more ingress request, or None when `limit` are in
+    /// flight already: the body of each is held in memory until it is
+    /// stored, so the limit bounds what one broker's ingress holds.
+    pub(crate) fn request_slot(&self, limit: usize) -> Option<RequestSlot<'_>> {
+        let before = self.requests.fetch_add(1, Ordering::Relaxed);
+        let slot = RequestSlot(&self.requests);
+        (before < limit).then_some(slot)
     }
 
     /// The largest event this broker takes, and so the largest request body
