@@ -194,12 +194,23 @@ async fn try_request(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Result<(StatusCode, Option<String>, String), String> {
+    try_request_within(method, url, headers, body, Duration::from_secs(60)).await
+}
+
+/// [`try_request`] giving up after `patience`.
+async fn try_request_within(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    patience: Duration,
+) -> Result<(StatusCode, Option<String>, String), String> {
     let mut builder = Request::builder().method(method).uri(url);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
     let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let answer = tokio::time::timeout(Duration::from_secs(60), async {
+    let answer = tokio::time::timeout(patience, async {
         let response = client().request(request).await.map_err(|e| e.to_string())?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -215,7 +226,7 @@ async fn try_request(
         ))
     })
     .await;
-    answer.unwrap_or_else(|_| Err("no answer within 60 s".into()))
+    answer.unwrap_or_else(|_| Err(format!("no answer within {patience:?}")))
 }
 
 /// Posts one binary-mode event with `data_bytes` of data.
@@ -223,6 +234,7 @@ async fn post_event(
     url: &str,
     id: &str,
     data_bytes: usize,
+    patience: Duration,
 ) -> Result<(StatusCode, Option<String>, String), String> {
     let headers = [
         ("ce-specversion", "1.0"),
@@ -231,13 +243,8 @@ async fn post_event(
         ("ce-type", "t"),
         ("content-type", "application/octet-stream"),
     ];
-    try_request(
-        Method::POST,
-        url,
-        &headers,
-        Bytes::from(vec![b'x'; data_bytes]),
-    )
-    .await
+    let data = Bytes::from(vec![b'x'; data_bytes]);
+    try_request_within(Method::POST, url, &headers, data, patience).await
 }
 
 /// One answer the load got.
@@ -262,6 +269,24 @@ impl Load {
     /// `clients` senders to `url`; with `until_down`, a sender stops at the
     /// first request that gets no answer (the process died).
     fn start(url: &str, clients: usize, data_bytes: usize, until_down: bool) -> Load {
+        Self::start_with(
+            url,
+            clients,
+            data_bytes,
+            until_down,
+            Duration::from_secs(60),
+        )
+    }
+
+    /// [`Load::start`], each request abandoned after `patience` (neither
+    /// accepted nor refused: an event that may or may not be stored).
+    fn start_with(
+        url: &str,
+        clients: usize,
+        data_bytes: usize,
+        until_down: bool,
+        patience: Duration,
+    ) -> Load {
         let load = Load {
             accepted: Arc::default(),
             answers: Arc::default(),
@@ -282,7 +307,7 @@ impl Load {
                             return;
                         }
                         let id = format!("c{client}-{n}");
-                        match post_event(&url, &id, data_bytes).await {
+                        match post_event(&url, &id, data_bytes, patience).await {
                             Ok((status, retry_after, body)) => {
                                 if status == StatusCode::ACCEPTED {
                                     accepted.lock().expect("lock").insert(id);
@@ -874,7 +899,9 @@ async fn outage_under_load(
     away: &Away<'_>,
     subscriber: &Subscriber,
 ) {
-    let load = Load::start(url, 4, 256, false);
+    // Requests that the outage holds are given up after 3 s, so that the
+    // load keeps asking while the server is away.
+    let load = Load::start_with(url, 8, 256, false, Duration::from_secs(3));
     let began = Instant::now();
     load.wait_for("the load is accepted", StatusCode::ACCEPTED, began, 50)
         .await;
