@@ -32,6 +32,7 @@ pub mod cloudevent;
 pub mod control;
 mod desired;
 pub mod eventing;
+pub mod fault;
 mod http_util;
 mod kubeconfig;
 pub mod listener;

@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Log backend: keep at most this many bytes per broker (oldest segments go first).
     #[arg(long, env = "PILOTLIGHT_RETENTION_BYTES", default_value_t = 1 << 30)]
     pub retention_bytes: u64,
+    /// Log backend: start a new segment file once the active one is past
+    /// this many bytes (Kafka's segment.bytes); retention removes whole segments.
+    #[arg(long, env = "PILOTLIGHT_SEGMENT_BYTES", default_value_t = 64 << 20)]
+    pub segment_bytes: u64,
     /// Log backend: keep events at most this many hours.
     #[arg(long, env = "PILOTLIGHT_RETENTION_HOURS", default_value_t = 168)]
     pub retention_hours: u64,
@@ -358,7 +362,8 @@ impl RunArgs {
             log: LogConfig {
                 retention_bytes: Some(self.retention_bytes),
                 retention_age: Some(Duration::from_secs(self.retention_hours * 3600)),
-                ..LogConfig::default()
+                // Below a few records a segment, rolls would outnumber writes.
+                segment_bytes: self.segment_bytes.max(4096),
             },
             memory: MemoryConfig::default(),
             max_in_flight: self.max_in_flight.max(1),

@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod images;
 pub mod oidc;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

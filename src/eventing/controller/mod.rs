@@ -34,7 +34,7 @@ use crate::eventing::backend::{
 };
 use crate::eventing::broker::{BrokerEntry, BrokerHandle, BrokerRegistry};
 use crate::eventing::delivery::EventSender;
-use crate::eventing::health::Health;
+use crate::eventing::health::{Health, HealthCell};
 use crate::eventing::source::controller::{DesiredSource, SourceController};
 use crate::eventing::source::{self, BuildContext, PingClock, Replication};
 use crate::eventing::trigger::dispatcher::{self, Dispatcher, ReplyTo, TriggerPlan};
@@ -160,6 +160,9 @@ struct RunningTrigger {
     plan: Arc<TriggerPlan>,
     broker: Arc<BrokerHandle>,
     dispatcher: Dispatcher,
+    /// Whether its dead-letter sink takes events, as its dispatcher last
+    /// found it: the trigger's status shows a sink that does not.
+    dead_letter_health: Arc<HealthCell>,
 }
 
 #[derive(Default)]
@@ -180,6 +183,8 @@ struct Views {
     backends: BTreeMap<ObjectKey, Arc<dyn Backend>>,
     /// Each trigger's broker, whose live health its status shows too.
     trigger_brokers: BTreeMap<ObjectKey, ObjectKey>,
+    /// Each running trigger's dead-letter sink health, shown in its status.
+    dead_letters: BTreeMap<ObjectKey, Arc<HealthCell>>,
     /// Channels by kind and key, subscriptions by key; their live health
     /// is their store's, under [`channel::store_key`].
     channels: BTreeMap<(String, ObjectKey), ObjectView>,
@@ -211,7 +216,11 @@ impl Views {
             return applied.clone();
         };
         let what = format!("broker {broker}");
-        self.delivery_status(broker, &what, "BrokerNotReady", applied, "trigger")
+        let status = self.delivery_status(broker, &what, "BrokerNotReady", applied, "trigger");
+        match self.dead_letters.get(key).map(|cell| cell.get()) {
+            Some(health @ Health::NotReady { .. }) => health.overlay(status, "trigger"),
+            _ => status,
+        }
     }
 
     fn subscription_status(&self, key: &ObjectKey, applied: &Status) -> Status {
@@ -474,6 +483,11 @@ impl EventingController {
             .iter()
             .map(|(key, broker)| (key.clone(), broker.handle.backend.clone()))
             .collect();
+        let dead_letters = running
+            .triggers
+            .iter()
+            .map(|(key, t)| (key.clone(), t.dead_letter_health.clone()))
+            .collect();
         drop(running);
         let desired = objects
             .sources
@@ -503,6 +517,7 @@ impl EventingController {
             triggers: trigger_views,
             backends,
             trigger_brokers,
+            dead_letters,
             channels: channel_views,
             subscriptions: subscription_views,
             subscription_channels,
@@ -931,7 +946,8 @@ impl EventingController {
                 // unacknowledged deliveries come again through the new
                 // subscription.
                 running.remove(key);
-                let started = self.start_trigger(key, plan.clone(), store).await?;
+                let health = Arc::new(HealthCell::default());
+                let started = self.start_trigger(key, plan.clone(), store, health).await?;
                 running.insert(key.clone(), started);
                 Ok(Some(plan))
             }
@@ -944,6 +960,7 @@ impl EventingController {
         key: &ObjectKey,
         plan: TriggerPlan,
         broker: Arc<BrokerHandle>,
+        dead_letter_health: Arc<HealthCell>,
     ) -> Result<RunningTrigger, Status> {
         let spec = SubscriptionSpec {
             trigger: key.clone(),
@@ -963,6 +980,7 @@ impl EventingController {
             self.sender.as_identity(plan.identity.clone()),
             self.journal.clone(),
             self.gate.clone(),
+            dead_letter_health.clone(),
         );
         let subscriber = plan.subscriber.as_ref().map(ToString::to_string);
         tracing::info!(key = %key, store = %plan.broker, subscriber = subscriber.as_deref().unwrap_or("none"), "delivering");
@@ -970,6 +988,7 @@ impl EventingController {
             plan,
             broker,
             dispatcher,
+            dead_letter_health,
         })
     }
 
@@ -1180,10 +1199,14 @@ impl EventingController {
             plan,
             broker,
             dispatcher,
+            dead_letter_health,
         } = current;
         dispatcher.drain(REPLAY_GRACE).await;
         let rewound = broker.backend.rewind(key, to, false).await;
-        match self.start_trigger(key, (*plan).clone(), broker).await {
+        let restarted = self
+            .start_trigger(key, (*plan).clone(), broker, dead_letter_health)
+            .await;
+        match restarted {
             Ok(started) => {
                 map.insert(key.clone(), started);
             }

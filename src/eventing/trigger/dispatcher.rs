@@ -32,11 +32,15 @@ use crate::eventing::broker::BrokerHandle;
 use crate::eventing::delivery::{
     DeliveryPolicy, EventSender, Failure, Outcome, Target, dead_letter_event, deliver_with_retries,
 };
+use crate::eventing::health::{Health, HealthCell};
 
 use super::journal::{AttemptRecord, DeliveryJournal, DeliveryOutcome, DeliveryRecord};
 
 /// Deliveries queued per lane of an ordered trigger before reading pauses.
 const LANE_QUEUE: usize = 64;
+/// The reason of a trigger's Ready condition while its dead-letter sink
+/// does not take dead letters (they stay queued and are tried again).
+pub(crate) const DEAD_LETTER_SINK_UNREACHABLE: &str = "DeadLetterSinkUnreachable";
 /// Longest pause between tries when the dead-letter sink itself fails.
 const DEAD_LETTER_PAUSE_MAX: Duration = Duration::from_secs(60);
 
@@ -111,9 +115,11 @@ pub(crate) fn spawn(
     sender: EventSender,
     journal: Arc<DeliveryJournal>,
     gate: Arc<Gate>,
+    dead_letter_health: Arc<HealthCell>,
 ) -> Dispatcher {
     let mut context = Context::new(plan, broker, sender, journal);
     context.gate = Some(gate);
+    context.dead_letter_health = dead_letter_health;
     let context = Arc::new(context);
     let (stop, stopping) = watch::channel(false);
     let task = tokio::spawn(async move {
@@ -149,6 +155,11 @@ struct Context {
     gate: Option<Arc<Gate>>,
     attempt_seconds: Histogram,
     dead_lettered: Counter,
+    /// Tries at the dead-letter sink that failed (the event stays queued).
+    dead_letter_failures: Counter,
+    /// Whether the dead-letter sink took the last event sent to it; the
+    /// trigger's status shows it.
+    dead_letter_health: Arc<HealthCell>,
     dropped: Counter,
     /// Delivery counters by response code (`None`: no response), registered once.
     deliveries: RwLock<HashMap<Option<u16>, Counter>>,
@@ -165,6 +176,8 @@ impl Context {
         Context {
             attempt_seconds: metrics::histogram!("pilotlight_trigger_delivery_seconds", "trigger" => trigger.clone()),
             dead_lettered: metrics::counter!("pilotlight_trigger_dead_lettered_total", "trigger" => trigger.clone()),
+            dead_letter_failures: metrics::counter!("pilotlight_trigger_dead_letter_failures_total", "trigger" => trigger.clone()),
+            dead_letter_health: Arc::default(),
             dropped: metrics::counter!("pilotlight_trigger_dropped_total", "trigger" => trigger),
             deliveries: RwLock::default(),
             plan,
@@ -420,9 +433,18 @@ async fn dead_letter(
         match outcome {
             Outcome::Delivered { .. } => {
                 context.dead_lettered.increment(1);
+                context.dead_letter_health.set(Health::Ready);
                 return DeliveryOutcome::DeadLettered;
             }
             Outcome::Failed(f) => {
+                context.dead_letter_failures.increment(1);
+                context.dead_letter_health.set(Health::not_ready(
+                    DEAD_LETTER_SINK_UNREACHABLE,
+                    format!(
+                        "the dead-letter sink {sink} did not take a dead letter ({}); events whose delivery failed stay queued and are tried again",
+                        f.message
+                    ),
+                ));
                 let pause = backoff.next_delay();
                 tracing::error!(trigger = %plan.key, id = event.id(), error = %f.message, "the dead-letter sink failed too; the event stays queued and is tried again in {pause:?}");
                 tokio::time::sleep(pause).await;

@@ -130,7 +130,7 @@ fn write_loop<S: Store>(shared: Arc<Shared<S>>, receiver: Receiver<Request>) {
                 tracing::error!(error = %e, "writing events to the log failed");
                 for request in group {
                     let _ = request.reply.send(Err(AppendError::Unavailable {
-                        reason: e.to_string(),
+                        reason: e.append_reason(),
                         retry_after: Duration::from_secs(5),
                     }));
                 }

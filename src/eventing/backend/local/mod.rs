@@ -54,6 +54,19 @@ impl StoreError {
             source,
         }
     }
+
+    /// Why an append failed, as the sender reads it in a 503: a full disk
+    /// says so and that it passes once space is freed.
+    pub(crate) fn append_reason(&self) -> String {
+        match self {
+            StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                format!(
+                    "the disk under the log is full ({self}); events are accepted again once space is freed there"
+                )
+            }
+            _ => self.to_string(),
+        }
+    }
 }
 
 /// Storage under a local backend: events numbered by offset, plus the cursors.

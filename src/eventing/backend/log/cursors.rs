@@ -38,6 +38,9 @@ pub(super) fn save(dir: &Path, cursors: &HashMap<String, u64>) -> Result<(), Sto
         .map_err(|e| StoreError::io("encoding cursors", io::Error::other(e)))?;
     let tmp = dir.join(CURSORS_TMP);
     write_synced(&tmp, &json).map_err(|e| io_error("writing cursors", &tmp, e))?;
+    // A crash here leaves a complete `cursors.tmp` beside the old `cursors`:
+    // the next start must read the old set and redeliver, not skip.
+    crate::fault::hit(crate::fault::CURSOR_SAVE);
     let path = dir.join(CURSORS_FILE);
     fs::rename(&tmp, &path).map_err(|e| io_error("replacing cursors", &path, e))?;
     sync_dir(dir)

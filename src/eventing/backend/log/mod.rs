@@ -303,6 +303,9 @@ impl Store for LogStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error("removing segment", &segment.path, e)),
             }
+            // A crash here: one segment gone, the directory not synced, and
+            // more due to go; the next open must start at the oldest left.
+            crate::fault::hit(crate::fault::RETENTION_DELETE);
             tracing::info!(segment = %segment.path.display(), bytes = segment.size(), "retention removed a log segment");
             metrics::counter!("pilotlight_log_segments_removed_total").increment(1);
             removed = true;

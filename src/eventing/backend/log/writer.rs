@@ -275,6 +275,9 @@ impl SegmentWriter {
             .create_new(true)
             .open(&path)
             .map_err(|e| io_error("creating segment", &path, e))?;
+        // A crash here leaves an empty newest segment the directory may not
+        // even record: recovery must treat it as the (empty) active one.
+        crate::fault::hit(crate::fault::SEGMENT_ROLL);
         self.stamp_closed();
         let file = Arc::new(file);
         let segment = Arc::new(Segment::open_with(
