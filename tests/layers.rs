@@ -7,7 +7,7 @@
 //! eventing | serving          the two halves, never importing each other
 //! auth                        OIDC tokens and EventPolicies (eventing's senders and ingress)
 //! api, cloudevent, cesql      Knative's API; the CloudEvent and its filter language
-//! backoff, kubeconfig, telemetry, tls, listener, http_util, desired
+//! backoff, kubeconfig, telemetry, tls, listener, http_util, desired, fault
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -64,6 +64,21 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "telemetry",
         &[
             "api", "auth", "eventing", "serving", "control", "server", "cli",
+        ],
+    ),
+    // Fault points for the crash tests: named by the log, names nothing.
+    (
+        "fault.rs",
+        &[
+            "api",
+            "auth",
+            "cloudevent",
+            "cesql",
+            "eventing",
+            "serving",
+            "control",
+            "server",
+            "cli",
         ],
     ),
     // The HTTP listeners: on tls and http_util only.
