@@ -33,6 +33,8 @@ mod desired;
 pub mod eventing;
 mod http_util;
 mod kubeconfig;
+#[cfg(test)]
+mod properties;
 pub mod server;
 pub mod serving;
 pub mod telemetry;
