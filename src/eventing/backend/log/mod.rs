@@ -27,6 +27,8 @@ mod segment;
 mod writer;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
