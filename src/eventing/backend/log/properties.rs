@@ -6,7 +6,7 @@
 //! changed: each read gives the event written at that offset, or an error
 //! that names the segment and the byte.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,6 +125,21 @@ fn check_reads(dir: &Path, written: &[Event]) -> Result<(), TestCaseError> {
                 );
             }
             Err(e) => return Err(TestCaseError::fail(format!("unexpected error: {e}"))),
+        }
+    }
+    // Finding where a time starts (replay from a time) reads only headers:
+    // it must give an offset inside the log, or an error.
+    for time_ms in [i64::MIN, 0, store.now_ms(), i64::MAX] {
+        match store.offset_at(time_ms) {
+            Ok(offset) => prop_assert!(
+                (oldest..=next).contains(&offset),
+                "offset_at({}) gave {} outside {}..={}",
+                time_ms,
+                offset,
+                oldest,
+                next
+            ),
+            Err(e) => prop_assert!(e.to_string().contains("log segment"), "{e}"),
         }
     }
     // A long read stops at the damage: what it gives is a prefix of the
@@ -287,7 +302,7 @@ proptest! {
 /// tail when the file is shorter, and reading it allocates nothing near
 /// its claim.
 #[test]
-fn a_length_claiming_256_mib_allocates_nothing_near_it() {
+fn hostile_a_length_claiming_256_mib_allocates_nothing_near_it() {
     let mut bytes = vec![0u8; HEADER_LEN + 16];
     bytes[..4].copy_from_slice(&record::MAX_PAYLOAD.to_le_bytes());
     let file = temp_file(&bytes);
@@ -299,10 +314,11 @@ fn a_length_claiming_256_mib_allocates_nothing_near_it() {
     assert!(largest < 1 << 20, "allocated {largest} bytes");
 }
 
-/// The writer's file handle must not be open for append elsewhere while a
-/// test damages a file: closing the log first is what `write_log` does.
+/// A flipped bit in the last payload byte of a closed segment (which open
+/// trusts without reading) is caught by the checksum when read, and the
+/// error names the check.
 #[test]
-fn a_flipped_payload_bit_in_a_closed_segment_is_an_error_naming_it() {
+fn hostile_a_flipped_payload_bit_in_a_closed_segment_is_an_error_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let events: Vec<Event> = (0..8)
         .map(|i| {
@@ -315,15 +331,41 @@ fn a_flipped_payload_bit_in_a_closed_segment_is_an_error_naming_it() {
         .next()
         .expect("a segment");
     let mut bytes = fs::read(&first).expect("reads");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 1;
-    OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&first)
-        .and_then(|mut f| f.write_all(&bytes))
-        .expect("writes");
+    if let Some(last) = bytes.last_mut() {
+        *last ^= 1;
+    }
+    fs::write(&first, bytes).expect("writes");
     let (store, _) = LogStore::open(dir.path(), small(200)).expect("opens");
     let error = store.read(0, usize::MAX).expect_err("corrupt");
     assert!(error.to_string().contains("checksum mismatch"), "{error}");
+}
+
+/// Found by `a_damaged_log_never_delivers_a_changed_event`: one bit flipped
+/// in the offset field of the first record of a closed segment (open trusts
+/// closed segments unread) made `offset_at` (where a replay from a time
+/// starts) return offset 256 in a log of 9 events, so a replay would have
+/// skipped everything. The search now checks each record it passes.
+#[test]
+fn regression_a_flipped_offset_bit_does_not_send_a_replay_past_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events: Vec<Event> = (0..9)
+        .map(|i| crate::cloudevent::test_event(&i.to_string(), "t", None))
+        .collect();
+    write_log(dir.path(), 300, &events, 1);
+    let first = segment_files(dir.path())
+        .into_iter()
+        .next()
+        .expect("a segment");
+    assert!(
+        segment_files(dir.path()).len() > 1,
+        "the first segment is closed"
+    );
+    let mut bytes = fs::read(&first).expect("reads");
+    // The first record's offset field starts at byte 8; bit 0 of byte 9 is
+    // offset 256.
+    bytes[9] ^= 1;
+    fs::write(&first, bytes).expect("writes");
+    let (store, _) = LogStore::open(dir.path(), small(300)).expect("opens");
+    let error = store.offset_at(i64::MIN).expect_err("corrupt");
+    assert!(error.to_string().contains("unexpected offset"), "{error}");
 }
