@@ -1,6 +1,6 @@
 //! What the property tests share (each parser's own `mod properties` sits
 //! beside it): how many cases a run tries, a strategy for valid events, and
-//! a measure of the largest single allocation a parser makes.
+//! a measure of the most memory a parser holds at once.
 //!
 //! The CI pass tries [`CI_CASES`] inputs per property (or fewer where one
 //! case writes files); `PROPTEST_CASES=100000 cargo test --release
@@ -179,47 +179,63 @@ pub(crate) fn mutate(mut doc: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
     doc
 }
 
-/// Wraps the system allocator to record, per thread, the largest single
-/// allocation while [`largest_allocation`] runs: how a property checks that
-/// a length field claiming gigabytes does not allocate them.
+/// Wraps the system allocator to record, per thread, the most bytes held
+/// at once while [`peak_allocation`] runs: how a property checks that a
+/// length field claiming gigabytes, or an alias bomb, does not make a
+/// parser allocate them.
 pub(crate) struct Tracking;
 
-thread_local! {
-    /// The largest request seen while tracking; `None` when not tracking.
-    static LARGEST: Cell<Option<usize>> = const { Cell::new(None) };
+/// Bytes allocated and not yet freed on this thread since tracking began,
+/// and the most of them at any moment.
+#[derive(Clone, Copy)]
+struct Held {
+    now: isize,
+    peak: isize,
 }
 
-fn record(size: usize) {
+thread_local! {
+    /// `None` when not tracking.
+    static HELD: Cell<Option<Held>> = const { Cell::new(None) };
+}
+
+fn record(delta: isize) {
     // `try_with`: allocations during thread teardown are not tracked.
-    let _ = LARGEST.try_with(|largest| {
-        if let Some(seen) = largest.get() {
-            largest.set(Some(seen.max(size)));
+    let _ = HELD.try_with(|held| {
+        if let Some(mut h) = held.get() {
+            h.now += delta;
+            h.peak = h.peak.max(h.now);
+            held.set(Some(h));
         }
     });
+}
+
+fn signed(size: usize) -> isize {
+    isize::try_from(size).unwrap_or(isize::MAX)
 }
 
 // SAFETY: every call is passed to `System` unchanged; recording only reads
 // and writes a const-initialised thread-local `Cell`, which never allocates.
 unsafe impl GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
+        record(signed(layout.size()));
         // SAFETY: the caller's contract is System's.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        record(layout.size());
+        record(signed(layout.size()));
         // SAFETY: as above.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        record(-signed(layout.size()));
         // SAFETY: as above.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        record(new_size);
+        record(signed(new_size) - signed(layout.size()));
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -228,19 +244,19 @@ unsafe impl GlobalAlloc for Tracking {
 #[global_allocator]
 static ALLOCATOR: Tracking = Tracking;
 
-/// Runs `f` and returns its result with the largest single allocation it
-/// made on this thread, in bytes.
-pub(crate) fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    LARGEST.with(|l| l.set(Some(0)));
+/// Runs `f` and returns its result with the most bytes it held allocated
+/// at once on this thread (what it returns included).
+pub(crate) fn peak_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    HELD.with(|h| h.set(Some(Held { now: 0, peak: 0 })));
     let out = f();
-    let largest = LARGEST.with(|l| l.replace(None)).unwrap_or(0);
-    (out, largest)
+    let peak = HELD.with(|h| h.replace(None)).map_or(0, |h| h.peak);
+    (out, usize::try_from(peak).unwrap_or(0))
 }
 
-/// The allocation bound the parsers must keep: a fixed allowance (buffers
-/// of a fixed size, such as the log's read chunk) plus a multiple of the
-/// input's length. A length field is never trusted beyond what the input
-/// actually holds.
+/// The memory bound the parsers must keep: a fixed allowance (buffers of a
+/// fixed size, such as the log's read chunk) plus a multiple of the input's
+/// length. A length field is never trusted beyond what the input actually
+/// holds.
 pub(crate) fn allocation_bound(input_len: usize) -> usize {
     (2 << 20) + 16 * input_len
 }

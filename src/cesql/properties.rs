@@ -9,7 +9,7 @@ use super::ast::LikePart;
 use super::eval;
 use super::parser::parse;
 use super::program::Program;
-use crate::properties::{CI_CASES, config, event, largest_allocation, text};
+use crate::properties::{CI_CASES, config, event, peak_allocation, text};
 
 /// Tokens of the language, valid and not, so that generated expressions
 /// reach deep into the parser rather than stopping at the first character.
@@ -206,9 +206,9 @@ proptest! {
     #[test]
     fn any_token_sequence_parses_or_says_where(text in expression_text(), event in event()) {
         let len = text.len();
-        let (result, largest) = largest_allocation(|| parse_and_run(&text, &event));
+        let (result, peak) = peak_allocation(|| parse_and_run(&text, &event));
         result?;
-        prop_assert!(largest <= (1 << 20) + 64 * len, "allocated {largest} bytes for {len} characters");
+        prop_assert!(peak <= (1 << 20) + 64 * len, "held {peak} bytes for {len} characters");
     }
 
     /// Well-formed expressions evaluate, and both evaluators agree.

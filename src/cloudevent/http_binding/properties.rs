@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use super::{BindingError, CONTENT_TYPE_BATCH, CONTENT_TYPE_STRUCTURED, Mode, parse_http};
 use super::{encode_binary_headers, encode_structured};
 use crate::cloudevent::Event;
-use crate::properties::{CI_CASES, allocation_bound, config, event, largest_allocation, mutate};
+use crate::properties::{CI_CASES, allocation_bound, config, event, mutate, peak_allocation};
 
 /// Header names a CloudEvents request uses, valid and invalid, and others.
 fn header_name() -> impl Strategy<Value = HeaderName> {
@@ -143,8 +143,8 @@ proptest! {
     #[test]
     fn any_request_parses_or_says_why(headers in headers(), body in body()) {
         let len = body.len();
-        let (result, largest) = largest_allocation(|| parse_http(&headers, Bytes::from(body)));
-        prop_assert!(largest <= allocation_bound(len), "allocated {largest} bytes for a {len}-byte body");
+        let (result, peak) = peak_allocation(|| parse_http(&headers, Bytes::from(body)));
+        prop_assert!(peak <= allocation_bound(len), "held {peak} bytes for a {len}-byte body");
         match result {
             Ok((_, events)) => prop_assert!(!events.is_empty()),
             Err(e) => check_error(&e, &headers)?,
@@ -156,8 +156,8 @@ proptest! {
     fn any_structured_or_batch_body_parses_or_says_why(body in body(), batch: bool) {
         let headers = structured_headers(if batch { CONTENT_TYPE_BATCH } else { CONTENT_TYPE_STRUCTURED });
         let len = body.len();
-        let (result, largest) = largest_allocation(|| parse_http(&headers, Bytes::from(body)));
-        prop_assert!(largest <= allocation_bound(len), "allocated {largest} bytes for a {len}-byte body");
+        let (result, peak) = peak_allocation(|| parse_http(&headers, Bytes::from(body)));
+        prop_assert!(peak <= allocation_bound(len), "held {peak} bytes for a {len}-byte body");
         match result {
             Ok((mode, events)) => {
                 prop_assert_eq!(mode, if batch { Mode::Batch } else { Mode::Structured });
@@ -219,8 +219,8 @@ proptest! {
     #[test]
     fn any_stored_bytes_decode_or_fail(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let len = bytes.len();
-        let (_, largest) = largest_allocation(|| Event::from_bytes(&bytes).map(|_| ()));
-        prop_assert!(largest <= allocation_bound(len), "allocated {largest} bytes for {len} stored bytes");
+        let (_, peak) = peak_allocation(|| Event::from_bytes(&bytes).map(|_| ()));
+        prop_assert!(peak <= allocation_bound(len), "held {peak} bytes for {len} stored bytes");
     }
 }
 

@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use super::record::{self, HEADER_LEN, Next, RecordReader};
 use super::*;
 use crate::cloudevent::{encode_binary_headers, encode_structured, parse_http};
-use crate::properties::{CI_CASES, allocation_bound, config, event, largest_allocation};
+use crate::properties::{CI_CASES, allocation_bound, config, event, peak_allocation};
 
 /// Cases for properties that write and fsync a log per case: slower, so
 /// fewer by default.
@@ -212,7 +212,7 @@ proptest! {
     ) {
         let file = temp_file(&bytes);
         let end = bytes.len() as u64;
-        let (result, largest) = largest_allocation(|| -> Result<(), TestCaseError> {
+        let (result, peak) = peak_allocation(|| -> Result<(), TestCaseError> {
             let mut reader = RecordReader::new(&file, 0, end, chunk);
             loop {
                 match reader.next(true).expect("reads") {
@@ -229,7 +229,7 @@ proptest! {
             }
         });
         result?;
-        prop_assert!(largest <= allocation_bound(bytes.len()), "allocated {largest} bytes for a {}-byte file", bytes.len());
+        prop_assert!(peak <= allocation_bound(bytes.len()), "held {peak} bytes for a {}-byte file", bytes.len());
     }
 }
 
@@ -298,7 +298,7 @@ proptest! {
     }
 }
 
-/// A header that claims the largest payload the format allows is a broken
+/// A header that claims the peak payload the format allows is a broken
 /// tail when the file is shorter, and reading it allocates nothing near
 /// its claim.
 #[test]
@@ -306,12 +306,12 @@ fn hostile_a_length_claiming_256_mib_allocates_nothing_near_it() {
     let mut bytes = vec![0u8; HEADER_LEN + 16];
     bytes[..4].copy_from_slice(&record::MAX_PAYLOAD.to_le_bytes());
     let file = temp_file(&bytes);
-    let (next, largest) = largest_allocation(|| {
+    let (next, peak) = peak_allocation(|| {
         let mut reader = RecordReader::new(&file, 0, bytes.len() as u64, 4096);
         matches!(reader.next(true), Ok(Next::Broken { pos: 0, .. }))
     });
     assert!(next, "a short file with a huge length is a broken record");
-    assert!(largest < 1 << 20, "allocated {largest} bytes");
+    assert!(peak < 1 << 20, "held {peak} bytes");
 }
 
 /// A flipped bit in the last payload byte of a closed segment (which open

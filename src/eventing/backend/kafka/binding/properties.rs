@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use super::{DecodeError, Decoded, decode, encode};
 use crate::cloudevent::{AttributeType, CONTENT_TYPE_STRUCTURED, Event, encode_structured};
-use crate::properties::{CI_CASES, allocation_bound, config, event, largest_allocation, mutate};
+use crate::properties::{CI_CASES, allocation_bound, config, event, mutate, peak_allocation};
 
 /// Header names a record may have: the binding's, near misses, others.
 fn header_name() -> impl Strategy<Value = String> {
@@ -95,8 +95,8 @@ proptest! {
         let size = value.as_ref().map_or(0, Vec::len)
             + headers.iter().map(|(n, v)| n.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>();
         let borrowed = headers.iter().map(|(n, v)| (n.as_str(), v.as_deref()));
-        let (result, largest) = largest_allocation(|| decode(borrowed, value.as_deref()));
-        prop_assert!(largest <= allocation_bound(size), "allocated {largest} bytes for a {size}-byte record");
+        let (result, peak) = peak_allocation(|| decode(borrowed, value.as_deref()));
+        prop_assert!(peak <= allocation_bound(size), "held {peak} bytes for a {size}-byte record");
         match result {
             Ok(Decoded::Event(_) | Decoded::NotAnEvent) => {}
             Err(e) => {

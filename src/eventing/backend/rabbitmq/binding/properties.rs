@@ -13,7 +13,7 @@ use proptest::prelude::*;
 
 use super::{DecodeError, decode, encode};
 use crate::cloudevent::{AttributeType, CONTENT_TYPE_STRUCTURED, Event, encode_structured};
-use crate::properties::{CI_CASES, allocation_bound, config, event, largest_allocation, mutate};
+use crate::properties::{CI_CASES, allocation_bound, config, event, mutate, peak_allocation};
 
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -115,8 +115,8 @@ proptest! {
     #[test]
     fn any_message_decodes_or_says_why(properties in properties(), body in body()) {
         let size = body.len() + 1024;
-        let (result, largest) = largest_allocation(|| decode(&properties, Bytes::from(body)));
-        prop_assert!(largest <= allocation_bound(size), "allocated {largest} bytes");
+        let (result, peak) = peak_allocation(|| decode(&properties, Bytes::from(body)));
+        prop_assert!(peak <= allocation_bound(size), "held {peak} bytes");
         if let Err(e) = result {
             let message = e.to_string();
             prop_assert!(!message.is_empty());
