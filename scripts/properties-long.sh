@@ -6,13 +6,13 @@
 #   scripts/properties-long.sh [CASES] [LOG_CASES]
 #
 # CASES (default 100000) is the number of inputs per property; LOG_CASES
-# (default CASES/20) for the properties that write and fsync a real log per
-# input, which are a thousand times slower per case. Hand-written cases
+# (default CASES/50) for the properties that write and fsync a real log per
+# input, a few hundred times slower per case (an fsync each). Hand-written cases
 # (regression_, hostile_, baseline_) run once, in the CI pass.
 set -euo pipefail
 
 cases=${1:-100000}
-log_cases=${2:-$((cases / 20))}
+log_cases=${2:-$((cases / 50))}
 cd "$(dirname "$0")/.."
 
 bin=$(cargo test --release --lib --no-run 2>&1 |
