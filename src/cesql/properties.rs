@@ -138,7 +138,9 @@ fn well_formed() -> impl Strategy<Value = String> {
                 .prop_map(|(e, l)| format!("({e} NOT IN ({}))", l.join(", "))),
             (function, prop::collection::vec(inner, 1..3))
                 .prop_map(|(f, a)| format!("{f}({})", a.join(", "))),
-            "EXISTS x[a-z]{0,5}",
+            // Not `x[a-z]*`: that made `EXISTS xor`, a keyword (the long pass
+            // found it; a flaw of this generator, not of the parser).
+            "EXISTS ext[a-z0-9]{0,4}",
         ]
     })
 }
