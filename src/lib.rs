@@ -36,6 +36,8 @@ pub mod fault;
 mod http_util;
 mod kubeconfig;
 pub mod listener;
+#[cfg(test)]
+mod properties;
 pub mod server;
 pub mod serving;
 pub mod telemetry;

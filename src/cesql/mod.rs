@@ -14,4 +14,6 @@ pub mod parser;
 pub mod program;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod spec_rules;

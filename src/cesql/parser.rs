@@ -456,7 +456,9 @@ impl Parser {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(self.peek().error(format!(
-                "expression nested more than {MAX_DEPTH} levels deep"
+                "expression nested more than {MAX_DEPTH} levels deep (each parenthesis, \
+                 prefix operator and chained operator is a level; write a long OR of \
+                 comparisons as IN (...))"
             )));
         }
         Ok(())
@@ -468,8 +470,18 @@ impl Parser {
         self.enter()?;
         let mut lhs = self.prefix(context)?;
         let mut logic: Vec<(BinaryOp, Expr)> = Vec::new();
+        // Each operator of a chain at this level adds a level to the tree
+        // (`a = b = c` is `(a = b) = c`), and evaluating, compiling and
+        // dropping the tree recurse through every level: a chain counts
+        // towards MAX_DEPTH like nesting does, or `a = a = ... = a` with
+        // thousands of operators would overflow the stack.
+        let mut chained = 0;
         loop {
             let tok = self.peek().clone();
+            if self.is_operator_here(&tok.kind, min_prec) {
+                self.enter()?;
+                chained += 1;
+            }
             match &tok.kind {
                 Kind::Like if PREC_LIKE >= min_prec => {
                     self.next();
@@ -532,8 +544,23 @@ impl Parser {
         if let Some((op, right)) = tail {
             lhs = Expr::Binary(op, Box::new(lhs), Box::new(right));
         }
-        self.depth -= 1;
+        self.depth -= 1 + chained;
         Ok(lhs)
+    }
+
+    /// Whether `kind` continues the expression at this precedence level
+    /// (the loop in `expression` consumes it as an operator).
+    fn is_operator_here(&self, kind: &Kind, min_prec: u8) -> bool {
+        match kind {
+            Kind::Like => PREC_LIKE >= min_prec,
+            Kind::In => PREC_IN >= min_prec,
+            Kind::Not => match self.peek_at(1).kind {
+                Kind::Like => PREC_LIKE >= min_prec,
+                Kind::In => PREC_IN >= min_prec,
+                _ => false,
+            },
+            kind => binary_op(kind).is_some_and(|(_, prec)| prec >= min_prec),
+        }
     }
 
     /// Prefix operators and primaries.
@@ -1317,11 +1344,18 @@ mod tests {
         assert!(err(&nots).contains("nested more than"));
         let minus = format!("{}1", "-".repeat(100_000));
         assert!(err(&minus).contains("nested more than"));
-        // Long flat chains are fine.
-        let chain = vec!["1"; 10_000].join(" + ");
+        // Chains count as levels: each operator deepens the tree that
+        // evaluation walks recursively (the property tests found that
+        // `a = a = ... = 1` with 3000 operators overflowed the stack when
+        // evaluated). Chains up to the limit are fine.
+        let chain = vec!["1"; 200].join(" + ");
         ok(&chain);
-        let chain = vec!["a = 1"; 10_000].join(" AND ");
+        let chain = vec!["a = 1"; 200].join(" AND ");
         ok(&chain);
+        let chain = vec!["a"; 10_000].join(" = ");
+        assert!(err(&chain).contains("nested more than"));
+        let chain = vec!["a = 1"; 10_000].join(" OR ");
+        assert!(err(&chain).contains("write a long OR"));
         let ok_depth = format!("{}1{}", "(".repeat(50), ")".repeat(50));
         assert_eq!(ok(&ok_depth), int(1));
     }

@@ -19,6 +19,10 @@ pub enum ValidationError {
     BadName(String),
     #[error("attribute '{0}' is set twice")]
     Duplicate(String),
+    #[error(
+        "attribute 'datacontenttype': '{0}' is not a media type: it must be printable ASCII, as it travels in the content-type header"
+    )]
+    BadContentType(String),
     #[error("attribute '{0}' must be a String (in JSON, a string)")]
     NotAString(String),
     #[error("attribute '{name}': '{value}' is not {expected}")]
@@ -57,6 +61,17 @@ pub(super) fn validate(event: &Event) -> Result<(), ValidationError> {
             return Err(ValidationError::Empty(name.clone()));
         }
         check_type(name, &attribute.value, attribute.ty, context)?;
+    }
+    // Binary mode sends it as the content-type header, which cannot carry
+    // other bytes: without this check the header was left out and the
+    // event delivered without its content type (found by the property
+    // tests).
+    if let Some(content_type) = event.attribute("datacontenttype")
+        && !content_type
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(ValidationError::BadContentType(content_type.to_owned()));
     }
     if let Some(time) = event.attribute("time") {
         chrono::DateTime::parse_from_rfc3339(time).map_err(|e| ValidationError::BadTime {

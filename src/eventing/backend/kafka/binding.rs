@@ -127,6 +127,9 @@ pub(crate) fn decode<'a>(
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::cloudevent::test_event;

@@ -27,6 +27,8 @@ mod segment;
 mod writer;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -276,7 +278,8 @@ impl Store for LogStore {
 
     /// Segments are in append order and a segment's newest time bounds all
     /// of its records, so whole segments older than `time_ms` are skipped
-    /// without reading them; only one segment's headers are read.
+    /// without reading them; only one segment is read (and its records
+    /// checked up to the one found).
     fn offset_at(&self, time_ms: i64) -> Result<u64, StoreError> {
         let segments: Vec<Arc<Segment>> = self.segments().clone();
         for segment in segments {

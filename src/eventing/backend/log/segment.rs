@@ -204,26 +204,49 @@ impl Segment {
     }
 
     /// The offset of the first durable record appended at or after
-    /// `time_ms`, reading only record headers; `None` when there is none.
+    /// `time_ms`; `None` when there is none. Every record up to it is
+    /// checked (offset in sequence, checksum): this segment may be a closed
+    /// one that open trusted unread, and a damaged header would otherwise
+    /// give a replay an offset past every event (the property tests found a
+    /// flipped bit in an offset field doing that) or a wrong start.
     pub(super) fn first_at_or_after(&self, time_ms: i64) -> Result<Option<u64>, StoreError> {
         let Some(file) = self.file()? else {
             return Ok(None);
         };
         let durable_len = self.view().durable_len;
         let mut reader = RecordReader::new(&file, 0, durable_len, SCAN_CHUNK);
+        let mut expected = self.base;
         loop {
             match reader
-                .next(false)
+                .next(true)
                 .map_err(|e| io_error("searching", &self.path, e))?
             {
                 Next::End => return Ok(None),
                 Next::Broken { pos, reason } => return Err(self.corrupt(pos, reason)),
-                Next::Record { header, .. } if header.timestamp_ms >= time_ms => {
-                    return Ok(Some(header.offset));
+                Next::Record {
+                    pos,
+                    header,
+                    payload,
+                } => {
+                    if header.offset != expected {
+                        return Err(self.corrupt(pos, "record has an unexpected offset"));
+                    }
+                    self.verify(pos, &header, payload.unwrap_or_default())?;
+                    if header.timestamp_ms >= time_ms {
+                        return Ok(Some(header.offset));
+                    }
+                    expected += 1;
                 }
-                Next::Record { .. } => {}
             }
         }
+    }
+
+    /// Checks a record's checksum (over offset, timestamp and payload).
+    fn verify(&self, pos: u64, header: &record::Header, payload: &[u8]) -> Result<(), StoreError> {
+        if record::checksum(header.offset, header.timestamp_ms, payload) != header.crc {
+            return Err(self.corrupt(pos, "checksum mismatch"));
+        }
+        Ok(())
     }
 
     /// Checks a record's checksum and decodes its event.
@@ -233,9 +256,7 @@ impl Segment {
         header: &record::Header,
         payload: &[u8],
     ) -> Result<Event, StoreError> {
-        if record::checksum(header.offset, header.timestamp_ms, payload) != header.crc {
-            return Err(self.corrupt(pos, "checksum mismatch"));
-        }
+        self.verify(pos, header, payload)?;
         Event::from_bytes(payload)
             .map_err(|e| self.corrupt(pos, &format!("record does not decode as an event: {e}")))
     }

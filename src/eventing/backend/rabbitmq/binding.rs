@@ -135,7 +135,7 @@ fn decode_binary(
     for (key, value) in headers {
         let key = key.as_str();
         if key == TYPES_HEADER {
-            types = header_text(value).map(|(text, _)| text);
+            types = header_text(value).ok().map(|(text, _)| text);
             continue;
         }
         let Some(name) = key
@@ -144,9 +144,9 @@ fn decode_binary(
         else {
             continue;
         };
-        let (text, ty) = header_text(value).ok_or_else(|| DecodeError::BadHeader {
+        let (text, ty) = header_text(value).map_err(|reason| DecodeError::BadHeader {
             header: key.to_owned(),
-            reason: "a CloudEvents attribute must be a string, number or boolean".into(),
+            reason: reason.into(),
         })?;
         // The spec's context attributes are Strings whatever AMQP type a
         // client gave them.
@@ -181,15 +181,19 @@ fn decode_binary(
 /// An AMQP header value as attribute text with its CloudEvents type, for the
 /// types other clients use for CloudEvents attributes: the AMQP binding maps
 /// Boolean to boolean and Integer to long, and an integer outside 32 bits can
-/// only be a String.
-fn header_text(value: &AMQPValue) -> Option<(String, AttributeType)> {
+/// only be a String. The error says what is wrong with the value: a
+/// client that sent bytes that are not UTF-8 needs to hear that, not that
+/// strings are allowed (the property tests found the one message for every
+/// case misleading).
+fn header_text(value: &AMQPValue) -> Result<(String, AttributeType), &'static str> {
     let integer = |n: i64| match i32::try_from(n) {
         Ok(i) => (i.to_string(), AttributeType::Integer),
         Err(_) => (n.to_string(), AttributeType::String),
     };
-    Some(match value {
+    Ok(match value {
         AMQPValue::LongString(s) => (
-            String::from_utf8(s.as_bytes().to_vec()).ok()?,
+            String::from_utf8(s.as_bytes().to_vec())
+                .map_err(|_| "the string is not valid UTF-8")?,
             AttributeType::String,
         ),
         AMQPValue::ShortString(s) => (s.as_str().to_owned(), AttributeType::String),
@@ -202,11 +206,18 @@ fn header_text(value: &AMQPValue) -> Option<(String, AttributeType)> {
         AMQPValue::LongUInt(n) => integer(i64::from(*n)),
         AMQPValue::LongLongInt(n) => integer(*n),
         AMQPValue::Timestamp(t) => (
-            chrono::DateTime::from_timestamp(*t as i64, 0)?
+            i64::try_from(*t)
+                .ok()
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .ok_or("the timestamp is out of range")?
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             AttributeType::String,
         ),
-        _ => return None,
+        _ => {
+            return Err(
+                "a CloudEvents attribute must be a string, an integer, a boolean or a timestamp",
+            );
+        }
     })
 }
 
@@ -226,3 +237,6 @@ pub fn binding_arguments(exact: &[(String, String)]) -> FieldTable {
     }
     arguments
 }
+
+#[cfg(test)]
+mod properties;
