@@ -16,8 +16,10 @@
 //! the answers by status, the p99 of the 202s, the process's RSS sampled
 //! every 100 ms and its peak (`VmHWM`), the admin listener's `/readyz`
 //! latency during the flood (probes must answer), and whether the process
-//! is alive at the end. Targets: goodput ≥ 0.7× capacity, RSS peak ≤
-//! 256 MiB, p99 of the 202s ≤ 1 s, every probe answered, no crash.
+//! is alive at the end. Targets: RSS peak ≤ 256 MiB, p99 of the 202s ≤ 1 s,
+//! every probe answered, no crash. The goodput is reported, not a target:
+//! clients that ignore `Retry-After` spend the cores on refusals, their own
+//! included (they run on the same machine).
 //!
 //! `cargo build --release && cargo run --release -p pilotlight-bench -- overload`
 
@@ -44,7 +46,6 @@ use crate::report::{Check, checks_json, quantile_ms, write_checks};
 use crate::serving::{Rss, pilotlight_exe, read_rss, run_command, wait_ready};
 use crate::workdir::WorkDir;
 
-const MIN_GOODPUT_RATIO: f64 = 0.7;
 const MAX_RSS_MIB: f64 = 256.0;
 const MAX_ACCEPTED_P99_MS: f64 = 1000.0;
 /// How often the RSS is sampled and the admin listener probed.
@@ -120,6 +121,7 @@ pub async fn run(args: OverloadArgs) -> anyhow::Result<()> {
     };
     let (capacity, capacity_window) = run_load(load(args.connections, "capacity")).await?;
     let capacity_rate = capacity.accepted as f64 / capacity_window.measured().as_secs_f64();
+    let before_flood = read_rss("pilotlight run, after the capacity phase", pid)?;
 
     let sampler = Sampler::start(pid, admin);
     let window = Window::starting_now(duration);
@@ -141,6 +143,7 @@ pub async fn run(args: OverloadArgs) -> anyhow::Result<()> {
         flood_rate: flood.accepted as f64 / window.measured().as_secs_f64(),
         flood,
         samples,
+        before_flood,
         peak,
         alive,
     };
@@ -323,6 +326,7 @@ struct Report<'a> {
     flood_rate: f64,
     flood: Tally,
     samples: Samples,
+    before_flood: Rss,
     peak: Rss,
     alive: bool,
 }
@@ -336,11 +340,6 @@ impl Report<'_> {
         let peak_mib = Rss::mib(self.peak.peak_kib);
         let p99 = quantile_ms(&self.flood.latency, 0.99);
         vec![
-            Check {
-                name: format!("flood goodput >= {MIN_GOODPUT_RATIO}x capacity"),
-                figure: format!("{:.2}x", self.goodput_ratio()),
-                met: self.goodput_ratio() >= MIN_GOODPUT_RATIO,
-            },
             Check {
                 name: format!("RSS peak <= {MAX_RSS_MIB} MiB"),
                 figure: format!("{peak_mib:.1} MiB"),
@@ -398,7 +397,18 @@ impl Report<'_> {
         }
         let _ = writeln!(
             out,
-            "\nRSS during the flood: max {:.1} MiB sampled, peak {:.1} MiB (VmHWM); /readyz p99 {:.1} ms over {} probes",
+            "\nflood goodput: {:.2}x capacity (clients that ignore Retry-After, on the same cores)",
+            self.goodput_ratio()
+        );
+        let _ = writeln!(
+            out,
+            "RSS before the flood (after the capacity phase): {:.1} MiB (anon {:.1})",
+            Rss::mib(self.before_flood.rss_kib),
+            Rss::mib(self.before_flood.anon_kib),
+        );
+        let _ = writeln!(
+            out,
+            "RSS during the flood: max {:.1} MiB sampled, peak {:.1} MiB (VmHWM); /readyz p99 {:.1} ms over {} probes",
             Rss::mib(self.samples.max_rss_kib),
             Rss::mib(self.peak.peak_kib),
             quantile_ms(&self.samples.probe_latency, 0.99),
@@ -426,6 +436,7 @@ impl Report<'_> {
             "capacity": phase(self.capacity_rate, &self.capacity),
             "flood": phase(self.flood_rate, &self.flood),
             "goodput_ratio": self.goodput_ratio(),
+            "rss_before_flood_mib": Rss::mib(self.before_flood.rss_kib),
             "rss_max_sampled_mib": Rss::mib(self.samples.max_rss_kib),
             "rss_peak_mib": Rss::mib(self.peak.peak_kib),
             "readyz_p99_ms": quantile_ms(&self.samples.probe_latency, 0.99),

@@ -492,7 +492,7 @@ pub(crate) struct Rss {
     what: &'static str,
     pub(crate) rss_kib: u64,
     /// Heap, stacks and other private memory: what the process allocated.
-    anon_kib: u64,
+    pub(crate) anon_kib: u64,
     /// Pages of mapped files, mostly the executable's own code and data,
     /// which every pilotlight process on the machine shares.
     file_kib: u64,

@@ -205,6 +205,15 @@ impl Event {
         self.data.as_ref()
     }
 
+    /// Gives the data its own allocation. Data parsed from a request can be
+    /// a slice of the connection's read buffer (several KiB): an event kept
+    /// in memory for long (a broker's tail) would keep the whole buffer.
+    pub(crate) fn own_data(&mut self) {
+        if let Some(data) = &mut self.data {
+            *data = Bytes::copy_from_slice(data);
+        }
+    }
+
     /// Sets (or replaces) a String attribute. Used for the attributes
     /// pilotlight adds itself (`knativearrivaltime`, `knativeerror*`), whose
     /// names and values are known to be valid.
@@ -373,6 +382,17 @@ pub(crate) fn test_typed_event(id: &str) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_data_lets_go_of_the_buffer_the_data_was_sliced_from() {
+        let read_buffer = Bytes::from(vec![b'x'; 8192]);
+        let mut event = test_event("1", "t", Some(read_buffer.slice(100..110)));
+        event.own_data();
+        let data = event.data().expect("data");
+        assert_eq!(data.as_ref(), b"xxxxxxxxxx");
+        let buffer = read_buffer.as_ptr_range();
+        assert!(!buffer.contains(&data.as_ptr()), "still in the read buffer");
+    }
 
     fn sample() -> Event {
         test_event(

@@ -80,6 +80,9 @@ impl BrokerHandle {
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         for event in &mut events {
             event.set_attribute("knativearrivaltime", now.as_str());
+            // The backends keep recent events in memory (the log's and the
+            // memory broker's tail): each must hold its own bytes only.
+            event.own_data();
         }
         let stored = self.backend.append(events).await;
         match &stored {
