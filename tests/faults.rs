@@ -29,9 +29,9 @@ use support::proxy::Proxy;
 use support::{Subscriber, TestServer, broker, request, trigger};
 
 /// How long RabbitMQ is away in its outage test.
-const RABBITMQ_OUTAGE: Duration = Duration::from_secs(20);
+const RABBITMQ_OUTAGE: Duration = Duration::from_secs(60);
 /// How long Kafka is away in its outage test.
-const KAFKA_OUTAGE: Duration = Duration::from_secs(20);
+const KAFKA_OUTAGE: Duration = Duration::from_secs(60);
 /// How long the subscriber is away in the long-outage test.
 const SUBSCRIBER_OUTAGE: Duration = Duration::from_secs(8);
 /// How long the dead-letter sink is away.
