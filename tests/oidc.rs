@@ -369,26 +369,7 @@ async fn a_dead_letter_into_another_broker_carries_the_triggers_token() {
     let issuer = TestIssuer::start().await;
     let failing = Subscriber::failing().await;
     let kept = Subscriber::accepting().await;
-    let to_dlq = format!(
-        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: fails\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: eventing.knative.dev/v1\n        kind: Broker\n        name: dlq\n",
-        failing.url("/")
-    );
-    let only_the_trigger = policy(
-        "dlq-from-trigger",
-        "  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: dlq}\n  from:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Trigger, name: fails}\n",
-    );
-    let open = policy(
-        "default-open",
-        "  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}\n  from:\n    - sub: \"*\"\n",
-    );
-    let files = [
-        ("b.yaml", broker("default", "")),
-        ("dlq.yaml", broker("dlq", "")),
-        ("t.yaml", to_dlq),
-        ("k.yaml", trigger("kept", "dlq", &kept.url("/"), "")),
-        ("p.yaml", only_the_trigger),
-        ("o.yaml", open),
-    ];
+    let files = support::oidc::dead_letter_through_a_policy(&failing.url("/"), &kept.url("/"));
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let s = TestServer::start_with(&files, on(&issuer, AuthorizationMode::DenyAll)).await;
     let token = issuer.token("anyone", AUDIENCE);

@@ -807,38 +807,7 @@ async fn with_authentication_an_https_dead_letter_carries_the_triggers_token() {
     let issuer = TestIssuer::start().await;
     let failing = Subscriber::failing().await;
     let kept = Subscriber::accepting().await;
-    let to_dlq = format!(
-        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: fails\nspec:\n  broker: default\n  subscriber:\n    uri: {}\n  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: eventing.knative.dev/v1\n        kind: Broker\n        name: dlq\n",
-        failing.url("/")
-    );
-    let policy = |name: &str, spec: &str| {
-        format!(
-            "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: {name}\nspec:\n{spec}"
-        )
-    };
-    let files = [
-        ("b.yaml", broker("default", "")),
-        ("dlq.yaml", broker("dlq", "")),
-        ("t.yaml", to_dlq),
-        (
-            "k.yaml",
-            support::trigger("kept", "dlq", &kept.url("/"), ""),
-        ),
-        (
-            "p.yaml",
-            policy(
-                "dlq-from-trigger",
-                "  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: dlq}\n  from:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Trigger, name: fails}\n",
-            ),
-        ),
-        (
-            "o.yaml",
-            policy(
-                "default-open",
-                "  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}\n  from:\n    - sub: \"*\"\n",
-            ),
-        ),
-    ];
+    let files = support::oidc::dead_letter_through_a_policy(&failing.url("/"), &kept.url("/"));
     let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
     let ca = TestCa::new("pilotlight test CA");
     let (_keep, dir) = cert_dir();

@@ -116,3 +116,39 @@ impl TestIssuer {
         self.key.sign(&self.claims(subject, audience))
     }
 }
+
+/// Manifests where a Trigger `fails` on broker `default` (its subscriber at
+/// `failing`) dead-letters into broker `dlq`, which an EventPolicy opens to
+/// that trigger only, and a Trigger `kept` on `dlq` delivers to `kept`;
+/// `default` is open to any subject. With deny-all as the default mode, a
+/// dead letter arrives at `kept` only if it carried the trigger's token.
+pub fn dead_letter_through_a_policy(failing: &str, kept: &str) -> Vec<(&'static str, String)> {
+    let policy = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: eventing.knative.dev/v1alpha1\nkind: EventPolicy\nmetadata:\n  name: {name}\nspec:\n{spec}"
+        )
+    };
+    let to_dlq = format!(
+        "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: fails\nspec:\n  broker: default\n  subscriber:\n    uri: {failing}\n  delivery:\n    deadLetterSink:\n      ref:\n        apiVersion: eventing.knative.dev/v1\n        kind: Broker\n        name: dlq\n"
+    );
+    vec![
+        ("b.yaml", super::broker("default", "")),
+        ("dlq.yaml", super::broker("dlq", "")),
+        ("t.yaml", to_dlq),
+        ("k.yaml", super::trigger("kept", "dlq", kept, "")),
+        (
+            "p.yaml",
+            policy(
+                "dlq-from-trigger",
+                "  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: dlq}\n  from:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Trigger, name: fails}\n",
+            ),
+        ),
+        (
+            "o.yaml",
+            policy(
+                "default-open",
+                "  to:\n    - ref: {apiVersion: eventing.knative.dev/v1, kind: Broker, name: default}\n  from:\n    - sub: \"*\"\n",
+            ),
+        ),
+    ]
+}
