@@ -1054,24 +1054,14 @@ async fn delete_rabbitmq_objects(uri: &str, ns: &str) {
     let _ = connection.close(200, "done".into()).await;
 }
 
-/// librdkafka's mock Kafka cluster (one broker, real TCP) with `topic`:
-/// the Kafka the outage test can take down and bring back. The shared
-/// tansu cannot serve here: behind a proxy it sees its clients' connections
-/// cut mid-request, and tansu-storage 0.6 then panics on the idempotent
-/// producer's retried produce ("more or less than one row", lite.rs:503)
-/// and drops every connection after, whatever pilotlight does.
-fn mock_kafka(
-    topic: &str,
-) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(topic, 3, 1).expect("mock topic");
-    cluster
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_kafka_outage_under_load_loses_no_accepted_event() {
     let topic = unique("outage");
-    let kafka = mock_kafka(&topic);
+    // librdkafka's mock Kafka, not the shared tansu: behind a proxy tansu
+    // sees its clients' connections cut mid-request, and tansu-storage 0.6
+    // then panics on the idempotent producer's retried produce ("more or
+    // less than one row", lite.rs:503) and drops every connection after.
+    let kafka = support::mock_kafka(&topic, 3);
     let subscriber = Subscriber::accepting().await;
     let dir = tempfile::tempdir().expect("tmp");
     let manifests = dir.path().join("manifests");

@@ -933,19 +933,10 @@ impl Drop for LatePort {
     }
 }
 
-/// A MockCluster with one broker (id 1) and `topic` on it.
-fn mock_cluster(
-    topic: &str,
-) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(topic, 1, 1).expect("mock topic");
-    cluster
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_broker_is_not_ready_while_its_kafka_is_away_and_ready_when_it_answers() {
     let topic = unique("ext");
-    let cluster = mock_cluster(&topic);
+    let cluster = support::mock_kafka(&topic, 1);
     let mut port = LatePort::reserve();
     let broker = support::broker(
         "b",
@@ -1005,7 +996,7 @@ async fn a_kafka_broker_is_not_ready_while_its_kafka_is_away_and_ready_when_it_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kafka_source_is_not_ready_while_its_kafka_is_away_and_ready_when_it_answers() {
     let topic = unique("srcmock");
-    let cluster = mock_cluster(&topic);
+    let cluster = support::mock_kafka(&topic, 1);
     let mut port = LatePort::reserve();
     let sink = Subscriber::accepting().await;
     let source = format!(

@@ -320,31 +320,13 @@ impl FakeApiServer {
             changed: watch::channel(()).0,
         };
         let service_accounts = Arc::new(super::oidc::SigningKey::new("sa-key"));
-        let discovery = json!({
-            "issuer": SERVICE_ACCOUNT_ISSUER,
-            "jwks_uri": format!("{SERVICE_ACCOUNT_ISSUER}/openid/v1/jwks"),
-            "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["ES256"],
-        });
-        let jwks = service_accounts.jwks();
-        let app = axum::Router::new()
-            .route(
-                "/.well-known/openid-configuration",
-                axum::routing::get(move || {
-                    let discovery = discovery.clone();
-                    async move { axum::Json(discovery) }
-                }),
-            )
-            .route(
-                "/openid/v1/jwks",
-                axum::routing::get(move || {
-                    let jwks = jwks.clone();
-                    async move { axum::Json(jwks) }
-                }),
-            )
-            .fallback(handle)
-            .with_state(shared.clone());
+        let app = super::oidc::issuer_routes(
+            SERVICE_ACCOUNT_ISSUER,
+            "/openid/v1/jwks",
+            &service_accounts,
+        )
+        .fallback(handle)
+        .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

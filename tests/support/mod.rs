@@ -619,3 +619,17 @@ pub fn python_has(module: &str, pip: &str) -> bool {
     eprintln!("skipping: {message}");
     false
 }
+
+/// librdkafka's mock Kafka cluster (one broker, id 1, real TCP) with
+/// `topic` in `partitions` partitions: a Kafka a test can take down and
+/// bring back.
+pub fn mock_kafka(
+    topic: &str,
+    partitions: i32,
+) -> rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    cluster
+        .create_topic(topic, partitions, 1)
+        .expect("mock topic");
+    cluster
+}

@@ -68,6 +68,39 @@ impl Drop for TestIssuer {
     }
 }
 
+/// An OIDC issuer's two documents as routes: its discovery document at
+/// `/.well-known/openid-configuration`, naming `issuer` and the JWKS at
+/// `{issuer}{jwks_path}`, and the JWKS of `key` there.
+pub fn issuer_routes<S: Clone + Send + Sync + 'static>(
+    issuer: &str,
+    jwks_path: &'static str,
+    key: &SigningKey,
+) -> axum::Router<S> {
+    let discovery = json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}{jwks_path}"),
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+    });
+    let jwks = key.jwks();
+    axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(move || {
+                let discovery = discovery.clone();
+                async move { axum::Json(discovery) }
+            }),
+        )
+        .route(
+            jwks_path,
+            axum::routing::get(move || {
+                let jwks = jwks.clone();
+                async move { axum::Json(jwks) }
+            }),
+        )
+}
+
 impl TestIssuer {
     pub async fn start() -> TestIssuer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -75,29 +108,7 @@ impl TestIssuer {
             .expect("bind the test issuer");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let key = std::sync::Arc::new(SigningKey::new("test-key-1"));
-        let discovery = json!({
-            "issuer": url,
-            "jwks_uri": format!("{url}/keys"),
-            "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "id_token_signing_alg_values_supported": ["ES256"],
-        });
-        let jwks = key.jwks();
-        let app = axum::Router::new()
-            .route(
-                "/.well-known/openid-configuration",
-                axum::routing::get(move || {
-                    let discovery = discovery.clone();
-                    async move { axum::Json(discovery) }
-                }),
-            )
-            .route(
-                "/keys",
-                axum::routing::get(move || {
-                    let jwks = jwks.clone();
-                    async move { axum::Json(jwks) }
-                }),
-            );
+        let app: axum::Router = issuer_routes(&url, "/keys", &key);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
