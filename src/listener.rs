@@ -113,7 +113,9 @@ pub(crate) async fn serve_listener<F, S>(
     tokio::pin!(stop);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = limits.builder();
-    let slots = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+    let slots = limits
+        .max_connections
+        .map(|limit| (Arc::new(Semaphore::new(limit)), limit));
     let open = metrics::gauge!("pilotlight_http_connections", "listener" => name);
     let refused =
         metrics::counter!("pilotlight_http_connections_refused_total", "listener" => name);
@@ -131,11 +133,11 @@ pub(crate) async fn serve_listener<F, S>(
             () = &mut stop => break,
         };
         let slot = match &slots {
-            Some(slots) => match slots.clone().try_acquire_owned() {
+            Some((slots, limit)) => match slots.clone().try_acquire_owned() {
                 Ok(slot) => Some(slot),
                 Err(_) => {
                     refused.increment(1);
-                    tokio::spawn(refuse_connection(stream, limits.max_connections));
+                    tokio::spawn(refuse_connection(stream, *limit));
                     continue;
                 }
             },
@@ -209,8 +211,7 @@ async fn serve_connection<S>(
 /// A connection past `--max-connections`: an HTTP/1.1 503 written before
 /// anything is read (reading would take the very resources the limit
 /// protects), then closed. A TLS client sees its handshake fail instead.
-async fn refuse_connection(mut stream: TcpStream, limit: Option<usize>) {
-    let limit = limit.unwrap_or_default();
+async fn refuse_connection(mut stream: TcpStream, limit: usize) {
     let body = format!(
         "too many open connections (the limit is {limit}, set with --max-connections): try again later\n"
     );

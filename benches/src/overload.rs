@@ -34,7 +34,6 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
-use http::StatusCode;
 use http_body_util::BodyExt as _;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -43,15 +42,13 @@ use tokio::task::JoinSet;
 use crate::app::{free_port, loopback};
 use crate::load::{Load, Shape, Tally, Window, connect, new_histogram, record, run_load};
 use crate::report::{Check, checks_json, quantile_ms, write_checks};
-use crate::serving::{Rss, pilotlight_exe, read_rss, run_command, wait_ready};
+use crate::serving::{Rss, pilotlight_exe, read_rss, readyz, run_command, wait_ready};
 use crate::workdir::WorkDir;
 
 const MAX_RSS_MIB: f64 = 256.0;
 const MAX_ACCEPTED_P99_MS: f64 = 1000.0;
 /// How often the RSS is sampled and the admin listener probed.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// A probe slower than this counts as unanswered.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
 pub struct OverloadArgs {
@@ -286,12 +283,13 @@ impl Sampler {
                 samples.max_rss_kib = samples.max_rss_kib.max(rss.rss_kib);
                 let started = Instant::now();
                 samples.probes += 1;
-                match tokio::time::timeout(PROBE_TIMEOUT, ready(admin)).await {
-                    Ok(true) => record(
+                // A probe slower than a second counts as unanswered.
+                match readyz(admin).await {
+                    true => record(
                         &mut samples.probe_latency,
                         u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
                     ),
-                    _ => samples.unanswered += 1,
+                    false => samples.unanswered += 1,
                 }
                 tokio::time::sleep(SAMPLE_EVERY).await;
             }
@@ -304,19 +302,6 @@ impl Sampler {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.context("the sampler panicked")?
     }
-}
-
-/// One `GET /readyz` on a new connection, as a kubelet probes.
-async fn ready(admin: SocketAddr) -> bool {
-    let Ok(mut sender) = connect(admin).await else {
-        return false;
-    };
-    let Ok(request) = http::Request::get(format!("http://{admin}/readyz"))
-        .body(http_body_util::Full::new(Bytes::new()))
-    else {
-        return false;
-    };
-    matches!(sender.send_request(request).await, Ok(r) if r.status() == StatusCode::OK)
 }
 
 struct Report<'a> {

@@ -664,7 +664,9 @@ pub(crate) async fn wait_ready(
     }
 }
 
-async fn readyz(admin: SocketAddr) -> bool {
+/// Whether `/readyz` answers 200 within a second (a new connection each
+/// time, as a kubelet probes).
+pub(crate) async fn readyz(admin: SocketAddr) -> bool {
     let attempt = async {
         let mut sender = connect(admin).await?;
         sender.ready().await?;
