@@ -119,6 +119,8 @@ pub(crate) async fn serve_listener<F, S>(
     let open = metrics::gauge!("pilotlight_http_connections", "listener" => name);
     let refused =
         metrics::counter!("pilotlight_http_connections_refused_total", "listener" => name);
+    let accepted =
+        metrics::counter!("pilotlight_http_connections_accepted_total", "listener" => name);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -132,6 +134,7 @@ pub(crate) async fn serve_listener<F, S>(
             },
             () = &mut stop => break,
         };
+        accepted.increment(1);
         let slot = match &slots {
             Some((slots, limit)) => match slots.clone().try_acquire_owned() {
                 Ok(slot) => Some(slot),

@@ -3,15 +3,18 @@
 //! listener, the control plane and hot reload. Integration tests and the
 //! benchmark start it in process.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use axum::body::Body;
+use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -32,7 +35,7 @@ use crate::eventing::broker::BrokerRegistry;
 pub use crate::eventing::broker::ingress::IngressLimits;
 use crate::eventing::broker::ingress::{self, IngressState};
 use crate::eventing::controller::{EventingController, EventingSettings};
-use crate::eventing::delivery::EventSender;
+use crate::eventing::delivery::{EventSender, MainListenerService};
 use crate::eventing::source::cluster_state::ClusterState;
 use crate::eventing::source::{PingClock, Replication};
 use crate::http_util::text;
@@ -100,6 +103,10 @@ pub struct ServerConfig {
     pub listener: ListenerLimits,
     /// What the broker ingress allows each request.
     pub ingress: IngressLimits,
+    /// Deliveries to pilotlight's own Services and brokers are handed to
+    /// the main listener's service in process, without a socket (on unless
+    /// a benchmark measures what the socket would cost).
+    pub in_process_hops: bool,
 }
 
 /// HTTPS on the listeners.
@@ -178,6 +185,7 @@ impl ServerConfig {
             tls: TlsConfig::default(),
             listener: ListenerLimits::default(),
             ingress: IngressLimits::default(),
+            in_process_hops: true,
         }
     }
 }
@@ -377,6 +385,8 @@ impl Server {
         for store in [main_tls.store(), admin_tls.store()].into_iter().flatten() {
             client_tls.trust_own(store.clone());
         }
+        let sender =
+            EventSender::with_local_domain(&config.serving.domain, listen).with_tls(client_tls);
         let (control, router) = control_plane(
             &config,
             listen,
@@ -384,7 +394,7 @@ impl Server {
             cluster.as_ref(),
             registry.clone(),
             gate.clone(),
-            client_tls,
+            sender.clone(),
         );
         let ready = Arc::new(AtomicBool::new(false));
 
@@ -396,7 +406,14 @@ impl Server {
             },
             router,
             proxy: Proxy::new(),
+            listen,
         };
+        if config.in_process_hops {
+            sender.hand_over_in_process(
+                Arc::new(main.clone()),
+                config.tls.level == TransportEncryption::Strict,
+            );
+        }
         let admin_router = admin::router(AdminState {
             control: control.clone(),
             metrics: crate::telemetry::metrics_handle(),
@@ -419,7 +436,7 @@ impl Server {
             let main = main.clone();
             hyper::service::service_fn(move |request| {
                 let main = main.clone();
-                async move { Ok::<_, std::convert::Infallible>(main.call(request, peer).await) }
+                async move { Ok::<_, std::convert::Infallible>(main.serve(request, peer).await) }
             })
         };
         let admin_service =
@@ -583,9 +600,10 @@ async fn bind(config: &ServerConfig) -> anyhow::Result<(TcpListener, TcpListener
 }
 
 /// Both halves under one [`ControlPlane`]: serving runs revisions on the
-/// cluster (Kubernetes mode) or on this machine, and eventing's sender
-/// reaches service hosts on the main listener. Also returns serving's host
-/// router, which the main listener consults on every request.
+/// cluster (Kubernetes mode) or on this machine, and eventing sends with
+/// `sender` (which reaches service hosts on the main listener). Also
+/// returns serving's host router, which the main listener consults on
+/// every request.
 fn control_plane(
     config: &ServerConfig,
     listen: SocketAddr,
@@ -593,7 +611,7 @@ fn control_plane(
     cluster: Option<&Cluster>,
     registry: Arc<BrokerRegistry>,
     gate: Arc<Gate>,
-    client_tls: ClientTls,
+    sender: EventSender,
 ) -> (Arc<ControlPlane>, Arc<Router>) {
     let (config_objects, objects) = watch::channel(Arc::new(ConfigObjects::default()));
     let job_settings = JobSettings {
@@ -623,7 +641,7 @@ fn control_plane(
     let eventing = EventingController::new(
         config.eventing_settings(listen),
         registry,
-        EventSender::with_local_domain(&config.serving.domain, listen).with_tls(client_tls),
+        sender,
         cluster.map_or_else(Replication::single, Cluster::replication),
         gate,
     );
@@ -827,10 +845,30 @@ struct MainService {
     ingress: IngressState,
     router: Arc<Router>,
     proxy: Proxy,
+    /// The listener's own address: the peer of requests handed over in
+    /// process.
+    listen: SocketAddr,
+}
+
+/// pilotlight's own deliveries to its Services and brokers, without a
+/// socket (see `eventing::delivery`'s `in_process`).
+impl MainListenerService for MainService {
+    fn call(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'static>> {
+        let main = self.clone();
+        let peer = self.listen;
+        Box::pin(async move { main.serve(request, peer).await })
+    }
 }
 
 impl MainService {
-    async fn call(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn serve<B>(self, request: Request<B>, peer: SocketAddr) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let host = request
             .headers()
             .get(http::header::HOST)

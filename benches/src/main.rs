@@ -11,6 +11,7 @@ mod app;
 mod cesql;
 mod console;
 mod eventing;
+mod hops;
 mod http_server;
 mod issuer;
 mod kafka;
@@ -69,6 +70,9 @@ enum Suite {
     /// Console: pilotlight's CPU with 1,000 events/s flowing, with and
     /// without a browser watching the console.
     Console(console::ConsoleArgs),
+    /// Hops: a trigger delivering to one of pilotlight's own Services
+    /// against the same trigger delivering to the app run straight.
+    Hops(hops::HopsArgs),
     /// Overload: the pilotlight executable under a flood of clients that
     /// never back off, with a stalled subscriber: goodput against the
     /// capacity measured first, RSS, probes, no crash.
@@ -84,6 +88,7 @@ fn main() -> std::process::ExitCode {
             Suite::Serving(args) => serving::run(args).await,
             Suite::Cesql(args) => cesql::run(args),
             Suite::Overload(args) => overload::run(args).await,
+            Suite::Hops(args) => hops::run(args).await,
             Suite::Rabbitmq(args) => rabbitmq::run(args).await,
             Suite::Kafka(args) => kafka::run(args).await,
             Suite::Console(args) => console::run(args).await,

@@ -401,6 +401,7 @@ impl RunArgs {
                 signing_key: self.oidc_signing_key.clone(),
             },
             tls: self.tls_config()?,
+            in_process_hops: true,
         })
     }
 

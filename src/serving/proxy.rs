@@ -78,13 +78,18 @@ impl Proxy {
         }
     }
 
-    /// Serves one request for a service host.
-    pub(crate) async fn serve(
+    /// Serves one request for a service host: from a client connection, or
+    /// handed over in process by pilotlight's own sender.
+    pub(crate) async fn serve<B>(
         &self,
         route: &HostRoute,
-        request: Request<Incoming>,
+        request: Request<B>,
         peer: SocketAddr,
-    ) -> Response<Body> {
+    ) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let Some(revision) = route.pick().cloned() else {
             return with_retry_after(
                 text(
@@ -142,12 +147,16 @@ impl Proxy {
 }
 
 /// The request as the instance gets it.
-fn outbound_request(
-    request: Request<Incoming>,
+fn outbound_request<B>(
+    request: Request<B>,
     lease: &Lease,
     peer: SocketAddr,
     upgrade: bool,
-) -> Request<Body> {
+) -> Request<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let (mut parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {

@@ -17,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 
+use super::in_process::{self, MainListenerService, OwnListener};
 use crate::api::duck::DeliveryFormat;
 use crate::auth::{Issuer, SenderCredentials, SenderIdentity};
 use crate::cloudevent::{
@@ -162,6 +163,9 @@ pub struct EventSender {
     /// Who sends (a trigger, a subscription, a source) and the audiences of
     /// its destinations: requests to those carry a token for them.
     identity: Option<Arc<SenderIdentity>>,
+    /// pilotlight's own main listener: requests for it are handed over in
+    /// process (see `in_process`).
+    own: Option<Arc<OwnListener>>,
 }
 
 /// How the sender connects (HTTP and HTTPS alike).
@@ -191,11 +195,29 @@ impl EventSender {
             ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             ip => ip,
         };
-        Self::with_resolver(LocalDomainResolver {
-            suffix: Some(format!(".{}", domain.to_ascii_lowercase()).into()),
+        let suffix: Arc<str> = format!(".{}", domain.to_ascii_lowercase()).into();
+        let mut sender = Self::with_resolver(LocalDomainResolver {
+            suffix: Some(suffix.clone()),
             ip,
             system: GaiResolver::new(),
-        })
+        });
+        sender.own = Some(Arc::new(OwnListener::new(listen, suffix)));
+        sender
+    }
+
+    /// From now on, requests for pilotlight's own main listener (its
+    /// address, service hosts) go to `service` in process, from this sender
+    /// and every one cloned from it. `plain_http_refused`: transport
+    /// encryption is strict, so `http://` ones keep going over TCP (to be
+    /// refused there, as for any client).
+    pub(crate) fn hand_over_in_process(
+        &self,
+        service: Arc<dyn MainListenerService>,
+        plain_http_refused: bool,
+    ) {
+        if let Some(own) = &self.own {
+            own.attach(service, plain_http_refused);
+        }
     }
 
     fn with_resolver(resolver: LocalDomainResolver) -> Self {
@@ -206,6 +228,7 @@ impl EventSender {
             https: Arc::default(),
             issuer: None,
             identity: None,
+            own: None,
         }
     }
 
@@ -302,6 +325,10 @@ impl EventSender {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, authorization);
         }
+        if let Some(service) = self.own.as_ref().and_then(|own| own.service_for(uri)) {
+            let response = service.call(in_process::as_received(request)).await;
+            return answered(uri, response).await;
+        }
         let sent = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
             match self.https_client(target) {
                 Ok(client) => client.request(request).await,
@@ -310,23 +337,32 @@ impl EventSender {
         } else {
             self.client.request(request).await
         };
-        let response = match sent {
-            Ok(response) => response,
-            Err(e) => return network_failure(uri, &e),
-        };
-        let (parts, body) = response.into_parts();
-        if parts.status.is_success() {
-            return delivered(parts.status, &parts.headers, body).await;
+        match sent {
+            Ok(response) => answered(uri, response).await,
+            Err(e) => network_failure(uri, &e),
         }
-        let data = read_prefix(body, ERROR_DATA_MAX).await;
-        Attempt::Failed(Failure {
-            status: Some(parts.status),
-            retryable: is_retryable(parts.status),
-            retry_after: retry_after(&parts.headers),
-            message: format!("{uri} answered {}", parts.status),
-            data,
-        })
     }
+}
+
+/// What a destination's answer means: delivered (with a reply, if it
+/// carries one) or failed, with what Knative keeps of a failure.
+async fn answered<B>(uri: &Uri, response: http::Response<B>) -> Attempt
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = response.into_parts();
+    if parts.status.is_success() {
+        return delivered(parts.status, &parts.headers, body).await;
+    }
+    let data = read_prefix(body, ERROR_DATA_MAX).await;
+    Attempt::Failed(Failure {
+        status: Some(parts.status),
+        retryable: is_retryable(parts.status),
+        retry_after: retry_after(&parts.headers),
+        message: format!("{uri} answered {}", parts.status),
+        data,
+    })
 }
 
 /// The request's headers and body for the event in `format`.
@@ -349,11 +385,11 @@ fn encode(event: &Event, format: DeliveryFormat) -> Request<Full<Bytes>> {
 }
 
 /// A 2xx answer: a reply event if the response carries one, which must be valid.
-async fn delivered(
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: hyper::body::Incoming,
-) -> Attempt {
+async fn delivered<B>(status: StatusCode, headers: &HeaderMap, body: B) -> Attempt
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if !carries_event(headers) {
         // Drain so the connection goes back to the pool.
         let _ = read_prefix(body, REPLY_MAX).await;
@@ -451,7 +487,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Reads at most `limit` bytes of a body and drops the rest.
-async fn read_prefix(mut body: hyper::body::Incoming, limit: usize) -> Bytes {
+async fn read_prefix<B>(mut body: B, limit: usize) -> Bytes
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
     let mut kept = Vec::new();
     while let Some(Ok(frame)) = body.frame().await {
         if let Ok(data) = frame.into_data() {

@@ -21,6 +21,7 @@
 //! the log is over its size or a segment's newest record is over its age.
 
 mod cursors;
+mod prealloc;
 mod record;
 mod recovery;
 mod segment;

@@ -221,6 +221,10 @@ proptest! {
                         prop_assert!(pos < end && !reason.is_empty());
                         return Ok(());
                     }
+                    Next::Zeroed { pos } => {
+                        prop_assert!(pos + record::HEADER_LEN as u64 <= end);
+                        return Ok(());
+                    }
                     Next::Record { pos, header, payload } => {
                         prop_assert!(pos + header.record_len() <= end);
                         prop_assert_eq!(payload.map(<[u8]>::len), Some(header.payload_len as usize));

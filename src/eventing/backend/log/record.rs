@@ -42,6 +42,10 @@ impl Header {
         }
     }
 
+    fn is_zero(&self) -> bool {
+        self.payload_len == 0 && self.crc == 0 && self.offset == 0 && self.timestamp_ms == 0
+    }
+
     /// Header plus payload.
     pub(super) fn record_len(&self) -> u64 {
         HEADER_LEN as u64 + u64::from(self.payload_len)
@@ -106,6 +110,10 @@ pub(super) enum Next<'a> {
     },
     /// The position is exactly at the end: no more records.
     End,
+    /// An all-zero header: the zeroed, preallocated part of a segment, which
+    /// no record can be (a record's checksum covers its offset and
+    /// timestamp, and that of sixteen zero bytes is not zero).
+    Zeroed { pos: u64 },
     /// Fewer bytes remain than the record needs (a torn write), or the length
     /// field is beyond [`MAX_PAYLOAD`].
     Broken { pos: u64, reason: &'static str },
@@ -151,6 +159,9 @@ impl<'f> RecordReader<'f> {
         let Some(header) = self.header()? else {
             return Ok(broken(pos, "partial record header"));
         };
+        if header.is_zero() {
+            return Ok(Next::Zeroed { pos });
+        }
         if header.payload_len > MAX_PAYLOAD {
             return Ok(broken(pos, "record length out of range"));
         }
@@ -246,6 +257,29 @@ mod tests {
         assert!(matches!(
             reader.next(true).expect("reads"),
             Next::Broken { pos: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn zeroed_header_is_not_a_record() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 0, 0, b"").expect("encodes");
+        assert_ne!(
+            &buf[..HEADER_LEN],
+            &[0u8; HEADER_LEN],
+            "an empty record at 0 is not zeros"
+        );
+        buf.extend_from_slice(&[0u8; 100]);
+        let mut file = tempfile::tempfile().expect("temp file");
+        file.write_all(&buf).expect("writes");
+        let mut reader = RecordReader::new(&file, 0, buf.len() as u64, 16);
+        assert!(matches!(
+            reader.next(true).expect("reads"),
+            Next::Record { .. }
+        ));
+        assert!(matches!(
+            reader.next(true).expect("reads"),
+            Next::Zeroed { pos } if pos == HEADER_LEN as u64
         ));
     }
 

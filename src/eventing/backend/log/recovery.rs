@@ -4,7 +4,12 @@
 //! Segments are closed only once fully synced (see `writer`), so after a crash
 //! only the last segment can end in a torn or half-written record. That one is
 //! scanned completely, every record checked (length, checksum, offset), and cut
-//! at the first one that fails. Earlier segments are trusted as they are: open
+//! at the first one that fails. The last segment is zeroed ahead of the writer
+//! (see `prealloc`), so its records usually end in zeros: an all-zero header
+//! ends the records, and the rest of the file is read to prove it is zeros.
+//! Anything else there is a torn write (pages of an unsynced group can reach
+//! the disk in any order) and is zeroed: left, it could chain after records
+//! written later and be taken for them after another crash. Earlier segments are trusted as they are: open
 //! costs one `stat` per segment, and each is indexed (its headers walked) on the
 //! first read that needs it. Opening a large log is therefore as fast as
 //! scanning one segment.
@@ -16,6 +21,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use super::RecoveryReport;
+use super::prealloc;
 use super::record::{self, Next, RecordReader};
 use super::segment::{INDEX_INTERVAL, IndexEntry, SCAN_CHUNK, Segment, View, io_error};
 use super::writer::{SegmentWriter, SyncPoint, sync_dir};
@@ -46,9 +52,16 @@ pub(super) fn recover(dir: &Path, segment_bytes: u64) -> Result<Recovered, Store
         segments.push(Arc::new(closed_segment(dir, pair[0], pair[1])?));
     }
     let last = bases.last().copied().unwrap_or(0);
-    let (active, file, synced, truncated_bytes) = recover_last(dir, last)?;
+    let (active, file, synced, truncated_bytes, zeroed_end) = recover_last(dir, last)?;
     segments.push(active.clone());
-    let writer = SegmentWriter::new(dir.to_path_buf(), segment_bytes, active, file, synced);
+    let writer = SegmentWriter::new(
+        dir.to_path_buf(),
+        segment_bytes,
+        active,
+        file,
+        synced,
+        zeroed_end,
+    );
     let report = RecoveryReport {
         segments: segments.len(),
         next_offset: synced.next_offset,
@@ -143,11 +156,12 @@ struct Scan {
     stopped: Option<(u64, &'static str)>,
 }
 
-/// Opens the last segment, verifies every record and cuts off a bad tail.
-fn recover_last(
-    dir: &Path,
-    base: u64,
-) -> Result<(Arc<Segment>, Arc<File>, SyncPoint, u64), StoreError> {
+/// The recovered active segment: the segment, its file, what is durable,
+/// the bytes of damage zeroed, and the end of its zeroed tail.
+type RecoveredLast = (Arc<Segment>, Arc<File>, SyncPoint, u64, u64);
+
+/// Opens the last segment, verifies every record and zeroes a bad tail.
+fn recover_last(dir: &Path, base: u64) -> Result<RecoveredLast, StoreError> {
     let path = dir.join(Segment::file_name(base));
     let file = OpenOptions::new()
         .read(true)
@@ -159,8 +173,16 @@ fn recover_last(
         .map_err(|e| io_error("inspecting segment", &path, e))?
         .len();
     let scan = scan(&file, base, len).map_err(|e| io_error("scanning segment", &path, e))?;
-    let truncated = len - scan.valid_len;
-    if let Some((pos, reason)) = scan.stopped {
+    let damaged_end = match scan.stopped {
+        None => scan.valid_len,
+        Some(_) => last_nonzero_end(&file, scan.valid_len, len)
+            .map_err(|e| io_error("scanning segment", &path, e))?,
+    };
+    let truncated = damaged_end - scan.valid_len;
+    if truncated > 0 {
+        let (pos, reason) = scan
+            .stopped
+            .unwrap_or((scan.valid_len, "bytes after the records"));
         tracing::warn!(
             segment = %path.display(),
             position = pos,
@@ -169,9 +191,9 @@ fn recover_last(
             kept_records = scan.next_offset - base,
             "the log's last segment ends in a torn or corrupt record (an interrupted write); cutting it off"
         );
-        file.set_len(scan.valid_len)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io_error("truncating segment", &path, e))?;
+        prealloc::write_zeros(&file, scan.valid_len, damaged_end)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_error("cutting the damaged tail of segment", &path, e))?;
     }
     let synced = SyncPoint {
         len: scan.valid_len,
@@ -188,7 +210,26 @@ fn recover_last(
         indexed: true,
     };
     let segment = Arc::new(Segment::open_with(base, path, file.clone(), view));
-    Ok((segment, file, synced, truncated))
+    Ok((segment, file, synced, truncated, len))
+}
+
+/// The position after the last byte in `from..to` that is not zero (`from`
+/// when they all are).
+fn last_nonzero_end(file: &File, from: u64, to: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; SCAN_CHUNK.min(to.saturating_sub(from) as usize)];
+    let mut end = from;
+    let mut at = from;
+    while at < to {
+        let len = (to - at).min(buf.len() as u64) as usize;
+        let chunk = &mut buf[..len];
+        file.read_exact_at(chunk, at)?;
+        if let Some(last) = chunk.iter().rposition(|b| *b != 0) {
+            end = at + last as u64 + 1;
+        }
+        at += len as u64;
+    }
+    Ok(end)
 }
 
 /// Walks a segment from the start, checking every record, up to the first
@@ -208,6 +249,10 @@ fn scan(file: &File, base: u64, len: u64) -> io::Result<Scan> {
             Next::End => break,
             Next::Broken { pos, reason } => {
                 scan.stopped = Some((pos, reason));
+                break;
+            }
+            Next::Zeroed { pos } => {
+                scan.stopped = Some((pos, "the records end in zeros, and bytes follow them"));
                 break;
             }
             Next::Record {

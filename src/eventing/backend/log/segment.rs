@@ -181,6 +181,7 @@ impl Segment {
             {
                 Next::End => break,
                 Next::Broken { pos, reason } => return Err(self.corrupt(pos, reason)),
+                Next::Zeroed { pos } => return Err(self.zeroed(pos)),
                 Next::Record {
                     pos,
                     header,
@@ -213,6 +214,9 @@ impl Segment {
         let Some(file) = self.file()? else {
             return Ok(None);
         };
+        if !self.view().indexed {
+            self.build_index(&file)?;
+        }
         let durable_len = self.view().durable_len;
         let mut reader = RecordReader::new(&file, 0, durable_len, SCAN_CHUNK);
         let mut expected = self.base;
@@ -223,6 +227,7 @@ impl Segment {
             {
                 Next::End => return Ok(None),
                 Next::Broken { pos, reason } => return Err(self.corrupt(pos, reason)),
+                Next::Zeroed { pos } => return Err(self.zeroed(pos)),
                 Next::Record {
                     pos,
                     header,
@@ -306,6 +311,7 @@ impl Segment {
         let mut expected = self.base;
         let mut newest = None;
         let mut next_entry_at = 0;
+        let mut len = len;
         loop {
             match reader
                 .next(false)
@@ -313,6 +319,14 @@ impl Segment {
             {
                 Next::End => break,
                 Next::Broken { pos, reason } => return Err(self.corrupt(pos, reason)),
+                // The zeroed tail of a segment that a crash closed before
+                // its roll cut it (its records were all synced: a roll
+                // happens only then), once every record is there.
+                Next::Zeroed { pos } if expected == end_offset => {
+                    len = pos;
+                    break;
+                }
+                Next::Zeroed { pos } => return Err(self.zeroed(pos)),
                 Next::Record { pos, header, .. } => {
                     if header.offset != expected {
                         return Err(self.corrupt(pos, "record has an unexpected offset"));
@@ -345,10 +359,17 @@ impl Segment {
         let mut view = self.view_mut();
         view.index = index;
         view.indexed = true;
+        view.durable_len = len;
         if newest.is_some() {
             view.newest_ms = newest;
         }
         Ok(())
+    }
+
+    /// Zeros where a durable record should be: the writer only ever reads
+    /// durable extents, which hold records from end to end.
+    fn zeroed(&self, pos: u64) -> StoreError {
+        self.corrupt(pos, "zeros where a durable record should be")
     }
 
     fn corrupt(&self, pos: u64, reason: &str) -> StoreError {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::record::{self, HEADER_LEN};
+use super::record::{self, HEADER_LEN, Next, RecordReader};
 use super::writer::Fault;
 use super::*;
 use crate::api::ObjectKey;
@@ -75,6 +75,34 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path).expect("stat").len()
 }
 
+/// Where a segment's records end: the file may go on in zeros (the active
+/// segment is zeroed ahead of the writer).
+fn data_len(path: &Path) -> u64 {
+    let file = fs::File::open(path).expect("opens segment");
+    let mut reader = RecordReader::new(&file, 0, file_len(path), 4096);
+    while let Next::Record { .. } = reader.next(false).expect("reads") {}
+    reader.pos()
+}
+
+/// Whether every byte of the file from `from` on is zero.
+fn zeros_from(path: &Path, from: u64) -> bool {
+    fs::read(path).expect("reads segment")[from as usize..]
+        .iter()
+        .all(|b| *b == 0)
+}
+
+/// Writes `bytes` where the records end, into the zeroed tail: what a
+/// crash in the middle of an unsynced write leaves.
+fn write_at_data_end(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let at = data_len(path);
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.write_all_at(bytes, at))
+        .expect("writes after the records");
+}
+
 #[test]
 fn empty_dir_opens_empty() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -116,6 +144,15 @@ fn round_trip_across_segments_and_reopen() {
         assert_eq!(ids(&some), want);
     }
     assert!(store.read(30, 10).expect("reads").is_empty());
+    let files = segment_files(dir.path());
+    for closed in &files[..files.len() - 1] {
+        assert_eq!(
+            file_len(closed),
+            data_len(closed),
+            "a roll cuts the zeroed tail off {}",
+            closed.display()
+        );
+    }
     drop(store);
 
     let (store, report) = open(dir.path(), small());
@@ -160,21 +197,18 @@ fn torn_tail_is_cut_at_open() {
     append_each_synced(&store, 0..7);
     drop(store);
     let last = segment_files(dir.path()).pop().expect("a segment");
-    let synced_len = file_len(&last);
+    let synced_len = data_len(&last);
     // Half of the next record, as if killed mid-write.
     let mut next = Vec::new();
     record::encode(&mut next, 7, 0, &event(7).to_bytes()).expect("encodes");
     let half = &next[..next.len() / 2];
-    OpenOptions::new()
-        .append(true)
-        .open(&last)
-        .and_then(|mut f| f.write_all(half))
-        .expect("appends half a record");
+    write_at_data_end(&last, half);
 
     let (store, report) = open(dir.path(), small());
     assert_eq!(report.truncated_bytes, half.len() as u64);
     assert_eq!(report.next_offset, 7);
-    assert_eq!(file_len(&last), synced_len);
+    assert_eq!(data_len(&last), synced_len);
+    assert!(zeros_from(&last, synced_len), "the torn record is zeroed");
     assert_eq!(
         ids(&store.read(0, 100).expect("reads")),
         (0..7).collect::<Vec<_>>()
@@ -191,6 +225,79 @@ fn torn_tail_is_cut_at_open() {
 }
 
 #[test]
+fn a_zeroed_tail_is_the_end_of_the_log_not_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path(), LogConfig::default());
+    append_each_synced(&store, 0..5);
+    drop(store);
+    let last = segment_files(dir.path()).pop().expect("a segment");
+    let len = data_len(&last);
+    // What the zeroing thread leaves ahead of the writer, made certain here.
+    OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .and_then(|f| f.set_len(len + (64 << 10)))
+        .expect("extends with zeros");
+    let (store, report) = open(dir.path(), LogConfig::default());
+    assert_eq!(report.truncated_bytes, 0, "zeros are not damage");
+    assert_eq!(report.next_offset, 5);
+    assert!(
+        file_len(&last) >= len + (64 << 10),
+        "the zeroed tail is kept"
+    );
+    assert_eq!(store.append(&events(5..6)).expect("appends"), 5);
+    store.sync().expect("syncs");
+    assert_eq!(
+        ids(&store.read(0, 100).expect("reads")),
+        (0..6).collect::<Vec<_>>()
+    );
+}
+
+/// Pages of an unsynced group reach the disk in any order: here the first
+/// record of a torn group is still zeros but the ones after it were
+/// written. Recovery must find those bytes behind the zeros and zero them:
+/// left there, after a later shorter group they would sit exactly where
+/// the next records belong, with the right offsets and checksums, and
+/// another crash would bring back events never acknowledged.
+#[test]
+fn a_torn_write_behind_zeros_is_found_and_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _) = open(dir.path(), LogConfig::default());
+    append_each_synced(&store, 10..17); // offsets 0..7
+    drop(store);
+    let last = segment_files(dir.path()).pop().expect("a segment");
+    let synced_len = data_len(&last);
+    // The lost group: offsets 7, 8, 9 holding events 27, 28, 29, with the
+    // first record's bytes never written.
+    let mut group = Vec::new();
+    for (offset, id) in [(7, 27), (8, 28), (9, 29)] {
+        record::encode(&mut group, offset, 0, &event(id).to_bytes()).expect("encodes");
+    }
+    let record_len = group.len() / 3;
+    group[..record_len].fill(0);
+    write_at_data_end(&last, &group);
+
+    let (store, report) = open(dir.path(), LogConfig::default());
+    assert_eq!(report.next_offset, 7);
+    // Cut: from where the records end to the last byte that is not zero.
+    assert_eq!(report.truncated_bytes, (3 * record_len) as u64);
+    assert!(
+        zeros_from(&last, synced_len),
+        "the stray records are zeroed"
+    );
+    // A shorter group of the same record sizes, synced, then a crash.
+    assert_eq!(store.append(&events(17..19)).expect("appends"), 7);
+    store.sync().expect("syncs");
+    drop(store);
+    let (store, report) = open(dir.path(), LogConfig::default());
+    assert_eq!(report.next_offset, 9, "nothing chains after the new group");
+    assert_eq!(
+        ids(&store.read(0, 100).expect("reads")),
+        (10..19).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn garbage_tail_is_cut_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, _) = open(dir.path(), LogConfig::default());
@@ -198,19 +305,16 @@ fn garbage_tail_is_cut_at_open() {
     store.sync().expect("syncs");
     drop(store);
     let last = segment_files(dir.path()).pop().expect("a segment");
-    let len = file_len(&last);
+    let len = data_len(&last);
     // A plausible header (small length) followed by junk, then a huge length.
     let mut junk = vec![0u8; 100];
     junk[0] = 10;
     junk.extend_from_slice(&[0xff; 64]);
-    OpenOptions::new()
-        .append(true)
-        .open(&last)
-        .and_then(|mut f| f.write_all(&junk))
-        .expect("appends junk");
+    write_at_data_end(&last, &junk);
     let (store, report) = open(dir.path(), LogConfig::default());
     assert_eq!(report.truncated_bytes, junk.len() as u64);
-    assert_eq!(file_len(&last), len);
+    assert_eq!(data_len(&last), len);
+    assert!(zeros_from(&last, len));
     assert_eq!(store.bounds(), (0, 5));
     assert_eq!(store.append(&events(5..6)).expect("appends"), 5);
 }
@@ -223,7 +327,7 @@ fn flipped_byte_in_last_record_is_cut_at_open() {
     store.sync().expect("syncs");
     drop(store);
     let last = segment_files(dir.path()).pop().expect("a segment");
-    let len = file_len(&last);
+    let len = data_len(&last);
     let record_len = len / 10;
     flip_byte(&last, len - 5); // inside the payload of offset 9
     let (store, report) = open(dir.path(), LogConfig::default());
@@ -246,7 +350,7 @@ fn flipped_offset_in_last_segment_is_cut_at_open() {
     store.sync().expect("syncs");
     drop(store);
     let last = segment_files(dir.path()).pop().expect("a segment");
-    let record_len = file_len(&last) / 4;
+    let record_len = data_len(&last) / 4;
     flip_byte(&last, 2 * record_len + 8); // the offset field of record 2
     let (_, report) = open(dir.path(), LogConfig::default());
     assert_eq!(report.next_offset, 2);
@@ -331,7 +435,7 @@ fn zero_length_last_segment_from_crash_during_roll() {
     );
     store.sync().expect("syncs");
     assert!(
-        file_len(&empty) > 0,
+        data_len(&empty) > 0,
         "the empty segment becomes the active one"
     );
     assert_eq!(offsets(&store.read(next, 10).expect("reads")), vec![next]);
@@ -389,7 +493,7 @@ fn failed_write_rolls_back_the_whole_group() {
     let (store, _) = open(dir.path(), LogConfig::default());
     store.append(&events(0..3)).expect("appends");
     store.sync().expect("syncs");
-    let synced_len = file_len(&segment_files(dir.path())[0]);
+    let synced_len = data_len(&segment_files(dir.path())[0]);
     // A group: the first append succeeds, the second fails.
     assert_eq!(store.append(&events(3..5)).expect("appends"), 3);
     store.inject(Fault::Write);
@@ -399,7 +503,11 @@ fn failed_write_rolls_back_the_whole_group() {
         (0, 3),
         "offsets of the failed group are reused"
     );
-    assert_eq!(file_len(&segment_files(dir.path())[0]), synced_len);
+    assert_eq!(data_len(&segment_files(dir.path())[0]), synced_len);
+    assert!(
+        zeros_from(&segment_files(dir.path())[0], synced_len),
+        "the failed group is zeroed"
+    );
     assert_eq!(store.append(&events(10..12)).expect("appends"), 3);
     store.sync().expect("syncs");
     assert_eq!(
@@ -441,7 +549,7 @@ fn failed_rollback_poisons_the_store() {
     store.append(&events(0..1)).expect("appends");
     store.sync().expect("syncs");
     store.inject(Fault::Write);
-    store.inject(Fault::Truncate);
+    store.inject(Fault::Undo);
     assert!(store.append(&events(1..2)).is_err());
     let err = store.append(&events(1..2)).expect_err("poisoned");
     let msg = err.to_string();
@@ -458,7 +566,7 @@ fn retention_by_bytes_drops_oldest_closed_segments() {
     let (store, _) = open(dir.path(), small());
     append_each_synced(&store, 0..30);
     let before = segment_files(dir.path());
-    let sizes: Vec<u64> = before.iter().map(|p| file_len(p)).collect();
+    let sizes: Vec<u64> = before.iter().map(|p| data_len(p)).collect();
     let total: u64 = sizes.iter().sum();
     drop(store);
     // Keep about half.
@@ -471,7 +579,7 @@ fn retention_by_bytes_drops_oldest_closed_segments() {
     let after = segment_files(dir.path());
     assert!(after.len() < before.len());
     assert_eq!(after, before[before.len() - after.len()..]);
-    let kept: u64 = after.iter().map(|p| file_len(p)).sum();
+    let kept: u64 = after.iter().map(|p| data_len(p)).sum();
     assert!(kept <= total / 2);
     let (oldest, next) = store.bounds();
     assert!(oldest > 0);

@@ -12,14 +12,18 @@
 //! and a segment is only ever closed once all of it is durable. That keeps two
 //! invariants recovery and rollback rely on: at most one file (the last) can
 //! have an unsynced or torn tail, and undoing a failed group only ever means
-//! truncating the active segment back to its synced length.
+//! zeroing the active segment back to its synced length.
+//!
+//! The active segment is zeroed ahead of the writer by a background thread
+//! (see `prealloc`), so a segment file is longer than its data until it
+//! closes; a roll cuts the zeroed tail off the closing segment.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use super::prealloc::{self, Preallocator};
 use super::record;
 use super::segment::{INDEX_INTERVAL, IndexEntry, Segment, View, io_error};
 use crate::cloudevent::Event;
@@ -33,7 +37,7 @@ const KEEP_BUFFER: usize = 8 << 20;
 pub(super) enum Fault {
     Write,
     Sync,
-    Truncate,
+    Undo,
 }
 
 /// What is durable: restored by a rollback.
@@ -64,6 +68,8 @@ pub(super) struct SegmentWriter {
     /// fsync for the file to survive a crash.
     dir_dirty: bool,
     buf: Vec<u8>,
+    /// Zeroes the active segment ahead of `pos`.
+    prealloc: Preallocator,
     /// Set when a failed write could not be undone: nothing more is written.
     poisoned: Option<String>,
     #[cfg(test)]
@@ -72,15 +78,19 @@ pub(super) struct SegmentWriter {
 
 impl SegmentWriter {
     /// A writer continuing the recovered active segment, whose whole content
-    /// (`synced.len` bytes) is durable.
+    /// (`synced.len` bytes) is durable and whose bytes from there up to
+    /// `zeroed_end` are zeros.
     pub(super) fn new(
         dir: PathBuf,
         segment_bytes: u64,
         active: Arc<Segment>,
         file: Arc<File>,
         synced: SyncPoint,
+        zeroed_end: u64,
     ) -> Self {
+        let prealloc = Preallocator::start(file.clone(), segment_bytes, synced.len, zeroed_end);
         SegmentWriter {
+            prealloc,
             dir,
             segment_bytes,
             active,
@@ -212,7 +222,7 @@ impl SegmentWriter {
         }
         let written = self
             .injected(Fault::Write)
-            .and_then(|()| self.file.write_all_at(&self.buf, self.pos));
+            .and_then(|()| self.prealloc.write_at(&self.file, &self.buf, self.pos));
         let len = self.buf.len() as u64;
         if self.buf.capacity() > KEEP_BUFFER {
             self.buf = Vec::new();
@@ -245,15 +255,19 @@ impl SegmentWriter {
         };
     }
 
-    /// Truncates the active segment to its synced length so the next append
-    /// reuses the offsets of the undone records. If even that fails, the file
-    /// may hold records the offsets no longer account for: refuse to go on.
+    /// Zeroes the active segment from its synced length on, so the next
+    /// append reuses the offsets of the undone records and no undone record
+    /// is left past a later, shorter group (recovery would otherwise find it
+    /// chained after that group, with the right offset, after a crash). If
+    /// even that fails, the file may hold records the offsets no longer
+    /// account for: refuse to go on.
     fn rollback(&mut self) {
+        let written = self.pos;
         self.reset_to_synced();
-        let truncated = self
-            .injected(Fault::Truncate)
-            .and_then(|()| self.file.set_len(self.synced.len));
-        if let Err(e) = truncated {
+        let zeroed = self
+            .injected(Fault::Undo)
+            .and_then(|()| prealloc::write_zeros(&self.file, self.synced.len, written));
+        if let Err(e) = zeroed {
             let reason = format!(
                 "the log in {} is unusable: undoing a failed write to {} failed ({e}); restart pilotlight to recover it",
                 self.dir.display(),
@@ -267,6 +281,12 @@ impl SegmentWriter {
     /// Starts a new segment at the next offset. The current one is fully synced
     /// (see the module documentation), so it is complete on disk.
     fn roll(&mut self, segments: &RwLock<Vec<Arc<Segment>>>) -> Result<(), StoreError> {
+        // Cut the zeroed tail first and make that durable, before the next
+        // segment exists: closed segments are then exactly their records.
+        self.prealloc
+            .cut(self.pos)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| io_error("closing segment", &self.active.path, e))?;
         let base = self.next_offset;
         let path = self.dir.join(Segment::file_name(base));
         let file = OpenOptions::new()
@@ -300,6 +320,7 @@ impl SegmentWriter {
             .unwrap_or_else(|e| e.into_inner())
             .push(segment.clone());
         tracing::debug!(segment = %segment.path.display(), "rolled to a new log segment");
+        self.prealloc.switch(file.clone());
         self.active = segment;
         self.file = file;
         self.synced = SyncPoint {
