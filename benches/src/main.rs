@@ -21,6 +21,7 @@ mod overload;
 mod rabbitmq;
 mod report;
 mod serving;
+mod sync;
 mod workdir;
 
 use clap::{Parser, Subcommand};
@@ -70,6 +71,9 @@ enum Suite {
     /// Console: pilotlight's CPU with 1,000 events/s flowing, with and
     /// without a browser watching the console.
     Console(console::ConsoleArgs),
+    /// Sync: an fdatasync after a group of events, on a file that grows
+    /// with each write against one zeroed ahead (the log's own disk cost).
+    Sync(sync::SyncArgs),
     /// Hops: a trigger delivering to one of pilotlight's own Services
     /// against the same trigger delivering to the app run straight.
     Hops(hops::HopsArgs),
@@ -89,6 +93,7 @@ fn main() -> std::process::ExitCode {
             Suite::Cesql(args) => cesql::run(args),
             Suite::Overload(args) => overload::run(args).await,
             Suite::Hops(args) => hops::run(args).await,
+            Suite::Sync(args) => sync::run(args),
             Suite::Rabbitmq(args) => rabbitmq::run(args).await,
             Suite::Kafka(args) => kafka::run(args).await,
             Suite::Console(args) => console::run(args).await,
