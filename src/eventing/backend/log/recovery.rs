@@ -9,10 +9,11 @@
 //! ends the records, and the rest of the file is read to prove it is zeros.
 //! Anything else there is a torn write (pages of an unsynced group can reach
 //! the disk in any order) and is zeroed: left, it could chain after records
-//! written later and be taken for them after another crash. Earlier segments are trusted as they are: open
-//! costs one `stat` per segment, and each is indexed (its headers walked) on the
-//! first read that needs it. Opening a large log is therefore as fast as
-//! scanning one segment.
+//! written later and be taken for them after another crash.
+//!
+//! Earlier segments are trusted as they are: open costs one `stat` per
+//! segment, and each is indexed (its headers walked) on the first read that
+//! needs it. Opening a large log is therefore as fast as scanning one segment.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
