@@ -6,6 +6,11 @@
 //! trigger reading the tail tests one bit per event instead of its filter. A
 //! trigger that falls behind the tail reads the store and tests its filter itself.
 //!
+//! A trigger that has read everything parks, and only an event that matched it
+//! wakes it (its own [`Notify`]): with thousands of triggers on a broker, an
+//! event wakes the few it matched, not every one. A parked trigger is at the
+//! head for its cursor, since nothing published while it slept was for it.
+//!
 //! Each trigger has a cursor: every event before it was delivered, dead-lettered
 //! or filtered out. Cursors advance only on acknowledgement and are persisted
 //! periodically, so a crash redelivers at most the last moments' work.
@@ -22,7 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::{
     AppendError, Backend, BackendError, LanePosition, RewindError, RewindTo, Rewound, Subscription,
@@ -187,12 +192,29 @@ struct SubscriptionState {
     /// The next offset the subscription will read.
     read_up_to: u64,
     lost_to_retention: u64,
+    /// The reader has read up to the head and waits on `wake`: every event
+    /// published since then did not match it (one that did unparks it).
+    parked: bool,
+    /// Wakes the reader: an event matched it, or it was replaced or stopped.
+    wake: Arc<Notify>,
 }
 
 impl SubscriptionState {
-    /// Every event before this offset is done for the trigger.
-    fn cursor(&self) -> u64 {
-        self.pending.first().copied().unwrap_or(self.read_up_to)
+    /// Every event before this offset is done for the trigger; `head` is the
+    /// backend's, which a parked subscription has in effect reached.
+    fn cursor(&self, head: u64) -> u64 {
+        let read = if self.parked { head } else { self.read_up_to };
+        self.pending.first().copied().unwrap_or(read)
+    }
+
+    /// Wakes the reader for an event at `offset` or later. A parked reader
+    /// skips what was published before it, none of which matched it.
+    fn unpark(&mut self, offset: u64) {
+        if self.parked {
+            self.parked = false;
+            self.read_up_to = self.read_up_to.max(offset);
+        }
+        self.wake.notify_one();
     }
 }
 
@@ -204,6 +226,7 @@ impl State {
     fn publish(&mut self, events: Vec<Arc<Event>>, matches: Vec<MatchSet>, tail_bytes: usize) {
         let now = Instant::now();
         for (event, matches) in events.into_iter().zip(matches) {
+            self.wake_matched(self.head(), &matches);
             self.tail_bytes += event.size();
             self.tail.push_back(TailEntry {
                 event,
@@ -213,6 +236,32 @@ impl State {
         }
         while self.tail_bytes > tail_bytes && self.tail.len() > 1 {
             self.pop_tail();
+        }
+    }
+
+    /// Wakes the subscriptions an event at `offset` is for: those it matched
+    /// and, when it was matched against an older index than a subscription's
+    /// (just after triggers changed), that subscription, which tests its
+    /// filter itself.
+    fn wake_matched(&mut self, offset: u64, matches: &MatchSet) {
+        for slot in matches.slots() {
+            let key = self.slots.get(slot).and_then(Option::as_ref);
+            if let Some(sub) = key.and_then(|k| self.subscriptions.get_mut(k)) {
+                sub.unpark(offset);
+            }
+        }
+        if matches.index_version < self.index_version {
+            self.subscriptions
+                .values_mut()
+                .filter(|sub| sub.since_index_version > matches.index_version)
+                .for_each(|sub| sub.unpark(offset));
+        }
+    }
+
+    /// Wakes every reader, so each finds out it was replaced or stopped.
+    fn wake_all(&self) {
+        for sub in self.subscriptions.values() {
+            sub.wake.notify_one();
         }
     }
 
@@ -328,8 +377,9 @@ impl<S: Store> Shared<S> {
             }
             state.cursors_dirty = false;
             let mut cursors = state.saved_cursors.clone();
+            let head = state.head();
             for (key, sub) in &state.subscriptions {
-                cursors.insert(key.clone(), sub.cursor());
+                cursors.insert(key.clone(), sub.cursor(head));
             }
             cursors
         };
@@ -360,12 +410,13 @@ impl<S: Store> Shared<S> {
         let mut evicted = Vec::new();
         {
             let mut state = self.lock();
+            let head = state.head();
             let done_up_to = state
                 .subscriptions
                 .values()
-                .map(SubscriptionState::cursor)
+                .map(|sub| sub.cursor(head))
                 .min()
-                .unwrap_or_else(|| state.head());
+                .unwrap_or(head);
             let deadline = self
                 .config
                 .max_age
@@ -441,14 +492,14 @@ impl<S: Store> Backend for LocalBackend<S> {
         spec: SubscriptionSpec,
     ) -> Result<Box<dyn Subscription>, BackendError> {
         let key = spec.trigger.to_string();
-        let (generation, since, start, index) = {
+        let (generation, since, start, index, wake) = {
             let mut state = self.shared.lock();
             let head = state.head();
             let (first_kept, _) = self.shared.store.bounds();
             let previous = state.subscriptions.remove(&key);
             let saved = state.saved_cursors.remove(&key);
             let start = match (&previous, saved) {
-                (Some(p), _) => p.cursor(),
+                (Some(p), _) => p.cursor(head),
                 (None, Some(c)) => c.clamp(first_kept.min(head), head),
                 (None, None) => head,
             };
@@ -476,7 +527,13 @@ impl<S: Store> Backend for LocalBackend<S> {
                 lost_to_retention: previous
                     .as_ref()
                     .map_or(lost_while_down, |p| p.lost_to_retention),
+                parked: false,
+                wake: Arc::new(Notify::new()),
             };
+            // The replaced reader wakes, finds itself stale and ends.
+            if let Some(previous) = &previous {
+                previous.wake.notify_one();
+            }
             state.subscriptions.insert(key.clone(), sub);
             let index = state.rebuild_index();
             let since = index.version();
@@ -484,7 +541,8 @@ impl<S: Store> Backend for LocalBackend<S> {
                 sub.since_index_version = since;
             }
             state.cursors_dirty = true;
-            (generation, since, start, index)
+            let wake = state.subscriptions.get(&key).map(|s| s.wake.clone());
+            (generation, since, start, index, wake.unwrap_or_default())
         };
         self.shared.set_index(index);
         Ok(Box::new(LocalSubscription::new(
@@ -494,6 +552,7 @@ impl<S: Store> Backend for LocalBackend<S> {
             spec.filter,
             since,
             start,
+            wake,
         )))
     }
 
@@ -505,6 +564,7 @@ impl<S: Store> Backend for LocalBackend<S> {
             let Some(sub) = state.subscriptions.remove(&key) else {
                 return Ok(());
             };
+            sub.wake.notify_one();
             if let Some(slot) = state.slots.get_mut(sub.slot) {
                 *slot = None;
             }
@@ -548,7 +608,7 @@ impl<S: Store> Backend for LocalBackend<S> {
                 "{key} is not subscribed to its broker (is its broker ready?)"
             )));
         };
-        let cursor = sub.cursor();
+        let cursor = sub.cursor(head);
         let mut note = None;
         let target = match (to, by_time) {
             (RewindTo::Offset(offset), _) => {
@@ -593,6 +653,8 @@ impl<S: Store> Backend for LocalBackend<S> {
             sub.generation += 1;
             sub.pending.clear();
             sub.read_up_to = target;
+            sub.parked = false;
+            sub.wake.notify_one();
             state.cursors_dirty = true;
             drop(state);
             self.shared.head.send_modify(|_| {});
@@ -613,7 +675,7 @@ impl<S: Store> Backend for LocalBackend<S> {
         let state = self.shared.lock();
         let sub = state.subscriptions.get(&trigger.to_string())?;
         Some(SubscriptionLag {
-            backlog: state.head().saturating_sub(sub.cursor()),
+            backlog: state.head().saturating_sub(sub.cursor(state.head())),
             lost_to_retention: sub.lost_to_retention,
         })
     }
@@ -639,6 +701,7 @@ impl<S: Store> Backend for LocalBackend<S> {
                 .values_mut()
                 .for_each(|s| s.generation += 1);
             state.cursors_dirty = true;
+            state.wake_all();
         }
         // Closing the head channel's receivers wakes waiting subscriptions.
         self.shared.head.send_modify(|_| {});
@@ -689,7 +752,7 @@ fn free_slot(slots: &mut Vec<Option<String>>, key: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eventing::backend::Backend;
+    use crate::eventing::backend::{Backend, Delivery};
 
     /// A durable store whose `sync` waits until released, to fill the queue.
     struct GatedStore {
@@ -772,5 +835,90 @@ mod tests {
         assert!(second.await.expect("join").is_ok());
         drop(release);
         backend.shutdown().await;
+    }
+
+    fn typed(id: &str, ty: &str) -> Event {
+        crate::cloudevent::test_event(id, ty, None)
+    }
+
+    fn on_type(name: &str, ty: &str) -> SubscriptionSpec {
+        SubscriptionSpec {
+            trigger: ObjectKey::new("default", name),
+            filter: Arc::new(Filter::Exact {
+                attribute: "type".into(),
+                value: ty.into(),
+            }),
+            max_in_flight: 16,
+        }
+    }
+
+    fn memory_backend() -> LocalBackend<crate::eventing::backend::memory::MemoryStore> {
+        let config = LocalConfig {
+            flush_interval: Duration::from_millis(10),
+            ..LocalConfig::default()
+        };
+        LocalBackend::start(crate::eventing::backend::memory::MemoryStore, config).expect("start")
+    }
+
+    async fn next_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> Option<Delivery> {
+        tokio::time::timeout(wait, sub.next()).await.ok().flatten()
+    }
+
+    /// A trigger none of whose events come is parked at the head: it holds
+    /// nothing back (memory evicts what the others are done with, its lag
+    /// is 0), is not woken, and still gets the one event that matches it,
+    /// at its offset, when it comes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_parked_trigger_holds_nothing_back_and_wakes_for_its_event() {
+        let backend = memory_backend();
+        let mut busy = backend.subscribe(on_type("busy", "a")).await.expect("a");
+        let mut idle = backend.subscribe(on_type("idle", "b")).await.expect("b");
+        assert!(next_within(&mut idle, Duration::from_millis(50)).await.is_none());
+        let others: Vec<Event> = (0..300).map(|n| typed(&format!("a{n}"), "a")).collect();
+        backend.append(others).await.expect("append");
+        for _ in 0..300 {
+            let delivery = next_within(&mut busy, Duration::from_secs(5)).await;
+            delivery.expect("the busy trigger's event").ack().await;
+        }
+        let idle_key = ObjectKey::new("default", "idle");
+        let lag = backend.lag(&idle_key).expect("subscribed");
+        assert_eq!(lag.backlog, 0, "a parked trigger is at the head");
+        {
+            let state = backend.shared.lock();
+            assert!(state.subscriptions[&idle_key.to_string()].parked);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            backend.shared.lock().tail.len(),
+            0,
+            "memory keeps nothing for a parked trigger"
+        );
+        backend
+            .append(vec![typed("a-last", "a"), typed("b0", "b")])
+            .await
+            .expect("append");
+        let delivery = next_within(&mut idle, Duration::from_secs(5)).await;
+        let delivery = delivery.expect("the idle trigger's event");
+        assert_eq!(delivery.event.id(), "b0");
+        delivery.ack().await;
+        assert!(next_within(&mut idle, Duration::from_millis(50)).await.is_none());
+        assert_eq!(backend.lag(&idle_key).expect("subscribed").backlog, 0);
+        backend.shutdown().await;
+    }
+
+    /// A parked reader ends when its trigger is unsubscribed, replaced or
+    /// the backend shuts down: each wakes it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_parked_reader_ends_when_it_is_replaced_or_stopped() {
+        let backend = memory_backend();
+        let mut first = backend.subscribe(on_type("t", "a")).await.expect("first");
+        assert!(next_within(&mut first, Duration::from_millis(20)).await.is_none());
+        let mut second = backend.subscribe(on_type("t", "a")).await.expect("second");
+        let ended = tokio::time::timeout(Duration::from_secs(5), first.next()).await;
+        assert!(matches!(ended, Ok(None)), "the replaced reader ends");
+        assert!(next_within(&mut second, Duration::from_millis(20)).await.is_none());
+        backend.shutdown().await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), second.next()).await;
+        assert!(matches!(ended, Ok(None)), "shutdown ends the reader");
     }
 }
