@@ -23,6 +23,7 @@ mod subscription;
 mod tail;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -149,8 +150,12 @@ struct Shared<S: Store> {
     store: Arc<S>,
     config: LocalConfig,
     state: Mutex<State>,
-    /// The index used at ingress; replaced whenever subscriptions change.
+    /// The index used at ingress; rebuilt by the first append after the
+    /// subscriptions changed.
     index: RwLock<Arc<FilterIndex>>,
+    /// The version the index must have (`State::index_version`), readable at
+    /// ingress without the state lock.
+    wanted_index: AtomicU64,
     /// The next offset to be published; subscriptions wait on its changes.
     head: watch::Sender<u64>,
     /// Held across a cursor snapshot and its save, so an older snapshot never
@@ -272,8 +277,16 @@ impl State {
         Some(entry)
     }
 
-    fn rebuild_index(&mut self) -> FilterIndex {
+    /// Marks the index out of date after the triggers changed: the next
+    /// append rebuilds it, once however many changed in between (a broker
+    /// starting with 10,000 triggers builds it once, not 10,000 times).
+    /// Returns the version that will include the change.
+    fn index_changed(&mut self) -> u64 {
         self.index_version += 1;
+        self.index_version
+    }
+
+    fn build_index(&self) -> FilterIndex {
         let filters = self
             .slots
             .iter()
@@ -307,6 +320,7 @@ impl<S: Store> LocalBackend<S> {
                 cursors_dirty: false,
             }),
             index: RwLock::new(Arc::new(FilterIndex::default())),
+            wanted_index: AtomicU64::new(0),
             head: watch::channel(next).0,
             saving: Mutex::new(()),
             stopping: watch::channel(false).0,
@@ -328,12 +342,31 @@ impl<S: Store> Shared<S> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The index to match events against, rebuilt first when the
+    /// subscriptions changed since it was built.
     fn index(&self) -> Arc<FilterIndex> {
-        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let current = self.index.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if current.version() >= self.wanted_index.load(Ordering::Acquire) {
+            return current;
+        }
+        let rebuilt = {
+            let state = self.lock();
+            Arc::new(state.build_index())
+        };
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        // Two appends may rebuild at once: the newer index stays.
+        if index.version() < rebuilt.version() {
+            *index = rebuilt.clone();
+        }
+        rebuilt
     }
 
-    fn set_index(&self, index: FilterIndex) {
-        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+    /// Records that the subscriptions changed (under the state lock): the
+    /// next append rebuilds the index. Returns the version including it.
+    fn index_changed(&self, state: &mut State) -> u64 {
+        let version = state.index_changed();
+        self.wanted_index.store(version, Ordering::Release);
+        version
     }
 
     /// Makes stored events visible to subscriptions, in offset order, under
@@ -492,7 +525,7 @@ impl<S: Store> Backend for LocalBackend<S> {
         spec: SubscriptionSpec,
     ) -> Result<Box<dyn Subscription>, BackendError> {
         let key = spec.trigger.to_string();
-        let (generation, since, start, index, wake) = {
+        let (generation, since, start, wake) = {
             let mut state = self.shared.lock();
             let head = state.head();
             let (first_kept, _) = self.shared.store.bounds();
@@ -517,10 +550,14 @@ impl<S: Store> Backend for LocalBackend<S> {
                 None => free_slot(&mut state.slots, &key),
             };
             let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
+            // Events matched against an older index are tested by the
+            // subscription itself.
+            let since = self.shared.index_changed(&mut state);
+            let wake = Arc::new(Notify::new());
             let sub = SubscriptionState {
                 slot,
                 filter: spec.filter.clone(),
-                since_index_version: 0,
+                since_index_version: since,
                 generation,
                 pending: BTreeSet::new(),
                 read_up_to: start,
@@ -528,23 +565,16 @@ impl<S: Store> Backend for LocalBackend<S> {
                     .as_ref()
                     .map_or(lost_while_down, |p| p.lost_to_retention),
                 parked: false,
-                wake: Arc::new(Notify::new()),
+                wake: wake.clone(),
             };
             // The replaced reader wakes, finds itself stale and ends.
             if let Some(previous) = &previous {
                 previous.wake.notify_one();
             }
             state.subscriptions.insert(key.clone(), sub);
-            let index = state.rebuild_index();
-            let since = index.version();
-            if let Some(sub) = state.subscriptions.get_mut(&key) {
-                sub.since_index_version = since;
-            }
             state.cursors_dirty = true;
-            let wake = state.subscriptions.get(&key).map(|s| s.wake.clone());
-            (generation, since, start, index, wake.unwrap_or_default())
+            (generation, since, start, wake)
         };
-        self.shared.set_index(index);
         Ok(Box::new(LocalSubscription::new(
             self.shared.clone(),
             key,
@@ -558,7 +588,7 @@ impl<S: Store> Backend for LocalBackend<S> {
 
     async fn unsubscribe(&self, trigger: &ObjectKey) -> Result<(), BackendError> {
         let key = trigger.to_string();
-        let index = {
+        {
             let mut state = self.shared.lock();
             state.saved_cursors.remove(&key);
             let Some(sub) = state.subscriptions.remove(&key) else {
@@ -569,9 +599,8 @@ impl<S: Store> Backend for LocalBackend<S> {
                 *slot = None;
             }
             state.cursors_dirty = true;
-            state.rebuild_index()
-        };
-        self.shared.set_index(index);
+            self.shared.index_changed(&mut state);
+        }
         Ok(())
     }
 
@@ -920,5 +949,34 @@ mod tests {
         backend.shutdown().await;
         let ended = tokio::time::timeout(Duration::from_secs(5), second.next()).await;
         assert!(matches!(ended, Ok(None)), "shutdown ends the reader");
+    }
+
+    /// Subscribing does not rebuild the ingress index: the next append
+    /// does, once for all the triggers added since, and every trigger gets
+    /// its events from then on (a trigger added later too).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_index_is_rebuilt_once_by_the_next_append() {
+        let backend = memory_backend();
+        let mut subs = Vec::new();
+        for n in 0..50 {
+            let sub = backend.subscribe(on_type(&format!("t{n}"), &format!("t.{n}"))).await;
+            subs.push(sub.expect("subscribe"));
+        }
+        let built = |backend: &LocalBackend<_>| {
+            let index: &RwLock<Arc<FilterIndex>> = &backend.shared.index;
+            index.read().expect("index").version()
+        };
+        assert_eq!(built(&backend), 0, "subscribing does not build the index");
+        backend.append(vec![typed("e7", "t.7")]).await.expect("append");
+        assert_eq!(built(&backend), 50, "one build covers the 50 subscriptions");
+        let delivery = next_within(&mut subs[7], Duration::from_secs(5)).await;
+        assert_eq!(delivery.expect("t7's event").event.id(), "e7");
+        assert!(next_within(&mut subs[8], Duration::from_millis(20)).await.is_none());
+        let mut late = backend.subscribe(on_type("late", "t.7")).await.expect("late");
+        backend.append(vec![typed("e7b", "t.7")]).await.expect("append");
+        assert_eq!(built(&backend), 51);
+        let delivery = next_within(&mut late, Duration::from_secs(5)).await;
+        assert_eq!(delivery.expect("the late trigger's event").event.id(), "e7b");
+        backend.shutdown().await;
     }
 }
