@@ -902,7 +902,11 @@ mod tests {
         let backend = memory_backend();
         let mut busy = backend.subscribe(on_type("busy", "a")).await.expect("a");
         let mut idle = backend.subscribe(on_type("idle", "b")).await.expect("b");
-        assert!(next_within(&mut idle, Duration::from_millis(50)).await.is_none());
+        assert!(
+            next_within(&mut idle, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
         let others: Vec<Event> = (0..300).map(|n| typed(&format!("a{n}"), "a")).collect();
         backend.append(others).await.expect("append");
         for _ in 0..300 {
@@ -930,7 +934,11 @@ mod tests {
         let delivery = delivery.expect("the idle trigger's event");
         assert_eq!(delivery.event.id(), "b0");
         delivery.ack().await;
-        assert!(next_within(&mut idle, Duration::from_millis(50)).await.is_none());
+        assert!(
+            next_within(&mut idle, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
         assert_eq!(backend.lag(&idle_key).expect("subscribed").backlog, 0);
         backend.shutdown().await;
     }
@@ -941,11 +949,19 @@ mod tests {
     async fn a_parked_reader_ends_when_it_is_replaced_or_stopped() {
         let backend = memory_backend();
         let mut first = backend.subscribe(on_type("t", "a")).await.expect("first");
-        assert!(next_within(&mut first, Duration::from_millis(20)).await.is_none());
+        assert!(
+            next_within(&mut first, Duration::from_millis(20))
+                .await
+                .is_none()
+        );
         let mut second = backend.subscribe(on_type("t", "a")).await.expect("second");
         let ended = tokio::time::timeout(Duration::from_secs(5), first.next()).await;
         assert!(matches!(ended, Ok(None)), "the replaced reader ends");
-        assert!(next_within(&mut second, Duration::from_millis(20)).await.is_none());
+        assert!(
+            next_within(&mut second, Duration::from_millis(20))
+                .await
+                .is_none()
+        );
         backend.shutdown().await;
         let ended = tokio::time::timeout(Duration::from_secs(5), second.next()).await;
         assert!(matches!(ended, Ok(None)), "shutdown ends the reader");
@@ -959,7 +975,9 @@ mod tests {
         let backend = memory_backend();
         let mut subs = Vec::new();
         for n in 0..50 {
-            let sub = backend.subscribe(on_type(&format!("t{n}"), &format!("t.{n}"))).await;
+            let sub = backend
+                .subscribe(on_type(&format!("t{n}"), &format!("t.{n}")))
+                .await;
             subs.push(sub.expect("subscribe"));
         }
         let built = |backend: &LocalBackend<_>| {
@@ -967,16 +985,32 @@ mod tests {
             index.read().expect("index").version()
         };
         assert_eq!(built(&backend), 0, "subscribing does not build the index");
-        backend.append(vec![typed("e7", "t.7")]).await.expect("append");
+        backend
+            .append(vec![typed("e7", "t.7")])
+            .await
+            .expect("append");
         assert_eq!(built(&backend), 50, "one build covers the 50 subscriptions");
         let delivery = next_within(&mut subs[7], Duration::from_secs(5)).await;
         assert_eq!(delivery.expect("t7's event").event.id(), "e7");
-        assert!(next_within(&mut subs[8], Duration::from_millis(20)).await.is_none());
-        let mut late = backend.subscribe(on_type("late", "t.7")).await.expect("late");
-        backend.append(vec![typed("e7b", "t.7")]).await.expect("append");
+        assert!(
+            next_within(&mut subs[8], Duration::from_millis(20))
+                .await
+                .is_none()
+        );
+        let mut late = backend
+            .subscribe(on_type("late", "t.7"))
+            .await
+            .expect("late");
+        backend
+            .append(vec![typed("e7b", "t.7")])
+            .await
+            .expect("append");
         assert_eq!(built(&backend), 51);
         let delivery = next_within(&mut late, Duration::from_secs(5)).await;
-        assert_eq!(delivery.expect("the late trigger's event").event.id(), "e7b");
+        assert_eq!(
+            delivery.expect("the late trigger's event").event.id(),
+            "e7b"
+        );
         backend.shutdown().await;
     }
 }
