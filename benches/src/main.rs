@@ -16,9 +16,12 @@ mod issuer;
 mod kafka;
 mod lean_http;
 mod load;
+mod open_loop;
 mod overload;
+mod pinning;
 mod rabbitmq;
 mod report;
+mod scale;
 mod serving;
 mod workdir;
 
