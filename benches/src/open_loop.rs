@@ -259,7 +259,7 @@ impl PreciseTimer {
             },
             it_value: libc::timespec {
                 tv_sec: libc::time_t::try_from(wait.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: libc::c_long::try_from(wait.subsec_nanos()).unwrap_or(0),
+                tv_nsec: libc::c_long::from(wait.subsec_nanos()),
             },
         };
         // SAFETY: `spec` is initialised; the old value is not asked for.
