@@ -60,13 +60,19 @@ pub(crate) enum Shape {
     /// `GET {path}` with this Host header and no body (a Service, or an app
     /// directly); a 200 is success.
     Get { host: String },
+    /// Binary-mode CloudEvents whose `type` cycles through these (the n-th
+    /// send of a connection has the (n mod len)-th), for brokers whose
+    /// triggers filter by type.
+    TypedCloudEvent { types: Arc<[String]> },
 }
 
 impl Load {
     /// The answer that counts as success.
     pub(crate) fn expected(&self) -> StatusCode {
         match self.shape {
-            Shape::CloudEvent | Shape::SignedCloudEvent { .. } => StatusCode::ACCEPTED,
+            Shape::CloudEvent | Shape::SignedCloudEvent { .. } | Shape::TypedCloudEvent { .. } => {
+                StatusCode::ACCEPTED
+            }
             Shape::Get { .. } => StatusCode::OK,
         }
     }
@@ -97,11 +103,21 @@ impl Load {
             .header("ce-specversion", "1.0")
             .header("ce-id", format!("{}-{connection}-{seq}", self.id_prefix))
             .header("ce-source", "/pilotlight/bench")
-            .header("ce-type", "dev.pilotlight.bench")
+            .header("ce-type", self.event_type(seq))
             .header(BENCH_TS, nanos_since(self.origin, sent_at))
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(Full::new(self.payload.clone()))
             .context("building a bench request")
+    }
+
+    /// The `type` of a connection's `seq`-th event.
+    fn event_type(&self, seq: u64) -> &str {
+        match &self.shape {
+            Shape::TypedCloudEvent { types } if !types.is_empty() => {
+                &types[(seq % types.len() as u64) as usize]
+            }
+            _ => "dev.pilotlight.bench",
+        }
     }
 
     /// Time between two sends of one connection when paced.

@@ -62,27 +62,36 @@ fn cesql_matches(program: &crate::cesql::program::Program, event: &Event) -> boo
     })
 }
 
-/// The set of trigger slots an event matched, computed once per event against
-/// one version of the index.
+/// The trigger slots an event matched, computed once per event against one
+/// version of the index. Sparse (the slots themselves, sorted), not a bitmap:
+/// an event matches a few of many triggers, and a bitmap as wide as the
+/// highest matched slot would cost every tail entry a kilobyte at 10,000
+/// triggers. An event that matches nothing allocates nothing.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MatchSet {
     pub index_version: u64,
-    bits: Vec<u64>,
+    slots: Vec<u32>,
 }
 
 impl MatchSet {
     pub(crate) fn contains(&self, slot: usize) -> bool {
-        self.bits
-            .get(slot / 64)
-            .is_some_and(|word| word & (1 << (slot % 64)) != 0)
+        u32::try_from(slot).is_ok_and(|slot| self.slots.binary_search(&slot).is_ok())
     }
 
-    fn insert(&mut self, slot: usize) {
-        let word = slot / 64;
-        if self.bits.len() <= word {
-            self.bits.resize(word + 1, 0);
+    /// The matched slots, in increasing order.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots.iter().map(|&slot| slot as usize)
+    }
+
+    /// Builds the set from slots in any order, with repeats.
+    fn from_slots(index_version: u64, mut slots: Vec<u32>) -> Self {
+        slots.sort_unstable();
+        slots.dedup();
+        slots.shrink_to_fit();
+        MatchSet {
+            index_version,
+            slots,
         }
-        self.bits[word] |= 1 << (slot % 64);
     }
 }
 
@@ -128,24 +137,21 @@ impl FilterIndex {
 
     /// The slots whose filter matches the event.
     pub(crate) fn matches(&self, event: &Event) -> MatchSet {
-        let mut set = MatchSet {
-            index_version: self.version,
-            bits: Vec::new(),
-        };
         let candidates = self
             .by_attribute
             .iter()
             .filter_map(|(attribute, values)| values.get(event.attribute(attribute)?))
             .flatten()
             .chain(self.unindexed.iter());
-        for &slot in candidates {
-            if let Some(Some(filter)) = self.filters.get(slot)
-                && filter.matches(event)
-            {
-                set.insert(slot);
-            }
-        }
-        set
+        let matched = candidates
+            .filter(|&&slot| {
+                self.filters
+                    .get(slot)
+                    .is_some_and(|f| f.as_ref().is_some_and(|f| f.matches(event)))
+            })
+            .filter_map(|&slot| u32::try_from(slot).ok())
+            .collect();
+        MatchSet::from_slots(self.version, matched)
     }
 }
 
@@ -247,10 +253,42 @@ mod tests {
 
     #[test]
     fn match_set_spans_many_slots() {
-        let mut s = MatchSet::default();
-        s.insert(3);
-        s.insert(130);
+        let s = MatchSet::from_slots(1, vec![130, 3, 130]);
         assert!(s.contains(3) && s.contains(130));
         assert!(!s.contains(4) && !s.contains(129) && !s.contains(1000));
+        assert_eq!(s.slots().collect::<Vec<_>>(), vec![3, 130]);
+    }
+
+    /// The scale case: 10,000 distinct exact filters on `type`, plus one
+    /// prefix filter that cannot be indexed. An event finds its one exact
+    /// trigger (and the prefix one) through the index, and the set holds
+    /// only those slots.
+    #[test]
+    fn index_over_ten_thousand_exact_filters_finds_the_one_that_matches() {
+        let mut filters: Vec<Option<Arc<Filter>>> = (0..10_000)
+            .map(|n| Some(Arc::new(exact("type", &format!("t.{n}")))))
+            .collect();
+        filters.push(Some(Arc::new(Filter::Prefix {
+            attribute: "type".into(),
+            prefix: "t.99".into(),
+        })));
+        let index = FilterIndex::new(3, filters.clone());
+        for n in [0usize, 42, 9_999] {
+            let e = event(&format!("t.{n}"), "/s", None);
+            let set = index.matches(&e);
+            let expected: Vec<usize> = filters
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.as_ref().is_some_and(|f| f.matches(&e)))
+                .map(|(slot, _)| slot)
+                .collect();
+            assert_eq!(set.slots().collect::<Vec<_>>(), expected, "event t.{n}");
+        }
+        let set = index.matches(&event("t.9999", "/s", None));
+        assert_eq!(set.slots().collect::<Vec<_>>(), vec![9_999, 10_000]);
+        assert_eq!(
+            index.matches(&event("other", "/s", None)).slots().count(),
+            0
+        );
     }
 }

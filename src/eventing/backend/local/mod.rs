@@ -6,6 +6,11 @@
 //! trigger reading the tail tests one bit per event instead of its filter. A
 //! trigger that falls behind the tail reads the store and tests its filter itself.
 //!
+//! A trigger that has read everything parks, and only an event that matched it
+//! wakes it (its own [`Notify`]): with thousands of triggers on a broker, an
+//! event wakes the few it matched, not every one. A parked trigger is at the
+//! head for its cursor, since nothing published while it slept was for it.
+//!
 //! Each trigger has a cursor: every event before it was delivered, dead-lettered
 //! or filtered out. Cursors advance only on acknowledgement and are persisted
 //! periodically, so a crash redelivers at most the last moments' work.
@@ -18,11 +23,12 @@ mod subscription;
 mod tail;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::{
     AppendError, Backend, BackendError, LanePosition, RewindError, RewindTo, Rewound, Subscription,
@@ -144,8 +150,12 @@ struct Shared<S: Store> {
     store: Arc<S>,
     config: LocalConfig,
     state: Mutex<State>,
-    /// The index used at ingress; replaced whenever subscriptions change.
+    /// The index used at ingress; rebuilt by the first append after the
+    /// subscriptions changed.
     index: RwLock<Arc<FilterIndex>>,
+    /// The version the index must have (`State::index_version`), readable at
+    /// ingress without the state lock.
+    wanted_index: AtomicU64,
     /// The next offset to be published; subscriptions wait on its changes.
     head: watch::Sender<u64>,
     /// Held across a cursor snapshot and its save, so an older snapshot never
@@ -187,12 +197,29 @@ struct SubscriptionState {
     /// The next offset the subscription will read.
     read_up_to: u64,
     lost_to_retention: u64,
+    /// The reader has read up to the head and waits on `wake`: every event
+    /// published since then did not match it (one that did unparks it).
+    parked: bool,
+    /// Wakes the reader: an event matched it, or it was replaced or stopped.
+    wake: Arc<Notify>,
 }
 
 impl SubscriptionState {
-    /// Every event before this offset is done for the trigger.
-    fn cursor(&self) -> u64 {
-        self.pending.first().copied().unwrap_or(self.read_up_to)
+    /// Every event before this offset is done for the trigger; `head` is the
+    /// backend's, which a parked subscription has in effect reached.
+    fn cursor(&self, head: u64) -> u64 {
+        let read = if self.parked { head } else { self.read_up_to };
+        self.pending.first().copied().unwrap_or(read)
+    }
+
+    /// Wakes the reader for an event at `offset` or later. A parked reader
+    /// skips what was published before it, none of which matched it.
+    fn unpark(&mut self, offset: u64) {
+        if self.parked {
+            self.parked = false;
+            self.read_up_to = self.read_up_to.max(offset);
+        }
+        self.wake.notify_one();
     }
 }
 
@@ -204,6 +231,7 @@ impl State {
     fn publish(&mut self, events: Vec<Arc<Event>>, matches: Vec<MatchSet>, tail_bytes: usize) {
         let now = Instant::now();
         for (event, matches) in events.into_iter().zip(matches) {
+            self.wake_matched(self.head(), &matches);
             self.tail_bytes += event.size();
             self.tail.push_back(TailEntry {
                 event,
@@ -216,6 +244,32 @@ impl State {
         }
     }
 
+    /// Wakes the subscriptions an event at `offset` is for: those it matched
+    /// and, when it was matched against an older index than a subscription's
+    /// (just after triggers changed), that subscription, which tests its
+    /// filter itself.
+    fn wake_matched(&mut self, offset: u64, matches: &MatchSet) {
+        for slot in matches.slots() {
+            let key = self.slots.get(slot).and_then(Option::as_ref);
+            if let Some(sub) = key.and_then(|k| self.subscriptions.get_mut(k)) {
+                sub.unpark(offset);
+            }
+        }
+        if matches.index_version < self.index_version {
+            self.subscriptions
+                .values_mut()
+                .filter(|sub| sub.since_index_version > matches.index_version)
+                .for_each(|sub| sub.unpark(offset));
+        }
+    }
+
+    /// Wakes every reader, so each finds out it was replaced or stopped.
+    fn wake_all(&self) {
+        for sub in self.subscriptions.values() {
+            sub.wake.notify_one();
+        }
+    }
+
     fn pop_tail(&mut self) -> Option<TailEntry> {
         let entry = self.tail.pop_front()?;
         self.tail_bytes -= entry.event.size();
@@ -223,8 +277,16 @@ impl State {
         Some(entry)
     }
 
-    fn rebuild_index(&mut self) -> FilterIndex {
+    /// Marks the index out of date after the triggers changed: the next
+    /// append rebuilds it, once however many changed in between (a broker
+    /// starting with 10,000 triggers builds it once, not 10,000 times).
+    /// Returns the version that will include the change.
+    fn index_changed(&mut self) -> u64 {
         self.index_version += 1;
+        self.index_version
+    }
+
+    fn build_index(&self) -> FilterIndex {
         let filters = self
             .slots
             .iter()
@@ -258,6 +320,7 @@ impl<S: Store> LocalBackend<S> {
                 cursors_dirty: false,
             }),
             index: RwLock::new(Arc::new(FilterIndex::default())),
+            wanted_index: AtomicU64::new(0),
             head: watch::channel(next).0,
             saving: Mutex::new(()),
             stopping: watch::channel(false).0,
@@ -279,12 +342,31 @@ impl<S: Store> Shared<S> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The index to match events against, rebuilt first when the
+    /// subscriptions changed since it was built.
     fn index(&self) -> Arc<FilterIndex> {
-        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let current = self.index.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if current.version() >= self.wanted_index.load(Ordering::Acquire) {
+            return current;
+        }
+        let rebuilt = {
+            let state = self.lock();
+            Arc::new(state.build_index())
+        };
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        // Two appends may rebuild at once: the newer index stays.
+        if index.version() < rebuilt.version() {
+            *index = rebuilt.clone();
+        }
+        rebuilt
     }
 
-    fn set_index(&self, index: FilterIndex) {
-        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+    /// Records that the subscriptions changed (under the state lock): the
+    /// next append rebuilds the index. Returns the version including it.
+    fn index_changed(&self, state: &mut State) -> u64 {
+        let version = state.index_changed();
+        self.wanted_index.store(version, Ordering::Release);
+        version
     }
 
     /// Makes stored events visible to subscriptions, in offset order, under
@@ -328,8 +410,9 @@ impl<S: Store> Shared<S> {
             }
             state.cursors_dirty = false;
             let mut cursors = state.saved_cursors.clone();
+            let head = state.head();
             for (key, sub) in &state.subscriptions {
-                cursors.insert(key.clone(), sub.cursor());
+                cursors.insert(key.clone(), sub.cursor(head));
             }
             cursors
         };
@@ -360,12 +443,13 @@ impl<S: Store> Shared<S> {
         let mut evicted = Vec::new();
         {
             let mut state = self.lock();
+            let head = state.head();
             let done_up_to = state
                 .subscriptions
                 .values()
-                .map(SubscriptionState::cursor)
+                .map(|sub| sub.cursor(head))
                 .min()
-                .unwrap_or_else(|| state.head());
+                .unwrap_or(head);
             let deadline = self
                 .config
                 .max_age
@@ -441,14 +525,14 @@ impl<S: Store> Backend for LocalBackend<S> {
         spec: SubscriptionSpec,
     ) -> Result<Box<dyn Subscription>, BackendError> {
         let key = spec.trigger.to_string();
-        let (generation, since, start, index) = {
+        let (generation, since, start, wake) = {
             let mut state = self.shared.lock();
             let head = state.head();
             let (first_kept, _) = self.shared.store.bounds();
             let previous = state.subscriptions.remove(&key);
             let saved = state.saved_cursors.remove(&key);
             let start = match (&previous, saved) {
-                (Some(p), _) => p.cursor(),
+                (Some(p), _) => p.cursor(head),
                 (None, Some(c)) => c.clamp(first_kept.min(head), head),
                 (None, None) => head,
             };
@@ -466,27 +550,31 @@ impl<S: Store> Backend for LocalBackend<S> {
                 None => free_slot(&mut state.slots, &key),
             };
             let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
+            // Events matched against an older index are tested by the
+            // subscription itself.
+            let since = self.shared.index_changed(&mut state);
+            let wake = Arc::new(Notify::new());
             let sub = SubscriptionState {
                 slot,
                 filter: spec.filter.clone(),
-                since_index_version: 0,
+                since_index_version: since,
                 generation,
                 pending: BTreeSet::new(),
                 read_up_to: start,
                 lost_to_retention: previous
                     .as_ref()
                     .map_or(lost_while_down, |p| p.lost_to_retention),
+                parked: false,
+                wake: wake.clone(),
             };
-            state.subscriptions.insert(key.clone(), sub);
-            let index = state.rebuild_index();
-            let since = index.version();
-            if let Some(sub) = state.subscriptions.get_mut(&key) {
-                sub.since_index_version = since;
+            // The replaced reader wakes, finds itself stale and ends.
+            if let Some(previous) = &previous {
+                previous.wake.notify_one();
             }
+            state.subscriptions.insert(key.clone(), sub);
             state.cursors_dirty = true;
-            (generation, since, start, index)
+            (generation, since, start, wake)
         };
-        self.shared.set_index(index);
         Ok(Box::new(LocalSubscription::new(
             self.shared.clone(),
             key,
@@ -494,24 +582,25 @@ impl<S: Store> Backend for LocalBackend<S> {
             spec.filter,
             since,
             start,
+            wake,
         )))
     }
 
     async fn unsubscribe(&self, trigger: &ObjectKey) -> Result<(), BackendError> {
         let key = trigger.to_string();
-        let index = {
+        {
             let mut state = self.shared.lock();
             state.saved_cursors.remove(&key);
             let Some(sub) = state.subscriptions.remove(&key) else {
                 return Ok(());
             };
+            sub.wake.notify_one();
             if let Some(slot) = state.slots.get_mut(sub.slot) {
                 *slot = None;
             }
             state.cursors_dirty = true;
-            state.rebuild_index()
-        };
-        self.shared.set_index(index);
+            self.shared.index_changed(&mut state);
+        }
         Ok(())
     }
 
@@ -548,7 +637,7 @@ impl<S: Store> Backend for LocalBackend<S> {
                 "{key} is not subscribed to its broker (is its broker ready?)"
             )));
         };
-        let cursor = sub.cursor();
+        let cursor = sub.cursor(head);
         let mut note = None;
         let target = match (to, by_time) {
             (RewindTo::Offset(offset), _) => {
@@ -593,6 +682,8 @@ impl<S: Store> Backend for LocalBackend<S> {
             sub.generation += 1;
             sub.pending.clear();
             sub.read_up_to = target;
+            sub.parked = false;
+            sub.wake.notify_one();
             state.cursors_dirty = true;
             drop(state);
             self.shared.head.send_modify(|_| {});
@@ -613,7 +704,7 @@ impl<S: Store> Backend for LocalBackend<S> {
         let state = self.shared.lock();
         let sub = state.subscriptions.get(&trigger.to_string())?;
         Some(SubscriptionLag {
-            backlog: state.head().saturating_sub(sub.cursor()),
+            backlog: state.head().saturating_sub(sub.cursor(state.head())),
             lost_to_retention: sub.lost_to_retention,
         })
     }
@@ -639,6 +730,7 @@ impl<S: Store> Backend for LocalBackend<S> {
                 .values_mut()
                 .for_each(|s| s.generation += 1);
             state.cursors_dirty = true;
+            state.wake_all();
         }
         // Closing the head channel's receivers wakes waiting subscriptions.
         self.shared.head.send_modify(|_| {});
@@ -689,7 +781,7 @@ fn free_slot(slots: &mut Vec<Option<String>>, key: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eventing::backend::Backend;
+    use crate::eventing::backend::{Backend, Delivery};
 
     /// A durable store whose `sync` waits until released, to fill the queue.
     struct GatedStore {
@@ -771,6 +863,154 @@ mod tests {
         assert!(first.await.expect("join").is_ok());
         assert!(second.await.expect("join").is_ok());
         drop(release);
+        backend.shutdown().await;
+    }
+
+    fn typed(id: &str, ty: &str) -> Event {
+        crate::cloudevent::test_event(id, ty, None)
+    }
+
+    fn on_type(name: &str, ty: &str) -> SubscriptionSpec {
+        SubscriptionSpec {
+            trigger: ObjectKey::new("default", name),
+            filter: Arc::new(Filter::Exact {
+                attribute: "type".into(),
+                value: ty.into(),
+            }),
+            max_in_flight: 16,
+        }
+    }
+
+    fn memory_backend() -> LocalBackend<crate::eventing::backend::memory::MemoryStore> {
+        let config = LocalConfig {
+            flush_interval: Duration::from_millis(10),
+            ..LocalConfig::default()
+        };
+        LocalBackend::start(crate::eventing::backend::memory::MemoryStore, config).expect("start")
+    }
+
+    async fn next_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> Option<Delivery> {
+        tokio::time::timeout(wait, sub.next()).await.ok().flatten()
+    }
+
+    /// A trigger none of whose events come is parked at the head: it holds
+    /// nothing back (memory evicts what the others are done with, its lag
+    /// is 0), is not woken, and still gets the one event that matches it,
+    /// at its offset, when it comes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_parked_trigger_holds_nothing_back_and_wakes_for_its_event() {
+        let backend = memory_backend();
+        let mut busy = backend.subscribe(on_type("busy", "a")).await.expect("a");
+        let mut idle = backend.subscribe(on_type("idle", "b")).await.expect("b");
+        assert!(
+            next_within(&mut idle, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        let others: Vec<Event> = (0..300).map(|n| typed(&format!("a{n}"), "a")).collect();
+        backend.append(others).await.expect("append");
+        for _ in 0..300 {
+            let delivery = next_within(&mut busy, Duration::from_secs(5)).await;
+            delivery.expect("the busy trigger's event").ack().await;
+        }
+        let idle_key = ObjectKey::new("default", "idle");
+        let lag = backend.lag(&idle_key).expect("subscribed");
+        assert_eq!(lag.backlog, 0, "a parked trigger is at the head");
+        {
+            let state = backend.shared.lock();
+            assert!(state.subscriptions[&idle_key.to_string()].parked);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            backend.shared.lock().tail.len(),
+            0,
+            "memory keeps nothing for a parked trigger"
+        );
+        backend
+            .append(vec![typed("a-last", "a"), typed("b0", "b")])
+            .await
+            .expect("append");
+        let delivery = next_within(&mut idle, Duration::from_secs(5)).await;
+        let delivery = delivery.expect("the idle trigger's event");
+        assert_eq!(delivery.event.id(), "b0");
+        delivery.ack().await;
+        assert!(
+            next_within(&mut idle, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        assert_eq!(backend.lag(&idle_key).expect("subscribed").backlog, 0);
+        backend.shutdown().await;
+    }
+
+    /// A parked reader ends when its trigger is unsubscribed, replaced or
+    /// the backend shuts down: each wakes it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_parked_reader_ends_when_it_is_replaced_or_stopped() {
+        let backend = memory_backend();
+        let mut first = backend.subscribe(on_type("t", "a")).await.expect("first");
+        assert!(
+            next_within(&mut first, Duration::from_millis(20))
+                .await
+                .is_none()
+        );
+        let mut second = backend.subscribe(on_type("t", "a")).await.expect("second");
+        let ended = tokio::time::timeout(Duration::from_secs(5), first.next()).await;
+        assert!(matches!(ended, Ok(None)), "the replaced reader ends");
+        assert!(
+            next_within(&mut second, Duration::from_millis(20))
+                .await
+                .is_none()
+        );
+        backend.shutdown().await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), second.next()).await;
+        assert!(matches!(ended, Ok(None)), "shutdown ends the reader");
+    }
+
+    /// Subscribing does not rebuild the ingress index: the next append
+    /// does, once for all the triggers added since, and every trigger gets
+    /// its events from then on (a trigger added later too).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_index_is_rebuilt_once_by_the_next_append() {
+        let backend = memory_backend();
+        let mut subs = Vec::new();
+        for n in 0..50 {
+            let sub = backend
+                .subscribe(on_type(&format!("t{n}"), &format!("t.{n}")))
+                .await;
+            subs.push(sub.expect("subscribe"));
+        }
+        let built = |backend: &LocalBackend<_>| {
+            let index: &RwLock<Arc<FilterIndex>> = &backend.shared.index;
+            index.read().expect("index").version()
+        };
+        assert_eq!(built(&backend), 0, "subscribing does not build the index");
+        backend
+            .append(vec![typed("e7", "t.7")])
+            .await
+            .expect("append");
+        assert_eq!(built(&backend), 50, "one build covers the 50 subscriptions");
+        let delivery = next_within(&mut subs[7], Duration::from_secs(5)).await;
+        assert_eq!(delivery.expect("t7's event").event.id(), "e7");
+        assert!(
+            next_within(&mut subs[8], Duration::from_millis(20))
+                .await
+                .is_none()
+        );
+        let mut late = backend
+            .subscribe(on_type("late", "t.7"))
+            .await
+            .expect("late");
+        backend
+            .append(vec![typed("e7b", "t.7")])
+            .await
+            .expect("append");
+        assert_eq!(built(&backend), 51);
+        let delivery = next_within(&mut late, Duration::from_secs(5)).await;
+        assert_eq!(
+            delivery.expect("the late trigger's event").event.id(),
+            "e7b"
+        );
         backend.shutdown().await;
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use super::{Shared, State, Store, SubscriptionState};
 use crate::api::filter::Filter;
@@ -23,8 +23,18 @@ pub(super) struct LocalSubscription<S: Store> {
     filter: Arc<Filter>,
     since_index_version: u64,
     next_offset: u64,
-    head: watch::Receiver<u64>,
+    /// Notified when an event matched this subscription, or when it was
+    /// replaced or stopped; see [`SubscriptionState::unpark`].
+    wake: Arc<Notify>,
     buffer: VecDeque<Delivery>,
+}
+
+/// What the reader does next.
+enum Step {
+    /// Events wait from `next_offset` on.
+    Read,
+    /// Everything was read: wait for a wake-up.
+    Park,
 }
 
 /// The subscription was replaced or the backend shut down.
@@ -38,8 +48,8 @@ impl<S: Store> LocalSubscription<S> {
         filter: Arc<Filter>,
         since_index_version: u64,
         start: u64,
+        wake: Arc<Notify>,
     ) -> Self {
-        let head = shared.head.subscribe();
         LocalSubscription {
             shared,
             key: key.into(),
@@ -47,7 +57,7 @@ impl<S: Store> LocalSubscription<S> {
             filter,
             since_index_version,
             next_offset: start,
-            head,
+            wake,
             buffer: VecDeque::new(),
         }
     }
@@ -166,9 +176,26 @@ impl<S: Store> LocalSubscription<S> {
         Ok(())
     }
 
-    fn is_current(&self) -> bool {
-        let mut state = self.shared.lock();
-        self.own_state(&mut state).is_ok()
+    /// Reads on or parks, under the lock so no wake-up falls in between: a
+    /// parked subscription is woken by the next event that matches it. A
+    /// subscription that was parked skips what was published meanwhile (none
+    /// of it matched), up to where the event that woke it was published.
+    fn read_or_park(&mut self) -> Result<Step, Stale> {
+        let shared = self.shared.clone();
+        let mut guard = shared.lock();
+        let state = &mut *guard;
+        let head = state.head();
+        let sub = self.own_state(state)?;
+        if sub.parked {
+            sub.read_up_to = sub.read_up_to.max(head);
+        }
+        self.next_offset = self.next_offset.max(sub.read_up_to);
+        if self.next_offset >= head {
+            sub.parked = true;
+            return Ok(Step::Park);
+        }
+        sub.parked = false;
+        Ok(Step::Read)
     }
 }
 
@@ -179,12 +206,13 @@ impl<S: Store> Subscription for LocalSubscription<S> {
             if let Some(delivery) = self.buffer.pop_front() {
                 return Some(delivery);
             }
-            let head = *self.head.borrow_and_update();
-            if self.next_offset >= head {
-                if self.head.changed().await.is_err() || !self.is_current() {
-                    return None;
+            match self.read_or_park() {
+                Ok(Step::Read) => {}
+                Ok(Step::Park) => {
+                    self.wake.notified().await;
+                    continue;
                 }
-                continue;
+                Err(Stale) => return None,
             }
             let read = match self.read_tail() {
                 Ok(true) => Ok(()),
