@@ -41,7 +41,7 @@ use crate::listener::serve_listener;
 use crate::serving::autoscaler::ClusterStats;
 use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
 use crate::serving::jobs::{JobRuntime, JobSettings, JobSinks, KubernetesJobs, LocalJobs};
-use crate::serving::proxy::Proxy;
+use crate::serving::proxy::{Peer, Proxy};
 use crate::serving::router::{HostMatch, Router};
 use crate::serving::runtime::config::ConfigObjects;
 use crate::serving::runtime::container::engine::EngineConnector;
@@ -388,7 +388,7 @@ impl Server {
         );
         let ready = Arc::new(AtomicBool::new(false));
 
-        let main = MainService {
+        let main = Arc::new(MainService {
             ingress: IngressState {
                 brokers: registry,
                 gate: gate.clone(),
@@ -396,7 +396,7 @@ impl Server {
             },
             router,
             proxy: Proxy::new(),
-        };
+        });
         let admin_router = admin::router(AdminState {
             control: control.clone(),
             metrics: crate::telemetry::metrics_handle(),
@@ -415,11 +415,12 @@ impl Server {
                 tasks.push(CertStore::watch_files(store, stopped.clone()));
             }
         }
-        let main_service = move |peer| {
+        let main_service = move |address| {
             let main = main.clone();
+            let peer = Peer::new(address);
             hyper::service::service_fn(move |request| {
-                let main = main.clone();
-                async move { Ok::<_, std::convert::Infallible>(main.call(request, peer).await) }
+                let (main, peer) = (main.clone(), peer.clone());
+                async move { Ok::<_, std::convert::Infallible>(main.call(request, &peer).await) }
             })
         };
         let admin_service =
@@ -822,7 +823,6 @@ impl Cluster {
 
 /// The main listener's service: a request for a service host goes to the
 /// serving proxy, anything else to the broker ingress.
-#[derive(Clone)]
 struct MainService {
     ingress: IngressState,
     router: Arc<Router>,
@@ -830,7 +830,7 @@ struct MainService {
 }
 
 impl MainService {
-    async fn call(self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn call(&self, request: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let host = request
             .headers()
             .get(http::header::HOST)
