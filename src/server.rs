@@ -408,7 +408,11 @@ impl Server {
             },
             issuer: gate.issuer().cloned(),
         });
-        let mut tasks = vec![control.retry_failed_backends(), control.follow_leadership()];
+        let mut tasks = vec![
+            control.retry_failed_backends(),
+            control.follow_leadership(),
+            tokio::spawn(crate::telemetry::upkeep(stopped.clone())),
+        ];
         tasks.extend(secret_follower);
         for tls in [&main_tls, &admin_tls] {
             if let Some(store) = tls.store() {
