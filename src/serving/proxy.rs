@@ -159,8 +159,10 @@ fn outbound_request(request: Request<Incoming>, peer: &Peer, upgrade: bool) -> R
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     // Origin-form as it came (the usual case) is forwarded as is; an
-    // absolute-form or HTTP/2 URI keeps only its path and query.
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+    // absolute-form or HTTP/2 URI keeps only its path and query (a
+    // CONNECT's authority-form target stays what it is).
+    let absolute = parts.uri.scheme().is_some() || parts.uri.authority().is_some();
+    if absolute && parts.method != http::Method::CONNECT {
         let path = parts
             .uri
             .path_and_query()

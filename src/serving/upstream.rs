@@ -93,9 +93,11 @@ impl IdleConnections {
     pub(crate) fn give_back(self: &Arc<Self>, mut connection: Connection) {
         if connection.is_ready() {
             self.keep(connection);
-        } else if !connection.is_closed() {
+        } else if !connection.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
             let idle = self.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 if connection.ready().await.is_ok() {
                     idle.keep(connection);
                 }
