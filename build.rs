@@ -45,9 +45,13 @@ fn linker_packs_relocations() -> bool {
     };
     if let Some(mut stdin) = compiler.stdin.take() {
         use std::io::Write as _;
-        let _ = stdin.write_all(b"static const char *p = \"x\"; int main(void) { return p[0] != 'x'; }\n");
+        let _ = stdin
+            .write_all(b"static const char *p = \"x\"; int main(void) { return p[0] != 'x'; }\n");
     }
     let linked = compiler.wait().is_ok_and(|status| status.success());
     // The probe must also run: the loader here understands DT_RELR.
-    linked && Command::new(&probe).status().is_ok_and(|status| status.success())
+    linked
+        && Command::new(&probe)
+            .status()
+            .is_ok_and(|status| status.success())
 }

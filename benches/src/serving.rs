@@ -869,8 +869,16 @@ fn loadable_segments(image: &[u8]) -> Option<(u64, u64)> {
     const PF_X: u32 = 1;
     let bytes = |at: usize, n: usize| image.get(at..at + n);
     let u16_at = |at| bytes(at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |at| bytes(at, 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
-    let u64_at = |at| bytes(at, 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    let u32_at = |at| {
+        bytes(at, 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let u64_at = |at| {
+        bytes(at, 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
     // "\x7fELF", 64-bit, little-endian.
     if bytes(0, 6)? != b"\x7fELF\x02\x01" {
         return None;
@@ -947,7 +955,11 @@ impl Report {
             .filter_map(|r| r.spawned.map(secs_ms))
             .collect();
         if !spawned.is_empty() {
-            parts.push(("direct: spawn() returned", "direct_spawn", Spread::of(spawned)));
+            parts.push((
+                "direct: spawn() returned",
+                "direct_spawn",
+                Spread::of(spawned),
+            ));
         }
         let of = |f: fn(&ColdRound) -> f64| Spread::of(self.cold.iter().map(f).collect());
         parts.push((
@@ -960,7 +972,11 @@ impl Report {
             "pilotlight_ready",
             of(|r| secs_ms(r.phases.ready)),
         ));
-        let noticing: Vec<f64> = self.cold.iter().filter_map(ColdRound::noticing_ms).collect();
+        let noticing: Vec<f64> = self
+            .cold
+            .iter()
+            .filter_map(ColdRound::noticing_ms)
+            .collect();
         if !noticing.is_empty() {
             parts.push((
                 "  ready beyond the app's own start",

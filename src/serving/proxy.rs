@@ -318,7 +318,11 @@ impl Drop for LeasedBody {
         if (self.ended || self.inner.is_end_stream())
             && let Some(connection) = self.connection.take()
         {
-            self.lease.endpoint.load.idle_connections().give_back(connection);
+            self.lease
+                .endpoint
+                .load
+                .idle_connections()
+                .give_back(connection);
         }
     }
 }
@@ -419,8 +423,14 @@ mod tests {
     #[test]
     fn forwarded_for_appends_the_peer() {
         let mut headers = HeaderMap::new();
-        append_forwarded_for(&mut headers, &Peer::new("10.0.0.2:5000".parse().expect("addr")));
-        append_forwarded_for(&mut headers, &Peer::new("127.0.0.1:6000".parse().expect("addr")));
+        append_forwarded_for(
+            &mut headers,
+            &Peer::new("10.0.0.2:5000".parse().expect("addr")),
+        );
+        append_forwarded_for(
+            &mut headers,
+            &Peer::new("127.0.0.1:6000".parse().expect("addr")),
+        );
         assert_eq!(headers[X_FORWARDED_FOR], "10.0.0.2, 127.0.0.1");
     }
 }

@@ -59,7 +59,11 @@ pub(crate) struct IdleConnections {
 
 impl fmt::Debug for IdleConnections {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let idle = self.stack.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let idle = self
+            .stack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         f.debug_struct("IdleConnections")
             .field("idle", &idle)
             .finish()

@@ -120,13 +120,19 @@ pub(super) async fn until_ready(
             bail!("pilotlight run exited before it was ready: {status}");
         }
         if started.elapsed() > START_TIMEOUT {
-            bail!("pilotlight run's /readyz on {admin} did not answer 200 within {START_TIMEOUT:?}");
+            bail!(
+                "pilotlight run's /readyz on {admin} did not answer 200 within {START_TIMEOUT:?}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
-async fn warm_phase(listen: SocketAddr, host: String, duration: Duration) -> anyhow::Result<WarmPhase> {
+async fn warm_phase(
+    listen: SocketAddr,
+    host: String,
+    duration: Duration,
+) -> anyhow::Result<WarmPhase> {
     let (tally, window) = run_load(Load {
         addr: listen,
         path: "/".into(),

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::{Notify, watch};
 
 use crate::api::ObjectKey;
-use crate::serving::upstream::IdleConnections;
 pub(crate) use crate::api::pod::{ContainerSpec, PodSpec, Probe};
 use crate::api::service::RevisionTemplate;
+use crate::serving::upstream::IdleConnections;
 
 pub(crate) mod config;
 pub mod container;

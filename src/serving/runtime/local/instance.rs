@@ -91,7 +91,12 @@ async fn lifecycle(
         () = ready(&probes) => {}
     }
     let ready_at = Instant::now();
-    record_start(&instance.workload.revision, launched_at, spawned_at, ready_at);
+    record_start(
+        &instance.workload.revision,
+        launched_at,
+        spawned_at,
+        ready_at,
+    );
     let address = launched.address(None);
     tracing::debug!(instance = %instance.id, %address, after = ?ready_at - launched_at, launch = ?spawned_at - launched_at, "instance is ready");
     let _ = events.send(Event::Ready {

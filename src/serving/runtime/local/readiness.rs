@@ -273,7 +273,11 @@ mod tests {
         let noticed = std::time::Instant::now();
         let (opened, _listener) = opener.join().expect("opener");
         // Loose: a loaded machine may delay either thread.
-        assert!(noticed - opened < Duration::from_millis(50), "{:?}", noticed - opened);
+        assert!(
+            noticed - opened < Duration::from_millis(50),
+            "{:?}",
+            noticed - opened
+        );
     }
 
     #[test]
