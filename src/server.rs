@@ -44,7 +44,7 @@ use crate::listener::serve_listener;
 use crate::serving::autoscaler::ClusterStats;
 use crate::serving::controller::{PublicAddress, ServingController, ServingSettings};
 use crate::serving::jobs::{JobRuntime, JobSettings, JobSinks, KubernetesJobs, LocalJobs};
-use crate::serving::proxy::Proxy;
+use crate::serving::proxy::{Peer, Proxy};
 use crate::serving::router::{HostMatch, Router};
 use crate::serving::runtime::config::ConfigObjects;
 use crate::serving::runtime::container::engine::EngineConnector;
@@ -398,7 +398,7 @@ impl Server {
         );
         let ready = Arc::new(AtomicBool::new(false));
 
-        let main = MainService {
+        let main = Arc::new(MainService {
             ingress: IngressState {
                 brokers: registry,
                 gate: gate.clone(),
@@ -406,11 +406,11 @@ impl Server {
             },
             router,
             proxy: Proxy::new(),
-            listen,
-        };
+            own_peer: Peer::new(listen),
+        });
         if config.in_process_hops {
             sender.hand_over_in_process(
-                Arc::new(main.clone()),
+                main.clone(),
                 config.tls.level == TransportEncryption::Strict,
             );
         }
@@ -425,18 +425,23 @@ impl Server {
             },
             issuer: gate.issuer().cloned(),
         });
-        let mut tasks = vec![control.retry_failed_backends(), control.follow_leadership()];
+        let mut tasks = vec![
+            control.retry_failed_backends(),
+            control.follow_leadership(),
+            tokio::spawn(crate::telemetry::upkeep(stopped.clone())),
+        ];
         tasks.extend(secret_follower);
         for tls in [&main_tls, &admin_tls] {
             if let Some(store) = tls.store() {
                 tasks.push(CertStore::watch_files(store, stopped.clone()));
             }
         }
-        let main_service = move |peer| {
+        let main_service = move |address| {
             let main = main.clone();
+            let peer = Peer::new(address);
             hyper::service::service_fn(move |request| {
-                let main = main.clone();
-                async move { Ok::<_, std::convert::Infallible>(main.serve(request, peer).await) }
+                let (main, peer) = (main.clone(), peer.clone());
+                async move { Ok::<_, std::convert::Infallible>(main.serve(request, &peer).await) }
             })
         };
         let admin_service =
@@ -845,9 +850,9 @@ struct MainService {
     ingress: IngressState,
     router: Arc<Router>,
     proxy: Proxy,
-    /// The listener's own address: the peer of requests handed over in
+    /// The listener's own address, as the peer of requests handed over in
     /// process.
-    listen: SocketAddr,
+    own_peer: Peer,
 }
 
 /// pilotlight's own deliveries to its Services and brokers, without a
@@ -858,13 +863,12 @@ impl MainListenerService for MainService {
         request: Request<Full<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'static>> {
         let main = self.clone();
-        let peer = self.listen;
-        Box::pin(async move { main.serve(request, peer).await })
+        Box::pin(async move { main.serve(request, &main.own_peer).await })
     }
 }
 
 impl MainService {
-    async fn serve<B>(self, request: Request<B>, peer: SocketAddr) -> Response<Body>
+    async fn serve<B>(&self, request: Request<B>, peer: &Peer) -> Response<Body>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,

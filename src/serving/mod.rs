@@ -20,6 +20,7 @@ pub(crate) mod proxy;
 mod revision;
 pub(crate) mod router;
 pub mod runtime;
+mod upstream;
 
 /// The histogram of each revision's request times, which the console reads.
 pub(crate) use revision::REQUEST_SECONDS;

@@ -7,34 +7,41 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::GaiResolver;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::autoscaler::RevisionStats;
 use super::revision::{Lease, Revision, Unavailable};
 use super::router::HostRoute;
-use crate::http_util::{self, ClientSettings, text, with_retry_after};
+use super::upstream::{self, Connection};
+use crate::http_util::{text, with_retry_after};
 
-/// Forwards requests to revision instances.
+/// Forwards requests to revision instances, over each instance's own
+/// kept-alive connections (see [`upstream`]).
+#[derive(Clone, Default)]
+pub(crate) struct Proxy;
+
+/// The client end of one connection to the main listener, as forwarded
+/// requests name it: made once per connection, not per request.
 #[derive(Clone)]
-pub(crate) struct Proxy {
-    client: Client<HttpConnector, Body>,
+pub(crate) struct Peer {
+    /// Its IP address, as `X-Forwarded-For` appends it.
+    forwarded_for: Option<HeaderValue>,
 }
 
-impl Default for Proxy {
-    fn default() -> Self {
-        Self::new()
+impl Peer {
+    pub(crate) fn new(address: SocketAddr) -> Self {
+        Peer {
+            forwarded_for: HeaderValue::from_str(&address.ip().to_string()).ok(),
+        }
     }
 }
 
@@ -66,16 +73,7 @@ impl Drop for Counted {
 
 impl Proxy {
     pub(crate) fn new() -> Self {
-        let settings = ClientSettings {
-            nodelay: true,
-            connect_timeout: Some(Duration::from_secs(5)),
-            tcp_keepalive: None,
-            pool_idle_timeout: Some(Duration::from_secs(60)),
-            pool_max_idle_per_host: 256,
-        };
-        Proxy {
-            client: http_util::client(GaiResolver::new(), settings),
-        }
+        Proxy
     }
 
     /// Serves one request for a service host: from a client connection, or
@@ -84,7 +82,7 @@ impl Proxy {
         &self,
         route: &HostRoute,
         request: Request<B>,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
@@ -111,10 +109,15 @@ impl Proxy {
         let upgrade = wants_upgrade(request.headers());
         let mut request = request;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        let outbound = outbound_request(request, &lease, peer, upgrade);
-        let sent = tokio::time::timeout_at(deadline, self.client.request(outbound)).await;
-        let mut response = match sent {
-            Ok(Ok(response)) => response,
+        let outbound = outbound_request(request, peer, upgrade);
+        let idle = lease.endpoint.load.idle_connections();
+        let sent = tokio::time::timeout_at(
+            deadline,
+            upstream::send(idle, lease.endpoint.address, outbound),
+        )
+        .await;
+        let (mut response, connection) = match sent {
+            Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
                 tracing::warn!(revision = %revision.key, instance = %lease.endpoint.id, error = %e, "forwarding failed");
                 return text(
@@ -130,6 +133,8 @@ impl Proxy {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
+            // The connection becomes the upgraded stream: never kept.
+            drop(connection);
             let instance_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(splice(client_upgrade, instance_upgrade, lease, counted));
             let (parts, _) = response.into_parts();
@@ -139,38 +144,41 @@ impl Proxy {
         response.map(|body| {
             Body::new(LeasedBody {
                 inner: body,
-                _lease: lease,
+                connection: Some(connection),
+                ended: false,
+                lease,
                 _counted: counted,
             })
         })
     }
 }
 
-/// The request as the instance gets it.
-fn outbound_request<B>(
-    request: Request<B>,
-    lease: &Lease,
-    peer: SocketAddr,
-    upgrade: bool,
-) -> Request<Body>
+/// The request as the instance gets it: origin-form, HTTP/1.1, the
+/// client's hop-by-hop headers gone and `X-Forwarded-*` added.
+fn outbound_request<B>(request: Request<B>, peer: &Peer, upgrade: bool) -> Request<Body>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     let (mut parts, body) = request.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(lease.endpoint.address.to_string())
-        .path_and_query(path)
-        .build()
-        .unwrap_or_default();
+    // Origin-form as it came (the usual case) is forwarded as is; an
+    // absolute-form or HTTP/2 URI keeps only its path and query (a
+    // CONNECT's authority-form target stays what it is).
+    let absolute = parts.uri.scheme().is_some() || parts.uri.authority().is_some();
+    if absolute && parts.method != http::Method::CONNECT {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
     // The instance gets HTTP/1.1 whatever the client spoke.
     parts.version = http::Version::HTTP_11;
     let headers = &mut parts.headers;
@@ -188,13 +196,21 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip,
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
+    let Some(ip) = &peer.forwarded_for else {
+        return;
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    let appended = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(previous) => {
+            let mut value = Vec::with_capacity(previous.len() + 2 + ip.len());
+            value.extend_from_slice(previous);
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&value).ok()
+        }
+        None => Some(ip.clone()),
+    };
+    if let Some(value) = appended {
         headers.insert(X_FORWARDED_FOR, value);
     }
 }
@@ -269,10 +285,14 @@ async fn splice(
 }
 
 /// A response body that holds the instance slot and the autoscaler count
-/// until it ends.
+/// until it ends, and then gives its connection back to the instance's
+/// idle ones (a body dropped before its end leaves the connection to close).
 struct LeasedBody {
     inner: Incoming,
-    _lease: Lease,
+    connection: Option<Connection>,
+    /// The instance's answer was read to its end.
+    ended: bool,
+    lease: Lease,
     _counted: Counted,
 }
 
@@ -284,7 +304,11 @@ impl HttpBody for LeasedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -293,6 +317,22 @@ impl HttpBody for LeasedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for LeasedBody {
+    fn drop(&mut self) {
+        // hyper may not poll a body it knows is empty (or fully sent by its
+        // length) to its end: that counts as ended too.
+        if (self.ended || self.inner.is_end_stream())
+            && let Some(connection) = self.connection.take()
+        {
+            self.lease
+                .endpoint
+                .load
+                .idle_connections()
+                .give_back(connection);
+        }
     }
 }
 
@@ -392,8 +432,14 @@ mod tests {
     #[test]
     fn forwarded_for_appends_the_peer() {
         let mut headers = HeaderMap::new();
-        append_forwarded_for(&mut headers, "10.0.0.2:5000".parse().expect("addr"));
-        append_forwarded_for(&mut headers, "127.0.0.1:6000".parse().expect("addr"));
+        append_forwarded_for(
+            &mut headers,
+            &Peer::new("10.0.0.2:5000".parse().expect("addr")),
+        );
+        append_forwarded_for(
+            &mut headers,
+            &Peer::new("127.0.0.1:6000".parse().expect("addr")),
+        );
         assert_eq!(headers[X_FORWARDED_FOR], "10.0.0.2, 127.0.0.1");
     }
 }

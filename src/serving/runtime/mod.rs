@@ -16,6 +16,7 @@ use tokio::sync::{Notify, watch};
 use crate::api::ObjectKey;
 pub(crate) use crate::api::pod::{ContainerSpec, PodSpec, Probe};
 use crate::api::service::RevisionTemplate;
+use crate::serving::upstream::IdleConnections;
 
 pub(crate) mod config;
 pub mod container;
@@ -244,6 +245,10 @@ pub struct InstanceLoad {
     in_flight: AtomicUsize,
     draining: AtomicBool,
     idle: Notify,
+    /// The proxy's kept-alive connections to the instance: they live and
+    /// go with it, so a stopped instance's connections close with it and
+    /// a request never looks them up by address.
+    connections: Arc<IdleConnections>,
 }
 
 impl InstanceLoad {
@@ -274,6 +279,11 @@ impl InstanceLoad {
 
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The proxy's idle connections to the instance.
+    pub(crate) fn idle_connections(&self) -> &Arc<IdleConnections> {
+        &self.connections
     }
 
     /// Resolves once no request is in flight.

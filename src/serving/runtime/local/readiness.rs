@@ -3,6 +3,8 @@
 //! is latency the user sees.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,8 +13,14 @@ use tokio::time::Instant;
 
 use crate::serving::runtime::Probe;
 
-/// Probe every millisecond for this long: most apps are up by then.
+/// Probe fast for this long: most apps are up by then.
 const FAST_PHASE: Duration = Duration::from_millis(100);
+/// The first pause between connects while the port is not open yet, and
+/// the longest one: a refused connect on loopback costs a few microseconds,
+/// and the app's own start takes milliseconds, so noticing its port costs
+/// about half of the longest pause.
+const FIRST_CONNECT_PAUSE: Duration = Duration::from_micros(50);
+const MAX_CONNECT_PAUSE: Duration = Duration::from_micros(200);
 /// Then back off, doubling, up to this interval.
 const SLOW_INTERVAL: Duration = Duration::from_millis(20);
 /// One probe attempt may take this long (an HTTP handler that hangs).
@@ -24,6 +32,11 @@ const MAX_STATUS_LINE: usize = 1024;
 /// port of the instance is reached).
 pub(super) async fn wait_until_ready(probe: &Probe, address: SocketAddr) {
     let started = Instant::now();
+    // Nothing can pass before the port is open; watch for that first, at a
+    // finer grain than tokio's millisecond timer.
+    if until_listening(address, FAST_PHASE).await && attempt(probe, address).await {
+        return;
+    }
     let mut interval = Duration::from_millis(1);
     loop {
         if attempt(probe, address).await {
@@ -31,6 +44,41 @@ pub(super) async fn wait_until_ready(probe: &Probe, address: SocketAddr) {
         }
         tokio::time::sleep(interval).await;
         interval = next_interval(interval, started.elapsed());
+    }
+}
+
+/// Connects to `address` until it accepts, pausing [`FIRST_CONNECT_PAUSE`]
+/// and doubling up to [`MAX_CONNECT_PAUSE`], for at most `limit`; true once
+/// it accepted. It runs on a blocking thread: tokio's timer sleeps whole
+/// milliseconds (about half a millisecond of a cold start lost on average),
+/// a thread's sleep does not. Dropping the future ends the thread's loop at
+/// its next pause.
+async fn until_listening(address: SocketAddr, limit: Duration) -> bool {
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let _abandon_on_drop = SetOnDrop(abandoned.clone());
+    let connects = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut pause = FIRST_CONNECT_PAUSE;
+        loop {
+            if std::net::TcpStream::connect(address).is_ok() {
+                return true;
+            }
+            if abandoned.load(Ordering::Relaxed) || started.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_CONNECT_PAUSE);
+        }
+    });
+    connects.await.unwrap_or(false)
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -204,6 +252,32 @@ mod tests {
         assert!(attempt(&Probe::Tcp { port: Some(port) }, local(port)).await);
         drop(listener);
         assert!(!attempt(&Probe::TcpDefault, local(port)).await);
+    }
+
+    #[tokio::test]
+    async fn a_port_is_noticed_once_it_listens_and_given_up_after_the_limit() {
+        let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .expect("bind")
+            .local_addr()
+            .expect("address")
+            .port();
+        let started = std::time::Instant::now();
+        assert!(!until_listening(local(port), Duration::from_millis(20)).await);
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        let opener = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("bind");
+            (std::time::Instant::now(), listener)
+        });
+        assert!(until_listening(local(port), Duration::from_secs(5)).await);
+        let noticed = std::time::Instant::now();
+        let (opened, _listener) = opener.join().expect("opener");
+        // Loose: a loaded machine may delay either thread.
+        assert!(
+            noticed - opened < Duration::from_millis(50),
+            "{:?}",
+            noticed - opened
+        );
     }
 
     #[test]
