@@ -409,10 +409,8 @@ impl Server {
             own_peer: Peer::new(listen),
         });
         if config.in_process_hops {
-            sender.hand_over_in_process(
-                main.clone(),
-                config.tls.level == TransportEncryption::Strict,
-            );
+            let service: Arc<dyn MainListenerService> = main.clone();
+            sender.hand_over_in_process(&service, config.tls.level == TransportEncryption::Strict);
         }
         let admin_router = admin::router(AdminState {
             control: control.clone(),

@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -41,7 +41,10 @@ pub(super) struct OwnListener {
     /// `.localhost` (the serving domain): service hosts, which pilotlight
     /// resolves to its own listener.
     service_suffix: Arc<str>,
-    service: OnceLock<Arc<dyn MainListenerService>>,
+    /// Weak: the service holds the brokers, whose senders hold this; once
+    /// the listener is gone (the server stopped), requests go over TCP
+    /// and find nothing there, as any client's would.
+    service: OnceLock<Weak<dyn MainListenerService>>,
     /// With transport encryption strict, plain `http://` requests are
     /// refused at the listener (426): those still go over TCP to get it.
     plain_http_refused: OnceLock<bool>,
@@ -57,16 +60,17 @@ impl OwnListener {
         }
     }
 
-    /// Hands requests for this listener to `service` from now on.
-    pub(super) fn attach(&self, service: Arc<dyn MainListenerService>, plain_http_refused: bool) {
+    /// Hands requests for this listener to `service` from now on, as long
+    /// as something else keeps it.
+    pub(super) fn attach(&self, service: &Arc<dyn MainListenerService>, plain_http_refused: bool) {
         let _ = self.plain_http_refused.set(plain_http_refused);
-        if self.service.set(service).is_err() {
+        if self.service.set(Arc::downgrade(service)).is_err() {
             tracing::debug!("the main listener's in-process service was attached twice");
         }
     }
 
     /// The service, when `uri` is this listener's and it is attached.
-    pub(super) fn service_for(&self, uri: &Uri) -> Option<&Arc<dyn MainListenerService>> {
+    pub(super) fn service_for(&self, uri: &Uri) -> Option<Arc<dyn MainListenerService>> {
         let service = self.service.get()?;
         let scheme = uri.scheme()?;
         let plain = *scheme == Scheme::HTTP;
@@ -80,7 +84,10 @@ impl OwnListener {
         if uri.port_u16().unwrap_or(default_port) != self.listen.port() {
             return None;
         }
-        self.is_own_host(uri.host()?).then_some(service)
+        if !self.is_own_host(uri.host()?) {
+            return None;
+        }
+        service.upgrade()
     }
 
     fn is_own_host(&self, host: &str) -> bool {
@@ -134,9 +141,13 @@ mod tests {
         }
     }
 
-    fn attached(listen: &str) -> OwnListener {
+    fn nothing() -> Arc<dyn MainListenerService> {
+        Arc::new(Nothing)
+    }
+
+    fn attached(listen: &str, service: &Arc<dyn MainListenerService>) -> OwnListener {
         let own = OwnListener::new(listen.parse().expect("address"), Arc::from(".localhost"));
-        own.attach(Arc::new(Nothing), false);
+        own.attach(service, false);
         own
     }
 
@@ -146,7 +157,8 @@ mod tests {
 
     #[test]
     fn own_urls_are_the_listeners_address_and_service_hosts_on_its_port() {
-        let own = attached("0.0.0.0:8080");
+        let service = nothing();
+        let own = attached("0.0.0.0:8080", &service);
         for uri in [
             "http://127.0.0.1:8080/default/default",
             "http://localhost:8080/ns/b",
@@ -165,7 +177,7 @@ mod tests {
         ] {
             assert!(!is_own(&own, uri), "{uri}");
         }
-        let bound = attached("10.1.2.3:8080");
+        let bound = attached("10.1.2.3:8080", &service);
         assert!(is_own(&bound, "http://10.1.2.3:8080/a/b"));
         assert!(!is_own(&bound, "http://127.0.0.1:8080/a/b"));
     }
@@ -177,9 +189,15 @@ mod tests {
             ".localhost".into(),
         );
         assert!(!is_own(&own, "http://127.0.0.1:8080/a/b"));
-        own.attach(Arc::new(Nothing), true);
+        let service = nothing();
+        own.attach(&service, true);
         assert!(!is_own(&own, "http://127.0.0.1:8080/a/b"));
         assert!(is_own(&own, "https://127.0.0.1:8080/a/b"));
+        drop(service);
+        assert!(
+            !is_own(&own, "https://127.0.0.1:8080/a/b"),
+            "a stopped server's listener is reached over TCP"
+        );
     }
 
     #[test]

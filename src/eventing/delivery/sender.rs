@@ -205,14 +205,14 @@ impl EventSender {
         sender
     }
 
-    /// From now on, requests for pilotlight's own main listener (its
-    /// address, service hosts) go to `service` in process, from this sender
-    /// and every one cloned from it. `plain_http_refused`: transport
+    /// From now on, and while `service` lives, requests for pilotlight's
+    /// own main listener (its address, service hosts) go to it in process,
+    /// from this sender and every one cloned from it. `plain_http_refused`: transport
     /// encryption is strict, so `http://` ones keep going over TCP (to be
     /// refused there, as for any client).
     pub(crate) fn hand_over_in_process(
         &self,
-        service: Arc<dyn MainListenerService>,
+        service: &Arc<dyn MainListenerService>,
         plain_http_refused: bool,
     ) {
         if let Some(own) = &self.own {
