@@ -57,8 +57,8 @@ use pilotlight::server::Server;
 use crate::http_server::HttpServer;
 use crate::issuer::BenchIssuer;
 use crate::load::{
-    BENCH_TS, Load, Shape, Tally, WARMUP, Window, connect, nanos_since, new_histogram, record,
-    run_load,
+    BENCH_TS, Load, Shape, Tally, WARMUP, Window, connect, exchange, nanos_since, new_histogram,
+    record, run_load,
 };
 use crate::open_loop::{OpenLoop, run_open_loop};
 use crate::pinning::Split;
@@ -768,21 +768,8 @@ impl Deployment {
 /// not serving (a bad manifest, a backend that did not start).
 async fn probe(load: &Load) -> anyhow::Result<u64> {
     let mut sender = connect(load.addr).await?;
-    sender
-        .ready()
-        .await
-        .context("the probe connection closed")?;
-    let response = sender
-        .send_request(load.request(0, 0, Instant::now())?)
-        .await
-        .context("sending the probe event")?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the probe's answer")?
-        .to_bytes();
+    let request = load.request(0, 0, Instant::now())?;
+    let (status, body) = exchange(&mut sender, request, "the probe event").await?;
     if status != StatusCode::ACCEPTED {
         bail!(
             "the broker answered the probe event with {status}: {}",

@@ -27,13 +27,13 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::Args;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use pilotlight::server::Server;
 use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::app::{App, AppRuntime};
-use crate::load::connect;
+use crate::load::{connect, exchange};
 use crate::report::{Check, checks_json, median, write_checks};
 use crate::serving::pilotlight_exe;
 use crate::workdir::{NAMESPACE, WorkDir, server_config};
@@ -205,7 +205,6 @@ async fn send_all(
         senders.spawn(async move {
             let mut client = connect(listen).await?;
             for seq in 0..share {
-                client.ready().await.context("the connection closed")?;
                 let request = Request::builder()
                     .method(Method::POST)
                     .uri(format!("/{NAMESPACE}/{BROKER}"))
@@ -220,20 +219,11 @@ async fn send_all(
                     .header(header::CONTENT_TYPE, "application/octet-stream")
                     .body(Full::new(Bytes::from_static(&[b'x'; 1024])))
                     .context("building an event")?;
-                let response = client
-                    .send_request(request)
-                    .await
-                    .context("sending an event")?;
-                let status = response.status();
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .context("reading the answer")?;
+                let (status, body) = exchange(&mut client, request, "an event").await?;
                 if status != StatusCode::ACCEPTED {
                     bail!(
                         "the broker answered {status}: {}",
-                        String::from_utf8_lossy(&body.to_bytes()).trim()
+                        String::from_utf8_lossy(&body).trim()
                     );
                 }
             }
@@ -254,15 +244,7 @@ async fn backlog(admin: SocketAddr, trigger: &str) -> anyhow::Result<u64> {
         .header(header::HOST, admin.to_string())
         .body(Full::new(Bytes::new()))
         .context("building the status request")?;
-    let body = client
-        .send_request(request)
-        .await
-        .context("asking for the triggers")?
-        .into_body()
-        .collect()
-        .await
-        .context("reading the triggers")?
-        .to_bytes();
+    let (_, body) = exchange(&mut client, request, "the triggers' status").await?;
     let list: serde_json::Value = serde_json::from_slice(&body).context("the triggers as JSON")?;
     let item = list["items"]
         .as_array()

@@ -336,6 +336,33 @@ async fn drive(load: &Load, window: Window, index: usize, tally: &mut Tally) -> 
     Ok(())
 }
 
+/// Sends `request` on `sender` once it is free and reads the whole answer:
+/// its status and body. `what` names the request in errors. For the
+/// suites' probes and control requests; the load's own requests time each
+/// step themselves.
+pub(crate) async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+    what: &str,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    sender
+        .ready()
+        .await
+        .with_context(|| format!("the connection closed before {what}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .with_context(|| format!("sending {what}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .with_context(|| format!("reading the answer to {what}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
 /// A bare HTTP/1.1 connection (no pool: one in flight, kept alive).
 pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     connect_with(addr, None).await

@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
 use crate::eventing::{BROKER, Deployment, Phase, Settings, Subscriber, Target, manifest};
-use crate::load::{Load, connect};
+use crate::load::{Load, connect, exchange};
 use crate::report::Check;
 use crate::workdir::NAMESPACE;
 
@@ -370,18 +370,7 @@ async fn replay_from_start(admin: SocketAddr) -> anyhow::Result<()> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
         .context("building the replay request")?;
-    sender.ready().await.context("the admin listener closed")?;
-    let response = sender
-        .send_request(request)
-        .await
-        .context("asking for the replay")?;
-    let status = response.status();
-    let answer = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the replay's answer")?
-        .to_bytes();
+    let (status, answer) = exchange(&mut sender, request, "the replay request").await?;
     if !status.is_success() {
         bail!(
             "the replay was refused ({status}): {}",
