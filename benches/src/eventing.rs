@@ -63,7 +63,7 @@ use crate::load::{
 use crate::open_loop::{OpenLoop, run_open_loop};
 use crate::pinning::Split;
 use crate::report::{Check, checks_json, ms, quantile_ms, write_checks};
-use crate::workdir::{NAMESPACE, WorkDir, server_config};
+use crate::workdir::{NAMESPACE, TriggerSubscriber, WorkDir, server_config, trigger_yaml};
 
 /// Longest wait, with no new delivery, for the subscriber to receive every
 /// accepted event (a long backlog that still drains is fine).
@@ -797,20 +797,12 @@ metadata:
 "
     );
     if let Some(subscriber) = subscriber {
-        let _ = write!(
-            yaml,
-            "---
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: bench
-  namespace: {NAMESPACE}
-spec:
-  broker: {BROKER}
-  subscriber:
-    uri: http://{subscriber}/
-"
-        );
+        yaml.push_str(&trigger_yaml(
+            "bench",
+            BROKER,
+            None,
+            TriggerSubscriber::Uri(subscriber),
+        ));
     }
     yaml
 }

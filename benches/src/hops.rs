@@ -36,7 +36,7 @@ use crate::app::{App, AppRuntime};
 use crate::load::{connect, exchange};
 use crate::report::{Check, checks_json, median, write_checks};
 use crate::serving::pilotlight_exe;
-use crate::workdir::{NAMESPACE, WorkDir, server_config};
+use crate::workdir::{NAMESPACE, TriggerSubscriber, WorkDir, server_config, trigger_yaml};
 
 /// The issue's target: a trigger to a Service within 0.8× of the same
 /// trigger to the app straight.
@@ -152,23 +152,12 @@ impl Deployment {
 
 fn manifest(exe: &std::path::Path, app: SocketAddr) -> String {
     let service = AppRuntime::process(exe).service("hello", &[("min-scale", "1")]);
-    let trigger = |target: Target, subscriber: &str| {
-        format!(
-            "---
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: {name}
-  namespace: {NAMESPACE}
-spec:
-  broker: {BROKER}
-  filter:
-    attributes:
-      type: {ty}
-  subscriber:
-{subscriber}",
-            name = target.trigger(),
-            ty = target.event_type(),
+    let trigger = |target: Target, subscriber| {
+        trigger_yaml(
+            target.trigger(),
+            BROKER,
+            Some(target.event_type()),
+            subscriber,
         )
     };
     let mut yaml = format!(
@@ -182,10 +171,10 @@ metadata:
 "
     );
     yaml.push_str(&service);
-    yaml.push_str(&trigger(Target::App, &format!("    uri: http://{app}/\n")));
+    yaml.push_str(&trigger(Target::App, TriggerSubscriber::Uri(app)));
     yaml.push_str(&trigger(
         Target::Service,
-        "    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: hello\n",
+        TriggerSubscriber::Service("hello"),
     ));
     yaml
 }

@@ -32,7 +32,7 @@ use serde_json::json;
 use crate::eventing::{BROKER, Deployment, Phase, Settings, Subscriber, Target, manifest};
 use crate::load::{Load, connect, exchange};
 use crate::report::Check;
-use crate::workdir::NAMESPACE;
+use crate::workdir::{NAMESPACE, TriggerSubscriber, trigger_yaml};
 
 /// The brokers compared: this many triggers against `--triggers`.
 const FEW_TRIGGERS: usize = 10;
@@ -125,23 +125,12 @@ async fn with_triggers(settings: &Settings, triggers: usize) -> anyhow::Result<T
 fn triggers_manifest(triggers: usize, subscriber: SocketAddr) -> String {
     let mut yaml = manifest(Target::Triggers, None);
     for n in 0..triggers {
-        let _ = write!(
-            yaml,
-            "---
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: t-{n}
-  namespace: {NAMESPACE}
-spec:
-  broker: {BROKER}
-  filter:
-    attributes:
-      type: t.{n}
-  subscriber:
-    uri: http://{subscriber}/
-"
-        );
+        yaml.push_str(&trigger_yaml(
+            &format!("t-{n}"),
+            BROKER,
+            Some(&format!("t.{n}")),
+            TriggerSubscriber::Uri(subscriber),
+        ));
     }
     yaml
 }

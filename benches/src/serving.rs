@@ -82,7 +82,7 @@ mod scale;
 use crate::app::{AppRuntime, START_TIMEOUT, free_port, loopback};
 use crate::load::{Load, Shape, Tally, WARMUP, Window, connect, run_load};
 use crate::report::{Check, checks_json, ms, quantile_ms, write_checks};
-use crate::workdir::{NAMESPACE, WorkDir, server_config};
+use crate::workdir::{NAMESPACE, TriggerSubscriber, WorkDir, server_config, trigger_yaml};
 use pilotlight::api::pod::ContainerNetwork;
 use pilotlight::cli::run::NetworkArg;
 use pilotlight::server::Server;
@@ -670,27 +670,12 @@ metadata:
         yaml.push_str(&app.service(&format!("idle-{index}"), &[("initial-scale", "0")]));
     }
     for index in 0..RSS_TRIGGERS {
-        let _ = write!(
-            yaml,
-            "---
-apiVersion: eventing.knative.dev/v1
-kind: Trigger
-metadata:
-  name: idle-{index}
-  namespace: {NAMESPACE}
-spec:
-  broker: default
-  filter:
-    attributes:
-      type: dev.pilotlight.bench.{index}
-  subscriber:
-    ref:
-      apiVersion: serving.knative.dev/v1
-      kind: Service
-      name: idle-{service}
-",
-            service = index % RSS_SERVICES
-        );
+        yaml.push_str(&trigger_yaml(
+            &format!("idle-{index}"),
+            "default",
+            Some(&format!("dev.pilotlight.bench.{index}")),
+            TriggerSubscriber::Service(&format!("idle-{}", index % RSS_SERVICES)),
+        ));
     }
     yaml
 }

@@ -8,6 +8,45 @@ use pilotlight::server::ServerConfig;
 /// The namespace of every manifest the suites write.
 pub(crate) const NAMESPACE: &str = "default";
 
+/// Where a suite's Trigger delivers.
+pub(crate) enum TriggerSubscriber<'a> {
+    /// A server of the bench's own, by address.
+    Uri(std::net::SocketAddr),
+    /// One of pilotlight's Services, by name.
+    Service(&'a str),
+}
+
+/// One Trigger, `---` first, on `broker`, filtering on `type` when given:
+/// the manifest every suite writes its triggers with.
+pub(crate) fn trigger_yaml(
+    name: &str,
+    broker: &str,
+    event_type: Option<&str>,
+    subscriber: TriggerSubscriber<'_>,
+) -> String {
+    let filter = event_type.map_or_else(String::new, |ty| {
+        format!("  filter:\n    attributes:\n      type: {ty}\n")
+    });
+    let subscriber = match subscriber {
+        TriggerSubscriber::Uri(address) => format!("    uri: http://{address}/\n"),
+        TriggerSubscriber::Service(service) => format!(
+            "    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: {service}\n"
+        ),
+    };
+    format!(
+        "---
+apiVersion: eventing.knative.dev/v1
+kind: Trigger
+metadata:
+  name: {name}
+  namespace: {NAMESPACE}
+spec:
+  broker: {broker}
+{filter}  subscriber:
+{subscriber}"
+    )
+}
+
 pub(crate) fn server_config(dir: &WorkDir) -> ServerConfig {
     ServerConfig::on_free_ports(dir.manifests(), dir.path.join("data"))
 }
