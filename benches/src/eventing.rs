@@ -114,6 +114,11 @@ pub struct EventingArgs {
     /// Events published before the trigger of the `backlog` phase reads.
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog_events: u64,
+    /// Trace pilotlight's hops, keeping this share of traces (0.01, 1),
+    /// exported over OTLP to a collector in this process that counts what
+    /// it receives: what traces cost, against a run without this flag.
+    #[arg(long, value_name = "RATIO")]
+    pub trace_sampling: Option<f64>,
 }
 
 /// What a phase sends to.
@@ -215,6 +220,10 @@ impl Target {
 
 pub async fn run(args: EventingArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(&args)?;
+    let collector = match args.trace_sampling {
+        Some(share) => Some(crate::collector::Collector::install(share).await?),
+        None => None,
+    };
     let raw = HttpServer::start(raw_service, true, "the raw baseline").await?;
     let backends: Vec<Target> = [
         Target::Memory,
@@ -270,6 +279,9 @@ pub async fn run(args: EventingArgs) -> anyhow::Result<()> {
         }
     }
     println!("{}", report.table(&settings));
+    if let Some(collector) = &collector {
+        println!("{}", collector.summary());
+    }
     if args.json {
         println!("{}", report.json(&settings));
     }

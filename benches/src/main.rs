@@ -9,6 +9,7 @@
 
 mod app;
 mod cesql;
+mod collector;
 mod console;
 mod eventing;
 mod hops;

@@ -23,6 +23,7 @@ use crate::listener::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, ListenerLimits,
 };
 use crate::server::{Server, ServerConfig, ServingConfig, TlsConfig};
+use crate::telemetry::trace::{self, TraceSettings};
 use crate::serving::jobs::JobSettings;
 use crate::serving::runtime::container::ContainerConfig;
 use crate::serving::runtime::container::engine::socket_path;
@@ -173,6 +174,16 @@ pub struct RunArgs {
     /// addresses in status. Default: the main listener's address.
     #[arg(long, env = "PILOTLIGHT_INGRESS_URL")]
     pub ingress_url: Option<String>,
+    /// Export traces over OTLP/HTTP to this collector (such as
+    /// http://localhost:4318; spans go to its /v1/traces). Without it and
+    /// without OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, no traces are made.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of traces kept, from 0 to 1 (0.01: one in a hundred); a
+    /// request that arrives with a `traceparent` keeps its sender's choice.
+    /// Default: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, else all.
+    #[arg(long, value_name = "RATIO")]
+    pub trace_sampling: Option<f64>,
     /// Read Brokers, Triggers, sources and Services from the Kubernetes API
     /// server (in-cluster, or a kubeconfig) instead of files, write their
     /// status there, and run revisions as Deployments.
@@ -526,11 +537,20 @@ impl RunArgs {
 }
 
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let traces = TraceSettings {
+        endpoint: args.otlp_endpoint.clone(),
+        sampling: args.trace_sampling,
+    };
+    if trace::install(&traces, tokio::runtime::Handle::current())? {
+        tracing::info!(endpoint = ?traces.endpoint, "exporting traces over OTLP");
+    }
     let server = Server::start(args.server_config()?).await?;
     tracing::info!(listen = %server.listen, admin = %server.admin, "pilotlight is running; Ctrl-C stops it");
     shutdown_signal().await;
     tracing::info!("stopping: saving trigger cursors");
     server.shutdown().await;
+    // The spans of the last events, queued for the next batch.
+    tokio::task::spawn_blocking(trace::shutdown).await.ok();
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! shows) set-up.
 
 pub(crate) mod readings;
+pub mod trace;
 
 use std::sync::{Arc, OnceLock};
 

@@ -29,6 +29,9 @@ use crate::auth::{Gate, TokenError};
 use crate::cloudevent::parse_http;
 use crate::eventing::backend::AppendError;
 use crate::http_util::{line, with_retry_after};
+use crate::telemetry::trace::{Hop, Parent};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// Default largest request body accepted (1 MiB).
 pub(crate) const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
@@ -99,6 +102,8 @@ fn broker_path(path: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
     Some((decode(namespace)?, decode(name)?))
 }
 
+/// The ingress hop, traced: receive, validate and store, under the
+/// sender's `traceparent`.
 async fn ingress<B>(
     state: &IngressState,
     namespace: &str,
@@ -106,6 +111,40 @@ async fn ingress<B>(
     method: Method,
     headers: &HeaderMap,
     body: B,
+) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let hop = Hop::start(
+        "broker.ingress",
+        SpanKind::Server,
+        || Parent::from_headers(headers),
+        || {
+            vec![
+                KeyValue::new("messaging.system", "pilotlight"),
+                KeyValue::new("messaging.operation.type", "receive"),
+                KeyValue::new("messaging.destination.name", format!("{namespace}/{name}")),
+            ]
+        },
+    );
+    let response = receive(state, namespace, name, method, headers, body, &hop).await;
+    let status = response.status();
+    hop.set(|| KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+    if status.is_client_error() || status.is_server_error() {
+        hop.fail(|| format!("answered {status}"));
+    }
+    response
+}
+
+async fn receive<B>(
+    state: &IngressState,
+    namespace: &str,
+    name: &str,
+    method: Method,
+    headers: &HeaderMap,
+    body: B,
+    hop: &Hop,
 ) -> Response
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -218,7 +257,12 @@ where
             return line(StatusCode::FORBIDDEN, forbidden.to_string());
         }
     }
-    match broker.publish(events).await {
+    hop.set(|| KeyValue::new("messaging.batch.message_count", events.len() as i64));
+    if let [event] = events.as_slice() {
+        hop.set(|| KeyValue::new("cloudevents.event_id", event.id().to_owned()));
+        hop.set(|| KeyValue::new("cloudevents.event_type", event.ty().to_owned()));
+    }
+    match broker.publish(events, hop).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => refusal(&e),
     }

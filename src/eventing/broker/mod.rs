@@ -13,6 +13,8 @@ use metrics::Counter;
 use crate::api::ObjectKey;
 use crate::cloudevent::Event;
 use crate::eventing::backend::{AppendError, Backend};
+use crate::telemetry::trace::Hop;
+use opentelemetry::trace::SpanKind;
 
 /// A running broker: its backend, its limit and its ingress counters.
 ///
@@ -70,7 +72,11 @@ impl BrokerHandle {
     /// Stamps `knativearrivaltime` and stores the events, all or none; used
     /// by the ingress and by replies re-entering the broker. An event over
     /// the limit refuses the whole batch, before anything is stored.
-    pub(crate) async fn publish(&self, mut events: Vec<Event>) -> Result<(), AppendError> {
+    ///
+    /// `hop` is the span that brought them (the ingress, or the delivery
+    /// that replied): an event without a trace context gets this one, so
+    /// its deliveries continue this trace.
+    pub(crate) async fn publish(&self, mut events: Vec<Event>, hop: &Hop) -> Result<(), AppendError> {
         let count = events.len() as u64;
         self.received.increment(count);
         if let Err(e) = self.check_sizes(&events) {
@@ -80,11 +86,17 @@ impl BrokerHandle {
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         for event in &mut events {
             event.set_attribute("knativearrivaltime", now.as_str());
+            hop.stamp_if_absent(event);
             // The backends keep recent events in memory (the log's and the
             // memory broker's tail): each must hold its own bytes only.
             event.own_data();
         }
+        let store = hop.child("broker.store", SpanKind::Internal, Vec::new);
         let stored = self.backend.append(events).await;
+        if let Err(e) = &stored {
+            store.fail(|| e.to_string());
+        }
+        drop(store);
         match &stored {
             Ok(()) => self.accepted.increment(count),
             Err(e) => reject_metric(&self.key.to_string(), e.reason()),
@@ -221,7 +233,7 @@ mod tests {
         let broker = BrokerHandle::new(ObjectKey::new("shop", "orders"), backend.clone(), 200);
         let small = test_event("small", "t", Some(Bytes::from_static(b"{}")));
         let big = test_event("big", "t", Some(Bytes::from(vec![b'x'; 300])));
-        let refused = broker.publish(vec![small.clone(), big]).await.unwrap_err();
+        let refused = broker.publish(vec![small.clone(), big], &Hop::default()).await.unwrap_err();
         assert!(refused.is_permanent());
         let message = refused.to_string();
         for part in [
@@ -233,7 +245,7 @@ mod tests {
             assert!(message.contains(part), "{part}: {message}");
         }
         assert!(backend.0.lock().unwrap().is_empty(), "all or none");
-        broker.publish(vec![small]).await.unwrap();
+        broker.publish(vec![small], &Hop::default()).await.unwrap();
         let stored = backend.0.lock().unwrap();
         assert_eq!(stored.len(), 1);
         assert!(stored[0].attribute("knativearrivaltime").is_some());

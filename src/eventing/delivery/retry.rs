@@ -8,6 +8,9 @@ use http::StatusCode;
 use super::DeliveryPolicy;
 use super::sender::{Attempt, ERROR_DATA_MAX, EventSender, Failure, Target};
 use crate::cloudevent::Event;
+use crate::telemetry::trace::Hop;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// The end of a delivery with retries.
 #[derive(Debug)]
@@ -24,27 +27,35 @@ pub(crate) enum Outcome {
 /// policy, stretched to the destination's Retry-After (capped by
 /// `retryAfterMax` when set).
 ///
-/// `observe` sees every attempt's HTTP status (`None`: no response) and duration.
+/// `observe` sees every attempt's HTTP status (`None`: no response) and
+/// duration. Each attempt is a span under `trace`, and its request carries
+/// that span's `traceparent`.
 pub(crate) async fn deliver_with_retries(
     sender: &EventSender,
     target: &Target,
     event: &Event,
     policy: &DeliveryPolicy,
+    trace: &Hop,
     mut observe: impl FnMut(Option<StatusCode>, Duration),
 ) -> Outcome {
     let mut retry = 0;
     loop {
         let started = Instant::now();
+        let span = attempt_span(trace, target, retry);
         let attempt = sender
-            .send(target, event, policy.format, policy.timeout)
+            .send(target, event, policy.format, policy.timeout, &span)
             .await;
         let failure = match attempt {
             Attempt::Delivered { reply, status } => {
+                span.set(|| status_attribute(Some(status)));
                 observe(Some(status), started.elapsed());
                 return Outcome::Delivered { reply };
             }
             Attempt::Failed(failure) => failure,
         };
+        span.set(|| status_attribute(failure.status));
+        span.fail(|| failure.message.clone());
+        drop(span);
         observe(failure.status, started.elapsed());
         if !failure.retryable || retry >= policy.retry {
             return Outcome::Failed(failure);
@@ -52,6 +63,22 @@ pub(crate) async fn deliver_with_retries(
         retry += 1;
         tokio::time::sleep(wait_before(policy, retry, failure.retry_after)).await;
     }
+}
+
+/// One attempt's span: where it went and which retry it is (0: the first try).
+fn attempt_span(trace: &Hop, target: &Target, retry: u32) -> Hop {
+    trace.child("delivery.attempt", SpanKind::Client, || {
+        vec![
+            KeyValue::new("url.full", target.uri.to_string()),
+            KeyValue::new("pilotlight.retry", i64::from(retry)),
+        ]
+    })
+}
+
+/// The response's status code; 0 when nothing answered.
+fn status_attribute(status: Option<StatusCode>) -> KeyValue {
+    let code = status.map_or(0, |s| s.as_u16());
+    KeyValue::new("http.response.status_code", i64::from(code))
 }
 
 fn wait_before(policy: &DeliveryPolicy, retry: u32, retry_after: Option<Duration>) -> Duration {

@@ -25,6 +25,7 @@ use crate::cloudevent::{
     parse_http,
 };
 use crate::http_util::{self, ClientSettings};
+use crate::telemetry::trace::Hop;
 use crate::tls::ClientTls;
 
 /// Knative keeps at most this much of a failed response in `knativeerrordata`.
@@ -298,9 +299,10 @@ impl EventSender {
         event: &Event,
         format: DeliveryFormat,
         timeout: Duration,
+        trace: &Hop,
     ) -> Attempt {
         let uri = &target.uri;
-        match tokio::time::timeout(timeout, self.exchange(target, event, format)).await {
+        match tokio::time::timeout(timeout, self.exchange(target, event, format, trace)).await {
             Ok(attempt) => attempt,
             Err(_) => Attempt::Failed(Failure {
                 status: None,
@@ -312,9 +314,16 @@ impl EventSender {
         }
     }
 
-    async fn exchange(&self, target: &Target, event: &Event, format: DeliveryFormat) -> Attempt {
+    async fn exchange(
+        &self,
+        target: &Target,
+        event: &Event,
+        format: DeliveryFormat,
+        trace: &Hop,
+    ) -> Attempt {
         let uri = &target.uri;
         let mut request = encode(event, format);
+        trace.inject(request.headers_mut());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri.clone();
         request

@@ -39,6 +39,9 @@ use crate::eventing::delivery::{
     DeliveryPolicy, EventSender, Outcome, Target, deliver_with_retries,
 };
 use crate::eventing::health::{Health, HealthCell};
+use crate::telemetry::trace::{Hop, Parent};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use cluster_state::ClusterState;
 
 /// How sources deliver: Knative's sources retry a failed send; here 10
@@ -293,7 +296,19 @@ impl SourceContext {
         policy: &DeliveryPolicy,
         grace: Duration,
     ) -> Result<Outcome, SendError> {
-        let delivery = deliver_with_retries(&self.sender, sink, event, policy, |_, _| {});
+        let hop = self.send_span(event);
+        let stamped;
+        let event = if hop.is_on() {
+            // The source made the event: its trace starts here, and the
+            // deliveries it leads to, stored or not, continue it.
+            let mut copy = event.clone();
+            hop.stamp_if_absent(&mut copy);
+            stamped = copy;
+            &stamped
+        } else {
+            event
+        };
+        let delivery = deliver_with_retries(&self.sender, sink, event, policy, &hop, |_, _| {});
         tokio::pin!(delivery);
         let finished = tokio::select! {
             outcome = &mut delivery => Some(outcome),
@@ -312,6 +327,23 @@ impl SourceContext {
         };
         metrics::counter!(counter, "source" => self.key.to_string()).increment(1);
         Ok(outcome)
+    }
+
+    /// The span of sending one event: under the event's own trace context
+    /// when it came with one (a Kafka record's), else a new trace.
+    fn send_span(&self, event: &Event) -> Hop {
+        Hop::start(
+            "source.send",
+            SpanKind::Producer,
+            || Parent::from_event(event),
+            || {
+                vec![
+                    KeyValue::new("pilotlight.source", self.key.to_string()),
+                    KeyValue::new("cloudevents.event_id", event.id().to_owned()),
+                    KeyValue::new("cloudevents.event_type", event.ty().to_owned()),
+                ]
+            },
+        )
     }
 
     /// Sets the source's health, shown at once.

@@ -33,6 +33,9 @@ use crate::eventing::delivery::{
     DeliveryPolicy, EventSender, Failure, Outcome, Target, dead_letter_event, deliver_with_retries,
 };
 use crate::eventing::health::{Health, HealthCell};
+use crate::telemetry::trace::{Hop, Parent};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 use super::journal::{AttemptRecord, DeliveryJournal, DeliveryOutcome, DeliveryRecord};
 
@@ -269,6 +272,7 @@ async fn run_ordered(
 /// then records how it went in the journal.
 async fn process(context: &Context, delivery: Delivery) {
     let plan = &context.plan;
+    let hop = delivery_span(plan, &delivery.event);
     let mut attempts = Vec::new();
     let outcome = match &plan.subscriber {
         Some(subscriber) => {
@@ -277,6 +281,7 @@ async fn process(context: &Context, delivery: Delivery) {
                 subscriber,
                 &delivery.event,
                 &plan.delivery,
+                &hop,
                 |status, took| {
                     attempts.push(AttemptRecord {
                         code: status.map(|s| s.as_u16()),
@@ -295,26 +300,30 @@ async fn process(context: &Context, delivery: Delivery) {
             DeliveryOutcome::Delivered
         }
         (Outcome::Delivered { reply: Some(reply) }, ReplyTo::Store) => {
-            match store_reply(context, reply).await {
+            match store_reply(context, reply, &hop).await {
                 Ok(()) => DeliveryOutcome::Replied,
                 Err(refused) => {
                     let broker = &context.plan.broker_url;
-                    dead_letter(context, &delivery.event, broker, &refused).await
+                    dead_letter(context, &delivery.event, broker, &refused, &hop).await
                 }
             }
         }
         (Outcome::Delivered { reply: Some(reply) }, ReplyTo::Destination(to)) => {
-            match forward_reply(context, to, &reply).await {
+            match forward_reply(context, to, &reply, &hop).await {
                 Ok(()) => DeliveryOutcome::Replied,
-                Err(failed) => dead_letter(context, &delivery.event, to, &failed).await,
+                Err(failed) => dead_letter(context, &delivery.event, to, &failed, &hop).await,
             }
         }
         (Outcome::Failed(failure), _) => {
             let subscriber = plan.subscriber.as_ref().map(ToString::to_string);
             let subscriber = subscriber.unwrap_or_default();
-            dead_letter(context, &delivery.event, &subscriber, &failure).await
+            dead_letter(context, &delivery.event, &subscriber, &failure, &hop).await
         }
     };
+    hop.set(|| KeyValue::new("pilotlight.outcome", ended.as_str()));
+    if matches!(ended, DeliveryOutcome::DeadLettered | DeliveryOutcome::Dropped) {
+        hop.fail(|| format!("the event was {}", ended.as_str()));
+    }
     let record = DeliveryRecord {
         trigger: plan.key.to_string(),
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -327,15 +336,51 @@ async fn process(context: &Context, delivery: Delivery) {
     delivery.ack().await;
 }
 
+/// The span of one event's delivery by a trigger, continuing the trace the
+/// event was stored with (its distributed-tracing extension): an hour
+/// later, after a restart, or on another replica alike.
+fn delivery_span(plan: &TriggerPlan, event: &Event) -> Hop {
+    Hop::start(
+        "trigger.deliver",
+        SpanKind::Consumer,
+        || Parent::from_event(event),
+        || {
+            let mut attributes = vec![
+                KeyValue::new("messaging.system", "pilotlight"),
+                KeyValue::new("messaging.operation.type", "process"),
+                KeyValue::new("messaging.destination.name", plan.broker.to_string()),
+                KeyValue::new("pilotlight.trigger", plan.key.to_string()),
+                KeyValue::new("cloudevents.event_id", event.id().to_owned()),
+                KeyValue::new("cloudevents.event_type", event.ty().to_owned()),
+            ];
+            if let Some(subscriber) = &plan.subscriber {
+                attributes.push(KeyValue::new("pilotlight.subscriber", subscriber.to_string()));
+            }
+            attributes
+        },
+    )
+}
+
 /// Sends a reply on to a Subscription's `reply`, with its delivery policy;
 /// what that destination answers is not read. A reply it fails to take
 /// sends the original event to the dead-letter sink, as Knative's channel
 /// dispatcher does.
-async fn forward_reply(context: &Context, to: &Target, reply: &Event) -> Result<(), Failure> {
+async fn forward_reply(
+    context: &Context,
+    to: &Target,
+    reply: &Event,
+    hop: &Hop,
+) -> Result<(), Failure> {
     let plan = &context.plan;
-    let outcome = deliver_with_retries(&context.sender, to, reply, &plan.delivery, |s, t| {
-        context.observe(s, t)
-    })
+    let forward = hop.child("trigger.reply", SpanKind::Producer, Vec::new);
+    let outcome = deliver_with_retries(
+        &context.sender,
+        to,
+        reply,
+        &plan.delivery,
+        &forward,
+        |s, t| context.observe(s, t),
+    )
     .await;
     match outcome {
         Outcome::Delivered { .. } => Ok(()),
@@ -349,11 +394,16 @@ async fn forward_reply(context: &Context, to: &Target, reply: &Event) -> Result<
 /// good (too large, say) fails the delivery: the event goes to the
 /// dead-letter sink, as Knative does when forwarding a reply fails, and an
 /// ordered trigger moves on.
-async fn store_reply(context: &Context, reply: Event) -> Result<(), Failure> {
+async fn store_reply(context: &Context, reply: Event, hop: &Hop) -> Result<(), Failure> {
     authorize_reply(context, &reply)?;
+    // The reply re-enters the broker under this delivery: its own
+    // deliveries continue the trace (unless it carries a context already).
+    let into_broker = hop.child("trigger.reply", SpanKind::Producer, || {
+        vec![KeyValue::new("cloudevents.event_id", reply.id().to_owned())]
+    });
     let mut backoff = Backoff::new(Duration::from_millis(100), DEAD_LETTER_PAUSE_MAX);
     loop {
-        let Err(e) = context.broker.publish(vec![reply.clone()]).await else {
+        let Err(e) = context.broker.publish(vec![reply.clone()], &into_broker).await else {
             return Ok(());
         };
         if e.is_permanent() {
@@ -416,6 +466,7 @@ async fn dead_letter(
     event: &Event,
     destination: &impl std::fmt::Display,
     failure: &Failure,
+    hop: &Hop,
 ) -> DeliveryOutcome {
     let plan = &context.plan;
     let Some(sink) = &plan.delivery.dead_letter_sink else {
@@ -424,11 +475,17 @@ async fn dead_letter(
         return DeliveryOutcome::Dropped;
     };
     let dead = dead_letter_event(event, destination, failure);
+    let span = hop.child("trigger.dead_letter", SpanKind::Internal, Vec::new);
     let mut backoff = Backoff::new(Duration::from_secs(1), DEAD_LETTER_PAUSE_MAX);
     loop {
-        let outcome = deliver_with_retries(&context.sender, sink, &dead, &plan.delivery, |s, t| {
-            context.observe(s, t)
-        })
+        let outcome = deliver_with_retries(
+            &context.sender,
+            sink,
+            &dead,
+            &plan.delivery,
+            &span,
+            |s, t| context.observe(s, t),
+        )
         .await;
         match outcome {
             Outcome::Delivered { .. } => {

@@ -77,6 +77,18 @@ pub(crate) enum DeliveryOutcome {
     Dropped,
 }
 
+impl DeliveryOutcome {
+    /// As the journal's JSON names it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Replied => "replied",
+            DeliveryOutcome::DeadLettered => "deadLettered",
+            DeliveryOutcome::Dropped => "dropped",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Entries {
     by_event: HashMap<EventRef, Vec<DeliveryRecord>>,
@@ -123,6 +135,15 @@ impl DeliveryJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_names_are_the_journal_json_names() {
+        use DeliveryOutcome::*;
+        for outcome in [Delivered, Replied, DeadLettered, Dropped] {
+            let json = serde_json::to_value(outcome).expect("serializes");
+            assert_eq!(json, outcome.as_str());
+        }
+    }
 
     fn event(id: &str) -> Event {
         let attributes = [
