@@ -83,6 +83,11 @@ pub fn install(
     settings: &TraceSettings,
     runtime: tokio::runtime::Handle,
 ) -> Result<bool, TraceError> {
+    if let Some(share) = settings.sampling
+        && !(0.0..=1.0).contains(&share)
+    {
+        return Err(TraceError::Sampling(share));
+    }
     if disabled_by_environment() {
         return Ok(false);
     }
@@ -105,9 +110,6 @@ pub fn install(
         .with_batch_exporter(exporter)
         .with_resource(resource());
     if let Some(share) = settings.sampling {
-        if !(0.0..=1.0).contains(&share) {
-            return Err(TraceError::Sampling(share));
-        }
         provider = provider.with_sampler(Sampler::ParentBased(Box::new(
             Sampler::TraceIdRatioBased(share),
         )));
