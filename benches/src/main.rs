@@ -25,6 +25,7 @@ mod rabbitmq;
 mod report;
 mod scale;
 mod serving;
+mod spawn;
 mod sync;
 mod workdir;
 
@@ -85,6 +86,9 @@ enum Suite {
     /// never back off, with a stalled subscriber: goodput against the
     /// capacity measured first, RSS, probes, no crash.
     Overload(overload::OverloadArgs),
+    /// Spawn: a child spawned with a pre_exec hook (fork) against without
+    /// one (posix_spawn), from a process grown to pilotlight's size.
+    Spawn(spawn::SpawnArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -98,6 +102,7 @@ fn main() -> std::process::ExitCode {
             Suite::Overload(args) => overload::run(args).await,
             Suite::Hops(args) => hops::run(args).await,
             Suite::Sync(args) => sync::run(args),
+            Suite::Spawn(args) => spawn::run(args),
             Suite::Rabbitmq(args) => rabbitmq::run(args).await,
             Suite::Kafka(args) => kafka::run(args).await,
             Suite::Console(args) => console::run(args).await,

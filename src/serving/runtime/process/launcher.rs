@@ -12,6 +12,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::guardian::Guardian;
 use crate::serving::runtime::config::{self, ConfigObjects};
 use crate::serving::runtime::local::output::{self, Output, Stream};
 use crate::serving::runtime::local::{Launched, Launcher, LocalWorkload, check_config, free_port};
@@ -30,6 +31,8 @@ impl ProcessLauncher {
         workload: Arc<LocalWorkload>,
         objects: watch::Receiver<Arc<ConfigObjects>>,
     ) -> Self {
+        // Started now rather than by the first cold start.
+        let _ = Guardian::get();
         ProcessLauncher { workload, objects }
     }
 }
@@ -216,14 +219,20 @@ pub(crate) fn pipe(child: &mut Child, output: &Output) -> Vec<JoinHandle<()>> {
 }
 
 /// Sends `signal` to the process group led by `pid` (each child leads its
-/// own). ESRCH (already gone) is expected and ignored.
+/// own). ESRCH (already gone) is expected and ignored. A group killed is
+/// off the guardian's list.
 pub(crate) fn signal_group(pid: u32, signal: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+    let Ok(group) = libc::pid_t::try_from(pid) else {
         return;
     };
     // SAFETY: killpg has no memory-safety preconditions.
     unsafe {
-        libc::killpg(pid, signal);
+        libc::killpg(group, signal);
+    }
+    if signal == libc::SIGKILL
+        && let Some(guardian) = Guardian::get()
+    {
+        guardian.forget(pid);
     }
 }
 
@@ -292,7 +301,6 @@ pub(crate) fn command(
     if let Some(dir) = &container.working_dir {
         command.current_dir(dir);
     }
-    die_with_parent(&mut command);
     Ok(command)
 }
 
@@ -330,6 +338,22 @@ fn die_with_parent(command: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_command: &mut Command) {}
 
+/// Spawns a child that dies with pilotlight: listed with the
+/// [`Guardian`] (a `posix_spawn`, fast), or, without one, with the
+/// parent-death hook on the spawner thread (a fork).
+pub(crate) async fn spawn(mut command: Command) -> io::Result<Child> {
+    if let Some(guardian) = Guardian::get() {
+        let child = command.spawn()?;
+        if child.id().is_none_or(|pid| guardian.watch(pid)) {
+            return Ok(child);
+        }
+        // The guardian went away as this child started: start it again
+        // with the hook (the first is killed as it is dropped).
+    }
+    die_with_parent(&mut command);
+    spawn_on_spawner_thread(command).await
+}
+
 /// Spawns on the spawner thread.
 ///
 /// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
@@ -337,7 +361,7 @@ fn die_with_parent(_command: &mut Command) {}
 /// runtime threads end with the test, so children are forked from one thread
 /// that lives as long as the process. Forking takes well under a millisecond,
 /// so one thread does not hold back concurrent starts.
-pub(crate) async fn spawn(command: Command) -> io::Result<Child> {
+async fn spawn_on_spawner_thread(command: Command) -> io::Result<Child> {
     let spawner = spawner().map_err(|e| io::Error::other(e.clone()))?;
     let (reply, answer) = oneshot::channel();
     let request = SpawnRequest {

@@ -3,10 +3,12 @@
 //! sidecar's beside it), the embedded default that needs neither a
 //! container engine nor Kubernetes.
 //!
-//! Children never outlive pilotlight: each runs in its own process group, is
-//! killed when pilotlight dies (`PR_SET_PDEATHSIG`), when its handle is dropped
+//! Children never outlive pilotlight: each runs in its own process group,
+//! which is killed when pilotlight dies (by the [`guardian`], or
+//! `PR_SET_PDEATHSIG` without one), when its handle is dropped
 //! (`kill_on_drop`), and by [`Deployment::shutdown`].
 
+mod guardian;
 pub(crate) mod launcher;
 
 use std::sync::Arc;
