@@ -158,6 +158,18 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         s.wait_ready_condition("triggers", name, "True", &[], WAIT)
             .await;
     }
+    // A revision at zero has both instance gauges, at 0, before any request.
+    for gauge in [
+        "pilotlight_revision_desired_instances",
+        "pilotlight_revision_ready_instances",
+    ] {
+        let line = format!("{gauge}{{revision=\"default/board-cold-00001\"}} 0");
+        support::wait_until(&format!("/metrics has {line}"), WAIT, async || {
+            let scrape = request(Method::GET, &s.admin_url("/metrics"), &[], "").await;
+            scrape.body.lines().any(|l| l == line)
+        })
+        .await;
+    }
     let url = s.broker_url("default", "board");
     wait_accepted(&url, "board-1", WAIT).await;
     // No ce-id: rejected as invalid.
