@@ -276,6 +276,9 @@ pub struct ServingConfig {
     /// JobSinks' jobs: the default concurrency limit (`--max-running-jobs`)
     /// and the retry backoff (`data_dir` is the server's).
     pub jobs: JobSettings,
+    /// Tell clients in a `Server-Timing` header how long their request
+    /// waited for a cold start and in the activator (`--server-timing`).
+    pub server_timing: bool,
 }
 
 impl Default for ServingConfig {
@@ -288,6 +291,7 @@ impl Default for ServingConfig {
             local: LocalConfig::default(),
             container: ContainerConfig::default(),
             jobs: JobSettings::default(),
+            server_timing: false,
         }
     }
 }
@@ -405,7 +409,7 @@ impl Server {
                 limits: config.ingress,
             },
             router,
-            proxy: Proxy::new(),
+            proxy: Proxy::new(config.serving.server_timing),
             own_peer: Peer::new(listen),
         });
         if config.in_process_hops {

@@ -117,6 +117,19 @@ async fn an_image_scales_from_zero_on_the_first_request_and_back_to_zero() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(reply.body, "hello from a container\n");
     assert_eq!(images::containers_of(&engine, "web-00001").await, 1);
+    // The container's cold start is timed in its three phases.
+    let scrape = request(Method::GET, &s.admin_url("/metrics"), &[], "").await;
+    for phase in ["launch", "ready", "first_byte"] {
+        let phase = format!("phase=\"{phase}\"");
+        assert!(
+            scrape.body.lines().any(|line| {
+                line.starts_with("pilotlight_instance_start_phase_seconds_count{")
+                    && line.contains("revision=\"default/web-00001\"")
+                    && line.contains(&phase)
+            }),
+            "no {phase} start phase for default/web-00001 in /metrics"
+        );
+    }
 
     wait_until("the revision is back at zero", WAIT, async || {
         s.revisions().await["web-00001"]["actualReplicas"] == 0

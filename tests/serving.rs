@@ -412,3 +412,98 @@ async fn container_concurrency_makes_requests_wait_for_room() {
     );
     s.server.shutdown().await;
 }
+
+/// The values of `series` (a histogram's `_count`, a counter) in
+/// `/metrics`, one per line that carries every one of `labels`.
+async fn metric_values(s: &TestServer, series: &str, labels: &[&str]) -> Vec<f64> {
+    let scrape = request(Method::GET, &s.admin_url("/metrics"), &[], "").await;
+    scrape
+        .body
+        .lines()
+        .filter(|line| line.starts_with(&format!("{series}{{")))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// A `Server-Timing` entry's `dur`, in milliseconds.
+fn timing_dur(header: &str, name: &str) -> Option<f64> {
+    header
+        .split(',')
+        .map(str::trim)
+        .find_map(|entry| entry.strip_prefix(name)?.strip_prefix(";dur="))
+        .and_then(|dur| dur.parse().ok())
+}
+
+#[tokio::test]
+async fn a_request_that_waited_for_a_cold_start_is_told_apart() {
+    // Names of their own: the metrics are the test process's, shared with
+    // the other tests' servers.
+    let s = TestServer::start_with(&[("timed.yaml", &service("timed", AT_ZERO, ""))], |c| {
+        c.serving.server_timing = true;
+    })
+    .await;
+    let cold = s.get_host("timed.default.localhost", "/").await;
+    assert_eq!(cold.status, StatusCode::OK, "{}", cold.body);
+    let header = cold
+        .headers
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let waited = timing_dur(header, "cold-start").expect("a cold-start entry");
+    let queued = timing_dur(header, "activator-queue").expect("an activator-queue entry");
+    assert!(waited > 0.0 && queued >= waited, "{header}");
+
+    let warm = s.get_host("timed.default.localhost", "/").await;
+    assert_eq!(warm.status, StatusCode::OK);
+    assert!(
+        !warm.headers.contains_key("server-timing"),
+        "{:?}",
+        warm.headers
+    );
+
+    let revision = "revision=\"default/timed-00001\"";
+    let count = "pilotlight_revision_request_seconds_count";
+    wait_until("both requests are in the metrics", WAIT, async || {
+        let cold = metric_values(&s, count, &[revision, "cold_start=\"true\""]).await;
+        let warm = metric_values(&s, count, &[revision, "cold_start=\"false\""]).await;
+        cold == [1.0] && warm == [1.0]
+    })
+    .await;
+    let ok = ["response_code_class=\"2xx\"", revision];
+    assert_eq!(
+        metric_values(&s, "pilotlight_revision_requests_total", &ok).await,
+        [2.0]
+    );
+    assert_eq!(
+        metric_values(&s, "pilotlight_activator_queue_seconds_count", &[revision]).await,
+        [1.0]
+    );
+    let first_byte = [revision, "phase=\"first_byte\""];
+    assert_eq!(
+        metric_values(
+            &s,
+            "pilotlight_instance_start_phase_seconds_count",
+            &first_byte
+        )
+        .await,
+        [1.0]
+    );
+    s.server.shutdown().await;
+
+    // Off (the default): no header, cold or not.
+    let s = TestServer::start(&[("untimed.yaml", &service("untimed", AT_ZERO, ""))]).await;
+    let cold = s.get_host("untimed.default.localhost", "/").await;
+    assert_eq!(cold.status, StatusCode::OK, "{}", cold.body);
+    assert!(
+        !cold.headers.contains_key("server-timing"),
+        "{:?}",
+        cold.headers
+    );
+    let revision = "revision=\"default/untimed-00001\"";
+    wait_until("the request counts as cold", WAIT, async || {
+        metric_values(&s, count, &[revision, "cold_start=\"true\""]).await == [1.0]
+    })
+    .await;
+    s.server.shutdown().await;
+}

@@ -147,6 +147,12 @@ pub struct RunArgs {
     /// Requests one revision holds while no instance has room; more get 503.
     #[arg(long, env = "PILOTLIGHT_MAX_QUEUED_REQUESTS", default_value_t = 1000)]
     pub max_queued_requests: usize,
+    /// Add a W3C Server-Timing header to the response of every request that
+    /// waited in the activator: `cold-start;dur=<ms>` (its wait while no
+    /// instance was ready) and `activator-queue;dur=<ms>` (its whole wait).
+    /// Off by default: it tells clients about the server's state.
+    #[arg(long, env = "PILOTLIGHT_SERVER_TIMING")]
+    pub server_timing: bool,
     /// Jobs of one JobSink that run at once; more events wait, stored (the
     /// annotation pilotlight.dev/max-running-jobs overrides).
     #[arg(long, env = "PILOTLIGHT_MAX_RUNNING_JOBS", default_value_t = 4)]
@@ -342,6 +348,7 @@ impl RunArgs {
             domain: self.domain.trim_matches('.').to_ascii_lowercase(),
             autoscaler: self.autoscaler_defaults()?,
             queue_limit: self.max_queued_requests.max(1),
+            server_timing: self.server_timing,
             retained_revisions: self.revision_retention,
             container: self.container_config()?,
             jobs: JobSettings {

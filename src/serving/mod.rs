@@ -17,10 +17,11 @@ pub(crate) mod daemon;
 mod history;
 pub mod jobs;
 pub(crate) mod proxy;
+mod request_metrics;
 mod revision;
 pub(crate) mod router;
 pub mod runtime;
 mod upstream;
 
 /// The histogram of each revision's request times, which the console reads.
-pub(crate) use revision::REQUEST_SECONDS;
+pub(crate) use request_metrics::REQUEST_SECONDS;

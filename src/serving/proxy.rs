@@ -18,8 +18,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::autoscaler::RevisionStats;
-use super::revision::{Lease, Revision, Unavailable};
+use super::revision::{Lease, Revision, Unavailable, Waited};
 use super::router::HostRoute;
 use super::upstream::{self, Connection};
 use crate::http_util::{text, with_retry_after};
@@ -27,7 +26,11 @@ use crate::http_util::{text, with_retry_after};
 /// Forwards requests to revision instances, over each instance's own
 /// kept-alive connections (see [`upstream`]).
 #[derive(Clone, Default)]
-pub(crate) struct Proxy;
+pub(crate) struct Proxy {
+    /// Add `Server-Timing` to the responses of requests that waited in the
+    /// activator (`--server-timing`).
+    server_timing: bool,
+}
 
 /// The client end of one connection to the main listener, as forwarded
 /// requests name it: made once per connection, not per request.
@@ -46,34 +49,47 @@ impl Peer {
 }
 
 /// Counts a request for the autoscaler, and times it, from arrival until
-/// its response body ends (or the request is dropped).
+/// its response body ends (or the request is dropped), with its response
+/// code class and whether it waited for a cold start.
 struct Counted {
-    stats: Arc<RevisionStats>,
-    seconds: metrics::Histogram,
+    revision: Arc<Revision>,
     arrived: std::time::Instant,
+    cold_start: bool,
+    /// None until a response is made (a client that goes away first).
+    status: Option<StatusCode>,
 }
 
 impl Counted {
-    fn start(revision: &Revision) -> Self {
+    fn start(revision: &Arc<Revision>) -> Self {
         revision.stats.request_started();
         Counted {
-            stats: revision.stats.clone(),
-            seconds: revision.request_seconds.clone(),
+            revision: revision.clone(),
             arrived: std::time::Instant::now(),
+            cold_start: false,
+            status: None,
         }
+    }
+
+    /// Ends the count with pilotlight's own answer (the request got no
+    /// instance, or the instance failed).
+    fn answer(mut self, response: Response<Body>) -> Response<Body> {
+        self.status = Some(response.status());
+        response
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.stats.request_finished();
-        self.seconds.record(self.arrived.elapsed());
+        self.revision.stats.request_finished();
+        self.revision
+            .requests
+            .record(self.arrived.elapsed(), self.cold_start, self.status);
     }
 }
 
 impl Proxy {
-    pub(crate) fn new() -> Self {
-        Proxy
+    pub(crate) fn new(server_timing: bool) -> Self {
+        Proxy { server_timing }
     }
 
     /// Serves one request for a service host: from a client connection, or
@@ -100,12 +116,13 @@ impl Proxy {
                 5,
             );
         };
-        let counted = Counted::start(&revision);
+        let mut counted = Counted::start(&revision);
         let deadline = Instant::now() + revision.timeout;
         let lease = match revision.acquire(deadline).await {
             Ok(lease) => lease,
-            Err(why) => return unavailable(&revision, why),
+            Err(why) => return counted.answer(unavailable(&revision, why)),
         };
+        counted.cold_start = lease.waited.is_some_and(|w| w.cold_start.is_some());
         let upgrade = wants_upgrade(request.headers());
         let mut request = request;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -120,16 +137,23 @@ impl Proxy {
             Ok(Ok(answered)) => answered,
             Ok(Err(e)) => {
                 tracing::warn!(revision = %revision.key, instance = %lease.endpoint.id, error = %e, "forwarding failed");
-                return text(
+                return counted.answer(text(
                     StatusCode::BAD_GATEWAY,
                     format!(
                         "instance {} of revision {} failed: {e}; `pilotlight get revisions` shows whether it crashed and why\n",
                         lease.endpoint.id, revision.key
                     ),
-                );
+                ));
             }
-            Err(_) => return timed_out(&revision),
+            Err(_) => return counted.answer(timed_out(&revision)),
         };
+        counted.status = Some(response.status());
+        if let Some(waited) = lease.waited {
+            first_byte_of_cold_start(&revision, &lease, waited);
+            if self.server_timing {
+                add_server_timing(response.headers_mut(), waited);
+            }
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -152,6 +176,34 @@ impl Proxy {
         })
     }
 }
+
+/// Ends the cold start's `first_byte` phase with the response head of
+/// the first request that waited for the new instance.
+fn first_byte_of_cold_start(revision: &Revision, lease: &Lease, waited: Waited) {
+    if waited.cold_start.is_some() && lease.endpoint.load.claim_first_byte() {
+        revision
+            .requests
+            .record_first_byte(waited.leased_at.elapsed());
+    }
+}
+
+/// Adds the request's waits to `Server-Timing` (W3C), in milliseconds:
+/// `cold-start` while no instance was ready (only when there was such a
+/// wait), `activator-queue` for the whole wait. Appended, so the
+/// instance's own entries stay.
+fn add_server_timing(headers: &mut HeaderMap, waited: Waited) {
+    let millis = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let queue = format!("activator-queue;dur={:.1}", millis(waited.queue));
+    let value = match waited.cold_start {
+        Some(cold) => format!("cold-start;dur={:.1}, {queue}", millis(cold)),
+        None => queue,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.append(SERVER_TIMING, value);
+    }
+}
+
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 
 /// The request as the instance gets it: origin-form, HTTP/1.1, the
 /// client's hop-by-hop headers gone and `X-Forwarded-*` added.
@@ -427,6 +479,32 @@ mod tests {
         strip_hop_by_hop(&mut headers, true);
         assert_eq!(headers[header::UPGRADE], "websocket");
         assert_eq!(headers[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn server_timing_names_the_cold_start_only_when_there_was_one() {
+        let waited = |cold_start| Waited {
+            queue: std::time::Duration::from_micros(815_049),
+            cold_start,
+            leased_at: Instant::now(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(SERVER_TIMING, HeaderValue::from_static("app;dur=3"));
+        add_server_timing(
+            &mut headers,
+            waited(Some(std::time::Duration::from_micros(812_340))),
+        );
+        let values: Vec<_> = headers.get_all(SERVER_TIMING).iter().collect();
+        assert_eq!(
+            values,
+            [
+                "app;dur=3",
+                "cold-start;dur=812.3, activator-queue;dur=815.0"
+            ]
+        );
+        let mut headers = HeaderMap::new();
+        add_server_timing(&mut headers, waited(None));
+        assert_eq!(headers[SERVER_TIMING], "activator-queue;dur=815.0");
     }
 
     #[test]

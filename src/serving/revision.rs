@@ -10,6 +10,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::autoscaler::{RevisionStats, ScalerHandle};
+use super::request_metrics::RequestMetrics;
 use super::runtime::{Deployment, Endpoint, StartState};
 use crate::api::ObjectKey;
 
@@ -23,9 +24,8 @@ pub(crate) struct Revision {
     pub timeout: Duration,
     /// Every request to the revision, counted for the autoscaler.
     pub stats: Arc<RevisionStats>,
-    /// Each request's time from arrival to the end of its response body,
-    /// waiting for an instance included (`pilotlight_revision_request_seconds`).
-    pub request_seconds: metrics::Histogram,
+    /// Its requests' latency and count, and their waits in the queue.
+    pub requests: RequestMetrics,
     pub deployment: Arc<dyn Deployment>,
     pub scaler: ScalerHandle,
     endpoints: watch::Receiver<Arc<[Endpoint]>>,
@@ -39,9 +39,6 @@ pub(crate) struct Revision {
     /// Rotates which of equally loaded instances gets the next request.
     rotation: AtomicUsize,
 }
-
-/// The histogram of a revision's request times.
-pub(crate) const REQUEST_SECONDS: &str = "pilotlight_revision_request_seconds";
 
 /// Why the activator gave up on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +57,23 @@ pub(crate) enum Unavailable {
 /// A request's hold on one instance; dropping it frees the slot.
 pub(crate) struct Lease {
     pub endpoint: Endpoint,
+    /// How long it waited for the instance; None when one had room at once.
+    pub waited: Option<Waited>,
     revision: Arc<Revision>,
+}
+
+/// A request's wait in the activator queue.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waited {
+    /// From joining the queue to getting an instance.
+    pub queue: Duration,
+    /// The part of it spent while no instance was ready (the revision was
+    /// at zero, or its instances were all gone): the cold start this
+    /// request waited for. None when instances were ready but busy.
+    pub cold_start: Option<Duration>,
+    /// When it got the instance: for a cold start, about when the instance
+    /// became ready, where the start's `first_byte` phase begins.
+    pub leased_at: Instant,
 }
 
 impl Drop for Lease {
@@ -86,7 +99,7 @@ impl Revision {
     pub(crate) fn new(parts: RevisionParts) -> Self {
         let endpoints = parts.deployment.endpoints();
         Revision {
-            request_seconds: metrics::histogram!(REQUEST_SECONDS, "revision" => parts.key.to_string()),
+            requests: RequestMetrics::new(parts.key.to_string()),
             key: parts.key,
             container_concurrency: parts.container_concurrency,
             timeout: parts.timeout,
@@ -131,6 +144,7 @@ impl Revision {
             return Ok(lease);
         }
         let _place = QueuePlace::take(self)?;
+        let mut wait = QueueWait::new();
         let mut endpoints = self.endpoints.clone();
         let mut start_state = self.deployment.start_state();
         let mut start_state_open = true;
@@ -141,7 +155,11 @@ impl Revision {
             tokio::pin!(room);
             room.as_mut().enable();
             let at_zero = endpoints.borrow_and_update().is_empty();
-            if let Some(lease) = self.try_acquire() {
+            wait.saw(at_zero);
+            if let Some(mut lease) = self.try_acquire() {
+                let waited = wait.done();
+                self.requests.record_queue(waited.queue);
+                lease.waited = Some(waited);
                 return Ok(lease);
             }
             if at_zero {
@@ -173,6 +191,7 @@ impl Revision {
             if endpoint.load.try_begin() {
                 return Some(Lease {
                     endpoint: endpoint.clone(),
+                    waited: None,
                     revision: self.clone(),
                 });
             }
@@ -212,5 +231,53 @@ impl<'a> QueuePlace<'a> {
 impl Drop for QueuePlace<'_> {
     fn drop(&mut self) {
         self.0.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Times one request's wait in the queue, and the part of it while no
+/// instance was ready.
+struct QueueWait {
+    queued_at: Instant,
+    /// Since when no instance has been ready, while that lasts.
+    zero_since: Option<Instant>,
+    /// The time spent at zero, summed over every stretch of it.
+    at_zero: Duration,
+    saw_zero: bool,
+}
+
+impl QueueWait {
+    fn new() -> Self {
+        QueueWait {
+            queued_at: Instant::now(),
+            zero_since: None,
+            at_zero: Duration::ZERO,
+            saw_zero: false,
+        }
+    }
+
+    /// One look at the ready instances: none (`at_zero`) or some.
+    fn saw(&mut self, at_zero: bool) {
+        let now = Instant::now();
+        match (at_zero, self.zero_since) {
+            (true, None) => {
+                self.zero_since = Some(now);
+                self.saw_zero = true;
+            }
+            (false, Some(since)) => {
+                self.at_zero += now - since;
+                self.zero_since = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn done(mut self) -> Waited {
+        self.saw(false);
+        let leased_at = Instant::now();
+        Waited {
+            queue: leased_at - self.queued_at,
+            cold_start: self.saw_zero.then_some(self.at_zero),
+            leased_at,
+        }
     }
 }

@@ -75,13 +75,21 @@ impl Totals {
             deliveries,
             dead_lettered: readings.counter_totals(DEAD_LETTERED, "trigger"),
             dropped: readings.counter_totals(DROPPED, "trigger"),
-            requests: readings
-                .histograms(REQUEST_SECONDS, "revision")
-                .into_iter()
-                .map(|s| (s.label, (s.value.count, s.value.sum)))
-                .collect(),
+            requests: requests_by_revision(readings),
         }
     }
+}
+
+/// Requests and their total seconds by revision, over every series of a
+/// revision (they are split by cold start and response code class).
+fn requests_by_revision(readings: &Readings) -> HashMap<String, (u64, f64)> {
+    let mut requests: HashMap<String, (u64, f64)> = HashMap::new();
+    for series in readings.histograms(REQUEST_SECONDS, "revision") {
+        let entry = requests.entry(series.label).or_default();
+        entry.0 += series.value.count;
+        entry.1 += series.value.sum;
+    }
+    requests
 }
 
 #[derive(Debug, Serialize)]
@@ -384,7 +392,6 @@ fn service_panel(
         })
         .collect();
     let keys: Vec<String> = own.iter().map(|r| revision_key(r)).collect();
-    let names: Vec<&str> = own.iter().map(|r| r.metadata.name.as_str()).collect();
     let history = readings
         .gauges(READY_INSTANCES_GAUGE, "revision")
         .into_iter()
@@ -394,7 +401,7 @@ fn service_panel(
     let mut starts: Vec<(UnixMillis, f64)> = readings
         .histograms(INSTANCE_START, "revision")
         .into_iter()
-        .filter(|s| names.contains(&s.label.as_str()))
+        .filter(|s| keys.contains(&s.label))
         .flat_map(|s| s.value.recent)
         .collect();
     starts.sort_by_key(|start| std::cmp::Reverse(start.0));

@@ -249,9 +249,18 @@ pub struct InstanceLoad {
     /// go with it, so a stopped instance's connections close with it and
     /// a request never looks them up by address.
     connections: Arc<IdleConnections>,
+    /// A request that waited for this instance's cold start has had its
+    /// first byte timed: the start's `first_byte` phase is timed once.
+    first_byte_timed: AtomicBool,
 }
 
 impl InstanceLoad {
+    /// True for the first caller only: the request whose first byte ends
+    /// this instance's cold start.
+    pub(crate) fn claim_first_byte(&self) -> bool {
+        !self.first_byte_timed.swap(true, Ordering::Relaxed)
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }

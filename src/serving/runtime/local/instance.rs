@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::LocalWorkload;
 use super::readiness;
 use super::{Launched, Launcher, LocalConfig};
+use crate::serving::request_metrics::{START_PHASE_SECONDS, START_SECONDS};
 use crate::serving::runtime::{InstanceLoad, Probe};
 
 /// What an instance tells the reconciler.
@@ -92,7 +93,7 @@ async fn lifecycle(
     }
     let ready_at = Instant::now();
     record_start(
-        &instance.workload.revision,
+        &instance.workload.metric_label(),
         launched_at,
         spawned_at,
         ready_at,
@@ -112,9 +113,10 @@ async fn lifecycle(
 /// The start's time, whole and in its two phases: `launch` (pilotlight's
 /// part: a port, the environment, the fork and exec, or the engine's
 /// create and start) and `ready` (the app's own start, and noticing its
-/// probes pass). Per revision, so a cold start's phases can be told apart.
+/// probes pass). Per revision, so a cold start's phases can be told apart;
+/// the proxy adds the third, `first_byte`.
 fn record_start(revision: &str, launched_at: Instant, spawned_at: Instant, ready_at: Instant) {
-    metrics::histogram!("pilotlight_instance_start_seconds", "revision" => revision.to_owned())
+    metrics::histogram!(START_SECONDS, "revision" => revision.to_owned())
         .record((ready_at - launched_at).as_secs_f64());
     for (phase, took) in [
         ("launch", spawned_at - launched_at),
@@ -124,9 +126,6 @@ fn record_start(revision: &str, launched_at: Instant, spawned_at: Instant, ready
             .record(took.as_secs_f64());
     }
 }
-
-/// The histogram of each start's phases.
-const START_PHASE_SECONDS: &str = "pilotlight_instance_start_phase_seconds";
 
 /// Every container's readiness probe (the serving container always has one;
 /// a sidecar when it declares one), with where it is sent.

@@ -46,6 +46,13 @@ pub(crate) struct LocalWorkload {
 }
 
 impl LocalWorkload {
+    /// `namespace/revision`: the `revision` label of its instances'
+    /// metrics, as the request metrics and instance gauges have it, so a
+    /// dashboard joins them on one value.
+    pub(crate) fn metric_label(&self) -> String {
+        format!("{}/{}", self.service.namespace, self.revision)
+    }
+
     /// Converts; a template that cannot run on one machine is refused with
     /// its field.
     pub(crate) fn of(workload: &Workload) -> Result<LocalWorkload, CannotRun> {

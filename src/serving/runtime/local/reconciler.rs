@@ -354,7 +354,7 @@ impl Reconciler {
             "{failure}"
         );
         self.restart_count = self.restart_count.saturating_add(1);
-        metrics::counter!("pilotlight_instance_restarts_total", "revision" => self.workload.revision.clone())
+        metrics::counter!("pilotlight_instance_restarts_total", "revision" => self.workload.metric_label())
             .increment(1);
         self.last_failure = Some(failure);
     }
