@@ -73,17 +73,19 @@ impl Collector {
         let mut spans = self.spans.lock().expect("lock");
         for resource in export.resource_spans {
             for scope in resource.scope_spans {
-                spans.extend(scope.spans.into_iter().map(|s| Span {
-                    trace_id: hex(&s.trace_id),
-                    span_id: hex(&s.span_id),
-                    parent: hex(&s.parent_span_id),
-                    name: s.name,
-                    attributes: s
-                        .attributes
-                        .into_iter()
-                        .map(|kv| (kv.key, text(kv.value.and_then(|v| v.value))))
-                        .collect(),
-                    failed: s.status.is_some_and(|st| st.code == 2),
+                spans.extend(scope.spans.into_iter().map(|s| {
+                    Span {
+                        trace_id: hex(&s.trace_id),
+                        span_id: hex(&s.span_id),
+                        parent: hex(&s.parent_span_id),
+                        name: s.name,
+                        attributes: s
+                            .attributes
+                            .into_iter()
+                            .map(|kv| (kv.key, text(kv.value.and_then(|v| v.value))))
+                            .collect(),
+                        failed: s.status.is_some_and(|st| st.code == 2),
+                    }
                 }));
             }
         }
@@ -96,9 +98,9 @@ impl Collector {
     /// Waits until a span named `name` with `attribute` = `value` arrived.
     async fn wait_span(&self, name: &str, attribute: &str, value: &str) -> Span {
         let find = || {
-            self.spans().into_iter().find(|s| {
-                s.name == name && s.attributes.get(attribute).is_some_and(|v| v == value)
-            })
+            self.spans()
+                .into_iter()
+                .find(|s| s.name == name && s.attributes.get(attribute).is_some_and(|v| v == value))
         };
         wait_until(
             &format!("a {name} span with {attribute}={value}"),
@@ -142,7 +144,6 @@ fn free_port() -> u16 {
 struct Pilotlight {
     child: Child,
     listen: u16,
-    admin: u16,
 }
 
 impl Pilotlight {
@@ -172,11 +173,7 @@ impl Pilotlight {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("pilotlight starts");
-        let started = Pilotlight {
-            child,
-            listen,
-            admin,
-        };
+        let started = Pilotlight { child, listen };
         let ready: http::Uri = format!("http://127.0.0.1:{admin}/readyz")
             .parse()
             .expect("uri");
@@ -293,8 +290,14 @@ async fn an_event_and_its_reply_are_one_trace_from_the_producer_to_the_last_subs
         .wait_span("broker.ingress", "cloudevents.event_id", "e1")
         .await;
     assert_eq!(ingress.trace_id, TRACE_ID);
-    assert_eq!(ingress.parent, PRODUCER_SPAN, "the producer's span is the parent");
-    assert_eq!(ingress.attributes["messaging.destination.name"], "default/default");
+    assert_eq!(
+        ingress.parent, PRODUCER_SPAN,
+        "the producer's span is the parent"
+    );
+    assert_eq!(
+        ingress.attributes["messaging.destination.name"],
+        "default/default"
+    );
     assert_eq!(ingress.attributes["http.response.status_code"], "202");
     let stored = collector.children(&ingress);
     assert!(
@@ -304,14 +307,20 @@ async fn an_event_and_its_reply_are_one_trace_from_the_producer_to_the_last_subs
 
     // The event was stored with the ingress as its creation context: the
     // subscriber sees it as the distributed-tracing extension.
-    let to_replier = &replier.received.lock().expect("lock")[0];
-    let extension = to_replier.headers["ce-traceparent"].to_str().expect("ascii");
+    let to_replier = replier.received.lock().expect("lock")[0].clone();
+    let to_replier = &to_replier;
+    let extension = to_replier.headers["ce-traceparent"]
+        .to_str()
+        .expect("ascii");
     assert_eq!(extension, format!("00-{TRACE_ID}-{}-01", ingress.span_id));
 
     let deliver = collector
         .wait_span("trigger.deliver", "pilotlight.trigger", "default/orders")
         .await;
-    assert_eq!(deliver.parent, ingress.span_id, "delivered under the ingress");
+    assert_eq!(
+        deliver.parent, ingress.span_id,
+        "delivered under the ingress"
+    );
     assert_eq!(deliver.attributes["pilotlight.outcome"], "replied");
     let attempt = attempt_of(&collector, to_replier);
     assert_eq!(attempt.name, "delivery.attempt");
@@ -330,10 +339,14 @@ async fn an_event_and_its_reply_are_one_trace_from_the_producer_to_the_last_subs
         .await;
     assert_eq!(deliver_reply.trace_id, TRACE_ID);
     assert_eq!(deliver_reply.parent, reply.span_id);
-    let last_attempt = attempt_of(&collector, &last.received.lock().expect("lock")[0]);
+    let last_received = last.received.lock().expect("lock")[0].clone();
+    let last_attempt = attempt_of(&collector, &last_received);
     assert_eq!(last_attempt.parent, deliver_reply.span_id);
     let reply_extension = replies[0].attribute("traceparent").expect("stamped");
-    assert!(reply_extension.contains(&reply.span_id), "{reply_extension}");
+    assert!(
+        reply_extension.contains(&reply.span_id),
+        "{reply_extension}"
+    );
     pilotlight.stop();
 }
 
@@ -349,10 +362,7 @@ async fn a_delivery_from_rabbitmq_after_a_restart_continues_the_trace() {
     let Some(uri) = support::RABBITMQ.address().await else {
         return;
     };
-    let name = format!(
-        "traced-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let name = format!("traced-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let class = "  annotations:\n    eventing.knative.dev/broker.class: RabbitMQBroker\n";
     delivered_after_a_restart(&name, &broker(&name, class), &["--rabbitmq-uri", &uri]).await;
 }
@@ -373,7 +383,8 @@ async fn delivered_after_a_restart(name: &str, broker_yaml: &str, extra: &[&str]
         Duration::ZERO,
     )
     .await;
-    let retries = "  delivery:\n    retry: 1000\n    backoffDelay: PT0.05S\n    backoffPolicy: linear\n";
+    let retries =
+        "  delivery:\n    retry: 1000\n    backoffDelay: PT0.05S\n    backoffPolicy: linear\n";
     let dir = tempfile::tempdir().expect("tmp");
     let manifests = dir.path().join("manifests");
     write(
@@ -424,4 +435,66 @@ async fn delivered_after_a_restart(name: &str, broker_yaml: &str, extra: &[&str]
     );
     assert_eq!(deliver.attributes["pilotlight.outcome"], "delivered");
     second.stop();
+}
+
+/// A trigger delivering to a Service at zero: the delivery's attempt is the
+/// parent of the proxy's span, which holds the wait in the activator and,
+/// inside it, the cold start of the instance it waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_to_a_service_at_zero_traces_the_proxy_the_wait_and_the_cold_start() {
+    let (collector, address) = Collector::start().await;
+    let hello = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\nspec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/initial-scale: \"0\"\n    spec:\n      containers:\n        - command: [\"{}\", hello]\n",
+        env!("CARGO_BIN_EXE_pilotlight")
+    );
+    let to_hello = "apiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: to-hello\nspec:\n  broker: default\n  subscriber:\n    ref:\n      apiVersion: serving.knative.dev/v1\n      kind: Service\n      name: hello\n";
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifests = dir.path().join("manifests");
+    write(
+        &manifests,
+        &[
+            ("broker.yaml", broker("default", "")),
+            ("hello.yaml", hello),
+            ("to-hello.yaml", to_hello.to_owned()),
+        ],
+    );
+    let pilotlight = Pilotlight::start(&manifests, &dir.path().join("data"), address).await;
+    assert_eq!(
+        send_traced(&pilotlight.ingress(), "e3").await,
+        StatusCode::ACCEPTED
+    );
+    let proxy = collector
+        .wait_span(
+            "serving.proxy",
+            "pilotlight.revision",
+            "default/hello-00001",
+        )
+        .await;
+    assert_eq!(proxy.trace_id, TRACE_ID);
+    assert_eq!(proxy.attributes["http.response.status_code"], "200");
+    assert_eq!(proxy.attributes["pilotlight.cold_start"], "true");
+    let attempt = collector
+        .spans()
+        .into_iter()
+        .find(|s| s.span_id == proxy.parent)
+        .expect("the proxy's parent");
+    assert_eq!(
+        attempt.name, "delivery.attempt",
+        "handed over in process, traced alike"
+    );
+    let queue = collector
+        .children(&proxy)
+        .into_iter()
+        .find(|s| s.name == "activator.queue")
+        .expect("the wait in the activator");
+    let cold = collector
+        .children(&queue)
+        .into_iter()
+        .find(|s| s.name == "instance.cold_start")
+        .expect("the cold start inside the wait");
+    assert!(
+        cold.attributes["pilotlight.instance"].starts_with("hello-00001-"),
+        "{cold:?}"
+    );
+    pilotlight.stop();
 }

@@ -57,8 +57,13 @@ pub fn run(args: SpawnArgs) -> anyhow::Result<()> {
         rows.push((mib, plain, hooked));
     }
     drop(held);
-    println!("spawn() of {} with piped output, {} each way", args.program, args.spawns);
-    println!("| heap written | posix_spawn p50 | fork + pre_exec p50 | fork + pre_exec p90 | extra p50 |");
+    println!(
+        "spawn() of {} with piped output, {} each way",
+        args.program, args.spawns
+    );
+    println!(
+        "| heap written | posix_spawn p50 | fork + pre_exec p50 | fork + pre_exec p90 | extra p50 |"
+    );
     println!("|---|---|---|---|---|");
     for (mib, plain, hooked) in &rows {
         println!(

@@ -23,10 +23,10 @@ use crate::listener::{
     DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, ListenerLimits,
 };
 use crate::server::{Server, ServerConfig, ServingConfig, TlsConfig};
-use crate::telemetry::trace::{self, TraceSettings};
 use crate::serving::jobs::JobSettings;
 use crate::serving::runtime::container::ContainerConfig;
 use crate::serving::runtime::container::engine::socket_path;
+use crate::telemetry::trace::{self, TraceSettings};
 use crate::tls::{CertFiles, TransportEncryption};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

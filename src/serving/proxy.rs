@@ -22,6 +22,10 @@ use super::revision::{Lease, Revision, Unavailable, Waited};
 use super::router::HostRoute;
 use super::upstream::{self, Connection};
 use crate::http_util::{text, with_retry_after};
+use crate::telemetry::trace::{Hop, Parent};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Forwards requests to revision instances, over each instance's own
 /// kept-alive connections (see [`upstream`]).
@@ -51,22 +55,25 @@ impl Peer {
 /// Counts a request for the autoscaler, and times it, from arrival until
 /// its response body ends (or the request is dropped), with its response
 /// code class and whether it waited for a cold start.
+/// Its span (`serving.proxy`) ends with it.
 struct Counted {
     revision: Arc<Revision>,
     arrived: std::time::Instant,
     cold_start: bool,
     /// None until a response is made (a client that goes away first).
     status: Option<StatusCode>,
+    trace: Hop,
 }
 
 impl Counted {
-    fn start(revision: &Arc<Revision>) -> Self {
+    fn start(revision: &Arc<Revision>, trace: Hop) -> Self {
         revision.stats.request_started();
         Counted {
             revision: revision.clone(),
             arrived: std::time::Instant::now(),
             cold_start: false,
             status: None,
+            trace,
         }
     }
 
@@ -80,6 +87,20 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
+        if self.trace.is_on() {
+            let code = self.status.map_or(0, |s| s.as_u16());
+            let cold_start = self.cold_start;
+            self.trace
+                .set(|| KeyValue::new("http.response.status_code", i64::from(code)));
+            self.trace
+                .set(|| KeyValue::new("pilotlight.cold_start", cold_start));
+            if !self
+                .status
+                .is_some_and(|s| s.is_success() || s.is_redirection() || s.is_informational())
+            {
+                self.trace.fail(|| format!("answered {code}"));
+            }
+        }
         self.revision.stats.request_finished();
         self.revision
             .requests
@@ -116,17 +137,23 @@ impl Proxy {
                 5,
             );
         };
-        let mut counted = Counted::start(&revision);
+        let trace = proxy_span(&revision, &request);
+        let mut counted = Counted::start(&revision, trace);
         let deadline = Instant::now() + revision.timeout;
         let lease = match revision.acquire(deadline).await {
             Ok(lease) => lease,
             Err(why) => return counted.answer(unavailable(&revision, why)),
         };
         counted.cold_start = lease.waited.is_some_and(|w| w.cold_start.is_some());
+        if let Some(waited) = lease.waited {
+            trace_wait(&counted.trace, waited, &lease);
+        }
         let upgrade = wants_upgrade(request.headers());
         let mut request = request;
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        let outbound = outbound_request(request, peer, upgrade);
+        let mut outbound = outbound_request(request, peer, upgrade);
+        // The app continues the trace from the proxy's span.
+        counted.trace.inject(outbound.headers_mut());
         let idle = lease.endpoint.load.idle_connections();
         let sent = tokio::time::timeout_at(
             deadline,
@@ -174,6 +201,45 @@ impl Proxy {
                 _counted: counted,
             })
         })
+    }
+}
+
+/// The span of one request through the proxy, under the client's
+/// `traceparent` (a trigger's delivery attempt, for events).
+fn proxy_span<B>(revision: &Revision, request: &Request<B>) -> Hop {
+    Hop::start(
+        "serving.proxy",
+        SpanKind::Server,
+        || Parent::from_headers(request.headers()),
+        || {
+            vec![
+                KeyValue::new("pilotlight.revision", revision.key.to_string()),
+                KeyValue::new("http.request.method", request.method().to_string()),
+                KeyValue::new("url.path", request.uri().path().to_owned()),
+            ]
+        },
+    )
+}
+
+/// The request's wait in the activator as a span of its own, and inside
+/// it the part spent while no instance was ready: the cold start it
+/// waited for, from when the wait began to the instance's readiness.
+fn trace_wait(trace: &Hop, waited: Waited, lease: &Lease) {
+    if !trace.is_on() {
+        return;
+    }
+    let since_lease = waited.leased_at.elapsed();
+    let leased = SystemTime::now()
+        .checked_sub(since_lease)
+        .unwrap_or(UNIX_EPOCH);
+    let queued = leased.checked_sub(waited.queue).unwrap_or(leased);
+    let queue = trace.finished("activator.queue", queued, leased, Vec::new);
+    if let Some(cold) = waited.cold_start {
+        let from = leased.checked_sub(cold).unwrap_or(queued);
+        let instance = lease.endpoint.id.to_string();
+        queue.finished("instance.cold_start", from, leased, || {
+            vec![KeyValue::new("pilotlight.instance", instance)]
+        });
     }
 }
 

@@ -306,17 +306,18 @@ impl Hop {
         }
     }
 
-    /// A span that already ended, from `started` to `ended` (a cold start,
-    /// timed before the request that waited for it learnt of it).
+    /// A span inside this hop that already ended, from `started` to
+    /// `ended` (a wait, timed before the request learnt of it). Spans
+    /// inside it can still be made.
     pub(crate) fn finished(
         &self,
         name: &'static str,
         started: SystemTime,
         ended: SystemTime,
         attributes: impl FnOnce() -> Vec<KeyValue>,
-    ) {
+    ) -> Hop {
         let (Some(installed), Some(parent)) = (INSTALLED.get(), &self.context) else {
-            return;
+            return Hop::default();
         };
         let mut span = installed
             .tracer
@@ -326,6 +327,10 @@ impl Hop {
             .with_attributes(attributes())
             .start_with_context(&installed.tracer, parent);
         span.end_with_timestamp(ended);
+        // Ending it again when the hop drops does nothing.
+        Hop {
+            context: Some(parent.with_span(span)),
+        }
     }
 
     /// A hop inside this one.

@@ -76,7 +76,11 @@ impl BrokerHandle {
     /// `hop` is the span that brought them (the ingress, or the delivery
     /// that replied): an event without a trace context gets this one, so
     /// its deliveries continue this trace.
-    pub(crate) async fn publish(&self, mut events: Vec<Event>, hop: &Hop) -> Result<(), AppendError> {
+    pub(crate) async fn publish(
+        &self,
+        mut events: Vec<Event>,
+        hop: &Hop,
+    ) -> Result<(), AppendError> {
         let count = events.len() as u64;
         self.received.increment(count);
         if let Err(e) = self.check_sizes(&events) {
@@ -233,7 +237,10 @@ mod tests {
         let broker = BrokerHandle::new(ObjectKey::new("shop", "orders"), backend.clone(), 200);
         let small = test_event("small", "t", Some(Bytes::from_static(b"{}")));
         let big = test_event("big", "t", Some(Bytes::from(vec![b'x'; 300])));
-        let refused = broker.publish(vec![small.clone(), big], &Hop::default()).await.unwrap_err();
+        let refused = broker
+            .publish(vec![small.clone(), big], &Hop::default())
+            .await
+            .unwrap_err();
         assert!(refused.is_permanent());
         let message = refused.to_string();
         for part in [

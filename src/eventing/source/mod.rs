@@ -40,9 +40,9 @@ use crate::eventing::delivery::{
 };
 use crate::eventing::health::{Health, HealthCell};
 use crate::telemetry::trace::{Hop, Parent};
+use cluster_state::ClusterState;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
-use cluster_state::ClusterState;
 
 /// How sources deliver: Knative's sources retry a failed send; here 10
 /// retries, exponential from 0.2 s (about 3.5 minutes in all), honouring

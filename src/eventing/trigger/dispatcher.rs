@@ -321,7 +321,10 @@ async fn process(context: &Context, delivery: Delivery) {
         }
     };
     hop.set(|| KeyValue::new("pilotlight.outcome", ended.as_str()));
-    if matches!(ended, DeliveryOutcome::DeadLettered | DeliveryOutcome::Dropped) {
+    if matches!(
+        ended,
+        DeliveryOutcome::DeadLettered | DeliveryOutcome::Dropped
+    ) {
         hop.fail(|| format!("the event was {}", ended.as_str()));
     }
     let record = DeliveryRecord {
@@ -354,7 +357,10 @@ fn delivery_span(plan: &TriggerPlan, event: &Event) -> Hop {
                 KeyValue::new("cloudevents.event_type", event.ty().to_owned()),
             ];
             if let Some(subscriber) = &plan.subscriber {
-                attributes.push(KeyValue::new("pilotlight.subscriber", subscriber.to_string()));
+                attributes.push(KeyValue::new(
+                    "pilotlight.subscriber",
+                    subscriber.to_string(),
+                ));
             }
             attributes
         },
@@ -403,7 +409,11 @@ async fn store_reply(context: &Context, reply: Event, hop: &Hop) -> Result<(), F
     });
     let mut backoff = Backoff::new(Duration::from_millis(100), DEAD_LETTER_PAUSE_MAX);
     loop {
-        let Err(e) = context.broker.publish(vec![reply.clone()], &into_broker).await else {
+        let Err(e) = context
+            .broker
+            .publish(vec![reply.clone()], &into_broker)
+            .await
+        else {
             return Ok(());
         };
         if e.is_permanent() {
