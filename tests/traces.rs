@@ -498,3 +498,56 @@ async fn a_delivery_to_a_service_at_zero_traces_the_proxy_the_wait_and_the_cold_
     );
     pilotlight.stop();
 }
+
+/// Sampling is parent-based: with `--trace-sampling 0` a request that
+/// arrives sampled is still traced, and one that arrives without a trace is
+/// not, though its event still carries the (unsampled) context so that its
+/// deliveries, later, keep the decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_the_senders_decision() {
+    let (collector, address) = Collector::start().await;
+    let subscriber = Subscriber::accepting().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifests = dir.path().join("manifests");
+    write(
+        &manifests,
+        &[
+            ("broker.yaml", broker("default", "")),
+            (
+                "all.yaml",
+                trigger("all", "default", &subscriber.url("/"), ""),
+            ),
+        ],
+    );
+    let pilotlight = Pilotlight::start_with(
+        &manifests,
+        &dir.path().join("data"),
+        address,
+        &["--trace-sampling", "0"],
+    )
+    .await;
+    let url = pilotlight.ingress();
+    assert_eq!(
+        support::send(&url, "untraced", "order").await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(send_traced(&url, "traced").await, StatusCode::ACCEPTED);
+    let received = subscriber.wait_for(2, WAIT).await;
+    collector
+        .wait_span("trigger.deliver", "cloudevents.event_id", "traced")
+        .await;
+    let untraced = received
+        .iter()
+        .find(|e| e.id() == "untraced")
+        .expect("delivered");
+    let context = untraced.attribute("traceparent").expect("stamped");
+    assert!(context.ends_with("-00"), "not sampled: {context}");
+    pilotlight.stop();
+    let spans = collector.spans();
+    assert!(
+        spans.iter().all(
+            |s| s.attributes.get("cloudevents.event_id").map(String::as_str) != Some("untraced")
+        ),
+        "nothing of the untraced event was recorded: {spans:?}"
+    );
+}
