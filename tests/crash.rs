@@ -12,11 +12,6 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use support::{Subscriber, broker, request, trigger};
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 fn start(manifests: &std::path::Path, data: &std::path::Path, listen: u16, admin: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pilotlight"))
         .args(["run", "--no-watch", "-f"])
@@ -67,7 +62,7 @@ async fn every_accepted_event_survives_kill_9() {
     )
     .expect("write");
     let data = dir.path().join("data");
-    let (listen, admin) = (free_port(), free_port());
+    let (listen, admin) = (support::free_port(), support::free_port());
 
     let mut child = start(&manifests, &data, listen, admin);
     wait_ready(admin).await;

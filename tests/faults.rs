@@ -49,11 +49,6 @@ const RSS_BOUND_MIB: u64 = 192;
 
 // --- pilotlight as a child process ---------------------------------------
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 /// The real binary, on its own ports, killed when dropped.
 struct Pilotlight {
     child: Child,
@@ -66,7 +61,7 @@ impl Pilotlight {
     /// arguments and environment; its log goes to `data`'s sibling
     /// `pilotlight-{pid}.log`.
     fn spawn(manifests: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Pilotlight {
-        let (listen, admin) = (free_port(), free_port());
+        let (listen, admin) = (support::free_port(), support::free_port());
         // FAULTS_LOG_DIR keeps the logs past the test's temporary folder.
         let log_dir = std::env::var_os("FAULTS_LOG_DIR")
             .map(PathBuf::from)

@@ -422,11 +422,6 @@ async fn a_broker_without_kafka_settings_says_which_field_to_set() {
 
 // --- pilotlight as a child process: kill -9, and two processes sharing a group.
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 struct Process {
     child: Child,
     listen: u16,
@@ -435,7 +430,7 @@ struct Process {
 
 impl Process {
     async fn start(manifests: &std::path::Path, data: &std::path::Path, kafka: &str) -> Process {
-        let (listen, admin) = (free_port(), free_port());
+        let (listen, admin) = (support::free_port(), support::free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_pilotlight"))
             .args(["run", "--no-watch", "-f"])
             .arg(manifests)
@@ -897,7 +892,7 @@ struct LatePort {
 impl LatePort {
     fn reserve() -> LatePort {
         LatePort {
-            port: free_port(),
+            port: support::free_port(),
             forwarding: None,
         }
     }

@@ -134,11 +134,6 @@ fn text(value: Option<Value>) -> String {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 /// `pilotlight run` as its own process (the tracer is process-wide),
 /// exporting to `collector` in batches every 100 ms.
 struct Pilotlight {
@@ -157,7 +152,7 @@ impl Pilotlight {
         collector: SocketAddr,
         extra: &[&str],
     ) -> Pilotlight {
-        let (listen, admin) = (free_port(), free_port());
+        let (listen, admin) = (support::free_port(), support::free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_pilotlight"))
             .args(["run", "--no-watch", "-f"])
             .arg(manifests)

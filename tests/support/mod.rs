@@ -149,6 +149,12 @@ impl TestServer {
 }
 
 /// Polls `done` every 50 ms until it holds; panics after `within`.
+/// A port nothing listens on right now, for a pilotlight run as a process.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
 pub async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut done: F) {
     let start = Instant::now();
     while !done().await {
