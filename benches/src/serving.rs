@@ -25,7 +25,7 @@
 //! (paired) with its p50/p90. Target: overhead p50 ≤ 1 ms. Then the parts:
 //! after each round the bench reads pilotlight's `/metrics` for that
 //! round's Service (`pilotlight_instance_start_phase_seconds`: `launch`, its
-//! port, fork and exec; `ready`, the app's start and noticing the probe
+//! port, spawn and exec; `ready`, the app's start and noticing the probe
 //! pass); the first request less both is the activator, the proxy and the
 //! answer, and `ready` less the direct side's start (listening less spawn)
 //! is what noticing readiness costs.
@@ -373,7 +373,7 @@ impl ColdRound {
 /// (`pilotlight_instance_start_phase_seconds`).
 #[derive(Debug, Clone, Copy)]
 struct StartPhases {
-    /// A port, the environment, fork and exec.
+    /// A port, the environment, spawn and exec.
     launch: Duration,
     /// The app's own start and noticing its readiness probe pass.
     ready: Duration,
@@ -948,7 +948,7 @@ impl Report {
         }
         let of = |f: fn(&ColdRound) -> f64| Spread::of(self.cold.iter().map(f).collect());
         parts.push((
-            "pilotlight: launch (port, fork+exec)",
+            "pilotlight: launch (port, spawn+exec)",
             "pilotlight_launch",
             of(|r| secs_ms(r.phases.launch)),
         ));
