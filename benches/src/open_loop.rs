@@ -30,12 +30,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use crate::load::{Load, Tally, Window, connect_with, new_histogram, record};
+use crate::load::{self, Load, Tally, Window, connect_with, new_histogram, record};
 use crate::pinning::{self, Split};
 
 /// Longest wait for a free connection before the phase is declared broken
@@ -185,20 +185,7 @@ async fn exchange(
 ) {
     let answered = async {
         let request = load.request(index, seq, due)?;
-        sender
-            .ready()
-            .await
-            .context("the server closed the connection")?;
-        let response = sender
-            .send_request(request)
-            .await
-            .context("sending an event")?;
-        let status = response.status();
-        response
-            .into_body()
-            .collect()
-            .await
-            .context("reading an answer")?;
+        let (status, _) = load::exchange(&mut sender, request, "an event").await?;
         anyhow::Ok(status)
     }
     .await;
