@@ -15,6 +15,12 @@ use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
 /// A plain-text answer from pilotlight itself, `body` as given.
+/// An `http://` or `https://` URL with a host: what every address a user
+/// gives pilotlight to send to (an issuer, the ingress, a collector) must be.
+pub(crate) fn is_http_url(uri: &http::Uri) -> bool {
+    matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+}
+
 pub(crate) fn text<B: From<String>>(status: StatusCode, body: String) -> Response<B> {
     let mut response = Response::new(B::from(body));
     *response.status_mut() = status;

@@ -323,7 +323,7 @@ fn issuer_url(flag: &str, url: &str) -> anyhow::Result<String> {
         .parse()
         .with_context(|| format!("{flag} '{url}' is not a URL"))?;
     anyhow::ensure!(
-        matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some(),
+        crate::http_util::is_http_url(&uri),
         "{flag} '{url}': give an http or https URL with a host, such as https://issuer.example.com"
     );
     Ok(url.trim_end_matches('/').to_owned())
@@ -478,9 +478,8 @@ impl RunArgs {
         let uri: http::Uri = url
             .parse()
             .with_context(|| format!("--ingress-url '{url}' is not a URL"))?;
-        let http = matches!(uri.scheme_str(), Some("http" | "https"));
         anyhow::ensure!(
-            http && uri.host().is_some(),
+            crate::http_util::is_http_url(&uri),
             "--ingress-url '{url}': give an http or https URL with a host, such as http://pilotlight-ingress.pilotlight.svc.cluster.local"
         );
         Ok(Some(url.clone()))

@@ -54,9 +54,13 @@ pub struct TraceSettings {
 /// Why traces could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("--trace-sampling must be between 0 and 1, not {0}")]
+    #[error(
+        "--trace-sampling must be between 0 and 1 (0.01 keeps one trace in a hundred), not {0}"
+    )]
     Sampling(f64),
-    #[error("--otlp-endpoint {endpoint:?} is not an http:// or https:// URL")]
+    #[error(
+        "--otlp-endpoint {endpoint:?} is not an http:// or https:// URL with a host; give the collector's OTLP/HTTP address, such as http://localhost:4318"
+    )]
     Endpoint { endpoint: String },
     #[error("the OTLP exporter could not be built: {0}")]
     Exporter(String),
@@ -146,7 +150,7 @@ fn traces_url(base: &str) -> Result<String, TraceError> {
         endpoint: base.to_owned(),
     };
     let uri: http::Uri = base.parse().map_err(|_| wrong())?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+    if !http_util::is_http_url(&uri) {
         return Err(wrong());
     }
     let base = base.trim_end_matches('/');

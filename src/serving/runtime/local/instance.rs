@@ -111,7 +111,7 @@ async fn lifecycle(
 }
 
 /// The start's time, whole and in its two phases: `launch` (pilotlight's
-/// part: a port, the environment, the fork and exec, or the engine's
+/// part: a port, the environment, the spawn and exec, or the engine's
 /// create and start) and `ready` (the app's own start, and noticing its
 /// probes pass). Per revision, so a cold start's phases can be told apart;
 /// the proxy adds the third, `first_byte`.
